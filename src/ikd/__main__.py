@@ -1,0 +1,5 @@
+import sys
+
+from ikd.cli import main
+
+sys.exit(main())

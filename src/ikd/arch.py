@@ -1,0 +1,149 @@
+"""ArchSpec: a plain, JSON-serialisable description of a VGG-family network.
+
+A spec, not a class, describes every model ikd builds, so any node of a lineage can be rebuilt
+from its JSON alone. Size and cost (parameters, bytes, multiply-accumulates) are computed from
+the spec without building the network.
+
+Layout of the network a spec describes (see `ikd.model.VGG`):
+  for each block: [3x3 conv (padding 1, no bias) -> BatchNorm -> ReLU] per width, then a 2x2
+  max-pool that halves the spatial size (floor) -- *skipped when the size is already 1*, so deep
+  presets still work on 8x8 inputs (VGG-16 on 8x8: 8 -> 4 -> 2 -> 1 -> 1 -> 1);
+  then global average pooling to 1x1 (a no-op when the features are already 1x1, and what makes
+  a shallower or wider spec valid at any input size), then the head: Linear(+ReLU+Dropout) per
+  hidden width, and a final Linear to the classes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ikd.errors import ConfigError
+
+# Standard CIFAR-style VGG widths (Simonyan & Zisserman configurations A, B, D, E).
+PRESET_BLOCKS: dict[str, list[list[int]]] = {
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "vgg19": [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512, 512, 512], [512, 512, 512, 512]],
+}
+PRESETS = tuple(PRESET_BLOCKS)
+
+FP32_BYTES = 4
+# BatchNorm keeps running_mean and running_var (fp32) and num_batches_tracked (int64) per layer.
+_BN_BUFFER_BYTES_PER_CHANNEL = 2 * FP32_BYTES
+_BN_COUNTER_BYTES = 8
+
+
+class ArchSpec(BaseModel):
+    """A VGG-family architecture. `blocks[i]` lists the output widths of block i's 3x3 convs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    in_channels: int = Field(gt=0)
+    image_size: int = Field(gt=0)
+    num_classes: int = Field(gt=1)
+    blocks: list[list[int]]
+    head: list[int] = Field(default_factory=list, description="hidden widths of the classifier")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks_valid(cls, blocks: list[list[int]]) -> list[list[int]]:
+        if not blocks or any(not block for block in blocks):
+            raise ValueError("needs at least one block, and every block at least one conv")
+        if any(width <= 0 for block in blocks for width in block):
+            raise ValueError("conv widths must be positive")
+        return blocks
+
+    @field_validator("head")
+    @classmethod
+    def _head_valid(cls, head: list[int]) -> list[int]:
+        if any(width <= 0 for width in head):
+            raise ValueError("head widths must be positive")
+        return head
+
+    # --- derived geometry -------------------------------------------------------------------
+    @property
+    def feature_width(self) -> int:
+        return self.blocks[-1][-1]
+
+    def block_input_sizes(self) -> list[int]:
+        """Spatial size entering each block (the pool after a block is skipped at size 1)."""
+        sizes, size = [], self.image_size
+        for _ in self.blocks:
+            sizes.append(size)
+            size = pooled_size(size)
+        return sizes
+
+    def block_output_sizes(self) -> list[int]:
+        return [pooled_size(size) for size in self.block_input_sizes()]
+
+    def convs(self) -> list[tuple[int, int, int]]:
+        """(in_channels, out_channels, spatial size) of every conv, in order."""
+        layers, channels = [], self.in_channels
+        for block, size in zip(self.blocks, self.block_input_sizes()):
+            for width in block:
+                layers.append((channels, width, size))
+                channels = width
+        return layers
+
+    def linears(self) -> list[tuple[int, int]]:
+        widths = [self.feature_width, *self.head, self.num_classes]
+        return list(zip(widths[:-1], widths[1:]))
+
+    # --- size and cost ----------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Trainable parameters: conv weights, BatchNorm scale and shift, linear weights and biases."""
+        conv = sum(cin * cout * 9 + 2 * cout for cin, cout, _ in self.convs())
+        linear = sum(fan_in * fan_out + fan_out for fan_in, fan_out in self.linears())
+        return conv + linear
+
+    def num_bn_layers(self) -> int:
+        return sum(len(block) for block in self.blocks)
+
+    def size_bytes_fp32(self) -> int:
+        """Memory of the parameters in fp32: the footprint compression results are quoted in."""
+        return self.num_params() * FP32_BYTES
+
+    def stored_tensor_bytes(self) -> int:
+        """Bytes of every tensor in the saved state dict (fp32 parameters plus BatchNorm buffers)."""
+        buffers = sum(
+            _BN_BUFFER_BYTES_PER_CHANNEL * cout + _BN_COUNTER_BYTES for _, cout, _ in self.convs()
+        )
+        return self.size_bytes_fp32() + buffers
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image in convs and linears (BN, ReLU and pooling not counted)."""
+        conv = sum(cin * cout * 9 * size * size for cin, cout, size in self.convs())
+        linear = sum(fan_in * fan_out for fan_in, fan_out in self.linears())
+        return conv + linear
+
+    def summary(self) -> str:
+        """Compact one-line description, e.g. `64x2-128x2-256x3 | head 512`."""
+        parts = []
+        for block in self.blocks:
+            parts.append(f"{block[0]}x{len(block)}" if len(set(block)) == 1 else "/".join(map(str, block)))
+        head = f" | head {'-'.join(map(str, self.head))}" if self.head else ""
+        return "-".join(parts) + head
+
+    def to_json_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def pooled_size(size: int) -> int:
+    """Spatial size after a block's 2x2 max-pool; the pool is skipped when size is already 1."""
+    return size // 2 if size >= 2 else size
+
+
+def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) -> ArchSpec:
+    """A standard VGG (CIFAR-style: no 4096-wide head, a single linear classifier)."""
+    try:
+        blocks = PRESET_BLOCKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown architecture {name!r}; expected one of {', '.join(PRESETS)}") from None
+    return ArchSpec(
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        blocks=[list(block) for block in blocks],
+    )

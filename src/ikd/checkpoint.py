@@ -1,0 +1,105 @@
+"""A model directory: `model.safetensors` (weights only) + `model.json` (spec, data, metrics).
+
+Weights are only ever read from safetensors and metadata only from JSON: nothing is unpickled.
+Files are written to a temporary name and renamed, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ikd.arch import ArchSpec
+from ikd.errors import CheckpointError
+from ikd.model import VGG, build_model
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, document: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def save_model(directory: Path, model: VGG, metadata: dict[str, Any]) -> None:
+    """Write weights then metadata; `metadata["arch"]` is filled from the model's spec."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, directory / WEIGHTS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_json(directory / META_FILE, {**metadata, "arch": model.spec.to_json_dict()})
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; expected a model directory written by `ikd train`")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or "arch" not in document:
+        raise CheckpointError(f"{path}: expected a JSON object with an 'arch' key")
+    return document
+
+
+def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tuple[VGG, dict[str, Any]]:
+    """Rebuild the model from its spec and load its weights; any disagreement is a CheckpointError."""
+    directory = Path(directory)
+    metadata = read_metadata(directory)
+    try:
+        spec = ArchSpec.model_validate(metadata["arch"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CheckpointError(f"{directory / META_FILE}: invalid arch.{where}: {first['msg']}") from None
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: not found")
+    try:
+        state = load_file(weights, device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
+    model = build_model(spec)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+            if keys
+        )
+        raise CheckpointError(f"{weights}: weights do not match the spec in {META_FILE} ({detail})")
+    model.load_state_dict(state)
+    return model.to(map_location), metadata

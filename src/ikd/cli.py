@@ -1,0 +1,226 @@
+"""The `ikd` command. User mistakes print one line on stderr and exit 2; tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ikd import __version__
+from ikd.arch import PRESETS, ArchSpec, preset
+from ikd.checkpoint import META_FILE, load_model, read_metadata, save_model
+from ikd.data import DATASETS, DataSplits, load_dataset
+from ikd.errors import ConfigError, IkdError
+from ikd.model import build_model
+from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
+from ikd.train import TrainConfig, evaluate, train_model
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _validated_config(**values) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
+
+
+def _dataset_record(data: DataSplits, val_fraction: float, split_seed: int) -> dict:
+    return {
+        "name": data.name, "source": data.source, "classes": list(data.classes),
+        "in_channels": data.in_channels, "image_size": data.image_size,
+        "mean": list(data.mean), "std": list(data.std), "augment": data.augment,
+        "val_fraction": val_fraction, "split_seed": split_seed,
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+    }
+
+
+def _spec_record(spec: ArchSpec) -> dict:
+    return {"params": spec.num_params(), "size_bytes_fp32": spec.size_bytes_fp32(),
+            "stored_tensor_bytes": spec.stored_tensor_bytes(), "macs": spec.macs(),
+            "summary": spec.summary()}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / META_FILE).exists() and not args.force:
+        raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
+    config = _validated_config(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, augment=args.augment, precision=args.precision, device=args.device,
+        seed=args.seed, label_smoothing=args.label_smoothing,
+    )
+    data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction,
+                        split_seed=args.split_seed, image_size=args.image_size)
+    spec = preset(args.arch, in_channels=data.in_channels, image_size=data.image_size,
+                  num_classes=data.num_classes)
+    model = build_model(spec, seed=args.seed)
+    print(f"ikd train: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
+          f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)",
+          file=sys.stderr)
+    result = train_model(model, data, config, progress=not args.quiet, description=args.arch)
+    device = resolve_device(config.device)
+    test = evaluate(model, data.test, mean=data.mean, std=data.std, device=device,
+                    precision=resolve_precision(config.precision, device))
+    history = result.to_json_dict()["history"]
+    best, last = history[result.best_epoch - 1], history[-1]
+    save_model(out, model, {
+        "ikd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": _dataset_record(data, args.val_fraction, args.split_seed),
+        "size": _spec_record(spec),
+        "training": config.model_dump() | {"resolved_device": result.device,
+                                           "resolved_precision": result.precision,
+                                           "seconds": round(result.seconds, 2)},
+        "metrics": {
+            "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"]},
+            "last": {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]},
+            "test_of_saved_weights": {"accuracy": test["accuracy"], "n": test["n"]},
+        },
+        "history": history,
+    })
+    print(f"best val acc {best['val_accuracy']:.4f} (epoch {best['epoch']}), last {last['val_accuracy']:.4f}, "
+          f"test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    metadata = read_metadata(Path(args.model_dir))
+    record = metadata.get("dataset", {})
+    device = resolve_device(args.device)
+    model, _ = load_model(Path(args.model_dir), map_location=device)
+    name = args.dataset or record.get("name")
+    if not name:
+        raise ConfigError(f"{args.model_dir}: model.json names no dataset; pass --dataset")
+    data = load_dataset(name, args.data_dir, val_fraction=record.get("val_fraction", 0.1),
+                        split_seed=record.get("split_seed", 0), image_size=record.get("image_size"))
+    spec = model.spec
+    if (data.in_channels, data.image_size, data.num_classes) != (spec.in_channels, spec.image_size, spec.num_classes):
+        raise ConfigError(
+            f"dataset {name!r} has {data.in_channels}x{data.image_size}x{data.image_size} images and "
+            f"{data.num_classes} classes; the model in {args.model_dir} expects "
+            f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}")
+    # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.
+    mean, std = record.get("mean", data.mean), record.get("std", data.std)
+    split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
+    metrics = evaluate(model, split, mean=mean, std=std, device=device,
+                       precision=resolve_precision(args.precision, device))
+    report = {"model_dir": str(args.model_dir), "dataset": name, "split": args.split,
+              "accuracy": metrics["accuracy"], "loss": metrics["loss"], "n": metrics["n"]}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{name} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images "
+              f"(loss {metrics['loss']:.4f})")
+    return 0
+
+
+def cmd_arch(args: argparse.Namespace) -> int:
+    try:
+        channels, size = (int(part) for part in args.input.lower().split("x", 1))
+    except ValueError:
+        raise ConfigError(f"--input {args.input!r}: expected CHANNELSxSIZE, e.g. 3x32") from None
+    spec = preset(args.arch, in_channels=channels, image_size=size, num_classes=args.classes)
+    info = {"arch": args.arch, **_spec_record(spec), "block_output_sizes": spec.block_output_sizes(),
+            "spec": spec.to_json_dict()}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.arch} on {channels}x{size}x{size}: {spec.summary()}\n"
+              f"  params {info['params']:,} | {info['size_bytes_fp32'] / 2**20:.2f} MiB fp32 | "
+              f"{info['macs'] / 1e6:.1f} M MACs/image | block outputs {info['block_output_sizes']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command; SUPPRESS keeps a subcommand's default
+    # from overwriting a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="ikd", parents=[common],
+        description="Compress convolutional networks by iterative knowledge distillation.")
+    parser.add_argument("--version", action="version", version=f"ikd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+        p.add_argument("--dataset", required=required, choices=DATASETS, metavar="NAME",
+                       help=f"one of: {', '.join(DATASETS)}")
+        p.add_argument("--data-dir", help="dataset directory or root (default: $IKD_DATA_DIR, else ~/.cache/ikd)")
+
+    train = commands.add_parser("train", parents=[common], help="train a VGG teacher from scratch")
+    data_flags(train, required=True)
+    train.add_argument("--arch", default="vgg16", choices=PRESETS)
+    train.add_argument("--epochs", type=int, required=True)
+    train.add_argument("--out", required=True, help="output directory for model.safetensors + model.json")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine"))
+    train.add_argument("--augment", choices=("none", "crop", "crop-flip"), help="default: the dataset's own")
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--precision", default="auto", choices=PRECISIONS)
+    train.add_argument("--device", default="auto", choices=DEVICES)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    train.add_argument("--image-size", type=int, help="resize imagefolder images to this size (default 32)")
+    train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser("eval", parents=[common], help="accuracy of a trained model on a split")
+    ev.add_argument("model_dir")
+    data_flags(ev, required=False)
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--device", default="auto", choices=DEVICES)
+    ev.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
+
+    ar = commands.add_parser("arch", parents=[common], help="size and cost of a preset architecture")
+    ar.add_argument("arch", choices=PRESETS)
+    ar.add_argument("--input", default="3x32", help="CHANNELSxSIZE (default 3x32)")
+    ar.add_argument("--classes", type=int, default=10)
+    ar.add_argument("--json", action="store_true")
+    ar.set_defaults(func=cmd_arch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except IkdError as exc:
+        if debug:
+            raise
+        print(f"ikd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # unreadable input, read-only or full disk: the user's to fix
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ikd: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ikd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not a user error: say so, keep the traceback behind --debug
+        if debug:
+            raise
+        print(f"ikd: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""User-facing errors: each carries one line that names what was wrong and what was expected.
+
+The CLI prints `str(error)` on stderr and exits with code 2; anything else is a bug and gets a
+traceback (or, without --debug, one line saying so).
+"""
+
+
+class IkdError(Exception):
+    """A problem with the user's input (files, flags, data) rather than with ikd itself."""
+
+
+class DataError(IkdError):
+    """A dataset file is missing, malformed or does not match what its format promises."""
+
+
+class ConfigError(IkdError):
+    """A flag or configuration value is invalid."""
+
+
+class CheckpointError(IkdError):
+    """A model directory is missing files or its files do not agree with each other."""

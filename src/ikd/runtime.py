@@ -1,0 +1,128 @@
+"""Where and in what precision training runs: device choice, autocast, and CPU capability checks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ikd.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: MPS is not available")
+    return torch.device(name)
+
+
+def _cpu_identity() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown", set()
+    lines = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    lines = {key.strip(): value.strip() for key, value in lines.items()}
+    return lines.get("model name", "unknown"), set(lines.get("flags", "").split())
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """Native bf16 dot products (AVX512-BF16 or AMX). Necessary for fast bf16, not sufficient."""
+    _, flags = _cpu_identity()
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _time_conv(dtype: torch.dtype) -> float:
+    x = torch.randn(32, 128, 16, 16, dtype=dtype, requires_grad=True)
+    w = torch.randn(128, 128, 3, 3, dtype=dtype, requires_grad=True)
+    best = float("inf")
+    for repeat in range(4):
+        start = time.perf_counter()
+        F.conv2d(x, w, padding=1).sum().backward()
+        if repeat:  # the first call builds the kernels
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+@cache
+def cpu_bf16_pays() -> bool:
+    """Whether bf16 convolutions train faster than fp32 on this CPU, measured once and cached.
+
+    Having the instructions is not enough: on Intel CPUs with AVX512-BF16 but no AMX, oneDNN's bf16
+    kernels run at about half the fp32 rate, while AMD Zen 4 and AMX parts run them about 2x faster.
+    The verdict is stored per CPU model, flags and torch version under ~/.cache/ikd.
+    """
+    if not cpu_has_bf16_instructions():
+        return False
+    model, flags = _cpu_identity()
+    key = hashlib.sha256(f"{model}|{sorted(flags)}|{torch.__version__}".encode()).hexdigest()[:16]
+    cache_file = Path(os.environ.get("IKD_CACHE_DIR", Path.home() / ".cache" / "ikd")) / "cpu-bf16.json"
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), bool):
+        return known[key]
+    verdict = _time_conv(torch.bfloat16) < 0.8 * _time_conv(torch.float32)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: verdict}))
+    except OSError:
+        pass  # an unwritable cache only costs re-measuring next time
+    return verdict
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: the autocast dtype (None = fp32) and whether losses need scaling."""
+
+    name: str
+    device_type: str
+    dtype: torch.dtype | None
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """auto = bf16 autocast on CPUs where it measurably pays, AMP (bf16, else fp16) on CUDA, else fp32."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    kind = device.type
+    if name == "auto":
+        if kind == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif kind == "cpu" and cpu_bf16_pays():
+            name = "bf16"
+        else:
+            name = "fp32"
+    if name == "fp16" and kind == "cpu":
+        raise ConfigError("--precision fp16 is not supported on the CPU; use bf16 or fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return Precision(name=name, device_type=kind, dtype=dtype)

@@ -1,0 +1,192 @@
+"""One training job: a model, data, an objective and a budget -> best-by-validation weights + history.
+
+The objective is a callable `(model, x, y) -> (logits, {term_name: tensor})` whose terms include
+`loss` (the total that is back-propagated); every term is averaged and shown, so an objective with
+several named parts (KD, CE, hint) gets its progress display and history for free.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from ikd.data import DataSplits, ImageSet, iterate_batches
+from ikd.errors import IkdError
+from ikd.runtime import Precision, resolve_device, resolve_precision
+
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings of one job. SGD + Nesterov with a one-cycle or cosine schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    lr: float = Field(default=0.05, gt=0, description="peak learning rate")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    augment: str | None = Field(default=None, description="None = the dataset's default")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    eval_batch_size: int = Field(default=1000, gt=0)
+    max_steps_per_epoch: int | None = Field(default=None, gt=0, description="cap, for quick runs")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    train: dict[str, float]
+    val_accuracy: float
+    val_loss: float
+    images_per_s: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_accuracy: float
+    last_val_accuracy: float
+    history: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def to_json_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingDiverged(IkdError):
+    """The loss became NaN or infinite."""
+
+
+def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
+    def objective(model, x, y):
+        logits = model(x)
+        ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        return logits, {"loss": ce}
+
+    return objective
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.25,
+            div_factor=10.0, final_div_factor=100.0, three_phase=False,
+        )
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, images: ImageSet, *, mean, std, device: torch.device,
+             precision: Precision, batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over a split, in eval mode, in large batches."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for x, y in iterate_batches(images, batch_size, mean=mean, std=std, device=device):
+        with precision.autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(images)
+    return {"accuracy": correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": n}
+
+
+def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *,
+                objective: Objective | None = None, progress: bool = True,
+                description: str = "train") -> TrainResult:
+    """Train in place; on return the model holds its best-by-validation weights."""
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    objective = objective or cross_entropy_objective(config.label_smoothing)
+    augment = data.augment if config.augment is None else config.augment
+    torch.manual_seed(config.seed)
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    steps_per_epoch = len(data.train) // config.batch_size or 1
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+
+    result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0,
+                         device=str(device), precision=precision.name)
+    best_state = None
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc=description, unit="step",
+               disable=not progress, dynamic_ncols=True, leave=True)
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        batches = iterate_batches(data.train, config.batch_size, mean=data.mean, std=data.std,
+                                  augment=augment, shuffle=True, generator=shuffle_generator,
+                                  device=device, drop_last=True)
+        for step, (x, y) in enumerate(batches, start=1):
+            if step > steps_per_epoch:
+                break
+            with precision.autocast():
+                logits, terms = objective(model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            bar.update(1)
+            # Reading values syncs the device, so refresh the display only now and then.
+            if step % 10 == 0 or step == steps_per_epoch:
+                loss = sums["loss"].item() / seen
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"{description}: loss became {loss} in epoch {epoch}; lower --lr or use --precision fp32")
+                bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{loss:.4f}",
+                                acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}", refresh=False)
+        train_seconds = time.perf_counter() - epoch_start
+        val = evaluate(model, data.val, mean=data.mean, std=data.std, device=device,
+                       precision=precision, batch_size=config.eval_batch_size)
+        record = EpochRecord(
+            epoch=epoch, lr=optimizer.param_groups[0]["lr"],
+            train={name: total.item() / seen for name, total in sums.items()} | {"accuracy": correct.item() / seen},
+            val_accuracy=val["accuracy"], val_loss=val["loss"], images_per_s=seen / train_seconds,
+            seconds=time.perf_counter() - epoch_start,
+        )
+        result.history.append(record)
+        if record.val_accuracy > result.best_val_accuracy:
+            result.best_epoch, result.best_val_accuracy = epoch, record.val_accuracy
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{record.train['loss']:.4f}",
+                        val_acc=f"{record.val_accuracy:.4f}", best=f"{result.best_val_accuracy:.4f}")
+    bar.close()
+    result.last_val_accuracy = result.history[-1].val_accuracy
+    result.seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result

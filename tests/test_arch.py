@@ -1,0 +1,104 @@
+"""Spec arithmetic: parameters, stored bytes and MACs computed from the spec match the real model."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ikd.arch import PRESETS, ArchSpec, pooled_size, preset
+from ikd.errors import ConfigError
+from ikd.model import build_model
+
+INPUTS = [(3, 32), (1, 28), (1, 8)]
+
+
+def count_macs_with_hooks(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of convs and linears, counted from the shapes seen at run time."""
+    total = 0
+
+    def conv_hook(module, inputs, output):
+        nonlocal total
+        kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        total += output[0].numel() * kernel
+
+    def linear_hook(module, inputs, output):
+        nonlocal total
+        total += module.in_features * module.out_features
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(conv_hook)
+        elif isinstance(module, nn.Linear):
+            module.register_forward_hook(linear_hook)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    return total
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("channels,size", INPUTS)
+def test_spec_arithmetic_matches_model(name, channels, size):
+    spec = preset(name, in_channels=channels, image_size=size, num_classes=10)
+    model = build_model(spec)
+    assert spec.num_params() == sum(p.numel() for p in model.parameters())
+    assert spec.macs() == count_macs_with_hooks(model, torch.zeros(1, channels, size, size))
+    stored = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert spec.stored_tensor_bytes() == stored
+    assert model(torch.zeros(2, channels, size, size)).shape == (2, 10)
+
+
+def test_vgg16_layout_and_known_size():
+    spec = preset("vgg16", in_channels=3, image_size=32, num_classes=10)
+    assert [len(b) for b in spec.blocks] == [2, 2, 3, 3, 3]
+    assert [b[0] for b in spec.blocks] == [64, 128, 256, 512, 512]
+    # 13 bias-free convs (14,710,464) + BN scale/shift (8,448) + Linear(512, 10) (5,130).
+    assert spec.num_params() == 14_724_042
+    assert spec.size_bytes_fp32() == 4 * 14_724_042
+    assert spec.block_output_sizes() == [16, 8, 4, 2, 1]
+
+
+def test_pooling_is_skipped_once_spatial_size_is_one():
+    spec = preset("vgg16", in_channels=1, image_size=8, num_classes=10)
+    assert spec.block_input_sizes() == [8, 4, 2, 1, 1]
+    assert spec.block_output_sizes() == [4, 2, 1, 1, 1]
+    assert preset("vgg16", in_channels=1, image_size=28, num_classes=10).block_output_sizes() == [14, 7, 3, 1, 1]
+    assert pooled_size(1) == 1 and pooled_size(3) == 1 and pooled_size(7) == 3
+
+
+def test_block_features_have_the_spec_shapes():
+    spec = ArchSpec(in_channels=3, image_size=32, num_classes=5, blocks=[[8], [16, 16]], head=[32], dropout=0.1)
+    model = build_model(spec)
+    logits, features = model.forward_features(torch.randn(4, 3, 32, 32))
+    assert logits.shape == (4, 5)
+    assert [tuple(f.shape[1:]) for f in features] == [(8, 16, 16), (16, 8, 8)]
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(model(x), model.forward_features(x)[0])
+
+
+def test_spec_round_trips_through_json(tmp_path):
+    spec = ArchSpec(in_channels=1, image_size=28, num_classes=10, blocks=[[4, 8], [16]], head=[12])
+    assert ArchSpec.model_validate(json.loads(json.dumps(spec.to_json_dict()))) == spec
+    # the stored-bytes figure is the tensor payload of the saved safetensors file
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()}, str(path))
+    header = int.from_bytes(path.read_bytes()[:8], "little")
+    assert path.stat().st_size - 8 - header == spec.stored_tensor_bytes()
+
+
+@pytest.mark.parametrize("bad", [
+    {"blocks": []}, {"blocks": [[]]}, {"blocks": [[8, 0]]}, {"head": [-1]},
+    {"image_size": 0}, {"num_classes": 1}, {"unknown_key": 1},
+])
+def test_invalid_specs_are_rejected(bad):
+    document = {"in_channels": 3, "image_size": 32, "num_classes": 10, "blocks": [[8]]} | bad
+    with pytest.raises(ValueError):
+        ArchSpec.model_validate(document)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match="vgg11, vgg13, vgg16, vgg19"):
+        preset("vgg99", in_channels=3, image_size=32, num_classes=10)

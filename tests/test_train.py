@@ -1,0 +1,73 @@
+"""Training on the real (bundled) digits set, best-by-validation bookkeeping, and checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from ikd.arch import ArchSpec
+from ikd.checkpoint import load_model, save_model
+from ikd.data import load_dataset
+from ikd.errors import CheckpointError
+from ikd.model import build_model
+from ikd.runtime import resolve_precision
+from ikd.train import TrainConfig, evaluate, train_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def small_spec(data) -> ArchSpec:
+    return ArchSpec(in_channels=data.in_channels, image_size=data.image_size,
+                    num_classes=data.num_classes, blocks=[[16], [32], [64]])
+
+
+def test_tiny_training_run_on_digits_learns(digits):
+    model = build_model(small_spec(digits), seed=0)
+    config = TrainConfig(epochs=6, batch_size=32, lr=0.05, precision="fp32", device="cpu", seed=0)
+    result = train_model(model, digits, config, progress=False)
+    assert result.best_val_accuracy > 0.90
+    assert len(result.history) == 6
+    assert result.best_val_accuracy == max(r.val_accuracy for r in result.history)
+    assert set(result.history[0].train) >= {"loss", "accuracy"}
+    # the model is left holding the best epoch's weights
+    again = evaluate(model, digits.val, mean=digits.mean, std=digits.std, device=torch.device("cpu"),
+                     precision=resolve_precision("fp32", torch.device("cpu")))
+    assert again["accuracy"] == pytest.approx(result.best_val_accuracy)
+
+
+def test_same_seed_same_result(digits):
+    config = TrainConfig(epochs=1, batch_size=64, precision="fp32", device="cpu", seed=3, max_steps_per_epoch=5)
+    runs = []
+    for _ in range(2):
+        model = build_model(small_spec(digits), seed=3)
+        runs.append(train_model(model, digits, config, progress=False).history[0])
+    assert runs[0].train == runs[1].train and runs[0].val_accuracy == runs[1].val_accuracy
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path, digits):
+    model = build_model(small_spec(digits)).eval()
+    save_model(tmp_path / "m", model, {"note": "x"})
+    loaded, meta = load_model(tmp_path / "m")
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(model(x), loaded.eval()(x))
+    assert meta["note"] == "x" and ArchSpec.model_validate(meta["arch"]) == model.spec
+
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    doc["arch"]["blocks"] = [[16], [32], [128]]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="do not match the spec"):
+        load_model(tmp_path / "m")
+
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_model(tmp_path / "m")
+
+
+def test_training_config_is_validated():
+    with pytest.raises(ValueError):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError):
+        TrainConfig(epochs=1, unknown=3)
