@@ -1,0 +1,141 @@
+"""Batching, augmentation and normalisation on tensors.
+
+Everything works on whole batches on the target device: at CIFAR/MNIST scale, per-sample Python
+(DataLoader workers, PIL transforms) costs more than the small networks being distilled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ikd.data.splits import ImageSet
+from ikd.errors import DataError
+
+AUGMENTATIONS: tuple[str, ...] = ("none", "crop", "crop-flip")
+
+Stats = Sequence[float] | torch.Tensor
+
+
+def check_augment(kind: str) -> str:
+    if kind not in AUGMENTATIONS:
+        raise DataError(
+            f"augment={kind!r} is not a known augmentation; expected one of: {', '.join(AUGMENTATIONS)}"
+        )
+    return kind
+
+
+def crop_padding(size: int) -> int:
+    """Zero padding for random crops: 4 at 32 px (the CIFAR standard), 3 at 28, 1 at 8."""
+    return max(1, size // 8)
+
+
+def _random_device(generator: torch.Generator | None) -> torch.device:
+    # Random numbers are drawn where the generator lives and then moved, so a CPU generator gives
+    # the same augmentation whether the batch is on the CPU or a GPU.
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def augment_batch(
+    images_uint8: torch.Tensor, kind: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Randomly crop (and for "crop-flip" mirror) every image of a uint8 (N, C, H, W) batch at once.
+
+    Each sample gets its own offset: one gather from the zero-padded batch with per-sample row and
+    column indices (a flip is just reversed column indices). "none" returns the input unchanged.
+    """
+    check_augment(kind)
+    if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
+        raise ValueError(
+            f"augment_batch expects uint8 (N, C, H, W), got {images_uint8.dtype} {tuple(images_uint8.shape)}"
+        )
+    n, c, h, w = images_uint8.shape
+    if kind == "none" or n == 0:
+        return images_uint8
+    dev = images_uint8.device
+    rdev = _random_device(generator)
+    p = crop_padding(min(h, w))
+    offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=rdev).to(dev)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if kind == "crop-flip":
+        flip = torch.randint(0, 2, (n,), generator=generator, device=rdev).to(dev).bool()
+        cols = torch.where(flip[:, None], (w - 1) - cols, cols)
+    rows = offsets[0, :, None] + torch.arange(h, device=dev)
+    cols = offsets[1, :, None] + cols
+    padded = F.pad(images_uint8, (p, p, p, p))
+    return padded[
+        torch.arange(n, device=dev)[:, None, None, None],
+        torch.arange(c, device=dev)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+def normalize(images_uint8: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
+    """float32 (x/255 - mean)/std per channel, on the images' device; works on (C,H,W) and (N,C,H,W)."""
+    if images_uint8.dtype != torch.uint8:
+        raise ValueError(f"normalize expects uint8 images, got {images_uint8.dtype}")
+    c = images_uint8.shape[-3]
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images_uint8.device).reshape(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images_uint8.device).reshape(-1, 1, 1)
+    if m.shape[0] != c or s.shape[0] != c:
+        raise ValueError(f"normalize got {m.shape[0]} means and {s.shape[0]} stds for {c} channels")
+    return images_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+
+
+def iterate_batches(
+    data: ImageSet,
+    batch_size: int,
+    *,
+    mean: Stats,
+    std: Stats,
+    augment: str = "none",
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x float32 normalised, y int64) on `device`; one epoch, every sample once.
+
+    Arguments are checked here, not at the first next(), so a bad flag fails before training starts.
+    `data` may already live on `device` (see ImageSet.to), which skips the per-batch copy.
+    """
+    check_augment(augment)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device)
+    return _batches(data, int(batch_size), m, s, augment, shuffle, generator, device, drop_last)
+
+
+def _batches(
+    data: ImageSet,
+    batch_size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    augment: str,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    device: torch.device,
+    drop_last: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(data)
+    order = None
+    if shuffle:
+        order = torch.randperm(n, generator=generator, device=_random_device(generator)).to(
+            data.images.device
+        )
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            xb = data.images[start : start + batch_size]
+            yb = data.labels[start : start + batch_size]
+        else:
+            idx = order[start : start + batch_size]
+            xb, yb = data.images[idx], data.labels[idx]
+        xb = xb.to(device, non_blocking=True)
+        yb = yb.to(device, non_blocking=True)
+        yield normalize(augment_batch(xb, augment, generator), mean, std), yb

@@ -1,0 +1,124 @@
+"""The dataset registry and `load_dataset`, the one entry point the rest of ikd uses."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ikd.data.cifar import load_cifar10
+from ikd.data.folder import load_imagefolder
+from ikd.data.mnist import load_idx, load_mnist_like
+from ikd.data.npz import load_npz
+from ikd.data.splits import (
+    DataSplits,
+    ImageSet,
+    RawDataset,
+    check_split_seed,
+    check_val_fraction,
+    make_splits,
+    stratified_split,
+    subset,
+)
+from ikd.errors import DataError
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "idx", "cifar10", "imagefolder", "npz")
+
+# digits has no official test split; this one is fixed forever so test numbers stay comparable
+# across runs whatever --split-seed is.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0
+
+
+def load_digits(data_dir: str | Path | None = None, **_: object) -> RawDataset:
+    """scikit-learn's 8x8 digits (1,797 images, shipped inside the package: no download)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    d = sk_load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    full = ImageSet(
+        torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(d.target.astype(np.int64))
+    )
+    kept, test = stratified_split(d.target, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+    return RawDataset(
+        train=subset(full, kept),
+        test=subset(full, test),
+        classes=[str(c) for c in range(10)],
+        augment="none",
+        source="sklearn.datasets.load_digits",
+    )
+
+
+Loader = Callable[..., RawDataset]
+
+_LOADERS: dict[str, Loader] = {
+    "digits": load_digits,
+    "mnist": functools.partial(load_mnist_like, "mnist"),
+    "fashion-mnist": functools.partial(load_mnist_like, "fashion-mnist"),
+    "idx": load_idx,
+    "cifar10": load_cifar10,
+    "imagefolder": load_imagefolder,
+    "npz": load_npz,
+}
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 (N, C, H, W), in chunks to bound float memory."""
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    step = 4096
+    for start in range(0, images.shape[0], step):
+        chunk = images[start : start + step].to(torch.float32)
+        r = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[start : start + step] = r.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _resized(raw: RawDataset, size: int) -> RawDataset:
+    def one(s: ImageSet) -> ImageSet:
+        if tuple(s.images.shape[2:]) == (size, size):
+            return s
+        return ImageSet(resize_images(s.images, size), s.labels)
+
+    return RawDataset(one(raw.train), one(raw.test), raw.classes, raw.augment, raw.source)
+
+
+def _check_image_size(image_size: int | None) -> int | None:
+    if image_size is None:
+        return None
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or not 1 <= int(image_size) <= 4096
+    ):
+        raise DataError(f"image_size={image_size!r}: expected an integer number of pixels between 1 and 4096")
+    return int(image_size)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    image_size: int | None = None,
+    download: bool = True,
+) -> DataSplits:
+    """Load a dataset into memory as train/val/test uint8 tensors with train-only statistics.
+
+    image_size: None keeps each dataset's native size (imagefolder: 32); otherwise images are
+    resized to image_size x image_size (imagefolder by Pillow while decoding, the others with an
+    antialiased bilinear resize after loading).
+    """
+    if name not in _LOADERS:
+        raise DataError(f"dataset {name!r} is not known; expected one of: {', '.join(DATASETS)}")
+    check_val_fraction(val_fraction)  # before any slow loading or downloading
+    check_split_seed(split_seed)
+    size = _check_image_size(image_size)
+    raw = _LOADERS[name](data_dir, download=download, image_size=size)
+    if size is not None:
+        raw = _resized(raw, size)
+    return make_splits(name, raw, val_fraction, split_seed)

@@ -1,0 +1,70 @@
+"""Shared data fixtures: tiny IDX files written on the fly, and an environment isolated from the machine."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """Serialise a uint8 array in IDX format (magic 0x0000 08 <ndim>, big-endian dims, data)."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def write_idx_set(
+    directory: Path,
+    *,
+    n_train: int = 60,
+    n_test: int = 20,
+    size: int = 6,
+    num_classes: int = 10,
+    gz: bool = False,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Write the four MNIST-named files; returns the arrays by file stem."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        IDX_FILES[0]: rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+        IDX_FILES[1]: (np.arange(n_train) % num_classes).astype(np.uint8),
+        IDX_FILES[2]: rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+        IDX_FILES[3]: (np.arange(n_test) % num_classes).astype(np.uint8),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, arr in arrays.items():
+        data = idx_bytes(arr)
+        if gz:
+            (directory / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (directory / stem).write_bytes(data)
+    return arrays
+
+
+@pytest.fixture
+def data_env(tmp_path, monkeypatch):
+    """Point every default data location into tmp_path so tests never see (or write) real caches."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("IKD_DATA_DIR", raising=False)
+    import ikd.data.mnist
+
+    monkeypatch.setattr(ikd.data.mnist, "FASHION_SYSTEM_DIR", tmp_path / "no-system-fashion")
+    return home
+
+
+@pytest.fixture
+def make_idx_set():
+    """write_idx_set(directory, n_train=60, n_test=20, size=6, num_classes=10, gz=False, seed=0)."""
+    return write_idx_set
