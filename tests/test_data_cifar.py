@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ikd.data import load_dataset
 from ikd.data.cifar import ARCHIVE, BATCHES_DIR, CLASSES, load_batch_bytes, safe_unpickle
+from fuzzing import mutated
 from ikd.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("data_env")
@@ -280,23 +281,6 @@ def test_only_exact_allowed_globals(raw):
 # --- fuzzing ------------------------------------------------------------------------------------
 
 SMALL = {p: pickle.dumps(batch(2, 1, bytes_keys=p == 2), protocol=p) for p in (2, 4, 5)}
-
-
-@st.composite
-def mutated(draw, base: bytes):
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
-        pos = draw(st.integers(0, len(data) - 1)) if data else 0
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete":
-            del data[pos : pos + draw(st.integers(1, 8))]
-    return bytes(data)
 
 
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

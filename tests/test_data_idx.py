@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ikd.data import load_dataset, mnist
 from ikd.data.idx import gunzip, parse_idx, read_maybe_gzip
+from fuzzing import mutated
 from ikd.errors import DataError, IkdError
 
 pytestmark = pytest.mark.usefixtures("data_env")
@@ -230,23 +231,6 @@ def _parse_or_data_error(data: bytes, ndim: int) -> None:
     except DataError:
         return
     assert out.dtype == np.uint8 and out.ndim == ndim
-
-
-@st.composite
-def mutated(draw, base: bytes):
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
-        pos = draw(st.integers(0, max(0, len(data) - 1)))
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete":
-            del data[pos : pos + draw(st.integers(1, 8))]
-    return bytes(data)
 
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

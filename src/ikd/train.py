@@ -8,6 +8,7 @@ several named parts (KD, CE, hint) gets its progress display and history for fre
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
@@ -132,8 +133,11 @@ def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *
     result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0,
                          device=str(device), precision=precision.name)
     best_state = None
+    # Without a terminal (logs, CI) the bar redraws rarely; each epoch still gets its own line.
+    interactive = sys.stderr.isatty()
     bar = tqdm(total=config.epochs * steps_per_epoch, desc=description, unit="step",
-               disable=not progress, dynamic_ncols=True, leave=True)
+               disable=not progress, dynamic_ncols=True, leave=True,
+               mininterval=0.5 if interactive else 60.0)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -182,8 +186,11 @@ def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *
         if record.val_accuracy > result.best_val_accuracy:
             result.best_epoch, result.best_val_accuracy = epoch, record.val_accuracy
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{record.train['loss']:.4f}",
-                        val_acc=f"{record.val_accuracy:.4f}", best=f"{result.best_val_accuracy:.4f}")
+        if progress:
+            terms = " ".join(f"{name} {value:.4f}" for name, value in record.train.items())
+            bar.write(f"{description} epoch {epoch}/{config.epochs}: train {terms} | val acc "
+                      f"{record.val_accuracy:.4f} (best {result.best_val_accuracy:.4f}) | "
+                      f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s", file=sys.stderr)
     bar.close()
     result.last_val_accuracy = result.history[-1].val_accuracy
     result.seconds = time.perf_counter() - started
