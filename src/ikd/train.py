@@ -1,8 +1,10 @@
 """One training job: a model, data, an objective and a budget -> best-by-validation weights + history.
 
-The objective is a callable `(model, x, y) -> (logits, {term_name: tensor})` whose terms include
-`loss` (the total that is back-propagated); every term is averaged and shown, so an objective with
-several named parts (KD, CE, hint) gets its progress display and history for free.
+The objective is a callable `(model, x, y, index) -> (logits, {term_name: tensor})` whose terms
+include `loss` (the total that is back-propagated); every term is averaged and shown, so an
+objective with several named parts (KD, CE, hint) gets its progress display and history for free.
+`index` holds the batch's positions in the training set (for cached teacher outputs). An objective
+that is an nn.Module contributes its parameters (e.g. hint regressors) to the optimiser.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import IkdError
 from ikd.runtime import Precision, resolve_device, resolve_precision
 
-Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
+                     tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class TrainConfig(BaseModel):
@@ -75,7 +78,7 @@ class TrainingDiverged(IkdError):
 
 
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
-    def objective(model, x, y):
+    def objective(model, x, y, index):
         logits = model(x)
         ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         return logits, {"loss": ce}
@@ -122,7 +125,10 @@ def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *
     shuffle_generator = torch.Generator().manual_seed(config.seed)
 
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    parameters = list(model.parameters())
+    if isinstance(objective, torch.nn.Module):
+        parameters += list(objective.to(device).parameters())
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                 nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     steps_per_epoch = len(data.train) // config.batch_size or 1
     if config.max_steps_per_epoch:
@@ -147,12 +153,12 @@ def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *
         seen = 0
         batches = iterate_batches(data.train, config.batch_size, mean=data.mean, std=data.std,
                                   augment=augment, shuffle=True, generator=shuffle_generator,
-                                  device=device, drop_last=True)
-        for step, (x, y) in enumerate(batches, start=1):
+                                  device=device, drop_last=True, with_index=True)
+        for step, (x, y, index) in enumerate(batches, start=1):
             if step > steps_per_epoch:
                 break
             with precision.autocast():
-                logits, terms = objective(model, x, y)
+                logits, terms = objective(model, x, y, index)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["loss"]).backward()
             scaler.step(optimizer)

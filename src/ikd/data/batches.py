@@ -96,8 +96,11 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
     drop_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    with_index: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield (x float32 normalised, y int64) on `device`; one epoch, every sample once.
+
+    With `with_index`, also the batch's positions in `data` (int64, CPU), for per-sample caches.
 
     Arguments are checked here, not at the first next(), so a bad flag fails before training starts.
     `data` may already live on `device` (see ImageSet.to), which skips the per-batch copy.
@@ -108,7 +111,7 @@ def iterate_batches(
     device = torch.device(device)
     m = torch.as_tensor(mean, dtype=torch.float32, device=device)
     s = torch.as_tensor(std, dtype=torch.float32, device=device)
-    return _batches(data, int(batch_size), m, s, augment, shuffle, generator, device, drop_last)
+    return _batches(data, int(batch_size), m, s, augment, shuffle, generator, device, drop_last, with_index)
 
 
 def _batches(
@@ -121,7 +124,8 @@ def _batches(
     generator: torch.Generator | None,
     device: torch.device,
     drop_last: bool,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    with_index: bool,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     n = len(data)
     order = None
     if shuffle:
@@ -131,6 +135,7 @@ def _batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         if order is None:
+            idx = torch.arange(start, min(start + batch_size, n))
             xb = data.images[start : start + batch_size]
             yb = data.labels[start : start + batch_size]
         else:
@@ -138,4 +143,5 @@ def _batches(
             xb, yb = data.images[idx], data.labels[idx]
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True)
-        yield normalize(augment_batch(xb, augment, generator), mean, std), yb
+        x = normalize(augment_batch(xb, augment, generator), mean, std)
+        yield (x, yb, idx.cpu()) if with_index else (x, yb)

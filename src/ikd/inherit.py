@@ -1,0 +1,90 @@
+"""Initialise a child network from its parent's weights instead of at random.
+
+Convs are matched by position (block index, conv index within the block): a depth-shrunk child
+keeps the surviving layers' weights unchanged; a narrower layer keeps the parent's filters with
+the largest L1 norm (as in Li et al. 2017, "Pruning Filters for Efficient ConvNets"), and the next
+layer keeps the matching input channels, so the kept filters still see what they were trained on.
+Layers with no counterpart keep their fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ikd.model import VGG
+
+
+def _convs_by_position(model: VGG) -> dict[tuple[int, int], tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    found = {}
+    for b, block in enumerate(model.blocks):
+        convs = [m for m in block if isinstance(m, nn.Conv2d)]
+        norms = [m for m in block if isinstance(m, nn.BatchNorm2d)]
+        for j, (conv, norm) in enumerate(zip(convs, norms)):
+            found[(b, j)] = (conv, norm)
+    return found
+
+
+def _top_l1(weight: torch.Tensor, keep: int, dim: int) -> torch.Tensor:
+    """Indices (ascending) of the `keep` slices along `dim` with the largest L1 norm."""
+    other = [d for d in range(weight.dim()) if d != dim]
+    norms = weight.abs().sum(dim=other)
+    return torch.sort(torch.topk(norms, keep).indices).values
+
+
+@torch.no_grad()
+def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
+    """Copy what fits from `parent` into `child` in place; returns counts of layers inherited/fresh."""
+    parent_convs = _convs_by_position(parent)
+    # Output channels each inherited parent layer kept, to pick the next layer's inputs to match.
+    kept_out: dict[tuple[int, int], torch.Tensor] = {}
+    previous_child_key: tuple[int, int] | None = None
+    previous_parent_key: tuple[int, int] | None = None
+    parent_order = list(parent_convs)
+    stats = {"inherited": 0, "fresh": 0}
+
+    for key, (conv, norm) in _convs_by_position(child).items():
+        source = parent_convs.get(key)
+        fits = source is not None and all(
+            c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2]))
+        if not fits:
+            stats["fresh"] += 1
+            previous_child_key, previous_parent_key = key, None
+            continue
+        p_conv, p_norm = source
+        out_idx = _top_l1(p_conv.weight, conv.out_channels, dim=0)
+        feeds_directly = (
+            previous_parent_key is not None
+            and parent_order.index(key) == parent_order.index(previous_parent_key) + 1
+            and len(kept_out[previous_child_key]) == conv.in_channels
+        )
+        in_idx = kept_out[previous_child_key] if feeds_directly else _top_l1(p_conv.weight, conv.in_channels, dim=1)
+        conv.weight.copy_(p_conv.weight[out_idx][:, in_idx])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(norm, name).copy_(getattr(p_norm, name)[out_idx])
+        kept_out[key] = out_idx
+        previous_child_key, previous_parent_key = key, key
+        stats["inherited"] += 1
+
+    # The head: the first linear reads the last conv's channels; hidden layers keep top-L1 rows.
+    child_linears = [m for m in child.head if isinstance(m, nn.Linear)]
+    parent_linears = [m for m in parent.head if isinstance(m, nn.Linear)]
+    last_parent_conv = parent_order[-1]
+    in_idx = kept_out.get(previous_child_key) if previous_parent_key == last_parent_conv else None
+    if len(child_linears) == len(parent_linears):
+        for c_lin, p_lin in zip(child_linears, parent_linears):
+            if c_lin.out_features > p_lin.out_features or c_lin.in_features > p_lin.in_features:
+                in_idx = None
+                stats["fresh"] += 1
+                continue
+            out_idx = (torch.arange(p_lin.out_features) if c_lin.out_features == p_lin.out_features
+                       else _top_l1(p_lin.weight, c_lin.out_features, dim=0))
+            if in_idx is None or len(in_idx) != c_lin.in_features:
+                in_idx = _top_l1(p_lin.weight, c_lin.in_features, dim=1)
+            c_lin.weight.copy_(p_lin.weight[out_idx][:, in_idx])
+            c_lin.bias.copy_(p_lin.bias[out_idx])
+            in_idx = out_idx
+            stats["inherited"] += 1
+    else:
+        stats["fresh"] += len(child_linears)
+    return stats

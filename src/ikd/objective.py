@@ -1,0 +1,185 @@
+"""The distillation objective: one loss with three named terms.
+
+    loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T))  +  beta * CE(y, s)  +  gamma * hint
+
+The hint is FitNets' (Romero et al. 2015): the MSE between a teacher block's output and a learned
+1x1-conv regressor applied to a student block's output. The regressor trains with the student
+and is never part of the student that is saved or exported.
+
+Which blocks are paired (documented rule, `hint_blocks`): the student's middle block (FitNets'
+"guided layer" is in the middle of the student), and the teacher block whose output has the same
+spatial resolution, nearest in relative depth; when no teacher block has that resolution, the
+teacher block nearest in relative depth (ties: nearest resolution), with the larger map
+average-pooled to the smaller one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ikd.arch import ArchSpec
+from ikd.model import VGG
+
+
+class LossWeights(BaseModel):
+    """Weights of the three terms and the softmax temperature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KL term")
+    beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
+    gamma: float = Field(default=1.0, ge=0, description="weight of the FitNets hint (0 = no hint)")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (not over classes).
+
+    The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al. 2015).
+    """
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
+    """(student block, teacher block) to pair for the hint; see the module docstring for the rule."""
+    s_block = (len(student.blocks) - 1) // 2
+    s_depth = s_block / max(len(student.blocks) - 1, 1)
+    s_size = student.block_output_sizes()[s_block]
+    t_sizes = teacher.block_output_sizes()
+
+    def distance(t_block: int) -> tuple[float, float]:
+        depth_gap = abs(t_block / max(len(teacher.blocks) - 1, 1) - s_depth)
+        return depth_gap, abs(math.log2(t_sizes[t_block] / s_size))
+
+    same_size = [t for t, size in enumerate(t_sizes) if size == s_size]
+    return s_block, min(same_size or range(len(t_sizes)), key=distance)
+
+
+class HintRegressor(nn.Module):
+    """Maps student features to the teacher's channel count (1x1 conv) and spatial size (avg-pool)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.project = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        projected = self.project(student_features)
+        size = min(projected.shape[-1], teacher_features.shape[-1])
+        projected = F.adaptive_avg_pool2d(projected, size) if projected.shape[-1] != size else projected
+        target = F.adaptive_avg_pool2d(teacher_features, size) if teacher_features.shape[-1] != size else teacher_features
+        return F.mse_loss(projected.float(), target.float())
+
+
+@dataclass
+class TeacherOutputs:
+    """What the objective needs from the teacher for one batch."""
+
+    logits: torch.Tensor
+    hint_features: torch.Tensor | None
+
+
+class LiveTeacher:
+    """Runs the (frozen, eval-mode) teacher on every batch."""
+
+    def __init__(self, teacher: VGG, hint_block: int | None):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.hint_block = hint_block
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
+        if self.hint_block is None:
+            return TeacherOutputs(self.teacher(x), None)
+        logits, features = self.teacher.forward_features(x)
+        return TeacherOutputs(logits, features[self.hint_block])
+
+
+class CachedTeacher:
+    """Teacher outputs computed once for every training image and looked up by index.
+
+    Valid only without augmentation, when the teacher would see the same images every epoch.
+    """
+
+    def __init__(self, logits: torch.Tensor, hint_features: torch.Tensor | None, hint_block: int | None):
+        self.logits, self.hint_features, self.hint_block = logits, hint_features, hint_block
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
+        index = index.to(self.logits.device)
+        features = None if self.hint_features is None else self.hint_features[index].to(x.device)
+        return TeacherOutputs(self.logits[index].to(x.device), features)
+
+
+class DistillationObjective(nn.Module):
+    """Callable as `(student, x, y, index) -> (logits, {"kd", "ce", "hint", "loss"})`.
+
+    As an nn.Module its parameters are the hint regressor's, which train alongside the student.
+    """
+
+    def __init__(self, teacher: LiveTeacher | CachedTeacher, weights: LossWeights,
+                 hint_student_block: int | None, regressor: HintRegressor | None):
+        super().__init__()
+        self.teacher = teacher
+        self.weights = weights
+        self.hint_student_block = hint_student_block
+        self.regressor = regressor
+
+    def forward(self, student: VGG, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
+        target = self.teacher(x, index)
+        w = self.weights
+        if self.regressor is not None:
+            logits, features = student.forward_features(x)
+            hint = self.regressor(features[self.hint_student_block], target.hint_features)
+        else:
+            logits, hint = student(x), torch.zeros((), device=x.device)
+        kd = kd_loss(logits, target.logits, w.temperature)
+        ce = F.cross_entropy(logits.float(), y)
+        loss = w.alpha * kd + w.beta * ce + w.gamma * hint
+        return logits, {"loss": loss, "kd": kd.detach(), "ce": ce.detach(), "hint": hint.detach()}
+
+
+@torch.inference_mode()
+def cache_teacher_outputs(teacher: VGG, images, *, mean, std, hint_block: int | None,
+                          device: torch.device, batch_size: int = 1000) -> CachedTeacher:
+    """Run the teacher once over `images` (an ImageSet, in order) and keep its outputs.
+
+    Hint features are kept at fp32 on the CPU; at MNIST scale a middle VGG-16 block is about
+    1.3 GB, the price of never running the teacher again.
+    """
+    from ikd.data import iterate_batches
+
+    teacher = teacher.eval()
+    logits, features = [], []
+    for x, _ in iterate_batches(images, batch_size, mean=mean, std=std, device=device):
+        if hint_block is None:
+            logits.append(teacher(x).float().cpu())
+        else:
+            out, feats = teacher.forward_features(x)
+            logits.append(out.float().cpu())
+            features.append(feats[hint_block].float().cpu())
+    return CachedTeacher(torch.cat(logits), torch.cat(features) if features else None, hint_block)
+
+
+def build_objective(student: VGG, teacher: VGG, weights: LossWeights, *, cached: CachedTeacher | None = None
+                    ) -> DistillationObjective:
+    """The objective for one student: pairs hint blocks, makes the regressor, picks the teacher source.
+
+    `cached` (from `cache_teacher_outputs`, computed with the same hint block) replaces running the
+    teacher on every batch; pass it only when training without augmentation.
+    """
+    if weights.gamma > 0:
+        s_block, t_block = hint_blocks(student.spec, teacher.spec)
+        regressor = HintRegressor(student.spec.blocks[s_block][-1], teacher.spec.blocks[t_block][-1])
+    else:
+        s_block = t_block = regressor = None
+    if cached is not None and cached.hint_block != t_block:
+        raise ValueError(f"cached teacher outputs hold block {cached.hint_block}, this student needs {t_block}")
+    source = cached if cached is not None else LiveTeacher(teacher, t_block)
+    return DistillationObjective(source, weights, s_block, regressor)
