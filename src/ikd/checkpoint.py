@@ -9,17 +9,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ikd import __version__
 from ikd.arch import ArchSpec
 from ikd.errors import CheckpointError
 from ikd.model import VGG, build_model
+
+if TYPE_CHECKING:
+    from ikd.data import DataSplits
+    from ikd.train import TrainConfig, TrainResult
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -57,6 +63,47 @@ def save_model(directory: Path, model: VGG, metadata: dict[str, Any]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     atomic_write_json(directory / META_FILE, {**metadata, "arch": model.spec.to_json_dict()})
+
+
+def describe_dataset(data: DataSplits, val_fraction: float, split_seed: int) -> dict[str, Any]:
+    """What a model was trained on, including the normalisation it expects and the split it used."""
+    return {
+        "name": data.name, "source": data.source, "classes": list(data.classes),
+        "in_channels": data.in_channels, "image_size": data.image_size,
+        "mean": list(data.mean), "std": list(data.std), "augment": data.augment,
+        "val_fraction": val_fraction, "split_seed": split_seed,
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+    }
+
+
+def describe_size(spec: ArchSpec) -> dict[str, Any]:
+    return {"params": spec.num_params(), "size_bytes_fp32": spec.size_bytes_fp32(),
+            "stored_tensor_bytes": spec.stored_tensor_bytes(), "macs": spec.macs(),
+            "summary": spec.summary()}
+
+
+def training_metadata(*, data: DataSplits, val_fraction: float, split_seed: int, spec: ArchSpec,
+                      config: TrainConfig, result: TrainResult, test: dict[str, Any],
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model.json document of a trained model (the spec itself is added by save_model)."""
+    history = result.to_json_dict()["history"]
+    best, last = history[result.best_epoch - 1], history[-1]
+    return {
+        "ikd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": describe_dataset(data, val_fraction, split_seed),
+        "size": describe_size(spec),
+        "training": config.model_dump() | {"resolved_device": result.device,
+                                           "resolved_precision": result.precision,
+                                           "seconds": round(result.seconds, 2)},
+        "metrics": {
+            "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"]},
+            "last": {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]},
+            "test_of_saved_weights": {"accuracy": test["accuracy"], "n": test["n"]},
+        },
+        "history": history,
+        **(extra or {}),
+    }
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ikd import __version__
 from ikd.arch import PRESETS, ArchSpec, preset
-from ikd.checkpoint import META_FILE, load_model, read_metadata, save_model
-from ikd.data import DATASETS, DataSplits, load_dataset
+from ikd.checkpoint import (META_FILE, describe_size, load_model, read_metadata, save_model,
+                            training_metadata)
+from ikd.data import DATASETS, load_dataset
 from ikd.errors import ConfigError, IkdError
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
@@ -30,22 +30,6 @@ def _validated_config(**values) -> TrainConfig:
         first = exc.errors()[0]
         flag = "--" + str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
-
-
-def _dataset_record(data: DataSplits, val_fraction: float, split_seed: int) -> dict:
-    return {
-        "name": data.name, "source": data.source, "classes": list(data.classes),
-        "in_channels": data.in_channels, "image_size": data.image_size,
-        "mean": list(data.mean), "std": list(data.std), "augment": data.augment,
-        "val_fraction": val_fraction, "split_seed": split_seed,
-        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-    }
-
-
-def _spec_record(spec: ArchSpec) -> dict:
-    return {"params": spec.num_params(), "size_bytes_fp32": spec.size_bytes_fp32(),
-            "stored_tensor_bytes": spec.stored_tensor_bytes(), "macs": spec.macs(),
-            "summary": spec.summary()}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -69,23 +53,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(config.device)
     test = evaluate(model, data.test, mean=data.mean, std=data.std, device=device,
                     precision=resolve_precision(config.precision, device))
-    history = result.to_json_dict()["history"]
-    best, last = history[result.best_epoch - 1], history[-1]
-    save_model(out, model, {
-        "ikd_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "dataset": _dataset_record(data, args.val_fraction, args.split_seed),
-        "size": _spec_record(spec),
-        "training": config.model_dump() | {"resolved_device": result.device,
-                                           "resolved_precision": result.precision,
-                                           "seconds": round(result.seconds, 2)},
-        "metrics": {
-            "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"]},
-            "last": {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]},
-            "test_of_saved_weights": {"accuracy": test["accuracy"], "n": test["n"]},
-        },
-        "history": history,
-    })
+    metadata = training_metadata(data=data, val_fraction=args.val_fraction, split_seed=args.split_seed,
+                                 spec=spec, config=config, result=result, test=test)
+    save_model(out, model, metadata)
+    best, last = metadata["metrics"]["best"], metadata["metrics"]["last"]
     print(f"best val acc {best['val_accuracy']:.4f} (epoch {best['epoch']}), last {last['val_accuracy']:.4f}, "
           f"test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}")
     return 0
@@ -128,7 +99,7 @@ def cmd_arch(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--input {args.input!r}: expected CHANNELSxSIZE, e.g. 3x32") from None
     spec = preset(args.arch, in_channels=channels, image_size=size, num_classes=args.classes)
-    info = {"arch": args.arch, **_spec_record(spec), "block_output_sizes": spec.block_output_sizes(),
+    info = {"arch": args.arch, **describe_size(spec), "block_output_sizes": spec.block_output_sizes(),
             "spec": spec.to_json_dict()}
     if args.json:
         print(json.dumps(info))
@@ -136,6 +107,58 @@ def cmd_arch(args: argparse.Namespace) -> int:
         print(f"{args.arch} on {channels}x{size}x{size}: {spec.summary()}\n"
               f"  params {info['params']:,} | {info['size_bytes_fp32'] / 2**20:.2f} MiB fp32 | "
               f"{info['macs'] / 1e6:.1f} M MACs/image | block outputs {info['block_output_sizes']}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from ikd.config import load_config
+    from ikd.search import compress
+
+    operators = args.operators.split(",") if args.operators else None
+    config = load_config(args.config, {
+        "data.name": args.dataset, "data.dir": args.data_dir, "teacher.dir": args.teacher,
+        "teacher.arch": args.arch, "search.max_drop": args.max_drop,
+        "search.max_step_drop": args.max_step_drop, "student.epochs": args.epochs,
+        "search.operators": operators, "run_dir": args.run_dir, "seed": args.seed,
+        "precision": args.precision, "device": args.device,
+    })
+    lineage = compress(config, progress=not args.quiet, force=args.force)
+    print(format_lineage(lineage))
+    return 0
+
+
+def format_lineage(lineage) -> str:
+    """The lineage as a table, in generation order, with the stop reason underneath."""
+    header = ("id", "gen", "parent", "arch", "params", "x", "val %", "test %", "status")
+    rows = [header]
+    for node in sorted(lineage.nodes, key=lambda n: (n.generation, n.id)):
+        spec = ArchSpec.model_validate(node.arch)
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        rows.append((node.id, str(node.generation), node.parent or "-", spec.summary(), f"{node.params:,}",
+                     f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), node.status))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if lineage.stop_reason:
+        lines.append(f"stopped: {lineage.stop_reason}")
+    return "\n".join(lines)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from ikd.lineage import RunDir
+
+    run = RunDir(Path(args.run_dir))
+    if not run.exists():
+        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
+    lineage = run.load()
+    print(json.dumps(lineage.model_dump(mode="json"), indent=2) if args.json else format_lineage(lineage))
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from ikd.config import config_reference
+
+    print(config_reference())
     return 0
 
 
@@ -184,6 +207,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
+
+    co = commands.add_parser("compress", parents=[common],
+                             help="run or resume a compression campaign (teacher -> smaller and smaller students)")
+    co.add_argument("--config", help="campaign YAML (see configs/); flags below override its keys")
+    co.add_argument("--dataset", choices=DATASETS, metavar="NAME", help="data.name")
+    co.add_argument("--data-dir", help="data.dir")
+    co.add_argument("--teacher", metavar="DIR", help="teacher.dir: start from a model trained by `ikd train`")
+    co.add_argument("--arch", choices=PRESETS, help="teacher.arch: preset to train when no --teacher is given")
+    co.add_argument("--max-drop", type=float, help="search.max_drop, points below the root teacher (validation)")
+    co.add_argument("--max-step-drop", type=float, help="search.max_step_drop, points below the parent")
+    co.add_argument("--epochs", type=int, help="student.epochs per candidate")
+    co.add_argument("--operators", help="search.operators, comma-separated: depth,width")
+    co.add_argument("--run-dir", help="run_dir")
+    co.add_argument("--seed", type=int, help="seed")
+    co.add_argument("--precision", choices=PRECISIONS)
+    co.add_argument("--device", choices=DEVICES)
+    co.add_argument("--force", action="store_true", help="continue a run directory made with another config")
+    co.add_argument("--quiet", action="store_true", help="no progress output")
+    co.set_defaults(func=cmd_compress)
+
+    li = commands.add_parser("lineage", parents=[common], help="show a campaign's lineage")
+    li.add_argument("run_dir")
+    li.add_argument("--json", action="store_true", help="the whole lineage.json")
+    li.set_defaults(func=cmd_lineage)
+
+    cr = commands.add_parser("config-reference", parents=[common], help="print every campaign config key (markdown)")
+    cr.set_defaults(func=cmd_config_reference)
 
     ar = commands.add_parser("arch", parents=[common], help="size and cost of a preset architecture")
     ar.add_argument("arch", choices=PRESETS)
