@@ -1,0 +1,169 @@
+"""Campaign configuration: a YAML file validated on load, with command-line overrides.
+
+Every key is declared here once; the README's config reference is generated from these models
+(`ikd config-reference`), so documentation and validation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ikd.arch import PRESETS
+from ikd.errors import ConfigError
+from ikd.objective import LossWeights
+from ikd.shrink import OPERATORS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    name: str = Field(default="digits", description="dataset: digits, mnist, fashion-mnist, idx, cifar10, imagefolder, npz")
+    dir: str | None = Field(default=None, description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)")
+    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of the training set held out for validation")
+    split_seed: int = Field(default=0, ge=0, description="seed of the validation split")
+    image_size: int | None = Field(default=None, gt=0, description="resize images to this size (imagefolder default 32)")
+
+
+class OptimConfig(Strict):
+    epochs: int = Field(gt=0, description="epochs per training job")
+    batch_size: int = Field(default=128, gt=0)
+    lr: float = Field(default=0.05, gt=0, description="peak learning rate (SGD, Nesterov momentum 0.9)")
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    augment: Literal["none", "crop", "crop-flip"] | None = Field(default=None, description="default: the dataset's own")
+
+
+class TeacherConfig(OptimConfig):
+    dir: str | None = Field(default=None, description="an existing `ikd train` output to start from; else one is trained")
+    arch: str = Field(default="vgg16", description=f"preset to train when no dir is given: {', '.join(PRESETS)}")
+    epochs: int = Field(default=10, gt=0)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in PRESETS:
+            raise ValueError(f"expected one of {', '.join(PRESETS)}")
+        return arch
+
+
+class StudentConfig(OptimConfig):
+    epochs: int = Field(default=5, gt=0)
+    inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
+    hint_stage: Literal["joint", "two-stage"] = Field(
+        default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first")
+    hint_epochs: int = Field(default=1, ge=0, description="epochs of hint pre-training (two-stage only)")
+    cache_teacher: bool = Field(default=True, description="reuse the teacher's outputs every epoch when there is no augmentation")
+
+
+class SearchConfig(Strict):
+    operators: list[str] = Field(default_factory=lambda: ["depth", "width"], description="shrink operators proposing candidates")
+    width_factor: float = Field(default=0.5, gt=0, lt=1, description="width operator's channel scale")
+    max_drop: float = Field(default=1.0, ge=0, le=100, description="accepted children stay within this many points of the root teacher's validation accuracy")
+    max_step_drop: float = Field(default=1.0, ge=0, le=100, description="...and within this many points of their parent's")
+    max_generations: int = Field(default=10, gt=0)
+    target_params: int | None = Field(default=None, gt=0, description="stop once an accepted child has at most this many parameters")
+    target_compression: float | None = Field(default=None, gt=1, description="stop once root params / child params reaches this")
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, operators: list[str]) -> list[str]:
+        unknown = [op for op in operators if op not in OPERATORS]
+        if unknown or not operators:
+            raise ValueError(f"expected a non-empty list from {', '.join(OPERATORS)}, got {operators}")
+        return operators
+
+
+class CampaignConfig(Strict):
+    run_dir: str = Field(default="runs/campaign", description="where lineage.json and the nodes are written")
+    seed: int = Field(default=0, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    loss: LossWeights = Field(default_factory=LossWeights)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    baselines: bool = Field(default=False, description="also train the final student's architecture from scratch and by one-shot KD")
+
+    def decision_fields(self) -> dict[str, Any]:
+        """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
+        document = self.model_dump(mode="json")
+        document.pop("run_dir")
+        document.pop("baselines")
+        return document
+
+
+def _valid_keys(model: type[BaseModel], path: tuple) -> list[str]:
+    for part in path[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def validate_config(document: Any, source: str) -> CampaignConfig:
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(document).__name__}")
+    try:
+        return CampaignConfig.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            valid = ", ".join(_valid_keys(CampaignConfig, first["loc"]))
+            raise ConfigError(f"{source}: unknown key {key!r}; valid keys here: {valid}") from None
+        raise ConfigError(f"{source}: {key} = {first.get('input')!r}: {first['msg']}") from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Read a YAML config (or start from the defaults) and apply dotted-key overrides."""
+    document: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            document = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        target = document
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{source}: {part} must be a mapping to set {dotted}")
+        target[leaf] = value
+    return validate_config(document, source)
+
+
+def config_reference() -> str:
+    """Markdown table of every config key, its type, default and meaning, from the models above."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"| `{prefix}{name}` | {kind} | `{default!r}` | {field.description or ''} |")
+
+    walk(CampaignConfig, "")
+    return "\n".join(lines)

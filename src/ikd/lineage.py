@@ -1,0 +1,137 @@
+"""The persistent record of a campaign: every model, who taught it, how it scored, why it was kept.
+
+A run directory holds `lineage.json` and one model directory per node, `nodes/<id>/` with
+`model.safetensors` + `model.json` -- the same layout `ikd train` writes, so any node can be used
+as a teacher, evaluated or exported as it is. Every write is atomic (temp file + rename) and a
+node is added to the lineage only after its files are complete, with their SHA-256, so a crash
+at any moment leaves a valid lineage whose finished nodes are intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
+from ikd.errors import CheckpointError, ConfigError
+
+LINEAGE_FILE = "lineage.json"
+NODES_DIR = "nodes"
+LINEAGE_VERSION = 1
+# candidate: trained, waiting for the rest of its generation before the accept/reject decision.
+Status = Literal["teacher", "candidate", "accepted", "rejected", "failed", "baseline"]
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+
+
+def check_node_id(node_id: str) -> str:
+    """Node ids become directory names: only plain names, never a path that leaves the run dir."""
+    if not _NODE_ID.match(node_id) or node_id in (".", ".."):
+        raise ConfigError(f"node id {node_id!r}: expected letters, digits, '_', '-', '.' (max 80)")
+    return node_id
+
+
+class NodeRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    generation: int = Field(ge=0)
+    parent: str | None = None
+    teachers: list[str] = Field(default_factory=list)
+    operator: str | None = None
+    status: Status
+    reason: str = ""
+    arch: dict[str, Any]
+    params: int
+    size_bytes_fp32: int
+    macs: int
+    compression: float = Field(description="root teacher params / this node's params")
+    val_accuracy: float | None = Field(default=None, description="best epoch, on the validation split")
+    val_accuracy_last: float | None = None
+    test_accuracy: float | None = Field(default=None, description="of the saved weights; reported only")
+    best_epoch: int | None = None
+    epochs: int = 0
+    seed: int | None = None
+    seconds: float = 0.0
+    loss: dict[str, Any] = Field(default_factory=dict)
+    sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = LINEAGE_VERSION
+    config: dict[str, Any]
+    nodes: list[NodeRecord] = Field(default_factory=list)
+    stop_reason: str | None = None
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    def root(self) -> NodeRecord:
+        return next(n for n in self.nodes if n.status == "teacher")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RunDir:
+    """A run directory and its lineage; the only writer of `lineage.json`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def lineage_path(self) -> Path:
+        return self.path / LINEAGE_FILE
+
+    def node_dir(self, node_id: str) -> Path:
+        return self.path / NODES_DIR / check_node_id(node_id)
+
+    def exists(self) -> bool:
+        return self.lineage_path.is_file()
+
+    def load(self) -> Lineage:
+        try:
+            document = json.loads(self.lineage_path.read_text())
+            return Lineage.model_validate(document)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{self.lineage_path}: not readable JSON ({exc})") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise CheckpointError(f"{self.lineage_path}: invalid {where}: {first['msg']}") from None
+
+    def save(self, lineage: Lineage) -> None:
+        atomic_write_json(self.lineage_path, lineage.model_dump(mode="json"))
+
+    def add_node(self, lineage: Lineage, record: NodeRecord) -> Lineage:
+        """Record a finished node (its files already written); replaces an earlier record with its id."""
+        check_node_id(record.id)
+        weights = self.node_dir(record.id) / WEIGHTS_FILE
+        if weights.is_file():
+            record = record.model_copy(update={"sha256": file_sha256(weights)})
+        nodes = [n for n in lineage.nodes if n.id != record.id] + [record]
+        updated = lineage.model_copy(update={"nodes": nodes})
+        self.save(updated)
+        return updated
+
+    def verify(self, lineage: Lineage) -> list[str]:
+        """Ids of nodes whose weights are missing or differ from the checksum in the lineage."""
+        bad = []
+        for node in lineage.nodes:
+            if node.sha256 is None:
+                continue
+            weights = self.node_dir(node.id) / WEIGHTS_FILE
+            if not weights.is_file() or file_sha256(weights) != node.sha256:
+                bad.append(node.id)
+        return bad

@@ -1,0 +1,334 @@
+"""The campaign: grow a lineage of ever smaller students, generation by generation.
+
+    root teacher -> propose children (shrink operators) -> distil each from its parent
+                 -> score on the validation split -> accept the smallest child that kept accuracy
+                 -> it becomes the next parent ... until a stop rule fires.
+
+A child is accepted when its best validation accuracy is at least `root - max_drop` and at least
+`parent - max_step_drop` (in percentage points). The campaign stops when no child is accepted,
+no operator can shrink the parent further, a size target is reached, or after
+`max_generations`; the reason is written into the lineage. The test split is never consulted.
+
+Resuming: running the same config on the same run directory skips every node already in the
+lineage (their files are checked against the stored SHA-256); a node that was interrupted
+mid-training is simply trained again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ikd.arch import ArchSpec, preset
+from ikd.checkpoint import load_model, read_metadata, save_model, training_metadata
+from ikd.config import CampaignConfig
+from ikd.data import DataSplits, load_dataset
+from ikd.errors import ConfigError
+from ikd.inherit import inherit_weights
+from ikd.lineage import Lineage, NodeRecord, RunDir
+from ikd.model import VGG, build_model
+from ikd.objective import CachedTeacher, LossWeights, build_objective, cache_teacher_outputs
+from ikd.runtime import resolve_device, resolve_precision
+from ikd.shrink import get_operator
+from ikd.train import TrainConfig, evaluate, train_model
+
+ROOT_ID = "g0-teacher"
+
+
+def _points(accuracy: float) -> float:
+    return 100.0 * accuracy
+
+
+@dataclass
+class Candidate:
+    node_id: str
+    operator: str
+    spec: ArchSpec
+
+
+def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return differences
+
+
+class Campaign:
+    """Runs (or resumes) one compression campaign described by a CampaignConfig."""
+
+    def __init__(self, config: CampaignConfig, *, progress: bool = True, force: bool = False):
+        self.config = config
+        self.progress = progress
+        self.run = RunDir(Path(config.run_dir))
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.lineage = self._open_lineage(force)
+        self.data: DataSplits | None = None
+        self._teacher_caches: dict[tuple[str, int | None], CachedTeacher] = {}
+
+    # --- lineage ----------------------------------------------------------------------------
+    def _open_lineage(self, force: bool) -> Lineage:
+        wanted = self.config.decision_fields()
+        if not self.run.exists():
+            lineage = Lineage(config=wanted)
+            self.run.save(lineage)
+            return lineage
+        lineage = self.run.load()
+        differences = _config_differences(lineage.config, wanted)
+        if differences and not force:
+            raise ConfigError(
+                f"{self.run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
+                f"{' ...' if len(differences) > 4 else ''}); use another run_dir or pass --force to continue it")
+        corrupt = self.run.verify(lineage)
+        if corrupt:
+            # Files that no longer match their checksum are retrained rather than trusted.
+            self.log(f"nodes with missing or changed weights will be retrained: {', '.join(corrupt)}")
+            lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt]})
+        lineage = lineage.model_copy(update={"config": wanted, "stop_reason": lineage.stop_reason})
+        self.run.save(lineage)
+        return lineage
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(f"ikd: {message}", file=sys.stderr)
+
+    def _record(self, record: NodeRecord) -> None:
+        self.lineage = self.run.add_node(self.lineage, record)
+
+    # --- data and models --------------------------------------------------------------------
+    def _load_data(self) -> DataSplits:
+        if self.data is None:
+            d = self.config.data
+            self.data = load_dataset(d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed,
+                                     image_size=d.image_size)
+        return self.data
+
+    def _load_node(self, node_id: str) -> VGG:
+        model, _ = load_model(self.run.node_dir(node_id), map_location=self.device)
+        return model
+
+    def _train_config(self, section, epochs: int | None = None, seed_offset: int = 0) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs or section.epochs, batch_size=section.batch_size, lr=section.lr,
+            weight_decay=section.weight_decay, schedule=section.schedule, augment=section.augment,
+            precision=self.precision.name, device=self.device.type, seed=self.config.seed + seed_offset,
+        )
+
+    def _evaluate(self, model: VGG, split) -> float:
+        data = self._load_data()
+        return evaluate(model, split, mean=data.mean, std=data.std, device=self.device,
+                        precision=self.precision)["accuracy"]
+
+    def _node_record(self, node_id: str, model: VGG, *, generation: int, status: str, parent: str | None,
+                     teachers: list[str], operator: str | None, result=None, val: float, test: float,
+                     epochs: int, seconds: float, loss: dict | None = None) -> NodeRecord:
+        spec = model.spec
+        root_params = self.lineage.root().params if node_id != ROOT_ID else spec.num_params()
+        return NodeRecord(
+            id=node_id, generation=generation, parent=parent, teachers=teachers, operator=operator,
+            status=status, arch=spec.to_json_dict(), params=spec.num_params(),
+            size_bytes_fp32=spec.size_bytes_fp32(), macs=spec.macs(),
+            compression=root_params / spec.num_params(), val_accuracy=val,
+            val_accuracy_last=result.last_val_accuracy if result else None, test_accuracy=test,
+            best_epoch=result.best_epoch if result else None, epochs=epochs, seed=self.config.seed,
+            seconds=round(seconds, 2), loss=loss or {},
+        )
+
+    # --- the root teacher -------------------------------------------------------------------
+    def _ensure_root(self) -> None:
+        if self.lineage.node(ROOT_ID) is not None:
+            return
+        data = self._load_data()
+        cfg = self.config.teacher
+        started = time.perf_counter()
+        result, epochs = None, 0
+        if cfg.dir:
+            model = self._import_teacher(Path(cfg.dir), data)
+            save_model(self.run.node_dir(ROOT_ID), model, read_metadata(Path(cfg.dir)))
+        else:
+            spec = preset(cfg.arch, in_channels=data.in_channels, image_size=data.image_size,
+                          num_classes=data.num_classes)
+            model = build_model(spec, seed=self.config.seed)
+            train_config = self._train_config(cfg)
+            self.log(f"training the root teacher {cfg.arch} ({spec.num_params():,} params)")
+            result = train_model(model, data, train_config, progress=self.progress, description=ROOT_ID)
+            epochs = cfg.epochs
+            test = evaluate(model, data.test, mean=data.mean, std=data.std, device=self.device,
+                            precision=self.precision)
+            save_model(self.run.node_dir(ROOT_ID), model, training_metadata(
+                data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
+                spec=spec, config=train_config, result=result, test=test))
+        val, test = self._evaluate(model, data.val), self._evaluate(model, data.test)
+        self._record(self._node_record(ROOT_ID, model, generation=0, status="teacher", parent=None, teachers=[],
+                                       operator=None, result=result, val=val, test=test, epochs=epochs,
+                                       seconds=time.perf_counter() - started))
+        self.log(f"root teacher: val {_points(val):.2f}%, test {_points(test):.2f}%")
+
+    def _import_teacher(self, directory: Path, data: DataSplits) -> VGG:
+        model, metadata = load_model(directory, map_location=self.device)
+        spec, recorded = model.spec, metadata.get("dataset", {})
+        if (spec.in_channels, spec.image_size, spec.num_classes) != (data.in_channels, data.image_size, data.num_classes):
+            raise ConfigError(f"teacher.dir {directory}: model expects {spec.in_channels}x{spec.image_size}"
+                              f"x{spec.image_size} images and {spec.num_classes} classes; the data has "
+                              f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}")
+        split = (recorded.get("name"), recorded.get("val_fraction"), recorded.get("split_seed"))
+        expected = (data.name, self.config.data.val_fraction, self.config.data.split_seed)
+        if split != expected:
+            # A teacher trained on another split may have trained on this campaign's validation images.
+            raise ConfigError(f"teacher.dir {directory}: trained on dataset/val_fraction/split_seed {split}, "
+                              f"the campaign uses {expected}; its validation accuracy would not be honest")
+        if list(recorded.get("mean", data.mean)) != list(data.mean):
+            raise ConfigError(f"teacher.dir {directory}: normalisation differs from this dataset's")
+        return model
+
+    # --- one generation ---------------------------------------------------------------------
+    def _teacher_cache(self, teacher_id: str, teacher: VGG, hint_block: int | None) -> CachedTeacher:
+        key = (teacher_id, hint_block)
+        if key not in self._teacher_caches:
+            self._teacher_caches.clear()  # one parent at a time: bound the memory
+            data = self._load_data()
+            self._teacher_caches[key] = cache_teacher_outputs(
+                teacher, data.train, mean=data.mean, std=data.std, hint_block=hint_block, device=self.device)
+        return self._teacher_caches[key]
+
+    def _distil(self, candidate: Candidate, parent_id: str, parent: VGG, generation: int) -> None:
+        data = self._load_data()
+        cfg = self.config.student
+        started = time.perf_counter()
+        student = build_model(candidate.spec, seed=self.config.seed + generation)
+        if cfg.inherit:
+            inherit_weights(student, parent)
+        augment = cfg.augment if cfg.augment is not None else data.augment
+        use_cache = cfg.cache_teacher and augment == "none"
+        weights = self.config.loss
+        stages: list[tuple[LossWeights, int]] = []
+        if cfg.hint_stage == "two-stage" and weights.gamma > 0 and cfg.hint_epochs > 0:
+            stages.append((LossWeights(temperature=weights.temperature, alpha=0, beta=0, gamma=weights.gamma),
+                           cfg.hint_epochs))
+            stages.append((weights.model_copy(update={"gamma": 0.0}), cfg.epochs))
+        else:
+            stages.append((weights, cfg.epochs))
+        result = None
+        for stage_weights, epochs in stages:
+            objective = build_objective(student, parent, stage_weights)
+            if use_cache:
+                objective = build_objective(student, parent, stage_weights, cached=self._teacher_cache(
+                    parent_id, parent, getattr(objective.teacher, "hint_block", None)))
+            result = train_model(student, data, self._train_config(cfg, epochs, seed_offset=generation),
+                                 objective=objective, progress=self.progress, description=candidate.node_id)
+        test = evaluate(student, data.test, mean=data.mean, std=data.std, device=self.device,
+                        precision=self.precision)
+        train_config = self._train_config(cfg, seed_offset=generation)
+        save_model(self.run.node_dir(candidate.node_id), student, training_metadata(
+            data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
+            spec=candidate.spec, config=train_config, result=result, test=test,
+            extra={"distillation": {"parent": parent_id, "operator": candidate.operator,
+                                    "loss": weights.model_dump(), "hint_stage": cfg.hint_stage,
+                                    "inherit": cfg.inherit, "cached_teacher": use_cache}}))
+        total_epochs = sum(epochs for _, epochs in stages)
+        self._record(self._node_record(
+            candidate.node_id, student, generation=generation, status="candidate", parent=parent_id,
+            teachers=[parent_id], operator=candidate.operator, result=result, val=result.best_val_accuracy,
+            test=test["accuracy"], epochs=total_epochs, seconds=time.perf_counter() - started,
+            loss=weights.model_dump() | {"hint_stage": cfg.hint_stage, "inherit": cfg.inherit},
+        ))
+
+    def _decide(self, generation: int, parent: NodeRecord, candidates: list[NodeRecord]) -> NodeRecord | None:
+        search, root = self.config.search, self.lineage.root()
+        floor_root = _points(root.val_accuracy) - search.max_drop
+        floor_parent = _points(parent.val_accuracy) - search.max_step_drop
+        kept = []
+        for node in candidates:
+            val = _points(node.val_accuracy)
+            if val < floor_root:
+                reason = f"val {val:.2f}% < root {_points(root.val_accuracy):.2f}% - max_drop {search.max_drop}"
+            elif val < floor_parent:
+                reason = f"val {val:.2f}% < parent {_points(parent.val_accuracy):.2f}% - max_step_drop {search.max_step_drop}"
+            else:
+                reason = "within tolerance"
+                kept.append(node)
+            self._record(node.model_copy(update={"status": "rejected", "reason": reason}))
+        if not kept:
+            return None
+        # Smallest first; among equal sizes, the more accurate.
+        chosen = min(kept, key=lambda n: (n.params, -n.val_accuracy))
+        chosen = chosen.model_copy(update={"status": "accepted", "reason": "smallest within tolerance"})
+        self._record(chosen)
+        for node in kept:
+            if node.id != chosen.id:
+                self._record(self.lineage.node(node.id).model_copy(
+                    update={"reason": f"within tolerance, but {chosen.id} is smaller"}))
+        return chosen
+
+    def _parent(self) -> NodeRecord:
+        accepted = [n for n in self.lineage.nodes if n.status == "accepted"]
+        return max(accepted, key=lambda n: n.generation) if accepted else self.lineage.root()
+
+    def _target_reached(self, node: NodeRecord) -> str | None:
+        search = self.config.search
+        if search.target_params and node.params <= search.target_params:
+            return f"target reached: {node.id} has {node.params:,} <= {search.target_params:,} params"
+        if search.target_compression and node.compression >= search.target_compression:
+            return f"target reached: {node.id} is {node.compression:.1f}x smaller than the root"
+        return None
+
+    def run_generation(self, generation: int, parent: NodeRecord) -> tuple[NodeRecord | None, str | None]:
+        """Train (or reuse) this generation's candidates and decide; returns (accepted, stop reason)."""
+        parent_spec = ArchSpec.model_validate(parent.arch)
+        candidates, seen = [], set()
+        for name in self.config.search.operators:
+            spec = get_operator(name, self.config.search.width_factor)(parent_spec)
+            if spec is not None and spec.model_dump_json() not in seen:
+                seen.add(spec.model_dump_json())
+                candidates.append(Candidate(f"g{generation}-{name}", name, spec))
+        if not candidates:
+            return None, f"no operator can shrink {parent.id} further"
+        parent_model = None
+        for candidate in candidates:
+            if self.lineage.node(candidate.node_id) is not None:
+                continue  # finished before an interruption
+            if parent_model is None:
+                parent_model = self._load_node(parent.id)
+            self.log(f"generation {generation}: distilling {candidate.node_id} "
+                     f"({candidate.spec.summary()}, {candidate.spec.num_params():,} params) from {parent.id}")
+            self._distil(candidate, parent.id, parent_model, generation)
+        records = [self.lineage.node(c.node_id) for c in candidates]
+        accepted = self._decide(generation, parent, records)
+        if accepted is None:
+            return None, f"generation {generation}: no candidate stayed within tolerance"
+        self.log(f"generation {generation}: accepted {accepted.id} ({accepted.params:,} params, "
+                 f"{accepted.compression:.1f}x, val {_points(accepted.val_accuracy):.2f}%)")
+        return accepted, self._target_reached(accepted)
+
+    def run_campaign(self) -> Lineage:
+        self._ensure_root()
+        self.lineage = self.lineage.model_copy(update={"stop_reason": None})
+        stop = None
+        while stop is None:
+            parent = self._parent()
+            generation = parent.generation + 1
+            if generation > self.config.search.max_generations:
+                stop = f"max_generations ({self.config.search.max_generations}) reached"
+                break
+            if parent.status == "accepted" and (reached := self._target_reached(parent)):
+                stop = reached
+                break
+            _, stop = self.run_generation(generation, parent)
+        self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
+        self.run.save(self.lineage)
+        self.log(f"stopped: {stop}")
+        return self.lineage
+
+
+def compress(config: CampaignConfig, *, progress: bool = True, force: bool = False) -> Lineage:
+    """Run or resume the campaign described by `config`; returns the final lineage."""
+    torch.manual_seed(config.seed)
+    return Campaign(config, progress=progress, force=force).run_campaign()

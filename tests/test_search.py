@@ -1,0 +1,144 @@
+"""The campaign: lineage shape, accept/stop rules, resume after an interruption, config checks."""
+
+import json
+
+import pytest
+import torch
+
+from ikd.arch import ArchSpec
+from ikd.checkpoint import save_model, training_metadata
+from ikd.config import load_config
+from ikd.data import load_dataset
+from ikd.errors import ConfigError
+from ikd.lineage import RunDir
+from ikd.model import build_model
+from ikd.search import Campaign, compress
+from ikd.train import TrainConfig, evaluate, train_model
+from ikd.runtime import resolve_precision
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, digits):
+    """A small CNN trained briefly on digits, saved the way `ikd train` saves."""
+    spec = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[16, 16], [32], [32]])
+    model = build_model(spec, seed=0)
+    config = TrainConfig(epochs=4, batch_size=32, precision="fp32", device="cpu")
+    result = train_model(model, digits, config, progress=False)
+    test = evaluate(model, digits.test, mean=digits.mean, std=digits.std, device=torch.device("cpu"),
+                    precision=resolve_precision("fp32", torch.device("cpu")))
+    out = tmp_path_factory.mktemp("teacher")
+    save_model(out, model, training_metadata(data=digits, val_fraction=0.1, split_seed=0, spec=spec,
+                                             config=config, result=result, test=test))
+    return out
+
+
+def campaign_config(run_dir, teacher, **search):
+    return load_config(None, {
+        "run_dir": str(run_dir), "teacher.dir": str(teacher), "precision": "fp32", "device": "cpu",
+        "student.epochs": 1, "student.batch_size": 64,
+        **{f"search.{k}": v for k, v in ({"max_drop": 100.0, "max_step_drop": 100.0,
+                                          "max_generations": 2} | search).items()},
+    })
+
+
+def test_campaign_grows_a_lineage_and_records_why_it_stopped(tmp_path, tiny_teacher):
+    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher), progress=False)
+    ids = [n.id for n in lineage.nodes]
+    assert ids[0] == "g0-teacher" and {"g1-depth", "g1-width", "g2-depth", "g2-width"} <= set(ids)
+    accepted = [n for n in lineage.nodes if n.status == "accepted"]
+    assert [n.generation for n in sorted(accepted, key=lambda n: n.generation)] == [1, 2]
+    for gen in (1, 2):
+        kids = [n for n in lineage.nodes if n.generation == gen]
+        chosen = next(n for n in kids if n.status == "accepted")
+        assert chosen.params == min(n.params for n in kids)  # smallest within a loose tolerance
+        parent = lineage.node(chosen.parent)
+        assert parent.status in ("teacher", "accepted") and chosen.teachers == [parent.id]
+        assert chosen.compression == pytest.approx(lineage.root().params / chosen.params)
+    assert lineage.stop_reason.startswith("max_generations")
+    run = RunDir(tmp_path / "run")
+    assert run.verify(lineage) == [] and all(n.sha256 for n in lineage.nodes)
+    on_disk = json.loads((tmp_path / "run" / "lineage.json").read_text())
+    assert on_disk["stop_reason"] == lineage.stop_reason
+
+
+def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
+    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher, max_drop=0.0, max_step_drop=0.0,
+                                       operators=["width"], width_factor=0.1), progress=False)
+    child = lineage.node("g1-width")
+    root = lineage.root()
+    assert child.val_accuracy < root.val_accuracy  # 1 epoch at a tenth of the width loses accuracy
+    assert child.status == "rejected" and "max_drop" in child.reason
+    assert "no candidate" in lineage.stop_reason
+
+
+def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, monkeypatch):
+    config = campaign_config(tmp_path / "run", tiny_teacher)
+    real_distil = Campaign._distil
+    calls = []
+
+    def interrupted(self, candidate, *args):
+        calls.append(candidate.node_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while training the second node
+        return real_distil(self, candidate, *args)
+
+    monkeypatch.setattr(Campaign, "_distil", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress(config, progress=False)
+    run = RunDir(tmp_path / "run")
+    partial = run.load()
+    assert [n.id for n in partial.nodes] == ["g0-teacher", calls[0]]
+    first_sha = partial.node(calls[0]).sha256
+
+    monkeypatch.setattr(Campaign, "_distil", real_distil)
+    trained = []
+    monkeypatch.setattr(Campaign, "_distil", lambda self, c, *a: (trained.append(c.node_id), real_distil(self, c, *a)))
+    lineage = compress(config, progress=False)
+    assert calls[0] not in trained and calls[1] in trained  # finished work is never redone
+    assert lineage.node(calls[0]).sha256 == first_sha
+    assert lineage.stop_reason.startswith("max_generations")
+    again = []
+    monkeypatch.setattr(Campaign, "_distil", lambda self, c, *a: again.append(c.node_id))
+    compress(config, progress=False)
+    assert again == []  # a finished campaign resumes to the same place without training
+
+
+def test_run_dir_from_another_config_is_refused(tmp_path, tiny_teacher):
+    compress(campaign_config(tmp_path / "run", tiny_teacher, max_generations=1), progress=False)
+    other = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, max_drop=0.5)
+    with pytest.raises(ConfigError, match="max_drop: 100.0 -> 0.5"):
+        Campaign(other, progress=False)
+
+
+def test_teacher_from_another_split_is_refused(tmp_path, tiny_teacher):
+    config = load_config(None, {"run_dir": str(tmp_path / "r"), "teacher.dir": str(tiny_teacher),
+                                "data.split_seed": 5, "device": "cpu"})
+    with pytest.raises(ConfigError, match="split"):
+        compress(config, progress=False)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: max_drop"),
+    ({"student.epochs": -1}, "student.epochs"),
+    ({"search.max_drop": 101}, "search.max_drop"),
+    ({"search.operators": ["prune"]}, "search.operators"),
+    ({"teacher.arch": "resnet"}, "teacher.arch"),
+])
+def test_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, overrides)
+
+
+def test_yaml_config_file_errors(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("search: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("seed: abc\n")
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(bad)
