@@ -142,3 +142,14 @@ def test_yaml_config_file_errors(tmp_path):
     bad.write_text("seed: abc\n")
     with pytest.raises(ConfigError, match="seed"):
         load_config(bad)
+
+
+def test_baselines_get_the_chain_budget(tmp_path, tiny_teacher):
+    config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
+    config = config.model_copy(update={"baselines": True})
+    lineage = compress(config, progress=False)
+    final = lineage.node("g1-width")
+    for node_id, teachers in (("baseline-scratch", []), ("baseline-oneshot-kd", ["g0-teacher"])):
+        node = lineage.node(node_id)
+        assert node.status == "baseline" and node.arch == final.arch
+        assert node.epochs == final.epochs and node.teachers == teachers

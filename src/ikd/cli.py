@@ -120,7 +120,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "teacher.arch": args.arch, "search.max_drop": args.max_drop,
         "search.max_step_drop": args.max_step_drop, "student.epochs": args.epochs,
         "search.operators": operators, "run_dir": args.run_dir, "seed": args.seed,
-        "precision": args.precision, "device": args.device,
+        "precision": args.precision, "device": args.device, "baselines": args.baselines or None,
     })
     lineage = compress(config, progress=not args.quiet, force=args.force)
     print(format_lineage(lineage))
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--seed", type=int, help="seed")
     co.add_argument("--precision", choices=PRECISIONS)
     co.add_argument("--device", choices=DEVICES)
+    co.add_argument("--baselines", action="store_true",
+                    help="also train the final architecture from scratch and by one-shot KD (same epochs)")
     co.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     co.add_argument("--quiet", action="store_true", help="no progress output")
     co.set_defaults(func=cmd_compress)

@@ -7,7 +7,7 @@ Every key is declared here once; the README's config reference is generated from
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,17 +32,17 @@ class DataConfig(Strict):
 
 class OptimConfig(Strict):
     epochs: int = Field(gt=0, description="epochs per training job")
-    batch_size: int = Field(default=128, gt=0)
+    batch_size: int = Field(default=128, gt=0, description="images per training step")
     lr: float = Field(default=0.05, gt=0, description="peak learning rate (SGD, Nesterov momentum 0.9)")
-    weight_decay: float = Field(default=5e-4, ge=0)
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    weight_decay: float = Field(default=5e-4, ge=0, description="L2 weight decay")
+    schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="learning-rate schedule")
     augment: Literal["none", "crop", "crop-flip"] | None = Field(default=None, description="default: the dataset's own")
 
 
 class TeacherConfig(OptimConfig):
     dir: str | None = Field(default=None, description="an existing `ikd train` output to start from; else one is trained")
     arch: str = Field(default="vgg16", description=f"preset to train when no dir is given: {', '.join(PRESETS)}")
-    epochs: int = Field(default=10, gt=0)
+    epochs: int = Field(default=10, gt=0, description="epochs to train the teacher (when no dir is given)")
 
     @field_validator("arch")
     @classmethod
@@ -53,7 +53,7 @@ class TeacherConfig(OptimConfig):
 
 
 class StudentConfig(OptimConfig):
-    epochs: int = Field(default=5, gt=0)
+    epochs: int = Field(default=5, gt=0, description="epochs to distil each candidate child")
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
         default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first")
@@ -66,7 +66,7 @@ class SearchConfig(Strict):
     width_factor: float = Field(default=0.5, gt=0, lt=1, description="width operator's channel scale")
     max_drop: float = Field(default=1.0, ge=0, le=100, description="accepted children stay within this many points of the root teacher's validation accuracy")
     max_step_drop: float = Field(default=1.0, ge=0, le=100, description="...and within this many points of their parent's")
-    max_generations: int = Field(default=10, gt=0)
+    max_generations: int = Field(default=10, gt=0, description="stop after this many generations")
     target_params: int | None = Field(default=None, gt=0, description="stop once an accepted child has at most this many parameters")
     target_compression: float | None = Field(default=None, gt=1, description="stop once root params / child params reaches this")
 
@@ -81,9 +81,9 @@ class SearchConfig(Strict):
 
 class CampaignConfig(Strict):
     run_dir: str = Field(default="runs/campaign", description="where lineage.json and the nodes are written")
-    seed: int = Field(default=0, ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = Field(default=0, ge=0, description="seeds weights, shuffling and augmentation (child of generation g: seed + g)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: AMP on CUDA, bf16 on CPUs where it is measurably faster, else fp32")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(default="auto", description="auto: cuda > mps > cpu")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -151,6 +151,17 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     return validate_config(document, source)
 
 
+def _type_name(annotation: Any) -> str:
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return " or ".join(repr(a) for a in args)
+    if args and get_origin(annotation) is not list:
+        return " or ".join(_type_name(a) for a in args)
+    if get_origin(annotation) is list:
+        return f"list of {_type_name(args[0])}"
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
 def config_reference() -> str:
     """Markdown table of every config key, its type, default and meaning, from the models above."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
@@ -161,7 +172,7 @@ def config_reference() -> str:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, f"{prefix}{name}.")
                 continue
-            kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+            kind = _type_name(annotation)
             default = field.get_default(call_default_factory=True)
             lines.append(f"| `{prefix}{name}` | {kind} | `{default!r}` | {field.description or ''} |")
 

@@ -32,7 +32,7 @@ class LossWeights(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float = Field(default=4.0, gt=0)
+    temperature: float = Field(default=4.0, gt=0, description="softmax temperature T of the KD term")
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KL term")
     beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
     gamma: float = Field(default=1.0, ge=0, description="weight of the FitNets hint (0 = no hint)")

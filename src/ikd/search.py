@@ -200,46 +200,81 @@ class Campaign:
         return self._teacher_caches[key]
 
     def _distil(self, candidate: Candidate, parent_id: str, parent: VGG, generation: int) -> None:
+        """Train one candidate child from its parent and record it as a `candidate` node."""
+        self._train_node(candidate.node_id, candidate.spec, generation=generation, teacher_id=parent_id,
+                         teacher=parent, inherit_from=parent if self.config.student.inherit else None,
+                         epochs=self.config.student.epochs, status="candidate", parent_id=parent_id,
+                         operator=candidate.operator)
+
+    def _train_node(self, node_id: str, spec: ArchSpec, *, generation: int, teacher_id: str | None,
+                    teacher: VGG | None, inherit_from: VGG | None, epochs: int, status: str,
+                    parent_id: str | None, operator: str | None) -> None:
+        """Train a student (distilled from `teacher`, or with plain CE when None), save and record it."""
         data = self._load_data()
         cfg = self.config.student
         started = time.perf_counter()
-        student = build_model(candidate.spec, seed=self.config.seed + generation)
-        if cfg.inherit:
-            inherit_weights(student, parent)
+        student = build_model(spec, seed=self.config.seed + generation)
+        if inherit_from is not None:
+            inherit_weights(student, inherit_from)
         augment = cfg.augment if cfg.augment is not None else data.augment
-        use_cache = cfg.cache_teacher and augment == "none"
+        use_cache = teacher is not None and cfg.cache_teacher and augment == "none"
         weights = self.config.loss
-        stages: list[tuple[LossWeights, int]] = []
-        if cfg.hint_stage == "two-stage" and weights.gamma > 0 and cfg.hint_epochs > 0:
+        stages: list[tuple[LossWeights | None, int]] = []
+        if teacher is None:
+            stages.append((None, epochs))
+        elif cfg.hint_stage == "two-stage" and weights.gamma > 0 and cfg.hint_epochs > 0:
             stages.append((LossWeights(temperature=weights.temperature, alpha=0, beta=0, gamma=weights.gamma),
                            cfg.hint_epochs))
-            stages.append((weights.model_copy(update={"gamma": 0.0}), cfg.epochs))
+            stages.append((weights.model_copy(update={"gamma": 0.0}), epochs))
         else:
-            stages.append((weights, cfg.epochs))
+            stages.append((weights, epochs))
         result = None
-        for stage_weights, epochs in stages:
-            objective = build_objective(student, parent, stage_weights)
-            if use_cache:
-                objective = build_objective(student, parent, stage_weights, cached=self._teacher_cache(
-                    parent_id, parent, getattr(objective.teacher, "hint_block", None)))
-            result = train_model(student, data, self._train_config(cfg, epochs, seed_offset=generation),
-                                 objective=objective, progress=self.progress, description=candidate.node_id)
+        for stage_weights, stage_epochs in stages:
+            objective = None
+            if stage_weights is not None:
+                objective = build_objective(student, teacher, stage_weights)
+                if use_cache:
+                    objective = build_objective(student, teacher, stage_weights, cached=self._teacher_cache(
+                        teacher_id, teacher, getattr(objective.teacher, "hint_block", None)))
+            result = train_model(student, data, self._train_config(cfg, stage_epochs, seed_offset=generation),
+                                 objective=objective, progress=self.progress, description=node_id)
         test = evaluate(student, data.test, mean=data.mean, std=data.std, device=self.device,
                         precision=self.precision)
-        train_config = self._train_config(cfg, seed_offset=generation)
-        save_model(self.run.node_dir(candidate.node_id), student, training_metadata(
+        loss = ({"objective": "cross-entropy"} if teacher is None else
+                weights.model_dump() | {"hint_stage": cfg.hint_stage, "inherit": inherit_from is not None,
+                                        "cached_teacher": use_cache})
+        save_model(self.run.node_dir(node_id), student, training_metadata(
             data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
-            spec=candidate.spec, config=train_config, result=result, test=test,
-            extra={"distillation": {"parent": parent_id, "operator": candidate.operator,
-                                    "loss": weights.model_dump(), "hint_stage": cfg.hint_stage,
-                                    "inherit": cfg.inherit, "cached_teacher": use_cache}}))
-        total_epochs = sum(epochs for _, epochs in stages)
+            spec=spec, config=self._train_config(cfg, epochs, seed_offset=generation), result=result, test=test,
+            extra={"distillation": {"parent": parent_id, "teacher": teacher_id, "operator": operator, **loss}}))
         self._record(self._node_record(
-            candidate.node_id, student, generation=generation, status="candidate", parent=parent_id,
-            teachers=[parent_id], operator=candidate.operator, result=result, val=result.best_val_accuracy,
-            test=test["accuracy"], epochs=total_epochs, seconds=time.perf_counter() - started,
-            loss=weights.model_dump() | {"hint_stage": cfg.hint_stage, "inherit": cfg.inherit},
-        ))
+            node_id, student, generation=generation, status=status, parent=parent_id,
+            teachers=[teacher_id] if teacher_id else [], operator=operator, result=result,
+            val=result.best_val_accuracy, test=test["accuracy"], epochs=sum(e for _, e in stages),
+            seconds=time.perf_counter() - started, loss=loss))
+
+    def _baselines(self) -> None:
+        """The final student's architecture trained from scratch (CE) and by one-shot KD from the
+        root, each for the epochs the chain spent reaching it: does iterating pay?"""
+        final = self._parent()
+        if final.status != "accepted":
+            return
+        chain, node = [], final
+        while node.status == "accepted":
+            chain.append(node)
+            node = self.lineage.node(node.parent)
+        budget = sum(n.epochs for n in chain)
+        spec = ArchSpec.model_validate(final.arch)
+        root = None
+        for node_id, use_teacher in (("baseline-scratch", False), ("baseline-oneshot-kd", True)):
+            if self.lineage.node(node_id) is not None:
+                continue
+            if use_teacher and root is None:
+                root = self._load_node(ROOT_ID)
+            self.log(f"baseline {node_id}: {spec.summary()} for {budget} epochs")
+            self._train_node(node_id, spec, generation=final.generation, teacher_id=ROOT_ID if use_teacher else None,
+                             teacher=root if use_teacher else None, inherit_from=None, epochs=budget,
+                             status="baseline", parent_id=None, operator=None)
 
     def _decide(self, generation: int, parent: NodeRecord, candidates: list[NodeRecord]) -> NodeRecord | None:
         search, root = self.config.search, self.lineage.root()
@@ -325,6 +360,8 @@ class Campaign:
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
         self.run.save(self.lineage)
         self.log(f"stopped: {stop}")
+        if self.config.baselines:
+            self._baselines()
         return self.lineage
 
 
