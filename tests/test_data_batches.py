@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ikd.data import AUGMENTATIONS, ImageSet, augment_batch, crop_padding, iterate_batches, normalize
+from ikd.data import (
+    AUGMENTATIONS,
+    ImageSet,
+    augment_batch,
+    crop_padding,
+    iterate_batches,
+    normalize,
+)
 from ikd.errors import DataError
 
 

@@ -11,12 +11,18 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from fuzzing import mutated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ikd.data import load_dataset
-from ikd.data.cifar import ARCHIVE, BATCHES_DIR, CLASSES, load_batch_bytes, safe_unpickle
-from fuzzing import mutated
+from ikd.data.cifar import (
+    ARCHIVE,
+    BATCHES_DIR,
+    CLASSES,
+    load_batch_bytes,
+    safe_unpickle,
+)
 from ikd.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("data_env")

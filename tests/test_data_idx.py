@@ -9,12 +9,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+from fuzzing import mutated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ikd.data import load_dataset, mnist
 from ikd.data.idx import gunzip, parse_idx, read_maybe_gzip
-from fuzzing import mutated
 from ikd.errors import DataError, IkdError
 
 pytestmark = pytest.mark.usefixtures("data_env")

@@ -12,9 +12,9 @@ from ikd.data import load_dataset
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
 from ikd.model import build_model
+from ikd.runtime import resolve_precision
 from ikd.search import Campaign, compress
 from ikd.train import TrainConfig, evaluate, train_model
-from ikd.runtime import resolve_precision
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,14 @@ from pydantic import ValidationError
 
 from ikd import __version__
 from ikd.arch import PRESETS, ArchSpec, preset
-from ikd.checkpoint import (META_FILE, describe_size, load_model, read_metadata, save_model,
-                            training_metadata)
+from ikd.checkpoint import (
+    META_FILE,
+    describe_size,
+    load_model,
+    read_metadata,
+    save_model,
+    training_metadata,
+)
 from ikd.data import DATASETS, load_dataset
 from ikd.errors import ConfigError, IkdError
 from ikd.model import build_model

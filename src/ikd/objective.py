@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ikd.arch import ArchSpec
+from ikd.losses import HintRegressor, kd_loss
 from ikd.model import VGG
 
 
@@ -36,17 +37,6 @@ class LossWeights(BaseModel):
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KL term")
     beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
     gamma: float = Field(default=1.0, ge=0, description="weight of the FitNets hint (0 = no hint)")
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (not over classes).
-
-    The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al. 2015).
-    """
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
-    return kl * temperature**2
 
 
 def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
@@ -62,21 +52,6 @@ def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
 
     same_size = [t for t, size in enumerate(t_sizes) if size == s_size]
     return s_block, min(same_size or range(len(t_sizes)), key=distance)
-
-
-class HintRegressor(nn.Module):
-    """Maps student features to the teacher's channel count (1x1 conv) and spatial size (avg-pool)."""
-
-    def __init__(self, student_channels: int, teacher_channels: int):
-        super().__init__()
-        self.project = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
-
-    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
-        projected = self.project(student_features)
-        size = min(projected.shape[-1], teacher_features.shape[-1])
-        projected = F.adaptive_avg_pool2d(projected, size) if projected.shape[-1] != size else projected
-        target = F.adaptive_avg_pool2d(teacher_features, size) if teacher_features.shape[-1] != size else teacher_features
-        return F.mse_loss(projected.float(), target.float())
 
 
 @dataclass

@@ -31,7 +31,12 @@ from ikd.errors import ConfigError
 from ikd.inherit import inherit_weights
 from ikd.lineage import Lineage, NodeRecord, RunDir
 from ikd.model import VGG, build_model
-from ikd.objective import CachedTeacher, LossWeights, build_objective, cache_teacher_outputs
+from ikd.objective import (
+    CachedTeacher,
+    LossWeights,
+    build_objective,
+    cache_teacher_outputs,
+)
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.shrink import get_operator
 from ikd.train import TrainConfig, evaluate, train_model

@@ -3,7 +3,13 @@
 Every problem with user data raises ikd.errors.DataError with a one-line message.
 """
 
-from ikd.data.batches import AUGMENTATIONS, augment_batch, crop_padding, iterate_batches, normalize
+from ikd.data.batches import (
+    AUGMENTATIONS,
+    augment_batch,
+    crop_padding,
+    iterate_batches,
+    normalize,
+)
 from ikd.data.paths import resolve_data_root
 from ikd.data.sources import DATASETS, load_dataset
 from ikd.data.splits import DataSplits, ImageSet

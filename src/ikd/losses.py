@@ -1,0 +1,33 @@
+"""Loss functions of distillation, usable on their own: the KD term and the FitNets hint."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (not over classes).
+
+    The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al. 2015).
+    """
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class HintRegressor(nn.Module):
+    """Maps student features to the teacher's channel count (1x1 conv) and spatial size (avg-pool)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.project = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        projected = self.project(student_features)
+        size = min(projected.shape[-1], teacher_features.shape[-1])
+        projected = F.adaptive_avg_pool2d(projected, size) if projected.shape[-1] != size else projected
+        target = F.adaptive_avg_pool2d(teacher_features, size) if teacher_features.shape[-1] != size else teacher_features
+        return F.mse_loss(projected.float(), target.float())
