@@ -1,11 +1,12 @@
 # Two entry points, both doing all set-up on a fresh machine:
-#   make demo   train and evaluate a VGG teacher on the bundled `digits` set (offline)
+#   make demo   the embedded default campaign on the bundled `digits` set (offline): train a VGG-16
+#               teacher, compress it generation by generation, print the lineage
 #   make test   run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
-DEMO_DIR := runs/demo
+DEMO_DIR := runs/digits-demo
 
 .PHONY: demo test install install-dev bench clean
 
@@ -27,9 +28,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Running it again resumes the same run directory: finished nodes are kept, the table is printed.
 demo: install
-	$(BIN)/ikd train --dataset digits --arch vgg16 --epochs 15 --batch-size 64 --out $(DEMO_DIR) --force
-	$(BIN)/ikd eval $(DEMO_DIR) --split test
+	$(BIN)/ikd compress --config configs/digits-demo.yaml --run-dir $(DEMO_DIR)
 
 test: install-dev
 	$(BIN)/python -m pytest -q

@@ -1,3 +1,35 @@
-"""ikd: compress convolutional networks by iterative knowledge distillation."""
+"""ikd: compress convolutional networks by iterative knowledge distillation.
+
+    import ikd
+    lineage = ikd.compress("configs/digits-demo.yaml", overrides={"run_dir": "runs/x"})
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ikd.config import CampaignConfig
+    from ikd.lineage import Lineage
+
+
+def compress(config: CampaignConfig | dict[str, Any] | str | Path | None = None, *,
+             overrides: dict[str, Any] | None = None, progress: bool = True, force: bool = False) -> Lineage:
+    """Run or resume a campaign from a CampaignConfig, a dict of config keys, or a YAML path.
+
+    `overrides` maps dotted keys (e.g. "search.max_drop") to values, as the CLI flags do.
+    """
+    from ikd.config import CampaignConfig, load_config
+    from ikd.search import compress as run_campaign
+
+    if isinstance(config, CampaignConfig):
+        config = config.model_dump()
+    if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
+        config = load_config(None, {**config, **(overrides or {})})
+    else:
+        config = load_config(config, overrides)
+    return run_campaign(config, progress=progress, force=force)

@@ -124,7 +124,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     config = load_config(args.config, {
         "data.name": args.dataset, "data.dir": args.data_dir, "teacher.dir": args.teacher,
         "teacher.arch": args.arch, "search.max_drop": args.max_drop,
-        "search.max_step_drop": args.max_step_drop, "student.epochs": args.epochs,
+        "search.max_step_drop": args.max_step_drop, "search.max_generations": args.max_generations,
+        "student.epochs": args.epochs,
         "search.operators": operators, "run_dir": args.run_dir, "seed": args.seed,
         "precision": args.precision, "device": args.device, "baselines": args.baselines or None,
     })
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--arch", choices=PRESETS, help="teacher.arch: preset to train when no --teacher is given")
     co.add_argument("--max-drop", type=float, help="search.max_drop, points below the root teacher (validation)")
     co.add_argument("--max-step-drop", type=float, help="search.max_step_drop, points below the parent")
+    co.add_argument("--max-generations", type=int, help="search.max_generations")
     co.add_argument("--epochs", type=int, help="student.epochs per candidate")
     co.add_argument("--operators", help="search.operators, comma-separated: depth,width")
     co.add_argument("--run-dir", help="run_dir")

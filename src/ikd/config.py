@@ -94,8 +94,9 @@ class CampaignConfig(Strict):
     def decision_fields(self) -> dict[str, Any]:
         """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
         document = self.model_dump(mode="json")
-        document.pop("run_dir")
-        document.pop("baselines")
+        for where_only in ("run_dir", "baselines", "device"):  # where it runs, not what it computes
+            document.pop(where_only)
+        document["data"].pop("dir")
         return document
 
 

@@ -83,10 +83,11 @@ class Campaign:
     def _open_lineage(self, force: bool) -> Lineage:
         wanted = self.config.decision_fields()
         if not self.run.exists():
-            lineage = Lineage(config=wanted)
-            self.run.save(lineage)
-            return lineage
+            # Written with the first node, so a campaign that fails before any work leaves nothing.
+            return Lineage(config=wanted)
         lineage = self.run.load()
+        if not lineage.nodes:
+            return Lineage(config=wanted)
         differences = _config_differences(lineage.config, wanted)
         if differences and not force:
             raise ConfigError(
@@ -97,7 +98,7 @@ class Campaign:
             # Files that no longer match their checksum are retrained rather than trusted.
             self.log(f"nodes with missing or changed weights will be retrained: {', '.join(corrupt)}")
             lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt]})
-        lineage = lineage.model_copy(update={"config": wanted, "stop_reason": lineage.stop_reason})
+        lineage = lineage.model_copy(update={"config": wanted})
         self.run.save(lineage)
         return lineage
 

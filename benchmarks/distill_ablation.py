@@ -1,0 +1,100 @@
+"""Which distillation defaults pay: hint weight gamma, and inheriting the parent's weights vs random init.
+
+One teacher (a model directory from `ikd train`), one student architecture (the teacher shrunk by
+the width operator `--shrinks` times), the same epochs and seed for every row; only the studied
+setting changes. Decisions use the validation split; test accuracy is reported alongside.
+
+    python benchmarks/distill_ablation.py --teacher runs/mnist-vgg16 --dataset mnist \
+        --data-dir ../shared/data/mnist --epochs 1 --markdown benchmarks/results/distill_ablation_mnist.md
+Last line: `RESULT name=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ikd.checkpoint import load_model, read_metadata
+from ikd.data import load_dataset
+from ikd.inherit import inherit_weights
+from ikd.model import build_model
+from ikd.objective import LossWeights, build_objective, cache_teacher_outputs
+from ikd.runtime import resolve_device, resolve_precision
+from ikd.shrink import shrink_width
+from ikd.train import TrainConfig, evaluate, train_model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--shrinks", type=int, default=3, help="width halvings from the teacher (3 = 1/8 width)")
+    parser.add_argument("--gammas", default="0,0.1,1,10")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a few batches per run")
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device)
+    teacher, meta = load_model(Path(args.teacher), map_location=device)
+    recorded = read_metadata(Path(args.teacher))["dataset"]
+    data = load_dataset(args.dataset, args.data_dir, val_fraction=recorded["val_fraction"],
+                        split_seed=recorded["split_seed"])
+    spec = teacher.spec
+    for _ in range(args.shrinks):
+        spec = shrink_width(spec)
+    config = TrainConfig(epochs=args.epochs, precision=precision.name, device=device.type, seed=args.seed,
+                         max_steps_per_epoch=5 if args.quick else None)
+    caches: dict = {}
+
+    def run(gamma: float, inherit: bool) -> dict:
+        student = build_model(spec, seed=args.seed)
+        if inherit:
+            inherit_weights(student, teacher)
+        weights = LossWeights(gamma=gamma)
+        objective = build_objective(student, teacher, weights)
+        block = getattr(objective.teacher, "hint_block", None)
+        if block not in caches:
+            caches[block] = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std,
+                                                  hint_block=block, device=device)
+        objective = build_objective(student, teacher, weights, cached=caches[block])
+        started = time.perf_counter()
+        result = train_model(student, data, config, objective=objective, progress=False)
+        test = evaluate(student, data.test, mean=data.mean, std=data.std, device=device, precision=precision)
+        return {"gamma": gamma, "inherit": inherit, "val": result.best_val_accuracy, "test": test["accuracy"],
+                "seconds": time.perf_counter() - started}
+
+    rows = [run(float(g), True) for g in args.gammas.split(",")]
+    best_gamma = max(rows, key=lambda r: r["val"])["gamma"]
+    rows.append(run(best_gamma, False))
+
+    header = (f"Teacher {args.teacher} ({spec.num_params():,}-param student = teacher width x "
+              f"{0.5 ** args.shrinks:g}, {teacher.spec.num_params() / spec.num_params():.0f}x smaller), "
+              f"{args.dataset}, {args.epochs} epoch(s), seed {args.seed}, {precision.name}"
+              f"{' (quick)' if args.quick else ''}")
+    lines = [header, "", "| gamma | init | val acc | test acc | seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['gamma']:g} | {'inherited' if r['inherit'] else 'random'} | {100 * r['val']:.2f} "
+                     f"| {100 * r['test']:.2f} | {r['seconds']:.0f} |")
+    inherited = next(r for r in rows if r["gamma"] == best_gamma and r["inherit"])
+    scratch = rows[-1]
+    lines += ["", f"Best gamma by validation: {best_gamma:g}. Inherited vs random init at that gamma: "
+                  f"{100 * (inherited['val'] - scratch['val']):+.2f} points (validation)."]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(f"# Distillation ablation\n\nCommand: `python {' '.join(sys.argv)}`\n\n{text}\n")
+    print(f"RESULT best_gamma={best_gamma:g} inherit_gain_points={100 * (inherited['val'] - scratch['val']):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    sys.exit(main())
