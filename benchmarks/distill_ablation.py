@@ -16,13 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ikd.checkpoint import load_model, read_metadata
 from ikd.data import load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import build_model
-from ikd.objective import LossWeights, build_objective, cache_teacher_outputs
+from ikd.objective import (
+    LossWeights,
+    build_objective,
+    cache_teacher_outputs,
+    teacher_hint_block,
+)
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.shrink import shrink_width
 from ikd.train import TrainConfig, evaluate, train_model
@@ -36,7 +39,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--shrinks", type=int, default=3, help="width halvings from the teacher (3 = 1/8 width)")
     parser.add_argument("--gammas", default="0,0.1,1,10")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2", help="every row is the mean over these seeds")
     parser.add_argument("--quick", action="store_true", help="a few batches per run")
     parser.add_argument("--markdown")
     args = parser.parse_args()
@@ -50,26 +53,31 @@ def main() -> int:
     spec = teacher.spec
     for _ in range(args.shrinks):
         spec = shrink_width(spec)
-    config = TrainConfig(epochs=args.epochs, precision=precision.name, device=device.type, seed=args.seed,
-                         max_steps_per_epoch=5 if args.quick else None)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     caches: dict = {}
 
     def run(gamma: float, inherit: bool) -> dict:
-        student = build_model(spec, seed=args.seed)
+        runs = [run_once(gamma, inherit, seed) for seed in seeds]
+        mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
+        return {"gamma": gamma, "inherit": inherit, "val": mean("val"), "test": mean("test"),
+                "seconds": mean("seconds"), "val_range": (min(r["val"] for r in runs), max(r["val"] for r in runs))}
+
+    def run_once(gamma: float, inherit: bool, seed: int) -> dict:
+        config = TrainConfig(epochs=args.epochs, precision=precision.name, device=device.type, seed=seed,
+                             max_steps_per_epoch=5 if args.quick else None)
+        student = build_model(spec, seed=seed)
         if inherit:
             inherit_weights(student, teacher)
         weights = LossWeights(gamma=gamma)
-        objective = build_objective(student, teacher, weights)
-        block = getattr(objective.teacher, "hint_block", None)
+        block = teacher_hint_block(spec, teacher.spec, weights)
         if block not in caches:
             caches[block] = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std,
                                                   hint_block=block, device=device)
-        objective = build_objective(student, teacher, weights, cached=caches[block])
+        objective = build_objective(student, teacher, weights, cached=caches[block], seed=seed)
         started = time.perf_counter()
         result = train_model(student, data, config, objective=objective, progress=False)
         test = evaluate(student, data.test, mean=data.mean, std=data.std, device=device, precision=precision)
-        return {"gamma": gamma, "inherit": inherit, "val": result.best_val_accuracy, "test": test["accuracy"],
-                "seconds": time.perf_counter() - started}
+        return {"val": result.best_val_accuracy, "test": test["accuracy"], "seconds": time.perf_counter() - started}
 
     rows = [run(float(g), True) for g in args.gammas.split(",")]
     best_gamma = max(rows, key=lambda r: r["val"])["gamma"]
@@ -77,12 +85,14 @@ def main() -> int:
 
     header = (f"Teacher {args.teacher} ({spec.num_params():,}-param student = teacher width x "
               f"{0.5 ** args.shrinks:g}, {teacher.spec.num_params() / spec.num_params():.0f}x smaller), "
-              f"{args.dataset}, {args.epochs} epoch(s), seed {args.seed}, {precision.name}"
+              f"{args.dataset}, {args.epochs} epoch(s), mean of seeds {args.seeds}, {precision.name}"
               f"{' (quick)' if args.quick else ''}")
-    lines = [header, "", "| gamma | init | val acc | test acc | seconds |", "|---|---|---|---|---|"]
+    lines = [header, "", "| gamma | init | val acc (mean) | val min..max | test acc (mean) | seconds/run |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
+        low, high = r["val_range"]
         lines.append(f"| {r['gamma']:g} | {'inherited' if r['inherit'] else 'random'} | {100 * r['val']:.2f} "
-                     f"| {100 * r['test']:.2f} | {r['seconds']:.0f} |")
+                     f"| {100 * low:.2f}..{100 * high:.2f} | {100 * r['test']:.2f} | {r['seconds']:.0f} |")
     inherited = next(r for r in rows if r["gamma"] == best_gamma and r["inherit"])
     scratch = rows[-1]
     lines += ["", f"Best gamma by validation: {best_gamma:g}. Inherited vs random init at that gamma: "
@@ -96,5 +106,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    torch.manual_seed(0)
     sys.exit(main())

@@ -8,9 +8,14 @@ import torch.nn.functional as F
 
 from ikd.arch import ArchSpec, preset
 from ikd.data import ImageSet
-from ikd.model import build_model
 from ikd.losses import kd_loss
-from ikd.objective import LossWeights, build_objective, cache_teacher_outputs, hint_blocks
+from ikd.model import build_model
+from ikd.objective import (
+    LossWeights,
+    build_objective,
+    cache_teacher_outputs,
+    hint_blocks,
+)
 
 
 def test_kd_loss_matches_the_formula_by_hand():

@@ -199,3 +199,12 @@ def test_python_api_takes_a_dict_config(tmp_path, tiny_teacher):
                                       "search.operators": ["width"], "search.max_drop": 100.0,
                                       "search.max_step_drop": 100.0}, progress=False)
     assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-width"]
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_teacher):
+    metrics = []
+    for name in ("a", "b"):
+        lineage = compress(campaign_config(tmp_path / name, tiny_teacher, max_generations=1,
+                                           operators=["width"]), progress=False)
+        metrics.append([(n.id, n.val_accuracy, n.test_accuracy, n.sha256) for n in lineage.nodes])
+    assert metrics[0] == metrics[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +23,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class HintRegressor(nn.Module):
     """Maps student features to the teacher's channel count (1x1 conv) and spatial size (avg-pool)."""
 
-    def __init__(self, student_channels: int, teacher_channels: int):
+    def __init__(self, student_channels: int, teacher_channels: int, seed: int | None = None):
         super().__init__()
         self.project = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        if seed is not None:  # a seeded start, independent of whatever used the global RNG before
+            generator = torch.Generator().manual_seed(seed)
+            nn.init.kaiming_uniform_(self.project.weight, a=math.sqrt(5), generator=generator)
+            bound = 1 / math.sqrt(student_channels)
+            nn.init.uniform_(self.project.bias, -bound, bound, generator=generator)
 
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         projected = self.project(student_features)

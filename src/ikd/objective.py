@@ -142,16 +142,22 @@ def cache_teacher_outputs(teacher: VGG, images, *, mean, std, hint_block: int | 
     return CachedTeacher(torch.cat(logits), torch.cat(features) if features else None, hint_block)
 
 
-def build_objective(student: VGG, teacher: VGG, weights: LossWeights, *, cached: CachedTeacher | None = None
-                    ) -> DistillationObjective:
+def teacher_hint_block(student: ArchSpec, teacher: ArchSpec, weights: LossWeights) -> int | None:
+    """The teacher block whose output the hint needs (None without a hint): what to cache."""
+    return hint_blocks(student, teacher)[1] if weights.gamma > 0 else None
+
+
+def build_objective(student: VGG, teacher: VGG, weights: LossWeights, *, cached: CachedTeacher | None = None,
+                    seed: int | None = None) -> DistillationObjective:
     """The objective for one student: pairs hint blocks, makes the regressor, picks the teacher source.
 
-    `cached` (from `cache_teacher_outputs`, computed with the same hint block) replaces running the
-    teacher on every batch; pass it only when training without augmentation.
+    `cached` (from `cache_teacher_outputs` for `teacher_hint_block(...)`) replaces running the
+    teacher on every batch; pass it only when training without augmentation. `seed` fixes the
+    regressor's initial weights.
     """
     if weights.gamma > 0:
         s_block, t_block = hint_blocks(student.spec, teacher.spec)
-        regressor = HintRegressor(student.spec.blocks[s_block][-1], teacher.spec.blocks[t_block][-1])
+        regressor = HintRegressor(student.spec.blocks[s_block][-1], teacher.spec.blocks[t_block][-1], seed)
     else:
         s_block = t_block = regressor = None
     if cached is not None and cached.hint_block != t_block:

@@ -36,6 +36,7 @@ from ikd.objective import (
     LossWeights,
     build_objective,
     cache_teacher_outputs,
+    teacher_hint_block,
 )
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.shrink import get_operator
@@ -238,10 +239,10 @@ class Campaign:
         for stage_weights, stage_epochs in stages:
             objective = None
             if stage_weights is not None:
-                objective = build_objective(student, teacher, stage_weights)
-                if use_cache:
-                    objective = build_objective(student, teacher, stage_weights, cached=self._teacher_cache(
-                        teacher_id, teacher, getattr(objective.teacher, "hint_block", None)))
+                block = teacher_hint_block(spec, teacher.spec, stage_weights)
+                cached = self._teacher_cache(teacher_id, teacher, block) if use_cache else None
+                objective = build_objective(student, teacher, stage_weights, cached=cached,
+                                            seed=self.config.seed + generation)
             result = train_model(student, data, self._train_config(cfg, stage_epochs, seed_offset=generation),
                                  objective=objective, progress=self.progress, description=node_id)
         test = evaluate(student, data.test, mean=data.mean, std=data.std, device=self.device,
