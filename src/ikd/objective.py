@@ -36,7 +36,7 @@ class LossWeights(BaseModel):
     temperature: float = Field(default=4.0, gt=0, description="softmax temperature T of the KD term")
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KL term")
     beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
-    gamma: float = Field(default=1.0, ge=0, description="weight of the FitNets hint (0 = no hint)")
+    gamma: float = Field(default=1.0, ge=0, description="weight of the FitNets hint (0 = no hint); see benchmarks/results/distill_ablation_mnist.md")
 
 
 def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
