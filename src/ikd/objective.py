@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from tqdm.auto import tqdm
 
 from ikd.arch import ArchSpec
+from ikd.data import ImageSet, iterate_batches
 from ikd.losses import HintRegressor, kd_loss
 from ikd.model import VGG
 
@@ -121,18 +123,18 @@ class DistillationObjective(nn.Module):
 
 
 @torch.inference_mode()
-def cache_teacher_outputs(teacher: VGG, images, *, mean, std, hint_block: int | None,
-                          device: torch.device, batch_size: int = 1000) -> CachedTeacher:
-    """Run the teacher once over `images` (an ImageSet, in order) and keep its outputs.
+def cache_teacher_outputs(teacher: VGG, images: ImageSet, *, mean, std, hint_block: int | None,
+                          device: torch.device, batch_size: int = 1000, progress: bool = False) -> CachedTeacher:
+    """Run the teacher once over `images` (in order) and keep its outputs.
 
     Hint features are kept at fp32 on the CPU; at MNIST scale a middle VGG-16 block is about
     1.3 GB, the price of never running the teacher again.
     """
-    from ikd.data import iterate_batches
-
     teacher = teacher.eval()
     logits, features = [], []
-    for x, _ in iterate_batches(images, batch_size, mean=mean, std=std, device=device):
+    batches = iterate_batches(images, batch_size, mean=mean, std=std, device=device)
+    for x, _ in tqdm(batches, total=-(-len(images) // batch_size), desc="caching teacher outputs",
+                     unit="batch", disable=not progress, leave=False):
         if hint_block is None:
             logits.append(teacher(x).float().cpu())
         else:

@@ -203,7 +203,8 @@ class Campaign:
             self._teacher_caches.clear()  # one parent at a time: bound the memory
             data = self._load_data()
             self._teacher_caches[key] = cache_teacher_outputs(
-                teacher, data.train, mean=data.mean, std=data.std, hint_block=hint_block, device=self.device)
+                teacher, data.train, mean=data.mean, std=data.std, hint_block=hint_block, device=self.device,
+                progress=self.progress)
         return self._teacher_caches[key]
 
     def _distil(self, candidate: Candidate, parent_id: str, parent: VGG, generation: int) -> None:
