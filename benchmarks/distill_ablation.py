@@ -69,7 +69,7 @@ def main() -> int:
         if inherit:
             inherit_weights(student, teacher)
         weights = LossWeights(gamma=gamma)
-        block = teacher_hint_block(spec, teacher.spec, weights)
+        block = teacher_hint_block(spec, teacher, weights)
         if block not in caches:
             caches[block] = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std,
                                                   hint_block=block, device=device)

@@ -208,3 +208,32 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_teacher):
                                            operators=["width"]), progress=False)
         metrics.append([(n.id, n.val_accuracy, n.test_accuracy, n.sha256) for n in lineage.nodes])
     assert metrics[0] == metrics[1]
+
+
+def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
+    """Any nn.Module returning logits: hint read by module path, chain starts from a given spec."""
+    from torch import nn
+
+    import ikd
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                            nn.Flatten(), nn.Linear(12 * 16, 10))
+    config = TrainConfig(epochs=3, batch_size=32, precision="fp32", device="cpu")
+    train_model(teacher, digits, config, progress=False)  # the loop trains any logits module
+    student = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [8]])
+    overrides = {"run_dir": str(tmp_path / "own"), "device": "cpu", "precision": "fp32", "student.epochs": 1,
+                 "search.max_generations": 2, "search.operators": ["width"], "search.max_drop": 100.0,
+                 "search.max_step_drop": 100.0}
+    lineage = ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="1",
+                           student=student)
+    assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-student", "g2-width"]
+    root = lineage.root()
+    assert root.arch == {"external": "Sequential"} and root.params == sum(p.numel() for p in teacher.parameters())
+    assert lineage.node("g1-student").arch == student.to_json_dict()
+    assert lineage.node("g2-width").parent == "g1-student"
+    with pytest.raises(ConfigError, match="not a submodule"):
+        ikd.compress(overrides={**overrides, "run_dir": str(tmp_path / "bad")}, progress=False,
+                     teacher=teacher, hint_layer="nope")
+    with pytest.raises(ConfigError, match="pass it again"):
+        ikd.compress(overrides=overrides, progress=False)  # resuming needs the module

@@ -139,9 +139,10 @@ def format_lineage(lineage) -> str:
     header = ("id", "gen", "parent", "arch", "params", "x", "val %", "test %", "status")
     rows = [header]
     for node in sorted(lineage.nodes, key=lambda n: (n.generation, n.id)):
-        spec = ArchSpec.model_validate(node.arch)
+        arch = (f"external: {node.arch['external']}" if "external" in node.arch
+                else ArchSpec.model_validate(node.arch).summary())
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-        rows.append((node.id, str(node.generation), node.parent or "-", spec.summary(), f"{node.params:,}",
+        rows.append((node.id, str(node.generation), node.parent or "-", arch, f"{node.params:,}",
                      f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), node.status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 from ikd.arch import ArchSpec
 from ikd.data import ImageSet, iterate_batches
+from ikd.errors import ConfigError
+from ikd.external import ExternalTeacher
 from ikd.losses import HintRegressor, kd_loss
 from ikd.model import VGG
 
@@ -144,13 +146,27 @@ def cache_teacher_outputs(teacher: VGG, images: ImageSet, *, mean, std, hint_blo
     return CachedTeacher(torch.cat(logits), torch.cat(features) if features else None, hint_block)
 
 
-def teacher_hint_block(student: ArchSpec, teacher: ArchSpec, weights: LossWeights) -> int | None:
+def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int, int, int]:
+    """(student block, teacher block, teacher channels) of the hint.
+
+    A VGG teacher follows `hint_blocks`; an external teacher offers one named layer (block 0),
+    paired with the student's middle block.
+    """
+    if isinstance(teacher, ExternalTeacher):
+        if teacher.hint_channels is None:
+            raise ConfigError("the external teacher has no hint_layer; name one, or set loss.gamma to 0")
+        return (len(student.blocks) - 1) // 2, 0, teacher.hint_channels
+    s_block, t_block = hint_blocks(student, teacher.spec)
+    return s_block, t_block, teacher.spec.blocks[t_block][-1]
+
+
+def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weights: LossWeights) -> int | None:
     """The teacher block whose output the hint needs (None without a hint): what to cache."""
-    return hint_blocks(student, teacher)[1] if weights.gamma > 0 else None
+    return hint_pairing(student, teacher)[1] if weights.gamma > 0 else None
 
 
-def build_objective(student: VGG, teacher: VGG, weights: LossWeights, *, cached: CachedTeacher | None = None,
-                    seed: int | None = None) -> DistillationObjective:
+def build_objective(student: VGG, teacher: VGG | ExternalTeacher, weights: LossWeights, *,
+                    cached: CachedTeacher | None = None, seed: int | None = None) -> DistillationObjective:
     """The objective for one student: pairs hint blocks, makes the regressor, picks the teacher source.
 
     `cached` (from `cache_teacher_outputs` for `teacher_hint_block(...)`) replaces running the
@@ -158,8 +174,8 @@ def build_objective(student: VGG, teacher: VGG, weights: LossWeights, *, cached:
     regressor's initial weights.
     """
     if weights.gamma > 0:
-        s_block, t_block = hint_blocks(student.spec, teacher.spec)
-        regressor = HintRegressor(student.spec.blocks[s_block][-1], teacher.spec.blocks[t_block][-1], seed)
+        s_block, t_block, t_channels = hint_pairing(student.spec, teacher)
+        regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels, seed)
     else:
         s_block = t_block = regressor = None
     if cached is not None and cached.hint_block != t_block:

@@ -28,6 +28,7 @@ from ikd.checkpoint import load_model, read_metadata, save_model, training_metad
 from ikd.config import CampaignConfig
 from ikd.data import DataSplits, load_dataset
 from ikd.errors import ConfigError
+from ikd.external import ExternalTeacher
 from ikd.inherit import inherit_weights
 from ikd.lineage import Lineage, NodeRecord, RunDir
 from ikd.model import VGG, build_model
@@ -70,8 +71,14 @@ def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 class Campaign:
     """Runs (or resumes) one compression campaign described by a CampaignConfig."""
 
-    def __init__(self, config: CampaignConfig, *, progress: bool = True, force: bool = False):
+    def __init__(self, config: CampaignConfig, *, progress: bool = True, force: bool = False,
+                 teacher: torch.nn.Module | None = None, hint_layer: str | None = None,
+                 student: ArchSpec | None = None):
+        """`teacher`, when given, is a user's trained module used as the root (see ikd.external);
+        the chain then starts from `student` (default: vgg11 fitted to the data)."""
         self.config = config
+        self.user_teacher, self.hint_layer, self.first_student = teacher, hint_layer, student
+        self.external: ExternalTeacher | None = None
         self.progress = progress
         self.run = RunDir(Path(config.run_dir))
         self.device = resolve_device(config.device)
@@ -118,9 +125,21 @@ class Campaign:
                                      image_size=d.image_size)
         return self.data
 
-    def _load_node(self, node_id: str) -> VGG:
+    def _load_node(self, node_id: str) -> VGG | ExternalTeacher:
+        if node_id == ROOT_ID and self.lineage.root().arch.get("external"):
+            return self._external_teacher()
         model, _ = load_model(self.run.node_dir(node_id), map_location=self.device)
         return model
+
+    def _external_teacher(self) -> ExternalTeacher:
+        if self.user_teacher is None:
+            raise ConfigError(f"{self.run.path}: the root teacher is a user module; pass it again "
+                              "(ikd.compress(..., teacher=module)) to resume")
+        if self.external is None:
+            data = self._load_data()
+            example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=self.device)
+            self.external = ExternalTeacher(self.user_teacher.to(self.device), self.hint_layer, example)
+        return self.external
 
     def _train_config(self, section, epochs: int | None = None, seed_offset: int = 0) -> TrainConfig:
         return TrainConfig(
@@ -151,12 +170,19 @@ class Campaign:
 
     # --- the root teacher -------------------------------------------------------------------
     def _ensure_root(self) -> None:
-        if self.lineage.node(ROOT_ID) is not None:
+        existing = self.lineage.node(ROOT_ID)
+        if existing is not None:
+            if existing.arch.get("external") and self._external_teacher().num_params() != existing.params:
+                raise ConfigError(f"{self.run.path}: the teacher passed has {self._external_teacher().num_params():,} "
+                                  f"params, the run's root had {existing.params:,}; not the same teacher")
             return
         data = self._load_data()
         cfg = self.config.teacher
         started = time.perf_counter()
         result, epochs = None, 0
+        if self.user_teacher is not None:
+            self._record_external_root(data, started)
+            return
         if cfg.dir:
             model = self._import_teacher(Path(cfg.dir), data)
             save_model(self.run.node_dir(ROOT_ID), model, read_metadata(Path(cfg.dir)))
@@ -178,6 +204,24 @@ class Campaign:
                                        operator=None, result=result, val=val, test=test, epochs=epochs,
                                        seconds=time.perf_counter() - started))
         self.log(f"root teacher: val {_points(val):.2f}%, test {_points(test):.2f}%")
+
+    def _record_external_root(self, data: DataSplits, started: float) -> None:
+        teacher = self._external_teacher()
+        val, test = self._evaluate(teacher, data.val), self._evaluate(teacher, data.test)
+        params = teacher.num_params()
+        self._record(NodeRecord(
+            id=ROOT_ID, generation=0, status="teacher", arch={"external": type(self.user_teacher).__name__},
+            params=params, size_bytes_fp32=4 * params, macs=0, compression=1.0, val_accuracy=val,
+            test_accuracy=test, seed=self.config.seed, seconds=round(time.perf_counter() - started, 2),
+            reason=f"user module, hint layer {self.hint_layer!r}; MACs not computed"))
+        self.log(f"root teacher (user module): val {_points(val):.2f}%, test {_points(test):.2f}%")
+
+    def _first_student(self) -> ArchSpec:
+        if self.first_student is not None:
+            return self.first_student
+        data = self._load_data()
+        return preset("vgg11", in_channels=data.in_channels, image_size=data.image_size,
+                      num_classes=data.num_classes)
 
     def _import_teacher(self, directory: Path, data: DataSplits) -> VGG:
         model, metadata = load_model(directory, map_location=self.device)
@@ -210,7 +254,8 @@ class Campaign:
     def _distil(self, candidate: Candidate, parent_id: str, parent: VGG, generation: int) -> None:
         """Train one candidate child from its parent and record it as a `candidate` node."""
         self._train_node(candidate.node_id, candidate.spec, generation=generation, teacher_id=parent_id,
-                         teacher=parent, inherit_from=parent if self.config.student.inherit else None,
+                         teacher=parent,
+                         inherit_from=parent if self.config.student.inherit and isinstance(parent, VGG) else None,
                          epochs=self.config.student.epochs, status="candidate", parent_id=parent_id,
                          operator=candidate.operator)
 
@@ -240,7 +285,7 @@ class Campaign:
         for stage_weights, stage_epochs in stages:
             objective = None
             if stage_weights is not None:
-                block = teacher_hint_block(spec, teacher.spec, stage_weights)
+                block = teacher_hint_block(spec, teacher, stage_weights)
                 cached = self._teacher_cache(teacher_id, teacher, block) if use_cache else None
                 objective = build_objective(student, teacher, stage_weights, cached=cached,
                                             seed=self.config.seed + generation)
@@ -325,9 +370,13 @@ class Campaign:
 
     def run_generation(self, generation: int, parent: NodeRecord) -> tuple[NodeRecord | None, str | None]:
         """Train (or reuse) this generation's candidates and decide; returns (accepted, stop reason)."""
-        parent_spec = ArchSpec.model_validate(parent.arch)
         candidates, seen = [], set()
-        for name in self.config.search.operators:
+        if parent.arch.get("external"):  # a user module cannot be shrunk: the chain starts from a spec
+            candidates.append(Candidate(f"g{generation}-student", "initial", self._first_student()))
+            parent_spec = None
+        else:
+            parent_spec = ArchSpec.model_validate(parent.arch)
+        for name in self.config.search.operators if parent_spec is not None else ():
             spec = get_operator(name, self.config.search.width_factor)(parent_spec)
             if spec is not None and spec.model_dump_json() not in seen:
                 seen.add(spec.model_dump_json())
@@ -373,7 +422,10 @@ class Campaign:
         return self.lineage
 
 
-def compress(config: CampaignConfig, *, progress: bool = True, force: bool = False) -> Lineage:
-    """Run or resume the campaign described by `config`; returns the final lineage."""
+def compress(config: CampaignConfig, *, progress: bool = True, force: bool = False, **user_teacher) -> Lineage:
+    """Run or resume the campaign described by `config`; returns the final lineage.
+
+    `user_teacher`: optional `teacher=`, `hint_layer=`, `student=` (see Campaign).
+    """
     torch.manual_seed(config.seed)
-    return Campaign(config, progress=progress, force=force).run_campaign()
+    return Campaign(config, progress=progress, force=force, **user_teacher).run_campaign()
