@@ -71,3 +71,15 @@ def test_training_config_is_validated():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError):
         TrainConfig(epochs=1, unknown=3)
+
+
+def test_a_training_set_smaller_than_one_batch_still_trains(digits):
+    from ikd.data import DataSplits, ImageSet
+
+    tiny = DataSplits(name="tiny", train=ImageSet(digits.train.images[:20], digits.train.labels[:20]),
+                      val=digits.val, test=digits.test, classes=digits.classes, mean=digits.mean,
+                      std=digits.std, augment="none", source="test")
+    model = build_model(small_spec(digits), seed=0)
+    result = train_model(model, tiny, TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32"),
+                         progress=False)
+    assert result.history[0].train["loss"] > 0

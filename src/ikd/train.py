@@ -153,7 +153,8 @@ def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *
         seen = 0
         batches = iterate_batches(data.train, config.batch_size, mean=data.mean, std=data.std,
                                   augment=augment, shuffle=True, generator=shuffle_generator,
-                                  device=device, drop_last=True, with_index=True)
+                                  device=device, drop_last=len(data.train) >= config.batch_size,
+                                  with_index=True)
         for step, (x, y, index) in enumerate(batches, start=1):
             if step > steps_per_epoch:
                 break
