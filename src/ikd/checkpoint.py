@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ikd import __version__
 from ikd.arch import ArchSpec
-from ikd.errors import CheckpointError
+from ikd.errors import CheckpointError, first_validation_error
 from ikd.model import VGG, build_model
 
 if TYPE_CHECKING:
@@ -126,8 +126,7 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tup
     try:
         spec = ArchSpec.model_validate(metadata["arch"])
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where, first = first_validation_error(exc)
         raise CheckpointError(f"{directory / META_FILE}: invalid arch.{where}: {first['msg']}") from None
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ikd.arch import PRESETS
-from ikd.errors import ConfigError
+from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
 
@@ -117,8 +117,7 @@ def validate_config(document: Any, source: str) -> CampaignConfig:
     try:
         return CampaignConfig.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
+        key, first = first_validation_error(exc)
         if first["type"] == "extra_forbidden":
             valid = ", ".join(_valid_keys(CampaignConfig, first["loc"]))
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys here: {valid}") from None

@@ -19,3 +19,9 @@ class ConfigError(IkdError):
 
 class CheckpointError(IkdError):
     """A model directory is missing files or its files do not agree with each other."""
+
+
+def first_validation_error(exc) -> tuple[str, dict]:
+    """The dotted key and details of a pydantic ValidationError's first error: one line's worth."""
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"]), first

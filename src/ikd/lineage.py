@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
-from ikd.errors import CheckpointError, ConfigError
+from ikd.errors import CheckpointError, ConfigError, first_validation_error
 
 LINEAGE_FILE = "lineage.json"
 NODES_DIR = "nodes"
@@ -107,8 +107,7 @@ class RunDir:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{self.lineage_path}: not readable JSON ({exc})") from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
+            where, first = first_validation_error(exc)
             raise CheckpointError(f"{self.lineage_path}: invalid {where}: {first['msg']}") from None
 
     def save(self, lineage: Lineage) -> None:

@@ -148,10 +148,9 @@ class Campaign:
             precision=self.precision.name, device=self.device.type, seed=self.config.seed + seed_offset,
         )
 
-    def _evaluate(self, model: VGG, split) -> float:
+    def _evaluate(self, model: VGG | ExternalTeacher, split) -> dict[str, float]:
         data = self._load_data()
-        return evaluate(model, split, mean=data.mean, std=data.std, device=self.device,
-                        precision=self.precision)["accuracy"]
+        return evaluate(model, split, mean=data.mean, std=data.std, device=self.device, precision=self.precision)
 
     def _node_record(self, node_id: str, model: VGG, *, generation: int, status: str, parent: str | None,
                      teachers: list[str], operator: str | None, result=None, val: float, test: float,
@@ -172,9 +171,11 @@ class Campaign:
     def _ensure_root(self) -> None:
         existing = self.lineage.node(ROOT_ID)
         if existing is not None:
-            if existing.arch.get("external") and self._external_teacher().num_params() != existing.params:
-                raise ConfigError(f"{self.run.path}: the teacher passed has {self._external_teacher().num_params():,} "
-                                  f"params, the run's root had {existing.params:,}; not the same teacher")
+            if existing.arch.get("external"):
+                params = self._external_teacher().num_params()
+                if params != existing.params:
+                    raise ConfigError(f"{self.run.path}: the teacher passed has {params:,} params, the run's "
+                                      f"root had {existing.params:,}; not the same teacher")
             return
         data = self._load_data()
         cfg = self.config.teacher
@@ -186,6 +187,7 @@ class Campaign:
         if cfg.dir:
             model = self._import_teacher(Path(cfg.dir), data)
             save_model(self.run.node_dir(ROOT_ID), model, read_metadata(Path(cfg.dir)))
+            val, test = self._evaluate(model, data.val)["accuracy"], self._evaluate(model, data.test)
         else:
             spec = preset(cfg.arch, in_channels=data.in_channels, image_size=data.image_size,
                           num_classes=data.num_classes)
@@ -194,20 +196,19 @@ class Campaign:
             self.log(f"training the root teacher {cfg.arch} ({spec.num_params():,} params)")
             result = train_model(model, data, train_config, progress=self.progress, description=ROOT_ID)
             epochs = cfg.epochs
-            test = evaluate(model, data.test, mean=data.mean, std=data.std, device=self.device,
-                            precision=self.precision)
+            # The model holds its best-by-validation weights, so that epoch's score is its val accuracy.
+            val, test = result.best_val_accuracy, self._evaluate(model, data.test)
             save_model(self.run.node_dir(ROOT_ID), model, training_metadata(
                 data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
                 spec=spec, config=train_config, result=result, test=test))
-        val, test = self._evaluate(model, data.val), self._evaluate(model, data.test)
         self._record(self._node_record(ROOT_ID, model, generation=0, status="teacher", parent=None, teachers=[],
-                                       operator=None, result=result, val=val, test=test, epochs=epochs,
-                                       seconds=time.perf_counter() - started))
-        self.log(f"root teacher: val {_points(val):.2f}%, test {_points(test):.2f}%")
+                                       operator=None, result=result, val=val, test=test["accuracy"],
+                                       epochs=epochs, seconds=time.perf_counter() - started))
+        self.log(f"root teacher: val {_points(val):.2f}%, test {_points(test['accuracy']):.2f}%")
 
     def _record_external_root(self, data: DataSplits, started: float) -> None:
         teacher = self._external_teacher()
-        val, test = self._evaluate(teacher, data.val), self._evaluate(teacher, data.test)
+        val, test = self._evaluate(teacher, data.val)["accuracy"], self._evaluate(teacher, data.test)["accuracy"]
         params = teacher.num_params()
         self._record(NodeRecord(
             id=ROOT_ID, generation=0, status="teacher", arch={"external": type(self.user_teacher).__name__},
@@ -291,8 +292,7 @@ class Campaign:
                                             seed=self.config.seed + generation)
             result = train_model(student, data, self._train_config(cfg, stage_epochs, seed_offset=generation),
                                  objective=objective, progress=self.progress, description=node_id)
-        test = evaluate(student, data.test, mean=data.mean, std=data.std, device=self.device,
-                        precision=self.precision)
+        test = self._evaluate(student, data.test)
         loss = ({"objective": "cross-entropy"} if teacher is None else
                 weights.model_dump() | {"hint_stage": cfg.hint_stage, "inherit": inherit_from is not None,
                                         "cached_teacher": use_cache})
