@@ -47,7 +47,7 @@ def campaign_config(run_dir, teacher, **search):
 
 
 def test_campaign_grows_a_lineage_and_records_why_it_stopped(tmp_path, tiny_teacher):
-    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher), progress=False)
+    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher, candidates="all"), progress=False)
     ids = [n.id for n in lineage.nodes]
     assert ids[0] == "g0-teacher" and {"g1-depth", "g1-width", "g2-depth", "g2-width"} <= set(ids)
     accepted = [n for n in lineage.nodes if n.status == "accepted"]
@@ -64,6 +64,27 @@ def test_campaign_grows_a_lineage_and_records_why_it_stopped(tmp_path, tiny_teac
     assert run.verify(lineage) == [] and all(n.sha256 for n in lineage.nodes)
     on_disk = json.loads((tmp_path / "run" / "lineage.json").read_text())
     assert on_disk["stop_reason"] == lineage.stop_reason
+
+
+def test_smallest_first_makes_the_same_choices_without_training_larger_candidates(tmp_path, tiny_teacher):
+    def run(name, candidates):
+        config = campaign_config(tmp_path / name, tiny_teacher, candidates=candidates, max_drop=100.0,
+                                 max_step_drop=20.0, max_generations=3)
+        return compress(config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})}),
+                        progress=False)
+
+    every, lazy = run("all", "all"), run("lazy", "smallest-first")
+
+    def chain(lineage):
+        return [(n.id, n.params, n.val_accuracy, n.test_accuracy) for n in lineage.nodes if n.status == "accepted"]
+
+    assert chain(lazy) == chain(every) and lazy.stop_reason == every.stop_reason
+    assert len(every.nodes) == 7  # the teacher and both candidates of three generations
+    # Generations 1-2: the width child passed, so the larger depth child was never trained.
+    # Generation 3: the width child failed the step tolerance, so the depth child was trained too.
+    assert [n.id for n in lazy.nodes] == ["g0-teacher", "g1-width", "g2-width", "g3-width", "g3-depth"]
+    assert lazy.node("g3-width").status == "rejected" and lazy.node("g3-depth").status == "accepted"
+    assert "not trained: g1-depth" in lazy.node("g1-width").reason
 
 
 def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
@@ -123,7 +144,7 @@ def test_teacher_from_another_split_is_refused(tmp_path, tiny_teacher):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: max_drop"),
+    ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: candidates, max_drop"),
     ({"student.epochs": -1}, "student.epochs"),
     ({"search.max_drop": 101}, "search.max_drop"),
     ({"search.operators": ["prune"]}, "search.operators"),

@@ -67,6 +67,10 @@ class SearchConfig(Strict):
     max_drop: float = Field(default=1.0, ge=0, le=100, description="accepted children stay within this many points of the root teacher's validation accuracy")
     max_step_drop: float = Field(default=1.0, ge=0, le=100, description="...and within this many points of their parent's")
     max_generations: int = Field(default=10, gt=0, description="stop after this many generations")
+    candidates: Literal["smallest-first", "all"] = Field(
+        default="smallest-first",
+        description="smallest-first: train candidates in order of size and stop at the first within tolerance "
+                    "(the same choice as `all`, which also trains the larger ones)")
     target_params: int | None = Field(default=None, gt=0, description="stop once an accepted child has at most this many parameters")
     target_compression: float | None = Field(default=None, gt=1, description="stop once root params / child params reaches this")
 

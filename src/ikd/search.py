@@ -5,7 +5,9 @@
                  -> it becomes the next parent ... until a stop rule fires.
 
 A child is accepted when its best validation accuracy is at least `root - max_drop` and at least
-`parent - max_step_drop` (in percentage points). The campaign stops when no child is accepted,
+`parent - max_step_drop` (in percentage points). Candidates train smallest first and the
+generation ends at the first one within tolerance (`search.candidates: all` trains every one, to
+see them; the choice is the same). The campaign stops when no child is accepted,
 no operator can shrink the parent further, a size target is reached, or after
 `max_generations`; the reason is written into the lineage. The test split is never consulted.
 
@@ -329,26 +331,32 @@ class Campaign:
                              teacher=root if use_teacher else None, inherit_from=None, epochs=budget,
                              status="baseline", parent_id=None, operator=None)
 
-    def _decide(self, generation: int, parent: NodeRecord, candidates: list[NodeRecord]) -> NodeRecord | None:
+    def _within_tolerance(self, parent: NodeRecord, node: NodeRecord) -> str | None:
+        """None when `node` keeps accuracy within both tolerances, else why not."""
         search, root = self.config.search, self.lineage.root()
-        floor_root = _points(root.val_accuracy) - search.max_drop
-        floor_parent = _points(parent.val_accuracy) - search.max_step_drop
+        val = _points(node.val_accuracy)
+        if val < _points(root.val_accuracy) - search.max_drop:
+            return f"val {val:.2f}% < root {_points(root.val_accuracy):.2f}% - max_drop {search.max_drop}"
+        if val < _points(parent.val_accuracy) - search.max_step_drop:
+            return f"val {val:.2f}% < parent {_points(parent.val_accuracy):.2f}% - max_step_drop {search.max_step_drop}"
+        return None
+
+    def _decide(self, generation: int, parent: NodeRecord, candidates: list[NodeRecord],
+                skipped: list[str] = ()) -> NodeRecord | None:
         kept = []
         for node in candidates:
-            val = _points(node.val_accuracy)
-            if val < floor_root:
-                reason = f"val {val:.2f}% < root {_points(root.val_accuracy):.2f}% - max_drop {search.max_drop}"
-            elif val < floor_parent:
-                reason = f"val {val:.2f}% < parent {_points(parent.val_accuracy):.2f}% - max_step_drop {search.max_step_drop}"
-            else:
-                reason = "within tolerance"
+            reason = self._within_tolerance(parent, node)
+            if reason is None:
                 kept.append(node)
-            self._record(node.model_copy(update={"status": "rejected", "reason": reason}))
+            self._record(node.model_copy(update={"status": "rejected", "reason": reason or "within tolerance"}))
         if not kept:
             return None
         # Smallest first; among equal sizes, the more accurate.
         chosen = min(kept, key=lambda n: (n.params, -n.val_accuracy))
-        chosen = chosen.model_copy(update={"status": "accepted", "reason": "smallest within tolerance"})
+        reason = "smallest within tolerance"
+        if skipped:
+            reason += f"; larger candidates not trained: {', '.join(skipped)}"
+        chosen = chosen.model_copy(update={"status": "accepted", "reason": reason})
         self._record(chosen)
         for node in kept:
             if node.id != chosen.id:
@@ -383,17 +391,26 @@ class Campaign:
                 candidates.append(Candidate(f"g{generation}-{name}", name, spec))
         if not candidates:
             return None, f"no operator can shrink {parent.id} further"
-        parent_model = None
+        # The rule keeps the smallest candidate within tolerance, so training them smallest first and
+        # stopping at the first that passes makes the same choice without training the larger ones.
+        candidates.sort(key=lambda c: c.spec.num_params())
+        parent_model, trained = None, []
         for candidate in candidates:
-            if self.lineage.node(candidate.node_id) is not None:
-                continue  # finished before an interruption
-            if parent_model is None:
-                parent_model = self._load_node(parent.id)
-            self.log(f"generation {generation}: distilling {candidate.node_id} "
-                     f"({candidate.spec.summary()}, {candidate.spec.num_params():,} params) from {parent.id}")
-            self._distil(candidate, parent.id, parent_model, generation)
-        records = [self.lineage.node(c.node_id) for c in candidates]
-        accepted = self._decide(generation, parent, records)
+            if (self.config.search.candidates == "smallest-first" and trained
+                    and candidate.spec.num_params() > trained[-1].params
+                    and any(self._within_tolerance(parent, n) is None for n in trained)):
+                break
+            if self.lineage.node(candidate.node_id) is None:  # else finished before an interruption
+                if parent_model is None:
+                    parent_model = self._load_node(parent.id)
+                self.log(f"generation {generation}: distilling {candidate.node_id} "
+                         f"({candidate.spec.summary()}, {candidate.spec.num_params():,} params) from {parent.id}")
+                self._distil(candidate, parent.id, parent_model, generation)
+            trained.append(self.lineage.node(candidate.node_id))
+        skipped = [c.node_id for c in candidates[len(trained):]]
+        if skipped:
+            self.log(f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)")
+        accepted = self._decide(generation, parent, trained, skipped)
         if accepted is None:
             return None, f"generation {generation}: no candidate stayed within tolerance"
         self.log(f"generation {generation}: accepted {accepted.id} ({accepted.params:,} params, "
