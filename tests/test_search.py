@@ -258,3 +258,23 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
                      teacher=teacher, hint_layer="nope")
     with pytest.raises(ConfigError, match="pass it again"):
         ikd.compress(overrides=overrides, progress=False)  # resuming needs the module
+
+
+def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_teacher, monkeypatch):
+    import ikd.search as search
+
+    stages = []
+    real_build, real_train = search.build_objective, search.train_model
+    monkeypatch.setattr(search, "build_objective", lambda student, teacher, weights, **kw: (
+        stages.append((weights.alpha, weights.beta, weights.gamma)), real_build(student, teacher, weights, **kw))[1])
+    monkeypatch.setattr(search, "train_model", lambda model, data, config, **kw: (
+        stages.append(config.epochs), real_train(model, data, config, **kw))[1])
+    config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
+    config = config.model_copy(update={"student": config.student.model_copy(
+        update={"hint_stage": "two-stage", "hint_epochs": 2})})
+    lineage = compress(config, progress=False)
+    weights = config.loss
+    # stage 1: the hint alone for hint_epochs; stage 2: KD + CE without the hint for epochs
+    assert stages == [(0, 0, weights.gamma), 2, (weights.alpha, weights.beta, 0.0), 1]
+    child = lineage.node("g1-width")
+    assert child.epochs == 3 and child.loss["hint_stage"] == "two-stage"
