@@ -72,8 +72,8 @@ def main() -> int:
         block = teacher_hint_block(spec, teacher, weights)
         if block not in caches:
             caches[block] = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std,
-                                                  hint_block=block, device=device)
-        objective = build_objective(student, teacher, weights, cached=caches[block], seed=seed)
+                                                  hint_blocks=[block] if block is not None else [], device=device)
+        objective = build_objective(student, teacher, weights, sources=[caches[block]], seed=seed)
         started = time.perf_counter()
         result = train_model(student, data, config, objective=objective, progress=False)
         test = evaluate(student, data.test, mean=data.mean, std=data.std, device=device, precision=precision)

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from ikd.arch import ArchSpec
+from ikd.checkpoint import save_model, training_metadata
+from ikd.data import load_dataset
+from ikd.model import build_model
+from ikd.runtime import resolve_precision
+from ikd.train import TrainConfig, evaluate, train_model
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -68,3 +76,26 @@ def data_env(tmp_path, monkeypatch):
 def make_idx_set():
     """write_idx_set(directory, n_train=60, n_test=20, size=6, num_classes=10, gz=False, seed=0)."""
     return write_idx_set
+
+
+# --- campaign fixtures: the bundled digits set and a small teacher trained on it -------------
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, digits):
+    """A small CNN trained briefly on digits, saved the way `ikd train` saves."""
+    spec = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[16, 16], [32], [32]])
+    model = build_model(spec, seed=0)
+    config = TrainConfig(epochs=4, batch_size=32, precision="fp32", device="cpu")
+    result = train_model(model, digits, config, progress=False)
+    test = evaluate(model, digits.test, mean=digits.mean, std=digits.std, device=torch.device("cpu"),
+                    precision=resolve_precision("fp32", torch.device("cpu")))
+    out = tmp_path_factory.mktemp("teacher")
+    save_model(out, model, training_metadata(data=digits, val_fraction=0.1, split_seed=0, spec=spec,
+                                             config=config, result=result, test=test))
+    return out

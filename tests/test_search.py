@@ -6,35 +6,11 @@ import pytest
 import torch
 
 from ikd.arch import ArchSpec
-from ikd.checkpoint import save_model, training_metadata
 from ikd.config import load_config
-from ikd.data import load_dataset
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
-from ikd.model import build_model
-from ikd.runtime import resolve_precision
 from ikd.search import Campaign, compress
-from ikd.train import TrainConfig, evaluate, train_model
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory, digits):
-    """A small CNN trained briefly on digits, saved the way `ikd train` saves."""
-    spec = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[16, 16], [32], [32]])
-    model = build_model(spec, seed=0)
-    config = TrainConfig(epochs=4, batch_size=32, precision="fp32", device="cpu")
-    result = train_model(model, digits, config, progress=False)
-    test = evaluate(model, digits.test, mean=digits.mean, std=digits.std, device=torch.device("cpu"),
-                    precision=resolve_precision("fp32", torch.device("cpu")))
-    out = tmp_path_factory.mktemp("teacher")
-    save_model(out, model, training_metadata(data=digits, val_fraction=0.1, split_seed=0, spec=spec,
-                                             config=config, result=result, test=test))
-    return out
+from ikd.train import TrainConfig, train_model
 
 
 def campaign_config(run_dir, teacher, **search):
@@ -99,16 +75,16 @@ def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
 
 def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, monkeypatch):
     config = campaign_config(tmp_path / "run", tiny_teacher)
-    real_distil = Campaign._distil
+    real_train = Campaign._train_students
     calls = []
 
-    def interrupted(self, candidate, *args):
-        calls.append(candidate.node_id)
+    def interrupted(self, candidates, **kw):
+        calls.extend(c.node_id for c in candidates)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed while training the second node
-        return real_distil(self, candidate, *args)
+        return real_train(self, candidates, **kw)
 
-    monkeypatch.setattr(Campaign, "_distil", interrupted)
+    monkeypatch.setattr(Campaign, "_train_students", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compress(config, progress=False)
     run = RunDir(tmp_path / "run")
@@ -116,15 +92,15 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     assert [n.id for n in partial.nodes] == ["g0-teacher", calls[0]]
     first_sha = partial.node(calls[0]).sha256
 
-    monkeypatch.setattr(Campaign, "_distil", real_distil)
     trained = []
-    monkeypatch.setattr(Campaign, "_distil", lambda self, c, *a: (trained.append(c.node_id), real_distil(self, c, *a)))
+    monkeypatch.setattr(Campaign, "_train_students", lambda self, cs, **kw: (
+        trained.extend(c.node_id for c in cs), real_train(self, cs, **kw)))
     lineage = compress(config, progress=False)
     assert calls[0] not in trained and calls[1] in trained  # finished work is never redone
     assert lineage.node(calls[0]).sha256 == first_sha
     assert lineage.stop_reason.startswith("max_generations")
     again = []
-    monkeypatch.setattr(Campaign, "_distil", lambda self, c, *a: again.append(c.node_id))
+    monkeypatch.setattr(Campaign, "_train_students", lambda self, cs, **kw: again.extend(c.node_id for c in cs))
     compress(config, progress=False)
     assert again == []  # a finished campaign resumes to the same place without training
 
@@ -144,7 +120,7 @@ def test_teacher_from_another_split_is_refused(tmp_path, tiny_teacher):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: candidates, max_drop"),
+    ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: beam, candidates, max_drop"),
     ({"student.epochs": -1}, "student.epochs"),
     ({"search.max_drop": 101}, "search.max_drop"),
     ({"search.operators": ["prune"]}, "search.operators"),
@@ -261,14 +237,14 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
 
 
 def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_teacher, monkeypatch):
-    import ikd.search as search
+    from ikd import search
 
     stages = []
-    real_build, real_train = search.build_objective, search.train_model
+    real_build, real_train = search.build_objective, search.train_models
     monkeypatch.setattr(search, "build_objective", lambda student, teacher, weights, **kw: (
         stages.append((weights.alpha, weights.beta, weights.gamma)), real_build(student, teacher, weights, **kw))[1])
-    monkeypatch.setattr(search, "train_model", lambda model, data, config, **kw: (
-        stages.append(config.epochs), real_train(model, data, config, **kw))[1])
+    monkeypatch.setattr(search, "train_models", lambda models, data, config, **kw: (
+        stages.append(config.epochs), real_train(models, data, config, **kw))[1])
     config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
     config = config.model_copy(update={"student": config.student.model_copy(
         update={"hint_stage": "two-stage", "hint_epochs": 2})})

@@ -83,3 +83,60 @@ def test_a_training_set_smaller_than_one_batch_still_trains(digits):
     result = train_model(model, tiny, TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32"),
                          progress=False)
     assert result.history[0].train["loss"] > 0
+
+
+def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
+    """One pass over the data for k students sharing one teacher forward per batch changes nothing
+    about any student's training: same batches, own optimiser, own dropout stream."""
+    from ikd.objective import (
+        LiveTeacher,
+        LossWeights,
+        build_objective,
+        teacher_hint_block,
+    )
+    from ikd.train import train_models
+
+    teacher = build_model(small_spec(digits), seed=9)
+    specs = [ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [16]], dropout=0.3),
+             ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[12], [12], [12]], dropout=0.5)]
+    config = TrainConfig(epochs=2, batch_size=64, precision="fp32", device="cpu", seed=4, max_steps_per_epoch=6)
+    weights = LossWeights()
+
+    def objectives(students, shared):
+        blocks = {teacher_hint_block(s.spec, teacher, weights) for s in students}
+        source = LiveTeacher(teacher, blocks) if shared else None
+        return [build_objective(s, teacher, weights, sources=[source] if shared else None, seed=i)
+                for i, s in enumerate(students)]
+
+    alone = []
+    for i, spec in enumerate(specs):
+        student = build_model(spec, seed=i)
+        train_models([student], digits, config, objectives=[build_objective(student, teacher, weights, seed=i)],
+                     progress=False)
+        alone.append(student)
+    together = [build_model(spec, seed=i) for i, spec in enumerate(specs)]
+    calls = []
+    first_conv = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda *args: calls.append(1))
+    results = train_models(together, digits, config, objectives=objectives(together, True), progress=False)
+    assert len(calls) == 2 * 6  # one teacher forward per batch, not one per student
+    for a, b, result in zip(alone, together, results):
+        assert result.best_epoch in (1, 2)
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+
+
+def test_a_diverging_model_is_dropped_and_the_others_finish(digits):
+    from ikd.train import TrainingDiverged, train_models
+
+    config = TrainConfig(epochs=1, batch_size=64, precision="fp32", device="cpu", max_steps_per_epoch=10)
+    models = [build_model(small_spec(digits), seed=s) for s in (0, 1)]
+
+    def poisoned(model, x, y, index):
+        logits = model(x)
+        return logits, {"loss": torch.nn.functional.cross_entropy(logits, y) * float("nan")}
+
+    results = train_models(models, digits, config, objectives=[None, poisoned], progress=False,
+                           descriptions=["fine", "nan"])
+    assert results[0].history and isinstance(results[1], TrainingDiverged)
+    assert "nan" in str(results[1]) and "epoch 1" in str(results[1])

@@ -116,6 +116,22 @@ def cmd_arch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _factors(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ancestors(text: str) -> str | int:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a count, got {text!r}") from None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from ikd.config import load_config
     from ikd.search import compress
@@ -127,6 +143,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "search.max_step_drop": args.max_step_drop, "search.max_generations": args.max_generations,
         "student.epochs": args.epochs,
         "search.operators": operators, "run_dir": args.run_dir, "seed": args.seed,
+        "search.strategy": args.strategy, "search.select": args.select, "search.beam": args.beam,
+        "search.seeds": args.seeds, "search.width_factor": args.width_factors,
+        "ensemble.ancestors": args.ancestors, "ensemble.experts": args.teachers,
+        "ensemble.aggregate": args.aggregate,
         "precision": args.precision, "device": args.device, "baselines": args.baselines or None,
     })
     lineage = compress(config, progress=not args.quiet, force=args.force)
@@ -134,16 +154,39 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree_order(lineage) -> list[tuple[object, int]]:
+    """(node, depth) in depth-first order from the root along parent links; nodes without a
+    parent in the tree (baselines, experts) come last."""
+    children: dict[str | None, list] = {}
+    for node in lineage.nodes:
+        children.setdefault(node.parent, []).append(node)
+    ordered, placed = [], set()
+
+    def visit(node, depth):
+        ordered.append((node, depth))
+        placed.add(node.id)
+        for child in sorted(children.get(node.id, []), key=lambda n: (n.params, n.id)):
+            visit(child, depth + 1)
+
+    for root in (n for n in lineage.nodes if n.status == "teacher"):
+        visit(root, 0)
+    ordered += [(n, 0) for n in lineage.nodes if n.id not in placed]
+    return ordered
+
+
 def format_lineage(lineage) -> str:
-    """The lineage as a table, in generation order, with the stop reason underneath."""
-    header = ("id", "gen", "parent", "arch", "params", "x", "val %", "test %", "status")
+    """The lineage as a tree-shaped table (children indented under their parent), with the
+    teachers of each node when some have several, and the stop reason underneath."""
+    several = any(len(n.teachers) > 1 for n in lineage.nodes)
+    header = ("id", "gen", "arch", "params", "x", "val %", "test %", "status") + (("teachers",) if several else ())
     rows = [header]
-    for node in sorted(lineage.nodes, key=lambda n: (n.generation, n.id)):
+    for node, depth in _tree_order(lineage):
         arch = (f"external: {node.arch['external']}" if "external" in node.arch
                 else ArchSpec.model_validate(node.arch).summary())
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-        rows.append((node.id, str(node.generation), node.parent or "-", arch, f"{node.params:,}",
-                     f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), node.status))
+        row = ("  " * depth + node.id, str(node.generation), arch, f"{node.params:,}",
+               f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), node.status)
+        rows.append(row + (("+".join(node.teachers) or "-",) if several else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -228,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--max-generations", type=int, help="search.max_generations")
     co.add_argument("--epochs", type=int, help="student.epochs per candidate")
     co.add_argument("--operators", help="search.operators, comma-separated: depth,width")
+    co.add_argument("--strategy", choices=("parent-child", "parent-children", "ancestors-child", "ancestors-children"),
+                    help="search.strategy: the paper's four variants")
+    co.add_argument("--select", choices=("best", "tree"), help="search.select (*-children strategies)")
+    co.add_argument("--beam", type=int, help="search.beam: survivors per generation with --select tree")
+    co.add_argument("--seeds", type=int, help="search.seeds: children per architecture (*-children strategies)")
+    co.add_argument("--width-factors", type=_factors, help="search.width_factor, comma-separated: 0.5,0.75")
+    co.add_argument("--ancestors", type=_ancestors, help="ensemble.ancestors: all, or the last m of the chain")
+    co.add_argument("--teachers", nargs="+", metavar="DIR", help="ensemble.experts: extra teacher directories")
+    co.add_argument("--aggregate", choices=("mean-kd", "mean-probs"), help="ensemble.aggregate")
     co.add_argument("--run-dir", help="run_dir")
     co.add_argument("--seed", type=int, help="seed")
     co.add_argument("--precision", choices=PRECISIONS)

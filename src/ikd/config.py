@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ikd.arch import PRESETS
 from ikd.errors import ConfigError, first_validation_error
@@ -63,7 +70,14 @@ class StudentConfig(OptimConfig):
 
 class SearchConfig(Strict):
     operators: list[str] = Field(default_factory=lambda: ["depth", "width"], description="shrink operators proposing candidates")
-    width_factor: float = Field(default=0.5, gt=0, lt=1, description="width operator's channel scale")
+    strategy: Literal["parent-child", "parent-children", "ancestors-child", "ancestors-children"] = Field(
+        default="parent-child",
+        description="parent-child: candidates one at a time, each taught by its parent; *-children: all of a "
+                    "parent's candidates train together; ancestors-*: each child taught by several teachers (see ensemble)")
+    width_factor: float | list[float] = Field(default=0.5, description="width operator's channel scale; a list proposes one width child per factor")
+    seeds: int = Field(default=1, gt=0, description="*-children: children per architecture, differing in seed")
+    select: Literal["best", "tree"] = Field(default="best", description="*-children: best keeps one child per generation; tree keeps up to `beam`, each parenting its own children")
+    beam: int = Field(default=2, gt=0, description="select tree: children kept per generation (the smallest within tolerance, then the more accurate)")
     max_drop: float = Field(default=1.0, ge=0, le=100, description="accepted children stay within this many points of the root teacher's validation accuracy")
     max_step_drop: float = Field(default=1.0, ge=0, le=100, description="...and within this many points of their parent's")
     max_generations: int = Field(default=10, gt=0, description="stop after this many generations")
@@ -74,6 +88,23 @@ class SearchConfig(Strict):
     target_params: int | None = Field(default=None, gt=0, description="stop once an accepted child has at most this many parameters")
     target_compression: float | None = Field(default=None, gt=1, description="stop once root params / child params reaches this")
 
+    @field_validator("width_factor")
+    @classmethod
+    def _factors_in_range(cls, factor: float | list[float]) -> float | list[float]:
+        factors = factor if isinstance(factor, list) else [factor]
+        if not factors or not all(0 < f < 1 for f in factors):
+            raise ValueError(f"expected factors between 0 and 1 (exclusive), got {factor}")
+        return factor
+
+    def width_factors(self) -> list[float]:
+        return self.width_factor if isinstance(self.width_factor, list) else [self.width_factor]
+
+    def many_children(self) -> bool:
+        return self.strategy.endswith("-children")
+
+    def many_teachers(self) -> bool:
+        return self.strategy.startswith("ancestors-")
+
     @field_validator("operators")
     @classmethod
     def _known_operators(cls, operators: list[str]) -> list[str]:
@@ -81,6 +112,24 @@ class SearchConfig(Strict):
         if unknown or not operators:
             raise ValueError(f"expected a non-empty list from {', '.join(OPERATORS)}, got {operators}")
         return operators
+
+
+class EnsembleConfig(Strict):
+    """Who teaches a child under the ancestors-* strategies, and how their signals combine."""
+
+    ancestors: Literal["all"] | int = Field(default="all", description="teachers from the child's chain: all its ancestors, or the last m (1 = the parent)")
+    experts: list[str] = Field(default_factory=list, description="extra teacher directories (`ikd train` outputs on the same split), any architecture")
+    aggregate: Literal["mean-kd", "mean-probs"] = Field(default="mean-kd", description="mean-kd: mean of per-teacher KD terms; mean-probs: KD against the mean teacher distribution")
+    weighting: Literal["uniform", "val-accuracy"] = Field(default="uniform", description="teacher weights in the mean: equal, or proportional to validation accuracy")
+    drop: float = Field(default=0.0, ge=0, lt=1, description="probability of leaving a teacher out of a batch's KD term (never all)")
+    hints: Literal["parent", "each"] = Field(default="parent", description="hint from the parent only, or from every teacher (one regressor each)")
+
+    @field_validator("ancestors")
+    @classmethod
+    def _positive(cls, ancestors: str | int) -> str | int:
+        if isinstance(ancestors, int) and ancestors < 1:
+            raise ValueError("expected 'all' or a count >= 1")
+        return ancestors
 
 
 class CampaignConfig(Strict):
@@ -93,7 +142,19 @@ class CampaignConfig(Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     loss: LossWeights = Field(default_factory=LossWeights)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     baselines: bool = Field(default=False, description="also train the final student's architecture from scratch and by one-shot KD")
+
+    @model_validator(mode="after")
+    def _strategy_options_fit(self) -> CampaignConfig:
+        search = self.search
+        if search.select == "tree" and not search.many_children():
+            raise ValueError(f"search.select 'tree' needs a *-children strategy, not {search.strategy!r}")
+        if search.seeds > 1 and not search.many_children():
+            raise ValueError(f"search.seeds > 1 needs a *-children strategy, not {search.strategy!r}")
+        if self.ensemble.experts and not search.many_teachers():
+            raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
+        return self
 
     def decision_fields(self) -> dict[str, Any]:
         """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
@@ -125,7 +186,10 @@ def validate_config(document: Any, source: str) -> CampaignConfig:
         if first["type"] == "extra_forbidden":
             valid = ", ".join(_valid_keys(CampaignConfig, first["loc"]))
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys here: {valid}") from None
-        raise ConfigError(f"{source}: {key} = {first.get('input')!r}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not key:  # a rule across keys: the message names them
+            raise ConfigError(f"{source}: {message}") from None
+        raise ConfigError(f"{source}: {key} = {first.get('input')!r}: {message}") from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CampaignConfig:

@@ -24,7 +24,7 @@ LINEAGE_FILE = "lineage.json"
 NODES_DIR = "nodes"
 LINEAGE_VERSION = 1
 # candidate: trained, waiting for the rest of its generation before the accept/reject decision.
-Status = Literal["teacher", "candidate", "accepted", "rejected", "failed", "baseline"]
+Status = Literal["teacher", "expert", "candidate", "accepted", "rejected", "failed", "baseline"]
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 

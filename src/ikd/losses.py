@@ -20,6 +20,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature**2
 
 
+def soft_target_kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`kd_loss` against given target probabilities (already softened at `temperature`), e.g. the
+    mean distribution of several teachers."""
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
+    kl = F.kl_div(student_log_probs, teacher_probs.float(), reduction="batchmean")
+    return kl * temperature**2
+
+
 class HintRegressor(nn.Module):
     """Maps student features to the teacher's channel count (1x1 conv) and spatial size (avg-pool)."""
 

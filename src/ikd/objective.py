@@ -28,7 +28,7 @@ from ikd.arch import ArchSpec
 from ikd.data import ImageSet, iterate_batches
 from ikd.errors import ConfigError
 from ikd.external import ExternalTeacher
-from ikd.losses import HintRegressor, kd_loss
+from ikd.losses import HintRegressor, kd_loss, soft_target_kd_loss
 from ikd.model import VGG
 
 
@@ -60,25 +60,35 @@ def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
 
 @dataclass
 class TeacherOutputs:
-    """What the objective needs from the teacher for one batch."""
+    """What objectives need from one teacher for one batch: logits and hint features by block."""
 
     logits: torch.Tensor
-    hint_features: torch.Tensor | None
+    features: dict[int, torch.Tensor]
 
 
 class LiveTeacher:
-    """Runs the (frozen, eval-mode) teacher on every batch."""
+    """Runs the (frozen, eval-mode) teacher on each batch, once per batch however many students ask.
 
-    def __init__(self, teacher: VGG, hint_block: int | None):
+    Students trained together (ikd.train.train_models) are handed the very same batch tensors, so
+    the batch's index tensor identifies it: the second student of a batch gets the first's outputs.
+    """
+
+    def __init__(self, teacher: VGG | ExternalTeacher, hint_blocks=()):
         self.teacher = teacher.eval().requires_grad_(False)
-        self.hint_block = hint_block
+        self.hint_blocks = frozenset(hint_blocks)
+        self._last: tuple[torch.Tensor, TeacherOutputs] | None = None
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
-        if self.hint_block is None:
-            return TeacherOutputs(self.teacher(x), None)
-        logits, features = self.teacher.forward_features(x)
-        return TeacherOutputs(logits, features[self.hint_block])
+        if self._last is not None and self._last[0] is index:
+            return self._last[1]
+        if self.hint_blocks:
+            logits, features = self.teacher.forward_features(x)
+            outputs = TeacherOutputs(logits, {b: features[b] for b in self.hint_blocks})
+        else:
+            outputs = TeacherOutputs(self.teacher(x), {})
+        self._last = (index, outputs)
+        return outputs
 
 
 class CachedTeacher:
@@ -87,63 +97,109 @@ class CachedTeacher:
     Valid only without augmentation, when the teacher would see the same images every epoch.
     """
 
-    def __init__(self, logits: torch.Tensor, hint_features: torch.Tensor | None, hint_block: int | None):
-        self.logits, self.hint_features, self.hint_block = logits, hint_features, hint_block
+    def __init__(self, logits: torch.Tensor, features: dict[int, torch.Tensor] | None = None):
+        self.logits, self.features = logits, features or {}
+        self.hint_blocks = frozenset(self.features)
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
         index = index.to(self.logits.device)
-        features = None if self.hint_features is None else self.hint_features[index].to(x.device)
-        return TeacherOutputs(self.logits[index].to(x.device), features)
+        return TeacherOutputs(self.logits[index].to(x.device),
+                              {b: f[index].to(x.device) for b, f in self.features.items()})
+
+
+TeacherSource = LiveTeacher | CachedTeacher
+
+
+@dataclass
+class TeacherLink:
+    """One teacher as one student sees it: where its outputs come from, its KD weight, its hint."""
+
+    source: TeacherSource
+    weight: float = 1.0
+    hint_block: int | None = None  # teacher block for this teacher's hint (None: no hint from it)
+    student_block: int | None = None
 
 
 class DistillationObjective(nn.Module):
     """Callable as `(student, x, y, index) -> (logits, {"kd", "ce", "hint", "loss"})`.
 
-    As an nn.Module its parameters are the hint regressor's, which train alongside the student.
+    With several teachers the KD term aggregates them (`aggregate`):
+      mean-kd     the weighted mean of each teacher's KD term;
+      mean-probs  one KD term against the weighted mean of the teachers' softened distributions.
+    `drop` > 0 leaves each teacher out of a batch's KD term with that probability (never all of
+    them). The hint term is the mean of the hints of the teachers that give one; each has its own
+    regressor. As an nn.Module its parameters are those regressors, which train with the student.
     """
 
-    def __init__(self, teacher: LiveTeacher | CachedTeacher, weights: LossWeights,
-                 hint_student_block: int | None, regressor: HintRegressor | None):
+    def __init__(self, links: list[TeacherLink], weights: LossWeights, regressors: list[HintRegressor | None],
+                 aggregate: str = "mean-kd", drop: float = 0.0, seed: int | None = None):
         super().__init__()
-        self.teacher = teacher
-        self.weights = weights
-        self.hint_student_block = hint_student_block
-        self.regressor = regressor
+        if aggregate not in AGGREGATES:
+            raise ConfigError(f"aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+        self.links, self.weights, self.aggregate, self.drop = links, weights, aggregate, drop
+        self.regressors = nn.ModuleList([r if r is not None else nn.Identity() for r in regressors])
+        self._hinted = [i for i, r in enumerate(regressors) if r is not None]
+        self._drop_generator = torch.Generator().manual_seed(seed or 0)
+
+    def _kd_teachers(self) -> list[int]:
+        everyone = list(range(len(self.links)))
+        if self.drop <= 0 or len(everyone) == 1:
+            return everyone
+        kept = (torch.rand(len(everyone), generator=self._drop_generator) >= self.drop).nonzero().flatten().tolist()
+        return kept or [int(torch.randint(len(everyone), (1,), generator=self._drop_generator))]
 
     def forward(self, student: VGG, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
-        target = self.teacher(x, index)
         w = self.weights
-        if self.regressor is not None:
+        kd_teachers = self._kd_teachers()
+        outputs = {i: self.links[i].source(x, index) for i in sorted(set(kd_teachers) | set(self._hinted))}
+        if self._hinted:
             logits, features = student.forward_features(x)
-            hint = self.regressor(features[self.hint_student_block], target.hint_features)
+            hint = torch.stack([
+                self.regressors[i](features[self.links[i].student_block], outputs[i].features[self.links[i].hint_block])
+                for i in self._hinted]).mean()
         else:
             logits, hint = student(x), torch.zeros((), device=x.device)
-        kd = kd_loss(logits, target.logits, w.temperature)
+        teacher_weights = torch.tensor([self.links[i].weight for i in kd_teachers], device=x.device)
+        teacher_weights = teacher_weights / teacher_weights.sum()
+        if len(kd_teachers) == 1:
+            kd = kd_loss(logits, outputs[kd_teachers[0]].logits, w.temperature)
+        elif self.aggregate == "mean-kd":
+            kd = sum(tw * kd_loss(logits, outputs[i].logits, w.temperature)
+                     for tw, i in zip(teacher_weights, kd_teachers))
+        else:
+            probs = sum(tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
+                        for tw, i in zip(teacher_weights, kd_teachers))
+            kd = soft_target_kd_loss(logits, probs, w.temperature)
         ce = F.cross_entropy(logits.float(), y)
         loss = w.alpha * kd + w.beta * ce + w.gamma * hint
         return logits, {"loss": loss, "kd": kd.detach(), "ce": ce.detach(), "hint": hint.detach()}
 
 
+AGGREGATES = ("mean-kd", "mean-probs")
+
+
 @torch.inference_mode()
-def cache_teacher_outputs(teacher: VGG, images: ImageSet, *, mean, std, hint_block: int | None,
+def cache_teacher_outputs(teacher: VGG | ExternalTeacher, images: ImageSet, *, mean, std, hint_blocks=(),
                           device: torch.device, batch_size: int = 1000, progress: bool = False) -> CachedTeacher:
-    """Run the teacher once over `images` (in order) and keep its outputs.
+    """Run the teacher once over `images` (in order) and keep its logits and the named blocks' outputs.
 
     Hint features are kept at fp32 on the CPU; at MNIST scale a middle VGG-16 block is about
     1.3 GB, the price of never running the teacher again.
     """
     teacher = teacher.eval()
-    logits, features = [], []
+    hint_blocks = sorted(set(hint_blocks))
+    logits, features = [], {b: [] for b in hint_blocks}
     batches = iterate_batches(images, batch_size, mean=mean, std=std, device=device)
     for x, _ in tqdm(batches, total=-(-len(images) // batch_size), desc="caching teacher outputs",
                      unit="batch", disable=not progress, leave=False):
-        if hint_block is None:
+        if not hint_blocks:
             logits.append(teacher(x).float().cpu())
-        else:
-            out, feats = teacher.forward_features(x)
-            logits.append(out.float().cpu())
-            features.append(feats[hint_block].float().cpu())
-    return CachedTeacher(torch.cat(logits), torch.cat(features) if features else None, hint_block)
+            continue
+        out, feats = teacher.forward_features(x)
+        logits.append(out.float().cpu())
+        for b in hint_blocks:
+            features[b].append(feats[b].float().cpu())
+    return CachedTeacher(torch.cat(logits), {b: torch.cat(f) for b, f in features.items()})
 
 
 def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int, int, int]:
@@ -165,20 +221,37 @@ def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weight
     return hint_pairing(student, teacher)[1] if weights.gamma > 0 else None
 
 
-def build_objective(student: VGG, teacher: VGG | ExternalTeacher, weights: LossWeights, *,
-                    cached: CachedTeacher | None = None, seed: int | None = None) -> DistillationObjective:
-    """The objective for one student: pairs hint blocks, makes the regressor, picks the teacher source.
+def build_objective(student: VGG, teachers, weights: LossWeights, *, sources: list[TeacherSource] | None = None,
+                    teacher_weights: list[float] | None = None, hints: str = "first", aggregate: str = "mean-kd",
+                    drop: float = 0.0, seed: int | None = None) -> DistillationObjective:
+    """The objective for one student taught by one teacher or several.
 
-    `cached` (from `cache_teacher_outputs` for `teacher_hint_block(...)`) replaces running the
-    teacher on every batch; pass it only when training without augmentation. `seed` fixes the
-    regressor's initial weights.
+    `teachers`: a model, or a list (the first is the one that gives the hint with `hints="first"`;
+    `hints="each"` gives every teacher a hint with its own regressor). `sources`, aligned with
+    `teachers`, say where outputs come from: a CachedTeacher (from `cache_teacher_outputs` with the
+    blocks `teacher_hint_block` names; only without augmentation) or a LiveTeacher shared by
+    students trained together; by default each teacher runs live. `seed` fixes the regressors'
+    initial weights and the teacher-drop stream.
     """
-    if weights.gamma > 0:
-        s_block, t_block, t_channels = hint_pairing(student.spec, teacher)
-        regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels, seed)
-    else:
+    teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
+    if hints not in ("first", "each"):
+        raise ConfigError(f"hints {hints!r}: expected 'first' or 'each'")
+    sources = sources or [None] * len(teachers)
+    teacher_weights = teacher_weights or [1.0] * len(teachers)
+    if not (len(sources) == len(teacher_weights) == len(teachers)):
+        raise ValueError("teachers, sources and teacher_weights must have the same length")
+    links, regressors = [], []
+    for i, (teacher, source, weight) in enumerate(zip(teachers, sources, teacher_weights)):
+        gives_hint = weights.gamma > 0 and (hints == "each" or i == 0)
         s_block = t_block = regressor = None
-    if cached is not None and cached.hint_block != t_block:
-        raise ValueError(f"cached teacher outputs hold block {cached.hint_block}, this student needs {t_block}")
-    source = cached if cached is not None else LiveTeacher(teacher, t_block)
-    return DistillationObjective(source, weights, s_block, regressor)
+        if gives_hint:
+            s_block, t_block, t_channels = hint_pairing(student.spec, teacher)
+            regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels,
+                                      None if seed is None else seed + i)
+        if source is None:
+            source = LiveTeacher(teacher, [t_block] if t_block is not None else [])
+        elif t_block is not None and t_block not in source.hint_blocks:
+            raise ValueError(f"teacher {i}'s outputs hold blocks {sorted(source.hint_blocks)}, this student needs {t_block}")
+        links.append(TeacherLink(source, weight, t_block, s_block))
+        regressors.append(regressor)
+    return DistillationObjective(links, weights, regressors, aggregate=aggregate, drop=drop, seed=seed)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from ikd.arch import ArchSpec, preset
 from ikd.checkpoint import load_model, read_metadata, save_model, training_metadata
@@ -36,27 +36,29 @@ from ikd.lineage import Lineage, NodeRecord, RunDir
 from ikd.model import VGG, build_model
 from ikd.objective import (
     CachedTeacher,
+    LiveTeacher,
     LossWeights,
+    TeacherSource,
     build_objective,
     cache_teacher_outputs,
     teacher_hint_block,
 )
 from ikd.runtime import resolve_device, resolve_precision
-from ikd.shrink import get_operator
-from ikd.train import TrainConfig, evaluate, train_model
+from ikd.strategy import (
+    SEED_STRIDE,
+    Candidate,
+    propose,
+    rank,
+    teacher_weights,
+    teachers_of,
+)
+from ikd.train import TrainConfig, TrainingDiverged, evaluate, train_model, train_models
 
 ROOT_ID = "g0-teacher"
 
 
 def _points(accuracy: float) -> float:
     return 100.0 * accuracy
-
-
-@dataclass
-class Candidate:
-    node_id: str
-    operator: str
-    spec: ArchSpec
 
 
 def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -87,7 +89,8 @@ class Campaign:
         self.precision = resolve_precision(config.precision, self.device)
         self.lineage = self._open_lineage(force)
         self.data: DataSplits | None = None
-        self._teacher_caches: dict[tuple[str, int | None], CachedTeacher] = {}
+        self._caches: dict[str, CachedTeacher] = {}
+        self._models: dict[str, VGG | ExternalTeacher] = {}
 
     # --- lineage ----------------------------------------------------------------------------
     def _open_lineage(self, force: bool) -> Lineage:
@@ -98,7 +101,12 @@ class Campaign:
         lineage = self.run.load()
         if not lineage.nodes:
             return Lineage(config=wanted)
-        differences = _config_differences(lineage.config, wanted)
+        stored = lineage.config
+        try:  # keys added to ikd since the run started compare as their defaults
+            stored = CampaignConfig.model_validate(stored).decision_fields()
+        except ValidationError:
+            pass
+        differences = _config_differences(stored, wanted)
         if differences and not force:
             raise ConfigError(
                 f"{self.run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
@@ -155,8 +163,9 @@ class Campaign:
         return evaluate(model, split, mean=data.mean, std=data.std, device=self.device, precision=self.precision)
 
     def _node_record(self, node_id: str, model: VGG, *, generation: int, status: str, parent: str | None,
-                     teachers: list[str], operator: str | None, result=None, val: float, test: float,
-                     epochs: int, seconds: float, loss: dict | None = None) -> NodeRecord:
+                     teachers: list[str], operator: str | None, result=None, val: float | None,
+                     test: float | None, epochs: int, seconds: float, loss: dict | None = None,
+                     reason: str = "") -> NodeRecord:
         spec = model.spec
         root_params = self.lineage.root().params if node_id != ROOT_ID else spec.num_params()
         return NodeRecord(
@@ -166,7 +175,7 @@ class Campaign:
             compression=root_params / spec.num_params(), val_accuracy=val,
             val_accuracy_last=result.last_val_accuracy if result else None, test_accuracy=test,
             best_epoch=result.best_epoch if result else None, epochs=epochs, seed=self.config.seed,
-            seconds=round(seconds, 2), loss=loss or {},
+            seconds=round(seconds, 2), loss=loss or {}, reason=reason,
         )
 
     # --- the root teacher -------------------------------------------------------------------
@@ -243,40 +252,69 @@ class Campaign:
             raise ConfigError(f"teacher.dir {directory}: normalisation differs from this dataset's")
         return model
 
-    # --- one generation ---------------------------------------------------------------------
-    def _teacher_cache(self, teacher_id: str, teacher: VGG, hint_block: int | None) -> CachedTeacher:
-        key = (teacher_id, hint_block)
-        if key not in self._teacher_caches:
-            self._teacher_caches.clear()  # one parent at a time: bound the memory
+    # --- experts (ancestors-* strategies) ------------------------------------------------------
+    def _ensure_experts(self) -> list[str]:
+        """Copy each expert teacher into the run (so a resume never depends on the original files)."""
+        ids = []
+        for i, directory in enumerate(self.config.ensemble.experts, start=1):
+            name = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in Path(directory).name)[:60]
+            node_id = f"expert{i}-{name}".rstrip(".")
+            ids.append(node_id)
+            if self.lineage.node(node_id) is not None:
+                continue
             data = self._load_data()
-            self._teacher_caches[key] = cache_teacher_outputs(
-                teacher, data.train, mean=data.mean, std=data.std, hint_block=hint_block, device=self.device,
-                progress=self.progress)
-        return self._teacher_caches[key]
+            started = time.perf_counter()
+            model = self._import_teacher(Path(directory), data)
+            save_model(self.run.node_dir(node_id), model, read_metadata(Path(directory)))
+            val, test = self._evaluate(model, data.val)["accuracy"], self._evaluate(model, data.test)["accuracy"]
+            self._record(self._node_record(node_id, model, generation=0, status="expert", parent=None, teachers=[],
+                                           operator=None, val=val, test=test, epochs=0,
+                                           seconds=time.perf_counter() - started, reason=f"from {directory}"))
+            self.log(f"expert teacher {node_id}: {model.spec.summary()}, val {_points(val):.2f}%")
+        return ids
 
-    def _distil(self, candidate: Candidate, parent_id: str, parent: VGG, generation: int) -> None:
-        """Train one candidate child from its parent and record it as a `candidate` node."""
-        self._train_node(candidate.node_id, candidate.spec, generation=generation, teacher_id=parent_id,
-                         teacher=parent,
-                         inherit_from=parent if self.config.student.inherit and isinstance(parent, VGG) else None,
-                         epochs=self.config.student.epochs, status="candidate", parent_id=parent_id,
-                         operator=candidate.operator)
+    # --- training students -----------------------------------------------------------------
+    def _teacher(self, node_id: str) -> VGG | ExternalTeacher:
+        if node_id not in self._models:
+            self._models[node_id] = self._load_node(node_id)
+        return self._models[node_id]
 
-    def _train_node(self, node_id: str, spec: ArchSpec, *, generation: int, teacher_id: str | None,
-                    teacher: VGG | None, inherit_from: VGG | None, epochs: int, status: str,
-                    parent_id: str | None, operator: str | None) -> None:
-        """Train a student (distilled from `teacher`, or with plain CE when None), save and record it."""
+    def _teacher_sources(self, teacher_ids: list[str], blocks: dict[str, set[int]], cached: bool) -> list[TeacherSource]:
+        """Where each teacher's outputs come from for one training pass: computed once and kept
+        (no augmentation), or run live once per batch and shared by every student of the pass."""
+        if not cached:
+            return [LiveTeacher(self._teacher(t), blocks[t]) for t in teacher_ids]
         data = self._load_data()
-        cfg = self.config.student
+        for other, cache in list(self._caches.items()):
+            if other not in teacher_ids and cache.features:  # bound memory: old hint features go, logits stay
+                self._caches[other] = CachedTeacher(cache.logits)
+        for t in teacher_ids:
+            cache = self._caches.get(t)
+            if cache is None or not blocks[t] <= cache.hint_blocks:
+                self.log(f"caching the outputs of {t}")
+                self._caches[t] = cache_teacher_outputs(
+                    self._teacher(t), data.train, mean=data.mean, std=data.std,
+                    hint_blocks=blocks[t] | (cache.hint_blocks if cache else set()), device=self.device,
+                    progress=self.progress)
+        return [self._caches[t] for t in teacher_ids]
+
+    def _train_students(self, candidates: list[Candidate], *, generation: int, teacher_ids: list[str],
+                        inherit_from: VGG | None, status: str, parent_id: str | None, epochs: int) -> None:
+        """Train candidates together (one pass over the data, one teacher forward per batch) --
+        distilled from `teacher_ids`, or with plain CE when there are none -- then save and record
+        each one. A candidate whose loss diverges is recorded as `failed`; the others go on."""
+        data = self._load_data()
+        cfg, weights, ensemble = self.config.student, self.config.loss, self.config.ensemble
         started = time.perf_counter()
-        student = build_model(spec, seed=self.config.seed + generation)
+        seeds = [self.config.seed + generation + SEED_STRIDE * c.seed_index for c in candidates]
+        students = [build_model(c.spec, seed=seed) for c, seed in zip(candidates, seeds)]
         if inherit_from is not None:
-            inherit_weights(student, inherit_from)
+            for student in students:
+                inherit_weights(student, inherit_from)
         augment = cfg.augment if cfg.augment is not None else data.augment
-        use_cache = teacher is not None and cfg.cache_teacher and augment == "none"
-        weights = self.config.loss
+        cached = bool(teacher_ids) and cfg.cache_teacher and augment == "none"
         stages: list[tuple[LossWeights | None, int]] = []
-        if teacher is None:
+        if not teacher_ids:
             stages.append((None, epochs))
         elif cfg.hint_stage == "two-stage" and weights.gamma > 0 and cfg.hint_epochs > 0:
             stages.append((LossWeights(temperature=weights.temperature, alpha=0, beta=0, gamma=weights.gamma),
@@ -284,34 +322,59 @@ class Campaign:
             stages.append((weights.model_copy(update={"gamma": 0.0}), epochs))
         else:
             stages.append((weights, epochs))
-        result = None
+        hints = "each" if ensemble.hints == "each" and len(teacher_ids) > 1 else "first"
+        t_weights = teacher_weights(self.lineage, teacher_ids, ensemble) if teacher_ids else []
+        outcome: list = [None] * len(candidates)
         for stage_weights, stage_epochs in stages:
-            objective = None
+            alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
+            objectives = [None] * len(alive)
             if stage_weights is not None:
-                block = teacher_hint_block(spec, teacher, stage_weights)
-                cached = self._teacher_cache(teacher_id, teacher, block) if use_cache else None
-                objective = build_objective(student, teacher, stage_weights, cached=cached,
-                                            seed=self.config.seed + generation)
-            result = train_model(student, data, self._train_config(cfg, stage_epochs, seed_offset=generation),
-                                 objective=objective, progress=self.progress, description=node_id)
-        test = self._evaluate(student, data.test)
-        loss = ({"objective": "cross-entropy"} if teacher is None else
+                blocks: dict[str, set[int]] = {t: set() for t in teacher_ids}
+                for i in alive:
+                    for k, t in enumerate(teacher_ids):
+                        block = teacher_hint_block(candidates[i].spec, self._teacher(t), stage_weights)
+                        if block is not None and (hints == "each" or k == 0):
+                            blocks[t].add(block)
+                sources = self._teacher_sources(teacher_ids, blocks, cached)
+                objectives = [build_objective(
+                    students[i], [self._teacher(t) for t in teacher_ids], stage_weights, sources=sources,
+                    teacher_weights=t_weights, hints=hints, aggregate=ensemble.aggregate, drop=ensemble.drop,
+                    seed=seeds[i]) for i in alive]
+            results = train_models([students[i] for i in alive], data,
+                                   self._train_config(cfg, stage_epochs, seed_offset=generation),
+                                   objectives=objectives, progress=self.progress,
+                                   descriptions=[candidates[i].node_id for i in alive])
+            for i, result in zip(alive, results):
+                outcome[i] = result
+        seconds = (time.perf_counter() - started) / len(candidates)  # a pass's wall time, shared
+        loss = ({"objective": "cross-entropy"} if not teacher_ids else
                 weights.model_dump() | {"hint_stage": cfg.hint_stage, "inherit": inherit_from is not None,
-                                        "cached_teacher": use_cache})
-        save_model(self.run.node_dir(node_id), student, training_metadata(
-            data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
-            spec=spec, config=self._train_config(cfg, epochs, seed_offset=generation), result=result, test=test,
-            extra={"distillation": {"parent": parent_id, "teacher": teacher_id, "operator": operator, **loss}}))
-        self._record(self._node_record(
-            node_id, student, generation=generation, status=status, parent=parent_id,
-            teachers=[teacher_id] if teacher_id else [], operator=operator, result=result,
-            val=result.best_val_accuracy, test=test["accuracy"], epochs=sum(e for _, e in stages),
-            seconds=time.perf_counter() - started, loss=loss))
+                                        "cached_teacher": cached})
+        if len(teacher_ids) > 1:
+            loss |= {"aggregate": ensemble.aggregate, "weighting": ensemble.weighting, "drop": ensemble.drop,
+                     "hints": hints, "teacher_weights": t_weights}
+        total_epochs = sum(e for _, e in stages)
+        for candidate, student, result in zip(candidates, students, outcome):
+            common = dict(generation=generation, parent=parent_id, teachers=list(teacher_ids),
+                          operator=candidate.operator, epochs=total_epochs, seconds=seconds, loss=loss)
+            if isinstance(result, TrainingDiverged):
+                self._record(self._node_record(candidate.node_id, student, status="failed", val=None, test=None,
+                                               reason=str(result), **common))
+                self.log(f"{candidate.node_id} failed: {result}")
+                continue
+            test = self._evaluate(student, data.test)
+            save_model(self.run.node_dir(candidate.node_id), student, training_metadata(
+                data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
+                spec=candidate.spec, config=self._train_config(cfg, epochs, seed_offset=generation), result=result,
+                test=test, extra={"distillation": {"parent": parent_id, "teachers": teacher_ids,
+                                                   "operator": candidate.operator, **loss}}))
+            self._record(self._node_record(candidate.node_id, student, status=status, result=result,
+                                           val=result.best_val_accuracy, test=test["accuracy"], **common))
 
     def _baselines(self) -> None:
         """The final student's architecture trained from scratch (CE) and by one-shot KD from the
         root, each for the epochs the chain spent reaching it: does iterating pay?"""
-        final = self._parent()
+        final = self._final()
         if final.status != "accepted":
             return
         chain, node = [], final
@@ -320,19 +383,19 @@ class Campaign:
             node = self.lineage.node(node.parent)
         budget = sum(n.epochs for n in chain)
         spec = ArchSpec.model_validate(final.arch)
-        root = None
-        for node_id, use_teacher in (("baseline-scratch", False), ("baseline-oneshot-kd", True)):
+        for node_id, teacher_ids in (("baseline-scratch", []), ("baseline-oneshot-kd", [ROOT_ID])):
             if self.lineage.node(node_id) is not None:
                 continue
-            if use_teacher and root is None:
-                root = self._load_node(ROOT_ID)
             self.log(f"baseline {node_id}: {spec.summary()} for {budget} epochs")
-            self._train_node(node_id, spec, generation=final.generation, teacher_id=ROOT_ID if use_teacher else None,
-                             teacher=root if use_teacher else None, inherit_from=None, epochs=budget,
-                             status="baseline", parent_id=None, operator=None)
+            self._train_students([Candidate(node_id, "baseline", spec)], generation=final.generation,
+                                 teacher_ids=teacher_ids, inherit_from=None, status="baseline", parent_id=None,
+                                 epochs=budget)
 
+    # --- deciding ---------------------------------------------------------------------------
     def _within_tolerance(self, parent: NodeRecord, node: NodeRecord) -> str | None:
         """None when `node` keeps accuracy within both tolerances, else why not."""
+        if node.val_accuracy is None:
+            return node.reason or "failed"
         search, root = self.config.search, self.lineage.root()
         val = _points(node.val_accuracy)
         if val < _points(root.val_accuracy) - search.max_drop:
@@ -341,32 +404,18 @@ class Campaign:
             return f"val {val:.2f}% < parent {_points(parent.val_accuracy):.2f}% - max_step_drop {search.max_step_drop}"
         return None
 
-    def _decide(self, generation: int, parent: NodeRecord, candidates: list[NodeRecord],
-                skipped: list[str] = ()) -> NodeRecord | None:
-        kept = []
-        for node in candidates:
-            reason = self._within_tolerance(parent, node)
-            if reason is None:
-                kept.append(node)
-            self._record(node.model_copy(update={"status": "rejected", "reason": reason or "within tolerance"}))
-        if not kept:
-            return None
-        # Smallest first; among equal sizes, the more accurate.
-        chosen = min(kept, key=lambda n: (n.params, -n.val_accuracy))
-        reason = "smallest within tolerance"
-        if skipped:
-            reason += f"; larger candidates not trained: {', '.join(skipped)}"
-        chosen = chosen.model_copy(update={"status": "accepted", "reason": reason})
-        self._record(chosen)
-        for node in kept:
-            if node.id != chosen.id:
-                self._record(self.lineage.node(node.id).model_copy(
-                    update={"reason": f"within tolerance, but {chosen.id} is smaller"}))
-        return chosen
-
-    def _parent(self) -> NodeRecord:
+    def _frontier(self) -> list[NodeRecord]:
+        """The current parents: the latest generation's accepted nodes, or the root."""
         accepted = [n for n in self.lineage.nodes if n.status == "accepted"]
-        return max(accepted, key=lambda n: n.generation) if accepted else self.lineage.root()
+        if not accepted:
+            return [self.lineage.root()]
+        latest = max(n.generation for n in accepted)
+        return sorted((n for n in accepted if n.generation == latest), key=rank)
+
+    def _final(self) -> NodeRecord:
+        """The campaign's answer: the smallest accepted student (the root when none was)."""
+        accepted = [n for n in self.lineage.nodes if n.status == "accepted"]
+        return min(accepted, key=rank) if accepted else self.lineage.root()
 
     def _target_reached(self, node: NodeRecord) -> str | None:
         search = self.config.search
@@ -376,61 +425,99 @@ class Campaign:
             return f"target reached: {node.id} is {node.compression:.1f}x smaller than the root"
         return None
 
-    def run_generation(self, generation: int, parent: NodeRecord) -> tuple[NodeRecord | None, str | None]:
-        """Train (or reuse) this generation's candidates and decide; returns (accepted, stop reason)."""
-        candidates, seen = [], set()
+    def _candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:
+        prefix = f"g{generation}-" + (f"b{branch}-" if branch is not None else "")
         if parent.arch.get("external"):  # a user module cannot be shrunk: the chain starts from a spec
-            candidates.append(Candidate(f"g{generation}-student", "initial", self._first_student()))
-            parent_spec = None
-        else:
-            parent_spec = ArchSpec.model_validate(parent.arch)
-        for name in self.config.search.operators if parent_spec is not None else ():
-            spec = get_operator(name, self.config.search.width_factor)(parent_spec)
-            if spec is not None and spec.model_dump_json() not in seen:
-                seen.add(spec.model_dump_json())
-                candidates.append(Candidate(f"g{generation}-{name}", name, spec))
-        if not candidates:
-            return None, f"no operator can shrink {parent.id} further"
-        # The rule keeps the smallest candidate within tolerance, so training them smallest first and
-        # stopping at the first that passes makes the same choice without training the larger ones.
-        candidates.sort(key=lambda c: c.spec.num_params())
-        parent_model, trained = None, []
-        for candidate in candidates:
-            if (self.config.search.candidates == "smallest-first" and trained
-                    and candidate.spec.num_params() > trained[-1].params
+            return [Candidate(f"{prefix}student", "initial", self._first_student())]
+        return propose(ArchSpec.model_validate(parent.arch), self.config.search, prefix)
+
+    def _grow(self, generation: int, parent: NodeRecord, candidates: list[Candidate],
+              expert_ids: list[str]) -> tuple[list[NodeRecord], list[str]]:
+        """Train (or reuse) one parent's candidates; returns (trained records, ids not trained).
+
+        parent-child strategies train them smallest first and stop at the first within tolerance:
+        the rule keeps the smallest that passes, so the larger ones need not be trained at all.
+        """
+        search = self.config.search
+        teacher_ids = teachers_of(self.lineage, parent, search, self.config.ensemble, expert_ids)
+        parent_model = None
+        if self.config.student.inherit and not parent.arch.get("external"):
+            parent_model = self._teacher(parent.id)
+
+        def train(batch: list[Candidate]) -> None:
+            todo = [c for c in batch if self.lineage.node(c.node_id) is None]  # else finished before a stop
+            if todo:
+                self.log(f"generation {generation}: distilling {', '.join(c.node_id for c in todo)} "
+                         f"({', '.join(f'{c.spec.num_params():,}' for c in todo)} params) from {', '.join(teacher_ids)}")
+                self._train_students(todo, generation=generation, teacher_ids=teacher_ids, inherit_from=parent_model,
+                                     status="candidate", parent_id=parent.id, epochs=self.config.student.epochs)
+
+        if search.many_children() or self.config.search.candidates == "all":
+            train(candidates) if search.many_children() else [train([c]) for c in candidates]
+            return [self.lineage.node(c.node_id) for c in candidates], []
+        trained: list[NodeRecord] = []
+        for i, candidate in enumerate(candidates):
+            if (trained and candidate.spec.num_params() > trained[-1].params
                     and any(self._within_tolerance(parent, n) is None for n in trained)):
-                break
-            if self.lineage.node(candidate.node_id) is None:  # else finished before an interruption
-                if parent_model is None:
-                    parent_model = self._load_node(parent.id)
-                self.log(f"generation {generation}: distilling {candidate.node_id} "
-                         f"({candidate.spec.summary()}, {candidate.spec.num_params():,} params) from {parent.id}")
-                self._distil(candidate, parent.id, parent_model, generation)
+                return trained, [c.node_id for c in candidates[i:]]
+            train([candidate])
             trained.append(self.lineage.node(candidate.node_id))
-        skipped = [c.node_id for c in candidates[len(trained):]]
+        return trained, []
+
+    def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:
+        """Grow every frontier parent's children, decide, and return a stop reason (None: go on)."""
+        search = self.config.search
+        branches = [(parent, self._candidates(generation, parent, b if len(frontier) > 1 else None))
+                    for b, parent in enumerate(frontier)]
+        if not any(candidates for _, candidates in branches):
+            return f"no operator can shrink {', '.join(p.id for p in frontier)} further"
+        kept: list[NodeRecord] = []
+        skipped: list[str] = []
+        for parent, candidates in branches:
+            trained, not_trained = self._grow(generation, parent, candidates, expert_ids)
+            skipped += not_trained
+            for node in trained:
+                if node.status == "failed":
+                    continue
+                reason = self._within_tolerance(parent, node)
+                if reason is None:
+                    kept.append(node)
+                self._record(node.model_copy(update={"status": "rejected", "reason": reason or "within tolerance"}))
         if skipped:
             self.log(f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)")
-        accepted = self._decide(generation, parent, trained, skipped)
-        if accepted is None:
-            return None, f"generation {generation}: no candidate stayed within tolerance"
-        self.log(f"generation {generation}: accepted {accepted.id} ({accepted.params:,} params, "
-                 f"{accepted.compression:.1f}x, val {_points(accepted.val_accuracy):.2f}%)")
-        return accepted, self._target_reached(accepted)
+        beam = search.beam if search.select == "tree" else 1
+        chosen = sorted(kept, key=rank)[:beam]
+        if not chosen:
+            return f"generation {generation}: no candidate stayed within tolerance"
+        reason = "smallest within tolerance" if beam == 1 else f"within the beam of {beam} (smallest within tolerance)"
+        if skipped:
+            reason += f"; larger candidates not trained: {', '.join(skipped)}"
+        for node in chosen:
+            self._record(self.lineage.node(node.id).model_copy(update={"status": "accepted", "reason": reason}))
+            self.log(f"generation {generation}: accepted {node.id} ({node.params:,} params, "
+                     f"{node.compression:.1f}x, val {_points(node.val_accuracy):.2f}%)")
+        for node in kept[:]:
+            if node not in chosen:
+                why = f"{chosen[0].id} is smaller" if beam == 1 else f"outside the beam of {beam}"
+                self._record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
+        return next((r for n in chosen if (r := self._target_reached(n))), None)
 
     def run_campaign(self) -> Lineage:
         self._ensure_root()
+        expert_ids = self._ensure_experts()
         self.lineage = self.lineage.model_copy(update={"stop_reason": None})
         stop = None
         while stop is None:
-            parent = self._parent()
-            generation = parent.generation + 1
+            frontier = self._frontier()
+            generation = frontier[0].generation + 1
             if generation > self.config.search.max_generations:
                 stop = f"max_generations ({self.config.search.max_generations}) reached"
                 break
-            if parent.status == "accepted" and (reached := self._target_reached(parent)):
-                stop = reached
+            reached = [r for n in frontier if n.status == "accepted" and (r := self._target_reached(n))]
+            if reached:
+                stop = reached[0]
                 break
-            _, stop = self.run_generation(generation, parent)
+            stop = self.run_generation(generation, frontier, expert_ids)
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
         self.run.save(self.lineage)
         self.log(f"stopped: {stop}")

@@ -113,94 +113,184 @@ def evaluate(model: torch.nn.Module, images: ImageSet, *, mean, std, device: tor
     return {"accuracy": correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": n}
 
 
+class _Student:
+    """One model of a training group: its optimiser, schedule, RNG stream, running sums and best weights."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, description: str, config: TrainConfig,
+                 device: torch.device, precision: Precision, steps_per_epoch: int, rng_state: torch.Tensor | None):
+        self.model, self.objective, self.description = model.to(device), objective, description
+        parameters = list(model.parameters())
+        if isinstance(objective, torch.nn.Module):
+            parameters += list(objective.to(device).parameters())
+        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+        self.scheduler = _scheduler(self.optimizer, config, config.epochs * steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+        self.precision = precision
+        self.rng_state = rng_state  # None when alone: the global RNG is this model's own
+        self.result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0,
+                                  device=str(device), precision=precision.name)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.failure: str | None = None
+        self.seconds = 0.0
+
+    def begin_epoch(self, device: torch.device) -> None:
+        self.model.train()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+        self.epoch_seconds = 0.0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> None:
+        started = time.perf_counter()
+        if self.rng_state is not None:  # dropout etc. draw from this model's stream, as if trained alone
+            torch.set_rng_state(self.rng_state)
+        with self.precision.autocast():
+            logits, terms = self.objective(self.model, x, y, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.rng_state is not None:
+            self.rng_state = torch.get_rng_state()
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+        self.epoch_seconds += time.perf_counter() - started
+
+    def running_loss(self) -> float:
+        return self.sums["loss"].item() / self.seen
+
+
 def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *,
                 objective: Objective | None = None, progress: bool = True,
                 description: str = "train") -> TrainResult:
-    """Train in place; on return the model holds its best-by-validation weights."""
+    """Train in place; on return the model holds its best-by-validation weights.
+
+    Raises TrainingDiverged when the loss becomes NaN or infinite.
+    """
+    result = train_models([model], data, config, objectives=[objective], progress=progress,
+                          descriptions=[description])[0]
+    if isinstance(result, TrainingDiverged):
+        raise result
+    return result
+
+
+def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainConfig, *,
+                 objectives: list[Objective | None] | None = None, progress: bool = True,
+                 descriptions: list[str] | None = None) -> list[TrainResult | TrainingDiverged]:
+    """Train several models in one pass over the data: every batch is read, augmented and normalised
+    once and given to each model in turn (so objectives can share one teacher forward per batch).
+
+    Each model gets its own optimiser, schedule and random stream, so it ends with the weights it
+    would have had trained alone with the same config. A model whose loss diverges is dropped from
+    the group (its entry in the returned list is the TrainingDiverged error); the others go on.
+    On return every model holds its best-by-validation weights.
+    """
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    objective = objective or cross_entropy_objective(config.label_smoothing)
+    objectives = objectives or [None] * len(models)
+    descriptions = descriptions or [f"train{i}" for i in range(len(models))]
     augment = data.augment if config.augment is None else config.augment
     torch.manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-
-    model.to(device)
-    parameters = list(model.parameters())
-    if isinstance(objective, torch.nn.Module):
-        parameters += list(objective.to(device).parameters())
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     steps_per_epoch = len(data.train) // config.batch_size or 1
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    shared_rng = len(models) > 1 and device.type == "cpu"
+    if len(models) > 1 and device.type != "cpu":
+        torch.cuda.manual_seed_all(config.seed)  # accelerators: grouped runs are not bit-identical to solo ones
+    start_state = torch.get_rng_state() if shared_rng else None
+    group = [_Student(model, objective or cross_entropy_objective(config.label_smoothing), name, config, device,
+                      precision, steps_per_epoch, start_state.clone() if shared_rng else None)
+             for model, objective, name in zip(models, objectives, descriptions)]
+    active = list(group)
 
-    result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0,
-                         device=str(device), precision=precision.name)
-    best_state = None
     # Without a terminal (logs, CI) the bar redraws rarely; each epoch still gets its own line.
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc=description, unit="step",
+    label = descriptions[0] if len(group) == 1 else f"{descriptions[0]} +{len(group) - 1}"
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc=label, unit="step",
                disable=not progress, dynamic_ncols=True, leave=True,
                mininterval=0.5 if interactive else 60.0)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        if not active:
+            break
+        for student in active:
+            student.begin_epoch(device)
         epoch_start = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
         batches = iterate_batches(data.train, config.batch_size, mean=data.mean, std=data.std,
                                   augment=augment, shuffle=True, generator=shuffle_generator,
                                   device=device, drop_last=len(data.train) >= config.batch_size,
                                   with_index=True)
         for step, (x, y, index) in enumerate(batches, start=1):
-            if step > steps_per_epoch:
+            if step > steps_per_epoch or not active:
                 break
-            with precision.autocast():
-                logits, terms = objective(model, x, y, index)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            for student in active:
+                student.step(x, y, index)
             bar.update(1)
-            # Reading values syncs the device, so refresh the display only now and then.
+            # Reading values syncs the device, so check and refresh the display only now and then.
             if step % 10 == 0 or step == steps_per_epoch:
-                loss = sums["loss"].item() / seen
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"{description}: loss became {loss} in epoch {epoch}; lower --lr or use --precision fp32")
-                bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{loss:.4f}",
-                                acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}", refresh=False)
-        train_seconds = time.perf_counter() - epoch_start
-        val = evaluate(model, data.val, mean=data.mean, std=data.std, device=device,
-                       precision=precision, batch_size=config.eval_batch_size)
-        record = EpochRecord(
-            epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-            train={name: total.item() / seen for name, total in sums.items()} | {"accuracy": correct.item() / seen},
-            val_accuracy=val["accuracy"], val_loss=val["loss"], images_per_s=seen / train_seconds,
-            seconds=time.perf_counter() - epoch_start,
-        )
-        result.history.append(record)
-        if record.val_accuracy > result.best_val_accuracy:
-            result.best_epoch, result.best_val_accuracy = epoch, record.val_accuracy
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if progress:
-            terms = " ".join(f"{name} {value:.4f}" for name, value in record.train.items())
-            bar.write(f"{description} epoch {epoch}/{config.epochs}: train {terms} | val acc "
-                      f"{record.val_accuracy:.4f} (best {result.best_val_accuracy:.4f}) | "
-                      f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s", file=sys.stderr)
+                for student in list(active):
+                    loss = student.running_loss()
+                    if not math.isfinite(loss):
+                        student.failure = (f"{student.description}: loss became {loss} in epoch {epoch}; "
+                                           "lower --lr or use --precision fp32")
+                        active.remove(student)
+                        if len(group) > 1:
+                            bar.write(f"{student.failure} (dropped; the others go on)", file=sys.stderr)
+                if active:
+                    lead = active[0]
+                    bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
+                                    loss="/".join(f"{s.running_loss():.4f}" for s in active),
+                                    acc=f"{lead.correct.item() / lead.seen:.3f}",
+                                    img_s=f"{step * len(y) / (time.perf_counter() - epoch_start):.0f}",
+                                    refresh=False)
+        if len(group) == 1:  # alone, its time is the wall time, data preparation included
+            group[0].epoch_seconds = time.perf_counter() - epoch_start
+        for student in active:
+            _end_epoch(student, epoch, data, config, device, precision, bar if progress else None)
     bar.close()
-    result.last_val_accuracy = result.history[-1].val_accuracy
-    result.seconds = time.perf_counter() - started
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return result
+    results: list[TrainResult | TrainingDiverged] = []
+    for student in group:
+        if student.failure is not None:
+            results.append(TrainingDiverged(student.failure))
+            continue
+        result = student.result
+        result.last_val_accuracy = result.history[-1].val_accuracy
+        result.seconds = time.perf_counter() - started if len(group) == 1 else student.seconds
+        if student.best_state is not None:
+            student.model.load_state_dict(student.best_state)
+        results.append(result)
+    if len(group) > 1 and progress:
+        print(f"{label}: {len(group)} models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return results
+
+
+def _end_epoch(student: _Student, epoch: int, data: DataSplits, config: TrainConfig, device: torch.device,
+               precision: Precision, bar) -> None:
+    eval_start = time.perf_counter()
+    val = evaluate(student.model, data.val, mean=data.mean, std=data.std, device=device,
+                   precision=precision, batch_size=config.eval_batch_size)
+    seconds = student.epoch_seconds + time.perf_counter() - eval_start
+    student.seconds += seconds
+    seen = student.seen
+    record = EpochRecord(
+        epoch=epoch, lr=student.optimizer.param_groups[0]["lr"],
+        train={name: total.item() / seen for name, total in student.sums.items()}
+        | {"accuracy": student.correct.item() / seen},
+        val_accuracy=val["accuracy"], val_loss=val["loss"],
+        images_per_s=seen / max(student.epoch_seconds, 1e-9), seconds=seconds,
+    )
+    result = student.result
+    result.history.append(record)
+    if record.val_accuracy > result.best_val_accuracy:
+        result.best_epoch, result.best_val_accuracy = epoch, record.val_accuracy
+        student.best_state = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+    if bar is not None:
+        terms = " ".join(f"{name} {value:.4f}" for name, value in record.train.items())
+        bar.write(f"{student.description} epoch {epoch}/{config.epochs}: train {terms} | val acc "
+                  f"{record.val_accuracy:.4f} (best {result.best_val_accuracy:.4f}) | "
+                  f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s", file=sys.stderr)

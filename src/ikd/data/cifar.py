@@ -85,7 +85,7 @@ def safe_unpickle(data: bytes, where: str) -> object:
         return RestrictedUnpickler(io.BytesIO(data), where).load()
     except DataError:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure on untrusted bytes is the file's fault
+    except Exception as e:
         raise DataError(f"{where}: not a readable pickle ({type(e).__name__}: {one_line(e, 120)})") from None
 
 

@@ -52,7 +52,7 @@ def _open(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(path)
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
+    except Exception as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {one_line(e, 120)})") from None
 
 
@@ -73,7 +73,7 @@ def _decode(files: list[tuple[Path, int]], mode: str, size: int) -> ImageSet:
                 out[i] = np.asarray(im).reshape(size, size, channels)
         except DataError:
             raise
-        except Exception as e:  # noqa: BLE001 - truncated data surfaces only while decoding
+        except Exception as e:
             raise DataError(
                 f"{path}: not a readable image ({type(e).__name__}: {one_line(e, 120)})"
             ) from None

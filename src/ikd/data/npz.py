@@ -95,7 +95,7 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
     path = _npz_path(data_dir)
     try:
         z = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - zip/format errors come in many types
+    except Exception as e:
         raise DataError(
             f"{path}: not a readable .npz archive ({type(e).__name__}: {one_line(e, 120)})"
         ) from None
@@ -113,7 +113,7 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
                 )
             try:
                 arrays[key] = z[key]
-            except Exception as e:  # noqa: BLE001 - object arrays, corrupt members
+            except Exception as e:
                 raise DataError(
                     f"{path}: key '{key}' is unreadable ({type(e).__name__}: {one_line(e, 120)})"
                 ) from None

@@ -1,0 +1,89 @@
+"""The paper's four variants as policies over one campaign loop: which children a parent proposes,
+who teaches them, and which of them survive.
+
+    parent-child        a parent's candidates train one at a time, smallest first, each taught by
+                        the parent; the first within tolerance is kept (the smallest that passes).
+    parent-children     all of a parent's candidates (every operator and width factor, times
+                        `search.seeds`) train together in one pass over the data, sharing one
+                        teacher forward per batch; `select: best` keeps one, `select: tree` keeps
+                        up to `beam` across the generation, each parenting its own children.
+    ancestors-child     as parent-child, but each child is taught by its chain of ancestors (all,
+                        or the last m) plus any expert teachers, their KD signals aggregated.
+    ancestors-children  both at once.
+
+Survivors are ranked by size, then validation accuracy: `best` and the beam keep the smallest
+children within tolerance, so `select: best` is the beam of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ikd.arch import ArchSpec
+from ikd.config import EnsembleConfig, SearchConfig
+from ikd.lineage import Lineage, NodeRecord
+from ikd.shrink import get_operator
+
+# Children of one architecture that differ only in seed are seeded this far apart.
+SEED_STRIDE = 7919
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node_id: str
+    operator: str
+    spec: ArchSpec
+    seed_index: int = 0
+
+
+def rank(node: NodeRecord) -> tuple[int, float]:
+    """Survivor order: fewer parameters first, then higher validation accuracy."""
+    return node.params, -(node.val_accuracy or 0.0)
+
+
+def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Candidate]:
+    """The children one parent proposes, smallest first; node ids start with `prefix`."""
+    factors = search.width_factors()
+    proposals: list[tuple[str, ArchSpec]] = []
+    for name in search.operators:
+        for factor in (factors if name == "width" else [None]):
+            spec = get_operator(name, factor)(parent_spec) if factor else get_operator(name)(parent_spec)
+            label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
+            proposals.append((label, spec))
+    seen, candidates = set(), []
+    seeds = search.seeds if search.many_children() else 1
+    for label, spec in proposals:
+        if spec is None or spec.model_dump_json() in seen:
+            continue
+        seen.add(spec.model_dump_json())
+        for j in range(seeds):
+            suffix = f"-s{j}" if seeds > 1 else ""
+            candidates.append(Candidate(f"{prefix}{label}{suffix}", label.rstrip("0123456789"), spec, j))
+    return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
+
+
+def ancestry(lineage: Lineage, node: NodeRecord) -> list[str]:
+    """`node`, its parent, and so on up to the root: the ids of the chain that led to it."""
+    chain = []
+    current: NodeRecord | None = node
+    while current is not None:
+        chain.append(current.id)
+        current = lineage.node(current.parent) if current.parent else None
+    return chain
+
+
+def teachers_of(lineage: Lineage, parent: NodeRecord, search: SearchConfig, ensemble: EnsembleConfig,
+                expert_ids: list[str]) -> list[str]:
+    """Who teaches the children of `parent`; the parent is always first (it gives the hint)."""
+    if not search.many_teachers():
+        return [parent.id]
+    chain = ancestry(lineage, parent)
+    if ensemble.ancestors != "all":
+        chain = chain[:ensemble.ancestors]
+    return chain + [e for e in expert_ids if e not in chain]
+
+
+def teacher_weights(lineage: Lineage, teacher_ids: list[str], ensemble: EnsembleConfig) -> list[float]:
+    if ensemble.weighting == "uniform":
+        return [1.0] * len(teacher_ids)
+    return [lineage.node(t).val_accuracy or 0.0 for t in teacher_ids]

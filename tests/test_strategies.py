@@ -1,0 +1,93 @@
+"""The four variants on tiny budgets: lineage shape, beam, teacher sets, aggregations."""
+
+import pytest
+from test_search import campaign_config
+
+from ikd.cli import format_lineage
+from ikd.config import load_config
+from ikd.errors import ConfigError
+from ikd.search import compress
+
+
+def config(tmp_path, teacher, name="run", ensemble=None, **search):
+    base = campaign_config(tmp_path / name, teacher, **search)
+    if ensemble:
+        base = base.model_copy(update={"ensemble": base.ensemble.model_copy(update=ensemble)})
+    return base
+
+
+def generation(lineage, g):
+    return [n for n in lineage.nodes if n.generation == g and n.status not in ("teacher", "expert", "baseline")]
+
+
+def test_parent_children_trains_every_child_together_and_keeps_the_smallest(tmp_path, tiny_teacher):
+    lineage = compress(config(tmp_path, tiny_teacher, strategy="parent-children", width_factor=[0.5, 0.75],
+                              max_generations=2), progress=False)
+    for g in (1, 2):
+        kids = generation(lineage, g)
+        assert sorted(n.id for n in kids) == sorted(f"g{g}-{op}" for op in ("depth", "width50", "width75"))
+        accepted = [n for n in kids if n.status == "accepted"]
+        assert len(accepted) == 1 and accepted[0].params == min(n.params for n in kids)
+        assert all(n.val_accuracy is not None for n in kids)  # all k were trained
+    assert lineage.node("g2-width50").parent == "g1-width50"
+
+
+def test_tree_keeps_a_beam_and_each_survivor_parents_its_own_children(tmp_path, tiny_teacher):
+    lineage = compress(config(tmp_path, tiny_teacher, strategy="parent-children", select="tree", beam=2,
+                              max_generations=2), progress=False)
+    first = [n for n in generation(lineage, 1) if n.status == "accepted"]
+    assert len(first) == 2  # both children of the root survive in a beam of two
+    second = generation(lineage, 2)
+    assert {n.parent for n in second} == {n.id for n in first}
+    assert len(second) == 4 and all(n.id.startswith(("g2-b0-", "g2-b1-")) for n in second)
+    assert len([n for n in second if n.status == "accepted"]) == 2
+    assert "outside the beam" in next(n.reason for n in second if n.status == "rejected")
+    table = format_lineage(lineage)
+    assert "\n  g1-" in table and "\n    g2-b" in table  # children indented under their parents
+
+
+def test_seeds_give_children_of_one_architecture(tmp_path, tiny_teacher):
+    lineage = compress(config(tmp_path, tiny_teacher, strategy="parent-children", operators=["width"], seeds=2,
+                              max_generations=1), progress=False)
+    kids = generation(lineage, 1)
+    assert sorted(n.id for n in kids) == ["g1-width-s0", "g1-width-s1"]
+    assert kids[0].arch == kids[1].arch
+
+
+@pytest.mark.parametrize("ancestors, expected", [("all", ["g2-width", "g1-width", "g0-teacher"]),
+                                                 (2, ["g2-width", "g1-width"]), (1, ["g2-width"])])
+def test_ancestors_child_is_taught_by_its_chain(tmp_path, tiny_teacher, ancestors, expected):
+    lineage = compress(config(tmp_path, tiny_teacher, strategy="ancestors-child", operators=["width"],
+                              max_generations=3, ensemble={"ancestors": ancestors}), progress=False)
+    child = lineage.node("g3-width")
+    assert child.teachers == expected
+    if len(expected) > 1:
+        assert child.loss["aggregate"] == "mean-kd" and len(child.loss["teacher_weights"]) == len(expected)
+    assert "teachers" in format_lineage(lineage) if len(expected) > 1 else True
+
+
+def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_teacher):
+    lineage = compress(config(tmp_path, tiny_teacher, strategy="ancestors-children", operators=["width"],
+                              max_generations=2, ensemble={"experts": [str(tiny_teacher)],
+                                                            "aggregate": "mean-probs", "weighting": "val-accuracy",
+                                                            "drop": 0.5, "hints": "each"}), progress=False)
+    expert = next(n for n in lineage.nodes if n.status == "expert")
+    assert (tmp_path / "run" / "nodes" / expert.id / "model.safetensors").is_file()
+    child = lineage.node("g2-width")
+    assert child.teachers == ["g1-width", "g0-teacher", expert.id]
+    assert child.loss["aggregate"] == "mean-probs" and child.loss["hints"] == "each"
+    assert child.loss["teacher_weights"] == [lineage.node(t).val_accuracy for t in child.teachers]
+    assert child.status == "accepted"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"search.select": "tree"}, "needs a \\*-children strategy"),
+    ({"search.seeds": 2}, "needs a \\*-children strategy"),
+    ({"ensemble.experts": ["x"]}, "needs an ancestors-\\* strategy"),
+    ({"ensemble.ancestors": 0}, "ensemble.ancestors"),
+    ({"ensemble.aggregate": "max"}, "ensemble.aggregate"),
+    ({"search.strategy": "siblings"}, "search.strategy"),
+])
+def test_strategy_settings_are_validated(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
