@@ -91,3 +91,13 @@ def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_t
 def test_strategy_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("strategy", ["parent-child", "parent-children"])
+def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, tiny_teacher, strategy):
+    lineage = compress(config(tmp_path, tiny_teacher, strategy=strategy, budget_epochs=3, max_generations=10),
+                       progress=False)
+    spent = sum(n.epochs for n in lineage.nodes if n.generation > 0 and n.status != "baseline")
+    assert spent <= 3 and "budget" in lineage.stop_reason
+    # parent-child: one child per generation fits (1 epoch each); parent-children: k=2 per pass
+    assert spent == (3 if strategy == "parent-child" else 2)

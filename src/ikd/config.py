@@ -85,6 +85,7 @@ class SearchConfig(Strict):
         default="smallest-first",
         description="smallest-first: train candidates in order of size and stop at the first within tolerance "
                     "(the same choice as `all`, which also trains the larger ones)")
+    budget_epochs: int | None = Field(default=None, gt=0, description="stop before a training pass would take the candidates' total epochs (each over the whole training set) past this: a compute budget")
     target_params: int | None = Field(default=None, gt=0, description="stop once an accepted child has at most this many parameters")
     target_compression: float | None = Field(default=None, gt=1, description="stop once root params / child params reaches this")
 

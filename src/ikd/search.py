@@ -29,7 +29,7 @@ from ikd.arch import ArchSpec, preset
 from ikd.checkpoint import load_model, read_metadata, save_model, training_metadata
 from ikd.config import CampaignConfig
 from ikd.data import DataSplits, load_dataset
-from ikd.errors import ConfigError
+from ikd.errors import CheckpointError, ConfigError
 from ikd.external import ExternalTeacher
 from ikd.inherit import inherit_weights
 from ikd.lineage import Lineage, NodeRecord, RunDir
@@ -91,6 +91,7 @@ class Campaign:
         self.data: DataSplits | None = None
         self._caches: dict[str, CachedTeacher] = {}
         self._models: dict[str, VGG | ExternalTeacher] = {}
+        self._budget_spent = False
 
     # --- lineage ----------------------------------------------------------------------------
     def _open_lineage(self, force: bool) -> Lineage:
@@ -111,11 +112,24 @@ class Campaign:
             raise ConfigError(
                 f"{self.run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
                 f"{' ...' if len(differences) > 4 else ''}); use another run_dir or pass --force to continue it")
-        corrupt = self.run.verify(lineage)
+        corrupt = set(self.run.verify(lineage))
         if corrupt:
-            # Files that no longer match their checksum are retrained rather than trusted.
-            self.log(f"nodes with missing or changed weights will be retrained: {', '.join(corrupt)}")
-            lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt]})
+            # Files that no longer match their checksum are retrained rather than trusted. Nodes
+            # grown from them (children, pupils) would then hang from a different model, so they
+            # are dropped too -- but only when asked: they are finished work.
+            dependents, grew = set(), True
+            while grew:
+                found = {n.id for n in lineage.nodes if n.id not in corrupt | dependents
+                         and ({n.parent, *n.teachers} & (corrupt | dependents))}
+                grew = bool(found)
+                dependents |= found
+            if dependents and not force:
+                raise CheckpointError(
+                    f"{self.run.path}: the weights of {', '.join(sorted(corrupt))} are missing or changed, and "
+                    f"{', '.join(sorted(dependents))} grew from them; restore the files, or pass --force to "
+                    "retrain them all")
+            self.log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
+            lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
         lineage = lineage.model_copy(update={"config": wanted})
         self.run.save(lineage)
         return lineage
@@ -440,29 +454,50 @@ class Campaign:
         """
         search = self.config.search
         teacher_ids = teachers_of(self.lineage, parent, search, self.config.ensemble, expert_ids)
+        self._models = {k: m for k, m in self._models.items() if k in teacher_ids}  # bound memory
         parent_model = None
         if self.config.student.inherit and not parent.arch.get("external"):
             parent_model = self._teacher(parent.id)
 
-        def train(batch: list[Candidate]) -> None:
+        def train(batch: list[Candidate]) -> bool:
+            """False when the budget does not cover this pass (nothing is trained)."""
             todo = [c for c in batch if self.lineage.node(c.node_id) is None]  # else finished before a stop
+            if todo and not self._budget_allows(len(todo)):
+                return False
             if todo:
                 self.log(f"generation {generation}: distilling {', '.join(c.node_id for c in todo)} "
                          f"({', '.join(f'{c.spec.num_params():,}' for c in todo)} params) from {', '.join(teacher_ids)}")
                 self._train_students(todo, generation=generation, teacher_ids=teacher_ids, inherit_from=parent_model,
                                      status="candidate", parent_id=parent.id, epochs=self.config.student.epochs)
+            return True
 
-        if search.many_children() or self.config.search.candidates == "all":
-            train(candidates) if search.many_children() else [train([c]) for c in candidates]
-            return [self.lineage.node(c.node_id) for c in candidates], []
+        batches = [candidates] if search.many_children() else [[c] for c in candidates]
         trained: list[NodeRecord] = []
-        for i, candidate in enumerate(candidates):
-            if (trained and candidate.spec.num_params() > trained[-1].params
+        for i, batch in enumerate(batches):
+            lazy = not search.many_children() and search.candidates == "smallest-first"
+            if (lazy and trained and batch[0].spec.num_params() > trained[-1].params
                     and any(self._within_tolerance(parent, n) is None for n in trained)):
-                return trained, [c.node_id for c in candidates[i:]]
-            train([candidate])
-            trained.append(self.lineage.node(candidate.node_id))
+                return trained, [c.node_id for b in batches[i:] for c in b]
+            if not train(batch):
+                return trained, [c.node_id for b in batches[i:] for c in b]
+            trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, []
+
+    def _child_epochs(self) -> int:
+        """Epochs spent on candidates so far (each over the whole training set)."""
+        return sum(n.epochs for n in self.lineage.nodes if n.status in ("candidate", "accepted", "rejected", "failed"))
+
+    def _epochs_per_child(self) -> int:
+        cfg = self.config.student
+        two_stage = cfg.hint_stage == "two-stage" and self.config.loss.gamma > 0
+        return cfg.epochs + (cfg.hint_epochs if two_stage else 0)
+
+    def _budget_allows(self, children: int) -> bool:
+        budget = self.config.search.budget_epochs
+        if budget is None or self._child_epochs() + children * self._epochs_per_child() <= budget:
+            return True
+        self._budget_spent = True
+        return False
 
     def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:
         """Grow every frontier parent's children, decide, and return a stop reason (None: go on)."""
@@ -483,14 +518,19 @@ class Campaign:
                 if reason is None:
                     kept.append(node)
                 self._record(node.model_copy(update={"status": "rejected", "reason": reason or "within tolerance"}))
-        if skipped:
+        budget_note = None
+        if self._budget_spent:
+            budget_note = (f"training budget spent: {self._child_epochs()} of {search.budget_epochs} epochs used, "
+                           f"the next pass needs more")
+            self.log(f"generation {generation}: {budget_note}")
+        elif skipped:
             self.log(f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)")
         beam = search.beam if search.select == "tree" else 1
         chosen = sorted(kept, key=rank)[:beam]
         if not chosen:
-            return f"generation {generation}: no candidate stayed within tolerance"
+            return budget_note or f"generation {generation}: no candidate stayed within tolerance"
         reason = "smallest within tolerance" if beam == 1 else f"within the beam of {beam} (smallest within tolerance)"
-        if skipped:
+        if skipped and not budget_note:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
         for node in chosen:
             self._record(self.lineage.node(node.id).model_copy(update={"status": "accepted", "reason": reason}))
@@ -500,7 +540,7 @@ class Campaign:
             if node not in chosen:
                 why = f"{chosen[0].id} is smaller" if beam == 1 else f"outside the beam of {beam}"
                 self._record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
-        return next((r for n in chosen if (r := self._target_reached(n))), None)
+        return budget_note or next((r for n in chosen if (r := self._target_reached(n))), None)
 
     def run_campaign(self) -> Lineage:
         self._ensure_root()
