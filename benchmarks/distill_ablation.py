@@ -27,7 +27,7 @@ from ikd.objective import (
     teacher_hint_block,
 )
 from ikd.runtime import resolve_device, resolve_precision
-from ikd.shrink import shrink_width
+from ikd.shrink import shrink_depth, shrink_width
 from ikd.train import TrainConfig, evaluate, train_model
 
 
@@ -37,7 +37,8 @@ def main() -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-dir")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--shrinks", type=int, default=3, help="width halvings from the teacher (3 = 1/8 width)")
+    parser.add_argument("--shrinks", type=int, default=3, help="operator steps from the teacher (3 width halvings = 1/8 width)")
+    parser.add_argument("--operator", default="width", choices=("width", "depth"), help="shrink operator")
     parser.add_argument("--gammas", default="0,0.1,1,10")
     parser.add_argument("--seeds", default="0,1,2", help="every row is the mean over these seeds")
     parser.add_argument("--quick", action="store_true", help="a few batches per run")
@@ -52,7 +53,7 @@ def main() -> int:
                         split_seed=recorded["split_seed"])
     spec = teacher.spec
     for _ in range(args.shrinks):
-        spec = shrink_width(spec)
+        spec = shrink_width(spec) if args.operator == "width" else shrink_depth(spec)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     caches: dict = {}
 
@@ -83,8 +84,10 @@ def main() -> int:
     best_gamma = max(rows, key=lambda r: r["val"])["gamma"]
     rows.append(run(best_gamma, False))
 
-    header = (f"Teacher {args.teacher} ({spec.num_params():,}-param student = teacher width x "
-              f"{0.5 ** args.shrinks:g}, {teacher.spec.num_params() / spec.num_params():.0f}x smaller), "
+    shrunk = (f"width x {0.5 ** args.shrinks:g}" if args.operator == "width"
+              else f"{args.shrinks} conv(s) fewer: {spec.summary()}")
+    header = (f"Teacher {args.teacher} ({spec.num_params():,}-param student = teacher {shrunk}, "
+              f"{teacher.spec.num_params() / spec.num_params():.1f}x smaller), "
               f"{args.dataset}, {args.epochs} epoch(s), mean of seeds {args.seeds}, {precision.name}"
               f"{' (quick)' if args.quick else ''}")
     lines = [header, "", "| gamma | init | val acc (mean) | val min..max | test acc (mean) | seconds/run |",

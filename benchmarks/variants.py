@@ -32,6 +32,16 @@ from ikd.search import compress
 STRATEGIES = ("parent-child", "parent-children", "ancestors-child", "ancestors-children")
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def final_student(lineage):
     accepted = [n for n in lineage.nodes if n.status == "accepted"]
     return min(accepted, key=lambda n: (n.params, -n.val_accuracy)) if accepted else lineage.root()
@@ -71,8 +81,8 @@ def main() -> int:
     factors = [float(f) for f in args.width_factors.split(",")]
     common = {"student.epochs": args.epochs, "search.operators": args.operators.split(","), "search.budget_epochs": args.budget_epochs,
               "search.max_generations": 50, "data.dir": args.data_dir, "teacher.dir": args.teacher}
-    if args.quick:
-        common |= {"teacher.epochs": 3}
+    if args.quick:  # loose tolerance, so the chains grow even from 1-epoch children
+        common |= {"teacher.epochs": 3, "search.max_drop": 100.0, "search.max_step_drop": 100.0}
     if args.max_drop is not None:
         common |= {"search.max_drop": args.max_drop, "search.max_step_drop": args.max_drop}
     ancestors = args.ancestors if args.ancestors == "all" else int(args.ancestors)
@@ -121,7 +131,7 @@ def main() -> int:
         cost = {"k": k, "together": t_seconds - root_seconds, "separate": separate - (k * root_seconds),
                 "root_seconds": root_seconds, "teacher": together.root().arch}
 
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    lines = [f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}, ikd {ikd.__version__}. Config `{args.config}`, {args.epochs} epoch(s) "
              f"per candidate, budget {args.budget_epochs} child-epochs per strategy.", "",
              "| strategy | smallest accepted | params | x | val % | test % | drop (test, points) | "
