@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("--max-drop", type=float, help="search.max_drop and max_step_drop")
     parser.add_argument("--width-factors", default="0.5,0.75", help="width factors of the *-children strategies")
     parser.add_argument("--ancestors", default="all")
+    parser.add_argument("--seed", type=int, default=0, help="campaign seed (children's init, data order)")
     parser.add_argument("--out", default="runs/variants", help="one run directory per strategy is made here")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--skip-children-cost", action="store_true")
@@ -79,7 +80,7 @@ def main() -> int:
         args.config, args.budget_epochs, args.epochs = "configs/digits-demo.yaml", 6, 1
     out = Path(args.out)
     factors = [float(f) for f in args.width_factors.split(",")]
-    common = {"student.epochs": args.epochs, "search.operators": args.operators.split(","), "search.budget_epochs": args.budget_epochs,
+    common = {"seed": args.seed, "student.epochs": args.epochs, "search.operators": args.operators.split(","), "search.budget_epochs": args.budget_epochs,
               "search.max_generations": 50, "data.dir": args.data_dir, "teacher.dir": args.teacher}
     if args.quick:  # loose tolerance, so the chains grow even from 1-epoch children
         common |= {"teacher.epochs": 3, "search.max_drop": 100.0, "search.max_step_drop": 100.0}
@@ -133,7 +134,7 @@ def main() -> int:
 
     lines = [f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}, ikd {ikd.__version__}. Config `{args.config}`, {args.epochs} epoch(s) "
-             f"per candidate, budget {args.budget_epochs} child-epochs per strategy.", "",
+             f"per candidate, budget {args.budget_epochs} child-epochs per strategy, seed {args.seed}.", "",
              "| strategy | smallest accepted | params | x | val % | test % | drop (test, points) | "
              "epochs spent | generations | nodes trained | wall s (teacher excluded) | stop |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

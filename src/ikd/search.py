@@ -472,9 +472,9 @@ class Campaign:
             return True
 
         batches = [candidates] if search.many_children() else [[c] for c in candidates]
+        lazy = not search.many_children() and search.candidates == "smallest-first"
         trained: list[NodeRecord] = []
         for i, batch in enumerate(batches):
-            lazy = not search.many_children() and search.candidates == "smallest-first"
             if (lazy and trained and batch[0].spec.num_params() > trained[-1].params
                     and any(self._within_tolerance(parent, n) is None for n in trained)):
                 return trained, [c.node_id for b in batches[i:] for c in b]
