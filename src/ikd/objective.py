@@ -159,17 +159,22 @@ class DistillationObjective(nn.Module):
                 for i in self._hinted]).mean()
         else:
             logits, hint = student(x), torch.zeros((), device=x.device)
-        teacher_weights = torch.tensor([self.links[i].weight for i in kd_teachers], device=x.device)
-        teacher_weights = teacher_weights / teacher_weights.sum()
         if len(kd_teachers) == 1:
             kd = kd_loss(logits, outputs[kd_teachers[0]].logits, w.temperature)
-        elif self.aggregate == "mean-kd":
+            return self._terms(logits, y, kd, hint)
+        total = sum(self.links[i].weight for i in kd_teachers)
+        teacher_weights = [self.links[i].weight / total for i in kd_teachers]
+        if self.aggregate == "mean-kd":
             kd = sum(tw * kd_loss(logits, outputs[i].logits, w.temperature)
                      for tw, i in zip(teacher_weights, kd_teachers))
         else:
             probs = sum(tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
                         for tw, i in zip(teacher_weights, kd_teachers))
             kd = soft_target_kd_loss(logits, probs, w.temperature)
+        return self._terms(logits, y, kd, hint)
+
+    def _terms(self, logits: torch.Tensor, y: torch.Tensor, kd: torch.Tensor, hint: torch.Tensor):
+        w = self.weights
         ce = F.cross_entropy(logits.float(), y)
         loss = w.alpha * kd + w.beta * ce + w.gamma * hint
         return logits, {"loss": loss, "kd": kd.detach(), "ce": ce.detach(), "hint": hint.detach()}
@@ -216,9 +221,19 @@ def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int
     return s_block, t_block, teacher.spec.blocks[t_block][-1]
 
 
+def teacher_hint_blocks(student: ArchSpec, teachers: list, weights: LossWeights,
+                        hints: str = "first") -> list[int | None]:
+    """For each teacher, the block whose output the student's hint needs (None: no hint from that
+    teacher): the first teacher gives the hint, or every one with `hints="each"`. What to cache."""
+    if hints not in ("first", "each"):
+        raise ConfigError(f"hints {hints!r}: expected 'first' or 'each'")
+    return [hint_pairing(student, teacher)[1] if weights.gamma > 0 and (hints == "each" or i == 0) else None
+            for i, teacher in enumerate(teachers)]
+
+
 def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weights: LossWeights) -> int | None:
     """The teacher block whose output the hint needs (None without a hint): what to cache."""
-    return hint_pairing(student, teacher)[1] if weights.gamma > 0 else None
+    return teacher_hint_blocks(student, [teacher], weights)[0]
 
 
 def build_objective(student: VGG, teachers, weights: LossWeights, *, sources: list[TeacherSource] | None = None,
@@ -234,18 +249,16 @@ def build_objective(student: VGG, teachers, weights: LossWeights, *, sources: li
     initial weights and the teacher-drop stream.
     """
     teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
-    if hints not in ("first", "each"):
-        raise ConfigError(f"hints {hints!r}: expected 'first' or 'each'")
+    hint_blocks = teacher_hint_blocks(student.spec, teachers, weights, hints)
     sources = sources or [None] * len(teachers)
     teacher_weights = teacher_weights or [1.0] * len(teachers)
     if not (len(sources) == len(teacher_weights) == len(teachers)):
         raise ValueError("teachers, sources and teacher_weights must have the same length")
     links, regressors = [], []
-    for i, (teacher, source, weight) in enumerate(zip(teachers, sources, teacher_weights)):
-        gives_hint = weights.gamma > 0 and (hints == "each" or i == 0)
-        s_block = t_block = regressor = None
-        if gives_hint:
-            s_block, t_block, t_channels = hint_pairing(student.spec, teacher)
+    for i, (teacher, source, weight, t_block) in enumerate(zip(teachers, sources, teacher_weights, hint_blocks)):
+        s_block = regressor = None
+        if t_block is not None:
+            s_block, _, t_channels = hint_pairing(student.spec, teacher)
             regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels,
                                       None if seed is None else seed + i)
         if source is None:

@@ -41,7 +41,7 @@ from ikd.objective import (
     TeacherSource,
     build_objective,
     cache_teacher_outputs,
-    teacher_hint_block,
+    teacher_hint_blocks,
 )
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.strategy import (
@@ -91,7 +91,6 @@ class Campaign:
         self.data: DataSplits | None = None
         self._caches: dict[str, CachedTeacher] = {}
         self._models: dict[str, VGG | ExternalTeacher] = {}
-        self._budget_spent = False
 
     # --- lineage ----------------------------------------------------------------------------
     def _open_lineage(self, force: bool) -> Lineage:
@@ -343,15 +342,16 @@ class Campaign:
             alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
             objectives = [None] * len(alive)
             if stage_weights is not None:
+                teachers = [self._teacher(t) for t in teacher_ids]
                 blocks: dict[str, set[int]] = {t: set() for t in teacher_ids}
                 for i in alive:
-                    for k, t in enumerate(teacher_ids):
-                        block = teacher_hint_block(candidates[i].spec, self._teacher(t), stage_weights)
-                        if block is not None and (hints == "each" or k == 0):
+                    needed = teacher_hint_blocks(candidates[i].spec, teachers, stage_weights, hints)
+                    for t, block in zip(teacher_ids, needed):
+                        if block is not None:
                             blocks[t].add(block)
                 sources = self._teacher_sources(teacher_ids, blocks, cached)
                 objectives = [build_objective(
-                    students[i], [self._teacher(t) for t in teacher_ids], stage_weights, sources=sources,
+                    students[i], teachers, stage_weights, sources=sources,
                     teacher_weights=t_weights, hints=hints, aggregate=ensemble.aggregate, drop=ensemble.drop,
                     seed=seeds[i]) for i in alive]
             results = train_models([students[i] for i in alive], data,
@@ -446,8 +446,9 @@ class Campaign:
         return propose(ArchSpec.model_validate(parent.arch), self.config.search, prefix)
 
     def _grow(self, generation: int, parent: NodeRecord, candidates: list[Candidate],
-              expert_ids: list[str]) -> tuple[list[NodeRecord], list[str]]:
-        """Train (or reuse) one parent's candidates; returns (trained records, ids not trained).
+              expert_ids: list[str]) -> tuple[list[NodeRecord], list[str], bool]:
+        """Train (or reuse) one parent's candidates; returns (trained records, ids not trained,
+        whether the budget stopped it).
 
         parent-child strategies train them smallest first and stop at the first within tolerance:
         the rule keeps the smallest that passes, so the larger ones need not be trained at all.
@@ -477,11 +478,11 @@ class Campaign:
         for i, batch in enumerate(batches):
             if (lazy and trained and batch[0].spec.num_params() > trained[-1].params
                     and any(self._within_tolerance(parent, n) is None for n in trained)):
-                return trained, [c.node_id for b in batches[i:] for c in b]
+                return trained, [c.node_id for b in batches[i:] for c in b], False
             if not train(batch):
-                return trained, [c.node_id for b in batches[i:] for c in b]
+                return trained, [c.node_id for b in batches[i:] for c in b], True
             trained += [self.lineage.node(c.node_id) for c in batch]
-        return trained, []
+        return trained, [], False
 
     def _child_epochs(self) -> int:
         """Epochs spent on candidates so far (each over the whole training set)."""
@@ -494,10 +495,7 @@ class Campaign:
 
     def _budget_allows(self, children: int) -> bool:
         budget = self.config.search.budget_epochs
-        if budget is None or self._child_epochs() + children * self._epochs_per_child() <= budget:
-            return True
-        self._budget_spent = True
-        return False
+        return budget is None or self._child_epochs() + children * self._epochs_per_child() <= budget
 
     def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:
         """Grow every frontier parent's children, decide, and return a stop reason (None: go on)."""
@@ -508,9 +506,11 @@ class Campaign:
             return f"no operator can shrink {', '.join(p.id for p in frontier)} further"
         kept: list[NodeRecord] = []
         skipped: list[str] = []
+        out_of_budget = False
         for parent, candidates in branches:
-            trained, not_trained = self._grow(generation, parent, candidates, expert_ids)
+            trained, not_trained, stopped = self._grow(generation, parent, candidates, expert_ids)
             skipped += not_trained
+            out_of_budget |= stopped
             for node in trained:
                 if node.status == "failed":
                     continue
@@ -519,7 +519,7 @@ class Campaign:
                     kept.append(node)
                 self._record(node.model_copy(update={"status": "rejected", "reason": reason or "within tolerance"}))
         budget_note = None
-        if self._budget_spent:
+        if out_of_budget:
             budget_note = (f"training budget spent: {self._child_epochs()} of {search.budget_epochs} epochs used, "
                            f"the next pass needs more")
             self.log(f"generation {generation}: {budget_note}")

@@ -44,21 +44,20 @@ def rank(node: NodeRecord) -> tuple[int, float]:
 def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Candidate]:
     """The children one parent proposes, smallest first; node ids start with `prefix`."""
     factors = search.width_factors()
-    proposals: list[tuple[str, ArchSpec]] = []
+    proposals: list[tuple[str, str, ArchSpec | None]] = []  # (operator, label, child spec)
     for name in search.operators:
         for factor in (factors if name == "width" else [None]):
-            spec = get_operator(name, factor)(parent_spec) if factor else get_operator(name)(parent_spec)
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
-            proposals.append((label, spec))
+            proposals.append((name, label, get_operator(name, factor)(parent_spec)))
     seen, candidates = set(), []
     seeds = search.seeds if search.many_children() else 1
-    for label, spec in proposals:
+    for name, label, spec in proposals:
         if spec is None or spec.model_dump_json() in seen:
             continue
         seen.add(spec.model_dump_json())
         for j in range(seeds):
             suffix = f"-s{j}" if seeds > 1 else ""
-            candidates.append(Candidate(f"{prefix}{label}{suffix}", label.rstrip("0123456789"), spec, j))
+            candidates.append(Candidate(f"{prefix}{label}{suffix}", name, spec, j))
     return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
 
 
