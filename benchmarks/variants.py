@@ -42,11 +42,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def final_student(lineage):
-    accepted = [n for n in lineage.nodes if n.status == "accepted"]
-    return min(accepted, key=lambda n: (n.params, -n.val_accuracy)) if accepted else lineage.root()
-
-
 def run(config_path, overrides: dict, progress: bool):
     config = load_config(config_path, overrides)
     started = time.perf_counter()
@@ -95,7 +90,7 @@ def main() -> int:
         if strategy.startswith("ancestors-"):
             overrides |= {"ensemble.ancestors": ancestors}
         lineage, seconds = run(args.config, overrides, not args.quiet)
-        final, root = final_student(lineage), lineage.root()
+        final, root = lineage.final(), lineage.root()
         seconds -= root.seconds  # the teacher is not part of the comparison
         if not common.get("teacher.dir"):  # trained once, by the first run; the others import it
             common["teacher.dir"] = str(out / strategy / "nodes" / root.id)

@@ -148,6 +148,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "ensemble.ancestors": args.ancestors, "ensemble.experts": args.teachers,
         "ensemble.aggregate": args.aggregate,
         "precision": args.precision, "device": args.device, "baselines": args.baselines or None,
+        "log": args.log,
     })
     lineage = compress(config, progress=not args.quiet, force=args.force)
     print(format_lineage(lineage))
@@ -203,6 +204,24 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
     lineage = run.load()
     print(json.dumps(lineage.model_dump(mode="json"), indent=2) if args.json else format_lineage(lineage))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ikd.export import export_node
+
+    result = export_node(Path(args.run_dir), args.node, args.format, out=Path(args.out) if args.out else None,
+                         data_dir=args.data_dir, repeats=args.repeats, measure_latency=not args.no_latency)
+    print(result.summary())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ikd.report import load_report, write_report
+
+    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(load_report(Path(args.run_dir)).headline())
+    print(f"report: {out / 'report.md'}, {out / 'report.html'} (figures: pareto.png, lineage.png, training.png)")
     return 0
 
 
@@ -286,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--device", choices=DEVICES)
     co.add_argument("--baselines", action="store_true",
                     help="also train the final architecture from scratch and by one-shot KD (same epochs)")
+    co.add_argument("--log", choices=("none", "tensorboard"),
+                    help="log: tensorboard writes each node's curves live under RUN_DIR/tb/ (optional extra)")
     co.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     co.add_argument("--quiet", action="store_true", help="no progress output")
     co.set_defaults(func=cmd_compress)
@@ -294,6 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("run_dir")
     li.add_argument("--json", action="store_true", help="the whole lineage.json")
     li.set_defaults(func=cmd_lineage)
+
+    ex = commands.add_parser("export", parents=[common],
+                             help="export a node as ONNX or safetensors, check it, time it on this CPU")
+    ex.add_argument("run_dir")
+    ex.add_argument("--node", required=True, metavar="ID", help="node id, as `ikd lineage` lists them")
+    # not argparse choices: an unknown format is reported like every other ikd error, on one line
+    ex.add_argument("--format", required=True, metavar="FORMAT", help="onnx or safetensors")
+    ex.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/export/ID)")
+    ex.add_argument("--data-dir", help="where the node's dataset lives, for the ONNX check (default: the campaign's)")
+    ex.add_argument("--repeats", type=int, metavar="N",
+                    help="timed runs per latency (default 30 at batch 1, 10 at batch 64)")
+    ex.add_argument("--no-latency", action="store_true", help="do not measure latency")
+    ex.set_defaults(func=cmd_export)
+
+    re_ = commands.add_parser("report", parents=[common],
+                              help="write RUN_DIR/report/: report.md, a self-contained report.html and figures")
+    re_.add_argument("run_dir")
+    re_.add_argument("--out", help="report directory (default RUN_DIR/report)")
+    re_.set_defaults(func=cmd_report)
 
     cr = commands.add_parser("config-reference", parents=[common], help="print every campaign config key (markdown)")
     cr.set_defaults(func=cmd_config_reference)

@@ -145,6 +145,7 @@ class CampaignConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     baselines: bool = Field(default=False, description="also train the final student's architecture from scratch and by one-shot KD")
+    log: Literal["none", "tensorboard"] = Field(default="none", description="tensorboard: every node's loss terms, accuracy and learning rate per epoch under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)")
 
     @model_validator(mode="after")
     def _strategy_options_fit(self) -> CampaignConfig:
@@ -160,7 +161,7 @@ class CampaignConfig(Strict):
     def decision_fields(self) -> dict[str, Any]:
         """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
         document = self.model_dump(mode="json")
-        for where_only in ("run_dir", "baselines", "device"):  # where it runs, not what it computes
+        for where_only in ("run_dir", "baselines", "device", "log"):  # where it runs, not what it computes
             document.pop(where_only)
         document["data"].pop("dir")
         return document

@@ -9,8 +9,11 @@ at any moment leaves a valid lineage whose finished nodes are intact.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +24,7 @@ from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
 
 LINEAGE_FILE = "lineage.json"
+LOCK_FILE = ".lock"
 NODES_DIR = "nodes"
 LINEAGE_VERSION = 1
 # candidate: trained, waiting for the rest of its generation before the accept/reject decision.
@@ -33,6 +37,19 @@ def check_node_id(node_id: str) -> str:
     if not _NODE_ID.match(node_id) or node_id in (".", ".."):
         raise ConfigError(f"node id {node_id!r}: expected letters, digits, '_', '-', '.' (max 80)")
     return node_id
+
+
+class Latency(BaseModel):
+    """One latency measurement of a node's model (see ikd.export): median of repeated timed runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Literal["onnxruntime", "torch"]
+    batch: int = Field(gt=0)
+    median_ms: float = Field(gt=0)
+    repeats: int = Field(gt=0)
+    threads: int = Field(gt=0)
+    device: str = Field(description="where it was measured, e.g. the CPU's model name")
 
 
 class NodeRecord(BaseModel):
@@ -59,6 +76,12 @@ class NodeRecord(BaseModel):
     seconds: float = 0.0
     loss: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
+    latency: list[Latency] = Field(default_factory=list, description="filled by `ikd export`")
+
+
+def rank(node: NodeRecord) -> tuple[int, float]:
+    """Survivor order: fewer parameters first, then higher validation accuracy."""
+    return node.params, -(node.val_accuracy or 0.0)
 
 
 class Lineage(BaseModel):
@@ -74,6 +97,18 @@ class Lineage(BaseModel):
 
     def root(self) -> NodeRecord:
         return next(n for n in self.nodes if n.status == "teacher")
+
+    def final(self) -> NodeRecord:
+        """The campaign's answer: the smallest accepted student (the root when none was)."""
+        accepted = [n for n in self.nodes if n.status == "accepted"]
+        return min(accepted, key=rank) if accepted else self.root()
+
+    def chain(self, node: NodeRecord) -> list[NodeRecord]:
+        """`node` and its parents up to the root, root first."""
+        path = [node]
+        while path[-1].parent is not None and (parent := self.node(path[-1].parent)) is not None:
+            path.append(parent)
+        return path[::-1]
 
 
 def file_sha256(path: Path) -> str:
@@ -97,6 +132,35 @@ class RunDir:
     def node_dir(self, node_id: str) -> Path:
         return self.path / NODES_DIR / check_node_id(node_id)
 
+    @contextlib.contextmanager
+    def locked(self, purpose: str):
+        """Hold the run directory for one writer (a campaign, an export) at a time.
+
+        An advisory flock: the kernel releases it when the holder dies, even by kill -9, so a
+        crashed campaign never leaves a stale lock behind.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / LOCK_FILE, "a+")
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot open the run directory for writing ({exc.strerror})") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise CheckpointError(f"{self.path}: in use by {holder}; wait for it to finish") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{purpose} (pid {os.getpid()})")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                handle.seek(0)
+                handle.truncate()
+
     def exists(self) -> bool:
         return self.lineage_path.is_file()
 
@@ -119,7 +183,10 @@ class RunDir:
         weights = self.node_dir(record.id) / WEIGHTS_FILE
         if weights.is_file():
             record = record.model_copy(update={"sha256": file_sha256(weights)})
-        nodes = [n for n in lineage.nodes if n.id != record.id] + [record]
+        # replaced in place, so a record updated after the fact (a latency) keeps its position
+        nodes = [record if n.id == record.id else n for n in lineage.nodes]
+        if lineage.node(record.id) is None:
+            nodes.append(record)
         updated = lineage.model_copy(update={"nodes": nodes})
         self.save(updated)
         return updated

@@ -46,6 +46,11 @@ def _cpu_identity() -> tuple[str, set[str]]:
     return lines.get("model name", "unknown"), set(lines.get("flags", "").split())
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, e.g. to say where a latency was measured."""
+    return _cpu_identity()[0]
+
+
 def cpu_has_bf16_instructions() -> bool:
     """Native bf16 dot products (AVX512-BF16 or AMX). Necessary for fast bf16, not sufficient."""
     _, flags = _cpu_identity()

@@ -52,6 +52,7 @@ from ikd.strategy import (
     teacher_weights,
     teachers_of,
 )
+from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainConfig, TrainingDiverged, evaluate, train_model, train_models
 
 ROOT_ID = "g0-teacher"
@@ -91,6 +92,7 @@ class Campaign:
         self.data: DataSplits | None = None
         self._caches: dict[str, CachedTeacher] = {}
         self._models: dict[str, VGG | ExternalTeacher] = {}
+        self.on_epoch = TensorBoardLog(self.run.path) if config.log == "tensorboard" else None
 
     # --- lineage ----------------------------------------------------------------------------
     def _open_lineage(self, force: bool) -> Lineage:
@@ -218,7 +220,8 @@ class Campaign:
             model = build_model(spec, seed=self.config.seed)
             train_config = self._train_config(cfg)
             self.log(f"training the root teacher {cfg.arch} ({spec.num_params():,} params)")
-            result = train_model(model, data, train_config, progress=self.progress, description=ROOT_ID)
+            result = train_model(model, data, train_config, progress=self.progress, description=ROOT_ID,
+                                 on_epoch=self.on_epoch)
             epochs = cfg.epochs
             # The model holds its best-by-validation weights, so that epoch's score is its val accuracy.
             val, test = result.best_val_accuracy, self._evaluate(model, data.test)
@@ -357,7 +360,7 @@ class Campaign:
             results = train_models([students[i] for i in alive], data,
                                    self._train_config(cfg, stage_epochs, seed_offset=generation),
                                    objectives=objectives, progress=self.progress,
-                                   descriptions=[candidates[i].node_id for i in alive])
+                                   descriptions=[candidates[i].node_id for i in alive], on_epoch=self.on_epoch)
             for i, result in zip(alive, results):
                 outcome[i] = result
         seconds = (time.perf_counter() - started) / len(candidates)  # a pass's wall time, shared
@@ -388,7 +391,7 @@ class Campaign:
     def _baselines(self) -> None:
         """The final student's architecture trained from scratch (CE) and by one-shot KD from the
         root, each for the epochs the chain spent reaching it: does iterating pay?"""
-        final = self._final()
+        final = self.lineage.final()
         if final.status != "accepted":
             return
         chain, node = [], final
@@ -425,11 +428,6 @@ class Campaign:
             return [self.lineage.root()]
         latest = max(n.generation for n in accepted)
         return sorted((n for n in accepted if n.generation == latest), key=rank)
-
-    def _final(self) -> NodeRecord:
-        """The campaign's answer: the smallest accepted student (the root when none was)."""
-        accepted = [n for n in self.lineage.nodes if n.status == "accepted"]
-        return min(accepted, key=rank) if accepted else self.lineage.root()
 
     def _target_reached(self, node: NodeRecord) -> str | None:
         search = self.config.search
@@ -572,4 +570,10 @@ def compress(config: CampaignConfig, *, progress: bool = True, force: bool = Fal
     `user_teacher`: optional `teacher=`, `hint_layer=`, `student=` (see Campaign).
     """
     torch.manual_seed(config.seed)
-    return Campaign(config, progress=progress, force=force, **user_teacher).run_campaign()
+    with RunDir(Path(config.run_dir)).locked("a running `ikd compress`"):
+        campaign = Campaign(config, progress=progress, force=force, **user_teacher)
+        try:
+            return campaign.run_campaign()
+        finally:
+            if campaign.on_epoch is not None:
+                campaign.on_epoch.close()

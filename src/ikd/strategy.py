@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
-from ikd.lineage import Lineage, NodeRecord
+from ikd.lineage import Lineage, NodeRecord, rank
 from ikd.shrink import get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
@@ -34,11 +34,6 @@ class Candidate:
     operator: str
     spec: ArchSpec
     seed_index: int = 0
-
-
-def rank(node: NodeRecord) -> tuple[int, float]:
-    """Survivor order: fewer parameters first, then higher validation accuracy."""
-    return node.params, -(node.val_accuracy or 0.0)
 
 
 def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Candidate]:

@@ -26,6 +26,7 @@ from ikd.runtime import Precision, resolve_device, resolve_precision
 
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
                      tuple[torch.Tensor, dict[str, torch.Tensor]]]
+EpochCallback = Callable[[str, "EpochRecord"], None]  # (the model's description, its finished epoch)
 
 
 class TrainConfig(BaseModel):
@@ -166,13 +167,13 @@ class _Student:
 
 def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *,
                 objective: Objective | None = None, progress: bool = True,
-                description: str = "train") -> TrainResult:
+                description: str = "train", on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train in place; on return the model holds its best-by-validation weights.
 
     Raises TrainingDiverged when the loss becomes NaN or infinite.
     """
     result = train_models([model], data, config, objectives=[objective], progress=progress,
-                          descriptions=[description])[0]
+                          descriptions=[description], on_epoch=on_epoch)[0]
     if isinstance(result, TrainingDiverged):
         raise result
     return result
@@ -180,14 +181,16 @@ def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *
 
 def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainConfig, *,
                  objectives: list[Objective | None] | None = None, progress: bool = True,
-                 descriptions: list[str] | None = None) -> list[TrainResult | TrainingDiverged]:
+                 descriptions: list[str] | None = None,
+                 on_epoch: EpochCallback | None = None) -> list[TrainResult | TrainingDiverged]:
     """Train several models in one pass over the data: every batch is read, augmented and normalised
     once and given to each model in turn (so objectives can share one teacher forward per batch).
 
     Each model gets its own optimiser, schedule and random stream, so it ends with the weights it
     would have had trained alone with the same config. A model whose loss diverges is dropped from
     the group (its entry in the returned list is the TrainingDiverged error); the others go on.
-    On return every model holds its best-by-validation weights.
+    On return every model holds its best-by-validation weights. `on_epoch` sees each model's
+    epoch record as soon as it is validated (live logging).
     """
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -252,6 +255,8 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
             group[0].epoch_seconds = time.perf_counter() - epoch_start
         for student in active:
             _end_epoch(student, epoch, data, config, device, precision, bar if progress else None)
+            if on_epoch is not None:
+                on_epoch(student.description, student.result.history[-1])
     bar.close()
     results: list[TrainResult | TrainingDiverged] = []
     for student in group:

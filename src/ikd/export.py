@@ -1,0 +1,376 @@
+"""Export one node of a lineage for use outside ikd, check the export, and time it on this CPU.
+
+Two formats, written to `RUN_DIR/export/<id>/` unless told otherwise:
+- safetensors: the node's state dict alone, with what is needed to use it in the file's metadata
+  (arch spec, mean/std, class names, input shape), so it works without the run directory;
+- onnx: a graph that takes float32 NCHW images scaled to [0, 1] and normalises them itself.
+  Before it is written it is run with onnxruntime on the node's own test images and must agree
+  with PyTorch, so a model.onnx on disk is one that was checked.
+
+Latency is measured with onnxruntime and PyTorch at batch 1 and 64 for the node and for the root
+teacher (the reference of the speed-up), and recorded in the lineage; `export.json` next to the
+exported files keeps the verification numbers and the latencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ikd import __version__
+from ikd.checkpoint import WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, load_model
+from ikd.data import load_dataset, normalize
+from ikd.errors import CheckpointError, ConfigError, IkdError
+from ikd.lineage import Latency, Lineage, NodeRecord, RunDir, file_sha256
+from ikd.model import VGG
+from ikd.runtime import cpu_model_name
+
+FORMATS = ("onnx", "safetensors")
+EXPORT_DIR = "export"
+ONNX_FILE = "model.onnx"
+SUMMARY_FILE = "export.json"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+VERIFY_IMAGES = 256
+VERIFY_BATCH = 64
+MAX_LOGIT_DIFF = 1e-3
+# batch size -> timed runs by default; batch 64 runs are long enough that fewer give a stable median
+LATENCY_REPEATS = {1: 30, 64: 10}
+RUNTIMES = ("onnxruntime", "torch")
+WARMUP_RUNS = 3
+
+
+class ExportMismatch(IkdError):
+    """The exported graph does not compute what the node computes."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    images: int
+    top1_agree: int
+    max_abs_logit_diff: float
+
+
+@dataclass
+class ExportResult:
+    node: NodeRecord
+    format: str
+    files: list[Path]
+    verification: Verification | None = None
+    latency: list[Latency] = field(default_factory=list)
+    teacher_id: str | None = None
+    teacher_latency: list[Latency] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def speedups(self) -> list[dict[str, Any]]:
+        """teacher ms / node ms for every (runtime, batch) measured for both on this CPU."""
+        teacher = {(m.runtime, m.batch): m.median_ms for m in self.teacher_latency}
+        return [{"runtime": m.runtime, "batch": m.batch, "node_ms": m.median_ms,
+                 "teacher_ms": teacher[m.runtime, m.batch], "speedup": teacher[m.runtime, m.batch] / m.median_ms}
+                for m in self.latency if (m.runtime, m.batch) in teacher]
+
+    def summary(self) -> str:
+        node = self.node
+        lines = [(f"ikd export: {node.id} ({node.status}, {node.params:,} params, compression "
+                  f"{node.compression:.1f}x) as {self.format}"),
+                 "  wrote " + ", ".join(str(path) for path in self.files)]
+        if self.verification is not None:
+            v = self.verification
+            lines.append(f"  onnxruntime vs PyTorch on {v.images} test images: top-1 agrees on "
+                         f"{v.top1_agree}/{v.images}, max |logit difference| {v.max_abs_logit_diff:.2e}")
+        if self.latency:
+            first = self.latency[0]
+            threads = f"{first.threads} thread{'s' if first.threads > 1 else ''}"
+            lines.append(f"  latency, median ms on {first.device} ({threads}):")
+            lines += ["    " + row for row in self._latency_table()]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def _latency_table(self) -> list[str]:
+        speedups = {(s["runtime"], s["batch"]): s for s in self.speedups()}
+        rows = [("runtime", "batch", self.node.id, self.teacher_id or "teacher", "speed-up")]
+        for m in self.latency:
+            s = speedups.get((m.runtime, m.batch))
+            teacher, speedup = (f"{s['teacher_ms']:.3f}", f"{s['speedup']:.1f}x") if s else ("-", "-")
+            rows.append((m.runtime, str(m.batch), f"{m.median_ms:.3f}", teacher, speedup))
+        widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+        # the runtime's name left-aligned, the numbers right-aligned
+        return ["  ".join([runtime.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
+                for runtime, *rest in rows]
+
+
+class NormalizedModel(nn.Module):
+    """The model behind its own input normalisation: it takes images scaled to [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = None, data_dir: str | Path | None = None,
+                repeats: int | None = None, measure_latency: bool = True) -> ExportResult:
+    """Export a node as `fmt`, verify an ONNX export, and record latencies in the lineage.
+
+    The run directory is held for the whole export, so it never races a campaign or another export.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if repeats is not None and repeats < 1:
+        raise ConfigError(f"--repeats {repeats}: expected a positive number of timed runs")
+    run = RunDir(Path(run_dir))
+    if not run.exists():  # checked before locking: the lock would create the directory
+        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
+    with run.locked("ikd export"):
+        lineage = run.load()
+        node = _find_node(run, lineage, node_id)
+        model, metadata = _load_node(run, node)
+        dataset = metadata["dataset"]
+        out_dir = Path(out) if out is not None else run.path / EXPORT_DIR / node.id
+        result = ExportResult(node=node, format=fmt, files=[])
+        # onnxruntime's latency needs the graph even when only safetensors are written
+        graph = (onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
+                 if fmt == "onnx" or measure_latency else b"")
+        if fmt == "onnx":
+            # checked in memory first: a failed check leaves no model.onnx behind
+            campaign_data_dir = lineage.config.get("data", {}).get("dir")
+            result.verification = verify_onnx(graph, model, dataset, data_dir or campaign_data_dir)
+            target = out_dir / ONNX_FILE
+            atomic_write_bytes(target, graph)
+        else:
+            target = out_dir / WEIGHTS_FILE
+            atomic_write_bytes(target, safetensors_bytes(
+                _state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}))
+        result.files.append(target)
+        if measure_latency:
+            _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats)
+        summary_path = out_dir / SUMMARY_FILE
+        atomic_write_json(summary_path, _summary_document(summary_path, result))
+        result.files.append(summary_path)
+    return result
+
+
+def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
+    node = lineage.node(node_id)
+    if node is None:
+        ids = [n.id for n in lineage.nodes]
+        shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} nodes)" if len(ids) > 8 else "")
+        raise ConfigError(f"node {node_id!r} is not in {run.lineage_path}; it has: {shown}")
+    return node
+
+
+def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
+    """The node's model in eval mode, after checking it is an ikd model whose weights are intact."""
+    if "external" in node.arch:
+        raise ConfigError(f"node {node.id} is a user-supplied module ({node.arch['external']}); "
+                          "ikd holds no spec or weights for it")
+    weights = run.node_dir(node.id) / WEIGHTS_FILE
+    if not weights.is_file():
+        why = f"it failed during training ({node.reason})" if node.status == "failed" else f"{weights} is missing"
+        raise CheckpointError(f"node {node.id} ({node.status}) has no weights to export: {why}")
+    # add_node recomputes the checksum when the lineage is updated, so a changed file is caught here or never
+    if node.sha256 is not None and file_sha256(weights) != node.sha256:
+        raise CheckpointError(f"{weights}: differs from the sha256 recorded in {run.lineage_path}")
+    model, metadata = load_model(run.node_dir(node.id))
+    return model.eval(), metadata
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+
+
+def _usage_metadata(node: NodeRecord, model: VGG, dataset: dict[str, Any], *, onnx: bool) -> dict[str, str]:
+    """String key/values for the file itself: everything needed to feed the model and read its output."""
+    spec = model.spec
+    expects = ("float32 NCHW images scaled to [0, 1] (pixel / 255); the graph applies ikd.mean/ikd.std itself"
+               if onnx else "float32 NCHW images normalised per channel: (pixel / 255 - ikd.mean) / ikd.std")
+    return {
+        "ikd.node": node.id, "ikd.version": __version__, "ikd.dataset": str(dataset.get("name")),
+        "ikd.arch": json.dumps(spec.to_json_dict()), "ikd.arch_summary": spec.summary(),
+        "ikd.classes": json.dumps(dataset["classes"]),
+        "ikd.mean": json.dumps(dataset["mean"]), "ikd.std": json.dumps(dataset["std"]),
+        "ikd.input_shape": json.dumps(["batch", spec.in_channels, spec.image_size, spec.image_size]),
+        "ikd.input": expects, "ikd.output": "float32 logits (batch, len(ikd.classes))",
+    }
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx prints progress, optional-dependency warnings and deprecations; the command has
+    its own summary. Errors still propagate."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """The serialised ONNX graph of the normalising wrapper, with a dynamic batch dimension."""
+    spec = model.spec
+    wrapper = NormalizedModel(model, dataset["mean"], dataset["std"]).eval()
+    # batch 2: torch.export specialises a dimension traced at size 1
+    example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
+    with _quiet_exporter():
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, verbose=False, external_data=False,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
+    proto = program.model_proto
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
+
+
+def _session(graph: bytes, threads: int) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # as many as PyTorch uses, so the two are comparable
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str | Path | None) -> Verification:
+    """Run up to VERIFY_IMAGES test images through PyTorch (ikd's own normalisation) and the graph."""
+    data = load_dataset(dataset["name"], data_dir, val_fraction=dataset["val_fraction"],
+                        split_seed=dataset["split_seed"], image_size=dataset["image_size"])
+    spec = model.spec
+    if (data.in_channels, data.image_size) != (spec.in_channels, spec.image_size):
+        raise ConfigError(f"dataset {data.name!r} has {data.in_channels}x{data.image_size}x{data.image_size} "
+                          f"images; the node expects {spec.in_channels}x{spec.image_size}x{spec.image_size}")
+    images = data.test.images[:VERIFY_IMAGES]
+    session = _session(graph, torch.get_num_threads())
+    agree, max_diff = 0, 0.0
+    with torch.inference_mode():
+        for start in range(0, len(images), VERIFY_BATCH):
+            batch = images[start:start + VERIFY_BATCH]
+            expected = model(normalize(batch, dataset["mean"], dataset["std"]))
+            scaled = (batch.to(torch.float32) / 255.0).numpy()
+            got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: scaled})[0])
+            agree += int((expected.argmax(1) == got.argmax(1)).sum())
+            max_diff = max(max_diff, float((expected - got).abs().max()))
+    n = len(images)
+    if agree < n or not max_diff <= MAX_LOGIT_DIFF:  # `not <=` also catches NaN
+        raise ExportMismatch(f"the ONNX graph disagrees with PyTorch: top-1 differs on {n - agree} of {n} test "
+                             f"images, max |logit difference| {max_diff:.2e} (allowed {MAX_LOGIT_DIFF:g}); "
+                             f"nothing written")
+    return Verification(images=n, top1_agree=agree, max_abs_logit_diff=max_diff)
+
+
+def _median_ms(run_once: Callable[[], object], repeats: int) -> float:
+    for _ in range(WARMUP_RUNS):  # first runs allocate buffers and pick kernels
+        run_once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def measure_latency(model: VGG, dataset: dict[str, Any], graph: bytes, repeats: int | None = None) -> list[Latency]:
+    """Median ms per forward at each LATENCY_REPEATS batch size, with onnxruntime and PyTorch, on the CPU.
+
+    Both runtimes run the same computation (normalisation included) with the same number of threads.
+    """
+    spec = model.spec
+    wrapper = NormalizedModel(model, dataset["mean"], dataset["std"]).eval()
+    threads = torch.get_num_threads()
+    session = _session(graph, threads)
+    device = cpu_model_name()
+    generator = torch.Generator().manual_seed(0)
+    measured = []
+    with torch.inference_mode():
+        for batch, default_repeats in LATENCY_REPEATS.items():
+            images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
+            feed = {INPUT_NAME: images.numpy()}
+            runners = {"onnxruntime": lambda feed=feed: session.run(None, feed),
+                       "torch": lambda images=images: wrapper(images)}
+            count = repeats or default_repeats
+            measured += [Latency(runtime=runtime, batch=batch, median_ms=_median_ms(runners[runtime], count),
+                                 repeats=count, threads=threads, device=device) for runtime in RUNTIMES]
+    return measured
+
+
+def _comparable(latency: list[Latency], reference: list[Latency]) -> list[Latency]:
+    """The entries of `latency` measured where `reference` was (same CPU, same thread count)."""
+    where = {(m.device, m.threads) for m in reference}
+    return [m for m in latency if (m.device, m.threads) in where]
+
+
+def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResult, model: VGG,
+                              dataset: dict[str, Any], graph: bytes, repeats: int | None) -> None:
+    """Time the node, and the root teacher unless it already has every measurement on this CPU."""
+    node = result.node
+    result.latency = measure_latency(model, dataset, graph, repeats)
+    measured = {node.id: result.latency}
+    root = next((n for n in lineage.nodes if n.status == "teacher"), None)
+    if root is None:
+        result.notes.append("the lineage has no root teacher: no speed-up to report")
+    elif root.id == node.id:
+        result.teacher_id, result.teacher_latency = root.id, result.latency
+    elif "external" in root.arch:
+        result.notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
+    else:
+        result.teacher_id = root.id
+        recorded = _comparable(root.latency, result.latency)
+        if {(m.runtime, m.batch) for m in recorded} >= {(m.runtime, m.batch) for m in result.latency}:
+            result.teacher_latency = recorded
+        else:
+            teacher, teacher_meta = _load_node(run, root)
+            teacher_graph = onnx_graph(teacher, teacher_meta["dataset"], {})
+            result.teacher_latency = measured[root.id] = measure_latency(
+                teacher, teacher_meta["dataset"], teacher_graph, repeats)
+    _record_latency(run, measured)
+
+
+def _record_latency(run: RunDir, measured: dict[str, list[Latency]]) -> None:
+    """Store new measurements in the lineage, replacing earlier ones of the same (runtime, batch)."""
+    lineage = run.load()  # the caller holds the run directory, so this is the latest
+    for node_id, new in measured.items():
+        record = lineage.node(node_id)
+        replaced = {(m.runtime, m.batch) for m in new}
+        kept = [m for m in record.latency if (m.runtime, m.batch) not in replaced]
+        lineage = run.add_node(lineage, record.model_copy(update={"latency": kept + new}))
+
+
+def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:
+    """export.json: one entry per format exported to this directory, and the latest latencies."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    same_weights = isinstance(previous, dict) and previous.get("sha256") == result.node.sha256
+    formats = previous.get("formats", {}) if same_weights else {}
+    formats[result.format] = {
+        "files": [p.name for p in result.files],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "verification": None if result.verification is None else asdict(result.verification),
+    }
+    latency = previous.get("latency") if same_weights else None  # kept by an export with --no-latency
+    if result.latency:
+        latency = {"node": [m.model_dump() for m in result.latency], "teacher": result.teacher_id,
+                   "teacher_latency": [m.model_dump() for m in result.teacher_latency],
+                   "speedup": result.speedups()}
+    return {"node": result.node.id, "sha256": result.node.sha256, "ikd_version": __version__,
+            "formats": formats, "latency": latency}

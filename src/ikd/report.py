@@ -1,0 +1,412 @@
+"""`ikd report`: what a campaign did, as markdown and a self-contained HTML page with three figures.
+
+Everything comes from the run directory: `lineage.json` for the nodes and decisions, each node's
+`model.json` for its per-epoch history. Figures are drawn with matplotlib's object API on the Agg
+canvas (no display, no pyplot global state, no system binaries), saved as PNG next to the report
+and embedded in the HTML as data URIs so the page travels as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ikd.arch import PRESETS, ArchSpec, preset
+from ikd.checkpoint import META_FILE
+from ikd.errors import ConfigError
+from ikd.lineage import Latency, Lineage, NodeRecord, RunDir
+
+REPORT_DIR = "report"
+FIGURES = ("pareto.png", "lineage.png", "training.png")
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "digits": "digits"}
+# Status -> (colour, marker) shared by every figure, so a node looks the same everywhere.
+STYLE = {
+    "teacher": ("#222222", "*"),
+    "accepted": ("#2a9d4b", "o"),
+    "rejected": ("#d1495b", "X"),
+    "candidate": ("#999999", "o"),
+    "failed": ("#7f3c8d", "v"),
+    "baseline": ("#2e6fbf", "D"),
+    "expert": ("#e09f3e", "s"),
+}
+LATENCY_BATCHES = (1, 64)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _points(a: float | None, b: float | None) -> str:
+    """a - b in percentage points, signed."""
+    return "-" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def arch_name(node: NodeRecord) -> str:
+    """A preset's name ("VGG-16") when the node is one, else the spec's one-line summary."""
+    if "external" in node.arch:
+        return str(node.arch["external"])
+    spec = ArchSpec.model_validate(node.arch)
+    for name in PRESETS:
+        if preset(name, in_channels=spec.in_channels, image_size=spec.image_size,
+                  num_classes=spec.num_classes) == spec:
+            return name.upper().replace("VGG", "VGG-")
+    return spec.summary()
+
+
+def arch_summary(node: NodeRecord) -> str:
+    return f"external: {node.arch['external']}" if "external" in node.arch else ArchSpec.model_validate(node.arch).summary()
+
+
+def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
+    return next((m for m in node.latency if m.runtime == runtime and m.batch == batch), None)
+
+
+@dataclass
+class Report:
+    lineage: Lineage
+    dataset: str
+    histories: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def root(self) -> NodeRecord:
+        return self.lineage.root()
+
+    @property
+    def final(self) -> NodeRecord:
+        return self.lineage.final()
+
+    def headline(self) -> str:
+        """The sentence the paper's abstract left blank, filled from this run."""
+        root, final = self.root, self.final
+        teacher = arch_name(root)
+        if final is root:
+            tried = max((n.generation for n in self.lineage.nodes), default=0)
+            return (f"ikd found no student of {teacher} on {self.dataset} within tolerance "
+                    f"({tried} generation{'s' * (tried != 1)} tried); the teacher stands.")
+        reduction = 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32)
+        drop = 100 * (root.test_accuracy - final.test_accuracy)
+        change = f"a {drop:.2f}-point drop" if drop >= 0 else f"a {-drop:.2f}-point gain"
+        val_drop = 100 * (root.val_accuracy - final.val_accuracy)
+        return (f"ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
+                f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
+                f"{_bytes(final.size_bytes_fp32)} fp32) with {change} in test accuracy "
+                f"({100 * root.test_accuracy:.2f}% -> {100 * final.test_accuracy:.2f}%; on validation, the split "
+                f"that chose it, {val_drop:.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
+                f"generation{'s' * (final.generation != 1)}.")
+
+    def ordered_nodes(self) -> list[tuple[NodeRecord, int]]:
+        """(node, depth) depth-first from the root along parent links; parentless nodes last."""
+        children: dict[str | None, list[NodeRecord]] = {}
+        for node in self.lineage.nodes:
+            children.setdefault(node.parent, []).append(node)
+        ordered: list[tuple[NodeRecord, int]] = []
+
+        def visit(node: NodeRecord, depth: int) -> None:
+            ordered.append((node, depth))
+            for child in sorted(children.get(node.id, []), key=lambda n: (n.params, n.id)):
+                visit(child, depth + 1)
+
+        visit(self.root, 0)
+        placed = {n.id for n, _ in ordered}
+        return ordered + [(n, 0) for n in self.lineage.nodes if n.id not in placed]
+
+    def has_latency(self) -> bool:
+        return any(n.latency for n in self.lineage.nodes)
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """One row per node: the numbers a user compares, formatted; raw values are in lineage.json."""
+        root, final = self.root, self.final
+        header = ["node", "gen", "arch", "params", "size (MB)", "reduction %", "MMACs", "val %", "test %",
+                  "drop val (pts)", "drop test (pts)", "status", "teachers"]
+        runtimes = [r for r in ("onnxruntime", "torch") if any(latency_of(n, r, 1) for n in self.lineage.nodes)]
+        for runtime in runtimes:
+            header += [f"{runtime} b{b} ms (speed-up)" for b in LATENCY_BATCHES]
+        rows = []
+        for node, depth in self.ordered_nodes():
+            status = node.status + (" (final)" if node is final and node is not root else "")
+            row = ["\u00a0\u00a0" * depth + node.id, str(node.generation), arch_summary(node), f"{node.params:,}",
+                   f"{node.size_bytes_fp32 / 1e6:.3f}", f"{100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32):.2f}",
+                   f"{node.macs / 1e6:.2f}", _pct(node.val_accuracy), _pct(node.test_accuracy),
+                   _points(root.val_accuracy, node.val_accuracy), _points(root.test_accuracy, node.test_accuracy),
+                   status, "+".join(node.teachers) or "-"]
+            for runtime in runtimes:
+                for batch in LATENCY_BATCHES:
+                    mine, theirs = latency_of(node, runtime, batch), latency_of(root, runtime, batch)
+                    cell = "-" if mine is None else f"{mine.median_ms:.3g}"
+                    if mine is not None and theirs is not None:
+                        cell += f" ({theirs.median_ms / mine.median_ms:.1f}x)"
+                    row.append(cell)
+            rows.append(row)
+        return header, rows
+
+    def facts(self) -> list[str]:
+        """Short lines under the headline: what was searched, why it stopped, the baselines."""
+        config = self.lineage.config
+        search = config.get("search", {})
+        lines = [f"Strategy `{search.get('strategy', 'parent-child')}`, operators "
+                 f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
+                 f"teacher and {search.get('max_step_drop')} of the parent (validation).",
+                 f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}."]
+        trained = [n for n in self.lineage.nodes if n.generation > 0 and n.status not in ("baseline", "expert")]
+        seconds = sum(n.seconds for n in self.lineage.nodes)
+        lines.append(f"{len(trained)} students trained, {sum(n.epochs for n in trained)} epochs; "
+                     f"{seconds / 60:.1f} min of training recorded (teacher included).")
+        baselines = [n for n in self.lineage.nodes if n.status == "baseline"]
+        if baselines and self.final is not self.root:
+            compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
+            lines.append(f"Baselines (same architecture as the final student, same epochs): {compared}; "
+                         f"the chain's student: {_pct(self.final.test_accuracy)}% (test).")
+        lines.append("Test accuracy is reported only; every decision used the validation split.")
+        return lines
+
+
+def load_report(run_dir: Path) -> Report:
+    run = RunDir(Path(run_dir))
+    if not run.exists():
+        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
+    lineage = run.load()
+    if not any(n.status == "teacher" for n in lineage.nodes):
+        raise ConfigError(f"{run.lineage_path}: has no teacher node yet; nothing to report")
+    name = lineage.config.get("data", {}).get("name", "?")
+    histories = {}
+    for node in lineage.nodes:
+        meta = run.node_dir(node.id) / META_FILE
+        try:
+            histories[node.id] = json.loads(meta.read_text()).get("history", []) if meta.is_file() else []
+        except (OSError, ValueError):
+            histories[node.id] = []  # the figure leaves the node out; the table still has it
+    return Report(lineage=lineage, dataset=DATASET_NAMES.get(name, name), histories=histories)
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+def _legend_handles(statuses) -> list[Line2D]:
+    return [Line2D([], [], color=STYLE[s][0], marker=STYLE[s][1], linestyle="", markersize=8, label=s)
+            for s in STYLE if s in statuses]
+
+
+def plot_pareto(report: Report, path: Path) -> None:
+    """Test accuracy against parameters (log scale); the accepted chain to the final student joined."""
+    nodes = [n for n in report.lineage.nodes if n.test_accuracy is not None]
+    fig = Figure(figsize=(8, 5.5), dpi=110)
+    ax = fig.add_subplot()
+    # Candidates that collapsed would squash the interesting band: clip them to the bottom edge.
+    kept = [100 * n.test_accuracy for n in nodes if n.status != "rejected"] or [100 * n.test_accuracy for n in nodes]
+    spread = max(kept) - min(kept)
+    floor = min(kept) - max(1.0, 0.5 * spread)
+    for node in nodes:
+        colour, marker = STYLE[node.status]
+        accuracy = 100 * node.test_accuracy
+        clipped = accuracy < floor
+        ax.scatter(node.params, floor if clipped else accuracy, color=colour, marker="v" if clipped else marker,
+                   s=120 if node.status == "teacher" else 55, zorder=3, edgecolors="white", linewidths=0.6)
+        if clipped:
+            ax.annotate(f"{accuracy:.1f}%", (node.params, floor), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7, color=colour)
+    chain = [n for n in report.lineage.chain(report.final) if n.test_accuracy is not None]
+    ax.plot([n.params for n in chain], [100 * n.test_accuracy for n in chain], color=STYLE["accepted"][0],
+            linewidth=1.2, alpha=0.7, zorder=2)
+    for node in {report.root.id: report.root, report.final.id: report.final}.values():
+        if node.test_accuracy is not None:
+            ax.annotate(f"{node.id}\n{node.params:,} params, {100 * node.test_accuracy:.2f}%",
+                        (node.params, 100 * node.test_accuracy), textcoords="offset points", xytext=(8, 8),
+                        fontsize=8)
+    ax.axhline(100 * report.root.test_accuracy, color="#222222", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(floor - 0.3, max(max(kept), 100 * report.root.test_accuracy) + max(0.5, 0.15 * spread))
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{arch_name(report.root)} on {report.dataset}: accuracy against size")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(handles=_legend_handles({n.status for n in nodes}), loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_lineage(report: Report, path: Path) -> None:
+    """The lineage as a tree, generation by row: parent links solid, other teachers dashed."""
+    ordered = report.ordered_nodes()
+    in_tree = [(n, d) for n, d in ordered if n.status not in ("baseline", "expert")]
+    aside = [n for n, _ in ordered if n.status in ("baseline", "expert")]
+    children: dict[str, list[NodeRecord]] = {}
+    for node, _ in in_tree:
+        if node.parent is not None:
+            children.setdefault(node.parent, []).append(node)
+    # Leaves take consecutive columns in depth-first order; a parent sits above its children's middle.
+    x: dict[str, float] = {}
+    next_column = [0.0]
+
+    def place(node: NodeRecord) -> float:
+        kids = sorted(children.get(node.id, []), key=lambda n: (n.params, n.id))
+        if kids:
+            x[node.id] = sum(place(k) for k in kids) / len(kids)
+        else:
+            x[node.id] = next_column[0]
+            next_column[0] += 1
+        return x[node.id]
+
+    for node, depth in in_tree:
+        if depth == 0 and node.id not in x:
+            place(node)
+    y = {n.id: -n.generation for n, _ in in_tree}
+    depth_max = max((n.generation for n, _ in in_tree), default=0)
+    for i, node in enumerate(aside):  # a row of their own, below the tree
+        x[node.id], y[node.id] = float(i), -(depth_max + 1.5)
+    columns = max(next_column[0], len(aside), 1)
+    rows = depth_max + (2.5 if aside else 1)
+    fig = Figure(figsize=(max(6.0, 1.7 * columns + 1), max(3.0, 1.05 * rows + 1)), dpi=100)
+    ax = fig.add_subplot()
+    for node, _ in in_tree + [(n, 0) for n in aside]:
+        for teacher in node.teachers:
+            if teacher in x and teacher != node.parent:
+                ax.annotate("", (x[node.id], y[node.id]), (x[teacher], y[teacher]),
+                            arrowprops=dict(arrowstyle="-", color="#bbbbbb", linestyle="--", linewidth=0.7,
+                                            connectionstyle="arc3,rad=0.25"), zorder=1)
+        if node.parent in x:
+            ax.plot([x[node.parent], x[node.id]], [y[node.parent], y[node.id]], color="#555555",
+                    linewidth=1.0, zorder=1)
+    final = report.final
+    for node in [n for n, _ in in_tree] + aside:
+        colour = STYLE[node.status][0]
+        label = f"{node.id}\n{node.params:,}\nval {_pct(node.val_accuracy)}%"
+        ax.text(x[node.id], y[node.id], label, ha="center", va="center", fontsize=7.5, zorder=3,
+                bbox=dict(boxstyle="round,pad=0.35", facecolor="white", edgecolor=colour,
+                          linewidth=2.6 if node is final else 1.4))
+    ax.set_xlim(-0.7, columns - 0.3)
+    ax.set_ylim(min(y.values()) - 0.6, 0.6)
+    ax.set_yticks([-g for g in range(depth_max + 1)], [f"gen {g}" for g in range(depth_max + 1)])
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    handles = [Line2D([], [], color=STYLE[s][0], linewidth=3, label=s)
+               for s in STYLE if any(n.status == s for n in report.lineage.nodes)]
+    handles.append(Line2D([], [], color="#bbbbbb", linestyle="--", label="also taught by"))
+    ax.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=0.9)
+    ax.set_title(f"Lineage ({len(report.lineage.nodes)} nodes; thick border: the final student)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_training(report: Report, path: Path) -> None:
+    """Every trained node's loss terms and validation accuracy per epoch, nodes side by side in
+    training order, so a whole campaign reads left to right."""
+    nodes = [n for n in report.lineage.nodes if report.histories.get(n.id)]
+    fig = Figure(figsize=(max(8.0, min(24.0, 0.35 * sum(len(report.histories[n.id]) for n in nodes) + 4)), 7),
+                 dpi=100)
+    loss_ax, acc_ax = fig.subplots(2, 1, sharex=True)
+    terms = sorted({k for n in nodes for e in report.histories[n.id] for k in e.get("train", {})} - {"accuracy"},
+                   key=lambda t: (t != "loss", t))
+    term_colours = dict(zip(terms, ["#222222", "#2e6fbf", "#d1495b", "#2a9d4b", "#e09f3e", "#7f3c8d", "#999999"]))
+    offset, centres = 0, []
+    for node in nodes:
+        history = report.histories[node.id]
+        steps = [offset + i + 1 for i in range(len(history))]
+        for term in terms:
+            values = [e.get("train", {}).get(term) for e in history]
+            points = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v) and v > 0]
+            if points:
+                loss_ax.plot(*zip(*points), color=term_colours.get(term, "#999999"), marker=".", linewidth=1.1)
+        acc = [100 * e["val_accuracy"] for e in history if e.get("val_accuracy") is not None]
+        acc_ax.plot(steps[:len(acc)], acc, color=STYLE[node.status][0], marker="o", markersize=3, linewidth=1.3)
+        centres.append((offset + (len(history) + 1) / 2, node.id))
+        offset += len(history)
+        for ax in (loss_ax, acc_ax):
+            ax.axvline(offset + 0.5, color="#dddddd", linewidth=0.8)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("train loss terms (log)")
+    loss_ax.legend(handles=[Line2D([], [], color=term_colours[t], label=t) for t in terms], fontsize=8, ncol=len(terms))
+    acc_ax.set_ylabel("validation accuracy (%)")
+    accs = [100 * e["val_accuracy"] for n in nodes for e in report.histories[n.id] if e.get("val_accuracy") is not None]
+    if accs:  # early epochs of a fresh child can sit near chance; keep the band that matters readable
+        top = max(accs)
+        acc_ax.set_ylim(max(min(accs), top - 15) - 0.5, top + 0.5)
+    acc_ax.set_xticks([c for c, _ in centres], [label for _, label in centres], rotation=60, ha="right", fontsize=7)
+    acc_ax.legend(handles=_legend_handles({n.status for n in nodes}), fontsize=8, loc="lower left")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, axis="y", alpha=0.25)
+    loss_ax.set_title("Training, node by node, epoch by epoch (accuracy axis: the top 15 points)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# --- documents -------------------------------------------------------------------------------
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CAPTIONS = {
+    "pareto.png": "Test accuracy against parameters. The line joins the accepted chain from the teacher to the final student.",
+    "lineage.png": "Who came from whom: each box is a node (parameters, validation accuracy), coloured by status.",
+    "training.png": "Loss terms and validation accuracy of every trained node, epoch by epoch, in training order.",
+}
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write report.md, report.html and the figures; returns the report directory."""
+    report = load_report(Path(run_dir))
+    out = Path(out) if out is not None else Path(run_dir) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    plot_pareto(report, out / "pareto.png")
+    plot_lineage(report, out / "lineage.png")
+    plot_training(report, out / "training.png")
+    header, rows = report.table()
+    title = f"ikd report: {arch_name(report.root)} on {report.dataset}"
+    latency_note = ("Latency: median of repeated runs after warm-up on the CPU named in lineage.json, "
+                    "speed-up against the teacher on the same runtime and batch (`ikd export`)."
+                    if report.has_latency() else
+                    "No latency yet: `ikd export RUN_DIR --node ID --format onnx` measures it.")
+    markdown = [f"# {title}", "", f"**{report.headline()}**", ""]
+    markdown += [f"- {line}" for line in report.facts()]
+    markdown += ["", "## Nodes", "", _markdown_table(header, rows), "", latency_note, ""]
+    for name in FIGURES:
+        markdown += [f"![{name}]({name})", "", f"*{CAPTIONS[name]}*", ""]
+    (out / "report.md").write_text("\n".join(markdown))
+
+    images = "".join(
+        f"<figure><img alt='{name}' src='data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}'>"
+        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>" for name in FIGURES)
+    facts = "".join(f"<li>{html.escape(line)}</li>" for line in report.facts())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }}
+table {{ border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }}
+th {{ background: #f3f3f3; }} td:first-child, td:nth-child(3), td:nth-child(12), td:nth-child(13) {{ text-align: left; }}
+.headline {{ font-size: 1.15em; font-weight: 600; }} img {{ max-width: 100%; }} figure {{ margin: 2em 0; }}
+figcaption {{ color: #555; font-size: 0.9em; }} .scroll {{ overflow-x: auto; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="headline">{html.escape(report.headline())}</p>
+<ul>{facts}</ul>
+<h2>Nodes</h2><div class="scroll">{_html_table(header, rows)}</div>
+<p>{html.escape(latency_note)}</p>
+{images}
+</body></html>
+"""
+    (out / "report.html").write_text(page)
+    return out

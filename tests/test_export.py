@@ -1,0 +1,189 @@
+"""`ikd export`: the exported files compute what the node computes, latencies land in the lineage,
+and every user mistake is one line with exit code 2."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_search import campaign_config
+
+import ikd.export
+from ikd.arch import ArchSpec
+from ikd.checkpoint import load_model
+from ikd.cli import main
+from ikd.data import normalize
+from ikd.export import export_node
+from ikd.lineage import Latency, RunDir
+from ikd.model import build_model
+from ikd.search import compress
+
+NODE, ROOT = "g1-width", "g0-teacher"
+MEASURED = {(runtime, batch) for runtime in ("onnxruntime", "torch") for batch in (1, 64)}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, tiny_teacher):
+    """A finished two-node campaign (root teacher and one width child); tests work on copies."""
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    compress(campaign_config(run_dir, tiny_teacher, max_generations=1, operators=["width"]), progress=False)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(campaign, tmp_path):
+    return shutil.copytree(campaign, tmp_path / "run")
+
+
+def test_onnx_export_agrees_with_pytorch_and_describes_its_input(run_dir, digits):
+    result = export_node(run_dir, NODE, "onnx", measure_latency=False)
+    assert result.verification.images == 256 and result.verification.top1_agree == 256
+    assert result.verification.max_abs_logit_diff < 1e-3
+
+    # Independently of the built-in check: raw [0, 1] images in, the node's logits out, any batch size.
+    path = run_dir / "export" / NODE / "model.onnx"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    model, metadata = load_model(run_dir / "nodes" / NODE)
+    model.eval()
+    for batch in (1, 7):
+        images = digits.test.images[-batch:]
+        (logits,) = session.run(["logits"], {"images": (images.float() / 255).numpy()})
+        with torch.inference_mode():
+            expected = model(normalize(images, metadata["dataset"]["mean"], metadata["dataset"]["std"])).numpy()
+        assert logits.shape == (batch, 10)
+        assert np.array_equal(logits.argmax(1), expected.argmax(1)) and np.abs(logits - expected).max() < 1e-4
+
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["ikd.classes"]) == metadata["dataset"]["classes"]
+    assert json.loads(props["ikd.mean"]) == metadata["dataset"]["mean"]
+    assert json.loads(props["ikd.std"]) == metadata["dataset"]["std"]
+    assert props["ikd.arch_summary"] == model.spec.summary()
+    summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
+    assert summary["formats"]["onnx"]["verification"]["top1_agree"] == 256 and summary["latency"] is None
+
+
+def test_a_graph_that_disagrees_is_refused_and_not_written(run_dir, monkeypatch, capsys):
+    # A classic exporter bug: the graph forgets to normalise its input.
+    monkeypatch.setattr(ikd.export.NormalizedModel, "forward", lambda self, images: self.model(images))
+    code = main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--no-latency"])
+    err = capsys.readouterr().err
+    assert code == 2 and "disagrees with PyTorch" in err and len(err.strip().splitlines()) == 1
+    assert not (run_dir / "export" / NODE / "model.onnx").exists()
+
+
+def test_safetensors_export_loads_back_into_an_identical_model(run_dir):
+    export_node(run_dir, NODE, "safetensors", measure_latency=False)
+    path = run_dir / "export" / NODE / "model.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    original, original_meta = load_model(run_dir / "nodes" / NODE)
+    # Rebuilt from the file alone, without model.json or the run directory.
+    rebuilt = build_model(ArchSpec.model_validate_json(metadata["ikd.arch"]))
+    state = load_file(path)
+    assert state.keys() == original.state_dict().keys()  # the model's tensors and nothing else
+    rebuilt.load_state_dict(state, strict=True)
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], tensor), name
+    x = torch.randn(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(rebuilt.eval()(x), original.eval()(x))
+    assert json.loads(metadata["ikd.mean"]) == original_meta["dataset"]["mean"]
+    assert json.loads(metadata["ikd.classes"]) == original_meta["dataset"]["classes"]
+    assert json.loads(metadata["ikd.input_shape"]) == ["batch", 1, 8, 8]
+
+
+def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
+    before = RunDir(run_dir).load()
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and ROOT in out and "256/256" in out
+
+    run = RunDir(run_dir)
+    lineage = run.load()  # still validates
+    assert [n.id for n in lineage.nodes] == [n.id for n in before.nodes]
+    assert run.verify(lineage) == []
+    for node_id in (NODE, ROOT):
+        latency = lineage.node(node_id).latency
+        assert {(m.runtime, m.batch) for m in latency} == MEASURED and len(latency) == len(MEASURED)
+        assert all(m.median_ms > 0 and m.repeats == 2 and m.threads >= 1 and m.device for m in latency)
+    summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
+    speedups = summary["latency"]["speedup"]
+    assert {(s["runtime"], s["batch"]) for s in speedups} == MEASURED
+    assert all(s["speedup"] == pytest.approx(s["teacher_ms"] / s["node_ms"]) for s in speedups)
+
+
+def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
+    run = RunDir(run_dir)
+    # The root was timed elsewhere: not comparable, so it is timed again here and that entry replaced.
+    lineage = run.load()
+    elsewhere = Latency(runtime="torch", batch=1, median_ms=9.0, repeats=5, threads=64, device="another CPU")
+    run.add_node(lineage, lineage.node(ROOT).model_copy(update={"latency": [elsewhere]}))
+
+    export_node(run_dir, NODE, "onnx", repeats=1)
+    first = run.load()
+    export_node(run_dir, NODE, "safetensors", repeats=2)
+    second = run.load()
+    assert "another CPU" not in {m.device for m in first.node(ROOT).latency}
+    for lineage in (first, second):
+        for node_id in (NODE, ROOT):
+            assert len(lineage.node(node_id).latency) == len(MEASURED)
+    assert {m.repeats for m in second.node(NODE).latency} == {2}
+    # The root already had every measurement on this CPU: reused, not timed again.
+    assert second.node(ROOT).latency == first.node(ROOT).latency
+    summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
+    assert set(summary["formats"]) == {"onnx", "safetensors"}  # both exports are described
+
+
+def test_an_external_root_is_not_timed_and_cannot_be_exported(run_dir, capsys):
+    run = RunDir(run_dir)
+    lineage = run.load()
+    run.add_node(lineage, lineage.node(ROOT).model_copy(update={"arch": {"external": "UserNet"}}))
+    result = export_node(run_dir, NODE, "safetensors", repeats=1)
+    assert result.speedups() == [] and "user-supplied" in " ".join(result.notes)
+    assert run.load().node(ROOT).latency == []
+    assert main(["export", str(run_dir), "--node", ROOT, "--format", "onnx"]) == 2
+    assert "user-supplied module" in capsys.readouterr().err
+
+
+def _add_node_without_weights(run_dir, node_id, status):
+    run = RunDir(run_dir)
+    lineage = run.load()
+    run.add_node(lineage, lineage.node(NODE).model_copy(update={"id": node_id, "status": status, "sha256": None}))
+
+
+@pytest.mark.parametrize("node, fmt, expected", [
+    ("nope", "onnx", "'nope' is not in"),
+    ("g1-width", "tflite", "expected one of onnx, safetensors"),
+    ("g1-broken", "onnx", "(failed) has no weights"),
+    ("g1-gone", "safetensors", "(rejected) has no weights"),
+])
+def test_user_mistakes_exit_2_with_one_line(run_dir, capsys, node, fmt, expected):
+    _add_node_without_weights(run_dir, "g1-broken", "failed")
+    _add_node_without_weights(run_dir, "g1-gone", "rejected")
+    assert main(["export", str(run_dir), "--node", node, "--format", fmt]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    if node == "nope":
+        assert ROOT in err and NODE in err  # it names ids that do exist
+    assert not (run_dir / "export").exists()
+
+
+def test_a_directory_without_lineage_is_refused(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--node", NODE, "--format", "onnx"]) == 2
+    assert "lineage.json: not found" in capsys.readouterr().err
+    assert not (tmp_path / ".lock").exists()  # nothing created in a directory that is not a run
+
+
+def test_export_refuses_while_a_campaign_holds_the_run_dir(run_dir, capsys):
+    with RunDir(run_dir).locked("a running `ikd compress`"):
+        assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx"]) == 2
+    assert "in use by a running `ikd compress`" in capsys.readouterr().err
+    assert not (run_dir / "export").exists()
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "safetensors", "--no-latency"]) == 0

@@ -1,0 +1,139 @@
+"""`ikd report` and `--log tensorboard`: numbers from the lineage, valid figures, a self-contained page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ikd.cli import main
+from ikd.config import load_config
+from ikd.lineage import Latency, RunDir
+from ikd.report import FIGURES, load_report, write_report
+from ikd.search import compress
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_teacher):
+    """A tiny finished campaign with baselines, logged to TensorBoard."""
+    path = tmp_path_factory.mktemp("report") / "run"
+    config = load_config(None, {
+        "run_dir": str(path), "teacher.dir": str(tiny_teacher), "precision": "fp32", "device": "cpu",
+        "student.epochs": 2, "student.batch_size": 64, "search.max_drop": 100.0, "search.max_step_drop": 100.0,
+        "search.max_generations": 2, "search.candidates": "all", "baselines": True, "log": "tensorboard"})
+    compress(config, progress=False)
+    return path
+
+
+def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[1:]:
+        cells = [cell.strip().replace("\u00a0", "") for cell in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def test_report_numbers_come_from_the_lineage(run_dir):
+    out = write_report(run_dir)
+    lineage = RunDir(run_dir).load()
+    rows = _table_rows((out / "report.md").read_text())
+    assert set(rows) == {n.id for n in lineage.nodes}
+    root, final = lineage.root(), lineage.final()
+    for node in lineage.nodes:
+        row = rows[node.id]
+        assert row["params"] == f"{node.params:,}"
+        assert float(row["test %"]) == pytest.approx(100 * node.test_accuracy, abs=0.006)
+        assert float(row["val %"]) == pytest.approx(100 * node.val_accuracy, abs=0.006)
+        assert float(row["drop test (pts)"]) == pytest.approx(100 * (root.test_accuracy - node.test_accuracy), abs=0.006)
+        assert float(row["reduction %"]) == pytest.approx(100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32), abs=0.006)
+        assert row["status"].startswith(node.status)
+        assert row["teachers"] == ("+".join(node.teachers) or "-")
+    assert rows[final.id]["status"] == "accepted (final)"
+    assert {rows["baseline-scratch"]["status"], rows["baseline-oneshot-kd"]["status"]} == {"baseline"}
+    headline = load_report(run_dir).headline()
+    reduction = 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32)
+    assert f"by {reduction:.2f}% in memory footprint" in headline
+    assert f"{final.compression:.1f}x fewer parameters" in headline
+    assert f"{100 * final.test_accuracy:.2f}%" in headline and f"in {final.generation} generations" in headline
+
+
+def test_figures_are_readable_pngs(run_dir):
+    out = write_report(run_dir)
+    for name in FIGURES:
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+            width, height = image.size
+            assert 500 <= width <= 4000 and 300 <= height <= 4000, (name, image.size)
+            pixels = np.asarray(image.convert("L"), dtype=np.float32)
+        # something is drawn: not a blank canvas
+        assert pixels.std() > 10 and (pixels < 128).mean() > 0.002, name
+
+
+def test_html_is_self_contained(run_dir):
+    out = write_report(run_dir)
+    page = (out / "report.html").read_text()
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert [base64.b64decode(e) for e in embedded] == [(out / name).read_bytes() for name in FIGURES]
+    assert not re.search(r"""(src|href)=['"](?!data:)""", page)  # no file or network references
+    assert load_report(run_dir).headline() in html.unescape(page)
+
+
+def test_latency_appears_with_its_speed_up(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    lineage = run.load()
+    measure = dict(runtime="onnxruntime", repeats=5, threads=2, device="test cpu")
+    root, final = lineage.root(), lineage.final()
+    lineage = run.add_node(lineage, root.model_copy(update={"latency": [Latency(batch=1, median_ms=4.0, **measure)]}))
+    run.add_node(lineage, final.model_copy(update={"latency": [Latency(batch=1, median_ms=0.5, **measure)]}))
+    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5 (8.0x)"
+    assert rows[root.id]["onnxruntime b1 ms (speed-up)"] == "4 (1.0x)"
+    assert rows[final.id]["onnxruntime b64 ms (speed-up)"] == "-"
+
+
+def test_a_campaign_without_survivors_says_so(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    document = json.loads((copy / "lineage.json").read_text())
+    for node in document["nodes"]:
+        if node["status"] == "accepted":
+            node["status"] = "rejected"
+    (copy / "lineage.json").write_text(json.dumps(document))
+    report = load_report(copy)
+    assert report.final.id == "g0-teacher"
+    assert "found no student" in report.headline() and "2 generations tried" in report.headline()
+    write_report(copy)  # figures still draw with no accepted chain
+
+
+def test_report_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lineage.json: not found" in err
+
+
+def test_tensorboard_log_has_every_epoch_of_every_node(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lineage = RunDir(run_dir).load()
+    trained = [n for n in lineage.nodes if n.generation > 0 or n.status == "baseline"]
+    assert {p.name for p in (run_dir / "tb").iterdir()} == {n.id for n in trained}
+    for node in trained:
+        events = EventAccumulator(str(run_dir / "tb" / node.id))
+        events.Reload()
+        accuracy = [e.value for e in events.Scalars("val/accuracy")]
+        assert len(accuracy) == node.epochs
+        assert max(accuracy) == pytest.approx(node.val_accuracy)  # the saved weights are the best epoch's
+        terms = {"train/loss", "train/kd", "train/ce", "train/hint"} if node.teachers else {"train/loss"}
+        assert terms | {"lr", "val/loss"} <= set(events.Tags()["scalars"])
