@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_DIR := runs/digits-demo
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench paper clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: install-dev
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+
+# The paper's table (benchmarks/paper.py): campaigns per dataset x teacher x operators, each row
+# labelled with its budget. Hours on a CPU; narrow it, e.g. make paper PAPER_ARGS="--rows 'mnist-vgg16-*'".
+PAPER_ARGS ?= --rows 'mnist-vgg16-*'
+paper: install
+	$(BIN)/python benchmarks/paper.py $(PAPER_ARGS) --markdown benchmarks/results/paper.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,237 @@
+"""The paper's results table: memory reduction and accuracy drop of ikd's campaigns, beside published anchors.
+
+One row per (dataset, teacher, operators): MNIST and CIFAR-10 (JPEG-Q75), VGG-16 and VGG-19,
+shrinking by depth only, width only, or both. Each row is a campaign run with the shipped config
+(`configs/<dataset>-<teacher>.yaml`) under the budget given here, stated in the output. A row's run
+directory is resumed, so an interrupted table continues where it stopped, and `--reuse ROW=DIR`
+takes a campaign already run (its own budget is read from its lineage and printed). The final
+student is exported to ONNX, checked against PyTorch and timed beside its teacher (`ikd export`).
+
+    python benchmarks/paper.py --rows 'mnist-vgg16-*' --data-dir mnist=../shared/data/mnist \
+        --teacher mnist-vgg16=runs/mnist-vgg16 --markdown benchmarks/results/paper.md
+    python benchmarks/paper.py --collect-only --reuse mnist-vgg16-depth+width=runs/mnist-campaign ...
+    python benchmarks/paper.py --quick      # digits, a tiny budget, under a minute: a smoke run
+
+Rows not run (no `--collect-only` campaign on disk, or filtered out) are listed as such.
+Last line: `RESULT row_x=... row_drop=... ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import ikd
+from ikd.config import load_config
+from ikd.errors import IkdError
+from ikd.export import export_node
+from ikd.lineage import Lineage, RunDir
+from ikd.report import arch_name, latency_of
+from ikd.search import compress
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("mnist", "cifar10")
+TEACHERS = ("vgg16", "vgg19")
+OPERATORS = (("depth",), ("width",), ("depth", "width"))
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG-Q75)", "digits": "digits"}
+# Published results, quoted for orientation; none is reproduced here (full CIFAR-10 or MNIST,
+# GPU budgets of hundreds of epochs, other architectures' heads).
+ANCHORS = [
+    ("Network Slimming (Liu et al. 2017)", "VGG-19", "CIFAR-10", "88.5% fewer params", "+0.14 (accuracy up)"),
+    ("Pruning Filters (Li et al. 2017)", "VGG-16", "CIFAR-10", "64% fewer params", "+0.15 (accuracy up)"),
+    ("HRank (Lin et al. 2020)", "VGG-16", "CIFAR-10", "82.9% fewer params", "-0.53"),
+    ("Deep Compression (Han et al. 2016)", "LeNet-5", "MNIST", "39x smaller (pruning + quantisation + coding)", "0.00"),
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    teacher: str
+    operators: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.teacher}-{'+'.join(self.operators)}"
+
+    @property
+    def config(self) -> Path:
+        name = "digits-demo" if self.dataset == "digits" else f"{self.dataset}-{self.teacher}"
+        return ROOT / "configs" / f"{name}.yaml"
+
+
+def all_rows() -> list[Row]:
+    return [Row(d, t, ops) for d in DATASETS for t in TEACHERS for ops in OPERATORS]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pairs(values: list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict; a malformed one is a usage error."""
+    parsed = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise SystemExit(f"paper.py: error: {flag} {value!r}: expected KEY=VALUE")
+        parsed[key] = rest
+    return parsed
+
+
+def budget_of(lineage: Lineage) -> str:
+    """The row's budget as it ran, read back from its lineage (so a reused run is labelled by its own)."""
+    config = lineage.config
+    root = lineage.root()
+    students = [n for n in lineage.nodes if n.generation > 0 and n.status not in ("baseline", "expert")]
+    teacher = f"teacher {root.epochs} ep" if root.epochs else "teacher imported"
+    return (f"{teacher}; {config['student']['epochs']} ep/child, {len(students)} children "
+            f"({sum(n.epochs for n in students)} child-epochs), max_drop {config['search']['max_drop']}")
+
+
+def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None) -> Lineage:
+    """Export the final student to ONNX (verified against PyTorch) and time it beside the teacher."""
+    final = lineage.final()
+    if final is lineage.root() or latency_of(final, "onnxruntime", 1):
+        return lineage
+    export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats)
+    return RunDir(run_dir).load()
+
+
+def row_result(row: Row, lineage: Lineage) -> dict:
+    root, final = lineage.root(), lineage.final()
+    speedups = {}
+    for runtime in ("onnxruntime", "torch"):
+        mine, theirs = latency_of(final, runtime, 1), latency_of(root, runtime, 1)
+        speedups[runtime] = theirs.median_ms / mine.median_ms if mine and theirs else None
+    baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.status == "baseline"}
+    return {
+        "row": row.name, "dataset": DATASET_LABELS.get(row.dataset, row.dataset), "teacher": arch_name(root),
+        "operators": "+".join(row.operators), "budget": budget_of(lineage),
+        "teacher_test": 100 * root.test_accuracy, "params": final.params, "root_params": root.params,
+        "reduction": 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32), "x": final.compression,
+        "test": 100 * final.test_accuracy, "drop": 100 * (root.test_accuracy - final.test_accuracy),
+        "val_drop": 100 * (root.val_accuracy - final.val_accuracy), "generations": final.generation,
+        "speedup_ort": speedups["onnxruntime"], "speedup_torch": speedups["torch"],
+        "scratch": baselines.get("baseline-scratch"), "oneshot": baselines.get("baseline-oneshot-kd"),
+        "train_minutes": sum(n.seconds for n in lineage.nodes) / 60, "stop": lineage.stop_reason,
+    }
+
+
+def markdown(results: list[dict], missing: list[str], args, command: str) -> str:
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    lines = [
+        "# The paper's table: ikd's campaigns beside published compression results", "",
+        f"Command: `{command}`", "",
+        f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, ikd {ikd.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Every row states the budget it ran with; "
+        "CIFAR-10 here is the JPEG-Q75 variant. Accuracy drop = teacher test % - student test %; the student is "
+        "the smallest accepted by validation (test never used to choose). Latency speed-up: teacher ms / student "
+        "ms at batch 1, same runtime, this CPU. Drops are points lost (negative: the student scored higher). "
+        "Training min: the nodes' recorded training time, teacher and baselines included.", "",
+        "| dataset | teacher | operators | budget | teacher test % | student params | memory reduction % | "
+        "compression x | test drop (pts) | val drop (pts) | generations | speed-up ORT b1 | speed-up torch b1 | "
+        "scratch test % | one-shot KD test % | training min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['dataset']} | {r['teacher']} | {r['operators']} | {r['budget']} | {r['teacher_test']:.2f} | "
+            f"{r['params']:,} | {r['reduction']:.2f} | {r['x']:.1f} | {r['drop']:.2f} | {r['val_drop']:.2f} | "
+            f"{r['generations']} | {fmt(r['speedup_ort'], '.1f')} | {fmt(r['speedup_torch'], '.1f')} | "
+            f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |")
+    if missing:
+        lines += ["", "Not run in this table (budget): " + ", ".join(f"`{m}`" for m in missing) + "."]
+    lines += ["", "Published anchors (quoted from the papers, not reproduced here; full datasets, their own "
+              "training budgets; accuracy change as reported, positive = better than the baseline):", "",
+              "| method | network | dataset | size reduction | accuracy change (pts) |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {n} | {d} | {s} | {a} |" for m, n, d, s, a in ANCHORS]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="*", help="glob over row names, e.g. 'mnist-*' or 'mnist-vgg16-width'")
+    parser.add_argument("--data-dir", action="append", default=[], metavar="DATASET=DIR")
+    parser.add_argument("--teacher", action="append", default=[], metavar="DATASET-ARCH=DIR",
+                        help="a trained teacher (`ikd train` output) to import instead of training one")
+    parser.add_argument("--reuse", action="append", default=[], metavar="ROW=RUN_DIR",
+                        help="take this finished (or resumable) campaign for the row")
+    parser.add_argument("--student-epochs", type=int, help="student.epochs (default: the config's)")
+    parser.add_argument("--teacher-epochs", type=int, help="teacher.epochs when one is trained (default: the config's)")
+    parser.add_argument("--max-generations", type=int)
+    parser.add_argument("--budget-epochs", type=int, help="search.budget_epochs per row")
+    parser.add_argument("--baselines", action="store_true", help="also train scratch and one-shot KD baselines")
+    parser.add_argument("--collect-only", action="store_true", help="train nothing: tabulate the run dirs on disk")
+    parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
+    parser.add_argument("--repeats", type=int, help="latency repeats (default: ikd export's)")
+    parser.add_argument("--markdown", help="write the table here")
+    parser.add_argument("--quick", action="store_true", help="digits, VGG-16, width only, tiny budget")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    data_dirs, teachers = pairs(args.data_dir, "--data-dir"), pairs(args.teacher, "--teacher")
+    reuse = pairs(args.reuse, "--reuse")
+    overrides = {"student.epochs": args.student_epochs, "teacher.epochs": args.teacher_epochs,
+                 "search.max_generations": args.max_generations, "search.budget_epochs": args.budget_epochs,
+                 "baselines": args.baselines or None}
+    rows = [r for r in all_rows() if fnmatch.fnmatch(r.name, args.rows)]
+    if args.quick:
+        rows = [Row("digits", "vgg16", ("width",))]
+        overrides |= {"teacher.epochs": 2, "student.epochs": 1, "search.max_generations": 2,
+                      "search.max_drop": 100.0, "search.max_step_drop": 100.0}
+        args.repeats = args.repeats or 3
+    if not rows:
+        raise SystemExit(f"paper.py: error: --rows {args.rows!r} matches none of: "
+                         f"{', '.join(r.name for r in all_rows())}")
+
+    results, missing = [], []
+    for row in rows:
+        run_dir = Path(reuse.get(row.name, Path(args.out) / row.name))
+        data_dir = data_dirs.get(row.dataset)
+        try:
+            if args.collect_only or row.name in reuse:
+                if not RunDir(run_dir).exists():
+                    missing.append(row.name)
+                    continue
+                lineage = RunDir(run_dir).load()
+                if not args.collect_only and lineage.stop_reason is None:
+                    print(f"paper.py: {row.name}: {run_dir} is unfinished; run it with ikd compress first",
+                          file=sys.stderr)
+            else:
+                config = load_config(row.config, overrides | {
+                    "run_dir": str(run_dir), "search.operators": list(row.operators), "data.dir": data_dir,
+                    "teacher.dir": teachers.get(f"{row.dataset}-{row.teacher}"), "teacher.arch": row.teacher})
+                lineage = compress(config, progress=not args.quiet)
+            lineage = measure(run_dir, lineage, data_dir, args.repeats)
+        except IkdError as exc:
+            print(f"paper.py: {row.name}: error: {exc}", file=sys.stderr)
+            return 2
+        results.append(row_result(row, lineage))
+        r = results[-1]
+        print(f"{row.name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
+
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    text = markdown(results, missing + [r.name for r in all_rows() if r not in rows and not args.quick], args, command)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    print("RESULT " + " ".join(f"{r['row']}_x={r['x']:.1f} {r['row']}_drop={r['drop']:.2f}" for r in results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
