@@ -30,6 +30,9 @@ from ikd.runtime import resolve_device, resolve_precision
 from ikd.shrink import shrink_depth, shrink_width
 from ikd.train import TrainConfig, evaluate, train_model
 
+# benchmarks/common.py: a script's own directory is on sys.path
+from common import print_result, write_record
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -103,8 +106,9 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(f"# Distillation ablation\n\nCommand: `python {' '.join(sys.argv)}`\n\n{text}\n")
-    print(f"RESULT best_gamma={best_gamma:g} inherit_gain_points={100 * (inherited['val'] - scratch['val']):.2f}")
+        write_record(args.markdown, "Distillation ablation", text)
+    print_result({"best_gamma": f"{best_gamma:g}",
+                  "inherit_gain_points": f"{100 * (inherited['val'] - scratch['val']):.2f}"})
     return 0
 
 

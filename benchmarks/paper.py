@@ -20,15 +20,10 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-import ikd
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
@@ -36,7 +31,8 @@ from ikd.lineage import Lineage, RunDir
 from ikd.report import arch_name, latency_of
 from ikd.search import compress
 
-ROOT = Path(__file__).resolve().parents[1]
+# benchmarks/common.py: a script's own directory is on sys.path
+from common import ROOT, command_line, machine_line, print_result
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
@@ -69,16 +65,6 @@ class Row:
 
 def all_rows() -> list[Row]:
     return [Row(d, t, ops) for d in DATASETS for t in TEACHERS for ops in OPERATORS]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -137,8 +123,7 @@ def markdown(results: list[dict], missing: list[str], args, command: str) -> str
     lines = [
         "# The paper's table: ikd's campaigns beside published compression results", "",
         f"Command: `{command}`", "",
-        f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, ikd {ikd.__version__}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Every row states the budget it ran with; "
+        f"Machine: {machine_line()}. Every row states the budget it ran with; "
         "CIFAR-10 here is the JPEG-Q75 variant. Accuracy drop = teacher test % - student test %; the student is "
         "the smallest accepted by validation (test never used to choose). Latency speed-up: teacher ms / student "
         "ms at batch 1, same runtime, this CPU. Drops are points lost (negative: the student scored higher). "
@@ -224,12 +209,13 @@ def main() -> int:
         r = results[-1]
         print(f"{row.name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
 
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
-    text = markdown(results, missing + [r.name for r in all_rows() if r not in rows and not args.quick], args, command)
+    text = markdown(results, missing + [r.name for r in all_rows() if r not in rows and not args.quick], args,
+                    command_line())
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
-    print("RESULT " + " ".join(f"{r['row']}_x={r['x']:.1f} {r['row']}_drop={r['drop']:.2f}" for r in results))
+    print_result({key: value for r in results
+                  for key, value in ((f"{r['row']}_x", f"{r['x']:.1f}"), (f"{r['row']}_drop", f"{r['drop']:.2f}"))})
     return 0
 
 

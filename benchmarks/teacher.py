@@ -22,17 +22,12 @@ from pathlib import Path
 
 import torch
 
+# benchmarks/common.py: a script's own directory is on sys.path
+from common import cpu_name, print_result
+
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
 
 
 def main() -> int:
@@ -86,9 +81,9 @@ Data: {meta['dataset']['sizes']['train']} train / {meta['dataset']['sizes']['val
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     Path(args.markdown).write_text(text)
     print(text)
-    print(f"RESULT dataset={args.dataset} arch={args.arch} epochs={args.epochs} "
-          f"test_accuracy={metrics['test_of_saved_weights']['accuracy']:.4f} "
-          f"best_val_accuracy={metrics['best']['val_accuracy']:.4f} wall_s={wall:.0f}")
+    print_result({"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs,
+                  "test_accuracy": f"{metrics['test_of_saved_weights']['accuracy']:.4f}",
+                  "best_val_accuracy": f"{metrics['best']['val_accuracy']:.4f}", "wall_s": f"{wall:.0f}"})
     return 0
 
 

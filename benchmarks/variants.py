@@ -18,32 +18,21 @@ Last line: `RESULT name=value ...`.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-import ikd
 from ikd.config import load_config
 from ikd.search import compress
+
+# benchmarks/common.py: a script's own directory is on sys.path
+from common import machine_line, print_result, repo_path, write_record
 
 STRATEGIES = ("parent-child", "parent-children", "ancestors-child", "ancestors-children")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(config_path, overrides: dict, progress: bool):
-    config = load_config(config_path, overrides)
+    config = load_config(repo_path(config_path), overrides)
     started = time.perf_counter()
     lineage = compress(config, progress=progress)
     return lineage, time.perf_counter() - started
@@ -127,8 +116,7 @@ def main() -> int:
         cost = {"k": k, "together": t_seconds - root_seconds, "separate": separate - (k * root_seconds),
                 "root_seconds": root_seconds, "teacher": together.root().arch}
 
-    lines = [f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, ikd {ikd.__version__}. Config `{args.config}`, {args.epochs} epoch(s) "
+    lines = [f"Machine: {machine_line()}. Config `{args.config}`, {args.epochs} epoch(s) "
              f"per candidate, budget {args.budget_epochs} child-epochs per strategy, seed {args.seed}.", "",
              "| strategy | smallest accepted | params | x | val % | test % | drop (test, points) | "
              "epochs spent | generations | nodes trained | wall s (teacher excluded) | stop |",
@@ -145,11 +133,13 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
-    result = " ".join(f"{r['strategy']}_x={r['x']:.1f} {r['strategy']}_test={r['test']:.2f}" for r in rows)
+        write_record(args.markdown, "The four variants at one budget", text)
+    result = {}
+    for r in rows:
+        result |= {f"{r['strategy']}_x": f"{r['x']:.1f}", f"{r['strategy']}_test": f"{r['test']:.2f}"}
     if cost:
-        result += f" k{cost['k']}_together_over_separate={cost['together'] / cost['separate']:.2f}"
-    print(f"RESULT {result}")
+        result[f"k{cost['k']}_together_over_separate"] = f"{cost['together'] / cost['separate']:.2f}"
+    print_result(result)
     return 0
 
 

@@ -25,3 +25,51 @@ def test_paper_table_quick(tmp_path):
     assert "| digits | VGG-16 | width |" in table and "Network Slimming" in table
     # the final student was exported and timed beside its teacher
     assert "| - | - | - | - |" not in table.split("| digits |")[1].splitlines()[0]
+
+
+def result_of(out: str) -> dict[str, str]:
+    """The RESULT line (which must be the last line of stdout) as a dict."""
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), last
+    return dict(pair.split("=", 1) for pair in last.split()[1:])
+
+
+def quick_record(script: str, tmp_path: Path, *extra: str) -> tuple[dict[str, str], str]:
+    """Run a script's --quick mode with a markdown record; its RESULT values and the record."""
+    record = tmp_path / "record.md"
+    result = result_of(run_quick(script, "--markdown", str(record), *extra, tmp_path=tmp_path))
+    text = record.read_text()
+    assert f"Command: `python benchmarks/{script} --quick" in text and "Machine: " in text
+    return result, text
+
+
+def test_kd_throughput_quick(tmp_path):
+    result, text = quick_record("kd_throughput.py", tmp_path)
+    assert {"ikd_img_s", "reference_img_s", "speedup", "speedup_without_cache", "cache_s", "ikd_val",
+            "reference_val", "accuracy_gap_points", "goal_met"} <= set(result)
+    assert "| reference (Dataset + DataLoader, 0 workers) |" in text
+
+
+def test_kd_overhead_quick(tmp_path):
+    result, _ = quick_record("kd_overhead.py", tmp_path)
+    assert result["teacher"] == "cached"
+    assert {"kd_over_ce", "kd_with_cache_over_ce", "cache_s", "ce_s", "kd_s", "goal_met"} <= set(result)
+
+
+def test_children_cost_quick(tmp_path):
+    result, _ = quick_record("children_cost.py", tmp_path)
+    assert result["k"] == "4"
+    assert {"generation_s", "cache_s", "children_ce_s", "denominator_s", "ratio", "goal_met"} <= set(result)
+
+
+def test_utilisation_quick(tmp_path):
+    result, _ = quick_record("utilisation.py", tmp_path)
+    assert {"peak_gflops", "1x28_vgg16_peak_fraction", "1x28_w0.5_peak_fraction", "1x28_w0.25_peak_fraction",
+            "goal_met"} <= set(result)
+
+
+def test_campaign_quick(tmp_path):
+    result, text = quick_record("campaign.py", tmp_path)
+    assert {"wall_min", "peak_rss_gib", "compression", "test_drop_points", "val_drop_points", "final_params",
+            "goals_met"} <= set(result)
+    assert float(result["peak_rss_gib"]) > 0 and "g0-teacher" in text

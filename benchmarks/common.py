@@ -1,0 +1,204 @@
+"""What every benchmark script shares: where it ran, the matmul peak, the record it writes, its RESULT line.
+
+The scripts are run as `python benchmarks/<name>.py`, and Python puts a script's own directory
+first on `sys.path`, so they import this module as plain `common` -- no path juggling needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import ikd
+from ikd.arch import ArchSpec, preset
+from ikd.checkpoint import load_model
+from ikd.data import DataSplits, ImageSet, load_dataset
+from ikd.inherit import inherit_weights
+from ikd.model import VGG, build_model
+from ikd.runtime import Precision, cpu_model_name
+from ikd.shrink import shrink_width
+from ikd.train import TrainConfig, TrainResult, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Training FLOPs per multiply-accumulate: 2 FLOPs per MAC, times forward + backward for the inputs
+# + backward for the weights -- the usual estimate.
+TRAIN_FLOPS_PER_MAC = 3 * 2
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    name = cpu_model_name()
+    return name if name != "unknown" else (platform.processor() or platform.machine())
+
+
+def machine_line() -> str:
+    """One line saying where and when a number was measured."""
+    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"ikd {ikd.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def command_line() -> str:
+    """The command that is running, as someone would retype it from the repository root."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(ROOT)
+    except ValueError:
+        pass
+    return "python " + shlex.join([script.as_posix(), *sys.argv[1:]])
+
+
+def repo_path(path: str | Path) -> Path:
+    """`path` as given when it exists from here, else relative to the repository root (so shipped
+    configs are found whatever the working directory)."""
+    path = Path(path)
+    return path if path.exists() or path.is_absolute() else ROOT / path
+
+
+def write_record(path: str | Path, title: str, body: str) -> None:
+    """A markdown record of a run: its title, the exact command, then the script's own text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\nCommand: `{command_line()}`\n\n{body.rstrip()}\n")
+
+
+def print_result(values: dict[str, object]) -> None:
+    """The last stdout line: `RESULT name=value ...`, so a number can be checked by rerunning."""
+    for name, value in values.items():
+        if not name or any(c.isspace() or c == "=" for c in name) or any(c.isspace() for c in str(value)):
+            raise ValueError(f"RESULT entries need names and values without spaces: {name!r}={value!r}")
+    print("RESULT " + " ".join(f"{name}={value}" for name, value in values.items()), flush=True)
+
+
+def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Best FLOP/s of an n x n matmul over several repeats: what this machine can do at best."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int, warmup: int) -> float:
+    """Median images/s of bare training steps (forward, CE, backward, SGD) on one fixed random batch:
+    the model's own arithmetic with nothing around it, the ceiling for any training loop."""
+    torch.manual_seed(0)
+    model = build_model(spec).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size)
+    y = torch.randint(0, spec.num_classes, (batch,))
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        with precision.autocast():
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+# --- the distillation benchmarks' shared set-up: data, a teacher, a student inherited from it -------
+
+CPU = torch.device("cpu")  # the issue is about this CPU; everything here runs on it
+FP32 = Precision("fp32", "cpu", None)
+
+
+def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every distillation benchmark takes, with the same meaning in each."""
+    parser.add_argument("--dataset", default="mnist", help="ikd dataset name (with --teacher: its own)")
+    parser.add_argument("--data-dir", help="e.g. ../shared/data/mnist")
+    parser.add_argument("--teacher", metavar="DIR",
+                        help="an `ikd train` output (e.g. runs/mnist-vgg16); default: a random-init VGG-16")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int,
+                        help="train on the first STEPS x batch-size training images only (default: the whole split)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", help="also write a record (command, machine, table) to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@dataclass(frozen=True)
+class KDSetup:
+    data: DataSplits
+    teacher: VGG
+    teacher_label: str  # what the teacher is, for the record
+
+
+def kd_setup(args: argparse.Namespace) -> KDSetup:
+    """The data (on the teacher's own validation split) and the teacher the flags name; with
+    --steps, the training split cut to exactly that many batches, so every cost is per those images."""
+    if args.teacher:
+        teacher, meta = load_model(Path(args.teacher), map_location=CPU)
+        recorded = meta["dataset"]
+        if recorded["name"] != args.dataset:
+            raise SystemExit(f"--teacher {args.teacher} was trained on {recorded['name']}, not {args.dataset}; "
+                             f"pass --dataset {recorded['name']}")
+        data = load_dataset(args.dataset, args.data_dir, val_fraction=recorded["val_fraction"],
+                            split_seed=recorded["split_seed"])
+        label = f"{args.teacher} ({teacher.spec.summary()}, {teacher.spec.num_params():,} params, trained)"
+    else:
+        data = load_dataset(args.dataset, args.data_dir)
+        spec = preset("vgg16", in_channels=data.in_channels, image_size=data.image_size,
+                      num_classes=data.num_classes)
+        teacher = build_model(spec, seed=args.seed)
+        label = (f"random-init VGG-16 ({spec.num_params():,} params; no --teacher given, so accuracies say "
+                 "nothing about distillation)")
+    if args.steps:
+        data = first_train_images(data, args.steps * args.batch_size)
+    return KDSetup(data, teacher.eval(), label)
+
+
+def first_train_images(data: DataSplits, n: int) -> DataSplits:
+    if n > len(data.train):
+        raise SystemExit(f"--steps asks for {n} training images; {data.name} has {len(data.train)}")
+    return replace(data, train=ImageSet(data.train.images[:n], data.train.labels[:n]))
+
+
+def width_student(teacher: VGG, factor: float, seed: int) -> VGG:
+    """The teacher's width child (every conv scaled by `factor`), initialised from the teacher's
+    weights as a campaign's child is (`student.inherit: true`). factor 1: the teacher's own arch."""
+    spec = teacher.spec if factor == 1 else shrink_width(teacher.spec, factor)
+    student = build_model(spec, seed=seed)
+    inherit_weights(student, teacher)
+    return student
+
+
+def train_images_per_epoch(data: DataSplits, batch_size: int) -> int:
+    """Images one training epoch sees (ikd drops the last partial batch)."""
+    n = len(data.train)
+    return n - n % batch_size if n >= batch_size else n
+
+
+def loop_seconds(result: TrainResult, images_per_epoch: int) -> float:
+    """Wall time of a solo model's training loops (data preparation included, validation not),
+    from the images/s that ikd records per epoch."""
+    return sum(images_per_epoch / record.images_per_s for record in result.history)
+
+
+def warm_up(model: VGG, data: DataSplits, config: TrainConfig, objective_for=None) -> None:
+    """Two untimed steps on a copy of `model` (with `objective_for(copy)`'s objective, else CE) and a
+    one-batch validation: the first steps at a shape build its kernels, and no side of a comparison
+    should pay that alone."""
+    n = config.batch_size
+    small = replace(data, val=ImageSet(data.val.images[:n], data.val.labels[:n]))
+    model = copy.deepcopy(model)
+    objective = objective_for(model) if objective_for else None
+    train_model(model, small, config.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2}),
+                objective=objective, progress=False)
