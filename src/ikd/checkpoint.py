@@ -6,6 +6,7 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -13,10 +14,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import safetensors.torch
 import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ikd import __version__
 from ikd.arch import ArchSpec
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+TEMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` beside their target
 
 
 def _umask() -> int:
@@ -38,9 +41,15 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` all or nothing: a temporary file beside it, fsynced, then renamed.
+
+    Any failure (a full or read-only disk, an interrupt) leaves `path` as it was and removes the
+    temporary file; an OSError names `path`, as a failed write or fsync by itself names no file.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         # mkstemp makes the file owner-only; results are meant to be shared like any file the user writes
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
@@ -48,8 +57,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
 
 
@@ -62,14 +75,7 @@ def save_model(directory: Path, model: VGG, metadata: dict[str, Any]) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, directory / WEIGHTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(directory / WEIGHTS_FILE, safetensors.torch.save(state))
     atomic_write_json(directory / META_FILE, {**metadata, "arch": model.spec.to_json_dict()})
 
 
@@ -119,8 +125,8 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a model directory written by `ikd train`")
     try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON or a huge number
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(document, dict) or "arch" not in document:
         raise CheckpointError(f"{path}: expected a JSON object with an 'arch' key")
@@ -143,17 +149,27 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tup
         state = load_file(weights, device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
+    needed, stored = spec.stored_tensor_bytes(), sum(t.numel() * t.element_size() for t in state.values())
+    if needed > stored:  # checked before the model is built: a spec alone could ask for terabytes
+        raise CheckpointError(f"{weights}: weights do not match the spec in {META_FILE} (the spec needs "
+                              f"{needed:,} bytes of tensors, the file holds {stored:,})")
     model = build_model(spec)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
+    wrong_dtype = [k for k in expected if k in state and state[k].dtype != expected[k].dtype]
+    if missing or unexpected or wrong_shape or wrong_dtype:
         detail = "; ".join(
             f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape),
+                                ("wrong dtype", wrong_dtype))
             if keys
         )
         raise CheckpointError(f"{weights}: weights do not match the spec in {META_FILE} ({detail})")
+    not_finite = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not_finite:  # ikd never saves a diverged model, so these bytes were damaged
+        raise CheckpointError(f"{weights}: NaN or infinite values in {', '.join(not_finite[:3])}"
+                              f"{' ...' if len(not_finite) > 3 else ''}; expected finite weights")
     model.load_state_dict(state)
     return model.to(map_location), metadata

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -27,6 +30,23 @@ from ikd.train import TrainConfig, evaluate, train_model
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 1  # what Python itself exits with on EPIPE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler, systemd) stops ikd the way Ctrl-C does: the node in training is
+    abandoned, every finished one stays, and rerunning the command resumes."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are reported like every other ikd error: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"ikd: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _validated_config(**values) -> TrainConfig:
@@ -235,9 +255,9 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before or after the command; SUPPRESS keeps a subcommand's default
     # from overwriting a flag given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ikd", parents=[common],
         description="Compress convolutional networks by iterative knowledge distillation.")
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
@@ -348,24 +368,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # signal handlers can only be set from the main thread; elsewhere (an embedding app) SIGTERM is theirs
+    own_signals = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if own_signals else None
+    try:
+        return _run(build_parser().parse_args(argv))
+    finally:
+        if own_signals:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace) -> int:
     debug = getattr(args, "debug", False)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is handled below
+        return status
     except IkdError as exc:
         if debug:
             raise
         print(f"ikd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader left early (`ikd lineage RUN | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush cannot fail again (the Python docs' recipe).
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (embedded, captured)
+            pass
+        return EXIT_BROKEN_PIPE
     except OSError as exc:  # unreadable input, read-only or full disk: the user's to fix
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"ikd: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("ikd: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"ikd: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not a user error: say so, keep the traceback behind --debug
         if debug:

@@ -201,11 +201,16 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if path is not None:
         source = str(path)
         try:
-            document = yaml.safe_load(Path(path).read_text()) or {}
+            document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a YAML file") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, absurd nesting
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{path}: not valid YAML ({first_line})") from None
+        if document is None:  # an empty file: the defaults
+            document = {}
         if not isinstance(document, dict):
             raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     for dotted, value in (overrides or {}).items():

@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
+from ikd.checkpoint import TEMP_SUFFIX, WEIGHTS_FILE, atomic_write_json
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
 
 LINEAGE_FILE = "lineage.json"
@@ -29,13 +29,14 @@ NODES_DIR = "nodes"
 LINEAGE_VERSION = 1
 # candidate: trained, waiting for the rest of its generation before the accept/reject decision.
 Status = Literal["teacher", "expert", "candidate", "accepted", "rejected", "failed", "baseline"]
-_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")  # used with fullmatch
+_NODE_ID_RULE = "expected letters, digits, '_', '-', '.' (max 80)"
 
 
 def check_node_id(node_id: str) -> str:
     """Node ids become directory names: only plain names, never a path that leaves the run dir."""
-    if not _NODE_ID.match(node_id) or node_id in (".", ".."):
-        raise ConfigError(f"node id {node_id!r}: expected letters, digits, '_', '-', '.' (max 80)")
+    if not _NODE_ID.fullmatch(node_id):
+        raise ConfigError(f"node id {node_id!r}: {_NODE_ID_RULE}")
     return node_id
 
 
@@ -78,6 +79,15 @@ class NodeRecord(BaseModel):
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
     latency: list[Latency] = Field(default_factory=list, description="filled by `ikd export`")
 
+    @field_validator("id", "parent", "teachers")
+    @classmethod
+    def _plain_ids(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # checked on load too, so a tampered lineage.json cannot name a path outside the run dir
+        for node_id in value if isinstance(value, list) else [value]:
+            if node_id is not None and not _NODE_ID.fullmatch(node_id):
+                raise ValueError(_NODE_ID_RULE)
+        return value
+
 
 def rank(node: NodeRecord) -> tuple[int, float]:
     """Survivor order: fewer parameters first, then higher validation accuracy."""
@@ -96,7 +106,11 @@ class Lineage(BaseModel):
         return next((n for n in self.nodes if n.id == node_id), None)
 
     def root(self) -> NodeRecord:
-        return next(n for n in self.nodes if n.status == "teacher")
+        root = next((n for n in self.nodes if n.status == "teacher"), None)
+        if root is None:
+            raise CheckpointError("the lineage has no root teacher (no node with status 'teacher'); "
+                                  "expected a lineage.json written by `ikd compress`")
+        return root
 
     def final(self) -> NodeRecord:
         """The campaign's answer: the smallest accepted student (the root when none was)."""
@@ -109,6 +123,24 @@ class Lineage(BaseModel):
         while path[-1].parent is not None and (parent := self.node(path[-1].parent)) is not None:
             path.append(parent)
         return path[::-1]
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_unused(path: Path, created: list[Path]) -> None:
+    """Remove a run directory (and the parents made for it) that holds nothing but its lock."""
+    with contextlib.suppress(OSError):
+        if os.listdir(path) == [LOCK_FILE]:
+            (path / LOCK_FILE).unlink()
+            for directory in created:
+                directory.rmdir()
 
 
 def file_sha256(path: Path) -> str:
@@ -137,8 +169,11 @@ class RunDir:
         """Hold the run directory for one writer (a campaign, an export) at a time.
 
         An advisory flock: the kernel releases it when the holder dies, even by kill -9, so a
-        crashed campaign never leaves a stale lock behind.
+        crashed campaign never leaves a stale lock behind. Temporary files such a crash left are
+        removed once the lock is held; a run directory this call created is removed again if
+        nothing was written into it (a campaign that fails before any work leaves nothing).
         """
+        created = _missing_dirs(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             handle = open(self.path / LOCK_FILE, "a+")
@@ -155,21 +190,33 @@ class RunDir:
             handle.truncate()
             handle.write(f"{purpose} (pid {os.getpid()})")
             handle.flush()
+            self._remove_stale_temp_files()
             try:
                 yield self
             finally:
                 handle.seek(0)
                 handle.truncate()
+                if created:
+                    _remove_if_unused(self.path, created)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Atomic writes a kill -9 cut short leave `.<name>.<random>.tmp` files; only the lock holder
+        may remove them, as any other writer's would be live."""
+        for stale in self.path.rglob(f".*{TEMP_SUFFIX}"):  # rglob does not follow symlinked dirs
+            if stale.is_file():
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
     def exists(self) -> bool:
         return self.lineage_path.is_file()
 
     def load(self) -> Lineage:
         try:
-            document = json.loads(self.lineage_path.read_text())
-            return Lineage.model_validate(document)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            document = json.loads(self.lineage_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON or a huge number
             raise CheckpointError(f"{self.lineage_path}: not readable JSON ({exc})") from None
+        try:
+            return Lineage.model_validate(document)
         except ValidationError as exc:
             where, first = first_validation_error(exc)
             raise CheckpointError(f"{self.lineage_path}: invalid {where}: {first['msg']}") from None

@@ -503,6 +503,7 @@ class Campaign:
         if not any(candidates for _, candidates in branches):
             return f"no operator can shrink {', '.join(p.id for p in frontier)} further"
         kept: list[NodeRecord] = []
+        failed: list[NodeRecord] = []
         skipped: list[str] = []
         out_of_budget = False
         for parent, candidates in branches:
@@ -511,6 +512,7 @@ class Campaign:
             out_of_budget |= stopped
             for node in trained:
                 if node.status == "failed":
+                    failed.append(node)
                     continue
                 reason = self._within_tolerance(parent, node)
                 if reason is None:
@@ -526,7 +528,8 @@ class Campaign:
         beam = search.beam if search.select == "tree" else 1
         chosen = sorted(kept, key=rank)[:beam]
         if not chosen:
-            return budget_note or f"generation {generation}: no candidate stayed within tolerance"
+            failures = f" ({'; '.join(n.reason for n in failed)})" if failed else ""
+            return budget_note or f"generation {generation}: no candidate stayed within tolerance{failures}"
         reason = "smallest within tolerance" if beam == 1 else f"within the beam of {beam} (smallest within tolerance)"
         if skipped and not budget_note:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"

@@ -1,0 +1,374 @@
+"""Reliability: bad input is refused in one line, and interruptions or full disks lose no finished work.
+
+The catalogue of bad inputs and the kill -9 / SIGTERM / NaN fault injection live in
+benchmarks/reliability.py (run here in --quick form); the tests below pin down the pieces one by
+one, in process, where a subprocess would only add start-up time.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+
+from ikd import cli
+from ikd.checkpoint import load_model, read_metadata
+from ikd.config import CampaignConfig, load_config, validate_config
+from ikd.errors import CheckpointError, ConfigError
+from ikd.lineage import Lineage, NodeRecord, RunDir
+from ikd.search import Campaign
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import fault_injection  # noqa: E402
+import reliability  # noqa: E402
+
+
+def campaign_args(teacher, run_dir, *extra):
+    return ["compress", "--teacher", str(teacher), "--dataset", "digits", "--run-dir", str(run_dir),
+            "--epochs", "1", "--max-drop", "100", "--max-step-drop", "100", "--max-generations", "1",
+            "--precision", "fp32", "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_teacher):
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(campaign_args(tiny_teacher, run_dir)) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+@pytest.fixture
+def injected(monkeypatch):
+    """Faults from benchmarks/fault_injection.py, undone after the test: every attribute they
+    replace is registered with monkeypatch first."""
+    for target, name in [(os, "fsync"), (os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"),
+                         (os, "rmdir"), (os, "open"), (os, "mkdir"), (builtins, "open"), (io, "open")]:
+        monkeypatch.setattr(target, name, getattr(target, name))
+    return fault_injection
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("ikd: error:")
+    return lines[0]
+
+
+def temp_files(directory: Path) -> list[Path]:
+    return sorted(directory.rglob("*.tmp"))
+
+
+# --- SIGTERM, broken pipes, a lineage without a root --------------------------------------------
+
+
+def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, tiny_teacher, monkeypatch, capsys):
+    real_train = Campaign._train_students
+    calls = []
+
+    def terminated_in_the_second_child(self, candidates, **kw):
+        calls.append(candidates[0].node_id)
+        if len(calls) == 2:
+            # only with ikd's handler in place: the default action would end pytest itself
+            assert signal.getsignal(signal.SIGTERM) is cli._raise_terminated
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_train(self, candidates, **kw)
+
+    monkeypatch.setattr(Campaign, "_train_students", terminated_in_the_second_child)
+    before = signal.getsignal(signal.SIGTERM)
+    args = campaign_args(tiny_teacher, tmp_path / "run", "--max-generations", "2")
+    assert cli.main(args) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "ikd: interrupted (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) is before  # given back to whoever called main
+    run = RunDir(tmp_path / "run")
+    partial = run.load()
+    assert [n.id for n in partial.nodes] == ["g0-teacher", "g1-width"] and run.verify(partial) == []
+    assert temp_files(run.path) == [] and not run.node_dir("g2-width").exists()
+
+    monkeypatch.setattr(Campaign, "_train_students", real_train)
+    assert cli.main(args) == 0
+    final = run.load()
+    assert final.node("g1-width").sha256 == partial.node("g1-width").sha256
+    assert final.node("g2-width").status == "accepted" and final.stop_reason.startswith("max_generations")
+
+
+def test_a_closed_pipe_is_not_an_error(finished_run):
+    """`ikd lineage RUN | head`: the reader leaves before ikd writes; nothing on stderr."""
+    process = subprocess.Popen([sys.executable, "-m", "ikd", "lineage", str(finished_run)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # long before ikd has imported torch
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == cli.EXIT_BROKEN_PIPE
+    assert stderr == ""
+
+
+def test_a_lineage_without_a_root_teacher_is_a_clear_error():
+    node = NodeRecord(id="g1-width", generation=1, status="accepted", arch={}, params=1, size_bytes_fp32=4,
+                      macs=1, compression=1.0)
+    with pytest.raises(CheckpointError, match="no root teacher"):
+        Lineage(config={}, nodes=[node]).root()
+
+
+def test_usage_mistakes_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compress", "--strategy", "bogus"])
+    assert exit_.value.code == cli.EXIT_USAGE
+    assert "invalid choice: 'bogus'" in one_error_line(capsys)
+
+
+# --- read-only and full disks ------------------------------------------------------------------
+
+
+def test_a_full_disk_on_resume_leaves_the_lineage_as_it_was(run_copy, tiny_teacher, injected, capsys):
+    before = reliability.snapshot(run_copy)
+    injected.on_write("enospc", "lineage.json", 1)
+    assert cli.main(campaign_args(tiny_teacher, run_copy)) == cli.EXIT_USAGE
+    line = one_error_line(capsys)
+    assert line == f"ikd: error: {run_copy / 'lineage.json'}: No space left on device"
+    assert reliability.snapshot(run_copy) == before
+    run = RunDir(run_copy)
+    assert run.verify(run.load()) == []
+
+
+def test_a_disk_filling_up_mid_campaign_keeps_finished_nodes(tmp_path, tiny_teacher, injected, monkeypatch, capsys):
+    injected.on_write("enospc", "model.safetensors", 2)  # the first child's weights
+    args = campaign_args(tiny_teacher, tmp_path / "run")
+    assert cli.main(args) == cli.EXIT_USAGE
+    assert "model.safetensors: No space left on device" in one_error_line(capsys)
+    run = RunDir(tmp_path / "run")
+    partial = run.load()
+    assert [n.id for n in partial.nodes] == ["g0-teacher"] and run.verify(partial) == []
+    assert temp_files(run.path) == []
+
+    monkeypatch.undo()  # space again
+    assert cli.main(args) == 0
+    final = run.load()
+    assert final.node("g0-teacher").sha256 == partial.node("g0-teacher").sha256
+    assert final.node("g1-width") is not None and run.verify(final) == []
+
+
+def test_a_read_only_run_directory_is_refused_and_still_readable(run_copy, tiny_teacher, injected, capsys):
+    before = reliability.snapshot(run_copy.parent)
+    injected.read_only(str(run_copy))
+    assert cli.main(campaign_args(tiny_teacher, run_copy)) == cli.EXIT_USAGE
+    assert one_error_line(capsys).endswith("cannot open the run directory for writing (Read-only file system)")
+    assert cli.main(["lineage", str(run_copy)]) == 0  # reading needs no write access
+    assert "g1-width" in capsys.readouterr().out
+    new = run_copy.parent / "new" / "run"
+    injected.read_only(str(run_copy.parent))
+    assert cli.main(campaign_args(tiny_teacher, new)) == cli.EXIT_USAGE
+    assert "Read-only file system" in one_error_line(capsys)
+    assert reliability.snapshot(run_copy.parent) == before
+
+
+def test_a_campaign_that_fails_before_any_work_leaves_no_run_directory(tmp_path, capsys):
+    run_dir = tmp_path / "new" / "deeper" / "run"
+    assert cli.main(campaign_args(tmp_path / "no-teacher", run_dir)) == cli.EXIT_USAGE
+    assert "model.json: not found" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_a_kill_left_are_removed_by_the_next_run(run_copy, tiny_teacher):
+    stale = [run_copy / ".lineage.json.k1ll3d.tmp", run_copy / "nodes" / "g1-width" / ".model.safetensors.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    assert cli.main(campaign_args(tiny_teacher, run_copy)) == 0
+    assert temp_files(run_copy) == []
+
+
+def test_force_continues_a_run_directory_from_another_config(run_copy, tiny_teacher, capsys):
+    before = reliability.snapshot(run_copy)
+    assert cli.main(campaign_args(tiny_teacher, run_copy, "--max-drop", "0.5")) == cli.EXIT_USAGE
+    assert "search.max_drop: 100.0 -> 0.5" in one_error_line(capsys)
+    assert reliability.snapshot(run_copy) == before
+    assert cli.main(campaign_args(tiny_teacher, run_copy, "--max-drop", "0.5", "--force")) == 0
+    assert RunDir(run_copy).load().config["search"]["max_drop"] == 0.5
+
+
+# --- files that would crash a naive reader -----------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe binary", "not UTF-8"),
+    (b"[" * 100_000, "not valid YAML"),
+    (b"seed: " + b"9" * 5000, "not valid YAML"),
+    (b"seed: !!python/object/apply:os.system ['true']", "not valid YAML"),
+    (b"0", "expected a mapping"),  # falsy, but not empty: not the defaults
+])
+def test_config_files_that_are_not_configs(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(path)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, '{"arch": ' + "9" * 5000 + "}", "\udcff"])
+def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, content):
+    (tmp_path / "model.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_metadata(tmp_path)
+    (tmp_path / "lineage.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CheckpointError, match="not readable JSON"):
+        RunDir(tmp_path).load()
+
+
+@pytest.mark.parametrize("node_id", ["../escape", "/etc", "a/b", ".hidden", "ok\n", ""])
+def test_node_ids_that_could_leave_the_run_directory_are_refused_on_load(run_copy, node_id):
+    document = json.loads((run_copy / "lineage.json").read_text())
+    document["nodes"][1]["id"] = node_id
+    (run_copy / "lineage.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="invalid nodes.1.id"):
+        RunDir(run_copy).load()
+
+
+def test_weights_that_do_not_fit_their_spec_are_refused_before_anything_is_built(tmp_path, tiny_teacher):
+    teacher = tmp_path / "t"
+    shutil.copytree(tiny_teacher, teacher)
+    meta = json.loads((teacher / "model.json").read_text())
+    meta["arch"]["blocks"] = [[200_000, 200_000]]  # 1.4 TB of weights if it were built
+    (teacher / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="the spec needs 1,440,"):
+        load_model(teacher)
+    shutil.copy(tiny_teacher / "model.json", teacher / "model.json")
+    state = load_file(teacher / "model.safetensors")
+    save_file({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, teacher / "model.safetensors")
+    with pytest.raises(CheckpointError, match="wrong dtype"):
+        load_model(teacher)
+    state["blocks.0.0.weight"][0, 0, 0, 0] = float("nan")
+    save_file(state, teacher / "model.safetensors")
+    with pytest.raises(CheckpointError, match="NaN or infinite values in blocks.0.0.weight"):
+        load_model(teacher)
+
+
+# --- the config loader under random documents ----------------------------------------------------
+
+SECTIONS = {name: field.annotation for name, field in CampaignConfig.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+TOP_KEYS = sorted(CampaignConfig.model_fields)
+PLAUSIBLE = ["parent-child", "parent-children", "ancestors-child", "ancestors-children", "best", "tree", "all",
+             "depth", "width", ["depth", "width"], ["prune"], [], 0.5, [0.25, 0.5], [0.0], 1.5, 0, 1, 2, -1, 100,
+             101, "fp32", "bf16", "cpu", "cuda", "auto", "digits", "cifar10", "vgg11", "vgg16", "resnet", "onecycle",
+             "cosine", "none", "crop-flip", "mean-kd", "mean-probs", "each", "tensorboard", "smallest-first", True]
+LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
+                   st.sampled_from(PLAUSIBLE))
+VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+JUNK_KEYS = st.one_of(st.text(max_size=8), st.integers(-3, 3), st.none(), st.booleans())
+
+
+def section_documents(model) -> st.SearchStrategy:
+    keys = st.one_of(st.sampled_from(sorted(model.model_fields)), JUNK_KEYS)
+    return st.dictionaries(keys, VALUES, max_size=5)
+
+
+@st.composite
+def documents(draw):
+    keys = draw(st.lists(st.one_of(st.sampled_from(TOP_KEYS), JUNK_KEYS), max_size=6, unique=True))
+    document = {}
+    for key in keys:
+        model = SECTIONS.get(key)
+        document[key] = draw(section_documents(model) if model and draw(st.booleans()) else VALUES)
+    return document
+
+
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _valid_or_config_error(load) -> None:
+    try:
+        config = load()
+    except ConfigError as error:
+        assert "\n" not in str(error)
+        return
+    assert isinstance(config, CampaignConfig)
+
+
+@FUZZ
+@given(document=st.one_of(documents(), VALUES))
+def test_fuzz_config_documents(document):
+    _valid_or_config_error(lambda: validate_config(document, "fuzz"))
+
+
+@FUZZ
+@given(document=documents())
+def test_fuzz_config_files(document):
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "c.yaml"
+        path.write_text(yaml.safe_dump(document))
+        _valid_or_config_error(lambda: load_config(path))
+
+
+@FUZZ
+@given(content=st.one_of(st.binary(max_size=80), st.text(max_size=80).map(str.encode)))
+def test_fuzz_config_bytes(content):
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "c.yaml"
+        path.write_bytes(content)
+        _valid_or_config_error(lambda: load_config(path))
+
+
+DOTTED = [f"{s}.{k}" for s, model in SECTIONS.items() for k in model.model_fields] + TOP_KEYS
+
+
+@FUZZ
+@given(overrides=st.dictionaries(st.one_of(st.sampled_from(DOTTED), st.text(max_size=8)), VALUES, max_size=4))
+def test_fuzz_config_overrides(overrides):
+    """What the command-line flags feed in."""
+    _valid_or_config_error(lambda: load_config(None, overrides))
+
+
+# --- the audit ------------------------------------------------------------------------------------
+
+
+def test_the_audit_check_flags_every_way_of_failing():
+    good = "ikd: error: x/train-images-idx3-ubyte: wrong magic number 0x00000801\n"
+    assert reliability.check_refusal(2, good, "magic", []) == []
+    crash = "Traceback (most recent call last):\n  File ...\nValueError: boom\n"
+    problems = reliability.check_refusal(1, crash, "magic", [])
+    assert "exit 1, expected 2" in problems and "a traceback on stderr" in problems
+    assert "3 lines on stderr, expected 1" in problems
+    assert reliability.check_refusal(2, "ikd: error: something else\n", "magic", []) == [
+        "the error does not mention 'magic'"]
+    assert reliability.check_refusal(2, "ikd: internal error: magic\n", "magic", []) == [
+        "stderr does not start with 'ikd: error:'"]
+    assert reliability.check_refusal(2, good, "magic", ["added run/.lock"]) == ["files changed: added run/.lock"]
+    before = {"a": "1", "b": "2", "d": "dir"}
+    assert reliability.changes(before, {"a": "1", "b": "3", "c": "4", "d": "dir"}) == ["added c", "modified b"]
+    stop = reliability.Stop("term", expect="terminated")
+    assert reliability.check_stopped(stop, reliability.Run(0, "", 1.0), Path("/nonexistent")) == [
+        "exit 0, expected 130", "last stderr line '', expected 'ikd: interrupted (SIGTERM)'"]
+
+
+def test_quick_audit_finds_no_failures():
+    """benchmarks/reliability.py --quick: real subprocesses, real signals (about a minute)."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "reliability.py"), "--quick"],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    values = dict(re.findall(r"(\w+)=(\w+)", last))
+    assert last.startswith("RESULT ") and values["failures"] == "0", result.stderr[-3000:]
+    assert int(values["bad_inputs"]) >= 4 and values["kill_points"] == "2"
+    assert values["sigterm_points"] == "1" and values["nan_injections"] == "1"
