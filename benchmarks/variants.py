@@ -10,7 +10,7 @@ against the same k children as k separate Parent->Child runs, timed back to back
 
     python benchmarks/variants.py --config configs/mnist-vgg16.yaml --data-dir ../shared/data/mnist \
         --teacher runs/mnist-vgg16 --epochs 1 --budget-epochs 12 --out runs/variants-mnist \
-        --markdown benchmarks/results/variants_mnist.md
+        --markdown benchmarks/results/variants.md
     python benchmarks/variants.py --quick        # digits, tiny budget, about a minute
 Last line: `RESULT name=value ...`.
 """
