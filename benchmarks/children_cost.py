@@ -56,10 +56,7 @@ def main() -> int:
     parser.add_argument("--children", default="width:0.5,width:0.5,width:0.5,width:0.5",
                         help="the generation's children, `depth` or `width:F`, comma-separated (k = their number)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="digits, 3 steps: a smoke run, seconds")
     args = parser.parse_args()
-    if args.quick:
-        args.dataset, args.steps = "digits", args.steps or 3
 
     setup = kd_setup(args)
     data, teacher = setup.data, setup.teacher

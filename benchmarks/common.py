@@ -132,6 +132,7 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", help="also write a record (command, machine, table) to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quick", action="store_true", help="digits, 3 steps: a smoke run, seconds")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class KDSetup:
 def kd_setup(args: argparse.Namespace) -> KDSetup:
     """The data (on the teacher's own validation split) and the teacher the flags name; with
     --steps, the training split cut to exactly that many batches, so every cost is per those images."""
+    if args.quick:
+        args.dataset, args.steps = "digits", args.steps or 3
     if args.teacher:
         teacher, meta = load_model(Path(args.teacher), map_location=CPU)
         recorded = meta["dataset"]

@@ -54,10 +54,7 @@ def main() -> int:
     parser.add_argument("--cache-epochs", type=int, default=5,
                         help="epochs the cache is spread over in the 'with cache' ratio (MNIST config: 5 per child)")
     parser.add_argument("--live", action="store_true", help="run the teacher on every batch instead of caching")
-    parser.add_argument("--quick", action="store_true", help="digits, 3 steps: a smoke run, seconds")
     args = parser.parse_args()
-    if args.quick:
-        args.dataset, args.steps = "digits", args.steps or 3
 
     setup = kd_setup(args)
     data, teacher = setup.data, setup.teacher

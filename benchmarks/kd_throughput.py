@@ -137,10 +137,7 @@ def main() -> int:
                         help="epochs (1 is the issue's case; more shows the cache amortised: the reference "
                              "runs the teacher every epoch)")
     parser.add_argument("--workers", type=int, default=0, help="the reference DataLoader's num_workers")
-    parser.add_argument("--quick", action="store_true", help="digits, 3 steps: a smoke run, seconds")
     args = parser.parse_args()
-    if args.quick:
-        args.dataset, args.steps = "digits", args.steps or 3
 
     setup = kd_setup(args)
     data, teacher = setup.data, setup.teacher
