@@ -32,7 +32,7 @@ import yaml
 from ikd.lineage import RunDir
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import machine_line, print_result, repo_path, write_record
+from common import machine_line, print_result, publish, repo_path
 
 GOALS = {"compression": 500.0, "test_drop_points": 0.3, "wall_min": 30.0, "peak_rss_gib": 6.0}
 
@@ -119,9 +119,7 @@ def main() -> int:
         f"| peak RSS (GiB) | {peak_gib:.2f} | <= {GOALS['peak_rss_gib']:g} | {yes(met['peak_rss_gib'])} |",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "Campaign: wall time and peak memory of a whole MNIST campaign", text)
+    publish(text, args.markdown, "Campaign: wall time and peak memory of a whole MNIST campaign")
     print_result({"wall_min": f"{measured['wall_min']:.2f}", "peak_rss_gib": f"{peak_gib:.2f}",
                   "compression": f"{measured['compression']:.1f}",
                   "test_drop_points": f"{measured['test_drop_points']:.2f}", "val_drop_points": f"{val_drop:.2f}",

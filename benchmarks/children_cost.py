@@ -32,7 +32,7 @@ from ikd.strategy import SEED_STRIDE
 from ikd.train import TrainConfig, train_model, train_models
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import CPU, add_kd_arguments, kd_setup, machine_line, print_result, warm_up, write_record
+from common import CPU, add_kd_arguments, kd_setup, machine_line, print_result, publish, warm_up
 
 GENERATION = 1  # the teacher's children: generation 1 of a campaign, seeded as the campaign seeds it
 GOAL = 1.1  # the issue's
@@ -120,9 +120,7 @@ def main() -> int:
         f"Ratio: {generation / denominator:.3f} (goal <= {GOAL:g}).",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "Children cost: one Parent->Children generation against its children alone", text)
+    publish(text, args.markdown, "Children cost: one Parent->Children generation against its children alone")
     print_result({"k": k, "generation_s": f"{generation:.2f}", "cache_s": f"{cache_seconds:.2f}",
                   "children_ce_s": f"{alone:.2f}", "denominator_s": f"{denominator:.2f}",
                   "ratio": f"{generation / denominator:.3f}",

@@ -72,6 +72,13 @@ def write_record(path: str | Path, title: str, body: str) -> None:
     path.write_text(f"# {title}\n\nCommand: `{command_line()}`\n\n{body.rstrip()}\n")
 
 
+def publish(text: str, markdown: str | Path | None, title: str) -> None:
+    """Print a script's table, and keep it as a record (see write_record) when --markdown names a file."""
+    print(text)
+    if markdown:
+        write_record(markdown, title, text)
+
+
 def print_result(values: dict[str, object]) -> None:
     """The last stdout line: `RESULT name=value ...`, so a number can be checked by rerunning."""
     for name, value in values.items():

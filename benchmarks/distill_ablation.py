@@ -31,7 +31,7 @@ from ikd.shrink import shrink_depth, shrink_width
 from ikd.train import TrainConfig, evaluate, train_model
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import print_result, write_record
+from common import print_result, publish
 
 
 def main() -> int:
@@ -104,9 +104,7 @@ def main() -> int:
     lines += ["", f"Best gamma by validation: {best_gamma:g}. Inherited vs random init at that gamma: "
                   f"{100 * (inherited['val'] - scratch['val']):+.2f} points (validation)."]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "Distillation ablation", text)
+    publish(text, args.markdown, "Distillation ablation")
     print_result({"best_gamma": f"{best_gamma:g}",
                   "inherit_gain_points": f"{100 * (inherited['val'] - scratch['val']):.2f}"})
     return 0

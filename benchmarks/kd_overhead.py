@@ -36,10 +36,10 @@ from common import (
     loop_seconds,
     machine_line,
     print_result,
+    publish,
     train_images_per_epoch,
     warm_up,
     width_student,
-    write_record,
 )
 
 GOAL = 1.15  # the issue's, for cached teacher outputs (no augmentation)
@@ -113,9 +113,7 @@ def main() -> int:
                                       f"epochs: {with_cache:.3f}"),
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "KD overhead: distillation epoch over plain training epoch", text)
+    publish(text, args.markdown, "KD overhead: distillation epoch over plain training epoch")
     print_result({"teacher": "live" if args.live else "cached", "kd_over_ce": f"{kd / ce:.3f}",
                   "kd_with_cache_over_ce": f"{with_cache:.3f}", "cache_s": f"{cache_seconds:.1f}",
                   "ce_s": f"{ce:.2f}", "kd_s": f"{kd:.2f}",

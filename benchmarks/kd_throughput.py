@@ -47,10 +47,10 @@ from common import (
     loop_seconds,
     machine_line,
     print_result,
+    publish,
     train_images_per_epoch,
     warm_up,
     width_student,
-    write_record,
 )
 
 LR = 0.05  # ikd's default peak learning rate (TrainConfig.lr); both sides use it
@@ -183,9 +183,7 @@ def main() -> int:
         f"Goal: >= {GOAL_SPEEDUP:g}x at a gap within {GOAL_GAP:g} points.",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "KD throughput: ikd against a per-sample reference loop", text)
+    publish(text, args.markdown, "KD throughput: ikd against a per-sample reference loop")
     print_result({"ikd_img_s": f"{ikd_rate:.1f}", "reference_img_s": f"{reference_rate:.1f}",
                   "speedup": f"{ikd_rate / reference_rate:.2f}",
                   "speedup_without_cache": f"{reference_seconds / ikd['train']:.2f}",

@@ -32,7 +32,7 @@ from ikd.report import arch_name, latency_of
 from ikd.search import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import ROOT, command_line, machine_line, print_result
+from common import ROOT, machine_line, print_result, publish
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
@@ -117,12 +117,10 @@ def row_result(row: Row, lineage: Lineage) -> dict:
     }
 
 
-def markdown(results: list[dict], missing: list[str], args, command: str) -> str:
+def markdown(results: list[dict], missing: list[str]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     lines = [
-        "# The paper's table: ikd's campaigns beside published compression results", "",
-        f"Command: `{command}`", "",
         f"Machine: {machine_line()}. Every row states the budget it ran with; "
         "CIFAR-10 here is the JPEG-Q75 variant. Accuracy drop = teacher test % - student test %; the student is "
         "the smallest accepted by validation (test never used to choose). Latency speed-up: teacher ms / student "
@@ -209,11 +207,8 @@ def main() -> int:
         r = results[-1]
         print(f"{row.name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
 
-    text = markdown(results, missing + [r.name for r in all_rows() if r not in rows and not args.quick], args,
-                    command_line())
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    text = markdown(results, missing + [r.name for r in all_rows() if r not in rows and not args.quick])
+    publish(text, args.markdown, "The paper's table: ikd's campaigns beside published compression results")
     print_result({key: value for r in results
                   for key, value in ((f"{r['row']}_x", f"{r['x']:.1f}"), (f"{r['row']}_drop", f"{r['drop']:.2f}"))})
     return 0

@@ -20,7 +20,7 @@ from ikd.arch import PRESETS, preset
 from ikd.runtime import Precision, cpu_has_bf16_instructions
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import TRAIN_FLOPS_PER_MAC, bare_train_rate, cpu_name, matmul_peak, print_result, write_record
+from common import TRAIN_FLOPS_PER_MAC, bare_train_rate, cpu_name, matmul_peak, print_result, publish
 
 
 def main() -> int:
@@ -58,9 +58,7 @@ def main() -> int:
     speedup = rows[1][1] / rows[0][1] if len(rows) > 1 else float("nan")
     lines += ["", f"bf16 / fp32 speed-up: {speedup:.2f}x"]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "Training throughput", text)
+    publish(text, args.markdown, "Training throughput")
     results = {"arch": args.arch}
     for name, rate, _, fraction in rows:
         results |= {f"{name}_img_s": f"{rate:.1f}", f"{name}_peak_fraction": f"{fraction:.3f}"}

@@ -43,9 +43,9 @@ from common import (
     machine_line,
     matmul_peak,
     print_result,
+    publish,
     warm_up,
     width_student,
-    write_record,
 )
 
 GOAL = 0.5  # the issue's: at least half the matmul peak for VGG-16-sized students
@@ -138,9 +138,7 @@ def main() -> int:
                   f"{'met' if met else 'not met' if big else 'no VGG-16 row in this run'}. The smaller students have "
                   "no goal and are reported as measured."]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "Utilisation: student training FLOP/s against the matmul peak", text)
+    publish(text, args.markdown, "Utilisation: student training FLOP/s against the matmul peak")
     result = {"precision": precision.name, "peak_gflops": f"{peak / 1e9:.1f}"}
     for r in rows:
         result |= {f"{r['key']}_peak_fraction": f"{r['fraction']:.3f}",

@@ -26,7 +26,7 @@ from ikd.config import load_config
 from ikd.search import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import machine_line, print_result, repo_path, write_record
+from common import machine_line, print_result, publish, repo_path
 
 STRATEGIES = ("parent-child", "parent-children", "ancestors-child", "ancestors-children")
 
@@ -131,9 +131,7 @@ def main() -> int:
                       f"{cost['together'] / cost['separate']:.2f} (the teacher's own {cost['root_seconds']:.1f} s "
                       f"per run is subtracted; teacher blocks {cost['teacher']['blocks']})."]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_record(args.markdown, "The four variants at one budget", text)
+    publish(text, args.markdown, "The four variants at one budget")
     result = {}
     for r in rows:
         result |= {f"{r['strategy']}_x": f"{r['x']:.1f}", f"{r['strategy']}_test": f"{r['test']:.2f}"}

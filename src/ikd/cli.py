@@ -175,33 +175,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tree_order(lineage) -> list[tuple[object, int]]:
-    """(node, depth) in depth-first order from the root along parent links; nodes without a
-    parent in the tree (baselines, experts) come last."""
-    children: dict[str | None, list] = {}
-    for node in lineage.nodes:
-        children.setdefault(node.parent, []).append(node)
-    ordered, placed = [], set()
-
-    def visit(node, depth):
-        ordered.append((node, depth))
-        placed.add(node.id)
-        for child in sorted(children.get(node.id, []), key=lambda n: (n.params, n.id)):
-            visit(child, depth + 1)
-
-    for root in (n for n in lineage.nodes if n.status == "teacher"):
-        visit(root, 0)
-    ordered += [(n, 0) for n in lineage.nodes if n.id not in placed]
-    return ordered
-
-
 def format_lineage(lineage) -> str:
     """The lineage as a tree-shaped table (children indented under their parent), with the
     teachers of each node when some have several, and the stop reason underneath."""
     several = any(len(n.teachers) > 1 for n in lineage.nodes)
     header = ("id", "gen", "arch", "params", "x", "val %", "test %", "status") + (("teachers",) if several else ())
     rows = [header]
-    for node, depth in _tree_order(lineage):
+    for node, depth in lineage.tree_order():
         arch = (f"external: {node.arch['external']}" if "external" in node.arch
                 else ArchSpec.model_validate(node.arch).summary())
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731

@@ -124,6 +124,25 @@ class Lineage(BaseModel):
             path.append(parent)
         return path[::-1]
 
+    def tree_order(self) -> list[tuple[NodeRecord, int]]:
+        """(node, depth) in depth-first order from the root along parent links, smaller children
+        first; nodes without a parent in the tree (baselines, experts) come last at depth 0."""
+        children: dict[str | None, list[NodeRecord]] = {}
+        for node in self.nodes:
+            children.setdefault(node.parent, []).append(node)
+        ordered: list[tuple[NodeRecord, int]] = []
+        placed: set[str] = set()
+
+        def visit(node: NodeRecord, depth: int) -> None:
+            ordered.append((node, depth))
+            placed.add(node.id)
+            for child in sorted(children.get(node.id, []), key=lambda n: (n.params, n.id)):
+                visit(child, depth + 1)
+
+        for root in (n for n in self.nodes if n.status == "teacher"):
+            visit(root, 0)
+        return ordered + [(n, 0) for n in self.nodes if n.id not in placed]
+
 
 def _missing_dirs(path: Path) -> list[Path]:
     """`path` and those of its parents that do not exist yet, deepest first."""

@@ -108,22 +108,6 @@ class Report:
                 f"that chose it, {val_drop:.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
                 f"generation{'s' * (final.generation != 1)}.")
 
-    def ordered_nodes(self) -> list[tuple[NodeRecord, int]]:
-        """(node, depth) depth-first from the root along parent links; parentless nodes last."""
-        children: dict[str | None, list[NodeRecord]] = {}
-        for node in self.lineage.nodes:
-            children.setdefault(node.parent, []).append(node)
-        ordered: list[tuple[NodeRecord, int]] = []
-
-        def visit(node: NodeRecord, depth: int) -> None:
-            ordered.append((node, depth))
-            for child in sorted(children.get(node.id, []), key=lambda n: (n.params, n.id)):
-                visit(child, depth + 1)
-
-        visit(self.root, 0)
-        placed = {n.id for n, _ in ordered}
-        return ordered + [(n, 0) for n in self.lineage.nodes if n.id not in placed]
-
     def has_latency(self) -> bool:
         return any(n.latency for n in self.lineage.nodes)
 
@@ -136,7 +120,7 @@ class Report:
         for runtime in runtimes:
             header += [f"{runtime} b{b} ms (speed-up)" for b in LATENCY_BATCHES]
         rows = []
-        for node, depth in self.ordered_nodes():
+        for node, depth in self.lineage.tree_order():
             status = node.status + (" (final)" if node is final and node is not root else "")
             row = ["\u00a0\u00a0" * depth + node.id, str(node.generation), arch_summary(node), f"{node.params:,}",
                    f"{node.size_bytes_fp32 / 1e6:.3f}", f"{100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32):.2f}",
@@ -239,7 +223,7 @@ def plot_pareto(report: Report, path: Path) -> None:
 
 def plot_lineage(report: Report, path: Path) -> None:
     """The lineage as a tree, generation by row: parent links solid, other teachers dashed."""
-    ordered = report.ordered_nodes()
+    ordered = report.lineage.tree_order()
     in_tree = [(n, d) for n, d in ordered if n.status not in ("baseline", "expert")]
     aside = [n for n, _ in ordered if n.status in ("baseline", "expert")]
     children: dict[str, list[NodeRecord]] = {}
