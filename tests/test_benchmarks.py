@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,3 +75,12 @@ def test_campaign_quick(tmp_path):
     assert {"wall_min", "peak_rss_gib", "compression", "test_drop_points", "val_drop_points", "final_params",
             "goals_met"} <= set(result)
     assert float(result["peak_rss_gib"]) > 0 and "g0-teacher" in text
+
+
+@pytest.mark.ray
+def test_scale_out_quick(tmp_path):
+    pytest.importorskip("ray")
+    result, text = quick_record("scale_out.py", tmp_path)
+    assert result["same_decision"] == "yes"
+    assert {"ray_over_local", "local_s", "ray_s", "ray_init_s"} <= set(result)
+    assert "| N workers | generation s (projected) |" in text

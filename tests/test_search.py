@@ -237,13 +237,13 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
 
 
 def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_teacher, monkeypatch):
-    from ikd import search
+    from ikd import training_pass
 
     stages = []
-    real_build, real_train = search.build_objective, search.train_models
-    monkeypatch.setattr(search, "build_objective", lambda student, teacher, weights, **kw: (
+    real_build, real_train = training_pass.build_objective, training_pass.train_models
+    monkeypatch.setattr(training_pass, "build_objective", lambda student, teacher, weights, **kw: (
         stages.append((weights.alpha, weights.beta, weights.gamma)), real_build(student, teacher, weights, **kw))[1])
-    monkeypatch.setattr(search, "train_models", lambda models, data, config, **kw: (
+    monkeypatch.setattr(training_pass, "train_models", lambda models, data, config, **kw: (
         stages.append(config.epochs), real_train(models, data, config, **kw))[1])
     config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
     config = config.model_copy(update={"student": config.student.model_copy(

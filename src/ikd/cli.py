@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ikd import __version__
+from ikd import __version__, distributed
 from ikd.arch import PRESETS, ArchSpec, preset
 from ikd.checkpoint import (
     META_FILE,
@@ -67,20 +67,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         schedule=args.schedule, augment=args.augment, precision=args.precision, device=args.device,
         seed=args.seed, label_smoothing=args.label_smoothing,
     )
-    data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction,
-                        split_seed=args.split_seed, image_size=args.image_size)
-    spec = preset(args.arch, in_channels=data.in_channels, image_size=data.image_size,
-                  num_classes=data.num_classes)
-    model = build_model(spec, seed=args.seed)
-    print(f"ikd train: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
-          f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)",
-          file=sys.stderr)
-    result = train_model(model, data, config, progress=not args.quiet, description=args.arch)
+    group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
+    try:
+        data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction,
+                            split_seed=args.split_seed, image_size=args.image_size)
+        spec = preset(args.arch, in_channels=data.in_channels, image_size=data.image_size,
+                      num_classes=data.num_classes)
+        model = build_model(spec, seed=args.seed)
+        if group is None or group.is_main:
+            print(f"ikd train: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
+                  f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)"
+                  + (f", data-parallel over {group.world_size} processes" if group else ""), file=sys.stderr)
+        result = train_model(model, data, config, progress=not args.quiet, description=args.arch)
+    finally:
+        distributed.shutdown()
+    if group is not None and not group.is_main:
+        return 0  # rank 0 evaluates and writes the one checkpoint
     device = resolve_device(config.device)
     test = evaluate(model, data.test, mean=data.mean, std=data.std, device=device,
                     precision=resolve_precision(config.precision, device))
+    extra = {"distributed": {"world_size": group.world_size, "backend": "nccl" if device.type == "cuda" else "gloo",
+                             "batch_per_process": -(-config.batch_size // group.world_size)}} if group else None
     metadata = training_metadata(data=data, val_fraction=args.val_fraction, split_seed=args.split_seed,
-                                 spec=spec, config=config, result=result, test=test)
+                                 spec=spec, config=config, result=result, test=test, extra=extra)
     save_model(out, model, metadata)
     best, last = metadata["metrics"]["best"], metadata["metrics"]["last"]
     print(f"best val acc {best['val_accuracy']:.4f} (epoch {best['epoch']}), last {last['val_accuracy']:.4f}, "
@@ -168,7 +177,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "ensemble.ancestors": args.ancestors, "ensemble.experts": args.teachers,
         "ensemble.aggregate": args.aggregate,
         "precision": args.precision, "device": args.device, "baselines": args.baselines or None,
-        "log": args.log,
+        "log": args.log, "executor.kind": args.executor, "executor.ray_address": args.ray_address,
+        "executor.cpus_per_job": args.cpus_per_job, "executor.gpus_per_job": args.gpus_per_job,
     })
     lineage = compress(config, progress=not args.quiet, force=args.force)
     print(format_lineage(lineage))
@@ -307,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also train the final architecture from scratch and by one-shot KD (same epochs)")
     co.add_argument("--log", choices=("none", "tensorboard"),
                     help="log: tensorboard writes each node's curves live under RUN_DIR/tb/ (optional extra)")
+    co.add_argument("--executor", choices=("local", "ray"),
+                    help="executor.kind: train candidates in this process, or each as a job on a Ray cluster")
+    co.add_argument("--ray-address", metavar="ADDRESS",
+                    help="executor.ray_address (default $RAY_ADDRESS, else a new local Ray instance)")
+    co.add_argument("--cpus-per-job", type=float, metavar="N", help="executor.cpus_per_job (ray; default 1)")
+    co.add_argument("--gpus-per-job", type=float, metavar="N", help="executor.gpus_per_job (ray; default 0)")
     co.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     co.add_argument("--quiet", action="store_true", help="no progress output")
     co.set_defaults(func=cmd_compress)

@@ -133,6 +133,15 @@ class EnsembleConfig(Strict):
         return ancestors
 
 
+class ExecutorConfig(Strict):
+    """Where candidates train; it changes how long a campaign takes, not what it computes."""
+
+    kind: Literal["local", "ray"] = Field(default="local", description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)")
+    ray_address: str | None = Field(default=None, description="ray: cluster to join (e.g. ray://head:10001 or auto); default $RAY_ADDRESS, else a new local instance")
+    cpus_per_job: float = Field(default=1.0, gt=0, description="ray: CPUs reserved by each candidate's job (also its torch threads)")
+    gpus_per_job: float = Field(default=0.0, ge=0, description="ray: GPUs reserved by each candidate's job (> 0 trains on CUDA)")
+
+
 class CampaignConfig(Strict):
     run_dir: str = Field(default="runs/campaign", description="where lineage.json and the nodes are written")
     seed: int = Field(default=0, ge=0, description="seeds weights, shuffling and augmentation (child of generation g: seed + g)")
@@ -145,6 +154,7 @@ class CampaignConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     baselines: bool = Field(default=False, description="also train the final student's architecture from scratch and by one-shot KD")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     log: Literal["none", "tensorboard"] = Field(default="none", description="tensorboard: every node's loss terms, accuracy and learning rate per epoch under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)")
 
     @model_validator(mode="after")
@@ -161,7 +171,7 @@ class CampaignConfig(Strict):
     def decision_fields(self) -> dict[str, Any]:
         """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
         document = self.model_dump(mode="json")
-        for where_only in ("run_dir", "baselines", "device", "log"):  # where it runs, not what it computes
+        for where_only in ("run_dir", "baselines", "device", "log", "executor"):  # where it runs, not what it computes
             document.pop(where_only)
         document["data"].pop("dir")
         return document

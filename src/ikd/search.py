@@ -31,18 +31,10 @@ from ikd.config import CampaignConfig
 from ikd.data import DataSplits, load_dataset
 from ikd.errors import CheckpointError, ConfigError
 from ikd.external import ExternalTeacher
-from ikd.inherit import inherit_weights
 from ikd.lineage import Lineage, NodeRecord, RunDir
 from ikd.model import VGG, build_model
-from ikd.objective import (
-    CachedTeacher,
-    LiveTeacher,
-    LossWeights,
-    TeacherSource,
-    build_objective,
-    cache_teacher_outputs,
-    teacher_hint_blocks,
-)
+from ikd.executor import WORKER_LOST, LocalExecutor, RayExecutor
+from ikd.objective import LossWeights
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.strategy import (
     SEED_STRIDE,
@@ -53,7 +45,8 @@ from ikd.strategy import (
     teachers_of,
 )
 from ikd.tensorboard_log import TensorBoardLog
-from ikd.train import TrainConfig, TrainingDiverged, evaluate, train_model, train_models
+from ikd.train import TrainConfig, evaluate, train_model
+from ikd.training_pass import TrainingPass
 
 ROOT_ID = "g0-teacher"
 
@@ -90,7 +83,7 @@ class Campaign:
         self.precision = resolve_precision(config.precision, self.device)
         self.lineage = self._open_lineage(force)
         self.data: DataSplits | None = None
-        self._caches: dict[str, CachedTeacher] = {}
+        self.executor: LocalExecutor | RayExecutor | None = None
         self._models: dict[str, VGG | ExternalTeacher] = {}
         self.on_epoch = TensorBoardLog(self.run.path) if config.log == "tensorboard" else None
 
@@ -295,38 +288,31 @@ class Campaign:
             self._models[node_id] = self._load_node(node_id)
         return self._models[node_id]
 
-    def _teacher_sources(self, teacher_ids: list[str], blocks: dict[str, set[int]], cached: bool) -> list[TeacherSource]:
-        """Where each teacher's outputs come from for one training pass: computed once and kept
-        (no augmentation), or run live once per batch and shared by every student of the pass."""
-        if not cached:
-            return [LiveTeacher(self._teacher(t), blocks[t]) for t in teacher_ids]
-        data = self._load_data()
-        for other, cache in list(self._caches.items()):
-            if other not in teacher_ids and cache.features:  # bound memory: old hint features go, logits stay
-                self._caches[other] = CachedTeacher(cache.logits)
-        for t in teacher_ids:
-            cache = self._caches.get(t)
-            if cache is None or not blocks[t] <= cache.hint_blocks:
-                self.log(f"caching the outputs of {t}")
-                self._caches[t] = cache_teacher_outputs(
-                    self._teacher(t), data.train, mean=data.mean, std=data.std,
-                    hint_blocks=blocks[t] | (cache.hint_blocks if cache else set()), device=self.device,
-                    progress=self.progress)
-        return [self._caches[t] for t in teacher_ids]
+    def _executor(self) -> LocalExecutor | RayExecutor:
+        if self.executor is None:
+            data, chosen = self._load_data(), self.config.executor
+            if chosen.kind == "ray":
+                self.executor = RayExecutor(data, address=chosen.ray_address, cpus_per_job=chosen.cpus_per_job,
+                                            gpus_per_job=chosen.gpus_per_job, precision=self.config.precision,
+                                            on_epoch=self.on_epoch, log=self.log)
+            else:
+                self.executor = LocalExecutor(data, self.device, progress=self.progress, on_epoch=self.on_epoch,
+                                              log=self.log)
+        return self.executor
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+        if self.on_epoch is not None:
+            self.on_epoch.close()
 
     def _train_students(self, candidates: list[Candidate], *, generation: int, teacher_ids: list[str],
-                        inherit_from: VGG | None, status: str, parent_id: str | None, epochs: int) -> None:
-        """Train candidates together (one pass over the data, one teacher forward per batch) --
-        distilled from `teacher_ids`, or with plain CE when there are none -- then save and record
-        each one. A candidate whose loss diverges is recorded as `failed`; the others go on."""
+                        inherit_from: str | None, status: str, parent_id: str | None, epochs: int) -> None:
+        """Train candidates -- distilled from `teacher_ids`, or with plain CE when there are none --
+        on the executor, then save and record each one. A candidate whose loss diverges, or whose
+        worker dies, is recorded as `failed`; the others go on."""
         data = self._load_data()
         cfg, weights, ensemble = self.config.student, self.config.loss, self.config.ensemble
-        started = time.perf_counter()
-        seeds = [self.config.seed + generation + SEED_STRIDE * c.seed_index for c in candidates]
-        students = [build_model(c.spec, seed=seed) for c, seed in zip(candidates, seeds)]
-        if inherit_from is not None:
-            for student in students:
-                inherit_weights(student, inherit_from)
         augment = cfg.augment if cfg.augment is not None else data.augment
         cached = bool(teacher_ids) and cfg.cache_teacher and augment == "none"
         stages: list[tuple[LossWeights | None, int]] = []
@@ -340,30 +326,13 @@ class Campaign:
             stages.append((weights, epochs))
         hints = "each" if ensemble.hints == "each" and len(teacher_ids) > 1 else "first"
         t_weights = teacher_weights(self.lineage, teacher_ids, ensemble) if teacher_ids else []
-        outcome: list = [None] * len(candidates)
-        for stage_weights, stage_epochs in stages:
-            alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
-            objectives = [None] * len(alive)
-            if stage_weights is not None:
-                teachers = [self._teacher(t) for t in teacher_ids]
-                blocks: dict[str, set[int]] = {t: set() for t in teacher_ids}
-                for i in alive:
-                    needed = teacher_hint_blocks(candidates[i].spec, teachers, stage_weights, hints)
-                    for t, block in zip(teacher_ids, needed):
-                        if block is not None:
-                            blocks[t].add(block)
-                sources = self._teacher_sources(teacher_ids, blocks, cached)
-                objectives = [build_objective(
-                    students[i], teachers, stage_weights, sources=sources,
-                    teacher_weights=t_weights, hints=hints, aggregate=ensemble.aggregate, drop=ensemble.drop,
-                    seed=seeds[i]) for i in alive]
-            results = train_models([students[i] for i in alive], data,
-                                   self._train_config(cfg, stage_epochs, seed_offset=generation),
-                                   objectives=objectives, progress=self.progress,
-                                   descriptions=[candidates[i].node_id for i in alive], on_epoch=self.on_epoch)
-            for i, result in zip(alive, results):
-                outcome[i] = result
-        seconds = (time.perf_counter() - started) / len(candidates)  # a pass's wall time, shared
+        job = TrainingPass(
+            candidates=tuple(candidates),
+            seeds=tuple(self.config.seed + generation + SEED_STRIDE * c.seed_index for c in candidates),
+            teacher_ids=tuple(teacher_ids), inherit_from=inherit_from, stages=tuple(stages),
+            train_config=self._train_config(cfg, epochs, seed_offset=generation), cached=cached, hints=hints,
+            teacher_weights=tuple(t_weights), aggregate=ensemble.aggregate, drop=ensemble.drop)
+        trained = self._executor().run(job, self._teacher)
         loss = ({"objective": "cross-entropy"} if not teacher_ids else
                 weights.model_dump() | {"hint_stage": cfg.hint_stage, "inherit": inherit_from is not None,
                                         "cached_teacher": cached})
@@ -371,10 +340,11 @@ class Campaign:
             loss |= {"aggregate": ensemble.aggregate, "weighting": ensemble.weighting, "drop": ensemble.drop,
                      "hints": hints, "teacher_weights": t_weights}
         total_epochs = sum(e for _, e in stages)
-        for candidate, student, result in zip(candidates, students, outcome):
+        for candidate, done in zip(candidates, trained):
+            student, result = done.model.to(self.device), done.outcome
             common = dict(generation=generation, parent=parent_id, teachers=list(teacher_ids),
-                          operator=candidate.operator, epochs=total_epochs, seconds=seconds, loss=loss)
-            if isinstance(result, TrainingDiverged):
+                          operator=candidate.operator, epochs=total_epochs, seconds=done.seconds, loss=loss)
+            if isinstance(result, Exception):
                 self._record(self._node_record(candidate.node_id, student, status="failed", val=None, test=None,
                                                reason=str(result), **common))
                 self.log(f"{candidate.node_id} failed: {result}")
@@ -382,7 +352,7 @@ class Campaign:
             test = self._evaluate(student, data.test)
             save_model(self.run.node_dir(candidate.node_id), student, training_metadata(
                 data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
-                spec=candidate.spec, config=self._train_config(cfg, epochs, seed_offset=generation), result=result,
+                spec=candidate.spec, config=job.train_config, result=result,
                 test=test, extra={"distillation": {"parent": parent_id, "teachers": teacher_ids,
                                                    "operator": candidate.operator, **loss}}))
             self._record(self._node_record(candidate.node_id, student, status=status, result=result,
@@ -454,23 +424,24 @@ class Campaign:
         search = self.config.search
         teacher_ids = teachers_of(self.lineage, parent, search, self.config.ensemble, expert_ids)
         self._models = {k: m for k, m in self._models.items() if k in teacher_ids}  # bound memory
-        parent_model = None
-        if self.config.student.inherit and not parent.arch.get("external"):
-            parent_model = self._teacher(parent.id)
+        inherit_from = parent.id if self.config.student.inherit and not parent.arch.get("external") else None
 
         def train(batch: list[Candidate]) -> bool:
             """False when the budget does not cover this pass (nothing is trained)."""
-            todo = [c for c in batch if self.lineage.node(c.node_id) is None]  # else finished before a stop
+            todo = [c for c in batch if self._needs_training(c.node_id)]  # else finished before a stop
             if todo and not self._budget_allows(len(todo)):
                 return False
             if todo:
                 self.log(f"generation {generation}: distilling {', '.join(c.node_id for c in todo)} "
                          f"({', '.join(f'{c.spec.num_params():,}' for c in todo)} params) from {', '.join(teacher_ids)}")
-                self._train_students(todo, generation=generation, teacher_ids=teacher_ids, inherit_from=parent_model,
+                self._train_students(todo, generation=generation, teacher_ids=teacher_ids, inherit_from=inherit_from,
                                      status="candidate", parent_id=parent.id, epochs=self.config.student.epochs)
             return True
 
-        batches = [candidates] if search.many_children() else [[c] for c in candidates]
+        # Together in one pass (one teacher forward per batch locally, parallel jobs on Ray) unless
+        # smallest-first may make the larger candidates unnecessary.
+        together = search.many_children() or search.candidates == "all"
+        batches = [candidates] if together else [[c] for c in candidates]
         lazy = not search.many_children() and search.candidates == "smallest-first"
         trained: list[NodeRecord] = []
         for i, batch in enumerate(batches):
@@ -481,6 +452,11 @@ class Campaign:
                 return trained, [c.node_id for b in batches[i:] for c in b], True
             trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, [], False
+
+    def _needs_training(self, node_id: str) -> bool:
+        """Not in the lineage yet, or lost with its worker (the job failed, not the training)."""
+        node = self.lineage.node(node_id)
+        return node is None or (node.status == "failed" and node.reason.startswith(WORKER_LOST))
 
     def _child_epochs(self) -> int:
         """Epochs spent on candidates so far (each over the whole training set)."""
@@ -578,5 +554,4 @@ def compress(config: CampaignConfig, *, progress: bool = True, force: bool = Fal
         try:
             return campaign.run_campaign()
         finally:
-            if campaign.on_epoch is not None:
-                campaign.on_epoch.close()
+            campaign.close()

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
-from ikd.errors import IkdError
+from ikd.errors import ConfigError, IkdError
 from ikd.runtime import Precision, resolve_device, resolve_precision
 
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
@@ -118,8 +119,11 @@ class _Student:
     """One model of a training group: its optimiser, schedule, RNG stream, running sums and best weights."""
 
     def __init__(self, model: torch.nn.Module, objective: Objective, description: str, config: TrainConfig,
-                 device: torch.device, precision: Precision, steps_per_epoch: int, rng_state: torch.Tensor | None):
+                 device: torch.device, precision: Precision, steps_per_epoch: int, rng_state: torch.Tensor | None,
+                 ranks: distributed.Group | None = None):
         self.model, self.objective, self.description = model.to(device), objective, description
+        # Under torchrun the forward goes through DDP (gradient averaging); state and evaluation use the model.
+        self.forward_module = ranks.wrap(self.model, device) if ranks else self.model
         parameters = list(model.parameters())
         if isinstance(objective, torch.nn.Module):
             parameters += list(objective.to(device).parameters())
@@ -147,7 +151,7 @@ class _Student:
         if self.rng_state is not None:  # dropout etc. draw from this model's stream, as if trained alone
             torch.set_rng_state(self.rng_state)
         with self.precision.autocast():
-            logits, terms = self.objective(self.model, x, y, index)
+            logits, terms = self.objective(self.forward_module, x, y, index)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -195,6 +199,13 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     objectives = objectives or [None] * len(models)
+    ranks = distributed.current()
+    if ranks and (len(models) > 1 or any(o is not None for o in objectives)):
+        raise ConfigError("data-parallel training (torchrun) is for one model with cross-entropy: `ikd train`")
+    if ranks and config.batch_size < ranks.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size}: smaller than the {ranks.world_size} torchrun "
+                          "processes that share each batch")
+    progress = progress and (ranks is None or ranks.is_main)
     descriptions = descriptions or [f"train{i}" for i in range(len(models))]
     augment = data.augment if config.augment is None else config.augment
     torch.manual_seed(config.seed)
@@ -207,7 +218,7 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
         torch.cuda.manual_seed_all(config.seed)  # accelerators: grouped runs are not bit-identical to solo ones
     start_state = torch.get_rng_state() if shared_rng else None
     group = [_Student(model, objective or cross_entropy_objective(config.label_smoothing), name, config, device,
-                      precision, steps_per_epoch, start_state.clone() if shared_rng else None)
+                      precision, steps_per_epoch, start_state.clone() if shared_rng else None, ranks)
              for model, objective, name in zip(models, objectives, descriptions)]
     active = list(group)
 
@@ -231,6 +242,8 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
         for step, (x, y, index) in enumerate(batches, start=1):
             if step > steps_per_epoch or not active:
                 break
+            if ranks:
+                x, y, index = ranks.shard(x, y, index)
             for student in active:
                 student.step(x, y, index)
             bar.update(1)
@@ -238,7 +251,7 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
             if step % 10 == 0 or step == steps_per_epoch:
                 for student in list(active):
                     loss = student.running_loss()
-                    if not math.isfinite(loss):
+                    if not (ranks.all_finite(loss, device) if ranks else math.isfinite(loss)):
                         student.failure = (f"{student.description}: loss became {loss} in epoch {epoch}; "
                                            "lower --lr or use --precision fp32")
                         active.remove(student)
@@ -254,8 +267,8 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
         if len(group) == 1:  # alone, its time is the wall time, data preparation included
             group[0].epoch_seconds = time.perf_counter() - epoch_start
         for student in active:
-            _end_epoch(student, epoch, data, config, device, precision, bar if progress else None)
-            if on_epoch is not None:
+            _end_epoch(student, epoch, data, config, device, precision, bar if progress else None, ranks)
+            if on_epoch is not None and (ranks is None or ranks.is_main):
                 on_epoch(student.description, student.result.history[-1])
     bar.close()
     results: list[TrainResult | TrainingDiverged] = []
@@ -275,13 +288,18 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
 
 
 def _end_epoch(student: _Student, epoch: int, data: DataSplits, config: TrainConfig, device: torch.device,
-               precision: Precision, bar) -> None:
+               precision: Precision, bar, ranks: distributed.Group | None = None) -> None:
     eval_start = time.perf_counter()
+    seen = student.seen
+    if ranks:  # every rank scores rank 0's model; the epoch's train metrics cover all ranks' shards
+        ranks.copy_buffers_from_main(student.model)
+        student.sums = {name: ranks.sum(total) for name, total in student.sums.items()}
+        student.correct = ranks.sum(student.correct)
+        seen = int(ranks.sum(torch.tensor(seen, device=device)).item())
     val = evaluate(student.model, data.val, mean=data.mean, std=data.std, device=device,
                    precision=precision, batch_size=config.eval_batch_size)
     seconds = student.epoch_seconds + time.perf_counter() - eval_start
     student.seconds += seconds
-    seen = student.seen
     record = EpochRecord(
         epoch=epoch, lr=student.optimizer.param_groups[0]["lr"],
         train={name: total.item() / seen for name, total in student.sums.items()}

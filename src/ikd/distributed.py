@@ -1,0 +1,87 @@
+"""Data-parallel training under `torchrun`: one process per core group or GPU, one model replica each.
+
+`ikd train` started by `torchrun --nproc_per_node=N` joins the process group torchrun describes
+(RANK, WORLD_SIZE, LOCAL_RANK in the environment; gloo on CPU, nccl on CUDA). Every rank walks the
+same shuffled order of the training set and takes its own slice of each global batch, so the
+effective batch size, the number of steps and the learning-rate schedule are those of a single
+process: only the work is divided. Gradients are averaged by DistributedDataParallel; before each
+validation rank 0's BatchNorm statistics are copied to every rank, so all ranks score the same
+model and keep the same best epoch. Only rank 0 prints, evaluates on the test split and writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ikd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This rank's slice of one global batch (every rank holds the same batch)."""
+        return tuple(t[self.rank::self.world_size] for t in tensors)
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.local_rank] if device.type == "cuda" else None)
+
+    def all_finite(self, value: float, device: torch.device) -> bool:
+        """Whether the value is finite on every rank, so all ranks stop together instead of one
+        leaving the others waiting in the next all-reduce."""
+        flag = torch.tensor(1.0 if torch.isfinite(torch.tensor(value)) else 0.0, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total
+
+    def copy_buffers_from_main(self, model: torch.nn.Module) -> None:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def current() -> Group | None:
+    """The process group this process belongs to, or None when it trains alone."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_from_environment(device: str) -> Group | None:
+    """Join the group torchrun started this process in (None when not started by torchrun)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return None
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local_rank}: only {torch.cuda.device_count()} CUDA device(s); "
+                              "use --nproc_per_node <= the GPU count")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return current()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

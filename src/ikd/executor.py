@@ -1,0 +1,201 @@
+"""Where a campaign's training passes run.
+
+    local   the pass's candidates train together in this process: one read of each batch, one
+            teacher forward (or one cached copy of its outputs) shared by all of them.
+    ray     each candidate is its own job on a Ray cluster (`pip install ikd[ray]`), so all of a
+            generation's candidates train at once. Jobs run on long-lived worker actors that hold
+            the dataset (shipped once through Ray's object store) and the teachers' cached outputs,
+            so neither is rebuilt per job. Workers return weights and metrics; only the campaign's
+            process writes the run directory, so the lineage stays consistent.
+
+A job whose worker dies comes back as a `WorkerLost` outcome: the campaign records the node as
+`failed` with the reason and goes on with the other candidates; rerunning the campaign trains
+that node again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from ikd.data import DataSplits
+from ikd.errors import ConfigError, IkdError
+from ikd.model import VGG, build_model
+from ikd.runtime import resolve_device
+from ikd.train import EpochCallback
+from ikd.training_pass import Outcome, Teacher, TeacherOutputStore, TrainingPass, run_training_pass
+
+EXECUTORS = ("local", "ray")
+WORKER_LOST = "worker lost"  # prefix of a failed node's reason when its job, not its training, failed
+
+
+class WorkerLost(IkdError):
+    """The process training a job died (killed, out of memory, node lost) before returning it."""
+
+
+@dataclass
+class Trained:
+    """One candidate back from a pass: its model (best weights), outcome, seconds and where it ran."""
+
+    model: VGG
+    outcome: Outcome | WorkerLost
+    seconds: float
+    worker: str = "local"
+
+
+class LocalExecutor:
+    def __init__(self, data: DataSplits, device: torch.device, *, progress: bool,
+                 on_epoch: EpochCallback | None, log: Callable[[str], None]):
+        self.data, self.device, self.progress, self.on_epoch = data, device, progress, on_epoch
+        self.store = TeacherOutputStore(log)
+
+    def run(self, job: TrainingPass, models: Callable[[str], Teacher]) -> list[Trained]:
+        started = time.perf_counter()
+        trained = run_training_pass(job, self.data, models, store=self.store, device=self.device,
+                                    progress=self.progress, on_epoch=self.on_epoch)
+        seconds = (time.perf_counter() - started) / len(trained)  # one pass's wall time, shared
+        return [Trained(model, outcome, seconds) for model, outcome in trained]
+
+    def close(self) -> None:
+        pass
+
+
+class JobWorker:
+    """A Ray actor's state: the dataset, the teachers it has been sent and their cached outputs."""
+
+    def __init__(self, data: DataSplits, threads: int):
+        torch.set_num_threads(threads)
+        self.data = data
+        self.models: dict[str, Teacher] = {}
+        self.store = TeacherOutputStore()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def train(self, job: TrainingPass, model_refs: dict) -> tuple[VGG, Outcome, float, str]:
+        import ray
+
+        device = resolve_device(job.train_config.device)
+        for node_id, ref in model_refs.items():
+            if node_id not in self.models:
+                self.models[node_id] = ray.get(ref).to(device)
+        started = time.perf_counter()
+        [(model, outcome)] = run_training_pass(job, self.data, self.models.__getitem__, store=self.store,
+                                               device=device)
+        return model.cpu(), outcome, time.perf_counter() - started, self.name
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor ray needs Ray: pip install 'ikd[ray]'") from None
+    return ray
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}"[:limit]
+
+
+class RayExecutor:
+    """One Ray job per candidate, run on a pool of `JobWorker` actors sized to the cluster."""
+
+    def __init__(self, data: DataSplits, *, address: str | None, cpus_per_job: float, gpus_per_job: float,
+                 precision: str, on_epoch: EpochCallback | None, log: Callable[[str], None]):
+        ray = self.ray = _import_ray()
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            # address None: RAY_ADDRESS if set, else a new local instance on this machine's cores.
+            try:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                         configure_logging=True)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"ray address {address or os.environ.get('RAY_ADDRESS')!r}: "
+                                  f"cannot connect ({_first_line(exc)})") from None
+        self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
+        self.device = "cuda" if gpus_per_job > 0 else "cpu"
+        self.precision, self.on_epoch, self.log = precision, on_epoch, log
+        resources = ray.cluster_resources()
+        slots = [int(resources.get(kind, 0) // need) for kind, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job))
+                 if need > 0]
+        self.capacity = min(slots) if slots else 64
+        if self.capacity < 1:
+            raise ConfigError(f"cpus_per_job {cpus_per_job} / gpus_per_job {gpus_per_job}: the Ray cluster has "
+                              f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs; no job fits")
+        self.actor_class = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(JobWorker)
+        self.data_ref = ray.put(data)  # once: every worker reads the same copy
+        self.model_refs: dict[str, object] = {}
+        self.actors: list = []
+        log(f"ray executor: {self.capacity} job(s) at once ({resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs; {cpus_per_job:g} CPU / {gpus_per_job:g} GPU per job)")
+
+    def _new_actor(self):
+        return self.actor_class.remote(self.data_ref, max(1, int(self.cpus_per_job)))
+
+    def _model_ref(self, node_id: str, models: Callable[[str], Teacher]):
+        if node_id not in self.model_refs:  # a node's weights never change once it is trained
+            model = models(node_id)
+            if not isinstance(model, VGG):
+                raise ConfigError("executor ray ships ikd's VGG models to its workers; a user-module teacher "
+                                  "needs executor local")
+            on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+            self.model_refs[node_id] = self.ray.put(on_cpu)
+        return self.model_refs[node_id]
+
+    def run(self, job: TrainingPass, models: Callable[[str], Teacher]) -> list[Trained]:
+        ray = self.ray
+        # The worker resolves its own device and precision: it may have a GPU the driver lacks.
+        job = replace(job, train_config=job.train_config.model_copy(
+            update={"device": self.device, "precision": self.precision}))
+        jobs = job.split()
+        needed = set(job.teacher_ids) | ({job.inherit_from} if job.inherit_from else set())
+        refs = {node_id: self._model_ref(node_id, models) for node_id in sorted(needed)}
+        while len(self.actors) < min(len(jobs), self.capacity):
+            self.actors.append(self._new_actor())
+        idle, queue = list(self.actors[:len(jobs)]), list(enumerate(jobs))
+        pending: dict = {}
+        trained: list[Trained | None] = [None] * len(jobs)
+        while queue or pending:
+            while queue and idle:
+                index, one = queue.pop(0)
+                actor = idle.pop(0)
+                pending[actor.train.remote(one, refs)] = (index, actor)
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(done)
+            candidate, seed = jobs[index].candidates[0], jobs[index].seeds[0]
+            try:
+                model, outcome, seconds, worker = ray.get(done)
+            except ray.exceptions.RayTaskError as exc:  # the job raised: an ikd error or a bug, not a lost worker
+                if isinstance(exc.cause, IkdError):
+                    raise exc.cause from None  # one line, as it would be locally
+                raise
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.ObjectLostError) as exc:
+                self.log(f"{candidate.node_id}: its worker died ({_first_line(exc)}); recorded as failed")
+                trained[index] = Trained(build_model(candidate.spec, seed=seed),
+                                         WorkerLost(f"{WORKER_LOST}: {_first_line(exc)}"), 0.0, "lost")
+                self.actors.remove(actor)
+                replacement = self._new_actor()
+                self.actors.append(replacement)
+                idle.append(replacement)
+                continue
+            idle.append(actor)
+            trained[index] = Trained(model, outcome, seconds, worker)
+            if self.on_epoch is not None and hasattr(outcome, "history"):
+                for record in outcome.history:
+                    self.on_epoch(candidate.node_id, record)
+            self.log(f"{candidate.node_id}: trained on {worker} in {seconds:.0f} s")
+        return trained
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self.started_ray:
+            self.ray.shutdown()

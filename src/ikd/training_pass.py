@@ -1,0 +1,115 @@
+"""One training pass: some candidates of one generation, built, distilled from their teachers and
+returned with their results. The same function runs in the campaign's process (every candidate of
+the pass together, one teacher forward per batch) and in a Ray worker (one candidate per job).
+
+A `TrainingPass` is plain, picklable data: which architectures, seeds, teachers, loss stages and
+optimiser settings. Models come from a `models(node_id)` lookup, so the caller decides where the
+teachers' weights live (the run directory, or Ray's object store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from ikd.data import DataSplits
+from ikd.external import ExternalTeacher
+from ikd.inherit import inherit_weights
+from ikd.model import VGG, build_model
+from ikd.objective import (
+    CachedTeacher,
+    LiveTeacher,
+    LossWeights,
+    TeacherSource,
+    build_objective,
+    cache_teacher_outputs,
+    teacher_hint_blocks,
+)
+from ikd.strategy import Candidate
+from ikd.train import EpochCallback, TrainConfig, TrainingDiverged, TrainResult, train_models
+
+Teacher = VGG | ExternalTeacher
+Outcome = TrainResult | TrainingDiverged
+
+
+@dataclass(frozen=True)
+class TrainingPass:
+    """What to train in one pass; `stages` is a list of (loss weights or None for plain CE, epochs)."""
+
+    candidates: tuple[Candidate, ...]
+    seeds: tuple[int, ...]
+    teacher_ids: tuple[str, ...]
+    inherit_from: str | None  # node whose weights every candidate starts from
+    stages: tuple[tuple[LossWeights | None, int], ...]
+    train_config: TrainConfig
+    cached: bool  # teacher outputs computed once over the training set (no augmentation)
+    hints: str = "first"  # "each": a hint from every teacher; "first": from the first only
+    teacher_weights: tuple[float, ...] = ()
+    aggregate: str = "mean-kd"
+    drop: float = 0.0
+
+    def split(self) -> list[TrainingPass]:
+        """One pass per candidate: the same training, trained alone (the weights come out the same)."""
+        return [replace(self, candidates=(c,), seeds=(s,)) for c, s in zip(self.candidates, self.seeds)]
+
+
+class TeacherOutputStore:
+    """Teachers' outputs over the training set, computed once per teacher and reused by every pass
+    that needs them; a later pass needing more hint blocks recomputes with the union."""
+
+    def __init__(self, log: Callable[[str], None] = lambda message: None):
+        self._caches: dict[str, CachedTeacher] = {}
+        self.log = log
+
+    def sources(self, teacher_ids: tuple[str, ...], blocks: dict[str, set[int]], models: Callable[[str], Teacher],
+                data: DataSplits, device: torch.device, progress: bool) -> list[TeacherSource]:
+        for other, cache in list(self._caches.items()):
+            if other not in teacher_ids and cache.features:  # bound memory: old hint features go, logits stay
+                self._caches[other] = CachedTeacher(cache.logits)
+        for t in teacher_ids:
+            cache = self._caches.get(t)
+            if cache is None or not blocks[t] <= cache.hint_blocks:
+                self.log(f"caching the outputs of {t}")
+                self._caches[t] = cache_teacher_outputs(
+                    models(t), data.train, mean=data.mean, std=data.std,
+                    hint_blocks=blocks[t] | (cache.hint_blocks if cache else set()), device=device,
+                    progress=progress)
+        return [self._caches[t] for t in teacher_ids]
+
+
+def run_training_pass(job: TrainingPass, data: DataSplits, models: Callable[[str], Teacher], *,
+                      store: TeacherOutputStore, device: torch.device, progress: bool = False,
+                      on_epoch: EpochCallback | None = None) -> list[tuple[VGG, Outcome]]:
+    """Train the pass's candidates together; each comes back with its best-by-validation weights and
+    its result, or the TrainingDiverged error that dropped it."""
+    students = [build_model(c.spec, seed=seed) for c, seed in zip(job.candidates, job.seeds)]
+    if job.inherit_from is not None:
+        parent = models(job.inherit_from)
+        for student in students:
+            inherit_weights(student, parent)
+    outcome: list[Outcome | None] = [None] * len(students)
+    for stage_weights, stage_epochs in job.stages:
+        alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
+        objectives = [None] * len(alive)
+        if stage_weights is not None:
+            teachers = [models(t) for t in job.teacher_ids]
+            blocks: dict[str, set[int]] = {t: set() for t in job.teacher_ids}
+            for i in alive:
+                needed = teacher_hint_blocks(job.candidates[i].spec, teachers, stage_weights, job.hints)
+                for t, block in zip(job.teacher_ids, needed):
+                    if block is not None:
+                        blocks[t].add(block)
+            sources = (store.sources(job.teacher_ids, blocks, models, data, device, progress) if job.cached
+                       else [LiveTeacher(models(t), blocks[t]) for t in job.teacher_ids])
+            objectives = [build_objective(
+                students[i], teachers, stage_weights, sources=sources, teacher_weights=list(job.teacher_weights),
+                hints=job.hints, aggregate=job.aggregate, drop=job.drop, seed=job.seeds[i]) for i in alive]
+        config = job.train_config.model_copy(update={"epochs": stage_epochs})
+        results = train_models([students[i] for i in alive], data, config, objectives=objectives,
+                               progress=progress, descriptions=[job.candidates[i].node_id for i in alive],
+                               on_epoch=on_epoch)
+        for i, result in zip(alive, results):
+            outcome[i] = result
+    return list(zip(students, outcome))

@@ -1,0 +1,127 @@
+"""Scale-out: the Ray executor decides as the local one does, survives a worker killed mid-job, and
+`ikd train` under torchrun (DDP, gloo) learns as a single process does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from test_search import campaign_config
+
+from ikd.config import ExecutorConfig
+from ikd.search import compress
+
+TESTS = Path(__file__).parent
+
+
+def parent_children(run_dir: Path, teacher: Path, **executor):
+    config = campaign_config(run_dir, teacher, strategy="parent-children", max_generations=2)
+    return config.model_copy(update={"executor": ExecutorConfig(**executor),
+                                     "student": config.student.model_copy(update={"epochs": 2})})
+
+
+@contextmanager
+def local_ray(kill_node: str = ""):
+    """A 2-CPU Ray instance on this machine, with the fault hook of ray_worker_faults in its workers."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={
+        "worker_process_setup_hook": "ray_worker_faults.kill_on_first_epoch",
+        "env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                     "IKD_TEST_KILL_NODE": kill_node}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def decisions(lineage):
+    return [(n.id, n.parent, n.arch, n.status) for n in lineage.nodes]
+
+
+@pytest.mark.ray
+def test_ray_executor_makes_the_local_executors_decisions(tmp_path, tiny_teacher):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the arithmetic of a 1-CPU Ray job
+    try:
+        local = compress(parent_children(tmp_path / "local", tiny_teacher), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with local_ray():
+        remote = compress(parent_children(tmp_path / "ray", tiny_teacher, kind="ray", cpus_per_job=1),
+                          progress=False)
+    assert decisions(remote) == decisions(local)
+    assert len([n for n in remote.nodes if n.generation == 1]) == 2  # k=2: depth and width children
+    for mine, theirs in zip(remote.nodes, local.nodes):  # each job trains as it would have alone
+        assert mine.val_accuracy == theirs.val_accuracy, mine.id
+    assert remote.stop_reason == local.stop_reason
+    assert (tmp_path / "ray" / "nodes" / "g2-width" / "model.safetensors").is_file()  # the driver wrote the weights
+
+
+@pytest.mark.ray
+def test_a_killed_worker_fails_its_node_and_the_campaign_goes_on(tmp_path, tiny_teacher):
+    with local_ray(kill_node="g1-width"):
+        lineage = compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray"), progress=False)
+    lost = lineage.node("g1-width")
+    assert lost.status == "failed" and lost.reason.startswith("worker lost") and lost.val_accuracy is None
+    assert not (tmp_path / "run" / "nodes" / "g1-width").exists()
+    assert lineage.node("g1-depth").status == "accepted"
+    assert {n.id for n in lineage.nodes if n.generation == 2} == {"g2-depth", "g2-width"}
+    assert lineage.stop_reason.startswith("max_generations")
+
+
+@pytest.mark.ray
+def test_nodes_lost_with_their_workers_are_trained_again_on_resume(tmp_path, tiny_teacher):
+    config = parent_children(tmp_path / "run", tiny_teacher, kind="ray")
+    config = config.model_copy(update={"search": config.search.model_copy(update={"max_generations": 1})})
+    with local_ray(kill_node="g1-depth,g1-width"):
+        first = compress(config, progress=False)
+    assert {first.node(n).status for n in ("g1-depth", "g1-width")} == {"failed"}
+    assert "no candidate" in first.stop_reason and "worker lost" in first.stop_reason
+    resumed = compress(config.model_copy(update={"executor": ExecutorConfig()}), progress=False)  # locally
+    assert {resumed.node(n).status for n in ("g1-depth", "g1-width")} == {"accepted", "rejected"}
+    assert resumed.stop_reason.startswith("max_generations")
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, tiny_teacher, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    from ikd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pip install 'ikd\[ray\]'"):
+        compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray"), progress=False)
+
+
+def ikd_train(*prefix: str, out: Path) -> dict:
+    command = [*prefix, "-m", "ikd", "train", "--dataset", "digits", "--arch", "vgg11", "--epochs", "6",
+               "--batch-size", "64", "--device", "cpu", "--precision", "fp32", "--quiet", "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((out / "model.json").read_text())
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_teacher_data_parallel_like_one_process(tmp_path):
+    alone = ikd_train(sys.executable, out=tmp_path / "alone")
+    shared = ikd_train(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       out=tmp_path / "ddp")
+    assert shared["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 32}
+    assert "distributed" not in alone
+    a, b = (m["metrics"]["test_of_saved_weights"]["accuracy"] for m in (alone, shared))
+    assert a > 0.8 and b > 0.8  # both learned digits
+    assert abs(a - b) <= 0.04  # and agree within noise (360 test images: one image is 0.28 points)
+    assert len(shared["history"]) == 6 and shared["history"][-1]["images_per_s"] > 0
