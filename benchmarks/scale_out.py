@@ -113,6 +113,7 @@ def main() -> int:
     projection = [f"| {w} | {makespan(jobs, w) + overhead:.0f} | {local_s / (makespan(jobs, w) + overhead):.2f} |"
                   for w in (1, 2, 4, 8)]
     threads = torch.get_num_threads()
+    gap = max(100 * abs(by_id[n.id].val_accuracy - n.val_accuracy) for n in children)
     text = "\n".join([
         f"Machine: {machine_line()}.",
         f"Teacher `{args.teacher}` ({remote.root().params:,} params) on {args.dataset}; k={len(children)} children "
@@ -133,8 +134,11 @@ def main() -> int:
         "",
         f"Same decision (every node's status) in both runs: {'yes' if same else 'NO'}.",
         f"Ray's own cost in this generation: {overhead:.1f} s = wall {ray_s:.1f} s less the {args.workers}-worker "
-        f"schedule of the measured job times ({makespan(jobs, args.workers):.1f} s): worker start-up, shipping "
-        "data and weights, each worker's teacher-output cache.",
+        f"schedule of the measured job times ({makespan(jobs, args.workers):.1f} s): worker start-up and shipping "
+        "data and weights (a worker's teacher-output cache is inside its first job's time).",
+        f"Validation accuracies differ by up to {gap:.2f} points between the two runs: torch sums in another "
+        f"order with {threads} threads (local) than with 1 per job, and training amplifies it; with equal thread "
+        "counts they are equal (tests/test_executor.py).",
         "",
         "Projected on paper for N workers (one GPU each, or N nodes), from the measured job times and that "
         "overhead, longest job first; jobs do not speed up, only run side by side:",
