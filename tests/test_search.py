@@ -274,3 +274,14 @@ def test_a_changed_node_is_retrained_but_never_silently_with_its_descendants(tmp
     assert run.load().node("g2-width") is not None  # refused without touching the lineage
     forced = compress(config, progress=False, force=True)
     assert run.verify(forced) == [] and forced.stop_reason.startswith("max_generations")
+
+
+def test_a_child_exactly_at_the_floor_is_within_tolerance():
+    from ikd.search import falls_short
+
+    # MNIST VGG-19 run: root 5963/6000 on validation, child 5945/6000, max_drop 0.3 -> exactly at the floor,
+    # which float arithmetic puts 1e-14 above the child.
+    root, child = 100 * 5963 / 6000, 100 * 5945 / 6000
+    assert child < root - 0.3  # the trap
+    assert not falls_short(child, root, 0.3)
+    assert falls_short(100 * 5944 / 6000, root, 0.3)  # one image fewer is below

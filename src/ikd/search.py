@@ -55,6 +55,13 @@ def _points(accuracy: float) -> float:
     return 100.0 * accuracy
 
 
+def falls_short(points: float, reference: float, tolerance: float) -> bool:
+    """Whether `points` is more than `tolerance` below `reference` (all in percentage points).
+    Accuracies are ratios of image counts, so a child exactly at the floor must not be rejected by
+    float rounding (99.38333 - 0.3 = 99.08333333333334 > 99.08333333333333)."""
+    return points < reference - tolerance - 1e-9
+
+
 def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     differences = []
     for key in sorted(set(old) | set(new)):
@@ -385,9 +392,9 @@ class Campaign:
             return node.reason or "failed"
         search, root = self.config.search, self.lineage.root()
         val = _points(node.val_accuracy)
-        if val < _points(root.val_accuracy) - search.max_drop:
+        if falls_short(val, _points(root.val_accuracy), search.max_drop):
             return f"val {val:.2f}% < root {_points(root.val_accuracy):.2f}% - max_drop {search.max_drop}"
-        if val < _points(parent.val_accuracy) - search.max_step_drop:
+        if falls_short(val, _points(parent.val_accuracy), search.max_step_drop):
             return f"val {val:.2f}% < parent {_points(parent.val_accuracy):.2f}% - max_step_drop {search.max_step_drop}"
         return None
 
