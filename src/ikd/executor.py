@@ -81,6 +81,7 @@ class JobWorker:
         import ray
 
         device = resolve_device(job.train_config.device)
+        self.models = {k: m for k, m in self.models.items() if k in model_refs}  # bound memory: this job's only
         for node_id, ref in model_refs.items():
             if node_id not in self.models:
                 self.models[node_id] = ray.get(ref).to(device)
@@ -156,6 +157,7 @@ class RayExecutor:
         jobs = job.split()
         needed = set(job.teacher_ids) | ({job.inherit_from} if job.inherit_from else set())
         refs = {node_id: self._model_ref(node_id, models) for node_id in sorted(needed)}
+        self.model_refs = dict(refs)  # older teachers' weights can leave the object store
         while len(self.actors) < min(len(jobs), self.capacity):
             self.actors.append(self._new_actor())
         idle, queue = list(self.actors[:len(jobs)]), list(enumerate(jobs))
