@@ -125,3 +125,14 @@ def test_torchrun_trains_a_teacher_data_parallel_like_one_process(tmp_path):
     assert a > 0.8 and b > 0.8  # both learned digits
     assert abs(a - b) <= 0.04  # and agree within noise (360 test images: one image is 0.28 points)
     assert len(shared["history"]) == 6 and shared["history"][-1]["images_per_s"] > 0
+
+
+@pytest.mark.ray
+def test_a_cluster_that_cannot_fit_a_job_fails_before_any_training(tmp_path, tiny_teacher):
+    from ikd.errors import ConfigError
+    from ikd.lineage import RunDir
+
+    with local_ray():
+        with pytest.raises(ConfigError, match="cpus_per_job 64.*2 CPUs.*no job fits"):
+            compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray", cpus_per_job=64), progress=False)
+    assert not RunDir(tmp_path / "run").exists()  # not even the root was recorded

@@ -527,6 +527,7 @@ class Campaign:
         return budget_note or next((r for n in chosen if (r := self._target_reached(n))), None)
 
     def run_campaign(self) -> Lineage:
+        self._executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         self._ensure_root()
         expert_ids = self._ensure_experts()
         self.lineage = self.lineage.model_copy(update={"stop_reason": None})
