@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(config.device)
     test = evaluate(model, data.test, mean=data.mean, std=data.std, device=device,
                     precision=resolve_precision(config.precision, device))
-    extra = {"distributed": {"world_size": group.world_size, "backend": "nccl" if device.type == "cuda" else "gloo",
+    extra = {"distributed": {"world_size": group.world_size, "backend": group.backend,
                              "batch_per_process": -(-config.batch_size // group.world_size)}} if group else None
     metadata = training_metadata(data=data, val_fraction=args.val_fraction, split_seed=args.split_seed,
                                  spec=spec, config=config, result=result, test=test, extra=extra)

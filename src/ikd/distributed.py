@@ -11,6 +11,7 @@ model and keep the same best epoch. Only rank 0 prints, evaluates on the test sp
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Group:
     rank: int
     world_size: int
     local_rank: int
+    backend: str
 
     @property
     def is_main(self) -> bool:
@@ -42,7 +44,7 @@ class Group:
     def all_finite(self, value: float, device: torch.device) -> bool:
         """Whether the value is finite on every rank, so all ranks stop together instead of one
         leaving the others waiting in the next all-reduce."""
-        flag = torch.tensor(1.0 if torch.isfinite(torch.tensor(value)) else 0.0, device=device)
+        flag = torch.tensor(1.0 if math.isfinite(value) else 0.0, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
@@ -60,7 +62,7 @@ def current() -> Group | None:
     """The process group this process belongs to, or None when it trains alone."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
-    return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
 
 
 def init_from_environment(device: str) -> Group | None:

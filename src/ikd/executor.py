@@ -27,7 +27,7 @@ import torch
 
 from ikd.data import DataSplits
 from ikd.errors import ConfigError, IkdError
-from ikd.model import VGG, build_model
+from ikd.model import VGG
 from ikd.runtime import resolve_device
 from ikd.train import EpochCallback
 from ikd.training_pass import Outcome, Teacher, TeacherOutputStore, TrainingPass, run_training_pass
@@ -42,9 +42,10 @@ class WorkerLost(IkdError):
 
 @dataclass
 class Trained:
-    """One candidate back from a pass: its model (best weights), outcome, seconds and where it ran."""
+    """One candidate back from a pass: its model (best weights; None when its worker was lost),
+    outcome, seconds and where it ran."""
 
-    model: VGG
+    model: VGG | None
     outcome: Outcome | WorkerLost
     seconds: float
     worker: str = "local"
@@ -170,7 +171,7 @@ class RayExecutor:
                 pending[actor.train.remote(one, refs)] = (index, actor)
             [done], _ = ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(done)
-            candidate, seed = jobs[index].candidates[0], jobs[index].seeds[0]
+            candidate = jobs[index].candidates[0]
             try:
                 model, outcome, seconds, worker = ray.get(done)
             except ray.exceptions.RayTaskError as exc:  # the job raised: an ikd error or a bug, not a lost worker
@@ -180,8 +181,7 @@ class RayExecutor:
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ObjectLostError) as exc:
                 self.log(f"{candidate.node_id}: its worker died ({_first_line(exc)}); recorded as failed")
-                trained[index] = Trained(build_model(candidate.spec, seed=seed),
-                                         WorkerLost(f"{WORKER_LOST}: {_first_line(exc)}"), 0.0, "lost")
+                trained[index] = Trained(None, WorkerLost(f"{WORKER_LOST}: {_first_line(exc)}"), 0.0, "lost")
                 self.actors.remove(actor)
                 replacement = self._new_actor()
                 self.actors.append(replacement)

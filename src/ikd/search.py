@@ -177,11 +177,10 @@ class Campaign:
         data = self._load_data()
         return evaluate(model, split, mean=data.mean, std=data.std, device=self.device, precision=self.precision)
 
-    def _node_record(self, node_id: str, model: VGG, *, generation: int, status: str, parent: str | None,
+    def _node_record(self, node_id: str, spec: ArchSpec, *, generation: int, status: str, parent: str | None,
                      teachers: list[str], operator: str | None, result=None, val: float | None,
                      test: float | None, epochs: int, seconds: float, loss: dict | None = None,
                      reason: str = "") -> NodeRecord:
-        spec = model.spec
         root_params = self.lineage.root().params if node_id != ROOT_ID else spec.num_params()
         return NodeRecord(
             id=node_id, generation=generation, parent=parent, teachers=teachers, operator=operator,
@@ -228,7 +227,7 @@ class Campaign:
             save_model(self.run.node_dir(ROOT_ID), model, training_metadata(
                 data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
                 spec=spec, config=train_config, result=result, test=test))
-        self._record(self._node_record(ROOT_ID, model, generation=0, status="teacher", parent=None, teachers=[],
+        self._record(self._node_record(ROOT_ID, model.spec, generation=0, status="teacher", parent=None, teachers=[],
                                        operator=None, result=result, val=val, test=test["accuracy"],
                                        epochs=epochs, seconds=time.perf_counter() - started))
         self.log(f"root teacher: val {_points(val):.2f}%, test {_points(test['accuracy']):.2f}%")
@@ -283,7 +282,7 @@ class Campaign:
             model = self._import_teacher(Path(directory), data)
             save_model(self.run.node_dir(node_id), model, read_metadata(Path(directory)))
             val, test = self._evaluate(model, data.val)["accuracy"], self._evaluate(model, data.test)["accuracy"]
-            self._record(self._node_record(node_id, model, generation=0, status="expert", parent=None, teachers=[],
+            self._record(self._node_record(node_id, model.spec, generation=0, status="expert", parent=None, teachers=[],
                                            operator=None, val=val, test=test, epochs=0,
                                            seconds=time.perf_counter() - started, reason=f"from {directory}"))
             self.log(f"expert teacher {node_id}: {model.spec.summary()}, val {_points(val):.2f}%")
@@ -348,21 +347,22 @@ class Campaign:
                      "hints": hints, "teacher_weights": t_weights}
         total_epochs = sum(e for _, e in stages)
         for candidate, done in zip(candidates, trained):
-            student, result = done.model.to(self.device), done.outcome
+            result = done.outcome
             common = dict(generation=generation, parent=parent_id, teachers=list(teacher_ids),
                           operator=candidate.operator, epochs=total_epochs, seconds=done.seconds, loss=loss)
             if isinstance(result, Exception):
-                self._record(self._node_record(candidate.node_id, student, status="failed", val=None, test=None,
+                self._record(self._node_record(candidate.node_id, candidate.spec, status="failed", val=None, test=None,
                                                reason=str(result), **common))
                 self.log(f"{candidate.node_id} failed: {result}")
                 continue
+            student = done.model.to(self.device)
             test = self._evaluate(student, data.test)
             save_model(self.run.node_dir(candidate.node_id), student, training_metadata(
                 data=data, val_fraction=self.config.data.val_fraction, split_seed=self.config.data.split_seed,
                 spec=candidate.spec, config=job.train_config, result=result,
                 test=test, extra={"distillation": {"parent": parent_id, "teachers": teacher_ids,
                                                    "operator": candidate.operator, **loss}}))
-            self._record(self._node_record(candidate.node_id, student, status=status, result=result,
+            self._record(self._node_record(candidate.node_id, candidate.spec, status=status, result=result,
                                            val=result.best_val_accuracy, test=test["accuracy"], **common))
 
     def _baselines(self) -> None:
@@ -449,7 +449,7 @@ class Campaign:
         # smallest-first may make the larger candidates unnecessary.
         together = search.many_children() or search.candidates == "all"
         batches = [candidates] if together else [[c] for c in candidates]
-        lazy = not search.many_children() and search.candidates == "smallest-first"
+        lazy = not together
         trained: list[NodeRecord] = []
         for i, batch in enumerate(batches):
             if (lazy and trained and batch[0].spec.num_params() > trained[-1].params
