@@ -44,7 +44,8 @@ def cpu_name() -> str:
 
 def machine_line() -> str:
     """One line saying where and when a number was measured."""
-    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}, "
             f"ikd {ikd.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 

@@ -4,13 +4,15 @@ One row per (dataset, teacher, operators): MNIST and CIFAR-10 (JPEG-Q75), VGG-16
 shrinking by depth only, width only, or both. Each row is a campaign run with the shipped config
 (`configs/<dataset>-<teacher>.yaml`) under the budget given here, stated in the output. A row's run
 directory is resumed, so an interrupted table continues where it stopped, and `--reuse ROW=DIR`
-takes a campaign already run (its own budget is read from its lineage and printed). The final
+takes a campaign already run (its own budget is read from its lineage and printed). A row with no
+`--teacher` imports the teacher a sibling row (same dataset and architecture) trained in `--out`,
+so one teacher serves its three rows. The final
 student is exported to ONNX, checked against PyTorch and timed beside its teacher (`ikd export`).
 
     python benchmarks/paper.py --rows 'mnist-vgg16-*' --data-dir mnist=../shared/data/mnist \
         --teacher mnist-vgg16=runs/mnist-vgg16 --markdown benchmarks/results/paper.md
     python benchmarks/paper.py --collect-only --reuse mnist-vgg16-depth+width=runs/mnist-campaign ...
-    python benchmarks/paper.py --quick      # digits, a tiny budget, under a minute: a smoke run
+    python benchmarks/paper.py --quick      # digits, two rows, a tiny budget, about a minute: a smoke run
 
 Rows not run (no `--collect-only` campaign on disk, or filtered out) are listed as such.
 Last line: `RESULT row_x=... row_drop=... ...`.
@@ -29,7 +31,7 @@ from ikd.errors import IkdError
 from ikd.export import export_node
 from ikd.lineage import Lineage, RunDir
 from ikd.report import arch_name, latency_of
-from ikd.search import compress
+from ikd.search import ROOT_ID, compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import ROOT, machine_line, print_result, publish
@@ -78,12 +80,32 @@ def pairs(values: list[str], flag: str) -> dict[str, str]:
     return parsed
 
 
+def teacher_source(config: dict) -> str:
+    """Where an imported teacher came from: the row whose run trained it, else its directory."""
+    source = Path(config["teacher"]["dir"])
+    return source.parts[-3] if source.parts[-2:] == ("nodes", ROOT_ID) else source.as_posix()
+
+
+def shared_teacher(row: Row, out: Path, teacher_epochs: int) -> str | None:
+    """A teacher another row of this table trained for the same dataset and architecture, with the
+    same epochs: rows that differ only in their operators then share one teacher instead of each
+    training its own (the costliest node of a campaign), and compare students of the same teacher."""
+    for run_dir in sorted(out.glob(f"{row.dataset}-{row.teacher}-*")):
+        if run_dir.name == row.name or not RunDir(run_dir).exists():
+            continue
+        root = RunDir(run_dir).load().root()
+        teacher_dir = RunDir(run_dir).node_dir(ROOT_ID)
+        if root.epochs == teacher_epochs and teacher_dir.is_dir():
+            return str(teacher_dir)
+    return None
+
+
 def budget_of(lineage: Lineage) -> str:
     """The row's budget as it ran, read back from its lineage (so a reused run is labelled by its own)."""
     config = lineage.config
     root = lineage.root()
     students = [n for n in lineage.nodes if n.generation > 0 and n.status not in ("baseline", "expert")]
-    teacher = f"teacher {root.epochs} ep" if root.epochs else "teacher imported"
+    teacher = f"teacher {root.epochs} ep" if root.epochs else f"teacher imported from {teacher_source(config)}"
     return (f"{teacher}; {config['student']['epochs']} ep/child, {len(students)} children "
             f"({sum(n.epochs for n in students)} child-epochs), max_drop {config['search']['max_drop']}")
 
@@ -163,7 +185,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
     parser.add_argument("--repeats", type=int, help="latency repeats (default: ikd export's)")
     parser.add_argument("--markdown", help="write the table here")
-    parser.add_argument("--quick", action="store_true", help="digits, VGG-16, width only, tiny budget")
+    parser.add_argument("--quick", action="store_true", help="digits, VGG-16, width then depth (one teacher), tiny budget")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     data_dirs, teachers = pairs(args.data_dir, "--data-dir"), pairs(args.teacher, "--teacher")
@@ -172,8 +194,8 @@ def main() -> int:
                  "search.max_generations": args.max_generations, "search.budget_epochs": args.budget_epochs,
                  "baselines": args.baselines or None}
     rows = [r for r in all_rows() if fnmatch.fnmatch(r.name, args.rows)]
-    if args.quick:
-        rows = [Row("digits", "vgg16", ("width",))]
+    if args.quick:  # two rows: the second imports the teacher the first trained
+        rows = [Row("digits", "vgg16", ("width",)), Row("digits", "vgg16", ("depth",))]
         overrides |= {"teacher.epochs": 2, "student.epochs": 1, "search.max_generations": 2,
                       "search.max_drop": 100.0, "search.max_step_drop": 100.0}
         args.repeats = args.repeats or 3
@@ -195,9 +217,15 @@ def main() -> int:
                     print(f"paper.py: {row.name}: {run_dir} is unfinished; run it with ikd compress first",
                           file=sys.stderr)
             else:
-                config = load_config(row.config, overrides | {
+                row_overrides = overrides | {
                     "run_dir": str(run_dir), "search.operators": list(row.operators), "data.dir": data_dir,
-                    "teacher.dir": teachers.get(f"{row.dataset}-{row.teacher}"), "teacher.arch": row.teacher})
+                    "teacher.dir": teachers.get(f"{row.dataset}-{row.teacher}"), "teacher.arch": row.teacher}
+                config = load_config(row.config, row_overrides)
+                if config.teacher.dir is None and not RunDir(run_dir).exists():
+                    shared = shared_teacher(row, Path(args.out), config.teacher.epochs)
+                    if shared:
+                        print(f"paper.py: {row.name}: importing the teacher trained for {shared}", file=sys.stderr)
+                        config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
             lineage = measure(run_dir, lineage, data_dir, args.repeats)
         except IkdError as exc:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ikd.lineage import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,11 +24,16 @@ def test_paper_table_quick(tmp_path):
     out = run_quick("paper.py", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"),
                     tmp_path=tmp_path)
     last = out.strip().splitlines()[-1]
-    assert last.startswith("RESULT digits-vgg16-width_x=")
+    assert last.startswith("RESULT digits-vgg16-width_x=") and "digits-vgg16-depth_x=" in last
     table = (tmp_path / "paper.md").read_text()
-    assert "| digits | VGG-16 | width |" in table and "Network Slimming" in table
-    # the final student was exported and timed beside its teacher
-    assert "| - | - | - | - |" not in table.split("| digits |")[1].splitlines()[0]
+    assert "| digits | VGG-16 | width | teacher 2 ep;" in table and "Network Slimming" in table
+    # the second row trained no teacher of its own: it imported the first row's
+    assert "| digits | VGG-16 | depth | teacher imported from digits-vgg16-width;" in table
+    width, depth = (RunDir(tmp_path / "runs" / f"digits-vgg16-{ops}").load().root() for ops in ("width", "depth"))
+    assert (width.epochs, depth.epochs) == (2, 0) and depth.sha256 == width.sha256
+    # each final student was exported and timed beside its teacher
+    for row in table.split("| digits |")[1:]:
+        assert "| - | - | - | - |" not in row.splitlines()[0]
 
 
 def result_of(out: str) -> dict[str, str]:
