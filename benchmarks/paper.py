@@ -224,7 +224,8 @@ def main() -> int:
                 if config.teacher.dir is None and not RunDir(run_dir).exists():
                     shared = shared_teacher(row, Path(args.out), config.teacher.epochs)
                     if shared:
-                        print(f"paper.py: {row.name}: importing {shared}, the teacher a sibling row trained", file=sys.stderr)
+                        print(f"paper.py: {row.name}: importing {shared}, the teacher a sibling row trained",
+                              file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
             lineage = measure(run_dir, lineage, data_dir, args.repeats)
