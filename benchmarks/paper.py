@@ -6,8 +6,8 @@ shrinking by depth only, width only, or both. Each row is a campaign run with th
 directory is resumed, so an interrupted table continues where it stopped, and `--reuse ROW=DIR`
 takes a campaign already run (its own budget is read from its lineage and printed). A row with no
 `--teacher` imports the teacher a sibling row (same dataset and architecture) trained in `--out`,
-so one teacher serves its three rows. The final
-student is exported to ONNX, checked against PyTorch and timed beside its teacher (`ikd export`).
+so one teacher serves its three rows. The final student is exported to ONNX, checked against
+PyTorch and timed beside its teacher (`ikd export`).
 
     python benchmarks/paper.py --rows 'mnist-vgg16-*' --data-dir mnist=../shared/data/mnist \
         --teacher mnist-vgg16=runs/mnist-vgg16 --markdown benchmarks/results/paper.md
@@ -83,7 +83,8 @@ def pairs(values: list[str], flag: str) -> dict[str, str]:
 def teacher_source(config: dict) -> str:
     """Where an imported teacher came from: the row whose run trained it, else its directory."""
     source = Path(config["teacher"]["dir"])
-    return source.parts[-3] if source.parts[-2:] == ("nodes", ROOT_ID) else source.as_posix()
+    run_dir = source.parents[1] if len(source.parents) > 1 else source
+    return run_dir.name if RunDir(run_dir).node_dir(ROOT_ID) == source else source.as_posix()
 
 
 def shared_teacher(row: Row, out: Path, teacher_epochs: int) -> str | None:
@@ -91,11 +92,11 @@ def shared_teacher(row: Row, out: Path, teacher_epochs: int) -> str | None:
     same epochs: rows that differ only in their operators then share one teacher instead of each
     training its own (the costliest node of a campaign), and compare students of the same teacher."""
     for run_dir in sorted(out.glob(f"{row.dataset}-{row.teacher}-*")):
-        if run_dir.name == row.name or not RunDir(run_dir).exists():
+        sibling = RunDir(run_dir)
+        if run_dir.name == row.name or not sibling.exists():
             continue
-        root = RunDir(run_dir).load().root()
-        teacher_dir = RunDir(run_dir).node_dir(ROOT_ID)
-        if root.epochs == teacher_epochs and teacher_dir.is_dir():
+        teacher_dir = sibling.node_dir(ROOT_ID)
+        if sibling.load().root().epochs == teacher_epochs and teacher_dir.is_dir():
             return str(teacher_dir)
     return None
 
@@ -185,7 +186,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
     parser.add_argument("--repeats", type=int, help="latency repeats (default: ikd export's)")
     parser.add_argument("--markdown", help="write the table here")
-    parser.add_argument("--quick", action="store_true", help="digits, VGG-16, width then depth (one teacher), tiny budget")
+    parser.add_argument("--quick", action="store_true",
+                        help="digits, VGG-16, width then depth (one teacher), tiny budget")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     data_dirs, teachers = pairs(args.data_dir, "--data-dir"), pairs(args.teacher, "--teacher")
