@@ -39,7 +39,8 @@ bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 
 # The paper's table (benchmarks/paper.py): campaigns per dataset x teacher x operators, each row
-# labelled with its budget. Hours on a CPU; narrow it, e.g. make paper PAPER_ARGS="--rows 'mnist-vgg16-*'".
+# labelled with its budget. Hours on a CPU; narrow it, e.g. make paper PAPER_ARGS="--rows 'mnist-vgg16-*'":
+# the rows run replace theirs in the table (records in results/paper.json), the others stay.
 PAPER_ARGS ?= --rows 'mnist-vgg16-*'
 paper: install
 	$(BIN)/python benchmarks/paper.py $(PAPER_ARGS) --markdown benchmarks/results/paper.md

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import ikd
 from ikd.arch import ArchSpec, preset
-from ikd.checkpoint import load_model
+from ikd.checkpoint import atomic_write_bytes, load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
@@ -68,9 +68,8 @@ def repo_path(path: str | Path) -> Path:
 
 def write_record(path: str | Path, title: str, body: str) -> None:
     """A markdown record of a run: its title, the exact command, then the script's own text."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {title}\n\nCommand: `{command_line()}`\n\n{body.rstrip()}\n")
+    # atomic: a record rewritten in place (the paper's table) is never left half-written
+    atomic_write_bytes(Path(path), f"# {title}\n\nCommand: `{command_line()}`\n\n{body.rstrip()}\n".encode())
 
 
 def publish(text: str, markdown: str | Path | None, title: str) -> None:

@@ -14,18 +14,23 @@ PyTorch and timed beside its teacher (`ikd export`).
     python benchmarks/paper.py --collect-only --reuse mnist-vgg16-depth+width=runs/mnist-campaign ...
     python benchmarks/paper.py --quick      # digits, two rows, a tiny budget, about a minute: a smoke run
 
-Rows not run (no `--collect-only` campaign on disk, or filtered out) are listed as such.
-Last line: `RESULT row_x=... row_drop=... ...`.
+With `--markdown PATH`, the table is kept as records too (`PATH` with `.json`, one per row: its
+numbers, the command that made it and where): a run replaces the records of the rows it ran and keeps
+the others, so the table grows row by row across runs and machines, and `make paper` on a few rows
+does not wipe the rest. Text from a `## Notes` heading on in PATH is hand-written and carried over.
+Rows with no record are listed as not run. Last line: `RESULT row_x=... row_drop=... ...`.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ikd.checkpoint import atomic_write_bytes, atomic_write_json
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
@@ -34,10 +39,11 @@ from ikd.report import arch_name, latency_of
 from ikd.search import ROOT_ID, compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import ROOT, machine_line, print_result, publish
+from common import ROOT, command_line, machine_line, print_result
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
+NOTES_HEADING = "## Notes"  # from here on a table's file is hand-written, carried over when rewritten
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG-Q75)", "digits": "digits"}
 # Published results, quoted for orientation; none is reproduced here (full CIFAR-10 or MNIST,
 # GPU budgets of hundreds of epochs, other architectures' heads).
@@ -140,14 +146,37 @@ def row_result(row: Row, lineage: Lineage) -> dict:
     }
 
 
+def records_path(markdown: str | Path) -> Path:
+    return Path(markdown).with_suffix(".json")
+
+
+def load_records(path: Path) -> dict[str, dict]:
+    """The rows a table already holds, by row name (none when `path` does not exist)."""
+    if not path.exists():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"paper.py: error: {path}: not a readable table record ({exc})") from None
+    if not isinstance(records, dict) or not all(isinstance(r, dict) and "row" in r for r in records.values()):
+        raise SystemExit(f"paper.py: error: {path}: expected an object of row records, each with a 'row' key")
+    return records
+
+
+def ordered(records: dict[str, dict]) -> list[dict]:
+    """The paper's rows in table order, then any others (the smoke run's digits rows) as recorded."""
+    names = [r.name for r in all_rows() if r.name in records]
+    return [records[n] for n in names] + [r for n, r in records.items() if n not in names]
+
+
 def markdown(results: list[dict], missing: list[str]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     lines = [
-        f"Machine: {machine_line()}. Every row states the budget it ran with; "
+        "Every row states the budget it ran with, and below the table the command that made it and where; "
         "CIFAR-10 here is the JPEG-Q75 variant. Accuracy drop = teacher test % - student test %; the student is "
         "the smallest accepted by validation (test never used to choose). Latency speed-up: teacher ms / student "
-        "ms at batch 1, same runtime, this CPU. Drops are points lost (negative: the student scored higher). "
+        "ms at batch 1, same runtime, same machine. Drops are points lost (negative: the student scored higher). "
         "Training min: the nodes' recorded training time, teacher and baselines included.", "",
         "| dataset | teacher | operators | budget | teacher test % | student params | memory reduction % | "
         "compression x | test drop (pts) | val drop (pts) | generations | speed-up ORT b1 | speed-up torch b1 | "
@@ -162,11 +191,38 @@ def markdown(results: list[dict], missing: list[str]) -> str:
             f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |")
     if missing:
         lines += ["", "Not run in this table (budget): " + ", ".join(f"`{m}`" for m in missing) + "."]
+    lines += ["", "How each row was made (the command that tabulated it, and the machine and time):", ""]
+    lines += [f"- `{r['row']}`: `{r['command']}` -- {r['machine']}" + (f" ({r['source']})" if "source" in r else "")
+              for r in results]
     lines += ["", "Published anchors (quoted from the papers, not reproduced here; full datasets, their own "
               "training budgets; accuracy change as reported, positive = better than the baseline):", "",
               "| method | network | dataset | size reduction | accuracy change (pts) |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {n} | {d} | {s} | {a} |" for m, n, d, s, a in ANCHORS]
     return "\n".join(lines) + "\n"
+
+
+def hand_notes(markdown_path: Path) -> str:
+    """The hand-written part of a table's file: from its `## Notes` heading to the end."""
+    if not markdown_path.exists():
+        return ""
+    text = "\n" + markdown_path.read_text()
+    start = text.find(f"\n{NOTES_HEADING}\n")
+    return "" if start < 0 else text[start + 1:]
+
+
+def table_text(records: dict[str, dict], quick: bool) -> str:
+    missing = [] if quick else [r.name for r in all_rows() if r.name not in records]
+    return markdown(ordered(records), missing)
+
+
+def save_table(records: dict[str, dict], markdown_path: str, quick: bool) -> None:
+    """The records (atomically, first: the markdown is made from them) and the markdown, notes kept."""
+    atomic_write_json(records_path(markdown_path), records)
+    notes = hand_notes(Path(markdown_path))
+    text = (f"# The paper's table: ikd's campaigns beside published compression results\n\n"
+            f"Last written by `{command_line()}` from the records in `{records_path(markdown_path).name}`; "
+            f"each row's own command is listed below the table.\n\n{table_text(records, quick)}")
+    atomic_write_bytes(Path(markdown_path), (text + ("\n" + notes if notes else "")).encode())
 
 
 def main() -> int:
@@ -205,15 +261,15 @@ def main() -> int:
         raise SystemExit(f"paper.py: error: --rows {args.rows!r} matches none of: "
                          f"{', '.join(r.name for r in all_rows())}")
 
-    results, missing = [], []
+    records = load_records(records_path(args.markdown)) if args.markdown else {}
+    results = []
     for row in rows:
         run_dir = Path(reuse.get(row.name, Path(args.out) / row.name))
         data_dir = data_dirs.get(row.dataset)
         try:
             if args.collect_only or row.name in reuse:
                 if not RunDir(run_dir).exists():
-                    missing.append(row.name)
-                    continue
+                    continue  # a row recorded earlier keeps its record
                 lineage = RunDir(run_dir).load()
                 if not args.collect_only and lineage.stop_reason is None:
                     print(f"paper.py: {row.name}: {run_dir} is unfinished; run it with ikd compress first",
@@ -234,12 +290,15 @@ def main() -> int:
         except IkdError as exc:
             print(f"paper.py: {row.name}: error: {exc}", file=sys.stderr)
             return 2
-        results.append(row_result(row, lineage))
-        r = results[-1]
+        results.append(row_result(row, lineage) | {"command": command_line(), "machine": machine_line()})
+        records[row.name] = r = results[-1]
+        if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
+            save_table(records, args.markdown, args.quick)
         print(f"{row.name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
 
-    text = markdown(results, missing + [r.name for r in all_rows() if r not in rows and not args.quick])
-    publish(text, args.markdown, "The paper's table: ikd's campaigns beside published compression results")
+    if args.markdown:  # also when no row ran: the file is remade from its records (new notes, new format)
+        save_table(records, args.markdown, args.quick)
+    print(table_text(records, args.quick))
     print_result({key: value for r in results
                   for key, value in ((f"{r['row']}_x", f"{r['x']:.1f}"), (f"{r['row']}_drop", f"{r['drop']:.2f}"))})
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,28 @@ def test_paper_table_quick(tmp_path):
     # each final student was exported and timed beside its teacher
     for row in table.split("| digits |")[1:]:
         assert "| - | - | - | - |" not in row.splitlines()[0]
+
+    # the table is kept as records: a later run replaces its own rows, keeps the others and the notes
+    records_file = tmp_path / "paper.json"
+    records = json.loads(records_file.read_text())
+    assert list(records) == ["digits-vgg16-width", "digits-vgg16-depth"]
+    assert records["digits-vgg16-width"]["command"].startswith("python benchmarks/paper.py --quick")
+    earlier = records["digits-vgg16-width"] | {"row": "mnist-vgg16-width", "dataset": "MNIST", "params": 4321}
+    records_file.write_text(json.dumps({"mnist-vgg16-width": earlier} | records))
+    (tmp_path / "paper.md").write_text(table + "\n## Notes\n\n- written by hand\n")
+    run_quick("paper.py", "--collect-only", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"),
+              tmp_path=tmp_path)
+    merged = (tmp_path / "paper.md").read_text()
+    assert "| MNIST | VGG-16 | width |" in merged and "| 4,321 |" in merged
+    assert merged.count("| digits | VGG-16 |") == 2 and merged.endswith("## Notes\n\n- written by hand\n")
+    assert "--collect-only" in json.loads(records_file.read_text())["digits-vgg16-depth"]["command"]
+
+    records_file.write_text("{not json")
+    broken = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--quick", "--collect-only",
+                             "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert broken.returncode != 0 and "paper.json: not a readable table record" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 def result_of(out: str) -> dict[str, str]:

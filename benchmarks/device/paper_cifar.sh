@@ -28,10 +28,9 @@ python3 benchmarks/paper.py --quick --quiet --out runs/device-quick --markdown "
 budget=(--student-epochs "$STUDENT_EPOCHS" --teacher-epochs "$TEACHER_EPOCHS" --max-generations "$MAX_GENERATIONS")
 for row in $ROWS; do
     if (( SECONDS > DEADLINE_S )); then echo "paper_cifar.sh: $row not started: past ${DEADLINE_S} s"; continue; fi
+    # each row adds its record to the table in $OUT (paper.py keeps the rows run before)
     python3 benchmarks/paper.py --quiet --rows "$row" --data-dir cifar10=.cache/data --out runs/paper-device \
-        "${budget[@]}" | tail -1
-    python3 benchmarks/paper.py --collect-only --rows 'cifar10-*' --data-dir cifar10=.cache/data \
-        --out runs/paper-device --markdown "$OUT/paper_cifar.md" >/dev/null
+        "${budget[@]}" --markdown "$OUT/paper_cifar.md" | tail -1
     tar czf "$OUT/runs.tar.gz" --exclude='*.safetensors' --exclude='*.onnx' runs/paper-device
     echo "paper_cifar.sh: $row done at ${SECONDS} s"
 done
