@@ -146,6 +146,12 @@ def row_result(row: Row, lineage: Lineage) -> dict:
     }
 
 
+# what the markdown shows of a row, so what a record read back must hold
+RECORD_KEYS = {"row", "dataset", "teacher", "operators", "budget", "teacher_test", "params", "reduction", "x", "drop",
+               "val_drop", "generations", "speedup_ort", "speedup_torch", "scratch", "oneshot", "train_minutes",
+               "command", "machine"}
+
+
 def records_path(markdown: str | Path) -> Path:
     return Path(markdown).with_suffix(".json")
 
@@ -158,8 +164,11 @@ def load_records(path: Path) -> dict[str, dict]:
         records = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SystemExit(f"paper.py: error: {path}: not a readable table record ({exc})") from None
-    if not isinstance(records, dict) or not all(isinstance(r, dict) and "row" in r for r in records.values()):
-        raise SystemExit(f"paper.py: error: {path}: expected an object of row records, each with a 'row' key")
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise SystemExit(f"paper.py: error: {path}: expected an object of row records, keyed by row name")
+    for name, record in records.items():
+        if lacking := sorted(RECORD_KEYS - record.keys()):
+            raise SystemExit(f"paper.py: error: {path}: row {name!r} lacks {', '.join(lacking)}")
     return records
 
 
@@ -261,6 +270,9 @@ def main() -> int:
         raise SystemExit(f"paper.py: error: --rows {args.rows!r} matches none of: "
                          f"{', '.join(r.name for r in all_rows())}")
 
+    if args.markdown and Path(args.markdown).suffix == ".json":
+        raise SystemExit(f"paper.py: error: --markdown {args.markdown}: expected a .md path (its records go "
+                         "beside it, as .json)")
     records = load_records(records_path(args.markdown)) if args.markdown else {}
     results = []
     for row in rows:
