@@ -291,8 +291,10 @@ def main() -> int:
                     "run_dir": str(run_dir), "search.operators": list(row.operators), "data.dir": data_dir,
                     "teacher.dir": teachers.get(f"{row.dataset}-{row.teacher}"), "teacher.arch": row.teacher}
                 config = load_config(row.config, row_overrides)
-                if config.teacher.dir is None and not RunDir(run_dir).exists():
-                    shared = shared_teacher(row, Path(args.out), config.teacher.epochs)
+                if config.teacher.dir is None:
+                    # a run dir already there resumes with the teacher it began with
+                    shared = (RunDir(run_dir).load().config["teacher"].get("dir") if RunDir(run_dir).exists()
+                              else shared_teacher(row, Path(args.out), config.teacher.epochs))
                     if shared:
                         print(f"paper.py: {row.name}: importing {shared}, the teacher a sibling row trained",
                               file=sys.stderr)
