@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ikd.checkpoint import atomic_write_bytes, atomic_write_json
+from ikd.checkpoint import atomic_write_json
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
@@ -39,7 +39,7 @@ from ikd.report import arch_name, latency_of
 from ikd.search import ROOT_ID, compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import ROOT, command_line, machine_line, print_result
+from common import ROOT, command_line, machine_line, print_result, write_record
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
@@ -228,10 +228,10 @@ def save_table(records: dict[str, dict], markdown_path: str, quick: bool) -> Non
     """The records (atomically, first: the markdown is made from them) and the markdown, notes kept."""
     atomic_write_json(records_path(markdown_path), records)
     notes = hand_notes(Path(markdown_path))
-    text = (f"# The paper's table: ikd's campaigns beside published compression results\n\n"
-            f"Last written by `{command_line()}` from the records in `{records_path(markdown_path).name}`; "
-            f"each row's own command is listed below the table.\n\n{table_text(records, quick)}")
-    atomic_write_bytes(Path(markdown_path), (text + ("\n" + notes if notes else "")).encode())
+    body = (f"Made from the records in `{records_path(markdown_path).name}`; each row's own command is listed "
+            f"below the table.\n\n{table_text(records, quick)}")
+    write_record(markdown_path, "The paper's table: ikd's campaigns beside published compression results",
+                 body + ("\n" + notes if notes else ""))
 
 
 def main() -> int:
@@ -293,11 +293,12 @@ def main() -> int:
                 config = load_config(row.config, row_overrides)
                 if config.teacher.dir is None:
                     # a run dir already there resumes with the teacher it began with
-                    shared = (RunDir(run_dir).load().config["teacher"].get("dir") if RunDir(run_dir).exists()
+                    resumed = RunDir(run_dir).exists()
+                    shared = (RunDir(run_dir).load().config["teacher"].get("dir") if resumed
                               else shared_teacher(row, Path(args.out), config.teacher.epochs))
                     if shared:
-                        print(f"paper.py: {row.name}: importing {shared}, the teacher a sibling row trained",
-                              file=sys.stderr)
+                        source = "the teacher this run began with" if resumed else "the teacher a sibling row trained"
+                        print(f"paper.py: {row.name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
             lineage = measure(run_dir, lineage, data_dir, args.repeats)
