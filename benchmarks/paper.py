@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ikd.checkpoint import atomic_write_json
+from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
@@ -117,13 +117,20 @@ def budget_of(lineage: Lineage) -> str:
             f"({sum(n.epochs for n in students)} child-epochs), max_drop {config['search']['max_drop']}")
 
 
-def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None) -> Lineage:
-    """Export the final student to ONNX (verified against PyTorch) and time it beside the teacher."""
+def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None) -> tuple[Lineage, str | None]:
+    """Export the final student to ONNX (verified against PyTorch) and time it beside the teacher.
+
+    A lineage whose weights are not here (brought back from another machine without them) is
+    tabulated as it is, with a note saying so instead of latencies.
+    """
     final = lineage.final()
     if final is lineage.root() or latency_of(final, "onnxruntime", 1):
-        return lineage
+        return lineage, None
+    run = RunDir(run_dir)
+    if absent := [n.id for n in (lineage.root(), final) if not (run.node_dir(n.id) / WEIGHTS_FILE).is_file()]:
+        return lineage, f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, so not exported or timed"
     export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats)
-    return RunDir(run_dir).load()
+    return run.load(), None
 
 
 def row_result(row: Row, lineage: Lineage) -> dict:
@@ -301,17 +308,25 @@ def main() -> int:
                         print(f"paper.py: {row.name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
-            lineage = measure(run_dir, lineage, data_dir, args.repeats)
+            lineage, note = measure(run_dir, lineage, data_dir, args.repeats)
         except IkdError as exc:
             print(f"paper.py: {row.name}: error: {exc}", file=sys.stderr)
             return 2
-        results.append(row_result(row, lineage) | {"command": command_line(), "machine": machine_line()})
-        records[row.name] = r = results[-1]
+        if note:
+            print(f"paper.py: {row.name}: {note}", file=sys.stderr)
+        results.append(row_result(row, lineage) | {"command": command_line(), "machine": machine_line()}
+                       | ({"source": note} if note else {}))
+        r = results[-1]
         if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
+            # read again first: another paper.py may have added rows to the same table meanwhile
+            records = load_records(records_path(args.markdown)) | {row.name: r}
             save_table(records, args.markdown, args.quick)
+        else:
+            records[row.name] = r
         print(f"{row.name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
 
     if args.markdown:  # also when no row ran: the file is remade from its records (new notes, new format)
+        records = load_records(records_path(args.markdown))
         save_table(records, args.markdown, args.quick)
     print(table_text(records, args.quick))
     print_result({key: value for r in results

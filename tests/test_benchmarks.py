@@ -51,6 +51,18 @@ def test_paper_table_quick(tmp_path):
     assert merged.count("| digits | VGG-16 |") == 2 and merged.endswith("## Notes\n\n- written by hand\n")
     assert "--collect-only" in json.loads(records_file.read_text())["digits-vgg16-depth"]["command"]
 
+    # a lineage brought back without its weights (nor latencies) is tabulated as it is, and says so
+    run = RunDir(tmp_path / "runs" / "digits-vgg16-depth")
+    lineage = run.load()
+    final = lineage.final()
+    (run.node_dir(final.id) / "model.safetensors").unlink()
+    run.save(lineage.model_copy(update={"nodes": [n.model_copy(update={"latency": []}) for n in lineage.nodes]}))
+    run_quick("paper.py", "--collect-only", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"),
+              tmp_path=tmp_path)
+    weightless = json.loads(records_file.read_text())["digits-vgg16-depth"]
+    assert weightless["speedup_ort"] is None and weightless["params"] == final.params
+    assert f"no weights of {final.id} here, so not exported or timed" in weightless["source"]
+
     records_file.write_text("{not json")
     broken = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--quick", "--collect-only",
                              "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")],

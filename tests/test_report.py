@@ -63,6 +63,22 @@ def test_report_numbers_come_from_the_lineage(run_dir):
     assert f"by {reduction:.2f}% in memory footprint" in headline
     assert f"{final.compression:.1f}x fewer parameters" in headline
     assert f"{100 * final.test_accuracy:.2f}%" in headline and f"in {final.generation} generations" in headline
+    val_drop = 100 * (root.val_accuracy - final.val_accuracy)
+    assert f"{abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}" in headline
+
+
+def test_headline_words_a_student_above_its_teacher_as_a_gain(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    document = json.loads((copy / "lineage.json").read_text())
+    root = document["nodes"][0]
+    final = load_report(copy).final
+    for node in document["nodes"]:
+        if node["id"] == final.id:
+            node["val_accuracy"], node["test_accuracy"] = root["val_accuracy"] + 0.006, root["test_accuracy"] + 0.0025
+    (copy / "lineage.json").write_text(json.dumps(document))
+    headline = load_report(copy).headline()
+    assert "a 0.25-point gain in test accuracy" in headline and "the split that chose it, 0.60 points up)" in headline
 
 
 def test_figures_are_readable_pngs(run_dir):

@@ -105,7 +105,7 @@ class Report:
                 f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
                 f"{_bytes(final.size_bytes_fp32)} fp32) with {change} in test accuracy "
                 f"({100 * root.test_accuracy:.2f}% -> {100 * final.test_accuracy:.2f}%; on validation, the split "
-                f"that chose it, {val_drop:.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
+                f"that chose it, {abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
                 f"generation{'s' * (final.generation != 1)}.")
 
     def has_latency(self) -> bool:
