@@ -17,6 +17,7 @@ STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}
 MAX_GENERATIONS=${MAX_GENERATIONS:-6}
 HARD_LIMIT_S=${HARD_LIMIT_S:-500}
 QUICK=${QUICK:-0}
+ROW_ARGS=${ROW_ARGS-}  # more paper.py arguments for ROWS, e.g. --baselines
 ROWS=${ROWS-"cifar10-vgg19-depth+width cifar10-vgg19-width cifar10-vgg19-depth"}
 EXTRA_ROWS=${EXTRA_ROWS-"cifar10-vgg19-depth+width"}
 EXTRA_ARGS=${EXTRA_ARGS-"--teacher cifar10-vgg19=runs/paper-device/cifar10-vgg19-depth+width/nodes/g0-teacher"}
@@ -46,8 +47,9 @@ run_row() {
 }
 
 for row in $ROWS; do
+    # shellcheck disable=SC2086  # ROW_ARGS is a list of arguments
     run_row runs/paper-device paper_cifar.md "$row" --teacher-epochs "$TEACHER_EPOCHS" \
-        --student-epochs "$STUDENT_EPOCHS" --max-generations "$MAX_GENERATIONS"
+        --student-epochs "$STUDENT_EPOCHS" --max-generations "$MAX_GENERATIONS" $ROW_ARGS
 done
 for row in $EXTRA_ROWS; do
     # shellcheck disable=SC2086  # EXTRA_ARGS is a list of arguments
