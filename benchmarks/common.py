@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import shlex
 import statistics
 import sys
@@ -19,13 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import ikd
 from ikd.arch import ArchSpec, preset
 from ikd.checkpoint import atomic_write_bytes, load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
-from ikd.runtime import Precision, cpu_model_name
+from ikd.runtime import Precision, cpu_name, describe_machine  # noqa: F401 (cpu_name: for the scripts)
 from ikd.shrink import shrink_width
 from ikd.train import TrainConfig, TrainResult, train_model
 
@@ -36,17 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLOPS_PER_MAC = 3 * 2
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    name = cpu_model_name()
-    return name if name != "unknown" else (platform.processor() or platform.machine())
-
-
 def machine_line() -> str:
     """One line saying where and when a number was measured."""
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}, "
-            f"ikd {ikd.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    return f"{describe_machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
 
 
 def command_line() -> str:

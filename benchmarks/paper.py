@@ -207,9 +207,10 @@ def markdown(results: list[dict], missing: list[str]) -> str:
             f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |")
     if missing:
         lines += ["", "Not run in this table (budget): " + ", ".join(f"`{m}`" for m in missing) + "."]
-    lines += ["", "How each row was made (the command that tabulated it, and the machine and time):", ""]
+    lines += ["", "How each row was made (the command that tabulated it, the machine and time; for a row tabulated "
+              "from a campaign run before, the runs its lineage records):", ""]
     lines += [f"- `{r['row']}`: `{r['command']}` -- {r['machine']}" + (f" ({r['source']})" if "source" in r else "")
-              for r in results]
+              + (f"; trained by {r['trained_by']}" if "trained_by" in r else "") for r in results]
     lines += ["", "Published anchors (quoted from the papers, not reproduced here; full datasets, their own "
               "training budgets; accuracy change as reported, positive = better than the baseline):", "",
               "| method | network | dataset | size reduction | accuracy change (pts) |", "|---|---|---|---|---|"]
@@ -285,8 +286,9 @@ def main() -> int:
     for row in rows:
         run_dir = Path(reuse.get(row.name, Path(args.out) / row.name))
         data_dir = data_dirs.get(row.dataset)
+        tabulated = args.collect_only or row.name in reuse  # a campaign run elsewhere, or before
         try:
-            if args.collect_only or row.name in reuse:
+            if tabulated:
                 if not RunDir(run_dir).exists():
                     continue  # a row recorded earlier keeps its record
                 lineage = RunDir(run_dir).load()
@@ -314,8 +316,9 @@ def main() -> int:
             return 2
         if note:
             print(f"paper.py: {row.name}: {note}", file=sys.stderr)
+        trained_by = "; ".join(f"`{s.command}` -- {s.machine}, {s.started}" for s in lineage.sessions)
         results.append(row_result(row, lineage) | {"command": command_line(), "machine": machine_line()}
-                       | ({"source": note} if note else {}))
+                       | ({"source": note} if note else {}) | ({"trained_by": trained_by} if tabulated and trained_by else {}))
         r = results[-1]
         if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
             # read again first: another paper.py may have added rows to the same table meanwhile

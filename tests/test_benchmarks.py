@@ -49,7 +49,10 @@ def test_paper_table_quick(tmp_path):
     merged = (tmp_path / "paper.md").read_text()
     assert "| MNIST | VGG-16 | width |" in merged and "| 4,321 |" in merged
     assert merged.count("| digits | VGG-16 |") == 2 and merged.endswith("## Notes\n\n- written by hand\n")
-    assert "--collect-only" in json.loads(records_file.read_text())["digits-vgg16-depth"]["command"]
+    collected = json.loads(records_file.read_text())["digits-vgg16-depth"]
+    # tabulated, not trained, by this command: the row also names the run that trained it
+    assert "--collect-only" in collected["command"] and "`paper.py --quick --quiet --out" in collected["trained_by"]
+    assert "trained by `paper.py --quick" in merged
 
     # a lineage brought back without its weights (nor latencies) is tabulated as it is, and says so
     run = RunDir(tmp_path / "runs" / "digits-vgg16-depth")

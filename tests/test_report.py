@@ -46,6 +46,8 @@ def test_report_numbers_come_from_the_lineage(run_dir):
     lineage = RunDir(run_dir).load()
     rows = _table_rows((out / "report.md").read_text())
     assert set(rows) == {n.id for n in lineage.nodes}
+    session = lineage.sessions[-1]  # where and how the campaign ran
+    assert f"- Run {session.started}: `{session.command}` on {session.machine}." in (out / "report.md").read_text()
     root, final = lineage.root(), lineage.final()
     for node in lineage.nodes:
         row = rows[node.id]

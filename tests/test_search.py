@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import ikd
 from ikd.arch import ArchSpec
 from ikd.config import load_config
 from ikd.errors import ConfigError
@@ -103,6 +104,11 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     monkeypatch.setattr(Campaign, "_train_students", lambda self, cs, **kw: again.extend(c.node_id for c in cs))
     compress(config, progress=False)
     assert again == []  # a finished campaign resumes to the same place without training
+    # every run of the campaign is on record: when, the command, the machine
+    sessions = run.load().sessions
+    assert len(partial.sessions) == 1 and sessions[0] == partial.sessions[0] and len(sessions) == 3
+    assert all("torch threads" in s.machine and f"ikd {ikd.__version__}" in s.machine and s.command for s in sessions)
+    assert sessions[0].started <= sessions[2].started
 
 
 def test_run_dir_from_another_config_is_refused(tmp_path, tiny_teacher):

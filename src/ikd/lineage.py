@@ -53,6 +53,16 @@ class Latency(BaseModel):
     device: str = Field(description="where it was measured, e.g. the CPU's model name")
 
 
+class Session(BaseModel):
+    """One `ikd compress` (or `ikd.compress`) that started or resumed the campaign: when, how, where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started: str = Field(description="UTC, ISO 8601")
+    command: str = Field(description="the program and its arguments, as run")
+    machine: str = Field(description="CPU, threads, accelerator, torch and ikd versions")
+
+
 class NodeRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +111,7 @@ class Lineage(BaseModel):
     config: dict[str, Any]
     nodes: list[NodeRecord] = Field(default_factory=list)
     stop_reason: str | None = None
+    sessions: list[Session] = Field(default_factory=list, description="every run of the campaign, first first")
 
     def node(self, node_id: str) -> NodeRecord | None:
         return next((n for n in self.nodes if n.id == node_id), None)

@@ -155,6 +155,7 @@ class Report:
             lines.append(f"Baselines (same architecture as the final student, same epochs): {compared}; "
                          f"the chain's student: {_pct(self.final.test_accuracy)}% (test).")
         lines.append("Test accuracy is reported only; every decision used the validation split.")
+        lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
         return lines
 
 

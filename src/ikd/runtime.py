@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ikd import __version__
 from ikd.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -49,6 +51,21 @@ def _cpu_identity() -> tuple[str, set[str]]:
 def cpu_model_name() -> str:
     """The CPU's model name from /proc/cpuinfo, e.g. to say where a latency was measured."""
     return _cpu_identity()[0]
+
+
+def cpu_name() -> str:
+    """The CPU's model name, else what the platform module knows (no /proc/cpuinfo: macOS, Windows)."""
+    name = cpu_model_name()
+    return name if name != "unknown" else (platform.processor() or platform.machine())
+
+
+def describe_machine(device: torch.device | None = None) -> str:
+    """Where a run computes: CPU, torch threads, the accelerator when one is used, torch and ikd versions."""
+    used = device is None or device.type == "cuda"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if used and torch.cuda.is_available() else ""
+    if device is not None and device.type == "mps":
+        gpu = ", Apple MPS"
+    return f"{cpu_name()}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}, ikd {__version__}"
 
 
 def cpu_has_bf16_instructions() -> bool:

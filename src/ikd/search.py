@@ -18,6 +18,7 @@ mid-training is simply trained again.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,11 +32,11 @@ from ikd.config import CampaignConfig
 from ikd.data import DataSplits, load_dataset
 from ikd.errors import CheckpointError, ConfigError
 from ikd.external import ExternalTeacher
-from ikd.lineage import Lineage, NodeRecord, RunDir
+from ikd.lineage import Lineage, NodeRecord, RunDir, Session
 from ikd.model import VGG, build_model
 from ikd.executor import WORKER_LOST, LocalExecutor, RayExecutor
 from ikd.objective import LossWeights
-from ikd.runtime import resolve_device, resolve_precision
+from ikd.runtime import describe_machine, resolve_device, resolve_precision
 from ikd.strategy import (
     SEED_STRIDE,
     Candidate,
@@ -89,6 +90,10 @@ class Campaign:
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.lineage = self._open_lineage(force)
+        # saved with the lineage's next write (the first node's, for a new campaign)
+        self.lineage = self.lineage.model_copy(update={"sessions": [*self.lineage.sessions, Session(
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), machine=describe_machine(self.device))]})
         self.data: DataSplits | None = None
         self.executor: LocalExecutor | RayExecutor | None = None
         self._models: dict[str, VGG | ExternalTeacher] = {}
