@@ -128,7 +128,8 @@ def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int 
         return lineage, None
     run = RunDir(run_dir)
     if absent := [n.id for n in (lineage.root(), final) if not (run.node_dir(n.id) / WEIGHTS_FILE).is_file()]:
-        return lineage, f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, so not exported or timed"
+        return lineage, (f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, "
+                         "so not exported or timed")
     export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats)
     return run.load(), None
 
@@ -318,7 +319,8 @@ def main() -> int:
             print(f"paper.py: {row.name}: {note}", file=sys.stderr)
         trained_by = "; ".join(f"`{s.command}` -- {s.machine}, {s.started}" for s in lineage.sessions)
         results.append(row_result(row, lineage) | {"command": command_line(), "machine": machine_line()}
-                       | ({"source": note} if note else {}) | ({"trained_by": trained_by} if tabulated and trained_by else {}))
+                       | ({"source": note} if note else {})
+                       | ({"trained_by": trained_by} if tabulated and trained_by else {}))
         r = results[-1]
         if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
             # read again first: another paper.py may have added rows to the same table meanwhile
