@@ -23,7 +23,7 @@ from ikd.checkpoint import atomic_write_bytes, load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
-from ikd.runtime import Precision, cpu_name, describe_machine  # noqa: F401 (cpu_name: for the scripts)
+from ikd.runtime import Precision, describe_machine
 from ikd.shrink import shrink_width
 from ikd.train import TrainConfig, TrainResult, train_model
 

@@ -282,6 +282,7 @@ def main() -> int:
     if args.markdown and Path(args.markdown).suffix == ".json":
         raise SystemExit(f"paper.py: error: --markdown {args.markdown}: expected a .md path (its records go "
                          "beside it, as .json)")
+    # read now so a broken record file fails before any training; saves re-read it (see below)
     records = load_records(records_path(args.markdown)) if args.markdown else {}
     results = []
     for row in rows:

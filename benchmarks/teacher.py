@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from ikd.runtime import cpu_name
+
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import cpu_name, print_result
+from common import print_result
 
 
 def machine() -> str:

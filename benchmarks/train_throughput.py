@@ -17,10 +17,10 @@ import sys
 import torch
 
 from ikd.arch import PRESETS, preset
-from ikd.runtime import Precision, cpu_has_bf16_instructions
+from ikd.runtime import Precision, cpu_has_bf16_instructions, cpu_name
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import TRAIN_FLOPS_PER_MAC, bare_train_rate, cpu_name, matmul_peak, print_result, publish
+from common import TRAIN_FLOPS_PER_MAC, bare_train_rate, matmul_peak, print_result, publish
 
 
 def main() -> int:
