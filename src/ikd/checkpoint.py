@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ikd import __version__
+from ikd._version import __version__
 from ikd.arch import ArchSpec
 from ikd.errors import CheckpointError, first_validation_error
 from ikd.model import VGG, build_model

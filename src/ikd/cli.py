@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ikd import __version__, distributed
+from ikd import distributed
+from ikd._version import __version__
 from ikd.arch import PRESETS, ArchSpec, preset
 from ikd.checkpoint import (
     META_FILE,

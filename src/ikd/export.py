@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ikd import __version__
+from ikd._version import __version__
 from ikd.checkpoint import WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, load_model
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError

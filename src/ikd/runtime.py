@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ikd import __version__
+from ikd._version import __version__
 from ikd.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
