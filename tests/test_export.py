@@ -13,14 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_search import campaign_config
 
-import ikd.export
 from ikd.arch import ArchSpec
 from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
 from ikd.export import export_node
 from ikd.lineage import Latency, RunDir
-from ikd.model import build_model
+from ikd.model import NormalizedModel, build_model
 from ikd.search import compress
 
 NODE, ROOT = "g1-width", "g0-teacher"
@@ -71,7 +70,7 @@ def test_onnx_export_agrees_with_pytorch_and_describes_its_input(run_dir, digits
 
 def test_a_graph_that_disagrees_is_refused_and_not_written(run_dir, monkeypatch, capsys):
     # A classic exporter bug: the graph forgets to normalise its input.
-    monkeypatch.setattr(ikd.export.NormalizedModel, "forward", lambda self, images: self.model(images))
+    monkeypatch.setattr(NormalizedModel, "forward", lambda self, images: self.model(images))
     code = main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--no-latency"])
     err = capsys.readouterr().err
     assert code == 2 and "disagrees with PyTorch" in err and len(err.strip().splitlines()) == 1

@@ -7,9 +7,9 @@ Two formats, written to `RUN_DIR/export/<id>/` unless told otherwise:
   Before it is written it is run with onnxruntime on the node's own test images and must agree
   with PyTorch, so a model.onnx on disk is one that was checked.
 
-Latency is measured with onnxruntime and PyTorch at batch 1 and 64 for the node and for the root
-teacher (the reference of the speed-up), and recorded in the lineage; `export.json` next to the
-exported files keeps the verification numbers and the latencies.
+Latency is measured (ikd.latency) with onnxruntime and PyTorch at batch 1 and 64 for the node and
+for the root teacher (the reference of the speed-up), and recorded in the lineage; `export.json` next
+to the exported files keeps the verification numbers and the latencies.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ import contextlib
 import io
 import json
 import logging
-import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnxruntime
 import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
@@ -35,9 +33,9 @@ from ikd._version import __version__
 from ikd.checkpoint import WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, load_model
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
+from ikd.latency import comparable, cpu_session, measure_latency, record_latency
 from ikd.lineage import Latency, Lineage, NodeRecord, RunDir, file_sha256
-from ikd.model import VGG
-from ikd.runtime import cpu_model_name
+from ikd.model import VGG, NormalizedModel
 
 FORMATS = ("onnx", "safetensors")
 EXPORT_DIR = "export"
@@ -47,10 +45,6 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 VERIFY_IMAGES = 256
 VERIFY_BATCH = 64
 MAX_LOGIT_DIFF = 1e-3
-# batch size -> timed runs by default; batch 64 runs are long enough that fewer give a stable median
-LATENCY_REPEATS = {1: 30, 64: 10}
-RUNTIMES = ("onnxruntime", "torch")
-WARMUP_RUNS = 3
 
 
 class ExportMismatch(IkdError):
@@ -110,19 +104,6 @@ class ExportResult:
         # the runtime's name left-aligned, the numbers right-aligned
         return ["  ".join([runtime.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
                 for runtime, *rest in rows]
-
-
-class NormalizedModel(nn.Module):
-    """The model behind its own input normalisation: it takes images scaled to [0, 1]."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
 
 
 def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = None, data_dir: str | Path | None = None,
@@ -242,14 +223,6 @@ def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) ->
     return proto.SerializeToString()
 
 
-def _session(graph: bytes, threads: int) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads  # as many as PyTorch uses, so the two are comparable
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
 def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str | Path | None) -> Verification:
     """Run up to VERIFY_IMAGES test images through PyTorch (ikd's own normalisation) and the graph."""
     data = load_dataset(dataset["name"], data_dir, val_fraction=dataset["val_fraction"],
@@ -259,7 +232,7 @@ def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str
         raise ConfigError(f"dataset {data.name!r} has {data.in_channels}x{data.image_size}x{data.image_size} "
                           f"images; the node expects {spec.in_channels}x{spec.image_size}x{spec.image_size}")
     images = data.test.images[:VERIFY_IMAGES]
-    session = _session(graph, torch.get_num_threads())
+    session = cpu_session(graph, torch.get_num_threads())
     agree, max_diff = 0, 0.0
     with torch.inference_mode():
         for start in range(0, len(images), VERIFY_BATCH):
@@ -277,47 +250,6 @@ def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str
     return Verification(images=n, top1_agree=agree, max_abs_logit_diff=max_diff)
 
 
-def _median_ms(run_once: Callable[[], object], repeats: int) -> float:
-    for _ in range(WARMUP_RUNS):  # first runs allocate buffers and pick kernels
-        run_once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_once()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
-def measure_latency(model: VGG, dataset: dict[str, Any], graph: bytes, repeats: int | None = None) -> list[Latency]:
-    """Median ms per forward at each LATENCY_REPEATS batch size, with onnxruntime and PyTorch, on the CPU.
-
-    Both runtimes run the same computation (normalisation included) with the same number of threads.
-    """
-    spec = model.spec
-    wrapper = NormalizedModel(model, dataset["mean"], dataset["std"]).eval()
-    threads = torch.get_num_threads()
-    session = _session(graph, threads)
-    device = cpu_model_name()
-    generator = torch.Generator().manual_seed(0)
-    measured = []
-    with torch.inference_mode():
-        for batch, default_repeats in LATENCY_REPEATS.items():
-            images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
-            feed = {INPUT_NAME: images.numpy()}
-            runners = {"onnxruntime": lambda feed=feed: session.run(None, feed),
-                       "torch": lambda images=images: wrapper(images)}
-            count = repeats or default_repeats
-            measured += [Latency(runtime=runtime, batch=batch, median_ms=_median_ms(runners[runtime], count),
-                                 repeats=count, threads=threads, device=device) for runtime in RUNTIMES]
-    return measured
-
-
-def _comparable(latency: list[Latency], reference: list[Latency]) -> list[Latency]:
-    """The entries of `latency` measured where `reference` was (same CPU, same thread count)."""
-    where = {(m.device, m.threads) for m in reference}
-    return [m for m in latency if (m.device, m.threads) in where]
-
-
 def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResult, model: VGG,
                               dataset: dict[str, Any], graph: bytes, repeats: int | None) -> None:
     """Time the node, and the root teacher unless it already has every measurement on this CPU."""
@@ -333,7 +265,7 @@ def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResul
         result.notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
     else:
         result.teacher_id = root.id
-        recorded = _comparable(root.latency, result.latency)
+        recorded = comparable(root.latency, result.latency)
         if {(m.runtime, m.batch) for m in recorded} >= {(m.runtime, m.batch) for m in result.latency}:
             result.teacher_latency = recorded
         else:
@@ -341,17 +273,7 @@ def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResul
             teacher_graph = onnx_graph(teacher, teacher_meta["dataset"], {})
             result.teacher_latency = measured[root.id] = measure_latency(
                 teacher, teacher_meta["dataset"], teacher_graph, repeats)
-    _record_latency(run, measured)
-
-
-def _record_latency(run: RunDir, measured: dict[str, list[Latency]]) -> None:
-    """Store new measurements in the lineage, replacing earlier ones of the same (runtime, batch)."""
-    lineage = run.load()  # the caller holds the run directory, so this is the latest
-    for node_id, new in measured.items():
-        record = lineage.node(node_id)
-        replaced = {(m.runtime, m.batch) for m in new}
-        kept = [m for m in record.latency if (m.runtime, m.batch) not in replaced]
-        lineage = run.add_node(lineage, record.model_copy(update={"latency": kept + new}))
+    record_latency(run, measured)
 
 
 def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:

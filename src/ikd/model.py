@@ -1,4 +1,5 @@
-"""Build a network from an ArchSpec. Its forward can also return every block's output (for hints)."""
+"""Build a network from an ArchSpec. Its forward can also return every block's output (for hints);
+NormalizedModel puts one behind its own input normalisation (for exported graphs and timing)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,16 @@ class VGG(nn.Module):
 def build_model(spec: ArchSpec, seed: int | None = None) -> VGG:
     """A freshly initialised network; the same spec and seed always give the same weights."""
     return VGG(spec, seed)
+
+
+class NormalizedModel(nn.Module):
+    """The model behind its own input normalisation: it takes images scaled to [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
