@@ -7,10 +7,11 @@ come from the cache, as in every campaign without augmentation. Timed: the train
 preparation included, validation not), from ikd's own per-epoch images/s. `--repeats` alternates
 CE and KD runs and keeps each one's fastest, so a busy machine penalises neither side alone.
 
-The cache is built once per parent and reused by every epoch of every child, so the headline
-ratio leaves it out; it is reported on its own, and as a ratio with the cache spread over
-`--cache-epochs` (a child's epochs in configs/mnist-vgg16.yaml). `--live` runs the teacher on
-every batch instead (what augmentation forces).
+Distillation is not free of the cache: building it is a teacher pass over the training set. The
+verdict (goal 1.15) is decided on the ratio that counts it, the cache's time spread over
+`--cache-epochs` (a child's epochs in configs/mnist-vgg16.yaml) since every epoch of the child
+reuses it; the ratio of the training loops alone is reported beside it. `--live` runs the teacher
+on every batch instead (what augmentation forces): there the loop ratio already counts the teacher.
 
     python benchmarks/kd_overhead.py --data-dir ../shared/data/mnist --teacher runs/mnist-vgg16 \
         --markdown benchmarks/results/kd_overhead.md
@@ -42,7 +43,13 @@ from common import (
     width_student,
 )
 
-GOAL = 1.15  # the issue's, for cached teacher outputs (no augmentation)
+GOAL = 1.15  # the issue's, for cached teacher outputs (no augmentation), the cache counted
+
+
+def ratio_with_cache(kd_s: float, ce_s: float, cache_s: float, epochs: int, cache_epochs: int) -> float:
+    """KD epoch over CE epoch, the KD epoch paying its share of the one teacher pass that built the
+    cache (shared by `cache_epochs` epochs): the ratio the verdict is decided on."""
+    return (kd_s / epochs + cache_s / cache_epochs) / (ce_s / epochs)
 
 
 def main() -> int:
@@ -91,7 +98,8 @@ def main() -> int:
             seconds, precision = timed(kind)
             runs[kind].append(seconds)
     ce, kd = min(runs["ce"]), min(runs["kd"])
-    with_cache = (kd / args.epochs + cache_seconds / args.cache_epochs) / (ce / args.epochs)  # per epoch
+    with_cache = ratio_with_cache(kd, ce, cache_seconds, args.epochs, args.cache_epochs)
+    goal_met = with_cache <= GOAL  # the teacher pass is part of what distillation costs
     spec = student.spec
     teacher_text = ("run on every batch (--live)" if args.live
                     else f"outputs cached once ({cache_seconds:.1f} s, hint block {block}), looked up per batch")
@@ -108,16 +116,16 @@ def main() -> int:
         f"| cross-entropy (no teacher) | {ce:.2f} | {args.epochs * images / ce:.1f} |",
         f"| distillation (KD + CE + hint) | {kd:.2f} | {args.epochs * images / kd:.1f} |",
         "",
-        f"KD / CE: {kd / ce:.3f}" + ("" if args.live else
-                                      f" (goal <= {GOAL:g}); with the cache spread over {args.cache_epochs} "
-                                      f"epochs: {with_cache:.3f}"),
+        f"KD / CE: {kd / ce:.3f} (the teacher run on every batch)" if args.live else
+        f"KD / CE: {kd / ce:.3f} (training loops only); with the cache spread over {args.cache_epochs} epochs: "
+        f"{with_cache:.3f} (goal <= {GOAL:g}: {'met' if goal_met else 'not met'})",
     ]
     text = "\n".join(lines)
     publish(text, args.markdown, "KD overhead: distillation epoch over plain training epoch")
     print_result({"teacher": "live" if args.live else "cached", "kd_over_ce": f"{kd / ce:.3f}",
                   "kd_with_cache_over_ce": f"{with_cache:.3f}", "cache_s": f"{cache_seconds:.1f}",
                   "ce_s": f"{ce:.2f}", "kd_s": f"{kd:.2f}",
-                  "goal_met": "-" if args.live else "yes" if kd / ce <= GOAL else "no"})
+                  "goal_met": "-" if args.live else "yes" if goal_met else "no"})
     return 0
 
 
