@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ikd.arch import ArchSpec, preset
 from ikd.data import ImageSet
-from ikd.losses import kd_loss
+from ikd.losses import HintRegressor, kd_loss
 from ikd.model import build_model
 from ikd.objective import (
     LossWeights,
@@ -105,26 +105,91 @@ def _two_teachers():
     return [teacher, second], spec, x, images.labels[:6]
 
 
-@pytest.mark.parametrize("aggregate", ["mean-kd", "mean-probs"])
-def test_several_teachers_aggregate_as_documented(aggregate):
-    teachers, spec, x, y = _two_teachers()
-    weights = LossWeights(temperature=1.0, alpha=1.0, beta=0.0, gamma=0.0)
-    student = build_model(spec, seed=1)
-    objective = build_objective(student, teachers, weights, teacher_weights=[3.0, 1.0], aggregate=aggregate)
-    logits, terms = objective(student, x, y, torch.arange(6))
-    T = 1.0
+# --- the loss against its formula, written out with plain torch ops -----------------------------
+
+SMALL = dict(in_channels=1, image_size=8, num_classes=3)
+
+
+def hand_kd(student_logits, target_probs, T):
+    """T^2 * KL(target || softmax(student / T)): summed over classes, averaged over the batch."""
+    q = torch.softmax(student_logits / T, dim=1)
+    return (target_probs * (target_probs.log() - q.log())).sum(dim=1).mean() * T**2
+
+
+def hand_hint(student_features, teacher_features, conv):
+    """FitNets: a 1x1 conv (a matrix over channels, plus bias) on the student's map, the larger map
+    averaged over square patches down to the smaller one, then the mean squared difference."""
+    projected = torch.einsum("oc,nchw->nohw", conv.weight[:, :, 0, 0], student_features)
+    projected = projected + conv.bias[None, :, None, None]
+
+    def pool_to(x, size):
+        n, c, h, _ = x.shape
+        k = h // size
+        return x.reshape(n, c, size, k, size, k).mean(dim=(3, 5))
+
+    size = min(projected.shape[-1], teacher_features.shape[-1])
+    return ((pool_to(projected, size) - pool_to(teacher_features, size)) ** 2).mean()
+
+
+def confident(model, factor=30.0):
+    """Scale the classifier: untrained networks give near-uniform softmaxes, and a KD term of 1e-4 is
+    mostly rounding; these give terms of order 1."""
     with torch.no_grad():
-        s = torch.softmax(logits / T, 1)
-        p = [torch.softmax(t(x) / T, 1) for t in teachers]
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(factor)
+    return model
 
-        def kl(target):  # by hand: sum_c p log(p/q), averaged over the batch, times T^2
-            return (target * (target.log() - s.log())).sum(1).mean() * T**2
 
-        if aggregate == "mean-kd":
-            expected = 0.75 * kl(p[0]) + 0.25 * kl(p[1])
-        else:
-            expected = kl(0.75 * p[0] + 0.25 * p[1])
-    assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-3)
+def test_hint_loss_is_fitnets_by_hand():
+    torch.manual_seed(0)
+    student = build_model(ArchSpec(**SMALL, blocks=[[4], [6], [6]]), seed=1).eval()  # maps 4, 2, 1
+    teacher = build_model(ArchSpec(**SMALL, blocks=[[8]]), seed=5)  # one 4x4 map: pooled down to 2x2
+    objective = build_objective(student, teacher, LossWeights(alpha=0.0, beta=0.0, gamma=1.0), seed=0)
+    link = objective.links[0]
+    assert (link.student_block, link.hint_block) == (1, 0)  # the student's middle block, the only teacher block
+    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    _, terms = objective(student, x, y, torch.arange(5))
+    with torch.no_grad():
+        expected = hand_hint(student.forward_features(x)[1][1], teacher.forward_features(x)[1][0],
+                             objective.regressors[0].project)
+    assert terms["hint"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)  # alpha = beta = 0
+
+    # the other way round (an external teacher's layer can be the smaller map): the student's is pooled
+    regressor = HintRegressor(6, 8, seed=3)
+    student_map, teacher_map = torch.randn(2, 6, 8, 8), torch.randn(2, 8, 2, 2)
+    with torch.no_grad():
+        assert regressor(student_map, teacher_map).item() == pytest.approx(
+            hand_hint(student_map, teacher_map, regressor.project).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("aggregate", ["mean-kd", "mean-probs"])
+def test_several_teachers_at_a_temperature_with_a_hint_each_by_hand(aggregate):
+    torch.manual_seed(0)
+    student = confident(build_model(ArchSpec(**SMALL, blocks=[[4], [6], [6]]), seed=1).eval())  # maps 4, 2, 1
+    teachers = [confident(build_model(ArchSpec(**SMALL, blocks=[[8], [16], [16]]), seed=0)),  # a 2x2 map: as it is
+                confident(build_model(ArchSpec(**SMALL, blocks=[[8]]), seed=5))]  # a 4x4 map: pooled
+    T, alpha, beta, gamma = 3.0, 0.7, 0.2, 0.5
+    objective = build_objective(student, teachers, LossWeights(temperature=T, alpha=alpha, beta=beta, gamma=gamma),
+                                teacher_weights=[3.0, 1.0], hints="each", aggregate=aggregate, seed=0)
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1, 0])
+    _, terms = objective(student, x, y, torch.arange(6))
+    with torch.no_grad():
+        logits, student_maps = student.forward_features(x)
+        outputs = [teacher.forward_features(x) for teacher in teachers]
+        p = [torch.softmax(teacher_logits / T, dim=1) for teacher_logits, _ in outputs]
+        if aggregate == "mean-kd":  # the weighted mean of each teacher's KD term
+            kd = 0.75 * hand_kd(logits, p[0], T) + 0.25 * hand_kd(logits, p[1], T)
+        else:  # one KD term against the weighted mean of the softened distributions
+            kd = hand_kd(logits, 0.75 * p[0] + 0.25 * p[1], T)
+        ce = -torch.log_softmax(logits, dim=1)[torch.arange(6), y].mean()
+        hint = (hand_hint(student_maps[1], outputs[0][1][1], objective.regressors[0].project)
+                + hand_hint(student_maps[1], outputs[1][1][0], objective.regressors[1].project)) / 2
+    for name, value in (("kd", kd), ("ce", ce), ("hint", hint), ("loss", alpha * kd + beta * ce + gamma * hint)):
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    # the teachers and the temperature matter: T = 1 or one teacher alone would give another KD term
+    assert kd.item() != pytest.approx(hand_kd(logits, p[0], T).item(), rel=1e-3)
 
 
 def test_teacher_drop_never_drops_everyone_and_is_seeded():
