@@ -20,7 +20,7 @@ from ikd.data import normalize
 from ikd.export import export_node
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
-from ikd.search import compress
+from ikd.campaign import compress
 
 NODE, ROOT = "g1-width", "g0-teacher"
 MEASURED = {(runtime, batch) for runtime in ("onnxruntime", "torch") for batch in (1, 64)}
@@ -96,6 +96,39 @@ def test_safetensors_export_loads_back_into_an_identical_model(run_dir):
     assert json.loads(metadata["ikd.mean"]) == original_meta["dataset"]["mean"]
     assert json.loads(metadata["ikd.classes"]) == original_meta["dataset"]["classes"]
     assert json.loads(metadata["ikd.input_shape"]) == ["batch", 1, 8, 8]
+
+
+def test_an_out_path_with_the_format_extension_is_the_file_itself(run_dir, tmp_path, capsys):
+    out = tmp_path / "models"
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--no-latency",
+                 "--out", str(out / "digits.onnx")]) == 0
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "safetensors", "--no-latency",
+                 "--out", str(out / "digits.safetensors")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["digits.export.json", "digits.onnx", "digits.safetensors"]
+    session = onnxruntime.InferenceSession(str(out / "digits.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert load_file(out / "digits.safetensors").keys() == load_model(run_dir / "nodes" / NODE)[0].state_dict().keys()
+    summary = json.loads((out / "digits.export.json").read_text())  # one summary for both, as in a directory
+    assert {fmt: entry["files"] for fmt, entry in summary["formats"].items()} == {
+        "onnx": ["digits.onnx"], "safetensors": ["digits.safetensors"]}
+    assert "digits.onnx" in capsys.readouterr().out
+    assert not (run_dir / "export").exists()
+
+    # Any other path is a directory, as it always was.
+    export_node(run_dir, NODE, "safetensors", out=out / "v2", measure_latency=False)
+    assert sorted(p.name for p in (out / "v2").iterdir()) == ["export.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("fmt, out, expected", [
+    ("safetensors", "digits.onnx", "ends in .onnx but --format is safetensors"),
+    ("onnx", "made-by-an-older-ikd.onnx", "is a directory"),
+])
+def test_an_out_path_that_cannot_be_the_file_exits_2_with_one_line(run_dir, tmp_path, capsys, fmt, out, expected):
+    (tmp_path / "made-by-an-older-ikd.onnx").mkdir()
+    assert main(["export", str(run_dir), "--node", NODE, "--format", fmt, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "digits.onnx").exists() and not any((tmp_path / "made-by-an-older-ikd.onnx").iterdir())
 
 
 def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):

@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--node", required=True, metavar="ID", help="node id, as `ikd lineage` lists them")
     # not argparse choices: an unknown format is reported like every other ikd error, on one line
     ex.add_argument("--format", required=True, metavar="FORMAT", help="onnx or safetensors")
-    ex.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/export/ID)")
+    ex.add_argument("--out", metavar="PATH", help="directory (default RUN_DIR/export/ID), or the file: x.onnx, x.safetensors")
     ex.add_argument("--data-dir", help="where the node's dataset lives, for the ONNX check (default: the campaign's)")
     ex.add_argument("--repeats", type=int, metavar="N",
                     help="timed runs per latency (default 30 at batch 1, 10 at batch 64)")

@@ -1,6 +1,7 @@
 """Export one node of a lineage for use outside ikd, check the export, and time it on this CPU.
 
-Two formats, written to `RUN_DIR/export/<id>/` unless told otherwise:
+Two formats, written to `RUN_DIR/export/<id>/` unless told otherwise (a path ending in the format's
+extension is the file itself):
 - safetensors: the node's state dict alone, with what is needed to use it in the file's metadata
   (arch spec, mean/std, class names, input shape), so it works without the run directory;
 - onnx: a graph that takes float32 NCHW images scaled to [0, 1] and normalises them itself.
@@ -41,6 +42,10 @@ FORMATS = ("onnx", "safetensors")
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 SUMMARY_FILE = "export.json"
+# an --out path ending in its format's extension names the file; anything else names a directory
+EXTENSIONS = {"onnx": ".onnx", "safetensors": ".safetensors"}
+# beside an exported file named by --out: x.onnx -> x.export.json
+SUMMARY_SUFFIX = ".export.json"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 VERIFY_IMAGES = 256
 VERIFY_BATCH = 64
@@ -117,6 +122,7 @@ def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = Non
     if repeats is not None and repeats < 1:
         raise ConfigError(f"--repeats {repeats}: expected a positive number of timed runs")
     run = RunDir(Path(run_dir))
+    target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
     if not run.exists():  # checked before locking: the lock would create the directory
         raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
     with run.locked("ikd export"):
@@ -124,7 +130,6 @@ def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = Non
         node = _find_node(run, lineage, node_id)
         model, metadata = _load_node(run, node)
         dataset = metadata["dataset"]
-        out_dir = Path(out) if out is not None else run.path / EXPORT_DIR / node.id
         result = ExportResult(node=node, format=fmt, files=[])
         # onnxruntime's latency needs the graph even when only safetensors are written
         graph = (onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
@@ -133,19 +138,30 @@ def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = Non
             # checked in memory first: a failed check leaves no model.onnx behind
             campaign_data_dir = lineage.config.get("data", {}).get("dir")
             result.verification = verify_onnx(graph, model, dataset, data_dir or campaign_data_dir)
-            target = out_dir / ONNX_FILE
             atomic_write_bytes(target, graph)
         else:
-            target = out_dir / WEIGHTS_FILE
             atomic_write_bytes(target, safetensors_bytes(
                 _state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}))
         result.files.append(target)
         if measure_latency:
             _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats)
-        summary_path = out_dir / SUMMARY_FILE
         atomic_write_json(summary_path, _summary_document(summary_path, result))
         result.files.append(summary_path)
     return result
+
+
+def _output_paths(out: Path | None, default_dir: Path, fmt: str) -> tuple[Path, Path]:
+    """The exported file and its summary. `out` ending in the format's extension is the file itself,
+    its summary beside it (x.onnx, x.export.json); any other `out`, or none, is a directory for both."""
+    if out is None or out.suffix.lower() not in EXTENSIONS.values():
+        directory = default_dir if out is None else out
+        return directory / (ONNX_FILE if fmt == "onnx" else WEIGHTS_FILE), directory / SUMMARY_FILE
+    if out.suffix.lower() != EXTENSIONS[fmt]:  # a directory x.onnx holding a .safetensors file is surely a slip
+        raise ConfigError(f"--out {out}: ends in {out.suffix} but --format is {fmt}; "
+                          f"expected a path ending in {EXTENSIONS[fmt]}, or a directory")
+    if out.is_dir():  # e.g. made by an earlier ikd, which took every --out for a directory
+        raise ConfigError(f"--out {out}: is a directory; a path ending in {out.suffix} names the exported file")
+    return out, out.with_name(out.stem + SUMMARY_SUFFIX)
 
 
 def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
