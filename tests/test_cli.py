@@ -1,5 +1,7 @@
-"""The `ikd` command end to end, through a subprocess: success paths, error lines and exit codes."""
+"""The `ikd` command end to end, through a subprocess: success paths, error lines and exit codes; and
+the `compress` parser generated from the config models, in-process."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -90,3 +92,99 @@ def test_arch_reports_vgg16_size():
     result = ikd("arch", "vgg16", "--input", "3x32", "--json")
     assert result.returncode == 0
     assert json.loads(result.stdout)["params"] == 14_724_042
+
+
+# `ikd compress` flags are generated from the config models (ikd.config.cli_flag); these check the
+# generated parser in-process, without training anything.
+
+def compress_config(*flags, config_file=None):
+    from ikd.cli import build_parser, compress_overrides
+    from ikd.config import load_config
+
+    args = build_parser().parse_args(["compress", *flags])
+    return load_config(config_file, compress_overrides(args))
+
+
+def test_compress_flags_set_their_config_keys():
+    config = compress_config(
+        "--dataset", "mnist", "--data-dir", "d", "--teacher", "t", "--arch", "vgg11", "--epochs", "3",
+        "--operators", "width", "--width-factors", "0.5,0.75", "--strategy", "ancestors-children",
+        "--select", "tree", "--beam", "3", "--seeds", "2", "--max-drop", "0.5", "--max-step-drop", "2",
+        "--max-generations", "4", "--ancestors", "2", "--teachers", "e1", "e2", "--aggregate", "mean-probs",
+        "--run-dir", "r", "--seed", "7", "--precision", "fp32", "--device", "cpu", "--baselines",
+        "--log", "tensorboard", "--executor", "ray", "--ray-address", "auto", "--cpus-per-job", "2",
+        "--gpus-per-job", "0.5")
+    assert (config.data.name, config.data.dir, config.teacher.dir, config.teacher.arch) == ("mnist", "d", "t", "vgg11")
+    assert config.student.epochs == 3 and config.teacher.epochs == 10  # --epochs is the students'
+    search = config.search
+    assert search.operators == ["width"] and search.width_factor == [0.5, 0.75]
+    assert (search.strategy, search.select, search.beam, search.seeds) == ("ancestors-children", "tree", 3, 2)
+    assert (search.max_drop, search.max_step_drop, search.max_generations) == (0.5, 2.0, 4)
+    assert (config.ensemble.ancestors, config.ensemble.experts, config.ensemble.aggregate) == (2, ["e1", "e2"],
+                                                                                              "mean-probs")
+    assert (config.run_dir, config.seed, config.precision, config.device) == ("r", 7, "fp32", "cpu")
+    assert config.baselines is True and config.log == "tensorboard"
+    assert config.executor.model_dump() == {"kind": "ray", "ray_address": "auto", "cpus_per_job": 2.0,
+                                            "gpus_per_job": 0.5}
+
+
+def test_compress_flags_not_given_leave_the_config_file_alone(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("baselines: true\nsearch: {max_drop: 3.0, operators: [depth]}\nensemble: {ancestors: 1}\n")
+    config = compress_config("--max-generations", "2", config_file=path)
+    assert config.baselines is True  # a switch not given must not reset the file's true
+    assert (config.search.max_drop, config.search.operators, config.ensemble.ancestors) == (3.0, ["depth"], 1)
+    assert config.search.max_generations == 2
+    assert compress_config("--ancestors", "all", config_file=path).ensemble.ancestors == "all"
+
+
+def test_compress_takes_exactly_the_declared_flags():
+    from ikd.cli import build_parser
+    from ikd.config import command_line_flags
+
+    flags = command_line_flags()
+    names = [flag.name for flag in flags]
+    assert len(set(names)) == len(names) == 27
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    compress = commands.choices["compress"]
+    by_name = {action.option_strings[-1]: action for action in compress._actions}
+    assert set(by_name) == {*names, "--help", "--debug", "--config", "--force", "--quiet"}
+    for flag in flags:  # each flag's help starts with the key it sets and says what it means
+        assert by_name[flag.name].help.startswith(f"{flag.key}: {flag.description}")
+
+
+@pytest.mark.parametrize("argv", [["--debug", "compress"], ["compress", "--debug"]])
+def test_debug_goes_before_or_after_the_command(argv):
+    from ikd.cli import build_parser
+
+    assert build_parser().parse_args(argv).debug is True
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--ancestors", "some", "--ancestors: expected 'all' or a count, got 'some'"),
+    ("--width-factors", "0.5,x", "--width-factors: expected comma-separated numbers, got '0.5,x'"),
+    ("--strategy", "nope", "--strategy: invalid choice: 'nope'"),
+    ("--max-generations", "2.5", "--max-generations: invalid int value: '2.5'"),
+])
+def test_bad_compress_flag_is_one_line_and_exit_2(capsys, flag, value, expected):
+    from ikd.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", flag, value])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_commands_reference_lists_every_command_and_compress_flag():
+    from ikd.cli import commands_reference
+    from ikd.config import command_line_flags
+
+    table = commands_reference()
+    for command in ("train", "eval", "compress", "lineage", "export", "report", "config-reference", "arch"):
+        assert f"| `ikd {command}" in table
+    assert "| `ikd export RUN_DIR --node ID --format FORMAT` |" in table  # required arguments shown
+    for flag in command_line_flags():
+        assert f"| `{flag.name}" in table and f"| `{flag.key}` |" in table
+    assert "| `--teachers DIR ...` | `ensemble.experts` |" in table
+    assert "| `--ancestors all\\|N` | `ensemble.ancestors` |" in table  # a | inside a cell is escaped

@@ -1,20 +1,35 @@
-"""The README's config reference is generated from the config models; it must not drift."""
+"""The docs' generated tables (config reference, commands) come from the code; they must not drift."""
 
 from pathlib import Path
 
+import pytest
+
+from ikd.cli import commands_reference
 from ikd.config import config_reference
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
-def test_readme_config_reference_is_current():
-    text = README.read_text()
-    start = text.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->")
-    end = text.index("<!-- config-reference:end -->")
-    assert text[start:end].strip() == config_reference().strip(), (
-        "README config reference is stale: regenerate it with `ikd config-reference`")
+def generated_block(name: str) -> str:
+    """The text between `<!-- NAME:start -->` and `<!-- NAME:end -->`, in README.md or a page of docs/."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    for page in [README, *sorted((ROOT / "docs").glob("**/*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        if start in text:
+            assert end in text, f"{page.name}: {start} without {end}"
+            return text[text.index(start) + len(start):text.index(end)].strip()
+    pytest.fail(f"no {start} marker in README.md or docs/")
+
+
+@pytest.mark.parametrize("name,generate,command", [
+    ("config-reference", config_reference, "ikd config-reference"),
+    ("commands", commands_reference, 'python -c "from ikd.cli import commands_reference; print(commands_reference())"'),
+])
+def test_generated_tables_are_current(name, generate, command):
+    assert generated_block(name) == generate().strip(), f"the {name} table is stale: regenerate it with `{command}`"
 
 
 def test_readme_gives_the_two_setup_commands():
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")
     assert "make demo" in text and "make test" in text

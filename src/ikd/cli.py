@@ -8,23 +8,21 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
 from ikd import distributed
 from ikd._version import __version__
 from ikd.arch import PRESETS, ArchSpec, preset
-from ikd.checkpoint import (
-    META_FILE,
-    describe_size,
-    load_model,
-    read_metadata,
-    save_model,
-    training_metadata,
-)
+from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
+from ikd.config import Flag, command_line_flags, load_config
 from ikd.data import DATASETS, load_dataset
 from ikd.errors import ConfigError, IkdError
+from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import TrainConfig, evaluate, train_model
@@ -82,19 +80,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_model(model, data, config, progress=not args.quiet, description=args.arch)
     finally:
         distributed.shutdown()
+    # Not fit(): under torchrun every rank trains, but only rank 0 scores and saves, once the
+    # process group is shut down.
     if group is not None and not group.is_main:
-        return 0  # rank 0 evaluates and writes the one checkpoint
-    device = resolve_device(config.device)
-    test = evaluate(model, data.test, mean=data.mean, std=data.std, device=device,
-                    precision=resolve_precision(config.precision, device))
+        return 0
     extra = {"distributed": {"world_size": group.world_size, "backend": group.backend,
                              "batch_per_process": -(-config.batch_size // group.world_size)}} if group else None
-    metadata = training_metadata(data=data, val_fraction=args.val_fraction, split_seed=args.split_seed,
-                                 spec=spec, config=config, result=result, test=test, extra=extra)
-    save_model(out, model, metadata)
-    best, last = metadata["metrics"]["best"], metadata["metrics"]["last"]
-    print(f"best val acc {best['val_accuracy']:.4f} (epoch {best['epoch']}), last {last['val_accuracy']:.4f}, "
-          f"test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}")
+    test = save_trained(out, model, data, config=config, result=result, val_fraction=args.val_fraction,
+                        split_seed=args.split_seed, extra=extra)
+    print(f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
+          f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}")
     return 0
 
 
@@ -146,41 +141,74 @@ def cmd_arch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _factors(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _comma_separated(item: type) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [item(part) for part in text.split(",")]
+        except ValueError:
+            noun = {int: "integers", float: "numbers"}.get(item, "values")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
+    return parse
 
 
-def _ancestors(text: str) -> str | int:
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or a count, got {text!r}") from None
+def _word_or(words: tuple[str, ...], number: type) -> Callable[[str], str | int | float]:
+    def parse(text: str) -> str | int | float:
+        if text in words:
+            return text
+        try:
+            return number(text)
+        except ValueError:
+            expected = " or ".join(repr(word) for word in words) + (" or a count" if number is int else " or a number")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    return parse
+
+
+def _config_flag_settings(flag: Flag) -> dict[str, Any]:
+    """argparse settings of a config key's flag, read off the key's annotation: bool is a switch,
+    Literal gives the choices, a list is comma-separated (or separate words), int/float convert."""
+    annotation = flag.annotation
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    members = tuple(m for m in members if m is not type(None))  # None means "unset", never typed in
+    lists = [get_args(m)[0] for m in members if get_origin(m) is list]
+    words = tuple(word for m in members if get_origin(m) is Literal for word in get_args(m))
+    numbers = [m for m in members if m in (int, float)]
+    if members == (bool,):
+        return {"action": "store_true"}
+    if lists and flag.words:
+        return {"nargs": "+", "type": lists[0]}
+    if lists:
+        return {"type": _comma_separated(lists[0]),
+                "metavar": flag.metavar or flag.dest.upper().removesuffix("S") + ",..."}
+    if words and numbers:
+        return {"type": _word_or(words, numbers[0]), "metavar": flag.metavar or "|".join(words) + "|N"}
+    if words:
+        return {"choices": words}
+    if numbers:
+        return {"type": numbers[0]}
+    return {"choices": flag.choices} if flag.choices else {}
+
+
+def _add_config_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    settings = _config_flag_settings(flag)
+    switch = "action" in settings  # takes no value, so neither a metavar nor a default worth showing
+    if not switch:
+        settings = {"metavar": flag.metavar, **settings}
+    shown = ",".join(map(str, flag.default)) if isinstance(flag.default, list) else flag.default
+    default = "" if flag.default in (None, []) or switch else f" (default {shown})"
+    # default None: a flag not given leaves the key to the --config file, or to the model's default
+    parser.add_argument(flag.name, dest=flag.dest, default=None, **settings,
+                        help=f"{flag.key}: {flag.description}{default}".replace("%", "%%"))
+
+
+def compress_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys `ikd compress` was given flags for (None: not given, ignored by load_config)."""
+    return {flag.key: getattr(args, flag.dest) for flag in command_line_flags()}
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ikd.config import load_config
-    from ikd.search import compress
+    from ikd.campaign import compress
 
-    operators = args.operators.split(",") if args.operators else None
-    config = load_config(args.config, {
-        "data.name": args.dataset, "data.dir": args.data_dir, "teacher.dir": args.teacher,
-        "teacher.arch": args.arch, "search.max_drop": args.max_drop,
-        "search.max_step_drop": args.max_step_drop, "search.max_generations": args.max_generations,
-        "student.epochs": args.epochs,
-        "search.operators": operators, "run_dir": args.run_dir, "seed": args.seed,
-        "search.strategy": args.strategy, "search.select": args.select, "search.beam": args.beam,
-        "search.seeds": args.seeds, "search.width_factor": args.width_factors,
-        "ensemble.ancestors": args.ancestors, "ensemble.experts": args.teachers,
-        "ensemble.aggregate": args.aggregate,
-        "precision": args.precision, "device": args.device, "baselines": args.baselines or None,
-        "log": args.log, "executor.kind": args.executor, "executor.ray_address": args.ray_address,
-        "executor.cpus_per_job": args.cpus_per_job, "executor.gpus_per_job": args.gpus_per_job,
-    })
+    config = load_config(args.config, compress_overrides(args))
     lineage = compress(config, progress=not args.quiet, force=args.force)
     print(format_lineage(lineage))
     return 0
@@ -254,16 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def command(name: str, does: str) -> argparse.ArgumentParser:
+        # `does` is its line in `ikd --help`, the top of `ikd NAME --help` and the README's commands table
+        return commands.add_parser(name, parents=[common], help=does, description=does)
+
     def data_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
         p.add_argument("--dataset", required=required, choices=DATASETS, metavar="NAME",
                        help=f"one of: {', '.join(DATASETS)}")
         p.add_argument("--data-dir", help="dataset directory or root (default: $IKD_DATA_DIR, else ~/.cache/ikd)")
 
-    train = commands.add_parser("train", parents=[common], help="train a VGG teacher from scratch")
+    train = command("train", "train a VGG teacher from scratch")
     data_flags(train, required=True)
     train.add_argument("--arch", default="vgg16", choices=PRESETS)
-    train.add_argument("--epochs", type=int, required=True)
-    train.add_argument("--out", required=True, help="output directory for model.safetensors + model.json")
+    train.add_argument("--epochs", type=int, required=True, metavar="N")
+    train.add_argument("--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     train.add_argument("--weight-decay", type=float, default=5e-4)
@@ -280,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    ev = commands.add_parser("eval", parents=[common], help="accuracy of a trained model on a split")
+    ev = command("eval", "accuracy of a trained model on a split")
     ev.add_argument("model_dir")
     data_flags(ev, required=False)
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -289,52 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
-    co = commands.add_parser("compress", parents=[common],
-                             help="run or resume a compression campaign (teacher -> smaller and smaller students)")
-    co.add_argument("--config", help="campaign YAML (see configs/); flags below override its keys")
-    co.add_argument("--dataset", choices=DATASETS, metavar="NAME", help="data.name")
-    co.add_argument("--data-dir", help="data.dir")
-    co.add_argument("--teacher", metavar="DIR", help="teacher.dir: start from a model trained by `ikd train`")
-    co.add_argument("--arch", choices=PRESETS, help="teacher.arch: preset to train when no --teacher is given")
-    co.add_argument("--max-drop", type=float, help="search.max_drop, points below the root teacher (validation)")
-    co.add_argument("--max-step-drop", type=float, help="search.max_step_drop, points below the parent")
-    co.add_argument("--max-generations", type=int, help="search.max_generations")
-    co.add_argument("--epochs", type=int, help="student.epochs per candidate")
-    co.add_argument("--operators", help="search.operators, comma-separated: depth,width")
-    co.add_argument("--strategy", choices=("parent-child", "parent-children", "ancestors-child", "ancestors-children"),
-                    help="search.strategy: the paper's four variants")
-    co.add_argument("--select", choices=("best", "tree"), help="search.select (*-children strategies)")
-    co.add_argument("--beam", type=int, help="search.beam: survivors per generation with --select tree")
-    co.add_argument("--seeds", type=int, help="search.seeds: children per architecture (*-children strategies)")
-    co.add_argument("--width-factors", type=_factors, help="search.width_factor, comma-separated: 0.5,0.75")
-    co.add_argument("--ancestors", type=_ancestors, help="ensemble.ancestors: all, or the last m of the chain")
-    co.add_argument("--teachers", nargs="+", metavar="DIR", help="ensemble.experts: extra teacher directories")
-    co.add_argument("--aggregate", choices=("mean-kd", "mean-probs"), help="ensemble.aggregate")
-    co.add_argument("--run-dir", help="run_dir")
-    co.add_argument("--seed", type=int, help="seed")
-    co.add_argument("--precision", choices=PRECISIONS)
-    co.add_argument("--device", choices=DEVICES)
-    co.add_argument("--baselines", action="store_true",
-                    help="also train the final architecture from scratch and by one-shot KD (same epochs)")
-    co.add_argument("--log", choices=("none", "tensorboard"),
-                    help="log: tensorboard writes each node's curves live under RUN_DIR/tb/ (optional extra)")
-    co.add_argument("--executor", choices=("local", "ray"),
-                    help="executor.kind: train candidates in this process, or each as a job on a Ray cluster")
-    co.add_argument("--ray-address", metavar="ADDRESS",
-                    help="executor.ray_address (default $RAY_ADDRESS, else a new local Ray instance)")
-    co.add_argument("--cpus-per-job", type=float, metavar="N", help="executor.cpus_per_job (ray; default 1)")
-    co.add_argument("--gpus-per-job", type=float, metavar="N", help="executor.gpus_per_job (ray; default 0)")
+    co = command("compress", "run or resume a compression campaign (teacher -> smaller and smaller students)")
+    co.add_argument("--config", metavar="PATH", help="campaign YAML (see configs/); the flags below override its keys")
+    for flag in command_line_flags():
+        _add_config_flag(co, flag)
     co.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     co.add_argument("--quiet", action="store_true", help="no progress output")
     co.set_defaults(func=cmd_compress)
 
-    li = commands.add_parser("lineage", parents=[common], help="show a campaign's lineage")
+    li = command("lineage", "print a campaign's lineage as a tree")
     li.add_argument("run_dir")
     li.add_argument("--json", action="store_true", help="the whole lineage.json")
     li.set_defaults(func=cmd_lineage)
 
-    ex = commands.add_parser("export", parents=[common],
-                             help="export a node as ONNX or safetensors, check it, time it on this CPU")
+    ex = command("export", "export a node as ONNX or safetensors, check it, time it beside the teacher")
     ex.add_argument("run_dir")
     ex.add_argument("--node", required=True, metavar="ID", help="node id, as `ikd lineage` lists them")
     # not argparse choices: an unknown format is reported like every other ikd error, on one line
@@ -346,22 +346,59 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-latency", action="store_true", help="do not measure latency")
     ex.set_defaults(func=cmd_export)
 
-    re_ = commands.add_parser("report", parents=[common],
-                              help="write RUN_DIR/report/: report.md, a self-contained report.html and figures")
+    re_ = command("report", "write RUN_DIR/report/: report.md, a self-contained report.html and figures")
     re_.add_argument("run_dir")
     re_.add_argument("--out", help="report directory (default RUN_DIR/report)")
     re_.set_defaults(func=cmd_report)
 
-    cr = commands.add_parser("config-reference", parents=[common], help="print every campaign config key (markdown)")
+    cr = command("config-reference", "print every campaign config key (markdown)")
     cr.set_defaults(func=cmd_config_reference)
 
-    ar = commands.add_parser("arch", parents=[common], help="size and cost of a preset architecture")
+    ar = command("arch", "size and cost of a preset architecture")
     ar.add_argument("arch", choices=PRESETS)
     ar.add_argument("--input", default="3x32", help="CHANNELSxSIZE (default 3x32)")
     ar.add_argument("--classes", type=int, default=10)
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=cmd_arch)
     return parser
+
+
+def _usage(action: argparse.Action) -> str:
+    """How an argument is typed: `--node ID`, `RUN_DIR`, `--strategy a|b`, `--teachers DIR ...`."""
+    value = "" if action.nargs == 0 else str(  # nargs 0: a switch, it takes no value
+        action.metavar or ("|".join(map(str, action.choices)) if action.choices else action.dest.upper()))
+    if action.nargs == "+":
+        value += " ..."
+    return " ".join(part for part in (action.option_strings[-1:] + [value]) if part)
+
+
+def commands_reference() -> str:
+    """The README's commands table, rendered from the parsers so it cannot drift from them: each
+    command with its required arguments, what it does and its options; then every `ikd compress`
+    flag with the config key it sets."""
+    def code(text: str) -> str:
+        return "`" + text.replace("|", "\\|") + "`"
+
+    config_flags = command_line_flags()
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    lines = ["| command | does | options |", "|---|---|---|"]
+    for name, sub in subparsers.choices.items():
+        config_dests = {flag.dest for flag in config_flags} if name == "compress" else set()
+        actions = [a for a in sub._actions if a.dest not in ("help", "debug")]
+        needed = [a for a in actions if a.required or not a.option_strings]
+        options = [code(a.option_strings[-1]) for a in actions
+                   if a.option_strings and not a.required and a.dest not in config_dests]
+        if config_dests:
+            options.append("a flag per config key (below)")
+        lines.append(f"| {code(' '.join(['ikd', name] + [_usage(a) for a in needed]))} | {sub.description} "
+                     f"| {', '.join(options) or '-'} |")
+    lines += ["", "| `ikd compress` flag | sets config key |", "|---|---|"]
+    compress = subparsers.choices["compress"]
+    for action in compress._actions:
+        for flag in config_flags:
+            if action.dest == flag.dest:
+                lines.append(f"| {code(_usage(action))} | {code(flag.key)} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,14 @@
 """Campaign configuration: a YAML file validated on load, with command-line overrides.
 
-Every key is declared here once; the README's config reference is generated from these models
-(`ikd config-reference`), so documentation and validation cannot drift apart.
+Every key is declared here once, and so is its `ikd compress` flag if it has one (`cli_flag` on the
+key's Field): the config reference (`ikd config-reference`) and the `compress` parser are both generated
+from these models, so documentation, flags and validation cannot drift apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -18,8 +21,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from ikd.arch import PRESETS
+from ikd.data import DATASETS
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
@@ -29,9 +34,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def cli_flag(name: str, *, metavar: str | None = None, choices: tuple[str, ...] | None = None,
+             words: bool = False) -> dict[str, Any]:
+    """A Field's `json_schema_extra` making its key an `ikd compress` flag too. The flag's help is the
+    key's description; its type and choices come from the annotation, or from `choices` for a `str`
+    checked against a registry. A list is given comma-separated, or with `words` as separate words."""
+    return {"cli_flag": {"name": name, "metavar": metavar, "choices": list(choices) if choices else None,
+                         "words": words}}
+
+
 class DataConfig(Strict):
-    name: str = Field(default="digits", description="dataset: digits, mnist, fashion-mnist, idx, cifar10, imagefolder, npz")
-    dir: str | None = Field(default=None, description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)")
+    name: str = Field(
+        default="digits", json_schema_extra=cli_flag("--dataset", metavar="NAME", choices=DATASETS),
+        description=f"dataset: {', '.join(DATASETS)}")
+    dir: str | None = Field(
+        default=None, json_schema_extra=cli_flag("--data-dir"),
+        description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)")
     val_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of the training set held out for validation")
     split_seed: int = Field(default=0, ge=0, description="seed of the validation split")
     image_size: int | None = Field(default=None, gt=0, description="resize images to this size (imagefolder default 32)")
@@ -47,8 +65,12 @@ class OptimConfig(Strict):
 
 
 class TeacherConfig(OptimConfig):
-    dir: str | None = Field(default=None, description="an existing `ikd train` output to start from; else one is trained")
-    arch: str = Field(default="vgg16", description=f"preset to train when no dir is given: {', '.join(PRESETS)}")
+    dir: str | None = Field(
+        default=None, json_schema_extra=cli_flag("--teacher", metavar="DIR"),
+        description="an existing `ikd train` output to start from; else one is trained")
+    arch: str = Field(
+        default="vgg16", json_schema_extra=cli_flag("--arch", choices=PRESETS),
+        description=f"preset to train when no dir is given: {', '.join(PRESETS)}")
     epochs: int = Field(default=10, gt=0, description="epochs to train the teacher (when no dir is given)")
 
     @field_validator("arch")
@@ -60,7 +82,9 @@ class TeacherConfig(OptimConfig):
 
 
 class StudentConfig(OptimConfig):
-    epochs: int = Field(default=5, gt=0, description="epochs to distil each candidate child")
+    epochs: int = Field(
+        default=5, gt=0, json_schema_extra=cli_flag("--epochs"),
+        description="epochs to distil each candidate child")
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
         default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first")
@@ -69,18 +93,34 @@ class StudentConfig(OptimConfig):
 
 
 class SearchConfig(Strict):
-    operators: list[str] = Field(default_factory=lambda: ["depth", "width"], description="shrink operators proposing candidates")
+    operators: list[str] = Field(
+        default_factory=lambda: ["depth", "width"], json_schema_extra=cli_flag("--operators"),
+        description="shrink operators proposing candidates")
     strategy: Literal["parent-child", "parent-children", "ancestors-child", "ancestors-children"] = Field(
-        default="parent-child",
+        default="parent-child", json_schema_extra=cli_flag("--strategy"),
         description="parent-child: candidates one at a time, each taught by its parent; *-children: all of a "
                     "parent's candidates train together; ancestors-*: each child taught by several teachers (see ensemble)")
-    width_factor: float | list[float] = Field(default=0.5, description="width operator's channel scale; a list proposes one width child per factor")
-    seeds: int = Field(default=1, gt=0, description="*-children: children per architecture, differing in seed")
-    select: Literal["best", "tree"] = Field(default="best", description="*-children: best keeps one child per generation; tree keeps up to `beam`, each parenting its own children")
-    beam: int = Field(default=2, gt=0, description="select tree: children kept per generation (the smallest within tolerance, then the more accurate)")
-    max_drop: float = Field(default=1.0, ge=0, le=100, description="accepted children stay within this many points of the root teacher's validation accuracy")
-    max_step_drop: float = Field(default=1.0, ge=0, le=100, description="...and within this many points of their parent's")
-    max_generations: int = Field(default=10, gt=0, description="stop after this many generations")
+    width_factor: float | list[float] = Field(
+        default=0.5, json_schema_extra=cli_flag("--width-factors"),
+        description="width operator's channel scale; a list proposes one width child per factor")
+    seeds: int = Field(
+        default=1, gt=0, json_schema_extra=cli_flag("--seeds"),
+        description="*-children: children per architecture, differing in seed")
+    select: Literal["best", "tree"] = Field(
+        default="best", json_schema_extra=cli_flag("--select"),
+        description="*-children: best keeps one child per generation; tree keeps up to `beam`, each parenting its own children")
+    beam: int = Field(
+        default=2, gt=0, json_schema_extra=cli_flag("--beam"),
+        description="select tree: children kept per generation (the smallest within tolerance, then the more accurate)")
+    max_drop: float = Field(
+        default=1.0, ge=0, le=100, json_schema_extra=cli_flag("--max-drop"),
+        description="accepted children stay within this many points of the root teacher's validation accuracy")
+    max_step_drop: float = Field(
+        default=1.0, ge=0, le=100, json_schema_extra=cli_flag("--max-step-drop"),
+        description="...and within this many points of their parent's")
+    max_generations: int = Field(
+        default=10, gt=0, json_schema_extra=cli_flag("--max-generations"),
+        description="stop after this many generations")
     candidates: Literal["smallest-first", "all"] = Field(
         default="smallest-first",
         description="smallest-first: train candidates in order of size and stop at the first within tolerance "
@@ -118,9 +158,15 @@ class SearchConfig(Strict):
 class EnsembleConfig(Strict):
     """Who teaches a child under the ancestors-* strategies, and how their signals combine."""
 
-    ancestors: Literal["all"] | int = Field(default="all", description="teachers from the child's chain: all its ancestors, or the last m (1 = the parent)")
-    experts: list[str] = Field(default_factory=list, description="extra teacher directories (`ikd train` outputs on the same split), any architecture")
-    aggregate: Literal["mean-kd", "mean-probs"] = Field(default="mean-kd", description="mean-kd: mean of per-teacher KD terms; mean-probs: KD against the mean teacher distribution")
+    ancestors: Literal["all"] | int = Field(
+        default="all", json_schema_extra=cli_flag("--ancestors"),
+        description="teachers from the child's chain: all its ancestors, or the last m (1 = the parent)")
+    experts: list[str] = Field(
+        default_factory=list, json_schema_extra=cli_flag("--teachers", metavar="DIR", words=True),
+        description="extra teacher directories (`ikd train` outputs on the same split), any architecture")
+    aggregate: Literal["mean-kd", "mean-probs"] = Field(
+        default="mean-kd", json_schema_extra=cli_flag("--aggregate"),
+        description="mean-kd: mean of per-teacher KD terms; mean-probs: KD against the mean teacher distribution")
     weighting: Literal["uniform", "val-accuracy"] = Field(default="uniform", description="teacher weights in the mean: equal, or proportional to validation accuracy")
     drop: float = Field(default=0.0, ge=0, lt=1, description="probability of leaving a teacher out of a batch's KD term (never all)")
     hints: Literal["parent", "each"] = Field(default="parent", description="hint from the parent only, or from every teacher (one regressor each)")
@@ -136,26 +182,46 @@ class EnsembleConfig(Strict):
 class ExecutorConfig(Strict):
     """Where candidates train; it changes how long a campaign takes, not what it computes."""
 
-    kind: Literal["local", "ray"] = Field(default="local", description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)")
-    ray_address: str | None = Field(default=None, description="ray: cluster to join (e.g. ray://head:10001 or auto); default $RAY_ADDRESS, else a new local instance")
-    cpus_per_job: float = Field(default=1.0, gt=0, description="ray: CPUs reserved by each candidate's job (also its torch threads)")
-    gpus_per_job: float = Field(default=0.0, ge=0, description="ray: GPUs reserved by each candidate's job (> 0 trains on CUDA)")
+    kind: Literal["local", "ray"] = Field(
+        default="local", json_schema_extra=cli_flag("--executor"),
+        description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)")
+    ray_address: str | None = Field(
+        default=None, json_schema_extra=cli_flag("--ray-address", metavar="ADDRESS"),
+        description="ray: cluster to join (e.g. ray://head:10001 or auto); default $RAY_ADDRESS, else a new local instance")
+    cpus_per_job: float = Field(
+        default=1.0, gt=0, json_schema_extra=cli_flag("--cpus-per-job", metavar="N"),
+        description="ray: CPUs reserved by each candidate's job (also its torch threads)")
+    gpus_per_job: float = Field(
+        default=0.0, ge=0, json_schema_extra=cli_flag("--gpus-per-job", metavar="N"),
+        description="ray: GPUs reserved by each candidate's job (> 0 trains on CUDA)")
 
 
 class CampaignConfig(Strict):
-    run_dir: str = Field(default="runs/campaign", description="where lineage.json and the nodes are written")
-    seed: int = Field(default=0, ge=0, description="seeds weights, shuffling and augmentation (child of generation g: seed + g)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: AMP on CUDA, bf16 on CPUs where it is measurably faster, else fp32")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(default="auto", description="auto: cuda > mps > cpu")
+    run_dir: str = Field(
+        default="runs/campaign", json_schema_extra=cli_flag("--run-dir"),
+        description="where lineage.json and the nodes are written")
+    seed: int = Field(
+        default=0, ge=0, json_schema_extra=cli_flag("--seed"),
+        description="seeds weights, shuffling and augmentation (child of generation g: seed + g)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", json_schema_extra=cli_flag("--precision"),
+        description="auto: AMP on CUDA, bf16 on CPUs where it is measurably faster, else fp32")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto", json_schema_extra=cli_flag("--device"),
+        description="auto: cuda > mps > cpu")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     loss: LossWeights = Field(default_factory=LossWeights)
     search: SearchConfig = Field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
-    baselines: bool = Field(default=False, description="also train the final student's architecture from scratch and by one-shot KD")
+    baselines: bool = Field(
+        default=False, json_schema_extra=cli_flag("--baselines"),
+        description="also train the final student's architecture from scratch and by one-shot KD")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    log: Literal["none", "tensorboard"] = Field(default="none", description="tensorboard: every node's loss terms, accuracy and learning rate per epoch under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)")
+    log: Literal["none", "tensorboard"] = Field(
+        default="none", json_schema_extra=cli_flag("--log"),
+        description="tensorboard: every node's loss terms, accuracy and learning rate per epoch under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)")
 
     @model_validator(mode="after")
     def _strategy_options_fit(self) -> CampaignConfig:
@@ -236,6 +302,49 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     return validate_config(document, source)
 
 
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """Every key that holds a value (not a section), dotted, in declaration order."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _leaf_fields(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A config key that `ikd compress` also takes on the command line."""
+
+    key: str  # dotted, e.g. search.max_drop
+    name: str  # e.g. --max-drop
+    annotation: Any
+    default: Any
+    description: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    words: bool = False  # a list as separate words (--teachers a b), not comma-separated
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores the flag's value under."""
+        return self.name.removeprefix("--").replace("-", "_")
+
+
+def command_line_flags() -> list[Flag]:
+    """The config keys marked with `cli_flag`, in declaration order."""
+    flags = []
+    for key, field in _leaf_fields(CampaignConfig):
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and isinstance(spec := extra.get("cli_flag"), dict):
+            choices = spec["choices"]
+            flags.append(Flag(key=key, name=spec["name"], annotation=field.annotation,
+                              default=field.get_default(call_default_factory=True),
+                              description=field.description or "", metavar=spec["metavar"],
+                              choices=tuple(choices) if choices else None, words=spec["words"]))
+    return flags
+
+
 def _type_name(annotation: Any) -> str:
     args = get_args(annotation)
     if get_origin(annotation) is Literal:
@@ -250,16 +359,7 @@ def _type_name(annotation: Any) -> str:
 def config_reference() -> str:
     """Markdown table of every config key, its type, default and meaning, from the models above."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, f"{prefix}{name}.")
-                continue
-            kind = _type_name(annotation)
-            default = field.get_default(call_default_factory=True)
-            lines.append(f"| `{prefix}{name}` | {kind} | `{default!r}` | {field.description or ''} |")
-
-    walk(CampaignConfig, "")
+    for key, field in _leaf_fields(CampaignConfig):
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"| `{key}` | {_type_name(field.annotation)} | `{default!r}` | {field.description or ''} |")
     return "\n".join(lines)
