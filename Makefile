@@ -14,8 +14,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first and pinned: the CPU build lies on this machine's disk, and installing it before the
-# package keeps pip from resolving `torch` to a multi-GB CUDA build.
+# torch first, pinned to the version the committed results were made with: the package's own range
+# is then already met, so pip keeps this build (CPU or CUDA, as the pip configuration finds it)
+# instead of choosing another.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e .
