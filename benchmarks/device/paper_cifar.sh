@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Runs ON the GPU machine, from the repository root, after benchmarks/device/prepare.sh here:
-#   run(command="bash benchmarks/device/paper_cifar.sh", carry=[".device"], timeout_s=540)
-# It runs the CIFAR-10 (JPEG-Q75) rows of the paper table (ROWS, at the budget TEACHER_EPOCHS,
-# STUDENT_EPOCHS, MAX_GENERATIONS, stated in the table), one teacher per architecture (paper.py shares
-# it between rows); then, with the time left, EXTRA_ROWS at the config's own budget (EXTRA_ARGS), on the
-# teacher the first phase trained, into a table of their own (extra.md), so both budgets can be compared.
-# Every row runs under `timeout`, so the script always ends by HARD_LIMIT_S (keep it under the call's
-# timeout_s) and packs what it has: after each row, $OUT holds the tables so far (with their .json
-# records) and the rows' lineages (runs.tar.gz, weights and ONNX left out); a row cut short leaves its
-# finished nodes there. QUICK=1 first checks the CUDA path end to end on digits (paper.py --quick).
-# Try it here first with ROWS="" EXTRA_ROWS="" (set-up only).
+# The CIFAR-10 rows of the paper table on any CUDA machine, from the repository root:
+#   CIFAR10_DIR=/data/cifar10 bash benchmarks/device/paper_cifar.sh
+# It runs ROWS at the budget TEACHER_EPOCHS, STUDENT_EPOCHS, MAX_GENERATIONS (stated in the table),
+# one teacher per architecture (paper.py shares it between rows); then EXTRA_ROWS at the config's
+# own budget (EXTRA_ARGS), on the teacher the first phase trained, into a table of their own
+# (extra.md), so both budgets can be compared. After each row, $OUT holds the tables so far (with
+# their .json records) and the rows' lineages without weights (runs.tar.gz), small enough to copy
+# back; weights stay under runs/. With HARD_LIMIT_S > 0 every row runs under `timeout`, so the
+# script ends by then and a row cut short leaves its finished nodes. QUICK=1 first checks the CUDA
+# path end to end on digits (paper.py --quick). ROWS="" EXTRA_ROWS="" checks the set-up alone.
+# Data: CIFAR10_DIR (cifar-10-batches-py/ or the tarball in it), else the JPEG-Q75 source that
+# prepare.sh put in .device/. See benchmarks/device/README.md.
 set -uo pipefail
 OUT=${OUT:-runs/device-out}
+PYTHON=${PYTHON:-python3}
+CIFAR10_DIR=${CIFAR10_DIR-}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-6}
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}
 MAX_GENERATIONS=${MAX_GENERATIONS:-6}
-HARD_LIMIT_S=${HARD_LIMIT_S:-500}
+HARD_LIMIT_S=${HARD_LIMIT_S:-0}  # 0: no limit
 QUICK=${QUICK:-0}
 ROW_ARGS=${ROW_ARGS-}  # more paper.py arguments for ROWS, e.g. --baselines
 ROWS=${ROWS-"cifar10-vgg19-depth+width cifar10-vgg19-width cifar10-vgg19-depth"}
@@ -23,24 +26,41 @@ EXTRA_ROWS=${EXTRA_ROWS-"cifar10-vgg19-depth+width"}
 EXTRA_ARGS=${EXTRA_ARGS-"--teacher cifar10-vgg19=runs/paper-device/cifar10-vgg19-depth+width/nodes/g0-teacher"}
 mkdir -p "$OUT"
 
-python3 -c "import pydantic" 2>/dev/null ||
-    python3 -m pip install -q --no-index --find-links .device/wheels --target .device/site pydantic || exit 2
-export PYTHONPATH=$PWD/src:$PWD/.device/site PYTHONUNBUFFERED=1
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+# ikd from this checkout; its dependencies from the environment, else from prepare.sh's wheels
+export PYTHONPATH=$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
+    [ -d .device/wheels ] || { echo "paper_cifar.sh: pydantic missing; run 'pip install -e .' (or prepare.sh for an offline machine)" >&2; exit 2; }
+    "$PYTHON" -m pip install -q --no-index --find-links .device/wheels --target .device/site pydantic || exit 2
+fi
+"$PYTHON" -c "import ikd.cli" || { echo "paper_cifar.sh: ikd does not import; run 'pip install -e .'" >&2; exit 2; }
+"$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
-python3 .device/cifar10-jpeg75/build_batches.py .cache/data || exit 2
-echo "paper_cifar.sh: data ready at ${SECONDS} s"
+
+if [ -n "$CIFAR10_DIR" ]; then
+    data_dir=$CIFAR10_DIR
+elif [ -f .device/cifar10-jpeg75/build_batches.py ]; then
+    data_dir=.cache/data
+    "$PYTHON" .device/cifar10-jpeg75/build_batches.py "$data_dir" || exit 2
+else
+    echo "paper_cifar.sh: no CIFAR-10: set CIFAR10_DIR, or run benchmarks/device/prepare.sh first" >&2
+    exit 2
+fi
+echo "paper_cifar.sh: data ready at ${SECONDS} s ($data_dir)"
 
 if [ "$QUICK" = 1 ]; then
-    timeout 120 python3 benchmarks/paper.py --quick --quiet --out runs/device-quick --markdown "$OUT/quick.md" | tail -1
+    timeout 300 "$PYTHON" benchmarks/paper.py --quick --quiet --out runs/device-quick --markdown "$OUT/quick.md" | tail -1
 fi
 
-# run_row OUT_DIR TABLE ROW ARGS...: one row under what is left of HARD_LIMIT_S, then pack the results
+# run_row OUT_DIR TABLE ROW ARGS...: one row (under what is left of HARD_LIMIT_S), then pack the results
 run_row() {
-    local out_dir=$1 table=$2 row=$3 left=$((HARD_LIMIT_S - SECONDS))
+    local out_dir=$1 table=$2 row=$3 limit=()
     shift 3
-    if ((left < 30)); then echo "paper_cifar.sh: $row not started: ${left} s left"; return; fi
-    timeout "$left" python3 benchmarks/paper.py --quiet --rows "$row" --data-dir cifar10=.cache/data \
+    if ((HARD_LIMIT_S > 0)); then
+        local left=$((HARD_LIMIT_S - SECONDS))
+        if ((left < 30)); then echo "paper_cifar.sh: $row not started: ${left} s left"; return; fi
+        limit=(timeout "$left")
+    fi
+    "${limit[@]}" "$PYTHON" benchmarks/paper.py --quiet --rows "$row" --data-dir "cifar10=$data_dir" \
         --out "$out_dir" "$@" --markdown "$OUT/$table" | tail -2
     echo "paper_cifar.sh: $row ended (exit ${PIPESTATUS[0]}) at ${SECONDS} s"
     tar czf "$OUT/runs.tar.gz" --exclude='*.safetensors' --exclude='*.onnx' runs/paper-device runs/extra-device 2>/dev/null
