@@ -122,3 +122,17 @@ def pytest_runtest_setup(item):
     if not _ray_installed():
         pytest.skip("needs the ray extra: pip install -e '.[ray]'")
     import ray  # noqa: F401  (installed, so an ImportError here is a failure, not a skip)
+
+
+# --- the reliability audit: opt-in ----------------------------------------------------------------
+
+AUDIT = Path(__file__).parent / "audit"
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """tests/audit (minutes of real ikd processes killed, starved and fed bad input) is collected
+    only when named on the command line, e.g. `pytest tests/audit`; a plain `pytest` leaves it out."""
+    if collection_path != AUDIT:
+        return None
+    named = [Path(config.invocation_params.dir, arg.split("::")[0]).resolve() for arg in config.args]
+    return not any(path == AUDIT or AUDIT in path.parents for path in named)

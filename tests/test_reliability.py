@@ -1,8 +1,9 @@
 """Reliability: bad input is refused in one line, and interruptions or full disks lose no finished work.
 
-The catalogue of bad inputs and the kill -9 / SIGTERM / NaN fault injection live in
-benchmarks/reliability.py (run here in --quick form); the tests below pin down the pieces one by
-one, in process, where a subprocess would only add start-up time.
+The tests below pin the pieces down one by one, in process where a subprocess would only add
+start-up time. The whole catalogue (84 bad inputs; kill -9, SIGTERM and full disks at dozens of
+points; NaN losses) is the opt-in audit in tests/audit, run by `pytest tests/audit`; its fault
+injection (tests/audit/fault_injection.py) serves these tests too.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import builtins
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,7 @@ from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir
 from ikd.search import Campaign
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import fault_injection  # noqa: E402
-import reliability  # noqa: E402
+from audit import fault_injection, harness
 
 
 def campaign_args(teacher, run_dir, *extra):
@@ -61,7 +59,7 @@ def run_copy(finished_run, tmp_path):
 
 @pytest.fixture
 def injected(monkeypatch):
-    """Faults from benchmarks/fault_injection.py, undone after the test: every attribute they
+    """Faults from tests/audit/fault_injection.py, undone after the test: every attribute they
     replace is registered with monkeypatch first."""
     for target, name in [(os, "fsync"), (os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"),
                          (os, "rmdir"), (os, "open"), (os, "mkdir"), (builtins, "open"), (io, "open")]:
@@ -80,7 +78,38 @@ def temp_files(directory: Path) -> list[Path]:
     return sorted(directory.rglob("*.tmp"))
 
 
-# --- SIGTERM, broken pipes, a lineage without a root --------------------------------------------
+# --- kill -9, SIGTERM, broken pipes, a lineage without a root -----------------------------------
+
+
+def first_child_finished(run: RunDir) -> bool:
+    return run.exists() and any(n.generation == 1 and n.sha256 for n in run.load().nodes)
+
+
+def test_kill_9_mid_campaign_then_resume(tmp_path, tiny_teacher):
+    """A real process killed with SIGKILL once its first child is written -- really killed, its
+    campaign unfinished on disk -- then rerun: it completes, keeping every finished node."""
+    run = RunDir(tmp_path / "run")
+    command = [sys.executable, "-m", "ikd", *campaign_args(tiny_teacher, run.path, "--max-generations", "2")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline and not first_child_finished(run):
+        time.sleep(0.05)
+    assert process.poll() is None, "the campaign ended before it could be killed"
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL  # ended by the kill (137 in a shell), not by finishing
+    partial = run.load()
+    assert partial.stop_reason is None  # the campaign had not finished
+    assert run.verify(partial) == []  # what it had written is intact
+    finished = {n.id: n.sha256 for n in partial.nodes if n.sha256}
+    assert "g0-teacher" in finished and any(node_id.startswith("g1-") for node_id in finished)
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    final = run.load()
+    assert final.stop_reason and run.verify(final) == []
+    assert len(final.nodes) > len(partial.nodes)  # the kill came before the end, the rerun went on
+    for node_id, sha in finished.items():
+        assert final.node(node_id).sha256 == sha
 
 
 def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, tiny_teacher, monkeypatch, capsys):
@@ -141,12 +170,12 @@ def test_usage_mistakes_are_one_line_too(capsys):
 
 
 def test_a_full_disk_on_resume_leaves_the_lineage_as_it_was(run_copy, tiny_teacher, injected, capsys):
-    before = reliability.snapshot(run_copy)
+    before = harness.snapshot(run_copy)
     injected.on_write("enospc", "lineage.json", 1)
     assert cli.main(campaign_args(tiny_teacher, run_copy)) == cli.EXIT_USAGE
     line = one_error_line(capsys)
     assert line == f"ikd: error: {run_copy / 'lineage.json'}: No space left on device"
-    assert reliability.snapshot(run_copy) == before
+    assert harness.snapshot(run_copy) == before
     run = RunDir(run_copy)
     assert run.verify(run.load()) == []
 
@@ -169,7 +198,7 @@ def test_a_disk_filling_up_mid_campaign_keeps_finished_nodes(tmp_path, tiny_teac
 
 
 def test_a_read_only_run_directory_is_refused_and_still_readable(run_copy, tiny_teacher, injected, capsys):
-    before = reliability.snapshot(run_copy.parent)
+    before = harness.snapshot(run_copy.parent)
     injected.read_only(str(run_copy))
     assert cli.main(campaign_args(tiny_teacher, run_copy)) == cli.EXIT_USAGE
     assert one_error_line(capsys).endswith("cannot open the run directory for writing (Read-only file system)")
@@ -179,7 +208,7 @@ def test_a_read_only_run_directory_is_refused_and_still_readable(run_copy, tiny_
     injected.read_only(str(run_copy.parent))
     assert cli.main(campaign_args(tiny_teacher, new)) == cli.EXIT_USAGE
     assert "Read-only file system" in one_error_line(capsys)
-    assert reliability.snapshot(run_copy.parent) == before
+    assert harness.snapshot(run_copy.parent) == before
 
 
 def test_a_campaign_that_fails_before_any_work_leaves_no_run_directory(tmp_path, capsys):
@@ -198,10 +227,10 @@ def test_temporary_files_a_kill_left_are_removed_by_the_next_run(run_copy, tiny_
 
 
 def test_force_continues_a_run_directory_from_another_config(run_copy, tiny_teacher, capsys):
-    before = reliability.snapshot(run_copy)
+    before = harness.snapshot(run_copy)
     assert cli.main(campaign_args(tiny_teacher, run_copy, "--max-drop", "0.5")) == cli.EXIT_USAGE
     assert "search.max_drop: 100.0 -> 0.5" in one_error_line(capsys)
-    assert reliability.snapshot(run_copy) == before
+    assert harness.snapshot(run_copy) == before
     assert cli.main(campaign_args(tiny_teacher, run_copy, "--max-drop", "0.5", "--force")) == 0
     assert RunDir(run_copy).load().config["search"]["max_drop"] == 0.5
 
@@ -344,31 +373,18 @@ def test_fuzz_config_overrides(overrides):
 
 def test_the_audit_check_flags_every_way_of_failing():
     good = "ikd: error: x/train-images-idx3-ubyte: wrong magic number 0x00000801\n"
-    assert reliability.check_refusal(2, good, "magic", []) == []
+    assert harness.check_refusal(2, good, "magic", []) == []
     crash = "Traceback (most recent call last):\n  File ...\nValueError: boom\n"
-    problems = reliability.check_refusal(1, crash, "magic", [])
+    problems = harness.check_refusal(1, crash, "magic", [])
     assert "exit 1, expected 2" in problems and "a traceback on stderr" in problems
     assert "3 lines on stderr, expected 1" in problems
-    assert reliability.check_refusal(2, "ikd: error: something else\n", "magic", []) == [
+    assert harness.check_refusal(2, "ikd: error: something else\n", "magic", []) == [
         "the error does not mention 'magic'"]
-    assert reliability.check_refusal(2, "ikd: internal error: magic\n", "magic", []) == [
+    assert harness.check_refusal(2, "ikd: internal error: magic\n", "magic", []) == [
         "stderr does not start with 'ikd: error:'"]
-    assert reliability.check_refusal(2, good, "magic", ["added run/.lock"]) == ["files changed: added run/.lock"]
+    assert harness.check_refusal(2, good, "magic", ["added run/.lock"]) == ["files changed: added run/.lock"]
     before = {"a": "1", "b": "2", "d": "dir"}
-    assert reliability.changes(before, {"a": "1", "b": "3", "c": "4", "d": "dir"}) == ["added c", "modified b"]
-    stop = reliability.Stop("term", expect="terminated")
-    assert reliability.check_stopped(stop, reliability.Run(0, "", 1.0), Path("/nonexistent")) == [
+    assert harness.changes(before, {"a": "1", "b": "3", "c": "4", "d": "dir"}) == ["added c", "modified b"]
+    stop = harness.Stop("term", expect="terminated")
+    assert harness.check_stopped(stop, harness.Run(0, "", 1.0), Path("/nonexistent")) == [
         "exit 0, expected 130", "last stderr line '', expected 'ikd: interrupted (SIGTERM)'"]
-
-
-def test_quick_audit_finds_no_failures():
-    """benchmarks/reliability.py --quick: real subprocesses, real signals (about a minute)."""
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "reliability.py"), "--quick"],
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = result.stdout.strip().splitlines()[-1]
-    values = dict(re.findall(r"(\w+)=(\w+)", last))
-    assert last.startswith("RESULT ") and values["failures"] == "0", result.stderr[-3000:]
-    assert int(values["bad_inputs"]) >= 4 and values["kill_points"] == "2"
-    assert values["sigterm_points"] == "1" and values["nan_injections"] == "1"

@@ -1,6 +1,7 @@
-"""Run `ikd` with one fault injected: the harness behind benchmarks/reliability.py.
+"""Run `ikd` with one fault injected: how the audit (tests/audit) stops and breaks real ikd
+processes, and, imported, how tests/test_reliability.py injects the same faults in process.
 
-    python benchmarks/fault_injection.py FAULT -- IKD_ARGUMENTS...
+    python tests/audit/fault_injection.py FAULT -- IKD_ARGUMENTS...
 
 The fault is patched into this process only; ikd itself carries no test hooks. FAULT is one of:
 
@@ -203,7 +204,7 @@ def install(fault: str) -> None:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") != 1:
-        raise SystemExit("usage: python benchmarks/fault_injection.py FAULT -- IKD_ARGUMENTS...")
+        raise SystemExit("usage: python tests/audit/fault_injection.py FAULT -- IKD_ARGUMENTS...")
     install(argv[0])
     from ikd.cli import main as ikd_main
 
