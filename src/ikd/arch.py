@@ -98,9 +98,6 @@ class ArchSpec(BaseModel):
         linear = sum(fan_in * fan_out + fan_out for fan_in, fan_out in self.linears())
         return conv + linear
 
-    def num_bn_layers(self) -> int:
-        return sum(len(block) for block in self.blocks)
-
     def size_bytes_fp32(self) -> int:
         """Memory of the parameters in fp32: the footprint compression results are quoted in."""
         return self.num_params() * FP32_BYTES

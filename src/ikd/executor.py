@@ -32,7 +32,6 @@ from ikd.runtime import resolve_device
 from ikd.train import EpochCallback
 from ikd.training_pass import Outcome, Teacher, TeacherOutputStore, TrainingPass, run_training_pass
 
-EXECUTORS = ("local", "ray")
 WORKER_LOST = "worker lost"  # prefix of a failed node's reason when its job, not its training, failed
 
 
