@@ -1,6 +1,6 @@
 """What a Parent->Children generation costs against training its children alone without a teacher.
 
-Numerator: one generation as a campaign runs it (`Campaign._train_students` with strategy
+Numerator: one generation as a campaign runs it (`ikd.distil.train_students` with strategy
 parent-children): the parent's outputs cached once (the blocks every child's hint needs), then
 the k children, initialised from the parent, trained together by `train_models` -- one pass over
 the data, each batch prepared once -- with ikd's distillation objective.

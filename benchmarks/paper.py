@@ -34,9 +34,9 @@ from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
-from ikd.lineage import Lineage, RunDir
+from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
 from ikd.report import arch_name, latency_of
-from ikd.search import ROOT_ID, compress
+from ikd.campaign import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import ROOT, command_line, machine_line, print_result, write_record
@@ -111,10 +111,10 @@ def budget_of(lineage: Lineage) -> str:
     """The row's budget as it ran, read back from its lineage (so a reused run is labelled by its own)."""
     config = lineage.config
     root = lineage.root()
-    students = [n for n in lineage.nodes if n.generation > 0 and n.status not in ("baseline", "expert")]
+    students = lineage.students()
     teacher = f"teacher {root.epochs} ep" if root.epochs else f"teacher imported from {teacher_source(config)}"
     return (f"{teacher}; {config['student']['epochs']} ep/child, {len(students)} children "
-            f"({sum(n.epochs for n in students)} child-epochs), max_drop {config['search']['max_drop']}")
+            f"({lineage.epochs_spent()} child-epochs), max_drop {config['search']['max_drop']}")
 
 
 def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None) -> tuple[Lineage, str | None]:
@@ -140,7 +140,7 @@ def row_result(row: Row, lineage: Lineage) -> dict:
     for runtime in ("onnxruntime", "torch"):
         mine, theirs = latency_of(final, runtime, 1), latency_of(root, runtime, 1)
         speedups[runtime] = theirs.median_ms / mine.median_ms if mine and theirs else None
-    baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.status == "baseline"}
+    baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE}
     return {
         "row": row.name, "dataset": DATASET_LABELS.get(row.dataset, row.dataset), "teacher": arch_name(root),
         "operators": "+".join(row.operators), "budget": budget_of(lineage),

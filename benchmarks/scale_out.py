@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ikd.config import load_config
-from ikd.search import compress
+from ikd.campaign import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import machine_line, print_result, publish

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from ikd.config import load_config
-from ikd.search import compress
+from ikd.campaign import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import machine_line, print_result, publish, repo_path
@@ -83,11 +83,11 @@ def main() -> int:
         seconds -= root.seconds  # the teacher is not part of the comparison
         if not common.get("teacher.dir"):  # trained once, by the first run; the others import it
             common["teacher.dir"] = str(out / strategy / "nodes" / root.id)
-        spent = sum(n.epochs for n in lineage.nodes if n.generation > 0 and n.status != "baseline")
+        spent = lineage.epochs_spent()
         rows.append({"strategy": strategy, "params": final.params, "x": final.compression,
                      "val": 100 * final.val_accuracy, "test": 100 * final.test_accuracy,
                      "drop": 100 * (root.test_accuracy - final.test_accuracy), "spent": spent,
-                     "generations": final.generation, "trained": sum(1 for n in lineage.nodes if n.generation > 0),
+                     "generations": final.generation, "trained": len(lineage.students()),
                      "seconds": seconds, "stop": lineage.stop_reason, "node": final.id})
         print(f"{strategy}: {final.id} {final.params:,} params ({final.compression:.1f}x), "
               f"test {rows[-1]['test']:.2f}%, {seconds:.0f} s", file=sys.stderr)

@@ -15,7 +15,7 @@ import torch
 from test_search import campaign_config
 
 from ikd.config import ExecutorConfig
-from ikd.search import compress
+from ikd.campaign import compress
 
 TESTS = Path(__file__).parent
 

@@ -213,7 +213,7 @@ def test_teacher_drop_never_drops_everyone_and_is_seeded():
 def test_hints_from_each_teacher_have_their_own_regressor():
     teachers, spec, x, y = _two_teachers()
     student = build_model(spec, seed=1)
-    first = build_objective(student, teachers, LossWeights(), hints="first")
+    first = build_objective(student, teachers, LossWeights(), hints="parent")
     each = build_objective(student, teachers, LossWeights(), hints="each")
     assert len(list(first.parameters())) == 2 and len(list(each.parameters())) == 4
     assert each(student, x, y, torch.arange(6))[1]["hint"] > 0

@@ -32,7 +32,7 @@ from ikd.checkpoint import load_model, read_metadata
 from ikd.config import CampaignConfig, load_config, validate_config
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir
-from ikd.search import Campaign
+import ikd.campaign
 
 from audit import fault_injection, harness
 
@@ -113,18 +113,18 @@ def test_kill_9_mid_campaign_then_resume(tmp_path, tiny_teacher):
 
 
 def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, tiny_teacher, monkeypatch, capsys):
-    real_train = Campaign._train_students
+    real_train = ikd.campaign.train_students
     calls = []
 
-    def terminated_in_the_second_child(self, candidates, **kw):
-        calls.append(candidates[0].node_id)
+    def terminated_in_the_second_child(*args, **kw):
+        calls.append(args[4].candidates[0].node_id)
         if len(calls) == 2:
             # only with ikd's handler in place: the default action would end pytest itself
             assert signal.getsignal(signal.SIGTERM) is cli._raise_terminated
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_train(self, candidates, **kw)
+        return real_train(*args, **kw)
 
-    monkeypatch.setattr(Campaign, "_train_students", terminated_in_the_second_child)
+    monkeypatch.setattr(ikd.campaign, "train_students", terminated_in_the_second_child)
     before = signal.getsignal(signal.SIGTERM)
     args = campaign_args(tiny_teacher, tmp_path / "run", "--max-generations", "2")
     assert cli.main(args) == cli.EXIT_INTERRUPTED
@@ -135,7 +135,7 @@ def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, ti
     assert [n.id for n in partial.nodes] == ["g0-teacher", "g1-width"] and run.verify(partial) == []
     assert temp_files(run.path) == [] and not run.node_dir("g2-width").exists()
 
-    monkeypatch.setattr(Campaign, "_train_students", real_train)
+    monkeypatch.setattr(ikd.campaign, "train_students", real_train)
     assert cli.main(args) == 0
     final = run.load()
     assert final.node("g1-width").sha256 == partial.node("g1-width").sha256

@@ -16,7 +16,7 @@ from ikd.cli import main
 from ikd.config import load_config
 from ikd.lineage import Latency, RunDir
 from ikd.report import FIGURES, load_report, write_report
-from ikd.search import compress
+from ikd.campaign import compress
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from test_search import campaign_config
 from ikd.cli import format_lineage
 from ikd.config import load_config
 from ikd.errors import ConfigError
-from ikd.search import compress
+from ikd.campaign import compress
 
 
 def config(tmp_path, teacher, name="run", ensemble=None, **search):

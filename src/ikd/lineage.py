@@ -16,19 +16,47 @@ import json
 import os
 import re
 from pathlib import Path
+from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ikd.arch import ArchSpec
 from ikd.checkpoint import TEMP_SUFFIX, WEIGHTS_FILE, atomic_write_json
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
 
 LINEAGE_FILE = "lineage.json"
+ROOT_ID = "g0-teacher"
 LOCK_FILE = ".lock"
 NODES_DIR = "nodes"
 LINEAGE_VERSION = 1
-# candidate: trained, waiting for the rest of its generation before the accept/reject decision.
-Status = Literal["teacher", "expert", "candidate", "accepted", "rejected", "failed", "baseline"]
+
+
+class Status(StrEnum):
+    """Where a node stands. A candidate is trained and waits for the rest of its generation
+    before the accept/reject decision."""
+
+    TEACHER = "teacher"
+    EXPERT = "expert"
+    CANDIDATE = "candidate"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    BASELINE = "baseline"
+
+
+class NodeKind(StrEnum):
+    """What a node is, whatever was decided about it."""
+
+    TEACHER = "teacher"    # the root, an ikd model
+    EXTERNAL = "external"  # the root, a user's own nn.Module: no spec, nothing to shrink or export
+    EXPERT = "expert"      # an extra teacher of the ancestors-* strategies
+    STUDENT = "student"    # a candidate of the search: accepted, rejected or failed
+    BASELINE = "baseline"  # the final architecture trained from scratch or by one-shot KD
+
+
+_KIND_OF_STATUS = {Status.EXPERT: NodeKind.EXPERT, Status.BASELINE: NodeKind.BASELINE}
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")  # used with fullmatch
 _NODE_ID_RULE = "expected letters, digits, '_', '-', '.' (max 80)"
 
@@ -89,6 +117,29 @@ class NodeRecord(BaseModel):
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
     latency: list[Latency] = Field(default_factory=list, description="filled by `ikd export`")
 
+    @classmethod
+    def of_spec(cls, node_id: str, spec: ArchSpec, *, root_params: int | None, **fields: Any) -> NodeRecord:
+        """A node of an ikd architecture: its size fields computed from `spec`; `root_params`
+        None means the node is the root."""
+        params = spec.num_params()
+        return cls(id=node_id, arch=spec.to_json_dict(), params=params, size_bytes_fp32=spec.size_bytes_fp32(),
+                   macs=spec.macs(), compression=(root_params or params) / params, **fields)
+
+    @property
+    def kind(self) -> NodeKind:
+        if self.status == Status.TEACHER:
+            return NodeKind.EXTERNAL if "external" in self.arch else NodeKind.TEACHER
+        return _KIND_OF_STATUS.get(self.status, NodeKind.STUDENT)
+
+    def spec(self) -> ArchSpec:
+        if self.kind is NodeKind.EXTERNAL:
+            raise ConfigError(f"node {self.id} is a user-supplied module ({self.arch['external']}); it has no ArchSpec")
+        return ArchSpec.model_validate(self.arch)
+
+    def arch_summary(self) -> str:
+        """One line: the spec's summary, or which user module the node is."""
+        return f"external: {self.arch['external']}" if self.kind is NodeKind.EXTERNAL else self.spec().summary()
+
     @field_validator("id", "parent", "teachers")
     @classmethod
     def _plain_ids(cls, value: str | list[str] | None) -> str | list[str] | None:
@@ -117,7 +168,7 @@ class Lineage(BaseModel):
         return next((n for n in self.nodes if n.id == node_id), None)
 
     def root(self) -> NodeRecord:
-        root = next((n for n in self.nodes if n.status == "teacher"), None)
+        root = next((n for n in self.nodes if n.status == Status.TEACHER), None)
         if root is None:
             raise CheckpointError("the lineage has no root teacher (no node with status 'teacher'); "
                                   "expected a lineage.json written by `ikd compress`")
@@ -125,8 +176,17 @@ class Lineage(BaseModel):
 
     def final(self) -> NodeRecord:
         """The campaign's answer: the smallest accepted student (the root when none was)."""
-        accepted = [n for n in self.nodes if n.status == "accepted"]
+        accepted = [n for n in self.nodes if n.status == Status.ACCEPTED]
         return min(accepted, key=rank) if accepted else self.root()
+
+    def students(self, nodes: Iterable[NodeRecord] | None = None) -> list[NodeRecord]:
+        """The search's candidates, whatever was decided (not teachers, experts or baselines)."""
+        return [n for n in (self.nodes if nodes is None else nodes) if n.kind is NodeKind.STUDENT]
+
+    def epochs_spent(self, nodes: Iterable[NodeRecord] | None = None) -> int:
+        """Epochs the search spent training students (of `nodes`, default all), each epoch one pass
+        over the training set: the budget a fair baseline gets."""
+        return sum(n.epochs for n in self.students(nodes))
 
     def chain(self, node: NodeRecord) -> list[NodeRecord]:
         """`node` and its parents up to the root, root first."""
@@ -150,7 +210,7 @@ class Lineage(BaseModel):
             for child in sorted(children.get(node.id, []), key=lambda n: (n.params, n.id)):
                 visit(child, depth + 1)
 
-        for root in (n for n in self.nodes if n.status == "teacher"):
+        for root in (n for n in self.nodes if n.status == Status.TEACHER):
             visit(root, 0)
         return ordered + [(n, 0) for n in self.nodes if n.id not in placed]
 
@@ -278,3 +338,11 @@ class RunDir:
             if not weights.is_file() or file_sha256(weights) != node.sha256:
                 bad.append(node.id)
         return bad
+
+
+def open_run_dir(path: str | Path) -> tuple[RunDir, Lineage]:
+    """An existing run directory and its lineage, or the one error saying it is not one."""
+    run = RunDir(Path(path))
+    if not run.exists():
+        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
+    return run, run.load()

@@ -225,11 +225,11 @@ def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int
 
 
 def teacher_hint_blocks(student: ArchSpec, teachers: list, weights: LossWeights,
-                        hints: str = "first") -> list[int | None]:
+                        hints: str = "parent") -> list[int | None]:
     """For each teacher, the block whose output the student's hint needs (None: no hint from that
     teacher): the first teacher gives the hint, or every one with `hints="each"`. What to cache."""
-    if hints not in ("first", "each"):
-        raise ConfigError(f"hints {hints!r}: expected 'first' or 'each'")
+    if hints not in ("parent", "each"):
+        raise ConfigError(f"hints {hints!r}: expected 'parent' or 'each'")
     return [hint_pairing(student, teacher)[1] if weights.gamma > 0 and (hints == "each" or i == 0) else None
             for i, teacher in enumerate(teachers)]
 
@@ -240,11 +240,11 @@ def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weight
 
 
 def build_objective(student: VGG, teachers, weights: LossWeights, *, sources: list[TeacherSource] | None = None,
-                    teacher_weights: list[float] | None = None, hints: str = "first", aggregate: str = "mean-kd",
+                    teacher_weights: list[float] | None = None, hints: str = "parent", aggregate: str = "mean-kd",
                     drop: float = 0.0, seed: int | None = None) -> DistillationObjective:
     """The objective for one student taught by one teacher or several.
 
-    `teachers`: a model, or a list (the first is the one that gives the hint with `hints="first"`;
+    `teachers`: a model, or a list (the first is the one that gives the hint with `hints="parent"`;
     `hints="each"` gives every teacher a hint with its own regressor). `sources`, aligned with
     `teachers`, say where outputs come from: a CachedTeacher (from `cache_teacher_outputs` with the
     blocks `teacher_hint_block` names; only without augmentation) or a LiveTeacher shared by

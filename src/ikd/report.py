@@ -18,10 +18,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ikd.arch import PRESETS, ArchSpec, preset
+from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE
 from ikd.errors import ConfigError
-from ikd.lineage import Latency, Lineage, NodeRecord, RunDir
+from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
 REPORT_DIR = "report"
 FIGURES = ("pareto.png", "lineage.png", "training.png")
@@ -57,18 +57,14 @@ def _bytes(n: float) -> str:
 
 def arch_name(node: NodeRecord) -> str:
     """A preset's name ("VGG-16") when the node is one, else the spec's one-line summary."""
-    if "external" in node.arch:
+    if node.kind is NodeKind.EXTERNAL:
         return str(node.arch["external"])
-    spec = ArchSpec.model_validate(node.arch)
+    spec = node.spec()
     for name in PRESETS:
         if preset(name, in_channels=spec.in_channels, image_size=spec.image_size,
                   num_classes=spec.num_classes) == spec:
             return name.upper().replace("VGG", "VGG-")
     return spec.summary()
-
-
-def arch_summary(node: NodeRecord) -> str:
-    return f"external: {node.arch['external']}" if "external" in node.arch else ArchSpec.model_validate(node.arch).summary()
 
 
 def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
@@ -122,7 +118,7 @@ class Report:
         rows = []
         for node, depth in self.lineage.tree_order():
             status = node.status + (" (final)" if node is final and node is not root else "")
-            row = ["\u00a0\u00a0" * depth + node.id, str(node.generation), arch_summary(node), f"{node.params:,}",
+            row = ["\u00a0\u00a0" * depth + node.id, str(node.generation), node.arch_summary(), f"{node.params:,}",
                    f"{node.size_bytes_fp32 / 1e6:.3f}", f"{100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32):.2f}",
                    f"{node.macs / 1e6:.2f}", _pct(node.val_accuracy), _pct(node.test_accuracy),
                    _points(root.val_accuracy, node.val_accuracy), _points(root.test_accuracy, node.test_accuracy),
@@ -145,11 +141,10 @@ class Report:
                  f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
                  f"teacher and {search.get('max_step_drop')} of the parent (validation).",
                  f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}."]
-        trained = [n for n in self.lineage.nodes if n.generation > 0 and n.status not in ("baseline", "expert")]
         seconds = sum(n.seconds for n in self.lineage.nodes)
-        lines.append(f"{len(trained)} students trained, {sum(n.epochs for n in trained)} epochs; "
+        lines.append(f"{len(self.lineage.students())} students trained, {self.lineage.epochs_spent()} epochs; "
                      f"{seconds / 60:.1f} min of training recorded (teacher included).")
-        baselines = [n for n in self.lineage.nodes if n.status == "baseline"]
+        baselines = [n for n in self.lineage.nodes if n.kind is NodeKind.BASELINE]
         if baselines and self.final is not self.root:
             compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
             lines.append(f"Baselines (same architecture as the final student, same epochs): {compared}; "
@@ -160,11 +155,8 @@ class Report:
 
 
 def load_report(run_dir: Path) -> Report:
-    run = RunDir(Path(run_dir))
-    if not run.exists():
-        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
-    lineage = run.load()
-    if not any(n.status == "teacher" for n in lineage.nodes):
+    run, lineage = open_run_dir(run_dir)
+    if not any(n.status == Status.TEACHER for n in lineage.nodes):
         raise ConfigError(f"{run.lineage_path}: has no teacher node yet; nothing to report")
     name = lineage.config.get("data", {}).get("name", "?")
     histories = {}
@@ -225,8 +217,9 @@ def plot_pareto(report: Report, path: Path) -> None:
 def plot_lineage(report: Report, path: Path) -> None:
     """The lineage as a tree, generation by row: parent links solid, other teachers dashed."""
     ordered = report.lineage.tree_order()
-    in_tree = [(n, d) for n, d in ordered if n.status not in ("baseline", "expert")]
-    aside = [n for n, _ in ordered if n.status in ("baseline", "expert")]
+    aside_kinds = (NodeKind.BASELINE, NodeKind.EXPERT)
+    in_tree = [(n, d) for n, d in ordered if n.kind not in aside_kinds]
+    aside = [n for n, _ in ordered if n.kind in aside_kinds]
     children: dict[str, list[NodeRecord]] = {}
     for node, _ in in_tree:
         if node.parent is not None:
@@ -286,10 +279,13 @@ def plot_lineage(report: Report, path: Path) -> None:
     fig.savefig(path)
 
 
-def plot_training(report: Report, path: Path) -> None:
+def plot_training(report: Report, path: Path) -> bool:
     """Every trained node's loss terms and validation accuracy per epoch, nodes side by side in
-    training order, so a whole campaign reads left to right."""
+    training order, so a whole campaign reads left to right. False (nothing drawn) when no node
+    has a history."""
     nodes = [n for n in report.lineage.nodes if report.histories.get(n.id)]
+    if not nodes:  # a lineage brought back without its model directories has no histories
+        return False
     fig = Figure(figsize=(max(8.0, min(24.0, 0.35 * sum(len(report.histories[n.id]) for n in nodes) + 4)), 7),
                  dpi=100)
     loss_ax, acc_ax = fig.subplots(2, 1, sharex=True)
@@ -326,6 +322,7 @@ def plot_training(report: Report, path: Path) -> None:
     loss_ax.set_title("Training, node by node, epoch by epoch (accuracy axis: the top 15 points)")
     fig.tight_layout()
     fig.savefig(path)
+    return True
 
 
 # --- documents -------------------------------------------------------------------------------
@@ -357,7 +354,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plot_pareto(report, out / "pareto.png")
     plot_lineage(report, out / "lineage.png")
-    plot_training(report, out / "training.png")
+    figures = list(FIGURES[:2])
+    if plot_training(report, out / "training.png"):
+        figures.append(FIGURES[2])
     header, rows = report.table()
     title = f"ikd report: {arch_name(report.root)} on {report.dataset}"
     latency_note = ("Latency: median of repeated runs after warm-up on the CPU named in lineage.json, "
@@ -367,13 +366,13 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     markdown = [f"# {title}", "", f"**{report.headline()}**", ""]
     markdown += [f"- {line}" for line in report.facts()]
     markdown += ["", "## Nodes", "", _markdown_table(header, rows), "", latency_note, ""]
-    for name in FIGURES:
+    for name in figures:
         markdown += [f"![{name}]({name})", "", f"*{CAPTIONS[name]}*", ""]
     (out / "report.md").write_text("\n".join(markdown))
 
     images = "".join(
         f"<figure><img alt='{name}' src='data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}'>"
-        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>" for name in FIGURES)
+        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>" for name in figures)
     facts = "".join(f"<li>{html.escape(line)}</li>" for line in report.facts())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -9,13 +9,25 @@ Each operator returns None when it cannot make the spec smaller (one conv left, 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ikd.arch import ArchSpec
 from ikd.errors import ConfigError
 
 OPERATORS = ("depth", "width")
 DEFAULT_WIDTH_FACTOR = 0.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed child: its node id, the operator that made it, its spec, and which of the
+    same-architecture siblings it is (they differ only in seed)."""
+
+    node_id: str
+    operator: str
+    spec: ArchSpec
+    seed_index: int = 0
 
 
 def _without_conv(spec: ArchSpec, block: int) -> ArchSpec:

@@ -17,23 +17,13 @@ children within tolerance, so `select: best` is the beam of one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
-from ikd.lineage import Lineage, NodeRecord, rank
-from ikd.shrink import get_operator
+from ikd.lineage import Lineage, NodeRecord
+from ikd.shrink import Candidate, get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
-
-
-@dataclass(frozen=True)
-class Candidate:
-    node_id: str
-    operator: str
-    spec: ArchSpec
-    seed_index: int = 0
 
 
 def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Candidate]:
@@ -56,22 +46,12 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Ca
     return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
 
 
-def ancestry(lineage: Lineage, node: NodeRecord) -> list[str]:
-    """`node`, its parent, and so on up to the root: the ids of the chain that led to it."""
-    chain = []
-    current: NodeRecord | None = node
-    while current is not None:
-        chain.append(current.id)
-        current = lineage.node(current.parent) if current.parent else None
-    return chain
-
-
 def teachers_of(lineage: Lineage, parent: NodeRecord, search: SearchConfig, ensemble: EnsembleConfig,
                 expert_ids: list[str]) -> list[str]:
     """Who teaches the children of `parent`; the parent is always first (it gives the hint)."""
     if not search.many_teachers():
         return [parent.id]
-    chain = ancestry(lineage, parent)
+    chain = [n.id for n in reversed(lineage.chain(parent))]  # the parent first: it gives the hint
     if ensemble.ancestors != "all":
         chain = chain[:ensemble.ancestors]
     return chain + [e for e in expert_ids if e not in chain]

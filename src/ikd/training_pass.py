@@ -18,6 +18,7 @@ from ikd.data import DataSplits
 from ikd.external import ExternalTeacher
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
+from ikd.shrink import Candidate
 from ikd.objective import (
     CachedTeacher,
     LiveTeacher,
@@ -27,7 +28,6 @@ from ikd.objective import (
     cache_teacher_outputs,
     teacher_hint_blocks,
 )
-from ikd.strategy import Candidate
 from ikd.train import EpochCallback, TrainConfig, TrainingDiverged, TrainResult, train_models
 
 Teacher = VGG | ExternalTeacher
@@ -45,7 +45,7 @@ class TrainingPass:
     stages: tuple[tuple[LossWeights | None, int], ...]
     train_config: TrainConfig
     cached: bool  # teacher outputs computed once over the training set (no augmentation)
-    hints: str = "first"  # "each": a hint from every teacher; "first": from the first only
+    hints: str = "parent"  # "each": a hint from every teacher; "parent": from the first (the parent) only
     teacher_weights: tuple[float, ...] = ()
     aggregate: str = "mean-kd"
     drop: float = 0.0

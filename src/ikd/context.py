@@ -1,0 +1,55 @@
+"""What every step of a campaign needs: its config, run directory, device, precision, data (read
+once, on first use) and a way to say what it is doing."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from ikd.config import CampaignConfig, OptimConfig
+from ikd.data import DataSplits, ImageSet, load_dataset
+from ikd.lineage import RunDir
+from ikd.runtime import Precision, resolve_device, resolve_precision
+from ikd.train import EpochCallback, TrainConfig, evaluate
+
+
+@dataclass
+class CampaignContext:
+    config: CampaignConfig
+    run: RunDir
+    progress: bool = True
+    on_epoch: EpochCallback | None = None
+    device: torch.device = field(init=False)
+    precision: Precision = field(init=False)
+    _data: DataSplits | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.config.device)
+        self.precision = resolve_precision(self.config.precision, self.device)
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(f"ikd: {message}", file=sys.stderr)
+
+    @property
+    def data(self) -> DataSplits:
+        if self._data is None:
+            d = self.config.data
+            self._data = load_dataset(d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed,
+                                      image_size=d.image_size)
+        return self._data
+
+    def accuracy(self, model: torch.nn.Module, split: ImageSet) -> float:
+        data = self.data
+        return evaluate(model, split, mean=data.mean, std=data.std, device=self.device,
+                        precision=self.precision)["accuracy"]
+
+    def train_config(self, section: OptimConfig, epochs: int | None = None, seed_offset: int = 0) -> TrainConfig:
+        """A job's optimiser settings from a config section, on the resolved device and precision."""
+        return TrainConfig(
+            epochs=epochs or section.epochs, batch_size=section.batch_size, lr=section.lr,
+            weight_decay=section.weight_decay, schedule=section.schedule, augment=section.augment,
+            precision=self.precision.name, device=self.device.type, seed=self.config.seed + seed_offset,
+        )

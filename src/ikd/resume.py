@@ -1,0 +1,71 @@
+"""Opening a campaign's run directory: a new lineage, or the one on disk checked before it is
+continued -- made with the same settings, its finished nodes' weights matching their checksums."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from ikd.config import CampaignConfig
+from ikd.errors import CheckpointError, ConfigError
+from ikd.lineage import Lineage, NodeRecord, RunDir
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs."""
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return differences
+
+
+def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
+    """Ids of the nodes that descend from `lost` through a parent or a teacher, at any depth."""
+    dependents, grew = set(), True
+    while grew:
+        found = {n.id for n in nodes if n.id not in lost | dependents
+                 and ({n.parent, *n.teachers} & (lost | dependents))}
+        grew = bool(found)
+        dependents |= found
+    return dependents
+
+
+def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Callable[[str], None]) -> Lineage:
+    """The lineage to continue in `run` (an empty one for a new campaign, written with its first node)."""
+    wanted = config.decision_fields()
+    if not run.exists():
+        return Lineage(config=wanted)
+    lineage = run.load()
+    if not lineage.nodes:
+        return Lineage(config=wanted)
+    stored = lineage.config
+    try:  # keys added to ikd since the run started compare as their defaults
+        stored = CampaignConfig.model_validate(stored).decision_fields()
+    except ValidationError:
+        pass
+    differences = config_differences(stored, wanted)
+    if differences and not force:
+        raise ConfigError(
+            f"{run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
+            f"{' ...' if len(differences) > 4 else ''}); use another run_dir or pass --force to continue it")
+    corrupt = set(run.verify(lineage))
+    if corrupt:
+        # Files that no longer match their checksum are retrained rather than trusted. Nodes grown
+        # from them would then hang from a different model, so they go too -- but only when asked:
+        # they are finished work.
+        dependents = grown_from(lineage.nodes, corrupt)
+        if dependents and not force:
+            raise CheckpointError(
+                f"{run.path}: the weights of {', '.join(sorted(corrupt))} are missing or changed, and "
+                f"{', '.join(sorted(dependents))} grew from them; restore the files, or pass --force to "
+                "retrain them all")
+        log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
+        lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
+    lineage = lineage.model_copy(update={"config": wanted})
+    run.save(lineage)
+    return lineage

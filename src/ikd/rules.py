@@ -1,0 +1,77 @@
+"""The campaign's decisions as pure functions of recorded numbers: accept, stop, budget.
+
+Accuracies in a NodeRecord are fractions; tolerances are in percentage points. Nothing here
+trains, loads or writes, so every rule is unit-tested on made-up records.
+"""
+
+from __future__ import annotations
+
+from ikd.config import CampaignConfig, SearchConfig
+from ikd.lineage import Lineage, NodeRecord, Status, rank
+
+
+def points(accuracy: float) -> float:
+    return 100.0 * accuracy
+
+
+def falls_short(value: float, reference: float, tolerance: float) -> bool:
+    """Whether `value` is more than `tolerance` below `reference` (all in percentage points).
+    Accuracies are ratios of image counts, so a child exactly at the floor must not be rejected by
+    float rounding (99.38333 - 0.3 = 99.08333333333334 > 99.08333333333333)."""
+    return value < reference - tolerance - 1e-9
+
+
+def rejection(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> str | None:
+    """None when `node` keeps accuracy within both tolerances, else why not."""
+    if node.val_accuracy is None:
+        return node.reason or "failed"
+    val = points(node.val_accuracy)
+    floor_root, floor_parent = points(root.val_accuracy or 0.0), points(parent.val_accuracy or 0.0)
+    if falls_short(val, floor_root, search.max_drop):
+        return f"val {val:.2f}% < root {floor_root:.2f}% - max_drop {search.max_drop}"
+    if falls_short(val, floor_parent, search.max_step_drop):
+        return f"val {val:.2f}% < parent {floor_parent:.2f}% - max_step_drop {search.max_step_drop}"
+    return None
+
+
+def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
+    """Why the campaign may stop at `node` on its size target, or None."""
+    if search.target_params and node.params <= search.target_params:
+        return f"target reached: {node.id} has {node.params:,} <= {search.target_params:,} params"
+    if search.target_compression and node.compression >= search.target_compression:
+        return f"target reached: {node.id} is {node.compression:.1f}x smaller than the root"
+    return None
+
+
+def frontier(lineage: Lineage) -> list[NodeRecord]:
+    """The current parents: the latest generation's accepted nodes (smallest first), or the root."""
+    accepted = [n for n in lineage.nodes if n.status == Status.ACCEPTED]
+    if not accepted:
+        return [lineage.root()]
+    latest = max(n.generation for n in accepted)
+    return sorted((n for n in accepted if n.generation == latest), key=rank)
+
+
+def epochs_per_child(config: CampaignConfig) -> int:
+    """Epochs one candidate costs: its distillation, plus hint pre-training when two-stage."""
+    student = config.student
+    two_stage = student.hint_stage == "two-stage" and config.loss.gamma > 0
+    return student.epochs + (student.hint_epochs if two_stage else 0)
+
+
+def budget_allows(spent: int, children: int, per_child: int, budget: int | None) -> bool:
+    """Whether training `children` more candidates keeps the search within `budget` epochs."""
+    return budget is None or spent + children * per_child <= budget
+
+
+def survivors(kept: list[NodeRecord], search: SearchConfig) -> list[NodeRecord]:
+    """Of the children within tolerance, those that parent the next generation: the smallest one
+    (`select: best`), or up to `beam` of them (`select: tree`)."""
+    beam = search.beam if search.select == "tree" else 1
+    return sorted(kept, key=rank)[:beam]
+
+
+def max_generations_reached(generation: int, search: SearchConfig) -> str | None:
+    if generation > search.max_generations:
+        return f"max_generations ({search.max_generations}) reached"
+    return None

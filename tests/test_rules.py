@@ -1,0 +1,125 @@
+"""The campaign's rules on made-up records: nothing here trains."""
+
+from __future__ import annotations
+
+import pytest
+
+from ikd import rules
+from ikd.config import load_config
+from ikd.lineage import Lineage, NodeKind, NodeRecord
+from ikd.resume import config_differences, grown_from
+
+
+def node(node_id: str, val: float | None, *, params: int = 1000, status: str = "candidate", generation: int = 1,
+         parent: str | None = "g0-teacher", teachers: tuple[str, ...] = (), epochs: int = 2,
+         compression: float = 1.0) -> NodeRecord:
+    return NodeRecord(id=node_id, generation=generation, parent=parent, teachers=list(teachers), status=status,
+                      arch={}, params=params, size_bytes_fp32=4 * params, macs=0, compression=compression,
+                      val_accuracy=val, epochs=epochs)
+
+
+ROOT = node("g0-teacher", 0.95, params=100_000, status="teacher", generation=0, parent=None, epochs=10)
+
+
+def search(**keys):
+    return load_config(None, {f"search.{k}": v for k, v in keys.items()}).search
+
+
+def test_a_child_within_both_tolerances_is_accepted():
+    parent = node("g1-depth", 0.945, status="accepted")
+    assert rules.rejection(node("g2-width", 0.94), parent, ROOT, search(max_drop=1.0, max_step_drop=1.0)) is None
+
+
+def test_max_drop_names_the_root_floor():
+    parent = node("g1-depth", 0.945, status="accepted")
+    reason = rules.rejection(node("g2-width", 0.939), parent, ROOT, search(max_drop=1.0, max_step_drop=5.0))
+    assert reason == "val 93.90% < root 95.00% - max_drop 1.0"
+
+
+def test_max_step_drop_names_the_parent_floor():
+    # within 1 point of the root (94.5 >= 94.0), but 0.6 below a parent that scored above the root
+    parent = node("g1-depth", 0.951, status="accepted")
+    reason = rules.rejection(node("g2-width", 0.945), parent, ROOT, search(max_drop=1.0, max_step_drop=0.5))
+    assert reason == "val 94.50% < parent 95.10% - max_step_drop 0.5"
+
+
+def test_a_failed_child_is_rejected_with_its_own_reason():
+    failed = node("g1-width", None, status="failed").model_copy(update={"reason": "loss diverged"})
+    assert rules.rejection(failed, ROOT, ROOT, search()) == "loss diverged"
+
+
+def test_a_child_exactly_at_the_floor_is_not_lost_to_rounding():
+    # 5,945/6,000 against a root of 5,963/6,000 less 0.3 points: exactly at the floor
+    assert not rules.falls_short(100 * 5945 / 6000, 100 * 5963 / 6000, 0.3)
+    assert rules.falls_short(100 * 5944 / 6000, 100 * 5963 / 6000, 0.3)
+
+
+def test_targets():
+    small = node("g3-depth", 0.94, params=900, compression=111.1)
+    assert rules.target_reached(small, search()) is None
+    assert "900 <= 1,000 params" in rules.target_reached(small, search(target_params=1000))
+    assert "111.1x smaller" in rules.target_reached(small, search(target_compression=100))
+    assert rules.target_reached(small, search(target_compression=200)) is None
+
+
+def test_budget_counts_every_candidate_epoch():
+    assert rules.budget_allows(spent=8, children=1, per_child=2, budget=10)
+    assert not rules.budget_allows(spent=8, children=2, per_child=2, budget=10)
+    assert rules.budget_allows(spent=10**6, children=9, per_child=9, budget=None)
+    two_stage = load_config(None, {"student.epochs": 3, "student.hint_stage": "two-stage", "student.hint_epochs": 2})
+    assert rules.epochs_per_child(two_stage) == 5
+    no_hint = load_config(None, {"student.epochs": 3, "student.hint_stage": "two-stage", "loss.gamma": 0.0})
+    assert rules.epochs_per_child(no_hint) == 3
+
+
+def test_survivors_are_the_smallest_then_the_most_accurate():
+    kept = [node("a", 0.90, params=500), node("b", 0.93, params=300), node("c", 0.94, params=300)]
+    assert [n.id for n in rules.survivors(kept, search())] == ["c"]
+    tree = load_config(None, {"search.strategy": "parent-children", "search.select": "tree", "search.beam": 2}).search
+    assert [n.id for n in rules.survivors(kept, tree)] == ["c", "b"]
+
+
+def test_frontier_is_the_latest_accepted_generation():
+    lineage = Lineage(config={}, nodes=[ROOT])
+    assert rules.frontier(lineage) == [ROOT]
+    g1 = node("g1-depth", 0.95, status="accepted")
+    g2 = [node("g2-b", 0.94, status="accepted", generation=2, params=800),
+          node("g2-a", 0.94, status="accepted", generation=2, params=700),
+          node("g2-c", 0.99, status="rejected", generation=2, params=10)]
+    lineage = Lineage(config={}, nodes=[ROOT, g1, *g2])
+    assert [n.id for n in rules.frontier(lineage)] == ["g2-a", "g2-b"]
+    assert rules.max_generations_reached(3, search(max_generations=2)) == "max_generations (2) reached"
+    assert rules.max_generations_reached(2, search(max_generations=2)) is None
+
+
+def test_lineage_kinds_students_and_epochs_spent():
+    external = ROOT.model_copy(update={"arch": {"external": "MyNet"}})
+    nodes = [ROOT, node("g1-depth", 0.95, status="accepted", epochs=3),
+             node("g1-width", 0.5, status="rejected", epochs=3),
+             node("g2-depth", None, status="failed", generation=2, parent="g1-depth", epochs=1),
+             node("expert1-x", 0.9, status="expert", generation=0, parent=None, epochs=0),
+             node("baseline-scratch", 0.9, status="baseline", parent=None, epochs=7)]
+    lineage = Lineage(config={}, nodes=nodes)
+    assert [n.kind for n in nodes] == [NodeKind.TEACHER, NodeKind.STUDENT, NodeKind.STUDENT, NodeKind.STUDENT,
+                                       NodeKind.EXPERT, NodeKind.BASELINE]
+    assert external.kind is NodeKind.EXTERNAL and external.arch_summary() == "external: MyNet"
+    assert [n.id for n in lineage.students()] == ["g1-depth", "g1-width", "g2-depth"]
+    assert lineage.epochs_spent() == 7
+    assert lineage.epochs_spent(lineage.chain(lineage.node("g2-depth"))) == 4  # g1-depth + g2-depth
+
+
+def test_resume_helpers():
+    assert config_differences({"a": 1, "s": {"x": 1, "y": 2}}, {"a": 1, "s": {"x": 3, "y": 2}, "b": 0}) == [
+        "b: None -> 0", "s.x: 1 -> 3"]
+    nodes = [ROOT, node("g1", 0.9), node("g2", 0.9, parent="g1"), node("p", 0.9, parent=None, teachers=("g2",)),
+             node("other", 0.9)]
+    assert grown_from(nodes, {"g1"}) == {"g2", "p"}
+    assert grown_from(nodes, {"other"}) == set()
+
+
+@pytest.mark.parametrize("bad", [{"external": "X"}])
+def test_an_external_node_has_no_spec(bad):
+    from ikd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="user-supplied module"):
+        ROOT.model_copy(update={"arch": bad}).spec()
