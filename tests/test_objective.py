@@ -107,7 +107,7 @@ def _two_teachers():
 
 # --- the loss against its formula, written out with plain torch ops -----------------------------
 
-SMALL = dict(in_channels=1, image_size=8, num_classes=3)
+SMALL = {"in_channels": 1, "image_size": 8, "num_classes": 3}
 
 
 def hand_kd(student_logits, target_probs, T):
