@@ -58,7 +58,7 @@ def on_write(action: str, name: str, k: int, phase: str = "mid-write") -> None:
     real_fsync, real_replace = os.fsync, os.replace
     seen: Counter[str] = Counter()
 
-    def fsync(fd: int) -> None:
+    def fsync(fd) -> None:  # int or an object with fileno(), as os.fsync takes
         if _atomic_target(fd) == name:
             seen["fsync"] += 1
             if seen["fsync"] == k:

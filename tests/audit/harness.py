@@ -140,7 +140,7 @@ class Shared:
     work: Path
     teacher: Path
     env: dict[str, str]
-    reference_run: Path | None = None
+    reference_run: Path
     reference: list | None = None  # fingerprint of the uninterrupted campaign
     reference_seconds: float = 0.0
     reference_lineage_at: float = 0.0  # seconds until its lineage.json appeared (after start-up, the teacher)

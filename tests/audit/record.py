@@ -50,7 +50,7 @@ class AuditRecord:
 
     def result_line(self) -> str:
         counts = self.counts()
-        result = {k: counts[k] for k in (
+        result: dict[str, object] = {k: counts[k] for k in (
             "bad_inputs", "bad_input_failures", "kill_points", "kill_failures", "sigterm_points", "sigterm_failures",
             "disk_faults", "disk_failures", "nan_injections", "nan_failures")}
         result |= {"deterministic": "skipped" if self.deterministic is None else int(self.deterministic),
