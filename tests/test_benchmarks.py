@@ -137,8 +137,7 @@ def test_campaign_quick(tmp_path):
 
 
 @pytest.mark.ray
-def test_scale_out_quick(tmp_path):
-    pytest.importorskip("ray")
+def test_scale_out_quick(tmp_path):  # conftest skips it without the ray extra, fails it on a broken one
     result, text = quick_record("scale_out.py", tmp_path)
     assert result["same_decision"] == "yes"
     assert {"ray_over_local", "local_s", "ray_s", "ray_init_s"} <= set(result)
