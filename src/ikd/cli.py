@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ikd import distributed
 from ikd._version import __version__
-from ikd.arch import PRESETS, ArchSpec, preset
+from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
 from ikd.config import Flag, command_line_flags, load_config
 from ikd.data import DATASETS, load_dataset
@@ -221,11 +221,10 @@ def format_lineage(lineage) -> str:
     header = ("id", "gen", "arch", "params", "x", "val %", "test %", "status") + (("teachers",) if several else ())
     rows = [header]
     for node, depth in lineage.tree_order():
-        arch = (f"external: {node.arch['external']}" if "external" in node.arch
-                else ArchSpec.model_validate(node.arch).summary())
+        arch = node.arch_summary()
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
         row = ("  " * depth + node.id, str(node.generation), arch, f"{node.params:,}",
-               f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), node.status)
+               f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), str(node.status))
         rows.append(row + (("+".join(node.teachers) or "-",) if several else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -236,12 +235,9 @@ def format_lineage(lineage) -> str:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from ikd.lineage import RunDir
+    from ikd.lineage import open_run_dir
 
-    run = RunDir(Path(args.run_dir))
-    if not run.exists():
-        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
-    lineage = run.load()
+    lineage = open_run_dir(args.run_dir).load()
     print(json.dumps(lineage.model_dump(mode="json"), indent=2) if args.json else format_lineage(lineage))
     return 0
 
@@ -389,15 +385,12 @@ def commands_reference() -> str:
         options = [code(a.option_strings[-1]) for a in actions
                    if a.option_strings and not a.required and a.dest not in config_dests]
         if config_dests:
-            options.append("a flag per config key (below)")
+            options.append("the config flags below")
         lines.append(f"| {code(' '.join(['ikd', name] + [_usage(a) for a in needed]))} | {sub.description} "
                      f"| {', '.join(options) or '-'} |")
+    compress = {action.dest: action for action in subparsers.choices["compress"]._actions}
     lines += ["", "| `ikd compress` flag | sets config key |", "|---|---|"]
-    compress = subparsers.choices["compress"]
-    for action in compress._actions:
-        for flag in config_flags:
-            if action.dest == flag.dest:
-                lines.append(f"| {code(_usage(action))} | {code(flag.key)} |")
+    lines += [f"| {code(_usage(compress[flag.dest]))} | {code(flag.key)} |" for flag in config_flags]
     return "\n".join(lines)
 
 
