@@ -29,7 +29,7 @@ def parent_children(run_dir: Path, teacher: Path, **executor):
 @contextmanager
 def local_ray(kill_node: str = ""):
     """A 2-CPU Ray instance on this machine, with the fault hook of ray_worker_faults in its workers."""
-    ray = pytest.importorskip("ray")
+    import ray  # the ray marker's hook in conftest skips only where the extra is not installed
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={
         "worker_process_setup_hook": "ray_worker_faults.kill_on_first_epoch",
         "env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),

@@ -35,7 +35,7 @@ from ikd.checkpoint import WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, 
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import comparable, cpu_session, measure_latency, record_latency
-from ikd.lineage import Latency, Lineage, NodeRecord, RunDir, file_sha256
+from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, file_sha256, open_run_dir
 from ikd.model import VGG, NormalizedModel
 
 FORMATS = ("onnx", "safetensors")
@@ -121,10 +121,8 @@ def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = Non
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if repeats is not None and repeats < 1:
         raise ConfigError(f"--repeats {repeats}: expected a positive number of timed runs")
-    run = RunDir(Path(run_dir))
+    run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
     target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
-    if not run.exists():  # checked before locking: the lock would create the directory
-        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
     with run.locked("ikd export"):
         lineage = run.load()
         node = _find_node(run, lineage, node_id)
@@ -175,12 +173,12 @@ def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
 
 def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
     """The node's model in eval mode, after checking it is an ikd model whose weights are intact."""
-    if "external" in node.arch:
+    if node.kind is NodeKind.EXTERNAL:
         raise ConfigError(f"node {node.id} is a user-supplied module ({node.arch['external']}); "
                           "ikd holds no spec or weights for it")
     weights = run.node_dir(node.id) / WEIGHTS_FILE
     if not weights.is_file():
-        why = f"it failed during training ({node.reason})" if node.status == "failed" else f"{weights} is missing"
+        why = f"it failed during training ({node.reason})" if node.status == Status.FAILED else f"{weights} is missing"
         raise CheckpointError(f"node {node.id} ({node.status}) has no weights to export: {why}")
     # add_node recomputes the checksum when the lineage is updated, so a changed file is caught here or never
     if node.sha256 is not None and file_sha256(weights) != node.sha256:
@@ -272,12 +270,12 @@ def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResul
     node = result.node
     result.latency = measure_latency(model, dataset, graph, repeats)
     measured = {node.id: result.latency}
-    root = next((n for n in lineage.nodes if n.status == "teacher"), None)
+    root = next((n for n in lineage.nodes if n.status == Status.TEACHER), None)
     if root is None:
         result.notes.append("the lineage has no root teacher: no speed-up to report")
     elif root.id == node.id:
         result.teacher_id, result.teacher_latency = root.id, result.latency
-    elif "external" in root.arch:
+    elif root.kind is NodeKind.EXTERNAL:
         result.notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
     else:
         result.teacher_id = root.id

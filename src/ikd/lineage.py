@@ -92,7 +92,9 @@ class Session(BaseModel):
 
 
 class NodeRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # statuses are kept as their plain strings, so a record updated with model_copy(status="...")
+    # serialises as cleanly as one built through validation
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
     id: str
     generation: int = Field(ge=0)
@@ -340,9 +342,9 @@ class RunDir:
         return bad
 
 
-def open_run_dir(path: str | Path) -> tuple[RunDir, Lineage]:
-    """An existing run directory and its lineage, or the one error saying it is not one."""
+def open_run_dir(path: str | Path) -> RunDir:
+    """An existing run directory (one with a lineage), or the one error saying it is not one."""
     run = RunDir(Path(path))
     if not run.exists():
         raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
-    return run, run.load()
+    return run

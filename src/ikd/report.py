@@ -155,7 +155,8 @@ class Report:
 
 
 def load_report(run_dir: Path) -> Report:
-    run, lineage = open_run_dir(run_dir)
+    run = open_run_dir(run_dir)
+    lineage = run.load()
     if not any(n.status == Status.TEACHER for n in lineage.nodes):
         raise ConfigError(f"{run.lineage_path}: has no teacher node yet; nothing to report")
     name = lineage.config.get("data", {}).get("name", "?")
