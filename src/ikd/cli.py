@@ -365,7 +365,7 @@ def _usage(action: argparse.Action) -> str:
         action.metavar or ("|".join(map(str, action.choices)) if action.choices else action.dest.upper()))
     if action.nargs == "+":
         value += " ..."
-    return " ".join(part for part in (action.option_strings[-1:] + [value]) if part)
+    return " ".join(part for part in [*action.option_strings[-1:], value] if part)
 
 
 def commands_reference() -> str:

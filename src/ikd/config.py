@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, cast, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -336,7 +336,8 @@ def command_line_flags() -> list[Flag]:
     flags = []
     for key, field in _leaf_fields(CampaignConfig):
         extra = field.json_schema_extra
-        if isinstance(extra, dict) and isinstance(spec := extra.get("cli_flag"), dict):
+        if isinstance(extra, dict) and "cli_flag" in extra:
+            spec = cast(dict[str, Any], extra["cli_flag"])  # as cli_flag() wrote it
             choices = spec["choices"]
             flags.append(Flag(key=key, name=spec["name"], annotation=field.annotation,
                               default=field.get_default(call_default_factory=True),
