@@ -67,12 +67,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/mnist-vgg16.yaml")
     parser.add_argument("--data-dir", help="data.dir, e.g. ../shared/data/mnist")
-    parser.add_argument("--teacher", metavar="DIR",
-                        help="import this teacher (teacher.dir) instead of training one (then untimed)")
+    parser.add_argument(
+        "--teacher", metavar="DIR", help="import this teacher (teacher.dir) instead of training one (then untimed)"
+    )
     parser.add_argument("--run-dir", default="runs/campaign-benchmark", help="a new directory for the campaign")
     parser.add_argument("--markdown", help="also write a record (command, machine, lineage, verdict) to this file")
-    parser.add_argument("--quick", action="store_true",
-                        help="digits, 1-epoch teacher and child, one generation, in a temporary run directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="digits, 1-epoch teacher and child, one generation, in a temporary run directory",
+    )
     parser.add_argument("--quiet", action="store_true", help="pass --quiet to ikd compress")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `ikd compress` flags")
     args = parser.parse_args()
@@ -83,8 +87,10 @@ def main() -> int:
         if args.quick:
             config, run_dir = quick_config(Path(scratch)), Path(scratch) / "run"
         if RunDir(run_dir).exists():
-            raise SystemExit(f"campaign.py: {run_dir} already holds a campaign; a resumed run's time means "
-                             "nothing, so pass a new --run-dir")
+            raise SystemExit(
+                f"campaign.py: {run_dir} already holds a campaign; a resumed run's time means "
+                "nothing, so pass a new --run-dir"
+            )
         command = [sys.executable, "-m", "ikd", "compress", "--config", str(config), "--run-dir", str(run_dir)]
         command += ["--data-dir", args.data_dir] if args.data_dir else []
         command += ["--teacher", args.teacher] if args.teacher else []
@@ -93,19 +99,28 @@ def main() -> int:
         lineage = RunDir(run_dir).load()
 
     root, final = lineage.root(), lineage.final()
-    measured = {"compression": final.compression, "wall_min": wall / 60, "peak_rss_gib": peak_gib,
-                "test_drop_points": 100 * (root.test_accuracy - final.test_accuracy)}
+    measured = {
+        "compression": final.compression,
+        "wall_min": wall / 60,
+        "peak_rss_gib": peak_gib,
+        "test_drop_points": 100 * (root.test_accuracy - final.test_accuracy),
+    }
     met = {"compression": measured["compression"] >= GOALS["compression"]}
     met |= {key: measured[key] <= GOALS[key] for key in ("test_drop_points", "wall_min", "peak_rss_gib")}
     val_drop = 100 * (root.val_accuracy - final.val_accuracy)
-    teacher_note = (f"imported from {args.teacher} (its training is not in the wall time)" if args.teacher
-                    else f"trained in the run ({root.epochs} epoch(s), {root.seconds / 60:.1f} min of the wall time)")
+    teacher_note = (
+        f"imported from {args.teacher} (its training is not in the wall time)"
+        if args.teacher
+        else f"trained in the run ({root.epochs} epoch(s), {root.seconds / 60:.1f} min of the wall time)"
+    )
     lines = [
         f"Machine: {machine_line()}.",
         f"Campaign: `ikd {shlex.join(command[3:])}`" + (" (quick: digits, smoke-sized)" if args.quick else "") + ".",
         f"Root teacher: {teacher_note}.",
         "",
-        "```", table, "```",
+        "```",
+        table,
+        "```",
         "",
         "| measure | value | goal | met |",
         "|---|---|---|---|",
@@ -120,10 +135,17 @@ def main() -> int:
     ]
     text = "\n".join(lines)
     publish(text, args.markdown, "Campaign: wall time and peak memory of a whole MNIST campaign")
-    print_result({"wall_min": f"{measured['wall_min']:.2f}", "peak_rss_gib": f"{peak_gib:.2f}",
-                  "compression": f"{measured['compression']:.1f}",
-                  "test_drop_points": f"{measured['test_drop_points']:.2f}", "val_drop_points": f"{val_drop:.2f}",
-                  "final_params": final.params, "goals_met": yes(all(met.values()))})
+    print_result(
+        {
+            "wall_min": f"{measured['wall_min']:.2f}",
+            "peak_rss_gib": f"{peak_gib:.2f}",
+            "compression": f"{measured['compression']:.1f}",
+            "test_drop_points": f"{measured['test_drop_points']:.2f}",
+            "val_drop_points": f"{val_drop:.2f}",
+            "final_params": final.params,
+            "goals_met": yes(all(met.values())),
+        }
+    )
     return 0
 
 

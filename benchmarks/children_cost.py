@@ -53,8 +53,11 @@ def children_specs(teacher, description: str):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_kd_arguments(parser)
-    parser.add_argument("--children", default="width:0.5,width:0.5,width:0.5,width:0.5",
-                        help="the generation's children, `depth` or `width:F`, comma-separated (k = their number)")
+    parser.add_argument(
+        "--children",
+        default="width:0.5,width:0.5,width:0.5,width:0.5",
+        help="the generation's children, `depth` or `width:F`, comma-separated (k = their number)",
+    )
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
 
@@ -87,11 +90,13 @@ def main() -> int:
     cache_seconds = time.perf_counter() - started
 
     # Numerator: the generation -- the cache (timed above: the same work) + the k children together.
-    objectives = [build_objective(student, teacher, weights, sources=[cache], seed=seed)
-                  for student, seed in zip(students, seeds)]
+    objectives = [
+        build_objective(student, teacher, weights, sources=[cache], seed=seed) for student, seed in zip(students, seeds)
+    ]
     started = time.perf_counter()
-    train_models(students, data, config, objectives=objectives, progress=progress,
-                 descriptions=[label for label, _ in children])
+    train_models(
+        students, data, config, objectives=objectives, progress=progress, descriptions=[label for label, _ in children]
+    )
     together_seconds = time.perf_counter() - started
 
     k = len(children)
@@ -109,8 +114,10 @@ def main() -> int:
     ]
     specs = dict(children)
     for label, count in seen.items():
-        lines.append(f"| {label} ({specs[label].summary()}) | {specs[label].num_params():,} | {count} | "
-                     f"{ce_seconds[label]:.2f} |")
+        lines.append(
+            f"| {label} ({specs[label].summary()}) | {specs[label].num_params():,} | {count} | "
+            f"{ce_seconds[label]:.2f} |"
+        )
     lines += [
         "",
         f"Teacher pass (caching its outputs, hint blocks {sorted(blocks)}): {cache_seconds:.2f} s.",
@@ -121,10 +128,17 @@ def main() -> int:
     ]
     text = "\n".join(lines)
     publish(text, args.markdown, "Children cost: one Parent->Children generation against its children alone")
-    print_result({"k": k, "generation_s": f"{generation:.2f}", "cache_s": f"{cache_seconds:.2f}",
-                  "children_ce_s": f"{alone:.2f}", "denominator_s": f"{denominator:.2f}",
-                  "ratio": f"{generation / denominator:.3f}",
-                  "goal_met": "yes" if generation / denominator <= GOAL else "no"})
+    print_result(
+        {
+            "k": k,
+            "generation_s": f"{generation:.2f}",
+            "cache_s": f"{cache_seconds:.2f}",
+            "children_ce_s": f"{alone:.2f}",
+            "denominator_s": f"{denominator:.2f}",
+            "ratio": f"{generation / denominator:.3f}",
+            "goal_met": "yes" if generation / denominator <= GOAL else "no",
+        }
+    )
     return 0
 
 

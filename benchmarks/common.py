@@ -121,11 +121,15 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every distillation benchmark takes, with the same meaning in each."""
     parser.add_argument("--dataset", default="mnist", help="ikd dataset name (with --teacher: its own)")
     parser.add_argument("--data-dir", help="e.g. ../shared/data/mnist")
-    parser.add_argument("--teacher", metavar="DIR",
-                        help="an `ikd train` output (e.g. runs/mnist-vgg16); default: a random-init VGG-16")
+    parser.add_argument(
+        "--teacher", metavar="DIR", help="an `ikd train` output (e.g. runs/mnist-vgg16); default: a random-init VGG-16"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int,
-                        help="train on the first STEPS x batch-size training images only (default: the whole split)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="train on the first STEPS x batch-size training images only (default: the whole split)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", help="also write a record (command, machine, table) to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -148,18 +152,22 @@ def kd_setup(args: argparse.Namespace) -> KDSetup:
         teacher, meta = load_model(Path(args.teacher), map_location=CPU)
         recorded = meta["dataset"]
         if recorded["name"] != args.dataset:
-            raise SystemExit(f"--teacher {args.teacher} was trained on {recorded['name']}, not {args.dataset}; "
-                             f"pass --dataset {recorded['name']}")
-        data = load_dataset(args.dataset, args.data_dir, val_fraction=recorded["val_fraction"],
-                            split_seed=recorded["split_seed"])
+            raise SystemExit(
+                f"--teacher {args.teacher} was trained on {recorded['name']}, not {args.dataset}; "
+                f"pass --dataset {recorded['name']}"
+            )
+        data = load_dataset(
+            args.dataset, args.data_dir, val_fraction=recorded["val_fraction"], split_seed=recorded["split_seed"]
+        )
         label = f"{args.teacher} ({teacher.spec.summary()}, {teacher.spec.num_params():,} params, trained)"
     else:
         data = load_dataset(args.dataset, args.data_dir)
-        spec = preset("vgg16", in_channels=data.in_channels, image_size=data.image_size,
-                      num_classes=data.num_classes)
+        spec = preset("vgg16", in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
         teacher = build_model(spec, seed=args.seed)
-        label = (f"random-init VGG-16 ({spec.num_params():,} params; no --teacher given, so accuracies say "
-                 "nothing about distillation)")
+        label = (
+            f"random-init VGG-16 ({spec.num_params():,} params; no --teacher given, so accuracies say "
+            "nothing about distillation)"
+        )
     if args.steps:
         data = first_train_images(data, args.steps * args.batch_size)
     return KDSetup(data, teacher.eval(), label)
@@ -200,5 +208,10 @@ def warm_up(model: VGG, data: DataSplits, config: TrainConfig, objective_for=Non
     small = replace(data, val=ImageSet(data.val.images[:n], data.val.labels[:n]))
     model = copy.deepcopy(model)
     objective = objective_for(model) if objective_for else None
-    train_model(model, small, config.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2}),
-                objective=objective, progress=False)
+    train_model(
+        model,
+        small,
+        config.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2}),
+        objective=objective,
+        progress=False,
+    )

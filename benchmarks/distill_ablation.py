@@ -40,7 +40,9 @@ def main() -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-dir")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--shrinks", type=int, default=3, help="operator steps from the teacher (3 width halvings = 1/8 width)")
+    parser.add_argument(
+        "--shrinks", type=int, default=3, help="operator steps from the teacher (3 width halvings = 1/8 width)"
+    )
     parser.add_argument("--operator", default="width", choices=("width", "depth"), help="shrink operator")
     parser.add_argument("--gammas", default="0,0.1,1,10")
     parser.add_argument("--seeds", default="0,1,2", help="every row is the mean over these seeds")
@@ -52,8 +54,9 @@ def main() -> int:
     precision = resolve_precision("auto", device)
     teacher, meta = load_model(Path(args.teacher), map_location=device)
     recorded = read_metadata(Path(args.teacher))["dataset"]
-    data = load_dataset(args.dataset, args.data_dir, val_fraction=recorded["val_fraction"],
-                        split_seed=recorded["split_seed"])
+    data = load_dataset(
+        args.dataset, args.data_dir, val_fraction=recorded["val_fraction"], split_seed=recorded["split_seed"]
+    )
     spec = teacher.spec
     for _ in range(args.shrinks):
         spec = shrink_width(spec) if args.operator == "width" else shrink_depth(spec)
@@ -63,20 +66,37 @@ def main() -> int:
     def run(gamma: float, inherit: bool) -> dict:
         runs = [run_once(gamma, inherit, seed) for seed in seeds]
         mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
-        return {"gamma": gamma, "inherit": inherit, "val": mean("val"), "test": mean("test"),
-                "seconds": mean("seconds"), "val_range": (min(r["val"] for r in runs), max(r["val"] for r in runs))}
+        return {
+            "gamma": gamma,
+            "inherit": inherit,
+            "val": mean("val"),
+            "test": mean("test"),
+            "seconds": mean("seconds"),
+            "val_range": (min(r["val"] for r in runs), max(r["val"] for r in runs)),
+        }
 
     def run_once(gamma: float, inherit: bool, seed: int) -> dict:
-        config = TrainConfig(epochs=args.epochs, precision=precision.name, device=device.type, seed=seed,
-                             max_steps_per_epoch=5 if args.quick else None)
+        config = TrainConfig(
+            epochs=args.epochs,
+            precision=precision.name,
+            device=device.type,
+            seed=seed,
+            max_steps_per_epoch=5 if args.quick else None,
+        )
         student = build_model(spec, seed=seed)
         if inherit:
             inherit_weights(student, teacher)
         weights = LossWeights(gamma=gamma)
         block = teacher_hint_block(spec, teacher, weights)
         if block not in caches:
-            caches[block] = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std,
-                                                  hint_blocks=[block] if block is not None else [], device=device)
+            caches[block] = cache_teacher_outputs(
+                teacher,
+                data.train,
+                mean=data.mean,
+                std=data.std,
+                hint_blocks=[block] if block is not None else [],
+                device=device,
+            )
         objective = build_objective(student, teacher, weights, sources=[caches[block]], seed=seed)
         started = time.perf_counter()
         result = train_model(student, data, config, objective=objective, progress=False)
@@ -87,26 +107,41 @@ def main() -> int:
     best_gamma = max(rows, key=lambda r: r["val"])["gamma"]
     rows.append(run(best_gamma, False))
 
-    shrunk = (f"width x {0.5 ** args.shrinks:g}" if args.operator == "width"
-              else f"{args.shrinks} conv(s) fewer: {spec.summary()}")
-    header = (f"Teacher {args.teacher} ({spec.num_params():,}-param student = teacher {shrunk}, "
-              f"{teacher.spec.num_params() / spec.num_params():.1f}x smaller), "
-              f"{args.dataset}, {args.epochs} epoch(s), mean of seeds {args.seeds}, {precision.name}"
-              f"{' (quick)' if args.quick else ''}")
-    lines = [header, "", "| gamma | init | val acc (mean) | val min..max | test acc (mean) | seconds/run |",
-             "|---|---|---|---|---|---|"]
+    shrunk = (
+        f"width x {0.5**args.shrinks:g}"
+        if args.operator == "width"
+        else f"{args.shrinks} conv(s) fewer: {spec.summary()}"
+    )
+    header = (
+        f"Teacher {args.teacher} ({spec.num_params():,}-param student = teacher {shrunk}, "
+        f"{teacher.spec.num_params() / spec.num_params():.1f}x smaller), "
+        f"{args.dataset}, {args.epochs} epoch(s), mean of seeds {args.seeds}, {precision.name}"
+        f"{' (quick)' if args.quick else ''}"
+    )
+    lines = [
+        header,
+        "",
+        "| gamma | init | val acc (mean) | val min..max | test acc (mean) | seconds/run |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         low, high = r["val_range"]
-        lines.append(f"| {r['gamma']:g} | {'inherited' if r['inherit'] else 'random'} | {100 * r['val']:.2f} "
-                     f"| {100 * low:.2f}..{100 * high:.2f} | {100 * r['test']:.2f} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['gamma']:g} | {'inherited' if r['inherit'] else 'random'} | {100 * r['val']:.2f} "
+            f"| {100 * low:.2f}..{100 * high:.2f} | {100 * r['test']:.2f} | {r['seconds']:.0f} |"
+        )
     inherited = next(r for r in rows if r["gamma"] == best_gamma and r["inherit"])
     scratch = rows[-1]
-    lines += ["", f"Best gamma by validation: {best_gamma:g}. Inherited vs random init at that gamma: "
-                  f"{100 * (inherited['val'] - scratch['val']):+.2f} points (validation)."]
+    lines += [
+        "",
+        f"Best gamma by validation: {best_gamma:g}. Inherited vs random init at that gamma: "
+        f"{100 * (inherited['val'] - scratch['val']):+.2f} points (validation).",
+    ]
     text = "\n".join(lines)
     publish(text, args.markdown, "Distillation ablation")
-    print_result({"best_gamma": f"{best_gamma:g}",
-                  "inherit_gain_points": f"{100 * (inherited['val'] - scratch['val']):.2f}"})
+    print_result(
+        {"best_gamma": f"{best_gamma:g}", "inherit_gain_points": f"{100 * (inherited['val'] - scratch['val']):.2f}"}
+    )
     return 0
 
 

@@ -58,8 +58,12 @@ def main() -> int:
     parser.add_argument("--width", type=float, default=0.5, help="the student: the teacher's width child, this factor")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="CE/KD runs each, alternating; the fastest counts")
-    parser.add_argument("--cache-epochs", type=int, default=5,
-                        help="epochs the cache is spread over in the 'with cache' ratio (MNIST config: 5 per child)")
+    parser.add_argument(
+        "--cache-epochs",
+        type=int,
+        default=5,
+        help="epochs the cache is spread over in the 'with cache' ratio (MNIST config: 5 per child)",
+    )
     parser.add_argument("--live", action="store_true", help="run the teacher on every batch instead of caching")
     args = parser.parse_args()
 
@@ -77,8 +81,9 @@ def main() -> int:
         source = LiveTeacher(teacher, blocks)
     else:
         started = time.perf_counter()
-        source = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks,
-                                       device=CPU)
+        source = cache_teacher_outputs(
+            teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU
+        )
         cache_seconds = time.perf_counter() - started
 
     def distillation(model):
@@ -101,8 +106,11 @@ def main() -> int:
     with_cache = ratio_with_cache(kd, ce, cache_seconds, args.epochs, args.cache_epochs)
     goal_met = with_cache <= GOAL  # the teacher pass is part of what distillation costs
     spec = student.spec
-    teacher_text = ("run on every batch (--live)" if args.live
-                    else f"outputs cached once ({cache_seconds:.1f} s, hint block {block}), looked up per batch")
+    teacher_text = (
+        "run on every batch (--live)"
+        if args.live
+        else f"outputs cached once ({cache_seconds:.1f} s, hint block {block}), looked up per batch"
+    )
     lines = [
         f"Machine: {machine_line()}.",
         f"Data: {data.name}, {len(data.train):,} training images, batch {args.batch_size}, {args.epochs} epoch(s) of "
@@ -116,16 +124,24 @@ def main() -> int:
         f"| cross-entropy (no teacher) | {ce:.2f} | {args.epochs * images / ce:.1f} |",
         f"| distillation (KD + CE + hint) | {kd:.2f} | {args.epochs * images / kd:.1f} |",
         "",
-        f"KD / CE: {kd / ce:.3f} (the teacher run on every batch)" if args.live else
-        f"KD / CE: {kd / ce:.3f} (training loops only); with the cache spread over {args.cache_epochs} epochs: "
+        f"KD / CE: {kd / ce:.3f} (the teacher run on every batch)"
+        if args.live
+        else f"KD / CE: {kd / ce:.3f} (training loops only); with the cache spread over {args.cache_epochs} epochs: "
         f"{with_cache:.3f} (goal <= {GOAL:g}: {'met' if goal_met else 'not met'})",
     ]
     text = "\n".join(lines)
     publish(text, args.markdown, "KD overhead: distillation epoch over plain training epoch")
-    print_result({"teacher": "live" if args.live else "cached", "kd_over_ce": f"{kd / ce:.3f}",
-                  "kd_with_cache_over_ce": f"{with_cache:.3f}", "cache_s": f"{cache_seconds:.1f}",
-                  "ce_s": f"{ce:.2f}", "kd_s": f"{kd:.2f}",
-                  "goal_met": "-" if args.live else "yes" if goal_met else "no"})
+    print_result(
+        {
+            "teacher": "live" if args.live else "cached",
+            "kd_over_ce": f"{kd / ce:.3f}",
+            "kd_with_cache_over_ce": f"{with_cache:.3f}",
+            "cache_s": f"{cache_seconds:.1f}",
+            "ce_s": f"{ce:.2f}",
+            "kd_s": f"{kd:.2f}",
+            "goal_met": "-" if args.live else "yes" if goal_met else "no",
+        }
+    )
     return 0
 
 

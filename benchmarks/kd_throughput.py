@@ -59,6 +59,7 @@ GOAL_SPEEDUP, GOAL_GAP = 3.0, 0.2  # the issue's: >= 3x images/s at the same acc
 
 # --- the reference: one deliberate, idiomatic per-sample training loop ----------------------------
 
+
 class PerSampleImages(Dataset):
     """One image at a time, converted and normalised on its own, as torchvision's ToTensor +
     Normalize do inside a typical KD codebase's dataset."""
@@ -76,18 +77,31 @@ class PerSampleImages(Dataset):
         return (image - self.mean) / self.std, int(self.labels[i])  # Normalize
 
 
-def reference_training(student, teacher, data, weights: LossWeights, *, epochs: int, batch_size: int,
-                       workers: int, seed: int) -> tuple[float, float]:
+def reference_training(
+    student, teacher, data, weights: LossWeights, *, epochs: int, batch_size: int, workers: int, seed: int
+) -> tuple[float, float]:
     """Distil `student` in place; returns the wall time of the training loops and the last epoch's mean loss."""
     s_block, t_block, t_channels = hint_pairing(student.spec, teacher)
     regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels, seed)  # FitNets' 1x1 conv
-    loader = DataLoader(PerSampleImages(data.train, data.mean, data.std), batch_size=batch_size, shuffle=True,
-                        num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        PerSampleImages(data.train, data.mean, data.std),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     parameters = list(student.parameters()) + list(regressor.parameters())
     optimizer = torch.optim.SGD(parameters, lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(  # ikd's schedule, so both end at the same accuracy
-        optimizer, max_lr=LR, total_steps=epochs * len(loader), pct_start=0.25, div_factor=10.0,
-        final_div_factor=100.0, three_phase=False)
+        optimizer,
+        max_lr=LR,
+        total_steps=epochs * len(loader),
+        pct_start=0.25,
+        div_factor=10.0,
+        final_div_factor=100.0,
+        three_phase=False,
+    )
     T = weights.temperature
     teacher.eval()
     started = time.perf_counter()
@@ -98,8 +112,11 @@ def reference_training(student, teacher, data, weights: LossWeights, *, epochs: 
             with torch.no_grad():
                 t_logits, t_features = teacher.forward_features(x)
             s_logits, s_features = student.forward_features(x)
-            kd = F.kl_div(F.log_softmax(s_logits / T, dim=1), F.softmax(t_logits / T, dim=1),
-                          reduction="batchmean") * T * T
+            kd = (
+                F.kl_div(F.log_softmax(s_logits / T, dim=1), F.softmax(t_logits / T, dim=1), reduction="batchmean")
+                * T
+                * T
+            )
             ce = F.cross_entropy(s_logits, y)
             hint = regressor(s_features[s_block], t_features[t_block])
             loss = weights.alpha * kd + weights.beta * ce + weights.gamma * hint
@@ -114,28 +131,40 @@ def reference_training(student, teacher, data, weights: LossWeights, *, epochs: 
 
 # --- ikd's own path ---------------------------------------------------------------------------------
 
-def ikd_training(student, teacher, data, weights: LossWeights, *, epochs: int, batch_size: int, seed: int,
-                 progress: bool) -> dict:
+
+def ikd_training(
+    student, teacher, data, weights: LossWeights, *, epochs: int, batch_size: int, seed: int, progress: bool
+) -> dict:
     """Distil `student` in place the way a campaign does; returns the caching and training times."""
     block = teacher_hint_block(student.spec, teacher, weights)
     started = time.perf_counter()
-    cache = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std,
-                                  hint_blocks=[block] if block is not None else [], device=CPU)
+    cache = cache_teacher_outputs(
+        teacher, data.train, mean=data.mean, std=data.std, hint_blocks=[block] if block is not None else [], device=CPU
+    )
     cache_seconds = time.perf_counter() - started
     objective = build_objective(student, teacher, weights, sources=[cache], seed=seed)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=LR, device="cpu", seed=seed)
     result = train_model(student, data, config, objective=objective, progress=progress, description="ikd")
-    return {"cache": cache_seconds, "train": loop_seconds(result, train_images_per_epoch(data, batch_size)),
-            "val": result.last_val_accuracy, "loss": result.history[-1].train["loss"], "precision": result.precision}
+    return {
+        "cache": cache_seconds,
+        "train": loop_seconds(result, train_images_per_epoch(data, batch_size)),
+        "val": result.last_val_accuracy,
+        "loss": result.history[-1].train["loss"],
+        "precision": result.precision,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_kd_arguments(parser)
     parser.add_argument("--width", type=float, default=0.5, help="the student: the teacher's width child, this factor")
-    parser.add_argument("--epochs", type=int, default=1,
-                        help="epochs (1 is the issue's case; more shows the cache amortised: the reference "
-                             "runs the teacher every epoch)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="epochs (1 is the issue's case; more shows the cache amortised: the reference "
+        "runs the teacher every epoch)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="the reference DataLoader's num_workers")
     args = parser.parse_args()
 
@@ -147,13 +176,29 @@ def main() -> int:
     images = args.epochs * train_images_per_epoch(data, args.batch_size)
 
     warm_up(first, data, TrainConfig(epochs=1, batch_size=args.batch_size, device="cpu"))
-    ikd = ikd_training(ikd_student, teacher, data, weights, epochs=args.epochs, batch_size=args.batch_size,
-                       seed=args.seed, progress=not args.quiet)
+    ikd = ikd_training(
+        ikd_student,
+        teacher,
+        data,
+        weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     reference_seconds, reference_loss = reference_training(
-        reference_student, teacher, data, weights, epochs=args.epochs, batch_size=args.batch_size,
-        workers=args.workers, seed=args.seed)
-    reference_val = evaluate(reference_student, data.val, mean=data.mean, std=data.std, device=CPU,
-                             precision=FP32)["accuracy"]
+        reference_student,
+        teacher,
+        data,
+        weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        seed=args.seed,
+    )
+    reference_val = evaluate(reference_student, data.val, mean=data.mean, std=data.std, device=CPU, precision=FP32)[
+        "accuracy"
+    ]
 
     ikd_seconds = ikd["cache"] + ikd["train"]
     ikd_rate, reference_rate = images / ikd_seconds, images / reference_seconds
@@ -184,12 +229,19 @@ def main() -> int:
     ]
     text = "\n".join(lines)
     publish(text, args.markdown, "KD throughput: ikd against a per-sample reference loop")
-    print_result({"ikd_img_s": f"{ikd_rate:.1f}", "reference_img_s": f"{reference_rate:.1f}",
-                  "speedup": f"{ikd_rate / reference_rate:.2f}",
-                  "speedup_without_cache": f"{reference_seconds / ikd['train']:.2f}",
-                  "cache_s": f"{ikd['cache']:.1f}", "ikd_val": f"{100 * ikd['val']:.2f}",
-                  "reference_val": f"{100 * reference_val:.2f}", "accuracy_gap_points": f"{gap:+.2f}",
-                  "goal_met": "yes" if ikd_rate >= GOAL_SPEEDUP * reference_rate and abs(gap) <= GOAL_GAP else "no"})
+    print_result(
+        {
+            "ikd_img_s": f"{ikd_rate:.1f}",
+            "reference_img_s": f"{reference_rate:.1f}",
+            "speedup": f"{ikd_rate / reference_rate:.2f}",
+            "speedup_without_cache": f"{reference_seconds / ikd['train']:.2f}",
+            "cache_s": f"{ikd['cache']:.1f}",
+            "ikd_val": f"{100 * ikd['val']:.2f}",
+            "reference_val": f"{100 * reference_val:.2f}",
+            "accuracy_gap_points": f"{gap:+.2f}",
+            "goal_met": "yes" if ikd_rate >= GOAL_SPEEDUP * reference_rate and abs(gap) <= GOAL_GAP else "no",
+        }
+    )
     return 0
 
 

@@ -40,6 +40,7 @@ from ikd.campaign import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import ROOT, command_line, machine_line, print_result, write_record
+
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
@@ -113,8 +114,10 @@ def budget_of(lineage: Lineage) -> str:
     root = lineage.root()
     students = lineage.students()
     teacher = f"teacher {root.epochs} ep" if root.epochs else f"teacher imported from {teacher_source(config)}"
-    return (f"{teacher}; {config['student']['epochs']} ep/child, {len(students)} children "
-            f"({lineage.epochs_spent()} child-epochs), max_drop {config['search']['max_drop']}")
+    return (
+        f"{teacher}; {config['student']['epochs']} ep/child, {len(students)} children "
+        f"({lineage.epochs_spent()} child-epochs), max_drop {config['search']['max_drop']}"
+    )
 
 
 def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None) -> tuple[Lineage, str | None]:
@@ -128,8 +131,9 @@ def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int 
         return lineage, None
     run = RunDir(run_dir)
     if absent := [n.id for n in (lineage.root(), final) if not (run.node_dir(n.id) / WEIGHTS_FILE).is_file()]:
-        return lineage, (f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, "
-                         "so not exported or timed")
+        return lineage, (
+            f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, so not exported or timed"
+        )
     export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats)
     return run.load(), None
 
@@ -142,22 +146,51 @@ def row_result(row: Row, lineage: Lineage) -> dict:
         speedups[runtime] = theirs.median_ms / mine.median_ms if mine and theirs else None
     baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE}
     return {
-        "row": row.name, "dataset": DATASET_LABELS.get(row.dataset, row.dataset), "teacher": arch_name(root),
-        "operators": "+".join(row.operators), "budget": budget_of(lineage),
-        "teacher_test": 100 * root.test_accuracy, "params": final.params, "root_params": root.params,
-        "reduction": 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32), "x": final.compression,
-        "test": 100 * final.test_accuracy, "drop": 100 * (root.test_accuracy - final.test_accuracy),
-        "val_drop": 100 * (root.val_accuracy - final.val_accuracy), "generations": final.generation,
-        "speedup_ort": speedups["onnxruntime"], "speedup_torch": speedups["torch"],
-        "scratch": baselines.get("baseline-scratch"), "oneshot": baselines.get("baseline-oneshot-kd"),
-        "train_minutes": sum(n.seconds for n in lineage.nodes) / 60, "stop": lineage.stop_reason,
+        "row": row.name,
+        "dataset": DATASET_LABELS.get(row.dataset, row.dataset),
+        "teacher": arch_name(root),
+        "operators": "+".join(row.operators),
+        "budget": budget_of(lineage),
+        "teacher_test": 100 * root.test_accuracy,
+        "params": final.params,
+        "root_params": root.params,
+        "reduction": 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32),
+        "x": final.compression,
+        "test": 100 * final.test_accuracy,
+        "drop": 100 * (root.test_accuracy - final.test_accuracy),
+        "val_drop": 100 * (root.val_accuracy - final.val_accuracy),
+        "generations": final.generation,
+        "speedup_ort": speedups["onnxruntime"],
+        "speedup_torch": speedups["torch"],
+        "scratch": baselines.get("baseline-scratch"),
+        "oneshot": baselines.get("baseline-oneshot-kd"),
+        "train_minutes": sum(n.seconds for n in lineage.nodes) / 60,
+        "stop": lineage.stop_reason,
     }
 
 
 # what the markdown shows of a row, so what a record read back must hold
-RECORD_KEYS = {"row", "dataset", "teacher", "operators", "budget", "teacher_test", "params", "reduction", "x", "drop",
-               "val_drop", "generations", "speedup_ort", "speedup_torch", "scratch", "oneshot", "train_minutes",
-               "command", "machine"}
+RECORD_KEYS = {
+    "row",
+    "dataset",
+    "teacher",
+    "operators",
+    "budget",
+    "teacher_test",
+    "params",
+    "reduction",
+    "x",
+    "drop",
+    "val_drop",
+    "generations",
+    "speedup_ort",
+    "speedup_torch",
+    "scratch",
+    "oneshot",
+    "train_minutes",
+    "command",
+    "machine",
+}
 
 
 def records_path(markdown: str | Path) -> Path:
@@ -194,7 +227,8 @@ def markdown(results: list[dict], missing: list[str]) -> str:
         "CIFAR-10 here is the JPEG-Q75 variant. Accuracy drop = teacher test % - student test %; the student is "
         "the smallest accepted by validation (test never used to choose). Latency speed-up: teacher ms / student "
         "ms at batch 1, same runtime, same machine. Drops are points lost (negative: the student scored higher). "
-        "Training min: the nodes' recorded training time, teacher and baselines included.", "",
+        "Training min: the nodes' recorded training time, teacher and baselines included.",
+        "",
         "| dataset | teacher | operators | budget | teacher test % | student params | memory reduction % | "
         "compression x | test drop (pts) | val drop (pts) | generations | speed-up ORT b1 | speed-up torch b1 | "
         "scratch test % | one-shot KD test % | training min |",
@@ -205,16 +239,30 @@ def markdown(results: list[dict], missing: list[str]) -> str:
             f"| {r['dataset']} | {r['teacher']} | {r['operators']} | {r['budget']} | {r['teacher_test']:.2f} | "
             f"{r['params']:,} | {r['reduction']:.2f} | {r['x']:.1f} | {r['drop']:.2f} | {r['val_drop']:.2f} | "
             f"{r['generations']} | {fmt(r['speedup_ort'], '.1f')} | {fmt(r['speedup_torch'], '.1f')} | "
-            f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |")
+            f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |"
+        )
     if missing:
         lines += ["", "Not run in this table (budget): " + ", ".join(f"`{m}`" for m in missing) + "."]
-    lines += ["", "How each row was made (the command that tabulated it, the machine and time; for a row tabulated "
-              "from a campaign run before, the runs its lineage records):", ""]
-    lines += [f"- `{r['row']}`: `{r['command']}` -- {r['machine']}" + (f" ({r['source']})" if "source" in r else "")
-              + (f"; trained by {r['trained_by']}" if "trained_by" in r else "") for r in results]
-    lines += ["", "Published anchors (quoted from the papers, not reproduced here; full datasets, their own "
-              "training budgets; accuracy change as reported, positive = better than the baseline):", "",
-              "| method | network | dataset | size reduction | accuracy change (pts) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "How each row was made (the command that tabulated it, the machine and time; for a row tabulated "
+        "from a campaign run before, the runs its lineage records):",
+        "",
+    ]
+    lines += [
+        f"- `{r['row']}`: `{r['command']}` -- {r['machine']}"
+        + (f" ({r['source']})" if "source" in r else "")
+        + (f"; trained by {r['trained_by']}" if "trained_by" in r else "")
+        for r in results
+    ]
+    lines += [
+        "",
+        "Published anchors (quoted from the papers, not reproduced here; full datasets, their own "
+        "training budgets; accuracy change as reported, positive = better than the baseline):",
+        "",
+        "| method | network | dataset | size reduction | accuracy change (pts) |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {m} | {n} | {d} | {s} | {a} |" for m, n, d, s, a in ANCHORS]
     return "\n".join(lines) + "\n"
 
@@ -225,7 +273,7 @@ def hand_notes(markdown_path: Path) -> str:
         return ""
     text = "\n" + markdown_path.read_text()
     start = text.find(f"\n{NOTES_HEADING}\n")
-    return "" if start < 0 else text[start + 1:]
+    return "" if start < 0 else text[start + 1 :]
 
 
 def table_text(records: dict[str, dict], quick: bool) -> str:
@@ -237,20 +285,35 @@ def save_table(records: dict[str, dict], markdown_path: str, quick: bool) -> Non
     """The records (atomically, first: the markdown is made from them) and the markdown, notes kept."""
     atomic_write_json(records_path(markdown_path), records)
     notes = hand_notes(Path(markdown_path))
-    body = (f"Made from the records in `{records_path(markdown_path).name}`; each row's own command is listed "
-            f"below the table.\n\n{table_text(records, quick)}")
-    write_record(markdown_path, "The paper's table: ikd's campaigns beside published compression results",
-                 body + ("\n" + notes if notes else ""))
+    body = (
+        f"Made from the records in `{records_path(markdown_path).name}`; each row's own command is listed "
+        f"below the table.\n\n{table_text(records, quick)}"
+    )
+    write_record(
+        markdown_path,
+        "The paper's table: ikd's campaigns beside published compression results",
+        body + ("\n" + notes if notes else ""),
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="*", help="glob over row names, e.g. 'mnist-*' or 'mnist-vgg16-width'")
     parser.add_argument("--data-dir", action="append", default=[], metavar="DATASET=DIR")
-    parser.add_argument("--teacher", action="append", default=[], metavar="DATASET-ARCH=DIR",
-                        help="a trained teacher (`ikd train` output) to import instead of training one")
-    parser.add_argument("--reuse", action="append", default=[], metavar="ROW=RUN_DIR",
-                        help="take this finished (or resumable) campaign for the row")
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="DATASET-ARCH=DIR",
+        help="a trained teacher (`ikd train` output) to import instead of training one",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="ROW=RUN_DIR",
+        help="take this finished (or resumable) campaign for the row",
+    )
     parser.add_argument("--student-epochs", type=int, help="student.epochs (default: the config's)")
     parser.add_argument("--teacher-epochs", type=int, help="teacher.epochs when one is trained (default: the config's)")
     parser.add_argument("--max-generations", type=int)
@@ -260,28 +323,40 @@ def main() -> int:
     parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
     parser.add_argument("--repeats", type=int, help="latency repeats (default: ikd export's)")
     parser.add_argument("--markdown", help="write the table here")
-    parser.add_argument("--quick", action="store_true",
-                        help="digits, VGG-16, width then depth (one teacher), tiny budget")
+    parser.add_argument(
+        "--quick", action="store_true", help="digits, VGG-16, width then depth (one teacher), tiny budget"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     data_dirs, teachers = pairs(args.data_dir, "--data-dir"), pairs(args.teacher, "--teacher")
     reuse = pairs(args.reuse, "--reuse")
-    overrides = {"student.epochs": args.student_epochs, "teacher.epochs": args.teacher_epochs,
-                 "search.max_generations": args.max_generations, "search.budget_epochs": args.budget_epochs,
-                 "baselines": args.baselines or None}
+    overrides = {
+        "student.epochs": args.student_epochs,
+        "teacher.epochs": args.teacher_epochs,
+        "search.max_generations": args.max_generations,
+        "search.budget_epochs": args.budget_epochs,
+        "baselines": args.baselines or None,
+    }
     rows = [r for r in all_rows() if fnmatch.fnmatch(r.name, args.rows)]
     if args.quick:  # two rows: the second imports the teacher the first trained
         rows = [Row("digits", "vgg16", ("width",)), Row("digits", "vgg16", ("depth",))]
-        overrides |= {"teacher.epochs": 2, "student.epochs": 1, "search.max_generations": 2,
-                      "search.max_drop": 100.0, "search.max_step_drop": 100.0}
+        overrides |= {
+            "teacher.epochs": 2,
+            "student.epochs": 1,
+            "search.max_generations": 2,
+            "search.max_drop": 100.0,
+            "search.max_step_drop": 100.0,
+        }
         args.repeats = args.repeats or 3
     if not rows:
-        raise SystemExit(f"paper.py: error: --rows {args.rows!r} matches none of: "
-                         f"{', '.join(r.name for r in all_rows())}")
+        raise SystemExit(
+            f"paper.py: error: --rows {args.rows!r} matches none of: {', '.join(r.name for r in all_rows())}"
+        )
 
     if args.markdown and Path(args.markdown).suffix == ".json":
-        raise SystemExit(f"paper.py: error: --markdown {args.markdown}: expected a .md path (its records go "
-                         "beside it, as .json)")
+        raise SystemExit(
+            f"paper.py: error: --markdown {args.markdown}: expected a .md path (its records go beside it, as .json)"
+        )
     # read now so a broken record file fails before any training; saves re-read it (see below)
     records = load_records(records_path(args.markdown)) if args.markdown else {}
     results = []
@@ -295,18 +370,27 @@ def main() -> int:
                     continue  # a row recorded earlier keeps its record
                 lineage = RunDir(run_dir).load()
                 if not args.collect_only and lineage.stop_reason is None:
-                    print(f"paper.py: {row.name}: {run_dir} is unfinished; run it with ikd compress first",
-                          file=sys.stderr)
+                    print(
+                        f"paper.py: {row.name}: {run_dir} is unfinished; run it with ikd compress first",
+                        file=sys.stderr,
+                    )
             else:
                 row_overrides = overrides | {
-                    "run_dir": str(run_dir), "search.operators": list(row.operators), "data.dir": data_dir,
-                    "teacher.dir": teachers.get(f"{row.dataset}-{row.teacher}"), "teacher.arch": row.teacher}
+                    "run_dir": str(run_dir),
+                    "search.operators": list(row.operators),
+                    "data.dir": data_dir,
+                    "teacher.dir": teachers.get(f"{row.dataset}-{row.teacher}"),
+                    "teacher.arch": row.teacher,
+                }
                 config = load_config(row.config, row_overrides)
                 if config.teacher.dir is None:
                     # a run dir already there resumes with the teacher it began with
                     resumed = RunDir(run_dir).exists()
-                    shared = (RunDir(run_dir).load().config["teacher"].get("dir") if resumed
-                              else shared_teacher(row, Path(args.out), config.teacher.epochs))
+                    shared = (
+                        RunDir(run_dir).load().config["teacher"].get("dir")
+                        if resumed
+                        else shared_teacher(row, Path(args.out), config.teacher.epochs)
+                    )
                     if shared:
                         source = "the teacher this run began with" if resumed else "the teacher a sibling row trained"
                         print(f"paper.py: {row.name}: importing {shared}, {source}", file=sys.stderr)
@@ -319,9 +403,12 @@ def main() -> int:
         if note:
             print(f"paper.py: {row.name}: {note}", file=sys.stderr)
         trained_by = "; ".join(f"`{s.command}` -- {s.machine}, {s.started}" for s in lineage.sessions)
-        results.append(row_result(row, lineage) | {"command": command_line(), "machine": machine_line()}
-                       | ({"source": note} if note else {})
-                       | ({"trained_by": trained_by} if tabulated and trained_by else {}))
+        results.append(
+            row_result(row, lineage)
+            | {"command": command_line(), "machine": machine_line()}
+            | ({"source": note} if note else {})
+            | ({"trained_by": trained_by} if tabulated and trained_by else {})
+        )
         r = results[-1]
         if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
             # read again first: another paper.py may have added rows to the same table meanwhile
@@ -335,8 +422,13 @@ def main() -> int:
         records = load_records(records_path(args.markdown))
         save_table(records, args.markdown, args.quick)
     print(table_text(records, args.quick))
-    print_result({key: value for r in results
-                  for key, value in ((f"{r['row']}_x", f"{r['x']:.1f}"), (f"{r['row']}_drop", f"{r['drop']:.2f}"))})
+    print_result(
+        {
+            key: value
+            for r in results
+            for key, value in ((f"{r['row']}_x", f"{r['x']:.1f}"), (f"{r['row']}_drop", f"{r['drop']:.2f}"))
+        }
+    )
     return 0
 
 

@@ -45,8 +45,21 @@ def main() -> int:
     args = parser.parse_args()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
 
-    command = [sys.executable, "-m", "ikd", "train", "--dataset", args.dataset, "--arch", args.arch,
-               "--epochs", str(args.epochs), "--out", args.out, "--force"]
+    command = [
+        sys.executable,
+        "-m",
+        "ikd",
+        "train",
+        "--dataset",
+        args.dataset,
+        "--arch",
+        args.arch,
+        "--epochs",
+        str(args.epochs),
+        "--out",
+        args.out,
+        "--force",
+    ]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     command += extra
@@ -59,7 +72,9 @@ def main() -> int:
     shown = ["ikd", *command[3:]]
     rows = "\n".join(
         f"| {r['epoch']} | {r['train']['loss']:.4f} | {r['train']['accuracy']:.4f} | {r['val_accuracy']:.4f} "
-        f"| {r['images_per_s']:.0f} | {r['seconds']:.0f} |" for r in meta["history"])
+        f"| {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
+        for r in meta["history"]
+    )
     label = args.label or args.dataset
     text = f"""# Teacher: {args.arch} on {label}
 
@@ -67,25 +82,32 @@ Command: `{shlex.join(shown)}`
 (through `python {shlex.join(sys.argv)}`)
 
 Machine: {machine()}
-Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
-Precision: {training['resolved_precision']}, device {training['resolved_device']}, batch {training['batch_size']}, peak lr {training['lr']}, {training['schedule']} schedule, seed {training['seed']}
-Data: {meta['dataset']['sizes']['train']} train / {meta['dataset']['sizes']['val']} val (seeded split) / {meta['dataset']['sizes']['test']} test, augmentation `{training['augment'] or meta['dataset']['augment']}`
+Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+Precision: {training["resolved_precision"]}, device {training["resolved_device"]}, batch {training["batch_size"]}, peak lr {training["lr"]}, {training["schedule"]} schedule, seed {training["seed"]}
+Data: {meta["dataset"]["sizes"]["train"]} train / {meta["dataset"]["sizes"]["val"]} val (seeded split) / {meta["dataset"]["sizes"]["test"]} test, augmentation `{training["augment"] or meta["dataset"]["augment"]}`
 
 | epoch | train loss | train acc | val acc | images/s | seconds |
 |---|---|---|---|---|---|
 {rows}
 
-- Saved weights: epoch {metrics['best']['epoch']} (best validation accuracy {metrics['best']['val_accuracy']:.4f}; last epoch {metrics['last']['val_accuracy']:.4f})
-- **Test accuracy of the saved weights: {metrics['test_of_saved_weights']['accuracy'] * 100:.2f}%** on {metrics['test_of_saved_weights']['n']} images
-- Wall time: {wall / 60:.1f} min in all ({training['seconds'] / 60:.1f} min training + validation; the rest is start-up, data loading and the test pass)
-- Model: {meta['size']['params']:,} parameters, {meta['size']['macs'] / 1e6:.1f} M MACs/image
+- Saved weights: epoch {metrics["best"]["epoch"]} (best validation accuracy {metrics["best"]["val_accuracy"]:.4f}; last epoch {metrics["last"]["val_accuracy"]:.4f})
+- **Test accuracy of the saved weights: {metrics["test_of_saved_weights"]["accuracy"] * 100:.2f}%** on {metrics["test_of_saved_weights"]["n"]} images
+- Wall time: {wall / 60:.1f} min in all ({training["seconds"] / 60:.1f} min training + validation; the rest is start-up, data loading and the test pass)
+- Model: {meta["size"]["params"]:,} parameters, {meta["size"]["macs"] / 1e6:.1f} M MACs/image
 """
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     Path(args.markdown).write_text(text)
     print(text)
-    print_result({"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs,
-                  "test_accuracy": f"{metrics['test_of_saved_weights']['accuracy']:.4f}",
-                  "best_val_accuracy": f"{metrics['best']['val_accuracy']:.4f}", "wall_s": f"{wall:.0f}"})
+    print_result(
+        {
+            "dataset": args.dataset,
+            "arch": args.arch,
+            "epochs": args.epochs,
+            "test_accuracy": f"{metrics['test_of_saved_weights']['accuracy']:.4f}",
+            "best_val_accuracy": f"{metrics['best']['val_accuracy']:.4f}",
+            "wall_s": f"{wall:.0f}",
+        }
+    )
     return 0
 
 

@@ -47,14 +47,22 @@ def main() -> int:
         rate = bare_train_rate(spec, precision, args.batch, steps, warmup)
         rows.append((precision.name, rate, peak, rate * train_flops_per_image / peak))
 
-    header = (f"{args.arch} training, batch {args.batch}, {args.channels}x{args.size}x{args.size}, "
-              f"{spec.macs() / 1e6:.1f} M MACs/image, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, {cpu_name()}"
-              f"{' (quick)' if args.quick else ''}")
-    lines = [header, "", "| precision | images/s | train GFLOP/s | matmul peak GFLOP/s | fraction of peak |",
-             "|---|---|---|---|---|"]
+    header = (
+        f"{args.arch} training, batch {args.batch}, {args.channels}x{args.size}x{args.size}, "
+        f"{spec.macs() / 1e6:.1f} M MACs/image, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {cpu_name()}"
+        f"{' (quick)' if args.quick else ''}"
+    )
+    lines = [
+        header,
+        "",
+        "| precision | images/s | train GFLOP/s | matmul peak GFLOP/s | fraction of peak |",
+        "|---|---|---|---|---|",
+    ]
     for name, rate, peak, fraction in rows:
-        lines.append(f"| {name} | {rate:.1f} | {rate * train_flops_per_image / 1e9:.1f} | {peak / 1e9:.1f} | {fraction:.2f} |")
+        lines.append(
+            f"| {name} | {rate:.1f} | {rate * train_flops_per_image / 1e9:.1f} | {peak / 1e9:.1f} | {fraction:.2f} |"
+        )
     speedup = rows[1][1] / rows[0][1] if len(rows) > 1 else float("nan")
     lines += ["", f"bf16 / fp32 speed-up: {speedup:.2f}x"]
     text = "\n".join(lines)

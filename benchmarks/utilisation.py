@@ -52,18 +52,25 @@ GOAL = 0.5  # the issue's: at least half the matmul peak for VGG-16-sized studen
 
 
 def random_images(channels: int, size: int, n: int, generator: torch.Generator) -> ImageSet:
-    return ImageSet(torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator),
-                    torch.randint(0, 10, (n,), generator=generator))
+    return ImageSet(
+        torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator),
+        torch.randint(0, 10, (n,), generator=generator),
+    )
 
 
 def random_data(channels: int, size: int, train_images: int, batch_size: int) -> DataSplits:
     generator = torch.Generator().manual_seed(0)
     return DataSplits(
-        name=f"random {channels}x{size}x{size}", train=random_images(channels, size, train_images, generator),
+        name=f"random {channels}x{size}x{size}",
+        train=random_images(channels, size, train_images, generator),
         val=random_images(channels, size, batch_size, generator),
         test=random_images(channels, size, batch_size, generator),
-        classes=[str(c) for c in range(10)], mean=(0.5,) * channels, std=(0.25,) * channels, augment="none",
-        source="random")
+        classes=[str(c) for c in range(10)],
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        augment="none",
+        source="random",
+    )
 
 
 def parse_input(text: str) -> tuple[int, int]:
@@ -98,8 +105,7 @@ def main() -> int:
         teacher = build_model(preset("vgg16", in_channels=channels, image_size=size, num_classes=10), seed=0).eval()
         students = [(float(w), width_student(teacher, float(w), seed=0)) for w in args.widths.split(",")]
         blocks = {teacher_hint_block(s.spec, teacher, weights) for _, s in students} - {None}
-        cache = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks,
-                                      device=CPU)
+        cache = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU)
 
         def distillation(model):
             return build_objective(model, teacher, weights, sources=[cache], seed=0)
@@ -107,16 +113,31 @@ def main() -> int:
         for width, student in students:
             bare = bare_train_rate(student.spec, precision, args.batch_size, args.bare_steps, warmup=2)
             warm_up(student, data, config, distillation)
-            result = train_model(student, data, config, objective=distillation(student), progress=not args.quiet,
-                                 description=f"{shape} x{width:g}")
+            result = train_model(
+                student,
+                data,
+                config,
+                objective=distillation(student),
+                progress=not args.quiet,
+                description=f"{shape} x{width:g}",
+            )
             ikd = args.steps * args.batch_size / loop_seconds(result, args.steps * args.batch_size)
             flops = TRAIN_FLOPS_PER_MAC * student.spec.macs()
             name = "vgg16" if width == 1 else f"w{width:g}"
-            rows.append({"input": f"{channels}x{size}x{size}", "key": f"{shape}_{name}",
-                         "student": "VGG-16" if width == 1 else f"VGG-16 x{width:g}",
-                         "params": student.spec.num_params(), "macs": student.spec.macs(), "bare": bare,
-                         "bare_fraction": bare * flops / peak, "ikd": ikd, "gflops": ikd * flops / 1e9,
-                         "fraction": ikd * flops / peak})
+            rows.append(
+                {
+                    "input": f"{channels}x{size}x{size}",
+                    "key": f"{shape}_{name}",
+                    "student": "VGG-16" if width == 1 else f"VGG-16 x{width:g}",
+                    "params": student.spec.num_params(),
+                    "macs": student.spec.macs(),
+                    "bare": bare,
+                    "bare_fraction": bare * flops / peak,
+                    "ikd": ikd,
+                    "gflops": ikd * flops / 1e9,
+                    "fraction": ikd * flops / peak,
+                }
+            )
 
     lines = [
         f"Machine: {machine_line()}.",
@@ -129,20 +150,27 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['input']} | {r['student']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['bare']:.1f} | "
-                     f"{r['bare_fraction']:.2f} | {r['ikd']:.1f} | {r['gflops']:.1f} | {r['fraction']:.2f} | "
-                     f"{r['ikd'] / r['bare']:.2f} |")
+        lines.append(
+            f"| {r['input']} | {r['student']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['bare']:.1f} | "
+            f"{r['bare_fraction']:.2f} | {r['ikd']:.1f} | {r['gflops']:.1f} | {r['fraction']:.2f} | "
+            f"{r['ikd'] / r['bare']:.2f} |"
+        )
     big = [r for r in rows if r["student"] == "VGG-16"]
     met = bool(big) and all(r["fraction"] >= GOAL for r in big)
-    lines += ["", f"Goal: ikd at >= {GOAL:.0%} of peak for VGG-16-sized students: "
-                  f"{'met' if met else 'not met' if big else 'no VGG-16 row in this run'}. The smaller students have "
-                  "no goal and are reported as measured."]
+    lines += [
+        "",
+        f"Goal: ikd at >= {GOAL:.0%} of peak for VGG-16-sized students: "
+        f"{'met' if met else 'not met' if big else 'no VGG-16 row in this run'}. The smaller students have "
+        "no goal and are reported as measured.",
+    ]
     text = "\n".join(lines)
     publish(text, args.markdown, "Utilisation: student training FLOP/s against the matmul peak")
     result = {"precision": precision.name, "peak_gflops": f"{peak / 1e9:.1f}"}
     for r in rows:
-        result |= {f"{r['key']}_peak_fraction": f"{r['fraction']:.3f}",
-                   f"{r['key']}_bare_peak_fraction": f"{r['bare_fraction']:.3f}"}
+        result |= {
+            f"{r['key']}_peak_fraction": f"{r['fraction']:.3f}",
+            f"{r['key']}_bare_peak_fraction": f"{r['bare_fraction']:.3f}",
+        }
     print_result(result | {"goal_met": "yes" if met else "no"})
     return 0
 

@@ -53,8 +53,11 @@ def main() -> int:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--skip-children-cost", action="store_true")
     parser.add_argument("--cost-teacher", help="teacher.dir of part 2 (default: the same teacher)")
-    parser.add_argument("--cost-width-factors", default="0.25,0.5,0.75",
-                        help="part 2's children: one depth child plus one width child per factor")
+    parser.add_argument(
+        "--cost-width-factors",
+        default="0.25,0.5,0.75",
+        help="part 2's children: one depth child plus one width child per factor",
+    )
     parser.add_argument("--operators", default="depth,width", help="search.operators of part 1")
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--quick", action="store_true", help="digits, small budget: a smoke run")
@@ -64,8 +67,15 @@ def main() -> int:
         args.config, args.budget_epochs, args.epochs = "configs/digits-demo.yaml", 6, 1
     out = Path(args.out)
     factors = [float(f) for f in args.width_factors.split(",")]
-    common = {"seed": args.seed, "student.epochs": args.epochs, "search.operators": args.operators.split(","), "search.budget_epochs": args.budget_epochs,
-              "search.max_generations": 50, "data.dir": args.data_dir, "teacher.dir": args.teacher}
+    common = {
+        "seed": args.seed,
+        "student.epochs": args.epochs,
+        "search.operators": args.operators.split(","),
+        "search.budget_epochs": args.budget_epochs,
+        "search.max_generations": 50,
+        "data.dir": args.data_dir,
+        "teacher.dir": args.teacher,
+    }
     if args.quick:  # loose tolerance, so the chains grow even from 1-epoch children
         common |= {"teacher.epochs": 3, "search.max_drop": 100.0, "search.max_step_drop": 100.0}
     if args.max_drop is not None:
@@ -84,52 +94,97 @@ def main() -> int:
         if not common.get("teacher.dir"):  # trained once, by the first run; the others import it
             common["teacher.dir"] = str(out / strategy / "nodes" / root.id)
         spent = lineage.epochs_spent()
-        rows.append({"strategy": strategy, "params": final.params, "x": final.compression,
-                     "val": 100 * final.val_accuracy, "test": 100 * final.test_accuracy,
-                     "drop": 100 * (root.test_accuracy - final.test_accuracy), "spent": spent,
-                     "generations": final.generation, "trained": len(lineage.students()),
-                     "seconds": seconds, "stop": lineage.stop_reason, "node": final.id})
-        print(f"{strategy}: {final.id} {final.params:,} params ({final.compression:.1f}x), "
-              f"test {rows[-1]['test']:.2f}%, {seconds:.0f} s", file=sys.stderr)
+        rows.append(
+            {
+                "strategy": strategy,
+                "params": final.params,
+                "x": final.compression,
+                "val": 100 * final.val_accuracy,
+                "test": 100 * final.test_accuracy,
+                "drop": 100 * (root.test_accuracy - final.test_accuracy),
+                "spent": spent,
+                "generations": final.generation,
+                "trained": len(lineage.students()),
+                "seconds": seconds,
+                "stop": lineage.stop_reason,
+                "node": final.id,
+            }
+        )
+        print(
+            f"{strategy}: {final.id} {final.params:,} params ({final.compression:.1f}x), "
+            f"test {rows[-1]['test']:.2f}%, {seconds:.0f} s",
+            file=sys.stderr,
+        )
 
     cost = None
     if not args.skip_children_cost:
         cost_factors = [float(f) for f in args.cost_width_factors.split(",")]
-        k_overrides = common | {"search.max_generations": 1, "search.budget_epochs": None,
-                                "search.max_drop": 100.0, "search.max_step_drop": 100.0,
-                                "search.operators": ["depth", "width"]}
+        k_overrides = common | {
+            "search.max_generations": 1,
+            "search.budget_epochs": None,
+            "search.max_drop": 100.0,
+            "search.max_step_drop": 100.0,
+            "search.operators": ["depth", "width"],
+        }
         if args.cost_teacher:
             k_overrides["teacher.dir"] = args.cost_teacher
-        together, t_seconds = run(args.config, k_overrides | {
-            "run_dir": str(out / "k-together"), "search.strategy": "parent-children",
-            "search.width_factor": cost_factors}, not args.quiet)
+        together, t_seconds = run(
+            args.config,
+            k_overrides
+            | {
+                "run_dir": str(out / "k-together"),
+                "search.strategy": "parent-children",
+                "search.width_factor": cost_factors,
+            },
+            not args.quiet,
+        )
         k = len([n for n in together.nodes if n.generation == 1])
         separate = 0.0
         for op in ["depth"] + [f"width:{f}" for f in cost_factors]:
             name, _, factor = op.partition(":")
-            _, seconds = run(args.config, k_overrides | {
-                "run_dir": str(out / f"k-alone-{op.replace(':', '')}"), "search.operators": [name],
-                **({"search.width_factor": float(factor)} if factor else {})}, not args.quiet)
+            _, seconds = run(
+                args.config,
+                k_overrides
+                | {
+                    "run_dir": str(out / f"k-alone-{op.replace(':', '')}"),
+                    "search.operators": [name],
+                    **({"search.width_factor": float(factor)} if factor else {}),
+                },
+                not args.quiet,
+            )
             separate += seconds
         # the teacher (trained or imported) is part of every run: subtract it so only children count
         root_seconds = together.root().seconds
-        cost = {"k": k, "together": t_seconds - root_seconds, "separate": separate - (k * root_seconds),
-                "root_seconds": root_seconds, "teacher": together.root().arch}
+        cost = {
+            "k": k,
+            "together": t_seconds - root_seconds,
+            "separate": separate - (k * root_seconds),
+            "root_seconds": root_seconds,
+            "teacher": together.root().arch,
+        }
 
-    lines = [f"Machine: {machine_line()}. Config `{args.config}`, {args.epochs} epoch(s) "
-             f"per candidate, budget {args.budget_epochs} child-epochs per strategy, seed {args.seed}.", "",
-             "| strategy | smallest accepted | params | x | val % | test % | drop (test, points) | "
-             "epochs spent | generations | nodes trained | wall s (teacher excluded) | stop |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine_line()}. Config `{args.config}`, {args.epochs} epoch(s) "
+        f"per candidate, budget {args.budget_epochs} child-epochs per strategy, seed {args.seed}.",
+        "",
+        "| strategy | smallest accepted | params | x | val % | test % | drop (test, points) | "
+        "epochs spent | generations | nodes trained | wall s (teacher excluded) | stop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['strategy']} | {r['node']} | {r['params']:,} | {r['x']:.1f} | {r['val']:.2f} | "
-                     f"{r['test']:.2f} | {r['drop']:.2f} | {r['spent']} | {r['generations']} | {r['trained']} | "
-                     f"{r['seconds']:.0f} | {r['stop']} |")
+        lines.append(
+            f"| {r['strategy']} | {r['node']} | {r['params']:,} | {r['x']:.1f} | {r['val']:.2f} | "
+            f"{r['test']:.2f} | {r['drop']:.2f} | {r['spent']} | {r['generations']} | {r['trained']} | "
+            f"{r['seconds']:.0f} | {r['stop']} |"
+        )
     if cost:
-        lines += ["", f"One Parent->Children generation, k={cost['k']}: {cost['together']:.1f} s; the same "
-                      f"{cost['k']} children as separate Parent->Child runs: {cost['separate']:.1f} s; ratio "
-                      f"{cost['together'] / cost['separate']:.2f} (the teacher's own {cost['root_seconds']:.1f} s "
-                      f"per run is subtracted; teacher blocks {cost['teacher']['blocks']})."]
+        lines += [
+            "",
+            f"One Parent->Children generation, k={cost['k']}: {cost['together']:.1f} s; the same "
+            f"{cost['k']} children as separate Parent->Child runs: {cost['separate']:.1f} s; ratio "
+            f"{cost['together'] / cost['separate']:.2f} (the teacher's own {cost['root_seconds']:.1f} s "
+            f"per run is subtracted; teacher blocks {cost['teacher']['blocks']}).",
+        ]
     text = "\n".join(lines)
     publish(text, args.markdown, "The four variants at one budget")
     result = {}

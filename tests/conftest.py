@@ -94,11 +94,22 @@ def tiny_teacher(tmp_path_factory, digits):
     model = build_model(spec, seed=0)
     config = TrainConfig(epochs=4, batch_size=32, precision="fp32", device="cpu")
     result = train_model(model, digits, config, progress=False)
-    test = evaluate(model, digits.test, mean=digits.mean, std=digits.std, device=torch.device("cpu"),
-                    precision=resolve_precision("fp32", torch.device("cpu")))
+    test = evaluate(
+        model,
+        digits.test,
+        mean=digits.mean,
+        std=digits.std,
+        device=torch.device("cpu"),
+        precision=resolve_precision("fp32", torch.device("cpu")),
+    )
     out = tmp_path_factory.mktemp("teacher")
-    save_model(out, model, training_metadata(data=digits, val_fraction=0.1, split_seed=0, spec=spec,
-                                             config=config, result=result, test=test))
+    save_model(
+        out,
+        model,
+        training_metadata(
+            data=digits, val_fraction=0.1, split_seed=0, spec=spec, config=config, result=result, test=test
+        ),
+    )
     return out
 
 

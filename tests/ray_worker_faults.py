@@ -16,8 +16,10 @@ def kill_on_first_epoch() -> None:
 
     def train_models(models, data, config, *, descriptions=None, on_epoch=None, **kwargs):
         if targets & set(descriptions or []):
+
             def on_epoch(description, record):
                 os.kill(os.getpid(), signal.SIGKILL)
+
         return original(models, data, config, descriptions=descriptions, on_epoch=on_epoch, **kwargs)
 
     ikd.training_pass.train_models = train_models

@@ -89,10 +89,18 @@ def test_spec_round_trips_through_json(tmp_path):
     assert path.stat().st_size - 8 - header == spec.stored_tensor_bytes()
 
 
-@pytest.mark.parametrize("bad", [
-    {"blocks": []}, {"blocks": [[]]}, {"blocks": [[8, 0]]}, {"head": [-1]},
-    {"image_size": 0}, {"num_classes": 1}, {"unknown_key": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"blocks": []},
+        {"blocks": [[]]},
+        {"blocks": [[8, 0]]},
+        {"head": [-1]},
+        {"image_size": 0},
+        {"num_classes": 1},
+        {"unknown_key": 1},
+    ],
+)
 def test_invalid_specs_are_rejected(bad):
     document = {"in_channels": 3, "image_size": 32, "num_classes": 10, "blocks": [[8]]} | bad
     with pytest.raises(ValueError):

@@ -16,15 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_quick(script: str, *extra: str, tmp_path: Path) -> str:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--quiet", *extra],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--quiet", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
 def test_paper_table_quick(tmp_path):
-    out = run_quick("paper.py", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"),
-                    tmp_path=tmp_path)
+    out = run_quick(
+        "paper.py", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"), tmp_path=tmp_path
+    )
     last = out.strip().splitlines()[-1]
     assert last.startswith("RESULT digits-vgg16-width_x=") and "digits-vgg16-depth_x=" in last
     table = (tmp_path / "paper.md").read_text()
@@ -45,8 +51,15 @@ def test_paper_table_quick(tmp_path):
     earlier = records["digits-vgg16-width"] | {"row": "mnist-vgg16-width", "dataset": "MNIST", "params": 4321}
     records_file.write_text(json.dumps({"mnist-vgg16-width": earlier} | records))
     (tmp_path / "paper.md").write_text(table + "\n## Notes\n\n- written by hand\n")
-    run_quick("paper.py", "--collect-only", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"),
-              tmp_path=tmp_path)
+    run_quick(
+        "paper.py",
+        "--collect-only",
+        "--out",
+        str(tmp_path / "runs"),
+        "--markdown",
+        str(tmp_path / "paper.md"),
+        tmp_path=tmp_path,
+    )
     merged = (tmp_path / "paper.md").read_text()
     assert "| MNIST | VGG-16 | width |" in merged and "| 4,321 |" in merged
     assert merged.count("| digits | VGG-16 |") == 2 and merged.endswith("## Notes\n\n- written by hand\n")
@@ -61,16 +74,36 @@ def test_paper_table_quick(tmp_path):
     final = lineage.final()
     (run.node_dir(final.id) / "model.safetensors").unlink()
     run.save(lineage.model_copy(update={"nodes": [n.model_copy(update={"latency": []}) for n in lineage.nodes]}))
-    run_quick("paper.py", "--collect-only", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"),
-              tmp_path=tmp_path)
+    run_quick(
+        "paper.py",
+        "--collect-only",
+        "--out",
+        str(tmp_path / "runs"),
+        "--markdown",
+        str(tmp_path / "paper.md"),
+        tmp_path=tmp_path,
+    )
     weightless = json.loads(records_file.read_text())["digits-vgg16-depth"]
     assert weightless["speedup_ort"] is None and weightless["params"] == final.params
     assert f"no weights of {final.id} here, so not exported or timed" in weightless["source"]
 
     records_file.write_text("{not json")
-    broken = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--quick", "--collect-only",
-                             "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    broken = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "paper.py"),
+            "--quick",
+            "--collect-only",
+            "--out",
+            str(tmp_path / "runs"),
+            "--markdown",
+            str(tmp_path / "paper.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert broken.returncode != 0 and "paper.json: not a readable table record" in broken.stderr
     assert "Traceback" not in broken.stderr
 
@@ -93,8 +126,17 @@ def quick_record(script: str, tmp_path: Path, *extra: str) -> tuple[dict[str, st
 
 def test_kd_throughput_quick(tmp_path):
     result, text = quick_record("kd_throughput.py", tmp_path)
-    assert {"ikd_img_s", "reference_img_s", "speedup", "speedup_without_cache", "cache_s", "ikd_val",
-            "reference_val", "accuracy_gap_points", "goal_met"} <= set(result)
+    assert {
+        "ikd_img_s",
+        "reference_img_s",
+        "speedup",
+        "speedup_without_cache",
+        "cache_s",
+        "ikd_val",
+        "reference_val",
+        "accuracy_gap_points",
+        "goal_met",
+    } <= set(result)
     assert "| reference (Dataset + DataLoader, 0 workers) |" in text
 
 
@@ -125,14 +167,26 @@ def test_children_cost_quick(tmp_path):
 
 def test_utilisation_quick(tmp_path):
     result, _ = quick_record("utilisation.py", tmp_path)
-    assert {"peak_gflops", "1x28_vgg16_peak_fraction", "1x28_w0.5_peak_fraction", "1x28_w0.25_peak_fraction",
-            "goal_met"} <= set(result)
+    assert {
+        "peak_gflops",
+        "1x28_vgg16_peak_fraction",
+        "1x28_w0.5_peak_fraction",
+        "1x28_w0.25_peak_fraction",
+        "goal_met",
+    } <= set(result)
 
 
 def test_campaign_quick(tmp_path):
     result, text = quick_record("campaign.py", tmp_path)
-    assert {"wall_min", "peak_rss_gib", "compression", "test_drop_points", "val_drop_points", "final_params",
-            "goals_met"} <= set(result)
+    assert {
+        "wall_min",
+        "peak_rss_gib",
+        "compression",
+        "test_drop_points",
+        "val_drop_points",
+        "final_params",
+        "goals_met",
+    } <= set(result)
     assert float(result["peak_rss_gib"]) > 0 and "g0-teacher" in text
 
 

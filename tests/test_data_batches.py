@@ -104,9 +104,7 @@ def test_normalize():
 
 
 def dataset(n=103, size=6):
-    imgs = torch.randint(
-        0, 256, (n, 1, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
-    )
+    imgs = torch.randint(0, 256, (n, 1, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     return ImageSet(imgs, torch.arange(n, dtype=torch.int64))
 
 
@@ -114,9 +112,7 @@ def test_iterate_shuffled_epoch_covers_every_sample_once():
     data = dataset()
     mean, std = (0.4,), (0.25,)
     seen = []
-    for x, y in iterate_batches(
-        data, 10, mean=mean, std=std, shuffle=True, generator=torch.Generator().manual_seed(0)
-    ):
+    for x, y in iterate_batches(data, 10, mean=mean, std=std, shuffle=True, generator=torch.Generator().manual_seed(0)):
         assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape[1:] == (1, 6, 6)
         torch.testing.assert_close(x, normalize(data.images[y], mean, std))
         seen.append(y)
@@ -135,9 +131,7 @@ def test_iterate_order_and_drop_last_and_determinism():
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
-        return torch.cat(
-            [y for _, y in iterate_batches(data, 7, shuffle=True, generator=g, augment="crop", **kw)]
-        )
+        return torch.cat([y for _, y in iterate_batches(data, 7, shuffle=True, generator=g, augment="crop", **kw)])
 
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
 
@@ -145,9 +139,7 @@ def test_iterate_order_and_drop_last_and_determinism():
 def test_iterate_augments_then_normalises():
     data = dataset(n=16, size=8)
     batches = list(
-        iterate_batches(
-            data, 16, mean=(0.0,), std=(1.0,), augment="crop", generator=torch.Generator().manual_seed(0)
-        )
+        iterate_batches(data, 16, mean=(0.0,), std=(1.0,), augment="crop", generator=torch.Generator().manual_seed(0))
     )
     x, _ = batches[0]
     restored = (x * 255).round().to(torch.uint8)

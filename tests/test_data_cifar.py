@@ -43,16 +43,11 @@ def batch(n: int, seed: int, *, bytes_keys: bool) -> dict:
 
 def cifar_files(*, bytes_keys: bool, protocol: int, n: int = 6, meta: bool = True) -> dict[str, bytes]:
     """Pickled batches by file name; protocol 2 + bytes keys is how the official (Python 2) files look."""
-    files = {
-        name: pickle.dumps(batch(n, i, bytes_keys=bytes_keys), protocol=protocol)
-        for i, name in enumerate(NAMES)
-    }
+    files = {name: pickle.dumps(batch(n, i, bytes_keys=bytes_keys), protocol=protocol) for i, name in enumerate(NAMES)}
     if meta:
         names = [f"class{i}" for i in range(10)]
         key = b"label_names" if bytes_keys else "label_names"
-        files["batches.meta"] = pickle.dumps(
-            {key: [s.encode() if bytes_keys else s for s in names]}, protocol=protocol
-        )
+        files["batches.meta"] = pickle.dumps({key: [s.encode() if bytes_keys else s for s in names]}, protocol=protocol)
     return files
 
 
@@ -145,9 +140,7 @@ def test_tar_duplicate_and_missing_members(tmp_path):
         load_dataset("cifar10", path.parent)
     del files["data_batch_3"]
     write_tar(tmp_path / "miss" / ARCHIVE, files)
-    with pytest.raises(
-        DataError, match=rf"{tmp_path / 'miss' / ARCHIVE}: no member {BATCHES_DIR}/data_batch_3"
-    ):
+    with pytest.raises(DataError, match=rf"{tmp_path / 'miss' / ARCHIVE}: no member {BATCHES_DIR}/data_batch_3"):
         load_dataset("cifar10", tmp_path / "miss")
 
 

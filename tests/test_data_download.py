@@ -36,9 +36,7 @@ def served(tmp_path, make_idx_set):
     """A loopback HTTP server serving a gzipped fixture set; yields (base_url, arrays, raw md5s)."""
     www = tmp_path / "www"
     arrays = make_idx_set(www, gz=True, seed=7)
-    md5s = {
-        stem: hashlib.md5(gzip.decompress((www / f"{stem}.gz").read_bytes())).hexdigest() for stem in arrays
-    }
+    md5s = {stem: hashlib.md5(gzip.decompress((www / f"{stem}.gz").read_bytes())).hexdigest() for stem in arrays}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -66,9 +66,7 @@ def test_imagefolder_test_classes_subset(tmp_path):
 
 def test_imagefolder_unknown_test_class(tmp_path):
     make_folder(tmp_path, test_classes=("dog", "fox"))
-    with pytest.raises(
-        DataError, match=rf"{tmp_path / 'test'}: class folders fox are not in {tmp_path / 'train'}"
-    ):
+    with pytest.raises(DataError, match=rf"{tmp_path / 'test'}: class folders fox are not in {tmp_path / 'train'}"):
         load_dataset("imagefolder", tmp_path)
 
 
@@ -214,9 +212,7 @@ def test_npz_file_errors(tmp_path):
     with pytest.raises(DataError, match=rf"{tmp_path / 'bad.npz'}: not a readable .npz archive"):
         load_dataset("npz", tmp_path / "bad.npz")
     write_npz(tmp_path / "two.npz", **arrays())
-    with pytest.raises(
-        DataError, match=rf"{tmp_path}: holds 2 .npz files \(bad.npz, two.npz\); expected exactly one"
-    ):
+    with pytest.raises(DataError, match=rf"{tmp_path}: holds 2 .npz files \(bad.npz, two.npz\); expected exactly one"):
         load_dataset("npz", tmp_path)
     np.save(tmp_path / "single.npy", np.zeros(3))
     with pytest.raises(DataError, match="holds a single array"):

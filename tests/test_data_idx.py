@@ -246,11 +246,7 @@ def test_fuzz_parse_idx(data, ndim):
 
 
 @FUZZ
-@given(
-    data=st.one_of(
-        mutated(gzip.compress(VALID_IMAGES)), st.binary(max_size=64).map(lambda b: b"\x1f\x8b" + b)
-    )
-)
+@given(data=st.one_of(mutated(gzip.compress(VALID_IMAGES)), st.binary(max_size=64).map(lambda b: b"\x1f\x8b" + b)))
 def test_fuzz_gzipped_idx(data):
     try:
         raw = gunzip(data, "fuzz")

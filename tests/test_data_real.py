@@ -18,9 +18,7 @@ CIFAR_DIR = ROOT / ".cache" / "data"  # built by shared/data/cifar10-jpeg75/buil
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 
 
-@pytest.mark.skipif(
-    not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="real MNIST not on this machine"
-)
+@pytest.mark.skipif(not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="real MNIST not on this machine")
 def test_real_mnist():
     d = load_dataset("mnist", MNIST_DIR, download=False)
     train = torch.cat([d.train.labels, d.val.labels])

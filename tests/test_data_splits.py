@@ -147,9 +147,7 @@ def test_imageset_checks():
         ImageSet(torch.zeros(2, 1, 3, 3), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError):
         ImageSet(torch.zeros(2, 1, 3, 3, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
-    s = ImageSet(
-        torch.zeros(2, 3, 3, 1, dtype=torch.uint8).permute(0, 3, 1, 2), torch.zeros(2, dtype=torch.int64)
-    )
+    s = ImageSet(torch.zeros(2, 3, 3, 1, dtype=torch.uint8).permute(0, 3, 1, 2), torch.zeros(2, dtype=torch.int64))
     assert s.images.is_contiguous() and len(s) == 2
     assert s.to("cpu").images.shape == (2, 1, 3, 3)
 

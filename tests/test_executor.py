@@ -22,18 +22,28 @@ TESTS = Path(__file__).parent
 
 def parent_children(run_dir: Path, teacher: Path, **executor):
     config = campaign_config(run_dir, teacher, strategy="parent-children", max_generations=2)
-    return config.model_copy(update={"executor": ExecutorConfig(**executor),
-                                     "student": config.student.model_copy(update={"epochs": 2})})
+    return config.model_copy(
+        update={"executor": ExecutorConfig(**executor), "student": config.student.model_copy(update={"epochs": 2})}
+    )
 
 
 @contextmanager
 def local_ray(kill_node: str = ""):
     """A 2-CPU Ray instance on this machine, with the fault hook of ray_worker_faults in its workers."""
     import ray  # the ray marker's hook in conftest skips only where the extra is not installed
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={
-        "worker_process_setup_hook": "ray_worker_faults.kill_on_first_epoch",
-        "env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-                     "IKD_TEST_KILL_NODE": kill_node}})
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={
+            "worker_process_setup_hook": "ray_worker_faults.kill_on_first_epoch",
+            "env_vars": {
+                "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                "IKD_TEST_KILL_NODE": kill_node,
+            },
+        },
+    )
     try:
         yield ray
     finally:
@@ -53,8 +63,7 @@ def test_ray_executor_makes_the_local_executors_decisions(tmp_path, tiny_teacher
     finally:
         torch.set_num_threads(threads)
     with local_ray():
-        remote = compress(parent_children(tmp_path / "ray", tiny_teacher, kind="ray", cpus_per_job=1),
-                          progress=False)
+        remote = compress(parent_children(tmp_path / "ray", tiny_teacher, kind="ray", cpus_per_job=1), progress=False)
     assert decisions(remote) == decisions(local)
     assert len([n for n in remote.nodes if n.generation == 1]) == 2  # k=2: depth and width children
     for mine, theirs in zip(remote.nodes, local.nodes):  # each job trains as it would have alone
@@ -106,8 +115,27 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, tiny_teacher,
 
 
 def ikd_train(*prefix: str, out: Path) -> dict:
-    command = [*prefix, "-m", "ikd", "train", "--dataset", "digits", "--arch", "vgg11", "--epochs", "6",
-               "--batch-size", "64", "--device", "cpu", "--precision", "fp32", "--quiet", "--out", str(out)]
+    command = [
+        *prefix,
+        "-m",
+        "ikd",
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "vgg11",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -117,8 +145,9 @@ def ikd_train(*prefix: str, out: Path) -> dict:
 @pytest.mark.slow
 def test_torchrun_trains_a_teacher_data_parallel_like_one_process(tmp_path):
     alone = ikd_train(sys.executable, out=tmp_path / "alone")
-    shared = ikd_train(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                       out=tmp_path / "ddp")
+    shared = ikd_train(
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", out=tmp_path / "ddp"
+    )
     assert shared["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 32}
     assert "distributed" not in alone
     a, b = (m["metrics"]["test_of_saved_weights"]["accuracy"] for m in (alone, shared))

@@ -100,17 +100,47 @@ def test_safetensors_export_loads_back_into_an_identical_model(run_dir):
 
 def test_an_out_path_with_the_format_extension_is_the_file_itself(run_dir, tmp_path, capsys):
     out = tmp_path / "models"
-    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--no-latency",
-                 "--out", str(out / "digits.onnx")]) == 0
-    assert main(["export", str(run_dir), "--node", NODE, "--format", "safetensors", "--no-latency",
-                 "--out", str(out / "digits.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                "--node",
+                NODE,
+                "--format",
+                "onnx",
+                "--no-latency",
+                "--out",
+                str(out / "digits.onnx"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                "--node",
+                NODE,
+                "--format",
+                "safetensors",
+                "--no-latency",
+                "--out",
+                str(out / "digits.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["digits.export.json", "digits.onnx", "digits.safetensors"]
     session = onnxruntime.InferenceSession(str(out / "digits.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
     assert load_file(out / "digits.safetensors").keys() == load_model(run_dir / "nodes" / NODE)[0].state_dict().keys()
     summary = json.loads((out / "digits.export.json").read_text())  # one summary for both, as in a directory
     assert {fmt: entry["files"] for fmt, entry in summary["formats"].items()} == {
-        "onnx": ["digits.onnx"], "safetensors": ["digits.safetensors"]}
+        "onnx": ["digits.onnx"],
+        "safetensors": ["digits.safetensors"],
+    }
     assert "digits.onnx" in capsys.readouterr().out
     assert not (run_dir / "export").exists()
 
@@ -119,10 +149,13 @@ def test_an_out_path_with_the_format_extension_is_the_file_itself(run_dir, tmp_p
     assert sorted(p.name for p in (out / "v2").iterdir()) == ["export.json", "model.safetensors"]
 
 
-@pytest.mark.parametrize("fmt, out, expected", [
-    ("safetensors", "digits.onnx", "ends in .onnx but --format is safetensors"),
-    ("onnx", "made-by-an-older-ikd.onnx", "is a directory"),
-])
+@pytest.mark.parametrize(
+    "fmt, out, expected",
+    [
+        ("safetensors", "digits.onnx", "ends in .onnx but --format is safetensors"),
+        ("onnx", "made-by-an-older-ikd.onnx", "is a directory"),
+    ],
+)
 def test_an_out_path_that_cannot_be_the_file_exits_2_with_one_line(run_dir, tmp_path, capsys, fmt, out, expected):
     (tmp_path / "made-by-an-older-ikd.onnx").mkdir()
     assert main(["export", str(run_dir), "--node", NODE, "--format", fmt, "--out", str(tmp_path / out)]) == 2
@@ -190,12 +223,15 @@ def _add_node_without_weights(run_dir, node_id, status):
     run.add_node(lineage, lineage.node(NODE).model_copy(update={"id": node_id, "status": status, "sha256": None}))
 
 
-@pytest.mark.parametrize("node, fmt, expected", [
-    ("nope", "onnx", "'nope' is not in"),
-    ("g1-width", "tflite", "expected one of onnx, safetensors"),
-    ("g1-broken", "onnx", "(failed) has no weights"),
-    ("g1-gone", "safetensors", "(rejected) has no weights"),
-])
+@pytest.mark.parametrize(
+    "node, fmt, expected",
+    [
+        ("nope", "onnx", "'nope' is not in"),
+        ("g1-width", "tflite", "expected one of onnx, safetensors"),
+        ("g1-broken", "onnx", "(failed) has no weights"),
+        ("g1-gone", "safetensors", "(rejected) has no weights"),
+    ],
+)
 def test_user_mistakes_exit_2_with_one_line(run_dir, capsys, node, fmt, expected):
     _add_node_without_weights(run_dir, "g1-broken", "failed")
     _add_node_without_weights(run_dir, "g1-gone", "rejected")

@@ -61,8 +61,15 @@ def test_cached_and_live_teacher_give_the_same_loss_and_gradients(gamma):
     cached_student = build_model(spec, seed=1)
     live = build_objective(live_student, teacher, weights)
     block = live.links[0].hint_block
-    cache = cache_teacher_outputs(teacher, images, mean=mean, std=std, hint_blocks=[block] if gamma else [],
-                                  device=torch.device("cpu"), batch_size=7)
+    cache = cache_teacher_outputs(
+        teacher,
+        images,
+        mean=mean,
+        std=std,
+        hint_blocks=[block] if gamma else [],
+        device=torch.device("cpu"),
+        batch_size=7,
+    )
     cached = build_objective(cached_student, teacher, weights, sources=[cache])
     cached.regressors.load_state_dict(live.regressors.state_dict())
     index = torch.tensor([3, 17, 0, 9, 4])
@@ -151,8 +158,9 @@ def test_hint_loss_is_fitnets_by_hand():
     x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
     _, terms = objective(student, x, y, torch.arange(5))
     with torch.no_grad():
-        expected = hand_hint(student.forward_features(x)[1][1], teacher.forward_features(x)[1][0],
-                             objective.regressors[0].project)
+        expected = hand_hint(
+            student.forward_features(x)[1][1], teacher.forward_features(x)[1][0], objective.regressors[0].project
+        )
     assert terms["hint"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)  # alpha = beta = 0
 
@@ -161,18 +169,28 @@ def test_hint_loss_is_fitnets_by_hand():
     student_map, teacher_map = torch.randn(2, 6, 8, 8), torch.randn(2, 8, 2, 2)
     with torch.no_grad():
         assert regressor(student_map, teacher_map).item() == pytest.approx(
-            hand_hint(student_map, teacher_map, regressor.project).item(), rel=1e-5)
+            hand_hint(student_map, teacher_map, regressor.project).item(), rel=1e-5
+        )
 
 
 @pytest.mark.parametrize("aggregate", ["mean-kd", "mean-probs"])
 def test_several_teachers_at_a_temperature_with_a_hint_each_by_hand(aggregate):
     torch.manual_seed(0)
     student = confident(build_model(ArchSpec(**SMALL, blocks=[[4], [6], [6]]), seed=1).eval())  # maps 4, 2, 1
-    teachers = [confident(build_model(ArchSpec(**SMALL, blocks=[[8], [16], [16]]), seed=0)),  # a 2x2 map: as it is
-                confident(build_model(ArchSpec(**SMALL, blocks=[[8]]), seed=5))]  # a 4x4 map: pooled
+    teachers = [
+        confident(build_model(ArchSpec(**SMALL, blocks=[[8], [16], [16]]), seed=0)),  # a 2x2 map: as it is
+        confident(build_model(ArchSpec(**SMALL, blocks=[[8]]), seed=5)),
+    ]  # a 4x4 map: pooled
     T, alpha, beta, gamma = 3.0, 0.7, 0.2, 0.5
-    objective = build_objective(student, teachers, LossWeights(temperature=T, alpha=alpha, beta=beta, gamma=gamma),
-                                teacher_weights=[3.0, 1.0], hints="each", aggregate=aggregate, seed=0)
+    objective = build_objective(
+        student,
+        teachers,
+        LossWeights(temperature=T, alpha=alpha, beta=beta, gamma=gamma),
+        teacher_weights=[3.0, 1.0],
+        hints="each",
+        aggregate=aggregate,
+        seed=0,
+    )
     x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1, 0])
     _, terms = objective(student, x, y, torch.arange(6))
     with torch.no_grad():
@@ -184,8 +202,10 @@ def test_several_teachers_at_a_temperature_with_a_hint_each_by_hand(aggregate):
         else:  # one KD term against the weighted mean of the softened distributions
             kd = hand_kd(logits, 0.75 * p[0] + 0.25 * p[1], T)
         ce = -torch.log_softmax(logits, dim=1)[torch.arange(6), y].mean()
-        hint = (hand_hint(student_maps[1], outputs[0][1][1], objective.regressors[0].project)
-                + hand_hint(student_maps[1], outputs[1][1][0], objective.regressors[1].project)) / 2
+        hint = (
+            hand_hint(student_maps[1], outputs[0][1][1], objective.regressors[0].project)
+            + hand_hint(student_maps[1], outputs[1][1][0], objective.regressors[1].project)
+        ) / 2
     for name, value in (("kd", kd), ("ce", ce), ("hint", hint), ("loss", alpha * kd + beta * ce + gamma * hint)):
         assert terms[name].item() == pytest.approx(value.item(), rel=1e-5), name
     # the teachers and the temperature matter: T = 1 or one teacher alone would give another KD term

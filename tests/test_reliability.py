@@ -38,9 +38,29 @@ from audit import fault_injection, harness
 
 
 def campaign_args(teacher, run_dir, *extra):
-    return ["compress", "--teacher", str(teacher), "--dataset", "digits", "--run-dir", str(run_dir),
-            "--epochs", "1", "--max-drop", "100", "--max-step-drop", "100", "--max-generations", "1",
-            "--precision", "fp32", "--device", "cpu", "--quiet", *extra]
+    return [
+        "compress",
+        "--teacher",
+        str(teacher),
+        "--dataset",
+        "digits",
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "1",
+        "--max-drop",
+        "100",
+        "--max-step-drop",
+        "100",
+        "--max-generations",
+        "1",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +81,18 @@ def run_copy(finished_run, tmp_path):
 def injected(monkeypatch):
     """Faults from tests/audit/fault_injection.py, undone after the test: every attribute they
     replace is registered with monkeypatch first."""
-    for target, name in [(os, "fsync"), (os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"),
-                         (os, "rmdir"), (os, "open"), (os, "mkdir"), (builtins, "open"), (io, "open")]:
+    for target, name in [
+        (os, "fsync"),
+        (os, "replace"),
+        (os, "rename"),
+        (os, "unlink"),
+        (os, "remove"),
+        (os, "rmdir"),
+        (os, "open"),
+        (os, "mkdir"),
+        (builtins, "open"),
+        (io, "open"),
+    ]:
         monkeypatch.setattr(target, name, getattr(target, name))
     return fault_injection
 
@@ -144,8 +174,12 @@ def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, ti
 
 def test_a_closed_pipe_is_not_an_error(finished_run):
     """`ikd lineage RUN | head`: the reader leaves before ikd writes; nothing on stderr."""
-    process = subprocess.Popen([sys.executable, "-m", "ikd", "lineage", str(finished_run)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ikd", "lineage", str(finished_run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     process.stdout.close()  # long before ikd has imported torch
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == cli.EXIT_BROKEN_PIPE
@@ -153,8 +187,9 @@ def test_a_closed_pipe_is_not_an_error(finished_run):
 
 
 def test_a_lineage_without_a_root_teacher_is_a_clear_error():
-    node = NodeRecord(id="g1-width", generation=1, status="accepted", arch={}, params=1, size_bytes_fp32=4,
-                      macs=1, compression=1.0)
+    node = NodeRecord(
+        id="g1-width", generation=1, status="accepted", arch={}, params=1, size_bytes_fp32=4, macs=1, compression=1.0
+    )
     with pytest.raises(CheckpointError, match="no root teacher"):
         Lineage(config={}, nodes=[node]).root()
 
@@ -238,13 +273,16 @@ def test_force_continues_a_run_directory_from_another_config(run_copy, tiny_teac
 # --- files that would crash a naive reader -----------------------------------------------------
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"\xff\xfe binary", "not UTF-8"),
-    (b"[" * 100_000, "not valid YAML"),
-    (b"seed: " + b"9" * 5000, "not valid YAML"),
-    (b"seed: !!python/object/apply:os.system ['true']", "not valid YAML"),
-    (b"0", "expected a mapping"),  # falsy, but not empty: not the defaults
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe binary", "not UTF-8"),
+        (b"[" * 100_000, "not valid YAML"),
+        (b"seed: " + b"9" * 5000, "not valid YAML"),
+        (b"seed: !!python/object/apply:os.system ['true']", "not valid YAML"),
+        (b"0", "expected a mapping"),  # falsy, but not empty: not the defaults
+    ],
+)
 def test_config_files_that_are_not_configs(tmp_path, content, message):
     path = tmp_path / "c.yaml"
     path.write_bytes(content)
@@ -293,17 +331,64 @@ def test_weights_that_do_not_fit_their_spec_are_refused_before_anything_is_built
 
 # --- the config loader under random documents ----------------------------------------------------
 
-SECTIONS = {name: field.annotation for name, field in CampaignConfig.model_fields.items()
-            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+SECTIONS = {
+    name: field.annotation
+    for name, field in CampaignConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+}
 TOP_KEYS = sorted(CampaignConfig.model_fields)
-PLAUSIBLE = ["parent-child", "parent-children", "ancestors-child", "ancestors-children", "best", "tree", "all",
-             "depth", "width", ["depth", "width"], ["prune"], [], 0.5, [0.25, 0.5], [0.0], 1.5, 0, 1, 2, -1, 100,
-             101, "fp32", "bf16", "cpu", "cuda", "auto", "digits", "cifar10", "vgg11", "vgg16", "resnet", "onecycle",
-             "cosine", "none", "crop-flip", "mean-kd", "mean-probs", "each", "tensorboard", "smallest-first", True]
-LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
-                   st.sampled_from(PLAUSIBLE))
-VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+PLAUSIBLE = [
+    "parent-child",
+    "parent-children",
+    "ancestors-child",
+    "ancestors-children",
+    "best",
+    "tree",
+    "all",
+    "depth",
+    "width",
+    ["depth", "width"],
+    ["prune"],
+    [],
+    0.5,
+    [0.25, 0.5],
+    [0.0],
+    1.5,
+    0,
+    1,
+    2,
+    -1,
+    100,
+    101,
+    "fp32",
+    "bf16",
+    "cpu",
+    "cuda",
+    "auto",
+    "digits",
+    "cifar10",
+    "vgg11",
+    "vgg16",
+    "resnet",
+    "onecycle",
+    "cosine",
+    "none",
+    "crop-flip",
+    "mean-kd",
+    "mean-probs",
+    "each",
+    "tensorboard",
+    "smallest-first",
+    True,
+]
+LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8), st.sampled_from(PLAUSIBLE)
+)
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 JUNK_KEYS = st.one_of(st.text(max_size=8), st.integers(-3, 3), st.none(), st.booleans())
 
 
@@ -379,12 +464,16 @@ def test_the_audit_check_flags_every_way_of_failing():
     assert "exit 1, expected 2" in problems and "a traceback on stderr" in problems
     assert "3 lines on stderr, expected 1" in problems
     assert harness.check_refusal(2, "ikd: error: something else\n", "magic", []) == [
-        "the error does not mention 'magic'"]
+        "the error does not mention 'magic'"
+    ]
     assert harness.check_refusal(2, "ikd: internal error: magic\n", "magic", []) == [
-        "stderr does not start with 'ikd: error:'"]
+        "stderr does not start with 'ikd: error:'"
+    ]
     assert harness.check_refusal(2, good, "magic", ["added run/.lock"]) == ["files changed: added run/.lock"]
     before = {"a": "1", "b": "2", "d": "dir"}
     assert harness.changes(before, {"a": "1", "b": "3", "c": "4", "d": "dir"}) == ["added c", "modified b"]
     stop = harness.Stop("term", expect="terminated")
     assert harness.check_stopped(stop, harness.Run(0, "", 1.0), Path("/nonexistent")) == [
-        "exit 0, expected 130", "last stderr line '', expected 'ikd: interrupted (SIGTERM)'"]
+        "exit 0, expected 130",
+        "last stderr line '', expected 'ikd: interrupted (SIGTERM)'",
+    ]

@@ -23,10 +23,23 @@ from ikd.campaign import compress
 def run_dir(tmp_path_factory, tiny_teacher):
     """A tiny finished campaign with baselines, logged to TensorBoard."""
     path = tmp_path_factory.mktemp("report") / "run"
-    config = load_config(None, {
-        "run_dir": str(path), "teacher.dir": str(tiny_teacher), "precision": "fp32", "device": "cpu",
-        "student.epochs": 2, "student.batch_size": 64, "search.max_drop": 100.0, "search.max_step_drop": 100.0,
-        "search.max_generations": 2, "search.candidates": "all", "baselines": True, "log": "tensorboard"})
+    config = load_config(
+        None,
+        {
+            "run_dir": str(path),
+            "teacher.dir": str(tiny_teacher),
+            "precision": "fp32",
+            "device": "cpu",
+            "student.epochs": 2,
+            "student.batch_size": 64,
+            "search.max_drop": 100.0,
+            "search.max_step_drop": 100.0,
+            "search.max_generations": 2,
+            "search.candidates": "all",
+            "baselines": True,
+            "log": "tensorboard",
+        },
+    )
     compress(config, progress=False)
     return path
 
@@ -54,8 +67,12 @@ def test_report_numbers_come_from_the_lineage(run_dir):
         assert row["params"] == f"{node.params:,}"
         assert float(row["test %"]) == pytest.approx(100 * node.test_accuracy, abs=0.006)
         assert float(row["val %"]) == pytest.approx(100 * node.val_accuracy, abs=0.006)
-        assert float(row["drop test (pts)"]) == pytest.approx(100 * (root.test_accuracy - node.test_accuracy), abs=0.006)
-        assert float(row["reduction %"]) == pytest.approx(100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32), abs=0.006)
+        assert float(row["drop test (pts)"]) == pytest.approx(
+            100 * (root.test_accuracy - node.test_accuracy), abs=0.006
+        )
+        assert float(row["reduction %"]) == pytest.approx(
+            100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32), abs=0.006
+        )
         assert row["status"].startswith(node.status)
         assert row["teachers"] == ("+".join(node.teachers) or "-")
     assert rows[final.id]["status"] == "accepted (final)"

@@ -10,12 +10,32 @@ from ikd.lineage import Lineage, NodeKind, NodeRecord
 from ikd.resume import config_differences, grown_from
 
 
-def node(node_id: str, val: float | None, *, params: int = 1000, status: str = "candidate", generation: int = 1,
-         parent: str | None = "g0-teacher", teachers: tuple[str, ...] = (), epochs: int = 2,
-         compression: float = 1.0) -> NodeRecord:
-    return NodeRecord(id=node_id, generation=generation, parent=parent, teachers=list(teachers), status=status,
-                      arch={}, params=params, size_bytes_fp32=4 * params, macs=0, compression=compression,
-                      val_accuracy=val, epochs=epochs)
+def node(
+    node_id: str,
+    val: float | None,
+    *,
+    params: int = 1000,
+    status: str = "candidate",
+    generation: int = 1,
+    parent: str | None = "g0-teacher",
+    teachers: tuple[str, ...] = (),
+    epochs: int = 2,
+    compression: float = 1.0,
+) -> NodeRecord:
+    return NodeRecord(
+        id=node_id,
+        generation=generation,
+        parent=parent,
+        teachers=list(teachers),
+        status=status,
+        arch={},
+        params=params,
+        size_bytes_fp32=4 * params,
+        macs=0,
+        compression=compression,
+        val_accuracy=val,
+        epochs=epochs,
+    )
 
 
 ROOT = node("g0-teacher", 0.95, params=100_000, status="teacher", generation=0, parent=None, epochs=10)
@@ -83,9 +103,11 @@ def test_frontier_is_the_latest_accepted_generation():
     lineage = Lineage(config={}, nodes=[ROOT])
     assert rules.frontier(lineage) == [ROOT]
     g1 = node("g1-depth", 0.95, status="accepted")
-    g2 = [node("g2-b", 0.94, status="accepted", generation=2, params=800),
-          node("g2-a", 0.94, status="accepted", generation=2, params=700),
-          node("g2-c", 0.99, status="rejected", generation=2, params=10)]
+    g2 = [
+        node("g2-b", 0.94, status="accepted", generation=2, params=800),
+        node("g2-a", 0.94, status="accepted", generation=2, params=700),
+        node("g2-c", 0.99, status="rejected", generation=2, params=10),
+    ]
     lineage = Lineage(config={}, nodes=[ROOT, g1, *g2])
     assert [n.id for n in rules.frontier(lineage)] == ["g2-a", "g2-b"]
     assert rules.max_generations_reached(3, search(max_generations=2)) == "max_generations (2) reached"
@@ -94,14 +116,23 @@ def test_frontier_is_the_latest_accepted_generation():
 
 def test_lineage_kinds_students_and_epochs_spent():
     external = ROOT.model_copy(update={"arch": {"external": "MyNet"}})
-    nodes = [ROOT, node("g1-depth", 0.95, status="accepted", epochs=3),
-             node("g1-width", 0.5, status="rejected", epochs=3),
-             node("g2-depth", None, status="failed", generation=2, parent="g1-depth", epochs=1),
-             node("expert1-x", 0.9, status="expert", generation=0, parent=None, epochs=0),
-             node("baseline-scratch", 0.9, status="baseline", parent=None, epochs=7)]
+    nodes = [
+        ROOT,
+        node("g1-depth", 0.95, status="accepted", epochs=3),
+        node("g1-width", 0.5, status="rejected", epochs=3),
+        node("g2-depth", None, status="failed", generation=2, parent="g1-depth", epochs=1),
+        node("expert1-x", 0.9, status="expert", generation=0, parent=None, epochs=0),
+        node("baseline-scratch", 0.9, status="baseline", parent=None, epochs=7),
+    ]
     lineage = Lineage(config={}, nodes=nodes)
-    assert [n.kind for n in nodes] == [NodeKind.TEACHER, NodeKind.STUDENT, NodeKind.STUDENT, NodeKind.STUDENT,
-                                       NodeKind.EXPERT, NodeKind.BASELINE]
+    assert [n.kind for n in nodes] == [
+        NodeKind.TEACHER,
+        NodeKind.STUDENT,
+        NodeKind.STUDENT,
+        NodeKind.STUDENT,
+        NodeKind.EXPERT,
+        NodeKind.BASELINE,
+    ]
     assert external.kind is NodeKind.EXTERNAL and external.arch_summary() == "external: MyNet"
     assert [n.id for n in lineage.students()] == ["g1-depth", "g1-width", "g2-depth"]
     assert lineage.epochs_spent() == 7
@@ -110,9 +141,16 @@ def test_lineage_kinds_students_and_epochs_spent():
 
 def test_resume_helpers():
     assert config_differences({"a": 1, "s": {"x": 1, "y": 2}}, {"a": 1, "s": {"x": 3, "y": 2}, "b": 0}) == [
-        "b: None -> 0", "s.x: 1 -> 3"]
-    nodes = [ROOT, node("g1", 0.9), node("g2", 0.9, parent="g1"), node("p", 0.9, parent=None, teachers=("g2",)),
-             node("other", 0.9)]
+        "b: None -> 0",
+        "s.x: 1 -> 3",
+    ]
+    nodes = [
+        ROOT,
+        node("g1", 0.9),
+        node("g2", 0.9, parent="g1"),
+        node("p", 0.9, parent=None, teachers=("g2",)),
+        node("other", 0.9),
+    ]
     assert grown_from(nodes, {"g1"}) == {"g2", "p"}
     assert grown_from(nodes, {"other"}) == set()
 

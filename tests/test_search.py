@@ -16,12 +16,21 @@ from ikd.train import TrainConfig, train_model
 
 
 def campaign_config(run_dir, teacher, **search):
-    return load_config(None, {
-        "run_dir": str(run_dir), "teacher.dir": str(teacher), "precision": "fp32", "device": "cpu",
-        "student.epochs": 1, "student.batch_size": 64,
-        **{f"search.{k}": v for k, v in ({"max_drop": 100.0, "max_step_drop": 100.0,
-                                          "max_generations": 2} | search).items()},
-    })
+    return load_config(
+        None,
+        {
+            "run_dir": str(run_dir),
+            "teacher.dir": str(teacher),
+            "precision": "fp32",
+            "device": "cpu",
+            "student.epochs": 1,
+            "student.batch_size": 64,
+            **{
+                f"search.{k}": v
+                for k, v in ({"max_drop": 100.0, "max_step_drop": 100.0, "max_generations": 2} | search).items()
+            },
+        },
+    )
 
 
 def test_campaign_grows_a_lineage_and_records_why_it_stopped(tmp_path, tiny_teacher):
@@ -46,10 +55,12 @@ def test_campaign_grows_a_lineage_and_records_why_it_stopped(tmp_path, tiny_teac
 
 def test_smallest_first_makes_the_same_choices_without_training_larger_candidates(tmp_path, tiny_teacher):
     def run(name, candidates):
-        config = campaign_config(tmp_path / name, tiny_teacher, candidates=candidates, max_drop=100.0,
-                                 max_step_drop=20.0, max_generations=3)
-        return compress(config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})}),
-                        progress=False)
+        config = campaign_config(
+            tmp_path / name, tiny_teacher, candidates=candidates, max_drop=100.0, max_step_drop=20.0, max_generations=3
+        )
+        return compress(
+            config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})}), progress=False
+        )
 
     every, lazy = run("all", "all"), run("lazy", "smallest-first")
 
@@ -66,8 +77,12 @@ def test_smallest_first_makes_the_same_choices_without_training_larger_candidate
 
 
 def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
-    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher, max_drop=0.0, max_step_drop=0.0,
-                                       operators=["width"], width_factor=0.1), progress=False)
+    lineage = compress(
+        campaign_config(
+            tmp_path / "run", tiny_teacher, max_drop=0.0, max_step_drop=0.0, operators=["width"], width_factor=0.1
+        ),
+        progress=False,
+    )
     child = lineage.node("g1-width")
     root = lineage.root()
     assert child.val_accuracy < root.val_accuracy  # 1 epoch at a tenth of the width loses accuracy
@@ -96,15 +111,19 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     first_sha = partial.node(calls[0]).sha256
 
     trained = []
-    monkeypatch.setattr(ikd.campaign, "train_students", lambda *args, **kw: (
-        trained.extend(c.node_id for c in args[4].candidates), real_train(*args, **kw)))
+    monkeypatch.setattr(
+        ikd.campaign,
+        "train_students",
+        lambda *args, **kw: (trained.extend(c.node_id for c in args[4].candidates), real_train(*args, **kw)),
+    )
     lineage = compress(config, progress=False)
     assert calls[0] not in trained and calls[1] in trained  # finished work is never redone
     assert lineage.node(calls[0]).sha256 == first_sha
     assert lineage.stop_reason.startswith("max_generations")
     again = []
-    monkeypatch.setattr(ikd.campaign, "train_students", lambda *args, **kw: again.extend(
-        c.node_id for c in args[4].candidates))
+    monkeypatch.setattr(
+        ikd.campaign, "train_students", lambda *args, **kw: again.extend(c.node_id for c in args[4].candidates)
+    )
     compress(config, progress=False)
     assert again == []  # a finished campaign resumes to the same place without training
     # every run of the campaign is on record: when, the command, the machine
@@ -122,19 +141,23 @@ def test_run_dir_from_another_config_is_refused(tmp_path, tiny_teacher):
 
 
 def test_teacher_from_another_split_is_refused(tmp_path, tiny_teacher):
-    config = load_config(None, {"run_dir": str(tmp_path / "r"), "teacher.dir": str(tiny_teacher),
-                                "data.split_seed": 5, "device": "cpu"})
+    config = load_config(
+        None, {"run_dir": str(tmp_path / "r"), "teacher.dir": str(tiny_teacher), "data.split_seed": 5, "device": "cpu"}
+    )
     with pytest.raises(ConfigError, match="split"):
         compress(config, progress=False)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: .*max_drop"),
-    ({"student.epochs": -1}, "student.epochs"),
-    ({"search.max_drop": 101}, "search.max_drop"),
-    ({"search.operators": ["prune"]}, "search.operators"),
-    ({"teacher.arch": "resnet"}, "teacher.arch"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"search.bogus": 1}, "unknown key 'search.bogus'; valid keys here: .*max_drop"),
+        ({"student.epochs": -1}, "student.epochs"),
+        ({"search.max_drop": 101}, "search.max_drop"),
+        ({"search.operators": ["prune"]}, "search.operators"),
+        ({"teacher.arch": "resnet"}, "teacher.arch"),
+    ],
+)
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(None, overrides)
@@ -164,19 +187,26 @@ def test_baselines_get_the_chain_budget(tmp_path, tiny_teacher):
 def test_python_api_takes_a_dict_config(tmp_path, tiny_teacher):
     import ikd
 
-    lineage = ikd.compress({"run_dir": str(tmp_path / "api"), "teacher": {"dir": str(tiny_teacher)},
-                            "device": "cpu", "precision": "fp32"},
-                           overrides={"student.epochs": 1, "search.max_generations": 1,
-                                      "search.operators": ["width"], "search.max_drop": 100.0,
-                                      "search.max_step_drop": 100.0}, progress=False)
+    lineage = ikd.compress(
+        {"run_dir": str(tmp_path / "api"), "teacher": {"dir": str(tiny_teacher)}, "device": "cpu", "precision": "fp32"},
+        overrides={
+            "student.epochs": 1,
+            "search.max_generations": 1,
+            "search.operators": ["width"],
+            "search.max_drop": 100.0,
+            "search.max_step_drop": 100.0,
+        },
+        progress=False,
+    )
     assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-width"]
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_teacher):
     metrics = []
     for name in ("a", "b"):
-        lineage = compress(campaign_config(tmp_path / name, tiny_teacher, max_generations=1,
-                                           operators=["width"]), progress=False)
+        lineage = compress(
+            campaign_config(tmp_path / name, tiny_teacher, max_generations=1, operators=["width"]), progress=False
+        )
         metrics.append([(n.id, n.val_accuracy, n.test_accuracy, n.sha256) for n in lineage.nodes])
     assert metrics[0] == metrics[1]
 
@@ -188,24 +218,35 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
     import ikd
 
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                            nn.Flatten(), nn.Linear(12 * 16, 10))
+    teacher = nn.Sequential(
+        nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(12 * 16, 10)
+    )
     config = TrainConfig(epochs=3, batch_size=32, precision="fp32", device="cpu")
     train_model(teacher, digits, config, progress=False)  # the loop trains any logits module
     student = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [8]])
-    overrides = {"run_dir": str(tmp_path / "own"), "device": "cpu", "precision": "fp32", "student.epochs": 1,
-                 "search.max_generations": 2, "search.operators": ["width"], "search.max_drop": 100.0,
-                 "search.max_step_drop": 100.0}
-    lineage = ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="1",
-                           student=student)
+    overrides = {
+        "run_dir": str(tmp_path / "own"),
+        "device": "cpu",
+        "precision": "fp32",
+        "student.epochs": 1,
+        "search.max_generations": 2,
+        "search.operators": ["width"],
+        "search.max_drop": 100.0,
+        "search.max_step_drop": 100.0,
+    }
+    lineage = ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="1", student=student)
     assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-student", "g2-width"]
     root = lineage.root()
     assert root.arch == {"external": "Sequential"} and root.params == sum(p.numel() for p in teacher.parameters())
     assert lineage.node("g1-student").arch == student.to_json_dict()
     assert lineage.node("g2-width").parent == "g1-student"
     with pytest.raises(ConfigError, match="not a submodule"):
-        ikd.compress(overrides={**overrides, "run_dir": str(tmp_path / "bad")}, progress=False,
-                     teacher=teacher, hint_layer="nope")
+        ikd.compress(
+            overrides={**overrides, "run_dir": str(tmp_path / "bad")},
+            progress=False,
+            teacher=teacher,
+            hint_layer="nope",
+        )
     with pytest.raises(ConfigError, match="pass it again"):
         ikd.compress(overrides=overrides, progress=False)  # resuming needs the module
 
@@ -215,13 +256,23 @@ def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_tea
 
     stages = []
     real_build, real_train = training_pass.build_objective, training_pass.train_models
-    monkeypatch.setattr(training_pass, "build_objective", lambda student, teacher, weights, **kw: (
-        stages.append((weights.alpha, weights.beta, weights.gamma)), real_build(student, teacher, weights, **kw))[1])
-    monkeypatch.setattr(training_pass, "train_models", lambda models, data, config, **kw: (
-        stages.append(config.epochs), real_train(models, data, config, **kw))[1])
+    monkeypatch.setattr(
+        training_pass,
+        "build_objective",
+        lambda student, teacher, weights, **kw: (
+            stages.append((weights.alpha, weights.beta, weights.gamma)),
+            real_build(student, teacher, weights, **kw),
+        )[1],
+    )
+    monkeypatch.setattr(
+        training_pass,
+        "train_models",
+        lambda models, data, config, **kw: (stages.append(config.epochs), real_train(models, data, config, **kw))[1],
+    )
     config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
-    config = config.model_copy(update={"student": config.student.model_copy(
-        update={"hint_stage": "two-stage", "hint_epochs": 2})})
+    config = config.model_copy(
+        update={"student": config.student.model_copy(update={"hint_stage": "two-stage", "hint_epochs": 2})}
+    )
     lineage = compress(config, progress=False)
     weights = config.loss
     # stage 1: the hint alone for hint_epochs; stage 2: KD + CE without the hint for epochs

@@ -21,8 +21,10 @@ def generation(lineage, g):
 
 
 def test_parent_children_trains_every_child_together_and_keeps_the_smallest(tmp_path, tiny_teacher):
-    lineage = compress(config(tmp_path, tiny_teacher, strategy="parent-children", width_factor=[0.5, 0.75],
-                              max_generations=2), progress=False)
+    lineage = compress(
+        config(tmp_path, tiny_teacher, strategy="parent-children", width_factor=[0.5, 0.75], max_generations=2),
+        progress=False,
+    )
     for g in (1, 2):
         kids = generation(lineage, g)
         assert sorted(n.id for n in kids) == sorted(f"g{g}-{op}" for op in ("depth", "width50", "width75"))
@@ -33,8 +35,10 @@ def test_parent_children_trains_every_child_together_and_keeps_the_smallest(tmp_
 
 
 def test_tree_keeps_a_beam_and_each_survivor_parents_its_own_children(tmp_path, tiny_teacher):
-    lineage = compress(config(tmp_path, tiny_teacher, strategy="parent-children", select="tree", beam=2,
-                              max_generations=2), progress=False)
+    lineage = compress(
+        config(tmp_path, tiny_teacher, strategy="parent-children", select="tree", beam=2, max_generations=2),
+        progress=False,
+    )
     first = [n for n in generation(lineage, 1) if n.status == "accepted"]
     assert len(first) == 2  # both children of the root survive in a beam of two
     second = generation(lineage, 2)
@@ -47,18 +51,31 @@ def test_tree_keeps_a_beam_and_each_survivor_parents_its_own_children(tmp_path, 
 
 
 def test_seeds_give_children_of_one_architecture(tmp_path, tiny_teacher):
-    lineage = compress(config(tmp_path, tiny_teacher, strategy="parent-children", operators=["width"], seeds=2,
-                              max_generations=1), progress=False)
+    lineage = compress(
+        config(tmp_path, tiny_teacher, strategy="parent-children", operators=["width"], seeds=2, max_generations=1),
+        progress=False,
+    )
     kids = generation(lineage, 1)
     assert sorted(n.id for n in kids) == ["g1-width-s0", "g1-width-s1"]
     assert kids[0].arch == kids[1].arch
 
 
-@pytest.mark.parametrize("ancestors, expected", [("all", ["g2-width", "g1-width", "g0-teacher"]),
-                                                 (2, ["g2-width", "g1-width"]), (1, ["g2-width"])])
+@pytest.mark.parametrize(
+    "ancestors, expected",
+    [("all", ["g2-width", "g1-width", "g0-teacher"]), (2, ["g2-width", "g1-width"]), (1, ["g2-width"])],
+)
 def test_ancestors_child_is_taught_by_its_chain(tmp_path, tiny_teacher, ancestors, expected):
-    lineage = compress(config(tmp_path, tiny_teacher, strategy="ancestors-child", operators=["width"],
-                              max_generations=3, ensemble={"ancestors": ancestors}), progress=False)
+    lineage = compress(
+        config(
+            tmp_path,
+            tiny_teacher,
+            strategy="ancestors-child",
+            operators=["width"],
+            max_generations=3,
+            ensemble={"ancestors": ancestors},
+        ),
+        progress=False,
+    )
     child = lineage.node("g3-width")
     assert child.teachers == expected
     if len(expected) > 1:
@@ -67,10 +84,23 @@ def test_ancestors_child_is_taught_by_its_chain(tmp_path, tiny_teacher, ancestor
 
 
 def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_teacher):
-    lineage = compress(config(tmp_path, tiny_teacher, strategy="ancestors-children", operators=["width"],
-                              max_generations=2, ensemble={"experts": [str(tiny_teacher)],
-                                                            "aggregate": "mean-probs", "weighting": "val-accuracy",
-                                                            "drop": 0.5, "hints": "each"}), progress=False)
+    lineage = compress(
+        config(
+            tmp_path,
+            tiny_teacher,
+            strategy="ancestors-children",
+            operators=["width"],
+            max_generations=2,
+            ensemble={
+                "experts": [str(tiny_teacher)],
+                "aggregate": "mean-probs",
+                "weighting": "val-accuracy",
+                "drop": 0.5,
+                "hints": "each",
+            },
+        ),
+        progress=False,
+    )
     expert = next(n for n in lineage.nodes if n.status == "expert")
     assert (tmp_path / "run" / "nodes" / expert.id / "model.safetensors").is_file()
     child = lineage.node("g2-width")
@@ -80,14 +110,17 @@ def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_t
     assert child.status == "accepted"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"search.select": "tree"}, "needs a \\*-children strategy"),
-    ({"search.seeds": 2}, "needs a \\*-children strategy"),
-    ({"ensemble.experts": ["x"]}, "needs an ancestors-\\* strategy"),
-    ({"ensemble.ancestors": 0}, "ensemble.ancestors"),
-    ({"ensemble.aggregate": "max"}, "ensemble.aggregate"),
-    ({"search.strategy": "siblings"}, "search.strategy"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"search.select": "tree"}, "needs a \\*-children strategy"),
+        ({"search.seeds": 2}, "needs a \\*-children strategy"),
+        ({"ensemble.experts": ["x"]}, "needs an ancestors-\\* strategy"),
+        ({"ensemble.ancestors": 0}, "ensemble.ancestors"),
+        ({"ensemble.aggregate": "max"}, "ensemble.aggregate"),
+        ({"search.strategy": "siblings"}, "search.strategy"),
+    ],
+)
 def test_strategy_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
@@ -95,8 +128,9 @@ def test_strategy_settings_are_validated(overrides, message):
 
 @pytest.mark.parametrize("strategy", ["parent-child", "parent-children"])
 def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, tiny_teacher, strategy):
-    lineage = compress(config(tmp_path, tiny_teacher, strategy=strategy, budget_epochs=3, max_generations=10),
-                       progress=False)
+    lineage = compress(
+        config(tmp_path, tiny_teacher, strategy=strategy, budget_epochs=3, max_generations=10), progress=False
+    )
     spent = sum(n.epochs for n in lineage.nodes if n.generation > 0 and n.status != "baseline")
     assert spent <= 3 and "budget" in lineage.stop_reason
     # parent-child: one child per generation fits (1 epoch each); parent-children: k=2 per pass

@@ -33,7 +33,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(module: str, path: list[str]) -> list[str] | None:
         if module in path:
-            return [*path[path.index(module):], module]
+            return [*path[path.index(module) :], module]
         if module in done:
             return None
         for imported in sorted(graph.get(module, ())):
@@ -58,8 +58,19 @@ def test_the_cycle_finder_finds_one():
 
 def test_low_modules_do_not_import_the_campaign():
     graph = import_graph()
-    low = ["ikd.lineage", "ikd.checkpoint", "ikd.runtime", "ikd.model", "ikd.arch", "ikd.shrink", "ikd.train",
-           "ikd.training_pass", "ikd.executor", "ikd.rules", "ikd.strategy"]
+    low = [
+        "ikd.lineage",
+        "ikd.checkpoint",
+        "ikd.runtime",
+        "ikd.model",
+        "ikd.arch",
+        "ikd.shrink",
+        "ikd.train",
+        "ikd.training_pass",
+        "ikd.executor",
+        "ikd.rules",
+        "ikd.strategy",
+    ]
 
     def reaches(module: str, seen: set[str]) -> set[str]:
         for imported in graph.get(module, ()):

@@ -20,8 +20,12 @@ def digits():
 
 
 def small_spec(data) -> ArchSpec:
-    return ArchSpec(in_channels=data.in_channels, image_size=data.image_size,
-                    num_classes=data.num_classes, blocks=[[16], [32], [64]])
+    return ArchSpec(
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+        blocks=[[16], [32], [64]],
+    )
 
 
 def test_tiny_training_run_on_digits_learns(digits):
@@ -33,8 +37,14 @@ def test_tiny_training_run_on_digits_learns(digits):
     assert result.best_val_accuracy == max(r.val_accuracy for r in result.history)
     assert set(result.history[0].train) >= {"loss", "accuracy"}
     # the model is left holding the best epoch's weights
-    again = evaluate(model, digits.val, mean=digits.mean, std=digits.std, device=torch.device("cpu"),
-                     precision=resolve_precision("fp32", torch.device("cpu")))
+    again = evaluate(
+        model,
+        digits.val,
+        mean=digits.mean,
+        std=digits.std,
+        device=torch.device("cpu"),
+        precision=resolve_precision("fp32", torch.device("cpu")),
+    )
     assert again["accuracy"] == pytest.approx(result.best_val_accuracy)
 
 
@@ -76,12 +86,21 @@ def test_training_config_is_validated():
 def test_a_training_set_smaller_than_one_batch_still_trains(digits):
     from ikd.data import DataSplits, ImageSet
 
-    tiny = DataSplits(name="tiny", train=ImageSet(digits.train.images[:20], digits.train.labels[:20]),
-                      val=digits.val, test=digits.test, classes=digits.classes, mean=digits.mean,
-                      std=digits.std, augment="none", source="test")
+    tiny = DataSplits(
+        name="tiny",
+        train=ImageSet(digits.train.images[:20], digits.train.labels[:20]),
+        val=digits.val,
+        test=digits.test,
+        classes=digits.classes,
+        mean=digits.mean,
+        std=digits.std,
+        augment="none",
+        source="test",
+    )
     model = build_model(small_spec(digits), seed=0)
-    result = train_model(model, tiny, TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32"),
-                         progress=False)
+    result = train_model(
+        model, tiny, TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32"), progress=False
+    )
     assert result.history[0].train["loss"] > 0
 
 
@@ -97,22 +116,27 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
     from ikd.train import train_models
 
     teacher = build_model(small_spec(digits), seed=9)
-    specs = [ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [16]], dropout=0.3),
-             ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[12], [12], [12]], dropout=0.5)]
+    specs = [
+        ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [16]], dropout=0.3),
+        ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[12], [12], [12]], dropout=0.5),
+    ]
     config = TrainConfig(epochs=2, batch_size=64, precision="fp32", device="cpu", seed=4, max_steps_per_epoch=6)
     weights = LossWeights()
 
     def objectives(students, shared):
         blocks = {teacher_hint_block(s.spec, teacher, weights) for s in students}
         source = LiveTeacher(teacher, blocks) if shared else None
-        return [build_objective(s, teacher, weights, sources=[source] if shared else None, seed=i)
-                for i, s in enumerate(students)]
+        return [
+            build_objective(s, teacher, weights, sources=[source] if shared else None, seed=i)
+            for i, s in enumerate(students)
+        ]
 
     alone = []
     for i, spec in enumerate(specs):
         student = build_model(spec, seed=i)
-        train_models([student], digits, config, objectives=[build_objective(student, teacher, weights, seed=i)],
-                     progress=False)
+        train_models(
+            [student], digits, config, objectives=[build_objective(student, teacher, weights, seed=i)], progress=False
+        )
         alone.append(student)
     together = [build_model(spec, seed=i) for i, spec in enumerate(specs)]
     calls = []
@@ -136,7 +160,8 @@ def test_a_diverging_model_is_dropped_and_the_others_finish(digits):
         logits = model(x)
         return logits, {"loss": torch.nn.functional.cross_entropy(logits, y) * float("nan")}
 
-    results = train_models(models, digits, config, objectives=[None, poisoned], progress=False,
-                           descriptions=["fine", "nan"])
+    results = train_models(
+        models, digits, config, objectives=[None, poisoned], progress=False, descriptions=["fine", "nan"]
+    )
     assert results[0].history and isinstance(results[1], TrainingDiverged)
     assert "nan" in str(results[1]) and "epoch 1" in str(results[1])

@@ -104,9 +104,7 @@ class ArchSpec(BaseModel):
 
     def stored_tensor_bytes(self) -> int:
         """Bytes of every tensor in the saved state dict (fp32 parameters plus BatchNorm buffers)."""
-        buffers = sum(
-            _BN_BUFFER_BYTES_PER_CHANNEL * cout + _BN_COUNTER_BYTES for _, cout, _ in self.convs()
-        )
+        buffers = sum(_BN_BUFFER_BYTES_PER_CHANNEL * cout + _BN_COUNTER_BYTES for _, cout, _ in self.convs())
         return self.size_bytes_fp32() + buffers
 
     def macs(self) -> int:

@@ -38,19 +38,29 @@ from ikd.tensorboard_log import TensorBoardLog
 class Campaign:
     """Runs (or resumes) one compression campaign described by a CampaignConfig."""
 
-    def __init__(self, config: CampaignConfig, *, progress: bool = True, force: bool = False,
-                 teacher: torch.nn.Module | None = None, hint_layer: str | None = None,
-                 student: ArchSpec | None = None):
+    def __init__(
+        self,
+        config: CampaignConfig,
+        *,
+        progress: bool = True,
+        force: bool = False,
+        teacher: torch.nn.Module | None = None,
+        hint_layer: str | None = None,
+        student: ArchSpec | None = None,
+    ):
         """`teacher`: a user's trained module as the root (see ikd.external); the chain then starts
         from `student` (default: vgg11 fitted to the data)."""
         run = RunDir(Path(config.run_dir))
-        self.ctx = CampaignContext(config, run, progress,
-                                   TensorBoardLog(run.path) if config.log == "tensorboard" else None)
+        self.ctx = CampaignContext(
+            config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
+        )
         self.config, self.search, self.first_student = config, config.search, student
         lineage = open_campaign(run, config, force=force, log=self.ctx.log)
-        session = Session(started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                          machine=describe_machine(self.ctx.device))
+        session = Session(
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            machine=describe_machine(self.ctx.device),
+        )
         # saved with the lineage's next write (the first node's, for a new campaign)
         self.lineage = lineage.model_copy(update={"sessions": [*lineage.sessions, session]})
         self.models = TeacherModels(self.ctx, self.lineage, teacher, hint_layer)
@@ -63,10 +73,18 @@ class Campaign:
         if self.executor is None:
             chosen, ctx = self.config.executor, self.ctx
             self.executor = (
-                RayExecutor(ctx.data, address=chosen.ray_address, cpus_per_job=chosen.cpus_per_job,
-                            gpus_per_job=chosen.gpus_per_job, precision=self.config.precision,
-                            on_epoch=ctx.on_epoch, log=ctx.log) if chosen.kind == "ray" else
-                LocalExecutor(ctx.data, ctx.device, progress=ctx.progress, on_epoch=ctx.on_epoch, log=ctx.log))
+                RayExecutor(
+                    ctx.data,
+                    address=chosen.ray_address,
+                    cpus_per_job=chosen.cpus_per_job,
+                    gpus_per_job=chosen.gpus_per_job,
+                    precision=self.config.precision,
+                    on_epoch=ctx.on_epoch,
+                    log=ctx.log,
+                )
+                if chosen.kind == "ray"
+                else LocalExecutor(ctx.data, ctx.device, progress=ctx.progress, on_epoch=ctx.on_epoch, log=ctx.log)
+            )
         return self.executor
 
     def close(self) -> None:
@@ -87,9 +105,18 @@ class Campaign:
         while stop is None:
             frontier = rules.frontier(self.lineage)
             generation = frontier[0].generation + 1
-            stop = rules.max_generations_reached(generation, self.search) or next(
-                (r for n in frontier if n.status == Status.ACCEPTED and (r := rules.target_reached(n, self.search))),
-                None) or self.run_generation(generation, frontier, expert_ids)
+            stop = (
+                rules.max_generations_reached(generation, self.search)
+                or next(
+                    (
+                        r
+                        for n in frontier
+                        if n.status == Status.ACCEPTED and (r := rules.target_reached(n, self.search))
+                    ),
+                    None,
+                )
+                or self.run_generation(generation, frontier, expert_ids)
+            )
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
@@ -99,8 +126,10 @@ class Campaign:
 
     def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:
         """Grow every frontier parent's children, decide, and return a stop reason (None: go on)."""
-        branches = [(parent, self.candidates(generation, parent, b if len(frontier) > 1 else None))
-                    for b, parent in enumerate(frontier)]
+        branches = [
+            (parent, self.candidates(generation, parent, b if len(frontier) > 1 else None))
+            for b, parent in enumerate(frontier)
+        ]
         if not any(candidates for _, candidates in branches):
             return f"no operator can shrink {', '.join(p.id for p in frontier)} further"
         kept, failed, skipped, out_of_budget = [], [], [], False
@@ -118,11 +147,15 @@ class Campaign:
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
         budget_note = None
         if out_of_budget:
-            budget_note = (f"training budget spent: {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
-                           "epochs used, the next pass needs more")
+            budget_note = (
+                f"training budget spent: {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
+                "epochs used, the next pass needs more"
+            )
             self.ctx.log(f"generation {generation}: {budget_note}")
         elif skipped:
-            self.ctx.log(f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)")
+            self.ctx.log(
+                f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)"
+            )
         chosen = rules.survivors(kept, self.search)
         if not chosen:
             failures = f" ({'; '.join(n.reason for n in failed)})" if failed else ""
@@ -133,8 +166,10 @@ class Campaign:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
         for node in chosen:
             self.record(node.model_copy(update={"status": Status.ACCEPTED, "reason": reason}))
-            self.ctx.log(f"generation {generation}: accepted {node.id} ({node.params:,} params, "
-                         f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)")
+            self.ctx.log(
+                f"generation {generation}: accepted {node.id} ({node.params:,} params, "
+                f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)"
+            )
         for node in (n for n in kept if n not in chosen):
             why = f"{chosen[0].id} is smaller" if beam == 1 else f"outside the beam of {beam}"
             self.record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
@@ -146,8 +181,9 @@ class Campaign:
             return [Candidate(f"{prefix}student", "initial", first_student(self.ctx, self.first_student))]
         return propose(parent.spec(), self.search, prefix)
 
-    def grow(self, generation: int, parent: NodeRecord, candidates: list[Candidate],
-             expert_ids: list[str]) -> tuple[list[NodeRecord], list[str], bool]:
+    def grow(
+        self, generation: int, parent: NodeRecord, candidates: list[Candidate], expert_ids: list[str]
+    ) -> tuple[list[NodeRecord], list[str], bool]:
         """Train (or reuse) one parent's candidates: (their records, ids not trained, whether the
         budget stopped it). Unless the strategy trains them together, they train smallest first and
         stop at the first within tolerance: the rule keeps the smallest that passes anyway."""
@@ -159,21 +195,44 @@ class Campaign:
         trained: list[NodeRecord] = []
         for i, batch in enumerate(batches):
             not_trained = [c.node_id for b in batches[i:] for c in b]
-            if (not together and trained and batch[0].spec.num_params() > trained[-1].params and any(
-                    rules.rejection(n, parent, self.lineage.root(), self.search) is None for n in trained)):
+            if (
+                not together
+                and trained
+                and batch[0].spec.num_params() > trained[-1].params
+                and any(rules.rejection(n, parent, self.lineage.root(), self.search) is None for n in trained)
+            ):
                 return trained, not_trained, False
             todo = [c for c in batch if self.needs_training(c.node_id)]  # else finished before a stop
-            if todo and not rules.budget_allows(self.lineage.epochs_spent(), len(todo),
-                                                rules.epochs_per_child(self.config), self.search.budget_epochs):
+            if todo and not rules.budget_allows(
+                self.lineage.epochs_spent(), len(todo), rules.epochs_per_child(self.config), self.search.budget_epochs
+            ):
                 return trained, not_trained, True
             if todo:
-                self.ctx.log(f"generation {generation}: distilling {', '.join(c.node_id for c in todo)} "
-                             f"({', '.join(f'{c.spec.num_params():,}' for c in todo)} params) from "
-                             f"{', '.join(teacher_ids)}")
-                job = plan_pass(self.ctx, self.lineage, todo, generation=generation, teacher_ids=teacher_ids,
-                                inherit_from=parent.id if inherit else None, epochs=self.config.student.epochs)
-                train_students(self.ctx, self._executor(), self.models, self.lineage, job, generation=generation,
-                               status=Status.CANDIDATE, parent_id=parent.id, record=self.record)
+                self.ctx.log(
+                    f"generation {generation}: distilling {', '.join(c.node_id for c in todo)} "
+                    f"({', '.join(f'{c.spec.num_params():,}' for c in todo)} params) from "
+                    f"{', '.join(teacher_ids)}"
+                )
+                job = plan_pass(
+                    self.ctx,
+                    self.lineage,
+                    todo,
+                    generation=generation,
+                    teacher_ids=teacher_ids,
+                    inherit_from=parent.id if inherit else None,
+                    epochs=self.config.student.epochs,
+                )
+                train_students(
+                    self.ctx,
+                    self._executor(),
+                    self.models,
+                    self.lineage,
+                    job,
+                    generation=generation,
+                    status=Status.CANDIDATE,
+                    parent_id=parent.id,
+                    record=self.record,
+                )
             trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, [], False
 
@@ -193,16 +252,38 @@ class Campaign:
             if self.lineage.node(node_id) is not None:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")
-            job = plan_pass(self.ctx, self.lineage, [Candidate(node_id, "baseline", final.spec())],
-                            generation=final.generation, teacher_ids=teacher_ids, inherit_from=None, epochs=budget)
-            train_students(self.ctx, self._executor(), self.models, self.lineage, job, generation=final.generation,
-                           status=Status.BASELINE, parent_id=None, record=self.record)
+            job = plan_pass(
+                self.ctx,
+                self.lineage,
+                [Candidate(node_id, "baseline", final.spec())],
+                generation=final.generation,
+                teacher_ids=teacher_ids,
+                inherit_from=None,
+                epochs=budget,
+            )
+            train_students(
+                self.ctx,
+                self._executor(),
+                self.models,
+                self.lineage,
+                job,
+                generation=final.generation,
+                status=Status.BASELINE,
+                parent_id=None,
+                record=self.record,
+            )
 
 
-def compress(config: CampaignConfig | dict[str, Any] | str | Path | None = None, *,
-             overrides: dict[str, Any] | None = None, progress: bool = True, force: bool = False,
-             teacher: torch.nn.Module | None = None, hint_layer: str | None = None,
-             student: ArchSpec | None = None) -> Lineage:
+def compress(
+    config: CampaignConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    force: bool = False,
+    teacher: torch.nn.Module | None = None,
+    hint_layer: str | None = None,
+    student: ArchSpec | None = None,
+) -> Lineage:
     """Run or resume a campaign from a CampaignConfig, a dict of config keys, or a YAML path;
     returns the final lineage.
 
@@ -219,8 +300,9 @@ def compress(config: CampaignConfig | dict[str, Any] | str | Path | None = None,
         config = load_config(config, overrides)
     torch.manual_seed(config.seed)
     with RunDir(Path(config.run_dir)).locked("a running `ikd compress`"):
-        campaign = Campaign(config, progress=progress, force=force, teacher=teacher, hint_layer=hint_layer,
-                            student=student)
+        campaign = Campaign(
+            config, progress=progress, force=force, teacher=teacher, hint_layer=hint_layer, student=student
+        )
         try:
             return campaign.run()
         finally:

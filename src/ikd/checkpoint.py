@@ -82,23 +82,41 @@ def save_model(directory: Path, model: VGG, metadata: dict[str, Any]) -> None:
 def describe_dataset(data: DataSplits, val_fraction: float, split_seed: int) -> dict[str, Any]:
     """What a model was trained on, including the normalisation it expects and the split it used."""
     return {
-        "name": data.name, "source": data.source, "classes": list(data.classes),
-        "in_channels": data.in_channels, "image_size": data.image_size,
-        "mean": list(data.mean), "std": list(data.std), "augment": data.augment,
-        "val_fraction": val_fraction, "split_seed": split_seed,
+        "name": data.name,
+        "source": data.source,
+        "classes": list(data.classes),
+        "in_channels": data.in_channels,
+        "image_size": data.image_size,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "augment": data.augment,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
         "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
     }
 
 
 def describe_size(spec: ArchSpec) -> dict[str, Any]:
-    return {"params": spec.num_params(), "size_bytes_fp32": spec.size_bytes_fp32(),
-            "stored_tensor_bytes": spec.stored_tensor_bytes(), "macs": spec.macs(),
-            "summary": spec.summary()}
+    return {
+        "params": spec.num_params(),
+        "size_bytes_fp32": spec.size_bytes_fp32(),
+        "stored_tensor_bytes": spec.stored_tensor_bytes(),
+        "macs": spec.macs(),
+        "summary": spec.summary(),
+    }
 
 
-def training_metadata(*, data: DataSplits, val_fraction: float, split_seed: int, spec: ArchSpec,
-                      config: TrainConfig, result: TrainResult, test: dict[str, Any],
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def training_metadata(
+    *,
+    data: DataSplits,
+    val_fraction: float,
+    split_seed: int,
+    spec: ArchSpec,
+    config: TrainConfig,
+    result: TrainResult,
+    test: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The model.json document of a trained model (the spec itself is added by save_model)."""
     history = result.to_json_dict()["history"]
     best, last = history[result.best_epoch - 1], history[-1]
@@ -107,9 +125,12 @@ def training_metadata(*, data: DataSplits, val_fraction: float, split_seed: int,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": describe_dataset(data, val_fraction, split_seed),
         "size": describe_size(spec),
-        "training": config.model_dump() | {"resolved_device": result.device,
-                                           "resolved_precision": result.precision,
-                                           "seconds": round(result.seconds, 2)},
+        "training": config.model_dump()
+        | {
+            "resolved_device": result.device,
+            "resolved_precision": result.precision,
+            "seconds": round(result.seconds, 2),
+        },
         "metrics": {
             "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"]},
             "last": {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]},
@@ -151,8 +172,10 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
     needed, stored = spec.stored_tensor_bytes(), sum(t.numel() * t.element_size() for t in state.values())
     if needed > stored:  # checked before the model is built: a spec alone could ask for terabytes
-        raise CheckpointError(f"{weights}: weights do not match the spec in {META_FILE} (the spec needs "
-                              f"{needed:,} bytes of tensors, the file holds {stored:,})")
+        raise CheckpointError(
+            f"{weights}: weights do not match the spec in {META_FILE} (the spec needs "
+            f"{needed:,} bytes of tensors, the file holds {stored:,})"
+        )
     model = build_model(spec)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -162,14 +185,20 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tup
     if missing or unexpected or wrong_shape or wrong_dtype:
         detail = "; ".join(
             f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape),
-                                ("wrong dtype", wrong_dtype))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", wrong_shape),
+                ("wrong dtype", wrong_dtype),
+            )
             if keys
         )
         raise CheckpointError(f"{weights}: weights do not match the spec in {META_FILE} ({detail})")
     not_finite = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if not_finite:  # ikd never saves a diverged model, so these bytes were damaged
-        raise CheckpointError(f"{weights}: NaN or infinite values in {', '.join(not_finite[:3])}"
-                              f"{' ...' if len(not_finite) > 3 else ''}; expected finite weights")
+        raise CheckpointError(
+            f"{weights}: NaN or infinite values in {', '.join(not_finite[:3])}"
+            f"{' ...' if len(not_finite) > 3 else ''}; expected finite weights"
+        )
     model.load_state_dict(state)
     return model.to(map_location), metadata

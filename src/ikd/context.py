@@ -37,19 +37,27 @@ class CampaignContext:
     def data(self) -> DataSplits:
         if self._data is None:
             d = self.config.data
-            self._data = load_dataset(d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed,
-                                      image_size=d.image_size)
+            self._data = load_dataset(
+                d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed, image_size=d.image_size
+            )
         return self._data
 
     def accuracy(self, model: torch.nn.Module, split: ImageSet) -> float:
         data = self.data
-        return evaluate(model, split, mean=data.mean, std=data.std, device=self.device,
-                        precision=self.precision)["accuracy"]
+        return evaluate(model, split, mean=data.mean, std=data.std, device=self.device, precision=self.precision)[
+            "accuracy"
+        ]
 
     def train_config(self, section: OptimConfig, epochs: int | None = None, seed_offset: int = 0) -> TrainConfig:
         """A job's optimiser settings from a config section, on the resolved device and precision."""
         return TrainConfig(
-            epochs=epochs or section.epochs, batch_size=section.batch_size, lr=section.lr,
-            weight_decay=section.weight_decay, schedule=section.schedule, augment=section.augment,
-            precision=self.precision.name, device=self.device.type, seed=self.config.seed + seed_offset,
+            epochs=epochs or section.epochs,
+            batch_size=section.batch_size,
+            lr=section.lr,
+            weight_decay=section.weight_decay,
+            schedule=section.schedule,
+            augment=section.augment,
+            precision=self.precision.name,
+            device=self.device.type,
+            seed=self.config.seed + seed_offset,
         )

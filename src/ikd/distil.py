@@ -31,20 +31,31 @@ def loss_stages(ctx: CampaignContext, distilled: bool, epochs: int) -> Stages:
     return ((weights, epochs),)
 
 
-def plan_pass(ctx: CampaignContext, lineage: Lineage, candidates: list[Candidate], *, generation: int,
-              teacher_ids: list[str], inherit_from: str | None, epochs: int) -> TrainingPass:
+def plan_pass(
+    ctx: CampaignContext,
+    lineage: Lineage,
+    candidates: list[Candidate],
+    *,
+    generation: int,
+    teacher_ids: list[str],
+    inherit_from: str | None,
+    epochs: int,
+) -> TrainingPass:
     student, ensemble = ctx.config.student, ctx.config.ensemble
     augment = student.augment if student.augment is not None else ctx.data.augment
     return TrainingPass(
         candidates=tuple(candidates),
         seeds=tuple(ctx.config.seed + generation + SEED_STRIDE * c.seed_index for c in candidates),
-        teacher_ids=tuple(teacher_ids), inherit_from=inherit_from,
+        teacher_ids=tuple(teacher_ids),
+        inherit_from=inherit_from,
         stages=loss_stages(ctx, bool(teacher_ids), epochs),
         train_config=ctx.train_config(student, epochs, seed_offset=generation),
         cached=bool(teacher_ids) and student.cache_teacher and augment == "none",
         hints=ensemble.hints if len(teacher_ids) > 1 else "parent",
         teacher_weights=tuple(teacher_weights(lineage, teacher_ids, ensemble) if teacher_ids else ()),
-        aggregate=ensemble.aggregate, drop=ensemble.drop)
+        aggregate=ensemble.aggregate,
+        drop=ensemble.drop,
+    )
 
 
 def describe_loss(ctx: CampaignContext, job: TrainingPass) -> dict[str, Any]:
@@ -52,17 +63,34 @@ def describe_loss(ctx: CampaignContext, job: TrainingPass) -> dict[str, Any]:
     if not job.teacher_ids:
         return {"objective": "cross-entropy"}
     ensemble = ctx.config.ensemble
-    loss = ctx.config.loss.model_dump() | {"hint_stage": ctx.config.student.hint_stage,
-                                           "inherit": job.inherit_from is not None, "cached_teacher": job.cached}
+    loss = ctx.config.loss.model_dump() | {
+        "hint_stage": ctx.config.student.hint_stage,
+        "inherit": job.inherit_from is not None,
+        "cached_teacher": job.cached,
+    }
     if len(job.teacher_ids) > 1:
-        loss |= {"aggregate": ensemble.aggregate, "weighting": ensemble.weighting, "drop": ensemble.drop,
-                 "hints": job.hints, "teacher_weights": list(job.teacher_weights)}
+        loss |= {
+            "aggregate": ensemble.aggregate,
+            "weighting": ensemble.weighting,
+            "drop": ensemble.drop,
+            "hints": job.hints,
+            "teacher_weights": list(job.teacher_weights),
+        }
     return loss
 
 
-def train_students(ctx: CampaignContext, executor: LocalExecutor | RayExecutor, models: TeacherModels,
-                   lineage: Lineage, job: TrainingPass, *, generation: int, status: Status, parent_id: str | None,
-                   record: Callable[[NodeRecord], None]) -> None:
+def train_students(
+    ctx: CampaignContext,
+    executor: LocalExecutor | RayExecutor,
+    models: TeacherModels,
+    lineage: Lineage,
+    job: TrainingPass,
+    *,
+    generation: int,
+    status: Status,
+    parent_id: str | None,
+    record: Callable[[NodeRecord], None],
+) -> None:
     """Run `job`, then save and `record` each student as it is done. A candidate whose loss diverges,
     or whose worker dies, is recorded as failed; the others go on."""
     trained = executor.run(job, models)
@@ -71,21 +99,51 @@ def train_students(ctx: CampaignContext, executor: LocalExecutor | RayExecutor, 
     root_params = lineage.root().params
     for candidate, done in zip(job.candidates, trained):
         common: dict[str, Any] = dict(
-            root_params=root_params, generation=generation, parent=parent_id, teachers=list(job.teacher_ids),
-            operator=candidate.operator, epochs=epochs, seed=ctx.config.seed, seconds=round(done.seconds, 2),
-            loss=loss)
+            root_params=root_params,
+            generation=generation,
+            parent=parent_id,
+            teachers=list(job.teacher_ids),
+            operator=candidate.operator,
+            epochs=epochs,
+            seed=ctx.config.seed,
+            seconds=round(done.seconds, 2),
+            loss=loss,
+        )
         result = done.outcome
         if isinstance(result, Exception) or done.model is None:
-            record(NodeRecord.of_spec(candidate.node_id, candidate.spec, status=Status.FAILED, reason=str(result),
-                                      **common))
+            record(
+                NodeRecord.of_spec(
+                    candidate.node_id, candidate.spec, status=Status.FAILED, reason=str(result), **common
+                )
+            )
             ctx.log(f"{candidate.node_id} failed: {result}")
             continue
-        test = save_trained(ctx.run.node_dir(candidate.node_id), done.model.to(ctx.device), ctx.data,
-                            config=job.train_config, result=result, val_fraction=ctx.config.data.val_fraction,
-                            split_seed=ctx.config.data.split_seed,
-                            extra={"distillation": {"parent": parent_id, "teachers": list(job.teacher_ids),
-                                                    "operator": candidate.operator, **loss}})
-        record(NodeRecord.of_spec(
-            candidate.node_id, candidate.spec, status=status, val_accuracy=result.best_val_accuracy,
-            val_accuracy_last=result.last_val_accuracy, test_accuracy=test["accuracy"],
-            best_epoch=result.best_epoch, **common))
+        test = save_trained(
+            ctx.run.node_dir(candidate.node_id),
+            done.model.to(ctx.device),
+            ctx.data,
+            config=job.train_config,
+            result=result,
+            val_fraction=ctx.config.data.val_fraction,
+            split_seed=ctx.config.data.split_seed,
+            extra={
+                "distillation": {
+                    "parent": parent_id,
+                    "teachers": list(job.teacher_ids),
+                    "operator": candidate.operator,
+                    **loss,
+                }
+            },
+        )
+        record(
+            NodeRecord.of_spec(
+                candidate.node_id,
+                candidate.spec,
+                status=status,
+                val_accuracy=result.best_val_accuracy,
+                val_accuracy_last=result.last_val_accuracy,
+                test_accuracy=test["accuracy"],
+                best_epoch=result.best_epoch,
+                **common,
+            )
+        )

@@ -34,7 +34,7 @@ class Group:
 
     def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """This rank's slice of one global batch (every rank holds the same batch)."""
-        return tuple(t[self.rank::self.world_size] for t in tensors)
+        return tuple(t[self.rank :: self.world_size] for t in tensors)
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -76,8 +76,10 @@ def init_from_environment(device: str) -> Group | None:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank}: only {torch.cuda.device_count()} CUDA device(s); "
-                              "use --nproc_per_node <= the GPU count")
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank}: only {torch.cuda.device_count()} CUDA device(s); "
+                "use --nproc_per_node <= the GPU count"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

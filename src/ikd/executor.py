@@ -51,15 +51,23 @@ class Trained:
 
 
 class LocalExecutor:
-    def __init__(self, data: DataSplits, device: torch.device, *, progress: bool,
-                 on_epoch: EpochCallback | None, log: Callable[[str], None]):
+    def __init__(
+        self,
+        data: DataSplits,
+        device: torch.device,
+        *,
+        progress: bool,
+        on_epoch: EpochCallback | None,
+        log: Callable[[str], None],
+    ):
         self.data, self.device, self.progress, self.on_epoch = data, device, progress, on_epoch
         self.store = TeacherOutputStore(log)
 
     def run(self, job: TrainingPass, models: Callable[[str], Teacher]) -> list[Trained]:
         started = time.perf_counter()
-        trained = run_training_pass(job, self.data, models, store=self.store, device=self.device,
-                                    progress=self.progress, on_epoch=self.on_epoch)
+        trained = run_training_pass(
+            job, self.data, models, store=self.store, device=self.device, progress=self.progress, on_epoch=self.on_epoch
+        )
         seconds = (time.perf_counter() - started) / len(trained)  # one pass's wall time, shared
         return [Trained(model, outcome, seconds) for model, outcome in trained]
 
@@ -86,8 +94,7 @@ class JobWorker:
             if node_id not in self.models:
                 self.models[node_id] = ray.get(ref).to(device)
         started = time.perf_counter()
-        [(model, outcome)] = run_training_pass(job, self.data, self.models.__getitem__, store=self.store,
-                                               device=device)
+        [(model, outcome)] = run_training_pass(job, self.data, self.models.__getitem__, store=self.store, device=device)
         return model.cpu(), outcome, time.perf_counter() - started, self.name
 
 
@@ -107,34 +114,52 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
 class RayExecutor:
     """One Ray job per candidate, run on a pool of `JobWorker` actors sized to the cluster."""
 
-    def __init__(self, data: DataSplits, *, address: str | None, cpus_per_job: float, gpus_per_job: float,
-                 precision: str, on_epoch: EpochCallback | None, log: Callable[[str], None]):
+    def __init__(
+        self,
+        data: DataSplits,
+        *,
+        address: str | None,
+        cpus_per_job: float,
+        gpus_per_job: float,
+        precision: str,
+        on_epoch: EpochCallback | None,
+        log: Callable[[str], None],
+    ):
         ray = self.ray = _import_ray()
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             # address None: RAY_ADDRESS if set, else a new local instance on this machine's cores.
             try:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         configure_logging=True)
+                ray.init(
+                    address=address, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True
+                )
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise ConfigError(f"ray address {address or os.environ.get('RAY_ADDRESS')!r}: "
-                                  f"cannot connect ({_first_line(exc)})") from None
+                raise ConfigError(
+                    f"ray address {address or os.environ.get('RAY_ADDRESS')!r}: cannot connect ({_first_line(exc)})"
+                ) from None
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
         self.device = "cuda" if gpus_per_job > 0 else "cpu"
         self.precision, self.on_epoch, self.log = precision, on_epoch, log
         resources = ray.cluster_resources()
-        slots = [int(resources.get(kind, 0) // need) for kind, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job))
-                 if need > 0]
+        slots = [
+            int(resources.get(kind, 0) // need)
+            for kind, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job))
+            if need > 0
+        ]
         self.capacity = min(slots) if slots else 64
         if self.capacity < 1:
-            raise ConfigError(f"cpus_per_job {cpus_per_job} / gpus_per_job {gpus_per_job}: the Ray cluster has "
-                              f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs; no job fits")
+            raise ConfigError(
+                f"cpus_per_job {cpus_per_job} / gpus_per_job {gpus_per_job}: the Ray cluster has "
+                f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs; no job fits"
+            )
         self.actor_class = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(JobWorker)
         self.data_ref = ray.put(data)  # once: every worker reads the same copy
         self.model_refs: dict[str, object] = {}
         self.actors: list = []
-        log(f"ray executor: {self.capacity} job(s) at once ({resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs; {cpus_per_job:g} CPU / {gpus_per_job:g} GPU per job)")
+        log(
+            f"ray executor: {self.capacity} job(s) at once ({resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs; {cpus_per_job:g} CPU / {gpus_per_job:g} GPU per job)"
+        )
 
     def _new_actor(self):
         return self.actor_class.remote(self.data_ref, max(1, int(self.cpus_per_job)))
@@ -143,8 +168,9 @@ class RayExecutor:
         if node_id not in self.model_refs:  # a node's weights never change once it is trained
             model = models(node_id)
             if not isinstance(model, VGG):
-                raise ConfigError("executor ray ships ikd's VGG models to its workers; a user-module teacher "
-                                  "needs executor local")
+                raise ConfigError(
+                    "executor ray ships ikd's VGG models to its workers; a user-module teacher needs executor local"
+                )
             on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
             self.model_refs[node_id] = self.ray.put(on_cpu)
         return self.model_refs[node_id]
@@ -152,15 +178,16 @@ class RayExecutor:
     def run(self, job: TrainingPass, models: Callable[[str], Teacher]) -> list[Trained]:
         ray = self.ray
         # The worker resolves its own device and precision: it may have a GPU the driver lacks.
-        job = replace(job, train_config=job.train_config.model_copy(
-            update={"device": self.device, "precision": self.precision}))
+        job = replace(
+            job, train_config=job.train_config.model_copy(update={"device": self.device, "precision": self.precision})
+        )
         jobs = job.split()
         needed = set(job.teacher_ids) | ({job.inherit_from} if job.inherit_from else set())
         refs = {node_id: self._model_ref(node_id, models) for node_id in sorted(needed)}
         self.model_refs = dict(refs)  # older teachers' weights can leave the object store
         while len(self.actors) < min(len(jobs), self.capacity):
             self.actors.append(self._new_actor())
-        idle, queue = list(self.actors[:len(jobs)]), list(enumerate(jobs))
+        idle, queue = list(self.actors[: len(jobs)]), list(enumerate(jobs))
         pending: dict = {}
         trained: list[Trained | None] = [None] * len(jobs)
         while queue or pending:
@@ -177,8 +204,11 @@ class RayExecutor:
                 if isinstance(exc.cause, IkdError):
                     raise exc.cause from None  # one line, as it would be locally
                 raise
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.ObjectLostError) as exc:
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.WorkerCrashedError,
+                ray.exceptions.ObjectLostError,
+            ) as exc:
                 self.log(f"{candidate.node_id}: its worker died ({_first_line(exc)}); recorded as failed")
                 trained[index] = Trained(None, WorkerLost(f"{WORKER_LOST}: {_first_line(exc)}"), 0.0, "lost")
                 self.actors.remove(actor)

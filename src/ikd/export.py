@@ -77,19 +77,33 @@ class ExportResult:
     def speedups(self) -> list[dict[str, Any]]:
         """teacher ms / node ms for every (runtime, batch) measured for both on this CPU."""
         teacher = {(m.runtime, m.batch): m.median_ms for m in self.teacher_latency}
-        return [{"runtime": m.runtime, "batch": m.batch, "node_ms": m.median_ms,
-                 "teacher_ms": teacher[m.runtime, m.batch], "speedup": teacher[m.runtime, m.batch] / m.median_ms}
-                for m in self.latency if (m.runtime, m.batch) in teacher]
+        return [
+            {
+                "runtime": m.runtime,
+                "batch": m.batch,
+                "node_ms": m.median_ms,
+                "teacher_ms": teacher[m.runtime, m.batch],
+                "speedup": teacher[m.runtime, m.batch] / m.median_ms,
+            }
+            for m in self.latency
+            if (m.runtime, m.batch) in teacher
+        ]
 
     def summary(self) -> str:
         node = self.node
-        lines = [(f"ikd export: {node.id} ({node.status}, {node.params:,} params, compression "
-                  f"{node.compression:.1f}x) as {self.format}"),
-                 "  wrote " + ", ".join(str(path) for path in self.files)]
+        lines = [
+            (
+                f"ikd export: {node.id} ({node.status}, {node.params:,} params, compression "
+                f"{node.compression:.1f}x) as {self.format}"
+            ),
+            "  wrote " + ", ".join(str(path) for path in self.files),
+        ]
         if self.verification is not None:
             v = self.verification
-            lines.append(f"  onnxruntime vs PyTorch on {v.images} test images: top-1 agrees on "
-                         f"{v.top1_agree}/{v.images}, max |logit difference| {v.max_abs_logit_diff:.2e}")
+            lines.append(
+                f"  onnxruntime vs PyTorch on {v.images} test images: top-1 agrees on "
+                f"{v.top1_agree}/{v.images}, max |logit difference| {v.max_abs_logit_diff:.2e}"
+            )
         if self.latency:
             first = self.latency[0]
             threads = f"{first.threads} thread{'s' if first.threads > 1 else ''}"
@@ -107,12 +121,22 @@ class ExportResult:
             rows.append((m.runtime, str(m.batch), f"{m.median_ms:.3f}", teacher, speedup))
         widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
         # the runtime's name left-aligned, the numbers right-aligned
-        return ["  ".join([runtime.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
-                for runtime, *rest in rows]
+        return [
+            "  ".join([runtime.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
+            for runtime, *rest in rows
+        ]
 
 
-def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = None, data_dir: str | Path | None = None,
-                repeats: int | None = None, measure_latency: bool = True) -> ExportResult:
+def export_node(
+    run_dir: Path,
+    node_id: str,
+    fmt: str,
+    *,
+    out: Path | None = None,
+    data_dir: str | Path | None = None,
+    repeats: int | None = None,
+    measure_latency: bool = True,
+) -> ExportResult:
     """Export a node as `fmt`, verify an ONNX export, and record latencies in the lineage.
 
     The run directory is held for the whole export, so it never races a campaign or another export.
@@ -130,16 +154,23 @@ def export_node(run_dir: Path, node_id: str, fmt: str, *, out: Path | None = Non
         dataset = metadata["dataset"]
         result = ExportResult(node=node, format=fmt, files=[])
         # onnxruntime's latency needs the graph even when only safetensors are written
-        graph = (onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
-                 if fmt == "onnx" or measure_latency else b"")
+        graph = (
+            onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
+            if fmt == "onnx" or measure_latency
+            else b""
+        )
         if fmt == "onnx":
             # checked in memory first: a failed check leaves no model.onnx behind
             campaign_data_dir = lineage.config.get("data", {}).get("dir")
             result.verification = verify_onnx(graph, model, dataset, data_dir or campaign_data_dir)
             atomic_write_bytes(target, graph)
         else:
-            atomic_write_bytes(target, safetensors_bytes(
-                _state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}))
+            atomic_write_bytes(
+                target,
+                safetensors_bytes(
+                    _state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}
+                ),
+            )
         result.files.append(target)
         if measure_latency:
             _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats)
@@ -155,8 +186,10 @@ def _output_paths(out: Path | None, default_dir: Path, fmt: str) -> tuple[Path, 
         directory = default_dir if out is None else out
         return directory / (ONNX_FILE if fmt == "onnx" else WEIGHTS_FILE), directory / SUMMARY_FILE
     if out.suffix.lower() != EXTENSIONS[fmt]:  # a directory x.onnx holding a .safetensors file is surely a slip
-        raise ConfigError(f"--out {out}: ends in {out.suffix} but --format is {fmt}; "
-                          f"expected a path ending in {EXTENSIONS[fmt]}, or a directory")
+        raise ConfigError(
+            f"--out {out}: ends in {out.suffix} but --format is {fmt}; "
+            f"expected a path ending in {EXTENSIONS[fmt]}, or a directory"
+        )
     if out.is_dir():  # e.g. made by an earlier ikd, which took every --out for a directory
         raise ConfigError(f"--out {out}: is a directory; a path ending in {out.suffix} names the exported file")
     return out, out.with_name(out.stem + SUMMARY_SUFFIX)
@@ -174,8 +207,9 @@ def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
 def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
     """The node's model in eval mode, after checking it is an ikd model whose weights are intact."""
     if node.kind is NodeKind.EXTERNAL:
-        raise ConfigError(f"node {node.id} is a user-supplied module ({node.arch['external']}); "
-                          "ikd holds no spec or weights for it")
+        raise ConfigError(
+            f"node {node.id} is a user-supplied module ({node.arch['external']}); ikd holds no spec or weights for it"
+        )
     weights = run.node_dir(node.id) / WEIGHTS_FILE
     if not weights.is_file():
         why = f"it failed during training ({node.reason})" if node.status == Status.FAILED else f"{weights} is missing"
@@ -194,15 +228,23 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def _usage_metadata(node: NodeRecord, model: VGG, dataset: dict[str, Any], *, onnx: bool) -> dict[str, str]:
     """String key/values for the file itself: everything needed to feed the model and read its output."""
     spec = model.spec
-    expects = ("float32 NCHW images scaled to [0, 1] (pixel / 255); the graph applies ikd.mean/ikd.std itself"
-               if onnx else "float32 NCHW images normalised per channel: (pixel / 255 - ikd.mean) / ikd.std")
+    expects = (
+        "float32 NCHW images scaled to [0, 1] (pixel / 255); the graph applies ikd.mean/ikd.std itself"
+        if onnx
+        else "float32 NCHW images normalised per channel: (pixel / 255 - ikd.mean) / ikd.std"
+    )
     return {
-        "ikd.node": node.id, "ikd.version": __version__, "ikd.dataset": str(dataset.get("name")),
-        "ikd.arch": json.dumps(spec.to_json_dict()), "ikd.arch_summary": spec.summary(),
+        "ikd.node": node.id,
+        "ikd.version": __version__,
+        "ikd.dataset": str(dataset.get("name")),
+        "ikd.arch": json.dumps(spec.to_json_dict()),
+        "ikd.arch_summary": spec.summary(),
         "ikd.classes": json.dumps(dataset["classes"]),
-        "ikd.mean": json.dumps(dataset["mean"]), "ikd.std": json.dumps(dataset["std"]),
+        "ikd.mean": json.dumps(dataset["mean"]),
+        "ikd.std": json.dumps(dataset["std"]),
         "ikd.input_shape": json.dumps(["batch", spec.in_channels, spec.image_size, spec.image_size]),
-        "ikd.input": expects, "ikd.output": "float32 logits (batch, len(ikd.classes))",
+        "ikd.input": expects,
+        "ikd.output": "float32 logits (batch, len(ikd.classes))",
     }
 
 
@@ -228,9 +270,16 @@ def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) ->
     # batch 2: torch.export specialises a dimension traced at size 1
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
     with _quiet_exporter():
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, verbose=False, external_data=False,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        )
     proto = program.model_proto
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
@@ -239,18 +288,25 @@ def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) ->
 
 def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str | Path | None) -> Verification:
     """Run up to VERIFY_IMAGES test images through PyTorch (ikd's own normalisation) and the graph."""
-    data = load_dataset(dataset["name"], data_dir, val_fraction=dataset["val_fraction"],
-                        split_seed=dataset["split_seed"], image_size=dataset["image_size"])
+    data = load_dataset(
+        dataset["name"],
+        data_dir,
+        val_fraction=dataset["val_fraction"],
+        split_seed=dataset["split_seed"],
+        image_size=dataset["image_size"],
+    )
     spec = model.spec
     if (data.in_channels, data.image_size) != (spec.in_channels, spec.image_size):
-        raise ConfigError(f"dataset {data.name!r} has {data.in_channels}x{data.image_size}x{data.image_size} "
-                          f"images; the node expects {spec.in_channels}x{spec.image_size}x{spec.image_size}")
+        raise ConfigError(
+            f"dataset {data.name!r} has {data.in_channels}x{data.image_size}x{data.image_size} "
+            f"images; the node expects {spec.in_channels}x{spec.image_size}x{spec.image_size}"
+        )
     images = data.test.images[:VERIFY_IMAGES]
     session = cpu_session(graph, torch.get_num_threads())
     agree, max_diff = 0, 0.0
     with torch.inference_mode():
         for start in range(0, len(images), VERIFY_BATCH):
-            batch = images[start:start + VERIFY_BATCH]
+            batch = images[start : start + VERIFY_BATCH]
             expected = model(normalize(batch, dataset["mean"], dataset["std"]))
             scaled = (batch.to(torch.float32) / 255.0).numpy()
             got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: scaled})[0])
@@ -258,14 +314,23 @@ def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str
             max_diff = max(max_diff, float((expected - got).abs().max()))
     n = len(images)
     if agree < n or not max_diff <= MAX_LOGIT_DIFF:  # `not <=` also catches NaN
-        raise ExportMismatch(f"the ONNX graph disagrees with PyTorch: top-1 differs on {n - agree} of {n} test "
-                             f"images, max |logit difference| {max_diff:.2e} (allowed {MAX_LOGIT_DIFF:g}); "
-                             f"nothing written")
+        raise ExportMismatch(
+            f"the ONNX graph disagrees with PyTorch: top-1 differs on {n - agree} of {n} test "
+            f"images, max |logit difference| {max_diff:.2e} (allowed {MAX_LOGIT_DIFF:g}); "
+            f"nothing written"
+        )
     return Verification(images=n, top1_agree=agree, max_abs_logit_diff=max_diff)
 
 
-def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResult, model: VGG,
-                              dataset: dict[str, Any], graph: bytes, repeats: int | None) -> None:
+def _measure_node_and_teacher(
+    run: RunDir,
+    lineage: Lineage,
+    result: ExportResult,
+    model: VGG,
+    dataset: dict[str, Any],
+    graph: bytes,
+    repeats: int | None,
+) -> None:
     """Time the node, and the root teacher unless it already has every measurement on this CPU."""
     node = result.node
     result.latency = measure_latency(model, dataset, graph, repeats)
@@ -286,7 +351,8 @@ def _measure_node_and_teacher(run: RunDir, lineage: Lineage, result: ExportResul
             teacher, teacher_meta = _load_node(run, root)
             teacher_graph = onnx_graph(teacher, teacher_meta["dataset"], {})
             result.teacher_latency = measured[root.id] = measure_latency(
-                teacher, teacher_meta["dataset"], teacher_graph, repeats)
+                teacher, teacher_meta["dataset"], teacher_graph, repeats
+            )
     record_latency(run, measured)
 
 
@@ -305,8 +371,16 @@ def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:
     }
     latency = previous.get("latency") if same_weights else None  # kept by an export with --no-latency
     if result.latency:
-        latency = {"node": [m.model_dump() for m in result.latency], "teacher": result.teacher_id,
-                   "teacher_latency": [m.model_dump() for m in result.teacher_latency],
-                   "speedup": result.speedups()}
-    return {"node": result.node.id, "sha256": result.node.sha256, "ikd_version": __version__,
-            "formats": formats, "latency": latency}
+        latency = {
+            "node": [m.model_dump() for m in result.latency],
+            "teacher": result.teacher_id,
+            "teacher_latency": [m.model_dump() for m in result.teacher_latency],
+            "speedup": result.speedups(),
+        }
+    return {
+        "node": result.node.id,
+        "sha256": result.node.sha256,
+        "ikd_version": __version__,
+        "formats": formats,
+        "latency": latency,
+    }

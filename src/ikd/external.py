@@ -31,8 +31,10 @@ class ExternalTeacher(nn.Module):
             with torch.no_grad():
                 _, (features,) = self.forward_features(example)
             if features.dim() != 4:
-                raise ConfigError(f"hint_layer {hint_layer!r} outputs shape {tuple(features.shape)}; "
-                                  "expected a feature map (N, C, H, W)")
+                raise ConfigError(
+                    f"hint_layer {hint_layer!r} outputs shape {tuple(features.shape)}; "
+                    "expected a feature map (N, C, H, W)"
+                )
             self.hint_channels = features.shape[1]
 
     def _capture(self, module, inputs, output) -> None:

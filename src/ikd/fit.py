@@ -13,23 +13,60 @@ from ikd.runtime import resolve_device, resolve_precision
 from ikd.train import EpochCallback, TrainConfig, TrainResult, evaluate, train_model
 
 
-def save_trained(out: Path, model: VGG, data: DataSplits, *, config: TrainConfig, result: TrainResult,
-                 val_fraction: float, split_seed: int, extra: dict[str, Any] | None = None) -> dict[str, float]:
+def save_trained(
+    out: Path,
+    model: VGG,
+    data: DataSplits,
+    *,
+    config: TrainConfig,
+    result: TrainResult,
+    val_fraction: float,
+    split_seed: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Score `model` (holding its best-by-validation weights) on the test split, reported only, and
     write `out/model.safetensors` + `model.json`; returns the test metrics."""
     device = resolve_device(config.device)
-    test = evaluate(model.to(device), data.test, mean=data.mean, std=data.std, device=device,
-                    precision=resolve_precision(config.precision, device))
-    save_model(out, model, training_metadata(data=data, val_fraction=val_fraction, split_seed=split_seed,
-                                             spec=model.spec, config=config, result=result, test=test,
-                                             extra=extra))
+    test = evaluate(
+        model.to(device),
+        data.test,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        precision=resolve_precision(config.precision, device),
+    )
+    save_model(
+        out,
+        model,
+        training_metadata(
+            data=data,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            spec=model.spec,
+            config=config,
+            result=result,
+            test=test,
+            extra=extra,
+        ),
+    )
     return test
 
 
-def fit(model: VGG, data: DataSplits, config: TrainConfig, *, out: Path, val_fraction: float, split_seed: int,
-        progress: bool = True, description: str = "train", on_epoch: EpochCallback | None = None,
-        extra: dict[str, Any] | None = None) -> tuple[TrainResult, dict[str, float]]:
+def fit(
+    model: VGG,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    out: Path,
+    val_fraction: float,
+    split_seed: int,
+    progress: bool = True,
+    description: str = "train",
+    on_epoch: EpochCallback | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[TrainResult, dict[str, float]]:
     """Train from scratch with cross-entropy, then `save_trained`: (result, test metrics)."""
     result = train_model(model, data, config, progress=progress, description=description, on_epoch=on_epoch)
-    return result, save_trained(out, model, data, config=config, result=result, val_fraction=val_fraction,
-                                split_seed=split_seed, extra=extra)
+    return result, save_trained(
+        out, model, data, config=config, result=result, val_fraction=val_fraction, split_seed=split_seed, extra=extra
+    )

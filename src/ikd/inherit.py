@@ -45,8 +45,7 @@ def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
 
     for key, (conv, norm) in _convs_by_position(child).items():
         source = parent_convs.get(key)
-        fits = source is not None and all(
-            c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2]))
+        fits = source is not None and all(c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2]))
         if not fits:
             stats["fresh"] += 1
             previous_child_key, previous_parent_key = key, None
@@ -77,8 +76,11 @@ def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
                 in_idx = None
                 stats["fresh"] += 1
                 continue
-            out_idx = (torch.arange(p_lin.out_features) if c_lin.out_features == p_lin.out_features
-                       else _top_l1(p_lin.weight, c_lin.out_features, dim=0))
+            out_idx = (
+                torch.arange(p_lin.out_features)
+                if c_lin.out_features == p_lin.out_features
+                else _top_l1(p_lin.weight, c_lin.out_features, dim=0)
+            )
             if in_idx is None or len(in_idx) != c_lin.in_features:
                 in_idx = _top_l1(p_lin.weight, c_lin.in_features, dim=1)
             c_lin.weight.copy_(p_lin.weight[out_idx][:, in_idx])

@@ -63,11 +63,22 @@ def measure_latency(model: VGG, dataset: dict[str, Any], graph: bytes, repeats: 
         for batch, default_repeats in LATENCY_REPEATS.items():
             images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
             feed = {input_name: images.numpy()}
-            runners = {"onnxruntime": lambda feed=feed: session.run(None, feed),
-                       "torch": lambda images=images: wrapper(images)}
+            runners = {
+                "onnxruntime": lambda feed=feed: session.run(None, feed),
+                "torch": lambda images=images: wrapper(images),
+            }
             count = repeats or default_repeats
-            measured += [Latency(runtime=runtime, batch=batch, median_ms=median_ms(runners[runtime], count),
-                                 repeats=count, threads=threads, device=device) for runtime in RUNTIMES]
+            measured += [
+                Latency(
+                    runtime=runtime,
+                    batch=batch,
+                    median_ms=median_ms(runners[runtime], count),
+                    repeats=count,
+                    threads=threads,
+                    device=device,
+                )
+                for runtime in RUNTIMES
+            ]
     return measured
 
 

@@ -49,10 +49,10 @@ class Status(StrEnum):
 class NodeKind(StrEnum):
     """What a node is, whatever was decided about it."""
 
-    TEACHER = "teacher"    # the root, an ikd model
+    TEACHER = "teacher"  # the root, an ikd model
     EXTERNAL = "external"  # the root, a user's own nn.Module: no spec, nothing to shrink or export
-    EXPERT = "expert"      # an extra teacher of the ancestors-* strategies
-    STUDENT = "student"    # a candidate of the search: accepted, rejected or failed
+    EXPERT = "expert"  # an extra teacher of the ancestors-* strategies
+    STUDENT = "student"  # a candidate of the search: accepted, rejected or failed
     BASELINE = "baseline"  # the final architecture trained from scratch or by one-shot KD
 
 
@@ -124,8 +124,15 @@ class NodeRecord(BaseModel):
         """A node of an ikd architecture: its size fields computed from `spec`; `root_params`
         None means the node is the root."""
         params = spec.num_params()
-        return cls(id=node_id, arch=spec.to_json_dict(), params=params, size_bytes_fp32=spec.size_bytes_fp32(),
-                   macs=spec.macs(), compression=(root_params or params) / params, **fields)
+        return cls(
+            id=node_id,
+            arch=spec.to_json_dict(),
+            params=params,
+            size_bytes_fp32=spec.size_bytes_fp32(),
+            macs=spec.macs(),
+            compression=(root_params or params) / params,
+            **fields,
+        )
 
     @property
     def kind(self) -> NodeKind:
@@ -172,8 +179,10 @@ class Lineage(BaseModel):
     def root(self) -> NodeRecord:
         root = next((n for n in self.nodes if n.status == Status.TEACHER), None)
         if root is None:
-            raise CheckpointError("the lineage has no root teacher (no node with status 'teacher'); "
-                                  "expected a lineage.json written by `ikd compress`")
+            raise CheckpointError(
+                "the lineage has no root teacher (no node with status 'teacher'); "
+                "expected a lineage.json written by `ikd compress`"
+            )
         return root
 
     def final(self) -> NodeRecord:

@@ -44,5 +44,7 @@ class HintRegressor(nn.Module):
         projected = self.project(student_features)
         size = min(projected.shape[-1], teacher_features.shape[-1])
         projected = F.adaptive_avg_pool2d(projected, size) if projected.shape[-1] != size else projected
-        target = F.adaptive_avg_pool2d(teacher_features, size) if teacher_features.shape[-1] != size else teacher_features
+        target = (
+            F.adaptive_avg_pool2d(teacher_features, size) if teacher_features.shape[-1] != size else teacher_features
+        )
         return F.mse_loss(projected.float(), target.float())

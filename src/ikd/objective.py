@@ -40,7 +40,11 @@ class LossWeights(BaseModel):
     temperature: float = Field(default=4.0, gt=0, description="softmax temperature T of the KD term")
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KL term")
     beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
-    gamma: float = Field(default=1.0, ge=0, description="weight of the FitNets hint (0 = no hint); see benchmarks/results/distill_ablation_mnist.md")
+    gamma: float = Field(
+        default=1.0,
+        ge=0,
+        description="weight of the FitNets hint (0 = no hint); see benchmarks/results/distill_ablation_mnist.md",
+    )
 
 
 def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
@@ -103,8 +107,9 @@ class CachedTeacher:
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
         index = index.to(self.logits.device)
-        return TeacherOutputs(self.logits[index].to(x.device),
-                              {b: f[index].to(x.device) for b, f in self.features.items()})
+        return TeacherOutputs(
+            self.logits[index].to(x.device), {b: f[index].to(x.device) for b, f in self.features.items()}
+        )
 
 
 TeacherSource = LiveTeacher | CachedTeacher
@@ -131,8 +136,15 @@ class DistillationObjective(nn.Module):
     regressor. As an nn.Module its parameters are those regressors, which train with the student.
     """
 
-    def __init__(self, links: list[TeacherLink], weights: LossWeights, regressors: list[HintRegressor | None],
-                 aggregate: str = "mean-kd", drop: float = 0.0, seed: int | None = None):
+    def __init__(
+        self,
+        links: list[TeacherLink],
+        weights: LossWeights,
+        regressors: list[HintRegressor | None],
+        aggregate: str = "mean-kd",
+        drop: float = 0.0,
+        seed: int | None = None,
+    ):
         super().__init__()
         if aggregate not in AGGREGATES:
             raise ConfigError(f"aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
@@ -154,9 +166,14 @@ class DistillationObjective(nn.Module):
         outputs = {i: self.links[i].source(x, index) for i in sorted(set(kd_teachers) | set(self._hinted))}
         if self._hinted:
             logits, features = student.forward_features(x)
-            hint = torch.stack([
-                self.regressors[i](features[self.links[i].student_block], outputs[i].features[self.links[i].hint_block])
-                for i in self._hinted]).mean()
+            hint = torch.stack(
+                [
+                    self.regressors[i](
+                        features[self.links[i].student_block], outputs[i].features[self.links[i].hint_block]
+                    )
+                    for i in self._hinted
+                ]
+            ).mean()
         else:
             logits, hint = student(x), torch.zeros((), device=x.device)
         if len(kd_teachers) == 1:
@@ -165,11 +182,14 @@ class DistillationObjective(nn.Module):
         total = sum(self.links[i].weight for i in kd_teachers)
         teacher_weights = [self.links[i].weight / total for i in kd_teachers]
         if self.aggregate == "mean-kd":
-            kd = sum(tw * kd_loss(logits, outputs[i].logits, w.temperature)
-                     for tw, i in zip(teacher_weights, kd_teachers))
+            kd = sum(
+                tw * kd_loss(logits, outputs[i].logits, w.temperature) for tw, i in zip(teacher_weights, kd_teachers)
+            )
         else:
-            probs = sum(tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
-                        for tw, i in zip(teacher_weights, kd_teachers))
+            probs = sum(
+                tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
+                for tw, i in zip(teacher_weights, kd_teachers)
+            )
             kd = soft_target_kd_loss(logits, probs, w.temperature)
         return self._terms(logits, y, kd, hint)
 
@@ -184,8 +204,17 @@ AGGREGATES = ("mean-kd", "mean-probs")
 
 
 @torch.inference_mode()
-def cache_teacher_outputs(teacher: VGG | ExternalTeacher, images: ImageSet, *, mean, std, hint_blocks=(),
-                          device: torch.device, batch_size: int = 128, progress: bool = False) -> CachedTeacher:
+def cache_teacher_outputs(
+    teacher: VGG | ExternalTeacher,
+    images: ImageSet,
+    *,
+    mean,
+    std,
+    hint_blocks=(),
+    device: torch.device,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> CachedTeacher:
     """Run the teacher once over `images` (in order) and keep its logits and the named blocks' outputs.
 
     Batch 128, not larger: a VGG-16's activations at batch 1000 overflow the CPU's caches, and the
@@ -198,8 +227,14 @@ def cache_teacher_outputs(teacher: VGG | ExternalTeacher, images: ImageSet, *, m
     hint_blocks = sorted(set(hint_blocks))
     logits, features = [], {b: [] for b in hint_blocks}
     batches = iterate_batches(images, batch_size, mean=mean, std=std, device=device)
-    for x, _ in tqdm(batches, total=-(-len(images) // batch_size), desc="caching teacher outputs",
-                     unit="batch", disable=not progress, leave=False):
+    for x, _ in tqdm(
+        batches,
+        total=-(-len(images) // batch_size),
+        desc="caching teacher outputs",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ):
         if not hint_blocks:
             logits.append(teacher(x).float().cpu())
             continue
@@ -224,14 +259,17 @@ def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int
     return s_block, t_block, teacher.spec.blocks[t_block][-1]
 
 
-def teacher_hint_blocks(student: ArchSpec, teachers: list, weights: LossWeights,
-                        hints: str = "parent") -> list[int | None]:
+def teacher_hint_blocks(
+    student: ArchSpec, teachers: list, weights: LossWeights, hints: str = "parent"
+) -> list[int | None]:
     """For each teacher, the block whose output the student's hint needs (None: no hint from that
     teacher): the first teacher gives the hint, or every one with `hints="each"`. What to cache."""
     if hints not in ("parent", "each"):
         raise ConfigError(f"hints {hints!r}: expected 'parent' or 'each'")
-    return [hint_pairing(student, teacher)[1] if weights.gamma > 0 and (hints == "each" or i == 0) else None
-            for i, teacher in enumerate(teachers)]
+    return [
+        hint_pairing(student, teacher)[1] if weights.gamma > 0 and (hints == "each" or i == 0) else None
+        for i, teacher in enumerate(teachers)
+    ]
 
 
 def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weights: LossWeights) -> int | None:
@@ -239,9 +277,18 @@ def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weight
     return teacher_hint_blocks(student, [teacher], weights)[0]
 
 
-def build_objective(student: VGG, teachers, weights: LossWeights, *, sources: list[TeacherSource] | None = None,
-                    teacher_weights: list[float] | None = None, hints: str = "parent", aggregate: str = "mean-kd",
-                    drop: float = 0.0, seed: int | None = None) -> DistillationObjective:
+def build_objective(
+    student: VGG,
+    teachers,
+    weights: LossWeights,
+    *,
+    sources: list[TeacherSource] | None = None,
+    teacher_weights: list[float] | None = None,
+    hints: str = "parent",
+    aggregate: str = "mean-kd",
+    drop: float = 0.0,
+    seed: int | None = None,
+) -> DistillationObjective:
     """The objective for one student taught by one teacher or several.
 
     `teachers`: a model, or a list (the first is the one that gives the hint with `hints="parent"`;
@@ -262,12 +309,13 @@ def build_objective(student: VGG, teachers, weights: LossWeights, *, sources: li
         s_block = regressor = None
         if t_block is not None:
             s_block, _, t_channels = hint_pairing(student.spec, teacher)
-            regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels,
-                                      None if seed is None else seed + i)
+            regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels, None if seed is None else seed + i)
         if source is None:
             source = LiveTeacher(teacher, [t_block] if t_block is not None else [])
         elif t_block is not None and t_block not in source.hint_blocks:
-            raise ValueError(f"teacher {i}'s outputs hold blocks {sorted(source.hint_blocks)}, this student needs {t_block}")
+            raise ValueError(
+                f"teacher {i}'s outputs hold blocks {sorted(source.hint_blocks)}, this student needs {t_block}"
+            )
         links.append(TeacherLink(source, weight, t_block, s_block))
         regressors.append(regressor)
     return DistillationObjective(links, weights, regressors, aggregate=aggregate, drop=drop, seed=seed)

@@ -61,8 +61,7 @@ def arch_name(node: NodeRecord) -> str:
         return str(node.arch["external"])
     spec = node.spec()
     for name in PRESETS:
-        if preset(name, in_channels=spec.in_channels, image_size=spec.image_size,
-                  num_classes=spec.num_classes) == spec:
+        if preset(name, in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes) == spec:
             return name.upper().replace("VGG", "VGG-")
     return spec.summary()
 
@@ -91,18 +90,22 @@ class Report:
         teacher = arch_name(root)
         if final is root:
             tried = max((n.generation for n in self.lineage.nodes), default=0)
-            return (f"ikd found no student of {teacher} on {self.dataset} within tolerance "
-                    f"({tried} generation{'s' * (tried != 1)} tried); the teacher stands.")
+            return (
+                f"ikd found no student of {teacher} on {self.dataset} within tolerance "
+                f"({tried} generation{'s' * (tried != 1)} tried); the teacher stands."
+            )
         reduction = 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32)
         drop = 100 * (root.test_accuracy - final.test_accuracy)
         change = f"a {drop:.2f}-point drop" if drop >= 0 else f"a {-drop:.2f}-point gain"
         val_drop = 100 * (root.val_accuracy - final.val_accuracy)
-        return (f"ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
-                f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
-                f"{_bytes(final.size_bytes_fp32)} fp32) with {change} in test accuracy "
-                f"({100 * root.test_accuracy:.2f}% -> {100 * final.test_accuracy:.2f}%; on validation, the split "
-                f"that chose it, {abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
-                f"generation{'s' * (final.generation != 1)}.")
+        return (
+            f"ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
+            f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
+            f"{_bytes(final.size_bytes_fp32)} fp32) with {change} in test accuracy "
+            f"({100 * root.test_accuracy:.2f}% -> {100 * final.test_accuracy:.2f}%; on validation, the split "
+            f"that chose it, {abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
+            f"generation{'s' * (final.generation != 1)}."
+        )
 
     def has_latency(self) -> bool:
         return any(n.latency for n in self.lineage.nodes)
@@ -110,19 +113,42 @@ class Report:
     def table(self) -> tuple[list[str], list[list[str]]]:
         """One row per node: the numbers a user compares, formatted; raw values are in lineage.json."""
         root, final = self.root, self.final
-        header = ["node", "gen", "arch", "params", "size (MB)", "reduction %", "MMACs", "val %", "test %",
-                  "drop val (pts)", "drop test (pts)", "status", "teachers"]
+        header = [
+            "node",
+            "gen",
+            "arch",
+            "params",
+            "size (MB)",
+            "reduction %",
+            "MMACs",
+            "val %",
+            "test %",
+            "drop val (pts)",
+            "drop test (pts)",
+            "status",
+            "teachers",
+        ]
         runtimes = [r for r in ("onnxruntime", "torch") if any(latency_of(n, r, 1) for n in self.lineage.nodes)]
         for runtime in runtimes:
             header += [f"{runtime} b{b} ms (speed-up)" for b in LATENCY_BATCHES]
         rows = []
         for node, depth in self.lineage.tree_order():
             status = node.status + (" (final)" if node is final and node is not root else "")
-            row = ["\u00a0\u00a0" * depth + node.id, str(node.generation), node.arch_summary(), f"{node.params:,}",
-                   f"{node.size_bytes_fp32 / 1e6:.3f}", f"{100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32):.2f}",
-                   f"{node.macs / 1e6:.2f}", _pct(node.val_accuracy), _pct(node.test_accuracy),
-                   _points(root.val_accuracy, node.val_accuracy), _points(root.test_accuracy, node.test_accuracy),
-                   status, "+".join(node.teachers) or "-"]
+            row = [
+                "\u00a0\u00a0" * depth + node.id,
+                str(node.generation),
+                node.arch_summary(),
+                f"{node.params:,}",
+                f"{node.size_bytes_fp32 / 1e6:.3f}",
+                f"{100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32):.2f}",
+                f"{node.macs / 1e6:.2f}",
+                _pct(node.val_accuracy),
+                _pct(node.test_accuracy),
+                _points(root.val_accuracy, node.val_accuracy),
+                _points(root.test_accuracy, node.test_accuracy),
+                status,
+                "+".join(node.teachers) or "-",
+            ]
             for runtime in runtimes:
                 for batch in LATENCY_BATCHES:
                     mine, theirs = latency_of(node, runtime, batch), latency_of(root, runtime, batch)
@@ -137,18 +163,24 @@ class Report:
         """Short lines under the headline: what was searched, why it stopped, the baselines."""
         config = self.lineage.config
         search = config.get("search", {})
-        lines = [f"Strategy `{search.get('strategy', 'parent-child')}`, operators "
-                 f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
-                 f"teacher and {search.get('max_step_drop')} of the parent (validation).",
-                 f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}."]
+        lines = [
+            f"Strategy `{search.get('strategy', 'parent-child')}`, operators "
+            f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
+            f"teacher and {search.get('max_step_drop')} of the parent (validation).",
+            f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}.",
+        ]
         seconds = sum(n.seconds for n in self.lineage.nodes)
-        lines.append(f"{len(self.lineage.students())} students trained, {self.lineage.epochs_spent()} epochs; "
-                     f"{seconds / 60:.1f} min of training recorded (teacher included).")
+        lines.append(
+            f"{len(self.lineage.students())} students trained, {self.lineage.epochs_spent()} epochs; "
+            f"{seconds / 60:.1f} min of training recorded (teacher included)."
+        )
         baselines = [n for n in self.lineage.nodes if n.kind is NodeKind.BASELINE]
         if baselines and self.final is not self.root:
             compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
-            lines.append(f"Baselines (same architecture as the final student, same epochs): {compared}; "
-                         f"the chain's student: {_pct(self.final.test_accuracy)}% (test).")
+            lines.append(
+                f"Baselines (same architecture as the final student, same epochs): {compared}; "
+                f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
+            )
         lines.append("Test accuracy is reported only; every decision used the validation split.")
         lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
         return lines
@@ -172,9 +204,13 @@ def load_report(run_dir: Path) -> Report:
 
 # --- figures ---------------------------------------------------------------------------------
 
+
 def _legend_handles(statuses) -> list[Line2D]:
-    return [Line2D([], [], color=STYLE[s][0], marker=STYLE[s][1], linestyle="", markersize=8, label=s)
-            for s in STYLE if s in statuses]
+    return [
+        Line2D([], [], color=STYLE[s][0], marker=STYLE[s][1], linestyle="", markersize=8, label=s)
+        for s in STYLE
+        if s in statuses
+    ]
 
 
 def plot_pareto(report: Report, path: Path) -> None:
@@ -190,19 +226,44 @@ def plot_pareto(report: Report, path: Path) -> None:
         colour, marker = STYLE[node.status]
         accuracy = 100 * node.test_accuracy
         clipped = accuracy < floor
-        ax.scatter(node.params, floor if clipped else accuracy, color=colour, marker="v" if clipped else marker,
-                   s=120 if node.status == "teacher" else 55, zorder=3, edgecolors="white", linewidths=0.6)
+        ax.scatter(
+            node.params,
+            floor if clipped else accuracy,
+            color=colour,
+            marker="v" if clipped else marker,
+            s=120 if node.status == "teacher" else 55,
+            zorder=3,
+            edgecolors="white",
+            linewidths=0.6,
+        )
         if clipped:
-            ax.annotate(f"{accuracy:.1f}%", (node.params, floor), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=7, color=colour)
+            ax.annotate(
+                f"{accuracy:.1f}%",
+                (node.params, floor),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+                color=colour,
+            )
     chain = [n for n in report.lineage.chain(report.final) if n.test_accuracy is not None]
-    ax.plot([n.params for n in chain], [100 * n.test_accuracy for n in chain], color=STYLE["accepted"][0],
-            linewidth=1.2, alpha=0.7, zorder=2)
+    ax.plot(
+        [n.params for n in chain],
+        [100 * n.test_accuracy for n in chain],
+        color=STYLE["accepted"][0],
+        linewidth=1.2,
+        alpha=0.7,
+        zorder=2,
+    )
     for node in {report.root.id: report.root, report.final.id: report.final}.values():
         if node.test_accuracy is not None:
-            ax.annotate(f"{node.id}\n{node.params:,} params, {100 * node.test_accuracy:.2f}%",
-                        (node.params, 100 * node.test_accuracy), textcoords="offset points", xytext=(8, 8),
-                        fontsize=8)
+            ax.annotate(
+                f"{node.id}\n{node.params:,} params, {100 * node.test_accuracy:.2f}%",
+                (node.params, 100 * node.test_accuracy),
+                textcoords="offset points",
+                xytext=(8, 8),
+                fontsize=8,
+            )
     ax.axhline(100 * report.root.test_accuracy, color="#222222", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_ylim(floor - 0.3, max(max(kept), 100 * report.root.test_accuracy) + max(0.5, 0.15 * spread))
@@ -252,27 +313,46 @@ def plot_lineage(report: Report, path: Path) -> None:
     for node, _ in in_tree + [(n, 0) for n in aside]:
         for teacher in node.teachers:
             if teacher in x and teacher != node.parent:
-                ax.annotate("", (x[node.id], y[node.id]), (x[teacher], y[teacher]),
-                            arrowprops=dict(arrowstyle="-", color="#bbbbbb", linestyle="--", linewidth=0.7,
-                                            connectionstyle="arc3,rad=0.25"), zorder=1)
+                ax.annotate(
+                    "",
+                    (x[node.id], y[node.id]),
+                    (x[teacher], y[teacher]),
+                    arrowprops=dict(
+                        arrowstyle="-", color="#bbbbbb", linestyle="--", linewidth=0.7, connectionstyle="arc3,rad=0.25"
+                    ),
+                    zorder=1,
+                )
         if node.parent in x:
-            ax.plot([x[node.parent], x[node.id]], [y[node.parent], y[node.id]], color="#555555",
-                    linewidth=1.0, zorder=1)
+            ax.plot(
+                [x[node.parent], x[node.id]], [y[node.parent], y[node.id]], color="#555555", linewidth=1.0, zorder=1
+            )
     final = report.final
     for node in [n for n, _ in in_tree] + aside:
         colour = STYLE[node.status][0]
         label = f"{node.id}\n{node.params:,}\nval {_pct(node.val_accuracy)}%"
-        ax.text(x[node.id], y[node.id], label, ha="center", va="center", fontsize=7.5, zorder=3,
-                bbox=dict(boxstyle="round,pad=0.35", facecolor="white", edgecolor=colour,
-                          linewidth=2.6 if node is final else 1.4))
+        ax.text(
+            x[node.id],
+            y[node.id],
+            label,
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            zorder=3,
+            bbox=dict(
+                boxstyle="round,pad=0.35", facecolor="white", edgecolor=colour, linewidth=2.6 if node is final else 1.4
+            ),
+        )
     ax.set_xlim(-0.7, columns - 0.3)
     ax.set_ylim(min(y.values()) - 0.6, 0.6)
     ax.set_yticks([-g for g in range(depth_max + 1)], [f"gen {g}" for g in range(depth_max + 1)])
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
-    handles = [Line2D([], [], color=STYLE[s][0], linewidth=3, label=s)
-               for s in STYLE if any(n.status == s for n in report.lineage.nodes)]
+    handles = [
+        Line2D([], [], color=STYLE[s][0], linewidth=3, label=s)
+        for s in STYLE
+        if any(n.status == s for n in report.lineage.nodes)
+    ]
     handles.append(Line2D([], [], color="#bbbbbb", linestyle="--", label="also taught by"))
     ax.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=0.9)
     ax.set_title(f"Lineage ({len(report.lineage.nodes)} nodes; thick border: the final student)")
@@ -287,11 +367,12 @@ def plot_training(report: Report, path: Path) -> bool:
     nodes = [n for n in report.lineage.nodes if report.histories.get(n.id)]
     if not nodes:  # a lineage brought back without its model directories has no histories
         return False
-    fig = Figure(figsize=(max(8.0, min(24.0, 0.35 * sum(len(report.histories[n.id]) for n in nodes) + 4)), 7),
-                 dpi=100)
+    fig = Figure(figsize=(max(8.0, min(24.0, 0.35 * sum(len(report.histories[n.id]) for n in nodes) + 4)), 7), dpi=100)
     loss_ax, acc_ax = fig.subplots(2, 1, sharex=True)
-    terms = sorted({k for n in nodes for e in report.histories[n.id] for k in e.get("train", {})} - {"accuracy"},
-                   key=lambda t: (t != "loss", t))
+    terms = sorted(
+        {k for n in nodes for e in report.histories[n.id] for k in e.get("train", {})} - {"accuracy"},
+        key=lambda t: (t != "loss", t),
+    )
     term_colours = dict(zip(terms, ["#222222", "#2e6fbf", "#d1495b", "#2a9d4b", "#e09f3e", "#7f3c8d", "#999999"]))
     offset, centres = 0, []
     for node in nodes:
@@ -303,7 +384,7 @@ def plot_training(report: Report, path: Path) -> bool:
             if points:
                 loss_ax.plot(*zip(*points), color=term_colours.get(term, "#999999"), marker=".", linewidth=1.1)
         acc = [100 * e["val_accuracy"] for e in history if e.get("val_accuracy") is not None]
-        acc_ax.plot(steps[:len(acc)], acc, color=STYLE[node.status][0], marker="o", markersize=3, linewidth=1.3)
+        acc_ax.plot(steps[: len(acc)], acc, color=STYLE[node.status][0], marker="o", markersize=3, linewidth=1.3)
         centres.append((offset + (len(history) + 1) / 2, node.id))
         offset += len(history)
         for ax in (loss_ax, acc_ax):
@@ -327,6 +408,7 @@ def plot_training(report: Report, path: Path) -> bool:
 
 
 # --- documents -------------------------------------------------------------------------------
+
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731
@@ -360,10 +442,12 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         figures.append(FIGURES[2])
     header, rows = report.table()
     title = f"ikd report: {arch_name(report.root)} on {report.dataset}"
-    latency_note = ("Latency: median of repeated runs after warm-up on the CPU named in lineage.json, "
-                    "speed-up against the teacher on the same runtime and batch (`ikd export`)."
-                    if report.has_latency() else
-                    "No latency yet: `ikd export RUN_DIR --node ID --format onnx` measures it.")
+    latency_note = (
+        "Latency: median of repeated runs after warm-up on the CPU named in lineage.json, "
+        "speed-up against the teacher on the same runtime and batch (`ikd export`)."
+        if report.has_latency()
+        else "No latency yet: `ikd export RUN_DIR --node ID --format onnx` measures it."
+    )
     markdown = [f"# {title}", "", f"**{report.headline()}**", ""]
     markdown += [f"- {line}" for line in report.facts()]
     markdown += ["", "## Nodes", "", _markdown_table(header, rows), "", latency_note, ""]
@@ -373,7 +457,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
     images = "".join(
         f"<figure><img alt='{name}' src='data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}'>"
-        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>" for name in figures)
+        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
+        for name in figures
+    )
     facts = "".join(f"<li>{html.escape(line)}</li>" for line in report.facts())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

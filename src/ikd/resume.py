@@ -28,8 +28,9 @@ def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
     """Ids of the nodes that descend from `lost` through a parent or a teacher, at any depth."""
     dependents, grew = set(), True
     while grew:
-        found = {n.id for n in nodes if n.id not in lost | dependents
-                 and ({n.parent, *n.teachers} & (lost | dependents))}
+        found = {
+            n.id for n in nodes if n.id not in lost | dependents and ({n.parent, *n.teachers} & (lost | dependents))
+        }
         grew = bool(found)
         dependents |= found
     return dependents
@@ -52,7 +53,8 @@ def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Call
     if differences and not force:
         raise ConfigError(
             f"{run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
-            f"{' ...' if len(differences) > 4 else ''}); use another run_dir or pass --force to continue it")
+            f"{' ...' if len(differences) > 4 else ''}); use another run_dir or pass --force to continue it"
+        )
     corrupt = set(run.verify(lineage))
     if corrupt:
         # Files that no longer match their checksum are retrained rather than trusted. Nodes grown
@@ -63,7 +65,8 @@ def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Call
             raise CheckpointError(
                 f"{run.path}: the weights of {', '.join(sorted(corrupt))} are missing or changed, and "
                 f"{', '.join(sorted(dependents))} grew from them; restore the files, or pass --force to "
-                "retrain them all")
+                "retrain them all"
+            )
         log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
         lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
     lineage = lineage.model_copy(update={"config": wanted})

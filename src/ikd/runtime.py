@@ -62,10 +62,14 @@ def cpu_name() -> str:
 def describe_machine(device: torch.device | None = None) -> str:
     """Where a run computes: CPU, torch threads, the accelerator when one is used, torch and ikd versions."""
     kind = "cuda" if device is None else device.type  # no device given: what this process could use
-    accelerator = {"cuda": f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "",
-                   "mps": ", Apple MPS"}.get(kind, "")
-    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads{accelerator}, torch {torch.__version__}, "
-            f"ikd {__version__}")
+    accelerator = {
+        "cuda": f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "",
+        "mps": ", Apple MPS",
+    }.get(kind, "")
+    return (
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads{accelerator}, torch {torch.__version__}, "
+        f"ikd {__version__}"
+    )
 
 
 def cpu_has_bf16_instructions() -> bool:

@@ -58,10 +58,12 @@ def shrink_width(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSp
     def scale(width: int) -> int:
         return max(1, math.ceil(width * factor))
 
-    child = spec.model_copy(update={
-        "blocks": [[scale(w) for w in block] for block in spec.blocks],
-        "head": [scale(w) for w in spec.head],
-    })
+    child = spec.model_copy(
+        update={
+            "blocks": [[scale(w) for w in block] for block in spec.blocks],
+            "head": [scale(w) for w in spec.head],
+        }
+    )
     return child if child.num_params() < spec.num_params() else None
 
 

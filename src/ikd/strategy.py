@@ -31,7 +31,7 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Ca
     factors = search.width_factors()
     proposals: list[tuple[str, str, ArchSpec | None]] = []  # (operator, label, child spec)
     for name in search.operators:
-        for factor in (factors if name == "width" else [None]):
+        for factor in factors if name == "width" else [None]:
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
             proposals.append((name, label, get_operator(name, factor)(parent_spec)))
     seen, candidates = set(), []
@@ -46,14 +46,15 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Ca
     return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
 
 
-def teachers_of(lineage: Lineage, parent: NodeRecord, search: SearchConfig, ensemble: EnsembleConfig,
-                expert_ids: list[str]) -> list[str]:
+def teachers_of(
+    lineage: Lineage, parent: NodeRecord, search: SearchConfig, ensemble: EnsembleConfig, expert_ids: list[str]
+) -> list[str]:
     """Who teaches the children of `parent`; the parent is always first (it gives the hint)."""
     if not search.many_teachers():
         return [parent.id]
     chain = [n.id for n in reversed(lineage.chain(parent))]  # the parent first: it gives the hint
     if ensemble.ancestors != "all":
-        chain = chain[:ensemble.ancestors]
+        chain = chain[: ensemble.ancestors]
     return chain + [e for e in expert_ids if e not in chain]
 
 

@@ -26,8 +26,9 @@ Teacher = VGG | ExternalTeacher
 class TeacherModels:
     """Node id -> model, loaded from the run directory (or the user's module for an external root)."""
 
-    def __init__(self, ctx: CampaignContext, lineage: Lineage, user_module: torch.nn.Module | None,
-                 hint_layer: str | None):
+    def __init__(
+        self, ctx: CampaignContext, lineage: Lineage, user_module: torch.nn.Module | None, hint_layer: str | None
+    ):
         self.ctx, self.lineage = ctx, lineage
         self.user_module, self.hint_layer = user_module, hint_layer
         self._external: ExternalTeacher | None = None
@@ -48,8 +49,10 @@ class TeacherModels:
 
     def external(self) -> ExternalTeacher:
         if self.user_module is None:
-            raise ConfigError(f"{self.ctx.run.path}: the root teacher is a user module; pass it again "
-                              "(ikd.compress(..., teacher=module)) to resume")
+            raise ConfigError(
+                f"{self.ctx.run.path}: the root teacher is a user module; pass it again "
+                "(ikd.compress(..., teacher=module)) to resume"
+            )
         if self._external is None:
             data = self.ctx.data
             example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=self.ctx.device)
@@ -64,14 +67,18 @@ def import_teacher(ctx: CampaignContext, directory: Path) -> VGG:
     model, metadata = load_model(directory, map_location=ctx.device)
     spec, recorded = model.spec, metadata.get("dataset", {})
     if (spec.in_channels, spec.image_size, spec.num_classes) != (data.in_channels, data.image_size, data.num_classes):
-        raise ConfigError(f"teacher.dir {directory}: model expects {spec.in_channels}x{spec.image_size}"
-                          f"x{spec.image_size} images and {spec.num_classes} classes; the data has "
-                          f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}")
+        raise ConfigError(
+            f"teacher.dir {directory}: model expects {spec.in_channels}x{spec.image_size}"
+            f"x{spec.image_size} images and {spec.num_classes} classes; the data has "
+            f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}"
+        )
     split = (recorded.get("name"), recorded.get("val_fraction"), recorded.get("split_seed"))
     expected = (data.name, ctx.config.data.val_fraction, ctx.config.data.split_seed)
     if split != expected:
-        raise ConfigError(f"teacher.dir {directory}: trained on dataset/val_fraction/split_seed {split}, "
-                          f"the campaign uses {expected}; its validation accuracy would not be honest")
+        raise ConfigError(
+            f"teacher.dir {directory}: trained on dataset/val_fraction/split_seed {split}, "
+            f"the campaign uses {expected}; its validation accuracy would not be honest"
+        )
     if list(recorded.get("mean", data.mean)) != list(data.mean):
         raise ConfigError(f"teacher.dir {directory}: normalisation differs from this dataset's")
     return model
@@ -83,8 +90,10 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
     existing = lineage.node(ROOT_ID)
     if existing is not None:
         if existing.kind is NodeKind.EXTERNAL and models.external().num_params() != existing.params:
-            raise ConfigError(f"{ctx.run.path}: the teacher passed has {models.external().num_params():,} params, "
-                              f"the run's root had {existing.params:,}; not the same teacher")
+            raise ConfigError(
+                f"{ctx.run.path}: the teacher passed has {models.external().num_params():,} params, "
+                f"the run's root had {existing.params:,}; not the same teacher"
+            )
         return None
     started = time.perf_counter()
     if models.user_module is not None:
@@ -99,17 +108,34 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
         spec = preset(cfg.arch, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
         model = build_model(spec, seed=ctx.config.seed)
         ctx.log(f"training the root teacher {cfg.arch} ({spec.num_params():,} params)")
-        result, tested = fit(model, data, ctx.train_config(cfg), out=ctx.run.node_dir(ROOT_ID),
-                             val_fraction=ctx.config.data.val_fraction, split_seed=ctx.config.data.split_seed,
-                             progress=ctx.progress, description=ROOT_ID, on_epoch=ctx.on_epoch)
+        result, tested = fit(
+            model,
+            data,
+            ctx.train_config(cfg),
+            out=ctx.run.node_dir(ROOT_ID),
+            val_fraction=ctx.config.data.val_fraction,
+            split_seed=ctx.config.data.split_seed,
+            progress=ctx.progress,
+            description=ROOT_ID,
+            on_epoch=ctx.on_epoch,
+        )
         # the model holds its best-by-validation weights, so that epoch's score is its val accuracy
         val, test, epochs = result.best_val_accuracy, tested["accuracy"], cfg.epochs
     ctx.log(f"root teacher: val {points(val):.2f}%, test {points(test):.2f}%")
     return NodeRecord.of_spec(
-        ROOT_ID, model.spec, root_params=None, generation=0, status=Status.TEACHER, val_accuracy=val,
-        val_accuracy_last=result.last_val_accuracy if result else None, test_accuracy=test,
-        best_epoch=result.best_epoch if result else None, epochs=epochs, seed=ctx.config.seed,
-        seconds=round(time.perf_counter() - started, 2))
+        ROOT_ID,
+        model.spec,
+        root_params=None,
+        generation=0,
+        status=Status.TEACHER,
+        val_accuracy=val,
+        val_accuracy_last=result.last_val_accuracy if result else None,
+        test_accuracy=test,
+        best_epoch=result.best_epoch if result else None,
+        epochs=epochs,
+        seed=ctx.config.seed,
+        seconds=round(time.perf_counter() - started, 2),
+    )
 
 
 def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: float) -> NodeRecord:
@@ -117,10 +143,20 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
     params = teacher.num_params()
     ctx.log(f"root teacher (user module): val {points(val):.2f}%, test {points(test):.2f}%")
     return NodeRecord(
-        id=ROOT_ID, generation=0, status=Status.TEACHER, arch={"external": type(teacher.module).__name__},
-        params=params, size_bytes_fp32=4 * params, macs=0, compression=1.0, val_accuracy=val,
-        test_accuracy=test, seed=ctx.config.seed, seconds=round(time.perf_counter() - started, 2),
-        reason=f"user module, hint layer {teacher.hint_layer!r}; MACs not computed")
+        id=ROOT_ID,
+        generation=0,
+        status=Status.TEACHER,
+        arch={"external": type(teacher.module).__name__},
+        params=params,
+        size_bytes_fp32=4 * params,
+        macs=0,
+        compression=1.0,
+        val_accuracy=val,
+        test_accuracy=test,
+        seed=ctx.config.seed,
+        seconds=round(time.perf_counter() - started, 2),
+        reason=f"user module, hint layer {teacher.hint_layer!r}; MACs not computed",
+    )
 
 
 def expert_id(index: int, directory: str) -> str:
@@ -140,10 +176,20 @@ def expert_teachers(ctx: CampaignContext, lineage: Lineage) -> list[NodeRecord]:
         model = import_teacher(ctx, Path(directory))
         save_model(ctx.run.node_dir(node_id), model, read_metadata(Path(directory)))
         val, test = ctx.accuracy(model, ctx.data.val), ctx.accuracy(model, ctx.data.test)
-        records.append(NodeRecord.of_spec(
-            node_id, model.spec, root_params=lineage.root().params, generation=0, status=Status.EXPERT,
-            val_accuracy=val, test_accuracy=test, seed=ctx.config.seed,
-            seconds=round(time.perf_counter() - started, 2), reason=f"from {directory}"))
+        records.append(
+            NodeRecord.of_spec(
+                node_id,
+                model.spec,
+                root_params=lineage.root().params,
+                generation=0,
+                status=Status.EXPERT,
+                val_accuracy=val,
+                test_accuracy=test,
+                seed=ctx.config.seed,
+                seconds=round(time.perf_counter() - started, 2),
+                reason=f"from {directory}",
+            )
+        )
         ctx.log(f"expert teacher {node_id}: {model.spec.summary()}, val {points(val):.2f}%")
     return records
 

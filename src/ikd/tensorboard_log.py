@@ -24,8 +24,10 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("log: 'tensorboard' needs the tensorboard package; "
-                              "pip install 'ikd[tensorboard]' (or tensorboard) and rerun") from None
+            raise ConfigError(
+                "log: 'tensorboard' needs the tensorboard package; "
+                "pip install 'ikd[tensorboard]' (or tensorboard) and rerun"
+            ) from None
         self._writer_class = SummaryWriter
         self.root = Path(run_dir) / TB_DIR
         self._writers: dict[str, object] = {}

@@ -25,8 +25,9 @@ from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import ConfigError, IkdError
 from ikd.runtime import Precision, resolve_device, resolve_precision
 
-Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
-                     tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Objective = Callable[
+    [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
 EpochCallback = Callable[[str, "EpochRecord"], None]  # (the model's description, its finished epoch)
 
 
@@ -91,15 +92,28 @@ def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.25,
-            div_factor=10.0, final_div_factor=100.0, three_phase=False,
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=0.25,
+            div_factor=10.0,
+            final_div_factor=100.0,
+            three_phase=False,
         )
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, images: ImageSet, *, mean, std, device: torch.device,
-             precision: Precision, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    images: ImageSet,
+    *,
+    mean,
+    std,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int = 1000,
+) -> dict[str, float]:
     """Accuracy and mean cross-entropy over a split, in eval mode, in large batches."""
     was_training = model.training
     model.eval()
@@ -118,23 +132,38 @@ def evaluate(model: torch.nn.Module, images: ImageSet, *, mean, std, device: tor
 class _Student:
     """One model of a training group: its optimiser, schedule, RNG stream, running sums and best weights."""
 
-    def __init__(self, model: torch.nn.Module, objective: Objective, description: str, config: TrainConfig,
-                 device: torch.device, precision: Precision, steps_per_epoch: int, rng_state: torch.Tensor | None,
-                 ranks: distributed.Group | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        description: str,
+        config: TrainConfig,
+        device: torch.device,
+        precision: Precision,
+        steps_per_epoch: int,
+        rng_state: torch.Tensor | None,
+        ranks: distributed.Group | None = None,
+    ):
         self.model, self.objective, self.description = model.to(device), objective, description
         # Under torchrun the forward goes through DDP (gradient averaging); state and evaluation use the model.
         self.forward_module = ranks.wrap(self.model, device) if ranks else self.model
         parameters = list(model.parameters())
         if isinstance(objective, torch.nn.Module):
             parameters += list(objective.to(device).parameters())
-        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
         self.scheduler = _scheduler(self.optimizer, config, config.epochs * steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
         self.precision = precision
         self.rng_state = rng_state  # None when alone: the global RNG is this model's own
-        self.result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0,
-                                  device=str(device), precision=precision.name)
+        self.result = TrainResult(
+            best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0, device=str(device), precision=precision.name
+        )
         self.best_state: dict[str, torch.Tensor] | None = None
         self.failure: str | None = None
         self.seconds = 0.0
@@ -169,24 +198,38 @@ class _Student:
         return self.sums["loss"].item() / self.seen
 
 
-def train_model(model: torch.nn.Module, data: DataSplits, config: TrainConfig, *,
-                objective: Objective | None = None, progress: bool = True,
-                description: str = "train", on_epoch: EpochCallback | None = None) -> TrainResult:
+def train_model(
+    model: torch.nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    progress: bool = True,
+    description: str = "train",
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
     """Train in place; on return the model holds its best-by-validation weights.
 
     Raises TrainingDiverged when the loss becomes NaN or infinite.
     """
-    result = train_models([model], data, config, objectives=[objective], progress=progress,
-                          descriptions=[description], on_epoch=on_epoch)[0]
+    result = train_models(
+        [model], data, config, objectives=[objective], progress=progress, descriptions=[description], on_epoch=on_epoch
+    )[0]
     if isinstance(result, TrainingDiverged):
         raise result
     return result
 
 
-def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainConfig, *,
-                 objectives: list[Objective | None] | None = None, progress: bool = True,
-                 descriptions: list[str] | None = None,
-                 on_epoch: EpochCallback | None = None) -> list[TrainResult | TrainingDiverged]:
+def train_models(
+    models: list[torch.nn.Module],
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    objectives: list[Objective | None] | None = None,
+    progress: bool = True,
+    descriptions: list[str] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[TrainResult | TrainingDiverged]:
     """Train several models in one pass over the data: every batch is read, augmented and normalised
     once and given to each model in turn (so objectives can share one teacher forward per batch).
 
@@ -203,8 +246,10 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
     if ranks and (len(models) > 1 or any(o is not None for o in objectives)):
         raise ConfigError("data-parallel training (torchrun) is for one model with cross-entropy: `ikd train`")
     if ranks and config.batch_size < ranks.world_size:
-        raise ConfigError(f"--batch-size {config.batch_size}: smaller than the {ranks.world_size} torchrun "
-                          "processes that share each batch")
+        raise ConfigError(
+            f"--batch-size {config.batch_size}: smaller than the {ranks.world_size} torchrun "
+            "processes that share each batch"
+        )
     progress = progress and (ranks is None or ranks.is_main)
     descriptions = descriptions or [f"train{i}" for i in range(len(models))]
     augment = data.augment if config.augment is None else config.augment
@@ -217,17 +262,34 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
     if len(models) > 1 and device.type != "cpu":
         torch.cuda.manual_seed_all(config.seed)  # accelerators: grouped runs are not bit-identical to solo ones
     start_state = torch.get_rng_state() if shared_rng else None
-    group = [_Student(model, objective or cross_entropy_objective(config.label_smoothing), name, config, device,
-                      precision, steps_per_epoch, start_state.clone() if shared_rng else None, ranks)
-             for model, objective, name in zip(models, objectives, descriptions)]
+    group = [
+        _Student(
+            model,
+            objective or cross_entropy_objective(config.label_smoothing),
+            name,
+            config,
+            device,
+            precision,
+            steps_per_epoch,
+            start_state.clone() if shared_rng else None,
+            ranks,
+        )
+        for model, objective, name in zip(models, objectives, descriptions)
+    ]
     active = list(group)
 
     # Without a terminal (logs, CI) the bar redraws rarely; each epoch still gets its own line.
     interactive = sys.stderr.isatty()
     label = descriptions[0] if len(group) == 1 else f"{descriptions[0]} +{len(group) - 1}"
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc=label, unit="step",
-               disable=not progress, dynamic_ncols=True, leave=True,
-               mininterval=0.5 if interactive else 60.0)
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        desc=label,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=True,
+        mininterval=0.5 if interactive else 60.0,
+    )
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         if not active:
@@ -235,10 +297,18 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
         for student in active:
             student.begin_epoch(device)
         epoch_start = time.perf_counter()
-        batches = iterate_batches(data.train, config.batch_size, mean=data.mean, std=data.std,
-                                  augment=augment, shuffle=True, generator=shuffle_generator,
-                                  device=device, drop_last=len(data.train) >= config.batch_size,
-                                  with_index=True)
+        batches = iterate_batches(
+            data.train,
+            config.batch_size,
+            mean=data.mean,
+            std=data.std,
+            augment=augment,
+            shuffle=True,
+            generator=shuffle_generator,
+            device=device,
+            drop_last=len(data.train) >= config.batch_size,
+            with_index=True,
+        )
         for step, (x, y, index) in enumerate(batches, start=1):
             if step > steps_per_epoch or not active:
                 break
@@ -252,18 +322,22 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
                 for student in list(active):
                     loss = student.running_loss()
                     if not (ranks.all_finite(loss, device) if ranks else math.isfinite(loss)):
-                        student.failure = (f"{student.description}: loss became {loss} in epoch {epoch}; "
-                                           "lower --lr or use --precision fp32")
+                        student.failure = (
+                            f"{student.description}: loss became {loss} in epoch {epoch}; "
+                            "lower --lr or use --precision fp32"
+                        )
                         active.remove(student)
                         if len(group) > 1:
                             bar.write(f"{student.failure} (dropped; the others go on)", file=sys.stderr)
                 if active:
                     lead = active[0]
-                    bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
-                                    loss="/".join(f"{s.running_loss():.4f}" for s in active),
-                                    acc=f"{lead.correct.item() / lead.seen:.3f}",
-                                    img_s=f"{step * len(y) / (time.perf_counter() - epoch_start):.0f}",
-                                    refresh=False)
+                    bar.set_postfix(
+                        epoch=f"{epoch}/{config.epochs}",
+                        loss="/".join(f"{s.running_loss():.4f}" for s in active),
+                        acc=f"{lead.correct.item() / lead.seen:.3f}",
+                        img_s=f"{step * len(y) / (time.perf_counter() - epoch_start):.0f}",
+                        refresh=False,
+                    )
         if len(group) == 1:  # alone, its time is the wall time, data preparation included
             group[0].epoch_seconds = time.perf_counter() - epoch_start
         for student in active:
@@ -287,8 +361,16 @@ def train_models(models: list[torch.nn.Module], data: DataSplits, config: TrainC
     return results
 
 
-def _end_epoch(student: _Student, epoch: int, data: DataSplits, config: TrainConfig, device: torch.device,
-               precision: Precision, bar, ranks: distributed.Group | None = None) -> None:
+def _end_epoch(
+    student: _Student,
+    epoch: int,
+    data: DataSplits,
+    config: TrainConfig,
+    device: torch.device,
+    precision: Precision,
+    bar,
+    ranks: distributed.Group | None = None,
+) -> None:
     eval_start = time.perf_counter()
     seen = student.seen
     if ranks:  # every rank scores rank 0's model; the epoch's train metrics cover all ranks' shards
@@ -296,16 +378,26 @@ def _end_epoch(student: _Student, epoch: int, data: DataSplits, config: TrainCon
         student.sums = {name: ranks.sum(total) for name, total in student.sums.items()}
         student.correct = ranks.sum(student.correct)
         seen = int(ranks.sum(torch.tensor(seen, device=device)).item())
-    val = evaluate(student.model, data.val, mean=data.mean, std=data.std, device=device,
-                   precision=precision, batch_size=config.eval_batch_size)
+    val = evaluate(
+        student.model,
+        data.val,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        precision=precision,
+        batch_size=config.eval_batch_size,
+    )
     seconds = student.epoch_seconds + time.perf_counter() - eval_start
     student.seconds += seconds
     record = EpochRecord(
-        epoch=epoch, lr=student.optimizer.param_groups[0]["lr"],
+        epoch=epoch,
+        lr=student.optimizer.param_groups[0]["lr"],
         train={name: total.item() / seen for name, total in student.sums.items()}
         | {"accuracy": student.correct.item() / seen},
-        val_accuracy=val["accuracy"], val_loss=val["loss"],
-        images_per_s=seen / max(student.epoch_seconds, 1e-9), seconds=seconds,
+        val_accuracy=val["accuracy"],
+        val_loss=val["loss"],
+        images_per_s=seen / max(student.epoch_seconds, 1e-9),
+        seconds=seconds,
     )
     result = student.result
     result.history.append(record)
@@ -314,6 +406,9 @@ def _end_epoch(student: _Student, epoch: int, data: DataSplits, config: TrainCon
         student.best_state = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
     if bar is not None:
         terms = " ".join(f"{name} {value:.4f}" for name, value in record.train.items())
-        bar.write(f"{student.description} epoch {epoch}/{config.epochs}: train {terms} | val acc "
-                  f"{record.val_accuracy:.4f} (best {result.best_val_accuracy:.4f}) | "
-                  f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s", file=sys.stderr)
+        bar.write(
+            f"{student.description} epoch {epoch}/{config.epochs}: train {terms} | val acc "
+            f"{record.val_accuracy:.4f} (best {result.best_val_accuracy:.4f}) | "
+            f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s",
+            file=sys.stderr,
+        )

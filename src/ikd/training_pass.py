@@ -63,8 +63,15 @@ class TeacherOutputStore:
         self._caches: dict[str, CachedTeacher] = {}
         self.log = log
 
-    def sources(self, teacher_ids: tuple[str, ...], blocks: dict[str, set[int]], models: Callable[[str], Teacher],
-                data: DataSplits, device: torch.device, progress: bool) -> list[TeacherSource]:
+    def sources(
+        self,
+        teacher_ids: tuple[str, ...],
+        blocks: dict[str, set[int]],
+        models: Callable[[str], Teacher],
+        data: DataSplits,
+        device: torch.device,
+        progress: bool,
+    ) -> list[TeacherSource]:
         for other, cache in list(self._caches.items()):
             if other not in teacher_ids and cache.features:  # bound memory: old hint features go, logits stay
                 self._caches[other] = CachedTeacher(cache.logits)
@@ -73,15 +80,27 @@ class TeacherOutputStore:
             if cache is None or not blocks[t] <= cache.hint_blocks:
                 self.log(f"caching the outputs of {t}")
                 self._caches[t] = cache_teacher_outputs(
-                    models(t), data.train, mean=data.mean, std=data.std,
-                    hint_blocks=blocks[t] | (cache.hint_blocks if cache else set()), device=device,
-                    progress=progress)
+                    models(t),
+                    data.train,
+                    mean=data.mean,
+                    std=data.std,
+                    hint_blocks=blocks[t] | (cache.hint_blocks if cache else set()),
+                    device=device,
+                    progress=progress,
+                )
         return [self._caches[t] for t in teacher_ids]
 
 
-def run_training_pass(job: TrainingPass, data: DataSplits, models: Callable[[str], Teacher], *,
-                      store: TeacherOutputStore, device: torch.device, progress: bool = False,
-                      on_epoch: EpochCallback | None = None) -> list[tuple[VGG, Outcome]]:
+def run_training_pass(
+    job: TrainingPass,
+    data: DataSplits,
+    models: Callable[[str], Teacher],
+    *,
+    store: TeacherOutputStore,
+    device: torch.device,
+    progress: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> list[tuple[VGG, Outcome]]:
     """Train the pass's candidates together; each comes back with its best-by-validation weights and
     its result, or the TrainingDiverged error that dropped it."""
     students = [build_model(c.spec, seed=seed) for c, seed in zip(job.candidates, job.seeds)]
@@ -101,15 +120,35 @@ def run_training_pass(job: TrainingPass, data: DataSplits, models: Callable[[str
                 for t, block in zip(job.teacher_ids, needed):
                     if block is not None:
                         blocks[t].add(block)
-            sources = (store.sources(job.teacher_ids, blocks, models, data, device, progress) if job.cached
-                       else [LiveTeacher(models(t), blocks[t]) for t in job.teacher_ids])
-            objectives = [build_objective(
-                students[i], teachers, stage_weights, sources=sources, teacher_weights=list(job.teacher_weights),
-                hints=job.hints, aggregate=job.aggregate, drop=job.drop, seed=job.seeds[i]) for i in alive]
+            sources = (
+                store.sources(job.teacher_ids, blocks, models, data, device, progress)
+                if job.cached
+                else [LiveTeacher(models(t), blocks[t]) for t in job.teacher_ids]
+            )
+            objectives = [
+                build_objective(
+                    students[i],
+                    teachers,
+                    stage_weights,
+                    sources=sources,
+                    teacher_weights=list(job.teacher_weights),
+                    hints=job.hints,
+                    aggregate=job.aggregate,
+                    drop=job.drop,
+                    seed=job.seeds[i],
+                )
+                for i in alive
+            ]
         config = job.train_config.model_copy(update={"epochs": stage_epochs})
-        results = train_models([students[i] for i in alive], data, config, objectives=objectives,
-                               progress=progress, descriptions=[job.candidates[i].node_id for i in alive],
-                               on_epoch=on_epoch)
+        results = train_models(
+            [students[i] for i in alive],
+            data,
+            config,
+            objectives=objectives,
+            progress=progress,
+            descriptions=[job.candidates[i].node_id for i in alive],
+            on_epoch=on_epoch,
+        )
         for i, result in zip(alive, results):
             outcome[i] = result
     return list(zip(students, outcome))

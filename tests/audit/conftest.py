@@ -1,8 +1,8 @@
 """The audit's fixtures: one scratch directory, the uninterrupted reference campaign, the record.
 
-    pytest tests/audit                  every case: some 180 short ikd runs
-    pytest tests/audit -m quick         a few of each kind
-    pytest tests/audit --audit-record benchmarks/results/reliability.md
+pytest tests/audit                  every case: some 180 short ikd runs
+pytest tests/audit -m quick         a few of each kind
+pytest tests/audit --audit-record benchmarks/results/reliability.md
 """
 
 from __future__ import annotations
@@ -47,16 +47,25 @@ def shared(tmp_path_factory, tiny_teacher, record) -> Shared:
     interruption, traced to learn its sequence of atomic writes."""
     work = tmp_path_factory.mktemp("audit")
     shutil.copytree(tiny_teacher, work / "teacher")
-    env = {**os.environ, "IKD_DATA_DIR": str(work / "no-data"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "IKD_DATA_DIR": str(work / "no-data"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     shared = Shared(work=work, teacher=work / "teacher", env=env, reference_run=work / "reference" / "run")
     trace = work / "reference" / "writes.txt"
     trace.parent.mkdir(parents=True)
-    first = run_ikd(shared.campaign(shared.reference_run), env, work, fault=f"trace:{trace}",
-                    watch=shared.reference_run / "lineage.json")
+    first = run_ikd(
+        shared.campaign(shared.reference_run),
+        env,
+        work,
+        fault=f"trace:{trace}",
+        watch=shared.reference_run / "lineage.json",
+    )
     lineage, problems = inspect_run(shared.reference_run)
-    assert first.returncode == 0 and lineage is not None and not problems, \
+    assert first.returncode == 0 and lineage is not None and not problems, (
         f"the reference campaign failed: {first.stderr[-2000:]} {problems}"
+    )
     shared.reference, shared.reference_seconds = fingerprint(lineage), first.seconds
     shared.reference_lineage_at = first.appeared or 0.0
     shared.writes = trace.read_text().split()

@@ -162,6 +162,7 @@ def read_only(directory: str) -> None:
                 if inside(path):
                     refuse(path)
             return real[name](*paths, **kwargs)
+
         return guarded
 
     builtins.open = io.open = open_

@@ -31,6 +31,7 @@ GENERATIONS = 2  # of the tiny campaign every interruption case runs
 
 # --- running ikd --------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     returncode: int
@@ -46,17 +47,32 @@ def ikd_command(args: list[str], fault: str | None = None) -> list[str]:
     return [sys.executable, str(INJECTOR), fault, "--", *args]
 
 
-def run_ikd(args: list[str], env: dict[str, str], cwd: Path, *, fault: str | None = None,
-            file_size_limit: int | None = None, signal_after: tuple[int, float, Path | None] | None = None,
-            watch: Path | None = None) -> Run:
+def run_ikd(
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    fault: str | None = None,
+    file_size_limit: int | None = None,
+    signal_after: tuple[int, float, Path | None] | None = None,
+    watch: Path | None = None,
+) -> Run:
     """Run ikd to the end. `signal_after` = (signal, delay s, wait for this file first or None):
     an external signal, as a user or a scheduler sends it. `watch`: note when this file appears."""
+
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     started = time.perf_counter()
-    process = subprocess.Popen(ikd_command(args, fault), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env=env, cwd=cwd, preexec_fn=limit_file_size if file_size_limit else None)
+    process = subprocess.Popen(
+        ikd_command(args, fault),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        preexec_fn=limit_file_size if file_size_limit else None,
+    )
     signalled = False
     if signal_after is not None:
         signum, delay, wait_for = signal_after
@@ -83,6 +99,7 @@ def error_lines(stderr: str) -> list[str]:
 
 # --- the scratch directory ---------------------------------------------------------------------
 
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under root -> sha256 of its content ('dir' for directories)."""
     state = {}
@@ -96,8 +113,11 @@ def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     modified = sorted(k for k in set(before) & set(after) if before[k] != after[k])
-    return [f"{what} {path}" for what, paths in (("added", added), ("removed", removed), ("modified", modified))
-            for path in paths]
+    return [
+        f"{what} {path}"
+        for what, paths in (("added", added), ("removed", removed), ("modified", modified))
+        for path in paths
+    ]
 
 
 def check_refusal(returncode: int, stderr: str, expect: str, changed: list[str]) -> list[str]:
@@ -133,10 +153,12 @@ def assert_ok(row: dict) -> None:
 
 # --- the tiny campaign and its uninterrupted reference run ---------------------------------------
 
+
 @dataclass
 class Shared:
     """The audit's scratch directory `work`, its teacher, and the uninterrupted reference campaign
     (see the `shared` fixture) every interrupted one must end up equal to."""
+
     work: Path
     teacher: Path
     env: dict[str, str]
@@ -148,10 +170,29 @@ class Shared:
 
     def campaign(self, run_dir: Path, *extra: str) -> list[str]:
         """The tiny campaign every fault case runs: the teacher imported, 1 epoch per child."""
-        return ["compress", "--teacher", str(self.teacher), "--dataset", "digits", "--run-dir", str(run_dir),
-                "--epochs", "1", "--max-drop", "100", "--max-step-drop", "100",
-                "--max-generations", str(GENERATIONS), "--precision", "fp32", "--device", "cpu",
-                "--quiet", *extra]
+        return [
+            "compress",
+            "--teacher",
+            str(self.teacher),
+            "--dataset",
+            "digits",
+            "--run-dir",
+            str(run_dir),
+            "--epochs",
+            "1",
+            "--max-drop",
+            "100",
+            "--max-step-drop",
+            "100",
+            "--max-generations",
+            str(GENERATIONS),
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
 
     def shorten(self, text: str, case: Path | None = None) -> str:
         """Paths as the record shows them: CASE for the case's directory, W for the audit's."""
@@ -162,8 +203,10 @@ class Shared:
 
 def fingerprint(lineage) -> list:
     """What must not depend on interruptions: every node's outcome, metrics and weights."""
-    nodes = [(n.id, n.status, n.reason, n.val_accuracy, n.val_accuracy_last, n.test_accuracy, n.best_epoch,
-              n.sha256) for n in lineage.nodes]
+    nodes = [
+        (n.id, n.status, n.reason, n.val_accuracy, n.val_accuracy_last, n.test_accuracy, n.best_epoch, n.sha256)
+        for n in lineage.nodes
+    ]
     return [nodes, lineage.stop_reason]
 
 
@@ -253,18 +296,26 @@ def run_bad_input(case: BadInput, shared: Shared) -> dict:
             lock.close()
     changed = changes(before, snapshot(shared.work))
     lines = error_lines(result.stderr)
-    return {"name": case.name, "group": case.group, "command": shared.shorten(shlex.join(["ikd", *args]), directory),
-            "fault": shared.shorten(fault, directory) if fault else "", "exit": result.returncode,
-            "line": shared.shorten(lines[0] if len(lines) == 1 else " / ".join(lines[-3:]), directory),
-            "changed": changed, "problems": check_refusal(result.returncode, result.stderr, case.expect, changed),
-            "seconds": result.seconds}
+    return {
+        "name": case.name,
+        "group": case.group,
+        "command": shared.shorten(shlex.join(["ikd", *args]), directory),
+        "fault": shared.shorten(fault, directory) if fault else "",
+        "exit": result.returncode,
+        "line": shared.shorten(lines[0] if len(lines) == 1 else " / ".join(lines[-3:]), directory),
+        "changed": changed,
+        "problems": check_refusal(result.returncode, result.stderr, case.expect, changed),
+        "seconds": result.seconds,
+    }
 
 
 # --- interruptions and disk faults ---------------------------------------------------------------
 
+
 @dataclass
 class Stop:
     """One way a run is stopped: an injected fault, an external signal after a delay, or a limit."""
+
     label: str
     fault: str | None = None
     signal: int | None = None
@@ -324,9 +375,16 @@ def run_fault_case(case: FaultCase, shared: Shared) -> dict:
     args = shared.campaign(run_dir)
     problems, exits, finished, stopped_with, labels, delivered = [], [], {}, [], [], 0
     for stop in case.stops:
-        result = run_ikd(args, shared.env, shared.work, fault=stop.fault, file_size_limit=stop.file_size_limit,
-                         signal_after=(stop.signal, stop.delay, run_dir / "lineage.json" if stop.after_lineage else None)
-                         if stop.signal is not None else None)
+        result = run_ikd(
+            args,
+            shared.env,
+            shared.work,
+            fault=stop.fault,
+            file_size_limit=stop.file_size_limit,
+            signal_after=(stop.signal, stop.delay, run_dir / "lineage.json" if stop.after_lineage else None)
+            if stop.signal is not None
+            else None,
+        )
         exits.append(result.returncode)
         problems += check_stopped(stop, result, run_dir)
         missed = too_late(stop, result, run_dir)
@@ -357,6 +415,14 @@ def run_fault_case(case: FaultCase, shared: Shared) -> dict:
             problems.append("the final lineage differs from the uninterrupted run's")
     if temp_files(run_dir):
         problems.append(f"temporary files left after the rerun: {', '.join(temp_files(run_dir))}")
-    return {"name": case.name, "kind": case.kind, "stops": labels, "exits": exits,
-            "nodes_at_stop": stopped_with, "finished": len(finished), "kept": kept, "problems": problems,
-            "signals": delivered}
+    return {
+        "name": case.name,
+        "kind": case.kind,
+        "stops": labels,
+        "exits": exits,
+        "nodes_at_stop": stopped_with,
+        "finished": len(finished),
+        "kept": kept,
+        "problems": problems,
+        "signals": delivered,
+    }

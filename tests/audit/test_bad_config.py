@@ -13,18 +13,21 @@ from audit.harness import BadInput, Maker, Shared, assert_ok, params, run_bad_in
 
 def config_case(text: str | bytes, *flags: str) -> Maker:
     """A config file with `text` (MARKER: a file a hostile document would create if it ran)."""
+
     def make(case: Path, shared: Shared) -> list[str]:
         config = case / "campaign.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         data = text if isinstance(text, bytes) else text.replace("MARKER", str(case / "pwned")).encode()
         config.write_bytes(data)
         return ["compress", "--config", str(config), "--run-dir", str(case / "run"), "--quiet", *flags]
+
     return make
 
 
 def flags_case(*flags: str) -> Maker:
     def make(case: Path, shared: Shared) -> list[str]:
         return [*shared.campaign(case / "run"), *flags]
+
     return make
 
 
@@ -37,27 +40,48 @@ def train_zero_epochs(case: Path, shared: Shared) -> list[str]:
 
 
 CASES = [
-    BadInput("config-unknown-key", "config", "unknown key 'search.max_dorp'", quick=True,
-             make=config_case("search:\n  max_dorp: 1\n")),
+    BadInput(
+        "config-unknown-key",
+        "config",
+        "unknown key 'search.max_dorp'",
+        quick=True,
+        make=config_case("search:\n  max_dorp: 1\n"),
+    ),
     BadInput("config-wrong-type", "config", "student.epochs", make=config_case("student:\n  epochs: five\n")),
     BadInput("config-negative-epochs", "config", "student.epochs", make=config_case("student:\n  epochs: -3\n")),
     BadInput("config-max-drop-above-100", "config", "search.max_drop", make=config_case("search:\n  max_drop: 150\n")),
     BadInput("config-max-drop-negative", "config", "search.max_drop", make=config_case("search:\n  max_drop: -1\n")),
     BadInput("config-max-drop-nan", "config", "search.max_drop", make=config_case("search:\n  max_drop: .nan\n")),
-    BadInput("config-unknown-strategy", "config", "search.strategy",
-             make=config_case("search:\n  strategy: teacher-everything\n")),
-    BadInput("config-unknown-operator", "config", "search.operators",
-             make=config_case("search:\n  operators: [depth, prune]\n")),
+    BadInput(
+        "config-unknown-strategy",
+        "config",
+        "search.strategy",
+        make=config_case("search:\n  strategy: teacher-everything\n"),
+    ),
+    BadInput(
+        "config-unknown-operator",
+        "config",
+        "search.operators",
+        make=config_case("search:\n  operators: [depth, prune]\n"),
+    ),
     BadInput("config-section-not-a-mapping", "config", "search", make=config_case("search: 3\n")),
-    BadInput("config-rule-across-keys", "config", "needs a *-children strategy",
-             make=config_case("search:\n  select: tree\n")),
+    BadInput(
+        "config-rule-across-keys",
+        "config",
+        "needs a *-children strategy",
+        make=config_case("search:\n  select: tree\n"),
+    ),
     BadInput("config-not-yaml", "config", "not valid YAML", make=config_case("search: [1, 2\n")),
     BadInput("config-not-a-mapping", "config", "expected a mapping", make=config_case("- a\n- b\n")),
     BadInput("config-binary-file", "config", "not UTF-8", make=config_case(gzip.compress(b"seed: 1\n"))),
     BadInput("config-deep-nesting", "config", "not valid YAML", make=config_case("[" * 100_000)),
     BadInput("config-5000-digit-number", "config", "not valid YAML", make=config_case("seed: " + "9" * 5000)),
-    BadInput("config-python-tag", "config", "not valid YAML",
-             make=config_case("seed: !!python/object/apply:os.system ['touch MARKER']\n")),
+    BadInput(
+        "config-python-tag",
+        "config",
+        "not valid YAML",
+        make=config_case("seed: !!python/object/apply:os.system ['touch MARKER']\n"),
+    ),
     BadInput("config-missing-file", "config", "cannot read", make=missing_config),
     BadInput("flag-negative-epochs", "config", "student.epochs", make=flags_case("--epochs", "-1")),
     BadInput("flag-max-drop-out-of-range", "config", "search.max_drop", make=flags_case("--max-drop", "101")),

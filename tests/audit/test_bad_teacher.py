@@ -15,6 +15,7 @@ from audit.harness import BadInput, Maker, Shared, assert_ok, edit_json, global_
 
 def teacher_case(edit: Callable[[Path], object]) -> Maker:
     """A copy of the shared teacher, broken by `edit`, as the teacher of the tiny campaign."""
+
     def make(case: Path, shared: Shared) -> list[str]:
         teacher = case / "teacher"
         shutil.copytree(shared.teacher, teacher)
@@ -22,6 +23,7 @@ def teacher_case(edit: Callable[[Path], object]) -> Maker:
         args = shared.campaign(case / "run")
         args[args.index("--teacher") + 1] = str(teacher)
         return args
+
     return make
 
 
@@ -41,6 +43,7 @@ def with_nan(state: dict) -> dict:
 def set_blocks(blocks: list) -> Callable[[Path], None]:
     def edit(teacher: Path) -> None:
         edit_json(teacher / "model.json", lambda d: d["arch"].__setitem__("blocks", blocks))
+
     return edit
 
 
@@ -52,39 +55,100 @@ def eval_corrupt_model(case: Path, shared: Shared) -> list[str]:
 def pickled_weights(teacher: Path) -> None:
     """A protocol-2 pickle where the weights belong, that would touch a file if it were loaded."""
     (teacher / "model.safetensors").write_bytes(
-        global_call("os", "system", f"touch {teacher.parent / 'pwned'}").replace(b"c", b"\x80\x02c", 1))
+        global_call("os", "system", f"touch {teacher.parent / 'pwned'}").replace(b"c", b"\x80\x02c", 1)
+    )
 
 
 CASES = [
     BadInput("teacher-dir-missing", "teacher", "model.json: not found", make=teacher_case(shutil.rmtree)),
-    BadInput("teacher-no-weights", "teacher", "model.safetensors: not found",
-             make=teacher_case(lambda t: (t / "model.safetensors").unlink())),
-    BadInput("teacher-no-model-json", "teacher", "model.json: not found",
-             make=teacher_case(lambda t: (t / "model.json").unlink())),
-    BadInput("teacher-model-json-not-json", "teacher", "not valid JSON",
-             make=teacher_case(lambda t: (t / "model.json").write_bytes(b"{\"arch\": [1, 2"))),
-    BadInput("teacher-model-json-a-list", "teacher", "expected a JSON object",
-             make=teacher_case(lambda t: (t / "model.json").write_text("[]"))),
-    BadInput("teacher-model-json-deep-nesting", "teacher", "not valid JSON",
-             make=teacher_case(lambda t: (t / "model.json").write_text("[" * 100_000 + "]" * 100_000))),
-    BadInput("teacher-spec-not-matching-weights", "teacher", "do not match the spec",
-             make=teacher_case(set_blocks([[8, 8], [32], [32]]))),
-    BadInput("teacher-spec-asking-for-terabytes", "teacher", "do not match the spec",
-             make=teacher_case(set_blocks([[200_000, 200_000]]))),
+    BadInput(
+        "teacher-no-weights",
+        "teacher",
+        "model.safetensors: not found",
+        make=teacher_case(lambda t: (t / "model.safetensors").unlink()),
+    ),
+    BadInput(
+        "teacher-no-model-json",
+        "teacher",
+        "model.json: not found",
+        make=teacher_case(lambda t: (t / "model.json").unlink()),
+    ),
+    BadInput(
+        "teacher-model-json-not-json",
+        "teacher",
+        "not valid JSON",
+        make=teacher_case(lambda t: (t / "model.json").write_bytes(b'{"arch": [1, 2')),
+    ),
+    BadInput(
+        "teacher-model-json-a-list",
+        "teacher",
+        "expected a JSON object",
+        make=teacher_case(lambda t: (t / "model.json").write_text("[]")),
+    ),
+    BadInput(
+        "teacher-model-json-deep-nesting",
+        "teacher",
+        "not valid JSON",
+        make=teacher_case(lambda t: (t / "model.json").write_text("[" * 100_000 + "]" * 100_000)),
+    ),
+    BadInput(
+        "teacher-spec-not-matching-weights",
+        "teacher",
+        "do not match the spec",
+        make=teacher_case(set_blocks([[8, 8], [32], [32]])),
+    ),
+    BadInput(
+        "teacher-spec-asking-for-terabytes",
+        "teacher",
+        "do not match the spec",
+        make=teacher_case(set_blocks([[200_000, 200_000]])),
+    ),
     BadInput("teacher-spec-invalid", "teacher", "invalid arch.blocks", make=teacher_case(set_blocks([[-4]]))),
-    BadInput("teacher-corrupt-safetensors", "teacher", "not a readable safetensors", quick=True, make=teacher_case(
-        lambda t: (t / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"))),
-    BadInput("teacher-truncated-safetensors", "teacher", "not a readable safetensors", make=teacher_case(
-        lambda t: (t / "model.safetensors").write_bytes((t / "model.safetensors").read_bytes()[:30_000]))),
-    BadInput("teacher-weights-are-a-pickle", "teacher", "not a readable safetensors",
-             make=teacher_case(pickled_weights)),
-    BadInput("teacher-weights-fp16", "teacher", "do not match the spec", make=teacher_case(
-        lambda t: edit_weights(t, lambda s: {k: v.half() if v.is_floating_point() else v for k, v in s.items()}))),
-    BadInput("teacher-weights-fp64", "teacher", "wrong dtype", make=teacher_case(
-        lambda t: edit_weights(t, lambda s: {k: v.double() if v.is_floating_point() else v for k, v in s.items()}))),
-    BadInput("teacher-weights-nan", "teacher", "NaN or infinite", make=teacher_case(lambda t: edit_weights(t, with_nan))),
-    BadInput("teacher-from-another-split", "teacher", "split_seed", make=teacher_case(
-        lambda t: edit_json(t / "model.json", lambda d: d["dataset"].__setitem__("split_seed", 5)))),
+    BadInput(
+        "teacher-corrupt-safetensors",
+        "teacher",
+        "not a readable safetensors",
+        quick=True,
+        make=teacher_case(
+            lambda t: (t / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+        ),
+    ),
+    BadInput(
+        "teacher-truncated-safetensors",
+        "teacher",
+        "not a readable safetensors",
+        make=teacher_case(
+            lambda t: (t / "model.safetensors").write_bytes((t / "model.safetensors").read_bytes()[:30_000])
+        ),
+    ),
+    BadInput(
+        "teacher-weights-are-a-pickle", "teacher", "not a readable safetensors", make=teacher_case(pickled_weights)
+    ),
+    BadInput(
+        "teacher-weights-fp16",
+        "teacher",
+        "do not match the spec",
+        make=teacher_case(
+            lambda t: edit_weights(t, lambda s: {k: v.half() if v.is_floating_point() else v for k, v in s.items()})
+        ),
+    ),
+    BadInput(
+        "teacher-weights-fp64",
+        "teacher",
+        "wrong dtype",
+        make=teacher_case(
+            lambda t: edit_weights(t, lambda s: {k: v.double() if v.is_floating_point() else v for k, v in s.items()})
+        ),
+    ),
+    BadInput(
+        "teacher-weights-nan", "teacher", "NaN or infinite", make=teacher_case(lambda t: edit_weights(t, with_nan))
+    ),
+    BadInput(
+        "teacher-from-another-split",
+        "teacher",
+        "split_seed",
+        make=teacher_case(lambda t: edit_json(t / "model.json", lambda d: d["dataset"].__setitem__("split_seed", 5))),
+    ),
     BadInput("eval-corrupt-model", "teacher", "not a readable safetensors", make=eval_corrupt_model),
 ]
 

@@ -11,17 +11,29 @@ from audit.harness import FaultCase, Stop, assert_ok, params, run_fault_case
 
 def no_space(name: str, k: int) -> FaultCase:
     fault = f"enospc:write:{name}:{k}"
-    return FaultCase(f"disk-full-at-{name}-write-{k}", "disk",
-                     [Stop(fault, fault=fault, expect="refused", message="No space left on device")])
+    return FaultCase(
+        f"disk-full-at-{name}-write-{k}",
+        "disk",
+        [Stop(fault, fault=fault, expect="refused", message="No space left on device")],
+    )
 
 
 FAULTS = [
     no_space("model.safetensors", 2),
     no_space("model.json", 2),
     no_space("lineage.json", 3),
-    FaultCase("file-size-limit-32k", "disk", [Stop("RLIMIT_FSIZE 32 KiB (real, not simulated)",
-                                                   file_size_limit=32 << 10, expect="refused",
-                                                   message="File too large")]),
+    FaultCase(
+        "file-size-limit-32k",
+        "disk",
+        [
+            Stop(
+                "RLIMIT_FSIZE 32 KiB (real, not simulated)",
+                file_size_limit=32 << 10,
+                expect="refused",
+                message="File too large",
+            )
+        ],
+    ),
 ]
 
 

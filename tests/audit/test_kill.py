@@ -23,22 +23,35 @@ def kill(name: str, fault: str, quick: bool = False) -> FaultCase:
 
 
 FAULTS = [
-    *(kill(f"kill-lineage-write-{k}-{phase}", f"kill:write:lineage.json:{k}:{phase}", quick=(k, phase) == (2, PHASES[0]))
-      for k in range(1, LINEAGE_WRITES + 1) for phase in PHASES),
+    *(
+        kill(
+            f"kill-lineage-write-{k}-{phase}",
+            f"kill:write:lineage.json:{k}:{phase}",
+            quick=(k, phase) == (2, PHASES[0]),
+        )
+        for k in range(1, LINEAGE_WRITES + 1)
+        for phase in PHASES
+    ),
     kill("kill-weights-write-2-mid-write", "kill:write:model.safetensors:2:mid-write"),
     kill("kill-after-weights-before-metadata", "kill:write:model.safetensors:2:after-rename"),
     kill("kill-after-node-files-before-lineage", "kill:write:model.json:2:after-rename"),
     kill("kill-mid-epoch-g1", "kill:step:g1-width:5", quick=True),
     kill("kill-mid-epoch-g2", "kill:step:g2-width:8"),
-    FaultCase("kill-mid-epoch-then-kill-the-resume-at-its-first-lineage-write", "kill", [
-        Stop("kill:step:g1-width:5", fault="kill:step:g1-width:5"),
-        Stop("kill:write:lineage.json:1:mid-write", fault="kill:write:lineage.json:1:mid-write")]),
+    FaultCase(
+        "kill-mid-epoch-then-kill-the-resume-at-its-first-lineage-write",
+        "kill",
+        [
+            Stop("kill:step:g1-width:5", fault="kill:step:g1-width:5"),
+            Stop("kill:write:lineage.json:1:mid-write", fault="kill:write:lineage.json:1:mid-write"),
+        ],
+    ),
 ]
 
 
 def test_every_lineage_write_has_its_kill_cases(shared):
-    assert shared.writes.count("lineage.json") == LINEAGE_WRITES, \
+    assert shared.writes.count("lineage.json") == LINEAGE_WRITES, (
         "the campaign's lineage.json writes changed: set LINEAGE_WRITES to their number"
+    )
 
 
 @pytest.mark.parametrize("case", params(FAULTS))
@@ -61,8 +74,9 @@ def test_a_kill_at_a_random_moment_loses_no_finished_work(i, shared, record):
     else:
         working = shared.reference_seconds - shared.reference_lineage_at  # training the children
         delay = round(rng.uniform(0.0, 0.9) * working, 2)
-        stop = Stop(f"SIGKILL {delay} s after lineage.json appears", signal=signal.SIGKILL, delay=delay,
-                    after_lineage=True)
+        stop = Stop(
+            f"SIGKILL {delay} s after lineage.json appears", signal=signal.SIGKILL, delay=delay, after_lineage=True
+        )
     row = run_fault_case(FaultCase(f"kill-at-random-{i + 1}", "kill", [stop]), shared)
     record.faults.append(row)
     assert_ok(row)

@@ -49,8 +49,11 @@ def run_nan_case(case: NanCase, shared: Shared) -> dict:
         elif f"epoch {case.epoch}" not in reason or case.value not in reason:
             problems.append(f"the reason {reason!r} does not name {case.value} and epoch {case.epoch}")
         generation = node.generation if node else 0
-        others = [n for n in lineage.nodes if n.generation == generation and n.id != case.node
-                  and n.status in ("accepted", "rejected", "candidate")]
+        others = [
+            n
+            for n in lineage.nodes
+            if n.generation == generation and n.id != case.node and n.status in ("accepted", "rejected", "candidate")
+        ]
         if case.stops_campaign and reason and reason not in stop:
             problems.append(f"the stop reason {stop!r} does not give the failure")
         if not case.stops_campaign and not others:
@@ -62,9 +65,15 @@ def run_nan_case(case: NanCase, shared: Shared) -> dict:
         problems += [f"after a rerun: {p}" for p in found]
         if again.returncode != 0 or after is None or fingerprint(after) != fingerprint(lineage):
             problems.append("a rerun changed the lineage (or failed)")
-    return {"name": case.name, "fault": f"{case.value} in {case.node}'s loss from epoch {case.epoch}",
-            "flags": " ".join(case.flags), "exit": result.returncode, "reason": reason, "stop": stop,
-            "problems": problems}
+    return {
+        "name": case.name,
+        "fault": f"{case.value} in {case.node}'s loss from epoch {case.epoch}",
+        "flags": " ".join(case.flags),
+        "exit": result.returncode,
+        "reason": reason,
+        "stop": stop,
+        "problems": problems,
+    }
 
 
 @pytest.mark.parametrize("case", params(CASES))

@@ -41,8 +41,13 @@ def test_sigterm_at_a_random_moment_stops_cleanly(i, shared, record):
         rng.random()
     working = shared.reference_seconds - shared.reference_lineage_at  # training the children
     delay = round(rng.uniform(0.0, 0.9) * working, 2)
-    stop = Stop(f"SIGTERM {delay} s after lineage.json appears", signal=signal.SIGTERM, delay=delay,
-                after_lineage=True, expect="terminated")
+    stop = Stop(
+        f"SIGTERM {delay} s after lineage.json appears",
+        signal=signal.SIGTERM,
+        delay=delay,
+        after_lineage=True,
+        expect="terminated",
+    )
     row = run_fault_case(FaultCase(f"term-at-random-{i + 1}", "term", [stop]), shared)
     record.faults.append(row)
     assert_ok(row)

@@ -21,9 +21,7 @@ Stats = Sequence[float] | torch.Tensor
 
 def check_augment(kind: str) -> str:
     if kind not in AUGMENTATIONS:
-        raise DataError(
-            f"augment={kind!r} is not a known augmentation; expected one of: {', '.join(AUGMENTATIONS)}"
-        )
+        raise DataError(f"augment={kind!r} is not a known augmentation; expected one of: {', '.join(AUGMENTATIONS)}")
     return kind
 
 
@@ -38,9 +36,7 @@ def _random_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def augment_batch(
-    images_uint8: torch.Tensor, kind: str, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def augment_batch(images_uint8: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomly crop (and for "crop-flip" mirror) every image of a uint8 (N, C, H, W) batch at once.
 
     Each sample gets its own offset: one gather from the zero-padded batch with per-sample row and
@@ -129,9 +125,7 @@ def _batches(
     n = len(data)
     order = None
     if shuffle:
-        order = torch.randperm(n, generator=generator, device=_random_device(generator)).to(
-            data.images.device
-        )
+        order = torch.randperm(n, generator=generator, device=_random_device(generator)).to(data.images.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         if order is None:

@@ -117,9 +117,7 @@ def parse_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:
                 "expected 'data' and 'labels'"
             )
     data, labels = d["data"], d["labels"]
-    if not (
-        isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == ROW
-    ):
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == ROW):
         raise DataError(f"{where}: 'data' is {_describe(data)}; expected a uint8 array of shape (N, {ROW})")
     if isinstance(labels, (list, tuple)):
         try:  # numpy infers the dtype; anything but integers shows up as a non-integer kind below
@@ -131,9 +129,7 @@ def parse_batch(obj: object, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1):
         raise DataError(f"{where}: 'labels' is {_describe(labels)}; expected a list or 1-d integer array")
     if labels.shape[0] != data.shape[0]:
-        raise DataError(
-            f"{where}: {data.shape[0]} images but {labels.shape[0]} labels; expected the same count"
-        )
+        raise DataError(f"{where}: {data.shape[0]} images but {labels.shape[0]} labels; expected the same count")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 9):
         raise DataError(f"{where}: labels span {int(labels.min())}..{int(labels.max())}; expected 0..9")
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
@@ -144,11 +140,7 @@ def parse_meta(obj: object, where: str) -> list[str]:
     names = d.get("label_names")
     if names is None:
         return list(CLASSES)
-    if (
-        not isinstance(names, (list, tuple))
-        or len(names) != 10
-        or not all(isinstance(n, (str, bytes)) for n in names)
-    ):
+    if not isinstance(names, (list, tuple)) or len(names) != 10 or not all(isinstance(n, (str, bytes)) for n in names):
         raise DataError(f"{where}: 'label_names' is {_describe(names)}; expected a list of 10 names")
     try:
         return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
@@ -197,9 +189,7 @@ def _read_archive(archive: Path) -> dict[str, tuple[bytes, str]]:
     except DataError:
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DataError(
-            f"{archive}: not a readable tar archive ({one_line(e, 120)}); expected {ARCHIVE}"
-        ) from None
+        raise DataError(f"{archive}: not a readable tar archive ({one_line(e, 120)}); expected {ARCHIVE}") from None
     missing = [n for n in (*TRAIN_FILES, TEST_FILE) if n not in out]
     if missing:
         raise DataError(
@@ -234,11 +224,7 @@ def load_cifar10(data_dir: str | Path | None, **_: object) -> RawDataset:
     xtr = np.concatenate([p[0] for p in parts])
     ytr = np.concatenate([p[1] for p in parts])
     xte, yte = load_batch_bytes(*files[TEST_FILE])
-    classes = (
-        parse_meta(safe_unpickle(*files[META_FILE]), files[META_FILE][1])
-        if META_FILE in files
-        else list(CLASSES)
-    )
+    classes = parse_meta(safe_unpickle(*files[META_FILE]), files[META_FILE][1]) if META_FILE in files else list(CLASSES)
     return RawDataset(
         train=ImageSet(torch.from_numpy(xtr), torch.from_numpy(ytr)),
         # The test batch comes straight from the unpickler; copy it so the tensor owns writable memory.

@@ -31,9 +31,7 @@ def one_line(text: object, limit: int = 300) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def fetch(
-    urls: Sequence[str], dest: Path, verify: Callable[[Path], None], *, timeout: float = TIMEOUT_S
-) -> str:
+def fetch(urls: Sequence[str], dest: Path, verify: Callable[[Path], None], *, timeout: float = TIMEOUT_S) -> str:
     """Download the first URL that works and passes `verify` to `dest`; return that URL.
 
     The body goes to a temporary file next to `dest` and is renamed over it only after `verify`

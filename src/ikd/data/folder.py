@@ -74,21 +74,16 @@ def _decode(files: list[tuple[Path, int]], mode: str, size: int) -> ImageSet:
         except DataError:
             raise
         except Exception as e:
-            raise DataError(
-                f"{path}: not a readable image ({type(e).__name__}: {one_line(e, 120)})"
-            ) from None
+            raise DataError(f"{path}: not a readable image ({type(e).__name__}: {one_line(e, 120)})") from None
     images = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return ImageSet(images, labels)
 
 
-def load_imagefolder(
-    data_dir: str | Path | None, *, image_size: int | None = None, **_: object
-) -> RawDataset:
+def load_imagefolder(data_dir: str | Path | None, *, image_size: int | None = None, **_: object) -> RawDataset:
     if data_dir is None or str(data_dir) == "":
         raise DataError(
-            "imagefolder: no --data-dir given; "
-            "expected DIR with train/<class>/ and test/<class>/ image folders"
+            "imagefolder: no --data-dir given; expected DIR with train/<class>/ and test/<class>/ image folders"
         )
     base = user_path(data_dir)
     train_dir, test_dir = base / "train", base / "test"

@@ -43,9 +43,7 @@ def gunzip(data: bytes, where: str) -> bytes:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
             out = f.read(MAX_DECOMPRESSED + 1)
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(
-            f"{where}: not a valid gzip file ({e}); expected a gzip-compressed IDX file"
-        ) from None
+        raise DataError(f"{where}: not a valid gzip file ({e}); expected a gzip-compressed IDX file") from None
     if len(out) > MAX_DECOMPRESSED:
         raise DataError(f"{where}: decompresses to more than {MAX_DECOMPRESSED} bytes; expected an IDX file")
     return out
@@ -99,6 +97,5 @@ def check_label_range(labels: np.ndarray, num_classes: int, where: Path | str) -
     if labels.size and int(labels.max()) >= num_classes:
         bad = int(np.flatnonzero(labels >= num_classes)[0])
         raise DataError(
-            f"{where}: label {int(labels[bad])} at index {bad} is out of range; "
-            f"expected labels 0..{num_classes - 1}"
+            f"{where}: label {int(labels[bad])} at index {bad} is out of range; expected labels 0..{num_classes - 1}"
         )

@@ -177,9 +177,7 @@ def _build(paths: dict[str, Path], verify_as: str | None, classes: list[str] | N
     )
 
 
-def load_mnist_like(
-    name: str, data_dir: str | Path | None, *, download: bool = True, **_: object
-) -> RawDataset:
+def load_mnist_like(name: str, data_dir: str | Path | None, *, download: bool = True, **_: object) -> RawDataset:
     """MNIST or Fashion-MNIST: search data_dir, root/<name> (and the Debian path), else download."""
     root = resolve_data_root(data_dir)
     target = root / name

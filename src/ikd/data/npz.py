@@ -32,8 +32,7 @@ def _npz_path(data_dir: str | Path | None) -> Path:
         if len(found) != 1:
             names = ", ".join(f.name for f in found) or "none"
             raise DataError(
-                f"{p}: holds {len(found)} .npz files ({names}); "
-                "expected exactly one, or pass the .npz file itself"
+                f"{p}: holds {len(found)} .npz files ({names}); expected exactly one, or pass the .npz file itself"
             )
         return found[0]
     if not p.is_file():
@@ -65,8 +64,7 @@ def _images(x: np.ndarray, where: str) -> torch.Tensor:
     elif x.dtype.kind == "f":
         if x.size and not np.isfinite(x).all():
             raise DataError(
-                f"{where} is {x.dtype} holding NaN or infinite values; "
-                "expected uint8 0..255 or floats in [0, 1]"
+                f"{where} is {x.dtype} holding NaN or infinite values; expected uint8 0..255 or floats in [0, 1]"
             )
         if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):
             raise DataError(
@@ -96,9 +94,7 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise DataError(
-            f"{path}: not a readable .npz archive ({type(e).__name__}: {one_line(e, 120)})"
-        ) from None
+        raise DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: {one_line(e, 120)})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: holds a single array; expected an .npz archive with keys {', '.join(KEYS)}")
     arrays: dict[str, np.ndarray] = {}
@@ -108,15 +104,12 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
                 if key == "classes":
                     continue
                 raise DataError(
-                    f"{path}: missing key '{key}' (has: {', '.join(z.files) or 'none'}); "
-                    f"expected {', '.join(KEYS)}"
+                    f"{path}: missing key '{key}' (has: {', '.join(z.files) or 'none'}); expected {', '.join(KEYS)}"
                 )
             try:
                 arrays[key] = z[key]
             except Exception as e:
-                raise DataError(
-                    f"{path}: key '{key}' is unreadable ({type(e).__name__}: {one_line(e, 120)})"
-                ) from None
+                raise DataError(f"{path}: key '{key}' is unreadable ({type(e).__name__}: {one_line(e, 120)})") from None
     w = {k: f"{path} key '{k}'" for k in (*KEYS, "classes")}
     xtr, xte = _images(arrays["x_train"], w["x_train"]), _images(arrays["x_test"], w["x_test"])
     ytr = _labels(arrays["y_train"], xtr.shape[0], w["y_train"])
@@ -135,8 +128,7 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
     for key, y in (("y_train", ytr), ("y_test", yte)):
         if y.size and int(y.max()) >= len(classes):
             raise DataError(
-                f"{w[key]} holds label {int(y.max())}; "
-                f"expected labels 0..{len(classes) - 1} ({len(classes)} classes)"
+                f"{w[key]} holds label {int(y.max())}; expected labels 0..{len(classes) - 1} ({len(classes)} classes)"
             )
     return RawDataset(
         train=ImageSet(xtr, torch.from_numpy(ytr)),

@@ -40,9 +40,7 @@ def load_digits(data_dir: str | Path | None = None, **_: object) -> RawDataset:
 
     d = sk_load_digits()
     images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    full = ImageSet(
-        torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(d.target.astype(np.int64))
-    )
+    full = ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(d.target.astype(np.int64)))
     kept, test = stratified_split(d.target, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
     return RawDataset(
         train=subset(full, kept),

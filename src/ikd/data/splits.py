@@ -23,13 +23,10 @@ class ImageSet:
         # Loaders validate user data; these checks only catch programming mistakes.
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
-                "ImageSet.images must be uint8 (N, C, H, W), "
-                f"got {self.images.dtype} {tuple(self.images.shape)}"
+                f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if self.labels.dtype != torch.int64 or self.labels.ndim != 1:
-            raise ValueError(
-                f"ImageSet.labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}"
-            )
+            raise ValueError(f"ImageSet.labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
         if self.images.shape[0] != self.labels.shape[0]:
             raise ValueError(f"ImageSet has {self.images.shape[0]} images but {self.labels.shape[0]} labels")
         if not self.images.is_contiguous():
@@ -165,9 +162,7 @@ def check_consistent(raw: RawDataset, where: str) -> None:
     for part, s in (("train", raw.train), ("test", raw.test)):
         lo, hi = int(s.labels.min()), int(s.labels.max())
         if lo < 0 or hi >= k:
-            raise DataError(
-                f"{where}: {part} labels span {lo}..{hi}; expected labels in 0..{k - 1} ({k} classes)"
-            )
+            raise DataError(f"{where}: {part} labels span {lo}..{hi}; expected labels in 0..{k - 1} ({k} classes)")
 
 
 def check_split_seed(split_seed: int) -> int:
