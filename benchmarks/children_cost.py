@@ -78,7 +78,7 @@ def main() -> int:
 
     # Denominator first: each distinct child alone with plain CE, then one teacher pass.
     ce_seconds: dict[str, float] = {}
-    for (label, _), student in zip(children, students):
+    for (label, _), student in zip(children, students, strict=True):
         if label not in ce_seconds:
             warm_up(student, data, config)
             started = time.perf_counter()
@@ -91,7 +91,8 @@ def main() -> int:
 
     # Numerator: the generation -- the cache (timed above: the same work) + the k children together.
     objectives = [
-        build_objective(student, teacher, weights, sources=[cache], seed=seed) for student, seed in zip(students, seeds)
+        build_objective(student, teacher, weights, sources=[cache], seed=seed)
+        for student, seed in zip(students, seeds, strict=True)
     ]
     started = time.perf_counter()
     train_models(

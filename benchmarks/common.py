@@ -7,6 +7,7 @@ first on `sys.path`, so they import this module as plain `common` -- no path jug
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import shlex
 import statistics
@@ -42,10 +43,8 @@ def machine_line() -> str:
 def command_line() -> str:
     """The command that is running, as someone would retype it from the repository root."""
     script = Path(sys.argv[0])
-    try:
+    with contextlib.suppress(ValueError):  # a script outside the repository: as given
         script = script.resolve().relative_to(ROOT)
-    except ValueError:
-        pass
     return "python " + shlex.join([script.as_posix(), *sys.argv[1:]])
 
 

@@ -52,7 +52,7 @@ def main() -> int:
 
     device = resolve_device("auto")
     precision = resolve_precision("auto", device)
-    teacher, meta = load_model(Path(args.teacher), map_location=device)
+    teacher, _ = load_model(Path(args.teacher), map_location=device)
     recorded = read_metadata(Path(args.teacher))["dataset"]
     data = load_dataset(
         args.dataset, args.data_dir, val_fraction=recorded["val_fraction"], split_seed=recorded["split_seed"]

@@ -30,13 +30,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ikd.campaign import compress
 from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
 from ikd.report import arch_name, latency_of
-from ikd.campaign import compress
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import ROOT, command_line, machine_line, print_result, write_record

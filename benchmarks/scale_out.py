@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ikd.config import load_config
 from ikd.campaign import compress
+from ikd.config import load_config
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import machine_line, print_result, publish

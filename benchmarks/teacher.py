@@ -69,6 +69,10 @@ def main() -> int:
 
     meta = json.loads((Path(args.out) / "model.json").read_text())
     metrics, training = meta["metrics"], meta["training"]
+    sizes = meta["dataset"]["sizes"]
+    best, last, tested = metrics["best"], metrics["last"], metrics["test_of_saved_weights"]
+    precision, device = training["resolved_precision"], training["resolved_device"]
+    augment = training["augment"] or meta["dataset"]["augment"]
     shown = ["ikd", *command[3:]]
     rows = "\n".join(
         f"| {r['epoch']} | {r['train']['loss']:.4f} | {r['train']['accuracy']:.4f} | {r['val_accuracy']:.4f} "
@@ -83,16 +87,19 @@ Command: `{shlex.join(shown)}`
 
 Machine: {machine()}
 Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-Precision: {training["resolved_precision"]}, device {training["resolved_device"]}, batch {training["batch_size"]}, peak lr {training["lr"]}, {training["schedule"]} schedule, seed {training["seed"]}
-Data: {meta["dataset"]["sizes"]["train"]} train / {meta["dataset"]["sizes"]["val"]} val (seeded split) / {meta["dataset"]["sizes"]["test"]} test, augmentation `{training["augment"] or meta["dataset"]["augment"]}`
+Precision: {precision}, device {device}, batch {training["batch_size"]}, peak lr {training["lr"]}, \
+{training["schedule"]} schedule, seed {training["seed"]}
+Data: {sizes["train"]} train / {sizes["val"]} val (seeded split) / {sizes["test"]} test, augmentation `{augment}`
 
 | epoch | train loss | train acc | val acc | images/s | seconds |
 |---|---|---|---|---|---|
 {rows}
 
-- Saved weights: epoch {metrics["best"]["epoch"]} (best validation accuracy {metrics["best"]["val_accuracy"]:.4f}; last epoch {metrics["last"]["val_accuracy"]:.4f})
-- **Test accuracy of the saved weights: {metrics["test_of_saved_weights"]["accuracy"] * 100:.2f}%** on {metrics["test_of_saved_weights"]["n"]} images
-- Wall time: {wall / 60:.1f} min in all ({training["seconds"] / 60:.1f} min training + validation; the rest is start-up, data loading and the test pass)
+- Saved weights: epoch {best["epoch"]} (best validation accuracy {best["val_accuracy"]:.4f}; \
+last epoch {last["val_accuracy"]:.4f})
+- **Test accuracy of the saved weights: {tested["accuracy"] * 100:.2f}%** on {tested["n"]} images
+- Wall time: {wall / 60:.1f} min in all ({training["seconds"] / 60:.1f} min training + validation; \
+the rest is start-up, data loading and the test pass)
 - Model: {meta["size"]["params"]:,} parameters, {meta["size"]["macs"] / 1e6:.1f} M MACs/image
 """
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

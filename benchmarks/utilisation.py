@@ -107,8 +107,8 @@ def main() -> int:
         blocks = {teacher_hint_block(s.spec, teacher, weights) for _, s in students} - {None}
         cache = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU)
 
-        def distillation(model):
-            return build_objective(model, teacher, weights, sources=[cache], seed=0)
+        def distillation(model):  # called only within this iteration of the loop
+            return build_objective(model, teacher, weights, sources=[cache], seed=0)  # noqa: B023
 
         for width, student in students:
             bare = bare_train_rate(student.spec, precision, args.batch_size, args.bare_steps, warmup=2)

@@ -1,6 +1,7 @@
 """Fault injection inside Ray workers, for tests/test_executor.py: loaded into every worker process
 as its `worker_process_setup_hook`. With IKD_TEST_KILL_NODE set (node ids, comma-separated), a
-worker training one of those nodes kills itself (SIGKILL, no clean-up) when the node's first epoch ends: a worker lost mid-job."""
+worker training one of those nodes kills itself (SIGKILL, no clean-up) when the node's first epoch
+ends: a worker lost mid-job."""
 
 import os
 import signal

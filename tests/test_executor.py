@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_search import campaign_config
 
-from ikd.config import ExecutorConfig
 from ikd.campaign import compress
+from ikd.config import ExecutorConfig
 
 TESTS = Path(__file__).parent
 
@@ -66,7 +66,7 @@ def test_ray_executor_makes_the_local_executors_decisions(tmp_path, tiny_teacher
         remote = compress(parent_children(tmp_path / "ray", tiny_teacher, kind="ray", cpus_per_job=1), progress=False)
     assert decisions(remote) == decisions(local)
     assert len([n for n in remote.nodes if n.generation == 1]) == 2  # k=2: depth and width children
-    for mine, theirs in zip(remote.nodes, local.nodes):  # each job trains as it would have alone
+    for mine, theirs in zip(remote.nodes, local.nodes, strict=True):  # each job trains as it would have alone
         assert mine.val_accuracy == theirs.val_accuracy, mine.id
     assert remote.stop_reason == local.stop_reason
     assert (tmp_path / "ray" / "nodes" / "g2-width" / "model.safetensors").is_file()  # the driver wrote the weights
@@ -161,7 +161,6 @@ def test_a_cluster_that_cannot_fit_a_job_fails_before_any_training(tmp_path, tin
     from ikd.errors import ConfigError
     from ikd.lineage import RunDir
 
-    with local_ray():
-        with pytest.raises(ConfigError, match="cpus_per_job 64.*2 CPUs.*no job fits"):
-            compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray", cpus_per_job=64), progress=False)
+    with local_ray(), pytest.raises(ConfigError, match=r"cpus_per_job 64.*2 CPUs.*no job fits"):
+        compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray", cpus_per_job=64), progress=False)
     assert not RunDir(tmp_path / "run").exists()  # not even the root was recorded

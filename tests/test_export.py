@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from test_search import campaign_config
 
 from ikd.arch import ArchSpec
+from ikd.campaign import compress
 from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
 from ikd.export import export_node
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
-from ikd.campaign import compress
 
 NODE, ROOT = "g1-width", "g0-teacher"
 MEASURED = {(runtime, batch) for runtime in ("onnxruntime", "torch") for batch in (1, 64)}

@@ -27,7 +27,7 @@ def test_kd_loss_matches_the_formula_by_hand():
         q = [math.exp(v / temperature) for v in s[i].tolist()]
         p = [v / sum(p) for v in p]
         q = [v / sum(q) for v in q]
-        expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
     expected = expected / 4 * temperature**2  # batch mean, not class mean; times T^2
     assert kd_loss(s, t, temperature).item() == pytest.approx(expected, rel=1e-5)
     assert kd_loss(t, t, temperature).item() == pytest.approx(0.0, abs=1e-6)
@@ -84,7 +84,7 @@ def test_cached_and_live_teacher_give_the_same_loss_and_gradients(gamma):
     (live_terms, live_grads), (cached_terms, cached_grads) = results
     for name in ("loss", "kd", "ce", "hint"):
         assert torch.allclose(live_terms[name], cached_terms[name], atol=1e-6), name
-    for a, b in zip(live_grads, cached_grads):
+    for a, b in zip(live_grads, cached_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -251,7 +251,7 @@ def test_a_shared_live_teacher_runs_once_per_batch():
     shared = LiveTeacher(teachers[0], [block])
     objectives = [build_objective(s, teachers[0], LossWeights(), sources=[shared]) for s in students]
     index = torch.arange(6)
-    for student, objective in zip(students, objectives):
+    for student, objective in zip(students, objectives, strict=True):
         objective(student, x, y, index)
     assert len(calls) == 1
     objectives[0](students[0], x, y, torch.arange(6))  # a new batch runs it again

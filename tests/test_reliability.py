@@ -12,6 +12,7 @@ import builtins
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,12 +28,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
+import ikd.campaign
 from ikd import cli
 from ikd.checkpoint import load_model, read_metadata
 from ikd.config import CampaignConfig, load_config, validate_config
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir
-import ikd.campaign
 
 from audit import fault_injection, harness
 
@@ -306,7 +307,7 @@ def test_node_ids_that_could_leave_the_run_directory_are_refused_on_load(run_cop
     document = json.loads((run_copy / "lineage.json").read_text())
     document["nodes"][1]["id"] = node_id
     (run_copy / "lineage.json").write_text(json.dumps(document))
-    with pytest.raises(CheckpointError, match="invalid nodes.1.id"):
+    with pytest.raises(CheckpointError, match=re.escape("invalid nodes.1.id")):
         RunDir(run_copy).load()
 
 
@@ -325,7 +326,7 @@ def test_weights_that_do_not_fit_their_spec_are_refused_before_anything_is_built
         load_model(teacher)
     state["blocks.0.0.weight"][0, 0, 0, 0] = float("nan")
     save_file(state, teacher / "model.safetensors")
-    with pytest.raises(CheckpointError, match="NaN or infinite values in blocks.0.0.weight"):
+    with pytest.raises(CheckpointError, match=re.escape("NaN or infinite values in blocks.0.0.weight")):
         load_model(teacher)
 
 

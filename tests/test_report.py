@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ikd.campaign import compress
 from ikd.cli import main
 from ikd.config import load_config
 from ikd.lineage import Latency, RunDir
 from ikd.report import FIGURES, load_report, write_report
-from ikd.campaign import compress
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
     rows = {}
     for line in lines[1:]:
         cells = [cell.strip().replace("\u00a0", "") for cell in line.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(header, cells))
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
     return rows
 
 

@@ -1,17 +1,18 @@
 """The campaign: lineage shape, accept/stop rules, resume after an interruption, config checks."""
 
 import json
+import re
 
 import pytest
 import torch
 
 import ikd
+import ikd.campaign
 from ikd.arch import ArchSpec
+from ikd.campaign import Campaign, compress
 from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
-import ikd.campaign
-from ikd.campaign import Campaign, compress
 from ikd.train import TrainConfig, train_model
 
 
@@ -136,7 +137,7 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
 def test_run_dir_from_another_config_is_refused(tmp_path, tiny_teacher):
     compress(campaign_config(tmp_path / "run", tiny_teacher, max_generations=1), progress=False)
     other = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, max_drop=0.5)
-    with pytest.raises(ConfigError, match="max_drop: 100.0 -> 0.5"):
+    with pytest.raises(ConfigError, match=re.escape("max_drop: 100.0 -> 0.5")):
         Campaign(other, progress=False)
 
 
@@ -294,7 +295,7 @@ def test_a_changed_node_is_retrained_but_never_silently_with_its_descendants(tmp
     assert again.node("g1-width").sha256 == lineage.node("g1-width").sha256
 
     (run.node_dir("g1-width") / "model.safetensors").write_bytes(b"garbage")  # g2 grew from it
-    with pytest.raises(CheckpointError, match="g1-width.*g2-width.*--force"):
+    with pytest.raises(CheckpointError, match=r"g1-width.*g2-width.*--force"):
         compress(config, progress=False)
     assert run.load().node("g2-width") is not None  # refused without touching the lineage
     forced = compress(config, progress=False, force=True)

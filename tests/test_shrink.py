@@ -49,7 +49,7 @@ def test_depth_inheritance_keeps_surviving_layers_exactly():
     stats = inherit_weights(child, parent)
     assert stats["fresh"] == 0
     for name, tensor in child.state_dict().items():
-        if name.startswith("blocks.0") or name.startswith("blocks.1.0") or name.startswith("blocks.1.1"):
+        if name.startswith(("blocks.0", "blocks.1.0", "blocks.1.1")):
             assert torch.equal(tensor, parent.state_dict()[name]), name
     assert torch.equal(child.head[0].weight, parent.head[0].weight)
 

@@ -3,10 +3,10 @@
 import pytest
 from test_search import campaign_config
 
+from ikd.campaign import compress
 from ikd.cli import format_lineage
 from ikd.config import load_config
 from ikd.errors import ConfigError
-from ikd.campaign import compress
 
 
 def config(tmp_path, teacher, name="run", ensemble=None, **search):

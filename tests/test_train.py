@@ -144,9 +144,9 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
     first_conv.register_forward_hook(lambda *args: calls.append(1))
     results = train_models(together, digits, config, objectives=objectives(together, True), progress=False)
     assert len(calls) == 2 * 6  # one teacher forward per batch, not one per student
-    for a, b, result in zip(alone, together, results):
+    for a, b, result in zip(alone, together, results, strict=True):
         assert result.best_epoch in (1, 2)
-        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y), name
 
 

@@ -15,6 +15,8 @@ Layout of the network a spec describes (see `ikd.model.VGG`):
 
 from __future__ import annotations
 
+import itertools
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ikd.errors import ConfigError
@@ -81,7 +83,7 @@ class ArchSpec(BaseModel):
     def convs(self) -> list[tuple[int, int, int]]:
         """(in_channels, out_channels, spatial size) of every conv, in order."""
         layers, channels = [], self.in_channels
-        for block, size in zip(self.blocks, self.block_input_sizes()):
+        for block, size in zip(self.blocks, self.block_input_sizes(), strict=True):
             for width in block:
                 layers.append((channels, width, size))
                 channels = width
@@ -89,7 +91,7 @@ class ArchSpec(BaseModel):
 
     def linears(self) -> list[tuple[int, int]]:
         widths = [self.feature_width, *self.head, self.num_classes]
-        return list(zip(widths[:-1], widths[1:]))
+        return list(itertools.pairwise(widths))
 
     # --- size and cost ----------------------------------------------------------------------
     def num_params(self) -> int:

@@ -97,7 +97,7 @@ def train_students(
     loss = describe_loss(ctx, job)
     epochs = sum(e for _, e in job.stages)
     root_params = lineage.root().params
-    for candidate, done in zip(job.candidates, trained):
+    for candidate, done in zip(job.candidates, trained, strict=True):
         common: dict[str, Any] = dict(
             root_params=root_params,
             generation=generation,

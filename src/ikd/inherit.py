@@ -20,7 +20,7 @@ def _convs_by_position(model: VGG) -> dict[tuple[int, int], tuple[nn.Conv2d, nn.
     for b, block in enumerate(model.blocks):
         convs = [m for m in block if isinstance(m, nn.Conv2d)]
         norms = [m for m in block if isinstance(m, nn.BatchNorm2d)]
-        for j, (conv, norm) in enumerate(zip(convs, norms)):
+        for j, (conv, norm) in enumerate(zip(convs, norms, strict=True)):
             found[(b, j)] = (conv, norm)
     return found
 
@@ -45,7 +45,9 @@ def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
 
     for key, (conv, norm) in _convs_by_position(child).items():
         source = parent_convs.get(key)
-        fits = source is not None and all(c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2]))
+        fits = source is not None and all(
+            c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2], strict=True)
+        )
         if not fits:
             stats["fresh"] += 1
             previous_child_key, previous_parent_key = key, None
@@ -71,7 +73,7 @@ def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
     last_parent_conv = parent_order[-1]
     in_idx = kept_out.get(previous_child_key) if previous_parent_key == last_parent_conv else None
     if len(child_linears) == len(parent_linears):
-        for c_lin, p_lin in zip(child_linears, parent_linears):
+        for c_lin, p_lin in zip(child_linears, parent_linears, strict=True):
             if c_lin.out_features > p_lin.out_features or c_lin.in_features > p_lin.in_features:
                 in_idx = None
                 stats["fresh"] += 1

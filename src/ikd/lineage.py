@@ -15,9 +15,9 @@ import hashlib
 import json
 import os
 import re
-from pathlib import Path
 from collections.abc import Iterable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -277,7 +277,8 @@ class RunDir:
         created = _missing_dirs(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path / LOCK_FILE, "a+")
+            # opened outside `with` so that only the open's OSError becomes the CheckpointError
+            handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot open the run directory for writing ({exc.strerror})") from None
         with handle:

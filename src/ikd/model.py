@@ -31,7 +31,8 @@ class VGG(nn.Module):
         self.spec = spec
         channels = [spec.in_channels] + [block[-1] for block in spec.blocks[:-1]]
         self.blocks = nn.ModuleList(
-            _block(cin, widths, size) for cin, widths, size in zip(channels, spec.blocks, spec.block_input_sizes())
+            _block(cin, widths, size)
+            for cin, widths, size in zip(channels, spec.blocks, spec.block_input_sizes(), strict=True)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         head: list[nn.Module] = []

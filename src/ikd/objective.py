@@ -183,12 +183,13 @@ class DistillationObjective(nn.Module):
         teacher_weights = [self.links[i].weight / total for i in kd_teachers]
         if self.aggregate == "mean-kd":
             kd = sum(
-                tw * kd_loss(logits, outputs[i].logits, w.temperature) for tw, i in zip(teacher_weights, kd_teachers)
+                tw * kd_loss(logits, outputs[i].logits, w.temperature)
+                for tw, i in zip(teacher_weights, kd_teachers, strict=True)
             )
         else:
             probs = sum(
                 tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
-                for tw, i in zip(teacher_weights, kd_teachers)
+                for tw, i in zip(teacher_weights, kd_teachers, strict=True)
             )
             kd = soft_target_kd_loss(logits, probs, w.temperature)
         return self._terms(logits, y, kd, hint)
@@ -305,7 +306,9 @@ def build_objective(
     if not (len(sources) == len(teacher_weights) == len(teachers)):
         raise ValueError("teachers, sources and teacher_weights must have the same length")
     links, regressors = [], []
-    for i, (teacher, source, weight, t_block) in enumerate(zip(teachers, sources, teacher_weights, hint_blocks)):
+    for i, (teacher, source, weight, t_block) in enumerate(
+        zip(teachers, sources, teacher_weights, hint_blocks, strict=True)
+    ):
         s_block = regressor = None
         if t_block is not None:
             s_block, _, t_channels = hint_pairing(student.spec, teacher)

@@ -373,16 +373,22 @@ def plot_training(report: Report, path: Path) -> bool:
         {k for n in nodes for e in report.histories[n.id] for k in e.get("train", {})} - {"accuracy"},
         key=lambda t: (t != "loss", t),
     )
-    term_colours = dict(zip(terms, ["#222222", "#2e6fbf", "#d1495b", "#2a9d4b", "#e09f3e", "#7f3c8d", "#999999"]))
+    # terms past the palette are drawn grey (the .get below)
+    palette = ["#222222", "#2e6fbf", "#d1495b", "#2a9d4b", "#e09f3e", "#7f3c8d", "#999999"]
+    term_colours = dict(zip(terms, palette, strict=False))
     offset, centres = 0, []
     for node in nodes:
         history = report.histories[node.id]
         steps = [offset + i + 1 for i in range(len(history))]
         for term in terms:
             values = [e.get("train", {}).get(term) for e in history]
-            points = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v) and v > 0]
+            points = [
+                (s, v) for s, v in zip(steps, values, strict=True) if v is not None and math.isfinite(v) and v > 0
+            ]
             if points:
-                loss_ax.plot(*zip(*points), color=term_colours.get(term, "#999999"), marker=".", linewidth=1.1)
+                loss_ax.plot(
+                    *zip(*points, strict=True), color=term_colours.get(term, "#999999"), marker=".", linewidth=1.1
+                )
         acc = [100 * e["val_accuracy"] for e in history if e.get("val_accuracy") is not None]
         acc_ax.plot(steps[: len(acc)], acc, color=STYLE[node.status][0], marker="o", markersize=3, linewidth=1.3)
         centres.append((offset + (len(history) + 1) / 2, node.id))
@@ -424,7 +430,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 CAPTIONS = {
-    "pareto.png": "Test accuracy against parameters. The line joins the accepted chain from the teacher to the final student.",
+    "pareto.png": "Test accuracy against parameters. "
+    "The line joins the accepted chain from the teacher to the final student.",
     "lineage.png": "Who came from whom: each box is a node (parameters, validation accuracy), coloured by status.",
     "training.png": "Loss terms and validation accuracy of every trained node, epoch by epoch, in training order.",
 }
@@ -467,7 +474,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }}
 table {{ border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }}
-th {{ background: #f3f3f3; }} td:first-child, td:nth-child(3), td:nth-child(12), td:nth-child(13) {{ text-align: left; }}
+th {{ background: #f3f3f3; }} \
+td:first-child, td:nth-child(3), td:nth-child(12), td:nth-child(13) {{ text-align: left; }}
 .headline {{ font-size: 1.15em; font-weight: 600; }} img {{ max-width: 100%; }} figure {{ margin: 2em 0; }}
 figcaption {{ color: #555; font-size: 0.9em; }} .scroll {{ overflow-x: auto; }}
 </style></head><body>

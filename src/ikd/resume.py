@@ -3,6 +3,7 @@ continued -- made with the same settings, its finished nodes' weights matching t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -45,10 +46,8 @@ def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Call
     if not lineage.nodes:
         return Lineage(config=wanted)
     stored = lineage.config
-    try:  # keys added to ikd since the run started compare as their defaults
+    with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
         stored = CampaignConfig.model_validate(stored).decision_fields()
-    except ValidationError:
-        pass
     differences = config_differences(stored, wanted)
     if differences and not force:
         raise ConfigError(

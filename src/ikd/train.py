@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -274,7 +275,7 @@ def train_models(
             start_state.clone() if shared_rng else None,
             ranks,
         )
-        for model, objective, name in zip(models, objectives, descriptions)
+        for model, objective, name in zip(models, objectives, descriptions, strict=True)
     ]
     active = list(group)
 

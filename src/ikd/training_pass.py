@@ -18,7 +18,6 @@ from ikd.data import DataSplits
 from ikd.external import ExternalTeacher
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
-from ikd.shrink import Candidate
 from ikd.objective import (
     CachedTeacher,
     LiveTeacher,
@@ -28,6 +27,7 @@ from ikd.objective import (
     cache_teacher_outputs,
     teacher_hint_blocks,
 )
+from ikd.shrink import Candidate
 from ikd.train import EpochCallback, TrainConfig, TrainingDiverged, TrainResult, train_models
 
 Teacher = VGG | ExternalTeacher
@@ -52,7 +52,7 @@ class TrainingPass:
 
     def split(self) -> list[TrainingPass]:
         """One pass per candidate: the same training, trained alone (the weights come out the same)."""
-        return [replace(self, candidates=(c,), seeds=(s,)) for c, s in zip(self.candidates, self.seeds)]
+        return [replace(self, candidates=(c,), seeds=(s,)) for c, s in zip(self.candidates, self.seeds, strict=True)]
 
 
 class TeacherOutputStore:
@@ -103,7 +103,7 @@ def run_training_pass(
 ) -> list[tuple[VGG, Outcome]]:
     """Train the pass's candidates together; each comes back with its best-by-validation weights and
     its result, or the TrainingDiverged error that dropped it."""
-    students = [build_model(c.spec, seed=seed) for c, seed in zip(job.candidates, job.seeds)]
+    students = [build_model(c.spec, seed=seed) for c, seed in zip(job.candidates, job.seeds, strict=True)]
     if job.inherit_from is not None:
         parent = models(job.inherit_from)
         for student in students:
@@ -117,7 +117,7 @@ def run_training_pass(
             blocks: dict[str, set[int]] = {t: set() for t in job.teacher_ids}
             for i in alive:
                 needed = teacher_hint_blocks(job.candidates[i].spec, teachers, stage_weights, job.hints)
-                for t, block in zip(job.teacher_ids, needed):
+                for t, block in zip(job.teacher_ids, needed, strict=True):
                     if block is not None:
                         blocks[t].add(block)
             sources = (
@@ -149,6 +149,6 @@ def run_training_pass(
             descriptions=[job.candidates[i].node_id for i in alive],
             on_epoch=on_epoch,
         )
-        for i, result in zip(alive, results):
+        for i, result in zip(alive, results, strict=True):
             outcome[i] = result
-    return list(zip(students, outcome))
+    return list(zip(students, outcome, strict=True))

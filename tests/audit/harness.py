@@ -6,6 +6,7 @@ nothing; an interrupted campaign loses no finished work and, rerun, ends as if n
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -282,18 +283,14 @@ def run_bad_input(case: BadInput, shared: Shared) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     before = snapshot(shared.work)
     fault = case.fault.format(case=directory) if case.fault else None
-    lock = None
-    if case.hold_lock:  # as a running `ikd compress` holds it
-        lock = open(directory / "run" / ".lock", "a+")
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lock.write("another campaign (pid 12345)")
-        lock.flush()
-        before = snapshot(shared.work)
-    try:
+    with contextlib.ExitStack() as held:
+        if case.hold_lock:  # as a running `ikd compress` holds it
+            lock = held.enter_context(open(directory / "run" / ".lock", "a+"))
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.write("another campaign (pid 12345)")
+            lock.flush()
+            before = snapshot(shared.work)
         result = run_ikd(args, shared.env, shared.work, fault=fault)
-    finally:
-        if lock is not None:
-            lock.close()
     changed = changes(before, snapshot(shared.work))
     lines = error_lines(result.stderr)
     return {
