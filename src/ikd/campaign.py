@@ -238,7 +238,7 @@ class Campaign:
 
     def needs_training(self, node_id: str) -> bool:
         """Not in the lineage yet, or lost with its worker (the job failed, not the training)."""
-        node = self.lineage.node(node_id)
+        node = self.lineage.find(node_id)
         return node is None or (node.status == Status.FAILED and node.reason.startswith(WORKER_LOST))
 
     def baselines(self) -> None:
@@ -249,7 +249,7 @@ class Campaign:
             return
         budget = self.lineage.epochs_spent(self.lineage.chain(final))
         for node_id, teacher_ids in (("baseline-scratch", []), ("baseline-oneshot-kd", [ROOT_ID])):
-            if self.lineage.node(node_id) is not None:
+            if self.lineage.find(node_id) is not None:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")
             job = plan_pass(

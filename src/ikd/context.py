@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -12,7 +13,15 @@ from ikd.config import CampaignConfig, OptimConfig
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.lineage import RunDir
 from ikd.runtime import Precision, resolve_device, resolve_precision
-from ikd.train import EpochCallback, TrainConfig, evaluate
+from ikd.train import EpochRecord, TrainConfig, evaluate
+
+
+class EpochLog(Protocol):
+    """An EpochCallback (it sees each finished epoch) that the campaign closes when it ends."""
+
+    def __call__(self, description: str, record: EpochRecord, /) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -20,7 +29,7 @@ class CampaignContext:
     config: CampaignConfig
     run: RunDir
     progress: bool = True
-    on_epoch: EpochCallback | None = None
+    on_epoch: EpochLog | None = None
     device: torch.device = field(init=False)
     precision: Precision = field(init=False)
     _data: DataSplits | None = field(default=None, init=False)

@@ -222,7 +222,9 @@ class RayExecutor:
                 for record in outcome.history:
                     self.on_epoch(candidate.node_id, record)
             self.log(f"{candidate.node_id}: trained on {worker} in {seconds:.0f} s")
-        return trained
+        done = [t for t in trained if t is not None]
+        assert len(done) == len(jobs), "every job was queued and waited for"
+        return done
 
     def close(self) -> None:
         for actor in self.actors:

@@ -196,7 +196,7 @@ def _output_paths(out: Path | None, default_dir: Path, fmt: str) -> tuple[Path, 
 
 
 def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
-    node = lineage.node(node_id)
+    node = lineage.find(node_id)
     if node is None:
         ids = [n.id for n in lineage.nodes]
         shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} nodes)" if len(ids) > 8 else "")
@@ -280,6 +280,7 @@ def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) ->
             output_names=[OUTPUT_NAME],
             dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
         )
+    assert program is not None  # None only from the old exporter (dynamo=False)
     proto = program.model_proto
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

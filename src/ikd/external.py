@@ -52,4 +52,6 @@ class ExternalTeacher(nn.Module):
         logits = self.module(x)
         if self.hint_layer is None:
             return logits, []
+        if self._captured is None:  # a submodule the teacher's forward never calls
+            raise ConfigError(f"hint_layer {self.hint_layer!r} is not called in the teacher's forward pass")
         return logits, [self._captured]

@@ -18,8 +18,8 @@ from ikd.model import VGG
 def _convs_by_position(model: VGG) -> dict[tuple[int, int], tuple[nn.Conv2d, nn.BatchNorm2d]]:
     found = {}
     for b, block in enumerate(model.blocks):
-        convs = [m for m in block if isinstance(m, nn.Conv2d)]
-        norms = [m for m in block if isinstance(m, nn.BatchNorm2d)]
+        convs = [m for m in block.children() if isinstance(m, nn.Conv2d)]
+        norms = [m for m in block.children() if isinstance(m, nn.BatchNorm2d)]
         for j, (conv, norm) in enumerate(zip(convs, norms, strict=True)):
             found[(b, j)] = (conv, norm)
     return found
@@ -36,46 +36,47 @@ def _top_l1(weight: torch.Tensor, keep: int, dim: int) -> torch.Tensor:
 def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
     """Copy what fits from `parent` into `child` in place; returns counts of layers inherited/fresh."""
     parent_convs = _convs_by_position(parent)
-    # Output channels each inherited parent layer kept, to pick the next layer's inputs to match.
-    kept_out: dict[tuple[int, int], torch.Tensor] = {}
-    previous_child_key: tuple[int, int] | None = None
+    # The previous conv's parent layer and the output channels it kept (both None when it was fresh):
+    # the next layer picks its inputs to match.
+    previous_kept: torch.Tensor | None = None
     previous_parent_key: tuple[int, int] | None = None
     parent_order = list(parent_convs)
     stats = {"inherited": 0, "fresh": 0}
 
     for key, (conv, norm) in _convs_by_position(child).items():
         source = parent_convs.get(key)
-        fits = source is not None and all(
+        if source is None or not all(
             c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2], strict=True)
-        )
-        if not fits:
+        ):
             stats["fresh"] += 1
-            previous_child_key, previous_parent_key = key, None
+            previous_kept, previous_parent_key = None, None
             continue
         p_conv, p_norm = source
         out_idx = _top_l1(p_conv.weight, conv.out_channels, dim=0)
-        feeds_directly = (
-            previous_parent_key is not None
+        if (
+            previous_kept is not None
+            and previous_parent_key is not None
             and parent_order.index(key) == parent_order.index(previous_parent_key) + 1
-            and len(kept_out[previous_child_key]) == conv.in_channels
-        )
-        in_idx = kept_out[previous_child_key] if feeds_directly else _top_l1(p_conv.weight, conv.in_channels, dim=1)
+            and len(previous_kept) == conv.in_channels
+        ):
+            in_idx = previous_kept  # feeds directly on the previous layer's kept channels
+        else:
+            in_idx = _top_l1(p_conv.weight, conv.in_channels, dim=1)
         conv.weight.copy_(p_conv.weight[out_idx][:, in_idx])
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(norm, name).copy_(getattr(p_norm, name)[out_idx])
-        kept_out[key] = out_idx
-        previous_child_key, previous_parent_key = key, key
+        previous_kept, previous_parent_key = out_idx, key
         stats["inherited"] += 1
 
     # The head: the first linear reads the last conv's channels; hidden layers keep top-L1 rows.
     child_linears = [m for m in child.head if isinstance(m, nn.Linear)]
     parent_linears = [m for m in parent.head if isinstance(m, nn.Linear)]
     last_parent_conv = parent_order[-1]
-    in_idx = kept_out.get(previous_child_key) if previous_parent_key == last_parent_conv else None
+    head_in = previous_kept if previous_parent_key == last_parent_conv else None
     if len(child_linears) == len(parent_linears):
         for c_lin, p_lin in zip(child_linears, parent_linears, strict=True):
             if c_lin.out_features > p_lin.out_features or c_lin.in_features > p_lin.in_features:
-                in_idx = None
+                head_in = None
                 stats["fresh"] += 1
                 continue
             out_idx = (
@@ -83,11 +84,11 @@ def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
                 if c_lin.out_features == p_lin.out_features
                 else _top_l1(p_lin.weight, c_lin.out_features, dim=0)
             )
-            if in_idx is None or len(in_idx) != c_lin.in_features:
-                in_idx = _top_l1(p_lin.weight, c_lin.in_features, dim=1)
-            c_lin.weight.copy_(p_lin.weight[out_idx][:, in_idx])
+            if head_in is None or len(head_in) != c_lin.in_features:
+                head_in = _top_l1(p_lin.weight, c_lin.in_features, dim=1)
+            c_lin.weight.copy_(p_lin.weight[out_idx][:, head_in])
             c_lin.bias.copy_(p_lin.bias[out_idx])
-            in_idx = out_idx
+            head_in = out_idx
             stats["inherited"] += 1
     else:
         stats["fresh"] += len(child_linears)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import onnxruntime
 import torch
@@ -20,7 +20,7 @@ from ikd.runtime import cpu_model_name
 
 # batch size -> timed runs by default; batch 64 runs are long enough that fewer give a stable median
 LATENCY_REPEATS = {1: 30, 64: 10}
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES: tuple[Literal["onnxruntime", "torch"], ...] = ("onnxruntime", "torch")
 WARMUP_RUNS = 3
 
 

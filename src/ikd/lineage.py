@@ -173,8 +173,16 @@ class Lineage(BaseModel):
     stop_reason: str | None = None
     sessions: list[Session] = Field(default_factory=list, description="every run of the campaign, first first")
 
-    def node(self, node_id: str) -> NodeRecord | None:
+    def find(self, node_id: str) -> NodeRecord | None:
+        """The node, or None when the lineage has none of that id."""
         return next((n for n in self.nodes if n.id == node_id), None)
+
+    def node(self, node_id: str) -> NodeRecord:
+        """The node, which must be there (`find` asks whether it is)."""
+        node = self.find(node_id)
+        if node is None:
+            raise CheckpointError(f"the lineage has no node {node_id!r}")
+        return node
 
     def root(self) -> NodeRecord:
         root = next((n for n in self.nodes if n.status == Status.TEACHER), None)
@@ -202,7 +210,7 @@ class Lineage(BaseModel):
     def chain(self, node: NodeRecord) -> list[NodeRecord]:
         """`node` and its parents up to the root, root first."""
         path = [node]
-        while path[-1].parent is not None and (parent := self.node(path[-1].parent)) is not None:
+        while path[-1].parent is not None and (parent := self.find(path[-1].parent)) is not None:
             path.append(parent)
         return path[::-1]
 
@@ -334,7 +342,7 @@ class RunDir:
             record = record.model_copy(update={"sha256": file_sha256(weights)})
         # replaced in place, so a record updated after the fact (a latency) keeps its position
         nodes = [record if n.id == record.id else n for n in lineage.nodes]
-        if lineage.node(record.id) is None:
+        if lineage.find(record.id) is None:
             nodes.append(record)
         updated = lineage.model_copy(update={"nodes": nodes})
         self.save(updated)

@@ -38,6 +38,7 @@ class HintRegressor(nn.Module):
             generator = torch.Generator().manual_seed(seed)
             nn.init.kaiming_uniform_(self.project.weight, a=math.sqrt(5), generator=generator)
             bound = 1 / math.sqrt(student_channels)
+            assert self.project.bias is not None  # nn.Conv2d's default bias=True
             nn.init.uniform_(self.project.bias, -bound, bound, generator=generator)
 
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,9 @@ def build_model(spec: ArchSpec, seed: int | None = None) -> VGG:
 class NormalizedModel(nn.Module):
     """The model behind its own input normalisation: it takes images scaled to [0, 1]."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
         super().__init__()
         self.model = model

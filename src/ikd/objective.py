@@ -16,7 +16,9 @@ average-pooled to the smaller one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +153,7 @@ class DistillationObjective(nn.Module):
         self.links, self.weights, self.aggregate, self.drop = links, weights, aggregate, drop
         self.regressors = nn.ModuleList([r if r is not None else nn.Identity() for r in regressors])
         self._hinted = [i for i, r in enumerate(regressors) if r is not None]
+        self._hints = [(i, *self._hint_blocks(i)) for i in self._hinted]  # (teacher, student block, its block)
         self._drop_generator = torch.Generator().manual_seed(seed or 0)
 
     def _kd_teachers(self) -> list[int]:
@@ -160,6 +163,12 @@ class DistillationObjective(nn.Module):
         kept = (torch.rand(len(everyone), generator=self._drop_generator) >= self.drop).nonzero().flatten().tolist()
         return kept or [int(torch.randint(len(everyone), (1,), generator=self._drop_generator))]
 
+    def _hint_blocks(self, i: int) -> tuple[int, int]:
+        """(student block, teacher block) of teacher i's hint: set on every link with a regressor."""
+        link = self.links[i]
+        assert link.student_block is not None and link.hint_block is not None, f"teacher {i} gives no hint"
+        return link.student_block, link.hint_block
+
     def forward(self, student: VGG, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
         w = self.weights
         kd_teachers = self._kd_teachers()
@@ -168,10 +177,8 @@ class DistillationObjective(nn.Module):
             logits, features = student.forward_features(x)
             hint = torch.stack(
                 [
-                    self.regressors[i](
-                        features[self.links[i].student_block], outputs[i].features[self.links[i].hint_block]
-                    )
-                    for i in self._hinted
+                    self.regressors[i](features[s_block], outputs[i].features[t_block])
+                    for i, s_block, t_block in self._hints
                 ]
             ).mean()
         else:
@@ -181,15 +188,22 @@ class DistillationObjective(nn.Module):
             return self._terms(logits, y, kd, hint)
         total = sum(self.links[i].weight for i in kd_teachers)
         teacher_weights = [self.links[i].weight / total for i in kd_teachers]
+        # sums of tensors (sum's 0 start only when empty, and kd_teachers never is)
         if self.aggregate == "mean-kd":
-            kd = sum(
-                tw * kd_loss(logits, outputs[i].logits, w.temperature)
-                for tw, i in zip(teacher_weights, kd_teachers, strict=True)
+            kd = cast(
+                torch.Tensor,
+                sum(
+                    tw * kd_loss(logits, outputs[i].logits, w.temperature)
+                    for tw, i in zip(teacher_weights, kd_teachers, strict=True)
+                ),
             )
         else:
-            probs = sum(
-                tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
-                for tw, i in zip(teacher_weights, kd_teachers, strict=True)
+            probs = cast(
+                torch.Tensor,
+                sum(
+                    tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
+                    for tw, i in zip(teacher_weights, kd_teachers, strict=True)
+                ),
             )
             kd = soft_target_kd_loss(logits, probs, w.temperature)
         return self._terms(logits, y, kd, hint)
@@ -226,7 +240,8 @@ def cache_teacher_outputs(
     """
     teacher = teacher.eval()
     hint_blocks = sorted(set(hint_blocks))
-    logits, features = [], {b: [] for b in hint_blocks}
+    logits: list[torch.Tensor] = []
+    features: dict[int, list[torch.Tensor]] = {b: [] for b in hint_blocks}
     batches = iterate_batches(images, batch_size, mean=mean, std=std, device=device)
     for x, _ in tqdm(
         batches,
@@ -283,7 +298,7 @@ def build_objective(
     teachers,
     weights: LossWeights,
     *,
-    sources: list[TeacherSource] | None = None,
+    sources: Sequence[TeacherSource] | None = None,
     teacher_weights: list[float] | None = None,
     hints: str = "parent",
     aggregate: str = "mean-kd",
@@ -301,13 +316,13 @@ def build_objective(
     """
     teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
     hint_blocks = teacher_hint_blocks(student.spec, teachers, weights, hints)
-    sources = sources or [None] * len(teachers)
+    sources_or_live: list[TeacherSource | None] = list(sources) if sources else [None] * len(teachers)
     teacher_weights = teacher_weights or [1.0] * len(teachers)
-    if not (len(sources) == len(teacher_weights) == len(teachers)):
+    if not (len(sources_or_live) == len(teacher_weights) == len(teachers)):
         raise ValueError("teachers, sources and teacher_weights must have the same length")
     links, regressors = [], []
     for i, (teacher, source, weight, t_block) in enumerate(
-        zip(teachers, sources, teacher_weights, hint_blocks, strict=True)
+        zip(teachers, sources_or_live, teacher_weights, hint_blocks, strict=True)
     ):
         s_block = regressor = None
         if t_block is not None:

@@ -14,13 +14,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE
-from ikd.errors import ConfigError
+from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
 REPORT_DIR = "report"
@@ -66,6 +67,16 @@ def arch_name(node: NodeRecord) -> str:
     return spec.summary()
 
 
+def accuracy_of(node: NodeRecord, split: Literal["val", "test"]) -> float:
+    """A teacher's or an accepted student's accuracy on `split`: measured whenever one is recorded."""
+    value = node.val_accuracy if split == "val" else node.test_accuracy
+    if value is None:
+        raise CheckpointError(
+            f"node {node.id} has no {split}_accuracy; expected a lineage.json written by `ikd compress`"
+        )
+    return value
+
+
 def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
     return next((m for m in node.latency if m.runtime == runtime and m.batch == batch), None)
 
@@ -95,14 +106,15 @@ class Report:
                 f"({tried} generation{'s' * (tried != 1)} tried); the teacher stands."
             )
         reduction = 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32)
-        drop = 100 * (root.test_accuracy - final.test_accuracy)
+        root_test, final_test = accuracy_of(root, "test"), accuracy_of(final, "test")
+        drop = 100 * (root_test - final_test)
         change = f"a {drop:.2f}-point drop" if drop >= 0 else f"a {-drop:.2f}-point gain"
-        val_drop = 100 * (root.val_accuracy - final.val_accuracy)
+        val_drop = 100 * (accuracy_of(root, "val") - accuracy_of(final, "val"))
         return (
             f"ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
             f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
             f"{_bytes(final.size_bytes_fp32)} fp32) with {change} in test accuracy "
-            f"({100 * root.test_accuracy:.2f}% -> {100 * final.test_accuracy:.2f}%; on validation, the split "
+            f"({100 * root_test:.2f}% -> {100 * final_test:.2f}%; on validation, the split "
             f"that chose it, {abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
             f"generation{'s' * (final.generation != 1)}."
         )
@@ -215,16 +227,18 @@ def _legend_handles(statuses) -> list[Line2D]:
 
 def plot_pareto(report: Report, path: Path) -> None:
     """Test accuracy against parameters (log scale); the accepted chain to the final student joined."""
-    nodes = [n for n in report.lineage.nodes if n.test_accuracy is not None]
+    # test accuracy (%) of the nodes that have one
+    percent = {n.id: 100 * n.test_accuracy for n in report.lineage.nodes if n.test_accuracy is not None}
+    nodes = [n for n in report.lineage.nodes if n.id in percent]
     fig = Figure(figsize=(8, 5.5), dpi=110)
     ax = fig.add_subplot()
     # Candidates that collapsed would squash the interesting band: clip them to the bottom edge.
-    kept = [100 * n.test_accuracy for n in nodes if n.status != "rejected"] or [100 * n.test_accuracy for n in nodes]
+    kept = [percent[n.id] for n in nodes if n.status != "rejected"] or list(percent.values())
     spread = max(kept) - min(kept)
     floor = min(kept) - max(1.0, 0.5 * spread)
     for node in nodes:
         colour, marker = STYLE[node.status]
-        accuracy = 100 * node.test_accuracy
+        accuracy = percent[node.id]
         clipped = accuracy < floor
         ax.scatter(
             node.params,
@@ -246,27 +260,28 @@ def plot_pareto(report: Report, path: Path) -> None:
                 fontsize=7,
                 color=colour,
             )
-    chain = [n for n in report.lineage.chain(report.final) if n.test_accuracy is not None]
+    chain = [n for n in report.lineage.chain(report.final) if n.id in percent]
     ax.plot(
         [n.params for n in chain],
-        [100 * n.test_accuracy for n in chain],
+        [percent[n.id] for n in chain],
         color=STYLE["accepted"][0],
         linewidth=1.2,
         alpha=0.7,
         zorder=2,
     )
     for node in {report.root.id: report.root, report.final.id: report.final}.values():
-        if node.test_accuracy is not None:
+        if node.id in percent:
             ax.annotate(
-                f"{node.id}\n{node.params:,} params, {100 * node.test_accuracy:.2f}%",
-                (node.params, 100 * node.test_accuracy),
+                f"{node.id}\n{node.params:,} params, {percent[node.id]:.2f}%",
+                (node.params, percent[node.id]),
                 textcoords="offset points",
                 xytext=(8, 8),
                 fontsize=8,
             )
-    ax.axhline(100 * report.root.test_accuracy, color="#222222", linestyle=":", linewidth=0.8)
+    root_percent = 100 * accuracy_of(report.root, "test")
+    ax.axhline(root_percent, color="#222222", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_ylim(floor - 0.3, max(max(kept), 100 * report.root.test_accuracy) + max(0.5, 0.15 * spread))
+    ax.set_ylim(floor - 0.3, max(max(kept), root_percent) + max(0.5, 0.15 * spread))
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{arch_name(report.root)} on {report.dataset}: accuracy against size")
@@ -302,7 +317,7 @@ def plot_lineage(report: Report, path: Path) -> None:
     for node, depth in in_tree:
         if depth == 0 and node.id not in x:
             place(node)
-    y = {n.id: -n.generation for n, _ in in_tree}
+    y: dict[str, float] = {n.id: -n.generation for n, _ in in_tree}
     depth_max = max((n.generation for n, _ in in_tree), default=0)
     for i, node in enumerate(aside):  # a row of their own, below the tree
         x[node.id], y[node.id] = float(i), -(depth_max + 1.5)

@@ -27,7 +27,8 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
     """Ids of the nodes that descend from `lost` through a parent or a teacher, at any depth."""
-    dependents, grew = set(), True
+    dependents: set[str] = set()
+    grew = True
     while grew:
         found = {
             n.id for n in nodes if n.id not in lost | dependents and ({n.parent, *n.teachers} & (lost | dependents))

@@ -67,9 +67,11 @@ def shrink_width(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSp
     return child if child.num_params() < spec.num_params() else None
 
 
-def get_operator(name: str, width_factor: float = DEFAULT_WIDTH_FACTOR) -> Callable[[ArchSpec], ArchSpec | None]:
+def get_operator(name: str, width_factor: float | None = None) -> Callable[[ArchSpec], ArchSpec | None]:
+    """The shrink operator `name`; `width_factor` (default DEFAULT_WIDTH_FACTOR) is the width's."""
     if name == "depth":
         return shrink_depth
     if name == "width":
-        return lambda spec: shrink_width(spec, width_factor)
+        factor = DEFAULT_WIDTH_FACTOR if width_factor is None else width_factor
+        return lambda spec: shrink_width(spec, factor)
     raise ConfigError(f"unknown shrink operator {name!r}; expected one of {', '.join(OPERATORS)}")

@@ -36,7 +36,7 @@ class TeacherModels:
 
     def __call__(self, node_id: str) -> Teacher:
         if node_id not in self._loaded:
-            node = self.lineage.node(node_id)
+            node = self.lineage.find(node_id)
             if node is not None and node.kind is NodeKind.EXTERNAL:
                 self._loaded[node_id] = self.external()
             else:
@@ -87,7 +87,7 @@ def import_teacher(ctx: CampaignContext, directory: Path) -> VGG:
 def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) -> NodeRecord | None:
     """The root's record when it is new (trained, imported or the user's module, its files written),
     None when the lineage already has it."""
-    existing = lineage.node(ROOT_ID)
+    existing = lineage.find(ROOT_ID)
     if existing is not None:
         if existing.kind is NodeKind.EXTERNAL and models.external().num_params() != existing.params:
             raise ConfigError(
@@ -170,7 +170,7 @@ def expert_teachers(ctx: CampaignContext, lineage: Lineage) -> list[NodeRecord]:
     records = []
     for i, directory in enumerate(ctx.config.ensemble.experts, start=1):
         node_id = expert_id(i, directory)
-        if lineage.node(node_id) is not None:
+        if lineage.find(node_id) is not None:
             continue
         started = time.perf_counter()
         model = import_teacher(ctx, Path(directory))

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ikd.errors import ConfigError
 from ikd.lineage import check_node_id
 from ikd.train import EpochRecord
+
+if TYPE_CHECKING:  # the optional package, imported at run time only when asked for
+    from torch.utils.tensorboard import SummaryWriter
 
 TB_DIR = "tb"
 
@@ -30,7 +34,7 @@ class TensorBoardLog:
             ) from None
         self._writer_class = SummaryWriter
         self.root = Path(run_dir) / TB_DIR
-        self._writers: dict[str, object] = {}
+        self._writers: dict[str, SummaryWriter] = {}
         self._steps: dict[str, int] = {}
 
     def __call__(self, node_id: str, record: EpochRecord) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -222,11 +222,11 @@ def train_model(
 
 
 def train_models(
-    models: list[torch.nn.Module],
+    models: Sequence[torch.nn.Module],
     data: DataSplits,
     config: TrainConfig,
     *,
-    objectives: list[Objective | None] | None = None,
+    objectives: Sequence[Objective | None] | None = None,
     progress: bool = True,
     descriptions: list[str] | None = None,
     on_epoch: EpochCallback | None = None,
@@ -272,7 +272,7 @@ def train_models(
             device,
             precision,
             steps_per_epoch,
-            start_state.clone() if shared_rng else None,
+            start_state.clone() if start_state is not None else None,
             ranks,
         )
         for model, objective, name in zip(models, objectives, descriptions, strict=True)

@@ -28,7 +28,7 @@ from ikd.objective import (
     teacher_hint_blocks,
 )
 from ikd.shrink import Candidate
-from ikd.train import EpochCallback, TrainConfig, TrainingDiverged, TrainResult, train_models
+from ikd.train import EpochCallback, Objective, TrainConfig, TrainingDiverged, TrainResult, train_models
 
 Teacher = VGG | ExternalTeacher
 Outcome = TrainResult | TrainingDiverged
@@ -76,15 +76,15 @@ class TeacherOutputStore:
             if other not in teacher_ids and cache.features:  # bound memory: old hint features go, logits stay
                 self._caches[other] = CachedTeacher(cache.logits)
         for t in teacher_ids:
-            cache = self._caches.get(t)
-            if cache is None or not blocks[t] <= cache.hint_blocks:
+            held = self._caches.get(t)
+            if held is None or not blocks[t] <= held.hint_blocks:
                 self.log(f"caching the outputs of {t}")
                 self._caches[t] = cache_teacher_outputs(
                     models(t),
                     data.train,
                     mean=data.mean,
                     std=data.std,
-                    hint_blocks=blocks[t] | (cache.hint_blocks if cache else set()),
+                    hint_blocks=blocks[t] | (held.hint_blocks if held else set()),
                     device=device,
                     progress=progress,
                 )
@@ -106,12 +106,13 @@ def run_training_pass(
     students = [build_model(c.spec, seed=seed) for c, seed in zip(job.candidates, job.seeds, strict=True)]
     if job.inherit_from is not None:
         parent = models(job.inherit_from)
+        assert isinstance(parent, VGG), f"{job.inherit_from} is a user module: no weights a VGG can inherit"
         for student in students:
             inherit_weights(student, parent)
     outcome: list[Outcome | None] = [None] * len(students)
     for stage_weights, stage_epochs in job.stages:
         alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
-        objectives = [None] * len(alive)
+        objectives: list[Objective | None] = [None] * len(alive)
         if stage_weights is not None:
             teachers = [models(t) for t in job.teacher_ids]
             blocks: dict[str, set[int]] = {t: set() for t in job.teacher_ids}
@@ -120,7 +121,7 @@ def run_training_pass(
                 for t, block in zip(job.teacher_ids, needed, strict=True):
                     if block is not None:
                         blocks[t].add(block)
-            sources = (
+            sources: list[TeacherSource] = (
                 store.sources(job.teacher_ids, blocks, models, data, device, progress)
                 if job.cached
                 else [LiveTeacher(models(t), blocks[t]) for t in job.teacher_ids]
@@ -151,4 +152,6 @@ def run_training_pass(
         )
         for i, result in zip(alive, results, strict=True):
             outcome[i] = result
-    return list(zip(students, outcome, strict=True))
+    done = [o for o in outcome if o is not None]
+    assert len(done) == len(students), "the first stage trains every candidate"
+    return list(zip(students, done, strict=True))

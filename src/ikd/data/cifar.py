@@ -57,7 +57,8 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     for pkg in ("numpy.core", "numpy._core"):
         allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{pkg}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
+        # private to numpy, so not in its stubs; the pickles name it
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     return allowed
 
 
