@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,7 +126,7 @@ def test_iterate_shuffled_epoch_covers_every_sample_once():
 
 def test_iterate_order_and_drop_last_and_determinism():
     data = dataset()
-    kw = {"mean": (0.5,), "std": (0.5,)}
+    kw: dict[str, Any] = {"mean": (0.5,), "std": (0.5,)}
     ys = [y for _, y in iterate_batches(data, 25, **kw)]
     assert torch.cat(ys).tolist() == list(range(103))
     assert [len(y) for _, y in iterate_batches(data, 25, drop_last=True, **kw)] == [25] * 4

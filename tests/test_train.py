@@ -11,7 +11,7 @@ from ikd.data import load_dataset
 from ikd.errors import CheckpointError
 from ikd.model import build_model
 from ikd.runtime import resolve_precision
-from ikd.train import TrainConfig, evaluate, train_model
+from ikd.train import TrainConfig, TrainResult, evaluate, train_model
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_training_config_is_validated():
     with pytest.raises(ValueError):
         TrainConfig(epochs=0)
     with pytest.raises(ValueError):
-        TrainConfig(epochs=1, unknown=3)
+        TrainConfig(epochs=1, unknown=3)  # type: ignore[call-arg]  # the unknown key is the point
 
 
 def test_a_training_set_smaller_than_one_batch_still_trains(digits):
@@ -125,11 +125,8 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
 
     def objectives(students, shared):
         blocks = {teacher_hint_block(s.spec, teacher, weights) for s in students}
-        source = LiveTeacher(teacher, blocks) if shared else None
-        return [
-            build_objective(s, teacher, weights, sources=[source] if shared else None, seed=i)
-            for i, s in enumerate(students)
-        ]
+        sources = [LiveTeacher(teacher, blocks)] if shared else None  # one teacher forward for all
+        return [build_objective(s, teacher, weights, sources=sources, seed=i) for i, s in enumerate(students)]
 
     alone = []
     for i, spec in enumerate(specs):
@@ -145,7 +142,7 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
     results = train_models(together, digits, config, objectives=objectives(together, True), progress=False)
     assert len(calls) == 2 * 6  # one teacher forward per batch, not one per student
     for a, b, result in zip(alone, together, results, strict=True):
-        assert result.best_epoch in (1, 2)
+        assert isinstance(result, TrainResult) and result.best_epoch in (1, 2)
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y), name
 
@@ -163,5 +160,6 @@ def test_a_diverging_model_is_dropped_and_the_others_finish(digits):
     results = train_models(
         models, digits, config, objectives=[None, poisoned], progress=False, descriptions=["fine", "nan"]
     )
-    assert results[0].history and isinstance(results[1], TrainingDiverged)
+    assert isinstance(results[0], TrainResult) and results[0].history
+    assert isinstance(results[1], TrainingDiverged)
     assert "nan" in str(results[1]) and "epoch 1" in str(results[1])

@@ -95,7 +95,7 @@ def on_step(action: str, node: str, n: int) -> None:
                 _signal_self(action)
         return real_step(self, *args, **kwargs)
 
-    train._Student.step = step
+    train._Student.step = step  # type: ignore[method-assign]  # the fault: a patched method
 
 
 def bad_loss(value: float, node: str, epoch: int) -> None:
@@ -120,7 +120,7 @@ def bad_loss(value: float, node: str, epoch: int) -> None:
 
             self.objective = poisoned
 
-    train._Student.begin_epoch = begin_epoch
+    train._Student.begin_epoch = begin_epoch  # type: ignore[method-assign]  # the fault: a patched method
 
 
 def read_only(directory: str) -> None:

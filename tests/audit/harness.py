@@ -62,6 +62,7 @@ def run_ikd(
     an external signal, as a user or a scheduler sends it. `watch`: note when this file appears."""
 
     def limit_file_size():
+        assert file_size_limit is not None  # set as preexec_fn only with a limit
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     started = time.perf_counter()
@@ -404,7 +405,7 @@ def run_fault_case(case: FaultCase, shared: Shared) -> dict:
     if lineage is None:
         problems.append("after the rerun: no lineage.json")
     else:
-        changed = [i for i, sha in finished.items() if (n := lineage.node(i)) is None or n.sha256 != sha]
+        changed = [i for i, sha in finished.items() if (n := lineage.find(i)) is None or n.sha256 != sha]
         kept = len(finished) - len(changed)
         if changed:
             problems.append(f"finished nodes lost or changed: {', '.join(changed)}")

@@ -42,7 +42,7 @@ def run_nan_case(case: NanCase, shared: Shared) -> dict:
     if lineage is None:
         problems.append("no lineage.json")
     else:
-        node, stop = lineage.node(case.node), lineage.stop_reason or ""
+        node, stop = lineage.find(case.node), lineage.stop_reason or ""
         reason = node.reason if node else ""
         if node is None or node.status != "failed":
             problems.append(f"{case.node} is {node.status if node else 'missing'}, expected failed")
