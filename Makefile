@@ -1,14 +1,14 @@
 # Two entry points, both doing all set-up on a fresh machine:
 #   make demo   the embedded default campaign on the bundled `digits` set (offline): train a VGG-16
 #               teacher, compress it generation by generation, print the lineage
-#   make test   run the whole test suite
+#   make test   lint (ruff, mypy), then run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_DIR := runs/digits-demo
 
-.PHONY: demo test install install-dev bench paper clean
+.PHONY: demo test lint install install-dev bench paper clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/ikd compress --config configs/digits-demo.yaml --run-dir $(DEMO_DIR)
 
-test: install-dev
+# ruff (rules and layout) and mypy (types), as configured in pyproject.toml; `make test` runs it first.
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: install
