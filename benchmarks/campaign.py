@@ -6,7 +6,7 @@ measures its wall time and its peak resident memory (`getrusage(RUSAGE_CHILDREN)
 largest RSS the child reached). Then it reads the lineage: the final (smallest accepted) student's
 compression, and its accuracy drop against the root teacher on the validation split (what
 selection used) and on the test split (reported, never used). The issue's goals: >= 500x fewer
-parameters at <= 0.3 points test drop, in <= 30 minutes and <= 6 GiB on this machine.
+parameters at <= 0.3 points test drop, in <= 30 minutes and <= 6 GiB on a 2-core CPU.
 
 The run directory must be new: a resumed campaign skips finished nodes, so its time means nothing.
 

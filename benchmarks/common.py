@@ -112,7 +112,7 @@ def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int
 
 # --- the distillation benchmarks' shared set-up: data, a teacher, a student inherited from it -------
 
-CPU = torch.device("cpu")  # the issue is about this CPU; everything here runs on it
+CPU = torch.device("cpu")  # these benchmarks measure CPU training: everything here runs on it
 FP32 = Precision("fp32", "cpu", None)
 
 

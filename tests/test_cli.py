@@ -13,15 +13,30 @@ import pytest
 def ikd(*args, env_extra=None, cwd=None):
     env = {**os.environ, "IKD_DATA_DIR": os.environ.get("IKD_TEST_EMPTY_ROOT", "/nonexistent-ikd-root")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "ikd", *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ikd", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "digits-vgg11"
-    result = ikd("train", "--dataset", "digits", "--arch", "vgg11", "--epochs", "2", "--batch-size", "64",
-                 "--precision", "fp32", "--quiet", "--out", out)
+    result = ikd(
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "vgg11",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--precision",
+        "fp32",
+        "--quiet",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -59,14 +74,17 @@ def test_refuses_to_overwrite_a_model(trained):
     assert "--force" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["train", "--dataset", "digits", "--epochs", "-1", "--out", "{tmp}/x"], "--epochs"),
-    (["train", "--dataset", "nope", "--epochs", "1", "--out", "{tmp}/x"], "--dataset"),
-    (["train", "--dataset", "digits", "--epochs", "1", "--val-fraction", "1.5", "--out", "{tmp}/x"], "1.5"),
-    (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1", "--out", "{tmp}/x"], "empty"),
-    (["eval", "{tmp}/missing"], "model.json"),
-    (["arch", "vgg16", "--input", "axb"], "--input"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "--dataset", "digits", "--epochs", "-1", "--out", "{tmp}/x"], "--epochs"),
+        (["train", "--dataset", "nope", "--epochs", "1", "--out", "{tmp}/x"], "--dataset"),
+        (["train", "--dataset", "digits", "--epochs", "1", "--val-fraction", "1.5", "--out", "{tmp}/x"], "1.5"),
+        (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1", "--out", "{tmp}/x"], "empty"),
+        (["eval", "{tmp}/missing"], "model.json"),
+        (["arch", "vgg16", "--input", "axb"], "--input"),
+    ],
+)
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, expected):
     (tmp_path / "empty").mkdir()
     result = ikd(*[a.format(tmp=tmp_path) for a in args])
@@ -97,6 +115,7 @@ def test_arch_reports_vgg16_size():
 # `ikd compress` flags are generated from the config models (ikd.config.cli_flag); these check the
 # generated parser in-process, without training anything.
 
+
 def compress_config(*flags, config_file=None):
     from ikd.cli import build_parser, compress_overrides
     from ikd.config import load_config
@@ -107,25 +126,80 @@ def compress_config(*flags, config_file=None):
 
 def test_compress_flags_set_their_config_keys():
     config = compress_config(
-        "--dataset", "mnist", "--data-dir", "d", "--teacher", "t", "--arch", "vgg11", "--epochs", "3",
-        "--operators", "width", "--width-factors", "0.5,0.75", "--strategy", "ancestors-children",
-        "--select", "tree", "--beam", "3", "--seeds", "2", "--max-drop", "0.5", "--max-step-drop", "2",
-        "--max-generations", "4", "--ancestors", "2", "--teachers", "e1", "e2", "--aggregate", "mean-probs",
-        "--run-dir", "r", "--seed", "7", "--precision", "fp32", "--device", "cpu", "--baselines",
-        "--log", "tensorboard", "--executor", "ray", "--ray-address", "auto", "--cpus-per-job", "2",
-        "--gpus-per-job", "0.5")
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        "d",
+        "--teacher",
+        "t",
+        "--arch",
+        "vgg11",
+        "--epochs",
+        "3",
+        "--operators",
+        "width",
+        "--width-factors",
+        "0.5,0.75",
+        "--strategy",
+        "ancestors-children",
+        "--select",
+        "tree",
+        "--beam",
+        "3",
+        "--seeds",
+        "2",
+        "--max-drop",
+        "0.5",
+        "--max-step-drop",
+        "2",
+        "--max-generations",
+        "4",
+        "--ancestors",
+        "2",
+        "--teachers",
+        "e1",
+        "e2",
+        "--aggregate",
+        "mean-probs",
+        "--run-dir",
+        "r",
+        "--seed",
+        "7",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--baselines",
+        "--log",
+        "tensorboard",
+        "--executor",
+        "ray",
+        "--ray-address",
+        "auto",
+        "--cpus-per-job",
+        "2",
+        "--gpus-per-job",
+        "0.5",
+    )
     assert (config.data.name, config.data.dir, config.teacher.dir, config.teacher.arch) == ("mnist", "d", "t", "vgg11")
     assert config.student.epochs == 3 and config.teacher.epochs == 10  # --epochs is the students'
     search = config.search
     assert search.operators == ["width"] and search.width_factor == [0.5, 0.75]
     assert (search.strategy, search.select, search.beam, search.seeds) == ("ancestors-children", "tree", 3, 2)
     assert (search.max_drop, search.max_step_drop, search.max_generations) == (0.5, 2.0, 4)
-    assert (config.ensemble.ancestors, config.ensemble.experts, config.ensemble.aggregate) == (2, ["e1", "e2"],
-                                                                                              "mean-probs")
+    assert (config.ensemble.ancestors, config.ensemble.experts, config.ensemble.aggregate) == (
+        2,
+        ["e1", "e2"],
+        "mean-probs",
+    )
     assert (config.run_dir, config.seed, config.precision, config.device) == ("r", 7, "fp32", "cpu")
     assert config.baselines is True and config.log == "tensorboard"
-    assert config.executor.model_dump() == {"kind": "ray", "ray_address": "auto", "cpus_per_job": 2.0,
-                                            "gpus_per_job": 0.5}
+    assert config.executor.model_dump() == {
+        "kind": "ray",
+        "ray_address": "auto",
+        "cpus_per_job": 2.0,
+        "gpus_per_job": 0.5,
+    }
 
 
 def test_compress_flags_not_given_leave_the_config_file_alone(tmp_path):
@@ -160,12 +234,15 @@ def test_debug_goes_before_or_after_the_command(argv):
     assert build_parser().parse_args(argv).debug is True
 
 
-@pytest.mark.parametrize("flag,value,expected", [
-    ("--ancestors", "some", "--ancestors: expected 'all' or a count, got 'some'"),
-    ("--width-factors", "0.5,x", "--width-factors: expected comma-separated numbers, got '0.5,x'"),
-    ("--strategy", "nope", "--strategy: invalid choice: 'nope'"),
-    ("--max-generations", "2.5", "--max-generations: invalid int value: '2.5'"),
-])
+@pytest.mark.parametrize(
+    "flag,value,expected",
+    [
+        ("--ancestors", "some", "--ancestors: expected 'all' or a count, got 'some'"),
+        ("--width-factors", "0.5,x", "--width-factors: expected comma-separated numbers, got '0.5,x'"),
+        ("--strategy", "nope", "--strategy: invalid choice: 'nope'"),
+        ("--max-generations", "2.5", "--max-generations: invalid int value: '2.5'"),
+    ],
+)
 def test_bad_compress_flag_is_one_line_and_exit_2(capsys, flag, value, expected):
     from ikd.cli import main
 
@@ -176,15 +253,17 @@ def test_bad_compress_flag_is_one_line_and_exit_2(capsys, flag, value, expected)
     assert len(lines) == 1 and expected in lines[0]
 
 
-def test_commands_reference_lists_every_command_and_compress_flag():
+def test_commands_reference_lists_every_command_and_the_config_reference_every_flag():
     from ikd.cli import commands_reference
-    from ikd.config import command_line_flags
+    from ikd.config import command_line_flags, config_reference
 
     table = commands_reference()
     for command in ("train", "eval", "compress", "lineage", "export", "report", "config-reference", "arch"):
         assert f"| `ikd {command}" in table
     assert "| `ikd export RUN_DIR --node ID --format FORMAT` |" in table  # required arguments shown
+    keys = config_reference()
     for flag in command_line_flags():
-        assert f"| `{flag.name}" in table and f"| `{flag.key}` |" in table
-    assert "| `--teachers DIR ...` | `ensemble.experts` |" in table
-    assert "| `--ancestors all\\|N` | `ensemble.ancestors` |" in table  # a | inside a cell is escaped
+        assert f"| `{flag.key}` | `{flag.name}` |" in keys
+    assert "| `ensemble.experts` | `--teachers` |" in keys
+    assert "| `search.width_factor` | `--width-factors` |" in keys
+    assert "| `ensemble.weighting` | - |" in keys  # a key without a flag says so

@@ -18,14 +18,21 @@ def generated_block(name: str) -> str:
         text = page.read_text(encoding="utf-8")
         if start in text:
             assert end in text, f"{page.name}: {start} without {end}"
-            return text[text.index(start) + len(start):text.index(end)].strip()
+            return text[text.index(start) + len(start) : text.index(end)].strip()
     pytest.fail(f"no {start} marker in README.md or docs/")
 
 
-@pytest.mark.parametrize("name,generate,command", [
-    ("config-reference", config_reference, "ikd config-reference"),
-    ("commands", commands_reference, 'python -c "from ikd.cli import commands_reference; print(commands_reference())"'),
-])
+@pytest.mark.parametrize(
+    "name,generate,command",
+    [
+        ("config-reference", config_reference, "ikd config-reference"),
+        (
+            "commands",
+            commands_reference,
+            'python -c "from ikd.cli import commands_reference; print(commands_reference())"',
+        ),
+    ],
+)
 def test_generated_tables_are_current(name, generate, command):
     assert generated_block(name) == generate().strip(), f"the {name} table is stale: regenerate it with `{command}`"
 

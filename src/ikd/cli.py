@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -62,21 +63,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
     config = _validated_config(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, augment=args.augment, precision=args.precision, device=args.device,
-        seed=args.seed, label_smoothing=args.label_smoothing,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        augment=args.augment,
+        precision=args.precision,
+        device=args.device,
+        seed=args.seed,
+        label_smoothing=args.label_smoothing,
     )
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
-        data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction,
-                            split_seed=args.split_seed, image_size=args.image_size)
-        spec = preset(args.arch, in_channels=data.in_channels, image_size=data.image_size,
-                      num_classes=data.num_classes)
+        data = load_dataset(
+            args.dataset,
+            args.data_dir,
+            val_fraction=args.val_fraction,
+            split_seed=args.split_seed,
+            image_size=args.image_size,
+        )
+        spec = preset(args.arch, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
         model = build_model(spec, seed=args.seed)
         if group is None or group.is_main:
-            print(f"ikd train: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
-                  f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)"
-                  + (f", data-parallel over {group.world_size} processes" if group else ""), file=sys.stderr)
+            print(
+                f"ikd train: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
+                f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)"
+                + (f", data-parallel over {group.world_size} processes" if group else ""),
+                file=sys.stderr,
+            )
         result = train_model(model, data, config, progress=not args.quiet, description=args.arch)
     finally:
         distributed.shutdown()
@@ -84,12 +99,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     # process group is shut down.
     if group is not None and not group.is_main:
         return 0
-    extra = {"distributed": {"world_size": group.world_size, "backend": group.backend,
-                             "batch_per_process": -(-config.batch_size // group.world_size)}} if group else None
-    test = save_trained(out, model, data, config=config, result=result, val_fraction=args.val_fraction,
-                        split_seed=args.split_seed, extra=extra)
-    print(f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
-          f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}")
+    extra = (
+        {
+            "distributed": {
+                "world_size": group.world_size,
+                "backend": group.backend,
+                "batch_per_process": -(-config.batch_size // group.world_size),
+            }
+        }
+        if group
+        else None
+    )
+    test = save_trained(
+        out,
+        model,
+        data,
+        config=config,
+        result=result,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        extra=extra,
+    )
+    print(
+        f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
+        f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}"
+    )
     return 0
 
 
@@ -101,26 +135,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = args.dataset or record.get("name")
     if not name:
         raise ConfigError(f"{args.model_dir}: model.json names no dataset; pass --dataset")
-    data = load_dataset(name, args.data_dir, val_fraction=record.get("val_fraction", 0.1),
-                        split_seed=record.get("split_seed", 0), image_size=record.get("image_size"))
+    data = load_dataset(
+        name,
+        args.data_dir,
+        val_fraction=record.get("val_fraction", 0.1),
+        split_seed=record.get("split_seed", 0),
+        image_size=record.get("image_size"),
+    )
     spec = model.spec
     if (data.in_channels, data.image_size, data.num_classes) != (spec.in_channels, spec.image_size, spec.num_classes):
         raise ConfigError(
             f"dataset {name!r} has {data.in_channels}x{data.image_size}x{data.image_size} images and "
             f"{data.num_classes} classes; the model in {args.model_dir} expects "
-            f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}")
+            f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}"
+        )
     # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.
     mean, std = record.get("mean", data.mean), record.get("std", data.std)
     split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
-    metrics = evaluate(model, split, mean=mean, std=std, device=device,
-                       precision=resolve_precision(args.precision, device))
-    report = {"model_dir": str(args.model_dir), "dataset": name, "split": args.split,
-              "accuracy": metrics["accuracy"], "loss": metrics["loss"], "n": metrics["n"]}
+    metrics = evaluate(
+        model, split, mean=mean, std=std, device=device, precision=resolve_precision(args.precision, device)
+    )
+    report = {
+        "model_dir": str(args.model_dir),
+        "dataset": name,
+        "split": args.split,
+        "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"],
+        "n": metrics["n"],
+    }
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{name} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images "
-              f"(loss {metrics['loss']:.4f})")
+        print(
+            f"{name} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images "
+            f"(loss {metrics['loss']:.4f})"
+        )
     return 0
 
 
@@ -130,14 +179,20 @@ def cmd_arch(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--input {args.input!r}: expected CHANNELSxSIZE, e.g. 3x32") from None
     spec = preset(args.arch, in_channels=channels, image_size=size, num_classes=args.classes)
-    info = {"arch": args.arch, **describe_size(spec), "block_output_sizes": spec.block_output_sizes(),
-            "spec": spec.to_json_dict()}
+    info = {
+        "arch": args.arch,
+        **describe_size(spec),
+        "block_output_sizes": spec.block_output_sizes(),
+        "spec": spec.to_json_dict(),
+    }
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"{args.arch} on {channels}x{size}x{size}: {spec.summary()}\n"
-              f"  params {info['params']:,} | {info['size_bytes_fp32'] / 2**20:.2f} MiB fp32 | "
-              f"{info['macs'] / 1e6:.1f} M MACs/image | block outputs {info['block_output_sizes']}")
+        print(
+            f"{args.arch} on {channels}x{size}x{size}: {spec.summary()}\n"
+            f"  params {info['params']:,} | {info['size_bytes_fp32'] / 2**20:.2f} MiB fp32 | "
+            f"{info['macs'] / 1e6:.1f} M MACs/image | block outputs {info['block_output_sizes']}"
+        )
     return 0
 
 
@@ -148,6 +203,7 @@ def _comma_separated(item: type) -> Callable[[str], list[Any]]:
         except ValueError:
             noun = {int: "integers", float: "numbers"}.get(item, "values")
             raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
+
     return parse
 
 
@@ -160,6 +216,7 @@ def _word_or(words: tuple[str, ...], number: type) -> Callable[[str], str | int 
         except ValueError:
             expected = " or ".join(repr(word) for word in words) + (" or a count" if number is int else " or a number")
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
     return parse
 
 
@@ -177,8 +234,10 @@ def _config_flag_settings(flag: Flag) -> dict[str, Any]:
     if lists and flag.words:
         return {"nargs": "+", "type": lists[0]}
     if lists:
-        return {"type": _comma_separated(lists[0]),
-                "metavar": flag.metavar or flag.dest.upper().removesuffix("S") + ",..."}
+        return {
+            "type": _comma_separated(lists[0]),
+            "metavar": flag.metavar or flag.dest.upper().removesuffix("S") + ",...",
+        }
     if words and numbers:
         return {"type": _word_or(words, numbers[0]), "metavar": flag.metavar or "|".join(words) + "|N"}
     if words:
@@ -196,8 +255,13 @@ def _add_config_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
     shown = ",".join(map(str, flag.default)) if isinstance(flag.default, list) else flag.default
     default = "" if flag.default in (None, []) or switch else f" (default {shown})"
     # default None: a flag not given leaves the key to the --config file, or to the model's default
-    parser.add_argument(flag.name, dest=flag.dest, default=None, **settings,
-                        help=f"{flag.key}: {flag.description}{default}".replace("%", "%%"))
+    parser.add_argument(
+        flag.name,
+        dest=flag.dest,
+        default=None,
+        **settings,
+        help=f"{flag.key}: {flag.description}{default}".replace("%", "%%"),
+    )
 
 
 def compress_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -223,11 +287,19 @@ def format_lineage(lineage) -> str:
     for node, depth in lineage.tree_order():
         arch = node.arch_summary()
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-        row = ("  " * depth + node.id, str(node.generation), arch, f"{node.params:,}",
-               f"{node.compression:.1f}", pct(node.val_accuracy), pct(node.test_accuracy), str(node.status))
+        row = (
+            "  " * depth + node.id,
+            str(node.generation),
+            arch,
+            f"{node.params:,}",
+            f"{node.compression:.1f}",
+            pct(node.val_accuracy),
+            pct(node.test_accuracy),
+            str(node.status),
+        )
         rows.append(row + (("+".join(node.teachers) or "-",) if several else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if lineage.stop_reason:
         lines.append(f"stopped: {lineage.stop_reason}")
@@ -245,8 +317,15 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ikd.export import export_node
 
-    result = export_node(Path(args.run_dir), args.node, args.format, out=Path(args.out) if args.out else None,
-                         data_dir=args.data_dir, repeats=args.repeats, measure_latency=not args.no_latency)
+    result = export_node(
+        Path(args.run_dir),
+        args.node,
+        args.format,
+        out=Path(args.out) if args.out else None,
+        data_dir=args.data_dir,
+        repeats=args.repeats,
+        measure_latency=not args.no_latency,
+    )
     print(result.summary())
     return 0
 
@@ -273,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser = _Parser(
-        prog="ikd", parents=[common],
-        description="Compress convolutional networks by iterative knowledge distillation.")
+        prog="ikd", parents=[common], description="Compress convolutional networks by iterative knowledge distillation."
+    )
     parser.add_argument("--version", action="version", version=f"ikd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -283,15 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[common], help=does, description=does)
 
     def data_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
-        p.add_argument("--dataset", required=required, choices=DATASETS, metavar="NAME",
-                       help=f"one of: {', '.join(DATASETS)}")
+        p.add_argument(
+            "--dataset", required=required, choices=DATASETS, metavar="NAME", help=f"one of: {', '.join(DATASETS)}"
+        )
         p.add_argument("--data-dir", help="dataset directory or root (default: $IKD_DATA_DIR, else ~/.cache/ikd)")
 
     train = command("train", "train a VGG teacher from scratch")
     data_flags(train, required=True)
     train.add_argument("--arch", default="vgg16", choices=PRESETS)
     train.add_argument("--epochs", type=int, required=True, metavar="N")
-    train.add_argument("--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json")
+    train.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json"
+    )
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     train.add_argument("--weight-decay", type=float, default=5e-4)
@@ -335,10 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--node", required=True, metavar="ID", help="node id, as `ikd lineage` lists them")
     # not argparse choices: an unknown format is reported like every other ikd error, on one line
     ex.add_argument("--format", required=True, metavar="FORMAT", help="onnx or safetensors")
-    ex.add_argument("--out", metavar="PATH", help="directory (default RUN_DIR/export/ID), or the file: x.onnx, x.safetensors")
+    ex.add_argument(
+        "--out", metavar="PATH", help="directory (default RUN_DIR/export/ID), or the file: x.onnx, x.safetensors"
+    )
     ex.add_argument("--data-dir", help="where the node's dataset lives, for the ONNX check (default: the campaign's)")
-    ex.add_argument("--repeats", type=int, metavar="N",
-                    help="timed runs per latency (default 30 at batch 1, 10 at batch 64)")
+    ex.add_argument(
+        "--repeats", type=int, metavar="N", help="timed runs per latency (default 30 at batch 1, 10 at batch 64)"
+    )
     ex.add_argument("--no-latency", action="store_true", help="do not measure latency")
     ex.set_defaults(func=cmd_export)
 
@@ -361,8 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _usage(action: argparse.Action) -> str:
     """How an argument is typed: `--node ID`, `RUN_DIR`, `--strategy a|b`, `--teachers DIR ...`."""
-    value = "" if action.nargs == 0 else str(  # nargs 0: a switch, it takes no value
-        action.metavar or ("|".join(map(str, action.choices)) if action.choices else action.dest.upper()))
+    value = (
+        ""
+        if action.nargs == 0
+        else str(  # nargs 0: a switch, it takes no value
+            action.metavar or ("|".join(map(str, action.choices)) if action.choices else action.dest.upper())
+        )
+    )
     if action.nargs == "+":
         value += " ..."
     return " ".join(part for part in [*action.option_strings[-1:], value] if part)
@@ -370,8 +460,9 @@ def _usage(action: argparse.Action) -> str:
 
 def commands_reference() -> str:
     """The README's commands table, rendered from the parsers so it cannot drift from them: each
-    command with its required arguments, what it does and its options; then every `ikd compress`
-    flag with the config key it sets."""
+    command with its required arguments, what it does and its options (`ikd compress`'s flags, one
+    per config key, are in the config reference)."""
+
     def code(text: str) -> str:
         return "`" + text.replace("|", "\\|") + "`"
 
@@ -382,15 +473,17 @@ def commands_reference() -> str:
         config_dests = {flag.dest for flag in config_flags} if name == "compress" else set()
         actions = [a for a in sub._actions if a.dest not in ("help", "debug")]
         needed = [a for a in actions if a.required or not a.option_strings]
-        options = [code(a.option_strings[-1]) for a in actions
-                   if a.option_strings and not a.required and a.dest not in config_dests]
+        options = [
+            code(a.option_strings[-1])
+            for a in actions
+            if a.option_strings and not a.required and a.dest not in config_dests
+        ]
         if config_dests:
-            options.append("the config flags below")
-        lines.append(f"| {code(' '.join(['ikd', name] + [_usage(a) for a in needed]))} | {sub.description} "
-                     f"| {', '.join(options) or '-'} |")
-    compress = {action.dest: action for action in subparsers.choices["compress"]._actions}
-    lines += ["", "| `ikd compress` flag | sets config key |", "|---|---|"]
-    lines += [f"| {code(_usage(compress[flag.dest]))} | {code(flag.key)} |" for flag in config_flags]
+            options.append("a flag per config key ([configuration](docs/configuration.md))")
+        lines.append(
+            f"| {code(' '.join(['ikd', name] + [_usage(a) for a in needed]))} | {sub.description} "
+            f"| {', '.join(options) or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -419,10 +512,8 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         # The reader left early (`ikd lineage RUN | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush cannot fail again (the Python docs' recipe).
-        try:
+        with contextlib.suppress(OSError, ValueError):  # stdout is no file (embedded, captured)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # stdout is no file (embedded, captured)
-            pass
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # unreadable input, read-only or full disk: the user's to fix
         if debug:
@@ -436,8 +527,9 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a bug, not a user error: say so, keep the traceback behind --debug
         if debug:
             raise
-        print(f"ikd: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"ikd: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr
+        )
         return 1
 
 

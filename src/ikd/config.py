@@ -34,25 +34,35 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def cli_flag(name: str, *, metavar: str | None = None, choices: tuple[str, ...] | None = None,
-             words: bool = False) -> dict[str, Any]:
+def cli_flag(
+    name: str, *, metavar: str | None = None, choices: tuple[str, ...] | None = None, words: bool = False
+) -> dict[str, Any]:
     """A Field's `json_schema_extra` making its key an `ikd compress` flag too. The flag's help is the
     key's description; its type and choices come from the annotation, or from `choices` for a `str`
     checked against a registry. A list is given comma-separated, or with `words` as separate words."""
-    return {"cli_flag": {"name": name, "metavar": metavar, "choices": list(choices) if choices else None,
-                         "words": words}}
+    return {
+        "cli_flag": {"name": name, "metavar": metavar, "choices": list(choices) if choices else None, "words": words}
+    }
 
 
 class DataConfig(Strict):
     name: str = Field(
-        default="digits", json_schema_extra=cli_flag("--dataset", metavar="NAME", choices=DATASETS),
-        description=f"dataset: {', '.join(DATASETS)}")
+        default="digits",
+        json_schema_extra=cli_flag("--dataset", metavar="NAME", choices=DATASETS),
+        description=f"dataset: {', '.join(DATASETS)}",
+    )
     dir: str | None = Field(
-        default=None, json_schema_extra=cli_flag("--data-dir"),
-        description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)")
-    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of the training set held out for validation")
+        default=None,
+        json_schema_extra=cli_flag("--data-dir"),
+        description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)",
+    )
+    val_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="share of the training set held out for validation"
+    )
     split_seed: int = Field(default=0, ge=0, description="seed of the validation split")
-    image_size: int | None = Field(default=None, gt=0, description="resize images to this size (imagefolder default 32)")
+    image_size: int | None = Field(
+        default=None, gt=0, description="resize images to this size (imagefolder default 32)"
+    )
 
 
 class OptimConfig(Strict):
@@ -66,11 +76,15 @@ class OptimConfig(Strict):
 
 class TeacherConfig(OptimConfig):
     dir: str | None = Field(
-        default=None, json_schema_extra=cli_flag("--teacher", metavar="DIR"),
-        description="an existing `ikd train` output to start from; else one is trained")
+        default=None,
+        json_schema_extra=cli_flag("--teacher", metavar="DIR"),
+        description="an existing `ikd train` output to start from; else one is trained",
+    )
     arch: str = Field(
-        default="vgg16", json_schema_extra=cli_flag("--arch", choices=PRESETS),
-        description=f"preset to train when no dir is given: {', '.join(PRESETS)}")
+        default="vgg16",
+        json_schema_extra=cli_flag("--arch", choices=PRESETS),
+        description=f"preset to train when no dir is given: {', '.join(PRESETS)}",
+    )
     epochs: int = Field(default=10, gt=0, description="epochs to train the teacher (when no dir is given)")
 
     @field_validator("arch")
@@ -83,51 +97,90 @@ class TeacherConfig(OptimConfig):
 
 class StudentConfig(OptimConfig):
     epochs: int = Field(
-        default=5, gt=0, json_schema_extra=cli_flag("--epochs"),
-        description="epochs to distil each candidate child")
+        default=5, gt=0, json_schema_extra=cli_flag("--epochs"), description="epochs to distil each candidate child"
+    )
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
-        default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first")
+        default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first"
+    )
     hint_epochs: int = Field(default=1, ge=0, description="epochs of hint pre-training (two-stage only)")
-    cache_teacher: bool = Field(default=True, description="reuse the teacher's outputs every epoch when there is no augmentation")
+    cache_teacher: bool = Field(
+        default=True, description="reuse the teacher's outputs every epoch when there is no augmentation"
+    )
 
 
 class SearchConfig(Strict):
     operators: list[str] = Field(
-        default_factory=lambda: ["depth", "width"], json_schema_extra=cli_flag("--operators"),
-        description="shrink operators proposing candidates")
+        default_factory=lambda: ["depth", "width"],
+        json_schema_extra=cli_flag("--operators"),
+        description="shrink operators proposing candidates",
+    )
     strategy: Literal["parent-child", "parent-children", "ancestors-child", "ancestors-children"] = Field(
-        default="parent-child", json_schema_extra=cli_flag("--strategy"),
+        default="parent-child",
+        json_schema_extra=cli_flag("--strategy"),
         description="parent-child: candidates one at a time, each taught by its parent; *-children: all of a "
-                    "parent's candidates train together; ancestors-*: each child taught by several teachers (see ensemble)")
+        "parent's candidates train together; ancestors-*: each child taught by several teachers (see ensemble)",
+    )
     width_factor: float | list[float] = Field(
-        default=0.5, json_schema_extra=cli_flag("--width-factors"),
-        description="width operator's channel scale; a list proposes one width child per factor")
+        default=0.5,
+        json_schema_extra=cli_flag("--width-factors"),
+        description="width operator's channel scale; a list proposes one width child per factor",
+    )
     seeds: int = Field(
-        default=1, gt=0, json_schema_extra=cli_flag("--seeds"),
-        description="*-children: children per architecture, differing in seed")
+        default=1,
+        gt=0,
+        json_schema_extra=cli_flag("--seeds"),
+        description="*-children: children per architecture, differing in seed",
+    )
     select: Literal["best", "tree"] = Field(
-        default="best", json_schema_extra=cli_flag("--select"),
-        description="*-children: best keeps one child per generation; tree keeps up to `beam`, each parenting its own children")
+        default="best",
+        json_schema_extra=cli_flag("--select"),
+        description="*-children: best keeps one child per generation; "
+        "tree keeps up to `beam`, each parenting its own children",
+    )
     beam: int = Field(
-        default=2, gt=0, json_schema_extra=cli_flag("--beam"),
-        description="select tree: children kept per generation (the smallest within tolerance, then the more accurate)")
+        default=2,
+        gt=0,
+        json_schema_extra=cli_flag("--beam"),
+        description="select tree: children kept per generation (the smallest within tolerance, then the more accurate)",
+    )
     max_drop: float = Field(
-        default=1.0, ge=0, le=100, json_schema_extra=cli_flag("--max-drop"),
-        description="accepted children stay within this many points of the root teacher's validation accuracy")
+        default=1.0,
+        ge=0,
+        le=100,
+        json_schema_extra=cli_flag("--max-drop"),
+        description="accepted children stay within this many points of the root teacher's validation accuracy",
+    )
     max_step_drop: float = Field(
-        default=1.0, ge=0, le=100, json_schema_extra=cli_flag("--max-step-drop"),
-        description="...and within this many points of their parent's")
+        default=1.0,
+        ge=0,
+        le=100,
+        json_schema_extra=cli_flag("--max-step-drop"),
+        description="...and within this many points of their parent's",
+    )
     max_generations: int = Field(
-        default=10, gt=0, json_schema_extra=cli_flag("--max-generations"),
-        description="stop after this many generations")
+        default=10,
+        gt=0,
+        json_schema_extra=cli_flag("--max-generations"),
+        description="stop after this many generations",
+    )
     candidates: Literal["smallest-first", "all"] = Field(
         default="smallest-first",
         description="smallest-first: train candidates in order of size and stop at the first within tolerance "
-                    "(the same choice as `all`, which also trains the larger ones)")
-    budget_epochs: int | None = Field(default=None, gt=0, description="stop before a training pass would take the candidates' total epochs (each over the whole training set) past this: a compute budget")
-    target_params: int | None = Field(default=None, gt=0, description="stop once an accepted child has at most this many parameters")
-    target_compression: float | None = Field(default=None, gt=1, description="stop once root params / child params reaches this")
+        "(the same choice as `all`, which also trains the larger ones)",
+    )
+    budget_epochs: int | None = Field(
+        default=None,
+        gt=0,
+        description="stop before a training pass would take the candidates' total epochs "
+        "(each over the whole training set) past this: a compute budget",
+    )
+    target_params: int | None = Field(
+        default=None, gt=0, description="stop once an accepted child has at most this many parameters"
+    )
+    target_compression: float | None = Field(
+        default=None, gt=1, description="stop once root params / child params reaches this"
+    )
 
     @field_validator("width_factor")
     @classmethod
@@ -159,17 +212,29 @@ class EnsembleConfig(Strict):
     """Who teaches a child under the ancestors-* strategies, and how their signals combine."""
 
     ancestors: Literal["all"] | int = Field(
-        default="all", json_schema_extra=cli_flag("--ancestors"),
-        description="teachers from the child's chain: all its ancestors, or the last m (1 = the parent)")
+        default="all",
+        json_schema_extra=cli_flag("--ancestors"),
+        description="teachers from the child's chain: all its ancestors, or the last m (1 = the parent)",
+    )
     experts: list[str] = Field(
-        default_factory=list, json_schema_extra=cli_flag("--teachers", metavar="DIR", words=True),
-        description="extra teacher directories (`ikd train` outputs on the same split), any architecture")
+        default_factory=list,
+        json_schema_extra=cli_flag("--teachers", metavar="DIR", words=True),
+        description="extra teacher directories (`ikd train` outputs on the same split), any architecture",
+    )
     aggregate: Literal["mean-kd", "mean-probs"] = Field(
-        default="mean-kd", json_schema_extra=cli_flag("--aggregate"),
-        description="mean-kd: mean of per-teacher KD terms; mean-probs: KD against the mean teacher distribution")
-    weighting: Literal["uniform", "val-accuracy"] = Field(default="uniform", description="teacher weights in the mean: equal, or proportional to validation accuracy")
-    drop: float = Field(default=0.0, ge=0, lt=1, description="probability of leaving a teacher out of a batch's KD term (never all)")
-    hints: Literal["parent", "each"] = Field(default="parent", description="hint from the parent only, or from every teacher (one regressor each)")
+        default="mean-kd",
+        json_schema_extra=cli_flag("--aggregate"),
+        description="mean-kd: mean of per-teacher KD terms; mean-probs: KD against the mean teacher distribution",
+    )
+    weighting: Literal["uniform", "val-accuracy"] = Field(
+        default="uniform", description="teacher weights in the mean: equal, or proportional to validation accuracy"
+    )
+    drop: float = Field(
+        default=0.0, ge=0, lt=1, description="probability of leaving a teacher out of a batch's KD term (never all)"
+    )
+    hints: Literal["parent", "each"] = Field(
+        default="parent", description="hint from the parent only, or from every teacher (one regressor each)"
+    )
 
     @field_validator("ancestors")
     @classmethod
@@ -183,32 +248,50 @@ class ExecutorConfig(Strict):
     """Where candidates train; it changes how long a campaign takes, not what it computes."""
 
     kind: Literal["local", "ray"] = Field(
-        default="local", json_schema_extra=cli_flag("--executor"),
-        description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)")
+        default="local",
+        json_schema_extra=cli_flag("--executor"),
+        description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)",
+    )
     ray_address: str | None = Field(
-        default=None, json_schema_extra=cli_flag("--ray-address", metavar="ADDRESS"),
-        description="ray: cluster to join (e.g. ray://head:10001 or auto); default $RAY_ADDRESS, else a new local instance")
+        default=None,
+        json_schema_extra=cli_flag("--ray-address", metavar="ADDRESS"),
+        description="ray: cluster to join (e.g. ray://head:10001 or auto); "
+        "default $RAY_ADDRESS, else a new local instance",
+    )
     cpus_per_job: float = Field(
-        default=1.0, gt=0, json_schema_extra=cli_flag("--cpus-per-job", metavar="N"),
-        description="ray: CPUs reserved by each candidate's job (also its torch threads)")
+        default=1.0,
+        gt=0,
+        json_schema_extra=cli_flag("--cpus-per-job", metavar="N"),
+        description="ray: CPUs reserved by each candidate's job (also its torch threads)",
+    )
     gpus_per_job: float = Field(
-        default=0.0, ge=0, json_schema_extra=cli_flag("--gpus-per-job", metavar="N"),
-        description="ray: GPUs reserved by each candidate's job (> 0 trains on CUDA)")
+        default=0.0,
+        ge=0,
+        json_schema_extra=cli_flag("--gpus-per-job", metavar="N"),
+        description="ray: GPUs reserved by each candidate's job (> 0 trains on CUDA)",
+    )
 
 
 class CampaignConfig(Strict):
     run_dir: str = Field(
-        default="runs/campaign", json_schema_extra=cli_flag("--run-dir"),
-        description="where lineage.json and the nodes are written")
+        default="runs/campaign",
+        json_schema_extra=cli_flag("--run-dir"),
+        description="where lineage.json and the nodes are written",
+    )
     seed: int = Field(
-        default=0, ge=0, json_schema_extra=cli_flag("--seed"),
-        description="seeds weights, shuffling and augmentation (child of generation g: seed + g)")
+        default=0,
+        ge=0,
+        json_schema_extra=cli_flag("--seed"),
+        description="seeds weights, shuffling and augmentation (child of generation g: seed + g)",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", json_schema_extra=cli_flag("--precision"),
-        description="auto: AMP on CUDA, bf16 on CPUs where it is measurably faster, else fp32")
+        default="auto",
+        json_schema_extra=cli_flag("--precision"),
+        description="auto: AMP on CUDA, bf16 on CPUs where it is measurably faster, else fp32",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        default="auto", json_schema_extra=cli_flag("--device"),
-        description="auto: cuda > mps > cpu")
+        default="auto", json_schema_extra=cli_flag("--device"), description="auto: cuda > mps > cpu"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -216,12 +299,17 @@ class CampaignConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     baselines: bool = Field(
-        default=False, json_schema_extra=cli_flag("--baselines"),
-        description="also train the final student's architecture from scratch and by one-shot KD")
+        default=False,
+        json_schema_extra=cli_flag("--baselines"),
+        description="also train the final student's architecture from scratch and by one-shot KD",
+    )
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     log: Literal["none", "tensorboard"] = Field(
-        default="none", json_schema_extra=cli_flag("--log"),
-        description="tensorboard: every node's loss terms, accuracy and learning rate per epoch under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)")
+        default="none",
+        json_schema_extra=cli_flag("--log"),
+        description="tensorboard: every node's loss terms, accuracy and learning rate per epoch "
+        "under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)",
+    )
 
     @model_validator(mode="after")
     def _strategy_options_fit(self) -> CampaignConfig:
@@ -281,7 +369,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a YAML file") from None
+            raise ConfigError(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a YAML file"
+            ) from None
         except (yaml.YAMLError, ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, absurd nesting
             first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"{path}: not valid YAML ({first_line})") from None
@@ -339,10 +429,18 @@ def command_line_flags() -> list[Flag]:
         if isinstance(extra, dict) and "cli_flag" in extra:
             spec = cast(dict[str, Any], extra["cli_flag"])  # as cli_flag() wrote it
             choices = spec["choices"]
-            flags.append(Flag(key=key, name=spec["name"], annotation=field.annotation,
-                              default=field.get_default(call_default_factory=True),
-                              description=field.description or "", metavar=spec["metavar"],
-                              choices=tuple(choices) if choices else None, words=spec["words"]))
+            flags.append(
+                Flag(
+                    key=key,
+                    name=spec["name"],
+                    annotation=field.annotation,
+                    default=field.get_default(call_default_factory=True),
+                    description=field.description or "",
+                    metavar=spec["metavar"],
+                    choices=tuple(choices) if choices else None,
+                    words=spec["words"],
+                )
+            )
     return flags
 
 
@@ -358,9 +456,14 @@ def _type_name(annotation: Any) -> str:
 
 
 def config_reference() -> str:
-    """Markdown table of every config key, its type, default and meaning, from the models above."""
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    """Markdown table of every config key, the `ikd compress` flag that sets it, its type, default
+    and meaning, from the models above."""
+    flags = {flag.key: flag.name for flag in command_line_flags()}
+    lines = ["| key | flag | type | default | meaning |", "|---|---|---|---|---|"]
     for key, field in _leaf_fields(CampaignConfig):
         default = field.get_default(call_default_factory=True)
-        lines.append(f"| `{key}` | {_type_name(field.annotation)} | `{default!r}` | {field.description or ''} |")
+        flag = f"`{flags[key]}`" if key in flags else "-"
+        lines.append(
+            f"| `{key}` | {flag} | {_type_name(field.annotation)} | `{default!r}` | {field.description or ''} |"
+        )
     return "\n".join(lines)

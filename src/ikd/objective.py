@@ -233,7 +233,7 @@ def cache_teacher_outputs(
     """Run the teacher once over `images` (in order) and keep its logits and the named blocks' outputs.
 
     Batch 128, not larger: a VGG-16's activations at batch 1000 overflow the CPU's caches, and the
-    pass ran 23% slower (14.4 s against 11.1 s per 6,000 MNIST images on the 2-core CI machine).
+    pass ran 23% slower (14.4 s against 11.1 s per 6,000 MNIST images on a 2-core Xeon).
 
     Hint features are kept at fp32 on the CPU; at MNIST scale a middle VGG-16 block is about
     1.3 GB, the price of never running the teacher again.
