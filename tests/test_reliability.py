@@ -148,7 +148,7 @@ def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, ti
     calls = []
 
     def terminated_in_the_second_child(*args, **kw):
-        calls.append(args[4].candidates[0].node_id)
+        calls.append(args[3].candidates[0].node_id)
         if len(calls) == 2:
             # only with ikd's handler in place: the default action would end pytest itself
             assert signal.getsignal(signal.SIGTERM) is cli._raise_terminated

@@ -110,8 +110,15 @@ def test_frontier_is_the_latest_accepted_generation():
     ]
     lineage = Lineage(config={}, nodes=[ROOT, g1, *g2])
     assert [n.id for n in rules.frontier(lineage)] == ["g2-a", "g2-b"]
-    assert rules.max_generations_reached(3, search(max_generations=2)) == "max_generations (2) reached"
-    assert rules.max_generations_reached(2, search(max_generations=2)) is None
+
+
+def test_stop_before_a_generation():
+    g2 = node("g2-depth", 0.94, status="accepted", generation=2, params=900, compression=111.1)
+    assert rules.stop_before(3, [g2], search(max_generations=2)) == "max_generations (2) reached"
+    assert rules.stop_before(3, [g2], search(max_generations=5)) is None
+    reason = rules.stop_before(3, [g2], search(max_generations=5, target_params=1000))
+    assert reason is not None and reason.startswith("target reached: g2-depth")
+    assert rules.stop_before(1, [ROOT], search(target_compression=2)) is None  # the root is no accepted child
 
 
 def test_lineage_kinds_students_and_epochs_spent():

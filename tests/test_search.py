@@ -99,7 +99,7 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     calls: list[str] = []
 
     def interrupted(*args, **kw):
-        job = args[4]
+        job = args[3]
         calls.extend(c.node_id for c in job.candidates)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed while training the second node
@@ -116,7 +116,7 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     trained: list[str] = []
 
     def counted(*args, **kw):
-        trained.extend(c.node_id for c in args[4].candidates)
+        trained.extend(c.node_id for c in args[3].candidates)
         return real_train(*args, **kw)
 
     monkeypatch.setattr(ikd.campaign, "train_students", counted)
@@ -126,7 +126,7 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     assert (lineage.stop_reason or "").startswith("max_generations")
     again: list[str] = []
     monkeypatch.setattr(
-        ikd.campaign, "train_students", lambda *args, **kw: again.extend(c.node_id for c in args[4].candidates)
+        ikd.campaign, "train_students", lambda *args, **kw: again.extend(c.node_id for c in args[3].candidates)
     )
     compress(config, progress=False)
     assert again == []  # a finished campaign resumes to the same place without training

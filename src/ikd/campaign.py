@@ -22,10 +22,10 @@ import torch
 
 from ikd import rules
 from ikd.arch import ArchSpec
-from ikd.config import CampaignConfig, load_config
+from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
 from ikd.distil import plan_pass, train_students
-from ikd.executor import WORKER_LOST, LocalExecutor, RayExecutor
+from ikd.executor import WORKER_LOST
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import open_campaign
 from ikd.runtime import describe_machine
@@ -64,37 +64,15 @@ class Campaign:
         # saved with the lineage's next write (the first node's, for a new campaign)
         self.lineage = lineage.model_copy(update={"sessions": [*lineage.sessions, session]})
         self.models = TeacherModels(self.ctx, self.lineage, teacher, hint_layer)
-        self.executor: LocalExecutor | RayExecutor | None = None
 
     def record(self, node: NodeRecord) -> None:
         self.lineage = self.models.lineage = self.ctx.run.add_node(self.lineage, node)
 
-    def _executor(self) -> LocalExecutor | RayExecutor:
-        if self.executor is None:
-            chosen, ctx = self.config.executor, self.ctx
-            self.executor = (
-                RayExecutor(
-                    ctx.data,
-                    address=chosen.ray_address,
-                    cpus_per_job=chosen.cpus_per_job,
-                    gpus_per_job=chosen.gpus_per_job,
-                    precision=self.config.precision,
-                    on_epoch=ctx.on_epoch,
-                    log=ctx.log,
-                )
-                if chosen.kind == "ray"
-                else LocalExecutor(ctx.data, ctx.device, progress=ctx.progress, on_epoch=ctx.on_epoch, log=ctx.log)
-            )
-        return self.executor
-
     def close(self) -> None:
-        if self.executor is not None:
-            self.executor.close()
-        if self.ctx.on_epoch is not None:
-            self.ctx.on_epoch.close()
+        self.ctx.close()
 
     def run(self) -> Lineage:
-        self._executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
+        self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:
             self.record(root)
         for expert in expert_teachers(self.ctx, self.lineage):
@@ -105,17 +83,8 @@ class Campaign:
         while stop is None:
             frontier = rules.frontier(self.lineage)
             generation = frontier[0].generation + 1
-            stop = (
-                rules.max_generations_reached(generation, self.search)
-                or next(
-                    (
-                        r
-                        for n in frontier
-                        if n.status == Status.ACCEPTED and (r := rules.target_reached(n, self.search))
-                    ),
-                    None,
-                )
-                or self.run_generation(generation, frontier, expert_ids)
+            stop = rules.stop_before(generation, frontier, self.search) or self.run_generation(
+                generation, frontier, expert_ids
             )
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
         self.ctx.run.save(self.lineage)
@@ -213,25 +182,14 @@ class Campaign:
                     f"({', '.join(f'{c.spec.num_params():,}' for c in todo)} params) from "
                     f"{', '.join(teacher_ids)}"
                 )
-                job = plan_pass(
-                    self.ctx,
-                    self.lineage,
+                self.distil(
                     todo,
-                    generation=generation,
-                    teacher_ids=teacher_ids,
-                    inherit_from=parent.id if inherit else None,
-                    epochs=self.config.student.epochs,
-                )
-                train_students(
-                    self.ctx,
-                    self._executor(),
-                    self.models,
-                    self.lineage,
-                    job,
-                    generation=generation,
+                    generation,
+                    teacher_ids,
+                    parent.id if inherit else None,
+                    self.config.student.epochs,
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
-                    record=self.record,
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, [], False
@@ -252,26 +210,47 @@ class Campaign:
             if self.lineage.find(node_id) is not None:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")
-            job = plan_pass(
-                self.ctx,
-                self.lineage,
+            self.distil(
                 [Candidate(node_id, "baseline", final.spec())],
-                generation=final.generation,
-                teacher_ids=teacher_ids,
-                inherit_from=None,
-                epochs=budget,
-            )
-            train_students(
-                self.ctx,
-                self._executor(),
-                self.models,
-                self.lineage,
-                job,
-                generation=final.generation,
+                final.generation,
+                teacher_ids,
+                None,
+                budget,
                 status=Status.BASELINE,
                 parent_id=None,
-                record=self.record,
             )
+
+    def distil(
+        self,
+        candidates: list[Candidate],
+        generation: int,
+        teacher_ids: list[str],
+        inherit_from: str | None,
+        epochs: int,
+        *,
+        status: Status,
+        parent_id: str | None,
+    ) -> None:
+        """Train `candidates` in one pass (plain CE when `teacher_ids` is empty) and record each."""
+        job = plan_pass(
+            self.ctx,
+            self.lineage,
+            candidates,
+            generation=generation,
+            teacher_ids=teacher_ids,
+            inherit_from=inherit_from,
+            epochs=epochs,
+        )
+        train_students(
+            self.ctx,
+            self.models,
+            self.lineage,
+            job,
+            generation=generation,
+            status=status,
+            parent_id=parent_id,
+            record=self.record,
+        )
 
 
 def compress(
@@ -292,12 +271,7 @@ def compress(
     as the root, with its hint read from the submodule named `hint_layer`; the chain then starts
     from `student` (default: vgg11 fitted to the data) and shrinks from there.
     """
-    if isinstance(config, CampaignConfig):
-        config = config.model_dump()
-    if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
-        config = load_config(None, {**config, **(overrides or {})})
-    else:
-        config = load_config(config, overrides)
+    config = as_config(config, overrides)
     torch.manual_seed(config.seed)
     with RunDir(Path(config.run_dir)).locked("a running `ikd compress`"):
         campaign = Campaign(

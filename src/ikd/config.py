@@ -444,6 +444,18 @@ def command_line_flags() -> list[Flag]:
     return flags
 
 
+def as_config(
+    config: CampaignConfig | dict[str, Any] | str | Path | None, overrides: dict[str, Any] | None = None
+) -> CampaignConfig:
+    """A validated config from a CampaignConfig, a dict of config keys or a YAML path (None: the
+    defaults), with dotted-key `overrides` on top."""
+    if isinstance(config, CampaignConfig):
+        config = config.model_dump()
+    if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
+        return load_config(None, {**config, **(overrides or {})})
+    return load_config(config, overrides)
+
+
 def _type_name(annotation: Any) -> str:
     args = get_args(annotation)
     if get_origin(annotation) is Literal:

@@ -1,5 +1,6 @@
 """What every step of a campaign needs: its config, run directory, device, precision, data (read
-once, on first use) and a way to say what it is doing."""
+once, on first use), the executor its passes run on (started on first use) and a way to say what
+it is doing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ikd.config import CampaignConfig, OptimConfig
 from ikd.data import DataSplits, ImageSet, load_dataset
+from ikd.executor import LocalExecutor, RayExecutor
 from ikd.lineage import RunDir
 from ikd.runtime import Precision, resolve_device, resolve_precision
 from ikd.train import EpochRecord, TrainConfig, evaluate
@@ -33,6 +35,7 @@ class CampaignContext:
     device: torch.device = field(init=False)
     precision: Precision = field(init=False)
     _data: DataSplits | None = field(default=None, init=False)
+    _executor: LocalExecutor | RayExecutor | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.config.device)
@@ -50,6 +53,31 @@ class CampaignContext:
                 d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed, image_size=d.image_size
             )
         return self._data
+
+    def executor(self) -> LocalExecutor | RayExecutor:
+        if self._executor is None:
+            chosen = self.config.executor
+            if chosen.kind == "ray":
+                self._executor = RayExecutor(
+                    self.data,
+                    address=chosen.ray_address,
+                    cpus_per_job=chosen.cpus_per_job,
+                    gpus_per_job=chosen.gpus_per_job,
+                    precision=self.config.precision,
+                    on_epoch=self.on_epoch,
+                    log=self.log,
+                )
+            else:
+                self._executor = LocalExecutor(
+                    self.data, self.device, progress=self.progress, on_epoch=self.on_epoch, log=self.log
+                )
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+        if self.on_epoch is not None:
+            self.on_epoch.close()
 
     def accuracy(self, model: torch.nn.Module, split: ImageSet) -> float:
         data = self.data

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ikd.context import CampaignContext
-from ikd.executor import LocalExecutor, RayExecutor
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
@@ -81,7 +80,6 @@ def describe_loss(ctx: CampaignContext, job: TrainingPass) -> dict[str, Any]:
 
 def train_students(
     ctx: CampaignContext,
-    executor: LocalExecutor | RayExecutor,
     models: TeacherModels,
     lineage: Lineage,
     job: TrainingPass,
@@ -93,7 +91,7 @@ def train_students(
 ) -> None:
     """Run `job`, then save and `record` each student as it is done. A candidate whose loss diverges,
     or whose worker dies, is recorded as failed; the others go on."""
-    trained = executor.run(job, models)
+    trained = ctx.executor().run(job, models)
     loss = describe_loss(ctx, job)
     epochs = sum(e for _, e in job.stages)
     root_params = lineage.root().params

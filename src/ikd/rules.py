@@ -71,7 +71,10 @@ def survivors(kept: list[NodeRecord], search: SearchConfig) -> list[NodeRecord]:
     return sorted(kept, key=rank)[:beam]
 
 
-def max_generations_reached(generation: int, search: SearchConfig) -> str | None:
+def stop_before(generation: int, frontier: list[NodeRecord], search: SearchConfig) -> str | None:
+    """Why the campaign stops before growing `generation` from `frontier` (the generation cap, or an
+    accepted parent already at the size target), or None."""
     if generation > search.max_generations:
         return f"max_generations ({search.max_generations}) reached"
-    return None
+    accepted = (n for n in frontier if n.status == Status.ACCEPTED)
+    return next((reason for n in accepted if (reason := target_reached(n, search)) is not None), None)
