@@ -21,7 +21,7 @@ from ikd._version import __version__
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
 from ikd.config import Flag, command_line_flags, load_config
-from ikd.data import DATASETS, load_dataset
+from ikd.data import AUGMENTATIONS, DATASETS, load_dataset
 from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     train.add_argument("--weight-decay", type=float, default=5e-4)
     train.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine"))
-    train.add_argument("--augment", choices=("none", "crop", "crop-flip"), help="default: the dataset's own")
+    train.add_argument("--augment", choices=AUGMENTATIONS, help="default: the dataset's own")
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument("--precision", default="auto", choices=PRECISIONS)
     train.add_argument("--device", default="auto", choices=DEVICES)

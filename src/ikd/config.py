@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from ikd.arch import PRESETS
-from ikd.data import DATASETS
+from ikd.data import DATASETS, Augmentation
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
@@ -71,7 +71,7 @@ class OptimConfig(Strict):
     lr: float = Field(default=0.05, gt=0, description="peak learning rate (SGD, Nesterov momentum 0.9)")
     weight_decay: float = Field(default=5e-4, ge=0, description="L2 weight decay")
     schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="learning-rate schedule")
-    augment: Literal["none", "crop", "crop-flip"] | None = Field(default=None, description="default: the dataset's own")
+    augment: Augmentation | None = Field(default=None, description="default: the dataset's own")
 
 
 class TeacherConfig(OptimConfig):

@@ -5,6 +5,7 @@ Every problem with user data raises ikd.errors.DataError with a one-line message
 
 from ikd.data.batches import (
     AUGMENTATIONS,
+    Augmentation,
     augment_batch,
     crop_padding,
     iterate_batches,
@@ -17,6 +18,7 @@ from ikd.data.splits import DataSplits, ImageSet
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "Augmentation",
     "DataSplits",
     "ImageSet",
     "augment_batch",

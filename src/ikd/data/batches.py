@@ -7,6 +7,7 @@ Everything works on whole batches on the target device: at CIFAR/MNIST scale, pe
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from ikd.data.splits import ImageSet
 from ikd.errors import DataError
 
-AUGMENTATIONS: tuple[str, ...] = ("none", "crop", "crop-flip")
+Augmentation = Literal["none", "crop", "crop-flip"]
+AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 
 Stats = Sequence[float] | torch.Tensor
 
