@@ -100,8 +100,11 @@ class StateStore:
             return SavedState(path, epoch, state), skipped
         return None, skipped
 
-    def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def remove_state(directory: Path) -> None:
+    """Drop a finished job's state: only its final weights are worth keeping."""
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _read(path: Path) -> dict[str, Any]:
