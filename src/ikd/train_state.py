@@ -101,7 +101,6 @@ class StateStore:
         return None, skipped
 
 
-
 def remove_state(directory: Path) -> None:
     """Drop a finished job's state: only its final weights are worth keeping."""
     shutil.rmtree(directory, ignore_errors=True)
