@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_idx_set
 from safetensors.torch import load_file
 
 from ikd.arch import ArchSpec
@@ -23,6 +24,15 @@ from ikd.train import EpochRecord, TrainConfig, TrainingPaused, train_model, tra
 
 EPOCHS = 3
 CONFIG = TrainConfig(epochs=EPOCHS, batch_size=32, precision="fp32", device="cpu", seed=1, max_steps_per_epoch=6)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Each run is tiny: with the CPU shared, a second thread costs more in waiting than it saves.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +47,7 @@ def spec(data) -> ArchSpec:
         image_size=data.image_size,
         num_classes=data.num_classes,
         blocks=[[8], [16]],
+        head=[16],
         dropout=0.2,
     )
 
@@ -208,43 +219,35 @@ def test_a_bad_time_limit_is_one_line_naming_the_flag(tmp_path, capsys, text):
     assert status == EXIT_USAGE and len(lines) == 1 and "--time-limit" in lines[0]
 
 
-# `ikd train` end to end: a real process, killed or stopped, then rerun with the same command.
-
-CLI_EPOCHS = "2"
-
-
-def ikd_train(out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ikd",
-        "train",
-        "--dataset",
-        "digits",
-        "--arch",
-        "vgg11",
-        "--epochs",
-        CLI_EPOCHS,
-        "--batch-size",
-        "128",
-        "--precision",
-        "fp32",
-        "--quiet",
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
-def run_ikd(command: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "IKD_DATA_DIR": "/nonexistent-ikd-root"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+# `ikd train` end to end: a real process, killed or stopped, then rerun with the same command. A tiny
+# IDX set keeps vgg11's epochs short (one step of 12 images each).
 
 
 @pytest.fixture(scope="module")
-def cli_straight(tmp_path_factory):
+def idx_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("idx")
+    write_idx_set(directory, n_train=20, n_test=4, size=8)
+    return directory
+
+
+def ikd_train(idx_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "ikd", "train", "--dataset", "idx", "--data-dir", str(idx_dir), "--arch", "vgg11"),
+        *("--epochs", "3", "--batch-size", "12", "--precision", "fp32", "--quiet", "--out", str(out), *extra),
+    ]
+
+
+ENV = {**os.environ, "IKD_DATA_DIR": "/nonexistent-ikd-root", "OMP_NUM_THREADS": "1"}
+
+
+def run_ikd(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_straight(idx_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "straight"
-    result = run_ikd(ikd_train(out))
+    result = run_ikd(ikd_train(idx_dir, out))
     assert result.returncode == 0, result.stderr
     assert not (out / ".train-state").exists()  # removed once the model is saved
     return load_file(out / "model.safetensors")
@@ -257,10 +260,9 @@ def assert_same_saved_weights(out: Path, expected: dict[str, torch.Tensor]) -> N
         assert torch.equal(weights[name], expected[name]), name
 
 
-def test_ikd_train_killed_with_sigkill_resumes_bit_identically(cli_straight, tmp_path):
+def test_ikd_train_killed_with_sigkill_resumes_bit_identically(idx_dir, cli_straight, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "IKD_DATA_DIR": "/nonexistent-ikd-root"}
-    process = subprocess.Popen(ikd_train(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(ikd_train(idx_dir, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first_state = out / ".train-state" / "epoch-00001.pt"
     deadline = time.monotonic() + 240
     while not first_state.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -269,22 +271,22 @@ def test_ikd_train_killed_with_sigkill_resumes_bit_identically(cli_straight, tmp
     _, err = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, err
     assert first_state.exists() and not (out / "model.safetensors").exists()
-    result = run_ikd(ikd_train(out))
+    result = run_ikd(ikd_train(idx_dir, out))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert_same_saved_weights(out, cli_straight)
     assert not (out / ".train-state").exists()
 
 
-def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(cli_straight, tmp_path):
+def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(idx_dir, cli_straight, tmp_path):
     out = tmp_path / "limited"
-    command = ikd_train(out, "--time-limit", "1s")
-    stopped = run_ikd(command)
-    assert stopped.returncode == EXIT_TEMPFAIL == 75, stopped.stderr
-    last = stopped.stderr.strip().splitlines()[-1]
-    assert "after epoch 1/2" in last and "rerun the same command" in last
-    assert not (out / "model.safetensors").exists() and (out / ".train-state" / "epoch-00001.pt").exists()
-    # each run gets at least one epoch, so the same command ends with the last one
-    finished = run_ikd(command)
+    command = ikd_train(idx_dir, out, "--time-limit", "1s")
+    for epoch in (1, 2):  # each run gets at least one epoch; the limit is passed after it
+        stopped = run_ikd(command)
+        assert stopped.returncode == EXIT_TEMPFAIL == 75, stopped.stderr
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert f"after epoch {epoch}/3" in last and "rerun the same command" in last
+        assert not (out / "model.safetensors").exists()
+    finished = run_ikd(command)  # the last epoch is never cut: the job is done after it
     assert finished.returncode == 0, finished.stderr
     assert_same_saved_weights(out, cli_straight)
