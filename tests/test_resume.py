@@ -156,6 +156,18 @@ def test_a_truncated_newest_state_is_passed_over_for_the_one_before(digits, stra
     assert len(lines) == 1 and "epoch-00002.pt: unreadable" in lines[0] and "passed over" in lines[0]
 
 
+def test_a_kill_inside_a_state_write_leaves_nothing_that_matters(digits, straight, tmp_path, capsys):
+    state_dir = tmp_path / "state"
+    interrupted_state(digits, state_dir, stop=1)
+    # what SIGKILL inside atomic_write_bytes leaves: a partial temporary file, never a partial epoch file
+    partial = state_dir / ".epoch-00002.pt.x1y2z3.tmp"
+    partial.write_bytes(b"0" * 100)
+    model = build_model(spec(digits), seed=99)
+    train_model(model, digits, CONFIG, progress=False, state_dir=state_dir)
+    assert_same_weights(model, straight[0])
+    assert not partial.exists() and capsys.readouterr().err == ""
+
+
 def test_no_intact_state_starts_over_with_one_line(digits, straight, tmp_path, capsys):
     for path in interrupted_state(digits, tmp_path / "state", stop=2):
         raw = bytearray(path.read_bytes())
@@ -287,6 +299,6 @@ def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(i
         last = stopped.stderr.strip().splitlines()[-1]
         assert f"after epoch {epoch}/3" in last and "rerun the same command" in last
         assert not (out / "model.safetensors").exists()
-    finished = run_ikd(command)  # the last epoch is never cut: the job is done after it
+    finished = run_ikd(command)  # after the last epoch there is nothing left to stop for
     assert finished.returncode == 0, finished.stderr
     assert_same_saved_weights(out, cli_straight)
