@@ -1,4 +1,9 @@
-"""The `ikd` command. User mistakes print one line on stderr and exit 2; tracebacks only with --debug."""
+"""The `ikd` command. User mistakes print one line on stderr and exit 2; tracebacks only with --debug.
+
+Exit codes: 0 done; 1 internal error (a bug) or a closed output pipe; 2 a user error (one line on
+stderr); 75 stopped by --time-limit at an epoch boundary, state saved: rerun the same command to
+resume; 130 interrupted (Ctrl-C or SIGTERM).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
@@ -26,11 +33,14 @@ from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import TrainConfig, evaluate, train_model
+from ikd.train import TrainConfig, TrainingPaused, evaluate, train_model
+from ikd.train_state import remove_state
 
 EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: stopped by --time-limit, the same command resumes
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 1  # what Python itself exits with on EPIPE
+STATE_DIR = ".train-state"  # under --out: the state of an unfinished `ikd train`, removed once the model is saved
 
 
 class Terminated(KeyboardInterrupt):
@@ -58,8 +68,29 @@ def _validated_config(**values) -> TrainConfig:
         raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str, flag: str = "--time-limit") -> float:
+    """Seconds in `2h30m`, `90m`, `45s`, `1.5h` or plain `3600`."""
+    text = text.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None:
+            raise ConfigError(f"{flag} {text!r}: expected a duration such as 2h30m, 90m, 45s or seconds") from None
+        hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{flag} {text!r}: expected a duration greater than zero")
+    return seconds
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # the time limit counts data loading too
     out = Path(args.out)
+    time_limit = parse_duration(args.time_limit) if args.time_limit is not None else None
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
     config = _validated_config(
@@ -92,7 +123,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                 + (f", data-parallel over {group.world_size} processes" if group else ""),
                 file=sys.stderr,
             )
-        result = train_model(model, data, config, progress=not args.quiet, description=args.arch)
+        # beside the model, so rerunning the same command resumes; not under torchrun yet
+        state_dir = out / STATE_DIR if group is None else None
+        if group is not None and time_limit is not None:
+            raise ConfigError("--time-limit: not available under torchrun yet")
+        try:
+            result = train_model(
+                model,
+                data,
+                config,
+                progress=not args.quiet,
+                description=args.arch,
+                state_dir=state_dir,
+                deadline=started + time_limit if time_limit is not None else None,
+            )
+        except TrainingPaused as paused:
+            print(
+                f"ikd train: --time-limit reached after epoch {paused.epoch}/{paused.epochs}; state saved in "
+                f"{paused.state_dir}; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return EXIT_TEMPFAIL
     finally:
         distributed.shutdown()
     # Not fit(): under torchrun every rank trains, but only rank 0 scores and saves, once the
@@ -120,6 +171,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         split_seed=args.split_seed,
         extra=extra,
     )
+    if state_dir is not None:  # the model is saved: its training state is no longer needed
+        remove_state(state_dir)
     print(
         f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
         f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}"
@@ -387,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     train.add_argument("--image-size", type=int, help="resize imagefolder images to this size (default 32)")
     train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
+    train.add_argument(
+        "--time-limit",
+        metavar="DURATION",
+        help="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds) has passed, "
+        f"save the state and exit with code {EXIT_TEMPFAIL}; the same command resumes",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 

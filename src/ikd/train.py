@@ -14,7 +14,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 
 from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
-from ikd.errors import ConfigError, IkdError
+from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.runtime import Precision, resolve_device, resolve_precision
+from ikd.train_state import StateStore, job_fingerprint
 
 Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -79,6 +81,15 @@ class TrainResult:
 
 class TrainingDiverged(IkdError):
     """The loss became NaN or infinite."""
+
+
+class TrainingPaused(Exception):
+    """The time limit would have been passed during the next epoch: the state after `epoch` is
+    saved in `state_dir` and rerunning the same job continues from there."""
+
+    def __init__(self, epoch: int, epochs: int, state_dir: Path):
+        super().__init__(f"stopped after epoch {epoch}/{epochs} to stay within the time limit")
+        self.epoch, self.epochs, self.state_dir = epoch, epochs, state_dir
 
 
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
@@ -208,13 +219,23 @@ def train_model(
     progress: bool = True,
     description: str = "train",
     on_epoch: EpochCallback | None = None,
+    state_dir: Path | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train in place; on return the model holds its best-by-validation weights.
 
     Raises TrainingDiverged when the loss becomes NaN or infinite.
     """
     result = train_models(
-        [model], data, config, objectives=[objective], progress=progress, descriptions=[description], on_epoch=on_epoch
+        [model],
+        data,
+        config,
+        objectives=[objective],
+        progress=progress,
+        descriptions=[description],
+        on_epoch=on_epoch,
+        state_dir=state_dir,
+        deadline=deadline,
     )[0]
     if isinstance(result, TrainingDiverged):
         raise result
@@ -230,6 +251,8 @@ def train_models(
     progress: bool = True,
     descriptions: list[str] | None = None,
     on_epoch: EpochCallback | None = None,
+    state_dir: Path | None = None,
+    deadline: float | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Train several models in one pass over the data: every batch is read, augmented and normalised
     once and given to each model in turn (so objectives can share one teacher forward per batch).
@@ -238,7 +261,13 @@ def train_models(
     would have had trained alone with the same config. A model whose loss diverges is dropped from
     the group (its entry in the returned list is the TrainingDiverged error); the others go on.
     On return every model holds its best-by-validation weights. `on_epoch` sees each model's
-    epoch record as soon as it is validated (live logging).
+    epoch record as soon as its epoch is validated and saved (live logging).
+
+    With `state_dir`, the whole training state is saved there after every epoch and a run of the
+    same job that finds it continues after its last saved epoch, ending with the same weights
+    (bit for bit on the CPU) as a run never interrupted. With `deadline` (a time.monotonic() value)
+    training stops at the first epoch boundary from which one more epoch would pass it, and raises
+    TrainingPaused once the state is saved.
     """
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -246,6 +275,10 @@ def train_models(
     ranks = distributed.current()
     if ranks and (len(models) > 1 or any(o is not None for o in objectives)):
         raise ConfigError("data-parallel training (torchrun) is for one model with cross-entropy: `ikd train`")
+    if ranks and (state_dir is not None or deadline is not None):
+        raise ConfigError("resumable training and time limits are not available under torchrun yet")
+    if deadline is not None and state_dir is None:
+        raise ConfigError("a time limit needs a directory for the training state, to resume from")
     if ranks and config.batch_size < ranks.world_size:
         raise ConfigError(
             f"--batch-size {config.batch_size}: smaller than the {ranks.world_size} torchrun "
@@ -278,6 +311,20 @@ def train_models(
         for model, objective, name in zip(models, objectives, descriptions, strict=True)
     ]
     active = list(group)
+    store = None
+    first_epoch, seconds_before = 1, 0.0
+    if state_dir is not None:
+        store = StateStore(state_dir, _fingerprint(group, descriptions, data, config, augment))
+        saved, skipped = store.load_latest()
+        for line in skipped:
+            print(f"ikd: {line}", file=sys.stderr)
+        if saved is not None:
+            active = _restore(saved.state, group, shuffle_generator, device)
+            first_epoch, seconds_before = saved.epoch + 1, float(saved.state["seconds"])
+            if progress:
+                print(f"resuming after epoch {saved.epoch}/{config.epochs} from {saved.path}", file=sys.stderr)
+        elif skipped:
+            print(f"ikd: no intact training state in {state_dir}; starting from epoch 1", file=sys.stderr)
 
     # Without a terminal (logs, CI) the bar redraws rarely; each epoch still gets its own line.
     interactive = sys.stderr.isatty()
@@ -290,9 +337,10 @@ def train_models(
         dynamic_ncols=True,
         leave=True,
         mininterval=0.5 if interactive else 60.0,
+        initial=(first_epoch - 1) * steps_per_epoch,
     )
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    started = time.perf_counter() - seconds_before
+    for epoch in range(first_epoch, config.epochs + 1):
         if not active:
             break
         for student in active:
@@ -343,8 +391,23 @@ def train_models(
             group[0].epoch_seconds = time.perf_counter() - epoch_start
         for student in active:
             _end_epoch(student, epoch, data, config, device, precision, bar if progress else None, ranks)
-            if on_epoch is not None and (ranks is None or ranks.is_main):
+        if store is not None:
+            state = _state(group, active, shuffle_generator, device, time.perf_counter() - started)
+            store.save(epoch, state)
+        if on_epoch is not None and (ranks is None or ranks.is_main):
+            for student in active:
                 on_epoch(student.description, student.result.history[-1])
+        # the next epoch is predicted to take as long as this one did, validation and saving included
+        next_epoch_ends = time.monotonic() + (time.perf_counter() - epoch_start)
+        if (
+            deadline is not None
+            and store is not None
+            and epoch < config.epochs
+            and active
+            and next_epoch_ends > deadline
+        ):
+            bar.close()
+            raise TrainingPaused(epoch, config.epochs, store.directory)
     bar.close()
     results: list[TrainResult | TrainingDiverged] = []
     for student in group:
@@ -413,3 +476,78 @@ def _end_epoch(
             f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s",
             file=sys.stderr,
         )
+
+
+def _fingerprint(
+    group: list[_Student], descriptions: list[str], data: DataSplits, config: TrainConfig, augment: str
+) -> str:
+    def tensors(module: Any) -> list | None:
+        if not isinstance(module, torch.nn.Module):
+            return None
+        return [[name, list(t.shape), str(t.dtype)] for name, t in module.state_dict().items()]
+
+    return job_fingerprint(
+        {
+            "config": config.model_dump(),
+            "models": [[d, tensors(s.model), tensors(s.objective)] for d, s in zip(descriptions, group, strict=True)],
+            "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std), augment],
+        }
+    )
+
+
+def _state(
+    group: list[_Student], active: list[_Student], shuffle: torch.Generator, device: torch.device, seconds: float
+) -> dict[str, Any]:
+    """Everything the next epoch depends on, and the bookkeeping that the result reports."""
+    return {
+        "seconds": seconds,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "shuffle_rng": shuffle.get_state(),
+        "students": [
+            {
+                "model": s.model.state_dict(),
+                "objective": s.objective.state_dict() if isinstance(s.objective, torch.nn.Module) else None,
+                "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(),
+                "scaler": s.scaler.state_dict(),
+                "rng_state": s.rng_state,
+                "best_state": s.best_state,
+                "best_epoch": s.result.best_epoch,
+                "best_val_accuracy": s.result.best_val_accuracy,
+                "history": [asdict(record) for record in s.result.history],
+                "failure": s.failure,
+                "active": s in active,
+                "seconds": s.seconds,
+            }
+            for s in group
+        ],
+    }
+
+
+def _restore(
+    state: dict[str, Any], group: list[_Student], shuffle: torch.Generator, device: torch.device
+) -> list[_Student]:
+    """Put a saved state back into a freshly built group; returns the students still training."""
+    try:
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        shuffle.set_state(state["shuffle_rng"])
+        for student, saved in zip(group, state["students"], strict=True):
+            student.model.load_state_dict(saved["model"])
+            if saved["objective"] is not None:
+                student.objective.load_state_dict(saved["objective"])  # type: ignore[attr-defined]
+            student.optimizer.load_state_dict(saved["optimizer"])
+            student.scheduler.load_state_dict(saved["scheduler"])
+            student.scaler.load_state_dict(saved["scaler"])
+            student.rng_state = saved["rng_state"]
+            student.best_state = saved["best_state"]
+            student.result.best_epoch = saved["best_epoch"]
+            student.result.best_val_accuracy = saved["best_val_accuracy"]
+            student.result.history = [EpochRecord(**record) for record in saved["history"]]
+            student.failure = saved["failure"]
+            student.seconds = saved["seconds"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"saved training state does not fit this job ({type(exc).__name__}: {exc})") from None
+    return [s for s, saved in zip(group, state["students"], strict=True) if saved["active"]]

@@ -1,0 +1,117 @@
+"""Epoch-level training state on disk, so an interrupted training continues where it stopped.
+
+Each finished epoch is one file, `epoch-NNNNN.pt`: a line with the SHA-256 of the payload, then
+the payload, a torch.save of plain containers and tensors that is read back with
+torch.load(weights_only=True) (nothing else is unpickled). The digest catches a truncated or
+damaged file, which is then passed over for the previous one: the newest two are kept. Every
+state carries the fingerprint of its job (settings, architecture, data), so a directory left by
+another job is never resumed by mistake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import pickle
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ikd.checkpoint import TEMP_SUFFIX, atomic_write_bytes
+from ikd.errors import CheckpointError
+
+FORMAT = 1
+KEEP = 2  # the newest and, in case it is damaged, the one before
+_NAME = re.compile(r"epoch-(\d{5,})\.pt")
+
+
+def job_fingerprint(document: dict[str, Any]) -> str:
+    """A digest of everything that must match for a saved state to belong to this job."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class SavedState:
+    path: Path
+    epoch: int
+    state: dict[str, Any]
+
+
+class StateStore:
+    """The state files of one training job in one directory."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+
+    def _files_newest_first(self) -> list[tuple[int, Path]]:
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            match = _NAME.fullmatch(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found, reverse=True)
+
+    def save(self, epoch: int, state: dict[str, Any]) -> Path:
+        """Write the state after `epoch` all or nothing, then drop all but the newest KEEP files."""
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "epoch": epoch, **state}, buffer)
+        payload = buffer.getvalue()
+        path = self.directory / f"epoch-{epoch:05d}.pt"
+        atomic_write_bytes(path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        for _, old in self._files_newest_first()[KEEP:]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        # a process killed inside a write leaves its temporary file behind
+        for stale in self.directory.glob(f".epoch-*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        return path
+
+    def load_latest(self) -> tuple[SavedState | None, list[str]]:
+        """The newest intact state of this job (or None) and one line per damaged file passed over.
+
+        A state of another job is a CheckpointError: resuming it would be wrong, silently
+        discarding it could throw away a long training.
+        """
+        skipped = []
+        for epoch, path in self._files_newest_first():
+            try:
+                state = _read(path)
+            except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
+                skipped.append(f"{path}: unreadable ({exc}); passed over")
+                continue
+            if state.get("fingerprint") != self.fingerprint:
+                raise CheckpointError(
+                    f"{self.directory}: holds the training state of a different job (other settings, "
+                    "architecture or data); rerun that job's command to resume it, or delete the directory"
+                )
+            if state.get("epoch") != epoch:
+                skipped.append(f"{path}: names epoch {epoch} but holds {state.get('epoch')}; passed over")
+                continue
+            return SavedState(path, epoch, state), skipped
+        return None, skipped
+
+
+def remove_state(directory: Path) -> None:
+    """Drop a finished job's state: only its final weights are worth keeping."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    digest, newline, payload = raw.partition(b"\n")
+    if not newline or hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError("checksum mismatch: truncated or damaged")
+    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"not an ikd training state of format {FORMAT}")
+    return state

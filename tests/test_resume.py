@@ -1,0 +1,304 @@
+"""Resumable training: epoch-level state, bit-identical continuation, damaged states, time limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_idx_set
+from safetensors.torch import load_file
+
+from ikd.arch import ArchSpec
+from ikd.cli import EXIT_TEMPFAIL, EXIT_USAGE, main, parse_duration
+from ikd.data import load_dataset
+from ikd.errors import CheckpointError, ConfigError
+from ikd.model import build_model
+from ikd.train import EpochRecord, TrainConfig, TrainingPaused, train_model, train_models
+
+EPOCHS = 3
+CONFIG = TrainConfig(epochs=EPOCHS, batch_size=32, precision="fp32", device="cpu", seed=1, max_steps_per_epoch=6)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Each run is tiny: with the CPU shared, a second thread costs more in waiting than it saves.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def spec(data) -> ArchSpec:
+    # dropout, so the global random stream matters too
+    return ArchSpec(
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+        blocks=[[8], [16]],
+        head=[16],
+        dropout=0.2,
+    )
+
+
+def comparable(history: list[EpochRecord]) -> list[dict]:
+    # timings differ from run to run; everything learnt must not
+    return [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("seconds", "images_per_s")} for r in history]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_after(epoch: int):
+    def on_epoch(description: str, record: EpochRecord) -> None:
+        if record.epoch == epoch:
+            raise Interrupt
+
+    return on_epoch
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+@pytest.fixture(scope="module")
+def straight(digits):
+    model = build_model(spec(digits), seed=1)
+    result = train_model(model, digits, CONFIG, progress=False)
+    return model, result
+
+
+@pytest.mark.parametrize("stop", [1, 2])
+def test_resume_after_an_interrupted_epoch_is_bit_identical(digits, straight, tmp_path, stop):
+    state_dir = tmp_path / "state"
+    with pytest.raises(Interrupt):
+        train_model(
+            build_model(spec(digits), seed=1),
+            digits,
+            CONFIG,
+            progress=False,
+            state_dir=state_dir,
+            on_epoch=stop_after(stop),
+        )
+    # a fresh model with other initial weights: everything must come from the state
+    model = build_model(spec(digits), seed=99)
+    result = train_model(model, digits, CONFIG, progress=False, state_dir=state_dir)
+    assert_same_weights(model, straight[0])
+    assert comparable(result.history) == comparable(straight[1].history)
+    assert result.best_epoch == straight[1].best_epoch
+
+
+def test_grouped_students_with_a_hint_objective_resume_bit_identically(digits, tmp_path):
+    class Hinted(torch.nn.Module):  # an objective with weights of its own, like hint regressors
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, model, x, y, index):
+            logits = model(x) * self.scale
+            return logits, {"loss": torch.nn.functional.cross_entropy(logits, y)}
+
+    def run(state_dir, on_epoch=None, seed=1):
+        models = [build_model(spec(digits), seed=seed), build_model(spec(digits), seed=seed + 1)]
+        objectives = [Hinted(), None]
+        results = train_models(
+            models, digits, CONFIG, objectives=objectives, progress=False, state_dir=state_dir, on_epoch=on_epoch
+        )
+        return models, objectives, results
+
+    straight_models, straight_objectives, straight_results = run(None)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "state", stop_after(2))
+    models, objectives, results = run(tmp_path / "state", seed=50)
+    for a, b in zip(models, straight_models, strict=True):
+        assert_same_weights(a, b)
+    assert torch.equal(objectives[0].scale, straight_objectives[0].scale)
+    for a, b in zip(results, straight_results, strict=True):
+        assert comparable(a.history) == comparable(b.history)
+
+
+def interrupted_state(digits, state_dir: Path, stop: int) -> list[Path]:
+    with pytest.raises(Interrupt):
+        train_model(
+            build_model(spec(digits), seed=1),
+            digits,
+            CONFIG,
+            progress=False,
+            state_dir=state_dir,
+            on_epoch=stop_after(stop),
+        )
+    return sorted(state_dir.glob("epoch-*.pt"))
+
+
+def test_a_truncated_newest_state_is_passed_over_for_the_one_before(digits, straight, tmp_path, capsys):
+    files = interrupted_state(digits, tmp_path / "state", stop=2)
+    assert [f.name for f in files] == ["epoch-00001.pt", "epoch-00002.pt"]
+    files[1].write_bytes(files[1].read_bytes()[: files[1].stat().st_size // 2])
+    model = build_model(spec(digits), seed=99)
+    train_model(model, digits, CONFIG, progress=False, state_dir=tmp_path / "state")
+    assert_same_weights(model, straight[0])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "epoch-00002.pt: unreadable" in lines[0] and "passed over" in lines[0]
+
+
+def test_a_kill_inside_a_state_write_leaves_nothing_that_matters(digits, straight, tmp_path, capsys):
+    state_dir = tmp_path / "state"
+    interrupted_state(digits, state_dir, stop=1)
+    # what SIGKILL inside atomic_write_bytes leaves: a partial temporary file, never a partial epoch file
+    partial = state_dir / ".epoch-00002.pt.x1y2z3.tmp"
+    partial.write_bytes(b"0" * 100)
+    model = build_model(spec(digits), seed=99)
+    train_model(model, digits, CONFIG, progress=False, state_dir=state_dir)
+    assert_same_weights(model, straight[0])
+    assert not partial.exists() and capsys.readouterr().err == ""
+
+
+def test_no_intact_state_starts_over_with_one_line(digits, straight, tmp_path, capsys):
+    for path in interrupted_state(digits, tmp_path / "state", stop=2):
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # one flipped bit: the checksum, not torch.load, must notice
+        path.write_bytes(bytes(raw))
+    model = build_model(spec(digits), seed=1)
+    train_model(model, digits, CONFIG, progress=False, state_dir=tmp_path / "state")
+    assert_same_weights(model, straight[0])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "starting from epoch 1" in err
+
+
+def test_only_the_newest_two_states_are_kept(digits, tmp_path):
+    state_dir = tmp_path / "state"
+    train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=state_dir)
+    assert sorted(p.name for p in state_dir.iterdir()) == ["epoch-00002.pt", "epoch-00003.pt"]
+
+
+def test_the_state_of_another_job_is_refused_in_one_line(digits, tmp_path):
+    interrupted_state(digits, tmp_path / "state", stop=1)
+    other = CONFIG.model_copy(update={"lr": 0.01})
+    with pytest.raises(CheckpointError, match="different job") as error:
+        train_model(build_model(spec(digits), seed=1), digits, other, progress=False, state_dir=tmp_path / "state")
+    assert "\n" not in str(error.value)
+
+
+def test_a_deadline_stops_at_an_epoch_boundary_and_the_rerun_finishes(digits, straight, tmp_path):
+    state_dir = tmp_path / "state"
+    with pytest.raises(TrainingPaused) as paused:
+        train_model(
+            build_model(spec(digits), seed=1),
+            digits,
+            CONFIG,
+            progress=False,
+            state_dir=state_dir,
+            deadline=time.monotonic() + 1e-3,
+        )
+    assert (paused.value.epoch, paused.value.epochs) == (1, EPOCHS)
+    assert [p.name for p in state_dir.glob("epoch-*.pt")] == ["epoch-00001.pt"]
+    model = build_model(spec(digits), seed=99)
+    train_model(model, digits, CONFIG, progress=False, state_dir=state_dir)
+    assert_same_weights(model, straight[0])
+
+
+def test_a_deadline_needs_a_state_directory(digits):
+    with pytest.raises(ConfigError, match="time limit"):
+        train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, deadline=time.monotonic())
+
+
+@pytest.mark.parametrize(
+    "text,seconds", [("2h30m", 9000), ("90m", 5400), ("45s", 45), ("3600", 3600), ("1.5h", 5400), ("1h5s", 3605)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5", "0", "2x", "h", "inf", "nan"])
+def test_a_bad_time_limit_is_one_line_naming_the_flag(tmp_path, capsys, text):
+    status = main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"), "--time-limit", text])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == EXIT_USAGE and len(lines) == 1 and "--time-limit" in lines[0]
+
+
+# `ikd train` end to end: a real process, killed or stopped, then rerun with the same command. A tiny
+# IDX set keeps vgg11's epochs short (one step of 12 images each).
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("idx")
+    write_idx_set(directory, n_train=20, n_test=4, size=8)
+    return directory
+
+
+def ikd_train(idx_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "ikd", "train", "--dataset", "idx", "--data-dir", str(idx_dir), "--arch", "vgg11"),
+        *("--epochs", "3", "--batch-size", "12", "--precision", "fp32", "--quiet", "--out", str(out), *extra),
+    ]
+
+
+ENV = {**os.environ, "IKD_DATA_DIR": "/nonexistent-ikd-root", "OMP_NUM_THREADS": "1"}
+
+
+def run_ikd(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_straight(idx_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "straight"
+    result = run_ikd(ikd_train(idx_dir, out))
+    assert result.returncode == 0, result.stderr
+    assert not (out / ".train-state").exists()  # removed once the model is saved
+    return load_file(out / "model.safetensors")
+
+
+def assert_same_saved_weights(out: Path, expected: dict[str, torch.Tensor]) -> None:
+    weights = load_file(out / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    for name in weights:
+        assert torch.equal(weights[name], expected[name]), name
+
+
+def test_ikd_train_killed_with_sigkill_resumes_bit_identically(idx_dir, cli_straight, tmp_path):
+    out = tmp_path / "killed"
+    process = subprocess.Popen(ikd_train(idx_dir, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_state = out / ".train-state" / "epoch-00001.pt"
+    deadline = time.monotonic() + 240
+    while not first_state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, err
+    assert first_state.exists() and not (out / "model.safetensors").exists()
+    result = run_ikd(ikd_train(idx_dir, out))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert_same_saved_weights(out, cli_straight)
+    assert not (out / ".train-state").exists()
+
+
+def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(idx_dir, cli_straight, tmp_path):
+    out = tmp_path / "limited"
+    command = ikd_train(idx_dir, out, "--time-limit", "1s")
+    for epoch in (1, 2):  # each run gets at least one epoch; the limit is passed after it
+        stopped = run_ikd(command)
+        assert stopped.returncode == EXIT_TEMPFAIL == 75, stopped.stderr
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert f"after epoch {epoch}/3" in last and "rerun the same command" in last
+        assert not (out / "model.safetensors").exists()
+    finished = run_ikd(command)  # after the last epoch there is nothing left to stop for
+    assert finished.returncode == 0, finished.stderr
+    assert_same_saved_weights(out, cli_straight)
