@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ikd.arch import ArchSpec, preset
-from ikd.checkpoint import atomic_write_bytes, load_model
+from ikd.atomic import atomic_write_bytes
+from ikd.checkpoint import load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model

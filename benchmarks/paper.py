@@ -30,8 +30,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ikd.atomic import atomic_write_json
 from ikd.campaign import compress
-from ikd.checkpoint import WEIGHTS_FILE, atomic_write_json
+from ikd.checkpoint import WEIGHTS_FILE
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node

@@ -31,7 +31,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ikd._version import __version__
-from ikd.checkpoint import WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, load_model
+from ikd.atomic import atomic_write_bytes, atomic_write_json
+from ikd.checkpoint import WEIGHTS_FILE, load_model
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import comparable, cpu_session, measure_latency, record_latency

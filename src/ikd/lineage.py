@@ -23,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ikd.arch import ArchSpec
-from ikd.checkpoint import TEMP_SUFFIX, WEIGHTS_FILE, atomic_write_json
+from ikd.atomic import TEMP_SUFFIX, atomic_write_json
+from ikd.checkpoint import WEIGHTS_FILE
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
 
 LINEAGE_FILE = "lineage.json"

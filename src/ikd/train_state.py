@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ikd.checkpoint import TEMP_SUFFIX, atomic_write_bytes
+from ikd.atomic import TEMP_SUFFIX, atomic_write_bytes
 from ikd.errors import CheckpointError
 
 FORMAT = 1

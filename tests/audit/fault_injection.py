@@ -17,7 +17,7 @@ The fault is patched into this process only; ikd itself carries no test hooks. F
                              removing anything under it fails with EROFS
     trace:FILE               no fault: append the name of every atomically written file to FILE
 
-Atomic writes (ikd.checkpoint.atomic_write_bytes) are recognised by their `fsync` and `os.replace`
+Atomic writes (ikd.atomic.atomic_write_bytes) are recognised by their `fsync` and `os.replace`
 calls, the file behind a descriptor through /proc/self/fd: Linux only.
 """
 
@@ -32,7 +32,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-TEMP_SUFFIX = ".tmp"  # ikd.checkpoint.TEMP_SUFFIX, not imported so the patches go in before ikd loads
+TEMP_SUFFIX = ".tmp"  # ikd.atomic.TEMP_SUFFIX, not imported so the patches go in before ikd loads
 PHASES = ("mid-write", "before-rename", "after-rename")
 
 

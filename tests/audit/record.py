@@ -91,7 +91,7 @@ def cell(text) -> str:
 
 
 def write_record(path: Path, record: AuditRecord, command: list[str]) -> None:
-    from ikd.checkpoint import atomic_write_bytes
+    from ikd.atomic import atomic_write_bytes
     from ikd.runtime import describe_machine
 
     counts = record.counts()
