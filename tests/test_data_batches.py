@@ -25,10 +25,15 @@ def images(n=32, c=3, size=32, seed=0):
     return torch.randint(1, 256, (n, c, size, size), generator=g, dtype=torch.uint8)
 
 
-def windows(x: torch.Tensor, p: int, flips: bool) -> list[torch.Tensor]:
+def windows(x: torch.Tensor, p: int, flips: bool, reflect: bool = False) -> list[torch.Tensor]:
     """Every crop the augmentation may produce for one (C, H, W) image."""
     h, w = x.shape[1:]
-    padded = F.pad(x, (p, p, p, p))
+    if reflect:  # by hand: row -k is row k, row h-1+k is row h-1-k
+        rows = [abs(i) if i < h else 2 * (h - 1) - i for i in range(-p, h + p)]
+        cols = [abs(j) if j < w else 2 * (w - 1) - j for j in range(-p, w + p)]
+        padded = x[:, rows][:, :, cols]
+    else:
+        padded = F.pad(x, (p, p, p, p))
     out = []
     for oy in range(2 * p + 1):
         for ox in range(2 * p + 1):
@@ -41,10 +46,10 @@ def windows(x: torch.Tensor, p: int, flips: bool) -> list[torch.Tensor]:
 
 def test_padding_rule():
     assert [crop_padding(s) for s in (8, 16, 28, 32, 64)] == [1, 2, 3, 4, 8]
-    assert AUGMENTATIONS == ("none", "crop", "crop-flip")
+    assert AUGMENTATIONS == ("none", "crop", "crop-flip", "reflect-crop-flip")
 
 
-@pytest.mark.parametrize("kind", ["crop", "crop-flip"])
+@pytest.mark.parametrize("kind", ["crop", "crop-flip", "reflect-crop-flip"])
 @pytest.mark.parametrize("size, c", [(32, 3), (28, 1), (8, 1)])
 def test_every_output_is_a_valid_window(kind, size, c):
     x = images(n=24, c=c, size=size)
@@ -52,7 +57,11 @@ def test_every_output_is_a_valid_window(kind, size, c):
     assert out.shape == x.shape and out.dtype == torch.uint8 and out.is_contiguous()
     p = crop_padding(size)
     for i in range(len(x)):
-        assert any(torch.equal(out[i], w) for w in windows(x[i], p, flips=kind == "crop-flip")), i
+        reflect = kind == "reflect-crop-flip"
+        expected = windows(x[i], p, flips=kind != "crop", reflect=reflect)
+        assert any(torch.equal(out[i], w) for w in expected), i
+        if reflect:  # never a padded zero: image values are 1..255
+            assert out[i].ne(0).all()
 
 
 def test_crop_flip_varies_and_flips():
@@ -84,7 +93,8 @@ def test_augment_deterministic_with_generator_and_none_is_identity():
 
 def test_augment_kind_validated():
     with pytest.raises(
-        DataError, match=r"augment='flip' is not a known augmentation; expected one of: none, crop, crop-flip"
+        DataError,
+        match=r"augment='flip' is not a known augmentation; expected one of: none, crop, crop-flip, reflect-crop-flip$",
     ):
         augment_batch(images(n=2), "flip")
     with pytest.raises(ValueError):

@@ -83,7 +83,7 @@ def test_batches_dir_round_trip(tmp_path, bytes_keys, protocol):
     d = load_dataset("cifar10", tmp_path, val_fraction=0.2)
     xtr, ytr, xte, yte = expected_arrays(bytes_keys=bytes_keys)
     assert d.classes == [f"class{i}" for i in range(10)]
-    assert d.augment == "crop-flip" and d.in_channels == 3 and d.image_size == 32
+    assert d.augment == "reflect-crop-flip" and d.in_channels == 3 and d.image_size == 32
     assert d.source == str(tmp_path / BATCHES_DIR)
     assert d.test.images.dtype == torch.uint8 and d.test.images.is_contiguous()
     np.testing.assert_array_equal(d.test.images.numpy(), xte)

@@ -36,7 +36,7 @@ def test_imagefolder_rgb_round_trip(tmp_path):
     (tmp_path / "train" / "cat" / "notes.txt").write_text("ignored: not an image extension")
     (tmp_path / "train" / "cat" / ".hidden.png").write_bytes(b"ignored: hidden")
     d = load_dataset("imagefolder", tmp_path, val_fraction=0.25)
-    assert d.classes == ["cat", "dog", "eel"] and d.augment == "crop-flip"
+    assert d.classes == ["cat", "dog", "eel"] and d.augment == "reflect-crop-flip"
     assert d.in_channels == 3 and d.image_size == 32
     assert len(d.train) == 9 and len(d.val) == 3 and len(d.test) == 12
     assert d.test.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4

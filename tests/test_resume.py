@@ -21,9 +21,21 @@ from ikd.data import load_dataset
 from ikd.errors import CheckpointError, ConfigError
 from ikd.model import build_model
 from ikd.train import EpochRecord, TrainConfig, TrainingPaused, train_model, train_models
+from ikd.train_state import _read
 
 EPOCHS = 3
-CONFIG = TrainConfig(epochs=EPOCHS, batch_size=32, precision="fp32", device="cpu", seed=1, max_steps_per_epoch=6)
+# The teacher recipe's moving parts (EMA, linear schedule, label smoothing) are all in what must resume.
+CONFIG = TrainConfig(
+    epochs=EPOCHS,
+    batch_size=32,
+    precision="fp32",
+    device="cpu",
+    seed=1,
+    max_steps_per_epoch=6,
+    schedule="linear",
+    ema_epochs=1.0,
+    label_smoothing=0.1,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,6 +113,36 @@ def test_resume_after_an_interrupted_epoch_is_bit_identical(digits, straight, tm
     assert_same_weights(model, straight[0])
     assert comparable(result.history) == comparable(straight[1].history)
     assert result.best_epoch == straight[1].best_epoch
+
+
+def flat(tree, prefix: str = "") -> dict:
+    """Every leaf of a saved state, by path."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list | tuple):
+        return {k: v for i, sub in enumerate(tree) for k, v in flat(sub, f"{prefix}/{i}").items()}
+    return {prefix: tree}
+
+
+def test_the_last_state_of_a_resumed_run_equals_an_uninterrupted_ones_in_every_tensor(digits, tmp_path):
+    # Beyond the final weights: the EMA, optimiser, schedule, RNG streams must all have been carried over.
+    def final_state(state_dir: Path, interrupt_at: int | None) -> dict:
+        if interrupt_at:
+            with pytest.raises(Interrupt):
+                train_model(
+                    build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=state_dir,
+                    on_epoch=stop_after(interrupt_at),
+                )  # fmt: skip
+        train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=state_dir)
+        return flat(_read(state_dir / f"epoch-{EPOCHS:05d}.pt"))
+
+    straight, resumed = final_state(tmp_path / "a", None), final_state(tmp_path / "b", 1)
+    assert straight.keys() == resumed.keys() and any("/ema/" in key for key in straight)
+    for key, value in straight.items():
+        if key.endswith(("seconds", "images_per_s")):
+            continue
+        same = torch.equal(value, resumed[key]) if isinstance(value, torch.Tensor) else value == resumed[key]
+        assert same, key
 
 
 def test_grouped_students_with_a_hint_objective_resume_bit_identically(digits, tmp_path):

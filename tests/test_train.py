@@ -163,3 +163,60 @@ def test_a_diverging_model_is_dropped_and_the_others_finish(digits):
     assert isinstance(results[0], TrainResult) and results[0].history
     assert isinstance(results[1], TrainingDiverged)
     assert "nan" in str(results[1]) and "epoch 1" in str(results[1])
+
+
+def test_the_kept_weights_are_the_ones_whose_validation_accuracy_is_reported(digits):
+    # With an EMA each epoch has two candidates; whichever is kept, the model must score what was recorded.
+    model = build_model(small_spec(digits), seed=0)
+    config = TrainConfig(epochs=4, batch_size=32, lr=0.05, precision="fp32", device="cpu", ema_epochs=1.0)
+    result = train_model(model, digits, config, progress=False)
+    assert all(r.ema_val_accuracy is not None for r in result.history)
+    best = result.history[result.best_epoch - 1]
+    expected = best.ema_val_accuracy if result.best_weights == "ema" else best.val_accuracy
+    assert result.best_val_accuracy == expected == max(best.val_accuracy, best.ema_val_accuracy or 0.0)
+    again = evaluate(
+        model,
+        digits.val,
+        mean=digits.mean,
+        std=digits.std,
+        device=torch.device("cpu"),
+        precision=resolve_precision("fp32", torch.device("cpu")),
+    )
+    assert again["accuracy"] == pytest.approx(result.best_val_accuracy)
+
+
+def test_the_ema_differs_from_the_weights_and_follows_them():
+    from ikd.train import _ema
+
+    model = torch.nn.Linear(3, 1)
+    ema = _ema(model, decay=0.9)
+    with torch.no_grad():
+        for step in range(50):
+            model.weight.fill_(float(step))
+            ema.update_parameters(model)
+    averaged = ema.module.get_parameter("weight")
+    assert 40.0 < averaged.mean().item() < 49.0  # behind the last value (49), far from the first
+
+
+def test_linear_schedule_warms_up_then_decays_to_almost_zero():
+    from ikd.train import _scheduler
+
+    config = TrainConfig(epochs=1, lr=0.2, schedule="linear")
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=config.lr)
+    scheduler = _scheduler(optimizer, config, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.2, rel=0.02)
+    assert 15 <= lrs.index(max(lrs)) <= 21 and lrs[-1] < 0.003
+
+
+def test_bf16_training_returns_a_contiguous_model_that_can_be_saved(digits, tmp_path):
+    # bf16 trains in the channels-last layout; saving (safetensors) needs the standard one back.
+    model = build_model(small_spec(digits), seed=0)
+    config = TrainConfig(epochs=1, batch_size=64, precision="bf16", device="cpu", max_steps_per_epoch=2)
+    train_model(model, digits, config, progress=False)
+    assert all(t.is_contiguous() for t in model.state_dict().values())
+    save_model(tmp_path / "m", model, {})

@@ -27,13 +27,13 @@ from ikd import distributed
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
-from ikd.config import Flag, command_line_flags, load_config
+from ikd.config import Flag, TeacherConfig, command_line_flags, load_config
 from ikd.data import AUGMENTATIONS, DATASETS, load_dataset
 from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import TrainConfig, TrainingPaused, evaluate, train_model
+from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, train_model
 from ikd.train_state import remove_state
 
 EXIT_USAGE = 2
@@ -104,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         label_smoothing=args.label_smoothing,
+        ema_epochs=args.ema_epochs,
     )
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
@@ -427,12 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json"
     )
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
-    train.add_argument("--weight-decay", type=float, default=5e-4)
-    train.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine"))
+    # The recipe's defaults are the campaign teacher's (config.TeacherConfig): declared once.
+    recipe = TeacherConfig.model_fields
+    train.add_argument("--batch-size", type=int, default=recipe["batch_size"].default)
+    train.add_argument("--lr", type=float, default=recipe["lr"].default, help="peak learning rate")
+    train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"].default)
+    train.add_argument("--schedule", default=recipe["schedule"].default, choices=SCHEDULES)
     train.add_argument("--augment", choices=AUGMENTATIONS, help="default: the dataset's own")
-    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"].default)
+    train.add_argument(
+        "--ema-epochs",
+        type=float,
+        default=recipe["ema_epochs"].default,
+        help="horizon of the weights' moving average, validated beside them; 0 = none",
+    )
     train.add_argument("--precision", default="auto", choices=PRECISIONS)
     train.add_argument("--device", default="auto", choices=DEVICES)
     train.add_argument("--seed", type=int, default=0)

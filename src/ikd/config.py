@@ -28,6 +28,7 @@ from ikd.data import DATASETS, Augmentation
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
+from ikd.train import Schedule
 
 
 class Strict(BaseModel):
@@ -70,8 +71,18 @@ class OptimConfig(Strict):
     batch_size: int = Field(default=128, gt=0, description="images per training step")
     lr: float = Field(default=0.05, gt=0, description="peak learning rate (SGD, Nesterov momentum 0.9)")
     weight_decay: float = Field(default=5e-4, ge=0, description="L2 weight decay")
-    schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="learning-rate schedule")
+    schedule: Schedule = Field(
+        default="onecycle",
+        description="learning-rate schedule: onecycle (warm-up, cosine decay), linear (warm-up, linear decay "
+        "to ~0) or cosine",
+    )
     augment: Augmentation | None = Field(default=None, description="default: the dataset's own")
+    ema_epochs: float = Field(
+        default=0.0,
+        ge=0,
+        description="horizon in epochs of an exponential moving average of the weights, validated beside "
+        "them each epoch (the better is kept); 0 = none",
+    )
 
 
 class TeacherConfig(OptimConfig):
@@ -86,6 +97,12 @@ class TeacherConfig(OptimConfig):
         description=f"preset to train when no dir is given: {', '.join(PRESETS)}",
     )
     epochs: int = Field(default=10, gt=0, description="epochs to train the teacher (when no dir is given)")
+    # The teacher recipe (docs/training.md): what reached published CIFAR-10 accuracy in few epochs.
+    batch_size: int = Field(default=256, gt=0, description="images per training step")
+    lr: float = Field(default=0.1, gt=0, description="peak learning rate (SGD, Nesterov momentum 0.9)")
+    schedule: Schedule = Field(default="linear", description="learning-rate schedule (see student.schedule)")
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    ema_epochs: float = Field(default=1.0, ge=0, description="weights' EMA horizon in epochs (0 = none)")
 
     @field_validator("arch")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from ikd.config import CampaignConfig, OptimConfig
+from ikd.config import CampaignConfig, OptimConfig, TeacherConfig
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.executor import LocalExecutor, RayExecutor
 from ikd.lineage import RunDir
@@ -94,6 +94,9 @@ class CampaignContext:
             weight_decay=section.weight_decay,
             schedule=section.schedule,
             augment=section.augment,
+            ema_epochs=section.ema_epochs,
+            # students' cross-entropy belongs to their distillation objective
+            label_smoothing=section.label_smoothing if isinstance(section, TeacherConfig) else 0.0,
             precision=self.precision.name,
             device=self.device.type,
             seed=self.config.seed + seed_offset,

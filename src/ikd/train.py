@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ikd import distributed
@@ -28,6 +29,10 @@ from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.runtime import Precision, resolve_device, resolve_precision
 from ikd.train_state import StateStore, job_fingerprint
 
+# onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
+Schedule = Literal["onecycle", "linear", "cosine"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+
 Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
 ]
@@ -35,7 +40,8 @@ EpochCallback = Callable[[str, "EpochRecord"], None]  # (the model's description
 
 
 class TrainConfig(BaseModel):
-    """Optimisation settings of one job. SGD + Nesterov with a one-cycle or cosine schedule."""
+    """Optimisation settings of one job: SGD + Nesterov with a learning-rate schedule, optionally an
+    exponential moving average (EMA) of the weights validated beside them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,9 +50,12 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=0.05, gt=0, description="peak learning rate")
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    schedule: Schedule = "onecycle"
     augment: str | None = Field(default=None, description="None = the dataset's default")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    ema_epochs: float = Field(
+        default=0.0, ge=0, description="horizon in epochs of the weights' EMA, validated beside them; 0 = no EMA"
+    )
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -63,6 +72,7 @@ class EpochRecord:
     val_loss: float
     images_per_s: float
     seconds: float
+    ema_val_accuracy: float | None = None  # the EMA's, when there is one (val_accuracy is the raw weights')
 
 
 @dataclass
@@ -70,6 +80,7 @@ class TrainResult:
     best_epoch: int
     best_val_accuracy: float
     last_val_accuracy: float
+    best_weights: Literal["raw", "ema"] = "raw"  # which of the best epoch's two was kept
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
@@ -112,7 +123,33 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
             final_div_factor=100.0,
             three_phase=False,
         )
+    if config.schedule == "linear":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=0.2,
+            anneal_strategy="linear",
+            div_factor=10.0,
+            final_div_factor=1000.0,
+            three_phase=False,
+        )
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+
+def _ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An EMA of the weights and BatchNorm statistics; early on it averages over the steps so far
+    (min(decay, (1+n)/(10+n))) so that it is not anchored to the random initial weights."""
+
+    def update(averaged: Sequence[torch.Tensor], current: Sequence[torch.Tensor], n: torch.Tensor | int) -> None:
+        step_decay = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(list(averaged), list(current), 1.0 - step_decay)
+        else:  # BatchNorm's batch counters
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 @torch.inference_mode()
@@ -155,8 +192,10 @@ class _Student:
         steps_per_epoch: int,
         rng_state: torch.Tensor | None,
         ranks: distributed.Group | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ):
         self.model, self.objective, self.description = model.to(device), objective, description
+        self.model.to(memory_format=memory_format)  # type: ignore[call-overload]  # untyped, documented
         # Under torchrun the forward goes through DDP (gradient averaging); state and evaluation use the model.
         self.forward_module = ranks.wrap(self.model, device) if ranks else self.model
         parameters = list(model.parameters())
@@ -171,6 +210,7 @@ class _Student:
         )
         self.scheduler = _scheduler(self.optimizer, config, config.epochs * steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+        self.ema = _ema(model, 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch)) if config.ema_epochs else None
         self.precision = precision
         self.rng_state = rng_state  # None when alone: the global RNG is this model's own
         self.result = TrainResult(
@@ -198,6 +238,8 @@ class _Student:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         if self.rng_state is not None:
             self.rng_state = torch.get_rng_state()
         for name, value in terms.items():
@@ -296,6 +338,9 @@ def train_models(
     if len(models) > 1 and device.type != "cpu":
         torch.cuda.manual_seed_all(config.seed)  # accelerators: grouped runs are not bit-identical to solo ones
     start_state = torch.get_rng_state() if shared_rng else None
+    # NHWC convolutions: 1.25x faster training for VGG-16 in bf16 on an AMX CPU, none in fp32 (measured).
+    fast_layout = device.type == "cuda" or precision.dtype == torch.bfloat16
+    memory_format = torch.channels_last if fast_layout else torch.contiguous_format
     group = [
         _Student(
             model,
@@ -307,6 +352,7 @@ def train_models(
             steps_per_epoch,
             start_state.clone() if start_state is not None else None,
             ranks,
+            memory_format,
         )
         for model, objective, name in zip(models, objectives, descriptions, strict=True)
     ]
@@ -363,6 +409,7 @@ def train_models(
                 break
             if ranks:
                 x, y, index = ranks.shard(x, y, index)
+            x = x.contiguous(memory_format=memory_format)
             for student in active:
                 student.step(x, y, index)
             bar.update(1)
@@ -411,6 +458,7 @@ def train_models(
     bar.close()
     results: list[TrainResult | TrainingDiverged] = []
     for student in group:
+        student.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # saved as is
         if student.failure is not None:
             results.append(TrainingDiverged(student.failure))
             continue
@@ -442,15 +490,15 @@ def _end_epoch(
         student.sums = {name: ranks.sum(total) for name, total in student.sums.items()}
         student.correct = ranks.sum(student.correct)
         seen = int(ranks.sum(torch.tensor(seen, device=device)).item())
-    val = evaluate(
-        student.model,
-        data.val,
-        mean=data.mean,
-        std=data.std,
-        device=device,
-        precision=precision,
-        batch_size=config.eval_batch_size,
-    )
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(
+            model, data.val, mean=data.mean, std=data.std, device=device, precision=precision,
+            batch_size=config.eval_batch_size,
+        )  # fmt: skip
+
+    val = validate(student.model)
+    ema_val = validate(student.ema.module) if student.ema is not None else None
     seconds = student.epoch_seconds + time.perf_counter() - eval_start
     student.seconds += seconds
     record = EpochRecord(
@@ -462,17 +510,24 @@ def _end_epoch(
         val_loss=val["loss"],
         images_per_s=seen / max(student.epoch_seconds, 1e-9),
         seconds=seconds,
+        ema_val_accuracy=ema_val["accuracy"] if ema_val is not None else None,
     )
     result = student.result
     result.history.append(record)
-    if record.val_accuracy > result.best_val_accuracy:
-        result.best_epoch, result.best_val_accuracy = epoch, record.val_accuracy
-        student.best_state = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+    # The kept weights are the epoch's better of raw and EMA, judged on validation only.
+    use_ema = student.ema is not None and ema_val is not None and ema_val["accuracy"] > record.val_accuracy
+    accuracy = ema_val["accuracy"] if use_ema and ema_val is not None else record.val_accuracy
+    if accuracy > result.best_val_accuracy:
+        result.best_epoch, result.best_val_accuracy = epoch, accuracy
+        result.best_weights = "ema" if use_ema else "raw"
+        weights = student.ema.module if use_ema and student.ema is not None else student.model
+        student.best_state = {k: v.detach().clone() for k, v in weights.state_dict().items()}
     if bar is not None:
         terms = " ".join(f"{name} {value:.4f}" for name, value in record.train.items())
+        ema = f", EMA {record.ema_val_accuracy:.4f}" if record.ema_val_accuracy is not None else ""
         bar.write(
             f"{student.description} epoch {epoch}/{config.epochs}: train {terms} | val acc "
-            f"{record.val_accuracy:.4f} (best {result.best_val_accuracy:.4f}) | "
+            f"{record.val_accuracy:.4f}{ema} (best {result.best_val_accuracy:.4f}) | "
             f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s",
             file=sys.stderr,
         )
@@ -511,10 +566,12 @@ def _state(
                 "optimizer": s.optimizer.state_dict(),
                 "scheduler": s.scheduler.state_dict(),
                 "scaler": s.scaler.state_dict(),
+                "ema": s.ema.state_dict() if s.ema is not None else None,
                 "rng_state": s.rng_state,
                 "best_state": s.best_state,
                 "best_epoch": s.result.best_epoch,
                 "best_val_accuracy": s.result.best_val_accuracy,
+                "best_weights": s.result.best_weights,
                 "history": [asdict(record) for record in s.result.history],
                 "failure": s.failure,
                 "active": s in active,
@@ -541,10 +598,13 @@ def _restore(
             student.optimizer.load_state_dict(saved["optimizer"])
             student.scheduler.load_state_dict(saved["scheduler"])
             student.scaler.load_state_dict(saved["scaler"])
+            if student.ema is not None:
+                student.ema.load_state_dict(saved["ema"])
             student.rng_state = saved["rng_state"]
             student.best_state = saved["best_state"]
             student.result.best_epoch = saved["best_epoch"]
             student.result.best_val_accuracy = saved["best_val_accuracy"]
+            student.result.best_weights = saved["best_weights"]
             student.result.history = [EpochRecord(**record) for record in saved["history"]]
             student.failure = saved["failure"]
             student.seconds = saved["seconds"]

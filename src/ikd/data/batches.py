@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from ikd.data.splits import ImageSet
 from ikd.errors import DataError
 
-Augmentation = Literal["none", "crop", "crop-flip"]
+# "reflect-crop-flip" pads by mirroring the border instead of with black, so crops show no empty bands.
+Augmentation = Literal["none", "crop", "crop-flip", "reflect-crop-flip"]
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 
 Stats = Sequence[float] | torch.Tensor
@@ -28,7 +29,7 @@ def check_augment(kind: str) -> str:
 
 
 def crop_padding(size: int) -> int:
-    """Zero padding for random crops: 4 at 32 px (the CIFAR standard), 3 at 28, 1 at 8."""
+    """Padding for random crops: 4 at 32 px (the CIFAR standard), 3 at 28, 1 at 8."""
     return max(1, size // 8)
 
 
@@ -39,7 +40,7 @@ def _random_device(generator: torch.Generator | None) -> torch.device:
 
 
 def augment_batch(images_uint8: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Randomly crop (and for "crop-flip" mirror) every image of a uint8 (N, C, H, W) batch at once.
+    """Randomly crop (and for "*crop-flip" mirror) every image of a uint8 (N, C, H, W) batch at once.
 
     Each sample gets its own offset: one gather from the zero-padded batch with per-sample row and
     column indices (a flip is just reversed column indices). "none" returns the input unchanged.
@@ -57,12 +58,12 @@ def augment_batch(images_uint8: torch.Tensor, kind: str, generator: torch.Genera
     p = crop_padding(min(h, w))
     offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=rdev).to(dev)
     cols = torch.arange(w, device=dev).expand(n, w)
-    if kind == "crop-flip":
+    if kind.endswith("crop-flip"):
         flip = torch.randint(0, 2, (n,), generator=generator, device=rdev).to(dev).bool()
         cols = torch.where(flip[:, None], (w - 1) - cols, cols)
     rows = offsets[0, :, None] + torch.arange(h, device=dev)
     cols = offsets[1, :, None] + cols
-    padded = F.pad(images_uint8, (p, p, p, p))
+    padded = F.pad(images_uint8, (p, p, p, p), mode="reflect" if kind == "reflect-crop-flip" else "constant")
     return padded[
         torch.arange(n, device=dev)[:, None, None, None],
         torch.arange(c, device=dev)[None, :, None, None],

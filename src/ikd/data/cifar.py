@@ -231,6 +231,6 @@ def load_cifar10(data_dir: str | Path | None, **_: object) -> RawDataset:
         # The test batch comes straight from the unpickler; copy it so the tensor owns writable memory.
         test=ImageSet(torch.from_numpy(np.array(xte, order="C")), torch.from_numpy(yte)),
         classes=classes,
-        augment="crop-flip",
+        augment="reflect-crop-flip",
         source=str(path),
     )

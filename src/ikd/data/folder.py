@@ -115,6 +115,6 @@ def load_imagefolder(data_dir: str | Path | None, *, image_size: int | None = No
         train=_decode(train_files, mode, size),
         test=_decode(test_files, mode, size),
         classes=classes,
-        augment="crop-flip",
+        augment="reflect-crop-flip",
         source=str(base),
     )
