@@ -87,6 +87,16 @@ def digits():
     return load_dataset("digits")
 
 
+def campaign_args(teacher: Path, run_dir: Path, *extra: str, generations: int = 1) -> list[str]:
+    """`ikd compress` arguments of the tiny campaign the fault tests run: the teacher imported, 1
+    epoch per child, nothing rejected."""
+    return [
+        *("compress", "--teacher", str(teacher), "--dataset", "digits", "--run-dir", str(run_dir)),
+        *("--epochs", "1", "--max-drop", "100", "--max-step-drop", "100", "--max-generations", str(generations)),
+        *("--precision", "fp32", "--device", "cpu", "--quiet", *extra),
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory, digits):
     """A small CNN trained briefly on digits, saved the way `ikd train` saves."""

@@ -262,3 +262,22 @@ def test_a_shared_live_teacher_runs_once_per_batch():
     assert len(calls) == 1
     objectives[0](students[0], x, y, torch.arange(6))  # a new batch runs it again
     assert len(calls) == 2
+
+
+def test_the_teacher_drop_stream_travels_in_the_state_dict():
+    # a resumed training must drop the same teachers from the same batches as one never stopped
+    teachers, spec, x, y = _two_teachers()
+    student = build_model(spec, seed=1)
+    weights = LossWeights(gamma=0.0)
+
+    def kd(objective):
+        return [objective(student, x, y, torch.arange(6))[1]["kd"].item() for _ in range(12)]
+
+    running = build_objective(student, teachers, weights, drop=0.5, seed=3)
+    kd(running)  # part-way through its stream
+    saved = running.state_dict()
+    resumed = build_objective(student, teachers, weights, drop=0.5, seed=3)
+    resumed.load_state_dict(saved)
+    fresh = build_objective(student, teachers, weights, drop=0.5, seed=3)
+    expected = kd(running)
+    assert kd(resumed) == expected != kd(fresh)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import campaign_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -36,32 +37,6 @@ from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir, Status
 
 from audit import fault_injection, harness
-
-
-def campaign_args(teacher, run_dir, *extra):
-    return [
-        "compress",
-        "--teacher",
-        str(teacher),
-        "--dataset",
-        "digits",
-        "--run-dir",
-        str(run_dir),
-        "--epochs",
-        "1",
-        "--max-drop",
-        "100",
-        "--max-step-drop",
-        "100",
-        "--max-generations",
-        "1",
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")

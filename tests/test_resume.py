@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_idx_set
+from conftest import campaign_args, write_idx_set
 from safetensors.torch import load_file
 
 from ikd.arch import ArchSpec
 from ikd.cli import EXIT_TEMPFAIL, EXIT_USAGE, main, parse_duration
-from ikd.data import load_dataset
 from ikd.errors import CheckpointError, ConfigError
+from ikd.lineage import RunDir
 from ikd.model import build_model
 from ikd.train import EpochRecord, TrainConfig, TrainingPaused, train_model, train_models
 from ikd.train_state import _read
@@ -45,11 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def spec(data) -> ArchSpec:
@@ -344,3 +340,88 @@ def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(i
     finished = run_ikd(command)  # after the last epoch there is nothing left to stop for
     assert finished.returncode == 0, finished.stderr
     assert_same_saved_weights(out, cli_straight)
+
+
+# --- campaigns: every node resumes, and `ikd compress --time-limit` -----------------------------
+
+
+def compress_command(teacher: Path, run_dir: Path, *extra: str) -> list[str]:
+    # 2 epochs per child, so a child can be stopped between its epochs; two generations, a pass each
+    args = campaign_args(teacher, run_dir, "--epochs", "2", *extra, generations=2)
+    return [sys.executable, "-m", "ikd", *args]
+
+
+def node_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {d.name: load_file(d / "model.safetensors") for d in sorted((run_dir / "nodes").iterdir())}
+
+
+def lineage_results(run_dir: Path) -> list[tuple]:
+    lineage = RunDir(run_dir).load()
+    return [(n.id, n.status, n.val_accuracy, n.test_accuracy, n.best_epoch) for n in lineage.nodes]
+
+
+@pytest.fixture(scope="module")
+def campaign_straight(tiny_teacher, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("campaign") / "straight"
+    result = run_ikd(compress_command(tiny_teacher, run_dir))
+    assert result.returncode == 0, result.stderr
+    assert len(RunDir(run_dir).load().nodes) == 3, lineage_results(run_dir)  # the teacher, two generations
+    return run_dir
+
+
+def assert_same_campaign(run_dir: Path, expected: Path) -> None:
+    assert lineage_results(run_dir) == lineage_results(expected)
+    got, want = node_weights(run_dir), node_weights(expected)
+    assert got.keys() == want.keys()
+    for node in want:
+        for name in want[node]:
+            assert torch.equal(got[node][name], want[node][name]), (node, name)
+    assert not (run_dir / ".train-state").exists() or not any((run_dir / ".train-state").iterdir())
+
+
+def test_a_campaign_killed_inside_a_child_resumes_that_child_after_its_last_epoch(
+    tiny_teacher, campaign_straight, tmp_path
+):
+    run_dir = tmp_path / "killed"
+    command = compress_command(tiny_teacher, run_dir)
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    states: list[Path] = []
+    while not states and process.poll() is None and time.monotonic() < deadline:
+        states = list(run_dir.glob(".train-state/*/stage-0/epoch-00001.pt"))
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, err
+    assert states, "no child saved a training state before the campaign ended"
+    rerun = run_ikd([arg for arg in command if arg != "--quiet"])  # to see the resume line
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming after epoch 1/2" in rerun.stderr and "Traceback" not in rerun.stderr
+    assert_same_campaign(run_dir, campaign_straight)
+
+
+def test_compress_time_limit_exits_75_each_session_progresses_and_the_end_is_the_same(
+    tiny_teacher, campaign_straight, tmp_path
+):
+    run_dir = tmp_path / "limited"
+    command = compress_command(tiny_teacher, run_dir, "--time-limit", "1s")
+    codes: list[int] = []
+    while not codes or codes[-1] == EXIT_TEMPFAIL:
+        assert len(codes) < 8, f"no end after {codes}"
+        result = run_ikd(command)
+        codes.append(result.returncode)
+        if result.returncode == EXIT_TEMPFAIL:
+            assert "time limit reached" in result.stderr.strip().splitlines()[-1]
+            assert "rerun the same command to resume" in result.stderr
+    # a 1 s limit is passed after each session's first epoch: stop inside child 1, after it, inside child 2
+    assert codes == [EXIT_TEMPFAIL, EXIT_TEMPFAIL, EXIT_TEMPFAIL, 0], [codes, result.stderr]
+    assert_same_campaign(run_dir, campaign_straight)
+
+
+def test_a_time_limit_is_no_reason_to_refuse_resuming_a_campaign(tiny_teacher, campaign_straight, tmp_path):
+    # the limit says how long this session may run, not what the campaign computes
+    run_dir = tmp_path / "copy"
+    shutil.copytree(campaign_straight, run_dir)
+    result = run_ikd(compress_command(tiny_teacher, run_dir, "--time-limit", "2h"))
+    assert result.returncode == 0, result.stderr
+    assert lineage_results(run_dir) == lineage_results(campaign_straight)

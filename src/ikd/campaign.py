@@ -33,6 +33,17 @@ from ikd.shrink import Candidate
 from ikd.strategy import propose, teachers_of
 from ikd.teachers import TeacherModels, expert_teachers, first_student, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
+from ikd.train import TrainingPaused
+
+
+class CampaignPaused(Exception):
+    """`time_limit` was reached: every finished node is recorded, the node in training has its state
+    saved, and running the same campaign again continues from there."""
+
+    def __init__(self, lineage: Lineage, run_dir: Path):
+        done = sum(1 for node in lineage.nodes if node.id != ROOT_ID)
+        super().__init__(f"time limit reached with {done} student(s) done; state kept in {run_dir}")
+        self.lineage, self.run_dir = lineage, run_dir
 
 
 class Campaign:
@@ -64,6 +75,7 @@ class Campaign:
         # saved with the lineage's next write (the first node's, for a new campaign)
         self.lineage = lineage.model_copy(update={"sessions": [*lineage.sessions, session]})
         self.models = TeacherModels(self.ctx, self.lineage, teacher, hint_layer)
+        self.passes_done = 0  # in this session
 
     def record(self, node: NodeRecord) -> None:
         self.lineage = self.models.lineage = self.ctx.run.add_node(self.lineage, node)
@@ -72,6 +84,12 @@ class Campaign:
         self.ctx.close()
 
     def run(self) -> Lineage:
+        try:
+            return self._run()
+        except TrainingPaused:  # mid-node: its state is saved beside the run
+            raise CampaignPaused(self.lineage, self.ctx.run.path) from None
+
+    def _run(self) -> Lineage:
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:
             self.record(root)
@@ -232,6 +250,9 @@ class Campaign:
         parent_id: str | None,
     ) -> None:
         """Train `candidates` in one pass (plain CE when `teacher_ids` is empty) and record each."""
+        # Every session trains at least one pass's epoch, so a limit shorter than start-up still progresses.
+        if self.passes_done and self.ctx.time_is_up():
+            raise CampaignPaused(self.lineage, self.ctx.run.path)
         job = plan_pass(
             self.ctx,
             self.lineage,
@@ -251,6 +272,7 @@ class Campaign:
             parent_id=parent_id,
             record=self.record,
         )
+        self.passes_done += 1
 
 
 def compress(

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -27,20 +26,19 @@ from ikd import distributed
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
-from ikd.config import Flag, TeacherConfig, command_line_flags, load_config
+from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
 from ikd.data import AUGMENTATIONS, DATASETS, load_dataset
 from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, train_model
-from ikd.train_state import remove_state
+from ikd.train_state import STATE_DIR, remove_state
 
 EXIT_USAGE = 2
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: stopped by --time-limit, the same command resumes
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 1  # what Python itself exits with on EPIPE
-STATE_DIR = ".train-state"  # under --out: the state of an unfinished `ikd train`, removed once the model is saved
 
 
 class Terminated(KeyboardInterrupt):
@@ -66,25 +64,6 @@ def _validated_config(**values) -> TrainConfig:
         first = exc.errors()[0]
         flag = "--" + str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
-
-
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
-
-
-def parse_duration(text: str, flag: str = "--time-limit") -> float:
-    """Seconds in `2h30m`, `90m`, `45s`, `1.5h` or plain `3600`."""
-    text = text.strip().lower()
-    try:
-        seconds = float(text)
-    except ValueError:
-        match = _DURATION.fullmatch(text)
-        if not text or match is None:
-            raise ConfigError(f"{flag} {text!r}: expected a duration such as 2h30m, 90m, 45s or seconds") from None
-        hours, minutes, secs = (float(part or 0) for part in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"{flag} {text!r}: expected a duration greater than zero")
-    return seconds
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -324,10 +303,15 @@ def compress_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ikd.campaign import compress
+    from ikd.campaign import CampaignPaused, compress
 
     config = load_config(args.config, compress_overrides(args))
-    lineage = compress(config, progress=not args.quiet, force=args.force)
+    try:
+        lineage = compress(config, progress=not args.quiet, force=args.force)
+    except CampaignPaused as paused:
+        print(format_lineage(paused.lineage))
+        print(f"ikd compress: {paused}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_TEMPFAIL
     print(format_lineage(lineage))
     return 0
 

@@ -7,6 +7,7 @@ from these models, so documentation, flags and validation cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,25 @@ class CampaignConfig(Strict):
         description="tensorboard: every node's loss terms, accuracy and learning rate per epoch "
         "under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)",
     )
+    time_limit: str | None = Field(
+        default=None,
+        json_schema_extra=cli_flag("--time-limit", metavar="DURATION"),
+        description="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds) has "
+        "passed, keeping every finished node and the training state, and exit with code 75; the same "
+        "command resumes",
+    )
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            try:
+                parse_duration(value)
+            except ConfigError:
+                raise ValueError("expected a duration greater than zero, such as 2h30m, 90m, 45s or seconds") from None
+        return value
 
     @model_validator(mode="after")
     def _strategy_options_fit(self) -> CampaignConfig:
@@ -342,10 +362,30 @@ class CampaignConfig(Strict):
     def decision_fields(self) -> dict[str, Any]:
         """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
         document = self.model_dump(mode="json")
-        for where_only in ("run_dir", "baselines", "device", "log", "executor"):  # where it runs, not what it computes
+        # where and how long it runs, not what it computes
+        for where_only in ("run_dir", "baselines", "device", "log", "executor", "time_limit"):
             document.pop(where_only)
         document["data"].pop("dir")
         return document
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str, flag: str = "--time-limit") -> float:
+    """Seconds in `2h30m`, `90m`, `45s`, `1.5h` or plain `3600`."""
+    text = text.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None:
+            raise ConfigError(f"{flag} {text!r}: expected a duration such as 2h30m, 90m, 45s or seconds") from None
+        hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{flag} {text!r}: expected a duration greater than zero")
+    return seconds
 
 
 def _valid_keys(model: type[BaseModel], path: tuple) -> list[str]:

@@ -5,17 +5,20 @@ it is doing."""
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from ikd.config import CampaignConfig, OptimConfig, TeacherConfig
+from ikd.config import CampaignConfig, OptimConfig, TeacherConfig, parse_duration
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.executor import LocalExecutor, RayExecutor
 from ikd.lineage import RunDir
 from ikd.runtime import Precision, resolve_device, resolve_precision
 from ikd.train import EpochRecord, TrainConfig, evaluate
+from ikd.train_state import STATE_DIR
 
 
 class EpochLog(Protocol):
@@ -34,12 +37,26 @@ class CampaignContext:
     on_epoch: EpochLog | None = None
     device: torch.device = field(init=False)
     precision: Precision = field(init=False)
+    deadline: float | None = field(init=False)  # wall-clock end of `time_limit`, counted from here
     _data: DataSplits | None = field(default=None, init=False)
     _executor: LocalExecutor | RayExecutor | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
+        limit = self.config.time_limit
+        self.deadline = time.time() + parse_duration(limit, "time_limit") if limit is not None else None
+
+    @property
+    def state_root(self) -> Path:
+        """Where unfinished training jobs keep their state, one directory each, removed once saved."""
+        return self.run.path / STATE_DIR
+
+    def time_is_up(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def monotonic_deadline(self) -> float | None:
+        return None if self.deadline is None else time.monotonic() + (self.deadline - time.time())
 
     def log(self, message: str) -> None:
         if self.progress:

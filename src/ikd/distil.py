@@ -13,6 +13,7 @@ from ikd.objective import LossWeights
 from ikd.shrink import Candidate
 from ikd.strategy import SEED_STRIDE, teacher_weights
 from ikd.teachers import TeacherModels
+from ikd.train_state import remove_state
 from ikd.training_pass import TrainingPass
 
 Stages = tuple[tuple[LossWeights | None, int], ...]
@@ -54,6 +55,9 @@ def plan_pass(
         teacher_weights=tuple(teacher_weights(lineage, teacher_ids, ensemble) if teacher_ids else ()),
         aggregate=ensemble.aggregate,
         drop=ensemble.drop,
+        # Ray workers may not share this disk: their passes restart rather than resume.
+        state_root=str(ctx.state_root) if ctx.config.executor.kind == "local" else None,
+        deadline=ctx.deadline,
     )
 
 
@@ -91,7 +95,7 @@ def train_students(
 ) -> None:
     """Run `job`, then save and `record` each student as it is done. A candidate whose loss diverges,
     or whose worker dies, is recorded as failed; the others go on."""
-    trained = ctx.executor().run(job, models)
+    trained = ctx.executor().run(job, models)  # TrainingPaused (time limit) passes through, nothing recorded
     loss = describe_loss(ctx, job)
     epochs = sum(e for _, e in job.stages)
     root_params = lineage.root().params
@@ -145,3 +149,5 @@ def train_students(
                 **common,
             )
         )
+    if (state_dir := job.state_dir()) is not None:
+        remove_state(state_dir)  # every student is saved: only their final weights are kept

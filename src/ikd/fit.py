@@ -11,6 +11,7 @@ from ikd.data import DataSplits
 from ikd.model import VGG
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.train import EpochCallback, TrainConfig, TrainResult, evaluate, train_model
+from ikd.train_state import remove_state
 
 
 def save_trained(
@@ -64,9 +65,26 @@ def fit(
     description: str = "train",
     on_epoch: EpochCallback | None = None,
     extra: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    deadline: float | None = None,
 ) -> tuple[TrainResult, dict[str, float]]:
-    """Train from scratch with cross-entropy, then `save_trained`: (result, test metrics)."""
-    result = train_model(model, data, config, progress=progress, description=description, on_epoch=on_epoch)
-    return result, save_trained(
+    """Train from scratch with cross-entropy, then `save_trained`: (result, test metrics).
+
+    With `state_dir` the training resumes from (and keeps) its state there until the model is
+    saved, then removes it; `deadline` as in train_model (TrainingPaused)."""
+    result = train_model(
+        model,
+        data,
+        config,
+        progress=progress,
+        description=description,
+        on_epoch=on_epoch,
+        state_dir=state_dir,
+        deadline=deadline,
+    )
+    tested = save_trained(
         out, model, data, config=config, result=result, val_fraction=val_fraction, split_seed=split_seed, extra=extra
     )
+    if state_dir is not None:
+        remove_state(state_dir)
+    return result, tested

@@ -156,6 +156,14 @@ class DistillationObjective(nn.Module):
         self._hints = [(i, *self._hint_blocks(i)) for i in self._hinted]  # (teacher, student block, its block)
         self._drop_generator = torch.Generator().manual_seed(seed or 0)
 
+    # The drop stream is part of the training state (nn.Module's extra state), so a resumed
+    # training drops the same teachers from the same batches as one never interrupted.
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"drop_generator": self._drop_generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._drop_generator.set_state(state["drop_generator"])
+
     def _kd_teachers(self) -> list[int]:
         everyone = list(range(len(self.links)))
         if self.drop <= 0 or len(everyone) == 1:

@@ -118,6 +118,8 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
             progress=ctx.progress,
             description=ROOT_ID,
             on_epoch=ctx.on_epoch,
+            state_dir=ctx.state_root / ROOT_ID,
+            deadline=ctx.monotonic_deadline(),
         )
         # the model holds its best-by-validation weights, so that epoch's score is its val accuracy
         val, test, epochs = result.best_val_accuracy, tested["accuracy"], cfg.epochs

@@ -539,7 +539,11 @@ def _fingerprint(
     def tensors(module: Any) -> list | None:
         if not isinstance(module, torch.nn.Module):
             return None
-        return [[name, list(t.shape), str(t.dtype)] for name, t in module.state_dict().items()]
+        return [
+            [name, list(t.shape), str(t.dtype)]
+            for name, t in module.state_dict().items()
+            if isinstance(t, torch.Tensor)  # not extra state (e.g. a random stream's position)
+        ]
 
     return job_fingerprint(
         {

@@ -101,6 +101,9 @@ class StateStore:
         return None, skipped
 
 
+STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
+
+
 def remove_state(directory: Path) -> None:
     """Drop a finished job's state: only its final weights are worth keeping."""
     shutil.rmtree(directory, ignore_errors=True)

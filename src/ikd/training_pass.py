@@ -9,8 +9,10 @@ teachers' weights live (the run directory, or Ray's object store).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -49,10 +51,22 @@ class TrainingPass:
     teacher_weights: tuple[float, ...] = ()
     aggregate: str = "mean-kd"
     drop: float = 0.0
+    # Resumable passes save their training state after every epoch under state_root/<node ids>/stage-<k>.
+    state_root: str | None = None
+    deadline: float | None = None  # wall-clock (time.time()): stop at the last epoch boundary before it
 
     def split(self) -> list[TrainingPass]:
         """One pass per candidate: the same training, trained alone (the weights come out the same)."""
         return [replace(self, candidates=(c,), seeds=(s,)) for c, s in zip(self.candidates, self.seeds, strict=True)]
+
+    def state_dir(self) -> Path | None:
+        """Where this pass's training state lives while it is unfinished."""
+        if self.state_root is None:
+            return None
+        return Path(self.state_root) / "+".join(c.node_id for c in self.candidates)
+
+    def monotonic_deadline(self) -> float | None:
+        return None if self.deadline is None else time.monotonic() + (self.deadline - time.time())
 
 
 class TeacherOutputStore:
@@ -110,7 +124,8 @@ def run_training_pass(
         for student in students:
             inherit_weights(student, parent)
     outcome: list[Outcome | None] = [None] * len(students)
-    for stage_weights, stage_epochs in job.stages:
+    state_dir = job.state_dir()
+    for stage, (stage_weights, stage_epochs) in enumerate(job.stages):
         alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
         objectives: list[Objective | None] = [None] * len(alive)
         if stage_weights is not None:
@@ -149,6 +164,8 @@ def run_training_pass(
             progress=progress,
             descriptions=[job.candidates[i].node_id for i in alive],
             on_epoch=on_epoch,
+            state_dir=state_dir / f"stage-{stage}" if state_dir is not None else None,
+            deadline=job.monotonic_deadline() if state_dir is not None else None,
         )
         for i, result in zip(alive, results, strict=True):
             outcome[i] = result

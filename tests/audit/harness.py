@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import campaign_args
 
 INJECTOR = Path(__file__).with_name("fault_injection.py")
 TIMEOUT_S = 600
@@ -172,29 +173,7 @@ class Shared:
 
     def campaign(self, run_dir: Path, *extra: str) -> list[str]:
         """The tiny campaign every fault case runs: the teacher imported, 1 epoch per child."""
-        return [
-            "compress",
-            "--teacher",
-            str(self.teacher),
-            "--dataset",
-            "digits",
-            "--run-dir",
-            str(run_dir),
-            "--epochs",
-            "1",
-            "--max-drop",
-            "100",
-            "--max-step-drop",
-            "100",
-            "--max-generations",
-            str(GENERATIONS),
-            "--precision",
-            "fp32",
-            "--device",
-            "cpu",
-            "--quiet",
-            *extra,
-        ]
+        return campaign_args(self.teacher, run_dir, *extra, generations=GENERATIONS)
 
     def shorten(self, text: str, case: Path | None = None) -> str:
         """Paths as the record shows them: CASE for the case's directory, W for the audit's."""
