@@ -3,8 +3,11 @@
     python benchmarks/teacher.py --dataset mnist --data-dir ../shared/data/mnist --epochs 3 \
         --out runs/mnist-vgg16 --markdown benchmarks/results/teacher_mnist_vgg16.md [-- extra ikd train flags]
 
-The record holds the exact command, the machine, wall time, per-epoch validation accuracy and
-the test accuracy of the saved (best-by-validation) weights, read back from model.json.
+The record holds the exact command, the machine, wall time, per-epoch validation accuracy (of the
+weights and of their moving average, when the recipe keeps one) and the test accuracy of the saved
+(best-by-validation) weights, read back from model.json. With --existing the training is not run:
+the record is written from the model.json a finished run of the same command left in --out (long
+runs go in the background, resumed across sessions with --time-limit).
 Last line: `RESULT name=value ...`.
 """
 
@@ -41,6 +44,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--markdown", required=True)
     parser.add_argument("--label", help="dataset label for the record, e.g. 'CIFAR-10 (JPEG-Q75)'")
+    parser.add_argument("--existing", action="store_true", help="record the finished run in --out; train nothing")
+    parser.add_argument("--note", action="append", default=[], help="a line for the record's notes (repeatable)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `ikd train` flags")
     args = parser.parse_args()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
@@ -58,14 +63,15 @@ def main() -> int:
         str(args.epochs),
         "--out",
         args.out,
-        "--force",
     ]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     command += extra
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    wall = time.perf_counter() - started
+    wall = None
+    if not args.existing:
+        started = time.perf_counter()
+        subprocess.run([*command, "--force"], check=True)
+        wall = time.perf_counter() - started
 
     meta = json.loads((Path(args.out) / "model.json").read_text())
     metrics, training = meta["metrics"], meta["training"]
@@ -74,34 +80,55 @@ def main() -> int:
     precision, device = training["resolved_precision"], training["resolved_device"]
     augment = training["augment"] or meta["dataset"]["augment"]
     shown = ["ikd", *command[3:]]
+
+    def ema(record: dict) -> str:
+        value = record.get("ema_val_accuracy")
+        return "-" if value is None else f"{value:.4f}"
+
     rows = "\n".join(
-        f"| {r['epoch']} | {r['train']['loss']:.4f} | {r['train']['accuracy']:.4f} | {r['val_accuracy']:.4f} "
-        f"| {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
+        f"| {r['epoch']} | {r['lr']:.4f} | {r['train']['loss']:.4f} | {r['train']['accuracy']:.4f} "
+        f"| {r['val_accuracy']:.4f} | {ema(r)} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
         for r in meta["history"]
     )
+    wall_line = (
+        f"{wall / 60:.1f} min in all ({training['seconds'] / 60:.1f} min training + validation; the rest is "
+        "start-up, data loading and the test pass)"
+        if wall is not None
+        else f"{training['seconds'] / 60:.1f} min training + validation (summed over the sessions it took)"
+    )
+    # Which of the best epoch's two was kept: recorded by ikd >= this version, else read off the history.
+    epoch_record = meta["history"][best["epoch"] - 1]
+    ema_accuracy = epoch_record.get("ema_val_accuracy")
+    kept = best.get("weights") or (
+        "EMA" if ema_accuracy is not None and ema_accuracy > epoch_record["val_accuracy"] else "raw"
+    )
+    kept = "EMA weights" if kept.lower() == "ema" else "raw weights"
+    kept_accuracy = max(epoch_record["val_accuracy"], ema_accuracy or 0.0)
+    how = "written from its model.json" if args.existing else "run"
+    notes = "".join(f"- {line}\n" for line in args.note)
     label = args.label or args.dataset
     text = f"""# Teacher: {args.arch} on {label}
 
 Command: `{shlex.join(shown)}`
-(through `python {shlex.join(sys.argv)}`)
+({how} by `python {shlex.join(sys.argv)}`)
 
 Machine: {machine()}
 Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 Precision: {precision}, device {device}, batch {training["batch_size"]}, peak lr {training["lr"]}, \
-{training["schedule"]} schedule, seed {training["seed"]}
+{training["schedule"]} schedule, label smoothing {training.get("label_smoothing", 0)}, weight decay \
+{training["weight_decay"]}, EMA horizon {training.get("ema_epochs", 0)} epochs, seed {training["seed"]}
 Data: {sizes["train"]} train / {sizes["val"]} val (seeded split) / {sizes["test"]} test, augmentation `{augment}`
 
-| epoch | train loss | train acc | val acc | images/s | seconds |
-|---|---|---|---|---|---|
+| epoch | lr (end) | train loss | train acc | val acc | val acc, EMA | images/s | seconds |
+|---|---|---|---|---|---|---|---|
 {rows}
 
-- Saved weights: epoch {best["epoch"]} (best validation accuracy {best["val_accuracy"]:.4f}; \
-last epoch {last["val_accuracy"]:.4f})
+- Saved weights: epoch {best["epoch"]}, {kept} (validation accuracy {kept_accuracy:.4f}; \
+last epoch's raw weights {last["val_accuracy"]:.4f})
 - **Test accuracy of the saved weights: {tested["accuracy"] * 100:.2f}%** on {tested["n"]} images
-- Wall time: {wall / 60:.1f} min in all ({training["seconds"] / 60:.1f} min training + validation; \
-the rest is start-up, data loading and the test pass)
+- Wall time: {wall_line}
 - Model: {meta["size"]["params"]:,} parameters, {meta["size"]["macs"] / 1e6:.1f} M MACs/image
-"""
+{notes}"""
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     Path(args.markdown).write_text(text)
     print(text)
@@ -111,8 +138,8 @@ the rest is start-up, data loading and the test pass)
             "arch": args.arch,
             "epochs": args.epochs,
             "test_accuracy": f"{metrics['test_of_saved_weights']['accuracy']:.4f}",
-            "best_val_accuracy": f"{metrics['best']['val_accuracy']:.4f}",
-            "wall_s": f"{wall:.0f}",
+            "best_val_accuracy": f"{kept_accuracy:.4f}",
+            "wall_s": f"{wall if wall is not None else training['seconds']:.0f}",
         }
     )
     return 0

@@ -93,7 +93,13 @@ def training_metadata(
             "seconds": round(result.seconds, 2),
         },
         "metrics": {
-            "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"]},
+            # the saved weights' own score: the EMA's when it was the better of the best epoch's two
+            "best": {
+                "epoch": best["epoch"],
+                "val_accuracy": result.best_val_accuracy,
+                "weights": result.best_weights,
+                "val_loss": best["val_loss"] if result.best_weights == "raw" else None,
+            },
             "last": {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]},
             "test_of_saved_weights": {"accuracy": test["accuracy"], "n": test["n"]},
         },
