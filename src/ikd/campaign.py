@@ -35,6 +35,8 @@ from ikd.teachers import TeacherModels, expert_teachers, first_student, root_tea
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
 
+FINAL_ID = "final"  # the node of the final distillation
+
 
 class CampaignPaused(Exception):
     """`time_limit` was reached: every finished node is recorded, the node in training has its state
@@ -107,6 +109,8 @@ class Campaign:
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
+        if self.config.student.final_epochs:
+            self.final_distillation()
         if self.config.baselines:
             self.baselines()
         return self.lineage
@@ -217,11 +221,32 @@ class Campaign:
         node = self.lineage.find(node_id)
         return node is None or (node.status == Status.FAILED and node.reason.startswith(WORKER_LOST))
 
+    def final_distillation(self) -> None:
+        """The search's answer distilled again for a full schedule (`student.final_epochs`), from its
+        own weights, by the root or by its whole chain: the short per-step trainings find the
+        architecture, this one trains it."""
+        answer = self.lineage.search_result()
+        if self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
+            return
+        chain = [n.id for n in self.lineage.chain(answer)[:-1]]
+        teacher_ids = [ROOT_ID] if self.config.student.final_teachers == "root" else chain
+        epochs = self.config.student.final_epochs
+        self.ctx.log(f"final distillation of {answer.id} from {'+'.join(teacher_ids)} for {epochs} epochs")
+        self.distil(
+            [Candidate(FINAL_ID, "final", answer.spec())],
+            answer.generation,
+            teacher_ids,
+            answer.id,
+            epochs,
+            status=Status.FINAL,
+            parent_id=answer.id,
+        )
+
     def baselines(self) -> None:
         """The final student's architecture trained from scratch (CE) and by one-shot KD from the
         root, each for the epochs the chain spent reaching it: does iterating pay?"""
         final = self.lineage.final()
-        if final.status != Status.ACCEPTED:
+        if final.status not in (Status.ACCEPTED, Status.FINAL):
             return
         budget = self.lineage.epochs_spent(self.lineage.chain(final))
         for node_id, teacher_ids in (("baseline-scratch", []), ("baseline-oneshot-kd", [ROOT_ID])):

@@ -125,6 +125,18 @@ class StudentConfig(OptimConfig):
     cache_teacher: bool = Field(
         default=True, description="reuse the teacher's outputs every epoch when there is no augmentation"
     )
+    final_epochs: int = Field(
+        default=0,
+        ge=0,
+        json_schema_extra=cli_flag("--final-epochs"),
+        description="after the search stops, distil the final student again for this many epochs, from its "
+        "own weights (node `final`, the campaign's answer; baselines get the same total epochs); 0 = none",
+    )
+    final_teachers: Literal["root", "chain"] = Field(
+        default="root",
+        description="teachers of the final distillation: the root, or every ancestor on the final student's "
+        "chain together (weighted as `ensemble` says)",
+    )
 
 
 class SearchConfig(Strict):

@@ -45,6 +45,7 @@ class Status(StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     BASELINE = "baseline"
+    FINAL = "final"  # the final student distilled again for a full schedule: the campaign's answer
 
 
 class NodeKind(StrEnum):
@@ -55,9 +56,10 @@ class NodeKind(StrEnum):
     EXPERT = "expert"  # an extra teacher of the ancestors-* strategies
     STUDENT = "student"  # a candidate of the search: accepted, rejected or failed
     BASELINE = "baseline"  # the final architecture trained from scratch or by one-shot KD
+    FINAL = "final"  # the final student's final distillation (student.final_epochs)
 
 
-_KIND_OF_STATUS = {Status.EXPERT: NodeKind.EXPERT, Status.BASELINE: NodeKind.BASELINE}
+_KIND_OF_STATUS = {Status.EXPERT: NodeKind.EXPERT, Status.BASELINE: NodeKind.BASELINE, Status.FINAL: NodeKind.FINAL}
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")  # used with fullmatch
 _NODE_ID_RULE = "expected letters, digits, '_', '-', '.' (max 80)"
 
@@ -195,7 +197,13 @@ class Lineage(BaseModel):
         return root
 
     def final(self) -> NodeRecord:
-        """The campaign's answer: the smallest accepted student (the root when none was)."""
+        """The campaign's answer: the final distillation when there is one, else the smallest accepted
+        student (the root when none was)."""
+        final = [n for n in self.nodes if n.status == Status.FINAL]
+        return final[-1] if final else self.search_result()
+
+    def search_result(self) -> NodeRecord:
+        """The smallest accepted student (the root when none was), before any final distillation."""
         accepted = [n for n in self.nodes if n.status == Status.ACCEPTED]
         return min(accepted, key=rank) if accepted else self.root()
 
@@ -204,9 +212,10 @@ class Lineage(BaseModel):
         return [n for n in (self.nodes if nodes is None else nodes) if n.kind is NodeKind.STUDENT]
 
     def epochs_spent(self, nodes: Iterable[NodeRecord] | None = None) -> int:
-        """Epochs the search spent training students (of `nodes`, default all), each epoch one pass
-        over the training set: the budget a fair baseline gets."""
-        return sum(n.epochs for n in self.students(nodes))
+        """Epochs the search spent training students (of `nodes`, default all), the final distillation
+        included, each epoch one pass over the training set: the budget a fair baseline gets."""
+        spent = (NodeKind.STUDENT, NodeKind.FINAL)
+        return sum(n.epochs for n in (self.nodes if nodes is None else nodes) if n.kind in spent)
 
     def chain(self, node: NodeRecord) -> list[NodeRecord]:
         """`node` and its parents up to the root, root first."""

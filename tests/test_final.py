@@ -1,0 +1,58 @@
+"""The final distillation: after the search, the answer is distilled again for a full schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import campaign_args
+from safetensors.torch import load_file
+
+from ikd import cli
+from ikd.lineage import ROOT_ID, NodeKind, RunDir, Status
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(teacher, run_dir, *extra) -> RunDir:
+    assert cli.main(campaign_args(teacher, run_dir, "--max-generations", "2", *extra)) == 0
+    return RunDir(run_dir)
+
+
+def test_the_final_distillation_is_the_answer_and_the_baselines_get_its_epochs(tiny_teacher, tmp_path):
+    run_dir = run(tiny_teacher, tmp_path / "run", "--final-epochs", "2", "--baselines")
+    lineage = run_dir.load()
+    answer, final = lineage.search_result(), lineage.final()
+    assert answer.status == Status.ACCEPTED and final.id == "final" and final.kind is NodeKind.FINAL
+    assert final.parent == answer.id and final.spec() == answer.spec() and final.teachers == [ROOT_ID]
+    assert final.epochs == 2 and final.status == Status.FINAL
+    # it trained: its weights moved away from the answer's, which it started from
+    before, after = (load_file(run_dir.node_dir(n) / "model.safetensors") for n in (answer.id, final.id))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the fair budget counts the final distillation: chain epochs + 2
+    chain_epochs = sum(n.epochs for n in lineage.chain(answer) if n.kind is NodeKind.STUDENT)
+    assert lineage.epochs_spent(lineage.chain(final)) == chain_epochs + 2
+    baselines = [n for n in lineage.nodes if n.kind is NodeKind.BASELINE]
+    assert len(baselines) == 2 and all(b.epochs == chain_epochs + 2 for b in baselines)
+    # a rerun finds everything done
+    nodes = [n.id for n in lineage.nodes]
+    assert [
+        n.id for n in run(tiny_teacher, tmp_path / "run", "--final-epochs", "2", "--baselines").load().nodes
+    ] == nodes
+
+
+def test_the_final_distillation_can_be_taught_by_the_whole_chain(tiny_teacher, tmp_path):
+    from ikd.campaign import compress
+    from ikd.config import load_config
+
+    overrides = {"student.final_epochs": 1, "student.final_teachers": "chain"}
+    args = cli.build_parser().parse_args(campaign_args(tiny_teacher, tmp_path / "run", "--max-generations", "2"))
+    config = load_config(None, cli.compress_overrides(args) | overrides)
+    lineage = compress(config, progress=False)
+    answer, final = lineage.search_result(), lineage.final()
+    assert final.teachers == [n.id for n in lineage.chain(answer)[:-1]] and len(final.teachers) >= 2
