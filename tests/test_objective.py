@@ -281,3 +281,96 @@ def test_the_teacher_drop_stream_travels_in_the_state_dict():
     fresh = build_objective(student, teachers, weights, drop=0.5, seed=3)
     expected = kd(running)
     assert kd(resumed) == expected != kd(fresh)
+
+
+def hand_dkd(student_logits, target_probs, y, T, dkd_alpha, dkd_beta):
+    """Decoupled KD by its definition from the target distribution p and q = softmax(student / T):
+    T^2 * batch mean of dkd_alpha * KL([p_t, 1 - p_t] || [q_t, 1 - q_t]) + dkd_beta * KL(p_hat || q_hat),
+    with p_hat, q_hat the non-target probabilities divided by their sum."""
+    p, q = target_probs.double(), torch.softmax(student_logits.double() / T, dim=1)
+    total = 0.0
+    for i, t in enumerate(y.tolist()):
+        others = [j for j in range(p.shape[1]) if j != t]
+        b, c = torch.stack([p[i, t], 1 - p[i, t]]), torch.stack([q[i, t], 1 - q[i, t]])
+        p_hat, q_hat = p[i, others] / p[i, others].sum(), q[i, others] / q[i, others].sum()
+        tckd = (b * (b / c).log()).sum()
+        nckd = (p_hat * (p_hat / q_hat).log()).sum()
+        total += dkd_alpha * tckd.item() + dkd_beta * nckd.item()
+    return total / len(y) * T**2
+
+
+def hand_standardize(logits):
+    centred = logits - logits.mean(dim=1, keepdim=True)
+    return centred / centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize("aggregate", ["mean-kd", "mean-probs"])
+def test_dkd_and_kl_with_two_teachers_by_hand(aggregate, standardize):
+    torch.manual_seed(0)
+    student = confident(build_model(ArchSpec(**SMALL, blocks=[[4], [6]]), seed=1).eval(), factor=10.0)
+    teachers = [
+        confident(build_model(ArchSpec(**SMALL, blocks=[[8], [16], [16]]), seed=0), factor=10.0),
+        confident(build_model(ArchSpec(**SMALL, blocks=[[8]]), seed=5), factor=10.0),
+    ]
+    T, alpha, beta, dkd_alpha, dkd_beta = 2.0, 0.7, 0.2, 1.5, 6.0
+    weights = LossWeights(
+        temperature=T,
+        alpha=alpha,
+        beta=beta,
+        gamma=0.0,
+        kd="dkd",
+        dkd_alpha=dkd_alpha,
+        dkd_beta=dkd_beta,
+        standardize=standardize,
+    )
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1, 0])
+
+    def objective_terms(w):
+        objective = build_objective(student, teachers, w, teacher_weights=[3.0, 1.0], aggregate=aggregate, seed=0)
+        return objective(student, x, y, torch.arange(6))[1]
+
+    terms = objective_terms(weights)
+    with torch.no_grad():
+        logits = student(x)
+        raw = [teacher(x) for teacher in teachers]
+        prepare = hand_standardize if standardize else (lambda z: z)
+        s = prepare(logits.double())
+        p = [torch.softmax(prepare(t.double()) / T, dim=1) for t in raw]
+        if aggregate == "mean-kd":  # the weighted mean of each teacher's DKD term
+            kd = sum(tw * hand_dkd(s, pi, y, T, dkd_alpha, dkd_beta) for tw, pi in zip((0.75, 0.25), p, strict=True))
+        else:  # DKD against the weighted mean of the softened distributions
+            kd = hand_dkd(s, 0.75 * p[0] + 0.25 * p[1], y, T, dkd_alpha, dkd_beta)
+        ce = -torch.log_softmax(logits, dim=1)[torch.arange(6), y].mean().item()  # CE sees the raw logits
+    assert terms["kd"].item() == pytest.approx(kd, rel=1e-4)  # float32 logs: KLs of ~0.05 come to ~2e-5
+    assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(alpha * kd + beta * ce, rel=1e-4)
+    # NCKD's weight and standardization each change the KD term
+    assert objective_terms(weights.model_copy(update={"dkd_beta": 5.0}))["kd"].item() != pytest.approx(kd, rel=1e-3)
+    # kd: kl through the same path (standardized or not, either aggregate) is Hinton's KL, not DKD
+    with torch.no_grad():
+        if aggregate == "mean-kd":
+            kl = sum(tw * hand_kd(s, pi, T).item() for tw, pi in zip((0.75, 0.25), p, strict=True))
+        else:
+            kl = hand_kd(s, 0.75 * p[0] + 0.25 * p[1], T).item()
+    assert objective_terms(weights.model_copy(update={"kd": "kl"}))["kd"].item() == pytest.approx(kl, rel=1e-4)
+    assert kl != pytest.approx(kd, rel=1e-3)
+    flipped = weights.model_copy(update={"standardize": not standardize})
+    assert objective_terms(flipped)["kd"].item() != pytest.approx(kd, rel=1e-3)
+
+
+def test_standardized_kl_with_a_cached_teacher_by_hand():
+    from ikd.objective import CachedTeacher
+
+    torch.manual_seed(0)
+    student = confident(build_model(ArchSpec(**SMALL, blocks=[[4], [6]]), seed=1).eval(), factor=10.0)
+    teacher_logits = torch.randn(10, 3) * 5
+    T = 2.0
+    weights = LossWeights(temperature=T, gamma=0.0, standardize=True)
+    objective = build_objective(student, [None], weights, sources=[CachedTeacher(teacher_logits)])
+    x, y, index = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1]), torch.tensor([7, 2, 9, 0])
+    _, terms = objective(student, x, y, index)
+    with torch.no_grad():
+        target = torch.softmax(hand_standardize(teacher_logits[index]) / T, dim=1)
+        expected = hand_kd(hand_standardize(student(x)), target, T)
+    assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -1,6 +1,12 @@
 """The distillation objective: one loss with three named terms.
 
-    loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T))  +  beta * CE(y, s)  +  gamma * hint
+    loss = alpha * KD(s, t)  +  beta * CE(y, s)  +  gamma * hint
+
+The KD term (`LossWeights.kd`) is Hinton's T^2 * KL(softmax(t/T) || softmax(s/T)) ("kl", the
+default), or Decoupled KD (Zhao et al. 2022; "dkd"): T^2 * (dkd_alpha * TCKD + dkd_beta * NCKD), the
+KL split into the target-vs-rest binary KL and the KL among the non-target classes. With
+`standardize`, the student's and the teacher's logits are each z-scored per sample before the
+softened softmax (logit standardization, Sun et al. 2024); CE always sees the raw logits.
 
 The hint is FitNets' (Romero et al. 2015): the MSE between a teacher block's output and a learned
 1x1-conv regressor applied to a student block's output. The regressor trains with the student
@@ -18,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,22 +36,49 @@ from ikd.arch import ArchSpec
 from ikd.data import ImageSet, iterate_batches
 from ikd.errors import ConfigError
 from ikd.external import ExternalTeacher
-from ikd.losses import HintRegressor, kd_loss, soft_target_kd_loss
+from ikd.losses import (
+    HintRegressor,
+    dkd_loss,
+    kd_loss,
+    soft_target_dkd_loss,
+    soft_target_kd_loss,
+    standardize_logits,
+)
 from ikd.model import VGG
 
 
 class LossWeights(BaseModel):
-    """Weights of the three terms and the softmax temperature."""
+    """Weights of the three terms, the softmax temperature and which KD term."""
 
     model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(default=4.0, gt=0, description="softmax temperature T of the KD term")
-    alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KL term")
+    alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KD term (`loss.kd`)")
     beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
     gamma: float = Field(
         default=1.0,
         ge=0,
         description="weight of the FitNets hint (0 = no hint); see benchmarks/results/distill_ablation_mnist.md",
+    )
+    kd: Literal["kl", "dkd"] = Field(
+        default="kl",
+        description="the KD term: kl = KL between the softened distributions (Hinton et al. 2015); dkd = "
+        "Decoupled KD (Zhao et al. 2022), dkd_alpha * TCKD + dkd_beta * NCKD, without the paper's warm-up",
+    )
+    dkd_alpha: float = Field(
+        default=1.0,
+        ge=0,
+        description="with kd: dkd, weight of TCKD, the binary KL of target against non-target probability mass",
+    )
+    dkd_beta: float = Field(
+        default=8.0,
+        ge=0,
+        description="with kd: dkd, weight of NCKD, the KL among the non-target classes (paper's CIFAR value 8)",
+    )
+    standardize: bool = Field(
+        default=False,
+        description="z-score each sample's student and teacher logits before the softened softmax (logit "
+        "standardization, Sun et al. 2024; with kl or dkd); temperature is then their base temperature, e.g. 2",
     )
 
 
@@ -133,6 +166,10 @@ class DistillationObjective(nn.Module):
     With several teachers the KD term aggregates them (`aggregate`):
       mean-kd     the weighted mean of each teacher's KD term;
       mean-probs  one KD term against the weighted mean of the teachers' softened distributions.
+    Both hold for either KD term (`weights.kd`). DKD with mean-probs is DKD against the mean
+    distribution: its target/non-target split and its non-target distribution are those of the
+    mean (so TCKD + (1 - p_t) * NCKD is still KL against the mean). With `weights.standardize` each
+    teacher's logits are standardized before its softmax, then averaged.
     `drop` > 0 leaves each teacher out of a batch's KD term with that probability (never all of
     them). The hint term is the mean of the hints of the teachers that give one; each has its own
     regressor. As an nn.Module its parameters are those regressors, which train with the student.
@@ -178,7 +215,6 @@ class DistillationObjective(nn.Module):
         return link.student_block, link.hint_block
 
     def forward(self, student: VGG, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
-        w = self.weights
         kd_teachers = self._kd_teachers()
         outputs = {i: self.links[i].source(x, index) for i in sorted(set(kd_teachers) | set(self._hinted))}
         if self._hinted:
@@ -192,29 +228,42 @@ class DistillationObjective(nn.Module):
         else:
             logits, hint = student(x), torch.zeros((), device=x.device)
         if len(kd_teachers) == 1:
-            kd = kd_loss(logits, outputs[kd_teachers[0]].logits, w.temperature)
-            return self._terms(logits, y, kd, hint)
-        total = sum(self.links[i].weight for i in kd_teachers)
-        teacher_weights = [self.links[i].weight / total for i in kd_teachers]
-        # sums of tensors (sum's 0 start only when empty, and kd_teachers never is)
-        if self.aggregate == "mean-kd":
-            kd = cast(
-                torch.Tensor,
-                sum(
-                    tw * kd_loss(logits, outputs[i].logits, w.temperature)
-                    for tw, i in zip(teacher_weights, kd_teachers, strict=True)
-                ),
-            )
+            teacher_weights = [1.0]
         else:
-            probs = cast(
-                torch.Tensor,
-                sum(
-                    tw * F.softmax(outputs[i].logits.float() / w.temperature, dim=1)
-                    for tw, i in zip(teacher_weights, kd_teachers, strict=True)
-                ),
-            )
-            kd = soft_target_kd_loss(logits, probs, w.temperature)
+            total = sum(self.links[i].weight for i in kd_teachers)
+            teacher_weights = [self.links[i].weight / total for i in kd_teachers]
+        kd = self._kd(logits, y, [outputs[i].logits for i in kd_teachers], teacher_weights)
         return self._terms(logits, y, kd, hint)
+
+    def _kd(
+        self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: list[torch.Tensor], teacher_weights: list[float]
+    ) -> torch.Tensor:
+        """The KD term against one teacher, or several aggregated (class docstring), in float32."""
+        w = self.weights
+        T = w.temperature
+
+        def prepare(z: torch.Tensor) -> torch.Tensor:
+            return standardize_logits(z) if w.standardize else z.float()
+
+        def one(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+            if w.kd == "dkd":
+                return dkd_loss(student, teacher, y, T, w.dkd_alpha, w.dkd_beta)
+            return kd_loss(student, teacher, T)
+
+        student, teachers = prepare(logits), [prepare(t) for t in teacher_logits]
+        if len(teachers) == 1:
+            return one(student, teachers[0])
+        pairs = list(zip(teacher_weights, teachers, strict=True))
+        # sums of tensors (sum's 0 start only when empty, and there is always a teacher)
+        if self.aggregate == "mean-kd":
+            return cast(torch.Tensor, sum(tw * one(student, t) for tw, t in pairs))
+        if w.kd == "dkd":  # the log of the mean distribution, kept in log space for NCKD's small masses
+            log_probs = torch.logsumexp(
+                torch.stack([math.log(tw) + F.log_softmax(t / T, dim=1) for tw, t in pairs if tw > 0]), dim=0
+            )
+            return soft_target_dkd_loss(student, log_probs, y, T, w.dkd_alpha, w.dkd_beta)
+        probs = cast(torch.Tensor, sum(tw * F.softmax(t / T, dim=1) for tw, t in pairs))
+        return soft_target_kd_loss(student, probs, T)
 
     def _terms(self, logits: torch.Tensor, y: torch.Tensor, kd: torch.Tensor, hint: torch.Tensor):
         w = self.weights
