@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ikd import rules
-from ikd.config import load_config
+from ikd.config import SearchConfig, load_config
 from ikd.lineage import Lineage, NodeKind, NodeRecord, Status
 from ikd.resume import config_differences, grown_from
 
@@ -168,3 +168,30 @@ def test_an_external_node_has_no_spec(bad):
 
     with pytest.raises(ConfigError, match="user-supplied module"):
         ROOT.model_copy(update={"arch": bad}).spec()
+
+
+@pytest.mark.parametrize(
+    "curve,epochs,stops",
+    [
+        ([0.50], 5, False),  # one epoch: no gain seen yet
+        ([0.50, 0.52], 5, True),  # 0.52 + 3 x 2 x 0.02 = 0.64 < 0.70
+        ([0.50, 0.56], 5, False),  # 0.56 + 3 x 2 x 0.06 = 0.92 >= 0.70
+        ([0.60, 0.62, 0.64], 4, True),  # 0.64 + 1 x 2 x 0.02 = 0.68 < 0.70
+        ([0.60, 0.62, 0.65], 4, False),  # 0.65 + 1 x 2 x 0.03 = 0.71
+        ([0.50, 0.45, 0.46], 5, True),  # falling: its best gain is 0.01
+        ([0.50, 0.52, 0.53, 0.55, 0.56], 5, False),  # done: the decision is the normal one
+    ],
+)
+def test_hopeless_stops_only_what_cannot_plausibly_reach_the_floor(curve, epochs, stops):
+    reason = rules.hopeless(curve, epochs, needed=0.70, slack=2.0)
+    assert (reason is not None) == stops, reason
+    if reason is not None:
+        assert f"after epoch {len(curve)}/{epochs}" in reason and "70.00% needed" in reason
+
+
+def test_the_floor_is_the_stricter_of_both_tolerances():
+    search = SearchConfig(max_drop=2.0, max_step_drop=0.5)
+    root, parent = node("root", 0.90), node("p", 0.89)
+    assert rules.floor(parent, root, search) == pytest.approx(0.885)  # parent - 0.5 beats root - 2
+    assert rules.floor(node("p", 0.95), root, search) == pytest.approx(0.945)
+    assert rules.floor(node("p", 0.88), node("root", 0.95), search) == pytest.approx(0.93)

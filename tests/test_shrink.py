@@ -73,3 +73,26 @@ def test_width_inheritance_keeps_largest_l1_filters_and_matching_inputs():
     assert torch.equal(mine["blocks.1.0.weight"], w1[kept1][:, kept0])
     assert torch.equal(mine["head.0.weight"], theirs["head.0.weight"][:, kept1])
     assert torch.equal(mine["blocks.0.1.running_var"], theirs["blocks.0.1.running_var"][kept0])
+
+
+def test_bn_scale_inheritance_keeps_largest_gamma_channels_and_matching_inputs():
+    parent_spec = ArchSpec(in_channels=1, image_size=8, num_classes=3, blocks=[[4], [6]], head=[5])
+    parent = build_model(parent_spec, seed=0)
+    # BatchNorm scales set by hand, ranked neither like the filters' L1 norms nor by index
+    gammas = {"blocks.0.1.weight": [2.0, 0.3, -1.0, 0.1], "blocks.1.1.weight": [0.5, 0.2, 3.0, -0.1, 0.4, 0.6]}
+    parent.load_state_dict({name: torch.tensor(values) for name, values in gammas.items()}, strict=False)
+    child = build_model(shrunk(shrink_width(parent_spec, 0.5)), seed=1)
+    inherit_weights(child, parent, by="bn-scale")
+    mine, theirs = child.state_dict(), parent.state_dict()
+    kept0, kept1 = torch.tensor([0, 2]), torch.tensor([0, 2, 5])
+    w0 = theirs["blocks.0.0.weight"]
+    assert not torch.equal(torch.sort(torch.topk(w0.abs().sum(dim=(1, 2, 3)), 2).indices).values, kept0)
+    assert torch.equal(mine["blocks.0.0.weight"], w0[kept0])
+    assert torch.equal(mine["blocks.1.0.weight"], theirs["blocks.1.0.weight"][kept1][:, kept0])
+    assert torch.equal(mine["blocks.0.1.weight"], theirs["blocks.0.1.weight"][kept0])
+    assert torch.equal(mine["blocks.0.1.running_var"], theirs["blocks.0.1.running_var"][kept0])
+    # the hidden head layer has no BatchNorm: it keeps its rows with the largest L1 norm
+    h0 = theirs["head.0.weight"]
+    rows = torch.sort(torch.topk(h0.abs().sum(dim=1), 3).indices).values
+    assert torch.equal(mine["head.0.weight"], h0[rows][:, kept1])
+    assert torch.equal(mine["head.2.weight"], theirs["head.2.weight"][:, rows])

@@ -220,3 +220,24 @@ def test_bf16_training_returns_a_contiguous_model_that_can_be_saved(digits, tmp_
     train_model(model, digits, config, progress=False)
     assert all(t.is_contiguous() for t in model.state_dict().values())
     save_model(tmp_path / "m", model, {})
+
+
+def test_give_up_stops_one_model_early_and_the_others_train_on_as_if_alone(digits):
+    from ikd.train import train_models
+
+    config = TrainConfig(epochs=4, batch_size=64, precision="fp32", device="cpu", seed=2, max_steps_per_epoch=4)
+
+    def give_up(description, history):
+        return "hopeless" if description == "quitter" and len(history) == 2 else None
+
+    models = [build_model(small_spec(digits), seed=1), build_model(small_spec(digits), seed=2)]
+    quitter, stayer = train_models(
+        models, digits, config, progress=False, descriptions=["quitter", "stayer"], give_up=give_up
+    )
+    assert isinstance(quitter, TrainResult) and isinstance(stayer, TrainResult)
+    assert quitter.stopped_early == "hopeless" and len(quitter.history) == 2 and quitter.best_epoch <= 2
+    assert stayer.stopped_early is None and len(stayer.history) == 4
+    alone = build_model(small_spec(digits), seed=2)
+    train_model(alone, digits, config, progress=False)
+    for name, tensor in alone.state_dict().items():
+        assert torch.equal(tensor, models[1].state_dict()[name]), name

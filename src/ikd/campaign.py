@@ -135,6 +135,8 @@ class Campaign:
                 reason = rules.rejection(node, parent, self.lineage.root(), self.search)
                 if reason is None:
                     kept.append(node)
+                elif node.reason:  # why it stopped before its last epoch
+                    reason = f"{reason}; {node.reason}"
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
         budget_note = None
         if out_of_budget:
@@ -170,7 +172,12 @@ class Campaign:
         prefix = f"g{generation}-" + (f"b{branch}-" if branch is not None else "")
         if parent.kind is NodeKind.EXTERNAL:  # a user module cannot be shrunk: the chain starts from a spec
             return [Candidate(f"{prefix}student", "initial", first_student(self.ctx, self.first_student))]
-        return propose(parent.spec(), self.search, prefix)
+        scales = None
+        if "slim" in self.search.operators:  # it ranks the parent's channels by their trained BatchNorm scales
+            from ikd.inherit import bn_scales
+
+            scales = bn_scales(self.models(parent.id))
+        return propose(parent.spec(), self.search, prefix, scales)
 
     def grow(
         self, generation: int, parent: NodeRecord, candidates: list[Candidate], expert_ids: list[str]
@@ -212,6 +219,7 @@ class Campaign:
                     self.config.student.epochs,
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
+                    floor=rules.floor(parent, self.lineage.root(), self.search),
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, [], False
@@ -273,8 +281,10 @@ class Campaign:
         *,
         status: Status,
         parent_id: str | None,
+        floor: float | None = None,
     ) -> None:
-        """Train `candidates` in one pass (plain CE when `teacher_ids` is empty) and record each."""
+        """Train `candidates` in one pass (plain CE when `teacher_ids` is empty) and record each;
+        `floor` is the validation accuracy they must reach (for early rejection)."""
         # Every session trains at least one pass's epoch, so a limit shorter than start-up still progresses.
         if self.passes_done and self.ctx.time_is_up():
             raise CampaignPaused(self.lineage, self.ctx.run.path)
@@ -286,6 +296,7 @@ class Campaign:
             teacher_ids=teacher_ids,
             inherit_from=inherit_from,
             epochs=epochs,
+            floor=floor,
         )
         train_students(
             self.ctx,

@@ -156,6 +156,23 @@ class SearchConfig(Strict):
         json_schema_extra=cli_flag("--width-factors"),
         description="width operator's channel scale; a list proposes one width child per factor",
     )
+    slim_fraction: float | list[float] = Field(
+        default_factory=lambda: [0.5, 0.25],
+        json_schema_extra=cli_flag("--slim-fractions"),
+        description="slim operator: share of the parent's parameters removed per step, the conv channels with "
+        "the smallest BatchNorm scale (relative to their layer's mean) first; a list proposes one slim child per "
+        "fraction (under *-child strategies the gentler step then trains only when the bigger one fails)",
+    )
+    slim_min_channels: int = Field(
+        default=8, gt=0, description="slim operator: no conv keeps fewer channels than this (or its width, if fewer)"
+    )
+    early_rejection: float = Field(
+        default=0.0,
+        ge=0,
+        json_schema_extra=cli_flag("--early-rejection", metavar="SLACK"),
+        description="stop a candidate after epoch e >= 2 when even gaining SLACK times its best epoch gain so "
+        "far in every epoch left would leave it below the accept floor (it is then rejected); 0 = off, e.g. 2",
+    )
     seeds: int = Field(
         default=1,
         gt=0,
@@ -220,8 +237,19 @@ class SearchConfig(Strict):
             raise ValueError(f"expected factors between 0 and 1 (exclusive), got {factor}")
         return factor
 
+    @field_validator("slim_fraction")
+    @classmethod
+    def _fractions_in_range(cls, fraction: float | list[float]) -> float | list[float]:
+        fractions = fraction if isinstance(fraction, list) else [fraction]
+        if not fractions or not all(0 < f < 1 for f in fractions):
+            raise ValueError(f"expected fractions between 0 and 1 (exclusive), got {fraction}")
+        return fraction
+
     def width_factors(self) -> list[float]:
         return self.width_factor if isinstance(self.width_factor, list) else [self.width_factor]
+
+    def slim_fractions(self) -> list[float]:
+        return self.slim_fraction if isinstance(self.slim_fraction, list) else [self.slim_fraction]
 
     def many_children(self) -> bool:
         return self.strategy.endswith("-children")

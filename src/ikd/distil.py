@@ -40,6 +40,7 @@ def plan_pass(
     teacher_ids: list[str],
     inherit_from: str | None,
     epochs: int,
+    floor: float | None = None,
 ) -> TrainingPass:
     student, ensemble = ctx.config.student, ctx.config.ensemble
     augment = student.augment if student.augment is not None else ctx.data.augment
@@ -58,6 +59,8 @@ def plan_pass(
         # Ray workers may not share this disk: their passes restart rather than resume.
         state_root=str(ctx.state_root) if ctx.config.executor.kind == "local" else None,
         deadline=ctx.deadline,
+        floor=floor,
+        early_slack=ctx.config.search.early_rejection or None,
     )
 
 
@@ -97,7 +100,7 @@ def train_students(
     or whose worker dies, is recorded as failed; the others go on."""
     trained = ctx.executor().run(job, models)  # TrainingPaused (time limit) passes through, nothing recorded
     loss = describe_loss(ctx, job)
-    epochs = sum(e for _, e in job.stages)
+    earlier_stages = sum(e for _, e in job.stages[:-1])
     root_params = lineage.root().params
     for candidate, done in zip(job.candidates, trained, strict=True):
         common: dict[str, Any] = dict(
@@ -106,7 +109,7 @@ def train_students(
             parent=parent_id,
             teachers=list(job.teacher_ids),
             operator=candidate.operator,
-            epochs=epochs,
+            epochs=earlier_stages + job.stages[-1][1],
             seed=ctx.config.seed,
             seconds=round(done.seconds, 2),
             loss=loss,
@@ -120,6 +123,8 @@ def train_students(
             )
             ctx.log(f"{candidate.node_id} failed: {result}")
             continue
+        if result.stopped_early:  # it cost only the epochs it trained
+            common["epochs"] = earlier_stages + len(result.history)
         test = save_trained(
             ctx.run.node_dir(candidate.node_id),
             done.model.to(ctx.device),
@@ -146,6 +151,8 @@ def train_students(
                 val_accuracy_last=result.last_val_accuracy,
                 test_accuracy=test["accuracy"],
                 best_epoch=result.best_epoch,
+                val_curve=[max(r.val_accuracy, r.ema_val_accuracy or 0.0) for r in result.history],
+                reason=result.stopped_early or "",
                 **common,
             )
         )

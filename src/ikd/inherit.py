@@ -1,18 +1,27 @@
 """Initialise a child network from its parent's weights instead of at random.
 
 Convs are matched by position (block index, conv index within the block): a depth-shrunk child
-keeps the surviving layers' weights unchanged; a narrower layer keeps the parent's filters with
-the largest L1 norm (as in Li et al. 2017, "Pruning Filters for Efficient ConvNets"), and the next
-layer keeps the matching input channels, so the kept filters still see what they were trained on.
-Layers with no counterpart keep their fresh initialisation.
+keeps the surviving layers' weights unchanged; a narrower conv keeps the parent's filters with the
+largest L1 norm (`by="l1"`, Li et al. 2017, for width children) or the channels with the largest
+BatchNorm scale |gamma| (`by="bn-scale"`, `ikd.shrink.channel_ranking`: the ranking the slim
+operator chose its widths by, so a slim child starts from exactly the channels it kept), and the
+next layer keeps the matching input channels, so the kept filters still see what they were trained
+on. (A conv followed by BatchNorm computes the same thing when its filter is scaled, so gamma is
+arguably the better signal for width children too; unmeasured, so they keep L1.) Hidden head
+layers, which have no BatchNorm, keep the rows with the largest L1 norm. Layers with no
+counterpart keep their fresh initialisation.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
+from ikd.errors import ConfigError
 from ikd.model import VGG
+from ikd.shrink import Scales, channel_ranking
 
 
 def _convs_by_position(model: VGG) -> dict[tuple[int, int], tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -32,8 +41,24 @@ def _top_l1(weight: torch.Tensor, keep: int, dim: int) -> torch.Tensor:
     return torch.sort(torch.topk(norms, keep).indices).values
 
 
+def _top_scale(norm: nn.BatchNorm2d, keep: int) -> torch.Tensor:
+    """Indices (ascending) of the `keep` channels first in `channel_ranking` of the layer's |gamma|."""
+    return torch.tensor(sorted(channel_ranking(norm.weight.detach().abs().tolist())[:keep]), dtype=torch.long)
+
+
+def bn_scales(model: nn.Module) -> Scales:
+    """|BatchNorm scale| of every conv's output channels, nested like the spec's blocks: what the
+    slim operator ranks."""
+    if not isinstance(model, VGG):
+        raise ConfigError(f"the slim operator ranks a VGG's BatchNorm scales; {type(model).__name__} is not one")
+    scales: Scales = [[] for _ in model.blocks]
+    for (b, _), (_, norm) in _convs_by_position(model).items():
+        scales[b].append(norm.weight.detach().abs().cpu().tolist())
+    return scales
+
+
 @torch.no_grad()
-def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
+def inherit_weights(child: VGG, parent: VGG, *, by: Literal["l1", "bn-scale"] = "l1") -> dict[str, int]:
     """Copy what fits from `parent` into `child` in place; returns counts of layers inherited/fresh."""
     parent_convs = _convs_by_position(parent)
     # The previous conv's parent layer and the output channels it kept (both None when it was fresh):
@@ -52,7 +77,11 @@ def inherit_weights(child: VGG, parent: VGG) -> dict[str, int]:
             previous_kept, previous_parent_key = None, None
             continue
         p_conv, p_norm = source
-        out_idx = _top_l1(p_conv.weight, conv.out_channels, dim=0)
+        out_idx = (
+            _top_scale(p_norm, conv.out_channels).to(p_conv.weight.device)
+            if by == "bn-scale"
+            else _top_l1(p_conv.weight, conv.out_channels, dim=0)
+        )
         if (
             previous_kept is not None
             and previous_parent_key is not None

@@ -115,7 +115,10 @@ class NodeRecord(BaseModel):
     val_accuracy_last: float | None = None
     test_accuracy: float | None = Field(default=None, description="of the saved weights; reported only")
     best_epoch: int | None = None
-    epochs: int = 0
+    epochs: int = Field(default=0, description="epochs trained (fewer than planned when stopped early)")
+    val_curve: list[float] = Field(
+        default_factory=list, description="validation accuracy of the kept weights' kind, per epoch"
+    )
     seed: int | None = None
     seconds: float = 0.0
     loss: dict[str, Any] = Field(default_factory=dict)

@@ -6,6 +6,8 @@ trains, loads or writes, so every rule is unit-tested on made-up records.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from ikd.config import CampaignConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord, Status, rank
 
@@ -31,6 +33,32 @@ def rejection(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: Se
         return f"val {val:.2f}% < root {floor_root:.2f}% - max_drop {search.max_drop}"
     if falls_short(val, floor_parent, search.max_step_drop):
         return f"val {val:.2f}% < parent {floor_parent:.2f}% - max_step_drop {search.max_step_drop}"
+    return None
+
+
+def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
+    """The validation accuracy (a fraction) a child of `parent` must reach to be accepted."""
+    return max(
+        (root.val_accuracy or 0.0) - search.max_drop / 100.0,
+        (parent.val_accuracy or 0.0) - search.max_step_drop / 100.0,
+    )
+
+
+def hopeless(curve: list[float], epochs: int, needed: float, slack: float) -> str | None:
+    """Why a candidate with validation accuracies `curve` after its first epochs (of `epochs`) can
+    be stopped now: even gaining `slack` times its best single-epoch gain so far in each epoch left,
+    it would stay below `needed`. Never before its second epoch (no gain seen yet) nor after its
+    last; None means train on."""
+    done, left = len(curve), epochs - len(curve)
+    if done < 2 or left <= 0:
+        return None
+    best_gain = max(0.0, *(b - a for a, b in pairwise(curve)))
+    reachable = max(curve) + slack * best_gain * left
+    if falls_short(points(reachable), points(needed), 0.0):
+        return (
+            f"stopped after epoch {done}/{epochs}: val {points(max(curve)):.2f}% + {left} x {slack:g} x "
+            f"{points(best_gain):.2f} (its best epoch gain) < {points(needed):.2f}% needed"
+        )
     return None
 
 

@@ -3,20 +3,31 @@
 The paper's two ways to build a student:
   depth -- "reduce the number of blocks": drop one conv layer; a block that empties is dropped.
   width -- "reduce block size": scale every conv (and hidden head) width by a factor.
-Each operator returns None when it cannot make the spec smaller (one conv left, widths of 1).
+and one that shrinks layers unevenly, from a measure of the parent's trained weights:
+  slim  -- drop the conv channels with the smallest BatchNorm scale |gamma| across the whole
+           network (one global threshold, Liu et al. 2017, "Learning Efficient Convolutional
+           Networks through Network Slimming"), until a share of the parameters is gone.
+Each operator returns None when it cannot make the spec smaller (one conv left, widths of 1,
+every layer at its floor).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ikd.arch import ArchSpec
 from ikd.errors import ConfigError
 
-OPERATORS = ("depth", "width")
+OPERATORS = ("depth", "width", "slim")
 DEFAULT_WIDTH_FACTOR = 0.5
+DEFAULT_SLIM_FRACTION = 0.5
+DEFAULT_SLIM_MIN_CHANNELS = 8
+
+# The parent's BatchNorm scales |gamma|, one value per output channel of every conv, nested like
+# ArchSpec.blocks (block -> conv -> channel); ikd.inherit.bn_scales reads them off a model.
+Scales = list[list[list[float]]]
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,87 @@ def shrink_width(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSp
     return child if child.num_params() < spec.num_params() else None
 
 
-def get_operator(name: str, width_factor: float | None = None) -> Callable[[ArchSpec], ArchSpec | None]:
-    """The shrink operator `name`; `width_factor` (default DEFAULT_WIDTH_FACTOR) is the width's."""
+def channel_ranking(scales: Sequence[float]) -> list[int]:
+    """One layer's channel indices, most important first: by |scale|, ties to the lower index.
+
+    The slim operator keeps a prefix of this ranking in every layer, and ikd.inherit copies exactly
+    that prefix of the parent's channels, so a slim child starts from the channels that were chosen.
+    """
+    return sorted(range(len(scales)), key=lambda i: (-abs(scales[i]), i))
+
+
+def shrink_slim(
+    spec: ArchSpec,
+    scales: Scales,
+    fraction: float = DEFAULT_SLIM_FRACTION,
+    min_channels: int = DEFAULT_SLIM_MIN_CHANNELS,
+) -> ArchSpec | None:
+    """Remove the network's least important conv channels until `fraction` of the parameters is gone.
+
+    A channel's importance is its |BatchNorm scale| divided by the mean |scale| of its layer; all
+    channels are ranked on that one scale and removed least important first (a single threshold
+    across layers), so layers lose different shares of their width. Why relative to the layer: the
+    network computes the same function when one layer's BatchNorm scales and shifts are all
+    multiplied by a constant c > 0 (ReLU and max-pool commute with it, and the next layer's
+    BatchNorm divides it out; for the last conv the head's weights can absorb it), so the level of a
+    layer's raw |gamma| is set by the training dynamics, not by importance, and raw values of two
+    layers only compare when training pins that level (Network Slimming's L1 penalty on gamma).
+    Within a layer the order is `channel_ranking`'s. No conv keeps fewer than `min_channels` (or its
+    width, if smaller); the head is unchanged. None when no channel can go.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"slim fraction {fraction}: expected a number between 0 and 1")
+    if min_channels < 1:
+        raise ConfigError(f"slim min_channels {min_channels}: expected at least 1")
+    layers = [list(layer) for block in scales for layer in block]
+    widths = [w for block in spec.blocks for w in block]
+    same_nesting = [len(block) for block in scales] == [len(block) for block in spec.blocks]
+    if not same_nesting or [len(layer) for layer in layers] != widths:
+        raise ValueError("scales must hold one value per conv channel of the spec, nested like its blocks")
+    # Every removable channel as (importance, layer, k): k-th removal of its layer, from the bottom of
+    # channel_ranking up, so a layer always keeps a prefix of its ranking; ties go to the earlier layer.
+    removable = []
+    for layer, values in enumerate(layers):
+        mean = sum(abs(v) for v in values) / len(values) or 1.0  # a layer of zero scales: all importance 0
+        bottom_up = channel_ranking(values)[::-1][: len(values) - min(len(values), min_channels)]
+        removable += [(abs(values[i]) / mean, layer, k) for k, i in enumerate(bottom_up)]
+    if not removable:
+        return None
+    target = (1 - fraction) * spec.num_params()
+    child = spec
+    for _, layer, _ in sorted(removable):
+        widths[layer] -= 1
+        child = _with_widths(spec, widths)
+        if child.num_params() <= target:
+            break
+    return child
+
+
+def _with_widths(spec: ArchSpec, widths: list[int]) -> ArchSpec:
+    """`spec` with its conv widths replaced, in order, by `widths`."""
+    flat = iter(widths)
+    return spec.model_copy(update={"blocks": [[next(flat) for _ in block] for block in spec.blocks]})
+
+
+def get_operator(
+    name: str,
+    factor: float | None = None,
+    *,
+    scales: Scales | None = None,
+    min_channels: int = DEFAULT_SLIM_MIN_CHANNELS,
+) -> Callable[[ArchSpec], ArchSpec | None]:
+    """The shrink operator `name`. `factor` is the width's scale (default DEFAULT_WIDTH_FACTOR) or
+    slim's share of parameters to remove (default DEFAULT_SLIM_FRACTION); slim also needs the
+    parent's `scales` and keeps at least `min_channels` per conv."""
     if name == "depth":
         return shrink_depth
     if name == "width":
-        factor = DEFAULT_WIDTH_FACTOR if width_factor is None else width_factor
-        return lambda spec: shrink_width(spec, factor)
+        width_factor = DEFAULT_WIDTH_FACTOR if factor is None else factor
+        return lambda spec: shrink_width(spec, width_factor)
+    if name == "slim":
+        if scales is None:
+            raise ConfigError("the slim operator ranks the parent's channels: it needs their BatchNorm scales")
+        fraction = DEFAULT_SLIM_FRACTION if factor is None else factor
+        parent_scales = scales
+        return lambda spec: shrink_slim(spec, parent_scales, fraction, min_channels)
     raise ConfigError(f"unknown shrink operator {name!r}; expected one of {', '.join(OPERATORS)}")

@@ -3,10 +3,11 @@ who teaches them, and which of them survive.
 
     parent-child        a parent's candidates train one at a time, smallest first, each taught by
                         the parent; the first within tolerance is kept (the smallest that passes).
-    parent-children     all of a parent's candidates (every operator and width factor, times
-                        `search.seeds`) train together in one pass over the data, sharing one
-                        teacher forward per batch; `select: best` keeps one, `select: tree` keeps
-                        up to `beam` across the generation, each parenting its own children.
+    parent-children     all of a parent's candidates (every operator, width factor and slim
+                        fraction, times `search.seeds`) train together in one pass over the data,
+                        sharing one teacher forward per batch; `select: best` keeps one,
+                        `select: tree` keeps up to `beam` across the generation, each parenting
+                        its own children.
     ancestors-child     as parent-child, but each child is taught by its chain of ancestors (all,
                         or the last m) plus any expert teachers, their KD signals aggregated.
     ancestors-children  both at once.
@@ -20,20 +21,27 @@ from __future__ import annotations
 from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord
-from ikd.shrink import Candidate, get_operator
+from ikd.shrink import Candidate, Scales, get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
 
 
-def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str) -> list[Candidate]:
-    """The children one parent proposes, smallest first; node ids start with `prefix`."""
-    factors = search.width_factors()
+def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Scales | None = None) -> list[Candidate]:
+    """The children one parent proposes, smallest first; node ids start with `prefix`. `scales` are
+    the parent's BatchNorm scales (ikd.inherit.bn_scales), which the slim operator ranks; without
+    them it proposes nothing."""
     proposals: list[tuple[str, str, ArchSpec | None]] = []  # (operator, label, child spec)
     for name in search.operators:
-        for factor in factors if name == "width" else [None]:
+        if name == "slim" and scales is None:
+            continue
+        factors: list[float] | list[None] = (
+            search.width_factors() if name == "width" else search.slim_fractions() if name == "slim" else [None]
+        )
+        for factor in factors:
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
-            proposals.append((name, label, get_operator(name, factor)(parent_spec)))
+            operator = get_operator(name, factor, scales=scales, min_channels=search.slim_min_channels)
+            proposals.append((name, label, operator(parent_spec)))
     seen, candidates = set(), []
     seeds = search.seeds if search.many_children() else 1
     for name, label, spec in proposals:

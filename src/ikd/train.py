@@ -37,6 +37,8 @@ Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
 ]
 EpochCallback = Callable[[str, "EpochRecord"], None]  # (the model's description, its finished epoch)
+# (the model's description, its epochs so far) -> why to stop training it now, or None
+GiveUp = Callable[[str, list["EpochRecord"]], str | None]
 
 
 class TrainConfig(BaseModel):
@@ -81,6 +83,7 @@ class TrainResult:
     best_val_accuracy: float
     last_val_accuracy: float
     best_weights: Literal["raw", "ema"] = "raw"  # which of the best epoch's two was kept
+    stopped_early: str | None = None  # why `give_up` ended it before its last epoch
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
@@ -295,6 +298,7 @@ def train_models(
     on_epoch: EpochCallback | None = None,
     state_dir: Path | None = None,
     deadline: float | None = None,
+    give_up: GiveUp | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Train several models in one pass over the data: every batch is read, augmented and normalised
     once and given to each model in turn (so objectives can share one teacher forward per batch).
@@ -309,7 +313,8 @@ def train_models(
     same job that finds it continues after its last saved epoch, ending with the same weights
     (bit for bit on the CPU) as a run never interrupted. With `deadline` (a time.monotonic() value)
     training stops at the first epoch boundary from which one more epoch would pass it, and raises
-    TrainingPaused once the state is saved.
+    TrainingPaused once the state is saved. `give_up` sees each model's history after each epoch; a
+    reason stops that model there (it keeps its best weights so far; the result says why).
     """
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -441,6 +446,14 @@ def train_models(
             group[0].epoch_seconds = time.perf_counter() - epoch_start
         for student in active:
             _end_epoch(student, epoch, data, config, device, precision, bar if progress else None, ranks)
+        if give_up is not None and epoch < config.epochs:
+            for student in list(active):
+                reason = give_up(student.description, student.result.history)
+                if reason is not None:
+                    student.result.stopped_early = reason
+                    active.remove(student)
+                    if progress:
+                        bar.write(f"{student.description}: {reason}", file=sys.stderr)
         if store is not None:
             state = _state(group, active, shuffle_generator, device, time.perf_counter() - started)
             store.save(epoch, state)
@@ -579,6 +592,7 @@ def _state(
                 "best_epoch": s.result.best_epoch,
                 "best_val_accuracy": s.result.best_val_accuracy,
                 "best_weights": s.result.best_weights,
+                "stopped_early": s.result.stopped_early,
                 "history": [asdict(record) for record in s.result.history],
                 "failure": s.failure,
                 "active": s in active,
@@ -612,6 +626,7 @@ def _restore(
             student.result.best_epoch = saved["best_epoch"]
             student.result.best_val_accuracy = saved["best_val_accuracy"]
             student.result.best_weights = saved["best_weights"]
+            student.result.stopped_early = saved.get("stopped_early")  # absent from states before it existed
             student.result.history = [EpochRecord(**record) for record in saved["history"]]
             student.failure = saved["failure"]
             student.seconds = saved["seconds"]

@@ -29,8 +29,18 @@ from ikd.objective import (
     cache_teacher_outputs,
     teacher_hint_blocks,
 )
+from ikd.rules import hopeless
 from ikd.shrink import Candidate
-from ikd.train import EpochCallback, Objective, TrainConfig, TrainingDiverged, TrainResult, train_models
+from ikd.train import (
+    EpochCallback,
+    EpochRecord,
+    GiveUp,
+    Objective,
+    TrainConfig,
+    TrainingDiverged,
+    TrainResult,
+    train_models,
+)
 
 Teacher = VGG | ExternalTeacher
 Outcome = TrainResult | TrainingDiverged
@@ -54,6 +64,10 @@ class TrainingPass:
     # Resumable passes save their training state after every epoch under state_root/<node ids>/stage-<k>.
     state_root: str | None = None
     deadline: float | None = None  # wall-clock (time.time()): stop at the last epoch boundary before it
+    # Early rejection: the validation accuracy the candidates must reach, and how much of their best
+    # epoch gain so far they may still be expected to make per epoch left (rules.hopeless).
+    floor: float | None = None
+    early_slack: float | None = None
 
     def split(self) -> list[TrainingPass]:
         """One pass per candidate: the same training, trained alone (the weights come out the same)."""
@@ -64,6 +78,18 @@ class TrainingPass:
         if self.state_root is None:
             return None
         return Path(self.state_root) / "+".join(c.node_id for c in self.candidates)
+
+    def give_up(self, epochs: int) -> GiveUp | None:
+        """The early-rejection rule for a stage of `epochs`, when the pass has a floor and a slack."""
+        floor, slack = self.floor, self.early_slack
+        if floor is None or not slack:
+            return None
+
+        def hopeless_candidate(description: str, history: list[EpochRecord]) -> str | None:
+            curve = [max(r.val_accuracy, r.ema_val_accuracy or 0.0) for r in history]
+            return hopeless(curve, epochs, floor, slack)
+
+        return hopeless_candidate
 
     def monotonic_deadline(self) -> float | None:
         return None if self.deadline is None else time.monotonic() + (self.deadline - time.time())
@@ -121,8 +147,8 @@ def run_training_pass(
     if job.inherit_from is not None:
         parent = models(job.inherit_from)
         assert isinstance(parent, VGG), f"{job.inherit_from} is a user module: no weights a VGG can inherit"
-        for student in students:
-            inherit_weights(student, parent)
+        for student, candidate in zip(students, job.candidates, strict=True):
+            inherit_weights(student, parent, by="bn-scale" if candidate.operator == "slim" else "l1")
     outcome: list[Outcome | None] = [None] * len(students)
     state_dir = job.state_dir()
     for stage, (stage_weights, stage_epochs) in enumerate(job.stages):
@@ -166,6 +192,7 @@ def run_training_pass(
             on_epoch=on_epoch,
             state_dir=state_dir / f"stage-{stage}" if state_dir is not None else None,
             deadline=job.monotonic_deadline() if state_dir is not None else None,
+            give_up=job.give_up(stage_epochs) if stage == len(job.stages) - 1 else None,
         )
         for i, result in zip(alive, results, strict=True):
             outcome[i] = result
