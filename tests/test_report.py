@@ -7,6 +7,7 @@ import html
 import json
 import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,3 +180,20 @@ def test_tensorboard_log_has_every_epoch_of_every_node(run_dir):
         assert max(accuracy) == pytest.approx(node.val_accuracy)  # the saved weights are the best epoch's
         terms = {"train/loss", "train/kd", "train/ce", "train/hint"} if node.teachers else {"train/loss"}
         assert terms | {"lr", "val/loss"} <= set(events.Tags()["scalars"])
+
+
+def test_the_report_line_names_only_the_figures_drawn(tmp_path, capsys):
+    # a committed lineage has no node files: no training curves to draw, and a stale figure goes
+    import shutil
+
+    from ikd import cli
+
+    source = Path(__file__).resolve().parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth"
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    (run / "report").mkdir()
+    (run / "report" / "training.png").write_bytes(b"stale")
+    assert cli.main(["report", str(run)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "figures: pareto.png, lineage.png)" in last
+    assert not (run / "report" / "training.png").exists()

@@ -462,6 +462,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     figures = list(FIGURES[:2])
     if plot_training(report, out / "training.png"):
         figures.append(FIGURES[2])
+    else:  # not drawable (no node files): drop one left by an earlier report, it would describe other nodes
+        (out / "training.png").unlink(missing_ok=True)
     header, rows = report.table()
     title = f"ikd report: {arch_name(report.root)} on {report.dataset}"
     latency_note = (
