@@ -222,6 +222,7 @@ class _Student:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.failure: str | None = None
         self.seconds = 0.0
+        self.last_lr = config.lr
 
     def begin_epoch(self, device: torch.device) -> None:
         self.model.train()
@@ -240,6 +241,7 @@ class _Student:
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
@@ -519,7 +521,7 @@ def _end_epoch(
     student.seconds += seconds
     record = EpochRecord(
         epoch=epoch,
-        lr=student.optimizer.param_groups[0]["lr"],
+        lr=student.last_lr,
         train={name: total.item() / seen for name, total in student.sums.items()}
         | {"accuracy": student.correct.item() / seen},
         val_accuracy=val["accuracy"],
