@@ -87,6 +87,16 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny runs: with the CPU shared, a second thread costs more in
+    waiting than it saves (use with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def campaign_args(teacher: Path, run_dir: Path, *extra: str, generations: int = 1) -> list[str]:
     """`ikd compress` arguments of the tiny campaign the fault tests run: the teacher imported, 1
     epoch per child, nothing rejected."""

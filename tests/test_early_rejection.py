@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import campaign_args
 
 from ikd import cli
 from ikd.lineage import RunDir, Status
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(tiny_teacher, tmp_path):

@@ -10,13 +10,7 @@ from safetensors.torch import load_file
 from ikd import cli
 from ikd.lineage import ROOT_ID, NodeKind, RunDir, Status
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(teacher, run_dir, *extra) -> RunDir:

@@ -39,13 +39,7 @@ CONFIG = TrainConfig(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Each run is tiny: with the CPU shared, a second thread costs more in waiting than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(data) -> ArchSpec:
