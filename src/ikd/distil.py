@@ -151,7 +151,7 @@ def train_students(
                 val_accuracy_last=result.last_val_accuracy,
                 test_accuracy=test["accuracy"],
                 best_epoch=result.best_epoch,
-                val_curve=[max(r.val_accuracy, r.ema_val_accuracy or 0.0) for r in result.history],
+                val_curve=[r.kept_accuracy for r in result.history],
                 reason=result.stopped_early or "",
                 **common,
             )

@@ -76,6 +76,11 @@ class EpochRecord:
     seconds: float
     ema_val_accuracy: float | None = None  # the EMA's, when there is one (val_accuracy is the raw weights')
 
+    @property
+    def kept_accuracy(self) -> float:
+        """The validation accuracy of the better of the epoch's raw and EMA weights."""
+        return max(self.val_accuracy, self.ema_val_accuracy or 0.0)
+
 
 @dataclass
 class TrainResult:
@@ -533,10 +538,9 @@ def _end_epoch(
     result = student.result
     result.history.append(record)
     # The kept weights are the epoch's better of raw and EMA, judged on validation only.
-    use_ema = student.ema is not None and ema_val is not None and ema_val["accuracy"] > record.val_accuracy
-    accuracy = ema_val["accuracy"] if use_ema and ema_val is not None else record.val_accuracy
-    if accuracy > result.best_val_accuracy:
-        result.best_epoch, result.best_val_accuracy = epoch, accuracy
+    use_ema = record.kept_accuracy > record.val_accuracy
+    if record.kept_accuracy > result.best_val_accuracy:
+        result.best_epoch, result.best_val_accuracy = epoch, record.kept_accuracy
         result.best_weights = "ema" if use_ema else "raw"
         weights = student.ema.module if use_ema and student.ema is not None else student.model
         student.best_state = {k: v.detach().clone() for k, v in weights.state_dict().items()}

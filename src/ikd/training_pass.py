@@ -86,7 +86,7 @@ class TrainingPass:
             return None
 
         def hopeless_candidate(description: str, history: list[EpochRecord]) -> str | None:
-            curve = [max(r.val_accuracy, r.ema_val_accuracy or 0.0) for r in history]
+            curve = [r.kept_accuracy for r in history]
             return hopeless(curve, epochs, floor, slack)
 
         return hopeless_candidate
