@@ -55,9 +55,6 @@ class CampaignContext:
     def time_is_up(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
 
-    def monotonic_deadline(self) -> float | None:
-        return None if self.deadline is None else time.monotonic() + (self.deadline - time.time())
-
     def log(self, message: str) -> None:
         if self.progress:
             print(f"ikd: {message}", file=sys.stderr)

@@ -19,6 +19,7 @@ from ikd.fit import fit
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
 from ikd.model import VGG, build_model
 from ikd.rules import points
+from ikd.train import monotonic_deadline
 
 Teacher = VGG | ExternalTeacher
 
@@ -119,7 +120,7 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
             description=ROOT_ID,
             on_epoch=ctx.on_epoch,
             state_dir=ctx.state_root / ROOT_ID,
-            deadline=ctx.monotonic_deadline(),
+            deadline=monotonic_deadline(ctx.deadline),
         )
         # the model holds its best-by-validation weights, so that epoch's score is its val accuracy
         val, test, epochs = result.best_val_accuracy, tested["accuracy"], cfg.epochs

@@ -111,6 +111,13 @@ class TrainingPaused(Exception):
         self.epoch, self.epochs, self.state_dir = epoch, epochs, state_dir
 
 
+def monotonic_deadline(wall_clock_deadline: float | None) -> float | None:
+    """A time.time() deadline (which can cross processes) as the time.monotonic() one train_models takes."""
+    if wall_clock_deadline is None:
+        return None
+    return time.monotonic() + (wall_clock_deadline - time.time())
+
+
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
     def objective(model, x, y, index):
         logits = model(x)

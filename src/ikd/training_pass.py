@@ -9,7 +9,6 @@ teachers' weights live (the run directory, or Ray's object store).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from ikd.train import (
     TrainConfig,
     TrainingDiverged,
     TrainResult,
+    monotonic_deadline,
     train_models,
 )
 
@@ -90,9 +90,6 @@ class TrainingPass:
             return hopeless(curve, epochs, floor, slack)
 
         return hopeless_candidate
-
-    def monotonic_deadline(self) -> float | None:
-        return None if self.deadline is None else time.monotonic() + (self.deadline - time.time())
 
 
 class TeacherOutputStore:
@@ -191,7 +188,7 @@ def run_training_pass(
             descriptions=[job.candidates[i].node_id for i in alive],
             on_epoch=on_epoch,
             state_dir=state_dir / f"stage-{stage}" if state_dir is not None else None,
-            deadline=job.monotonic_deadline() if state_dir is not None else None,
+            deadline=monotonic_deadline(job.deadline) if state_dir is not None else None,
             give_up=job.give_up(stage_epochs) if stage == len(job.stages) - 1 else None,
         )
         for i, result in zip(alive, results, strict=True):
