@@ -241,3 +241,17 @@ def test_give_up_stops_one_model_early_and_the_others_train_on_as_if_alone(digit
     train_model(alone, digits, config, progress=False)
     for name, tensor in alone.state_dict().items():
         assert torch.equal(tensor, models[1].state_dict()[name]), name
+
+
+def test_bn_sparsity_pulls_the_batchnorm_scales_towards_zero(digits):
+    def scales_after(bn_sparsity: float) -> torch.Tensor:
+        model = build_model(small_spec(digits), seed=0)
+        config = TrainConfig(epochs=2, batch_size=32, precision="fp32", device="cpu", seed=0, bn_sparsity=bn_sparsity)
+        train_model(model, digits, config, progress=False)
+        bns = [m.weight.detach().abs() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        return torch.cat(bns)
+
+    plain, sparse = scales_after(0.0), scales_after(0.05)
+    assert sparse.mean() < 0.5 * plain.mean()
+    # channels separate rather than shrink alike: the spread relative to the mean is what slim ranks by
+    assert sparse.std() / sparse.mean() > 3 * plain.std() / plain.mean()

@@ -84,6 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         label_smoothing=args.label_smoothing,
         ema_epochs=args.ema_epochs,
+        bn_sparsity=args.bn_sparsity,
     )
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
@@ -426,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=recipe["ema_epochs"].default,
         help="horizon of the weights' moving average, validated beside them; 0 = none",
+    )
+    train.add_argument(
+        "--bn-sparsity",
+        type=float,
+        default=recipe["bn_sparsity"].default,
+        help="weight of an L1 penalty on the BatchNorm scales (Network Slimming, e.g. 1e-4; for the slim operator)",
     )
     train.add_argument("--precision", default="auto", choices=PRECISIONS)
     train.add_argument("--device", default="auto", choices=DEVICES)

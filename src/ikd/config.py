@@ -84,6 +84,12 @@ class OptimConfig(Strict):
         description="horizon in epochs of an exponential moving average of the weights, validated beside "
         "them each epoch (the better is kept); 0 = none",
     )
+    bn_sparsity: float = Field(
+        default=0.0,
+        ge=0,
+        description="weight of an L1 penalty on the BatchNorm scales (Network Slimming, e.g. 1e-4): it drives "
+        "unimportant channels' scales towards 0, which the slim operator ranks channels by; 0 = none",
+    )
 
 
 class TeacherConfig(OptimConfig):

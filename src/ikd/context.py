@@ -109,6 +109,7 @@ class CampaignContext:
             schedule=section.schedule,
             augment=section.augment,
             ema_epochs=section.ema_epochs,
+            bn_sparsity=section.bn_sparsity,
             # students' cross-entropy belongs to their distillation objective
             label_smoothing=section.label_smoothing if isinstance(section, TeacherConfig) else 0.0,
             precision=self.precision.name,

@@ -55,6 +55,9 @@ class TrainConfig(BaseModel):
     schedule: Schedule = "onecycle"
     augment: str | None = Field(default=None, description="None = the dataset's default")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    bn_sparsity: float = Field(
+        default=0.0, ge=0, description="weight of an L1 penalty on the BatchNorm scales (Network Slimming)"
+    )
     ema_epochs: float = Field(
         default=0.0, ge=0, description="horizon in epochs of the weights' EMA, validated beside them; 0 = no EMA"
     )
@@ -226,6 +229,10 @@ class _Student:
         self.scheduler = _scheduler(self.optimizer, config, config.epochs * steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
         self.ema = _ema(model, 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch)) if config.ema_epochs else None
+        # Network Slimming's sparsity term: it pushes unimportant channels' |gamma| towards 0, so the slim
+        # operator's ranking by gamma separates them (without it the scales stay nearly flat).
+        self.bn_sparsity = config.bn_sparsity
+        self.bn_scales = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.affine]
         self.precision = precision
         self.rng_state = rng_state  # None when alone: the global RNG is this model's own
         self.result = TrainResult(
@@ -249,8 +256,11 @@ class _Student:
             torch.set_rng_state(self.rng_state)
         with self.precision.autocast():
             logits, terms = self.objective(self.forward_module, x, y, index)
+        loss = terms["loss"]
+        if self.bn_sparsity:
+            loss = loss + self.bn_sparsity * sum(scale.abs().sum() for scale in self.bn_scales)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
