@@ -3,6 +3,7 @@ and every user mistake is one line with exit code 2."""
 
 import json
 import shutil
+import time
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
 from ikd.export import export_node
+from ikd.latency import LATENCY_ROUNDS, min_of_medians
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
 
@@ -188,7 +190,7 @@ def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
 
 def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
     run = RunDir(run_dir)
-    # The root was timed elsewhere: not comparable, so it is timed again here and that entry replaced.
+    # The root was timed elsewhere: timed again here and that entry replaced.
     lineage = run.load()
     elsewhere = Latency(runtime="torch", batch=1, median_ms=9.0, repeats=5, threads=64, device="another CPU")
     run.add_node(lineage, lineage.node(ROOT).model_copy(update={"latency": [elsewhere]}))
@@ -202,8 +204,9 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
         for node_id in (NODE, ROOT):
             assert len(lineage.node(node_id).latency) == len(MEASURED)
     assert {m.repeats for m in second.node(NODE).latency} == {2}
-    # The root already had every measurement on this CPU: reused, not timed again.
-    assert second.node(ROOT).latency == first.node(ROOT).latency
+    # The root is timed again beside the node every time: a speed-up's two sides come from one moment.
+    assert {m.repeats for m in second.node(ROOT).latency} == {2}
+    assert {m.rounds for m in second.node(ROOT).latency} == {LATENCY_ROUNDS}
     summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
     assert set(summary["formats"]) == {"onnx", "safetensors"}  # both exports are described
 
@@ -257,3 +260,24 @@ def test_export_refuses_while_a_campaign_holds_the_run_dir(run_dir, capsys):
     assert "in use by a running `ikd compress`" in capsys.readouterr().err
     assert not (run_dir / "export").exists()
     assert main(["export", str(run_dir), "--node", NODE, "--format", "safetensors", "--no-latency"]) == 0
+
+
+def test_models_are_timed_interleaved_and_a_slow_round_is_dropped():
+    calls: list[str] = []
+    slow_rounds = {"teacher": {1}}  # the teacher is hit by something else during its second round
+
+    def runner(name: str):
+        def run_once() -> None:
+            calls.append(name)
+            done = sum(1 for c in calls if c == name) - 3  # after its 3 warm-up calls
+            in_round = max(done - 1, 0) // 4
+            time.sleep(0.02 if in_round in slow_rounds.get(name, ()) else 0.002)
+
+        return run_once
+
+    ms = min_of_medians({"teacher": runner("teacher"), "student": runner("student")}, repeats=4, rounds=2)
+    # warm-up of each, then rounds in turn: teacher x4, student x4, teacher x4, ...
+    assert calls == ["teacher"] * 3 + ["student"] * 3 + (["teacher"] * 4 + ["student"] * 4) * 2
+    assert (
+        2 <= ms["teacher"] < 10 and 2 <= ms["student"] < 10
+    )  # the 20 ms round did not count (a mean or median of the two would)

@@ -9,7 +9,8 @@ extension is the file itself):
   with PyTorch, so a model.onnx on disk is one that was checked.
 
 Latency is measured (ikd.latency) with onnxruntime and PyTorch at batch 1 and 64 for the node and
-for the root teacher (the reference of the speed-up), and recorded in the lineage; `export.json` next
+the root teacher (the reference of the speed-up) together, interleaved in one process, and recorded
+in the lineage; `export.json` next
 to the exported files keeps the verification numbers and the latencies.
 """
 
@@ -35,7 +36,7 @@ from ikd.atomic import atomic_write_bytes, atomic_write_json
 from ikd.checkpoint import WEIGHTS_FILE, load_model
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.latency import comparable, cpu_session, measure_latency, record_latency
+from ikd.latency import Timed, cpu_session, measure_latencies, record_latency
 from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, file_sha256, open_run_dir
 from ikd.model import VGG, NormalizedModel
 
@@ -333,28 +334,23 @@ def _measure_node_and_teacher(
     graph: bytes,
     repeats: int | None,
 ) -> None:
-    """Time the node, and the root teacher unless it already has every measurement on this CPU."""
+    """Time the node and the root teacher together, interleaved (ikd.latency): a speed-up is only
+    trusted when both sides were measured in the same moments, so the root's earlier numbers are never
+    reused."""
     node = result.node
-    result.latency = measure_latency(model, dataset, graph, repeats)
-    measured = {node.id: result.latency}
+    timed: dict[str, Timed] = {node.id: (model, dataset, graph)}
     root = next((n for n in lineage.nodes if n.status == Status.TEACHER), None)
     if root is None:
         result.notes.append("the lineage has no root teacher: no speed-up to report")
-    elif root.id == node.id:
-        result.teacher_id, result.teacher_latency = root.id, result.latency
-    elif root.kind is NodeKind.EXTERNAL:
+    elif root.kind is NodeKind.EXTERNAL and root.id != node.id:
         result.notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
-    else:
-        result.teacher_id = root.id
-        recorded = comparable(root.latency, result.latency)
-        if {(m.runtime, m.batch) for m in recorded} >= {(m.runtime, m.batch) for m in result.latency}:
-            result.teacher_latency = recorded
-        else:
-            teacher, teacher_meta = _load_node(run, root)
-            teacher_graph = onnx_graph(teacher, teacher_meta["dataset"], {})
-            result.teacher_latency = measured[root.id] = measure_latency(
-                teacher, teacher_meta["dataset"], teacher_graph, repeats
-            )
+    elif root.id != node.id:
+        teacher, teacher_meta = _load_node(run, root)
+        timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
+    measured = measure_latencies(timed, repeats)
+    result.latency = measured[node.id]
+    if root is not None and root.id in measured:
+        result.teacher_id, result.teacher_latency = root.id, measured[root.id]
     record_latency(run, measured)
 
 

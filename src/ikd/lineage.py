@@ -72,7 +72,8 @@ def check_node_id(node_id: str) -> str:
 
 
 class Latency(BaseModel):
-    """One latency measurement of a node's model (see ikd.export): median of repeated timed runs."""
+    """One latency measurement of a node's model (see ikd.latency): the smallest of `rounds` medians of
+    `repeats` timed runs, interleaved with the models it was measured beside."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +81,7 @@ class Latency(BaseModel):
     batch: int = Field(gt=0)
     median_ms: float = Field(gt=0)
     repeats: int = Field(gt=0)
+    rounds: int = Field(default=1, gt=0, description="1: a single median (lineages before the protocol)")
     threads: int = Field(gt=0)
     device: str = Field(description="where it was measured, e.g. the CPU's model name")
 
