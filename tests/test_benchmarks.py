@@ -196,3 +196,31 @@ def test_scale_out_quick(tmp_path):  # conftest skips it without the ray extra, 
     assert result["same_decision"] == "yes"
     assert {"ray_over_local", "local_s", "ray_s", "ray_init_s"} <= set(result)
     assert "| N workers | generation s (projected) |" in text
+
+
+def test_iterating_pays_quick(tmp_path):
+    out = run_quick("iterating_pays.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    assert out.strip().splitlines()[-1].startswith("RESULT variant=slim+final+dkd+early compression=")
+    record = (tmp_path / "record.md").read_text()
+    # one row per variant x seed, each with its baselines' test accuracy, then the means
+    assert "| none | 0 | `g1-" in record and "| slim+final+dkd+early | 0 | `final` " in record
+    assert "| slim+final+dkd+early | 1 |" in record.split("Mean ±")[1]
+
+
+def test_peer_torch_pruning_quick(tmp_path):
+    pytest.importorskip("torch_pruning")
+    out = run_quick("peer_torch_pruning.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    assert out.strip().splitlines()[-1].startswith("RESULT ikd_test=")
+    record = (tmp_path / "record.md").read_text()
+    # the peer pruned to no more than the ikd student's parameters, with both fine-tuning losses
+    ikd_params = int(record.split("| ikd (`g1-")[1].split("|")[1].replace(",", ""))
+    for loss in ("ce", "kd"):
+        peer_params = int(record.split(f"| torch-pruning l1 + {loss} |")[1].split("|")[0].replace(",", ""))
+        assert 0.9 * ikd_params <= peer_params <= ikd_params
+
+
+def test_latency_stability_quick(tmp_path):
+    out = run_quick("latency_stability.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    assert out.strip().splitlines()[-1].startswith("RESULT interleaved_onnxruntime_spread=")
+    record = (tmp_path / "record.md").read_text()
+    assert "| interleaved | torch | " in record and "| one-by-one | onnxruntime | " in record

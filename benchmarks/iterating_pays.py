@@ -1,0 +1,238 @@
+"""Does iterating pay? The chain's final student against scratch and one-shot KD, per upgrade and seed.
+
+One campaign (`ikd compress --baselines`) per variant x seed, all from one teacher: a variant is the
+base config with some of issue 18's upgrades switched on (`slim`, `final`, `dkd`, `early`, joined by
+`+`; `none` is the base config as it is). `--baselines` trains the final student's architecture from
+scratch and by one-shot KD from the root, for as many epochs as the final student's chain spent
+(final distillation included), so every row compares three ways of training one architecture at an
+equal epoch budget. The seed changes the students' initialisation and data order (the teacher and
+the validation split stay). Decisions use validation only; test accuracy is reported.
+
+A variant x seed whose run directory already holds a campaign is resumed by `ikd compress` (a
+finished one just reloads), so an interrupted benchmark picks up where it stopped; times are read
+from the lineage (every node's own training seconds), not from this process's clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ikd.lineage import Lineage, NodeKind, RunDir, Status
+
+from common import machine_line, print_result, publish, repo_path
+
+# Each upgrade as the config keys it sets (merged over the base config). Values are MNIST-sized;
+# pass --upgrade NAME=YAML to change one.
+UPGRADES: dict[str, dict] = {
+    # Network Slimming's shrink: uneven widths by BN scale, trained with its L1 term on the scales
+    "slim": {
+        "search": {"operators": ["depth", "slim"], "slim_fraction": [0.75, 0.5], "slim_min_channels": 2},
+        "student": {"bn_sparsity": 1e-4},
+    },
+    "final": {"student": {"final_epochs": 20}},
+    "dkd": {"loss": {"kd": "dkd"}},
+    "early": {"search": {"early_rejection": 2.0}},
+}
+
+
+def merged(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def variant_config(base: dict, variant: str) -> dict:
+    config = base
+    for name in [] if variant == "none" else variant.split("+"):
+        if name not in UPGRADES:
+            raise SystemExit(
+                f"iterating_pays.py: variant {variant!r}: unknown upgrade {name!r}; expected {sorted(UPGRADES)}"
+            )
+        config = merged(config, UPGRADES[name])
+    return config
+
+
+@dataclass
+class Row:
+    variant: str
+    seed: int
+    lineage: Lineage
+
+    def node(self, node_id: str):
+        return self.lineage.find(node_id)
+
+    @property
+    def teacher(self):
+        return self.lineage.root()
+
+    @property
+    def answer(self):
+        return self.lineage.final()
+
+    def test(self, node_id: str | None = None) -> float:
+        node = self.answer if node_id is None else self.node(node_id)
+        return 100 * node.test_accuracy if node is not None and node.test_accuracy is not None else float("nan")
+
+    def val(self, node_id: str | None = None) -> float:
+        node = self.answer if node_id is None else self.node(node_id)
+        return 100 * node.val_accuracy if node is not None and node.val_accuracy is not None else float("nan")
+
+    def minutes(self, kinds: tuple[NodeKind, ...]) -> float:
+        return sum(n.seconds for n in self.lineage.nodes if n.kind in kinds) / 60
+
+    def rejected_minutes(self) -> float:
+        return sum(n.seconds for n in self.lineage.nodes if n.status == Status.REJECTED) / 60
+
+    def stopped_early(self) -> int:
+        return sum(
+            1 for n in self.lineage.students() if n.status == Status.REJECTED and n.reason.startswith("stopped after")
+        )
+
+
+def run(args: argparse.Namespace, config_path: Path, run_dir: Path, seed: int) -> Lineage:
+    command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(run_dir)]
+    command += ["--seed", str(seed), "--baselines", "--quiet"]
+    command += ["--data-dir", args.data_dir] if args.data_dir else []
+    command += ["--teacher", args.teacher] if args.teacher else []
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # progress (stderr) shows as it goes
+    if done.returncode != 0:
+        raise SystemExit(f"iterating_pays.py: `{' '.join(command)}` exited with {done.returncode}")
+    return RunDir(run_dir).load()
+
+
+def mean_spread(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def tables(rows: list[Row]) -> str:
+    lines = [
+        "| variant | seed | final student | params | x | chain val | chain test | scratch test | one-shot KD test "
+        "| chain - scratch | chain - one-shot | test drop | epochs (chain + final) | search min | final min "
+        "| baselines min | rejected min | stopped early |",
+        "|" + "---|" * 18,
+    ]
+    for r in rows:
+        answer = r.answer
+        lines.append(
+            f"| {r.variant} | {r.seed} | `{answer.id}` {answer.arch_summary()} | {answer.params:,} | "
+            f"{answer.compression:.0f} | {r.val():.2f} | {r.test():.2f} | {r.test('baseline-scratch'):.2f} | "
+            f"{r.test('baseline-oneshot-kd'):.2f} | {r.test() - r.test('baseline-scratch'):+.2f} | "
+            f"{r.test() - r.test('baseline-oneshot-kd'):+.2f} | {r.test(r.teacher.id) - r.test():.2f} | "
+            f"{r.lineage.epochs_spent(r.lineage.chain(answer))} | {r.minutes((NodeKind.STUDENT,)):.1f} | "
+            f"{r.minutes((NodeKind.FINAL,)):.1f} | {r.minutes((NodeKind.BASELINE,)):.1f} | "
+            f"{r.rejected_minutes():.1f} | {r.stopped_early()} |"
+        )
+    lines += [
+        "",
+        "Mean ± standard deviation over seeds (test points; the drop is from the teacher's test accuracy):",
+        "",
+        "| variant | seeds | x | chain test | scratch test | one-shot KD test | chain - scratch | chain - one-shot "
+        "| test drop | search + final min |",
+        "|" + "---|" * 10,
+    ]
+    for variant in dict.fromkeys(r.variant for r in rows):
+        group = [r for r in rows if r.variant == variant]
+
+        def column(value, group=group, digits: int = 2) -> str:
+            return mean_spread([value(r) for r in group], digits)
+
+        lines.append(
+            f"| {variant} | {len(group)} | {column(lambda r: r.answer.compression, digits=0)} | "
+            f"{column(lambda r: r.test())} | {column(lambda r: r.test('baseline-scratch'))} | "
+            f"{column(lambda r: r.test('baseline-oneshot-kd'))} | "
+            f"{column(lambda r: r.test() - r.test('baseline-scratch'))} | "
+            f"{column(lambda r: r.test() - r.test('baseline-oneshot-kd'))} | "
+            f"{column(lambda r: r.test(r.teacher.id) - r.test())} | "
+            f"{column(lambda r: r.minutes((NodeKind.STUDENT, NodeKind.FINAL)), digits=1)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/mnist-vgg16.yaml", help="the base config (variant `none`)")
+    parser.add_argument("--teacher", metavar="DIR", help="one teacher for every run (else each run trains its own)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--variants", nargs="+", default=["none", "slim+final+dkd+early"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--upgrade", action="append", default=[], metavar="NAME=YAML", help="replace an upgrade's keys")
+    parser.add_argument("--runs-dir", default="runs/iterating-pays", help="one campaign per variant x seed under it")
+    parser.add_argument("--markdown", help="also write the record to this file")
+    parser.add_argument("--note", action="append", default=[], help="a line added to the record")
+    parser.add_argument(
+        "--quick", action="store_true", help="digits, a VGG-11 teacher, 1 epoch each, seed 0, temporary run directories"
+    )
+    parser.add_argument("--quiet", action="store_true", help="(ikd compress always runs with --quiet here)")
+    args = parser.parse_args()
+    for item in args.upgrade:
+        name, _, text = item.partition("=")
+        UPGRADES[name] = yaml.safe_load(text)
+
+    with tempfile.TemporaryDirectory(prefix="ikd-iterating-") as scratch:
+        base = yaml.safe_load(repo_path(args.config).read_text())
+        runs_dir = Path(args.runs_dir)
+        if args.quick:
+            base = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
+            quick = {
+                "teacher": {"arch": "vgg11", "epochs": 1},
+                "student": {"epochs": 1},
+                "search": {"max_generations": 1},
+            }
+            base = merged(base, quick)
+            base["search"] |= {"max_drop": 100.0, "max_step_drop": 100.0}
+            UPGRADES["final"] = {"student": {"final_epochs": 1}}
+            runs_dir, args.seeds, args.config = Path(scratch), [0], "configs/digits-demo.yaml"
+        rows = []
+        for variant in args.variants:
+            config = variant_config(base, variant)
+            for seed in args.seeds:
+                run_dir = runs_dir / f"{variant}-seed{seed}"
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                config_path = runs_dir / f"{variant}-seed{seed}.yaml"
+                config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+                rows.append(Row(variant, seed, run(args, config_path, run_dir, seed)))
+
+    teacher = rows[0].teacher
+    text = "\n".join(
+        [
+            f"Machine: {machine_line()}.",
+            f"Base config: `{args.config}`" + (" (quick: smoke-sized)" if args.quick else "") + "; upgrades:",
+            "",
+            *[
+                f"- `{name}`: `{yaml.safe_dump(keys, default_flow_style=True).strip()}`"
+                for name, keys in UPGRADES.items()
+            ],
+            "",
+            f"Teacher: {args.teacher or 'trained by each run'}, {teacher.arch_summary()}, {teacher.params:,} params, "
+            f"val {100 * teacher.val_accuracy:.2f}%, test {100 * (teacher.test_accuracy or 0):.2f}%.",
+            "",
+            tables(rows),
+            *(["", *[f"- {note}" for note in args.note]] if args.note else []),
+        ]
+    )
+    publish(text, args.markdown, "Does iterating pay? Chain vs scratch vs one-shot KD, per upgrade and seed")
+    last = [r for r in rows if r.variant == args.variants[-1]]
+    print_result(
+        {
+            "variant": args.variants[-1],
+            "compression": f"{statistics.mean(r.answer.compression for r in last):.1f}",
+            "chain_minus_scratch": f"{statistics.mean(r.test() - r.test('baseline-scratch') for r in last):.3f}",
+            "chain_minus_oneshot": f"{statistics.mean(r.test() - r.test('baseline-oneshot-kd') for r in last):.3f}",
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

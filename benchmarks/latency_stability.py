@@ -1,0 +1,130 @@
+"""Does a speed-up hold still? The same teacher and student timed in several separate processes.
+
+Each run is a fresh process that loads the root teacher and one node of a run directory and times
+them two ways at batch 1, with onnxruntime and PyTorch:
+  interleaved  ikd's protocol (ikd.latency): both models in one call, 5 interleaved rounds of
+               `--repeats` calls each after a warm-up, the smallest round median kept;
+  one-by-one   the old way: each model timed alone, one median of `--repeats` calls, the teacher
+               first, then the student.
+The record gives every run's teacher ms / student ms and, per protocol, the largest speed-up over
+the smallest across runs (goal: <= 1.10 for the interleaved protocol, issue 19).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ikd.checkpoint import load_model
+from ikd.export import onnx_graph
+from ikd.latency import RUNTIMES, measure_latencies
+from ikd.lineage import RunDir
+
+from common import machine_line, print_result, publish
+
+GOAL = 1.10
+
+
+def time_once(run_dir: Path, node_id: str, repeats: int) -> dict[str, dict[str, float]]:
+    """Speed-ups at batch 1 per protocol and runtime, measured in this process."""
+    run = RunDir(run_dir)
+    lineage = run.load()
+    timed = {}
+    for node in (lineage.root(), lineage.node(node_id)):
+        model, meta = load_model(run.node_dir(node.id))
+        timed[node.id] = (model.eval(), meta["dataset"], onnx_graph(model, meta["dataset"], {}))
+    teacher_id = lineage.root().id
+
+    def speedups(measured) -> dict[str, float]:
+        ms = {(n, m.runtime): m.median_ms for n, entries in measured.items() for m in entries if m.batch == 1}
+        return {runtime: ms[(teacher_id, runtime)] / ms[(node_id, runtime)] for runtime in RUNTIMES}
+
+    interleaved = speedups(measure_latencies(timed, repeats))
+    one_by_one = speedups({name: measure_latencies({name: timed[name]}, repeats, rounds=1)[name] for name in timed})
+    return {"interleaved": interleaved, "one-by-one": one_by_one}
+
+
+def quick_run(directory: Path) -> tuple[Path, str]:
+    """A digits run with one accepted student, made by `ikd compress` (1 epoch each)."""
+    config = directory / "quick.yaml"
+    config.write_text(
+        "data: {name: digits}\nprecision: fp32\n"
+        "teacher: {arch: vgg11, epochs: 1, batch_size: 64, ema_epochs: 0}\n"
+        "student: {epochs: 1}\nsearch: {operators: [width], max_generations: 1, max_drop: 100, max_step_drop: 100}\n"
+    )
+    run_dir = directory / "run"
+    command = [sys.executable, "-m", "ikd", "compress", "--config", str(config), "--run-dir", str(run_dir), "--quiet"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return run_dir, "g1-width"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", metavar="DIR", help="a run directory holding the weights of the root and --node")
+    parser.add_argument("--node", help="the student to time against the root (default: the run's answer)")
+    parser.add_argument("--runs", type=int, default=3, help="separate processes, one after the other")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per median")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--markdown")
+    parser.add_argument("--note", action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="a tiny digits run of its own, 2 runs of 5 repeats")
+    parser.add_argument("--quiet", action="store_true", help="(prints only the record)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON out
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(time_once(Path(args.run), args.node, args.repeats)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="ikd-latency-") as scratch:
+        if args.quick:
+            (run_dir, node_id), args.runs, args.repeats = quick_run(Path(scratch)), 2, 5
+        elif args.run:
+            run_dir = Path(args.run)
+            node_id = args.node or RunDir(run_dir).load().final().id
+        else:
+            parser.error("--run is required (or --quick)")
+        child = [sys.executable, __file__, "--one", "--run", str(run_dir), "--node", node_id]
+        child += ["--repeats", str(args.repeats)] + (["--threads", str(args.threads)] if args.threads else [])
+        results = [
+            json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+            for _ in range(args.runs)
+        ]
+
+    lines = [
+        f"Machine: {machine_line()}; torch threads {args.threads or torch.get_num_threads()}.",
+        f"Models: the root teacher of `{run_dir if not args.quick else 'quick'}` and `{node_id}`, batch 1, "
+        f"{args.repeats} timed calls per median, {args.runs} separate processes one after the other.",
+        "",
+        "| protocol | runtime | "
+        + " | ".join(f"run {i + 1}" for i in range(args.runs))
+        + " | largest / smallest | goal |",
+        "|---|---|" + "---|" * args.runs + "---|---|",
+    ]
+    values = {}
+    for protocol in ("interleaved", "one-by-one"):
+        for runtime in RUNTIMES:
+            speedups = [r[protocol][runtime] for r in results]
+            spread = max(speedups) / min(speedups)
+            values[f"{protocol}_{runtime}_spread"] = f"{spread:.3f}"
+            goal = f"<= {GOAL:.2f}: {'met' if spread <= GOAL else 'missed'}" if protocol == "interleaved" else ""
+            lines.append(
+                f"| {protocol} | {runtime} | "
+                + " | ".join(f"{s:.2f}x" for s in speedups)
+                + f" | {spread:.3f} | {goal} |"
+            )
+    lines += [f"- {note}" for note in args.note]
+    publish("\n".join(lines), args.markdown, "Latency: do speed-ups hold still across runs?")
+    print_result(values)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""Torch-Pruning beside ikd: the same teacher, data, split, schedule and loss; only the method differs.
+
+Reads a finished `ikd compress` run (ideally with `--baselines`) and replays its chain with
+Torch-Pruning (DepGraph, Fang et al. 2023) in place of ikd's search: stage k prunes the model until it
+has no more parameters than the chain's k-th student, then fine-tunes it for as many epochs as that
+student trained, with the campaign's own student optimiser settings; a final distillation in the
+ikd run is matched by as many fine-tuning epochs at the final size. So both methods spend the same
+epochs along the same size schedule, from the same teacher weights.
+
+Pruning is global (one ranking across layers, so widths end uneven, as Network Slimming's and ikd's
+slim operator's do), in small steps (`--granularity` steps would remove every channel), the
+classifier's output layer kept. Importances (Torch-Pruning's own classes):
+  l1     filter L1 norm of each conv, as Li et al. 2017 (MagnitudeImportance p=1, first layer of the group)
+  bn     BatchNorm scale, as Network Slimming (BNScaleImportance); fine-tuned with the run's bn_sparsity
+  group  DepGraph's group L2 norm over every coupled layer (GroupMagnitudeImportance p=2)
+Losses: `ce` (cross-entropy, the library's usual fine-tuning) and `kd` (ikd's own distillation
+objective from the root teacher, with the run's loss settings, hint included).
+
+Every choice uses validation; test accuracy is reported. Torch-Pruning is a dev dependency only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ikd.checkpoint import load_model
+from ikd.config import CampaignConfig
+from ikd.data import load_dataset
+from ikd.lineage import Lineage, NodeKind, RunDir, Status
+from ikd.model import VGG
+from ikd.objective import build_objective, cache_teacher_outputs, teacher_hint_block
+from ikd.runtime import resolve_device, resolve_precision
+from ikd.train import TrainConfig, evaluate, train_model
+
+from common import machine_line, print_result, publish, repo_path
+
+try:
+    import torch_pruning as tp
+except ImportError:  # a one-line reason rather than a traceback
+    raise SystemExit("peer_torch_pruning.py: needs torch-pruning (pip install -e '.[dev]')") from None
+
+IMPORTANCES = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
+    "bn": lambda: tp.importance.BNScaleImportance(),
+    "group": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+}
+
+
+@dataclass
+class Stage:
+    target_params: int
+    epochs: int
+    params: int = 0
+    val: float = 0.0
+    test: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class PeerRun:
+    importance: str
+    loss: str
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"torch-pruning {self.importance} + {self.loss}"
+
+
+def stage_plan(lineage: Lineage) -> list[Stage]:
+    """The chain's size schedule and epochs: one stage per student on the final student's chain."""
+    answer = lineage.final()
+    chain = lineage.chain(answer)[1:]
+    return [Stage(target_params=node.params, epochs=node.epochs) for node in chain if node.epochs]
+
+
+def sync_spec(model: VGG) -> None:
+    """Give a pruned ikd VGG the spec of its new widths (the objective's hint pairing and the record read it)."""
+    blocks = [[m.out_channels for m in block if isinstance(m, torch.nn.Conv2d)] for block in model.blocks]
+    model.spec = model.spec.model_copy(update={"blocks": blocks})
+
+
+def params_of(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, importance: str, loss: str) -> PeerRun:
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    model = copy.deepcopy(teacher)
+    example = torch.randn(1, data.in_channels, data.image_size, data.image_size)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=IMPORTANCES[importance](),
+        global_pruning=True,
+        pruning_ratio=1.0,
+        max_pruning_ratio=0.99,
+        iterative_steps=args.granularity,
+        ignored_layers=[model.head[-1]],
+    )
+    run = PeerRun(importance, loss, stage_plan(lineage))
+    student = config.student
+    caches: dict[int | None, object] = {}
+    for k, stage in enumerate(run.stages):
+        started = time.perf_counter()
+        while params_of(model) > stage.target_params and pruner.current_step < args.granularity:
+            pruner.step()
+        sync_spec(model)
+        stage.params = params_of(model)
+        objective = None
+        if loss == "kd":
+            block = teacher_hint_block(model.spec, teacher, config.loss)
+            if block not in caches:
+                caches[block] = cache_teacher_outputs(
+                    teacher,
+                    data.train,
+                    mean=data.mean,
+                    std=data.std,
+                    hint_blocks=[] if block is None else [block],
+                    device=device,
+                )
+            objective = build_objective(model, teacher, config.loss, sources=[caches[block]], seed=config.seed + k)
+        train_config = TrainConfig(
+            epochs=stage.epochs,
+            batch_size=student.batch_size,
+            lr=student.lr,
+            weight_decay=student.weight_decay,
+            schedule=student.schedule,
+            augment=student.augment,
+            ema_epochs=student.ema_epochs,
+            bn_sparsity=max(student.bn_sparsity, 1e-4) if importance == "bn" else student.bn_sparsity,
+            precision=precision.name,
+            device=device.type,
+            seed=config.seed + k + 1,
+        )
+        result = train_model(model, data, train_config, objective=objective, progress=False, description=run.name)
+        stage.seconds = time.perf_counter() - started
+        stage.val = 100 * result.best_val_accuracy
+        stage.test = (
+            100
+            * evaluate(model, data.test, mean=data.mean, std=data.std, device=device, precision=precision)["accuracy"]
+        )
+        print(f"{run.name}: stage {k + 1}/{len(run.stages)} {stage.params:,} params, val {stage.val:.2f}", flush=True)
+    return run
+
+
+def quick_run(directory: Path) -> Path:
+    """A smoke-sized ikd run to replay: digits, VGG-11 teacher, one generation, baselines."""
+    config = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
+    config["teacher"] |= {"arch": "vgg11", "epochs": 1}
+    config["student"]["epochs"] = 1
+    config["search"] |= {"max_generations": 1, "max_drop": 100.0, "max_step_drop": 100.0}
+    path, run_dir = directory / "quick.yaml", directory / "run"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "ikd", "compress", "--config", str(path), "--run-dir", str(run_dir), "--quiet"]
+    subprocess.run([*command, "--baselines"], check=True, stdout=subprocess.DEVNULL)
+    return run_dir
+
+
+def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str, dict[str, str]]:
+    root, answer = lineage.root(), lineage.final()
+    teacher_test, teacher_val = 100 * root.test_accuracy, 100 * root.val_accuracy
+    ikd_test, ikd_val = 100 * answer.test_accuracy, 100 * answer.val_accuracy
+    epochs = sum(s.epochs for s in runs[0].stages) if runs else 0
+    lines = [
+        f"Teacher: {root.arch_summary()}, {root.params:,} params, val {teacher_val:.2f}%, test {teacher_test:.2f}%.",
+        f"Budget: {epochs} epochs along the chain's size schedule "
+        f"({', '.join(f'{s.target_params:,}:{s.epochs}' for s in runs[0].stages) if runs else '-'}; params:epochs); "
+        f"Torch-Pruning {tp.__version__}, global pruning in steps of 1/{granularity} of the channels.",
+        "",
+        "## At the final size",
+        "",
+        "| method | params | x | val % | test % | test drop | vs ikd (test points) | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| ikd (`{answer.id}`) | {answer.params:,} | {answer.compression:.0f} | {ikd_val:.2f} | {ikd_test:.2f} | "
+        f"{teacher_test - ikd_test:.2f} | | "
+        f"{sum(n.seconds for n in lineage.chain(answer)[1:]) / 60:.1f} (the chain) |",
+    ]
+    for baseline in (n for n in lineage.nodes if n.kind is NodeKind.BASELINE):
+        lines.append(
+            f"| ikd {baseline.id} | {baseline.params:,} | {baseline.compression:.0f} | "
+            f"{100 * baseline.val_accuracy:.2f} | {100 * baseline.test_accuracy:.2f} | "
+            f"{teacher_test - 100 * baseline.test_accuracy:.2f} | {100 * baseline.test_accuracy - ikd_test:+.2f} | "
+            f"{baseline.seconds / 60:.1f} |"
+        )
+    for run in runs:
+        last = run.stages[-1]
+        lines.append(
+            f"| {run.name} | {last.params:,} | {root.params / last.params:.0f} | {last.val:.2f} | {last.test:.2f} | "
+            f"{teacher_test - last.test:.2f} | {last.test - ikd_test:+.2f} | "
+            f"{sum(s.seconds for s in run.stages) / 60:.1f} |"
+        )
+    # Parameters at an equal drop: each curve's smallest stage whose *validation* drop is no larger
+    # than the ikd answer's (validation decides; test is reported).
+    lines += [
+        "",
+        "## Parameters at ikd's validation drop",
+        "",
+        f"The smallest point of each curve whose validation drop is at most ikd's "
+        f"({teacher_val - ikd_val:.2f} points); ikd's answer has {answer.params:,} params.",
+        "",
+        "| method | params there | over ikd's answer | val % | test % |",
+        "|---|---|---|---|---|",
+    ]
+    chain = lineage.chain(answer)[1:]
+    ikd_points = [(n.params, 100 * n.val_accuracy, 100 * n.test_accuracy) for n in chain]
+    curves = [("ikd chain", ikd_points)] + [(r.name, [(s.params, s.val, s.test) for s in r.stages]) for r in runs]
+    for name, points in curves:
+        held = [p for p in points if teacher_val - p[1] <= teacher_val - ikd_val + 1e-9]
+        if held:
+            params, val, test = min(held)
+            lines.append(f"| {name} | {params:,} | {params / answer.params:.2f}x | {val:.2f} | {test:.2f} |")
+        else:
+            lines.append(f"| {name} | none held it | - | - | - |")
+    lines += ["", "## Curves (params, val %, test % after each stage)", ""]
+    for name, points in curves:
+        lines.append(f"- {name}: " + "; ".join(f"{p:,} / {v:.2f} / {t:.2f}" for p, v, t in points))
+    best = max(runs, key=lambda r: r.stages[-1].val) if runs else None  # by validation
+    values = {"ikd_test": f"{ikd_test:.2f}"}
+    if best is not None:
+        values |= {
+            "best_peer": best.name.replace(" ", ""),
+            "ikd_minus_best_peer": f"{ikd_test - best.stages[-1].test:.2f}",
+        }
+        lines += [
+            "",
+            f"Best Torch-Pruning variant by validation: {best.name}, test {best.stages[-1].test:.2f}%; "
+            f"ikd minus it: {ikd_test - best.stages[-1].test:+.2f} test points at "
+            f"{best.stages[-1].params / answer.params:.2f}x ikd's parameters.",
+        ]
+    if len(runs) > 1:
+        spread = statistics.pstdev(r.stages[-1].test for r in runs)
+        lines.append(f"Spread of the Torch-Pruning variants' test accuracy: {spread:.2f} points (population sd).")
+    return "\n".join(lines), values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ikd-run", metavar="DIR", help="a finished `ikd compress` run directory to replay")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--importances", nargs="+", default=list(IMPORTANCES), choices=list(IMPORTANCES))
+    parser.add_argument("--losses", nargs="+", default=["ce", "kd"], choices=["ce", "kd"])
+    parser.add_argument("--granularity", type=int, default=400, help="pruning steps that would remove every channel")
+    parser.add_argument("--markdown", help="also write the record to this file")
+    parser.add_argument("--note", action="append", default=[], help="a line added to the record")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized digits run of its own, l1 only")
+    parser.add_argument("--quiet", action="store_true", help="(no progress bars either way)")
+    args = parser.parse_args()
+    if not args.quick and not args.ikd_run:
+        parser.error("--ikd-run is required (or --quick)")
+
+    with tempfile.TemporaryDirectory(prefix="ikd-peer-") as scratch:
+        run_dir = quick_run(Path(scratch)) if args.quick else Path(args.ikd_run)
+        if args.quick:
+            args.importances = ["l1"]
+        lineage = RunDir(run_dir).load()
+        if lineage.final().status not in (Status.ACCEPTED, Status.FINAL):
+            raise SystemExit(f"peer_torch_pruning.py: {run_dir}: no accepted student to compare with")
+        config = CampaignConfig.model_validate(lineage.config)
+        data_config = config.data
+        data = load_dataset(
+            data_config.name,
+            args.data_dir,
+            val_fraction=data_config.val_fraction,
+            split_seed=data_config.split_seed,
+            image_size=data_config.image_size,
+        )
+        teacher, _ = load_model(RunDir(run_dir).node_dir(lineage.root().id))
+        runs = [
+            replay(args, config, lineage, teacher, data, importance, loss)
+            for importance in args.importances
+            for loss in args.losses
+        ]
+    body, values = report(lineage, runs, args.granularity)
+    text = "\n".join(
+        [
+            f"Machine: {machine_line()}.",
+            f"ikd run: `{run_dir if not args.quick else 'quick (digits, smoke-sized)'}`.",
+            "",
+            body,
+            *(["", *[f"- {note}" for note in args.note]] if args.note else []),
+        ]
+    )
+    publish(text, args.markdown, "Torch-Pruning beside ikd: same teacher, data, epochs and loss")
+    print_result(values)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
