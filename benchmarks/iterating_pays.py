@@ -5,8 +5,9 @@ base config with some of issue 18's upgrades switched on (`slim`, `final`, `dkd`
 `+`; `none` is the base config as it is). `--baselines` trains the final student's architecture from
 scratch and by one-shot KD from the root, for as many epochs as the final student's chain spent
 (final distillation included), so every row compares three ways of training one architecture at an
-equal epoch budget. The seed changes the students' initialisation and data order (the teacher and
-the validation split stay). Decisions use validation only; test accuracy is reported.
+equal epoch budget. The seed changes the students' initialisation and data order; the validation
+split stays, and so does the teacher when `--teacher` names one (else each run trains its own, and
+each row's drop is from its own teacher). Decisions use validation only; test accuracy is reported.
 
 A variant x seed whose run directory already holds a campaign is resumed by `ikd compress` (a
 finished one just reloads), so an interrupted benchmark picks up where it stopped; times are read
@@ -46,7 +47,7 @@ UPGRADES: dict[str, dict] = {
 def merged(base: dict, overlay: dict) -> dict:
     out = dict(base)
     for key, value in overlay.items():
-        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = merged(base.get(key) or {}, value) if isinstance(value, dict) else value
     return out
 
 
@@ -94,7 +95,7 @@ class Row:
 
     def stopped_early(self) -> int:
         return sum(
-            1 for n in self.lineage.students() if n.status == Status.REJECTED and n.reason.startswith("stopped after")
+            1 for n in self.lineage.students() if n.status == Status.REJECTED and "stopped after epoch" in n.reason
         )
 
 

@@ -45,8 +45,10 @@ def time_once(run_dir: Path, node_id: str, repeats: int) -> dict[str, dict[str, 
         ms = {(n, m.runtime): m.median_ms for n, entries in measured.items() for m in entries if m.batch == 1}
         return {runtime: ms[(teacher_id, runtime)] / ms[(node_id, runtime)] for runtime in RUNTIMES}
 
-    interleaved = speedups(measure_latencies(timed, repeats))
-    one_by_one = speedups({name: measure_latencies({name: timed[name]}, repeats, rounds=1)[name] for name in timed})
+    interleaved = speedups(measure_latencies(timed, repeats, batches=(1,)))
+    one_by_one = speedups(
+        {name: measure_latencies({name: timed[name]}, repeats, rounds=1, batches=(1,))[name] for name in timed}
+    )
     return {"interleaved": interleaved, "one-by-one": one_by_one}
 
 

@@ -9,12 +9,17 @@ epochs along the same size schedule, from the same teacher weights.
 
 Pruning is global (one ranking across layers, so widths end uneven, as Network Slimming's and ikd's
 slim operator's do), in small steps (`--granularity` steps would remove every channel), the
-classifier's output layer kept. Importances (Torch-Pruning's own classes):
-  l1     filter L1 norm of each conv, as Li et al. 2017 (MagnitudeImportance p=1, first layer of the group)
-  bn     BatchNorm scale, as Network Slimming (BNScaleImportance); fine-tuned with the run's bn_sparsity
+classifier's output layer kept, no layer below one channel. Importances (Torch-Pruning's own classes):
+  l1     filter L1 norm of each conv, as Li et al. 2017, over its layer's mean (MagnitudeImportance p=1)
+  bn     raw BatchNorm |scale|, one global threshold, as Network Slimming (BNScaleImportance); fine-tuned
+         with Network Slimming's L1 term on the scales (the run's bn_sparsity, at least 1e-4). Stage 1
+         prunes the teacher as it was trained (no sparsity term), as ikd's slim operator does
   group  DepGraph's group L2 norm over every coupled layer (GroupMagnitudeImportance p=2)
 Losses: `ce` (cross-entropy, the library's usual fine-tuning) and `kd` (ikd's own distillation
-objective from the root teacher, with the run's loss settings, hint included).
+objective from the root teacher, with the run's loss settings, hint included; teacher outputs cached
+when ikd would cache them, i.e. without augmentation). Two differences remain and are stated in the
+record: each ikd student learns from its parent (the peer always from the root), and a chain node's
+epochs include any two-stage hint epochs, which the peer spends on its joint loss.
 
 Every choice uses validation; test accuracy is reported. Torch-Pruning is a dev dependency only.
 """
@@ -51,8 +56,11 @@ except ImportError:  # a one-line reason rather than a traceback
     raise SystemExit("peer_torch_pruning.py: needs torch-pruning (pip install -e '.[dev]')") from None
 
 IMPORTANCES = {
-    "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
-    "bn": lambda: tp.importance.BNScaleImportance(),
+    # each layer's norms over their mean: raw filter L1 grows with fan-in, so one global ranking of raw
+    # norms would empty the first layers (Li et al. prune layer by layer; this is its global form)
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1, normalizer="mean", group_reduction="first"),
+    # raw |gamma| under one global threshold, as Network Slimming
+    "bn": lambda: tp.importance.BNScaleImportance(normalizer=None),
     "group": lambda: tp.importance.GroupMagnitudeImportance(p=2),
 }
 
@@ -88,7 +96,8 @@ def stage_plan(lineage: Lineage) -> list[Stage]:
 def sync_spec(model: VGG) -> None:
     """Give a pruned ikd VGG the spec of its new widths (the objective's hint pairing and the record read it)."""
     blocks = [[m.out_channels for m in block if isinstance(m, torch.nn.Conv2d)] for block in model.blocks]
-    model.spec = model.spec.model_copy(update={"blocks": blocks})
+    head = [m.out_features for m in model.head if isinstance(m, torch.nn.Linear)][:-1]
+    model.spec = model.spec.model_copy(update={"blocks": blocks, "head": head})
 
 
 def params_of(model: torch.nn.Module) -> int:
@@ -98,8 +107,9 @@ def params_of(model: torch.nn.Module) -> int:
 def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, importance: str, loss: str) -> PeerRun:
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
+    teacher = teacher.to(device).eval()
     model = copy.deepcopy(teacher)
-    example = torch.randn(1, data.in_channels, data.image_size, data.image_size)
+    example = torch.randn(1, data.in_channels, data.image_size, data.image_size, device=device)
     pruner = tp.pruner.MetaPruner(
         model,
         example,
@@ -112,6 +122,8 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, i
     )
     run = PeerRun(importance, loss, stage_plan(lineage))
     student = config.student
+    augment = student.augment if student.augment is not None else data.augment
+    cached = student.cache_teacher and augment == "none"  # ikd's own rule (ikd.distil)
     caches: dict[int | None, object] = {}
     for k, stage in enumerate(run.stages):
         started = time.perf_counter()
@@ -120,7 +132,9 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, i
         sync_spec(model)
         stage.params = params_of(model)
         objective = None
-        if loss == "kd":
+        if loss == "kd" and not cached:
+            objective = build_objective(model, teacher, config.loss, seed=config.seed + k)
+        elif loss == "kd":
             block = teacher_hint_block(model.spec, teacher, config.loss)
             if block not in caches:
                 caches[block] = cache_teacher_outputs(
@@ -178,7 +192,9 @@ def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str
         f"Teacher: {root.arch_summary()}, {root.params:,} params, val {teacher_val:.2f}%, test {teacher_test:.2f}%.",
         f"Budget: {epochs} epochs along the chain's size schedule "
         f"({', '.join(f'{s.target_params:,}:{s.epochs}' for s in runs[0].stages) if runs else '-'}; params:epochs); "
-        f"Torch-Pruning {tp.__version__}, global pruning in steps of 1/{granularity} of the channels.",
+        f"Torch-Pruning {tp.__version__}, global pruning in steps of 1/{granularity} of the channels. "
+        "Left different: each ikd student learns from its parent, the peer from the root; ikd's epochs include "
+        "any two-stage hint epochs, which the peer spends on its joint loss.",
         "",
         "## At the final size",
         "",

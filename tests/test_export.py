@@ -276,8 +276,8 @@ def test_models_are_timed_interleaved_and_a_slow_round_is_dropped():
         return run_once
 
     ms = min_of_medians({"teacher": runner("teacher"), "student": runner("student")}, repeats=4, rounds=2)
-    # warm-up of each, then rounds in turn: teacher x4, student x4, teacher x4, ...
-    assert calls == ["teacher"] * 3 + ["student"] * 3 + (["teacher"] * 4 + ["student"] * 4) * 2
+    # warm-up of each, then rounds in turn, the order rotating: teacher x4, student x4, student x4, teacher x4
+    assert calls == ["teacher"] * 3 + ["student"] * 3 + ["teacher"] * 4 + ["student"] * 8 + ["teacher"] * 4
     assert (
         2 <= ms["teacher"] < 10 and 2 <= ms["student"] < 10
     )  # the 20 ms round did not count (a mean or median of the two would)

@@ -37,17 +37,21 @@ def cpu_session(graph: bytes, threads: int) -> onnxruntime.InferenceSession:
 def min_of_medians(runners: dict[str, Callable[[], object]], repeats: int, rounds: int) -> dict[str, float]:
     """Milliseconds per call of each runner: the smallest of `rounds` medians of `repeats` timed calls.
 
-    The runners are interleaved, round by round (after a warm-up of each), so a slow moment -- another
-    process, a frequency change -- falls on every model alike instead of on whichever was being timed
-    then; the minimum over rounds then drops the rounds it hit. Timing a teacher and its student one
-    after the other, each once, gave the same teacher 2.46, 2.82 and 5.05 ms in three rows.
+    The runners are interleaved, round by round (after a warm-up of each), their order rotating each
+    round, so a slow moment -- another process, a frequency change -- falls on every model alike
+    instead of on whichever was being timed then; the minimum over rounds then drops the rounds it hit.
+    Timing a teacher and its student one after the other, each once, gave the same teacher 2.46, 2.82
+    and 5.05 ms in three rows.
     """
     for run_once in runners.values():
         for _ in range(WARMUP_RUNS):  # first runs allocate buffers and pick kernels
             run_once()
     medians: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run_once in runners.items():
+    names = list(runners)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run_once = runners[name]
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -68,9 +72,12 @@ Timed = tuple[VGG, dict[str, Any], bytes]  # a model, its dataset metadata (mean
 
 
 def measure_latencies(
-    models: dict[str, Timed], repeats: int | None = None, rounds: int = LATENCY_ROUNDS
+    models: dict[str, Timed],
+    repeats: int | None = None,
+    rounds: int = LATENCY_ROUNDS,
+    batches: tuple[int, ...] = tuple(LATENCY_REPEATS),
 ) -> dict[str, list[Latency]]:
-    """Each model's ms per forward at each LATENCY_REPEATS batch size, with onnxruntime and PyTorch, on
+    """Each model's ms per forward at each of `batches` (default: LATENCY_REPEATS'), with onnxruntime and PyTorch, on
     the CPU, all timed together (min_of_medians): models meant to be compared must be measured in one call.
 
     Both runtimes run the same computation (normalisation included) with the same number of threads:
@@ -84,10 +91,10 @@ def measure_latencies(
     generator = torch.Generator().manual_seed(0)
     measured: dict[str, list[Latency]] = {name: [] for name in models}
     with torch.inference_mode():
-        for batch, default_repeats in LATENCY_REPEATS.items():
+        for batch in batches:
             images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
             feeds = {name: {s.get_inputs()[0].name: images.numpy()} for name, s in sessions.items()}
-            count = repeats or default_repeats
+            count = repeats or LATENCY_REPEATS.get(batch, 10)
             for runtime in RUNTIMES:
                 runners = {
                     name: _runner(sessions[name], feeds[name])
