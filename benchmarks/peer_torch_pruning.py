@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -270,6 +271,7 @@ def main() -> int:
     parser.add_argument("--losses", nargs="+", default=["ce", "kd"], choices=["ce", "kd"])
     parser.add_argument("--granularity", type=int, default=400, help="pruning steps that would remove every channel")
     parser.add_argument("--markdown", help="also write the record to this file")
+    parser.add_argument("--results", help="JSON of finished variants: reused on a rerun of the same replay")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
     parser.add_argument("--quick", action="store_true", help="a smoke-sized digits run of its own, l1 only")
     parser.add_argument("--quiet", action="store_true", help="(no progress bars either way)")
@@ -294,11 +296,23 @@ def main() -> int:
             image_size=data_config.image_size,
         )
         teacher, _ = load_model(RunDir(run_dir).node_dir(lineage.root().id))
-        runs = [
-            replay(args, config, lineage, teacher, data, importance, loss)
-            for importance in args.importances
-            for loss in args.losses
-        ]
+        # Finished variants are kept in --results as they end, so a long replay can stop and go on.
+        results_file = Path(args.results) if args.results else None
+        key = {"ikd_run": str(run_dir), "granularity": args.granularity}
+        stored = json.loads(results_file.read_text()) if results_file and results_file.exists() else {}
+        if stored.get("key") != key:
+            stored = {"key": key, "runs": {}}
+        runs = []
+        for importance in args.importances:
+            for loss in args.losses:
+                name = f"{importance}+{loss}"
+                if name in stored["runs"]:
+                    runs.append(PeerRun(importance, loss, [Stage(**st) for st in stored["runs"][name]]))
+                    continue
+                runs.append(replay(args, config, lineage, teacher, data, importance, loss))
+                if results_file:
+                    stored["runs"][name] = [asdict(st) for st in runs[-1].stages]
+                    results_file.write_text(json.dumps(stored, indent=1))
     body, values = report(lineage, runs, args.granularity)
     text = "\n".join(
         [

@@ -209,8 +209,12 @@ def test_iterating_pays_quick(tmp_path):
 
 def test_peer_torch_pruning_quick(tmp_path):
     pytest.importorskip("torch_pruning")
-    out = run_quick("peer_torch_pruning.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    results = tmp_path / "peer.json"
+    out = run_quick(
+        "peer_torch_pruning.py", "--markdown", str(tmp_path / "record.md"), "--results", str(results), tmp_path=tmp_path
+    )
     assert out.strip().splitlines()[-1].startswith("RESULT ikd_test=")
+    assert set(json.loads(results.read_text())["runs"]) == {"l1+ce", "l1+kd"}  # kept as each variant ended
     record = (tmp_path / "record.md").read_text()
     # the peer pruned to no more than the ikd student's parameters, with both fine-tuning losses
     ikd_params = int(record.split("| ikd (`g1-")[1].split("|")[1].replace(",", ""))
