@@ -13,6 +13,7 @@ from ikd.data import (
     ImageSet,
     augment_batch,
     crop_padding,
+    cutout_size,
     iterate_batches,
     normalize,
 )
@@ -46,7 +47,7 @@ def windows(x: torch.Tensor, p: int, flips: bool, reflect: bool = False) -> list
 
 def test_padding_rule():
     assert [crop_padding(s) for s in (8, 16, 28, 32, 64)] == [1, 2, 3, 4, 8]
-    assert AUGMENTATIONS == ("none", "crop", "crop-flip", "reflect-crop-flip")
+    assert AUGMENTATIONS == ("none", "crop", "crop-flip", "reflect-crop-flip", "reflect-crop-flip-cutout")
 
 
 @pytest.mark.parametrize("kind", ["crop", "crop-flip", "reflect-crop-flip"])
@@ -94,7 +95,8 @@ def test_augment_deterministic_with_generator_and_none_is_identity():
 def test_augment_kind_validated():
     with pytest.raises(
         DataError,
-        match=r"augment='flip' is not a known augmentation; expected one of: none, crop, crop-flip, reflect-crop-flip$",
+        match=r"augment='flip' is not a known augmentation; expected one of: none, crop, crop-flip, "
+        r"reflect-crop-flip, reflect-crop-flip-cutout$",
     ):
         augment_batch(images(n=2), "flip")
     with pytest.raises(ValueError):
@@ -173,3 +175,22 @@ def test_iterate_does_not_modify_data():
     for _ in iterate_batches(data, 50, mean=(0.5,), std=(0.5,), augment="crop"):
         pass
     assert torch.equal(before, data.images)
+
+
+def test_cutout_blanks_one_clipped_square_per_image_to_the_mean():
+    data = ImageSet(torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)
+    ((x, _),) = iterate_batches(
+        data, 64, mean=mean, std=std, augment="reflect-crop-flip-cutout", generator=torch.Generator().manual_seed(0)
+    )
+    blank = (x == 0).all(dim=1)  # (N, H, W): every channel at the mean
+    side = cutout_size(32)
+    assert side == 12
+    for image in blank:
+        rows, cols = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+        assert 0 < image.sum() <= side * side  # one square, clipped at the border
+        assert image.sum() == len(rows) * len(cols)  # a rectangle: every blank row has the same blank columns
+        assert len(rows) <= side and len(cols) <= side
+        assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
+    assert (blank.sum((1, 2)) == side * side).float().mean() > 0.3  # most squares lie whole inside
+    assert not torch.equal(blank[0], blank[1])  # each image its own square

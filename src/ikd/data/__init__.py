@@ -8,6 +8,7 @@ from ikd.data.batches import (
     Augmentation,
     augment_batch,
     crop_padding,
+    cutout_size,
     iterate_batches,
     normalize,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ImageSet",
     "augment_batch",
     "crop_padding",
+    "cutout_size",
     "iterate_batches",
     "load_dataset",
     "normalize",
