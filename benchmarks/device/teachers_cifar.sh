@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# CIFAR-10 teachers with `ikd train`'s recipe on any CUDA machine (issue 17), from the repository root:
+#   CIFAR10_DIR=/data/cifar10 bash benchmarks/device/teachers_cifar.sh
+# TEACHERS lists ARCH:VARIANT runs, in order; a variant is the defaults plus its flags (VARIANTS
+# below), so one GPU session can measure the recipe and one change at a time. Each run's record
+# (benchmarks/teacher.py --existing: per-epoch raw and EMA validation accuracy, images/s, test
+# accuracy of the saved weights) lands in $OUT as it ends, with the model.json files in
+# teachers.tar.gz; weights stay under runs/teachers-device/. First it times a bf16 matmul on the
+# GPU, so the records' images/s can be set against the GPU's measured peak (gpu.txt).
+# With HARD_LIMIT_S > 0 each run gets `--time-limit` for what is left, so it stops at an epoch
+# boundary, saves its state, and the same command resumes it later. Data as paper_cifar.sh.
+set -uo pipefail
+OUT=${OUT:-runs/device-out}
+PYTHON=${PYTHON:-python3}
+CIFAR10_DIR=${CIFAR10_DIR-}
+EPOCHS=${EPOCHS:-30}
+HARD_LIMIT_S=${HARD_LIMIT_S:-0}  # 0: no limit
+TEACHERS=${TEACHERS-"vgg16:default vgg19:default vgg16:cutout"}
+declare -A VARIANTS=(
+    [default]=""
+    [cutout]="--augment reflect-crop-flip-cutout"
+    [wd1e-3]="--weight-decay 1e-3"
+    [no-ema]="--ema-epochs 0"
+    [no-ls]="--label-smoothing 0"
+    [b512]="--batch-size 512 --lr 0.2"
+)
+mkdir -p "$OUT"
+
+export PYTHONPATH=$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
+    [ -d .device/wheels ] || { echo "teachers_cifar.sh: pydantic missing; run 'pip install -e .' (or prepare.sh for an offline machine)" >&2; exit 2; }
+    "$PYTHON" -m pip install -q --no-index --find-links .device/wheels --target .device/site pydantic || exit 2
+fi
+"$PYTHON" -c "import ikd.cli" || { echo "teachers_cifar.sh: ikd does not import; run 'pip install -e .'" >&2; exit 2; }
+for run in $TEACHERS; do
+    [ -n "${VARIANTS[${run#*:}]+set}" ] || { echo "teachers_cifar.sh: $run: unknown variant ${run#*:}; expected one of ${!VARIANTS[*]}" >&2; exit 2; }
+done
+
+if [ -n "$CIFAR10_DIR" ]; then
+    data_dir=$CIFAR10_DIR
+elif [ -f .device/cifar10-jpeg75/build_batches.py ]; then
+    data_dir=.cache/data
+    "$PYTHON" .device/cifar10-jpeg75/build_batches.py "$data_dir" || exit 2
+else
+    echo "teachers_cifar.sh: no CIFAR-10: set CIFAR10_DIR, or run benchmarks/device/prepare.sh first" >&2
+    exit 2
+fi
+[ -d "$data_dir/cifar-10-batches-py" ] && data_dir=$data_dir/cifar-10-batches-py
+
+# The GPU's measured bf16 matmul rate: the reference for "fraction of peak" (training FLOPs = 6 x MACs).
+"$PYTHON" - >"$OUT/gpu.txt" <<'EOF'
+import time, torch
+name = torch.cuda.get_device_name()
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+for _ in range(3):
+    a @ a
+torch.cuda.synchronize()
+start, n = time.perf_counter(), 50
+for _ in range(n):
+    a @ a
+torch.cuda.synchronize()
+tflops = 2 * 8192**3 * n / (time.perf_counter() - start) / 1e12
+print(f"{name}: measured bf16 matmul {tflops:.0f} TFLOP/s (8192^3, {n} runs), torch {torch.__version__}")
+EOF
+cat "$OUT/gpu.txt"
+
+for run in $TEACHERS; do
+    arch=${run%%:*} variant=${run#*:} limit=()
+    if ((HARD_LIMIT_S > 0)); then
+        left=$((HARD_LIMIT_S - SECONDS))
+        if ((left < 60)); then echo "teachers_cifar.sh: $run not started: ${left} s left"; continue; fi
+        limit=(--time-limit "$((left - 30))s")
+    fi
+    out_dir=runs/teachers-device/$arch-$variant
+    # shellcheck disable=SC2086  # a variant is a list of flags
+    "$PYTHON" -m ikd train --dataset cifar10 --data-dir "$data_dir" --arch "$arch" --epochs "$EPOCHS" \
+        --out "$out_dir" ${VARIANTS[$variant]} "${limit[@]}" --quiet
+    code=$?
+    echo "teachers_cifar.sh: $run ended (exit $code) at ${SECONDS} s"
+    if [ "$code" = 0 ]; then
+        # shellcheck disable=SC2086
+        "$PYTHON" benchmarks/teacher.py --existing --dataset cifar10 --data-dir "$data_dir" --arch "$arch" \
+            --epochs "$EPOCHS" --out "$out_dir" --markdown "$OUT/teacher_cifar10_$arch-$variant.md" \
+            --label "CIFAR-10 (JPEG-Q75)" --note "variant $variant: ${VARIANTS[$variant]:-the defaults}; $(cat "$OUT/gpu.txt")" \
+            -- ${VARIANTS[$variant]} | tail -1
+    fi
+    tar czf "$OUT/teachers.tar.gz" --exclude='*.safetensors' --exclude='*.pt' runs/teachers-device 2>/dev/null
+done
+echo "teachers_cifar.sh: done at ${SECONDS} s"
