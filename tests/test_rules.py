@@ -195,26 +195,3 @@ def test_the_floor_is_the_stricter_of_both_tolerances():
     assert rules.floor(parent, root, search) == pytest.approx(0.885)  # parent - 0.5 beats root - 2
     assert rules.floor(node("p", 0.95), root, search) == pytest.approx(0.945)
     assert rules.floor(node("p", 0.88), node("root", 0.95), search) == pytest.approx(0.93)
-
-
-# Curves of an MNIST campaign (benchmarks/results/iterating_pays.md, seed 0; one-cycle, 5 epochs per
-# child, floor 99.12%): the candidates' own first epochs said nothing about the late gains.
-G5_DEPTH = [0.9867, 0.9908, 0.9905, 0.9913, 0.9923]  # parent of g6-depth, accepted at 99.23%
-G4_SLIM = [0.9683, 0.9808, 0.9880, 0.9890, 0.9913]  # parent of g5-slim50
-
-
-@pytest.mark.parametrize(
-    "curve,reference,slack,stops",
-    [
-        ([0.9898, 0.9898], G5_DEPTH, 1.0, False),  # 98.98 + 1 x (99.23 - 99.08) = 99.13: may make it
-        ([0.9898, 0.9898], None, 2.0, True),  # its own best gain is 0: the old rule stopped it
-        ([0.9753, 0.9742], G4_SLIM, 1.0, True),  # 97.42 + 1 x (99.13 - 98.08) = 98.47 < 99.12
-        ([0.9753, 0.9742], G4_SLIM, 2.0, False),  # ... + 2 x 1.05 = 99.52: not at slack 2
-        ([0.9753, 0.9742], G4_SLIM[:4], 1.0, True),  # a reference of another length: the own-gain rule
-    ],
-)
-def test_hopeless_with_the_parents_curve_expects_the_parents_late_gains(curve, reference, slack, stops):
-    reason = rules.hopeless(curve, 5, needed=0.9912, slack=slack, reference=reference)
-    assert (reason is not None) == stops, reason
-    if reason is not None and reference is not None and len(reference) == 5:
-        assert "its parent's gain from epoch 2" in reason

@@ -220,8 +220,6 @@ class Campaign:
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
                     floor=rules.floor(parent, self.lineage.root(), self.search),
-                    # a student parent trained on the children's schedule; the root did not
-                    reference_curve=parent.val_curve if parent.kind is NodeKind.STUDENT else None,
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, [], False
@@ -284,11 +282,9 @@ class Campaign:
         status: Status,
         parent_id: str | None,
         floor: float | None = None,
-        reference_curve: list[float] | None = None,
     ) -> None:
         """Train `candidates` in one pass (plain CE when `teacher_ids` is empty) and record each;
-        `floor` is the validation accuracy they must reach and `reference_curve` their parent's
-        per-epoch validation accuracy (for early rejection)."""
+        `floor` is the validation accuracy they must reach (for early rejection)."""
         # Every session trains at least one pass's epoch, so a limit shorter than start-up still progresses.
         if self.passes_done and self.ctx.time_is_up():
             raise CampaignPaused(self.lineage, self.ctx.run.path)
@@ -301,7 +297,6 @@ class Campaign:
             inherit_from=inherit_from,
             epochs=epochs,
             floor=floor,
-            reference_curve=reference_curve,
         )
         train_students(
             self.ctx,

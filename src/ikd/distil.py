@@ -41,7 +41,6 @@ def plan_pass(
     inherit_from: str | None,
     epochs: int,
     floor: float | None = None,
-    reference_curve: list[float] | None = None,
 ) -> TrainingPass:
     student, ensemble = ctx.config.student, ctx.config.ensemble
     augment = student.augment if student.augment is not None else ctx.data.augment
@@ -61,7 +60,6 @@ def plan_pass(
         state_root=str(ctx.state_root) if ctx.config.executor.kind == "local" else None,
         deadline=ctx.deadline,
         floor=floor,
-        reference_curve=tuple(reference_curve) if reference_curve else None,
         early_slack=ctx.config.search.early_rejection or None,
     )
 

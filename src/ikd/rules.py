@@ -44,34 +44,21 @@ def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
     )
 
 
-def hopeless(
-    curve: list[float], epochs: int, needed: float, slack: float, reference: list[float] | None = None
-) -> str | None:
+def hopeless(curve: list[float], epochs: int, needed: float, slack: float) -> str | None:
     """Why a candidate with validation accuracies `curve` after its first epochs (of `epochs`) can
-    be stopped now, or None (train on). Never before its second epoch nor after its last.
-
-    With `reference`, the per-epoch curve of a model trained on the same schedule (its parent, in a
-    campaign; same number of epochs): the candidate is expected to gain at most `slack` times what
-    the reference gained from this epoch to its best, and stops when even that leaves it below
-    `needed`. A schedule that decays the learning rate makes most of its gains in the last epochs,
-    which the reference shows and the candidate's own early epochs do not. Without one: `slack` times
-    its own best single-epoch gain so far, in each epoch left.
-    """
+    be stopped now: even gaining `slack` times its best single-epoch gain so far in each epoch left,
+    it would stay below `needed`. Never before its second epoch (no gain seen yet) nor after its
+    last; None means train on."""
     done, left = len(curve), epochs - len(curve)
     if done < 2 or left <= 0:
         return None
-    if reference is not None and len(reference) == epochs:
-        gain = max(0.0, max(reference[done - 1 :]) - reference[done - 1])
-        reachable = max(max(curve), curve[-1] + slack * gain)
-        expected = (
-            f"val {points(curve[-1]):.2f}% + {slack:g} x {points(gain):.2f} (its parent's gain from epoch {done})"
-        )
-    else:
-        gain = max(0.0, *(b - a for a, b in pairwise(curve)))
-        reachable = max(curve) + slack * gain * left
-        expected = f"val {points(max(curve)):.2f}% + {left} x {slack:g} x {points(gain):.2f} (its best epoch gain)"
+    best_gain = max(0.0, *(b - a for a, b in pairwise(curve)))
+    reachable = max(curve) + slack * best_gain * left
     if falls_short(points(reachable), points(needed), 0.0):
-        return f"stopped after epoch {done}/{epochs}: {expected} < {points(needed):.2f}% needed"
+        return (
+            f"stopped after epoch {done}/{epochs}: val {points(max(curve)):.2f}% + {left} x {slack:g} x "
+            f"{points(best_gain):.2f} (its best epoch gain) < {points(needed):.2f}% needed"
+        )
     return None
 
 

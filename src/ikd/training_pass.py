@@ -64,10 +64,9 @@ class TrainingPass:
     # Resumable passes save their training state after every epoch under state_root/<node ids>/stage-<k>.
     state_root: str | None = None
     deadline: float | None = None  # wall-clock (time.time()): stop at the last epoch boundary before it
-    # Early rejection (rules.hopeless): the validation accuracy the candidates must reach, their
-    # parent's per-epoch validation curve (what the same schedule gained late), and the slack.
+    # Early rejection: the validation accuracy the candidates must reach, and how much of their best
+    # epoch gain so far they may still be expected to make per epoch left (rules.hopeless).
     floor: float | None = None
-    reference_curve: tuple[float, ...] | None = None
     early_slack: float | None = None
 
     def split(self) -> list[TrainingPass]:
@@ -88,8 +87,7 @@ class TrainingPass:
 
         def hopeless_candidate(description: str, history: list[EpochRecord]) -> str | None:
             curve = [r.kept_accuracy for r in history]
-            reference = list(self.reference_curve) if self.reference_curve else None
-            return hopeless(curve, epochs, floor, slack, reference)
+            return hopeless(curve, epochs, floor, slack)
 
         return hopeless_candidate
 
