@@ -8,8 +8,9 @@ ikd run is matched by as many fine-tuning epochs at the final size. So both meth
 epochs along the same size schedule, from the same teacher weights.
 
 Pruning is global (one ranking across layers, so widths end uneven, as Network Slimming's and ikd's
-slim operator's do), in small steps (`--granularity` steps would remove every channel), the
-classifier's output layer kept, no layer below one channel. Importances (Torch-Pruning's own classes):
+slim operator's do) or local (every layer loses the same share of its channels, Torch-Pruning's
+default), in small steps (`--granularity` steps would remove every channel), the classifier's output
+layer kept, no layer below one channel. Importances (Torch-Pruning's own classes):
   l1     filter L1 norm of each conv, as Li et al. 2017, over its layer's mean (MagnitudeImportance p=1)
   bn     raw BatchNorm |scale|, one global threshold, as Network Slimming (BNScaleImportance); fine-tuned
          with Network Slimming's L1 term on the scales (the run's bn_sparsity, at least 1e-4). Stage 1
@@ -74,17 +75,37 @@ class Stage:
     val: float = 0.0
     test: float = 0.0
     seconds: float = 0.0
+    arch: str = ""
 
 
 @dataclass
 class PeerRun:
     importance: str
     loss: str
+    scope: str
     stages: list[Stage] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return f"torch-pruning {self.importance} + {self.loss}"
+        return f"torch-pruning {self.importance} {self.scope} + {self.loss}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.importance}+{self.loss}+{self.scope}"
+
+
+def parse_variant(text: str) -> tuple[str, str, str]:
+    parts = text.split("+")
+    if (
+        len(parts) != 3
+        or parts[0] not in IMPORTANCES
+        or parts[1] not in ("ce", "kd")
+        or parts[2] not in ("global", "local")
+    ):
+        raise SystemExit(
+            f"peer_torch_pruning.py: variant {text!r}: expected IMPORTANCE+LOSS+SCOPE, e.g. group+kd+local"
+        )
+    return parts[0], parts[1], parts[2]
 
 
 def stage_plan(lineage: Lineage) -> list[Stage]:
@@ -105,7 +126,7 @@ def params_of(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, importance: str, loss: str) -> PeerRun:
+def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, run: PeerRun) -> PeerRun:
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     teacher = teacher.to(device).eval()
@@ -114,14 +135,14 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, i
     pruner = tp.pruner.MetaPruner(
         model,
         example,
-        importance=IMPORTANCES[importance](),
-        global_pruning=True,
+        importance=IMPORTANCES[run.importance](),
+        global_pruning=run.scope == "global",
         pruning_ratio=1.0,
         max_pruning_ratio=0.99,
         iterative_steps=args.granularity,
         ignored_layers=[model.head[-1]],
     )
-    run = PeerRun(importance, loss, stage_plan(lineage))
+    run.stages = stage_plan(lineage)
     student = config.student
     augment = student.augment if student.augment is not None else data.augment
     cached = student.cache_teacher and augment == "none"  # ikd's own rule (ikd.distil)
@@ -131,11 +152,11 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, i
         while params_of(model) > stage.target_params and pruner.current_step < args.granularity:
             pruner.step()
         sync_spec(model)
-        stage.params = params_of(model)
+        stage.params, stage.arch = params_of(model), model.spec.summary()
         objective = None
-        if loss == "kd" and not cached:
+        if run.loss == "kd" and not cached:
             objective = build_objective(model, teacher, config.loss, seed=config.seed + k)
-        elif loss == "kd":
+        elif run.loss == "kd":
             block = teacher_hint_block(model.spec, teacher, config.loss)
             if block not in caches:
                 caches[block] = cache_teacher_outputs(
@@ -155,7 +176,7 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, i
             schedule=student.schedule,
             augment=student.augment,
             ema_epochs=student.ema_epochs,
-            bn_sparsity=max(student.bn_sparsity, 1e-4) if importance == "bn" else student.bn_sparsity,
+            bn_sparsity=max(student.bn_sparsity, 1e-4) if run.importance == "bn" else student.bn_sparsity,
             precision=precision.name,
             device=device.type,
             seed=config.seed + k + 1,
@@ -167,7 +188,10 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, i
             100
             * evaluate(model, data.test, mean=data.mean, std=data.std, device=device, precision=precision)["accuracy"]
         )
-        print(f"{run.name}: stage {k + 1}/{len(run.stages)} {stage.params:,} params, val {stage.val:.2f}", flush=True)
+        print(
+            f"{run.name}: stage {k + 1}/{len(run.stages)} {stage.arch} {stage.params:,} params, val {stage.val:.2f}",
+            flush=True,
+        )
     return run
 
 
@@ -269,11 +293,17 @@ def main() -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--importances", nargs="+", default=list(IMPORTANCES), choices=list(IMPORTANCES))
     parser.add_argument("--losses", nargs="+", default=["ce", "kd"], choices=["ce", "kd"])
+    parser.add_argument("--scopes", nargs="+", default=["global"], choices=["global", "local"])
+    parser.add_argument(
+        "--variants", nargs="+", metavar="IMPORTANCE+LOSS+SCOPE", help="these, in order, instead of the product"
+    )
     parser.add_argument("--granularity", type=int, default=400, help="pruning steps that would remove every channel")
     parser.add_argument("--markdown", help="also write the record to this file")
     parser.add_argument("--results", help="JSON of finished variants: reused on a rerun of the same replay")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
-    parser.add_argument("--quick", action="store_true", help="a smoke-sized digits run of its own, l1 only")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke-sized digits run of its own; l1 global + CE, l1 local + KD"
+    )
     parser.add_argument("--quiet", action="store_true", help="(no progress bars either way)")
     args = parser.parse_args()
     if not args.quick and not args.ikd_run:
@@ -282,7 +312,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ikd-peer-") as scratch:
         run_dir = quick_run(Path(scratch)) if args.quick else Path(args.ikd_run)
         if args.quick:
-            args.importances = ["l1"]
+            args.variants = ["l1+ce+global", "l1+kd+local"]
         lineage = RunDir(run_dir).load()
         if lineage.final().status not in (Status.ACCEPTED, Status.FINAL):
             raise SystemExit(f"peer_torch_pruning.py: {run_dir}: no accepted student to compare with")
@@ -303,16 +333,19 @@ def main() -> int:
         if stored.get("key") != key:
             stored = {"key": key, "runs": {}}
         runs = []
-        for importance in args.importances:
-            for loss in args.losses:
-                name = f"{importance}+{loss}"
-                if name in stored["runs"]:
-                    runs.append(PeerRun(importance, loss, [Stage(**st) for st in stored["runs"][name]]))
-                    continue
-                runs.append(replay(args, config, lineage, teacher, data, importance, loss))
+        for variant in args.variants or [
+            f"{i}+{loss}+{scope}" for i in args.importances for loss in args.losses for scope in args.scopes
+        ]:
+            importance, loss, scope = parse_variant(variant)
+            run = PeerRun(importance, loss, scope)
+            if run.key in stored["runs"]:
+                run.stages = [Stage(**st) for st in stored["runs"][run.key]]
+            else:
+                replay(args, config, lineage, teacher, data, run)
                 if results_file:
-                    stored["runs"][name] = [asdict(st) for st in runs[-1].stages]
+                    stored["runs"][run.key] = [asdict(st) for st in run.stages]
                     results_file.write_text(json.dumps(stored, indent=1))
+            runs.append(run)
     body, values = report(lineage, runs, args.granularity)
     text = "\n".join(
         [

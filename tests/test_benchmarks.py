@@ -214,12 +214,12 @@ def test_peer_torch_pruning_quick(tmp_path):
         "peer_torch_pruning.py", "--markdown", str(tmp_path / "record.md"), "--results", str(results), tmp_path=tmp_path
     )
     assert out.strip().splitlines()[-1].startswith("RESULT ikd_test=")
-    assert set(json.loads(results.read_text())["runs"]) == {"l1+ce", "l1+kd"}  # kept as each variant ended
+    assert set(json.loads(results.read_text())["runs"]) == {"l1+ce+global", "l1+kd+local"}  # kept as each ended
     record = (tmp_path / "record.md").read_text()
     # the peer pruned to no more than the ikd student's parameters, with both fine-tuning losses
     ikd_params = int(record.split("| ikd (`g1-")[1].split("|")[1].replace(",", ""))
-    for loss in ("ce", "kd"):
-        peer_params = int(record.split(f"| torch-pruning l1 + {loss} |")[1].split("|")[0].replace(",", ""))
+    for variant in ("global + ce", "local + kd"):
+        peer_params = int(record.split(f"| torch-pruning l1 {variant} |")[1].split("|")[0].replace(",", ""))
         assert 0.9 * ikd_params <= peer_params <= ikd_params
 
 
