@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from ikd import rules
+from ikd.cli import format_lineage
 from ikd.config import CampaignConfig
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 
@@ -153,16 +154,18 @@ def mean_spread(values: list[float], digits: int = 2) -> str:
 
 def tables(rows: list[Row]) -> str:
     lines = [
-        "| variant | seed | final student | params | x | chain val | chain test | scratch test | one-shot KD test "
+        "| variant | seed | final student | params | x | chain val | scratch val | one-shot KD val | chain test "
+        "| scratch test | one-shot KD test "
         "| chain - scratch | chain - one-shot | test drop | epochs (chain + final) | search min | final min "
         "| baselines min | rejected min | stopped early |",
-        "|" + "---|" * 18,
+        "|" + "---|" * 20,
     ]
     for r in rows:
         answer = r.answer
         lines.append(
             f"| {r.variant} | {r.seed} | `{answer.id}` {answer.arch_summary()} | {answer.params:,} | "
-            f"{answer.compression:.0f} | {r.val():.2f} | {r.test():.2f} | {r.test('baseline-scratch'):.2f} | "
+            f"{answer.compression:.0f} | {r.val():.2f} | {r.val('baseline-scratch'):.2f} | "
+            f"{r.val('baseline-oneshot-kd'):.2f} | {r.test():.2f} | {r.test('baseline-scratch'):.2f} | "
             f"{r.test('baseline-oneshot-kd'):.2f} | {r.test() - r.test('baseline-scratch'):+.2f} | "
             f"{r.test() - r.test('baseline-oneshot-kd'):+.2f} | {r.test(r.teacher.id) - r.test():.2f} | "
             f"{r.lineage.epochs_spent(r.lineage.chain(answer))} | {r.minutes((NodeKind.STUDENT,)):.1f} | "
@@ -259,6 +262,9 @@ def main() -> int:
             "their epochs:",
             "",
             replay_early_rejection(rows, [1.0, 2.0, 3.0]),
+            "",
+            "Lineages (`ikd lineage RUN_DIR`):",
+            *[f"\n{r.variant}, seed {r.seed}:\n\n```\n{format_lineage(r.lineage).rstrip()}\n```" for r in rows],
             *(["", *[f"- {note}" for note in args.note]] if args.note else []),
         ]
     )
