@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ikd.config import TeacherConfig
 from ikd.runtime import cpu_name
 
 # benchmarks/common.py: a script's own directory is on sys.path
@@ -33,6 +34,34 @@ from common import print_result
 
 def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+
+
+def recorded_flags(training: dict) -> list[tuple[str, str]]:
+    """`ikd train` flags that reproduce a model.json's `training` settings, beside the defaults."""
+    recipe = TeacherConfig.model_fields
+    defaults = {name: recipe[name].default for name in TRAIN_FLAGS if name in recipe}
+    defaults |= {"seed": 0, "precision": "auto", "augment": None, "bn_sparsity": 0.0}
+    flags = []
+    for name in TRAIN_FLAGS:
+        value = training.get(name, defaults[name])
+        if value != defaults[name]:
+            flags.append((f"--{name.replace('_', '-')}", str(value)))
+    return flags
+
+
+# ikd train's flags that set a training key of the same name
+TRAIN_FLAGS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "augment",
+    "label_smoothing",
+    "ema_epochs",
+    "bn_sparsity",
+    "precision",
+    "seed",
+)
 
 
 def main() -> int:
@@ -80,6 +109,8 @@ def main() -> int:
     precision, device = training["resolved_precision"], training["resolved_device"]
     augment = training["augment"] or meta["dataset"]["augment"]
     shown = ["ikd", *command[3:]]
+    if args.existing:  # the run's own settings, where they differ from ikd train's defaults
+        shown += [token for flag in recorded_flags(training) if flag[0] not in extra for token in flag]
 
     def ema(record: dict) -> str:
         value = record.get("ema_val_accuracy")

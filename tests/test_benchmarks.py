@@ -228,3 +228,16 @@ def test_latency_stability_quick(tmp_path):
     assert out.strip().splitlines()[-1].startswith("RESULT interleaved_onnxruntime_spread=")
     record = (tmp_path / "record.md").read_text()
     assert "| interleaved | torch | " in record and "| one-by-one | onnxruntime | " in record
+
+
+def test_a_teacher_record_from_an_existing_run_names_the_flags_it_ran_with(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    teacher = importlib.import_module("teacher")
+    defaults = {"batch_size": 256, "lr": 0.1, "schedule": "linear", "label_smoothing": 0.1, "ema_epochs": 1.0}
+    assert teacher.recorded_flags(defaults | {"weight_decay": 5e-4, "seed": 0, "precision": "auto"}) == []
+    ran = defaults | {"batch_size": 128, "lr": 0.05, "augment": "reflect-crop-flip-cutout"}
+    assert teacher.recorded_flags(ran) == [
+        ("--batch-size", "128"),
+        ("--lr", "0.05"),
+        ("--augment", "reflect-crop-flip-cutout"),
+    ]
