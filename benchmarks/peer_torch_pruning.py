@@ -217,7 +217,8 @@ def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str
         f"Teacher: {root.arch_summary()}, {root.params:,} params, val {teacher_val:.2f}%, test {teacher_test:.2f}%.",
         f"Budget: {epochs} epochs along the chain's size schedule "
         f"({', '.join(f'{s.target_params:,}:{s.epochs}' for s in runs[0].stages) if runs else '-'}; params:epochs); "
-        f"Torch-Pruning {tp.__version__}, global pruning in steps of 1/{granularity} of the channels. "
+        f"Torch-Pruning {tp.__version__}, pruning (global or local, per row) in steps of 1/{granularity} "
+        "of the channels. "
         "Left different: each ikd student learns from its parent, the peer from the root; ikd's epochs include "
         "any two-stage hint epochs, which the peer spends on its joint loss.",
         "",
