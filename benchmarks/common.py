@@ -25,9 +25,11 @@ from ikd.checkpoint import load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
+from ikd.objective import DistillationObjective, LossWeights, build_objective, teacher_hint_block
 from ikd.runtime import Precision, describe_machine
 from ikd.shrink import shrink_width
 from ikd.train import TrainConfig, TrainResult, train_model
+from ikd.training_pass import TeacherOutputStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,6 +173,22 @@ def kd_setup(args: argparse.Namespace) -> KDSetup:
     if args.steps:
         data = first_train_images(data, args.steps * args.batch_size)
     return KDSetup(data, teacher.eval(), label)
+
+
+class CachedTeacherObjectives:
+    """Distillation objectives against one teacher whose outputs over the training set are computed
+    once and shared by every student (ikd's own cache, TeacherOutputStore: more hint blocks, one more
+    pass). Only for data without augmentation, as in ikd."""
+
+    def __init__(self, teacher: VGG, data: DataSplits, device: torch.device):
+        self.teacher, self.data, self.device = teacher, data, device
+        self.store = TeacherOutputStore()
+
+    def __call__(self, student: VGG, weights: LossWeights, seed: int) -> DistillationObjective:
+        block = teacher_hint_block(student.spec, self.teacher, weights)
+        blocks = {"teacher": set() if block is None else {block}}
+        [source] = self.store.sources(("teacher",), blocks, lambda _: self.teacher, self.data, self.device, False)
+        return build_objective(student, self.teacher, weights, sources=[source], seed=seed)
 
 
 def first_train_images(data: DataSplits, n: int) -> DataSplits:

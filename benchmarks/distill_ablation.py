@@ -20,18 +20,13 @@ from ikd.checkpoint import load_model, read_metadata
 from ikd.data import load_dataset
 from ikd.inherit import inherit_weights
 from ikd.model import build_model
-from ikd.objective import (
-    LossWeights,
-    build_objective,
-    cache_teacher_outputs,
-    teacher_hint_block,
-)
+from ikd.objective import LossWeights
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.shrink import shrink_depth, shrink_width
 from ikd.train import TrainConfig, evaluate, train_model
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import print_result, publish
+from common import CachedTeacherObjectives, print_result, publish
 
 
 def main() -> int:
@@ -61,7 +56,7 @@ def main() -> int:
     for _ in range(args.shrinks):
         spec = shrink_width(spec) if args.operator == "width" else shrink_depth(spec)
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    caches: dict = {}
+    objectives = CachedTeacherObjectives(teacher, data, device)
 
     def run(gamma: float, inherit: bool) -> dict:
         runs = [run_once(gamma, inherit, seed) for seed in seeds]
@@ -87,17 +82,7 @@ def main() -> int:
         if inherit:
             inherit_weights(student, teacher)
         weights = LossWeights(gamma=gamma)
-        block = teacher_hint_block(spec, teacher, weights)
-        if block not in caches:
-            caches[block] = cache_teacher_outputs(
-                teacher,
-                data.train,
-                mean=data.mean,
-                std=data.std,
-                hint_blocks=[block] if block is not None else [],
-                device=device,
-            )
-        objective = build_objective(student, teacher, weights, sources=[caches[block]], seed=seed)
+        objective = objectives(student, weights, seed)
         started = time.perf_counter()
         result = train_model(student, data, config, objective=objective, progress=False)
         test = evaluate(student, data.test, mean=data.mean, std=data.std, device=device, precision=precision)

@@ -43,14 +43,15 @@ import yaml
 
 from ikd.checkpoint import load_model
 from ikd.config import CampaignConfig
+from ikd.context import section_train_config
 from ikd.data import load_dataset
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.model import VGG
-from ikd.objective import build_objective, cache_teacher_outputs, teacher_hint_block
+from ikd.objective import build_objective
 from ikd.runtime import resolve_device, resolve_precision
-from ikd.train import TrainConfig, evaluate, train_model
+from ikd.train import evaluate, train_model
 
-from common import machine_line, print_result, publish, repo_path
+from common import CachedTeacherObjectives, machine_line, print_result, publish, repo_path
 
 try:
     import torch_pruning as tp
@@ -146,7 +147,7 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
     student = config.student
     augment = student.augment if student.augment is not None else data.augment
     cached = student.cache_teacher and augment == "none"  # ikd's own rule (ikd.distil)
-    caches: dict[int | None, object] = {}
+    objectives = CachedTeacherObjectives(teacher, data, device)
     for k, stage in enumerate(run.stages):
         started = time.perf_counter()
         while params_of(model) > stage.target_params and pruner.current_step < args.granularity:
@@ -157,30 +158,10 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
         if run.loss == "kd" and not cached:
             objective = build_objective(model, teacher, config.loss, seed=config.seed + k)
         elif run.loss == "kd":
-            block = teacher_hint_block(model.spec, teacher, config.loss)
-            if block not in caches:
-                caches[block] = cache_teacher_outputs(
-                    teacher,
-                    data.train,
-                    mean=data.mean,
-                    std=data.std,
-                    hint_blocks=[] if block is None else [block],
-                    device=device,
-                )
-            objective = build_objective(model, teacher, config.loss, sources=[caches[block]], seed=config.seed + k)
-        train_config = TrainConfig(
-            epochs=stage.epochs,
-            batch_size=student.batch_size,
-            lr=student.lr,
-            weight_decay=student.weight_decay,
-            schedule=student.schedule,
-            augment=student.augment,
-            ema_epochs=student.ema_epochs,
-            bn_sparsity=max(student.bn_sparsity, 1e-4) if run.importance == "bn" else student.bn_sparsity,
-            precision=precision.name,
-            device=device.type,
-            seed=config.seed + k + 1,
-        )
+            objective = objectives(model, config.loss, config.seed + k)
+        train_config = section_train_config(student, stage.epochs, precision, device, config.seed + k + 1)
+        if run.importance == "bn":  # Network Slimming fine-tunes with its sparsity term
+            train_config = train_config.model_copy(update={"bn_sparsity": max(student.bn_sparsity, 1e-4)})
         result = train_model(model, data, train_config, objective=objective, progress=False, description=run.name)
         stage.seconds = time.perf_counter() - started
         stage.val = 100 * result.best_val_accuracy

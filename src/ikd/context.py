@@ -101,18 +101,27 @@ class CampaignContext:
 
     def train_config(self, section: OptimConfig, epochs: int | None = None, seed_offset: int = 0) -> TrainConfig:
         """A job's optimiser settings from a config section, on the resolved device and precision."""
-        return TrainConfig(
-            epochs=epochs or section.epochs,
-            batch_size=section.batch_size,
-            lr=section.lr,
-            weight_decay=section.weight_decay,
-            schedule=section.schedule,
-            augment=section.augment,
-            ema_epochs=section.ema_epochs,
-            bn_sparsity=section.bn_sparsity,
-            # students' cross-entropy belongs to their distillation objective
-            label_smoothing=section.label_smoothing if isinstance(section, TeacherConfig) else 0.0,
-            precision=self.precision.name,
-            device=self.device.type,
-            seed=self.config.seed + seed_offset,
+        return section_train_config(
+            section, epochs or section.epochs, self.precision, self.device, self.config.seed + seed_offset
         )
+
+
+def section_train_config(
+    section: OptimConfig, epochs: int, precision: Precision, device: torch.device, seed: int
+) -> TrainConfig:
+    """The optimiser settings of a `teacher:` or `student:` section as one training job's config."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=section.batch_size,
+        lr=section.lr,
+        weight_decay=section.weight_decay,
+        schedule=section.schedule,
+        augment=section.augment,
+        ema_epochs=section.ema_epochs,
+        bn_sparsity=section.bn_sparsity,
+        # students' cross-entropy belongs to their distillation objective
+        label_smoothing=section.label_smoothing if isinstance(section, TeacherConfig) else 0.0,
+        precision=precision.name,
+        device=device.type,
+        seed=seed,
+    )
