@@ -44,7 +44,6 @@ import yaml
 from ikd.checkpoint import load_model
 from ikd.config import CampaignConfig
 from ikd.context import section_train_config
-from ikd.data import load_dataset
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.model import VGG
 from ikd.objective import build_objective
@@ -299,14 +298,7 @@ def main() -> int:
         if lineage.final().status not in (Status.ACCEPTED, Status.FINAL):
             raise SystemExit(f"peer_torch_pruning.py: {run_dir}: no accepted student to compare with")
         config = CampaignConfig.model_validate(lineage.config)
-        data_config = config.data
-        data = load_dataset(
-            data_config.name,
-            args.data_dir,
-            val_fraction=data_config.val_fraction,
-            split_seed=data_config.split_seed,
-            image_size=data_config.image_size,
-        )
+        data = config.data.model_copy(update={"dir": args.data_dir}).load()
         teacher, _ = load_model(RunDir(run_dir).node_dir(lineage.root().id))
         # Finished variants are kept in --results as they end, so a long replay can stop and go on.
         results_file = Path(args.results) if args.results else None

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from ikd.arch import PRESETS
-from ikd.data import DATASETS, Augmentation
+from ikd.data import DATASETS, Augmentation, DataSplits, load_dataset
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
@@ -65,6 +65,12 @@ class DataConfig(Strict):
     image_size: int | None = Field(
         default=None, gt=0, description="resize images to this size (imagefolder default 32)"
     )
+
+    def load(self) -> DataSplits:
+        """The dataset with this section's validation split."""
+        return load_dataset(
+            self.name, self.dir, val_fraction=self.val_fraction, split_seed=self.split_seed, image_size=self.image_size
+        )
 
 
 class OptimConfig(Strict):

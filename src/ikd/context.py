@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from ikd.config import CampaignConfig, OptimConfig, TeacherConfig, parse_duration
-from ikd.data import DataSplits, ImageSet, load_dataset
+from ikd.data import DataSplits, ImageSet
 from ikd.executor import LocalExecutor, RayExecutor
 from ikd.lineage import RunDir
 from ikd.runtime import Precision, resolve_device, resolve_precision
@@ -62,10 +62,7 @@ class CampaignContext:
     @property
     def data(self) -> DataSplits:
         if self._data is None:
-            d = self.config.data
-            self._data = load_dataset(
-                d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed, image_size=d.image_size
-            )
+            self._data = self.config.data.load()
         return self._data
 
     def executor(self) -> LocalExecutor | RayExecutor:
