@@ -116,7 +116,14 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, tiny_teacher,
         compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray"), progress=False)
 
 
-def ikd_train(*prefix: str, out: Path) -> dict:
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+def ikd_train(
+    *prefix: str, out: Path, extra: tuple[str, ...] = ("--quiet",), returncode: int = 0, stderr: list | None = None
+) -> dict | None:
+    """Run `ikd train` on digits (started by `prefix`: python, or torchrun); its model.json, if it
+    finished. Its stderr is appended to `stderr`."""
     command = [
         *prefix,
         "-m",
@@ -134,28 +141,69 @@ def ikd_train(*prefix: str, out: Path) -> dict:
         "cpu",
         "--precision",
         "fp32",
-        "--quiet",
         "--out",
         str(out),
+        *extra,
     ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads((out / "model.json").read_text())
+    assert done.returncode == returncode, done.stderr[-2000:]
+    if stderr is not None:
+        stderr.append(done.stderr)
+    return json.loads((out / "model.json").read_text()) if returncode == 0 else None
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def torchrun_straight(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("torchrun") / "straight"
+    return out, ikd_train(*TORCHRUN, out=out)
 
 
 @pytest.mark.slow
-def test_torchrun_trains_a_teacher_data_parallel_like_one_process(tmp_path):
+def test_torchrun_trains_a_teacher_data_parallel_like_one_process(tmp_path, torchrun_straight):
     alone = ikd_train(sys.executable, out=tmp_path / "alone")
-    shared = ikd_train(
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", out=tmp_path / "ddp"
-    )
+    shared = torchrun_straight[1]
     assert shared["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 32}
     assert "distributed" not in alone
     a, b = (m["metrics"]["test_of_saved_weights"]["accuracy"] for m in (alone, shared))
     assert a > 0.8 and b > 0.8  # both learned digits
     assert abs(a - b) <= 0.04  # and agree within noise (360 test images: one image is 0.28 points)
     assert len(shared["history"]) == 6 and shared["history"][-1]["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_torchrun_stopped_by_a_time_limit_resumes_bit_identically(tmp_path, torchrun_straight):
+    out = tmp_path / "resumed"
+    # every session trains at least one epoch, so a 1 s limit stops after each one; torchrun itself
+    # reports its workers' exit code 75 as a failure (1)
+    ikd_train(*TORCHRUN, out=out, extra=("--quiet", "--time-limit", "1s"), returncode=1)
+    state = out / ".train-state"
+    assert sorted(p.name for p in state.glob("epoch-*.pt")) == ["epoch-00001.pt"]
+    assert sorted(p.name for p in state.glob("rank-*/epoch-*.pt")) == ["epoch-00001.pt", "epoch-00001.pt"]
+    said: list[str] = []
+    ikd_train(sys.executable, out=out, returncode=2, stderr=said)  # one process is another job
+    errors = [line for line in said[0].splitlines() if line.startswith("ikd: error:")]
+    assert len(errors) == 1 and "holds the training state of a different job" in errors[0]
+    assert "Traceback" not in said[0]
+    ikd_train(*TORCHRUN, out=out, extra=("--quiet", "--time-limit", "1s"), returncode=1)
+    assert sorted(p.name for p in state.glob("epoch-*.pt")) == ["epoch-00001.pt", "epoch-00002.pt"]
+    said.clear()
+    resumed = ikd_train(*TORCHRUN, out=out, extra=(), stderr=said)
+    assert "resuming after epoch 2/6" in said[0]  # not started over (which would end alike)
+    straight_out, straight = torchrun_straight
+    assert resumed is not None
+    assert [h["val_accuracy"] for h in resumed["history"]] == [h["val_accuracy"] for h in straight["history"]]
+    expected = weights(straight_out)
+    got = weights(out)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected), "resumed weights differ"
+    assert not state.exists()
 
 
 @pytest.mark.ray

@@ -104,10 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 + (f", data-parallel over {group.world_size} processes" if group else ""),
                 file=sys.stderr,
             )
-        # beside the model, so rerunning the same command resumes; not under torchrun yet
-        state_dir = out / STATE_DIR if group is None else None
-        if group is not None and time_limit is not None:
-            raise ConfigError("--time-limit: not available under torchrun yet")
+        state_dir = out / STATE_DIR  # beside the model, so rerunning the same command resumes
         try:
             result = train_model(
                 model,
@@ -119,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 deadline=started + time_limit if time_limit is not None else None,
             )
         except TrainingPaused as paused:
+            if group is not None and not group.is_main:
+                return EXIT_TEMPFAIL
             print(
                 f"ikd train: --time-limit reached after epoch {paused.epoch}/{paused.epochs}; state saved in "
                 f"{paused.state_dir}; rerun the same command to resume",
@@ -152,8 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         split_seed=args.split_seed,
         extra=extra,
     )
-    if state_dir is not None:  # the model is saved: its training state is no longer needed
-        remove_state(state_dir)
+    remove_state(state_dir)  # the model is saved: its training state is no longer needed
     print(
         f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
         f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}"

@@ -6,7 +6,9 @@ same shuffled order of the training set and takes its own slice of each global b
 effective batch size, the number of steps and the learning-rate schedule are those of a single
 process: only the work is divided. Gradients are averaged by DistributedDataParallel; before each
 validation rank 0's BatchNorm statistics are copied to every rank, so all ranks score the same
-model and keep the same best epoch. Only rank 0 prints, evaluates on the test split and writes.
+model and keep the same best epoch. Only rank 0 prints, evaluates on the test split and writes
+the model. A resumable run (ikd.train's `state_dir`, on a disk every rank sees) saves the shared
+training state from rank 0 and each rank's own random streams beside it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,21 @@ class Group:
         flag = torch.tensor(1.0 if math.isfinite(value) else 0.0, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is true on some rank: one decision every rank takes together."""
+        value = torch.tensor(1.0 if flag else 0.0, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def main_value(self, value: int, device: torch.device) -> int:
+        """Rank 0's `value`, on every rank."""
+        tensor = torch.tensor(value, dtype=torch.long, device=device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
+    def barrier(self) -> None:
+        dist.barrier()
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.detach().clone()

@@ -27,7 +27,7 @@ from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.runtime import Precision, resolve_device, resolve_precision
-from ikd.train_state import StateStore, job_fingerprint
+from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint
 
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
 Schedule = Literal["onecycle", "linear", "cosine"]
@@ -346,8 +346,6 @@ def train_models(
     ranks = distributed.current()
     if ranks and (len(models) > 1 or any(o is not None for o in objectives)):
         raise ConfigError("data-parallel training (torchrun) is for one model with cross-entropy: `ikd train`")
-    if ranks and (state_dir is not None or deadline is not None):
-        raise ConfigError("resumable training and time limits are not available under torchrun yet")
     if deadline is not None and state_dir is None:
         raise ConfigError("a time limit needs a directory for the training state, to resume from")
     if ranks and config.batch_size < ranks.world_size:
@@ -389,12 +387,18 @@ def train_models(
     # On a GPU the training images live there (uint8: CIFAR-10 is 150 MB): each batch is gathered,
     # cropped, flipped and normalised on the device, so an epoch waits on the model, not the CPU.
     train_images = data.train.to(device) if device.type == "cuda" else data.train
-    store = None
+    store = rank_store = None
     first_epoch, seconds_before = 1, 0.0
     if state_dir is not None:
-        store = StateStore(state_dir, _fingerprint(group, descriptions, data, config, augment))
+        fingerprint = _fingerprint(group, descriptions, data, config, augment, ranks)
+        store = StateStore(state_dir, fingerprint)
         saved, skipped = store.load_latest()
-        for line in skipped:
+        if ranks:
+            # Rank 0 writes the shared state; each rank keeps its own random streams beside it, one
+            # more epoch of them than the shared files, so the epoch rank 0 resumes always has them.
+            rank_store = StateStore(state_dir / f"rank-{ranks.rank}", fingerprint, keep=KEEP + 1)
+            saved = _rank_view(saved, store, rank_store, ranks.main_value(saved.epoch if saved else 0, device))
+        for line in skipped if ranks is None or ranks.is_main else []:
             print(f"ikd: {line}", file=sys.stderr)
         if saved is not None:
             active = _restore(saved.state, group, shuffle_generator, device)
@@ -480,21 +484,25 @@ def train_models(
                         bar.write(f"{student.description}: {reason}", file=sys.stderr)
         if store is not None:
             state = _state(group, active, shuffle_generator, device, time.perf_counter() - started)
-            store.save(epoch, state)
+            if ranks and rank_store is not None:
+                rank_store.save(epoch, {key: state[key] for key in _RANK_KEYS})
+                ranks.barrier()
+                if ranks.is_main:
+                    store.save(epoch, state)
+                ranks.barrier()  # no rank leaves (a time limit, the end) before the shared state is written
+            else:
+                store.save(epoch, state)
         if on_epoch is not None and (ranks is None or ranks.is_main):
             for student in active:
                 on_epoch(student.description, student.result.history[-1])
         # the next epoch is predicted to take as long as this one did, validation and saving included
-        next_epoch_ends = time.monotonic() + (time.perf_counter() - epoch_start)
-        if (
-            deadline is not None
-            and store is not None
-            and epoch < config.epochs
-            and active
-            and next_epoch_ends > deadline
-        ):
-            bar.close()
-            raise TrainingPaused(epoch, config.epochs, store.directory)
+        if deadline is not None and store is not None and epoch < config.epochs and active:
+            past = time.monotonic() + (time.perf_counter() - epoch_start) > deadline
+            if ranks:  # the ranks' clocks differ a little: all stop together when one would pass it
+                past = ranks.any(past, device)
+            if past:
+                bar.close()
+                raise TrainingPaused(epoch, config.epochs, store.directory)
     bar.close()
     results: list[TrainResult | TrainingDiverged] = []
     for student in group:
@@ -573,7 +581,12 @@ def _end_epoch(
 
 
 def _fingerprint(
-    group: list[_Student], descriptions: list[str], data: DataSplits, config: TrainConfig, augment: str
+    group: list[_Student],
+    descriptions: list[str],
+    data: DataSplits,
+    config: TrainConfig,
+    augment: str,
+    ranks: distributed.Group | None = None,
 ) -> str:
     def tensors(module: Any) -> list | None:
         if not isinstance(module, torch.nn.Module):
@@ -584,13 +597,30 @@ def _fingerprint(
             if isinstance(t, torch.Tensor)  # not extra state (e.g. a random stream's position)
         ]
 
-    return job_fingerprint(
-        {
-            "config": config.model_dump(),
-            "models": [[d, tensors(s.model), tensors(s.objective)] for d, s in zip(descriptions, group, strict=True)],
-            "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std), augment],
-        }
-    )
+    document: dict[str, Any] = {
+        "config": config.model_dump(),
+        "models": [[d, tensors(s.model), tensors(s.objective)] for d, s in zip(descriptions, group, strict=True)],
+        "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std), augment],
+    }
+    if ranks:  # each rank's slice of a batch depends on their number (absent alone: older states stay valid)
+        document["world_size"] = ranks.world_size
+    return job_fingerprint(document)
+
+
+# What differs between the ranks of a data-parallel run: their random streams (dropout draws on each
+# rank's own slice). Everything else is the same on every rank and saved once, by rank 0.
+_RANK_KEYS = ("torch_rng", "cuda_rng")
+
+
+def _rank_view(saved: SavedState | None, store: StateStore, rank_store: StateStore, epoch: int) -> SavedState | None:
+    """The state after rank 0's chosen `epoch` (0: none) as this rank resumes it: the shared state
+    with this rank's own random streams."""
+    if epoch == 0:
+        return None
+    if saved is None or saved.epoch != epoch:
+        saved = SavedState(store.directory / f"epoch-{epoch:05d}.pt", epoch, store.load(epoch))
+    own = rank_store.load(epoch)
+    return SavedState(saved.path, epoch, saved.state | {key: own[key] for key in _RANK_KEYS})
 
 
 def _state(

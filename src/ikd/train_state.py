@@ -46,9 +46,10 @@ class SavedState:
 class StateStore:
     """The state files of one training job in one directory."""
 
-    def __init__(self, directory: Path, fingerprint: str):
+    def __init__(self, directory: Path, fingerprint: str, keep: int = KEEP):
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        self.keep = keep
 
     def _files_newest_first(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
@@ -61,13 +62,13 @@ class StateStore:
         return sorted(found, reverse=True)
 
     def save(self, epoch: int, state: dict[str, Any]) -> Path:
-        """Write the state after `epoch` all or nothing, then drop all but the newest KEEP files."""
+        """Write the state after `epoch` all or nothing, then drop all but the newest `keep` files."""
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "epoch": epoch, **state}, buffer)
         payload = buffer.getvalue()
         path = self.directory / f"epoch-{epoch:05d}.pt"
         atomic_write_bytes(path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-        for _, old in self._files_newest_first()[KEEP:]:
+        for _, old in self._files_newest_first()[self.keep :]:
             with contextlib.suppress(OSError):
                 old.unlink()
         # a process killed inside a write leaves its temporary file behind
@@ -82,23 +83,38 @@ class StateStore:
         A state of another job is a CheckpointError: resuming it would be wrong, silently
         discarding it could throw away a long training.
         """
-        skipped = []
+        skipped: list[str] = []
         for epoch, path in self._files_newest_first():
             try:
-                state = _read(path)
-            except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
-                skipped.append(f"{path}: unreadable ({exc}); passed over")
-                continue
-            if state.get("fingerprint") != self.fingerprint:
-                raise CheckpointError(
-                    f"{self.directory}: holds the training state of a different job (other settings, "
-                    "architecture or data); rerun that job's command to resume it, or delete the directory"
-                )
-            if state.get("epoch") != epoch:
-                skipped.append(f"{path}: names epoch {epoch} but holds {state.get('epoch')}; passed over")
-                continue
-            return SavedState(path, epoch, state), skipped
+                return SavedState(path, epoch, self._checked(epoch, path)), skipped
+            except ValueError as exc:
+                skipped.append(f"{path}: {exc}; passed over")
         return None, skipped
+
+    def load(self, epoch: int) -> dict[str, Any]:
+        """The state after `epoch`, which must be here and intact (CheckpointError otherwise)."""
+        path = self.directory / f"epoch-{epoch:05d}.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; the training state in {self.directory} is incomplete")
+        try:
+            return self._checked(epoch, path)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+
+    def _checked(self, epoch: int, path: Path) -> dict[str, Any]:
+        """The state in `path`; ValueError when it is damaged, CheckpointError when it is another job's."""
+        try:
+            state = _read(path)
+        except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"unreadable ({exc})") from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{self.directory}: holds the training state of a different job (other settings, "
+                "architecture or data); rerun that job's command to resume it, or delete the directory"
+            )
+        if state.get("epoch") != epoch:
+            raise ValueError(f"names epoch {epoch} but holds {state.get('epoch')}")
+        return state
 
 
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
