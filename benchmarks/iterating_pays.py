@@ -41,6 +41,16 @@ UPGRADES: dict[str, dict] = {
         "search": {"operators": ["depth", "slim"], "slim_fraction": [0.75, 0.5], "slim_min_channels": 2},
         "student": {"bn_sparsity": 1e-4},
     },
+    # slim ranking channels by their share of what their layer keeps: wide layers narrow first
+    "share": {
+        "search": {
+            "operators": ["depth", "slim"],
+            "slim_fraction": [0.75, 0.5],
+            "slim_min_channels": 2,
+            "slim_by_share": True,
+        },
+        "student": {"bn_sparsity": 1e-4},
+    },
     "final": {"student": {"final_epochs": 20}},
     "dkd": {"loss": {"kd": "dkd"}},
     "early": {"search": {"early_rejection": 2.0}},

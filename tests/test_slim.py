@@ -79,6 +79,37 @@ def test_one_threshold_across_layers_gives_uneven_widths():
     assert slimmed(shrink_slim(SPEC, hand_set_scales(), 0.2, min_channels=2)).blocks == [[8, 6], [16]]
 
 
+def test_by_share_narrows_wide_layers_first_and_flattens_the_widths():
+    vgg16 = preset("vgg16", in_channels=1, image_size=28, num_classes=10)
+    flat = [[[1.0] * w for w in block] for block in vgg16.blocks]
+    # by the layer mean, alike layers lose alike: ties go to the earlier layer, the first blocks go first
+    assert slimmed(shrink_slim(vgg16, flat, 0.75, min_channels=8)).blocks[0] == [8, 8]
+    child = slimmed(shrink_slim(vgg16, flat, 0.75, min_channels=8, by_share=True))
+    widths = [w for block in child.blocks for w in block]
+    assert widths[:4] == [64, 64, 128, 128]  # the first two blocks keep every channel
+    assert max(widths[4:]) - min(widths[4:]) <= 1  # the rest are cut to one common width
+    assert child.num_params() <= 0.25 * vgg16.num_params() < _one_wider(child, widths).num_params()
+    keys = {"search.operators": ["slim"], "search.slim_fraction": 0.75, "search.slim_by_share": True}
+    assert [c.spec for c in propose(vgg16, load_config(None, keys).search, "g1-", flat)] == [child]
+
+
+def _one_wider(spec: ArchSpec, widths: list[int]) -> ArchSpec:
+    """`spec` with its narrowest capped conv one channel wider: what slim had before its last cut."""
+    widened = list(widths)
+    widened[max(range(4, len(widths)), key=lambda i: (-widths[i], i))] += 1
+    flat = iter(widened)
+    return spec.model_copy(update={"blocks": [[next(flat) for _ in block] for block in spec.blocks]})
+
+
+def test_by_share_still_takes_unimportant_channels_first():
+    # the six low channels go before any channel of the flat layer, as without by_share
+    child = slimmed(shrink_slim(SPEC, hand_set_scales(), 0.34, min_channels=2, by_share=True))
+    assert child.blocks == [[8, 6], [12]]
+    keys = {"search.operators": ["slim"], "search.slim_fraction": 0.34, "search.slim_min_channels": 2}
+    search = load_config(None, keys | {"search.slim_by_share": True}).search
+    assert [c.spec for c in propose(SPEC, search, "g1-", hand_set_scales())] == [child]
+
+
 def test_the_floor_holds_and_nothing_removable_gives_none():
     scales = hand_set_scales()
     assert slimmed(shrink_slim(SPEC, scales, 0.99, min_channels=2)).blocks == [[2, 2], [2]]

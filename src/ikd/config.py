@@ -178,6 +178,13 @@ class SearchConfig(Strict):
     slim_min_channels: int = Field(
         default=8, gt=0, description="slim operator: no conv keeps fewer channels than this (or its width, if fewer)"
     )
+    slim_by_share: bool = Field(
+        default=False,
+        json_schema_extra=cli_flag("--slim-by-share"),
+        description="slim operator: rank a channel by its share of what its layer still keeps, so wide layers "
+        "narrow before narrow ones and the widths flatten (VGG-16's 512-wide layers first, its first block last); "
+        "default: by its scale relative to its layer's mean, which narrows alike layers alike",
+    )
     early_rejection: float = Field(
         default=0.0,
         ge=0,
