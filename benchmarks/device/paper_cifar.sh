@@ -26,25 +26,13 @@ EXTRA_ROWS=${EXTRA_ROWS-"cifar10-vgg19-depth+width"}
 EXTRA_ARGS=${EXTRA_ARGS-"--teacher cifar10-vgg19=runs/paper-device/cifar10-vgg19-depth+width/nodes/g0-teacher"}
 mkdir -p "$OUT"
 
-# ikd from this checkout; its dependencies from the environment, else from prepare.sh's wheels
-export PYTHONPATH=$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-if ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
-    [ -d .device/wheels ] || { echo "paper_cifar.sh: pydantic missing; run 'pip install -e .' (or prepare.sh for an offline machine)" >&2; exit 2; }
-    "$PYTHON" -m pip install -q --no-index --find-links .device/wheels --target .device/site pydantic || exit 2
-fi
-"$PYTHON" -c "import ikd.cli" || { echo "paper_cifar.sh: ikd does not import; run 'pip install -e .'" >&2; exit 2; }
+# shellcheck source=benchmarks/device/common.sh
+. "$(dirname "$0")/common.sh"
+device_python paper_cifar.sh
 "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
 
-if [ -n "$CIFAR10_DIR" ]; then
-    data_dir=$CIFAR10_DIR
-elif [ -f .device/cifar10-jpeg75/build_batches.py ]; then
-    data_dir=.cache/data
-    "$PYTHON" .device/cifar10-jpeg75/build_batches.py "$data_dir" || exit 2
-else
-    echo "paper_cifar.sh: no CIFAR-10: set CIFAR10_DIR, or run benchmarks/device/prepare.sh first" >&2
-    exit 2
-fi
+device_cifar10 paper_cifar.sh
 echo "paper_cifar.sh: data ready at ${SECONDS} s ($data_dir)"
 
 if [ "$QUICK" = 1 ]; then

@@ -26,25 +26,14 @@ declare -A VARIANTS=(
 )
 mkdir -p "$OUT"
 
-export PYTHONPATH=$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-if ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
-    [ -d .device/wheels ] || { echo "teachers_cifar.sh: pydantic missing; run 'pip install -e .' (or prepare.sh for an offline machine)" >&2; exit 2; }
-    "$PYTHON" -m pip install -q --no-index --find-links .device/wheels --target .device/site pydantic || exit 2
-fi
-"$PYTHON" -c "import ikd.cli" || { echo "teachers_cifar.sh: ikd does not import; run 'pip install -e .'" >&2; exit 2; }
+# shellcheck source=benchmarks/device/common.sh
+. "$(dirname "$0")/common.sh"
+device_python teachers_cifar.sh
 for run in $TEACHERS; do
     [ -n "${VARIANTS[${run#*:}]+set}" ] || { echo "teachers_cifar.sh: $run: unknown variant ${run#*:}; expected one of ${!VARIANTS[*]}" >&2; exit 2; }
 done
 
-if [ -n "$CIFAR10_DIR" ]; then
-    data_dir=$CIFAR10_DIR
-elif [ -f .device/cifar10-jpeg75/build_batches.py ]; then
-    data_dir=.cache/data
-    "$PYTHON" .device/cifar10-jpeg75/build_batches.py "$data_dir" || exit 2
-else
-    echo "teachers_cifar.sh: no CIFAR-10: set CIFAR10_DIR, or run benchmarks/device/prepare.sh first" >&2
-    exit 2
-fi
+device_cifar10 teachers_cifar.sh
 [ -d "$data_dir/cifar-10-batches-py" ] && data_dir=$data_dir/cifar-10-batches-py
 
 # The GPU's measured bf16 matmul rate: the reference for "fraction of peak" (training FLOPs = 6 x MACs).

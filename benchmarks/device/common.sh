@@ -1,0 +1,26 @@
+# Sourced by the device scripts (paper_cifar.sh, teachers_cifar.sh): the set-up they share.
+# `device_python SCRIPT` puts ikd from this checkout on PYTHONPATH and makes its dependencies
+# importable (from the environment, else from prepare.sh's wheels); `device_cifar10 SCRIPT` sets
+# data_dir to CIFAR10_DIR, or builds the JPEG-Q75 copy prepare.sh put in .device/. Both exit 2
+# with one line naming SCRIPT when they cannot.
+
+device_python() {
+    export PYTHONPATH=$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+    if ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
+        [ -d .device/wheels ] || { echo "$1: pydantic missing; run 'pip install -e .' (or prepare.sh for an offline machine)" >&2; exit 2; }
+        "$PYTHON" -m pip install -q --no-index --find-links .device/wheels --target .device/site pydantic || exit 2
+    fi
+    "$PYTHON" -c "import ikd.cli" || { echo "$1: ikd does not import; run 'pip install -e .'" >&2; exit 2; }
+}
+
+device_cifar10() {
+    if [ -n "${CIFAR10_DIR-}" ]; then
+        data_dir=$CIFAR10_DIR
+    elif [ -f .device/cifar10-jpeg75/build_batches.py ]; then
+        data_dir=.cache/data
+        "$PYTHON" .device/cifar10-jpeg75/build_batches.py "$data_dir" || exit 2
+    else
+        echo "$1: no CIFAR-10: set CIFAR10_DIR, or run benchmarks/device/prepare.sh first" >&2
+        exit 2
+    fi
+}
