@@ -1,4 +1,4 @@
-"""What every benchmark script shares: where it ran, the matmul peak, the record it writes, its RESULT line.
+"""What every benchmark script shares: where it ran, the dense peak, the record it writes, its RESULT line.
 
 The scripts are run as `python benchmarks/<name>.py`, and Python puts a script's own directory
 first on `sys.path`, so they import this module as plain `common` -- no path juggling needed.

@@ -35,22 +35,15 @@ from common import machine_line, print_result, publish, repo_path
 
 # Each upgrade as the config keys it sets (merged over the base config). Values are MNIST-sized;
 # pass --upgrade NAME=YAML to change one.
+SLIM: dict = {
+    "search": {"operators": ["depth", "slim"], "slim_fraction": [0.75, 0.5], "slim_min_channels": 2},
+    "student": {"bn_sparsity": 1e-4},
+}
 UPGRADES: dict[str, dict] = {
     # Network Slimming's shrink: uneven widths by BN scale, trained with its L1 term on the scales
-    "slim": {
-        "search": {"operators": ["depth", "slim"], "slim_fraction": [0.75, 0.5], "slim_min_channels": 2},
-        "student": {"bn_sparsity": 1e-4},
-    },
+    "slim": SLIM,
     # slim ranking channels by their share of what their layer keeps: wide layers narrow first
-    "share": {
-        "search": {
-            "operators": ["depth", "slim"],
-            "slim_fraction": [0.75, 0.5],
-            "slim_min_channels": 2,
-            "slim_by_share": True,
-        },
-        "student": {"bn_sparsity": 1e-4},
-    },
+    "share": {**SLIM, "search": {**SLIM["search"], "slim_by_share": True}},
     "final": {"student": {"final_epochs": 20}},
     "dkd": {"loss": {"kd": "dkd"}},
     "early": {"search": {"early_rejection": 2.0}},

@@ -212,6 +212,57 @@ def test_no_intact_state_starts_over_with_one_line(digits, straight, tmp_path, c
     assert "Traceback" not in err and "starting from epoch 1" in err
 
 
+def test_damaged_newer_states_do_not_crowd_out_the_new_ones(digits, tmp_path, capsys):
+    # Both kept states damaged (epochs 2 and 3): the run starts over, and its epoch-1 state must
+    # survive; left in place, the damaged ones would outrank it and it would be deleted on writing.
+    state_dir = tmp_path / "state"
+    for path in interrupted_state(digits, state_dir, stop=3):
+        path.write_bytes(path.read_bytes()[:100])
+    interrupted_state(digits, state_dir, stop=1)
+    assert [p.name for p in state_dir.glob("epoch-*.pt")] == ["epoch-00001.pt"]
+    assert "starting from epoch 1" in capsys.readouterr().err
+
+
+class GroupOfOne:
+    """The collectives of ikd.distributed.Group as rank 0 of a group sees them when every rank agrees."""
+
+    rank, is_main = 0, True
+
+    def main_values(self, values, device):
+        return values
+
+    def every(self, flags, device):
+        return flags
+
+
+def test_a_rank_resumes_the_newest_epoch_intact_everywhere_with_its_own_random_streams(tmp_path):
+    from ikd.train import _agreed_state
+    from ikd.train_state import StateStore
+
+    shared, own = StateStore(tmp_path, "job"), StateStore(tmp_path / "rank-0", "job", keep=3)
+    for epoch in (1, 2, 3):  # a rank writes its streams first: epoch 3's shared state was never written
+        own.save(epoch, {"torch_rng": torch.tensor([epoch]), "cuda_rng": None})
+    for epoch in (1, 2):
+        shared.save(epoch, {"torch_rng": torch.tensor([-1]), "cuda_rng": None, "weights": torch.tensor([epoch])})
+    cpu = torch.device("cpu")
+    saved, skipped = _agreed_state(shared, own, GroupOfOne(), cpu)
+    assert saved is not None and (saved.epoch, saved.path) == (2, shared.path(2))
+    assert saved.state["weights"].item() == 2 and saved.state["torch_rng"].item() == 2  # this rank's, not rank 0's
+    assert skipped == []
+    own.path(2).write_bytes(b"damaged")  # one rank's streams unreadable: every rank falls back together
+    saved, skipped = _agreed_state(shared, own, GroupOfOne(), cpu)
+    assert saved is not None and saved.epoch == 1 and saved.state["torch_rng"].item() == 1
+    assert len(skipped) == 1 and "rank-0/epoch-00002.pt" in skipped[0] and "passed over" in skipped[0]
+    own.path(1).unlink()
+    assert _agreed_state(shared, own, GroupOfOne(), cpu) == (
+        None,
+        [
+            f"{own.path(2)}: unreadable (checksum mismatch: truncated or damaged); passed over",
+            f"{own.path(1)}: missing; passed over",
+        ],
+    )
+
+
 def test_only_the_newest_two_states_are_kept(digits, tmp_path):
     state_dir = tmp_path / "state"
     train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=state_dir)

@@ -56,11 +56,23 @@ class Group:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def main_value(self, value: int, device: torch.device) -> int:
-        """Rank 0's `value`, on every rank."""
-        tensor = torch.tensor(value, dtype=torch.long, device=device)
+    def main_values(self, values: list[int], device: torch.device) -> list[int]:
+        """Rank 0's `values`, on every rank."""
+        size = torch.tensor(len(values), dtype=torch.long, device=device)
+        dist.broadcast(size, src=0)
+        if size.item() == 0:
+            return []
+        tensor = torch.tensor(values if self.is_main else [0] * int(size.item()), dtype=torch.long, device=device)
         dist.broadcast(tensor, src=0)
-        return int(tensor.item())
+        return [int(v) for v in tensor.tolist()]
+
+    def every(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """Position by position, whether the flag is true on every rank (all ranks give as many)."""
+        if not flags:
+            return []
+        tensor = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return [bool(v) for v in tensor.tolist()]
 
     def barrier(self) -> None:
         dist.barrier()

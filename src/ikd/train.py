@@ -392,20 +392,25 @@ def train_models(
     if state_dir is not None:
         fingerprint = _fingerprint(group, descriptions, data, config, augment, ranks)
         store = StateStore(state_dir, fingerprint)
-        saved, skipped = store.load_latest()
         if ranks:
             # Rank 0 writes the shared state; each rank keeps its own random streams beside it, one
-            # more epoch of them than the shared files, so the epoch rank 0 resumes always has them.
+            # more epoch of them than the shared files (a rank's are written first).
             rank_store = StateStore(state_dir / f"rank-{ranks.rank}", fingerprint, keep=KEEP + 1)
-            saved = _rank_view(saved, store, rank_store, ranks.main_value(saved.epoch if saved else 0, device))
-        for line in skipped if ranks is None or ranks.is_main else []:
+            saved, skipped = _agreed_state(store, rank_store, ranks, device)
+            rank_store.discard_after(saved.epoch if saved else 0)
+        else:
+            saved, skipped = store.load_latest()
+        if ranks is None or ranks.is_main:
+            store.discard_after(saved.epoch if saved else 0)
+        speaks = ranks is None or ranks.is_main  # one report, not one per rank
+        for line in skipped if speaks else []:
             print(f"ikd: {line}", file=sys.stderr)
         if saved is not None:
             active = _restore(saved.state, group, shuffle_generator, device)
             first_epoch, seconds_before = saved.epoch + 1, float(saved.state["seconds"])
             if progress:
                 print(f"resuming after epoch {saved.epoch}/{config.epochs} from {saved.path}", file=sys.stderr)
-        elif skipped:
+        elif skipped and speaks:
             print(f"ikd: no intact training state in {state_dir}; starting from epoch 1", file=sys.stderr)
 
     # Without a terminal (logs, CI) the bar redraws rarely; each epoch still gets its own line.
@@ -612,15 +617,26 @@ def _fingerprint(
 _RANK_KEYS = ("torch_rng", "cuda_rng")
 
 
-def _rank_view(saved: SavedState | None, store: StateStore, rank_store: StateStore, epoch: int) -> SavedState | None:
-    """The state after rank 0's chosen `epoch` (0: none) as this rank resumes it: the shared state
-    with this rank's own random streams."""
-    if epoch == 0:
-        return None
-    if saved is None or saved.epoch != epoch:
-        saved = SavedState(store.directory / f"epoch-{epoch:05d}.pt", epoch, store.load(epoch))
-    own = rank_store.load(epoch)
-    return SavedState(saved.path, epoch, saved.state | {key: own[key] for key in _RANK_KEYS})
+def _agreed_state(
+    store: StateStore, rank_store: StateStore, ranks: distributed.Group, device: torch.device
+) -> tuple[SavedState | None, list[str]]:
+    """The state every rank of a data-parallel run resumes: the newest epoch whose shared state and
+    every rank's own random streams are all intact (None: start over), the shared state with this
+    rank's streams in it; and one line per file this rank passed over. Every rank reads rank 0's
+    list of epochs and all of them agree on the choice, so none resumes alone or waits on the others."""
+    epochs = ranks.main_values(store.epochs(), device)
+    usable, skipped = [], []
+    for epoch in epochs:
+        reasons = [reason for _, reason in (store.try_load(epoch), rank_store.try_load(epoch)) if reason]
+        skipped += [f"{reason}; passed over" for reason in reasons]
+        usable.append(not reasons)
+    agreed = [epoch for epoch, ok in zip(epochs, ranks.every(usable, device), strict=True) if ok]
+    if not agreed:
+        return None, skipped
+    shared, own = store.try_load(agreed[0])[0], rank_store.try_load(agreed[0])[0]
+    if shared is None or own is None:  # intact a moment ago on this rank: only if changed under us
+        raise CheckpointError(f"{store.directory}: the training state changed while it was being read")
+    return SavedState(store.path(agreed[0]), agreed[0], shared | {key: own[key] for key in _RANK_KEYS}), skipped
 
 
 def _state(

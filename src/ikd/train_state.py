@@ -61,12 +61,28 @@ class StateStore:
                 found.append((int(match.group(1)), path))
         return sorted(found, reverse=True)
 
+    def path(self, epoch: int) -> Path:
+        return self.directory / f"epoch-{epoch:05d}.pt"
+
+    def epochs(self) -> list[int]:
+        """The epochs with a state file here, newest first (intact or not)."""
+        return [epoch for epoch, _ in self._files_newest_first()]
+
+    def discard_after(self, epoch: int) -> None:
+        """Delete the files of epochs after `epoch`: a run resuming from `epoch` (0: starting over)
+        passed them over as damaged, and left there they would outrank its new saves, which `keep`
+        would then delete as soon as they were written."""
+        for newer, path in self._files_newest_first():
+            if newer > epoch:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def save(self, epoch: int, state: dict[str, Any]) -> Path:
         """Write the state after `epoch` all or nothing, then drop all but the newest `keep` files."""
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "epoch": epoch, **state}, buffer)
         payload = buffer.getvalue()
-        path = self.directory / f"epoch-{epoch:05d}.pt"
+        path = self.path(epoch)
         atomic_write_bytes(path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         for _, old in self._files_newest_first()[self.keep :]:
             with contextlib.suppress(OSError):
@@ -91,15 +107,16 @@ class StateStore:
                 skipped.append(f"{path}: {exc}; passed over")
         return None, skipped
 
-    def load(self, epoch: int) -> dict[str, Any]:
-        """The state after `epoch`, which must be here and intact (CheckpointError otherwise)."""
-        path = self.directory / f"epoch-{epoch:05d}.pt"
+    def try_load(self, epoch: int) -> tuple[dict[str, Any] | None, str | None]:
+        """The state after `epoch`, or None and why it cannot be used (missing, damaged); a state of
+        another job is a CheckpointError, as in load_latest."""
+        path = self.path(epoch)
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing; the training state in {self.directory} is incomplete")
+            return None, f"{path}: missing"
         try:
-            return self._checked(epoch, path)
+            return self._checked(epoch, path), None
         except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
+            return None, f"{path}: {exc}"
 
     def _checked(self, epoch: int, path: Path) -> dict[str, Any]:
         """The state in `path`; ValueError when it is damaged, CheckpointError when it is another job's."""
