@@ -162,13 +162,16 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def torchrun_straight(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("torchrun") / "straight"
-    return out, ikd_train(*TORCHRUN, out=out)
+    meta = ikd_train(*TORCHRUN, out=out)
+    assert meta is not None
+    return out, meta
 
 
 @pytest.mark.slow
 def test_torchrun_trains_a_teacher_data_parallel_like_one_process(tmp_path, torchrun_straight):
     alone = ikd_train(sys.executable, out=tmp_path / "alone")
     shared = torchrun_straight[1]
+    assert alone is not None
     assert shared["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 32}
     assert "distributed" not in alone
     a, b = (m["metrics"]["test_of_saved_weights"]["accuracy"] for m in (alone, shared))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from ikd.arch import ArchSpec
 from ikd.cli import EXIT_TEMPFAIL, EXIT_USAGE, main, parse_duration
+from ikd.distributed import Group
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import RunDir
 from ikd.model import build_model
@@ -235,6 +237,9 @@ class GroupOfOne:
         return flags
 
 
+ONE_RANK = cast(Group, GroupOfOne())
+
+
 def test_a_rank_resumes_the_newest_epoch_intact_everywhere_with_its_own_random_streams(tmp_path):
     from ikd.train import _agreed_state
     from ikd.train_state import StateStore
@@ -245,16 +250,16 @@ def test_a_rank_resumes_the_newest_epoch_intact_everywhere_with_its_own_random_s
     for epoch in (1, 2):
         shared.save(epoch, {"torch_rng": torch.tensor([-1]), "cuda_rng": None, "weights": torch.tensor([epoch])})
     cpu = torch.device("cpu")
-    saved, skipped = _agreed_state(shared, own, GroupOfOne(), cpu)
+    saved, skipped = _agreed_state(shared, own, ONE_RANK, cpu)
     assert saved is not None and (saved.epoch, saved.path) == (2, shared.path(2))
     assert saved.state["weights"].item() == 2 and saved.state["torch_rng"].item() == 2  # this rank's, not rank 0's
     assert skipped == []
     own.path(2).write_bytes(b"damaged")  # one rank's streams unreadable: every rank falls back together
-    saved, skipped = _agreed_state(shared, own, GroupOfOne(), cpu)
+    saved, skipped = _agreed_state(shared, own, ONE_RANK, cpu)
     assert saved is not None and saved.epoch == 1 and saved.state["torch_rng"].item() == 1
     assert len(skipped) == 1 and "rank-0/epoch-00002.pt" in skipped[0] and "passed over" in skipped[0]
     own.path(1).unlink()
-    assert _agreed_state(shared, own, GroupOfOne(), cpu) == (
+    assert _agreed_state(shared, own, ONE_RANK, cpu) == (
         None,
         [
             f"{own.path(2)}: unreadable (checksum mismatch: truncated or damaged); passed over",
