@@ -626,14 +626,17 @@ def _agreed_state(
     list of epochs and all of them agree on the choice, so none resumes alone or waits on the others."""
     epochs = ranks.main_values(store.epochs(), device)
     usable, skipped = [], []
+    newest: dict[int, tuple] = {}  # this rank's newest intact pair, kept: usually the agreed one
     for epoch in epochs:
-        reasons = [reason for _, reason in (store.try_load(epoch), rank_store.try_load(epoch)) if reason]
-        skipped += [f"{reason}; passed over" for reason in reasons]
-        usable.append(not reasons)
+        (shared, why_not), (own, own_why_not) = store.try_load(epoch), rank_store.try_load(epoch)
+        skipped += [f"{reason}; passed over" for reason in (why_not, own_why_not) if reason]
+        usable.append(shared is not None and own is not None)
+        if usable[-1] and not newest:
+            newest[epoch] = (shared, own)
     agreed = [epoch for epoch, ok in zip(epochs, ranks.every(usable, device), strict=True) if ok]
     if not agreed:
         return None, skipped
-    shared, own = store.try_load(agreed[0])[0], rank_store.try_load(agreed[0])[0]
+    shared, own = newest.get(agreed[0]) or (store.try_load(agreed[0])[0], rank_store.try_load(agreed[0])[0])
     if shared is None or own is None:  # intact a moment ago on this rank: only if changed under us
         raise CheckpointError(f"{store.directory}: the training state changed while it was being read")
     return SavedState(store.path(agreed[0]), agreed[0], shared | {key: own[key] for key in _RANK_KEYS}), skipped
