@@ -46,15 +46,11 @@ class Group:
     def all_finite(self, value: float, device: torch.device) -> bool:
         """Whether the value is finite on every rank, so all ranks stop together instead of one
         leaving the others waiting in the next all-reduce."""
-        flag = torch.tensor(1.0 if math.isfinite(value) else 0.0, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
+        return self.every([math.isfinite(value)], device)[0]
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether `flag` is true on some rank: one decision every rank takes together."""
-        value = torch.tensor(1.0 if flag else 0.0, device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return not self.every([not flag], device)[0]
 
     def main_values(self, values: list[int], device: torch.device) -> list[int]:
         """Rank 0's `values`, on every rank."""

@@ -400,9 +400,9 @@ def train_models(
             rank_store.discard_after(saved.epoch if saved else 0)
         else:
             saved, skipped = store.load_latest()
-        if ranks is None or ranks.is_main:
+        speaks = ranks is None or ranks.is_main  # one report and one clean-up, not one per rank
+        if speaks:
             store.discard_after(saved.epoch if saved else 0)
-        speaks = ranks is None or ranks.is_main  # one report, not one per rank
         for line in skipped if speaks else []:
             print(f"ikd: {line}", file=sys.stderr)
         if saved is not None:
