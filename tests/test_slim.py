@@ -110,6 +110,37 @@ def test_by_share_still_takes_unimportant_channels_first():
     assert [c.spec for c in propose(SPEC, search, "g1-", hand_set_scales())] == [child]
 
 
+def test_round_to_cuts_groups_ranked_by_their_mean():
+    # one channel at a time, layer 1's two lows (0.16 relative) go first; in groups of 4, layer 1's
+    # next group holds two of its 1.28s too (mean 0.72), so layer 2's four lows (0.31) go first
+    assert slimmed(shrink_slim(SPEC, hand_set_scales(), 0.1, min_channels=2)).blocks == [[8, 7], [16]]
+    assert slimmed(shrink_slim(SPEC, hand_set_scales(), 0.1, min_channels=2, round_to=4)).blocks == [[8, 8], [12]]
+
+
+def test_round_to_keeps_every_width_a_multiple():
+    vgg16 = preset("vgg16", in_channels=1, image_size=28, num_classes=10)
+    flat = [[[1.0] * w for w in block] for block in vgg16.blocks]
+    child = slimmed(shrink_slim(vgg16, flat, 0.75, min_channels=8, by_share=True, round_to=16))
+    widths = [w for block in child.blocks for w in block]
+    assert widths[:4] == [64, 64, 128, 128] and all(w % 16 == 0 for w in widths)
+    assert child.num_params() <= 0.25 * vgg16.num_params()
+    keys = {"search.operators": ["slim"], "search.slim_fraction": 0.75, "search.slim_by_share": True}
+    search = load_config(None, keys | {"search.slim_round_to": 16}).search
+    assert [c.spec for c in propose(vgg16, search, "g1-", flat)] == [child]
+    # the floor is round_to: the default ranking cuts VGG-16's first blocks to 16, not to min_channels 8
+    assert slimmed(shrink_slim(vgg16, flat, 0.75, min_channels=8, round_to=16)).blocks[0] == [16, 16]
+
+
+def test_round_to_first_aligns_an_odd_width():
+    odd = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[6, 10], [13]])
+    flat = [[[1.0] * 6, [1.0] * 10], [[1.0] * 13]]
+    # ties go to the earlier layer: its first cut is the 2 channels down to 4, not a group of 4
+    assert slimmed(shrink_slim(odd, flat, 0.05, min_channels=2, round_to=4)).blocks == [[4, 10], [13]]
+    # a conv narrower than round_to keeps its width; a step that cannot cut a whole group gives None
+    narrow = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[3, 4], [4]])
+    assert shrink_slim(narrow, [[[1.0] * 3, [1.0] * 4], [[1.0] * 4]], 0.5, min_channels=2, round_to=4) is None
+
+
 def test_the_floor_holds_and_nothing_removable_gives_none():
     scales = hand_set_scales()
     assert slimmed(shrink_slim(SPEC, scales, 0.99, min_channels=2)).blocks == [[2, 2], [2]]
@@ -123,6 +154,8 @@ def test_the_floor_holds_and_nothing_removable_gives_none():
 def test_slim_checks_its_arguments():
     with pytest.raises(ConfigError, match="slim fraction"):
         shrink_slim(SPEC, hand_set_scales(), 1.0)
+    with pytest.raises(ConfigError, match="slim round_to 0"):
+        shrink_slim(SPEC, hand_set_scales(), 0.5, round_to=0)
     with pytest.raises(ValueError, match="one value per conv channel"):
         shrink_slim(SPEC, [[[1.0] * 8, [1.0] * 8], [[1.0] * 15]], 0.5)
     with pytest.raises(ConfigError, match="BatchNorm scales"):

@@ -185,6 +185,13 @@ class SearchConfig(Strict):
         "narrow before narrow ones and the widths flatten (VGG-16's 512-wide layers first, its first block last); "
         "default: by its scale relative to its layer's mean, which narrows alike layers alike",
     )
+    slim_round_to: int = Field(
+        default=1,
+        gt=0,
+        json_schema_extra=cli_flag("--slim-round-to"),
+        description="slim operator: keep every conv's width a multiple of this (channels leave in groups); "
+        "convolution kernels work on channel blocks, so e.g. 16 can train and run faster than odd widths",
+    )
     early_rejection: float = Field(
         default=0.0,
         ge=0,

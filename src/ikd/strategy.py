@@ -41,7 +41,12 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
         for factor in factors:
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
             operator = get_operator(
-                name, factor, scales=scales, min_channels=search.slim_min_channels, by_share=search.slim_by_share
+                name,
+                factor,
+                scales=scales,
+                min_channels=search.slim_min_channels,
+                by_share=search.slim_by_share,
+                round_to=search.slim_round_to,
             )
             proposals.append((name, label, operator(parent_spec)))
     seen, candidates = set(), []

@@ -1,0 +1,119 @@
+"""Do odd conv widths cost speed? A slim student as the search made it against its widths rounded.
+
+The slim operator cuts channels one at a time, so its students have widths like 61/89/137; the
+convolution kernels work on blocks of channels (an AVX-512 register holds 16 fp32 or 32 bf16
+values). This times, side by side in one process, a student's training step (batch `--batch`,
+forward + CE + backward + SGD, in the precisions asked, NHWC as ikd trains under bf16) and its batch-1
+inference (onnxruntime and PyTorch, ikd.latency's protocol), for the student as it is and for its
+widths rounded to the nearest multiple of each `--round-to` (at least that multiple). Training steps are
+interleaved like ikd.latency's inference rounds: the smallest of several medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ikd.arch import ArchSpec
+from ikd.export import onnx_graph
+from ikd.latency import measure_latencies, min_of_medians
+from ikd.lineage import RunDir
+from ikd.model import build_model
+from ikd.runtime import resolve_precision
+
+from common import CPU, machine_line, print_result, publish
+
+
+def rounded(spec: ArchSpec, multiple: int) -> ArchSpec:
+    """`spec` with every conv width rounded to the nearest multiple of `multiple` (at least one)."""
+    blocks = [[max(multiple, multiple * round(w / multiple)) for w in block] for block in spec.blocks]
+    return spec.model_copy(update={"blocks": blocks})
+
+
+def train_step(spec: ArchSpec, precision_name: str, batch: int) -> Callable[[], object]:
+    """One training step of a fresh model of `spec` on a fixed random batch."""
+    precision = resolve_precision(precision_name, CPU)
+    layout = torch.channels_last if precision.dtype == torch.bfloat16 else torch.contiguous_format
+    model = build_model(spec, seed=0).train()
+    model.to(memory_format=layout)  # type: ignore[call-overload]  # untyped in torch; converts in place
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
+    x = x.contiguous(memory_format=layout)
+    y = torch.randint(0, spec.num_classes, (batch,), generator=generator)
+
+    def step() -> None:
+        with precision.autocast():
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="an `ikd compress` run directory")
+    parser.add_argument("--node", default="final", help="the node whose widths are timed (default: final)")
+    parser.add_argument("--round-to", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5, help="training steps per median")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--markdown")
+    parser.add_argument("--note", action="append", default=[])
+    args = parser.parse_args()
+
+    lineage = RunDir(args.run).load()
+    node = lineage.find(args.node)
+    if node is None:
+        raise SystemExit(f"width_rounding.py: {args.run}: no node {args.node!r}")
+    specs = {"as-searched": node.spec()} | {f"round-to-{m}": rounded(node.spec(), m) for m in args.round_to}
+    train_ms: dict[str, dict[str, float]] = {}
+    for precision in args.precisions:
+        steps = {name: train_step(spec, precision, args.batch) for name, spec in specs.items()}
+        train_ms[precision] = min_of_medians(steps, args.repeats, args.rounds)
+    dataset = {"mean": [0.0] * node.spec().in_channels, "std": [1.0] * node.spec().in_channels}
+    timed = {}
+    for name, spec in specs.items():
+        model = build_model(spec, seed=0).eval()
+        timed[name] = (model, dataset, onnx_graph(model, dataset, {}))
+    inference = measure_latencies(timed, batches=(1,))
+
+    base = "as-searched"
+    header = ["widths", "conv widths", "params", "M MACs/image"]
+    header += [f"train ms/step {p} (speed-up)" for p in args.precisions]
+    header += [f"batch-1 ms {m.runtime} (speed-up)" for m in inference[base]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, spec in specs.items():
+        cells = [name, spec.summary(), f"{spec.num_params():,}", f"{spec.macs() / 1e6:.1f}"]
+        cells += [f"{train_ms[p][name]:.0f} ({train_ms[p][base] / train_ms[p][name]:.2f}x)" for p in args.precisions]
+        cells += [
+            f"{mine.median_ms:.3f} ({theirs.median_ms / mine.median_ms:.2f}x)"
+            for mine, theirs in zip(inference[name], inference[base], strict=True)
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(
+        [
+            f"Machine: {machine_line()}; torch threads {torch.get_num_threads()}.",
+            f"Student: `{args.node}` of `{args.run}`; training steps at batch {args.batch} on a fixed random "
+            f"batch, smallest of {args.rounds} interleaved medians of {args.repeats} steps; inference: "
+            "ikd.latency (batch 1, interleaved rounds, smallest median). Speed-up = as-searched / this row.",
+            "",
+            *lines,
+            *(["", *[f"- {note}" for note in args.note]] if args.note else []),
+        ]
+    )
+    publish(text, args.markdown, "Odd conv widths against rounded ones: training and inference speed")
+    first = train_ms[args.precisions[0]]
+    best = min(specs, key=lambda name: first[name])
+    print_result({"fastest": best, "train_speedup": f"{first[base] / first[best]:.2f}"})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
