@@ -5,7 +5,9 @@ convolution kernels work on blocks of channels (an AVX-512 register holds 16 fp3
 values). This times, side by side in one process, a student's training step (batch `--batch`,
 forward + CE + backward + SGD, in the precisions asked, NHWC as ikd trains under bf16) and its batch-1
 inference (onnxruntime and PyTorch, ikd.latency's protocol), for the student as it is and for its
-widths rounded to the nearest multiple of each `--round-to` (at least that multiple). Training steps are
+widths rounded down to a multiple of each `--round-to` (at least that multiple), the direction
+`search.slim_round_to` cuts. Rounding down also removes MACs, so each speed-up is given twice: per
+step, and per MAC (how much of it is the kernels' better use of aligned channels). Training steps are
 interleaved like ikd.latency's inference rounds: the smallest of several medians.
 """
 
@@ -28,8 +30,8 @@ from common import CPU, machine_line, print_result, publish
 
 
 def rounded(spec: ArchSpec, multiple: int) -> ArchSpec:
-    """`spec` with every conv width rounded to the nearest multiple of `multiple` (at least one)."""
-    blocks = [[max(multiple, multiple * round(w / multiple)) for w in block] for block in spec.blocks]
+    """`spec` with every conv width rounded down to a multiple of `multiple` (at least one)."""
+    blocks = [[max(multiple, multiple * (w // multiple)) for w in block] for block in spec.blocks]
     return spec.model_copy(update={"blocks": blocks})
 
 
@@ -58,7 +60,7 @@ def train_step(spec: ArchSpec, precision_name: str, batch: int) -> Callable[[], 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="an `ikd compress` run directory")
-    parser.add_argument("--node", default="final", help="the node whose widths are timed (default: final)")
+    parser.add_argument("--node", help="the node whose widths are timed (default: the run's answer)")
     parser.add_argument("--round-to", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     parser.add_argument("--batch", type=int, default=128)
@@ -69,7 +71,7 @@ def main() -> int:
     args = parser.parse_args()
 
     lineage = RunDir(args.run).load()
-    node = lineage.find(args.node)
+    node = lineage.find(args.node) if args.node else lineage.final()
     if node is None:
         raise SystemExit(f"width_rounding.py: {args.run}: no node {args.node!r}")
     specs = {"as-searched": node.spec()} | {f"round-to-{m}": rounded(node.spec(), m) for m in args.round_to}
@@ -86,21 +88,26 @@ def main() -> int:
 
     base = "as-searched"
     header = ["widths", "conv widths", "params", "M MACs/image"]
-    header += [f"train ms/step {p} (speed-up)" for p in args.precisions]
-    header += [f"batch-1 ms {m.runtime} (speed-up)" for m in inference[base]]
+    header += [f"train ms/step {p} (speed-up; per MAC)" for p in args.precisions]
+    header += [f"batch-1 ms {m.runtime} (speed-up; per MAC)" for m in inference[base]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, spec in specs.items():
-        cells = [name, spec.summary(), f"{spec.num_params():,}", f"{spec.macs() / 1e6:.1f}"]
-        cells += [f"{train_ms[p][name]:.0f} ({train_ms[p][base] / train_ms[p][name]:.2f}x)" for p in args.precisions]
+        macs = spec.macs() / specs[base].macs()  # this row's MACs over the searched student's
+
+        def speed(ms: float, base_ms: float, macs: float = macs) -> str:
+            return f"{ms:.3f} ({base_ms / ms:.2f}x; {base_ms * macs / ms:.2f}x)"
+
+        cells = [name, spec.summary().replace("|", "\\|"), f"{spec.num_params():,}", f"{spec.macs() / 1e6:.1f}"]
+        cells += [speed(train_ms[p][name], train_ms[p][base]) for p in args.precisions]
         cells += [
-            f"{mine.median_ms:.3f} ({theirs.median_ms / mine.median_ms:.2f}x)"
+            speed(mine.median_ms, theirs.median_ms)
             for mine, theirs in zip(inference[name], inference[base], strict=True)
         ]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(
         [
             f"Machine: {machine_line()}; torch threads {torch.get_num_threads()}.",
-            f"Student: `{args.node}` of `{args.run}`; training steps at batch {args.batch} on a fixed random "
+            f"Student: `{node.id}` of `{args.run}`; training steps at batch {args.batch} on a fixed random "
             f"batch, smallest of {args.rounds} interleaved medians of {args.repeats} steps; inference: "
             "ikd.latency (batch 1, interleaved rounds, smallest median). Speed-up = as-searched / this row.",
             "",

@@ -134,8 +134,10 @@ def test_round_to_keeps_every_width_a_multiple():
 def test_round_to_first_aligns_an_odd_width():
     odd = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[6, 10], [13]])
     flat = [[[1.0] * 6, [1.0] * 10], [[1.0] * 13]]
-    # ties go to the earlier layer: its first cut is the 2 channels down to 4, not a group of 4
-    assert slimmed(shrink_slim(odd, flat, 0.05, min_channels=2, round_to=4)).blocks == [[4, 10], [13]]
+    # every odd width is cut down to a multiple first (2, 2 and 1 channels), even past the target
+    assert slimmed(shrink_slim(odd, flat, 0.01, min_channels=2, round_to=4)).blocks == [[4, 8], [12]]
+    # then whole groups: ties go to the earlier layer
+    assert slimmed(shrink_slim(odd, flat, 0.6, min_channels=2, round_to=4)).blocks == [[4, 4], [12]]
     # a conv narrower than round_to keeps its width; a step that cannot cut a whole group gives None
     narrow = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[3, 4], [4]])
     assert shrink_slim(narrow, [[[1.0] * 3, [1.0] * 4], [[1.0] * 4]], 0.5, min_channels=2, round_to=4) is None

@@ -189,8 +189,10 @@ class SearchConfig(Strict):
         default=1,
         gt=0,
         json_schema_extra=cli_flag("--slim-round-to"),
-        description="slim operator: keep every conv's width a multiple of this (channels leave in groups); "
-        "convolution kernels work on channel blocks, so e.g. 16 can train and run faster than odd widths",
+        description="slim operator: make every conv's width a multiple of this (odd widths are cut down to one "
+        "first, then channels leave in groups ranked by their mean importance; no conv below slim_min_channels "
+        "rounded up to it, one narrower from the start keeps its width); convolution kernels work on channel "
+        "blocks, so e.g. 16 can train and run faster than odd widths",
     )
     early_rejection: float = Field(
         default=0.0,

@@ -117,11 +117,12 @@ def shrink_slim(
     last. (Dividing by the parameters a channel saves instead was tried and rejected: that greedy
     favours alternating narrow and wide layers, 8-channel bottlenecks between 300-wide convs.)
 
-    With `round_to` > 1, every conv's width stays a multiple of it (a first cut aligns a layer that
-    is not): channels leave a layer `round_to` at a time, a group ranked by the mean importance of
-    its channels, and no conv goes below `round_to` unless it started narrower. CPU and GPU
-    convolution kernels work on channel blocks (16 bf16 values fill an AVX-512 register), so odd
-    widths waste part of every block.
+    With `round_to` > 1, every conv's width becomes a multiple of it: a parent's odd widths are first
+    cut down to the multiple below (their least important channels), then channels leave a layer
+    `round_to` at a time, a group ranked by the mean importance of its channels. No conv goes below
+    `min_channels` rounded up to a multiple of `round_to`; a conv that started narrower than that keeps
+    its width, odd or not. CPU and GPU convolution kernels work on channel blocks (an AVX-512 register
+    holds 16 fp32 or 32 bf16 values), so odd widths waste part of every block.
     """
     if not 0 < fraction < 1:
         raise ConfigError(f"slim fraction {fraction}: expected a number between 0 and 1")
@@ -153,10 +154,19 @@ def shrink_slim(
         cut = queues[layer][taken[layer] : taken[layer] + size]
         return cut if len(cut) == size else []
 
-    target = (1 - fraction) * spec.num_params()
     taken = [0] * len(layers)
     kept = [float(len(values)) for values in layers]  # each layer's importance still there (mean 1 each)
-    child = spec
+
+    def remove(layer: int, cut: list[float]) -> None:
+        kept[layer] -= sum(cut)
+        taken[layer] += len(cut)
+        widths[layer] -= len(cut)
+
+    for layer in range(len(layers)):  # odd widths (a parent slimmed without round_to) align first
+        if widths[layer] % round_to and (cut := next_cut(layer)):
+            remove(layer, cut)
+    target = (1 - fraction) * spec.num_params()
+    child = _with_widths(spec, widths)
     while child.num_params() > target:
         cuts = {layer: cut for layer in range(len(layers)) if (cut := next_cut(layer))}
         if not cuts:
@@ -165,11 +175,9 @@ def shrink_slim(
         if by_share:
             keys = [(value / max(kept[layer], 1e-12), layer) for value, layer in keys]
         _, layer = min(keys)
-        kept[layer] -= sum(cuts[layer])
-        taken[layer] += len(cuts[layer])
-        widths[layer] -= len(cuts[layer])
+        remove(layer, cuts[layer])
         child = _with_widths(spec, widths)
-    return child
+    return child if child != spec else None
 
 
 def _with_widths(spec: ArchSpec, widths: list[int]) -> ArchSpec:
