@@ -59,7 +59,7 @@ def train_step(spec: ArchSpec, precision_name: str, batch: int) -> Callable[[], 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="an `ikd compress` run directory")
+    parser.add_argument("--run", help="an `ikd compress` run directory")
     parser.add_argument("--node", help="the node whose widths are timed (default: the run's answer)")
     parser.add_argument("--round-to", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
@@ -68,18 +68,27 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown")
     parser.add_argument("--note", action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="a tiny odd-width spec of its own, one short round")
+    parser.add_argument("--quiet", action="store_true", help="(prints only the record and its RESULT line)")
     args = parser.parse_args()
 
-    lineage = RunDir(args.run).load()
-    node = lineage.find(args.node) if args.node else lineage.final()
-    if node is None:
-        raise SystemExit(f"width_rounding.py: {args.run}: no node {args.node!r}")
-    specs = {"as-searched": node.spec()} | {f"round-to-{m}": rounded(node.spec(), m) for m in args.round_to}
+    if args.quick:
+        searched = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[13, 21], [29]])
+        source = "a tiny odd-width spec (--quick)"
+        args.round_to, args.batch, args.repeats, args.rounds = [8], 8, 1, 1
+    elif args.run:
+        node = RunDir(args.run).load().find(args.node) if args.node else RunDir(args.run).load().final()
+        if node is None:
+            raise SystemExit(f"width_rounding.py: {args.run}: no node {args.node!r}")
+        searched, source = node.spec(), f"`{node.id}` of `{args.run}`"
+    else:
+        parser.error("--run is required (or --quick)")
+    specs = {"as-searched": searched} | {f"round-to-{m}": rounded(searched, m) for m in args.round_to}
     train_ms: dict[str, dict[str, float]] = {}
     for precision in args.precisions:
         steps = {name: train_step(spec, precision, args.batch) for name, spec in specs.items()}
         train_ms[precision] = min_of_medians(steps, args.repeats, args.rounds)
-    dataset = {"mean": [0.0] * node.spec().in_channels, "std": [1.0] * node.spec().in_channels}
+    dataset = {"mean": [0.0] * searched.in_channels, "std": [1.0] * searched.in_channels}
     timed = {}
     for name, spec in specs.items():
         model = build_model(spec, seed=0).eval()
@@ -107,7 +116,7 @@ def main() -> int:
     text = "\n".join(
         [
             f"Machine: {machine_line()}; torch threads {torch.get_num_threads()}.",
-            f"Student: `{node.id}` of `{args.run}`; training steps at batch {args.batch} on a fixed random "
+            f"Student: {source}; training steps at batch {args.batch} on a fixed random "
             f"batch, smallest of {args.rounds} interleaved medians of {args.repeats} steps; inference: "
             "ikd.latency (batch 1, interleaved rounds, smallest median). Speed-up = as-searched / this row.",
             "",

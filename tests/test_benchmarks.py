@@ -230,6 +230,13 @@ def test_latency_stability_quick(tmp_path):
     assert "| interleaved | torch | " in record and "| one-by-one | onnxruntime | " in record
 
 
+def test_width_rounding_quick(tmp_path):
+    out = run_quick("width_rounding.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    assert out.strip().splitlines()[-1].startswith("RESULT fastest=")
+    record = (tmp_path / "record.md").read_text()
+    assert "| as-searched | 13/21-29x1 |" in record and "| round-to-8 | 8/16-24x1 |" in record
+
+
 def test_a_teacher_record_from_an_existing_run_names_the_flags_it_ran_with(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     teacher = importlib.import_module("teacher")
