@@ -139,23 +139,19 @@ def shrink_slim(
     # of its ranking; each step takes the layer whose next cut (one channel, or the group down to the
     # next multiple of round_to) is least important (with by_share, relative to what its layer still
     # keeps, which changes as the layer narrows). Ties go to the earlier layer.
-    floor = max(min_channels, round_to)
-    floor = round_to * math.ceil(floor / round_to)  # a multiple of round_to, so every cut lands on one
+    floor = round_to * math.ceil(min_channels / round_to)  # a multiple of round_to, so every cut lands on one
     queues = []
     for values in layers:
         mean = sum(abs(v) for v in values) / len(values) or 1.0  # a layer of zero scales: all importance 0
         bottom_up = channel_ranking(values)[::-1][: len(values) - min(len(values), floor)]
         queues.append([abs(values[i]) / mean for i in bottom_up])
-    if not any(queues):
-        return None
+    taken = [0] * len(layers)
+    kept = [float(len(values)) for values in layers]  # each layer's importance still there (mean 1 each)
 
     def next_cut(layer: int) -> list[float]:
         size = widths[layer] % round_to or round_to
         cut = queues[layer][taken[layer] : taken[layer] + size]
         return cut if len(cut) == size else []
-
-    taken = [0] * len(layers)
-    kept = [float(len(values)) for values in layers]  # each layer's importance still there (mean 1 each)
 
     def remove(layer: int, cut: list[float]) -> None:
         kept[layer] -= sum(cut)
@@ -177,7 +173,7 @@ def shrink_slim(
         _, layer = min(keys)
         remove(layer, cuts[layer])
         child = _with_widths(spec, widths)
-    return child if child != spec else None
+    return child if child != spec else None  # nothing could go
 
 
 def _with_widths(spec: ArchSpec, widths: list[int]) -> ArchSpec:
