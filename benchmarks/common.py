@@ -13,6 +13,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -107,23 +108,36 @@ def dense_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
     return max(matmul, convolution)
 
 
-def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int, warmup: int) -> float:
-    """Median images/s of bare training steps (forward, CE, backward, SGD) on one fixed random batch:
-    the model's own arithmetic with nothing around it, the ceiling for any training loop."""
+def training_step(
+    spec: ArchSpec, precision: Precision, batch: int, layout: torch.memory_format = torch.contiguous_format
+) -> Callable[[], None]:
+    """One bare training step (forward, CE, backward, SGD) of a fresh model of `spec` on one fixed
+    random batch, in `layout`: the model's own arithmetic with nothing around it."""
     torch.manual_seed(0)
     model = build_model(spec).train()
+    model.to(memory_format=layout)  # type: ignore[call-overload]  # untyped in torch; converts in place
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size)
+    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size).contiguous(memory_format=layout)
     y = torch.randint(0, spec.num_classes, (batch,))
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         with precision.autocast():
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step >= warmup:
+
+    return step
+
+
+def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int, warmup: int) -> float:
+    """Median images/s of `training_step`: the ceiling for any training loop."""
+    step = training_step(spec, precision, batch)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
 

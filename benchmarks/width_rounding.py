@@ -14,10 +14,8 @@ interleaved like ikd.latency's inference rounds: the smallest of several medians
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ikd.arch import ArchSpec
 from ikd.export import onnx_graph
@@ -26,35 +24,13 @@ from ikd.lineage import RunDir
 from ikd.model import build_model
 from ikd.runtime import resolve_precision
 
-from common import CPU, machine_line, print_result, publish
+from common import CPU, machine_line, print_result, publish, training_step
 
 
 def rounded(spec: ArchSpec, multiple: int) -> ArchSpec:
     """`spec` with every conv width rounded down to a multiple of `multiple` (at least one)."""
     blocks = [[max(multiple, multiple * (w // multiple)) for w in block] for block in spec.blocks]
     return spec.model_copy(update={"blocks": blocks})
-
-
-def train_step(spec: ArchSpec, precision_name: str, batch: int) -> Callable[[], object]:
-    """One training step of a fresh model of `spec` on a fixed random batch."""
-    precision = resolve_precision(precision_name, CPU)
-    layout = torch.channels_last if precision.dtype == torch.bfloat16 else torch.contiguous_format
-    model = build_model(spec, seed=0).train()
-    model.to(memory_format=layout)  # type: ignore[call-overload]  # untyped in torch; converts in place
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
-    x = x.contiguous(memory_format=layout)
-    y = torch.randint(0, spec.num_classes, (batch,), generator=generator)
-
-    def step() -> None:
-        with precision.autocast():
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def main() -> int:
@@ -86,7 +62,9 @@ def main() -> int:
     specs = {"as-searched": searched} | {f"round-to-{m}": rounded(searched, m) for m in args.round_to}
     train_ms: dict[str, dict[str, float]] = {}
     for precision in args.precisions:
-        steps = {name: train_step(spec, precision, args.batch) for name, spec in specs.items()}
+        resolved = resolve_precision(precision, CPU)
+        layout = torch.channels_last if resolved.dtype == torch.bfloat16 else torch.contiguous_format  # as ikd
+        steps = {name: training_step(spec, resolved, args.batch, layout) for name, spec in specs.items()}
         train_ms[precision] = min_of_medians(steps, args.repeats, args.rounds)
     dataset = {"mean": [0.0] * searched.in_channels, "std": [1.0] * searched.in_channels}
     timed = {}
