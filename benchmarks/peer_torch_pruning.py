@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ikd.arch import ArchSpec
 from ikd.checkpoint import load_model
 from ikd.config import CampaignConfig
 from ikd.context import section_train_config
@@ -72,6 +73,7 @@ class Stage:
     target_params: int
     epochs: int
     params: int = 0
+    macs: int = 0  # per image; 0 in results stored before MACs were recorded (see stage_macs)
     val: float = 0.0
     test: float = 0.0
     seconds: float = 0.0
@@ -122,6 +124,22 @@ def sync_spec(model: VGG) -> None:
     model.spec = model.spec.model_copy(update={"blocks": blocks, "head": head})
 
 
+def spec_of(summary: str, like: ArchSpec) -> ArchSpec:
+    """The spec an `ArchSpec.summary()` line describes, with `like`'s input and classes (its inverse)."""
+    convs, _, head = summary.partition(" | head ")
+    blocks = []
+    for part in convs.split("-"):
+        width, times = part.split("x") if "x" in part else (None, None)
+        blocks.append([int(width)] * int(times) if width else [int(w) for w in part.split("/")])
+    hidden = [int(w) for w in head.split("-")] if head else []
+    return like.model_copy(update={"blocks": blocks, "head": hidden})
+
+
+def stage_macs(stage: Stage, teacher: VGG) -> int:
+    """The stage's MACs per image, from its architecture line where the stored result predates the field."""
+    return stage.macs or spec_of(stage.arch, teacher.spec).macs()
+
+
 def params_of(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -130,7 +148,9 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     teacher = teacher.to(device).eval()
-    model = copy.deepcopy(teacher)
+    # a live KD objective freezes the teacher in place (ikd.objective.LiveTeacher), so a later variant's
+    # copy would be frozen too: CE then fails, KD silently trains only the hint regressor
+    model = copy.deepcopy(teacher).requires_grad_(True)
     example = torch.randn(1, data.in_channels, data.image_size, data.image_size, device=device)
     pruner = tp.pruner.MetaPruner(
         model,
@@ -152,7 +172,7 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
         while params_of(model) > stage.target_params and pruner.current_step < args.granularity:
             pruner.step()
         sync_spec(model)
-        stage.params, stage.arch = params_of(model), model.spec.summary()
+        stage.params, stage.macs, stage.arch = params_of(model), model.spec.macs(), model.spec.summary()
         objective = None
         if run.loss == "kd" and not cached:
             objective = build_objective(model, teacher, config.loss, seed=config.seed + k)
@@ -179,7 +199,7 @@ def quick_run(directory: Path) -> Path:
     """A smoke-sized ikd run to replay: digits, VGG-11 teacher, one generation, baselines."""
     config = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
     config["teacher"] |= {"arch": "vgg11", "epochs": 1}
-    config["student"]["epochs"] = 1
+    config["student"] |= {"epochs": 1, "augment": "crop"}  # augmented, so KD runs a live teacher, as on CIFAR-10
     config["search"] |= {"max_generations": 1, "max_drop": 100.0, "max_step_drop": 100.0}
     path, run_dir = directory / "quick.yaml", directory / "run"
     path.write_text(yaml.safe_dump(config))
@@ -204,15 +224,16 @@ def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str
         "",
         "## At the final size",
         "",
-        "| method | params | x | val % | test % | test drop | vs ikd (test points) | minutes |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| ikd (`{answer.id}`) | {answer.params:,} | {answer.compression:.0f} | {ikd_val:.2f} | {ikd_test:.2f} | "
+        "| method | params | x | M MACs/image | val % | test % | test drop | vs ikd (test points) | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| ikd (`{answer.id}`) | {answer.params:,} | {answer.compression:.0f} | {answer.macs / 1e6:.3g} | "
+        f"{ikd_val:.2f} | {ikd_test:.2f} | "
         f"{teacher_test - ikd_test:.2f} | | "
         f"{sum(n.seconds for n in lineage.chain(answer)[1:]) / 60:.1f} (the chain) |",
     ]
     for baseline in (n for n in lineage.nodes if n.kind is NodeKind.BASELINE):
         lines.append(
-            f"| ikd {baseline.id} | {baseline.params:,} | {baseline.compression:.0f} | "
+            f"| ikd {baseline.id} | {baseline.params:,} | {baseline.compression:.0f} | {baseline.macs / 1e6:.3g} | "
             f"{100 * baseline.val_accuracy:.2f} | {100 * baseline.test_accuracy:.2f} | "
             f"{teacher_test - 100 * baseline.test_accuracy:.2f} | {100 * baseline.test_accuracy - ikd_test:+.2f} | "
             f"{baseline.seconds / 60:.1f} |"
@@ -220,7 +241,8 @@ def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str
     for run in runs:
         last = run.stages[-1]
         lines.append(
-            f"| {run.name} | {last.params:,} | {root.params / last.params:.0f} | {last.val:.2f} | {last.test:.2f} | "
+            f"| {run.name} | {last.params:,} | {root.params / last.params:.0f} | {last.macs / 1e6:.3g} | "
+            f"{last.val:.2f} | {last.test:.2f} | "
             f"{teacher_test - last.test:.2f} | {last.test - ikd_test:+.2f} | "
             f"{sum(s.seconds for s in run.stages) / 60:.1f} |"
         )
@@ -283,7 +305,7 @@ def main() -> int:
     parser.add_argument("--results", help="JSON of finished variants: reused on a rerun of the same replay")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke-sized digits run of its own; l1 global + CE, l1 local + KD"
+        "--quick", action="store_true", help="a smoke-sized digits run of its own; l1 local + KD, then l1 global + CE"
     )
     parser.add_argument("--quiet", action="store_true", help="(no progress bars either way)")
     args = parser.parse_args()
@@ -293,7 +315,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ikd-peer-") as scratch:
         run_dir = quick_run(Path(scratch)) if args.quick else Path(args.ikd_run)
         if args.quick:
-            args.variants = ["l1+ce+global", "l1+kd+local"]
+            args.variants = ["l1+kd+local", "l1+ce+global"]  # CE after a live-teacher KD variant
         lineage = RunDir(run_dir).load()
         if lineage.final().status not in (Status.ACCEPTED, Status.FINAL):
             raise SystemExit(f"peer_torch_pruning.py: {run_dir}: no accepted student to compare with")
@@ -314,6 +336,8 @@ def main() -> int:
             run = PeerRun(importance, loss, scope)
             if run.key in stored["runs"]:
                 run.stages = [Stage(**st) for st in stored["runs"][run.key]]
+                for stage in run.stages:
+                    stage.macs = stage_macs(stage, teacher)
             else:
                 replay(args, config, lineage, teacher, data, run)
                 if results_file:

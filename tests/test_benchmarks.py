@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ikd.arch import preset
 from ikd.lineage import RunDir
+from ikd.model import VGG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,6 +223,25 @@ def test_peer_torch_pruning_quick(tmp_path):
     for variant in ("global + ce", "local + kd"):
         peer_params = int(record.split(f"| torch-pruning l1 {variant} |")[1].split("|")[0].replace(",", ""))
         assert 0.9 * ikd_params <= peer_params <= ikd_params
+    # each stage's MACs were counted when it was pruned, and the table shows them
+    assert "| M MACs/image |" in record
+    for stages in json.loads(results.read_text())["runs"].values():
+        assert all(stage["macs"] > 0 for stage in stages)
+
+
+def test_peer_torch_pruning_reads_macs_back_from_an_architecture_line(monkeypatch):
+    pytest.importorskip("torch_pruning")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    peer = importlib.import_module("peer_torch_pruning")
+    teacher = preset("vgg16", in_channels=3, image_size=32, num_classes=10)
+    pruned = teacher.model_copy(update={"blocks": [[61, 64], [89, 91], [94, 95, 94], [7, 7, 7], [100, 1, 96]]})
+    with_head = pruned.model_copy(update={"head": [33, 12]})
+    for spec in (teacher, pruned, with_head):
+        assert peer.spec_of(spec.summary(), teacher) == spec
+    stage = peer.Stage(target_params=0, epochs=1, arch=pruned.summary())
+    model = VGG(teacher)
+    assert peer.stage_macs(stage, model) == pruned.macs() != teacher.macs()
+    assert peer.stage_macs(peer.Stage(target_params=0, epochs=1, macs=5, arch=pruned.summary()), model) == 5
 
 
 def test_latency_stability_quick(tmp_path):
