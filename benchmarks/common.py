@@ -24,7 +24,10 @@ from ikd.arch import ArchSpec, preset
 from ikd.atomic import atomic_write_bytes
 from ikd.checkpoint import load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
+from ikd.export import onnx_graph
 from ikd.inherit import inherit_weights
+from ikd.latency import measure_latencies
+from ikd.lineage import Latency
 from ikd.model import VGG, build_model
 from ikd.objective import DistillationObjective, LossWeights, build_objective, teacher_hint_block
 from ikd.runtime import Precision, describe_machine
@@ -128,6 +131,18 @@ def training_step(
         optimizer.step()
 
     return step
+
+
+def spec_latencies(specs: dict[str, ArchSpec]) -> dict[str, list[Latency]]:
+    """Batch-1 latencies of fresh models of `specs`, all timed together by ikd.latency (onnxruntime and
+    PyTorch). Speed does not depend on the weights, so architectures whose weights are not here can be timed."""
+    first = next(iter(specs.values()))
+    dataset = {"mean": [0.0] * first.in_channels, "std": [1.0] * first.in_channels}
+    timed = {}
+    for name, spec in specs.items():
+        model = build_model(spec, seed=0).eval()
+        timed[name] = (model, dataset, onnx_graph(model, dataset, {}))
+    return measure_latencies(timed, batches=(1,))
 
 
 def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int, warmup: int) -> float:

@@ -51,7 +51,7 @@ from ikd.objective import build_objective
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.train import evaluate, train_model
 
-from common import CachedTeacherObjectives, machine_line, print_result, publish, repo_path
+from common import CachedTeacherObjectives, machine_line, print_result, publish, repo_path, spec_latencies
 
 try:
     import torch_pruning as tp
@@ -208,8 +208,24 @@ def quick_run(directory: Path) -> Path:
     return run_dir
 
 
-def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str, dict[str, str]]:
+def final_latencies(lineage: Lineage, runs: list[PeerRun]) -> dict[str, float]:
+    """Batch-1 onnxruntime ms of the teacher's, ikd's answer's and each variant's final architecture,
+    timed together in this process (fresh weights: the peer's are not kept, and speed does not depend on them)."""
+    root = lineage.root().spec()
+    specs = {"teacher": root, "ikd": lineage.final().spec()}
+    specs |= {run.key: spec_of(run.stages[-1].arch, root) for run in runs}
+    measured = spec_latencies(specs)
+    return {name: next(m.median_ms for m in ms if m.runtime == "onnxruntime") for name, ms in measured.items()}
+
+
+def report(
+    lineage: Lineage, runs: list[PeerRun], granularity: int, latency: dict[str, float]
+) -> tuple[str, dict[str, str]]:
     root, answer = lineage.root(), lineage.final()
+
+    def timed(name: str) -> str:
+        return f"{latency[name]:.2f} ({latency['teacher'] / latency[name]:.1f}x)"
+
     teacher_test, teacher_val = 100 * root.test_accuracy, 100 * root.val_accuracy
     ikd_test, ikd_val = 100 * answer.test_accuracy, 100 * answer.val_accuracy
     epochs = sum(s.epochs for s in runs[0].stages) if runs else 0
@@ -224,16 +240,21 @@ def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str
         "",
         "## At the final size",
         "",
-        "| method | params | x | M MACs/image | val % | test % | test drop | vs ikd (test points) | minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Batch-1 latency: onnxruntime on this CPU, the architectures timed together by ikd.latency's protocol "
+        f"(the teacher: {latency['teacher']:.2f} ms); in brackets, the speed-up over the teacher.",
+        "",
+        "| method | params | x | M MACs/image | batch-1 ms | val % | test % | test drop | vs ikd (test points) "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| ikd (`{answer.id}`) | {answer.params:,} | {answer.compression:.0f} | {answer.macs / 1e6:.3g} | "
-        f"{ikd_val:.2f} | {ikd_test:.2f} | "
+        f"{timed('ikd')} | {ikd_val:.2f} | {ikd_test:.2f} | "
         f"{teacher_test - ikd_test:.2f} | | "
         f"{sum(n.seconds for n in lineage.chain(answer)[1:]) / 60:.1f} (the chain) |",
     ]
     for baseline in (n for n in lineage.nodes if n.kind is NodeKind.BASELINE):
         lines.append(
             f"| ikd {baseline.id} | {baseline.params:,} | {baseline.compression:.0f} | {baseline.macs / 1e6:.3g} | "
+            f"{'as ikd' if baseline.spec() == answer.spec() else '-'} | "
             f"{100 * baseline.val_accuracy:.2f} | {100 * baseline.test_accuracy:.2f} | "
             f"{teacher_test - 100 * baseline.test_accuracy:.2f} | {100 * baseline.test_accuracy - ikd_test:+.2f} | "
             f"{baseline.seconds / 60:.1f} |"
@@ -242,7 +263,7 @@ def report(lineage: Lineage, runs: list[PeerRun], granularity: int) -> tuple[str
         last = run.stages[-1]
         lines.append(
             f"| {run.name} | {last.params:,} | {root.params / last.params:.0f} | {last.macs / 1e6:.3g} | "
-            f"{last.val:.2f} | {last.test:.2f} | "
+            f"{timed(run.key)} | {last.val:.2f} | {last.test:.2f} | "
             f"{teacher_test - last.test:.2f} | {last.test - ikd_test:+.2f} | "
             f"{sum(s.seconds for s in run.stages) / 60:.1f} |"
         )
@@ -344,7 +365,7 @@ def main() -> int:
                     stored["runs"][run.key] = [asdict(st) for st in run.stages]
                     results_file.write_text(json.dumps(stored, indent=1))
             runs.append(run)
-    body, values = report(lineage, runs, args.granularity)
+    body, values = report(lineage, runs, args.granularity, final_latencies(lineage, runs))
     text = "\n".join(
         [
             f"Machine: {machine_line()}.",

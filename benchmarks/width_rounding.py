@@ -18,13 +18,11 @@ import argparse
 import torch
 
 from ikd.arch import ArchSpec
-from ikd.export import onnx_graph
-from ikd.latency import measure_latencies, min_of_medians
+from ikd.latency import min_of_medians
 from ikd.lineage import RunDir
-from ikd.model import build_model
 from ikd.runtime import resolve_precision
 
-from common import CPU, machine_line, print_result, publish, training_step
+from common import CPU, machine_line, print_result, publish, spec_latencies, training_step
 
 
 def rounded(spec: ArchSpec, multiple: int) -> ArchSpec:
@@ -66,12 +64,7 @@ def main() -> int:
         layout = torch.channels_last if resolved.dtype == torch.bfloat16 else torch.contiguous_format  # as ikd
         steps = {name: training_step(spec, resolved, args.batch, layout) for name, spec in specs.items()}
         train_ms[precision] = min_of_medians(steps, args.repeats, args.rounds)
-    dataset = {"mean": [0.0] * searched.in_channels, "std": [1.0] * searched.in_channels}
-    timed = {}
-    for name, spec in specs.items():
-        model = build_model(spec, seed=0).eval()
-        timed[name] = (model, dataset, onnx_graph(model, dataset, {}))
-    inference = measure_latencies(timed, batches=(1,))
+    inference = spec_latencies(specs)
 
     base = "as-searched"
     header = ["widths", "conv widths", "params", "M MACs/image"]
