@@ -2,7 +2,8 @@
 
 Reads a finished `ikd compress` run (ideally with `--baselines`) and replays its chain with
 Torch-Pruning (DepGraph, Fang et al. 2023) in place of ikd's search: stage k prunes the model until it
-has no more parameters than the chain's k-th student, then fine-tunes it for as many epochs as that
+has no more parameters than the chain's k-th student (`--match macs`: no more MACs per image, so the
+methods meet at equal compute instead of equal memory), then fine-tunes it for as many epochs as that
 student trained, with the campaign's own student optimiser settings; a final distillation in the
 ikd run is matched by as many fine-tuning epochs at the final size. So both methods spend the same
 epochs along the same size schedule, from the same teacher weights.
@@ -72,6 +73,7 @@ IMPORTANCES = {
 class Stage:
     target_params: int
     epochs: int
+    target_macs: int = 0  # what --match macs prunes to
     params: int = 0
     macs: int = 0  # per image; 0 in results stored before MACs were recorded (see stage_macs)
     val: float = 0.0
@@ -114,7 +116,7 @@ def stage_plan(lineage: Lineage) -> list[Stage]:
     """The chain's size schedule and epochs: one stage per student on the final student's chain."""
     answer = lineage.final()
     chain = lineage.chain(answer)[1:]
-    return [Stage(target_params=node.params, epochs=node.epochs) for node in chain if node.epochs]
+    return [Stage(node.params, node.epochs, target_macs=node.macs) for node in chain if node.epochs]
 
 
 def sync_spec(model: VGG) -> None:
@@ -144,6 +146,14 @@ def params_of(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def cost(model: VGG, match: str) -> int:
+    """What the pruning is matched on: parameters, or MACs per image (of the widths pruned so far)."""
+    if match == "params":
+        return params_of(model)
+    sync_spec(model)
+    return model.spec.macs()
+
+
 def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, run: PeerRun) -> PeerRun:
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -169,7 +179,8 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
     objectives = CachedTeacherObjectives(teacher, data, device)
     for k, stage in enumerate(run.stages):
         started = time.perf_counter()
-        while params_of(model) > stage.target_params and pruner.current_step < args.granularity:
+        target = stage.target_macs if args.match == "macs" else stage.target_params
+        while cost(model, args.match) > target and pruner.current_step < args.granularity:
             pruner.step()
         sync_spec(model)
         stage.params, stage.macs, stage.arch = params_of(model), model.spec.macs(), model.spec.summary()
@@ -219,9 +230,12 @@ def final_latencies(lineage: Lineage, runs: list[PeerRun]) -> dict[str, float]:
 
 
 def report(
-    lineage: Lineage, runs: list[PeerRun], granularity: int, latency: dict[str, float]
+    lineage: Lineage, runs: list[PeerRun], granularity: int, latency: dict[str, float], match: str = "params"
 ) -> tuple[str, dict[str, str]]:
     root, answer = lineage.root(), lineage.final()
+
+    def schedule(stage: Stage) -> str:
+        return f"{stage.target_params if match == 'params' else stage.target_macs:,}:{stage.epochs}"
 
     def timed(name: str) -> str:
         return f"{latency[name]:.2f} ({latency['teacher'] / latency[name]:.1f}x)"
@@ -231,8 +245,8 @@ def report(
     epochs = sum(s.epochs for s in runs[0].stages) if runs else 0
     lines = [
         f"Teacher: {root.arch_summary()}, {root.params:,} params, val {teacher_val:.2f}%, test {teacher_test:.2f}%.",
-        f"Budget: {epochs} epochs along the chain's size schedule "
-        f"({', '.join(f'{s.target_params:,}:{s.epochs}' for s in runs[0].stages) if runs else '-'}; params:epochs); "
+        f"Budget: {epochs} epochs along the chain's size schedule, each stage pruned to the chain student's {match} "
+        f"({', '.join(schedule(s) for s in runs[0].stages) if runs else '-'}; {match}:epochs); "
         f"Torch-Pruning {tp.__version__}, pruning (global or local, per row) in steps of 1/{granularity} "
         "of the channels. "
         "Left different: each ikd student learns from its parent, the peer from the root; ikd's epochs include "
@@ -322,6 +336,12 @@ def main() -> int:
         "--variants", nargs="+", metavar="IMPORTANCE+LOSS+SCOPE", help="these, in order, instead of the product"
     )
     parser.add_argument("--granularity", type=int, default=400, help="pruning steps that would remove every channel")
+    parser.add_argument(
+        "--match",
+        choices=["params", "macs"],
+        default="params",
+        help="prune each stage to the chain student's parameters (memory) or its MACs per image (compute)",
+    )
     parser.add_argument("--markdown", help="also write the record to this file")
     parser.add_argument("--results", help="JSON of finished variants: reused on a rerun of the same replay")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
@@ -346,6 +366,8 @@ def main() -> int:
         # Finished variants are kept in --results as they end, so a long replay can stop and go on.
         results_file = Path(args.results) if args.results else None
         key = {"ikd_run": str(run_dir), "granularity": args.granularity}
+        if args.match != "params":  # results stored before --match existed matched parameters
+            key["match"] = args.match
         stored = json.loads(results_file.read_text()) if results_file and results_file.exists() else {}
         if stored.get("key") != key:
             stored = {"key": key, "runs": {}}
@@ -365,7 +387,7 @@ def main() -> int:
                     stored["runs"][run.key] = [asdict(st) for st in run.stages]
                     results_file.write_text(json.dumps(stored, indent=1))
             runs.append(run)
-    body, values = report(lineage, runs, args.granularity, final_latencies(lineage, runs))
+    body, values = report(lineage, runs, args.granularity, final_latencies(lineage, runs), args.match)
     text = "\n".join(
         [
             f"Machine: {machine_line()}.",

@@ -229,6 +229,20 @@ def test_peer_torch_pruning_quick(tmp_path):
         assert all(stage["macs"] > 0 for stage in stages)
 
 
+def test_peer_torch_pruning_can_meet_ikd_at_equal_macs(tmp_path):
+    pytest.importorskip("torch_pruning")
+    run_quick("peer_torch_pruning.py", "--match", "macs", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    record = (tmp_path / "record.md").read_text()
+    assert "each stage pruned to the chain student's macs" in record
+
+    def macs(row: str) -> float:
+        return float(record.split(row)[1].split("|")[3 if row.startswith("| ikd") else 2])
+
+    ikd_macs = macs("| ikd (`g1-")
+    for variant in ("global + ce", "local + kd"):
+        assert 0.8 * ikd_macs <= macs(f"| torch-pruning l1 {variant} |") <= ikd_macs
+
+
 def test_peer_torch_pruning_reads_macs_back_from_an_architecture_line(monkeypatch):
     pytest.importorskip("torch_pruning")
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
