@@ -19,8 +19,8 @@ from ikd.campaign import compress
 from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
-from ikd.export import export_node
-from ikd.latency import LATENCY_ROUNDS, min_of_medians
+from ikd.export import export_node, onnx_graph
+from ikd.latency import LATENCY_ROUNDS, cpu_session, min_of_medians
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
 
@@ -281,3 +281,13 @@ def test_models_are_timed_interleaved_and_a_slow_round_is_dropped():
     assert (
         2 <= ms["teacher"] < 10 and 2 <= ms["student"] < 10
     )  # the 20 ms round did not count (a mean or median of the two would)
+
+
+def test_timed_onnxruntime_sessions_do_not_busy_wait():
+    # a spinning session's idle threads would slow whichever model is timed next on the same cores
+    model = build_model(ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[4]]), seed=0).eval()
+    dataset = {"mean": [0.0], "std": [1.0]}
+    session = cpu_session(onnx_graph(model, dataset, {}), threads=2)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
