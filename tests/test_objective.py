@@ -108,7 +108,9 @@ def test_objective_terms_are_weighted_and_regressor_stays_out_of_the_student():
     assert terms["hint"] > 0
     assert not any("regressor" in name for name in student.state_dict())
     assert len(list(objective.parameters())) == 2  # the 1x1 conv's weight and bias
-    assert all(not p.requires_grad for p in teacher.parameters())
+    terms["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.requires_grad for p in teacher.parameters())  # the caller's teacher is not frozen in place
 
 
 def _two_teachers():

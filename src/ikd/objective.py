@@ -106,14 +106,16 @@ class TeacherOutputs:
 
 
 class LiveTeacher:
-    """Runs the (frozen, eval-mode) teacher on each batch, once per batch however many students ask.
+    """Runs the eval-mode teacher on each batch, once per batch however many students ask.
 
     Students trained together (ikd.train.train_models) are handed the very same batch tensors, so
     the batch's index tensor identifies it: the second student of a batch gets the first's outputs.
     """
 
     def __init__(self, teacher: VGG | ExternalTeacher, hint_blocks=()):
-        self.teacher = teacher.eval().requires_grad_(False)
+        # No gradient reaches the teacher (its forward runs under no_grad), so its parameters are left
+        # as the caller had them: freezing them in place once made a copied-out student untrainable.
+        self.teacher = teacher.eval()
         self.hint_blocks = frozenset(hint_blocks)
         self._last: tuple[torch.Tensor, TeacherOutputs] | None = None
 
