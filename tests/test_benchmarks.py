@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ikd.arch import preset
 from ikd.lineage import RunDir
@@ -283,3 +284,22 @@ def test_a_teacher_record_from_an_existing_run_names_the_flags_it_ran_with(monke
         ("--lr", "0.05"),
         ("--augment", "reflect-crop-flip-cutout"),
     ]
+
+
+def test_jpeg_penalty_quick(tmp_path):
+    out = run_quick("jpeg_penalty.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    assert out.strip().splitlines()[-1].startswith("RESULT stored=")
+    rows = [line for line in (tmp_path / "record.md").read_text().splitlines() if line.startswith("| re-encoded")]
+    psnrs = [float(row.split("|")[2]) for row in rows]
+    assert len(psnrs) == 3 and psnrs == sorted(psnrs, reverse=True)  # lower quality, more distortion
+
+
+def test_jpeg_reencoding_keeps_shape_and_costs_more_at_lower_quality(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    jpeg = importlib.import_module("jpeg_penalty")
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    smooth = torch.nn.functional.avg_pool2d(images.float(), 3, 1, 1).to(torch.uint8)
+    high, low = jpeg.reencode(smooth, 95), jpeg.reencode(smooth, 20)
+    assert high.shape == low.shape == smooth.shape and high.dtype == torch.uint8
+    assert jpeg.mse(high, smooth) < jpeg.mse(low, smooth)
+    assert jpeg.linear_fit([1.0, 2.0, 3.0, 4.0], [9.0, 8.0, 7.0, 6.0]) == pytest.approx((10.0, 0.0), abs=1e-9)
