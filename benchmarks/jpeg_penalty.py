@@ -30,11 +30,12 @@ from PIL import Image
 
 from ikd.arch import preset
 from ikd.config import TeacherConfig
+from ikd.context import section_train_config
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.model import build_model
 from ikd.runtime import resolve_precision
 from ikd.shrink import shrink_width
-from ikd.train import TrainConfig, evaluate, train_model
+from ikd.train import evaluate, train_model
 
 from common import CPU, machine_line, print_result, publish
 
@@ -124,19 +125,9 @@ def main() -> int:
     spec = base if args.width == 1 else shrink_width(base, args.width)
     if spec is None:
         parser.error(f"--width {args.width}: {args.arch} cannot be narrowed that far")
-    recipe = TeacherConfig(epochs=args.epochs)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        schedule=recipe.schedule,
-        label_smoothing=recipe.label_smoothing,
-        ema_epochs=recipe.ema_epochs,
-        max_steps_per_epoch=steps,
-        device="cpu",
-    )
-    precision = resolve_precision(config.precision, CPU)
+    precision = resolve_precision("auto", CPU)
+    recipe = section_train_config(TeacherConfig(epochs=args.epochs), args.epochs, precision, CPU, seed=0)
+    config = recipe.model_copy(update={"max_steps_per_epoch": steps})
     stored_mse = 255**2 / 10 ** (args.stored_psnr / 10)
 
     rows = []
