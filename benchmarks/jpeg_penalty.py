@@ -72,14 +72,15 @@ def at_quality(data: DataSplits, quality: int) -> tuple[DataSplits, float]:
         return data, 0.0
     parts = {name: getattr(data, name) for name in ("train", "val", "test")}
     encoded = {name: ImageSet(reencode(part.images, quality), part.labels) for name, part in parts.items()}
-    error = mse(torch.cat([encoded[n].images for n in parts]), torch.cat([parts[n].images for n in parts]))
+    pixels = {name: part.images.numel() for name, part in parts.items()}
+    error = sum(mse(encoded[n].images, parts[n].images) * pixels[n] for n in parts) / sum(pixels.values())
     return replace(data, **encoded), error
 
 
 def linear_fit(x: list[float], y: list[float]) -> tuple[float, float]:
-    """(intercept at x = 0, its standard error) of a least-squares line; error nan below 4 points."""
+    """(intercept at x = 0, its standard error) of a least-squares line; error nan below 3 points."""
     slope, intercept = np.polyfit(x, y, 1)
-    if len(x) < 4:
+    if len(x) < 3:
         return float(intercept), float("nan")
     residual = np.asarray(y) - (slope * np.asarray(x) + intercept)
     sigma2 = float(residual @ residual) / (len(x) - 2)
