@@ -167,7 +167,7 @@ def main() -> int:
     ]
     text = "\n".join(
         [
-            f"Machine: {machine_line()}; torch threads {torch.get_num_threads()}.",
+            f"Machine: {machine_line()}.",
             f"Data: {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test), "
             f"stored copy's PSNR against the originals taken as {args.stored_psnr} dB.",
             f"Network: {args.arch} at width x{args.width} ({spec.summary()}, {spec.num_params():,} params), "
