@@ -158,9 +158,9 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     teacher = teacher.to(device).eval()
-    # a live KD objective freezes the teacher in place (ikd.objective.LiveTeacher), so a later variant's
-    # copy would be frozen too: CE then fails, KD silently trains only the hint regressor
-    model = copy.deepcopy(teacher).requires_grad_(True)
+    # the student is a copy: pruning changes it in place, and the teacher stays whole for the KD loss and
+    # the next variant (the quick test runs KD before CE, which fails if a variant leaves it frozen)
+    model = copy.deepcopy(teacher)
     example = torch.randn(1, data.in_channels, data.image_size, data.image_size, device=device)
     pruner = tp.pruner.MetaPruner(
         model,
