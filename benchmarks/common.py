@@ -133,7 +133,9 @@ def training_step(
     return step
 
 
-def spec_latencies(specs: dict[str, ArchSpec]) -> dict[str, list[Latency]]:
+def spec_latencies(
+    specs: dict[str, ArchSpec], repeats: int | None = None, rounds: int | None = None
+) -> dict[str, list[Latency]]:
     """Batch-1 latencies of fresh models of `specs`, all timed together by ikd.latency (onnxruntime and
     PyTorch). Speed does not depend on the weights, so architectures whose weights are not here can be timed."""
     first = next(iter(specs.values()))
@@ -142,7 +144,7 @@ def spec_latencies(specs: dict[str, ArchSpec]) -> dict[str, list[Latency]]:
     for name, spec in specs.items():
         model = build_model(spec, seed=0).eval()
         timed[name] = (model, dataset, onnx_graph(model, dataset, {}))
-    return measure_latencies(timed, batches=(1,))
+    return measure_latencies(timed, repeats, rounds, batches=(1,))
 
 
 def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int, warmup: int) -> float:

@@ -2,10 +2,13 @@
 
 Each run is a fresh process that loads the root teacher and one node of a run directory and times
 them two ways at batch 1, with onnxruntime and PyTorch:
-  interleaved  ikd's protocol (ikd.latency): both models in one call, 5 interleaved rounds of
-               `--repeats` calls each after a warm-up, the smallest round median kept;
-  one-by-one   the old way: each model timed alone, one median of `--repeats` calls, the teacher
+  interleaved  ikd's protocol (ikd.latency): both models in one call, `--rounds` interleaved turns of
+               `--repeats` calls each after a warm-up, the smallest turn median kept;
+  one-by-one   the old way: each model timed alone, one median of 30 calls, the teacher
                first, then the student.
+With `--processes K` a run is K fresh processes and its speed-up the median of theirs, for machines
+where much of the spread is between processes (on a 2-core VM the same student took 0.75 ms in one
+and 1.07 in the next).
 The record gives every run's teacher ms / student ms and, per protocol, the largest speed-up over
 the smallest across runs (goal: <= 1.10 for the interleaved protocol, issue 19).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,15 +27,16 @@ import torch
 
 from ikd.checkpoint import load_model
 from ikd.export import onnx_graph
-from ikd.latency import RUNTIMES, measure_latencies
+from ikd.latency import LATENCY_PLAN, RUNTIMES, measure_latencies
 from ikd.lineage import RunDir
 
 from common import machine_line, print_result, publish
 
 GOAL = 1.10
+OLD_REPEATS = 30  # the one-by-one protocol's single median, as ikd timed before the interleaved one
 
 
-def time_once(run_dir: Path, node_id: str, repeats: int) -> dict[str, dict[str, float]]:
+def time_once(run_dir: Path, node_id: str, repeats: int, rounds: int) -> dict[str, dict[str, float]]:
     """Speed-ups at batch 1 per protocol and runtime, measured in this process."""
     run = RunDir(run_dir)
     lineage = run.load()
@@ -45,9 +50,9 @@ def time_once(run_dir: Path, node_id: str, repeats: int) -> dict[str, dict[str, 
         ms = {(n, m.runtime): m.median_ms for n, entries in measured.items() for m in entries if m.batch == 1}
         return {runtime: ms[(teacher_id, runtime)] / ms[(node_id, runtime)] for runtime in RUNTIMES}
 
-    interleaved = speedups(measure_latencies(timed, repeats, batches=(1,)))
+    interleaved = speedups(measure_latencies(timed, repeats, rounds, batches=(1,)))
     one_by_one = speedups(
-        {name: measure_latencies({name: timed[name]}, repeats, rounds=1, batches=(1,))[name] for name in timed}
+        {name: measure_latencies({name: timed[name]}, OLD_REPEATS, rounds=1, batches=(1,))[name] for name in timed}
     )
     return {"interleaved": interleaved, "one-by-one": one_by_one}
 
@@ -66,44 +71,62 @@ def quick_run(directory: Path) -> tuple[Path, str]:
     return run_dir, "g1-width"
 
 
+def median_of_processes(child: list[str], processes: int) -> dict[str, dict[str, float]]:
+    """Speed-ups per protocol and runtime: the median over `processes` fresh runs of `child`."""
+    runs = [subprocess.run(child, check=True, capture_output=True, text=True) for _ in range(processes)]
+    each = [json.loads(run.stdout) for run in runs]
+    return {
+        protocol: {runtime: statistics.median(e[protocol][runtime] for e in each) for runtime in RUNTIMES}
+        for protocol in each[0]
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", metavar="DIR", help="a run directory holding the weights of the root and --node")
     parser.add_argument("--node", help="the student to time against the root (default: the run's answer)")
     parser.add_argument("--runs", type=int, default=3, help="separate processes, one after the other")
-    parser.add_argument("--repeats", type=int, default=30, help="timed calls per median")
+    parser.add_argument("--repeats", type=int, default=LATENCY_PLAN[1][0], help="timed calls per turn (median)")
+    parser.add_argument("--rounds", type=int, default=LATENCY_PLAN[1][1], help="interleaved rounds per process")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="fresh processes per run; a run's speed-up is their median"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--markdown")
     parser.add_argument("--note", action="append", default=[])
-    parser.add_argument("--quick", action="store_true", help="a tiny digits run of its own, 2 runs of 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="a tiny digits run of its own, 2 runs of 2 rounds")
     parser.add_argument("--quiet", action="store_true", help="(prints only the record)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON out
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(time_once(Path(args.run), args.node, args.repeats)))
+        print(json.dumps(time_once(Path(args.run), args.node, args.repeats, args.rounds)))
         return 0
 
     with tempfile.TemporaryDirectory(prefix="ikd-latency-") as scratch:
         if args.quick:
-            (run_dir, node_id), args.runs, args.repeats = quick_run(Path(scratch)), 2, 5
+            (run_dir, node_id), args.runs, args.repeats, args.rounds = quick_run(Path(scratch)), 2, 5, 2
         elif args.run:
             run_dir = Path(args.run)
             node_id = args.node or RunDir(run_dir).load().final().id
         else:
             parser.error("--run is required (or --quick)")
         child = [sys.executable, __file__, "--one", "--run", str(run_dir), "--node", node_id]
-        child += ["--repeats", str(args.repeats)] + (["--threads", str(args.threads)] if args.threads else [])
-        results = [
-            json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
-            for _ in range(args.runs)
-        ]
+        child += ["--repeats", str(args.repeats), "--rounds", str(args.rounds)]
+        child += ["--threads", str(args.threads)] if args.threads else []
+        results = [median_of_processes(child, args.processes) for _ in range(args.runs)]
 
     lines = [
         f"Machine: {machine_line()}; torch threads {args.threads or torch.get_num_threads()}.",
         f"Models: the root teacher of `{run_dir if not args.quick else 'quick'}` and `{node_id}`, batch 1, "
-        f"{args.repeats} timed calls per median, {args.runs} separate processes one after the other.",
+        f"{args.rounds} interleaved turns of {args.repeats} timed calls (one-by-one: one median of {OLD_REPEATS}); "
+        f"{args.runs} runs one after the other, "
+        + (
+            f"each the median of {args.processes} separate processes."
+            if args.processes > 1
+            else "each a separate process."
+        ),
         "",
         "| protocol | runtime | "
         + " | ".join(f"run {i + 1}" for i in range(args.runs))

@@ -254,6 +254,7 @@ def markdown(results: list[dict], missing: list[str]) -> str:
         f"- `{r['row']}`: `{r['command']}` -- {r['machine']}"
         + (f" ({r['source']})" if "source" in r else "")
         + (f"; trained by {r['trained_by']}" if "trained_by" in r else "")
+        + (f"; speed-ups {r['timed_by']}" if "timed_by" in r else "")
         for r in results
     ]
     lines += [

@@ -20,7 +20,7 @@ from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
 from ikd.export import export_node, onnx_graph
-from ikd.latency import LATENCY_ROUNDS, cpu_session, min_of_medians
+from ikd.latency import LATENCY_PLAN, cpu_session, min_of_medians
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
 
@@ -206,7 +206,7 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
     assert {m.repeats for m in second.node(NODE).latency} == {2}
     # The root is timed again beside the node every time: a speed-up's two sides come from one moment.
     assert {m.repeats for m in second.node(ROOT).latency} == {2}
-    assert {m.rounds for m in second.node(ROOT).latency} == {LATENCY_ROUNDS}
+    assert {m.rounds for m in second.node(ROOT).latency} == {rounds for _, rounds in LATENCY_PLAN.values()}
     summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
     assert set(summary["formats"]) == {"onnx", "safetensors"}  # both exports are described
 

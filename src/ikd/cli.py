@@ -480,7 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--data-dir", help="where the node's dataset lives, for the ONNX check (default: the campaign's)")
     ex.add_argument(
-        "--repeats", type=int, metavar="N", help="timed runs per latency (default 30 at batch 1, 10 at batch 64)"
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="timed runs per interleaved turn (default 3 at batch 1, over 200 turns; 10 at batch 64, over 5)",
     )
     ex.add_argument("--no-latency", action="store_true", help="do not measure latency")
     ex.set_defaults(func=cmd_export)

@@ -18,11 +18,13 @@ from ikd.lineage import Latency, RunDir
 from ikd.model import VGG, NormalizedModel
 from ikd.runtime import cpu_model_name
 
-# batch size -> timed runs by default; batch 64 runs are long enough that fewer give a stable median
-LATENCY_REPEATS = {1: 30, 64: 10}
+# batch size -> (timed calls per turn, interleaved rounds). At batch 1, many short turns: on a 2-core VM,
+# 200 rounds of 3 calls gave speed-ups within 1.09-1.10 across 6 processes where 5 rounds of 30 gave
+# 1.11-1.21 (benchmarks/results/latency_stability.md); batch 64 calls are long enough for 5 of 10.
+LATENCY_PLAN = {1: (3, 200), 64: (10, 5)}
+OTHER_BATCHES = (10, 5)
 RUNTIMES: tuple[Literal["onnxruntime", "torch"], ...] = ("onnxruntime", "torch")
 WARMUP_RUNS = 3
-LATENCY_ROUNDS = 5  # interleaved rounds; the reported time is the smallest of their medians
 
 
 def cpu_session(graph: bytes, threads: int) -> onnxruntime.InferenceSession:
@@ -78,11 +80,12 @@ Timed = tuple[VGG, dict[str, Any], bytes]  # a model, its dataset metadata (mean
 def measure_latencies(
     models: dict[str, Timed],
     repeats: int | None = None,
-    rounds: int = LATENCY_ROUNDS,
-    batches: tuple[int, ...] = tuple(LATENCY_REPEATS),
+    rounds: int | None = None,
+    batches: tuple[int, ...] = tuple(LATENCY_PLAN),
 ) -> dict[str, list[Latency]]:
-    """Each model's ms per forward at each of `batches` (default: LATENCY_REPEATS'), with onnxruntime and PyTorch, on
+    """Each model's ms per forward at each of `batches` (default: LATENCY_PLAN's), with onnxruntime and PyTorch, on
     the CPU, all timed together (min_of_medians): models meant to be compared must be measured in one call.
+    `repeats` and `rounds` replace LATENCY_PLAN's.
 
     Both runtimes run the same computation (normalisation included) with the same number of threads:
     each graph is its model behind the same normalisation. Models share input shapes.
@@ -98,7 +101,8 @@ def measure_latencies(
         for batch in batches:
             images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
             feeds = {name: {s.get_inputs()[0].name: images.numpy()} for name, s in sessions.items()}
-            count = repeats or LATENCY_REPEATS.get(batch, 10)
+            planned_repeats, planned_rounds = LATENCY_PLAN.get(batch, OTHER_BATCHES)
+            count, turns = repeats or planned_repeats, rounds or planned_rounds
             for runtime in RUNTIMES:
                 runners = {
                     name: _runner(sessions[name], feeds[name])
@@ -106,14 +110,14 @@ def measure_latencies(
                     else _runner(wrappers[name], images)
                     for name in models
                 }
-                for name, ms in min_of_medians(runners, count, rounds).items():
+                for name, ms in min_of_medians(runners, count, turns).items():
                     measured[name].append(
                         Latency(
                             runtime=runtime,
                             batch=batch,
                             median_ms=ms,
                             repeats=count,
-                            rounds=rounds,
+                            rounds=turns,
                             threads=threads,
                             device=device,
                         )
