@@ -3,11 +3,11 @@
 The table's speed-ups were measured when each row ran, on different machines (one on a GPU host's
 CPU) and with older protocols, so they could not be set beside each other. Speed depends on the
 shapes, not the weights, so each row's teacher and final student are rebuilt from the architectures
-its lineage records (fresh weights) and timed with ikd's interleaved protocol (ikd.latency), a
-teacher and all its rows' students in one process, in `--processes` fresh processes; a row's
-speed-up is the median over processes of teacher ms / student ms in the same process (on a small VM
-much of the spread is between processes). Rows whose lineage was never committed take their
-architectures from READ_BACK_ARCHS, checked against the parameter counts the table records.
+its lineage records (`results/lineages/<table>/<row>/`; fresh weights) and timed with ikd's
+interleaved protocol (ikd.latency), a teacher and all its rows' students in one process, in
+`--processes` fresh processes; a row's speed-up is the median over processes of teacher ms /
+student ms in the same process. Rows whose lineage was never committed take their architectures
+from READ_BACK_ARCHS, checked against the parameter counts the table records.
 
     python benchmarks/retime_paper.py --markdown benchmarks/results/paper.md --threads 1 --processes 3
     python benchmarks/retime_paper.py --quick --markdown /tmp/paper.md   # two rows of a copy, 1 process
@@ -37,7 +37,7 @@ from ikd.lineage import RunDir
 from common import ROOT, command_line, machine_line, print_result, spec_latencies
 from paper import load_records, records_path, save_table
 
-LINEAGES = ROOT / "benchmarks" / "results" / "lineages" / "paper"
+LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table name>/<row>/lineage.json
 COMMITTED_TABLE = ROOT / "benchmarks" / "results" / "paper.md"
 # one row read back, one with its lineage; one teacher, so one process
 QUICK_ROWS = ["mnist-vgg16-depth+width", "mnist-vgg16-depth"]
@@ -51,15 +51,15 @@ READ_BACK_ARCHS = {
 MNIST_SHAPE = {"in_channels": 1, "image_size": 28, "num_classes": 10}
 
 
-def row_archs(name: str, record: dict) -> tuple[ArchSpec, ArchSpec]:
-    """A row's teacher and final student, from its committed lineage or READ_BACK_ARCHS."""
-    if (LINEAGES / name / "lineage.json").is_file():
-        lineage = RunDir(LINEAGES / name).load()
+def row_archs(name: str, record: dict, lineages: Path) -> tuple[ArchSpec, ArchSpec]:
+    """A row's teacher and final student, from its lineage under `lineages` or READ_BACK_ARCHS."""
+    if (lineages / name / "lineage.json").is_file():
+        lineage = RunDir(lineages / name).load()
         teacher, student = (ArchSpec.model_validate(node.arch) for node in (lineage.root(), lineage.final()))
     elif name in READ_BACK_ARCHS:
         teacher, student = (ArchSpec(blocks=blocks, **MNIST_SHAPE) for blocks in READ_BACK_ARCHS[name])
     else:
-        raise SystemExit(f"retime_paper.py: error: row {name!r}: no lineage under {LINEAGES}, no known architectures")
+        raise SystemExit(f"retime_paper.py: error: row {name!r}: no lineage under {lineages}, no known architectures")
     for spec, params in ((teacher, record.get("root_params")), (student, record["params"])):
         if params is not None and spec.num_params() != params:
             raise SystemExit(
@@ -112,7 +112,9 @@ def main() -> int:
         args.rows, args.processes, args.repeats, args.rounds = QUICK_ROWS, 1, 2, 2
     records = load_records(records_path(args.markdown))
     names = [n for n in records if not args.rows or n in args.rows]
-    archs = {name: row_archs(name, records[name]) for name in names}
+    # the lineages committed for this table: results/lineages/<the committed table's name>/
+    lineages = LINEAGES / (COMMITTED_TABLE.stem if args.quick else Path(args.markdown).stem)
+    archs = {name: row_archs(name, records[name], lineages) for name in names}
     groups: dict[str, list[str]] = {}  # one process times a teacher with all its rows' students
     for name, (teacher, _) in archs.items():
         groups.setdefault(teacher.model_dump_json(), []).append(name)
