@@ -19,10 +19,10 @@ from ikd.model import VGG, NormalizedModel
 from ikd.runtime import cpu_model_name
 
 # batch size -> (timed calls per turn, interleaved rounds). At batch 1, many short turns: on a 2-core VM,
-# 200 rounds of 3 calls gave speed-ups within 1.09-1.10 across 6 processes where 5 rounds of 30 gave
-# 1.11-1.21 (benchmarks/results/latency_stability.md); batch 64 calls are long enough for 5 of 10.
+# 200 rounds of 3 calls spread speed-ups 1.09-1.10 across 6 processes where 5 rounds of 30 spread
+# 1.11-1.33 (benchmarks/results/latency_stability.md); batch 64 calls are long enough for 5 of 10.
 LATENCY_PLAN = {1: (3, 200), 64: (10, 5)}
-OTHER_BATCHES = (10, 5)
+OTHER_BATCH_PLAN = (10, 5)
 RUNTIMES: tuple[Literal["onnxruntime", "torch"], ...] = ("onnxruntime", "torch")
 WARMUP_RUNS = 3
 
@@ -101,7 +101,7 @@ def measure_latencies(
         for batch in batches:
             images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
             feeds = {name: {s.get_inputs()[0].name: images.numpy()} for name, s in sessions.items()}
-            planned_repeats, planned_rounds = LATENCY_PLAN.get(batch, OTHER_BATCHES)
+            planned_repeats, planned_rounds = LATENCY_PLAN.get(batch, OTHER_BATCH_PLAN)
             count, turns = repeats or planned_repeats, rounds or planned_rounds
             for runtime in RUNTIMES:
                 runners = {
