@@ -19,8 +19,8 @@ from ikd.model import VGG, NormalizedModel
 from ikd.runtime import cpu_model_name
 
 # batch size -> (timed calls per turn, interleaved rounds). At batch 1, many short turns: on a 2-core VM,
-# 200 rounds of 3 calls spread speed-ups 1.09-1.10 across 6 processes where 5 rounds of 30 spread
-# 1.11-1.33 (benchmarks/results/latency_stability.md); batch 64 calls are long enough for 5 of 10.
+# 200 rounds of 3 calls spread speed-ups 1.09-1.10 across 6 runs where 5 rounds of 30 spread 1.21-1.33
+# the same hour (benchmarks/results/latency_stability.md); batch 64 calls are long enough for 5 of 10.
 LATENCY_PLAN = {1: (3, 200), 64: (10, 5)}
 OTHER_BATCH_PLAN = (10, 5)
 RUNTIMES: tuple[Literal["onnxruntime", "torch"], ...] = ("onnxruntime", "torch")
