@@ -104,7 +104,7 @@ class Row:
 
     def stopped_early(self) -> int:
         return sum(
-            1 for n in self.lineage.students() if n.status == Status.REJECTED and "stopped after epoch" in n.reason
+            1 for n in self.lineage.students() if n.status == Status.REJECTED and rules.STOPPED_EARLY in n.reason
         )
 
 
@@ -131,16 +131,19 @@ def replay_early_rejection(rows: list[Row], slacks: list[float]) -> str:
         replayed = stopped = changed = 0
         saved = 0.0
         for r in rows:
-            for node in r.lineage.students():
+            students = {n.id for n in r.lineage.students()}
+            for i, node in enumerate(r.lineage.nodes):
                 parent = r.lineage.find(node.parent) if node.parent else None
-                if parent is None or not node.val_curve or len(node.val_curve) != node.epochs:
+                if node.id not in students or parent is None or len(node.val_curve) != node.epochs:
                     continue
-                if "stopped after epoch" in node.reason:
+                if rules.STOPPED_EARLY in node.reason:
                     continue  # stopped in the run: its full curve is unknown
                 floor = rules.floor(parent, r.lineage.root(), r.lineage_config().search)
+                # what the campaign knew when this node trained: the candidates recorded before it
+                later = rules.late_gains(r.lineage.model_copy(update={"nodes": r.lineage.nodes[:i]}), node.epochs)
                 replayed += 1
                 for done in range(2, node.epochs):
-                    if rules.hopeless(node.val_curve[:done], node.epochs, floor, slack):
+                    if rules.hopeless(node.val_curve[:done], node.epochs, floor, slack, later):
                         stopped += 1
                         changed += node.status == Status.ACCEPTED
                         saved += node.seconds * (node.epochs - done) / node.epochs / 60

@@ -125,13 +125,15 @@ def main() -> int:
     values = {}
     for rows in groups.values():
         teacher = archs[rows[0]][0]
-        specs = {"teacher": teacher} | {f"student:{i}": archs[n][1] for i, n in enumerate(rows)}
-        runs = time_group(specs, args)
+        # a row whose search accepted no child has the teacher as its student: nothing to time
+        shrunk = [i for i, n in enumerate(rows) if archs[n][1] != teacher]
+        specs = {"teacher": teacher} | {f"student:{i}": archs[rows[i]][1] for i in shrunk}
+        runs = time_group(specs, args) if shrunk else []
         for i, name in enumerate(rows):
             record = records[name]
-            same = archs[name][1] == teacher  # a row whose search accepted no child
+            same = i not in shrunk
             for runtime, key in zip(RUNTIMES, ("speedup_ort", "speedup_torch"), strict=True):
-                ratios = [run["teacher"][runtime] / run[f"student:{i}"][runtime] for run in runs]
+                ratios = [] if same else [run["teacher"][runtime] / run[f"student:{i}"][runtime] for run in runs]
                 record[key] = None if same else statistics.median(ratios)
                 values[f"{name}_{key.removeprefix('speedup_')}"] = "-" if same else f"{record[key]:.2f}"
             record["timed_by"] = how

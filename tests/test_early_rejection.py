@@ -5,23 +5,35 @@ from __future__ import annotations
 import pytest
 from conftest import campaign_args
 
-from ikd import cli
+from ikd import cli, training_pass
 from ikd.lineage import RunDir, Status
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(tiny_teacher, tmp_path):
-    # nothing may lose a point: the children of a 98.6% teacher trained for 1-2 epochs cannot make it
+def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(tiny_teacher, tmp_path, monkeypatch):
+    # The rule's numbers are tested in test_rules; here its wiring: what the campaign hands it and what
+    # a stop does. The first candidate has no fully trained candidate before it, so no late gains.
+    real, calls = training_pass.hopeless, []
+
+    def spy(curve, epochs, needed, slack, later=()):
+        calls.append((len(curve), epochs, needed, slack, later))
+        assert real(curve, epochs, needed, slack, later) is None or later  # no stop without evidence
+        return "stopped after epoch 2/5: told to" if later and len(curve) == 2 else None
+
+    monkeypatch.setattr(training_pass, "hopeless", spy)
     args = campaign_args(tiny_teacher, tmp_path / "run", "--epochs", "5", "--early-rejection", "1")
     args += ["--max-drop", "0", "--max-step-drop", "0"]
     assert cli.main(args) == 0
     children = [n for n in RunDir(tmp_path / "run").load().nodes if n.generation == 1]
-    stopped = [n for n in children if "stopped after epoch" in n.reason]
-    assert stopped, [(n.id, n.val_curve, n.reason) for n in children]
-    for node in stopped:
-        assert node.status == Status.REJECTED and 2 <= node.epochs < 5 and len(node.val_curve) == node.epochs
-        assert node.reason.startswith("val ") and "needed" in node.reason
+    first, *rest = children
+    assert first.epochs == 5 and "stopped" not in first.reason, (first.id, first.reason)
+    assert calls[0][4] == () and calls[0][3] == 1.0 and calls[0][1] == 5
+    assert rest, [n.id for n in children]
+    for node in rest:
+        assert node.status == Status.REJECTED and node.epochs == 2 and len(node.val_curve) == 2, node
+        assert node.reason.startswith("val ") and "told to" in node.reason
+    assert any(len(call[4]) == 4 for call in calls)  # later candidates saw the first one's late gains
 
 
 def test_without_early_rejection_every_candidate_trains_all_its_epochs(tiny_teacher, tmp_path):

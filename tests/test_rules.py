@@ -170,23 +170,50 @@ def test_an_external_node_has_no_spec(bad):
         ROOT.model_copy(update={"arch": bad}).spec()
 
 
+NO_LATE_GAIN = (0.0, 0.0, 0.0, 0.0)  # a campaign whose candidates gained nothing after any epoch
+
+
 @pytest.mark.parametrize(
-    "curve,epochs,stops",
+    "curve,epochs,later,stops",
     [
-        ([0.50], 5, False),  # one epoch: no gain seen yet
-        ([0.50, 0.52], 5, True),  # 0.52 + 3 x 2 x 0.02 = 0.64 < 0.70
-        ([0.50, 0.56], 5, False),  # 0.56 + 3 x 2 x 0.06 = 0.92 >= 0.70
-        ([0.60, 0.62, 0.64], 4, True),  # 0.64 + 1 x 2 x 0.02 = 0.68 < 0.70
-        ([0.60, 0.62, 0.65], 4, False),  # 0.65 + 1 x 2 x 0.03 = 0.71
-        ([0.50, 0.45, 0.46], 5, True),  # falling: its best gain is 0.01
-        ([0.50, 0.52, 0.53, 0.55, 0.56], 5, False),  # done: the decision is the normal one
+        ([0.50], 5, NO_LATE_GAIN, False),  # one epoch: no gain seen yet
+        ([0.50, 0.52], 5, NO_LATE_GAIN, True),  # 0.52 + 2 x 3 x 0.02 = 0.64 < 0.70
+        ([0.50, 0.56], 5, NO_LATE_GAIN, False),  # 0.56 + 2 x 3 x 0.06 = 0.92 >= 0.70
+        ([0.60, 0.62, 0.64], 4, NO_LATE_GAIN, True),  # 0.64 + 2 x 1 x 0.02 = 0.68 < 0.70
+        ([0.60, 0.62, 0.65], 4, NO_LATE_GAIN, False),  # 0.65 + 2 x 1 x 0.03 = 0.71
+        ([0.50, 0.45, 0.46], 5, NO_LATE_GAIN, True),  # falling: its best gain is 0.01
+        ([0.50, 0.52, 0.53, 0.55, 0.56], 5, NO_LATE_GAIN, False),  # done: the decision is the normal one
+        ([0.50, 0.52], 5, (), False),  # no candidate has trained all its epochs yet: no evidence
+        # flat so far, but a candidate of the campaign gained 0.09 after epoch 2: 0.52 + 2 x 0.09 = 0.70
+        ([0.52, 0.52], 5, (0.0, 0.09, 0.0, 0.0), False),
+        ([0.52, 0.52], 5, (0.0, 0.08, 0.0, 0.0), True),  # 0.52 + 2 x 0.08 = 0.68 < 0.70
     ],
 )
-def test_hopeless_stops_only_what_cannot_plausibly_reach_the_floor(curve, epochs, stops):
-    reason = rules.hopeless(curve, epochs, needed=0.70, slack=2.0)
+def test_hopeless_stops_only_what_cannot_plausibly_reach_the_floor(curve, epochs, later, stops):
+    reason = rules.hopeless(curve, epochs, needed=0.70, slack=2.0, later=later)
     assert (reason is not None) == stops, reason
     if reason is not None:
         assert f"after epoch {len(curve)}/{epochs}" in reason and "70.00% needed" in reason
+
+
+def test_late_gains_are_the_most_any_fully_trained_candidate_gained_after_each_epoch():
+    def trained(node_id: str, curve: list[float], reason: str = "") -> NodeRecord:
+        record = node(node_id, max(curve), status="rejected", epochs=len(curve))
+        return record.model_copy(update={"val_curve": curve, "reason": reason})
+
+    lineage = Lineage(config={}, nodes=[ROOT])
+    assert rules.late_gains(lineage, 4) == ()
+    lineage = Lineage(
+        config={},
+        nodes=[
+            ROOT,
+            trained("g1-width", [0.90, 0.91, 0.95, 0.94]),  # after epoch 1: 0.05, 2: 0.04, 3: 0.0
+            trained("g1-depth", [0.80, 0.70, 0.85, 0.87]),  # 0.07, 0.17, 0.02
+            # stopped early: its curve says nothing about late gains
+            trained("g2-width", [0.50, 0.99], reason="val 99% < root; stopped after epoch 2/4: ..."),
+        ],
+    )
+    assert rules.late_gains(lineage, 4) == pytest.approx((0.07, 0.17, 0.02))
 
 
 def test_the_floor_is_the_stricter_of_both_tolerances():

@@ -198,8 +198,10 @@ class SearchConfig(Strict):
         default=0.0,
         ge=0,
         json_schema_extra=cli_flag("--early-rejection", metavar="SLACK"),
-        description="stop a candidate after epoch e >= 2 when even gaining SLACK times its best epoch gain so "
-        "far in every epoch left would leave it below the accept floor (it is then rejected); 0 = off, e.g. 2",
+        description="stop a candidate after epoch e >= 2 when even gaining SLACK times the larger of (its best "
+        "epoch gain so far x the epochs left) and (the most any fully trained candidate of the campaign gained "
+        "after epoch e) would leave it below the accept floor (it is then rejected); never before one candidate "
+        "has trained all its epochs; 0 = off, e.g. 2",
     )
     seeds: int = Field(
         default=1,

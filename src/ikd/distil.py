@@ -10,6 +10,7 @@ from ikd.context import CampaignContext
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
+from ikd.rules import late_gains
 from ikd.shrink import Candidate
 from ikd.strategy import SEED_STRIDE, teacher_weights
 from ikd.teachers import TeacherModels
@@ -61,6 +62,7 @@ def plan_pass(
         deadline=ctx.deadline,
         floor=floor,
         early_slack=ctx.config.search.early_rejection or None,
+        later_gains=late_gains(lineage, epochs) if floor is not None else (),
     )
 
 

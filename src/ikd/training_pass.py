@@ -64,10 +64,11 @@ class TrainingPass:
     # Resumable passes save their training state after every epoch under state_root/<node ids>/stage-<k>.
     state_root: str | None = None
     deadline: float | None = None  # wall-clock (time.time()): stop at the last epoch boundary before it
-    # Early rejection: the validation accuracy the candidates must reach, and how much of their best
-    # epoch gain so far they may still be expected to make per epoch left (rules.hopeless).
+    # Early rejection (rules.hopeless): the validation accuracy the candidates must reach, the slack
+    # on the gain still expected of them, and what the campaign's candidates gained late (late_gains).
     floor: float | None = None
     early_slack: float | None = None
+    later_gains: tuple[float, ...] = ()
 
     def split(self) -> list[TrainingPass]:
         """One pass per candidate: the same training, trained alone (the weights come out the same)."""
@@ -87,7 +88,7 @@ class TrainingPass:
 
         def hopeless_candidate(description: str, history: list[EpochRecord]) -> str | None:
             curve = [r.kept_accuracy for r in history]
-            return hopeless(curve, epochs, floor, slack)
+            return hopeless(curve, epochs, floor, slack, self.later_gains)
 
         return hopeless_candidate
 
