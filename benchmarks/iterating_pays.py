@@ -32,6 +32,7 @@ from ikd.config import CampaignConfig
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 
 from common import machine_line, print_result, publish, repo_path
+from early_rejection_replay import replay_table
 
 # Each upgrade as the config keys it sets (merged over the base config). Values are MNIST-sized;
 # pass --upgrade NAME=YAML to change one.
@@ -120,36 +121,10 @@ def run(args: argparse.Namespace, config_path: Path, run_dir: Path, seed: int) -
 
 
 def replay_early_rejection(rows: list[Row], slacks: list[float]) -> str:
-    """The early-rejection rule replayed on every candidate that trained all its epochs: where it would
-    have stopped it, whether that changed the decision (a stopped candidate is rejected), and the
-    training time it would have saved (the node's seconds, pro rata of the epochs not trained)."""
-    lines = [
-        "| slack | candidates replayed | would stop | of them accepted (decision changed) | minutes saved |",
-        "|---|---|---|---|---|",
-    ]
-    for slack in slacks:
-        replayed = stopped = changed = 0
-        saved = 0.0
-        for r in rows:
-            students = {n.id for n in r.lineage.students()}
-            for i, node in enumerate(r.lineage.nodes):
-                parent = r.lineage.find(node.parent) if node.parent else None
-                if node.id not in students or parent is None or len(node.val_curve) != node.epochs:
-                    continue
-                if rules.STOPPED_EARLY in node.reason:
-                    continue  # stopped in the run: its full curve is unknown
-                floor = rules.floor(parent, r.lineage.root(), r.lineage_config().search)
-                # what the campaign knew when this node trained: the candidates recorded before it
-                later = rules.late_gains(r.lineage.model_copy(update={"nodes": r.lineage.nodes[:i]}), node.epochs)
-                replayed += 1
-                for done in range(2, node.epochs):
-                    if rules.hopeless(node.val_curve[:done], node.epochs, floor, slack, later):
-                        stopped += 1
-                        changed += node.status == Status.ACCEPTED
-                        saved += node.seconds * (node.epochs - done) / node.epochs / 60
-                        break
-        lines.append(f"| {slack:g} | {replayed} | {stopped} | {changed} | {saved:.1f} |")
-    return "\n".join(lines)
+    """ikd's early-rejection rule replayed on every candidate that trained all its epochs: where it
+    would have stopped it, whether that changed the decision, and the training time it would have saved."""
+    lineages = {f"{r.variant}-seed{r.seed}": r.lineage for r in rows}
+    return replay_table(lineages, slacks, ["ikd"])[0]
 
 
 def mean_spread(values: list[float], digits: int = 2) -> str:

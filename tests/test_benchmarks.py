@@ -320,3 +320,10 @@ def test_jpeg_reencoding_keeps_shape_and_costs_more_at_lower_quality(monkeypatch
     assert high.shape == low.shape == smooth.shape and high.dtype == torch.uint8
     assert jpeg.mse(high, smooth) < jpeg.mse(low, smooth)
     assert jpeg.linear_fit([1.0, 2.0, 3.0, 4.0], [9.0, 8.0, 7.0, 6.0]) == pytest.approx((10.0, 0.0), abs=1e-9)
+
+
+def test_early_rejection_replay_quick(tmp_path):
+    out = run_quick("early_rejection_replay.py", "--markdown", str(tmp_path / "replay.md"), tmp_path=tmp_path)
+    # the committed replay without early rejection: the old rule stops g4-width, which that run accepted
+    assert "RESULT ikd_slack2_changed=0 own-gain_slack2_changed=" in out
+    assert "g4-width accepted @2/5" in (tmp_path / "replay.md").read_text()
