@@ -133,7 +133,7 @@ def main() -> int:
             record = records[name]
             same = i not in shrunk
             for runtime, key in zip(RUNTIMES, ("speedup_ort", "speedup_torch"), strict=True):
-                ratios = [] if same else [run["teacher"][runtime] / run[f"student:{i}"][runtime] for run in runs]
+                ratios = (run["teacher"][runtime] / run[f"student:{i}"][runtime] for run in runs)
                 record[key] = None if same else statistics.median(ratios)
                 values[f"{name}_{key.removeprefix('speedup_')}"] = "-" if same else f"{record[key]:.2f}"
             record["timed_by"] = how
