@@ -62,7 +62,7 @@ def plan_pass(
         deadline=ctx.deadline,
         floor=floor,
         early_slack=ctx.config.search.early_rejection or None,
-        later_gains=late_gains(lineage, epochs) if floor is not None else (),
+        later_gains=late_gains(lineage, epochs) if floor is not None and ctx.config.search.early_rejection else (),
     )
 
 
