@@ -39,8 +39,10 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite spread over up to 4 cores (pytest-xdist), one torch thread per worker (tests/conftest.py):
+# most tests wait on short trainings and the ikd processes they start, which one thread serves as well.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py

@@ -219,7 +219,7 @@ def quick_run(directory: Path) -> Path:
     return run_dir
 
 
-def final_latencies(lineage: Lineage, runs: list[PeerRun]) -> dict[str, float]:
+def final_latencies(lineage: Lineage, runs: list[PeerRun], quick: bool = False) -> dict[str, float]:
     """Batch-1 onnxruntime ms of the teacher's, ikd's answer's and each variant's final architecture,
     timed together in this process (fresh weights: the peer's are not kept, and speed does not depend on them)."""
     root = lineage.root().spec()
@@ -228,7 +228,9 @@ def final_latencies(lineage: Lineage, runs: list[PeerRun]) -> dict[str, float]:
     first_of = {}  # each architecture timed once, however many methods reached it
     for name, spec in specs.items():
         first_of.setdefault(spec.summary(), name)
-    measured = spec_latencies({name: specs[name] for name in first_of.values()})
+    # --quick: a smoke test of the timing, not a measurement (the plan's 3 x 200 calls per model take longer)
+    plan = {"repeats": 20, "rounds": 2} if quick else {}
+    measured = spec_latencies({name: specs[name] for name in first_of.values()}, **plan)
     ms = {name: next(m.median_ms for m in entries if m.runtime == "onnxruntime") for name, entries in measured.items()}
     return {name: ms[first_of[spec.summary()]] for name, spec in specs.items()}
 
@@ -339,7 +341,9 @@ def main() -> int:
     parser.add_argument(
         "--variants", nargs="+", metavar="IMPORTANCE+LOSS+SCOPE", help="these, in order, instead of the product"
     )
-    parser.add_argument("--granularity", type=int, default=400, help="pruning steps that would remove every channel")
+    parser.add_argument(
+        "--granularity", type=int, help="pruning steps that would remove every channel (default 400; --quick: 100)"
+    )
     parser.add_argument(
         "--match",
         choices=["params", "macs"],
@@ -361,6 +365,7 @@ def main() -> int:
         run_dir = quick_run(Path(scratch)) if args.quick else Path(args.ikd_run)
         if args.quick:
             args.variants = ["l1+kd+local", "l1+ce+global"]  # CE after a live-teacher KD variant
+        args.granularity = args.granularity or (100 if args.quick else 400)
         lineage = RunDir(run_dir).load()
         if lineage.final().status not in (Status.ACCEPTED, Status.FINAL):
             raise SystemExit(f"peer_torch_pruning.py: {run_dir}: no accepted student to compare with")
@@ -391,7 +396,7 @@ def main() -> int:
                     stored["runs"][run.key] = [asdict(st) for st in run.stages]
                     results_file.write_text(json.dumps(stored, indent=1))
             runs.append(run)
-    body, values = report(lineage, runs, args.granularity, final_latencies(lineage, runs), args.match)
+    body, values = report(lineage, runs, args.granularity, final_latencies(lineage, runs, args.quick), args.match)
     text = "\n".join(
         [
             f"Machine: {machine_line()}.",

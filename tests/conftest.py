@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.metadata
+import os
 import struct
 from pathlib import Path
 
@@ -167,3 +168,14 @@ def pytest_ignore_collect(collection_path: Path, config):
         return None
     named = [Path(config.invocation_params.dir, arg.split("::")[0]).resolve() for arg in config.args]
     return not any(path == AUDIT or AUDIT in path.parents for path in named)
+
+
+# --- parallel runs (pytest-xdist, as `make test` runs the suite) --------------------------------
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the workers share the cores: each runs torch, and the ikd processes its
+    tests start, on one thread (two threads each made every test about 2x slower, not the suite faster)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
