@@ -365,7 +365,8 @@ def main() -> int:
         run_dir = quick_run(Path(scratch)) if args.quick else Path(args.ikd_run)
         if args.quick:
             args.variants = ["l1+kd+local", "l1+ce+global"]  # CE after a live-teacher KD variant
-        args.granularity = args.granularity or (100 if args.quick else 400)
+        if args.granularity is None:
+            args.granularity = 100 if args.quick else 400
         lineage = RunDir(run_dir).load()
         if lineage.final().status not in (Status.ACCEPTED, Status.FINAL):
             raise SystemExit(f"peer_torch_pruning.py: {run_dir}: no accepted student to compare with")
