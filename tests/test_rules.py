@@ -216,6 +216,29 @@ def test_late_gains_are_the_most_any_fully_trained_candidate_gained_after_each_e
     assert rules.late_gains(lineage, 4) == pytest.approx((0.07, 0.17, 0.02))
 
 
+def test_a_child_is_roomy_when_it_clears_its_floor_by_the_accept_margin():
+    parent = node("g1-depth", 0.95, status="accepted")  # floor: 95.0 - 0.3 = 94.7
+    at_floor, above = node("g2-width", 0.947), node("g2-depth", 0.949)
+    assert rules.margin(at_floor, parent, ROOT, search(max_drop=1.0, max_step_drop=0.3)) == pytest.approx(0.0)
+    assert rules.margin(above, parent, ROOT, search(max_drop=1.0, max_step_drop=0.3)) == pytest.approx(0.2)
+    assert rules.margin(node("x", 0.94), parent, ROOT, search(max_drop=1.0, max_step_drop=0.3)) == pytest.approx(-0.7)
+    for margin, roomy in [(0.0, (True, True)), (0.2, (False, True)), (0.21, (False, False))]:
+        strict = search(max_drop=1.0, max_step_drop=0.3, accept_margin=margin)
+        assert (rules.roomy(at_floor, parent, ROOT, strict), rules.roomy(above, parent, ROOT, strict)) == roomy
+    # a child that falls short is never roomy, whatever the margin
+    assert not rules.roomy(node("x", 0.94), parent, ROOT, search(max_drop=1.0, max_step_drop=0.3))
+
+
+def test_survivors_prefer_a_roomy_child_to_a_smaller_narrow_one():
+    kept = [node("small", 0.947, params=300), node("large", 0.949, params=500), node("mid", 0.948, params=400)]
+    assert [n.id for n in rules.survivors(kept, search())] == ["small"]
+    assert [n.id for n in rules.survivors(kept, search(), narrow={"small"})] == ["mid"]
+    # with every child narrow, the smallest is kept after all
+    assert [n.id for n in rules.survivors(kept, search(), narrow={"small", "mid", "large"})] == ["small"]
+    tree = load_config(None, {"search.strategy": "parent-children", "search.select": "tree", "search.beam": 2}).search
+    assert [n.id for n in rules.survivors(kept, tree, narrow={"small"})] == ["mid", "large"]
+
+
 def test_the_floor_is_the_stricter_of_both_tolerances():
     search = SearchConfig(max_drop=2.0, max_step_drop=0.5)
     root, parent = node("root", 0.90), node("p", 0.89)

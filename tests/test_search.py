@@ -78,6 +78,19 @@ def test_smallest_first_makes_the_same_choices_without_training_larger_candidate
     assert "not trained: g1-depth" in lazy.node("g1-width").reason
 
 
+def test_a_child_that_passes_without_the_accept_margin_makes_its_larger_siblings_train(tmp_path, tiny_teacher):
+    # A floor 50 points under the parent leaves no child 60 points of room: every candidate trains, and
+    # the smallest within tolerance is kept after all, saying why; the larger one is within tolerance too.
+    config = campaign_config(
+        tmp_path / "run", tiny_teacher, max_generations=1, max_drop=50.0, max_step_drop=50.0, accept_margin=60.0
+    )
+    lineage = compress(config, progress=False)
+    assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-width", "g1-depth"]
+    assert lineage.node("g1-width").status == "accepted" and lineage.node("g1-depth").status == "rejected"
+    assert "none cleared its floor by 60.0 points" in lineage.node("g1-width").reason
+    assert lineage.node("g1-depth").reason == "within tolerance, but g1-width is smaller"
+
+
 def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
     lineage = compress(
         campaign_config(

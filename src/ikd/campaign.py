@@ -124,6 +124,7 @@ class Campaign:
         if not any(candidates for _, candidates in branches):
             return f"no operator can shrink {', '.join(p.id for p in frontier)} further"
         kept, failed, skipped, out_of_budget = [], [], [], False
+        narrow: dict[str, float] = {}  # within tolerance by less than accept_margin: id -> its margin
         for parent, candidates in branches:
             trained, not_trained, stopped = self.grow(generation, parent, candidates, expert_ids)
             skipped += not_trained
@@ -135,6 +136,8 @@ class Campaign:
                 reason = rules.rejection(node, parent, self.lineage.root(), self.search)
                 if reason is None:
                     kept.append(node)
+                    if not rules.roomy(node, parent, self.lineage.root(), self.search):
+                        narrow[node.id] = rules.margin(node, parent, self.lineage.root(), self.search)
                 elif node.reason:  # why it stopped before its last epoch
                     reason = f"{reason}; {node.reason}"
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
@@ -149,12 +152,17 @@ class Campaign:
             self.ctx.log(
                 f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)"
             )
-        chosen = rules.survivors(kept, self.search)
+        chosen = rules.survivors(kept, self.search, narrow)
         if not chosen:
             failures = f" ({'; '.join(n.reason for n in failed)})" if failed else ""
             return budget_note or f"generation {generation}: no candidate stayed within tolerance{failures}"
         beam = self.search.beam if self.search.select == "tree" else 1
-        reason = "smallest within tolerance" if beam == 1 else f"within the beam of {beam} (smallest within tolerance)"
+        room = f" by {self.search.accept_margin} points" if narrow else ""
+        reason = f"smallest within tolerance{room}"
+        if beam > 1:
+            reason = f"within the beam of {beam} ({reason})"
+        if narrow and all(n.id in narrow for n in chosen):
+            reason = f"smallest within tolerance (none cleared its floor by {self.search.accept_margin} points)"
         if skipped and not budget_note:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
         for node in chosen:
@@ -165,6 +173,8 @@ class Campaign:
             )
         for node in (n for n in kept if n not in chosen):
             why = f"{chosen[0].id} is smaller" if beam == 1 else f"outside the beam of {beam}"
+            if node.id in narrow and chosen[0].id not in narrow:
+                why = f"only {narrow[node.id]:.2f} points above its floor (accept_margin {self.search.accept_margin})"
             self.record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
         return budget_note or next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
 
@@ -184,7 +194,7 @@ class Campaign:
     ) -> tuple[list[NodeRecord], list[str], bool]:
         """Train (or reuse) one parent's candidates: (their records, ids not trained, whether the
         budget stopped it). Unless the strategy trains them together, they train smallest first and
-        stop at the first within tolerance: the rule keeps the smallest that passes anyway."""
+        stop at the first within tolerance with accept_margin to spare: the rule keeps it anyway."""
         teacher_ids = teachers_of(self.lineage, parent, self.search, self.config.ensemble, expert_ids)
         self.models.keep_only(teacher_ids)
         inherit = self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL
@@ -197,7 +207,7 @@ class Campaign:
                 not together
                 and trained
                 and batch[0].spec.num_params() > trained[-1].params
-                and any(rules.rejection(n, parent, self.lineage.root(), self.search) is None for n in trained)
+                and any(rules.roomy(n, parent, self.lineage.root(), self.search) for n in trained)
             ):
                 return trained, not_trained, False
             todo = [c for c in batch if self.needs_training(c.node_id)]  # else finished before a stop

@@ -235,6 +235,15 @@ class SearchConfig(Strict):
         json_schema_extra=cli_flag("--max-step-drop"),
         description="...and within this many points of their parent's",
     )
+    accept_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        json_schema_extra=cli_flag("--accept-margin", metavar="POINTS"),
+        description="prefer children that clear their accept floor by at least this many points: one that passes "
+        "by less is kept only if no candidate of its generation clears the floor by the margin (the larger ones are "
+        "then trained too); room for its descendants, whose floor follows it; 0 = the smallest that passes",
+    )
     max_generations: int = Field(
         default=10,
         gt=0,

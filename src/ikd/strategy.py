@@ -2,7 +2,9 @@
 who teaches them, and which of them survive.
 
     parent-child        a parent's candidates train one at a time, smallest first, each taught by
-                        the parent; the first within tolerance is kept (the smallest that passes).
+                        the parent; the first within tolerance is kept (the smallest that passes;
+                        with search.accept_margin, the smallest that passes with that much room,
+                        if any does).
     parent-children     all of a parent's candidates (every operator, width factor and slim
                         fraction, times `search.seeds`) train together in one pass over the data,
                         sharing one teacher forward per batch; `select: best` keeps one,
