@@ -152,6 +152,8 @@ def test_compress_flags_set_their_config_keys():
         "0.5",
         "--max-step-drop",
         "2",
+        "--accept-margin",
+        "0.1",
         "--max-generations",
         "4",
         "--ancestors",
@@ -187,6 +189,7 @@ def test_compress_flags_set_their_config_keys():
     assert search.operators == ["width"] and search.width_factor == [0.5, 0.75]
     assert (search.strategy, search.select, search.beam, search.seeds) == ("ancestors-children", "tree", 3, 2)
     assert (search.max_drop, search.max_step_drop, search.max_generations) == (0.5, 2.0, 4)
+    assert search.accept_margin == 0.1
     assert (config.ensemble.ancestors, config.ensemble.experts, config.ensemble.aggregate) == (
         2,
         ["e1", "e2"],
@@ -218,7 +221,7 @@ def test_compress_takes_exactly_the_declared_flags():
 
     flags = command_line_flags()
     names = [flag.name for flag in flags]
-    assert len(set(names)) == len(names) == 33
+    assert len(set(names)) == len(names) == 34
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     compress = commands.choices["compress"]
     by_name = {action.option_strings[-1]: action for action in compress._actions}
