@@ -225,7 +225,7 @@ def test_compress_takes_exactly_the_declared_flags():
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     compress = commands.choices["compress"]
     by_name = {action.option_strings[-1]: action for action in compress._actions}
-    assert set(by_name) == {*names, "--help", "--debug", "--config", "--force", "--quiet"}
+    assert set(by_name) == {*names, "--help", "--debug", "--config", "--force", "--redecide", "--quiet"}
     for flag in flags:  # each flag's help starts with the key it sets and says what it means
         assert by_name[flag.name].help.startswith(f"{flag.key}: {flag.description}")
 

@@ -314,3 +314,64 @@ def test_a_changed_node_is_retrained_but_never_silently_with_its_descendants(tmp
     assert run.load().find("g2-width") is not None  # refused without touching the lineage
     forced = compress(config, progress=False, force=True)
     assert run.verify(forced) == [] and (forced.stop_reason or "").startswith("max_generations")
+
+
+def trained_ids(monkeypatch) -> list[str]:
+    """The ids of every candidate the campaign trains from now on (it still trains them)."""
+    real_train, calls = ikd.campaign.train_students, []
+
+    def counting(*args, **kw):
+        calls.extend(c.node_id for c in args[3].candidates)
+        return real_train(*args, **kw)
+
+    monkeypatch.setattr(ikd.campaign, "train_students", counting)
+    return calls
+
+
+def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_teacher, monkeypatch):
+    config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all")
+    first = compress(config, progress=False)
+    chain = [(n.id, n.status, n.sha256) for n in first.nodes]
+    calls = trained_ids(monkeypatch)
+
+    # An acceptance key changed (refused without --redecide): generation 2 is no longer reached.
+    shorter = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_generations=1)
+    with pytest.raises(ConfigError, match="max_generations: 2 -> 1"):
+        compress(shorter, progress=False)
+    one = compress(shorter, progress=False, redecide=True)
+    assert calls == [] and (one.stop_reason or "").startswith("max_generations")
+    assert [n.status for n in one.nodes if n.generation == 2] == ["candidate", "candidate"]
+    assert {n.reason for n in one.nodes if n.generation == 2} == {"undecided: the search no longer reaches it"}
+    # Back to the first rules: the same decisions, nothing trained.
+    again = compress(config, progress=False, redecide=True)
+    assert calls == [] and [(n.id, n.status, n.sha256) for n in again.nodes] == chain
+
+    # A key that changes what training computes still needs --force.
+    longer = config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})})
+    with pytest.raises(ConfigError, match=re.escape("student.epochs: 1 -> 2")):
+        compress(longer, progress=False, redecide=True)
+
+
+def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher, monkeypatch):
+    config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0)
+    config = config.model_copy(update={"baselines": True})
+    first = compress(config, progress=False)
+    assert first.node("g1-width").status == "accepted" and first.node("g2-width").parent == "g1-width"
+    # The recorded accuracy is what decisions read: as if g1-width had scored nothing, the replay takes
+    # g1-depth, and generation 2 (grown from g1-width) and the baselines (its shape) must train again.
+    run = RunDir(tmp_path / "run")
+    edited = first.model_copy(
+        update={"nodes": [n.model_copy(update={"val_accuracy": 0.0}) if n.id == "g1-width" else n for n in first.nodes]}
+    )
+    run.save(edited)
+    calls = trained_ids(monkeypatch)
+    again = compress(config, progress=False, redecide=True)
+    assert again.node("g1-width").status == "rejected" and again.node("g1-depth").status == "accepted"
+    assert sorted(calls) == ["baseline-oneshot-kd", "baseline-scratch", "g2-depth", "g2-width"]
+    assert {again.node(i).parent for i in ("g2-depth", "g2-width")} == {"g1-depth"}
+    final = again.final()
+    assert final.parent == "g1-depth" and again.node("baseline-scratch").arch == final.arch
+    assert run.verify(again) == []
+    for node in again.nodes:  # every accepted node hangs from an accepted node or the root
+        if node.status == "accepted":
+            assert again.node(node.parent).status in ("accepted", "teacher")

@@ -27,7 +27,7 @@ from ikd.context import CampaignContext
 from ikd.distil import plan_pass, train_students
 from ikd.executor import WORKER_LOST
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
-from ikd.resume import open_campaign
+from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import Candidate
 from ikd.strategy import propose, teachers_of
@@ -60,15 +60,17 @@ class Campaign:
         teacher: torch.nn.Module | None = None,
         hint_layer: str | None = None,
         student: ArchSpec | None = None,
+        redecide: bool = False,
     ):
         """`teacher`: a user's trained module as the root (see ikd.external); the chain then starts
-        from `student` (default: vgg11 fitted to the data)."""
+        from `student` (default: vgg11 fitted to the data). `redecide`: replay every generation's
+        decision under this config's acceptance rules, reusing the candidates already trained."""
         run = RunDir(Path(config.run_dir))
         self.ctx = CampaignContext(
             config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
         )
         self.config, self.search, self.first_student = config, config.search, student
-        lineage = open_campaign(run, config, force=force, log=self.ctx.log)
+        lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)
         session = Session(
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -109,6 +111,9 @@ class Campaign:
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
+        for node in (n for n in self.lineage.students() if n.status == Status.CANDIDATE):
+            # trained on a path an earlier decision opened (kept for a later --redecide that returns to it)
+            self.record(node.model_copy(update={"reason": "undecided: the search no longer reaches it"}))
         if self.config.student.final_epochs:
             self.final_distillation()
         if self.config.baselines:
@@ -210,7 +215,8 @@ class Campaign:
                 and any(rules.roomy(n, parent, self.lineage.root(), self.search) for n in trained)
             ):
                 return trained, not_trained, False
-            todo = [c for c in batch if self.needs_training(c.node_id)]  # else finished before a stop
+            # else finished before a stop (or, after --redecide, on the same path before)
+            todo = [c for c in batch if self.needs_training(c, parent.id, teacher_ids)]
             if todo and not rules.budget_allows(
                 self.lineage.epochs_spent(), len(todo), rules.epochs_per_child(self.config), self.search.budget_epochs
             ):
@@ -234,16 +240,36 @@ class Campaign:
             trained += [self.lineage.node(c.node_id) for c in batch]
         return trained, [], False
 
-    def needs_training(self, node_id: str) -> bool:
-        """Not in the lineage yet, or lost with its worker (the job failed, not the training)."""
-        node = self.lineage.find(node_id)
-        return node is None or (node.status == Status.FAILED and node.reason.startswith(WORKER_LOST))
+    def needs_training(self, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
+        """Not in the lineage yet, lost with its worker (the job failed, not the training), or
+        recorded under its id from another parent, shape or teachers (--redecide took another
+        path): that record, and all that grew from it, make way."""
+        node = self.lineage.find(candidate.node_id)
+        if node is None:
+            return True
+        if (node.parent, node.arch, node.teachers) != (parent_id, candidate.spec.to_json_dict(), teacher_ids):
+            self.forget(node.id)
+            return True
+        return node.status == Status.FAILED and node.reason.startswith(WORKER_LOST)
+
+    def forget(self, node_id: str) -> None:
+        """Drop a node about to be trained again, with every node that grew from it (their
+        parent's weights are about to change), from the lineage."""
+        gone = {node_id} | grown_from(self.lineage.nodes, {node_id})
+        self.ctx.log(f"retraining {node_id}; dropping the records of {', '.join(sorted(gone))}")
+        self.lineage = self.models.lineage = self.lineage.model_copy(
+            update={"nodes": [n for n in self.lineage.nodes if n.id not in gone]}
+        )
+        self.ctx.run.save(self.lineage)
 
     def final_distillation(self) -> None:
         """The search's answer distilled again for a full schedule (`student.final_epochs`), from its
         own weights, by the root or by its whole chain: the short per-step trainings find the
         architecture, this one trains it."""
         answer = self.lineage.search_result()
+        final = self.lineage.find(FINAL_ID)
+        if final is not None and final.parent != answer.id:  # made for another answer (--redecide)
+            self.forget(FINAL_ID)
         if self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
             return
         chain = [n.id for n in self.lineage.chain(answer)[:-1]]
@@ -268,6 +294,8 @@ class Campaign:
             return
         budget = self.lineage.epochs_spent(self.lineage.chain(final))
         for node_id, teacher_ids in (("baseline-scratch", []), ("baseline-oneshot-kd", [ROOT_ID])):
+            if (old := self.lineage.find(node_id)) is not None and (old.arch, old.epochs) != (final.arch, budget):
+                self.forget(node_id)  # made for another final student (--redecide)
             if self.lineage.find(node_id) is not None:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")
@@ -330,6 +358,7 @@ def compress(
     teacher: torch.nn.Module | None = None,
     hint_layer: str | None = None,
     student: ArchSpec | None = None,
+    redecide: bool = False,
 ) -> Lineage:
     """Run or resume a campaign from a CampaignConfig, a dict of config keys, or a YAML path;
     returns the final lineage.
@@ -337,13 +366,21 @@ def compress(
     `overrides` maps dotted keys (e.g. "search.max_drop") to values, as the CLI flags do.
     `teacher`: your own trained module (images normalised with the dataset's mean/std -> logits)
     as the root, with its hint read from the submodule named `hint_layer`; the chain then starts
-    from `student` (default: vgg11 fitted to the data) and shrinks from there.
+    from `student` (default: vgg11 fitted to the data) and shrinks from there. `redecide`: make
+    every generation's decision again under this config's acceptance rules (rules.ACCEPTANCE_KEYS may
+    differ from the run's without `force`), training only candidates the new path has not trained.
     """
     config = as_config(config, overrides)
     torch.manual_seed(config.seed)
     with RunDir(Path(config.run_dir)).locked("a running `ikd compress`"):
         campaign = Campaign(
-            config, progress=progress, force=force, teacher=teacher, hint_layer=hint_layer, student=student
+            config,
+            progress=progress,
+            force=force,
+            teacher=teacher,
+            hint_layer=hint_layer,
+            student=student,
+            redecide=redecide,
         )
         try:
             return campaign.run()

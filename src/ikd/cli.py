@@ -306,7 +306,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, compress_overrides(args))
     try:
-        lineage = compress(config, progress=not args.quiet, force=args.force)
+        lineage = compress(config, progress=not args.quiet, force=args.force, redecide=args.redecide)
     except CampaignPaused as paused:
         print(format_lineage(paused.lineage))
         print(f"ikd compress: {paused}; rerun the same command to resume", file=sys.stderr)
@@ -462,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in command_line_flags():
         _add_config_flag(co, flag)
     co.add_argument("--force", action="store_true", help="continue a run directory made with another config")
+    co.add_argument(
+        "--redecide",
+        action="store_true",
+        help="make every generation's decision again under this config's acceptance keys (max_drop, "
+        "max_step_drop, accept_margin, select, beam, ...: these may differ from the run's), reusing each "
+        "trained candidate the new path reaches and training the others",
+    )
     co.add_argument("--quiet", action="store_true", help="no progress output")
     co.set_defaults(func=cmd_compress)
 

@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from ikd import rules
 from ikd.config import CampaignConfig
 from ikd.errors import CheckpointError, ConfigError
-from ikd.lineage import Lineage, NodeRecord, RunDir
+from ikd.lineage import Lineage, NodeRecord, RunDir, Status
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -38,8 +39,11 @@ def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
     return dependents
 
 
-def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Callable[[str], None]) -> Lineage:
-    """The lineage to continue in `run` (an empty one for a new campaign, written with its first node)."""
+def open_campaign(
+    run: RunDir, config: CampaignConfig, *, force: bool, log: Callable[[str], None], redecide: bool = False
+) -> Lineage:
+    """The lineage to continue in `run` (an empty one for a new campaign, written with its first node);
+    `redecide`: every trained candidate back to undecided, so the search replays its decisions."""
     wanted = config.decision_fields()
     if not run.exists():
         return Lineage(config=wanted)
@@ -50,6 +54,8 @@ def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Call
     with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
         stored = CampaignConfig.model_validate(stored).decision_fields()
     differences = config_differences(stored, wanted)
+    if redecide:  # what it is for: the same trainings judged by other rules
+        differences = [d for d in differences if d.partition(":")[0] not in rules.ACCEPTANCE_KEYS]
     if differences and not force:
         raise ConfigError(
             f"{run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
@@ -69,6 +75,27 @@ def open_campaign(run: RunDir, config: CampaignConfig, *, force: bool, log: Call
             )
         log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
         lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
+    if redecide:
+        lineage = undecided(lineage, rules.epochs_per_child(config), log)
     lineage = lineage.model_copy(update={"config": wanted})
     run.save(lineage)
     return lineage
+
+
+def undecided(lineage: Lineage, epochs: int, log: Callable[[str], None]) -> Lineage:
+    """The lineage with its search's decisions undone: every candidate that trained all `epochs`
+    back to `candidate`, to be reused where the replayed search reaches it; one stopped early (or
+    trained for other epochs) goes, with what grew from it, as its stop depended on the old rules."""
+    students = [n for n in lineage.students() if n.status != Status.FAILED]  # a failure is not a decision
+    partial = {n.id for n in students if n.epochs != epochs}
+    gone = partial | grown_from(lineage.nodes, partial)
+    nodes = [
+        n.model_copy(update={"status": Status.CANDIDATE, "reason": ""}) if n in students else n
+        for n in lineage.nodes
+        if n.id not in gone
+    ]
+    log(
+        f"redeciding {len(students) - len(partial)} trained candidate(s)"
+        + (f"; retraining {', '.join(sorted(gone))} (stopped early, or grown from one)" if gone else "")
+    )
+    return lineage.model_copy(update={"nodes": nodes, "stop_reason": None})

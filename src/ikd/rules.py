@@ -109,6 +109,25 @@ def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
     return None
 
 
+# The config keys that only judge trained candidates (or choose which to train): `ikd compress
+# --redecide` replays a campaign's decisions under new values of these without retraining.
+ACCEPTANCE_KEYS = frozenset(
+    f"search.{key}"
+    for key in (
+        "max_drop",
+        "max_step_drop",
+        "accept_margin",
+        "select",
+        "beam",
+        "candidates",
+        "max_generations",
+        "budget_epochs",
+        "target_params",
+        "target_compression",
+    )
+)
+
+
 def frontier(lineage: Lineage) -> list[NodeRecord]:
     """The current parents: the latest generation's accepted nodes (smallest first), or the root."""
     accepted = [n for n in lineage.nodes if n.status == Status.ACCEPTED]
