@@ -69,7 +69,7 @@ class Campaign:
         self.ctx = CampaignContext(
             config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
         )
-        self.config, self.search, self.first_student = config, config.search, student
+        self.config, self.search, self.first_student, self.redecide = config, config.search, student, redecide
         lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)
         session = Session(
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -247,7 +247,8 @@ class Campaign:
         node = self.lineage.find(candidate.node_id)
         if node is None:
             return True
-        if (node.parent, node.arch, node.teachers) != (parent_id, candidate.spec.to_json_dict(), teacher_ids):
+        # (a plain resume trusts its records: their generation was decided before the next one trained)
+        if self.redecide and (node.parent, node.spec(), node.teachers) != (parent_id, candidate.spec, teacher_ids):
             self.forget(node.id)
             return True
         return node.status == Status.FAILED and node.reason.startswith(WORKER_LOST)
@@ -268,7 +269,7 @@ class Campaign:
         architecture, this one trains it."""
         answer = self.lineage.search_result()
         final = self.lineage.find(FINAL_ID)
-        if final is not None and final.parent != answer.id:  # made for another answer (--redecide)
+        if self.redecide and final is not None and final.parent != answer.id:  # made for another answer
             self.forget(FINAL_ID)
         if self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
             return
@@ -294,8 +295,9 @@ class Campaign:
             return
         budget = self.lineage.epochs_spent(self.lineage.chain(final))
         for node_id, teacher_ids in (("baseline-scratch", []), ("baseline-oneshot-kd", [ROOT_ID])):
-            if (old := self.lineage.find(node_id)) is not None and (old.arch, old.epochs) != (final.arch, budget):
-                self.forget(node_id)  # made for another final student (--redecide)
+            old = self.lineage.find(node_id)
+            if self.redecide and old is not None and (old.spec(), old.epochs) != (final.spec(), budget):
+                self.forget(node_id)  # made for another final student
             if self.lineage.find(node_id) is not None:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")
