@@ -336,7 +336,7 @@ def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_t
 
     # An acceptance key changed (refused without --redecide): generation 2 is no longer reached.
     shorter = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_generations=1)
-    with pytest.raises(ConfigError, match="max_generations: 2 -> 1"):
+    with pytest.raises(ConfigError, match=r"max_generations: 2 -> 1\).*pass --redecide"):
         compress(shorter, progress=False)
     one = compress(shorter, progress=False, redecide=True)
     assert calls == [] and (one.stop_reason or "").startswith("max_generations")
@@ -350,9 +350,13 @@ def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_t
     longer = config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})})
     with pytest.raises(ConfigError, match=re.escape("student.epochs: 1 -> 2")):
         compress(longer, progress=False, redecide=True)
+    budgeted = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", budget_epochs=10)
+    with pytest.raises(ConfigError, match=re.escape("--redecide with search.budget_epochs 10")):
+        compress(budgeted, progress=False, redecide=True)
 
 
-def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher, monkeypatch):
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher, monkeypatch, interrupted):
     config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0)
     config = config.model_copy(update={"baselines": True})
     first = compress(config, progress=False)
@@ -365,7 +369,9 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
     )
     run.save(edited)
     calls = trained_ids(monkeypatch)
-    again = compress(config, progress=False, redecide=True)
+    if interrupted:  # killed right after the decisions were undone; rerun without --redecide
+        Campaign(config, progress=False, redecide=True).close()
+    again = compress(config, progress=False, redecide=not interrupted)
     assert again.node("g1-width").status == "rejected" and again.node("g1-depth").status == "accepted"
     assert sorted(calls) == ["baseline-oneshot-kd", "baseline-scratch", "g2-depth", "g2-width"]
     assert {again.node(i).parent for i in ("g2-depth", "g2-width")} == {"g1-depth"}

@@ -13,6 +13,7 @@ trained again. The test split is never consulted.
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
 
 FINAL_ID = "final"  # the node of the final distillation
+BASELINE_IDS = ("baseline-scratch", "baseline-oneshot-kd")  # from scratch; one-shot KD from the root
 
 
 class CampaignPaused(Exception):
@@ -247,21 +249,27 @@ class Campaign:
         node = self.lineage.find(candidate.node_id)
         if node is None:
             return True
-        # (a plain resume trusts its records: their generation was decided before the next one trained)
-        if self.redecide and (node.parent, node.spec(), node.teachers) != (parent_id, candidate.spec, teacher_ids):
+        # Decided records are trusted (their generation was decided before the next one trained),
+        # except when deciding again; an undecided one may be left from another path.
+        checked = self.redecide or node.status == Status.CANDIDATE
+        if checked and (node.parent, node.spec(), node.teachers) != (parent_id, candidate.spec, teacher_ids):
             self.forget(node.id)
             return True
         return node.status == Status.FAILED and node.reason.startswith(WORKER_LOST)
 
     def forget(self, node_id: str) -> None:
         """Drop a node about to be trained again, with every node that grew from it (their
-        parent's weights are about to change), from the lineage."""
+        parent's weights are about to change): records first, then their files and any training
+        state saved under their ids, which belong to the old path."""
         gone = {node_id} | grown_from(self.lineage.nodes, {node_id})
         self.ctx.log(f"retraining {node_id}; dropping the records of {', '.join(sorted(gone))}")
         self.lineage = self.models.lineage = self.lineage.model_copy(
             update={"nodes": [n for n in self.lineage.nodes if n.id not in gone]}
         )
         self.ctx.run.save(self.lineage)
+        states = [d for d in self.ctx.state_root.glob("*") if gone & set(d.name.split("+"))]
+        for directory in [*(self.ctx.run.node_dir(i) for i in gone), *states]:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def final_distillation(self) -> None:
         """The search's answer distilled again for a full schedule (`student.final_epochs`), from its
@@ -269,7 +277,7 @@ class Campaign:
         architecture, this one trains it."""
         answer = self.lineage.search_result()
         final = self.lineage.find(FINAL_ID)
-        if self.redecide and final is not None and final.parent != answer.id:  # made for another answer
+        if final is not None and final.parent != answer.id:  # made for another answer (--redecide)
             self.forget(FINAL_ID)
         if self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
             return
@@ -291,13 +299,15 @@ class Campaign:
         """The final student's architecture trained from scratch (CE) and by one-shot KD from the
         root, each for the epochs the chain spent reaching it: does iterating pay?"""
         final = self.lineage.final()
-        if final.status not in (Status.ACCEPTED, Status.FINAL):
-            return
-        budget = self.lineage.epochs_spent(self.lineage.chain(final))
-        for node_id, teacher_ids in (("baseline-scratch", []), ("baseline-oneshot-kd", [ROOT_ID])):
+        answered = final.status in (Status.ACCEPTED, Status.FINAL)
+        budget = self.lineage.epochs_spent(self.lineage.chain(final)) if answered else 0
+        for node_id in BASELINE_IDS:  # made for another final student (--redecide), or for none now
             old = self.lineage.find(node_id)
-            if self.redecide and old is not None and (old.spec(), old.epochs) != (final.spec(), budget):
-                self.forget(node_id)  # made for another final student
+            if old is not None and (not answered or (old.spec(), old.epochs) != (final.spec(), budget)):
+                self.forget(node_id)
+        if not answered:
+            return
+        for node_id, teacher_ids in zip(BASELINE_IDS, ([], [ROOT_ID]), strict=True):
             if self.lineage.find(node_id) is not None:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")

@@ -44,6 +44,11 @@ def open_campaign(
 ) -> Lineage:
     """The lineage to continue in `run` (an empty one for a new campaign, written with its first node);
     `redecide`: every trained candidate back to undecided, so the search replays its decisions."""
+    if redecide and config.search.budget_epochs is not None:
+        raise ConfigError(
+            f"{run.path}: --redecide with search.budget_epochs {config.search.budget_epochs}: a replay "
+            "cannot tell which epochs a fresh run would have spent; drop the budget or start a new run_dir"
+        )
     wanted = config.decision_fields()
     if not run.exists():
         return Lineage(config=wanted)
@@ -57,9 +62,12 @@ def open_campaign(
     if redecide:  # what it is for: the same trainings judged by other rules
         differences = [d for d in differences if d.partition(":")[0] not in rules.ACCEPTANCE_KEYS]
     if differences and not force:
+        judging_only = all(d.partition(":")[0] in rules.ACCEPTANCE_KEYS for d in differences)
         raise ConfigError(
             f"{run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
-            f"{' ...' if len(differences) > 4 else ''}); use another run_dir or pass --force to continue it"
+            f"{' ...' if len(differences) > 4 else ''}); use another run_dir"
+            + (", pass --redecide to decide its generations again under these keys," if judging_only else "")
+            + " or pass --force to continue it"
         )
     corrupt = set(run.verify(lineage))
     if corrupt:

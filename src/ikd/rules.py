@@ -110,7 +110,8 @@ def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
 
 
 # The config keys that only judge trained candidates (or choose which to train): `ikd compress
-# --redecide` replays a campaign's decisions under new values of these without retraining.
+# --redecide` replays a campaign's decisions under new values of these without retraining. Not
+# budget_epochs: a replay cannot tell which epochs a fresh run would have spent.
 ACCEPTANCE_KEYS = frozenset(
     f"search.{key}"
     for key in (
@@ -121,7 +122,6 @@ ACCEPTANCE_KEYS = frozenset(
         "beam",
         "candidates",
         "max_generations",
-        "budget_epochs",
         "target_params",
         "target_compression",
     )
