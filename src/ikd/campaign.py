@@ -380,7 +380,8 @@ def compress(
     as the root, with its hint read from the submodule named `hint_layer`; the chain then starts
     from `student` (default: vgg11 fitted to the data) and shrinks from there. `redecide`: make
     every generation's decision again under this config's acceptance rules (rules.ACCEPTANCE_KEYS may
-    differ from the run's without `force`), training only candidates the new path has not trained.
+    differ from the run's without `force`), reusing each trained candidate the new path reaches from
+    the same parent and training the others.
     """
     config = as_config(config, overrides)
     torch.manual_seed(config.seed)
