@@ -318,7 +318,8 @@ def test_a_changed_node_is_retrained_but_never_silently_with_its_descendants(tmp
 
 def trained_ids(monkeypatch) -> list[str]:
     """The ids of every candidate the campaign trains from now on (it still trains them)."""
-    real_train, calls = ikd.campaign.train_students, []
+    real_train = ikd.campaign.train_students
+    calls: list[str] = []
 
     def counting(*args, **kw):
         calls.extend(c.node_id for c in args[3].candidates)
@@ -380,4 +381,4 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
     assert run.verify(again) == []
     for node in again.nodes:  # every accepted node hangs from an accepted node or the root
         if node.status == "accepted":
-            assert again.node(node.parent).status in ("accepted", "teacher")
+            assert node.parent is not None and again.node(node.parent).status in ("accepted", "teacher")
