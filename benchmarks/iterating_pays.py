@@ -157,11 +157,12 @@ def tables(rows: list[Row]) -> str:
         )
     lines += [
         "",
-        "Mean ± standard deviation over seeds (test points; the drop is from the teacher's test accuracy):",
+        "Mean ± standard deviation over seeds (points; the drop is from the teacher's test accuracy; "
+        "validation is what the search decided by):",
         "",
         "| variant | seeds | x | chain test | scratch test | one-shot KD test | chain - scratch | chain - one-shot "
-        "| test drop | search + final min |",
-        "|" + "---|" * 10,
+        "| chain - scratch (val) | chain - one-shot (val) | test drop | search + final min |",
+        "|" + "---|" * 12,
     ]
     for variant in dict.fromkeys(r.variant for r in rows):
         group = [r for r in rows if r.variant == variant]
@@ -175,6 +176,8 @@ def tables(rows: list[Row]) -> str:
             f"{column(lambda r: r.test('baseline-oneshot-kd'))} | "
             f"{column(lambda r: r.test() - r.test('baseline-scratch'))} | "
             f"{column(lambda r: r.test() - r.test('baseline-oneshot-kd'))} | "
+            f"{column(lambda r: r.val() - r.val('baseline-scratch'))} | "
+            f"{column(lambda r: r.val() - r.val('baseline-oneshot-kd'))} | "
             f"{column(lambda r: r.test(r.teacher.id) - r.test())} | "
             f"{column(lambda r: r.minutes((NodeKind.STUDENT, NodeKind.FINAL)), digits=1)} |"
         )

@@ -110,12 +110,16 @@ class Campaign:
             stop = rules.stop_before(generation, frontier, self.search) or self.run_generation(
                 generation, frontier, expert_ids
             )
-        self.lineage = self.lineage.model_copy(update={"stop_reason": stop})
+        # a candidate still undecided was trained on a path an earlier decision opened (kept for a
+        # later --redecide that returns to it)
+        unreached = {n.id for n in self.lineage.students() if n.status == Status.CANDIDATE}
+        nodes = [
+            n.model_copy(update={"reason": "undecided: the search no longer reaches it"}) if n.id in unreached else n
+            for n in self.lineage.nodes
+        ]
+        self.lineage = self.models.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
-        for node in (n for n in self.lineage.students() if n.status == Status.CANDIDATE):
-            # trained on a path an earlier decision opened (kept for a later --redecide that returns to it)
-            self.record(node.model_copy(update={"reason": "undecided: the search no longer reaches it"}))
         if self.config.student.final_epochs:
             self.final_distillation()
         if self.config.baselines:
