@@ -547,7 +547,9 @@ def commands_reference() -> str:
             if a.option_strings and not a.required and a.dest not in config_dests
         ]
         if config_dests:
-            options.append("a flag per config key ([configuration](docs/configuration.md))")
+            options.append(
+                "flags for the main config keys, the rest in `--config` ([configuration](docs/configuration.md))"
+            )
         lines.append(
             f"| {code(' '.join(['ikd', name] + [_usage(a) for a in needed]))} | {sub.description} "
             f"| {', '.join(options) or '-'} |"
