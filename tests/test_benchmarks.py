@@ -208,6 +208,18 @@ def test_iterating_pays_quick(tmp_path):
     # one row per variant x seed, each with its baselines' test accuracy, then the means
     assert "| none | 0 | `g1-" in record and "| slim+final+dkd+early | 0 | `final` " in record
     assert "| slim+final+dkd+early | 1 |" in record.split("Mean ±")[1]
+    # the final student against each baseline, image by image, on both splits
+    paired = [line for line in record.split("Paired comparisons")[1].splitlines() if line.startswith("| none | 0 |")]
+    assert [line.split(" | ")[2:4] for line in paired] == [
+        ["val", "scratch"],
+        ["val", "one-shot KD"],
+        ["test", "scratch"],
+        ["test", "one-shot KD"],
+    ]
+    for line in paired:
+        difference, only_chain, only_baseline, p_value = (float(x) for x in line.strip("| ").split(" | ")[4:8])
+        assert (difference > 0) == (only_chain > only_baseline) and (difference < 0) == (only_chain < only_baseline)
+        assert 0 < p_value <= 1
 
 
 def test_peer_torch_pruning_quick(tmp_path):

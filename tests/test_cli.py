@@ -68,6 +68,33 @@ def test_eval_json_reports_accuracy_and_count(trained):
     assert val["accuracy"] == pytest.approx(meta["metrics"]["best"]["val_accuracy"])
 
 
+def test_eval_against_another_model_pairs_them_on_the_same_images(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    worse = tmp_path / "worse"
+    worse.mkdir()
+    (worse / "model.json").write_text((trained / "model.json").read_text())
+    weights = load_file(trained / "model.safetensors")
+    last = max(k for k in weights if k.startswith("head") and k.endswith("weight"))
+    weights[last] = -weights[last]  # a model that now disagrees with the original on most images
+    save_file(weights, worse / "model.safetensors")
+    result = ikd("eval", trained, "--against", worse, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    alone = json.loads(ikd("eval", worse, "--json").stdout)
+    assert report["against"]["accuracy"] == pytest.approx(alone["accuracy"])
+    paired, n = report["paired"], report["n"]
+    assert paired["only_this"] - paired["only_against"] == round((report["accuracy"] - alone["accuracy"]) * n)
+    assert paired["only_this"] > 100 and paired["p_value"] < 1e-6
+    text = ikd("eval", trained, "--against", trained)
+    assert "0 images only this gets right, 0 only against; McNemar p = 1" in text.stdout, text.stderr
+    meta = json.loads((worse / "model.json").read_text())
+    meta["dataset"]["split_seed"] = 1
+    (worse / "model.json").write_text(json.dumps(meta))
+    refused = ikd("eval", trained, "--against", worse, "--split", "val")
+    assert refused.returncode != 0 and "same images" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_refuses_to_overwrite_a_model(trained):
     result = ikd("train", "--dataset", "digits", "--epochs", "1", "--out", trained)
     assert result.returncode == 2

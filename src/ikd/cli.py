@@ -20,19 +20,21 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
+import torch
 from pydantic import ValidationError
 
 from ikd import distributed
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
+from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
-from ikd.data import AUGMENTATIONS, DATASETS, load_dataset
+from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, train_model
+from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, predictions, train_model
 from ikd.train_state import STATE_DIR, remove_state
 
 EXIT_USAGE = 2
@@ -159,14 +161,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    metadata = read_metadata(Path(args.model_dir))
+def _load_evaluated(model_dir: str, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any], DataSplits]:
+    """A trained model, its dataset record and that dataset with the model's validation split."""
+    metadata = read_metadata(Path(model_dir))
     record = metadata.get("dataset", {})
-    device = resolve_device(args.device)
-    model, _ = load_model(Path(args.model_dir), map_location=device)
+    model, _ = load_model(Path(model_dir), map_location=resolve_device(args.device))
     name = args.dataset or record.get("name")
     if not name:
-        raise ConfigError(f"{args.model_dir}: model.json names no dataset; pass --dataset")
+        raise ConfigError(f"{model_dir}: model.json names no dataset; pass --dataset")
     data = load_dataset(
         name,
         args.data_dir,
@@ -178,30 +180,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if (data.in_channels, data.image_size, data.num_classes) != (spec.in_channels, spec.image_size, spec.num_classes):
         raise ConfigError(
             f"dataset {name!r} has {data.in_channels}x{data.image_size}x{data.image_size} images and "
-            f"{data.num_classes} classes; the model in {args.model_dir} expects "
+            f"{data.num_classes} classes; the model in {model_dir} expects "
             f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}"
         )
     # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.
-    mean, std = record.get("mean", data.mean), record.get("std", data.std)
+    return model, {"name": name, "mean": record.get("mean", data.mean), "std": record.get("std", data.std)}, data
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    model, record, data = _load_evaluated(args.model_dir, args)
     split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
-    metrics = evaluate(
-        model, split, mean=mean, std=std, device=device, precision=resolve_precision(args.precision, device)
-    )
-    report = {
+    metrics = evaluate(model, split, mean=record["mean"], std=record["std"], device=device, precision=precision)
+    report: dict[str, Any] = {
         "model_dir": str(args.model_dir),
-        "dataset": name,
+        "dataset": record["name"],
         "split": args.split,
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "n": metrics["n"],
     }
+    paired = None
+    if args.against:
+        other, other_record, other_data = _load_evaluated(args.against, args)
+        other_split = {"train": other_data.train, "val": other_data.val, "test": other_data.test}[args.split]
+        if other_record["name"] != record["name"] or not torch.equal(other_split.labels, split.labels):
+            raise ConfigError(
+                f"--against {args.against}: its {args.split} split ({other_record['name']}, {len(other_split)} "
+                f"images) is not {args.model_dir}'s ({record['name']}, {len(split)}): a paired comparison needs "
+                "the same images (same dataset, val_fraction and split_seed)"
+            )
+
+        def predicted(m: torch.nn.Module, r: dict[str, Any]) -> torch.Tensor:
+            return predictions(m, split, mean=r["mean"], std=r["std"], device=device, precision=precision)
+
+        paired = compare_predictions(predicted(model, record), predicted(other, other_record), split.labels)
+        report["against"] = {"model_dir": str(args.against), "accuracy": paired.b_correct / max(paired.n, 1)}
+        report["paired"] = {"only_this": paired.only_a, "only_against": paired.only_b, "p_value": paired.p_value}
     if args.json:
         print(json.dumps(report))
-    else:
-        print(
-            f"{name} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images "
-            f"(loss {metrics['loss']:.4f})"
-        )
+        return 0
+    print(
+        f"{record['name']} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images "
+        f"(loss {metrics['loss']:.4f})"
+    )
+    if paired is not None:
+        print(f"against {args.against}: accuracy {paired.b_correct / max(paired.n, 1):.4f}")
+        print(paired.summary("this", "against"))
     return 0
 
 
@@ -455,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=DEVICES)
     ev.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--against",
+        metavar="MODEL_DIR",
+        help="also evaluate this model on the same images, and test the difference (exact McNemar)",
+    )
     ev.set_defaults(func=cmd_eval)
 
     co = command("compress", "run or resume a compression campaign (teacher -> smaller and smaller students)")

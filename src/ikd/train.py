@@ -182,18 +182,49 @@ def evaluate(
     batch_size: int = 1000,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy over a split, in eval mode, in large batches."""
+    predicted, loss_sum = _predict(model, images, mean, std, device, precision, batch_size)
+    n = len(images)
+    correct = (predicted == images.labels.to(predicted.device)).sum().item()
+    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
+
+
+@torch.inference_mode()
+def predictions(
+    model: torch.nn.Module,
+    images: ImageSet,
+    *,
+    mean,
+    std,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """The predicted class of every image of a split, in its order (for paired comparisons)."""
+    return _predict(model, images, mean, std, device, precision, batch_size)[0]
+
+
+def _predict(
+    model: torch.nn.Module,
+    images: ImageSet,
+    mean: Any,
+    std: Any,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int,
+) -> tuple[torch.Tensor, float]:
+    """Predicted classes and summed cross-entropy over a split, in eval mode."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    predicted: list[torch.Tensor] = []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in iterate_batches(images, batch_size, mean=mean, std=std, device=device):
         with precision.autocast():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        predicted.append(logits.argmax(1))
     model.train(was_training)
-    n = len(images)
-    return {"accuracy": correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": n}
+    labels = torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long, device=device)
+    return labels, loss_sum.item()
 
 
 class _Student:
