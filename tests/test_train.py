@@ -104,9 +104,11 @@ def test_a_training_set_smaller_than_one_batch_still_trains(digits):
     assert result.history[0].train["loss"] > 0
 
 
-def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_models_trained_together_end_with_the_weights_they_get_alone(digits, precision):
     """One pass over the data for k students sharing one teacher forward per batch changes nothing
-    about any student's training: same batches, own optimiser, own dropout stream."""
+    about any student's training: same batches, own optimiser, own dropout stream -- and, in bf16,
+    its own memory layout (the narrow first student trains NCHW, the other channels-last)."""
     from ikd.objective import (
         LiveTeacher,
         LossWeights,
@@ -117,10 +119,10 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits):
 
     teacher = build_model(small_spec(digits), seed=9)
     specs = [
-        ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [16]], dropout=0.3),
+        ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[4], [16]], dropout=0.3),
         ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[12], [12], [12]], dropout=0.5),
     ]
-    config = TrainConfig(epochs=2, batch_size=64, precision="fp32", device="cpu", seed=4, max_steps_per_epoch=6)
+    config = TrainConfig(epochs=2, batch_size=64, precision=precision, device="cpu", seed=4, max_steps_per_epoch=6)
     weights = LossWeights()
 
     def objectives(students, shared):
@@ -211,6 +213,20 @@ def test_linear_schedule_warms_up_then_decays_to_almost_zero():
         scheduler.step()
     assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.2, rel=0.02)
     assert 15 <= lrs.index(max(lrs)) <= 21 and lrs[-1] < 0.003
+
+
+def test_training_layout_is_channels_last_where_it_was_measured_faster():
+    from ikd.runtime import Precision
+    from ikd.train import training_layout
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    bf16, fp32 = Precision("bf16", "cpu", torch.bfloat16), Precision("fp32", "cpu", None)
+    wide = build_model(ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [4]]))
+    narrow = build_model(ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[4], [64]]))
+    assert training_layout(wide, cpu, bf16) == torch.channels_last
+    assert training_layout(narrow, cpu, bf16) == torch.contiguous_format  # judged by its first convolution
+    assert training_layout(wide, cpu, fp32) == training_layout(narrow, cpu, fp32) == torch.contiguous_format
+    assert training_layout(narrow, cuda, bf16) == torch.channels_last
 
 
 def test_bf16_training_returns_a_contiguous_model_that_can_be_saved(digits, tmp_path):

@@ -105,6 +105,13 @@ class TeacherOutputs:
     features: dict[int, torch.Tensor]
 
 
+def _teacher_layout(x: torch.Tensor) -> torch.memory_format:
+    """NHWC on CUDA and under CPU bf16 autocast (where VGG teachers run faster so), else NCHW."""
+    kind = x.device.type
+    bf16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+    return torch.channels_last if kind == "cuda" or bf16 else torch.contiguous_format
+
+
 class LiveTeacher:
     """Runs the eval-mode teacher on each batch, once per batch however many students ask.
 
@@ -123,6 +130,9 @@ class LiveTeacher:
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
         if self._last is not None and self._last[0] is index:
             return self._last[1]
+        # Each student takes the batch in its own layout (ikd.train.training_layout); the teacher gets one
+        # that depends only on device and precision, so its outputs are the same for any group of students.
+        x = x.contiguous(memory_format=_teacher_layout(x))
         if self.hint_blocks:
             logits, features = self.teacher.forward_features(x)
             outputs = TeacherOutputs(logits, {b: features[b] for b in self.hint_blocks})
