@@ -147,9 +147,16 @@ def spec_latencies(
     return measure_latencies(timed, repeats, rounds, batches=(1,))
 
 
-def bare_train_rate(spec: ArchSpec, precision: Precision, batch: int, steps: int, warmup: int) -> float:
+def bare_train_rate(
+    spec: ArchSpec,
+    precision: Precision,
+    batch: int,
+    steps: int,
+    warmup: int,
+    layout: torch.memory_format = torch.contiguous_format,
+) -> float:
     """Median images/s of `training_step`: the ceiling for any training loop."""
-    step = training_step(spec, precision, batch)
+    step = training_step(spec, precision, batch, layout)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()

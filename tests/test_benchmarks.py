@@ -127,6 +127,16 @@ def quick_record(script: str, tmp_path: Path, *extra: str) -> tuple[dict[str, st
     return result, text
 
 
+def test_train_throughput_quick_times_both_layouts_of_a_custom_student(tmp_path):
+    result, text = quick_record(
+        "train_throughput.py", tmp_path, "--blocks", "4,4/8", "--size", "8", "--channels", "1", "--layouts"
+    )
+    assert result["arch"] == "VGG-4,4/8" and float(result["fp32_nchw_img_s"]) > 0
+    assert "| fp32 | nchw (ikd's) |" in text and "| fp32 | nhwc |" in text  # fp32 trains NCHW
+    if "bf16_nchw_img_s" in result:  # a CPU with bf16 instructions: a first width of 4 trains NCHW there too
+        assert "| bf16 | nchw (ikd's) |" in text
+
+
 def test_kd_throughput_quick(tmp_path):
     result, text = quick_record("kd_throughput.py", tmp_path)
     assert {

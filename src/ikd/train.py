@@ -228,9 +228,9 @@ def _predict(
 
 
 # The narrowest first convolution (output channels) that trains faster channels-last on a CPU in bf16.
-# Measured on a 2-core AMX Xeon, VGG students on MNIST, bare bf16 steps at batch 128: first widths 64
-# (VGG-16), 32 and 16 trained 1.14x, 1.19x and 1.37x faster channels-last; 8 even; 4 (the small end of
-# a chain) 1.22-1.34x slower.
+# Measured on a 2-core AMX Xeon, MNIST-sized VGGs (benchmarks/results/train_layout_28x28x1.md): first
+# widths 64 (VGG-16) and 16 trained 1.21x and 1.33x faster channels-last, 8 about even, 4 (the small end
+# of a chain) 1.18x slower.
 CHANNELS_LAST_MIN_WIDTH = 8
 
 
