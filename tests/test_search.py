@@ -356,6 +356,24 @@ def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_t
         compress(budgeted, progress=False, redecide=True)
 
 
+def test_baselines_of_another_answer_are_dropped_even_when_not_asked_for(tmp_path, tiny_teacher, monkeypatch):
+    config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0)
+    first = compress(config.model_copy(update={"baselines": True}), progress=False)
+    assert first.final().generation == 2 and first.node("baseline-scratch").arch == first.final().arch
+    calls = trained_ids(monkeypatch)
+    # A replay that stops at generation 1, without --baselines: the old ones were trained for g2's shape.
+    shorter = campaign_config(
+        tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0, max_generations=1
+    )
+    one = compress(shorter, progress=False, redecide=True)
+    assert calls == [] and one.final().generation == 1
+    assert one.find("baseline-scratch") is None and one.find("baseline-oneshot-kd") is None
+    assert not (tmp_path / "run" / "nodes" / "baseline-scratch").exists()
+    # Back to the first rules, still without --baselines: the same answer, no baselines trained or kept.
+    again = compress(config, progress=False, redecide=True)
+    assert calls == [] and again.final().id == first.final().id and again.find("baseline-scratch") is None
+
+
 @pytest.mark.parametrize("interrupted", [False, True])
 def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher, monkeypatch, interrupted):
     config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0)

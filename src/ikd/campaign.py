@@ -122,6 +122,7 @@ class Campaign:
         self.ctx.log(f"stopped: {stop}")
         if self.config.student.final_epochs:
             self.final_distillation()
+        self.forget_stale_baselines()  # asked for or not: a lineage must not pair an answer with another's baselines
         if self.config.baselines:
             self.baselines()
         return self.lineage
@@ -299,17 +300,26 @@ class Campaign:
             parent_id=answer.id,
         )
 
+    def baseline_budget(self) -> int | None:
+        """The epochs each baseline gets (the chain's, final distillation included); None without an answer."""
+        final = self.lineage.final()
+        if final.status not in (Status.ACCEPTED, Status.FINAL):
+            return None
+        return self.lineage.epochs_spent(self.lineage.chain(final))
+
+    def forget_stale_baselines(self) -> None:
+        """Drop baselines made for another final student (a --redecide, a --force) or for none now."""
+        budget, final = self.baseline_budget(), self.lineage.final()
+        for node_id in BASELINE_IDS:
+            old = self.lineage.find(node_id)
+            if old is not None and (budget is None or (old.spec(), old.epochs) != (final.spec(), budget)):
+                self.forget(node_id)
+
     def baselines(self) -> None:
         """The final student's architecture trained from scratch (CE) and by one-shot KD from the
         root, each for the epochs the chain spent reaching it: does iterating pay?"""
-        final = self.lineage.final()
-        answered = final.status in (Status.ACCEPTED, Status.FINAL)
-        budget = self.lineage.epochs_spent(self.lineage.chain(final)) if answered else 0
-        for node_id in BASELINE_IDS:  # made for another final student (--redecide), or for none now
-            old = self.lineage.find(node_id)
-            if old is not None and (not answered or (old.spec(), old.epochs) != (final.spec(), budget)):
-                self.forget(node_id)
-        if not answered:
+        final, budget = self.lineage.final(), self.baseline_budget()
+        if budget is None:
             return
         for node_id, teacher_ids in zip(BASELINE_IDS, ([], [ROOT_ID]), strict=True):
             if self.lineage.find(node_id) is not None:
