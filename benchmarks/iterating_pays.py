@@ -35,7 +35,7 @@ from ikd.config import CampaignConfig, DataConfig
 from ikd.data import DataSplits
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.runtime import Precision
-from ikd.train import predictions
+from ikd.train import predict
 
 from common import machine_line, print_result, publish, repo_path
 from early_rejection_replay import replay_table
@@ -133,9 +133,9 @@ def paired_comparisons(run_dir: Path, lineage: Lineage, data: DataSplits) -> dic
         stats = metadata["dataset"]
         for split in ("val", "test"):
             images = getattr(data, split)
-            predicted[node_id, split] = predictions(
+            predicted[node_id, split] = predict(
                 model, images, mean=stats["mean"], std=stats["std"], device=cpu, precision=fp32
-            )
+            )[0]
     final = lineage.final().id
     return {
         (split, name): compare_predictions(

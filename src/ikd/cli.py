@@ -34,7 +34,7 @@ from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, predictions, train_model
+from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, predict, train_model
 from ikd.train_state import STATE_DIR, remove_state
 
 EXIT_USAGE = 2
@@ -213,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
 
         def predicted(m: torch.nn.Module, r: dict[str, Any]) -> torch.Tensor:
-            return predictions(m, split, mean=r["mean"], std=r["std"], device=device, precision=precision)
+            return predict(m, split, mean=r["mean"], std=r["std"], device=device, precision=precision)[0]
 
         paired = compare_predictions(predicted(model, record), predicted(other, other_record), split.labels)
         report["against"] = {"model_dir": str(args.against), "accuracy": paired.b_correct / max(paired.n, 1)}

@@ -182,37 +182,27 @@ def evaluate(
     batch_size: int = 1000,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy over a split, in eval mode, in large batches."""
-    predicted, loss_sum = _predict(model, images, mean, std, device, precision, batch_size)
+    predicted, loss_sum = predict(
+        model, images, mean=mean, std=std, device=device, precision=precision, batch_size=batch_size
+    )
     n = len(images)
     correct = (predicted == images.labels.to(predicted.device)).sum().item()
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
 
 
 @torch.inference_mode()
-def predictions(
+def predict(
     model: torch.nn.Module,
     images: ImageSet,
     *,
-    mean,
-    std,
-    device: torch.device,
-    precision: Precision,
-    batch_size: int = 1000,
-) -> torch.Tensor:
-    """The predicted class of every image of a split, in its order (for paired comparisons)."""
-    return _predict(model, images, mean, std, device, precision, batch_size)[0]
-
-
-def _predict(
-    model: torch.nn.Module,
-    images: ImageSet,
     mean: Any,
     std: Any,
     device: torch.device,
     precision: Precision,
-    batch_size: int,
+    batch_size: int = 1000,
 ) -> tuple[torch.Tensor, float]:
-    """Predicted classes and summed cross-entropy over a split, in eval mode."""
+    """The predicted class of every image of a split, in its order (for paired comparisons), and the
+    summed cross-entropy; in eval mode, in large batches."""
     was_training = model.training
     model.eval()
     predicted: list[torch.Tensor] = []
