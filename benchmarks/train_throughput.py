@@ -5,7 +5,7 @@ large 3x3 convolution, common.dense_peak) and images/s of full training steps
 (forward, backward, SGD update) on random data, then reports the achieved training
 FLOP/s as a fraction of the peak of the same precision. Training FLOPs per image are taken as
 3 x 2 x MACs (forward, plus backward for inputs and for weights), the usual estimate.
-By default each precision trains in the layout ikd would use (ikd.train.training_layout);
+By default each precision trains in the layout ikd would use (ikd.runtime.training_layout);
 `--layouts` times both channels-last and NCHW, so the rule can be checked on this CPU.
 `--blocks 4,4/8,8/16,16,16/32` times a custom VGG (a campaign's small student) instead of a preset.
 
@@ -22,8 +22,7 @@ import torch
 
 from ikd.arch import PRESETS, ArchSpec, preset
 from ikd.model import build_model
-from ikd.runtime import Precision, cpu_has_bf16_instructions, cpu_name
-from ikd.train import training_layout
+from ikd.runtime import Precision, cpu_has_bf16_instructions, cpu_name, training_layout
 
 from common import TRAIN_FLOPS_PER_MAC, bare_train_rate, dense_peak, machine_line, print_result, publish
 
@@ -71,7 +70,7 @@ def main() -> int:
     rows = []
     for precision in precisions:
         peak = dense_peak(precision.dtype or torch.float32, n, repeats)
-        ikd_layout = training_layout(build_model(spec), torch.device("cpu"), precision)
+        ikd_layout = training_layout(build_model(spec), torch.device("cpu"), precision.dtype)
         for layout_name, layout in LAYOUTS.items():
             if args.layouts or layout == ikd_layout:
                 rate = bare_train_rate(spec, precision, args.batch, steps, warmup, layout)

@@ -216,11 +216,10 @@ def test_linear_schedule_warms_up_then_decays_to_almost_zero():
 
 
 def test_training_layout_is_channels_last_where_it_was_measured_faster():
-    from ikd.runtime import Precision
-    from ikd.train import training_layout
+    from ikd.runtime import training_layout
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    bf16, fp32 = Precision("bf16", "cpu", torch.bfloat16), Precision("fp32", "cpu", None)
+    bf16, fp32 = torch.bfloat16, None
     wide = build_model(ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [4]]))
     narrow = build_model(ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[4], [64]]))
     assert training_layout(wide, cpu, bf16) == torch.channels_last

@@ -45,6 +45,7 @@ from ikd.losses import (
     standardize_logits,
 )
 from ikd.model import VGG
+from ikd.runtime import training_layout
 
 
 class LossWeights(BaseModel):
@@ -105,11 +106,10 @@ class TeacherOutputs:
     features: dict[int, torch.Tensor]
 
 
-def _teacher_layout(x: torch.Tensor) -> torch.memory_format:
-    """NHWC on CUDA and under CPU bf16 autocast (where VGG teachers run faster so), else NCHW."""
-    kind = x.device.type
-    bf16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
-    return torch.channels_last if kind == "cuda" or bf16 else torch.contiguous_format
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype the running autocast computes in on `device`, None outside autocast."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
 
 
 class LiveTeacher:
@@ -130,9 +130,9 @@ class LiveTeacher:
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
         if self._last is not None and self._last[0] is index:
             return self._last[1]
-        # Each student takes the batch in its own layout (ikd.train.training_layout); the teacher gets one
-        # that depends only on device and precision, so its outputs are the same for any group of students.
-        x = x.contiguous(memory_format=_teacher_layout(x))
+        # Each student takes the batch in its own layout; the teacher in its own, so its outputs are the
+        # same for any group of students.
+        x = x.contiguous(memory_format=training_layout(self.teacher, x.device, _autocast_dtype(x.device)))
         if self.hint_blocks:
             logits, features = self.teacher.forward_features(x)
             outputs = TeacherOutputs(logits, {b: features[b] for b in self.hint_blocks})

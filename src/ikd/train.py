@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.runtime import Precision, resolve_device, resolve_precision
+from ikd.runtime import Precision, resolve_device, resolve_precision, training_layout
 from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint
 
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
@@ -217,25 +217,6 @@ def predict(
     return labels, loss_sum.item()
 
 
-# The narrowest first convolution (output channels) that trains faster channels-last on a CPU in bf16.
-# Measured on a 2-core AMX Xeon, MNIST-sized VGGs (benchmarks/results/train_layout_28x28x1.md): first
-# widths 64 (VGG-16) and 16 trained 1.21x and 1.33x faster channels-last, 8 about even, 4 (the small end
-# of a chain) 1.18x slower.
-CHANNELS_LAST_MIN_WIDTH = 8
-
-
-def training_layout(model: torch.nn.Module, device: torch.device, precision: Precision) -> torch.memory_format:
-    """The memory layout a model trains fastest in: NHWC on CUDA, and on a CPU in bf16 unless its
-    first convolution is too narrow for oneDNN's NHWC kernels to pay; NCHW in fp32 (no gain measured)."""
-    if device.type == "cuda":
-        return torch.channels_last
-    if precision.dtype != torch.bfloat16:
-        return torch.contiguous_format
-    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    wide = first is None or first.out_channels >= CHANNELS_LAST_MIN_WIDTH
-    return torch.channels_last if wide else torch.contiguous_format
-
-
 class _Student:
     """One model of a training group: its optimiser, schedule, RNG stream, running sums and best weights."""
 
@@ -418,7 +399,7 @@ def train_models(
             steps_per_epoch,
             start_state.clone() if start_state is not None else None,
             ranks,
-            training_layout(model, device, precision),
+            training_layout(model, device, precision.dtype),
         )
         for model, objective, name in zip(models, objectives, descriptions, strict=True)
     ]
