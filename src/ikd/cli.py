@@ -34,7 +34,7 @@ from ikd.errors import ConfigError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, evaluate, predict, train_model
+from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, predict, score, train_model
 from ikd.train_state import STATE_DIR, remove_state
 
 EXIT_USAGE = 2
@@ -161,21 +161,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_evaluated(model_dir: str, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any], DataSplits]:
-    """A trained model, its dataset record and that dataset with the model's validation split."""
+def _load_evaluated(
+    model_dir: str, args: argparse.Namespace, reuse: tuple[tuple[Any, ...], DataSplits] | None = None
+) -> tuple[torch.nn.Module, dict[str, Any], DataSplits]:
+    """A trained model, its dataset record and that dataset with the model's validation split (`reuse`:
+    a dataset already loaded, taken when its (name, val_fraction, split_seed, image_size) is this model's)."""
     metadata = read_metadata(Path(model_dir))
     record = metadata.get("dataset", {})
     model, _ = load_model(Path(model_dir), map_location=resolve_device(args.device))
     name = args.dataset or record.get("name")
     if not name:
         raise ConfigError(f"{model_dir}: model.json names no dataset; pass --dataset")
-    data = load_dataset(
-        name,
-        args.data_dir,
-        val_fraction=record.get("val_fraction", 0.1),
-        split_seed=record.get("split_seed", 0),
-        image_size=record.get("image_size"),
-    )
+    split_key = (name, record.get("val_fraction", 0.1), record.get("split_seed", 0), record.get("image_size"))
+    if reuse is not None and reuse[0] == split_key:
+        data = reuse[1]
+    else:
+        _, val_fraction, split_seed, size = split_key
+        data = load_dataset(name, args.data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=size)
     spec = model.spec
     if (data.in_channels, data.image_size, data.num_classes) != (spec.in_channels, spec.image_size, spec.num_classes):
         raise ConfigError(
@@ -184,7 +186,8 @@ def _load_evaluated(model_dir: str, args: argparse.Namespace) -> tuple[torch.nn.
             f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}"
         )
     # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.
-    return model, {"name": name, "mean": record.get("mean", data.mean), "std": record.get("std", data.std)}, data
+    normalisation = {"mean": record.get("mean", data.mean), "std": record.get("std", data.std)}
+    return model, {"name": name, "split_key": split_key, **normalisation}, data
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -192,18 +195,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     model, record, data = _load_evaluated(args.model_dir, args)
     split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
-    metrics = evaluate(model, split, mean=record["mean"], std=record["std"], device=device, precision=precision)
+
+    def predicted(m: torch.nn.Module, r: dict[str, Any]) -> tuple[torch.Tensor, float]:
+        return predict(m, split, mean=r["mean"], std=r["std"], device=device, precision=precision)
+
+    labels, loss_sum = predicted(model, record)
+    metrics = score(labels, loss_sum, split.labels)
     report: dict[str, Any] = {
         "model_dir": str(args.model_dir),
         "dataset": record["name"],
         "split": args.split,
-        "accuracy": metrics["accuracy"],
-        "loss": metrics["loss"],
-        "n": metrics["n"],
+        **metrics,
     }
     paired = None
     if args.against:
-        other, other_record, other_data = _load_evaluated(args.against, args)
+        other, other_record, other_data = _load_evaluated(args.against, args, reuse=(record["split_key"], data))
         other_split = {"train": other_data.train, "val": other_data.val, "test": other_data.test}[args.split]
         if other_record["name"] != record["name"] or not torch.equal(other_split.labels, split.labels):
             raise ConfigError(
@@ -211,11 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"images) is not {args.model_dir}'s ({record['name']}, {len(split)}): a paired comparison needs "
                 "the same images (same dataset, val_fraction and split_seed)"
             )
-
-        def predicted(m: torch.nn.Module, r: dict[str, Any]) -> torch.Tensor:
-            return predict(m, split, mean=r["mean"], std=r["std"], device=device, precision=precision)[0]
-
-        paired = compare_predictions(predicted(model, record), predicted(other, other_record), split.labels)
+        paired = compare_predictions(labels, predicted(other, other_record)[0], split.labels)
         report["against"] = {"model_dir": str(args.against), "accuracy": paired.b_correct / max(paired.n, 1)}
         report["paired"] = {"only_this": paired.only_a, "only_against": paired.only_b, "p_value": paired.p_value}
     if args.json:

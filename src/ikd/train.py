@@ -185,8 +185,13 @@ def evaluate(
     predicted, loss_sum = predict(
         model, images, mean=mean, std=std, device=device, precision=precision, batch_size=batch_size
     )
-    n = len(images)
-    correct = (predicted == images.labels.to(predicted.device)).sum().item()
+    return score(predicted, loss_sum, images.labels)
+
+
+def score(predicted: torch.Tensor, loss_sum: float, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy and mean loss of `predict`'s answer for a split with these labels."""
+    n = len(labels)
+    correct = (predicted == labels.to(predicted.device)).sum().item()
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
 
 
