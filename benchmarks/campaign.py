@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ikd.lineage import RunDir
+from ikd.lineage import Lineage, NodeRecord, RunDir, Status
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import machine_line, print_result, publish, repo_path
@@ -50,6 +50,30 @@ def quick_config(directory: Path) -> Path:
     path = directory / "digits-quick.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def time_breakdown(lineage: Lineage, wall: float) -> list[str]:
+    """Where the wall time went, from each node's own `seconds`: the root teacher, accepted and rejected
+    candidates (how many stopped early), the final distillation and baselines, and the rest (loading,
+    output caches outside a node, saving)."""
+    planned = max((n.epochs for n in lineage.nodes if n.status == Status.ACCEPTED), default=0)
+    parts: list[tuple[str, list[NodeRecord]]] = [
+        ("root teacher", [lineage.root()]),
+        ("accepted children", [n for n in lineage.nodes if n.status == Status.ACCEPTED]),
+        ("rejected or failed children", [n for n in lineage.nodes if n.status in (Status.REJECTED, Status.FAILED)]),
+        ("final distillation and baselines", [n for n in lineage.nodes if n.status in (Status.FINAL, Status.BASELINE)]),
+    ]
+    lines = ["| part | nodes | seconds | share of wall |", "|---|---|---|---|"]
+    for name, nodes in parts:
+        seconds = sum(n.seconds for n in nodes)
+        early = sum(1 for n in nodes if n.status == Status.REJECTED and 0 < n.epochs < planned)
+        count = f"{len(nodes)}" + (f" ({early} stopped early)" if early else "")
+        lines.append(f"| {name} | {count} | {seconds:,.0f} | {seconds / wall:.0%} |")
+    rest = wall - sum(n.seconds for n in lineage.nodes if n.status != Status.CANDIDATE)
+    lines.append(f"| not in any node (start, loading, saving) | | {rest:,.0f} | {rest / wall:.0%} |")
+    largest = sorted((n for n in lineage.nodes if n.id != lineage.root().id), key=lambda n: -n.seconds)[:3]
+    costly = ", ".join(f"`{n.id}` {n.params:,} params {n.seconds:,.0f} s" for n in largest)
+    return [*lines, "", f"Costliest nodes after the teacher: {costly}."]
 
 
 def run_campaign(command: list[str]) -> tuple[float, float, str]:
@@ -133,6 +157,7 @@ def main() -> int:
         f"| wall time (min) | {measured['wall_min']:.1f} | <= {GOALS['wall_min']:g} | {yes(met['wall_min'])} |",
         f"| peak RSS (GiB) | {peak_gib:.2f} | <= {GOALS['peak_rss_gib']:g} | {yes(met['peak_rss_gib'])} |",
     ]
+    lines += ["", "Where the time went (each node's own seconds):", "", *time_breakdown(lineage, wall)]
     text = "\n".join(lines)
     publish(text, args.markdown, "Campaign: wall time and peak memory of a whole MNIST campaign")
     print_result(

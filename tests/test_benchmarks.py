@@ -201,6 +201,7 @@ def test_campaign_quick(tmp_path):
         "goals_met",
     } <= set(result)
     assert float(result["peak_rss_gib"]) > 0 and "g0-teacher" in text
+    assert "| root teacher | 1 |" in text and "| accepted children |" in text
 
 
 @pytest.mark.ray
