@@ -27,6 +27,7 @@ from collections import Counter
 from ikd.inherit import inherit_weights
 from ikd.model import build_model
 from ikd.objective import LossWeights, build_objective, cache_teacher_outputs, teacher_hint_block
+from ikd.runtime import resolve_precision
 from ikd.shrink import get_operator
 from ikd.strategy import SEED_STRIDE
 from ikd.train import TrainConfig, train_model, train_models
@@ -86,7 +87,10 @@ def main() -> int:
             ce_seconds[label] = time.perf_counter() - started
     blocks = {teacher_hint_block(student.spec, teacher, weights) for student in students} - {None}
     started = time.perf_counter()
-    cache = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU)
+    precision = resolve_precision(config.precision, CPU)  # the students' autocast, as in a campaign
+    cache = cache_teacher_outputs(
+        teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU, precision=precision
+    )
     cache_seconds = time.perf_counter() - started
 
     # Numerator: the generation -- the cache (timed above: the same work) + the k children together.

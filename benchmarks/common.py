@@ -233,14 +233,16 @@ class CachedTeacherObjectives:
     once and shared by every student (ikd's own cache, TeacherOutputStore: more hint blocks, one more
     pass). Only for data without augmentation, as in ikd."""
 
-    def __init__(self, teacher: VGG, data: DataSplits, device: torch.device):
-        self.teacher, self.data, self.device = teacher, data, device
+    def __init__(self, teacher: VGG, data: DataSplits, device: torch.device, precision: Precision):
+        self.teacher, self.data, self.device, self.precision = teacher, data, device, precision
         self.store = TeacherOutputStore()
 
     def __call__(self, student: VGG, weights: LossWeights, seed: int) -> DistillationObjective:
         block = teacher_hint_block(student.spec, self.teacher, weights)
         blocks = {"teacher": set() if block is None else {block}}
-        [source] = self.store.sources(("teacher",), blocks, lambda _: self.teacher, self.data, self.device, False)
+        [source] = self.store.sources(
+            ("teacher",), blocks, lambda _: self.teacher, self.data, self.device, self.precision, False
+        )
         return build_objective(student, self.teacher, weights, sources=[source], seed=seed)
 
 

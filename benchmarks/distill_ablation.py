@@ -56,7 +56,7 @@ def main() -> int:
     for _ in range(args.shrinks):
         spec = shrink_width(spec) if args.operator == "width" else shrink_depth(spec)
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    objectives = CachedTeacherObjectives(teacher, data, device)
+    objectives = CachedTeacherObjectives(teacher, data, device, precision)
 
     def run(gamma: float, inherit: bool) -> dict:
         runs = [run_once(gamma, inherit, seed) for seed in seeds]

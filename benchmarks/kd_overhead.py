@@ -27,6 +27,7 @@ import sys
 import time
 
 from ikd.objective import LiveTeacher, LossWeights, build_objective, cache_teacher_outputs, teacher_hint_block
+from ikd.runtime import resolve_precision
 from ikd.train import TrainConfig, train_model
 
 # benchmarks/common.py: a script's own directory is on sys.path
@@ -81,8 +82,9 @@ def main() -> int:
         source = LiveTeacher(teacher, blocks)
     else:
         started = time.perf_counter()
+        precision = resolve_precision(config.precision, CPU)  # the students' autocast, as in a campaign
         source = cache_teacher_outputs(
-            teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU
+            teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU, precision=precision
         )
         cache_seconds = time.perf_counter() - started
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from ikd.data import ImageSet
 from ikd.losses import HintRegressor
 from ikd.objective import LossWeights, build_objective, cache_teacher_outputs, hint_pairing, teacher_hint_block
+from ikd.runtime import resolve_precision
 from ikd.train import TrainConfig, evaluate, train_model
 
 # benchmarks/common.py: a script's own directory is on sys.path
@@ -137,13 +138,19 @@ def ikd_training(
 ) -> dict:
     """Distil `student` in place the way a campaign does; returns the caching and training times."""
     block = teacher_hint_block(student.spec, teacher, weights)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=LR, device="cpu", seed=seed)
     started = time.perf_counter()
     cache = cache_teacher_outputs(
-        teacher, data.train, mean=data.mean, std=data.std, hint_blocks=[block] if block is not None else [], device=CPU
+        teacher,
+        data.train,
+        mean=data.mean,
+        std=data.std,
+        hint_blocks=[block] if block is not None else [],
+        device=CPU,
+        precision=resolve_precision(config.precision, CPU),  # the student's autocast, as in a campaign
     )
     cache_seconds = time.perf_counter() - started
     objective = build_objective(student, teacher, weights, sources=[cache], seed=seed)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=LR, device="cpu", seed=seed)
     result = train_model(student, data, config, objective=objective, progress=progress, description="ikd")
     return {
         "cache": cache_seconds,

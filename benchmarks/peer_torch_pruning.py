@@ -176,7 +176,7 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
     student = config.student
     augment = student.augment if student.augment is not None else data.augment
     cached = student.cache_teacher and augment == "none"  # ikd's own rule (ikd.distil)
-    objectives = CachedTeacherObjectives(teacher, data, device)
+    objectives = CachedTeacherObjectives(teacher, data, device, precision)
     for k, stage in enumerate(run.stages):
         started = time.perf_counter()
         target = stage.target_macs if args.match == "macs" else stage.target_params

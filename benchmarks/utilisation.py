@@ -106,7 +106,9 @@ def main() -> int:
         teacher = build_model(preset("vgg16", in_channels=channels, image_size=size, num_classes=10), seed=0).eval()
         students = [(float(w), width_student(teacher, float(w), seed=0)) for w in args.widths.split(",")]
         blocks = {teacher_hint_block(s.spec, teacher, weights) for _, s in students} - {None}
-        cache = cache_teacher_outputs(teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU)
+        cache = cache_teacher_outputs(
+            teacher, data.train, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU, precision=precision
+        )
 
         def distillation(model):  # called only within this iteration of the loop
             return build_objective(model, teacher, weights, sources=[cache], seed=0)  # noqa: B023

@@ -189,6 +189,13 @@ def test_utilisation_quick(tmp_path):
     } <= set(result)
 
 
+def test_teacher_cache_quick_times_both_precisions_and_compares_their_targets(tmp_path):
+    result, text = quick_record("teacher_cache.py", tmp_path)
+    assert float(result["fp32_img_s"]) > 0 and float(result["bf16_img_s"]) > 0
+    assert 0 < float(result["top1_agreement"]) <= 1 and 0 < float(result["max_target_diff"]) < 1  # bf16 did differ
+    assert "| fp32 |" in text and "| bf16 |" in text
+
+
 def test_campaign_quick(tmp_path):
     result, text = quick_record("campaign.py", tmp_path)
     assert {

@@ -94,6 +94,30 @@ def test_cached_and_live_teacher_give_the_same_loss_and_gradients(gamma):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_a_cache_filled_in_bf16_holds_what_the_live_teacher_gives_inside_a_bf16_step():
+    from ikd.objective import LiveTeacher
+    from ikd.runtime import resolve_precision
+
+    teacher, spec, images, weights = _setup(1.0)
+    block = build_objective(build_model(spec, seed=1), teacher, weights).links[0].hint_block
+    assert block is not None
+    mean, std, cpu = (0.5,), (0.25,), torch.device("cpu")
+    bf16, fp32 = (resolve_precision(name, cpu) for name in ("bf16", "fp32"))
+
+    def cache(precision):
+        return cache_teacher_outputs(
+            teacher, images, mean=mean, std=std, hint_blocks=[block], device=cpu, precision=precision, batch_size=20
+        )
+
+    x = (images.images.float() / 255 - 0.5) / 0.25
+    with bf16.autocast():  # as inside a student's training step
+        live = LiveTeacher(teacher, [block])(x, torch.arange(20))
+    in_bf16, in_fp32 = cache(bf16), cache(fp32)
+    assert torch.equal(in_bf16.logits, live.logits.float())
+    assert torch.equal(in_bf16.features[block], live.features[block].float())
+    assert not torch.equal(in_fp32.logits, in_bf16.logits)  # the precision did reach the cache
+
+
 def test_objective_terms_are_weighted_and_regressor_stays_out_of_the_student():
     teacher, spec, images, _ = _setup()
     weights = LossWeights(temperature=2.0, alpha=0.3, beta=0.5, gamma=2.0)

@@ -29,6 +29,7 @@ from ikd.objective import (
     teacher_hint_blocks,
 )
 from ikd.rules import hopeless
+from ikd.runtime import Precision, resolve_precision
 from ikd.shrink import Candidate
 from ikd.train import (
     EpochCallback,
@@ -108,6 +109,7 @@ class TeacherOutputStore:
         models: Callable[[str], Teacher],
         data: DataSplits,
         device: torch.device,
+        precision: Precision,
         progress: bool,
     ) -> list[TeacherSource]:
         for other, cache in list(self._caches.items()):
@@ -124,6 +126,7 @@ class TeacherOutputStore:
                     std=data.std,
                     hint_blocks=blocks[t] | (held.hint_blocks if held else set()),
                     device=device,
+                    precision=precision,
                     progress=progress,
                 )
         return [self._caches[t] for t in teacher_ids]
@@ -149,6 +152,7 @@ def run_training_pass(
             inherit_weights(student, parent, by="bn-scale" if candidate.operator == "slim" else "l1")
     outcome: list[Outcome | None] = [None] * len(students)
     state_dir = job.state_dir()
+    precision = resolve_precision(job.train_config.precision, device)
     for stage, (stage_weights, stage_epochs) in enumerate(job.stages):
         alive = [i for i, o in enumerate(outcome) if not isinstance(o, TrainingDiverged)]
         objectives: list[Objective | None] = [None] * len(alive)
@@ -161,7 +165,7 @@ def run_training_pass(
                     if block is not None:
                         blocks[t].add(block)
             sources: list[TeacherSource] = (
-                store.sources(job.teacher_ids, blocks, models, data, device, progress)
+                store.sources(job.teacher_ids, blocks, models, data, device, precision, progress)
                 if job.cached
                 else [LiveTeacher(models(t), blocks[t]) for t in job.teacher_ids]
             )
