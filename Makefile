@@ -42,7 +42,7 @@ lint: install-dev
 # The suite spread over up to 4 cores (pytest-xdist), one torch thread per worker (tests/conftest.py):
 # most tests wait on short trainings and the ikd processes they start, which one thread serves as well.
 test: lint
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --durations=15
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
