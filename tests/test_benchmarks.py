@@ -301,12 +301,12 @@ def test_retime_paper_quick(tmp_path):
     out = run_quick("retime_paper.py", "--markdown", str(table), tmp_path=tmp_path)
     last = out.strip().splitlines()[-1]
     # a row read back from an old record (architectures known by name) and a row with its lineage
-    assert last.startswith("RESULT ") and "mnist-vgg16-depth+width_torch=" in last and "mnist-vgg16-depth_ort=" in last
+    assert last.startswith("RESULT ") and "mnist-vgg16-width_torch=" in last and "mnist-vgg16-depth_ort=" in last
     committed = json.loads((ROOT / "benchmarks" / "results" / "paper.json").read_text())
     records = json.loads(table.with_suffix(".json").read_text())
     assert records.keys() == committed.keys()
     for name, record in records.items():
-        if name in ("mnist-vgg16-depth+width", "mnist-vgg16-depth"):
+        if name in ("mnist-vgg16-width", "mnist-vgg16-depth"):
             assert "re-timed by" in record["timed_by"] and record["speedup_torch"] > 1
         else:
             assert record == committed[name]  # the other rows are left as they were
