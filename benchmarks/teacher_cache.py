@@ -8,8 +8,8 @@ alternating (fp32, bf16, fp32, bf16, ...) in one process, and keeps the fastest 
 how far the two caches' KD targets are apart (softened at T=4, as ikd's default loss).
 
     python benchmarks/teacher_cache.py --data-dir ../shared/data/mnist --teacher runs/teachers/mnist-vgg16-b128-crop \
-        --images 6000 --markdown benchmarks/results/teacher_cache.md
-    python benchmarks/teacher_cache.py --quick      # digits, a random VGG-11, one round
+        --steps 47 --markdown benchmarks/results/teacher_cache.md
+    python benchmarks/teacher_cache.py --quick      # digits, a random VGG-16, 3 batches, one round
 Last line: `RESULT fp32_img_s=... bf16_img_s=... speedup=... top1_agreement=... max_target_diff=...`.
 """
 
@@ -18,51 +18,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from ikd.arch import preset
-from ikd.checkpoint import load_model, read_metadata
-from ikd.data import ImageSet, load_dataset
-from ikd.model import build_model
 from ikd.objective import CachedTeacher, LossWeights, cache_teacher_outputs, teacher_hint_block
 from ikd.runtime import resolve_precision
 from ikd.shrink import shrink_width
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import CPU, machine_line, print_result, publish
+from common import CPU, add_kd_arguments, kd_setup, machine_line, print_result, publish
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--teacher", metavar="DIR", help="an `ikd train` output (default: a random VGG-16)")
-    parser.add_argument("--images", type=int, default=6000, help="training images cached per timed pass")
+    add_kd_arguments(parser)  # --steps x --batch-size: the training images cached per timed pass
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest of each is kept")
-    parser.add_argument("--markdown")
-    parser.add_argument("--quick", action="store_true", help="digits, a random VGG-11, 256 images, one round")
-    parser.add_argument("--quiet", action="store_true", help="(nothing is printed as it goes either way)")
     args = parser.parse_args()
     if args.quick:
-        args.dataset, args.teacher, args.images, args.rounds = "digits", None, 256, 1
+        args.rounds = 1
+    setup = kd_setup(args)
+    data, teacher, images = setup.data, setup.teacher, setup.data.train
     bf16 = resolve_precision("bf16", CPU)
     fp32 = resolve_precision("fp32", CPU)
-
-    if args.teacher:
-        teacher, _ = load_model(Path(args.teacher), map_location=CPU)
-        recorded = read_metadata(Path(args.teacher))["dataset"]
-        split = {"val_fraction": recorded["val_fraction"], "split_seed": recorded["split_seed"]}
-        data = load_dataset(args.dataset, args.data_dir, **split)
-    else:
-        data = load_dataset(args.dataset, args.data_dir)
-        arch = "vgg11" if args.quick else "vgg16"
-        teacher = build_model(
-            preset(arch, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes),
-            seed=0,
-        )
-    images = ImageSet(data.train.images[: args.images], data.train.labels[: args.images])
     # the hint block a campaign's first child (half the teacher's width) asks for
     child = shrink_width(teacher.spec)
     assert child is not None, "a VGG preset always has a half-width child"
@@ -75,7 +52,14 @@ def main() -> int:
         for name, precision in (("fp32", fp32), ("bf16", bf16)):
             started = time.perf_counter()
             caches[name] = cache_teacher_outputs(
-                teacher, images, mean=data.mean, std=data.std, hint_blocks=blocks, device=CPU, precision=precision
+                teacher,
+                images,
+                mean=data.mean,
+                std=data.std,
+                hint_blocks=blocks,
+                device=CPU,
+                precision=precision,
+                batch_size=args.batch_size,
             )
             seconds[name].append(time.perf_counter() - started)
     rate = {name: len(images) / min(times) for name, times in seconds.items()}
@@ -89,12 +73,11 @@ def main() -> int:
         else 0.0
     )
 
-    teacher_name = args.teacher or f"random {teacher.spec.summary()}"
     text = "\n".join(
         [
             f"Machine: {machine_line()}.",
-            f"Teacher: {teacher_name} ({teacher.spec.num_params():,} params); {len(images):,} {data.name} training "
-            f"images, hint block {block}; {args.rounds} alternating round(s), fastest kept, batch 128.",
+            f"Teacher: {setup.teacher_label}; {len(images):,} {data.name} training images, hint block {block}; "
+            f"{args.rounds} alternating round(s), fastest kept, batch {args.batch_size}.",
             "",
             "| cache pass | images/s | seconds per round |",
             "|---|---|---|",
