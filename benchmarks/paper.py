@@ -121,7 +121,9 @@ def budget_of(lineage: Lineage) -> str:
     )
 
 
-def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None) -> tuple[Lineage, str | None]:
+def measure(
+    run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int | None, rounds: int | None
+) -> tuple[Lineage, str | None]:
     """Export the final student to ONNX (verified against PyTorch) and time it beside the teacher.
 
     A lineage whose weights are not here (brought back from another machine without them) is
@@ -135,7 +137,7 @@ def measure(run_dir: Path, lineage: Lineage, data_dir: str | None, repeats: int 
         return lineage, (
             f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, so not exported or timed"
         )
-    export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats)
+    export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats, rounds=rounds)
     return run.load(), None
 
 
@@ -324,6 +326,7 @@ def main() -> int:
     parser.add_argument("--collect-only", action="store_true", help="train nothing: tabulate the run dirs on disk")
     parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
     parser.add_argument("--repeats", type=int, help="latency repeats (default: ikd export's)")
+    parser.add_argument("--rounds", type=int, help="latency rounds (default: ikd export's)")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument(
         "--quick", action="store_true", help="digits, VGG-16, width then depth (one teacher), tiny budget"
@@ -350,6 +353,8 @@ def main() -> int:
             "search.max_step_drop": 100.0,
         }
         args.repeats = args.repeats or 3
+        # a smoke run checks that rows get timed, not how fast: the batch-1 plan's 200 rounds were most of its time
+        args.rounds = args.rounds or 5
     if not rows:
         raise SystemExit(
             f"paper.py: error: --rows {args.rows!r} matches none of: {', '.join(r.name for r in all_rows())}"
@@ -398,7 +403,7 @@ def main() -> int:
                         print(f"paper.py: {row.name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
-            lineage, note = measure(run_dir, lineage, data_dir, args.repeats)
+            lineage, note = measure(run_dir, lineage, data_dir, args.repeats, args.rounds)
         except IkdError as exc:
             print(f"paper.py: {row.name}: error: {exc}", file=sys.stderr)
             return 2

@@ -170,7 +170,7 @@ def test_an_out_path_that_cannot_be_the_file_exits_2_with_one_line(run_dir, tmp_
 
 def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
     before = RunDir(run_dir).load()
-    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--repeats", "2"]) == 0
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--repeats", "2", "--rounds", "3"]) == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and ROOT in out and "256/256" in out
 
@@ -181,7 +181,9 @@ def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
     for node_id in (NODE, ROOT):
         latency = lineage.node(node_id).latency
         assert {(m.runtime, m.batch) for m in latency} == MEASURED and len(latency) == len(MEASURED)
-        assert all(m.median_ms > 0 and m.repeats == 2 and m.threads >= 1 and m.device for m in latency)
+        assert all(
+            m.median_ms > 0 and m.repeats == 2 and m.rounds == 3 and m.threads >= 1 and m.device for m in latency
+        )
     summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
     speedups = summary["latency"]["speedup"]
     assert {(s["runtime"], s["batch"]) for s in speedups} == MEASURED
@@ -197,7 +199,7 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
 
     export_node(run_dir, NODE, "onnx", repeats=1)
     first = run.load()
-    export_node(run_dir, NODE, "safetensors", repeats=2)
+    export_node(run_dir, NODE, "safetensors", repeats=2, rounds=4)
     second = run.load()
     assert "another CPU" not in {m.device for m in first.node(ROOT).latency}
     for lineage in (first, second):
@@ -206,7 +208,8 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
     assert {m.repeats for m in second.node(NODE).latency} == {2}
     # The root is timed again beside the node every time: a speed-up's two sides come from one moment.
     assert {m.repeats for m in second.node(ROOT).latency} == {2}
-    assert {m.rounds for m in second.node(ROOT).latency} == {rounds for _, rounds in LATENCY_PLAN.values()}
+    assert {m.rounds for m in first.node(ROOT).latency} == {rounds for _, rounds in LATENCY_PLAN.values()}
+    assert {m.rounds for m in second.node(ROOT).latency} == {4}
     summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
     assert set(summary["formats"]) == {"onnx", "safetensors"}  # both exports are described
 
@@ -215,7 +218,7 @@ def test_an_external_root_is_not_timed_and_cannot_be_exported(run_dir, capsys):
     run = RunDir(run_dir)
     lineage = run.load()
     run.add_node(lineage, lineage.node(ROOT).model_copy(update={"arch": {"external": "UserNet"}}))
-    result = export_node(run_dir, NODE, "safetensors", repeats=1)
+    result = export_node(run_dir, NODE, "safetensors", repeats=1, rounds=2)
     assert result.speedups() == [] and "user-supplied" in " ".join(result.notes)
     assert run.load().node(ROOT).latency == []
     assert main(["export", str(run_dir), "--node", ROOT, "--format", "onnx"]) == 2
@@ -245,6 +248,14 @@ def test_user_mistakes_exit_2_with_one_line(run_dir, capsys, node, fmt, expected
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     if node == "nope":
         assert ROOT in err and NODE in err  # it names ids that do exist
+    assert not (run_dir / "export").exists()
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--rounds"])
+def test_a_timing_plan_of_zero_is_refused(run_dir, capsys, flag):
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} 0: expected a positive number" in err and len(err.strip().splitlines()) == 1
     assert not (run_dir / "export").exists()
 
 

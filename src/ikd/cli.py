@@ -389,6 +389,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         data_dir=args.data_dir,
         repeats=args.repeats,
+        rounds=args.rounds,
         measure_latency=not args.no_latency,
     )
     print(result.summary())
@@ -524,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="timed runs per interleaved turn (default 3 at batch 1, over 200 turns; 10 at batch 64, over 5)",
+    )
+    ex.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="interleaved turns, the fastest of whose medians is kept (default 200 at batch 1, 5 at batch 64)",
     )
     ex.add_argument("--no-latency", action="store_true", help="do not measure latency")
     ex.set_defaults(func=cmd_export)

@@ -137,6 +137,7 @@ def export_node(
     out: Path | None = None,
     data_dir: str | Path | None = None,
     repeats: int | None = None,
+    rounds: int | None = None,
     measure_latency: bool = True,
 ) -> ExportResult:
     """Export a node as `fmt`, verify an ONNX export, and record latencies in the lineage.
@@ -147,6 +148,8 @@ def export_node(
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if repeats is not None and repeats < 1:
         raise ConfigError(f"--repeats {repeats}: expected a positive number of timed runs")
+    if rounds is not None and rounds < 1:
+        raise ConfigError(f"--rounds {rounds}: expected a positive number of interleaved rounds")
     run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
     target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
     with run.locked("ikd export"):
@@ -175,7 +178,7 @@ def export_node(
             )
         result.files.append(target)
         if measure_latency:
-            _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats)
+            _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats, rounds)
         atomic_write_json(summary_path, _summary_document(summary_path, result))
         result.files.append(summary_path)
     return result
@@ -333,6 +336,7 @@ def _measure_node_and_teacher(
     dataset: dict[str, Any],
     graph: bytes,
     repeats: int | None,
+    rounds: int | None,
 ) -> None:
     """Time the node and the root teacher together, interleaved (ikd.latency): a speed-up is only
     trusted when both sides were measured in the same moments, so the root's earlier numbers are never
@@ -347,7 +351,7 @@ def _measure_node_and_teacher(
     elif root.id != node.id:
         teacher, teacher_meta = _load_node(run, root)
         timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
-    measured = measure_latencies(timed, repeats)
+    measured = measure_latencies(timed, repeats, rounds)
     result.latency = measured[node.id]
     if root is not None and root.id in measured:
         result.teacher_id, result.teacher_latency = root.id, measured[root.id]
