@@ -3,9 +3,11 @@
 Every candidate that trained all its epochs is replayed in the order its campaign trained it, so the
 rule sees only the candidates recorded before it (as it would have in the run). A stop is counted
 once, at the first epoch the rule fires; a stopped candidate that the run accepted is a decision
-the rule would have changed. Two rules: ikd's (`rules.hopeless`, which also expects what the
-campaign's fully trained candidates gained after the same epoch) and `own-gain`, the rule ikd
-shipped before it (only the candidate's own best epoch gain so far, no evidence needed).
+the rule would have changed. Three rules: ikd's (`rules.hopeless`: the candidate's validation error
+cut by the larger of its own best epoch's ratio and the most the campaign's fully trained
+candidates cut theirs after the same epoch, once two have), `points`, the rule it replaced (the
+same reasoning in accuracy points, from one fully trained candidate on), and `own-gain`, the rule
+before that (points, the candidate's own best epoch gain only).
 
     python benchmarks/early_rejection_replay.py --markdown benchmarks/results/early_rejection_replay.md
     python benchmarks/early_rejection_replay.py --quick        # one committed lineage, slack 2
@@ -19,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,17 +35,46 @@ from common import print_result, publish
 LINEAGES = Path(__file__).resolve().parent / "results" / "lineages"
 QUICK = LINEAGES / "iterating-pays" / "noearly-from-g4-seed0" / "lineage.json"
 
-# (curve so far, epochs, floor, slack, what earlier candidates gained late) -> why it stops, or None
-Rule = Callable[[list[float], int, float, float, tuple[float, ...]], str | None]
+# (curve so far, epochs, floor, slack, the campaign's nodes trained before it) -> why it stops, or None
+Rule = Callable[[list[float], int, float, float, Lineage], str | None]
 
 
-def own_gain(curve: list[float], epochs: int, needed: float, slack: float, later: tuple[float, ...]) -> str | None:
+def fully_trained_curves(earlier: Lineage, epochs: int) -> list[list[float]]:
+    return [
+        n.val_curve[-epochs:]
+        for n in earlier.students()
+        if len(n.val_curve) >= epochs and rules.STOPPED_EARLY not in n.reason
+    ]
+
+
+def points_rule(curve: list[float], epochs: int, needed: float, slack: float, gains: tuple[float, ...]) -> str | None:
+    """The rule before the error-ratio one (shipped cbe27f5 to 2026-12-03): max so far + slack x the larger
+    of (its best single-epoch gain x epochs left) and the most a fully trained candidate gained after
+    the same epoch (`gains`), in accuracy points."""
+    done, left = len(curve), epochs - len(curve)
+    if done < 2 or left <= 0 or len(gains) < done:
+        return None
+    expected = max(max(0.0, *(b - a for a, b in pairwise(curve))) * left, gains[done - 1])
+    return "stop" if rules.falls_short(100 * (max(curve) + slack * expected), 100 * needed, 0.0) else None
+
+
+def points(curve: list[float], epochs: int, needed: float, slack: float, earlier: Lineage) -> str | None:
+    curves = fully_trained_curves(earlier, epochs)
+    gains = tuple(max(max(c[e:]) - c[e - 1] for c in curves) for e in range(1, epochs)) if curves else ()
+    return points_rule(curve, epochs, needed, slack, gains)
+
+
+def own_gain(curve: list[float], epochs: int, needed: float, slack: float, earlier: Lineage) -> str | None:
     """The rule before cbe27f5: max so far + slack x its best single-epoch gain x epochs left, which is
-    ikd's rule told that no candidate ever gained anything late."""
-    return rules.hopeless(curve, epochs, needed, slack, (0.0,) * (epochs - 1))
+    the points rule told that no candidate ever gained anything late."""
+    return points_rule(curve, epochs, needed, slack, (0.0,) * (epochs - 1))
 
 
-RULES: dict[str, Rule] = {"ikd": rules.hopeless, "own-gain": own_gain}
+def ikd(curve: list[float], epochs: int, needed: float, slack: float, earlier: Lineage) -> str | None:
+    return rules.hopeless(curve, epochs, needed, slack, rules.late_error_ratios(earlier, epochs))
+
+
+RULES: dict[str, Rule] = {"ikd": ikd, "points": points, "own-gain": own_gain}
 
 
 @dataclass
@@ -66,10 +98,10 @@ def replay(lineages: dict[str, Lineage], rule: Rule, slack: float) -> Tally:
             if rules.STOPPED_EARLY in node.reason:
                 continue  # stopped in the run: its full curve is unknown
             floor = rules.floor(parent, lineage.root(), search)
-            later = rules.late_gains(lineage.model_copy(update={"nodes": lineage.nodes[:i]}), node.epochs)
+            earlier = lineage.model_copy(update={"nodes": lineage.nodes[:i]})
             tally.replayed += 1
             for done in range(2, node.epochs):
-                if rule(node.val_curve[:done], node.epochs, floor, slack, later):
+                if rule(node.val_curve[:done], node.epochs, floor, slack, earlier):
                     tally.stops.append(f"{name} {node.id} {node.status} @{done}/{node.epochs}")
                     tally.changed += node.status == Status.ACCEPTED
                     tally.minutes_saved += node.seconds * (node.epochs - done) / node.epochs / 60

@@ -354,6 +354,7 @@ def test_jpeg_reencoding_keeps_shape_and_costs_more_at_lower_quality(monkeypatch
 
 def test_early_rejection_replay_quick(tmp_path):
     out = run_quick("early_rejection_replay.py", "--markdown", str(tmp_path / "replay.md"), tmp_path=tmp_path)
-    # the committed replay without early rejection: the old rule stops g4-width, which that run accepted
-    assert "RESULT ikd_slack2_changed=0 own-gain_slack2_changed=" in out
-    assert "g4-width accepted @2/5" in (tmp_path / "replay.md").read_text()
+    # the committed replay without early rejection: the oldest rule stops g4-width, which that run accepted
+    assert "RESULT ikd_slack2_changed=0 points_slack2_changed=0 own-gain_slack2_changed=2" in out
+    record = (tmp_path / "replay.md").read_text()
+    assert "g4-width accepted @2/5" in record and "| ikd | 2 | 12 | 2 | 0 |" in record

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import campaign_args
 
-from ikd import cli, training_pass
+from ikd import cli, rules, training_pass
 from ikd.lineage import RunDir, Status
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(tiny_teacher, tmp_path, monkeypatch):
     # The rule's numbers are tested in test_rules; here its wiring: what the campaign hands it and what
-    # a stop does. The first candidate has no fully trained candidate before it, so no late gains.
+    # a stop does. The first two candidates have too few fully trained ones before them (rules.EVIDENCE):
+    # no late error ratios, no stop.
     real, calls = training_pass.hopeless, []
 
     def spy(curve, epochs, needed, slack, later=()):
@@ -23,17 +24,17 @@ def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(
 
     monkeypatch.setattr(training_pass, "hopeless", spy)
     args = campaign_args(tiny_teacher, tmp_path / "run", "--epochs", "5", "--early-rejection", "1")
-    args += ["--max-drop", "0", "--max-step-drop", "0"]
+    args += ["--max-drop", "0", "--max-step-drop", "0", "--width-factors", "0.25,0.5"]  # three candidates
     assert cli.main(args) == 0
     children = [n for n in RunDir(tmp_path / "run").load().nodes if n.generation == 1]
-    first, *rest = children
-    assert first.epochs == 5 and "stopped" not in first.reason, (first.id, first.reason)
+    *evidence, last = children
+    assert rules.EVIDENCE == len(evidence) == 2
+    for node in evidence:
+        assert node.epochs == 5 and "stopped" not in node.reason, (node.id, node.reason)
     assert calls[0][4] == () and calls[0][3] == 1.0 and calls[0][1] == 5
-    assert rest, [n.id for n in children]
-    for node in rest:
-        assert node.status == Status.REJECTED and node.epochs == 2 and len(node.val_curve) == 2, node
-        assert node.reason.startswith("val ") and "told to" in node.reason
-    assert any(len(call[4]) == 4 for call in calls)  # later candidates saw the first one's late gains
+    assert last.status == Status.REJECTED and last.epochs == 2 and len(last.val_curve) == 2, last
+    assert last.reason.startswith("val ") and "told to" in last.reason
+    assert any(len(call[4]) == 4 for call in calls)  # the last candidate saw the first two's late error ratios
 
 
 def test_without_early_rejection_every_candidate_trains_all_its_epochs(tiny_teacher, tmp_path):

@@ -170,23 +170,24 @@ def test_an_external_node_has_no_spec(bad):
         ROOT.model_copy(update={"arch": bad}).spec()
 
 
-NO_LATE_GAIN = (0.0, 0.0, 0.0, 0.0)  # a campaign whose candidates gained nothing after any epoch
+NO_LATE_CUT = (1.0, 1.0, 1.0, 1.0)  # a campaign whose candidates cut their error no further after any epoch
 
 
 @pytest.mark.parametrize(
     "curve,epochs,later,stops",
     [
-        ([0.50], 5, NO_LATE_GAIN, False),  # one epoch: no gain seen yet
-        ([0.50, 0.52], 5, NO_LATE_GAIN, True),  # 0.52 + 2 x 3 x 0.02 = 0.64 < 0.70
-        ([0.50, 0.56], 5, NO_LATE_GAIN, False),  # 0.56 + 2 x 3 x 0.06 = 0.92 >= 0.70
-        ([0.60, 0.62, 0.64], 4, NO_LATE_GAIN, True),  # 0.64 + 2 x 1 x 0.02 = 0.68 < 0.70
-        ([0.60, 0.62, 0.65], 4, NO_LATE_GAIN, False),  # 0.65 + 2 x 1 x 0.03 = 0.71
-        ([0.50, 0.45, 0.46], 5, NO_LATE_GAIN, True),  # falling: its best gain is 0.01
-        ([0.50, 0.52, 0.53, 0.55, 0.56], 5, NO_LATE_GAIN, False),  # done: the decision is the normal one
-        ([0.50, 0.52], 5, (), False),  # no candidate has trained all its epochs yet: no evidence
-        # flat so far, but a candidate of the campaign gained 0.09 after epoch 2: 0.52 + 2 x 0.09 = 0.70
-        ([0.52, 0.52], 5, (0.0, 0.09, 0.0, 0.0), False),
-        ([0.52, 0.52], 5, (0.0, 0.08, 0.0, 0.0), True),  # 0.52 + 2 x 0.08 = 0.68 < 0.70
+        # needed 0.70: an error of 0.30 at most
+        ([0.50], 5, NO_LATE_CUT, False),  # one epoch: no gain seen yet
+        ([0.50, 0.52], 5, NO_LATE_CUT, True),  # 0.48 / (0.50/0.48)^(3 x 2) = 0.376 > 0.30
+        ([0.50, 0.56], 5, NO_LATE_CUT, False),  # 0.44 / (0.50/0.44)^(3 x 2) = 0.204
+        ([0.60, 0.62, 0.64], 4, NO_LATE_CUT, True),  # 0.36 / (0.38/0.36)^(1 x 2) = 0.323
+        ([0.60, 0.62, 0.66], 4, NO_LATE_CUT, False),  # 0.34 / (0.38/0.34)^2 = 0.272
+        ([0.50, 0.45, 0.46], 5, NO_LATE_CUT, True),  # falling: its best cut is 0.55/0.54, from 0.50 -> 0.465
+        ([0.50, 0.52, 0.53, 0.55, 0.56], 5, NO_LATE_CUT, False),  # done: the decision is the normal one
+        ([0.50, 0.52], 5, (), False),  # too few candidates have trained all their epochs: no evidence
+        # flat so far, but a candidate of the campaign cut its error 1.27-fold after epoch 2: 0.48 / 1.27^2 = 0.298
+        ([0.52, 0.52], 5, (1.0, 1.27, 1.0, 1.0), False),
+        ([0.52, 0.52], 5, (1.0, 1.26, 1.0, 1.0), True),  # 0.48 / 1.26^2 = 0.302 > 0.30
     ],
 )
 def test_hopeless_stops_only_what_cannot_plausibly_reach_the_floor(curve, epochs, later, stops):
@@ -196,24 +197,38 @@ def test_hopeless_stops_only_what_cannot_plausibly_reach_the_floor(curve, epochs
         assert f"after epoch {len(curve)}/{epochs}" in reason and "70.00% needed" in reason
 
 
-def test_late_gains_are_the_most_any_fully_trained_candidate_gained_after_each_epoch():
+def test_a_steep_climb_far_below_the_floor_is_hopeless_in_error_but_not_in_points():
+    # A recorded MNIST child (quarter width): 68.9% then 80.8% after 2 of 5 epochs, 86.5% at the end,
+    # against a 99.08% floor. Its 11.9-point climb, extrapolated in points, reaches past 100%; its
+    # error cut, 0.311/0.192 = 1.62-fold, gives 1.62^(3 x 2) = 18-fold: 0.192 -> 0.0106, above 0.0092.
+    assert rules.hopeless([0.689, 0.808], 5, needed=0.9908, slack=2.0, later=(1.5, 2.0, 1.5, 1.2))
+    # the same start with the floor of a 90% campaign trains on
+    assert rules.hopeless([0.689, 0.808], 5, needed=0.90, slack=2.0, later=(1.5, 2.0, 1.5, 1.2)) is None
+
+
+def test_late_error_ratios_are_the_most_any_fully_trained_candidate_cut_its_error_after_each_epoch():
     def trained(node_id: str, curve: list[float], reason: str = "") -> NodeRecord:
         record = node(node_id, max(curve), status="rejected", epochs=len(curve))
         return record.model_copy(update={"val_curve": curve, "reason": reason})
 
-    lineage = Lineage(config={}, nodes=[ROOT])
-    assert rules.late_gains(lineage, 4) == ()
+    first = trained("g1-width", [0.90, 0.91, 0.95, 0.94])  # after epoch 1: 0.10/0.05, 2: 0.09/0.05, 3: 0.05/0.06
+    assert rules.late_error_ratios(Lineage(config={}, nodes=[ROOT]), 4) == ()
+    assert rules.late_error_ratios(Lineage(config={}, nodes=[ROOT, first]), 4) == ()  # one is not evidence
     lineage = Lineage(
         config={},
         nodes=[
             ROOT,
-            trained("g1-width", [0.90, 0.91, 0.95, 0.94]),  # after epoch 1: 0.05, 2: 0.04, 3: 0.0
-            trained("g1-depth", [0.80, 0.70, 0.85, 0.87]),  # 0.07, 0.17, 0.02
+            first,
+            trained("g1-depth", [0.80, 0.70, 0.85, 0.87]),  # 0.20/0.13, 0.30/0.13, 0.15/0.13
             # stopped early: its curve says nothing about late gains
             trained("g2-width", [0.50, 0.99], reason="val 99% < root; stopped after epoch 2/4: ..."),
         ],
     )
-    assert rules.late_gains(lineage, 4) == pytest.approx((0.07, 0.17, 0.02))
+    assert rules.late_error_ratios(lineage, 4) == pytest.approx((2.0, 0.30 / 0.13, 0.15 / 0.13))
+    perfect = trained("g2-depth", [0.98, 1.0, 1.0, 1.0])  # a perfect epoch: a large ratio, not a division by 0
+    assert rules.late_error_ratios(lineage.model_copy(update={"nodes": [*lineage.nodes, perfect]}), 4)[0] == (
+        pytest.approx(0.02 / rules.MIN_ERROR)
+    )
 
 
 def test_a_child_is_roomy_when_it_clears_its_floor_by_the_accept_margin():

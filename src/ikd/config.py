@@ -198,10 +198,10 @@ class SearchConfig(Strict):
         default=0.0,
         ge=0,
         json_schema_extra=cli_flag("--early-rejection", metavar="SLACK"),
-        description="stop a candidate after epoch e >= 2 when even gaining SLACK times the larger of (its best "
-        "epoch gain so far x the epochs left) and (the most any fully trained candidate of the campaign gained "
-        "after epoch e) would leave it below the accept floor (it is then rejected); never before one candidate "
-        "has trained all its epochs; 0 = off, e.g. 2",
+        description="stop a candidate after epoch e >= 2 when even cutting its validation error by the larger of "
+        "(its best epoch-to-epoch error ratio so far, once per epoch left) and (the most any fully trained candidate "
+        "of the campaign cut its error after epoch e), raised to the power SLACK, would leave it below the accept "
+        "floor (it is then rejected); never before two candidates have trained all their epochs; 0 = off, e.g. 2",
     )
     seeds: int = Field(
         default=1,

@@ -10,7 +10,7 @@ from ikd.context import CampaignContext
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
-from ikd.rules import late_gains
+from ikd.rules import late_error_ratios
 from ikd.shrink import Candidate
 from ikd.strategy import SEED_STRIDE, teacher_weights
 from ikd.teachers import TeacherModels
@@ -62,7 +62,9 @@ def plan_pass(
         deadline=ctx.deadline,
         floor=floor,
         early_slack=ctx.config.search.early_rejection or None,
-        later_gains=late_gains(lineage, epochs) if floor is not None and ctx.config.search.early_rejection else (),
+        later_ratios=(
+            late_error_ratios(lineage, epochs) if floor is not None and ctx.config.search.early_rejection else ()
+        ),
     )
 
 

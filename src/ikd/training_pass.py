@@ -66,10 +66,10 @@ class TrainingPass:
     state_root: str | None = None
     deadline: float | None = None  # wall-clock (time.time()): stop at the last epoch boundary before it
     # Early rejection (rules.hopeless): the validation accuracy the candidates must reach, the slack
-    # on the gain still expected of them, and what the campaign's candidates gained late (late_gains).
+    # on the error cut still expected of them, and what the campaign's candidates cut late (late_error_ratios).
     floor: float | None = None
     early_slack: float | None = None
-    later_gains: tuple[float, ...] = ()
+    later_ratios: tuple[float, ...] = ()
 
     def split(self) -> list[TrainingPass]:
         """One pass per candidate: the same training, trained alone (the weights come out the same)."""
@@ -89,7 +89,7 @@ class TrainingPass:
 
         def hopeless_candidate(description: str, history: list[EpochRecord]) -> str | None:
             curve = [r.kept_accuracy for r in history]
-            return hopeless(curve, epochs, floor, slack, self.later_gains)
+            return hopeless(curve, epochs, floor, slack, self.later_ratios)
 
         return hopeless_candidate
 
