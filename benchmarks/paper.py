@@ -19,6 +19,10 @@ numbers, the command that made it and where): a run replaces the records of the 
 the others, so the table grows row by row across runs and machines, and `make paper` on a few rows
 does not wipe the rest. Text from a `## Notes` heading on in PATH is hand-written and carried over.
 Rows with no record are listed as not run. Last line: `RESULT row_x=... row_drop=... ...`.
+
+`--seed S` runs a row again with seed S (students' initialisation and data order; the teacher is
+the one imported or shared, so seeds of a row compare students of one teacher) into `<row>-seedS`,
+recorded beside seed 0; rows with several seeds get a mean and spread below the table.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +83,16 @@ def all_rows() -> list[Row]:
     return [Row(d, t, ops) for d in DATASETS for t in TEACHERS for ops in OPERATORS]
 
 
+def run_name(row: Row, seed: int) -> str:
+    """A row's run directory and record key: its name for seed 0 (as before seeds), else `<name>-seed<S>`."""
+    return row.name if seed == 0 else f"{row.name}-seed{seed}"
+
+
+def row_of(record: dict) -> str:
+    """The table row a record belongs to, whatever its seed."""
+    return re.sub(r"-seed\d+$", "", record["row"])
+
+
 def pairs(values: list[str], flag: str) -> dict[str, str]:
     """KEY=VALUE arguments as a dict; a malformed one is a usage error."""
     parsed = {}
@@ -95,13 +111,14 @@ def teacher_source(config: dict) -> str:
     return run_dir.name if RunDir(run_dir).node_dir(ROOT_ID) == source else source.as_posix()
 
 
-def shared_teacher(row: Row, out: Path, teacher_epochs: int) -> str | None:
+def shared_teacher(row: Row, own: str, out: Path, teacher_epochs: int) -> str | None:
     """A teacher another row of this table trained for the same dataset and architecture, with the
     same epochs: rows that differ only in their operators then share one teacher instead of each
-    training its own (the costliest node of a campaign), and compare students of the same teacher."""
+    training its own (the costliest node of a campaign), and compare students of the same teacher;
+    so do the seeds of a row. `own`: this run's directory name, never its own sibling."""
     for run_dir in sorted(out.glob(f"{row.dataset}-{row.teacher}-*")):
         sibling = RunDir(run_dir)
-        if run_dir.name == row.name or not sibling.exists():
+        if run_dir.name == own or not sibling.exists():
             continue
         teacher_dir = sibling.node_dir(ROOT_ID)
         if sibling.load().root().epochs == teacher_epochs and teacher_dir.is_dir():
@@ -217,9 +234,50 @@ def load_records(path: Path) -> dict[str, dict]:
 
 
 def ordered(records: dict[str, dict]) -> list[dict]:
-    """The paper's rows in table order, then any others (the smoke run's digits rows) as recorded."""
-    names = [r.name for r in all_rows() if r.name in records]
-    return [records[n] for n in names] + [r for n, r in records.items() if n not in names]
+    """The paper's rows in table order, then any others (the smoke run's digits rows) as recorded; a
+    row's seeds together, by seed."""
+    rows = list(dict.fromkeys([r.name for r in all_rows()] + [row_of(r) for r in records.values()]))
+    return sorted(records.values(), key=lambda r: (rows.index(row_of(r)), r.get("seed", 0)))
+
+
+def mean_sd(values: list[float], spec: str) -> str:
+    return f"{statistics.mean(values):{spec}} ± {statistics.stdev(values):{spec.lstrip('+')}}"
+
+
+def across_seeds(results: list[dict]) -> list[str]:
+    """Mean and spread of the rows run with more than one seed (markdown lines; none when no row was)."""
+    by_row: dict[str, list[dict]] = {}
+    for r in results:
+        by_row.setdefault(row_of(r), []).append(r)
+    groups = [seeds for seeds in by_row.values() if len(seeds) > 1]
+    if not groups:
+        return []
+    lines = [
+        "",
+        "Rows run with several seeds (mean ± standard deviation over the seeds above; chain test = teacher test "
+        "- test drop; a baseline difference only where every seed has that baseline):",
+        "",
+        "| dataset | teacher | operators | seeds | teacher test % | compression x | student params | test drop (pts) "
+        "| val drop (pts) | chain - scratch, test (pts) | chain - one-shot KD, test (pts) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for seeds in groups:
+        first = seeds[0]
+        teachers = sorted({f"{r['teacher_test']:.2f}" for r in seeds})
+        chain = [r["teacher_test"] - r["drop"] for r in seeds]
+        versus = []
+        for key in ("scratch", "oneshot"):
+            scores = [r[key] for r in seeds]
+            ok = all(v is not None for v in scores)
+            versus.append(mean_sd([c - 100 * b for c, b in zip(chain, scores, strict=True)], "+.2f") if ok else "-")
+        lines.append(
+            f"| {first['dataset']} | {first['teacher']} | {first['operators']} | "
+            f"{', '.join(str(r.get('seed', 0)) for r in seeds)} | {' / '.join(teachers)} | "
+            f"{mean_sd([r['x'] for r in seeds], '.1f')} | {mean_sd([r['params'] for r in seeds], ',.0f')} | "
+            f"{mean_sd([r['drop'] for r in seeds], '.2f')} | {mean_sd([r['val_drop'] for r in seeds], '.2f')} | "
+            f"{versus[0]} | {versus[1]} |"
+        )
+    return lines
 
 
 def markdown(results: list[dict], missing: list[str]) -> str:
@@ -232,18 +290,20 @@ def markdown(results: list[dict], missing: list[str]) -> str:
         "ms at batch 1, same runtime, same machine. Drops are points lost (negative: the student scored higher). "
         "Training min: the nodes' recorded training time, teacher and baselines included.",
         "",
-        "| dataset | teacher | operators | budget | teacher test % | student params | memory reduction % | "
+        "| dataset | teacher | operators | seed | budget | teacher test % | student params | memory reduction % | "
         "compression x | test drop (pts) | val drop (pts) | generations | speed-up ORT b1 | speed-up torch b1 | "
         "scratch test % | one-shot KD test % | training min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['dataset']} | {r['teacher']} | {r['operators']} | {r['budget']} | {r['teacher_test']:.2f} | "
+            f"| {r['dataset']} | {r['teacher']} | {r['operators']} | {r.get('seed', 0)} | {r['budget']} | "
+            f"{r['teacher_test']:.2f} | "
             f"{r['params']:,} | {r['reduction']:.2f} | {r['x']:.1f} | {r['drop']:.2f} | {r['val_drop']:.2f} | "
             f"{r['generations']} | {fmt(r['speedup_ort'], '.1f')} | {fmt(r['speedup_torch'], '.1f')} | "
             f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |"
         )
+    lines += across_seeds(results)
     if missing:
         lines += ["", "Not run in this table (budget): " + ", ".join(f"`{m}`" for m in missing) + "."]
     lines += [
@@ -281,7 +341,8 @@ def hand_notes(markdown_path: Path) -> str:
 
 
 def table_text(records: dict[str, dict], quick: bool) -> str:
-    missing = [] if quick else [r.name for r in all_rows() if r.name not in records]
+    recorded = {row_of(r) for r in records.values()}
+    missing = [] if quick else [r.name for r in all_rows() if r.name not in recorded]
     return markdown(ordered(records), missing)
 
 
@@ -322,6 +383,9 @@ def main() -> int:
     parser.add_argument("--teacher-epochs", type=int, help="teacher.epochs when one is trained (default: the config's)")
     parser.add_argument("--max-generations", type=int)
     parser.add_argument("--budget-epochs", type=int, help="search.budget_epochs per row")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the campaigns' seed; S > 0 runs into <row>-seedS, recorded beside seed 0"
+    )
     parser.add_argument("--baselines", action="store_true", help="also train scratch and one-shot KD baselines")
     parser.add_argument("--collect-only", action="store_true", help="train nothing: tabulate the run dirs on disk")
     parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
@@ -341,6 +405,7 @@ def main() -> int:
         "search.max_generations": args.max_generations,
         "search.budget_epochs": args.budget_epochs,
         "baselines": args.baselines or None,
+        "seed": args.seed,
     }
     rows = [r for r in all_rows() if fnmatch.fnmatch(r.name, args.rows)]
     if args.quick:  # two rows: the second imports the teacher the first trained
@@ -355,6 +420,8 @@ def main() -> int:
         args.repeats = args.repeats or 3
         # a smoke run checks that rows get timed, not how fast: the batch-1 plan's 200 rounds were most of its time
         args.rounds = args.rounds or 5
+    if args.seed < 0:
+        raise SystemExit(f"paper.py: error: --seed {args.seed}: expected a seed >= 0")
     if not rows:
         raise SystemExit(
             f"paper.py: error: --rows {args.rows!r} matches none of: {', '.join(r.name for r in all_rows())}"
@@ -368,9 +435,10 @@ def main() -> int:
     records = load_records(records_path(args.markdown)) if args.markdown else {}
     results = []
     for row in rows:
-        run_dir = Path(reuse.get(row.name, Path(args.out) / row.name))
+        name = run_name(row, args.seed)
+        run_dir = Path(reuse.get(name, Path(args.out) / name))
         data_dir = data_dirs.get(row.dataset)
-        tabulated = args.collect_only or row.name in reuse  # a campaign run elsewhere, or before
+        tabulated = args.collect_only or name in reuse  # a campaign run elsewhere, or before
         try:
             if tabulated:
                 if not RunDir(run_dir).exists():
@@ -378,7 +446,7 @@ def main() -> int:
                 lineage = RunDir(run_dir).load()
                 if not args.collect_only and lineage.stop_reason is None:
                     print(
-                        f"paper.py: {row.name}: {run_dir} is unfinished; run it with ikd compress first",
+                        f"paper.py: {name}: {run_dir} is unfinished; run it with ikd compress first",
                         file=sys.stderr,
                     )
             else:
@@ -396,22 +464,23 @@ def main() -> int:
                     shared = (
                         RunDir(run_dir).load().config["teacher"].get("dir")
                         if resumed
-                        else shared_teacher(row, Path(args.out), config.teacher.epochs)
+                        else shared_teacher(row, name, Path(args.out), config.teacher.epochs)
                     )
                     if shared:
                         source = "the teacher this run began with" if resumed else "the teacher a sibling row trained"
-                        print(f"paper.py: {row.name}: importing {shared}, {source}", file=sys.stderr)
+                        print(f"paper.py: {name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
             lineage, note = measure(run_dir, lineage, data_dir, args.repeats, args.rounds)
         except IkdError as exc:
-            print(f"paper.py: {row.name}: error: {exc}", file=sys.stderr)
+            print(f"paper.py: {name}: error: {exc}", file=sys.stderr)
             return 2
         if note:
-            print(f"paper.py: {row.name}: {note}", file=sys.stderr)
+            print(f"paper.py: {name}: {note}", file=sys.stderr)
         trained_by = "; ".join(f"`{s.command}` -- {s.machine}, {s.started}" for s in lineage.sessions)
         results.append(
             row_result(row, lineage)
+            | {"row": name, "seed": lineage.config.get("seed", 0)}
             | {"command": command_line(), "machine": machine_line()}
             | ({"source": note} if note else {})
             | ({"trained_by": trained_by} if tabulated and trained_by else {})
@@ -419,11 +488,11 @@ def main() -> int:
         r = results[-1]
         if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
             # read again first: another paper.py may have added rows to the same table meanwhile
-            records = load_records(records_path(args.markdown)) | {row.name: r}
+            records = load_records(records_path(args.markdown)) | {name: r}
             save_table(records, args.markdown, args.quick)
         else:
-            records[row.name] = r
-        print(f"{row.name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
+            records[name] = r
+        print(f"{name}: {r['x']:.1f}x, test drop {r['drop']:.2f} points ({r['budget']})", file=sys.stderr)
 
     if args.markdown:  # also when no row ran: the file is remade from its records (new notes, new format)
         records = load_records(records_path(args.markdown))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,9 @@ def test_paper_table_quick(tmp_path):
     last = out.strip().splitlines()[-1]
     assert last.startswith("RESULT digits-vgg16-width_x=") and "digits-vgg16-depth_x=" in last
     table = (tmp_path / "paper.md").read_text()
-    assert "| digits | VGG-16 | width | teacher 2 ep;" in table and "Network Slimming" in table
+    assert "| digits | VGG-16 | width | 0 | teacher 2 ep;" in table and "Network Slimming" in table
     # the second row trained no teacher of its own: it imported the first row's
-    assert "| digits | VGG-16 | depth | teacher imported from digits-vgg16-width;" in table
+    assert "| digits | VGG-16 | depth | 0 | teacher imported from digits-vgg16-width;" in table
     width, depth = (RunDir(tmp_path / "runs" / f"digits-vgg16-{ops}").load().root() for ops in ("width", "depth"))
     assert (width.epochs, depth.epochs) == (2, 0) and depth.sha256 == width.sha256
     # each final student was exported and timed beside its teacher
@@ -90,6 +91,25 @@ def test_paper_table_quick(tmp_path):
     assert weightless["speedup_ort"] is None and weightless["params"] == final.params
     assert f"no weights of {final.id} here, so not exported or timed" in weightless["source"]
 
+    # another seed of a row: its own run directory and record, the seeds' mean and spread below the table
+    shutil.copytree(tmp_path / "runs" / "digits-vgg16-depth", tmp_path / "runs" / "digits-vgg16-depth-seed1")
+    reseeded = RunDir(tmp_path / "runs" / "digits-vgg16-depth-seed1")
+    reseeded.save(reseeded.load().model_copy(update={"config": lineage.config | {"seed": 1}}))
+    run_quick(
+        "paper.py",
+        "--collect-only",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "runs"),
+        "--markdown",
+        str(tmp_path / "paper.md"),
+        tmp_path=tmp_path,
+    )
+    seeded = json.loads(records_file.read_text())
+    assert seeded["digits-vgg16-depth-seed1"]["seed"] == 1 and seeded["digits-vgg16-depth"]["seed"] == 0
+    assert "Rows run with several seeds" in (tmp_path / "paper.md").read_text()
+
     records_file.write_text("{not json")
     broken = subprocess.run(
         [
@@ -109,6 +129,45 @@ def test_paper_table_quick(tmp_path):
     )
     assert broken.returncode != 0 and "paper.json: not a readable table record" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_paper_table_states_each_seed_and_their_mean_and_spread(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    paper = importlib.import_module("paper")
+    base = {"dataset": "MNIST", "teacher": "VGG-16", "operators": "width", "budget": "b", "teacher_test": 99.5}
+    base |= {"reduction": 99.0, "generations": 3, "speedup_ort": None, "speedup_torch": None, "train_minutes": 1.0}
+    base |= {"command": "c", "machine": "m", "oneshot": None}
+    records = {
+        "mnist-vgg16-width-seed2": base
+        | {"row": "mnist-vgg16-width-seed2", "seed": 2, "x": 60.0, "params": 300}
+        | {"drop": 0.3, "val_drop": 0.2, "scratch": 0.990},
+        "mnist-vgg16-width": base
+        | {"row": "mnist-vgg16-width", "x": 40.0, "params": 500}  # recorded before seeds
+        | {"drop": 0.1, "val_drop": 0.4, "scratch": 0.993},
+        "mnist-vgg16-depth": base
+        | {"row": "mnist-vgg16-depth", "x": 5.0, "params": 9}
+        | {"operators": "depth", "drop": 0.0, "val_drop": 0.0, "scratch": None},
+    }
+    assert [r["row"] for r in paper.ordered(records)] == [
+        "mnist-vgg16-depth",
+        "mnist-vgg16-width",
+        "mnist-vgg16-width-seed2",
+    ]
+    text = paper.table_text(records, quick=False)
+    assert "| MNIST | VGG-16 | width | 2 | b |" in text and "| MNIST | VGG-16 | width | 0 | b |" in text
+    # chain test 99.4 and 99.2 against scratch 99.3 and 99.0: +0.10 and +0.20
+    assert "| MNIST | VGG-16 | width | 0, 2 | 99.50 | 50.0 ± 14.1 | 400 ± 141 | 0.20 ± 0.14 | 0.30 ± 0.14 | " in text
+    assert "| +0.15 ± 0.07 | - |" in text
+    assert "mnist-vgg16-width" not in text.split("Not run in this table")[1].split("\n")[0]
+    assert "| MNIST | VGG-16 | depth | 0," not in text  # one seed: no mean
+
+    negative = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--seed", "-1", "--collect-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert negative.returncode != 0 and negative.stderr.strip() == "paper.py: error: --seed -1: expected a seed >= 0"
 
 
 def result_of(out: str) -> dict[str, str]:
