@@ -6,8 +6,8 @@ shapes, not the weights, so each row's teacher and final student are rebuilt fro
 its lineage records (`results/lineages/<table>/<row>/`; fresh weights) and timed with ikd's
 interleaved protocol (ikd.latency), a teacher and all its rows' students in one process, in
 `--processes` fresh processes; a row's speed-up is the median over processes of teacher ms /
-student ms in the same process. Rows whose lineage was never committed take their architectures
-from READ_BACK_ARCHS, checked against the parameter counts the table records.
+student ms in the same process. Each architecture is checked against the parameter count the
+table records.
 
     python benchmarks/retime_paper.py --markdown benchmarks/results/paper.md --threads 1 --processes 3
     python benchmarks/retime_paper.py --quick --markdown /tmp/paper.md   # two rows of a copy, 1 process
@@ -39,26 +39,16 @@ from paper import load_records, records_path, save_table
 
 LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table name>/<row>/lineage.json
 COMMITTED_TABLE = ROOT / "benchmarks" / "results" / "paper.md"
-# one row read back, one with its lineage; one teacher, so one process
+# two rows of one teacher architecture, so one process
 QUICK_ROWS = ["mnist-vgg16-width", "mnist-vgg16-depth"]
-_VGG16_MNIST = [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3]
-# Rows tabulated before lineages were committed: (teacher blocks, student blocks), from the lineage
-# trees printed in campaign_mnist_width.md and campaign_mnist.md (the runs themselves are gone).
-READ_BACK_ARCHS = {
-    "mnist-vgg16-width": (_VGG16_MNIST, [[8, 8], [16, 16], [32] * 3, [64] * 3, [64] * 3]),
-}
-MNIST_SHAPE = {"in_channels": 1, "image_size": 28, "num_classes": 10}
 
 
 def row_archs(name: str, record: dict, lineages: Path) -> tuple[ArchSpec, ArchSpec]:
-    """A row's teacher and final student, from its lineage under `lineages` or READ_BACK_ARCHS."""
-    if (lineages / name / "lineage.json").is_file():
-        lineage = RunDir(lineages / name).load()
-        teacher, student = (ArchSpec.model_validate(node.arch) for node in (lineage.root(), lineage.final()))
-    elif name in READ_BACK_ARCHS:
-        teacher, student = (ArchSpec(blocks=blocks, **MNIST_SHAPE) for blocks in READ_BACK_ARCHS[name])
-    else:
-        raise SystemExit(f"retime_paper.py: error: row {name!r}: no lineage under {lineages}, no known architectures")
+    """A row's teacher and final student, from its lineage under `lineages`."""
+    if not (lineages / name / "lineage.json").is_file():
+        raise SystemExit(f"retime_paper.py: error: row {name!r}: no lineage under {lineages}")
+    lineage = RunDir(lineages / name).load()
+    teacher, student = (ArchSpec.model_validate(node.arch) for node in (lineage.root(), lineage.final()))
     for spec, params in ((teacher, record.get("root_params")), (student, record["params"])):
         if params is not None and spec.num_params() != params:
             raise SystemExit(

@@ -359,7 +359,7 @@ def test_retime_paper_quick(tmp_path):
     table = tmp_path / "paper.md"
     out = run_quick("retime_paper.py", "--markdown", str(table), tmp_path=tmp_path)
     last = out.strip().splitlines()[-1]
-    # a row read back from an old record (architectures known by name) and a row with its lineage
+    # two rows of one teacher, each rebuilt from its committed lineage
     assert last.startswith("RESULT ") and "mnist-vgg16-width_torch=" in last and "mnist-vgg16-depth_ort=" in last
     committed = json.loads((ROOT / "benchmarks" / "results" / "paper.json").read_text())
     records = json.loads(table.with_suffix(".json").read_text())
