@@ -158,7 +158,8 @@ def measure(
     return run.load(), None
 
 
-def row_result(row: Row, lineage: Lineage) -> dict:
+def row_result(row: Row, name: str, lineage: Lineage) -> dict:
+    """The record of one run of a row (`name`: its key, `run_name(row, seed)`)."""
     root, final = lineage.root(), lineage.final()
     speedups = {}
     for runtime in ("onnxruntime", "torch"):
@@ -166,7 +167,8 @@ def row_result(row: Row, lineage: Lineage) -> dict:
         speedups[runtime] = theirs.median_ms / mine.median_ms if mine and theirs else None
     baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE}
     return {
-        "row": row.name,
+        "row": name,
+        "seed": lineage.config.get("seed", 0),
         "dataset": DATASET_LABELS.get(row.dataset, row.dataset),
         "teacher": arch_name(root),
         "operators": "+".join(row.operators),
@@ -479,8 +481,7 @@ def main() -> int:
             print(f"paper.py: {name}: {note}", file=sys.stderr)
         trained_by = "; ".join(f"`{s.command}` -- {s.machine}, {s.started}" for s in lineage.sessions)
         results.append(
-            row_result(row, lineage)
-            | {"row": name, "seed": lineage.config.get("seed", 0)}
+            row_result(row, name, lineage)
             | {"command": command_line(), "machine": machine_line()}
             | ({"source": note} if note else {})
             | ({"trained_by": trained_by} if tabulated and trained_by else {})
