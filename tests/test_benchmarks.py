@@ -355,6 +355,14 @@ def test_latency_stability_quick(tmp_path):
     assert "| interleaved | torch | " in record and "| one-by-one | onnxruntime | " in record
 
 
+def test_operator_retirement_replay_quick(tmp_path):
+    out = run_quick("operator_retirement_replay.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    # the quarter-width campaign: from g4 on, each generation's width25 and width50 steps had failed in the one
+    # before (g4-g8: 10 candidates), and none of them was accepted
+    assert result_of(out)["k1_changed"] == "0"
+    assert "| 1 | 10 | 9.8 | 0: - |" in (tmp_path / "record.md").read_text()
+
+
 def test_retime_paper_quick(tmp_path):
     table = tmp_path / "paper.md"
     out = run_quick("retime_paper.py", "--markdown", str(table), tmp_path=tmp_path)
