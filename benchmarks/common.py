@@ -27,7 +27,7 @@ from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.export import onnx_graph
 from ikd.inherit import inherit_weights
 from ikd.latency import measure_latencies
-from ikd.lineage import Latency
+from ikd.lineage import Latency, Lineage
 from ikd.model import VGG, build_model
 from ikd.objective import DistillationObjective, LossWeights, build_objective, teacher_hint_block
 from ikd.runtime import Precision, describe_machine
@@ -66,6 +66,20 @@ def write_record(path: str | Path, title: str, body: str) -> None:
     """A markdown record of a run: its title, the exact command, then the script's own text."""
     # atomic: a record rewritten in place (the paper's table) is never left half-written
     atomic_write_bytes(Path(path), f"# {title}\n\nCommand: `{command_line()}`\n\n{body.rstrip()}\n".encode())
+
+
+COMMITTED_LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table or study>/<run>/lineage.json
+
+
+def load_lineages(paths: list[Path], script: str) -> dict[str, Lineage]:
+    """Lineages by `<table>/<run>` (their two parent folders); an unreadable one ends `script` with one line."""
+    lineages = {}
+    for path in paths:
+        try:
+            lineages[f"{path.parent.parent.name}/{path.parent.name}"] = Lineage.model_validate_json(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{script}: {path}: not a readable lineage.json ({error})") from None
+    return lineages
 
 
 def publish(text: str, markdown: str | Path | None, title: str) -> None:

@@ -30,9 +30,9 @@ from ikd import rules
 from ikd.config import CampaignConfig
 from ikd.lineage import Lineage, Status
 
-from common import print_result, publish
+from common import COMMITTED_LINEAGES, load_lineages, print_result, publish
 
-LINEAGES = Path(__file__).resolve().parent / "results" / "lineages"
+LINEAGES = COMMITTED_LINEAGES
 QUICK = LINEAGES / "iterating-pays" / "noearly-from-g4-seed0" / "lineage.json"
 
 # (curve so far, epochs, floor, slack, the campaign's nodes trained before it) -> why it stops, or None
@@ -139,12 +139,7 @@ def main() -> int:
     args = parser.parse_args()
     paths = [QUICK] if args.quick else args.lineages or sorted(LINEAGES.glob("*/*/lineage.json"))
     slacks = [2.0] if args.quick else args.slacks
-    lineages = {}
-    for path in paths:
-        try:
-            lineages[f"{path.parent.parent.name}/{path.parent.name}"] = Lineage.model_validate_json(path.read_text())
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"early_rejection_replay.py: {path}: not a readable lineage.json ({error})") from None
+    lineages = load_lineages(paths, "early_rejection_replay.py")
     table, values = replay_table(lineages, slacks, list(RULES))
     text = "\n\n".join(
         [

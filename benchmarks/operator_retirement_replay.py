@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ikd.lineage import Lineage, NodeRecord, Status
 
-from common import print_result, publish
+from common import COMMITTED_LINEAGES, load_lineages, print_result, publish
 
-LINEAGES = Path(__file__).resolve().parent / "results" / "lineages"
+LINEAGES = COMMITTED_LINEAGES
 QUICK = LINEAGES / "campaign" / "quarter-width-seed0" / "lineage.json"
 
 
@@ -81,12 +81,7 @@ def main() -> int:
         raise SystemExit(f"operator_retirement_replay.py: error: --k {args.k}: expected counts >= 1")
     paths = [QUICK] if args.quick else args.lineages or sorted(LINEAGES.glob("*/*/lineage.json"))
     ks = [1] if args.quick else args.k
-    lineages = {}
-    for path in paths:
-        try:
-            lineages[f"{path.parent.parent.name}/{path.parent.name}"] = Lineage.model_validate_json(path.read_text())
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"operator_retirement_replay.py: {path}: not a readable lineage.json ({error})") from None
+    lineages = load_lineages(paths, "operator_retirement_replay.py")
     trained = sum(len(lineage.students()) for lineage in lineages.values())
     minutes = sum(n.seconds for lineage in lineages.values() for n in lineage.students()) / 60
     lines = [
