@@ -72,9 +72,10 @@ COMMITTED_LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table or s
 
 
 def load_lineages(paths: list[Path], script: str) -> dict[str, Lineage]:
-    """Lineages by `<table>/<run>` (their two parent folders); an unreadable one ends `script` with one line."""
+    """Lineages by `<table>/<run>` (their two parent folders; none given: every committed one); an unreadable
+    one ends `script` with one line."""
     lineages = {}
-    for path in paths:
+    for path in paths or sorted(COMMITTED_LINEAGES.glob("*/*/lineage.json")):
         try:
             lineages[f"{path.parent.parent.name}/{path.parent.name}"] = Lineage.model_validate_json(path.read_text())
         except (OSError, ValueError) as error:

@@ -32,8 +32,7 @@ from ikd.lineage import Lineage, Status
 
 from common import COMMITTED_LINEAGES, load_lineages, print_result, publish
 
-LINEAGES = COMMITTED_LINEAGES
-QUICK = LINEAGES / "iterating-pays" / "noearly-from-g4-seed0" / "lineage.json"
+QUICK = COMMITTED_LINEAGES / "iterating-pays" / "noearly-from-g4-seed0" / "lineage.json"
 
 # (curve so far, epochs, floor, slack, the campaign's nodes trained before it) -> why it stops, or None
 Rule = Callable[[list[float], int, float, float, Lineage], str | None]
@@ -137,9 +136,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one committed lineage, slack 2")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    paths = [QUICK] if args.quick else args.lineages or sorted(LINEAGES.glob("*/*/lineage.json"))
     slacks = [2.0] if args.quick else args.slacks
-    lineages = load_lineages(paths, "early_rejection_replay.py")
+    lineages = load_lineages([QUICK] if args.quick else args.lineages, "early_rejection_replay.py")
     table, values = replay_table(lineages, slacks, list(RULES))
     text = "\n\n".join(
         [

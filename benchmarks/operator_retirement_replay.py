@@ -28,8 +28,7 @@ from ikd.lineage import Lineage, NodeRecord, Status
 
 from common import COMMITTED_LINEAGES, load_lineages, print_result, publish
 
-LINEAGES = COMMITTED_LINEAGES
-QUICK = LINEAGES / "campaign" / "quarter-width-seed0" / "lineage.json"
+QUICK = COMMITTED_LINEAGES / "campaign" / "quarter-width-seed0" / "lineage.json"
 
 
 def step(node: NodeRecord) -> str:
@@ -79,9 +78,8 @@ def main() -> int:
     args = parser.parse_args()
     if any(k < 1 for k in args.k):
         raise SystemExit(f"operator_retirement_replay.py: error: --k {args.k}: expected counts >= 1")
-    paths = [QUICK] if args.quick else args.lineages or sorted(LINEAGES.glob("*/*/lineage.json"))
     ks = [1] if args.quick else args.k
-    lineages = load_lineages(paths, "operator_retirement_replay.py")
+    lineages = load_lineages([QUICK] if args.quick else args.lineages, "operator_retirement_replay.py")
     trained = sum(len(lineage.students()) for lineage in lineages.values())
     minutes = sum(n.seconds for lineage in lineages.values() for n in lineage.students()) / 60
     lines = [

@@ -34,10 +34,9 @@ from ikd.latency import RUNTIMES
 from ikd.lineage import RunDir
 
 # benchmarks/common.py and paper.py: a script's own directory is on sys.path
-from common import ROOT, command_line, machine_line, print_result, spec_latencies
+from common import COMMITTED_LINEAGES, ROOT, command_line, machine_line, print_result, spec_latencies
 from paper import load_records, records_path, save_table
 
-LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table name>/<row>/lineage.json
 COMMITTED_TABLE = ROOT / "benchmarks" / "results" / "paper.md"
 # two rows of one teacher architecture, so one process
 QUICK_ROWS = ["mnist-vgg16-width", "mnist-vgg16-depth"]
@@ -102,7 +101,7 @@ def main() -> int:
     records = load_records(records_path(args.markdown))
     names = [n for n in records if not args.rows or n in args.rows]
     # the lineages committed for this table: results/lineages/<the committed table's name>/
-    lineages = LINEAGES / (COMMITTED_TABLE.stem if args.quick else Path(args.markdown).stem)
+    lineages = COMMITTED_LINEAGES / (COMMITTED_TABLE.stem if args.quick else Path(args.markdown).stem)
     archs = {name: row_archs(name, records[name], lineages) for name in names}
     groups: dict[str, list[str]] = {}  # one process times a teacher with all its rows' students
     for name, (teacher, _) in archs.items():
