@@ -20,9 +20,10 @@ the others, so the table grows row by row across runs and machines, and `make pa
 does not wipe the rest. Text from a `## Notes` heading on in PATH is hand-written and carried over.
 Rows with no record are listed as not run. Last line: `RESULT row_x=... row_drop=... ...`.
 
-`--seed S` runs a row again with seed S (students' initialisation and data order; the teacher is
-the one imported or shared, so seeds of a row compare students of one teacher) into `<row>-seedS`,
-recorded beside seed 0; rows with several seeds get a mean and spread below the table.
+`--seed S` runs a row again with seed S (students' initialisation and data order) into `<row>-seedS`,
+recorded beside seed 0; rows with several seeds get a mean and spread below the table. The teacher is the
+one imported or shared (a sibling row's or another seed's in `--out`), so seeds of a row compare students of
+one teacher; with neither, the run trains its own teacher with seed S, a replicate of the whole row.
 """
 
 from __future__ import annotations
@@ -333,6 +334,41 @@ def markdown(results: list[dict], missing: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_TABLES = (
+    ROOT / "benchmarks" / "results" / "paper.json",
+    ROOT / "benchmarks" / "results" / "paper_shipped_budget.json",
+)
+
+
+def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
+    """The README's results table, made from the table records so that it cannot drift from them: every
+    record of a row that shrinks width and whose student is smaller than its teacher (depth-only rows stop
+    at 26-36x and the CIFAR-10 width-only rows accepted no child: both are in paper.md), each seed on its own
+    line; records from a table other than the first are marked as run at the config's own budget."""
+    lines = [
+        "| dataset | teacher | operators, budget | seed | student params | smaller | test drop (val) | speed-up "
+        "| student / scratch / one-shot KD, test % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, table in enumerate(tables):
+        for r in ordered(load_records(table)):
+            if "width" not in r["operators"] or r["x"] < 1.5:
+                continue
+            per_child = re.search(r"\d+ ep/child", r["budget"])
+            budget = per_child.group(0) if per_child else r["budget"]
+            budget += " (as shipped)" if index else ""
+            baselines = "-"
+            if r["scratch"] is not None and r["oneshot"] is not None:
+                baselines = f"{r['teacher_test'] - r['drop']:.2f} / {100 * r['scratch']:.2f} / {100 * r['oneshot']:.2f}"
+            speedup = "-" if r["speedup_ort"] is None else f"{r['speedup_ort']:.1f}x"
+            lines.append(
+                f"| {r['dataset']} | {r['teacher']} | {r['operators']}, {budget} | {r.get('seed', 0)} | "
+                f"{r['params']:,} | {r['x']:{'.0f' if r['x'] >= 50 else '.1f'}}x | "
+                f"{r['drop']:.2f} ({r['val_drop']:.2f}) | {speedup} | {baselines} |"
+            )
+    return "\n".join(lines)
+
+
 def hand_notes(markdown_path: Path) -> str:
     """The hand-written part of a table's file: from its `## Notes` heading to the end."""
     if not markdown_path.exists():
@@ -398,7 +434,13 @@ def main() -> int:
         "--quick", action="store_true", help="digits, VGG-16, width then depth (one teacher), tiny budget"
     )
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--readme-table", action="store_true", help="print the README's results table from the committed records"
+    )
     args = parser.parse_args()
+    if args.readme_table:
+        print(readme_results())
+        return 0
     data_dirs, teachers = pairs(args.data_dir, "--data-dir"), pairs(args.teacher, "--teacher")
     reuse = pairs(args.reuse, "--reuse")
     overrides = {

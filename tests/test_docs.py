@@ -1,5 +1,8 @@
-"""The docs' generated tables (config reference, commands) come from the code; they must not drift."""
+"""The docs' generated tables (config reference, commands, the README's results) come from the code and the
+committed records; they must not drift."""
 
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,15 @@ from ikd.config import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+
+
+def readme_results() -> str:
+    """benchmarks/paper.py's README table, from the committed records (benchmarks/ is not a package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("paper").readme_results()
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def generated_block(name: str) -> str:
@@ -31,6 +43,7 @@ def generated_block(name: str) -> str:
             commands_reference,
             'python -c "from ikd.cli import commands_reference; print(commands_reference())"',
         ),
+        ("results", readme_results, "python benchmarks/paper.py --readme-table"),
     ],
 )
 def test_generated_tables_are_current(name, generate, command):
