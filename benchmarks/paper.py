@@ -344,12 +344,14 @@ def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
     """The README's results table, made from the table records so that it cannot drift from them: every
     record of a row that shrinks width and whose student is smaller than its teacher (depth-only rows stop
     at 26-36x and the CIFAR-10 width-only rows accepted no child: both are in paper.md), each seed on its own
-    line; records from a table other than the first are marked as run at the config's own budget."""
+    line; records from a table other than the first are marked as run at the config's own budget. Below it, how
+    many lines' baselines matched or beat the chain by test."""
     lines = [
         "| dataset | teacher | operators, budget | seed | student params | smaller | test drop (val) | speed-up "
         "| student / scratch / one-shot KD, test % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    with_baselines = beaten = 0
     for index, table in enumerate(tables):
         for r in ordered(load_records(table)):
             if "width" not in r["operators"] or r["x"] < 1.5:
@@ -359,13 +361,21 @@ def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
             budget += " (as shipped)" if index else ""
             baselines = "-"
             if r["scratch"] is not None and r["oneshot"] is not None:
-                baselines = f"{r['teacher_test'] - r['drop']:.2f} / {100 * r['scratch']:.2f} / {100 * r['oneshot']:.2f}"
+                chain = round(r["teacher_test"] - r["drop"], 2)
+                baselines = f"{chain:.2f} / {100 * r['scratch']:.2f} / {100 * r['oneshot']:.2f}"
+                with_baselines += 1
+                beaten += round(100 * max(r["scratch"], r["oneshot"]), 2) >= chain
             speedup = "-" if r["speedup_ort"] is None else f"{r['speedup_ort']:.1f}x"
             lines.append(
                 f"| {r['dataset']} | {r['teacher']} | {r['operators']}, {budget} | {r.get('seed', 0)} | "
                 f"{r['params']:,} | {r['x']:{'.0f' if r['x'] >= 50 else '.1f'}}x | "
                 f"{r['drop']:.2f} ({r['val_drop']:.2f}) | {speedup} | {baselines} |"
             )
+    lines += [
+        "",
+        f"Of the {with_baselines} lines with baselines, scratch or one-shot KD matched or beat the chain's student "
+        f"by test on {beaten}.",
+    ]
     return "\n".join(lines)
 
 
