@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# One short GPU lease for issues 17 and 18 on CIFAR-10, from the repository root:
+#   HARD_LIMIT_S=540 bash benchmarks/device/cifar_evidence.sh
+# 1. The GPU's bf16 matmul rate and a 2-epoch VGG-16 probe with nothing else on the GPU, so the
+#    probe's images/s is the clean training rate of `ikd train` (fraction of peak: 6 x MACs x img/s).
+# 2. VGG-16 and VGG-19 teachers with `ikd train`'s defaults, EPOCHS (30) each, side by side on the GPU
+#    (each one's images/s is then a shared rate; the probe is the clean one).
+# 3. As soon as the VGG-16 teacher is saved: iterating_pays.py's `share+final+early` variant with
+#    the upgrades of benchmarks/results/iterating_pays_cifar10.md, one process per seed in SEEDS side by
+#    side, then one record over all seeds (which only reloads the finished campaigns).
+# Results go to WORK (runs/cifar-evidence) and, packed without weights, to $OUT/results.tar.gz, with
+# the log beside it. With HARD_LIMIT_S > 0 every phase runs under what is left: teachers stop at an
+# epoch boundary (--time-limit), campaigns under `timeout`; rerunning the same command resumes both.
+# Data: CIFAR10_DIR, else the JPEG-Q75 copy prepare.sh put in .device/ (see README.md).
+set -uo pipefail
+OUT=${OUT:-runs/device-out}
+WORK=${WORK:-runs/cifar-evidence}
+PYTHON=${PYTHON:-python3}
+CIFAR10_DIR=${CIFAR10_DIR-}
+EPOCHS=${EPOCHS:-30}
+SEEDS=${SEEDS:-"0 1 2"}
+HARD_LIMIT_S=${HARD_LIMIT_S:-0}  # 0: no limit
+mkdir -p "$OUT" "$WORK"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # up to four processes share the machine's cores
+
+# shellcheck source=benchmarks/device/common.sh
+. "$(dirname "$0")/common.sh"
+device_python cifar_evidence.sh
+device_cifar10 cifar_evidence.sh
+[ -d "$data_dir/cifar-10-batches-py" ] && data_dir=$data_dir/cifar-10-batches-py
+echo "cifar_evidence.sh: data ready at ${SECONDS} s"
+
+left() { echo $((HARD_LIMIT_S > 0 ? HARD_LIMIT_S - SECONDS : 86400)); }
+
+pack() {  # everything but weights and training states, small enough to bring back
+    tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.onnx' "$WORK" 2>/dev/null
+}
+
+"$PYTHON" - >"$WORK/gpu.txt" <<'EOF'
+import time, torch
+name = torch.cuda.get_device_name()
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+for _ in range(3):
+    a @ a
+torch.cuda.synchronize()
+start, n = time.perf_counter(), 50
+for _ in range(n):
+    a @ a
+torch.cuda.synchronize()
+tflops = 2 * 8192**3 * n / (time.perf_counter() - start) / 1e12
+print(f"{name}: measured bf16 matmul {tflops:.0f} TFLOP/s (8192^3, {n} runs), torch {torch.__version__}")
+EOF
+cat "$WORK/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
+
+# teacher ARCH EPOCHS DIR: `ikd train` with the defaults (a finished one is kept), then its record.
+teacher() {
+    local arch=$1 epochs=$2 dir=$3 limit=()
+    if [ ! -f "$dir/model.json" ]; then
+        (($(left) > 90)) || { echo "cifar_evidence.sh: $dir not started: $(left) s left"; return 1; }
+        ((HARD_LIMIT_S > 0)) && limit=(--time-limit "$(($(left) - 20))s")
+        "$PYTHON" -m ikd train --dataset cifar10 --data-dir "$data_dir" --arch "$arch" --epochs "$epochs" \
+            --out "$dir" "${limit[@]}" --quiet
+        echo "cifar_evidence.sh: $dir ended (exit $?) at ${SECONDS} s"
+        [ -f "$dir/model.json" ] || return 1
+    fi
+    "$PYTHON" benchmarks/teacher.py --existing --dataset cifar10 --data-dir "$data_dir" --arch "$arch" \
+        --epochs "$epochs" --out "$dir" --markdown "$dir.md" --label "CIFAR-10 (JPEG-Q75)" \
+        --note "$(cat "$WORK/gpu.txt")" | tail -1
+}
+
+teacher vgg16 2 "$WORK/probe-vgg16-2ep"
+
+# The seeds of the iterating-pays record, each its own process, once the VGG-16 teacher exists.
+seeds() {
+    local share='{search: {operators: [slim], slim_fraction: [0.75, 0.5], slim_by_share: true, max_drop: 3.0, max_step_drop: 1.5, max_generations: 3}, student: {epochs: 4, bn_sparsity: 0.0}}'
+    local args=(--config configs/cifar10-vgg16.yaml --teacher "$WORK/teacher-vgg16" --data-dir "$data_dir"
+        --variants share+final+early --runs-dir "$WORK/iterating" --upgrade "share=$share"
+        --upgrade 'final={student: {final_epochs: 10}}' --quiet)
+    local pids=() seed
+    (($(left) > 60)) || { echo "cifar_evidence.sh: seeds not started: $(left) s left"; return 1; }
+    for seed in $SEEDS; do
+        timeout "$(left)" "$PYTHON" benchmarks/iterating_pays.py "${args[@]}" --seeds "$seed" \
+            --markdown "$WORK/iterating-seed$seed.md" >"$WORK/iterating-seed$seed.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    echo "cifar_evidence.sh: seeds ended at ${SECONDS} s"
+    pack
+    (($(left) > 20)) || { echo "cifar_evidence.sh: no combined record: $(left) s left"; return 1; }
+    # shellcheck disable=SC2086  # SEEDS is a list
+    timeout "$(left)" "$PYTHON" benchmarks/iterating_pays.py "${args[@]}" --seeds $SEEDS \
+        --markdown "$WORK/iterating_pays_cifar10_seeds.md" | tail -1
+}
+
+# halves SRC DEST: the weights in fp16, in two files under 16 MiB each (what a lease may bring back),
+# so a CPU can rebuild the teacher (cast back to fp32) instead of training it for 100 minutes.
+halves() {
+    "$PYTHON" - "$1" "$2" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+weights = load_file(f"{sys.argv[1]}/model.safetensors")
+half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+total, parts, size = sum(v.nbytes for v in half.values()), ({}, {}), 0
+for key, value in half.items():
+    parts[size >= total / 2][key] = value
+    size += value.nbytes
+for i, part in enumerate(parts):
+    save_file(part, f"{sys.argv[2]}.part{i}.safetensors")
+PY
+    cp "$1/model.json" "$2.model.json"
+}
+
+(teacher vgg16 "$EPOCHS" "$WORK/teacher-vgg16" && pack && halves "$WORK/teacher-vgg16" "$OUT/teacher-vgg16-fp16" &&
+    seeds) &
+vgg16_chain=$!
+(teacher vgg19 "$EPOCHS" "$WORK/teacher-vgg19" && pack) &
+wait "$vgg16_chain" $!
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
+pack
+echo "cifar_evidence.sh: done at ${SECONDS} s"
