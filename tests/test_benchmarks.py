@@ -425,3 +425,30 @@ def test_early_rejection_replay_quick(tmp_path):
     assert "RESULT ikd_slack2_changed=0 points_slack2_changed=0 own-gain_slack2_changed=2" in out
     record = (tmp_path / "replay.md").read_text()
     assert "g4-width accepted @2/5" in record and "| ikd | 2 | 12 | 2 | 0 |" in record
+
+
+def test_gpu_teacher_halves_restore_to_the_same_model(tmp_path):
+    """cifar_evidence.sh brings a teacher back as fp16 halves (the lease's 16 MiB file limit);
+    restore_teacher.py must rebuild a loadable fp32 model within fp16 rounding of the original."""
+    from ikd.arch import ArchSpec
+    from ikd.checkpoint import load_model, save_model
+    from ikd.model import build_model
+
+    torch.manual_seed(0)
+    original = build_model(ArchSpec(in_channels=3, image_size=8, num_classes=10, blocks=[[8, 8], [16]], head=[12]))
+    save_model(tmp_path / "teacher", original, {"note": "trained"})
+    script = (ROOT / "benchmarks" / "device" / "cifar_evidence.sh").read_text()
+    halves = script[script.index("halves() {") : script.index("\n}\n", script.index("halves() {")) + 3]
+    shell = f'PYTHON="{sys.executable}"\n{halves}\nhalves "{tmp_path}/teacher" "{tmp_path}/back/t16"\n'
+    (tmp_path / "back").mkdir()
+    subprocess.run(["bash", "-c", shell], check=True)
+    assert len(list((tmp_path / "back").glob("t16.part*.safetensors"))) == 2
+    restore = [sys.executable, str(ROOT / "benchmarks" / "device" / "restore_teacher.py")]
+    subprocess.run([*restore, f"{tmp_path}/back/t16", str(tmp_path / "restored")], check=True, capture_output=True)
+    restored, meta = load_model(tmp_path / "restored")
+    assert meta["note"] == "trained"
+    for (name, a), b in zip(original.state_dict().items(), restored.state_dict().values(), strict=True):
+        assert b.dtype == a.dtype, name
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+    missing = subprocess.run([*restore, f"{tmp_path}/none", str(tmp_path / "x")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "none.part0.safetensors: not found" in missing.stderr
