@@ -36,21 +36,7 @@ pack() {  # everything but weights and training states, small enough to bring ba
     tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.onnx' "$WORK" 2>/dev/null
 }
 
-"$PYTHON" - >"$WORK/gpu.txt" <<'EOF'
-import time, torch
-name = torch.cuda.get_device_name()
-a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-for _ in range(3):
-    a @ a
-torch.cuda.synchronize()
-start, n = time.perf_counter(), 50
-for _ in range(n):
-    a @ a
-torch.cuda.synchronize()
-tflops = 2 * 8192**3 * n / (time.perf_counter() - start) / 1e12
-print(f"{name}: measured bf16 matmul {tflops:.0f} TFLOP/s (8192^3, {n} runs), torch {torch.__version__}")
-EOF
-cat "$WORK/gpu.txt"
+device_gpu_rate "$WORK/gpu.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
 
 # teacher ARCH EPOCHS DIR: `ikd train` with the defaults (a finished one is kept), then its record.

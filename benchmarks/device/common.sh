@@ -2,7 +2,8 @@
 # `device_python SCRIPT` puts ikd from this checkout on PYTHONPATH and makes its dependencies
 # importable (from the environment, else from prepare.sh's wheels); `device_cifar10 SCRIPT` sets
 # data_dir to CIFAR10_DIR, or builds the JPEG-Q75 copy prepare.sh put in .device/. Both exit 2
-# with one line naming SCRIPT when they cannot.
+# with one line naming SCRIPT when they cannot. `device_gpu_rate FILE` writes the GPU's measured bf16 matmul
+# rate into FILE (and prints it): the reference for "fraction of peak" (training FLOPs = 6 x MACs per image).
 
 device_python() {
     export PYTHONPATH=$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -23,4 +24,22 @@ device_cifar10() {
         echo "$1: no CIFAR-10: set CIFAR10_DIR, or run benchmarks/device/prepare.sh first" >&2
         exit 2
     fi
+}
+
+device_gpu_rate() {
+    "$PYTHON" - >"$1" <<'EOF'
+import time, torch
+name = torch.cuda.get_device_name()
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+for _ in range(3):
+    a @ a
+torch.cuda.synchronize()
+start, n = time.perf_counter(), 50
+for _ in range(n):
+    a @ a
+torch.cuda.synchronize()
+tflops = 2 * 8192**3 * n / (time.perf_counter() - start) / 1e12
+print(f"{name}: measured bf16 matmul {tflops:.0f} TFLOP/s (8192^3, {n} runs), torch {torch.__version__}")
+EOF
+    cat "$1"
 }

@@ -36,22 +36,7 @@ done
 device_cifar10 teachers_cifar.sh
 [ -d "$data_dir/cifar-10-batches-py" ] && data_dir=$data_dir/cifar-10-batches-py
 
-# The GPU's measured bf16 matmul rate: the reference for "fraction of peak" (training FLOPs = 6 x MACs).
-"$PYTHON" - >"$OUT/gpu.txt" <<'EOF'
-import time, torch
-name = torch.cuda.get_device_name()
-a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-for _ in range(3):
-    a @ a
-torch.cuda.synchronize()
-start, n = time.perf_counter(), 50
-for _ in range(n):
-    a @ a
-torch.cuda.synchronize()
-tflops = 2 * 8192**3 * n / (time.perf_counter() - start) / 1e12
-print(f"{name}: measured bf16 matmul {tflops:.0f} TFLOP/s (8192^3, {n} runs), torch {torch.__version__}")
-EOF
-cat "$OUT/gpu.txt"
+device_gpu_rate "$OUT/gpu.txt"
 
 for run in $TEACHERS; do
     arch=${run%%:*} variant=${run#*:} limit=()
