@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short GPU lease for issues 17 and 18 on CIFAR-10, from the repository root:
-#   HARD_LIMIT_S=540 bash benchmarks/device/cifar_evidence.sh
+#   HARD_LIMIT_S=555 bash benchmarks/device/cifar_evidence.sh   # a 600 s call, 45 s left to pack
 # 1. The GPU's bf16 matmul rate and a 2-epoch VGG-16 probe with nothing else on the GPU, so the
 #    probe's images/s is the clean training rate of `ikd train` (fraction of peak: 6 x MACs x img/s).
 # 2. VGG-16 and VGG-19 teachers with `ikd train`'s defaults, EPOCHS (30) each, side by side on the GPU
