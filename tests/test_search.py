@@ -92,18 +92,20 @@ def test_a_child_that_passes_without_the_accept_margin_makes_its_larger_siblings
 
 
 def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
-    lineage = compress(
-        campaign_config(
-            tmp_path / "run", tiny_teacher, max_drop=0.0, max_step_drop=0.0, operators=["width"], width_factor=0.1
-        ),
-        progress=False,
+    config = campaign_config(
+        tmp_path / "run", tiny_teacher, max_drop=0.0, max_step_drop=0.0, operators=["width"], width_factor=0.1
     )
+    lineage = compress(config, progress=False)
     child = lineage.node("g1-width")
     root = lineage.root()
     assert child.val_accuracy is not None and root.val_accuracy is not None
     assert child.val_accuracy < root.val_accuracy  # 1 epoch at a tenth of the width loses accuracy
     assert child.status == "rejected" and "max_drop" in child.reason
     assert "no candidate" in (lineage.stop_reason or "")
+    # a rerun decides its trained nodes again: the reason is replaced, not appended to each time
+    for _ in range(2):
+        compress(config, progress=False)
+    assert RunDir(tmp_path / "run").load().node("g1-width").reason == child.reason
 
 
 def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, monkeypatch):

@@ -150,8 +150,8 @@ class Campaign:
                     kept.append(node)
                     if not rules.roomy(node, parent, self.lineage.root(), self.search):
                         narrow[node.id] = rules.margin(node, parent, self.lineage.root(), self.search)
-                elif node.reason:  # why it stopped before its last epoch
-                    reason = f"{reason}; {node.reason}"
+                elif note := rules.early_stop_note(node.reason):  # why it stopped before its last epoch
+                    reason = f"{reason}; {note}"
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
         budget_note = None
         if out_of_budget:

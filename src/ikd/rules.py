@@ -62,6 +62,12 @@ def roomy(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: Search
 STOPPED_EARLY = "stopped after epoch"
 
 
+def early_stop_note(reason: str) -> str | None:
+    """The part of a node's reason that says it stopped before its last epoch, if any: kept when it is
+    decided (again, on a resumed run), where the rest of the reason is replaced."""
+    return next((part for part in reason.split("; ") if part.startswith(STOPPED_EARLY)), None)
+
+
 # Early rejection extrapolates a candidate's validation *error*, which late epochs shrink by a factor:
 # 97 -> 99% and 70 -> 90% are the same threefold cut. Gains in points do not carry over between
 # accuracy levels: a child at 68.9% climbing 12 points an epoch "could" gain 24 more a stage, so the
