@@ -17,17 +17,21 @@ from the lineage (every node's own training seconds), not from this process's cl
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
 from ikd import rules
+from ikd.atomic import atomic_write_json
 from ikd.checkpoint import load_model
 from ikd.cli import format_lineage
 from ikd.compare import PairedComparison, compare_predictions
@@ -122,28 +126,44 @@ class Row:
         )
 
 
-def paired_comparisons(run_dir: Path, lineage: Lineage, data: DataSplits) -> dict[tuple[str, str], PairedComparison]:
-    """The final student against each baseline, image by image, on validation and test (fp32, CPU)."""
+PAIRED_FILE = "paired-comparisons.json"  # beside lineage.json: kept when the weights are not (a GPU lease's results)
+
+
+def paired_comparisons(
+    run_dir: Path, lineage: Lineage, data: Callable[[], DataSplits]
+) -> dict[tuple[str, str], PairedComparison]:
+    """The final student against each baseline, image by image, on validation and test (fp32, CPU).
+
+    Computed once from the weights and kept in the run directory; {} when neither is there."""
     run, fp32, cpu = RunDir(run_dir), Precision("fp32", "cpu", None), torch.device("cpu")
+    nodes = (lineage.final().id, *BASELINES.values())
+    cached = run_dir / PAIRED_FILE
+    if cached.is_file():
+        saved = json.loads(cached.read_text())
+        if saved.get("nodes") == [lineage.node(n).sha256 for n in nodes if lineage.find(n)]:
+            return {(c["split"], c["vs"]): PairedComparison(**c["comparison"]) for c in saved["comparisons"]}
+    if any(lineage.find(n) is None or not (run.node_dir(n) / "model.safetensors").is_file() for n in nodes):
+        return {}
     predicted = {}
-    for node_id in (lineage.final().id, *BASELINES.values()):
-        if lineage.find(node_id) is None:
-            return {}
+    for node_id in nodes:
         model, metadata = load_model(run.node_dir(node_id))
         stats = metadata["dataset"]
         for split in ("val", "test"):
-            images = getattr(data, split)
+            images = getattr(data(), split)
             predicted[node_id, split] = predict(
                 model, images, mean=stats["mean"], std=stats["std"], device=cpu, precision=fp32
             )[0]
     final = lineage.final().id
-    return {
+    comparisons = {
         (split, name): compare_predictions(
-            predicted[final, split], predicted[node_id, split], getattr(data, split).labels
+            predicted[final, split], predicted[node_id, split], getattr(data(), split).labels
         )
         for split in ("val", "test")
         for name, node_id in BASELINES.items()
     }
+    saved = [{"split": s, "vs": name, "comparison": asdict(c)} for (s, name), c in comparisons.items()]
+    atomic_write_json(cached, {"nodes": [lineage.node(n).sha256 for n in nodes], "comparisons": saved})
+    return comparisons
 
 
 def paired_table(rows: list[Row]) -> str:
@@ -162,6 +182,13 @@ def paired_table(rows: list[Row]) -> str:
 
 
 def run(args: argparse.Namespace, config_path: Path, run_dir: Path, seed: int) -> Lineage:
+    if args.reload:
+        if not RunDir(run_dir).exists():
+            raise SystemExit(f"iterating_pays.py: --reload: {run_dir}: no campaign there (no lineage.json)")
+        lineage = RunDir(run_dir).load()
+        if any(lineage.find(n) is None for n in BASELINES.values()):
+            raise SystemExit(f"iterating_pays.py: --reload: {run_dir}: the campaign has not finished its baselines")
+        return lineage
     command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(run_dir)]
     command += ["--seed", str(seed), "--baselines", "--quiet"]
     command += ["--data-dir", args.data_dir] if args.data_dir else []
@@ -242,13 +269,22 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["none", "slim+final+dkd+early"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--upgrade", action="append", default=[], metavar="NAME=YAML", help="replace an upgrade's keys")
-    parser.add_argument("--runs-dir", default="runs/iterating-pays", help="one campaign per variant x seed under it")
+    parser.add_argument(
+        "--runs-dir",
+        help="one campaign per variant x seed under it (default runs/iterating-pays; --quick: a temporary one)",
+    )
     parser.add_argument("--markdown", help="also write the record to this file")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
     parser.add_argument(
         "--quick", action="store_true", help="digits, a VGG-11 teacher, 1 epoch each, seed 0, temporary run directories"
     )
     parser.add_argument("--quiet", action="store_true", help="(ikd compress always runs with --quiet here)")
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="only read finished campaigns under --runs-dir (e.g. brought back from a GPU without their weights): "
+        "nothing is trained; paired comparisons come from each run's saved ones, or are left out",
+    )
     args = parser.parse_args()
     for item in args.upgrade:
         name, _, text = item.partition("=")
@@ -256,7 +292,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="ikd-iterating-") as scratch:
         base = yaml.safe_load(repo_path(args.config).read_text())
-        runs_dir = Path(args.runs_dir)
+        runs_dir = Path(args.runs_dir or (scratch if args.quick else "runs/iterating-pays"))
         if args.quick:
             base = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
             quick = {
@@ -267,22 +303,23 @@ def main() -> int:
             base = merged(base, quick)
             base["search"] |= {"max_drop": 100.0, "max_step_drop": 100.0}
             UPGRADES["final"] = {"student": {"final_epochs": 1}}
-            runs_dir, args.seeds, args.config = Path(scratch), [0], "configs/digits-demo.yaml"
+            args.seeds, args.config = [0], "configs/digits-demo.yaml"
         rows: list[Row] = []
-        datasets: dict[str, DataSplits] = {}  # one load per data section
+        datasets: dict[str, Callable[[], DataSplits]] = {}  # one load per data section
         for variant in args.variants:
             config = variant_config(base, variant)
             for seed in args.seeds:
                 run_dir = runs_dir / f"{variant}-seed{seed}"
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
                 config_path = runs_dir / f"{variant}-seed{seed}.yaml"
-                config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+                if not args.reload:
+                    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
                 lineage = run(args, config_path, run_dir, seed)
                 section = DataConfig.model_validate(lineage.config["data"])
                 section = section.model_copy(update={"dir": args.data_dir}) if args.data_dir else section
                 key = section.model_dump_json()
                 if key not in datasets:
-                    datasets[key] = section.load()
+                    datasets[key] = functools.cache(section.load)  # loaded only if a comparison needs it
                 rows.append(Row(variant, seed, lineage, paired_comparisons(run_dir, lineage, datasets[key])))
 
     teacher = rows[0].teacher
@@ -306,7 +343,12 @@ def main() -> int:
             "image or two from the accuracies above, measured under the run's precision). A p-value above "
             "0.05 says the difference could be chance on this split:",
             "",
-            paired_table(rows),
+            paired_table([r for r in rows if r.paired]) if any(r.paired for r in rows) else "",
+            *(
+                [f"Not compared (their weights are not on this machine): {', '.join(missing)}."]
+                if (missing := [f"{r.variant} seed {r.seed}" for r in rows if not r.paired])
+                else []
+            ),
             "",
             "Early rejection (rules.hopeless) replayed at several slacks on the candidates that trained all "
             "their epochs:",

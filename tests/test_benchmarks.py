@@ -279,7 +279,8 @@ def test_scale_out_quick(tmp_path):  # conftest skips it without the ray extra, 
 
 
 def test_iterating_pays_quick(tmp_path):
-    out = run_quick("iterating_pays.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    out = run_quick("iterating_pays.py", *runs, "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
     assert out.strip().splitlines()[-1].startswith("RESULT variant=slim+final+dkd+early compression=")
     record = (tmp_path / "record.md").read_text()
     # one row per variant x seed, each with its baselines' test accuracy, then the means
@@ -297,6 +298,39 @@ def test_iterating_pays_quick(tmp_path):
         difference, only_chain, only_baseline, p_value = (float(x) for x in line.strip("| ").split(" | ")[4:8])
         assert (difference > 0) == (only_chain > only_baseline) and (difference < 0) == (only_chain < only_baseline)
         assert 0 < p_value <= 1
+
+    # --reload without the weights (a GPU lease brings back records only): nothing trains, the
+    # comparisons come from each run's saved ones, and without those the record says what is missing
+    for weights in (tmp_path / "runs").rglob("model.safetensors"):
+        weights.unlink()
+    run_quick("iterating_pays.py", *runs, "--reload", "--markdown", str(tmp_path / "again.md"), tmp_path=tmp_path)
+    again = (tmp_path / "again.md").read_text()
+    assert again.split("Paired comparisons")[1] == record.split("Paired comparisons")[1]
+    for saved in (tmp_path / "runs").glob("*/paired-comparisons.json"):
+        saved.unlink()
+    run_quick("iterating_pays.py", *runs, "--reload", "--markdown", str(tmp_path / "bare.md"), tmp_path=tmp_path)
+    assert (
+        "Not compared (their weights are not on this machine): none seed 0, slim+final+dkd+early seed 0"
+        in (tmp_path / "bare.md").read_text()
+    )
+
+
+def test_reload_needs_a_finished_campaign(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "iterating_pays.py"),
+            "--quick",
+            "--reload",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "no campaign there (no lineage.json)" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_peer_torch_pruning_quick(tmp_path):
