@@ -464,6 +464,8 @@ def test_early_rejection_replay_quick(tmp_path):
 def test_gpu_teacher_halves_restore_to_the_same_model(tmp_path):
     """cifar_evidence.sh brings a teacher back as fp16 halves (the lease's 16 MiB file limit);
     restore_teacher.py must rebuild a loadable fp32 model within fp16 rounding of the original."""
+    from safetensors.torch import load_file
+
     from ikd.arch import ArchSpec
     from ikd.checkpoint import load_model, save_model
     from ikd.model import build_model
@@ -471,13 +473,15 @@ def test_gpu_teacher_halves_restore_to_the_same_model(tmp_path):
     torch.manual_seed(0)
     original = build_model(ArchSpec(in_channels=3, image_size=8, num_classes=10, blocks=[[8, 8], [16]], head=[12]))
     save_model(tmp_path / "teacher", original, {"note": "trained"})
-    script = (ROOT / "benchmarks" / "device" / "cifar_evidence.sh").read_text()
-    halves = script[script.index("halves() {") : script.index("\n}\n", script.index("halves() {")) + 3]
-    shell = f'PYTHON="{sys.executable}"\n{halves}\nhalves "{tmp_path}/teacher" "{tmp_path}/back/t16"\n'
-    (tmp_path / "back").mkdir()
-    subprocess.run(["bash", "-c", shell], check=True)
-    assert len(list((tmp_path / "back").glob("t16.part*.safetensors"))) == 2
     restore = [sys.executable, str(ROOT / "benchmarks" / "device" / "restore_teacher.py")]
+    (tmp_path / "back").mkdir()
+    split = [*restore, "--split", str(tmp_path / "teacher"), f"{tmp_path}/back/t16"]
+    subprocess.run(split, check=True, capture_output=True)
+    parts = sorted((tmp_path / "back").glob("t16.part*.safetensors"))
+    halves = [set(load_file(p)) for p in parts]
+    assert len(halves) == 2 and all(halves) and not halves[0] & halves[1]  # every tensor in one part only
+    assert halves[0] | halves[1] == set(original.state_dict())
+    assert "restore_teacher.py --split" in (ROOT / "benchmarks" / "device" / "cifar_evidence.sh").read_text()
     subprocess.run([*restore, f"{tmp_path}/back/t16", str(tmp_path / "restored")], check=True, capture_output=True)
     restored, meta = load_model(tmp_path / "restored")
     assert meta["note"] == "trained"

@@ -79,25 +79,10 @@ seeds() {
         --markdown "$WORK/iterating_pays_cifar10_seeds.md" | tail -1
 }
 
-# halves SRC DEST: the weights in fp16, in two files under 16 MiB each (what a lease may bring back),
-# so a CPU can rebuild the teacher (cast back to fp32) instead of training it for 100 minutes.
-halves() {
-    "$PYTHON" - "$1" "$2" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
-weights = load_file(f"{sys.argv[1]}/model.safetensors")
-half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-total, parts, size = sum(v.nbytes for v in half.values()), ({}, {}), 0
-for key, value in half.items():
-    parts[size >= total / 2][key] = value
-    size += value.nbytes
-for i, part in enumerate(parts):
-    save_file(part, f"{sys.argv[2]}.part{i}.safetensors")
-PY
-    cp "$1/model.json" "$2.model.json"
-}
-
-(teacher vgg16 "$EPOCHS" "$WORK/teacher-vgg16" && pack && halves "$WORK/teacher-vgg16" "$OUT/teacher-vgg16-fp16" &&
+# The VGG-16 teacher comes back as fp16 halves (a lease returns files under 16 MiB), so a CPU can rebuild it
+# with restore_teacher.py instead of training it for 100 minutes.
+(teacher vgg16 "$EPOCHS" "$WORK/teacher-vgg16" && pack &&
+    "$PYTHON" benchmarks/device/restore_teacher.py --split "$WORK/teacher-vgg16" "$OUT/teacher-vgg16-fp16" &&
     seeds) &
 vgg16_chain=$!
 (teacher vgg19 "$EPOCHS" "$WORK/teacher-vgg19" && pack) &
