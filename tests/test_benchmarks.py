@@ -19,14 +19,14 @@ from ikd.model import VGG
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def quick(script: str, *extra: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """A benchmark script at its --quick size, whatever its exit status."""
+    command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
 def run_quick(script: str, *extra: str, tmp_path: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--quiet", *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    result = quick(script, "--quiet", *extra, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -111,22 +111,8 @@ def test_paper_table_quick(tmp_path):
     assert "Rows run with several seeds" in (tmp_path / "paper.md").read_text()
 
     records_file.write_text("{not json")
-    broken = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "paper.py"),
-            "--quick",
-            "--collect-only",
-            "--out",
-            str(tmp_path / "runs"),
-            "--markdown",
-            str(tmp_path / "paper.md"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    out = ["--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")]
+    broken = quick("paper.py", "--collect-only", *out, tmp_path=tmp_path)
     assert broken.returncode != 0 and "paper.json: not a readable table record" in broken.stderr
     assert "Traceback" not in broken.stderr
 
@@ -316,19 +302,7 @@ def test_iterating_pays_quick(tmp_path):
 
 
 def test_reload_needs_a_finished_campaign(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "iterating_pays.py"),
-            "--quick",
-            "--reload",
-            "--runs-dir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = quick("iterating_pays.py", "--reload", "--runs-dir", str(tmp_path), tmp_path=tmp_path)
     assert done.returncode != 0 and "no campaign there (no lineage.json)" in done.stderr
     assert "Traceback" not in done.stderr
 
