@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -464,3 +466,54 @@ def test_gpu_teacher_halves_restore_to_the_same_model(tmp_path):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
     missing = subprocess.run([*restore, f"{tmp_path}/none", str(tmp_path / "x")], capture_output=True, text=True)
     assert missing.returncode != 0 and "none.part0.safetensors: not found" in missing.stderr
+
+
+STUB_PYTHON = r"""#!/usr/bin/env bash
+# Stands in for python on a GPU machine: imports work, the matmul probe answers, `ikd train` logs
+# its start and end around a short sleep and leaves a model.json, benchmarks/teacher.py prints a RESULT.
+after() { echo "$@" | sed "s/.* $1 \([^ ]*\).*/\1/"; }
+case "$1" in
+  -c) exit 0 ;;
+  -) cat >/dev/null; echo "stub GPU: 1 TFLOP/s" ;;
+  -m) out=$(after --out "$@"); mkdir -p "$out"; echo '{}' > "$out/model.json"
+      echo "start $out" >> "$STUB_LOG"; sleep 1; echo "end $out" >> "$STUB_LOG" ;;
+  *) echo "RESULT stub"; [ "$2" = "--existing" ] && touch "$(after --markdown "$@")" ;;
+esac
+"""
+
+
+def test_teachers_cifar_sh_runs_its_sweep_side_by_side(tmp_path):
+    """The GPU lease's recipe sweep, with a stub for python: PARALLEL runs at once, a record for
+    each as it ends, one archive of the runs; an unknown variant stops it before anything starts."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log, out = tmp_path / "stub.log", tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHON": str(stub),
+        "STUB_LOG": str(log),
+        "OUT": str(out),
+        "CIFAR10_DIR": str(tmp_path),
+        "PARALLEL": "2",
+        "TEACHERS": "vgg16:default vgg16:cutout vgg19:lr0.05",
+    }
+    repo = tmp_path / "repo"  # the script writes runs/ under the working directory
+    shutil.copytree(ROOT / "benchmarks", repo / "benchmarks", ignore=shutil.ignore_patterns("results"))
+    script = ["bash", "benchmarks/device/teachers_cifar.sh"]
+    done = subprocess.run(script, cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    events = log.read_text().split("\n")
+    # two started before either ended; the third only once one had
+    assert [e.split()[0] for e in events[:3]] == ["start", "start", "end"]
+    assert sorted(p.name for p in out.glob("teacher_cifar10_*.md")) == [
+        "teacher_cifar10_vgg16-cutout.md",
+        "teacher_cifar10_vgg16-default.md",
+        "teacher_cifar10_vgg19-lr0.05.md",
+    ]
+    with tarfile.open(out / "teachers.tar.gz") as archive:
+        assert sum(name.endswith("model.json") for name in archive.getnames()) == 3
+    bad = subprocess.run(
+        script, cwd=repo, env={**env, "TEACHERS": "vgg16:nope"}, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "vgg16:nope: unknown variant nope" in bad.stderr
