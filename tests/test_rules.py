@@ -260,3 +260,10 @@ def test_the_floor_is_the_stricter_of_both_tolerances():
     assert rules.floor(parent, root, search) == pytest.approx(0.885)  # parent - 0.5 beats root - 2
     assert rules.floor(node("p", 0.95), root, search) == pytest.approx(0.945)
     assert rules.floor(node("p", 0.88), node("root", 0.95), search) == pytest.approx(0.93)
+
+
+def test_the_early_stop_note_is_what_a_re_decision_keeps_of_a_reason():
+    stopped = f"{rules.STOPPED_EARLY} 2/5: val 97.20% with its error cut 1.5-fold reaches 98.00% < 99.00% needed"
+    assert rules.early_stop_note(f"val 97.20% < root 99.40% - max_drop 0.3; {stopped}") == stopped
+    assert rules.early_stop_note(stopped) == stopped
+    assert rules.early_stop_note("val 97.20% < root 99.40% - max_drop 0.3") is None

@@ -150,7 +150,9 @@ class Campaign:
                     kept.append(node)
                     if not rules.roomy(node, parent, self.lineage.root(), self.search):
                         narrow[node.id] = rules.margin(node, parent, self.lineage.root(), self.search)
-                elif note := rules.early_stop_note(node.reason):  # why it stopped before its last epoch
+                # a node trained before this run comes back with its old verdict: keep only why it
+                # stopped early, or each resume would append the verdict again
+                elif note := rules.early_stop_note(node.reason):
                     reason = f"{reason}; {note}"
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
         budget_note = None

@@ -63,9 +63,10 @@ STOPPED_EARLY = "stopped after epoch"
 
 
 def early_stop_note(reason: str) -> str | None:
-    """The part of a node's reason that says it stopped before its last epoch, if any: kept when it is
-    decided (again, on a resumed run), where the rest of the reason is replaced."""
-    return next((part for part in reason.split("; ") if part.startswith(STOPPED_EARLY)), None)
+    """The part of a node's reason that says it stopped before its last epoch (always its end), if any:
+    kept when it is decided again on a resumed run, where the rest of the reason is replaced."""
+    start = reason.find(STOPPED_EARLY)
+    return reason[start:] if start >= 0 else None
 
 
 # Early rejection extrapolates a candidate's validation *error*, which late epochs shrink by a factor:
