@@ -32,11 +32,12 @@ import yaml
 
 from ikd import rules
 from ikd.atomic import atomic_write_json
-from ikd.checkpoint import load_model
+from ikd.checkpoint import WEIGHTS_FILE, load_model
 from ikd.cli import format_lineage
 from ikd.compare import PairedComparison, compare_predictions
 from ikd.config import CampaignConfig, DataConfig
 from ikd.data import DataSplits
+from ikd.errors import CheckpointError
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.runtime import Precision
 from ikd.train import predict
@@ -129,40 +130,56 @@ class Row:
 PAIRED_FILE = "paired-comparisons.json"  # beside lineage.json: kept when the weights are not (a GPU lease's results)
 
 
+def saved_comparisons(path: Path, shas: list[str | None]) -> dict[tuple[str, str], PairedComparison] | None:
+    """What an earlier run of this script compared for exactly these weights, or None (absent, for other
+    weights, unreadable, or nodes without a checksum to tell their weights apart)."""
+    if None in shas or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved["nodes"] != shas:
+            return None
+        return {(c["split"], c["vs"]): PairedComparison(**c["comparison"]) for c in saved["comparisons"]}
+    except (ValueError, KeyError, TypeError, AttributeError):  # a damaged file is only a cache: compute again
+        return None
+
+
 def paired_comparisons(
-    run_dir: Path, lineage: Lineage, data: Callable[[], DataSplits]
+    run_dir: Path, lineage: Lineage, load_data: Callable[[], DataSplits]
 ) -> dict[tuple[str, str], PairedComparison]:
     """The final student against each baseline, image by image, on validation and test (fp32, CPU).
 
     Computed once from the weights and kept in the run directory; {} when neither is there."""
     run, fp32, cpu = RunDir(run_dir), Precision("fp32", "cpu", None), torch.device("cpu")
     nodes = (lineage.final().id, *BASELINES.values())
+    if any(lineage.find(n) is None for n in nodes):
+        return {}
+    shas = [lineage.node(n).sha256 for n in nodes]
     cached = run_dir / PAIRED_FILE
-    if cached.is_file():
-        saved = json.loads(cached.read_text())
-        if saved.get("nodes") == [lineage.node(n).sha256 for n in nodes if lineage.find(n)]:
-            return {(c["split"], c["vs"]): PairedComparison(**c["comparison"]) for c in saved["comparisons"]}
-    if any(lineage.find(n) is None or not (run.node_dir(n) / "model.safetensors").is_file() for n in nodes):
+    if (saved := saved_comparisons(cached, shas)) is not None:
+        return saved
+    if not all((run.node_dir(n) / WEIGHTS_FILE).is_file() for n in nodes):
         return {}
     predicted = {}
     for node_id in nodes:
         model, metadata = load_model(run.node_dir(node_id))
         stats = metadata["dataset"]
         for split in ("val", "test"):
-            images = getattr(data(), split)
+            images = getattr(load_data(), split)
             predicted[node_id, split] = predict(
                 model, images, mean=stats["mean"], std=stats["std"], device=cpu, precision=fp32
             )[0]
     final = lineage.final().id
     comparisons = {
         (split, name): compare_predictions(
-            predicted[final, split], predicted[node_id, split], getattr(data(), split).labels
+            predicted[final, split], predicted[node_id, split], getattr(load_data(), split).labels
         )
         for split in ("val", "test")
         for name, node_id in BASELINES.items()
     }
-    saved = [{"split": s, "vs": name, "comparison": asdict(c)} for (s, name), c in comparisons.items()]
-    atomic_write_json(cached, {"nodes": [lineage.node(n).sha256 for n in nodes], "comparisons": saved})
+    if None not in shas:
+        saved_list = [{"split": s, "vs": name, "comparison": asdict(c)} for (s, name), c in comparisons.items()]
+        atomic_write_json(cached, {"nodes": shas, "comparisons": saved_list})
     return comparisons
 
 
@@ -181,14 +198,31 @@ def paired_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, config_path: Path, run_dir: Path, seed: int) -> Lineage:
-    if args.reload:
-        if not RunDir(run_dir).exists():
-            raise SystemExit(f"iterating_pays.py: --reload: {run_dir}: no campaign there (no lineage.json)")
+def reload(config: dict, config_path: Path, run_dir: Path) -> Lineage:
+    """A finished campaign as it is on disk, run with this variant's config: its record must describe it."""
+    where = f"iterating_pays.py: --reload: {run_dir}"
+    if not RunDir(run_dir).exists():
+        raise SystemExit(f"{where}: no campaign there (no lineage.json)")
+    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != config:
+        raise SystemExit(f"{where}: run with another config than {config_path} says; give the same --upgrade values")
+    try:
         lineage = RunDir(run_dir).load()
-        if any(lineage.find(n) is None for n in BASELINES.values()):
-            raise SystemExit(f"iterating_pays.py: --reload: {run_dir}: the campaign has not finished its baselines")
-        return lineage
+    except CheckpointError as exc:
+        raise SystemExit(f"iterating_pays.py: --reload: {exc}") from None
+    final = lineage.final()
+    budget = lineage.epochs_spent(lineage.chain(final))
+    baselines = [lineage.find(n) for n in BASELINES.values()]
+    # an interrupted --redecide or --force leaves the old baselines until the campaign ends
+    if lineage.stop_reason is None or any(
+        b is None or (b.spec(), b.epochs) != (final.spec(), budget) for b in baselines
+    ):
+        raise SystemExit(f"{where}: the campaign has not finished (its search or its baselines for {final.id})")
+    return lineage
+
+
+def run(args: argparse.Namespace, config: dict, config_path: Path, run_dir: Path, seed: int) -> Lineage:
+    if args.reload:
+        return reload(config, config_path, run_dir)
     command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(run_dir)]
     command += ["--seed", str(seed), "--baselines", "--quiet"]
     command += ["--data-dir", args.data_dir] if args.data_dir else []
@@ -286,6 +320,8 @@ def main() -> int:
         "nothing is trained; paired comparisons come from each run's saved ones, or are left out",
     )
     args = parser.parse_args()
+    if args.reload and args.quick and not args.runs_dir:
+        parser.error("--reload --quick reads the campaigns of an earlier --quick --runs-dir DIR: give that DIR")
     for item in args.upgrade:
         name, _, text = item.partition("=")
         UPGRADES[name] = yaml.safe_load(text)
@@ -310,11 +346,11 @@ def main() -> int:
             config = variant_config(base, variant)
             for seed in args.seeds:
                 run_dir = runs_dir / f"{variant}-seed{seed}"
-                run_dir.parent.mkdir(parents=True, exist_ok=True)
                 config_path = runs_dir / f"{variant}-seed{seed}.yaml"
-                if not args.reload:
+                if not args.reload:  # --reload only reads
+                    run_dir.parent.mkdir(parents=True, exist_ok=True)
                     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-                lineage = run(args, config_path, run_dir, seed)
+                lineage = run(args, config, config_path, run_dir, seed)
                 section = DataConfig.model_validate(lineage.config["data"])
                 section = section.model_copy(update={"dir": args.data_dir}) if args.data_dir else section
                 key = section.model_dump_json()
@@ -345,7 +381,7 @@ def main() -> int:
             "",
             paired_table([r for r in rows if r.paired]) if any(r.paired for r in rows) else "",
             *(
-                [f"Not compared (their weights are not on this machine): {', '.join(missing)}."]
+                [f"Not compared (no saved comparison, and the weights are not here): {', '.join(missing)}."]
                 if (missing := [f"{r.variant} seed {r.seed}" for r in rows if not r.paired])
                 else []
             ),

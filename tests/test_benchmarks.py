@@ -113,8 +113,8 @@ def test_paper_table_quick(tmp_path):
     assert "Rows run with several seeds" in (tmp_path / "paper.md").read_text()
 
     records_file.write_text("{not json")
-    out = ["--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")]
-    broken = quick("paper.py", "--collect-only", *out, tmp_path=tmp_path)
+    paths = ["--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")]
+    broken = quick("paper.py", "--collect-only", *paths, tmp_path=tmp_path)
     assert broken.returncode != 0 and "paper.json: not a readable table record" in broken.stderr
     assert "Traceback" not in broken.stderr
 
@@ -292,21 +292,36 @@ def test_iterating_pays_quick(tmp_path):
     for weights in (tmp_path / "runs").rglob("model.safetensors"):
         weights.unlink()
     run_quick("iterating_pays.py", *runs, "--reload", "--markdown", str(tmp_path / "again.md"), tmp_path=tmp_path)
+    assert not list((tmp_path / "runs").rglob("model.safetensors"))  # trained nothing
     again = (tmp_path / "again.md").read_text()
     assert again.split("Paired comparisons")[1] == record.split("Paired comparisons")[1]
-    for saved in (tmp_path / "runs").glob("*/paired-comparisons.json"):
-        saved.unlink()
+    # a comparison saved for other weights (another checksum) is not reused
+    saved = tmp_path / "runs" / "none-seed0" / "paired-comparisons.json"
+    document = json.loads(saved.read_text())
+    saved.write_text(json.dumps(document | {"nodes": ["0" * 64, *document["nodes"][1:]]}))
+    (tmp_path / "runs" / "slim+final+dkd+early-seed0" / "paired-comparisons.json").unlink()
     run_quick("iterating_pays.py", *runs, "--reload", "--markdown", str(tmp_path / "bare.md"), tmp_path=tmp_path)
     assert (
-        "Not compared (their weights are not on this machine): none seed 0, slim+final+dkd+early seed 0"
+        "Not compared (no saved comparison, and the weights are not here): none seed 0, slim+final+dkd+early seed 0"
         in (tmp_path / "bare.md").read_text()
     )
+    # a record must describe the runs it reads: another config, or an unfinished campaign, is refused
+    other = quick(
+        "iterating_pays.py", *runs, "--reload", "--upgrade", "early={search: {early_rejection: 3.0}}", tmp_path=tmp_path
+    )
+    assert other.returncode != 0 and "run with another config than" in other.stderr
+    lineage_file = tmp_path / "runs" / "none-seed0" / "lineage.json"
+    lineage_file.write_text(json.dumps(json.loads(lineage_file.read_text()) | {"stop_reason": None}))
+    unfinished = quick("iterating_pays.py", *runs, "--reload", tmp_path=tmp_path)
+    assert unfinished.returncode != 0 and "the campaign has not finished" in unfinished.stderr
+    assert "Traceback" not in other.stderr + unfinished.stderr
 
 
 def test_reload_needs_a_finished_campaign(tmp_path):
     done = quick("iterating_pays.py", "--reload", "--runs-dir", str(tmp_path), tmp_path=tmp_path)
     assert done.returncode != 0 and "no campaign there (no lineage.json)" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())  # reading only: not even a folder made
 
 
 def test_peer_torch_pruning_quick(tmp_path):
@@ -437,8 +452,8 @@ def test_early_rejection_replay_quick(tmp_path):
     assert "g4-width accepted @2/5" in record and "| ikd | 2 | 12 | 2 | 0 |" in record
 
 
-def test_gpu_teacher_halves_restore_to_the_same_model(tmp_path):
-    """cifar_evidence.sh brings a teacher back as fp16 halves (the lease's 16 MiB file limit);
+def test_gpu_teacher_parts_restore_to_the_same_model(tmp_path, monkeypatch):
+    """cifar_evidence.sh brings a teacher back in fp16 parts (the lease's 16 MiB file limit);
     restore_teacher.py must rebuild a loadable fp32 model within fp16 rounding of the original."""
     from safetensors.torch import load_file
 
@@ -446,37 +461,46 @@ def test_gpu_teacher_halves_restore_to_the_same_model(tmp_path):
     from ikd.checkpoint import load_model, save_model
     from ikd.model import build_model
 
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks" / "device"))
+    restore_teacher = importlib.import_module("restore_teacher")
     torch.manual_seed(0)
     original = build_model(ArchSpec(in_channels=3, image_size=8, num_classes=10, blocks=[[8, 8], [16]], head=[12]))
     save_model(tmp_path / "teacher", original, {"note": "trained"})
-    restore = [sys.executable, str(ROOT / "benchmarks" / "device" / "restore_teacher.py")]
+    script = [sys.executable, str(ROOT / "benchmarks" / "device" / "restore_teacher.py")]
     (tmp_path / "back").mkdir()
-    split = [*restore, "--split", str(tmp_path / "teacher"), f"{tmp_path}/back/t16"]
-    subprocess.run(split, check=True, capture_output=True)
-    parts = sorted((tmp_path / "back").glob("t16.part*.safetensors"))
-    halves = [set(load_file(p)) for p in parts]
-    assert len(halves) == 2 and all(halves) and not halves[0] & halves[1]  # every tensor in one part only
-    assert halves[0] | halves[1] == set(original.state_dict())
+    subprocess.run([*script, "--split", str(tmp_path / "teacher"), f"{tmp_path}/back/one"], check=True)
+    assert [p.name for p in (tmp_path / "back").glob("one.part*")] == ["one.part0.safetensors"]  # 15 MiB hold it
+    # parts of at most 2,304 bytes (the largest tensor): several, every tensor in exactly one
+    count = restore_teacher.split(tmp_path / "teacher", tmp_path / "back" / "t16", part_bytes=2304)
+    parts = [set(load_file(tmp_path / "back" / f"t16.part{i}.safetensors")) for i in range(count)]
+    assert count >= 3 and sum(len(p) for p in parts) == len(set().union(*parts)) == len(original.state_dict())
     assert "restore_teacher.py --split" in (ROOT / "benchmarks" / "device" / "cifar_evidence.sh").read_text()
-    subprocess.run([*restore, f"{tmp_path}/back/t16", str(tmp_path / "restored")], check=True, capture_output=True)
+    subprocess.run([*script, f"{tmp_path}/back/t16", str(tmp_path / "restored")], check=True, capture_output=True)
     restored, meta = load_model(tmp_path / "restored")
     assert meta["note"] == "trained"
     for (name, a), b in zip(original.state_dict().items(), restored.state_dict().values(), strict=True):
         assert b.dtype == a.dtype, name
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
-    missing = subprocess.run([*restore, f"{tmp_path}/none", str(tmp_path / "x")], capture_output=True, text=True)
-    assert missing.returncode != 0 and "none.part0.safetensors: not found" in missing.stderr
+    missing = subprocess.run([*script, f"{tmp_path}/none", str(tmp_path / "x")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "none.model.json: not found" in missing.stderr
+    (tmp_path / "back" / "t16.part1.safetensors").unlink()  # the parts after it are not read: a key is missing
+    short = subprocess.run([*script, f"{tmp_path}/back/t16", str(tmp_path / "y")], capture_output=True, text=True)
+    assert short.returncode != 0 and "the parts do not make the model" in short.stderr
+    assert "Traceback" not in missing.stderr + short.stderr
 
 
 STUB_PYTHON = r"""#!/usr/bin/env bash
 # Stands in for python on a GPU machine: imports work, the matmul probe answers, `ikd train` logs
-# its start and end around a short sleep and leaves a model.json, benchmarks/teacher.py prints a RESULT.
+# its start and end and leaves a model.json, benchmarks/teacher.py prints a RESULT.
 after() { echo "$@" | sed "s/.* $1 \([^ ]*\).*/\1/"; }
 case "$1" in
   -c) exit 0 ;;
   -) cat >/dev/null; echo "stub GPU: 1 TFLOP/s" ;;
   -m) out=$(after --out "$@"); mkdir -p "$out"; echo '{}' > "$out/model.json"
-      echo "start $out" >> "$STUB_LOG"; sleep 1; echo "end $out" >> "$STUB_LOG" ;;
+      echo "start $out" >> "$STUB_LOG"
+      # wait (10 s at most) for a second run to start: one that never comes means the runs went one by one
+      for _ in $(seq 100); do [ "$(grep -c start "$STUB_LOG")" -ge 2 ] && break; sleep 0.1; done
+      echo "end $out" >> "$STUB_LOG" ;;
   *) echo "RESULT stub"; [ "$2" = "--existing" ] && touch "$(after --markdown "$@")" ;;
 esac
 """
@@ -490,7 +514,7 @@ def test_teachers_cifar_sh_runs_its_sweep_side_by_side(tmp_path):
     stub.chmod(0o755)
     log, out = tmp_path / "stub.log", tmp_path / "out"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("HARD_LIMIT_S", "EPOCHS")},
         "PYTHON": str(stub),
         "STUB_LOG": str(log),
         "OUT": str(out),
@@ -506,14 +530,17 @@ def test_teachers_cifar_sh_runs_its_sweep_side_by_side(tmp_path):
     events = log.read_text().split("\n")
     # two started before either ended; the third only once one had
     assert [e.split()[0] for e in events[:3]] == ["start", "start", "end"]
-    assert sorted(p.name for p in out.glob("teacher_cifar10_*.md")) == [
-        "teacher_cifar10_vgg16-cutout.md",
-        "teacher_cifar10_vgg16-default.md",
-        "teacher_cifar10_vgg19-lr0.05.md",
-    ]
+    records = ["teacher_cifar10_vgg16-cutout.md", "teacher_cifar10_vgg16-default.md", "teacher_cifar10_vgg19-lr0.05.md"]
+    assert sorted(p.name for p in out.glob("teacher_cifar10_*.md")) == records
     with tarfile.open(out / "teachers.tar.gz") as archive:
         assert sum(name.endswith("model.json") for name in archive.getnames()) == 3
-    bad = subprocess.run(
-        script, cwd=repo, env={**env, "TEACHERS": "vgg16:nope"}, capture_output=True, text=True, timeout=60
-    )
-    assert bad.returncode == 2 and "vgg16:nope: unknown variant nope" in bad.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(["gpu.txt", "teachers.tar.gz", *records])  # no leftovers
+    log.unlink()
+    for wrong, said in [
+        ({"TEACHERS": "vgg16:nope"}, "vgg16:nope: unknown variant nope"),
+        ({"TEACHERS": "vgg16:cutout vgg16:cutout"}, "TEACHERS lists vgg16:cutout more than once"),
+        ({"PARALLEL": "0"}, "PARALLEL=0: expected a count >= 1"),
+    ]:
+        bad = subprocess.run(script, cwd=repo, env=env | wrong, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and said in bad.stderr
+    assert not log.exists()  # refused before anything trained

@@ -32,8 +32,12 @@ echo "cifar_evidence.sh: data ready at ${SECONDS} s"
 
 left() { echo $((HARD_LIMIT_S > 0 ? HARD_LIMIT_S - SECONDS : 86400)); }
 
-pack() {  # everything but weights and training states, small enough to bring back
-    tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.onnx' "$WORK" 2>/dev/null
+pack() {  # everything but weights and training states; one at a time (two chains pack side by side)
+    (
+        command -v flock >/dev/null && flock 9
+        tar czf "$OUT/.results.tar.gz.tmp" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.onnx' "$WORK" 2>/dev/null
+        mv -f "$OUT/.results.tar.gz.tmp" "$OUT/results.tar.gz"
+    ) 9>"${TMPDIR:-/tmp}/cifar_evidence.sh.$$.lock"
 }
 
 device_gpu_rate "$WORK/gpu.txt"
@@ -81,9 +85,11 @@ seeds() {
 
 # The VGG-16 teacher comes back as fp16 halves (a lease returns files under 16 MiB), so a CPU can rebuild it
 # with restore_teacher.py instead of training it for 100 minutes.
-(teacher vgg16 "$EPOCHS" "$WORK/teacher-vgg16" && pack &&
-    "$PYTHON" benchmarks/device/restore_teacher.py --split "$WORK/teacher-vgg16" "$OUT/teacher-vgg16-fp16" &&
-    seeds) &
+(teacher vgg16 "$EPOCHS" "$WORK/teacher-vgg16" && pack && {
+    "$PYTHON" benchmarks/device/restore_teacher.py --split "$WORK/teacher-vgg16" "$OUT/teacher-vgg16-fp16" ||
+        echo "cifar_evidence.sh: the teacher's fp16 parts were not written; the seeds go on" >&2
+    seeds
+}) &
 vgg16_chain=$!
 (teacher vgg19 "$EPOCHS" "$WORK/teacher-vgg19" && pack) &
 wait "$vgg16_chain" $!

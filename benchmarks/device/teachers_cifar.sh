@@ -35,9 +35,13 @@ mkdir -p "$OUT"
 # shellcheck source=benchmarks/device/common.sh
 . "$(dirname "$0")/common.sh"
 device_python teachers_cifar.sh
+[[ $PARALLEL =~ ^[1-9][0-9]*$ ]] || { echo "teachers_cifar.sh: PARALLEL=$PARALLEL: expected a count >= 1" >&2; exit 2; }
 for run in $TEACHERS; do
     [ -n "${VARIANTS[${run#*:}]+set}" ] || { echo "teachers_cifar.sh: $run: unknown variant ${run#*:}; expected one of ${!VARIANTS[*]}" >&2; exit 2; }
 done
+# two runs of one ARCH:VARIANT at once would train into the same folder
+repeated=$(printf '%s\n' $TEACHERS | sort | uniq -d | tr '\n' ' ')
+[ -z "$repeated" ] || { echo "teachers_cifar.sh: TEACHERS lists ${repeated% } more than once" >&2; exit 2; }
 
 device_cifar10 teachers_cifar.sh
 [ -d "$data_dir/cifar-10-batches-py" ] && data_dir=$data_dir/cifar-10-batches-py
@@ -68,9 +72,12 @@ train() {
     pack
 }
 
-pack() {  # what has finished, without weights; written aside and renamed, as runs end side by side
-    tar czf "$OUT/teachers.tar.gz.$BASHPID" --exclude='*.safetensors' --exclude='*.pt' runs/teachers-device 2>/dev/null
-    mv -f "$OUT/teachers.tar.gz.$BASHPID" "$OUT/teachers.tar.gz"
+pack() {  # what has finished, without weights; one at a time as runs end side by side, so the newest wins
+    (
+        command -v flock >/dev/null && flock 9
+        tar czf "$OUT/.teachers.tar.gz.tmp" --exclude='*.safetensors' --exclude='*.pt' runs/teachers-device 2>/dev/null
+        mv -f "$OUT/.teachers.tar.gz.tmp" "$OUT/teachers.tar.gz"
+    ) 9>"${TMPDIR:-/tmp}/teachers_cifar.sh.$$.lock"
 }
 
 for run in $TEACHERS; do
