@@ -83,7 +83,7 @@ seeds() {
         --markdown "$WORK/iterating_pays_cifar10_seeds.md" | tail -1
 }
 
-# The VGG-16 teacher comes back as fp16 halves (a lease returns files under 16 MiB), so a CPU can rebuild it
+# The VGG-16 teacher comes back in fp16 parts (a lease returns files under 16 MiB), so a CPU can rebuild it
 # with restore_teacher.py instead of training it for 100 minutes.
 (teacher vgg16 "$EPOCHS" "$WORK/teacher-vgg16" && pack && {
     "$PYTHON" benchmarks/device/restore_teacher.py --split "$WORK/teacher-vgg16" "$OUT/teacher-vgg16-fp16" ||
