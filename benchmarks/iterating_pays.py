@@ -209,14 +209,12 @@ def reload(config: dict, config_path: Path, run_dir: Path) -> Lineage:
         lineage = RunDir(run_dir).load()
     except CheckpointError as exc:
         raise SystemExit(f"iterating_pays.py: --reload: {exc}") from None
-    final = lineage.final()
-    budget = lineage.epochs_spent(lineage.chain(final))
     baselines = [lineage.find(n) for n in BASELINES.values()]
     # an interrupted --redecide or --force leaves the old baselines until the campaign ends
-    if lineage.stop_reason is None or any(
-        b is None or (b.spec(), b.epochs) != (final.spec(), budget) for b in baselines
-    ):
-        raise SystemExit(f"{where}: the campaign has not finished (its search or its baselines for {final.id})")
+    if lineage.stop_reason is None or any(b is None or not lineage.is_current_baseline(b) for b in baselines):
+        raise SystemExit(
+            f"{where}: the campaign has not finished (its search or its baselines for {lineage.final().id})"
+        )
     return lineage
 
 

@@ -33,6 +33,10 @@ def test_the_final_distillation_is_the_answer_and_the_baselines_get_its_epochs(t
     assert lineage.epochs_spent(lineage.chain(final)) == chain_epochs + 2
     baselines = [n for n in lineage.nodes if n.kind is NodeKind.BASELINE]
     assert len(baselines) == 2 and all(b.epochs == chain_epochs + 2 for b in baselines)
+    assert lineage.baseline_budget() == chain_epochs + 2 and all(lineage.is_current_baseline(b) for b in baselines)
+    # a baseline for the search's answer alone (made before the final distillation) is stale
+    stale = baselines[0].model_copy(update={"epochs": chain_epochs})
+    assert not lineage.is_current_baseline(stale)
     # a rerun finds everything done
     nodes = [n.id for n in lineage.nodes]
     assert [

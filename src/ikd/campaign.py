@@ -302,25 +302,17 @@ class Campaign:
             parent_id=answer.id,
         )
 
-    def baseline_budget(self) -> int | None:
-        """The epochs each baseline gets (the chain's, final distillation included); None without an answer."""
-        final = self.lineage.final()
-        if final.status not in (Status.ACCEPTED, Status.FINAL):
-            return None
-        return self.lineage.epochs_spent(self.lineage.chain(final))
-
     def forget_stale_baselines(self) -> None:
         """Drop baselines made for another final student (a --redecide, a --force) or for none now."""
-        budget, final = self.baseline_budget(), self.lineage.final()
         for node_id in BASELINE_IDS:
             old = self.lineage.find(node_id)
-            if old is not None and (budget is None or (old.spec(), old.epochs) != (final.spec(), budget)):
+            if old is not None and not self.lineage.is_current_baseline(old):
                 self.forget(node_id)
 
     def baselines(self) -> None:
         """The final student's architecture trained from scratch (CE) and by one-shot KD from the
         root, each for the epochs the chain spent reaching it: does iterating pay?"""
-        final, budget = self.lineage.final(), self.baseline_budget()
+        final, budget = self.lineage.final(), self.lineage.baseline_budget()
         if budget is None:
             return
         for node_id, teacher_ids in zip(BASELINE_IDS, ([], [ROOT_ID]), strict=True):

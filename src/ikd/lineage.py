@@ -222,6 +222,20 @@ class Lineage(BaseModel):
         spent = (NodeKind.STUDENT, NodeKind.FINAL)
         return sum(n.epochs for n in (self.nodes if nodes is None else nodes) if n.kind in spent)
 
+    def baseline_budget(self) -> int | None:
+        """The epochs a baseline of the answer gets (the chain's, final distillation included); None
+        while there is no answer (no accepted student)."""
+        final = self.final()
+        if final.status not in (Status.ACCEPTED, Status.FINAL):
+            return None
+        return self.epochs_spent(self.chain(final))
+
+    def is_current_baseline(self, node: NodeRecord) -> bool:
+        """Whether a baseline was made for today's answer: its architecture, for the chain's epochs.
+        One made before a --redecide or --force, or before the final distillation, is stale."""
+        budget = self.baseline_budget()
+        return budget is not None and (node.spec(), node.epochs) == (self.final().spec(), budget)
+
     def chain(self, node: NodeRecord) -> list[NodeRecord]:
         """`node` and its parents up to the root, root first."""
         path = [node]
