@@ -200,6 +200,23 @@ def test_the_ema_differs_from_the_weights_and_follows_them():
     assert 40.0 < averaged.mean().item() < 49.0  # behind the last value (49), far from the first
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine"])
+def test_every_schedule_runs_however_few_the_steps(schedule):
+    # one epoch of scikit-learn's digits at batch 256 is 5 steps: OneCycleLR with a 20% warm-up
+    # divided by zero there (`ikd train --dataset digits --epochs 1` crashed)
+    from ikd.train import _scheduler
+
+    for total in range(1, 41):
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
+        scheduler = _scheduler(optimizer, TrainConfig(epochs=1, lr=0.1, schedule=schedule), total_steps=total)
+        lrs = []
+        for _ in range(total):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert all(0 < lr <= 0.1 + 1e-9 for lr in lrs), (total, lrs)
+
+
 def test_linear_schedule_warms_up_then_decays_to_almost_zero():
     from ikd.train import _scheduler
 

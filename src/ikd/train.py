@@ -130,13 +130,19 @@ def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
     return objective
 
 
+def _warmup_share(share: float, total_steps: int) -> float:
+    """The warm-up's share of the steps, nudged where OneCycleLR would divide by zero: a warm-up that
+    ends on the first step (share x steps = 1, e.g. 5 steps at 0.2: one epoch of a small dataset)."""
+    return share if abs(share * total_steps - 1.0) > 1e-9 else min(1.0, 2.0 / total_steps)
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps,
-            pct_start=0.25,
+            pct_start=_warmup_share(0.25, total_steps),
             div_factor=10.0,
             final_div_factor=100.0,
             three_phase=False,
@@ -146,7 +152,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps,
-            pct_start=0.2,
+            pct_start=_warmup_share(0.2, total_steps),
             anneal_strategy="linear",
             div_factor=10.0,
             final_div_factor=1000.0,
