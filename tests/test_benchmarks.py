@@ -544,3 +544,41 @@ def test_teachers_cifar_sh_runs_its_sweep_side_by_side(tmp_path):
         bad = subprocess.run(script, cwd=repo, env=env | wrong, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and said in bad.stderr
     assert not log.exists()  # refused before anything trained
+
+
+def test_step_overhead_sh_interleaves_two_versions_and_tabulates_them(tmp_path):
+    """The lease's A/B of the training step, whole, on the CPU: digits instead of CIFAR-10, this
+    checkout's ikd as both versions (a copy on PYTHONPATH as the earlier one), no GPU to count waits on."""
+    repo = tmp_path / "repo"  # the script writes runs/ under the working directory
+    shutil.copytree(ROOT / "benchmarks", repo / "benchmarks", ignore=shutil.ignore_patterns("results"))
+    before = repo / ".device" / "ikd-before" / "src"
+    shutil.copytree(ROOT / "src", before, ignore=shutil.ignore_patterns("__pycache__"))
+    (before / "ikd" / "_version.py").write_text('__version__ = "0.0.0+before"\n')  # tells the versions apart
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(out),
+        "DATASET": "digits",
+        "ARCH": "vgg11",
+        "ROUNDS": "2",
+        "EPOCHS": "1",
+        "SYNC_ARGS": "--device cpu --steps 2 --batch 8",
+    }
+    script = ["bash", "benchmarks/device/step_overhead.sh"]
+    done = subprocess.run(script, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = (out / "step_overhead.md").read_text()
+    assert "| 1 |" in table and "| 2 |" in table and "after / before:" in table
+    assert "RESULT before_img_s=" in done.stdout
+    # each version's runs came from its own source: the earlier one from the copy on PYTHONPATH
+    runs = repo / "runs" / "step-overhead"
+    version = {p.name: json.loads((p / "model.json").read_text())["ikd_version"] for p in runs.iterdir() if p.is_dir()}
+    assert version["before-1"] == version["before-2"] == "0.0.0+before"
+    assert version["after-1"] == version["after-2"] != "0.0.0+before"
+    syncs = (out / "syncs.txt").read_text()
+    assert "RESULT label=before" in syncs and "RESULT label=after" in syncs
+    missing = subprocess.run(
+        script, cwd=repo, env=env | {"BEFORE_SRC": "nowhere"}, capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 2 and "no earlier ikd at nowhere/ikd" in missing.stderr

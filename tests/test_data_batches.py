@@ -136,6 +136,15 @@ def test_iterate_shuffled_epoch_covers_every_sample_once():
     assert [len(s) for s in seen] == [10] * 10 + [3]
 
 
+def test_the_shuffled_index_is_on_the_host_and_names_the_batch_images():
+    data = dataset()  # each label is the image's position
+    g = torch.Generator().manual_seed(3)
+    batches = list(iterate_batches(data, 16, mean=(0.5,), std=(0.5,), shuffle=True, generator=g, with_index=True))
+    for _, y, index in batches:
+        assert index.device.type == "cpu" and torch.equal(index, y)
+    assert sorted(torch.cat([i for _, _, i in batches]).tolist()) == list(range(103))
+
+
 def test_iterate_order_and_drop_last_and_determinism():
     data = dataset()
     kw: dict[str, Any] = {"mean": (0.5,), "std": (0.5,)}

@@ -188,16 +188,23 @@ def test_the_kept_weights_are_the_ones_whose_validation_accuracy_is_reported(dig
 
 
 def test_the_ema_differs_from_the_weights_and_follows_them():
-    from ikd.train import _ema
+    from ikd.train import _ema, _update_ema
 
     model = torch.nn.Linear(3, 1)
-    ema = _ema(model, decay=0.9)
+    ema = _ema(model)
+    expected = 0.0
     with torch.no_grad():
         for step in range(50):
             model.weight.fill_(float(step))
-            ema.update_parameters(model)
+            _update_ema(ema, model, decay=0.9)
+            # by hand: the first step copies, then each mixes in (1 - min(0.9, (1+n)/(10+n))) of the new value
+            mix = 1.0 if step == 0 else 1.0 - min(0.9, (1.0 + step) / (10.0 + step))
+            expected += mix * (step - expected)
     averaged = ema.module.get_parameter("weight")
     assert 40.0 < averaged.mean().item() < 49.0  # behind the last value (49), far from the first
+    assert averaged.detach() == pytest.approx(torch.full((1, 3), expected), rel=1e-6)
+    # the update count stays on the host, so reading it never waits for a GPU
+    assert int(ema.n_averaged) == 50 and ema.n_averaged.device.type == "cpu"
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine"])

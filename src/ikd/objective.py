@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ikd.arch import ArchSpec
-from ikd.data import ImageSet, iterate_batches
+from ikd.data import ImageSet, iterate_batches, to_device
 from ikd.errors import ConfigError
 from ikd.external import ExternalTeacher
 from ikd.losses import (
@@ -159,10 +159,9 @@ class CachedTeacher:
         self.hint_blocks = frozenset(self.features)
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
-        index = index.to(self.logits.device)
-        return TeacherOutputs(
-            self.logits[index].to(x.device), {b: f[index].to(x.device) for b, f in self.features.items()}
-        )
+        index = to_device(index, self.logits.device)
+        features = {b: to_device(f[index], x.device) for b, f in self.features.items()}
+        return TeacherOutputs(to_device(self.logits[index], x.device), features)
 
 
 TeacherSource = LiveTeacher | CachedTeacher

@@ -9,6 +9,7 @@ that is an nn.Module contributes its parameters (e.g. hint regressors) to the op
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -161,19 +162,30 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
 
 
-def _ema(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """An EMA of the weights and BatchNorm statistics; early on it averages over the steps so far
-    (min(decay, (1+n)/(10+n))) so that it is not anchored to the random initial weights."""
+def _ema(model: torch.nn.Module) -> AveragedModel:
+    """A copy of the model holding the EMA of its weights and BatchNorm statistics (see _update_ema),
+    with its count of updates (a host tensor); saved and restored with the training state."""
+    return AveragedModel(model, use_buffers=True)
 
-    def update(averaged: Sequence[torch.Tensor], current: Sequence[torch.Tensor], n: torch.Tensor | int) -> None:
-        step_decay = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        if averaged[0].is_floating_point():
-            torch._foreach_lerp_(list(averaged), list(current), 1.0 - step_decay)
-        else:  # BatchNorm's batch counters
-            for a, c in zip(averaged, current, strict=True):
+
+def _update_ema(ema: AveragedModel, model: torch.nn.Module, decay: float) -> None:
+    """One EMA step. Early on it averages over the steps so far (min(decay, (1+n)/(10+n))) so that it is
+    not anchored to the random initial weights. Done here rather than by AveragedModel.update_parameters,
+    which moves its counter to the model's device and reads it back: on a GPU, two waits per step."""
+    n = int(ema.n_averaged)  # on the host: no wait
+    averaged = list(itertools.chain(ema.module.parameters(), ema.module.buffers()))
+    current = [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
+    if n == 0:
+        for a, c in zip(averaged, current, strict=True):
+            a.detach().copy_(c)
+    else:
+        step_decay = min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a.detach(), c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - step_decay)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # BatchNorm's batch counters
                 a.copy_(c)
-
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    ema.n_averaged += 1
 
 
 @torch.inference_mode()
@@ -261,7 +273,8 @@ class _Student:
         )
         self.scheduler = _scheduler(self.optimizer, config, config.epochs * steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
-        self.ema = _ema(model, 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch)) if config.ema_epochs else None
+        self.ema = _ema(model) if config.ema_epochs else None
+        self.ema_decay = 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch) if config.ema_epochs else 0.0
         # Network Slimming's sparsity term: it pushes unimportant channels' |gamma| towards 0, so the slim
         # operator's ranking by gamma separates them (without it the scales stay nearly flat).
         self.bn_sparsity = config.bn_sparsity
@@ -300,7 +313,7 @@ class _Student:
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            _update_ema(self.ema, self.model, self.ema_decay)
         if self.rng_state is not None:
             self.rng_state = torch.get_rng_state()
         for name, value in terms.items():

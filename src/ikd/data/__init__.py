@@ -11,6 +11,7 @@ from ikd.data.batches import (
     cutout_size,
     iterate_batches,
     normalize,
+    to_device,
 )
 from ikd.data.paths import resolve_data_root
 from ikd.data.sources import DATASETS, load_dataset
@@ -29,4 +30,5 @@ __all__ = [
     "load_dataset",
     "normalize",
     "resolve_data_root",
+    "to_device",
 ]

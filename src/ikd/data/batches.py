@@ -34,6 +34,15 @@ def crop_padding(size: int) -> int:
     return max(1, size // 8)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`. A host tensor bound for a GPU goes through pinned memory without blocking:
+    a plain copy from pageable memory makes the host wait for the GPU's queue to drain, which on every
+    batch would serialise Python's kernel launches with the GPU's work."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _random_device(generator: torch.Generator | None) -> torch.device:
     # Random numbers are drawn where the generator lives and then moved, so a CPU generator gives
     # the same augmentation whether the batch is on the CPU or a GPU.
@@ -57,10 +66,10 @@ def augment_batch(images_uint8: torch.Tensor, kind: str, generator: torch.Genera
     dev = images_uint8.device
     rdev = _random_device(generator)
     p = crop_padding(min(h, w))
-    offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=rdev).to(dev)
+    offsets = to_device(torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=rdev), dev)
     cols = torch.arange(w, device=dev).expand(n, w)
     if "flip" in kind:
-        flip = torch.randint(0, 2, (n,), generator=generator, device=rdev).to(dev).bool()
+        flip = to_device(torch.randint(0, 2, (n,), generator=generator, device=rdev), dev).bool()
         cols = torch.where(flip[:, None], (w - 1) - cols, cols)
     rows = offsets[0, :, None] + torch.arange(h, device=dev)
     cols = offsets[1, :, None] + cols
@@ -87,12 +96,15 @@ def cutout(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.T
     n, _, h, w = x.shape
     side = cutout_size(min(h, w))
     rdev = _random_device(generator)
-    centre = torch.stack(
-        [
-            torch.randint(0, h, (n,), generator=generator, device=rdev),
-            torch.randint(0, w, (n,), generator=generator, device=rdev),
-        ]
-    ).to(x.device)
+    centre = to_device(
+        torch.stack(
+            [
+                torch.randint(0, h, (n,), generator=generator, device=rdev),
+                torch.randint(0, w, (n,), generator=generator, device=rdev),
+            ]
+        ),
+        x.device,
+    )
     top = centre - side // 2
 
     def inside(offsets: torch.Tensor, length: int) -> torch.Tensor:
@@ -157,20 +169,23 @@ def _batches(
     with_index: bool,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     n = len(data)
-    order = None
+    order = order_there = None
     if shuffle:
-        order = torch.randperm(n, generator=generator, device=_random_device(generator)).to(data.images.device)
+        # the order is drawn where the generator lives and kept there too: the batch's index is read
+        # from that copy, so handing it out never waits for the device holding the images
+        order = torch.randperm(n, generator=generator, device=_random_device(generator))
+        order_there = to_device(order, data.images.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        if order is None:
+        if order is None or order_there is None:
             idx = torch.arange(start, min(start + batch_size, n))
             xb = data.images[start : start + batch_size]
             yb = data.labels[start : start + batch_size]
         else:
             idx = order[start : start + batch_size]
-            xb, yb = data.images[idx], data.labels[idx]
-        xb = xb.to(device, non_blocking=True)
-        yb = yb.to(device, non_blocking=True)
+            there = order_there[start : start + batch_size]
+            xb, yb = data.images[there], data.labels[there]
+        xb, yb = to_device(xb, device), to_device(yb, device)
         x = normalize(augment_batch(xb, augment, generator), mean, std)
         if augment.endswith("-cutout"):
             x = cutout(x, generator)
