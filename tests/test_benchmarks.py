@@ -576,6 +576,11 @@ def test_step_overhead_sh_interleaves_two_versions_and_tabulates_them(tmp_path):
     version = {p.name: json.loads((p / "model.json").read_text())["ikd_version"] for p in runs.iterdir() if p.is_dir()}
     assert version["before-1"] == version["before-2"] == "0.0.0+before"
     assert version["after-1"] == version["after-2"] != "0.0.0+before"
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "step_overhead.md", "syncs.txt"]  # no GPU here
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        logs = {Path(m.name).name: archive.extractfile(m).read().decode() for m in archive if m.name.endswith(".log")}
+    assert sorted(logs) == ["after-1.log", "after-2.log", "before-1.log", "before-2.log"]
+    assert all(("ikd-before" in text) == name.startswith("before") for name, text in logs.items())
     syncs = (out / "syncs.txt").read_text()
     assert "RESULT label=before" in syncs and "RESULT label=after" in syncs
     missing = subprocess.run(

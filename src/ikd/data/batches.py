@@ -34,13 +34,15 @@ def crop_padding(size: int) -> int:
     return max(1, size // 8)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """`tensor` on `device`. A host tensor bound for a GPU goes through pinned memory without blocking:
     a plain copy from pageable memory makes the host wait for the GPU's queue to drain, which on every
     batch would serialise Python's kernel launches with the GPU's work."""
-    if device.type != "cuda" or tensor.device.type != "cpu":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    # never non-blocking towards the host: the values could be read before they arrive
+    return tensor.to(device, non_blocking=device.type == "mps")
 
 
 def _random_device(generator: torch.Generator | None) -> torch.device:
