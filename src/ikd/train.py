@@ -51,6 +51,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.05, gt=0, description="peak learning rate")
+    # under the linear and onecycle schedules OneCycleLR cycles it (0.95 -> 0.85 at the peak -> 0.95)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     schedule: Schedule = "onecycle"
