@@ -76,7 +76,9 @@ class DataConfig(Strict):
 class OptimConfig(Strict):
     epochs: int = Field(gt=0, description="epochs per training job")
     batch_size: int = Field(default=128, gt=0, description="images per training step")
-    lr: float = Field(default=0.05, gt=0, description="peak learning rate (SGD, Nesterov momentum: see docs/training.md)")
+    lr: float = Field(
+        default=0.05, gt=0, description="peak learning rate (SGD with Nesterov momentum, see docs/training.md)"
+    )
     weight_decay: float = Field(default=5e-4, ge=0, description="L2 weight decay")
     schedule: Schedule = Field(
         default="onecycle",
@@ -112,7 +114,9 @@ class TeacherConfig(OptimConfig):
     epochs: int = Field(default=10, gt=0, description="epochs to train the teacher (when no dir is given)")
     # The teacher recipe (docs/training.md): what reached published CIFAR-10 accuracy in few epochs.
     batch_size: int = Field(default=256, gt=0, description="images per training step")
-    lr: float = Field(default=0.1, gt=0, description="peak learning rate (SGD, Nesterov momentum: see docs/training.md)")
+    lr: float = Field(
+        default=0.1, gt=0, description="peak learning rate (SGD with Nesterov momentum, see docs/training.md)"
+    )
     schedule: Schedule = Field(default="linear", description="learning-rate schedule (see student.schedule)")
     label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     ema_epochs: float = Field(default=1.0, ge=0, description="weights' EMA horizon in epochs (0 = none)")
