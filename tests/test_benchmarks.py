@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import shutil
@@ -578,7 +579,8 @@ def test_step_overhead_sh_interleaves_two_versions_and_tabulates_them(tmp_path):
     assert version["after-1"] == version["after-2"] != "0.0.0+before"
     assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "step_overhead.md", "syncs.txt"]  # no GPU here
     with tarfile.open(out / "logs.tar.gz") as archive:
-        logs = {Path(m.name).name: archive.extractfile(m).read().decode() for m in archive if m.name.endswith(".log")}
+        members = [m for m in archive if m.name.endswith(".log")]
+        logs = {Path(m.name).name: (archive.extractfile(m) or io.BytesIO()).read().decode() for m in members}
     assert sorted(logs) == ["after-1.log", "after-2.log", "before-1.log", "before-2.log"]
     assert all(("ikd-before" in text) == name.startswith("before") for name, text in logs.items())
     syncs = (out / "syncs.txt").read_text()
