@@ -171,21 +171,20 @@ def _batches(
     with_index: bool,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     n = len(data)
-    order = order_there = None
+    orders = None
     if shuffle:
-        # the order is drawn where the generator lives and kept there too: the batch's index is read
-        # from that copy, so handing it out never waits for the device holding the images
+        # the order is drawn where the generator lives and kept there too, beside its copy where the
+        # images are: the batch's index is read from the first, so handing it out never waits for a GPU
         order = torch.randperm(n, generator=generator, device=_random_device(generator))
-        order_there = to_device(order, data.images.device)
+        orders = (order, to_device(order, data.images.device))
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        if order is None or order_there is None:
+        if orders is None:
             idx = torch.arange(start, min(start + batch_size, n))
             xb = data.images[start : start + batch_size]
             yb = data.labels[start : start + batch_size]
         else:
-            idx = order[start : start + batch_size]
-            there = order_there[start : start + batch_size]
+            idx, there = (o[start : start + batch_size] for o in orders)
             xb, yb = data.images[there], data.labels[there]
         xb, yb = to_device(xb, device), to_device(yb, device)
         x = normalize(augment_batch(xb, augment, generator), mean, std)
