@@ -26,7 +26,7 @@ from ikd.checkpoint import load_model
 from ikd.data import DataSplits, ImageSet, load_dataset
 from ikd.export import onnx_graph
 from ikd.inherit import inherit_weights
-from ikd.latency import measure_latencies
+from ikd.latency import LATENCY_THREADS, measure_latencies
 from ikd.lineage import Latency, Lineage
 from ikd.model import VGG, build_model
 from ikd.objective import DistillationObjective, LossWeights, build_objective, teacher_hint_block
@@ -149,17 +149,18 @@ def training_step(
 
 
 def spec_latencies(
-    specs: dict[str, ArchSpec], repeats: int | None = None, rounds: int | None = None
+    specs: dict[str, ArchSpec], repeats: int | None = None, rounds: int | None = None, threads: int = LATENCY_THREADS
 ) -> dict[str, list[Latency]]:
     """Batch-1 latencies of fresh models of `specs`, all timed together by ikd.latency (onnxruntime and
-    PyTorch). Speed does not depend on the weights, so architectures whose weights are not here can be timed."""
+    PyTorch) with `threads` threads. Speed does not depend on the weights, so architectures whose weights are
+    not here can be timed."""
     first = next(iter(specs.values()))
     dataset = {"mean": [0.0] * first.in_channels, "std": [1.0] * first.in_channels}
     timed = {}
     for name, spec in specs.items():
         model = build_model(spec, seed=0).eval()
         timed[name] = (model, dataset, onnx_graph(model, dataset, {}))
-    return measure_latencies(timed, repeats, rounds, batches=(1,))
+    return measure_latencies(timed, repeats, rounds, batches=(1,), threads=threads)
 
 
 def bare_train_rate(

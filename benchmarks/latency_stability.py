@@ -1,7 +1,7 @@
 """Does a speed-up hold still? The same teacher and student timed in several separate processes.
 
 Each run is a fresh process that loads the root teacher and one node of a run directory and times
-them two ways at batch 1, with onnxruntime and PyTorch:
+them two ways at batch 1 (or `--batch`), with onnxruntime and PyTorch, one thread unless `--threads`:
   interleaved  ikd's protocol (ikd.latency): both models in one call, `--rounds` interleaved turns of
                `--repeats` calls each after a warm-up, the smallest turn median kept;
   one-by-one   the old way: each model timed alone, one median of 30 calls, the teacher
@@ -10,7 +10,8 @@ With `--processes K` a run is K fresh processes and its speed-up the median of t
 where much of the spread is between processes (on a 2-core VM the same student took 0.75 ms in one
 and 1.07 in the next).
 The record gives every run's teacher ms / student ms and, per protocol, the largest speed-up over
-the smallest across runs (goal: <= 1.10 for the interleaved protocol, issue 19).
+the smallest across runs (goal: <= 1.10 for the interleaved protocol, issue 19), and each side's ms,
+to show which of the two moved.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from ikd.checkpoint import load_model
 from ikd.export import onnx_graph
-from ikd.latency import LATENCY_PLAN, RUNTIMES, measure_latencies
+from ikd.latency import LATENCY_PLAN, LATENCY_THREADS, OTHER_BATCH_PLAN, RUNTIMES, measure_latencies
 from ikd.lineage import RunDir
 
 from common import machine_line, print_result, publish
@@ -36,8 +35,11 @@ GOAL = 1.10
 OLD_REPEATS = 30  # the one-by-one protocol's single median, as ikd timed before the interleaved one
 
 
-def time_once(run_dir: Path, node_id: str, repeats: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Speed-ups at batch 1 per protocol and runtime, measured in this process."""
+def time_once(
+    run_dir: Path, node_id: str, repeats: int, rounds: int, threads: int, batch: int
+) -> dict[str, dict[str, float]]:
+    """Speed-ups at `batch` per protocol and runtime, measured in this process with `threads` threads, and the
+    interleaved protocol's ms of each side ("teacher ms", "student ms"): which of the two moved."""
     run = RunDir(run_dir)
     lineage = run.load()
     timed = {}
@@ -46,15 +48,26 @@ def time_once(run_dir: Path, node_id: str, repeats: int, rounds: int) -> dict[st
         timed[node.id] = (model.eval(), meta["dataset"], onnx_graph(model, meta["dataset"], {}))
     teacher_id = lineage.root().id
 
-    def speedups(measured) -> dict[str, float]:
-        ms = {(n, m.runtime): m.median_ms for n, entries in measured.items() for m in entries if m.batch == 1}
-        return {runtime: ms[(teacher_id, runtime)] / ms[(node_id, runtime)] for runtime in RUNTIMES}
+    def milliseconds(measured, node: str) -> dict[str, float]:
+        return {m.runtime: m.median_ms for m in measured[node]}
 
-    interleaved = speedups(measure_latencies(timed, repeats, rounds, batches=(1,)))
+    def speedups(measured) -> dict[str, float]:
+        teacher, student = milliseconds(measured, teacher_id), milliseconds(measured, node_id)
+        return {runtime: teacher[runtime] / student[runtime] for runtime in RUNTIMES}
+
+    together = measure_latencies(timed, repeats, rounds, batches=(batch,), threads=threads)
     one_by_one = speedups(
-        {name: measure_latencies({name: timed[name]}, OLD_REPEATS, rounds=1, batches=(1,))[name] for name in timed}
+        {
+            name: measure_latencies({name: timed[name]}, OLD_REPEATS, 1, batches=(batch,), threads=threads)[name]
+            for name in timed
+        }
     )
-    return {"interleaved": interleaved, "one-by-one": one_by_one}
+    return {
+        "interleaved": speedups(together),
+        "one-by-one": one_by_one,
+        "teacher ms": milliseconds(together, teacher_id),
+        "student ms": milliseconds(together, node_id),
+    }
 
 
 def quick_run(directory: Path) -> tuple[Path, str]:
@@ -86,22 +99,28 @@ def main() -> int:
     parser.add_argument("--run", metavar="DIR", help="a run directory holding the weights of the root and --node")
     parser.add_argument("--node", help="the student to time against the root (default: the run's answer)")
     parser.add_argument("--runs", type=int, default=3, help="separate processes, one after the other")
-    parser.add_argument("--repeats", type=int, default=LATENCY_PLAN[1][0], help="timed calls per turn (median)")
-    parser.add_argument("--rounds", type=int, default=LATENCY_PLAN[1][1], help="interleaved rounds per process")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument("--repeats", type=int, help="timed calls per turn (median; default: ikd.latency's plan)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per process (default: ikd.latency's plan)")
     parser.add_argument(
         "--processes", type=int, default=1, help="fresh processes per run; a run's speed-up is their median"
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=LATENCY_THREADS,
+        help=f"torch and onnxruntime threads (default {LATENCY_THREADS})",
+    )
     parser.add_argument("--markdown")
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--quick", action="store_true", help="a tiny digits run of its own, 2 runs of 2 rounds")
     parser.add_argument("--quiet", action="store_true", help="(prints only the record)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON out
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    planned_repeats, planned_rounds = LATENCY_PLAN.get(args.batch, OTHER_BATCH_PLAN)
+    args.repeats, args.rounds = args.repeats or planned_repeats, args.rounds or planned_rounds
     if args.one:
-        print(json.dumps(time_once(Path(args.run), args.node, args.repeats, args.rounds)))
+        print(json.dumps(time_once(Path(args.run), args.node, args.repeats, args.rounds, args.threads, args.batch)))
         return 0
 
     with tempfile.TemporaryDirectory(prefix="ikd-latency-") as scratch:
@@ -114,12 +133,12 @@ def main() -> int:
             parser.error("--run is required (or --quick)")
         child = [sys.executable, __file__, "--one", "--run", str(run_dir), "--node", node_id]
         child += ["--repeats", str(args.repeats), "--rounds", str(args.rounds)]
-        child += ["--threads", str(args.threads)] if args.threads else []
+        child += ["--threads", str(args.threads), "--batch", str(args.batch)]
         results = [median_of_processes(child, args.processes) for _ in range(args.runs)]
 
     lines = [
-        f"Machine: {machine_line()}; torch threads {args.threads or torch.get_num_threads()}.",
-        f"Models: the root teacher of `{run_dir if not args.quick else 'quick'}` and `{node_id}`, batch 1, "
+        f"Machine: {machine_line()}; timed with {args.threads} thread(s) (torch and onnxruntime).",
+        f"Models: the root teacher of `{run_dir if not args.quick else 'quick'}` and `{node_id}`, batch {args.batch}, "
         f"{args.rounds} interleaved turns of {args.repeats} timed calls (one-by-one: one median of {OLD_REPEATS}); "
         f"{args.runs} runs one after the other, "
         + (
@@ -144,6 +163,14 @@ def main() -> int:
                 f"| {protocol} | {runtime} | "
                 + " | ".join(f"{s:.2f}x" for s in speedups)
                 + f" | {spread:.3f} | {goal} |"
+            )
+    for side in ("teacher ms", "student ms"):
+        for runtime in RUNTIMES:
+            ms = [r[side][runtime] for r in results]
+            lines.append(
+                f"| {side}, interleaved | {runtime} | "
+                + " | ".join(f"{m:.4g}" for m in ms)
+                + f" | {max(ms) / min(ms):.3f} |  |"
             )
     lines += [f"- {note}" for note in args.note]
     publish("\n".join(lines), args.markdown, "Latency: do speed-ups hold still across runs?")

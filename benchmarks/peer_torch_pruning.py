@@ -244,7 +244,7 @@ def report(
         return f"{stage.target_params if match == 'params' else stage.target_macs:,}:{stage.epochs}"
 
     def timed(name: str) -> str:
-        return f"{latency[name]:.2f} ({latency['teacher'] / latency[name]:.1f}x)"
+        return f"{latency[name]:.3g} ({latency['teacher'] / latency[name]:.1f}x)"
 
     teacher_test, teacher_val = 100 * root.test_accuracy, 100 * root.val_accuracy
     ikd_test, ikd_val = 100 * answer.test_accuracy, 100 * answer.val_accuracy
@@ -260,8 +260,8 @@ def report(
         "",
         "## At the final size",
         "",
-        f"Batch-1 latency: onnxruntime on this CPU, the architectures timed together by ikd.latency's protocol "
-        f"(the teacher: {latency['teacher']:.2f} ms); in brackets, the speed-up over the teacher.",
+        "Batch-1 latency: onnxruntime on this CPU, the architectures timed together on one thread by ikd.latency's "
+        f"protocol (the teacher: {latency['teacher']:.2f} ms); in brackets, the speed-up over the teacher.",
         "",
         "| method | params | x | M MACs/image | batch-1 ms | val % | test % | test drop | vs ikd (test points) "
         "| minutes |",

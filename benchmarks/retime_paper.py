@@ -86,7 +86,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.one:
         specs = {n: ArchSpec.model_validate(s) for n, s in json.loads(Path(args.one).read_text()).items()}
-        measured = spec_latencies(specs, args.repeats, args.rounds)
+        measured = spec_latencies(specs, args.repeats, args.rounds, args.threads)
         print(json.dumps({n: {m.runtime: m.median_ms for m in entries} for n, entries in measured.items()}))
         return 0
 

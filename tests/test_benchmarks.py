@@ -381,6 +381,14 @@ def test_latency_stability_quick(tmp_path):
     assert "| interleaved | torch | " in record and "| one-by-one | onnxruntime | " in record
 
 
+def test_latency_memory_drift_quick(tmp_path):
+    out = quick("latency_memory_drift.py", tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1].startswith("RESULT teacher_spread=") and "correlation=" in lines[-1]
+    assert len([line for line in lines if line.split()[:1] in (["1"], ["2"], ["3"])]) == 3  # one row per block
+
+
 def test_operator_retirement_replay_quick(tmp_path):
     out = run_quick("operator_retirement_replay.py", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
     # the quarter-width campaign: from g4 on, each generation's width25 and width50 steps had failed in the one

@@ -170,7 +170,15 @@ def test_an_out_path_that_cannot_be_the_file_exits_2_with_one_line(run_dir, tmp_
 
 def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
     before = RunDir(run_dir).load()
-    assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--repeats", "2", "--rounds", "3"]) == 0
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert (
+            main(["export", str(run_dir), "--node", NODE, "--format", "onnx", "--repeats", "2", "--rounds", "3"]) == 0
+        )
+        assert torch.get_num_threads() == 2  # timed with one thread, the caller's threads given back
+    finally:
+        torch.set_num_threads(caller_threads)
     out = capsys.readouterr().out
     assert "speed-up" in out and ROOT in out and "256/256" in out
 
@@ -182,7 +190,7 @@ def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
         latency = lineage.node(node_id).latency
         assert {(m.runtime, m.batch) for m in latency} == MEASURED and len(latency) == len(MEASURED)
         assert all(
-            m.median_ms > 0 and m.repeats == 2 and m.rounds == 3 and m.threads >= 1 and m.device for m in latency
+            m.median_ms > 0 and m.repeats == 2 and m.rounds == 3 and m.threads == 1 and m.device for m in latency
         )
     summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
     speedups = summary["latency"]["speedup"]
@@ -251,12 +259,24 @@ def test_user_mistakes_exit_2_with_one_line(run_dir, capsys, node, fmt, expected
     assert not (run_dir / "export").exists()
 
 
-@pytest.mark.parametrize("flag", ["--repeats", "--rounds"])
-def test_a_timing_plan_of_zero_is_refused(run_dir, capsys, flag):
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ("--repeats", "expected a positive number"),
+        ("--rounds", "expected a positive number"),
+        ("--threads", "expected at least 1 thread"),
+    ],
+)
+def test_a_timing_plan_of_zero_is_refused(run_dir, capsys, flag, expected):
     assert main(["export", str(run_dir), "--node", NODE, "--format", "onnx", flag, "0"]) == 2
     err = capsys.readouterr().err
-    assert f"{flag} 0: expected a positive number" in err and len(err.strip().splitlines()) == 1
+    assert f"{flag} 0: {expected}" in err and len(err.strip().splitlines()) == 1
     assert not (run_dir / "export").exists()
+
+
+def test_latency_is_timed_with_the_threads_asked_for(run_dir):
+    export_node(run_dir, NODE, "safetensors", repeats=1, rounds=1, threads=2)
+    assert {m.threads for m in RunDir(run_dir).load().node(NODE).latency} == {2}
 
 
 def test_a_directory_without_lineage_is_refused(tmp_path, capsys):

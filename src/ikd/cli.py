@@ -390,6 +390,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         repeats=args.repeats,
         rounds=args.rounds,
+        threads=args.threads,
         measure_latency=not args.no_latency,
     )
     print(result.summary())
@@ -531,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="interleaved turns, the fastest of whose medians is kept (default 200 at batch 1, 5 at batch 64)",
+    )
+    ex.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads for the latency measurement (default 1: the per-core cost, whose speed-ups hold still on a "
+        "shared machine; set your serving threads to see theirs)",
     )
     ex.add_argument("--no-latency", action="store_true", help="do not measure latency")
     ex.set_defaults(func=cmd_export)

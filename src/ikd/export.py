@@ -36,7 +36,7 @@ from ikd.atomic import atomic_write_bytes, atomic_write_json
 from ikd.checkpoint import WEIGHTS_FILE, load_model
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.latency import Timed, cpu_session, measure_latencies, record_latency
+from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
 from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, file_sha256, open_run_dir
 from ikd.model import VGG, NormalizedModel
 
@@ -138,6 +138,7 @@ def export_node(
     data_dir: str | Path | None = None,
     repeats: int | None = None,
     rounds: int | None = None,
+    threads: int | None = None,
     measure_latency: bool = True,
 ) -> ExportResult:
     """Export a node as `fmt`, verify an ONNX export, and record latencies in the lineage.
@@ -150,6 +151,8 @@ def export_node(
         raise ConfigError(f"--repeats {repeats}: expected a positive number of timed runs")
     if rounds is not None and rounds < 1:
         raise ConfigError(f"--rounds {rounds}: expected a positive number of interleaved rounds")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads}: expected at least 1 thread")
     run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
     target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
     with run.locked("ikd export"):
@@ -178,7 +181,9 @@ def export_node(
             )
         result.files.append(target)
         if measure_latency:
-            _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats, rounds)
+            _measure_node_and_teacher(
+                run, lineage, result, model, dataset, graph, repeats, rounds, threads or LATENCY_THREADS
+            )
         atomic_write_json(summary_path, _summary_document(summary_path, result))
         result.files.append(summary_path)
     return result
@@ -337,6 +342,7 @@ def _measure_node_and_teacher(
     graph: bytes,
     repeats: int | None,
     rounds: int | None,
+    threads: int,
 ) -> None:
     """Time the node and the root teacher together, interleaved (ikd.latency): a speed-up is only
     trusted when both sides were measured in the same moments, so the root's earlier numbers are never
@@ -351,7 +357,7 @@ def _measure_node_and_teacher(
     elif root.id != node.id:
         teacher, teacher_meta = _load_node(run, root)
         timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
-    measured = measure_latencies(timed, repeats, rounds)
+    measured = measure_latencies(timed, repeats, rounds, threads=threads)
     result.latency = measured[node.id]
     if root is not None and root.id in measured:
         result.teacher_id, result.teacher_latency = root.id, measured[root.id]

@@ -25,6 +25,11 @@ LATENCY_PLAN = {1: (3, 200), 64: (10, 5)}
 OTHER_BATCH_PLAN = (10, 5)
 RUNTIMES: tuple[Literal["onnxruntime", "torch"], ...] = ("onnxruntime", "torch")
 WARMUP_RUNS = 3
+# One thread unless asked: the per-core cost, and the setting whose speed-ups hold still. On a 2-vCPU VM a
+# 12k-param student's onnxruntime time moved 2% across 6 runs at one thread, 21% (batch 1) and 42% (batch 64)
+# at two, where waking the second thread outweighs a small model's work; at one thread its speed-up over a
+# VGG-16 held within 3% (onnxruntime) and 8% (torch) at batch 64 (benchmarks/results/latency_stability.md).
+LATENCY_THREADS = 1
 
 
 def cpu_session(graph: bytes, threads: int) -> onnxruntime.InferenceSession:
@@ -82,15 +87,28 @@ def measure_latencies(
     repeats: int | None = None,
     rounds: int | None = None,
     batches: tuple[int, ...] = tuple(LATENCY_PLAN),
+    threads: int = LATENCY_THREADS,
 ) -> dict[str, list[Latency]]:
     """Each model's ms per forward at each of `batches` (default: LATENCY_PLAN's), with onnxruntime and PyTorch, on
-    the CPU, all timed together (min_of_medians): models meant to be compared must be measured in one call.
-    `repeats` and `rounds` replace LATENCY_PLAN's.
+    the CPU with `threads` threads, all timed together (min_of_medians): models meant to be compared must be
+    measured in one call. `repeats` and `rounds` replace LATENCY_PLAN's.
 
     Both runtimes run the same computation (normalisation included) with the same number of threads:
     each graph is its model behind the same normalisation. Models share input shapes.
     """
-    threads = torch.get_num_threads()
+    if threads < 1:
+        raise ValueError(f"threads {threads}: expected at least 1")
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _measure(models, repeats, rounds, batches, threads)
+    finally:
+        torch.set_num_threads(caller_threads)  # training in the same process keeps its threads
+
+
+def _measure(
+    models: dict[str, Timed], repeats: int | None, rounds: int | None, batches: tuple[int, ...], threads: int
+) -> dict[str, list[Latency]]:
     wrappers = {name: NormalizedModel(m, meta["mean"], meta["std"]).eval() for name, (m, meta, _) in models.items()}
     sessions = {name: cpu_session(graph, threads) for name, (_, _, graph) in models.items()}
     spec = next(iter(models.values()))[0].spec
