@@ -46,6 +46,7 @@ from ikd.arch import ArchSpec
 from ikd.checkpoint import load_model
 from ikd.config import CampaignConfig
 from ikd.context import section_train_config
+from ikd.latency import LATENCY_THREADS
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.model import VGG
 from ikd.objective import build_objective
@@ -260,8 +261,9 @@ def report(
         "",
         "## At the final size",
         "",
-        "Batch-1 latency: onnxruntime on this CPU, the architectures timed together on one thread by ikd.latency's "
-        f"protocol (the teacher: {latency['teacher']:.2f} ms); in brackets, the speed-up over the teacher.",
+        f"Batch-1 latency: onnxruntime on this CPU, the architectures timed together on {LATENCY_THREADS} thread(s) "
+        f"by ikd.latency's protocol (the teacher: {latency['teacher']:.2f} ms); in brackets, the speed-up over the "
+        "teacher.",
         "",
         "| method | params | x | M MACs/image | batch-1 ms | val % | test % | test drop | vs ikd (test points) "
         "| minutes |",

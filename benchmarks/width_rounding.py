@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from ikd.arch import ArchSpec
-from ikd.latency import min_of_medians
+from ikd.latency import LATENCY_THREADS, min_of_medians
 from ikd.lineage import RunDir
 from ikd.runtime import resolve_precision
 
@@ -86,7 +86,8 @@ def main() -> int:
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(
         [
-            f"Machine: {machine_line()}; torch threads {torch.get_num_threads()}.",
+            f"Machine: {machine_line()}; training steps on {torch.get_num_threads()} torch threads, inference on "
+            f"{LATENCY_THREADS}.",
             f"Student: {source}; training steps at batch {args.batch} on a fixed random "
             f"batch, smallest of {args.rounds} interleaved medians of {args.repeats} steps; inference: "
             "ikd.latency (batch 1, interleaved rounds, smallest median). Speed-up = as-searched / this row.",

@@ -379,6 +379,8 @@ def test_latency_stability_quick(tmp_path):
     assert out.strip().splitlines()[-1].startswith("RESULT interleaved_onnxruntime_spread=")
     record = (tmp_path / "record.md").read_text()
     assert "| interleaved | torch | " in record and "| one-by-one | onnxruntime | " in record
+    assert "| teacher ms, interleaved | onnxruntime | " in record and "| student ms, interleaved | torch | " in record
+    assert "batch 1," in record and "timed with 1 thread(s)" in record
 
 
 def test_latency_memory_drift_quick(tmp_path):

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_search import campaign_config
 
+from ikd import latency
 from ikd.arch import ArchSpec
 from ikd.campaign import compress
 from ikd.checkpoint import load_model
@@ -274,9 +275,35 @@ def test_a_timing_plan_of_zero_is_refused(run_dir, capsys, flag, expected):
     assert not (run_dir / "export").exists()
 
 
-def test_latency_is_timed_with_the_threads_asked_for(run_dir):
+def test_latency_is_timed_with_the_threads_asked_for(run_dir, monkeypatch):
+    timed_on, sessions_on = [], []
+    real_min_of_medians, real_cpu_session = latency.min_of_medians, latency.cpu_session
+
+    def spy_timing(runners, repeats, rounds):
+        timed_on.append(torch.get_num_threads())
+        return real_min_of_medians(runners, repeats, rounds)
+
+    def spy_session(graph, threads):
+        sessions_on.append(threads)
+        return real_cpu_session(graph, threads)
+
+    monkeypatch.setattr(latency, "min_of_medians", spy_timing)
+    monkeypatch.setattr(latency, "cpu_session", spy_session)
     export_node(run_dir, NODE, "safetensors", repeats=1, rounds=1, threads=2)
+    assert set(timed_on) == {2} and set(sessions_on) == {2}  # PyTorch and onnxruntime both on 2 threads
     assert {m.threads for m in RunDir(run_dir).load().node(NODE).latency} == {2}
+
+
+def test_the_callers_threads_come_back_when_timing_fails(monkeypatch):
+    caller_threads = torch.get_num_threads()
+
+    def fail(*args):
+        raise RuntimeError("timing failed")
+
+    monkeypatch.setattr(latency, "_measure", fail)
+    with pytest.raises(RuntimeError, match="timing failed"):
+        latency.measure_latencies({}, threads=caller_threads + 1)
+    assert torch.get_num_threads() == caller_threads
 
 
 def test_a_directory_without_lineage_is_refused(tmp_path, capsys):

@@ -146,6 +146,21 @@ def test_latency_appears_with_its_speed_up(run_dir, tmp_path):
     assert rows[final.id]["onnxruntime b64 ms (speed-up)"] == "-"
 
 
+@pytest.mark.parametrize("other", [{"threads": 1}, {"device": "another cpu"}])
+def test_no_speed_up_between_timings_taken_on_other_threads_or_cpus(run_dir, tmp_path, other):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    lineage = run.load()
+    measure: dict[str, Any] = {"runtime": "onnxruntime", "batch": 1, "repeats": 5, "threads": 2, "device": "test cpu"}
+    root, final = lineage.root(), lineage.final()
+    lineage = run.add_node(lineage, root.model_copy(update={"latency": [Latency(median_ms=4.0, **measure)]}))
+    node_latency = Latency(median_ms=0.5, **(measure | other))
+    run.add_node(lineage, final.model_copy(update={"latency": [node_latency]}))
+    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5"  # its time, and no ratio to a root timed otherwise
+
+
 def test_a_campaign_without_survivors_says_so(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

@@ -81,6 +81,11 @@ def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
     return next((m for m in node.latency if m.runtime == runtime and m.batch == batch), None)
 
 
+def _alike(a: Latency, b: Latency) -> bool:
+    """Two timings a ratio can be taken of: the same CPU and thread count."""
+    return (a.device, a.threads) == (b.device, b.threads)
+
+
 @dataclass
 class Report:
     lineage: Lineage
@@ -165,7 +170,9 @@ class Report:
                 for batch in LATENCY_BATCHES:
                     mine, theirs = latency_of(node, runtime, batch), latency_of(root, runtime, batch)
                     cell = "-" if mine is None else f"{mine.median_ms:.3g}"
-                    if mine is not None and theirs is not None:
+                    # a speed-up only between timings taken alike: a node exported on two threads is not
+                    # set against a root re-timed on one (or on another CPU)
+                    if mine is not None and theirs is not None and _alike(mine, theirs):
                         cell += f" ({theirs.median_ms / mine.median_ms:.1f}x)"
                     row.append(cell)
             rows.append(row)
