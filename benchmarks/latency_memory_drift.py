@@ -3,9 +3,9 @@
 A VGG-16's fp32 weights (59 MB on MNIST) outgrow a 32 MB L3, so every batch-1 call reads them from
 memory, which on a shared VM other tenants use too; a student of a few kilobytes stays in L1/L2. This
 times a VGG-16 for MNIST's shape (speed does not depend on the weights; or the root teacher of `--run`)
-with onnxruntime on one thread, in blocks of calls, each call
-followed by a sum over an array of the weights' size, and prints each block's fastest call and read
-rate, and their correlation across blocks: strongly negative when the teacher slows as the read does.
+with onnxruntime on one thread, in blocks of calls, each call followed by a sum over an array of the
+weights' size, and prints each block's fastest call and read rate, and their correlation across
+blocks: strongly negative when the teacher slows as the read does.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def main() -> int:
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     session = cpu_session(onnx_graph(model.eval(), dataset, {}), threads=1)
     spec = model.spec
-    feed = {session.get_inputs()[0].name: np.random.rand(1, spec.in_channels, spec.image_size, spec.image_size)}
-    feed = {name: images.astype(np.float32) for name, images in feed.items()}
+    images = np.random.rand(1, spec.in_channels, spec.image_size, spec.image_size).astype(np.float32)
+    feed = {session.get_inputs()[0].name: images}
     array = np.ones(weight_bytes // 8)
     for _ in range(10):  # warm-up
         session.run(None, feed)
