@@ -149,9 +149,13 @@ def training_step(
 
 
 def spec_latencies(
-    specs: dict[str, ArchSpec], repeats: int | None = None, rounds: int | None = None, threads: int = LATENCY_THREADS
+    specs: dict[str, ArchSpec],
+    repeats: int | None = None,
+    rounds: int | None = None,
+    threads: int = LATENCY_THREADS,
+    batches: tuple[int, ...] = (1,),
 ) -> dict[str, list[Latency]]:
-    """Batch-1 latencies of fresh models of `specs`, all timed together by ikd.latency (onnxruntime and
+    """Latencies at `batches` of fresh models of `specs`, all timed together by ikd.latency (onnxruntime and
     PyTorch) with `threads` threads. Speed does not depend on the weights, so architectures whose weights are
     not here can be timed."""
     first = next(iter(specs.values()))
@@ -160,7 +164,7 @@ def spec_latencies(
     for name, spec in specs.items():
         model = build_model(spec, seed=0).eval()
         timed[name] = (model, dataset, onnx_graph(model, dataset, {}))
-    return measure_latencies(timed, repeats, rounds, batches=(1,), threads=threads)
+    return measure_latencies(timed, repeats, rounds, batches=batches, threads=threads)
 
 
 def bare_train_rate(

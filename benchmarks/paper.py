@@ -54,6 +54,9 @@ TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
 NOTES_HEADING = "## Notes"  # from here on a table's file is hand-written, carried over when rewritten
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG-Q75)", "digits": "digits"}
+# the batches a row's speed-ups are given at: batch 1 (latency) and 64 (throughput, which holds still
+# between runs where batch 1 over a memory-bound teacher does not: latency_stability.md)
+TIMED_BATCHES = (1, 64)
 # Published results, quoted for orientation; none is reproduced here (full CIFAR-10 or MNIST,
 # GPU budgets of hundreds of epochs, other architectures' heads).
 ANCHORS = [
@@ -159,13 +162,20 @@ def measure(
     return run.load(), None
 
 
+def speedup_key(runtime: str, batch: int) -> str:
+    """A record's key for the speed-up in `runtime` at `batch`: speedup_ort, speedup_torch_b64, ..."""
+    short = "ort" if runtime == "onnxruntime" else runtime
+    return f"speedup_{short}" + ("" if batch == 1 else f"_b{batch}")
+
+
 def row_result(row: Row, name: str, lineage: Lineage) -> dict:
     """The record of one run of a row (`name`: its key, `run_name(row, seed)`)."""
     root, final = lineage.root(), lineage.final()
     speedups = {}
     for runtime in ("onnxruntime", "torch"):
-        mine, theirs = latency_of(final, runtime, 1), latency_of(root, runtime, 1)
-        speedups[runtime] = theirs.median_ms / mine.median_ms if mine and theirs else None
+        for batch in TIMED_BATCHES:
+            mine, theirs = latency_of(final, runtime, batch), latency_of(root, runtime, batch)
+            speedups[speedup_key(runtime, batch)] = theirs.median_ms / mine.median_ms if mine and theirs else None
     baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE}
     return {
         "row": name,
@@ -183,8 +193,7 @@ def row_result(row: Row, name: str, lineage: Lineage) -> dict:
         "drop": 100 * (root.test_accuracy - final.test_accuracy),
         "val_drop": 100 * (root.val_accuracy - final.val_accuracy),
         "generations": final.generation,
-        "speedup_ort": speedups["onnxruntime"],
-        "speedup_torch": speedups["torch"],
+        **speedups,
         "scratch": baselines.get("baseline-scratch"),
         "oneshot": baselines.get("baseline-oneshot-kd"),
         "train_minutes": sum(n.seconds for n in lineage.nodes) / 60,
@@ -283,6 +292,13 @@ def across_seeds(results: list[dict]) -> list[str]:
     return lines
 
 
+def spread_text(spreads: dict[str, float] | None) -> str:
+    """How far the processes that timed a row disagreed: the largest over the smallest speed-up, per key."""
+    if not spreads:
+        return ""
+    return "; spread between processes " + ", ".join(f"{key} {value:.3f}" for key, value in spreads.items())
+
+
 def markdown(results: list[dict], missing: list[str]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
@@ -290,13 +306,15 @@ def markdown(results: list[dict], missing: list[str]) -> str:
         "Every row states the budget it ran with, and below the table the command that made it and where; "
         "CIFAR-10 here is the JPEG-Q75 variant. Accuracy drop = teacher test % - student test %; the student is "
         "the smallest accepted by validation (test never used to choose). Latency speed-up: teacher ms / student "
-        "ms at batch 1, same runtime, same machine. Drops are points lost (negative: the student scored higher). "
+        "ms at batch 1 and at batch 64, same runtime, same machine, the threads the row's timing names (a "
+        "re-timed row also gives how far the processes that timed it disagreed). Drops are points lost (negative: "
+        "the student scored higher). "
         "Training min: the nodes' recorded training time, teacher and baselines included.",
         "",
         "| dataset | teacher | operators | seed | budget | teacher test % | student params | memory reduction % | "
         "compression x | test drop (pts) | val drop (pts) | generations | speed-up ORT b1 | speed-up torch b1 | "
-        "scratch test % | one-shot KD test % | training min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "speed-up ORT b64 | speed-up torch b64 | scratch test % | one-shot KD test % | training min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -304,6 +322,7 @@ def markdown(results: list[dict], missing: list[str]) -> str:
             f"{r['teacher_test']:.2f} | "
             f"{r['params']:,} | {r['reduction']:.2f} | {r['x']:.1f} | {r['drop']:.2f} | {r['val_drop']:.2f} | "
             f"{r['generations']} | {fmt(r['speedup_ort'], '.1f')} | {fmt(r['speedup_torch'], '.1f')} | "
+            f"{fmt(r.get('speedup_ort_b64'), '.1f')} | {fmt(r.get('speedup_torch_b64'), '.1f')} | "
             f"{pct(r['scratch'])} | {pct(r['oneshot'])} | {r['train_minutes']:.1f} |"
         )
     lines += across_seeds(results)
@@ -320,6 +339,7 @@ def markdown(results: list[dict], missing: list[str]) -> str:
         + (f" ({r['source']})" if "source" in r else "")
         + (f"; trained by {r['trained_by']}" if "trained_by" in r else "")
         + (f"; speed-ups {r['timed_by']}" if "timed_by" in r else "")
+        + spread_text(r.get("timing_spread"))
         for r in results
     ]
     lines += [

@@ -220,9 +220,13 @@ def quick_run(directory: Path) -> Path:
     return run_dir
 
 
-def final_latencies(lineage: Lineage, runs: list[PeerRun], quick: bool = False) -> dict[str, float]:
-    """Batch-1 onnxruntime ms of the teacher's, ikd's answer's and each variant's final architecture,
-    timed together in this process (fresh weights: the peer's are not kept, and speed does not depend on them)."""
+TIMED_BATCHES = (1, 64)  # latency, and throughput (which holds still between runs: latency_stability.md)
+
+
+def final_latencies(lineage: Lineage, runs: list[PeerRun], quick: bool = False) -> dict[int, dict[str, float]]:
+    """Onnxruntime ms at each of TIMED_BATCHES of the teacher's, ikd's answer's and each variant's final
+    architecture, timed together in this process (fresh weights: the peer's are not kept, and speed does not
+    depend on them)."""
     root = lineage.root().spec()
     specs = {"teacher": root, "ikd": lineage.final().spec()}
     specs |= {run.key: spec_of(run.stages[-1].arch, root) for run in runs}
@@ -231,13 +235,23 @@ def final_latencies(lineage: Lineage, runs: list[PeerRun], quick: bool = False) 
         first_of.setdefault(spec.summary(), name)
     # --quick: a smoke test of the timing, not a measurement (the plan's 3 x 200 calls per model take longer)
     plan = {"repeats": 20, "rounds": 2} if quick else {}
-    measured = spec_latencies({name: specs[name] for name in first_of.values()}, **plan)
-    ms = {name: next(m.median_ms for m in entries if m.runtime == "onnxruntime") for name, entries in measured.items()}
-    return {name: ms[first_of[spec.summary()]] for name, spec in specs.items()}
+    measured = spec_latencies({name: specs[name] for name in first_of.values()}, batches=TIMED_BATCHES, **plan)
+    ms = {
+        batch: {
+            name: next(m.median_ms for m in entries if (m.runtime, m.batch) == ("onnxruntime", batch))
+            for name, entries in measured.items()
+        }
+        for batch in TIMED_BATCHES
+    }
+    return {batch: {name: ms[batch][first_of[spec.summary()]] for name, spec in specs.items()} for batch in ms}
 
 
 def report(
-    lineage: Lineage, runs: list[PeerRun], granularity: int, latency: dict[str, float], match: str = "params"
+    lineage: Lineage,
+    runs: list[PeerRun],
+    granularity: int,
+    latency: dict[int, dict[str, float]],
+    match: str = "params",
 ) -> tuple[str, dict[str, str]]:
     root, answer = lineage.root(), lineage.final()
 
@@ -245,7 +259,8 @@ def report(
         return f"{stage.target_params if match == 'params' else stage.target_macs:,}:{stage.epochs}"
 
     def timed(name: str) -> str:
-        return f"{latency[name]:.3g} ({latency['teacher'] / latency[name]:.1f}x)"
+        ms = (latency[batch] for batch in TIMED_BATCHES)
+        return " | ".join(f"{by[name]:.3g} ({by['teacher'] / by[name]:.1f}x)" for by in ms)
 
     teacher_test, teacher_val = 100 * root.test_accuracy, 100 * root.val_accuracy
     ikd_test, ikd_val = 100 * answer.test_accuracy, 100 * answer.val_accuracy
@@ -261,13 +276,14 @@ def report(
         "",
         "## At the final size",
         "",
-        f"Batch-1 latency: onnxruntime on this CPU, the architectures timed together on {LATENCY_THREADS} thread(s) "
-        f"by ikd.latency's protocol (the teacher: {latency['teacher']:.2f} ms); in brackets, the speed-up over the "
+        f"Latency at batch 1 and time per batch of 64: onnxruntime on this CPU, the architectures timed together on "
+        f"{LATENCY_THREADS} thread(s) by ikd.latency's protocol (the teacher: {latency[1]['teacher']:.2f} ms and "
+        f"{latency[64]['teacher']:.1f} ms); in brackets, the speed-up over the "
         "teacher.",
         "",
-        "| method | params | x | M MACs/image | batch-1 ms | val % | test % | test drop | vs ikd (test points) "
-        "| minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | params | x | M MACs/image | batch-1 ms | batch-64 ms | val % | test % | test drop "
+        "| vs ikd (test points) | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| ikd (`{answer.id}`) | {answer.params:,} | {answer.compression:.0f} | {answer.macs / 1e6:.3g} | "
         f"{timed('ikd')} | {ikd_val:.2f} | {ikd_test:.2f} | "
         f"{teacher_test - ikd_test:.2f} | | "
@@ -276,7 +292,7 @@ def report(
     for baseline in (n for n in lineage.nodes if n.kind is NodeKind.BASELINE):
         lines.append(
             f"| ikd {baseline.id} | {baseline.params:,} | {baseline.compression:.0f} | {baseline.macs / 1e6:.3g} | "
-            f"{'as ikd' if baseline.spec() == answer.spec() else '-'} | "
+            f"{'as ikd | as ikd' if baseline.spec() == answer.spec() else '- | -'} | "
             f"{100 * baseline.val_accuracy:.2f} | {100 * baseline.test_accuracy:.2f} | "
             f"{teacher_test - 100 * baseline.test_accuracy:.2f} | {100 * baseline.test_accuracy - ikd_test:+.2f} | "
             f"{baseline.seconds / 60:.1f} |"

@@ -6,6 +6,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -340,7 +341,9 @@ def test_peer_torch_pruning_quick(tmp_path):
         peer_params = int(record.split(f"| torch-pruning l1 {variant} |")[1].split("|")[0].replace(",", ""))
         assert 0.9 * ikd_params <= peer_params <= ikd_params
     # each stage's MACs were counted when it was pruned, and the table shows them
-    assert "| M MACs/image | batch-1 ms |" in record and "(the teacher: " in record
+    assert "| M MACs/image | batch-1 ms | batch-64 ms |" in record and "(the teacher: " in record
+    ikd_row = record.split("| ikd (`g1-")[1].split("\n")[0].split(" | ")
+    assert all(re.fullmatch(r"[0-9.e+-]+ \([0-9.]+x\)", cell) for cell in ikd_row[4:6]), ikd_row  # ms (speed-up)
     for stages in json.loads(results.read_text())["runs"].values():
         assert all(stage["macs"] > 0 for stage in stages)
 
@@ -410,10 +413,34 @@ def test_retime_paper_quick(tmp_path):
     assert records.keys() == committed.keys()
     for name, record in records.items():
         if name in ("mnist-vgg16-width", "mnist-vgg16-depth"):
-            assert "re-timed by" in record["timed_by"] and record["speedup_torch"] > 1
+            assert "re-timed by" in record["timed_by"] and "batch 1 and 64" in record["timed_by"]
+            assert record["speedup_torch"] > 1 and record["speedup_ort_b64"] > 1
+            assert record["timing_spread"] == {}  # one process: nothing to compare
         else:
             assert record == committed[name]  # the other rows are left as they were
-    assert "speed-ups re-timed by" in table.read_text() and "## Notes" in table.read_text()
+    text = table.read_text()
+    assert "speed-ups re-timed by" in text and "## Notes" in text and "| speed-up ORT b64 |" in text
+
+
+def test_retime_paper_gives_each_speed_up_its_spread_over_processes(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    retime = importlib.import_module("retime_paper")
+
+    def run(teacher_ms: float, student_ms: float) -> dict:
+        ms = {"1": teacher_ms, "64": 10 * teacher_ms}
+        return {
+            "teacher": {"onnxruntime": ms, "torch": ms},
+            "student:0": {r: {"1": student_ms, "64": 10 * student_ms} for r in ("onnxruntime", "torch")},
+        }
+
+    runs = [run(4.0, 1.0), run(5.0, 1.0), run(6.0, 1.0)]  # speed-ups 4, 5 and 6
+    speedups, spreads = retime.row_speedups(runs, "student:0", [1, 64])
+    assert speedups == {"speedup_ort": 5.0, "speedup_ort_b64": 5.0, "speedup_torch": 5.0, "speedup_torch_b64": 5.0}
+    assert spreads == {"ort": 1.5, "ort_b64": 1.5, "torch": 1.5, "torch_b64": 1.5}
+    assert retime.row_speedups(runs[:1], "student:0", [64]) == ({"speedup_ort_b64": 4.0, "speedup_torch_b64": 4.0}, {})
+    paper = importlib.import_module("paper")
+    assert paper.spread_text({"ort_b64": 1.0312}) == "; spread between processes ort_b64 1.031"
+    assert paper.spread_text({}) == "" and paper.spread_text(None) == ""
 
 
 def test_width_rounding_quick(tmp_path):
