@@ -367,8 +367,8 @@ def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
     each seed on its own line; records from a table other than the first are marked as run at the config's own
     budget. Below it, how many lines' baselines matched or beat the chain by test."""
     lines = [
-        "| dataset | teacher | operators, budget | seed | student params | smaller | test drop (val) | speed-up "
-        "| student / scratch / one-shot KD, test % |",
+        "| dataset | teacher | operators, budget | seed | student params | smaller | test drop (val) | speed-up b1 / "
+        "b64 | student / scratch / one-shot KD, test % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     with_baselines = beaten = 0
@@ -385,11 +385,11 @@ def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
                 baselines = f"{chain:.2f} / {100 * r['scratch']:.2f} / {100 * r['oneshot']:.2f}"
                 with_baselines += 1
                 beaten += round(100 * max(r["scratch"], r["oneshot"]), 2) >= chain
-            speedup = "-" if r["speedup_ort"] is None else f"{r['speedup_ort']:.1f}x"
+            speedup = " / ".join(f"{r[k]:.1f}x" for k in ("speedup_ort", "speedup_ort_b64") if r.get(k) is not None)
             lines.append(
                 f"| {r['dataset']} | {r['teacher']} | {r['operators']}, {budget} | {r.get('seed', 0)} | "
                 f"{r['params']:,} | {r['x']:{'.0f' if r['x'] >= 50 else '.1f'}}x | "
-                f"{r['drop']:.2f} ({r['val_drop']:.2f}) | {speedup} | {baselines} |"
+                f"{r['drop']:.2f} ({r['val_drop']:.2f}) | {speedup or '-'} | {baselines} |"
             )
     lines += [
         "",
