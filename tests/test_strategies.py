@@ -119,7 +119,7 @@ def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_t
         ({"ensemble.ancestors": 0}, "ensemble.ancestors"),
         ({"ensemble.aggregate": "max"}, "ensemble.aggregate"),
         ({"search.strategy": "siblings"}, "search.strategy"),
-        ({"search.operators": ["slim", "prune"]}, "depth, width, slim"),
+        ({"search.operators": ["slim", "prune"]}, "depth, width, block, slim"),
         ({"search.slim_fraction": [0.5, 1.0]}, "search.slim_fraction"),
         ({"search.slim_min_channels": 0}, "search.slim_min_channels"),
     ],

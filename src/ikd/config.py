@@ -170,7 +170,7 @@ class SearchConfig(Strict):
     width_factor: float | list[float] = Field(
         default=0.5,
         json_schema_extra=cli_flag("--width-factors"),
-        description="width operator's channel scale; a list proposes one width child per factor",
+        description="width and block operators' channel scale; a list proposes one child per factor",
     )
     slim_fraction: float | list[float] = Field(
         default_factory=lambda: [0.5, 0.25],

@@ -3,6 +3,8 @@
 The paper's two ways to build a student:
   depth -- "reduce the number of blocks": drop one conv layer; a block that empties is dropped.
   width -- "reduce block size": scale every conv (and hidden head) width by a factor.
+  block -- "reduce block size" one block at a time: scale the widths of the block where that saves
+           the most parameters, a gentler step than width where halving everything fails.
 and one that shrinks layers unevenly, from a measure of the parent's trained weights:
   slim  -- drop the conv channels with the smallest BatchNorm scale |gamma| across the whole
            network (one global threshold, Liu et al. 2017, "Learning Efficient Convolutional
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from ikd.arch import ArchSpec
 from ikd.errors import ConfigError
 
-OPERATORS = ("depth", "width", "slim")
+OPERATORS = ("depth", "width", "block", "slim")
 DEFAULT_WIDTH_FACTOR = 0.5
 DEFAULT_SLIM_FRACTION = 0.5
 DEFAULT_SLIM_MIN_CHANNELS = 8
@@ -61,13 +63,15 @@ def shrink_depth(spec: ArchSpec) -> ArchSpec | None:
     return min(reversed(candidates), key=lambda child: child.num_params())
 
 
-def shrink_width(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSpec | None:
-    """Scale every conv and hidden head width by `factor` (rounded up, at least 1)."""
+def _scaler(factor: float) -> Callable[[int], int]:
     if not 0 < factor < 1:
         raise ConfigError(f"width factor {factor}: expected a number between 0 and 1")
+    return lambda width: max(1, math.ceil(width * factor))
 
-    def scale(width: int) -> int:
-        return max(1, math.ceil(width * factor))
+
+def shrink_width(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSpec | None:
+    """Scale every conv and hidden head width by `factor` (rounded up, at least 1)."""
+    scale = _scaler(factor)
 
     child = spec.model_copy(
         update={
@@ -176,6 +180,20 @@ def shrink_slim(
     return child if child != spec else None  # nothing could go
 
 
+def shrink_block(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSpec | None:
+    """Scale one block's conv widths by `factor` (rounded up, at least 1): the block where that saves the
+    most parameters (later block on ties), as shrink_depth picks its conv. The other blocks and the head
+    keep their widths, so the network narrows where it is most expensive first."""
+    scale = _scaler(factor)
+    candidates = []
+    for i, block in enumerate(spec.blocks):
+        blocks = [list(b) for b in spec.blocks]
+        blocks[i] = [scale(w) for w in block]
+        candidates.append(spec.model_copy(update={"blocks": blocks}))
+    smallest = min(reversed(candidates), key=lambda child: child.num_params())
+    return smallest if smallest.num_params() < spec.num_params() else None
+
+
 def _with_widths(spec: ArchSpec, widths: list[int]) -> ArchSpec:
     """`spec` with its conv widths replaced, in order, by `widths`."""
     flat = iter(widths)
@@ -191,15 +209,16 @@ def get_operator(
     by_share: bool = False,
     round_to: int = 1,
 ) -> Callable[[ArchSpec], ArchSpec | None]:
-    """The shrink operator `name`. `factor` is the width's scale (default DEFAULT_WIDTH_FACTOR) or
+    """The shrink operator `name`. `factor` is width's and block's scale (default DEFAULT_WIDTH_FACTOR) or
     slim's share of parameters to remove (default DEFAULT_SLIM_FRACTION); slim also needs the
     parent's `scales`, keeps at least `min_channels` per conv and, with `by_share`, ranks channels by
     their share of what their layer still keeps and keeps widths multiples of `round_to` (shrink_slim)."""
     if name == "depth":
         return shrink_depth
-    if name == "width":
+    if name in ("width", "block"):
         width_factor = DEFAULT_WIDTH_FACTOR if factor is None else factor
-        return lambda spec: shrink_width(spec, width_factor)
+        shrink = shrink_width if name == "width" else shrink_block
+        return lambda spec: shrink(spec, width_factor)
     if name == "slim":
         if scales is None:
             raise ConfigError("the slim operator ranks the parent's channels: it needs their BatchNorm scales")

@@ -38,7 +38,11 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
         if name == "slim" and scales is None:
             continue
         factors: list[float] | list[None] = (
-            search.width_factors() if name == "width" else search.slim_fractions() if name == "slim" else [None]
+            search.width_factors()
+            if name in ("width", "block")
+            else search.slim_fractions()
+            if name == "slim"
+            else [None]
         )
         for factor in factors:
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
