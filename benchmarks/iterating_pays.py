@@ -56,6 +56,8 @@ UPGRADES: dict[str, dict] = {
     "slim": SLIM,
     # slim ranking channels by their share of what their layer keeps: wide layers narrow first
     "share": {**SLIM, "search": {**SLIM["search"], "slim_by_share": True}},
+    # the paper's reduce-block-size one block at a time, beside halving every layer and dropping a conv
+    "block": {"search": {"operators": ["depth", "width", "block"]}},
     "final": {"student": {"final_epochs": 20}},
     "dkd": {"loss": {"kd": "dkd"}},
     "early": {"search": {"early_rejection": 2.0}},
