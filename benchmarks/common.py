@@ -69,6 +69,9 @@ def write_record(path: str | Path, title: str, body: str) -> None:
 
 
 COMMITTED_LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table or study>/<run>/lineage.json
+# the batches speed-ups are given at: 1 (latency) and 64 (throughput, which holds still between runs where
+# batch 1 over a memory-bound teacher does not: results/latency_stability.md)
+TIMED_BATCHES = (1, 64)
 
 
 def load_lineages(paths: list[Path], script: str) -> dict[str, Lineage]:

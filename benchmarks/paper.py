@@ -47,16 +47,13 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
 from ikd.report import arch_name, latency_of
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import ROOT, command_line, machine_line, print_result, write_record
+from common import ROOT, TIMED_BATCHES, command_line, machine_line, print_result, write_record
 
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
 OPERATORS = (("depth",), ("width",), ("depth", "width"))
 NOTES_HEADING = "## Notes"  # from here on a table's file is hand-written, carried over when rewritten
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG-Q75)", "digits": "digits"}
-# the batches a row's speed-ups are given at: batch 1 (latency) and 64 (throughput, which holds still
-# between runs where batch 1 over a memory-bound teacher does not: latency_stability.md)
-TIMED_BATCHES = (1, 64)
 # Published results, quoted for orientation; none is reproduced here (full CIFAR-10 or MNIST,
 # GPU budgets of hundreds of epochs, other architectures' heads).
 ANCHORS = [

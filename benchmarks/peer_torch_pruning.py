@@ -53,7 +53,15 @@ from ikd.objective import build_objective
 from ikd.runtime import resolve_device, resolve_precision
 from ikd.train import evaluate, train_model
 
-from common import CachedTeacherObjectives, machine_line, print_result, publish, repo_path, spec_latencies
+from common import (
+    TIMED_BATCHES,
+    CachedTeacherObjectives,
+    machine_line,
+    print_result,
+    publish,
+    repo_path,
+    spec_latencies,
+)
 
 try:
     import torch_pruning as tp
@@ -218,9 +226,6 @@ def quick_run(directory: Path) -> Path:
     command = [sys.executable, "-m", "ikd", "compress", "--config", str(path), "--run-dir", str(run_dir), "--quiet"]
     subprocess.run([*command, "--baselines"], check=True, stdout=subprocess.DEVNULL)
     return run_dir
-
-
-TIMED_BATCHES = (1, 64)  # latency, and throughput (which holds still between runs: latency_stability.md)
 
 
 def final_latencies(lineage: Lineage, runs: list[PeerRun], quick: bool = False) -> dict[int, dict[str, float]]:

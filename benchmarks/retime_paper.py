@@ -36,8 +36,8 @@ from ikd.latency import RUNTIMES
 from ikd.lineage import RunDir
 
 # benchmarks/common.py and paper.py: a script's own directory is on sys.path
-from common import COMMITTED_LINEAGES, ROOT, command_line, machine_line, print_result, spec_latencies
-from paper import TIMED_BATCHES, load_records, records_path, save_table, speedup_key
+from common import COMMITTED_LINEAGES, ROOT, TIMED_BATCHES, command_line, machine_line, print_result, spec_latencies
+from paper import load_records, records_path, save_table, speedup_key
 
 COMMITTED_TABLE = ROOT / "benchmarks" / "results" / "paper.md"
 # two rows of one teacher architecture, so one process
