@@ -241,14 +241,10 @@ def final_latencies(lineage: Lineage, runs: list[PeerRun], quick: bool = False) 
     # --quick: a smoke test of the timing, not a measurement (the plan's 3 x 200 calls per model take longer)
     plan = {"repeats": 20, "rounds": 2} if quick else {}
     measured = spec_latencies({name: specs[name] for name in first_of.values()}, batches=TIMED_BATCHES, **plan)
-    ms = {
-        batch: {
-            name: next(m.median_ms for m in entries if (m.runtime, m.batch) == ("onnxruntime", batch))
-            for name, entries in measured.items()
-        }
-        for batch in TIMED_BATCHES
+    ms = {(m.batch, n): m.median_ms for n, entries in measured.items() for m in entries if m.runtime == "onnxruntime"}
+    return {
+        batch: {name: ms[batch, first_of[spec.summary()]] for name, spec in specs.items()} for batch in TIMED_BATCHES
     }
-    return {batch: {name: ms[batch][first_of[spec.summary()]] for name, spec in specs.items()} for batch in ms}
 
 
 def report(
@@ -283,8 +279,7 @@ def report(
         "",
         f"Latency at batch 1 and time per batch of 64: onnxruntime on this CPU, the architectures timed together on "
         f"{LATENCY_THREADS} thread(s) by ikd.latency's protocol (the teacher: {latency[1]['teacher']:.2f} ms and "
-        f"{latency[64]['teacher']:.1f} ms); in brackets, the speed-up over the "
-        "teacher.",
+        f"{latency[64]['teacher']:.1f} ms); in brackets, the speed-up over the teacher.",
         "",
         "| method | params | x | M MACs/image | batch-1 ms | batch-64 ms | val % | test % | test drop "
         "| vs ikd (test points) | minutes |",
