@@ -44,7 +44,7 @@ from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export_node
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
-from ikd.report import arch_name, latency_of
+from ikd.report import arch_name, latency_of, speedup
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import ROOT, TIMED_BATCHES, command_line, machine_line, print_result, write_record
@@ -168,11 +168,11 @@ def speedup_key(runtime: str, batch: int) -> str:
 def row_result(row: Row, name: str, lineage: Lineage) -> dict:
     """The record of one run of a row (`name`: its key, `run_name(row, seed)`)."""
     root, final = lineage.root(), lineage.final()
-    speedups = {}
-    for runtime in ("onnxruntime", "torch"):
-        for batch in TIMED_BATCHES:
-            mine, theirs = latency_of(final, runtime, batch), latency_of(root, runtime, batch)
-            speedups[speedup_key(runtime, batch)] = theirs.median_ms / mine.median_ms if mine and theirs else None
+    speedups = {
+        speedup_key(runtime, batch): speedup(final, root, runtime, batch)
+        for runtime in ("onnxruntime", "torch")
+        for batch in TIMED_BATCHES
+    }
     baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE}
     return {
         "row": name,

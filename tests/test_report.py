@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ from ikd.campaign import compress
 from ikd.cli import main
 from ikd.config import load_config
 from ikd.lineage import Latency, RunDir
-from ikd.report import FIGURES, load_report, write_report
+from ikd.report import FIGURES, load_report, speedup, write_report
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +145,13 @@ def test_latency_appears_with_its_speed_up(run_dir, tmp_path):
     assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5 (8.0x)"
     assert rows[root.id]["onnxruntime b1 ms (speed-up)"] == "4 (1.0x)"
     assert rows[final.id]["onnxruntime b64 ms (speed-up)"] == "-"
+    lineage = run.load()
+    assert speedup(lineage.final(), lineage.root(), "onnxruntime", 1) == 8.0
+    assert speedup(lineage.final(), lineage.root(), "onnxruntime", 64) is None
 
 
 @pytest.mark.parametrize("other", [{"threads": 1}, {"device": "another cpu"}])
-def test_no_speed_up_between_timings_taken_on_other_threads_or_cpus(run_dir, tmp_path, other):
+def test_no_speed_up_between_timings_taken_on_other_threads_or_cpus(run_dir, tmp_path, other, monkeypatch):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     run = RunDir(copy)
@@ -159,6 +163,11 @@ def test_no_speed_up_between_timings_taken_on_other_threads_or_cpus(run_dir, tmp
     run.add_node(lineage, final.model_copy(update={"latency": [node_latency]}))
     rows = _table_rows((write_report(copy) / "report.md").read_text())
     assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5"  # its time, and no ratio to a root timed otherwise
+    # the paper table (benchmarks/paper.py) takes its ratios by the same rule
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    paper = importlib.import_module("paper")
+    row = paper.Row("digits", "vgg16", ("width",))
+    assert paper.row_result(row, "digits-vgg16-width", run.load())["speedup_ort"] is None
 
 
 def test_a_campaign_without_survivors_says_so(run_dir, tmp_path):

@@ -81,9 +81,14 @@ def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
     return next((m for m in node.latency if m.runtime == runtime and m.batch == batch), None)
 
 
-def _alike(a: Latency, b: Latency) -> bool:
-    """Two timings a ratio can be taken of: the same CPU and thread count."""
-    return (a.device, a.threads) == (b.device, b.threads)
+def speedup(node: NodeRecord, root: NodeRecord, runtime: str, batch: int) -> float | None:
+    """How many times faster `node` runs than `root` in `runtime` at `batch`; None unless both were
+    timed there alike (same CPU and thread count): a node exported on two threads is not set against
+    a root re-timed on one, or on another CPU."""
+    mine, theirs = latency_of(node, runtime, batch), latency_of(root, runtime, batch)
+    if mine is None or theirs is None or (mine.device, mine.threads) != (theirs.device, theirs.threads):
+        return None
+    return theirs.median_ms / mine.median_ms
 
 
 @dataclass
@@ -168,13 +173,9 @@ class Report:
             ]
             for runtime in runtimes:
                 for batch in LATENCY_BATCHES:
-                    mine, theirs = latency_of(node, runtime, batch), latency_of(root, runtime, batch)
+                    mine, ratio = latency_of(node, runtime, batch), speedup(node, root, runtime, batch)
                     cell = "-" if mine is None else f"{mine.median_ms:.3g}"
-                    # a speed-up only between timings taken alike: a node exported on two threads is not
-                    # set against a root re-timed on one (or on another CPU)
-                    if mine is not None and theirs is not None and _alike(mine, theirs):
-                        cell += f" ({theirs.median_ms / mine.median_ms:.1f}x)"
-                    row.append(cell)
+                    row.append(cell if ratio is None else f"{cell} ({ratio:.1f}x)")
             rows.append(row)
         return header, rows
 
