@@ -44,6 +44,20 @@ def test_the_final_distillation_is_the_answer_and_the_baselines_get_its_epochs(t
     ] == nodes
 
 
+def test_a_final_distillation_made_under_other_final_keys_is_made_again_or_dropped(tiny_teacher, tmp_path):
+    first = run(tiny_teacher, tmp_path / "run", "--final-epochs", "1").load()
+    searched = [n for n in first.nodes if n.kind is not NodeKind.FINAL]
+    assert first.final().epochs == 1
+    # --force with another final_epochs: the final is trained again for the new count, the search kept
+    again = run(tiny_teacher, tmp_path / "run", "--final-epochs", "2", "--force").load()
+    assert again.final().id == "final" and again.final().epochs == 2
+    assert [n for n in again.nodes if n.kind is not NodeKind.FINAL] == searched
+    # --force without a final distillation: the old one is no longer the answer
+    dropped = run(tiny_teacher, tmp_path / "run", "--force").load()
+    assert dropped.find("final") is None and dropped.final() == dropped.search_result()
+    assert not RunDir(tmp_path / "run").node_dir("final").exists()
+
+
 def test_the_final_distillation_can_be_taught_by_the_whole_chain(tiny_teacher, tmp_path):
     from ikd.campaign import compress
     from ikd.config import load_config

@@ -25,7 +25,7 @@ from ikd import rules
 from ikd.arch import ArchSpec
 from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
-from ikd.distil import plan_pass, train_students
+from ikd.distil import loss_stages, plan_pass, train_students
 from ikd.executor import WORKER_LOST
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
@@ -120,8 +120,7 @@ class Campaign:
         self.lineage = self.models.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
-        if self.config.student.final_epochs:
-            self.final_distillation()
+        self.final_distillation()
         self.forget_stale_baselines()  # asked for or not: a lineage must not pair an answer with another's baselines
         if self.config.baselines:
             self.baselines()
@@ -265,11 +264,11 @@ class Campaign:
         return node.status == Status.FAILED and node.reason.startswith(WORKER_LOST)
 
     def forget(self, node_id: str) -> None:
-        """Drop a node about to be trained again, with every node that grew from it (their
-        parent's weights are about to change): records first, then their files and any training
-        state saved under their ids, which belong to the old path."""
+        """Drop an out-of-date node (to be trained again, or no longer asked for), with every node
+        that grew from it (their parent's weights are about to change): records first, then their
+        files and any training state saved under their ids, which belong to the old path."""
         gone = {node_id} | grown_from(self.lineage.nodes, {node_id})
-        self.ctx.log(f"retraining {node_id}; dropping the records of {', '.join(sorted(gone))}")
+        self.ctx.log(f"{node_id} is out of date; dropping the records of {', '.join(sorted(gone))}")
         self.lineage = self.models.lineage = self.lineage.model_copy(
             update={"nodes": [n for n in self.lineage.nodes if n.id not in gone]}
         )
@@ -282,15 +281,17 @@ class Campaign:
         """The search's answer distilled again for a full schedule (`student.final_epochs`), from its
         own weights, by the root or by its whole chain: the short per-step trainings find the
         architecture, this one trains it."""
-        answer = self.lineage.search_result()
-        final = self.lineage.find(FINAL_ID)
-        if final is not None and final.parent != answer.id:  # made for another answer (--redecide)
-            self.forget(FINAL_ID)
-        if self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
-            return
+        answer, epochs = self.lineage.search_result(), self.config.student.final_epochs
         chain = [n.id for n in self.lineage.chain(answer)[:-1]]
         teacher_ids = [ROOT_ID] if self.config.student.final_teachers == "root" else chain
-        epochs = self.config.student.final_epochs
+        recorded_epochs = sum(e for _, e in loss_stages(self.ctx, True, epochs))  # hint pre-training included
+        final = self.lineage.find(FINAL_ID)
+        # one made for another answer (--redecide), or under other final keys (--force), or no longer asked for
+        wanted = (answer.id, recorded_epochs, teacher_ids)
+        if final is not None and (final.parent, final.epochs, final.teachers) != wanted:
+            self.forget(FINAL_ID)
+        if not epochs or self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
+            return
         self.ctx.log(f"final distillation of {answer.id} from {'+'.join(teacher_ids)} for {epochs} epochs")
         self.distil(
             [Candidate(FINAL_ID, "final", answer.spec())],
