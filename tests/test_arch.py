@@ -50,6 +50,43 @@ def test_spec_arithmetic_matches_model(name, channels, size):
     assert model(torch.zeros(2, channels, size, size)).shape == (2, 10)
 
 
+def count_live_params(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Parameters with a gradient on random images: a conv weight counts only for the kernel taps
+    that received one, so taps that only ever multiply padding drop out."""
+    model.train()
+    model(torch.randn(*shape)).square().sum().backward()
+    live = 0
+    for parameter in model.parameters():
+        assert parameter.grad is not None
+        if parameter.dim() == 4:
+            taps = int((parameter.grad.abs().sum(dim=(0, 1)) > 0).sum())
+            live += parameter.numel() // 9 * taps
+        else:
+            live += parameter.numel()
+    return live
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        preset("vgg16", in_channels=1, image_size=28, num_classes=10),  # the last block on 1x1 maps
+        preset("vgg11", in_channels=3, image_size=32, num_classes=10),  # 2x2 at the end: every tap meets a pixel
+        preset("vgg11", in_channels=1, image_size=8, num_classes=10),  # three blocks on 1x1 maps
+        ArchSpec(in_channels=1, image_size=5, num_classes=3, blocks=[[4], [3, 2], [2]], head=[6]),
+    ],
+    ids=lambda spec: f"{spec.summary()}@{spec.image_size}",
+)
+def test_live_params_are_those_a_gradient_reaches(spec):
+    live = count_live_params(build_model(spec), (4, spec.in_channels, spec.image_size, spec.image_size))
+    assert spec.live_params() == live <= spec.num_params()
+
+
+def test_vgg16_on_mnist_has_6_3_million_parameters_that_never_meet_a_pixel():
+    spec = preset("vgg16", in_channels=1, image_size=28, num_classes=10)
+    assert spec.num_params() - spec.live_params() == 3 * 512 * 512 * 8  # block 5: 8 of 9 taps, 3 convs
+    assert preset("vgg16", in_channels=3, image_size=32, num_classes=10).live_params() == 14_724_042
+
+
 def test_vgg16_layout_and_known_size():
     spec = preset("vgg16", in_channels=3, image_size=32, num_classes=10)
     assert [len(b) for b in spec.blocks] == [2, 2, 3, 3, 3]

@@ -137,6 +137,9 @@ def test_arch_reports_vgg16_size():
     result = ikd("arch", "vgg16", "--input", "3x32", "--json")
     assert result.returncode == 0
     assert json.loads(result.stdout)["params"] == 14_724_042
+    assert json.loads(result.stdout)["live_params"] == 14_724_042
+    mnist = ikd("arch", "vgg16", "--input", "1x28")  # the last block on 1x1 maps: 8 of 9 taps meet only padding
+    assert mnist.returncode == 0 and "6,291,456 of the parameters (42.7%) never meet a pixel" in mnist.stdout
 
 
 # `ikd compress` flags are generated from the config models (ikd.config.cli_flag); these check the

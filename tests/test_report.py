@@ -18,8 +18,8 @@ from PIL import Image
 from ikd.campaign import compress
 from ikd.cli import main
 from ikd.config import load_config
-from ikd.lineage import Latency, RunDir
-from ikd.report import FIGURES, load_report, speedup, write_report
+from ikd.lineage import Latency, RunDir, Status
+from ikd.report import FIGURES, STYLE, load_report, speedup, write_report
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,36 @@ def test_figures_are_readable_pngs(run_dir):
             pixels = np.asarray(image.convert("L"), dtype=np.float32)
         # something is drawn: not a blank canvas
         assert pixels.std() > 10 and (pixels < 128).mean() > 0.002, name
+
+
+def test_a_campaign_with_a_final_distillation_is_drawn_too(run_dir, tmp_path):
+    assert set(STYLE) == set(Status)  # every status has its colour and marker in every figure
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    lineage = run.load()
+    answer = lineage.final()
+    run.add_node(lineage, answer.model_copy(update={"id": "final", "status": Status.FINAL, "parent": answer.id}))
+    out = write_report(copy)
+    assert load_report(copy).final.id == "final"
+    for name in FIGURES:
+        with Image.open(out / name) as image:
+            image.verify()
+
+
+def test_parameters_that_never_meet_a_pixel_are_counted_apart(run_dir, tmp_path):
+    assert not any("never meet a pixel" in line for line in load_report(run_dir).facts())  # 8 -> 4 -> 2: all meet
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    document = json.loads((copy / "lineage.json").read_text())
+    document["nodes"][0]["arch"]["blocks"].append([64, 64])  # a teacher with a fourth block, on 1x1 maps
+    (copy / "lineage.json").write_text(json.dumps(document))
+    report = load_report(copy)
+    root, final = report.root.spec(), report.final.spec()
+    assert root.block_input_sizes()[-1] == 1 and root.live_params() < root.num_params()
+    fact = next(line for line in report.facts() if "never meet a pixel" in line)
+    assert f"{root.num_params() - root.live_params():,} of the teacher's {root.num_params():,}" in fact
+    assert f"{root.live_params() / final.live_params():.1f}x fewer" in fact
 
 
 def test_html_is_self_contained(run_dir):

@@ -100,6 +100,15 @@ class ArchSpec(BaseModel):
         linear = sum(fan_in * fan_out + fan_out for fan_in, fan_out in self.linears())
         return conv + linear
 
+    def live_params(self) -> int:
+        """The parameters that can change an output at this input size. A 3x3 conv (padding 1) on a
+        1x1 map meets a pixel only through its centre tap: the other 8 of 9 weights multiply padding,
+        whatever the input (VGG-16's last block on 28x28 MNIST: 6.3 M of its 14.7 M parameters).
+        `num_params` counts them, as they are stored; this counts a network without them."""
+        conv = sum(cin * cout * (1 if size == 1 else 9) + 2 * cout for cin, cout, size in self.convs())
+        linear = sum(fan_in * fan_out + fan_out for fan_in, fan_out in self.linears())
+        return conv + linear
+
     def size_bytes_fp32(self) -> int:
         """Memory of the parameters in fp32: the footprint compression results are quoted in."""
         return self.num_params() * FP32_BYTES

@@ -60,6 +60,7 @@ def describe_dataset(data: DataSplits, val_fraction: float, split_seed: int) -> 
 def describe_size(spec: ArchSpec) -> dict[str, Any]:
     return {
         "params": spec.num_params(),
+        "live_params": spec.live_params(),
         "size_bytes_fp32": spec.size_bytes_fp32(),
         "stored_tensor_bytes": spec.stored_tensor_bytes(),
         "macs": spec.macs(),

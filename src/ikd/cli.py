@@ -253,6 +253,11 @@ def cmd_arch(args: argparse.Namespace) -> int:
             f"  params {info['params']:,} | {info['size_bytes_fp32'] / 2**20:.2f} MiB fp32 | "
             f"{info['macs'] / 1e6:.1f} M MACs/image | block outputs {info['block_output_sizes']}"
         )
+        if (dead := info["params"] - info["live_params"]) > 0:
+            print(
+                f"  {dead:,} of the parameters ({100 * dead / info['params']:.1f}%) never meet a pixel: 3x3 kernels "
+                f"on 1x1 maps see the input only through their centre tap ({info['live_params']:,} live)"
+            )
     return 0
 
 

@@ -28,14 +28,15 @@ REPORT_DIR = "report"
 FIGURES = ("pareto.png", "lineage.png", "training.png")
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "digits": "digits"}
 # Status -> (colour, marker) shared by every figure, so a node looks the same everywhere.
-STYLE = {
-    "teacher": ("#222222", "*"),
-    "accepted": ("#2a9d4b", "o"),
-    "rejected": ("#d1495b", "X"),
-    "candidate": ("#999999", "o"),
-    "failed": ("#7f3c8d", "v"),
-    "baseline": ("#2e6fbf", "D"),
-    "expert": ("#e09f3e", "s"),
+STYLE: dict[str, tuple[str, str]] = {
+    Status.TEACHER: ("#222222", "*"),
+    Status.ACCEPTED: ("#2a9d4b", "o"),
+    Status.FINAL: ("#145a32", "P"),
+    Status.REJECTED: ("#d1495b", "X"),
+    Status.CANDIDATE: ("#999999", "o"),
+    Status.FAILED: ("#7f3c8d", "v"),
+    Status.BASELINE: ("#2e6fbf", "D"),
+    Status.EXPERT: ("#e09f3e", "s"),
 }
 LATENCY_BATCHES = (1, 64)
 
@@ -200,6 +201,15 @@ class Report:
             lines.append(
                 f"Baselines (same architecture as the final student, same epochs): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
+            )
+        root, final = self.root.spec(), self.final.spec()
+        if (dead := root.num_params() - root.live_params()) > 0:
+            lines.append(
+                f"{dead:,} of the teacher's {root.num_params():,} parameters ({100 * dead / root.num_params():.1f}%) "
+                "never meet a pixel at this input size (3x3 kernels on 1x1 maps use only their centre tap); "
+                f"counting live parameters only, the teacher has {root.live_params():,} and the final student "
+                f"{final.live_params():,}: {root.live_params() / final.live_params():.1f}x fewer, where all "
+                f"parameters give {root.num_params() / final.num_params():.1f}x."
             )
         lines.append("Test accuracy is reported only; every decision used the validation split.")
         lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
