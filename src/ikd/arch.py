@@ -105,9 +105,7 @@ class ArchSpec(BaseModel):
         1x1 map meets a pixel only through its centre tap: the other 8 of 9 weights multiply padding,
         whatever the input (VGG-16's last block on 28x28 MNIST: 6.3 M of its 14.7 M parameters).
         `num_params` counts them, as they are stored; this counts a network without them."""
-        conv = sum(cin * cout * (1 if size == 1 else 9) + 2 * cout for cin, cout, size in self.convs())
-        linear = sum(fan_in * fan_out + fan_out for fan_in, fan_out in self.linears())
-        return conv + linear
+        return self.num_params() - sum(8 * cin * cout for cin, cout, size in self.convs() if size == 1)
 
     def size_bytes_fp32(self) -> int:
         """Memory of the parameters in fp32: the footprint compression results are quoted in."""
