@@ -42,7 +42,7 @@ def fully_trained_curves(earlier: Lineage, epochs: int) -> list[list[float]]:
     return [
         n.val_curve[-epochs:]
         for n in earlier.students()
-        if len(n.val_curve) >= epochs and rules.STOPPED_EARLY not in n.reason
+        if len(n.val_curve) >= epochs and rules.STOPPED_EARLY not in n.reason and n.operator != rules.RETRY
     ]
 
 

@@ -267,3 +267,29 @@ def test_the_early_stop_note_is_what_a_re_decision_keeps_of_a_reason():
     assert rules.early_stop_note(f"val 97.20% < root 99.40% - max_drop 0.3; {stopped}") == stopped
     assert rules.early_stop_note(stopped) == stopped
     assert rules.early_stop_note("val 97.20% < root 99.40% - max_drop 0.3") is None
+
+
+def test_a_near_miss_is_one_that_falls_short_by_at_most_retry_within():
+    parent = node("g1-depth", 0.95, status="accepted")
+    keys = {"max_drop": 1.0, "max_step_drop": 1.0}  # floor 94.00%
+    assert not rules.near_miss(node("g2", 0.9395), parent, ROOT, search(**keys))  # retries off by default
+    on = search(**keys, retry_within=0.1)
+    assert rules.near_miss(node("g2", 0.9395), parent, ROOT, on)  # 0.05 short
+    assert rules.near_miss(node("g2", 0.939), parent, ROOT, on)  # exactly 0.1 short
+    assert not rules.near_miss(node("g2", 0.9385), parent, ROOT, on)  # 0.15 short
+    assert not rules.near_miss(node("g2", 0.94), parent, ROOT, on)  # within tolerance: nothing to retry
+    assert not rules.near_miss(node("g2", None), parent, ROOT, on)  # failed
+    stopped = node("g2", 0.9395).model_copy(update={"reason": f"{rules.STOPPED_EARLY} 2/5: hopeless"})
+    assert not rules.near_miss(stopped, parent, ROOT, on)
+    retry = node(rules.retry_id("g2"), 0.9395, parent="g2").model_copy(update={"operator": rules.RETRY})
+    assert not rules.near_miss(retry, parent, ROOT, on)  # one second chance
+
+
+def test_a_retry_is_not_evidence_for_early_rejection():
+    # a retry's curve is another, longer schedule: its late epochs are not a candidate's
+    curve = [0.90, 0.95, 0.96]
+    fresh = [node(f"g1-{i}", 0.96).model_copy(update={"val_curve": curve}) for i in range(2)]
+    retry = fresh[0].model_copy(update={"id": "g1-0-retry", "operator": rules.RETRY, "val_curve": [0.5, 0.6, 0.99]})
+    lineage = Lineage(config={}, nodes=[ROOT, *fresh])
+    ratios = rules.late_error_ratios(lineage, 3)
+    assert ratios and rules.late_error_ratios(lineage.model_copy(update={"nodes": [ROOT, *fresh, retry]}), 3) == ratios

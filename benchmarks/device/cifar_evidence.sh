@@ -26,6 +26,8 @@ SEEDS=${SEEDS:-"0 1 2"}
 STEP=${STEP:-share}
 SLIM_FRACTIONS=${SLIM_FRACTIONS:-"0.75, 0.5"}
 MAX_GENERATIONS=${MAX_GENERATIONS:-3}
+# RETRY_WITHIN=0.15: a child short of its floor by up to 0.15 points trains again for 8 epochs (search.retry_within)
+RETRY_WITHIN=${RETRY_WITHIN:-0}
 VGG19=${VGG19:-1}  # 0: no VGG-19 teacher beside the VGG-16 one
 HARD_LIMIT_S=${HARD_LIMIT_S:-0}  # 0: no limit
 mkdir -p "$OUT" "$WORK"
@@ -71,7 +73,9 @@ teacher vgg16 2 "$WORK/probe-vgg16-2ep"
 
 # The seeds of the iterating-pays record, each its own process, once the VGG-16 teacher exists.
 seeds() {
-    local step="{search: {operators: [slim], slim_fraction: [$SLIM_FRACTIONS], slim_by_share: true, max_drop: 3.0, max_step_drop: 1.5, max_generations: $MAX_GENERATIONS}, student: {epochs: 4, bn_sparsity: 0.0}}"
+    local retry=""
+    [[ $RETRY_WITHIN == 0 ]] || retry=", retry_within: $RETRY_WITHIN"
+    local step="{search: {operators: [slim], slim_fraction: [$SLIM_FRACTIONS], slim_by_share: true, max_drop: 3.0, max_step_drop: 1.5, max_generations: $MAX_GENERATIONS$retry}, student: {epochs: 4, bn_sparsity: 0.0}}"
     local args=(--config configs/cifar10-vgg16.yaml --teacher "$WORK/teacher-vgg16" --data-dir "$data_dir"
         --variants "$STEP+final+early" --runs-dir "$WORK/iterating" --upgrade "$STEP=$step"
         --upgrade 'final={student: {final_epochs: 10}}' --quiet)

@@ -153,6 +153,8 @@ class Campaign:
                 # stopped early, or each resume would append the verdict again
                 elif note := rules.early_stop_note(node.reason):
                     reason = f"{reason}; {note}"
+                if reason is not None and any(t.id == rules.retry_id(node.id) for t in trained):
+                    reason = f"{reason}; retried as {rules.retry_id(node.id)}"
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
         budget_note = None
         if out_of_budget:
@@ -246,7 +248,45 @@ class Campaign:
                     floor=rules.floor(parent, self.lineage.root(), self.search),
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
+            retried, stopped = self.retry_near_misses(generation, parent, trained[-len(batch) :], teacher_ids)
+            trained += retried
+            if stopped:
+                return trained, [c.node_id for b in batches[i + 1 :] for c in b], True
         return trained, [], False
+
+    def retry_near_misses(
+        self, generation: int, parent: NodeRecord, nodes: list[NodeRecord], teacher_ids: list[str]
+    ) -> tuple[list[NodeRecord], bool]:
+        """Each of `nodes` that missed its floor narrowly (rules.near_miss) trained again from
+        `parent` on a longer schedule, as a sibling `<id>-retry`: (those retries, whether the budget
+        stopped one). Like any sibling, a rejected near miss is not on the answer's chain, so the
+        baselines are not given its epochs."""
+        root, epochs = self.lineage.root(), rules.retry_epochs(self.config)
+        inherit = self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL
+        retried: list[NodeRecord] = []
+        for node in (n for n in nodes if rules.near_miss(n, parent, root, self.search)):
+            retry = Candidate(rules.retry_id(node.id), rules.RETRY, node.spec())
+            if self.needs_training(retry, parent.id, teacher_ids):
+                cost = rules.epochs_per_retry(self.config)
+                if not rules.budget_allows(self.lineage.epochs_spent(), 1, cost, self.search.budget_epochs):
+                    return retried, True
+                self.ctx.log(
+                    f"generation {generation}: {node.id} missed its floor by "
+                    f"{-rules.margin(node, parent, root, self.search):.2f} points; training it again for "
+                    f"{epochs} epochs as {retry.node_id}"
+                )
+                self.distil(
+                    [retry],
+                    generation,
+                    teacher_ids,
+                    parent.id if inherit else None,
+                    epochs,
+                    status=Status.CANDIDATE,
+                    parent_id=parent.id,
+                    floor=rules.floor(parent, root, self.search),
+                )
+            retried.append(self.lineage.node(retry.node_id))
+        return retried, False
 
     def needs_training(self, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
         """Not in the lineage yet, lost with its worker (the job failed, not the training), or

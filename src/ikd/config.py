@@ -207,6 +207,23 @@ class SearchConfig(Strict):
         "of the campaign cut its error after epoch e), raised to the power SLACK, would leave it below the accept "
         "floor (it is then rejected); never before two candidates have trained all their epochs; 0 = off, e.g. 2",
     )
+    retry_within: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        json_schema_extra=cli_flag("--retry-within", metavar="POINTS"),
+        description="a candidate that trained all its epochs and falls short of its accept floor by at most this "
+        "many validation points is trained again from its parent for `retry_epochs` (a node `<id>-retry`), "
+        "and that node is judged against the same floor: the short per-step schedules underrate small "
+        "students, and a near miss is the cheapest candidate to settle; 0 = off",
+    )
+    retry_epochs: int | None = Field(
+        default=None,
+        gt=0,
+        json_schema_extra=cli_flag("--retry-epochs"),
+        description="epochs of a retry (search.retry_within): one schedule from the parent's weights, as the near "
+        "miss had, only longer; default twice student.epochs",
+    )
     seeds: int = Field(
         default=1,
         gt=0,

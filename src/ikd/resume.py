@@ -84,18 +84,19 @@ def open_campaign(
         log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
         lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
     if redecide:
-        lineage = undecided(lineage, rules.epochs_per_child(config), log)
+        lineage = undecided(lineage, rules.epochs_per_child(config), log, rules.epochs_per_retry(config))
     lineage = lineage.model_copy(update={"config": wanted})
     run.save(lineage)
     return lineage
 
 
-def undecided(lineage: Lineage, epochs: int, log: Callable[[str], None]) -> Lineage:
+def undecided(lineage: Lineage, epochs: int, log: Callable[[str], None], retry_epochs: int | None = None) -> Lineage:
     """The lineage with its search's decisions undone: every candidate that trained all `epochs`
-    back to `candidate`, to be reused where the replayed search reaches it; one stopped early (or
-    trained for other epochs) goes, with what grew from it, as its stop depended on the old rules."""
+    (a retry: `retry_epochs`) back to `candidate`, to be reused where the replayed search reaches
+    it; one stopped early (or trained for other epochs) goes, with what grew from it, as its stop
+    depended on the old rules."""
     students = [n for n in lineage.students() if n.status != Status.FAILED]  # a failure is not a decision
-    partial = {n.id for n in students if n.epochs != epochs}
+    partial = {n.id for n in students if n.epochs != (retry_epochs if n.operator == rules.RETRY else epochs)}
     gone = partial | grown_from(lineage.nodes, partial)
     nodes = [
         n.model_copy(update={"status": Status.CANDIDATE, "reason": ""}) if n in students else n

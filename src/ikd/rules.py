@@ -60,6 +60,25 @@ def roomy(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: Search
 
 
 STOPPED_EARLY = "stopped after epoch"
+RETRY = "retry"  # the operator of a near miss trained again on a longer schedule (search.retry_within)
+
+
+def retry_id(node_id: str) -> str:
+    return f"{node_id}-{RETRY}"
+
+
+def near_miss(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> bool:
+    """Whether `node` fell short of its floor by at most `search.retry_within` points after all its
+    epochs, so it earns one retry (search.retry_epochs from its parent). Not a node stopped early (the
+    rule found it hopeless), nor a retry itself (one second chance, not a loop)."""
+    return (
+        search.retry_within > 0
+        and node.val_accuracy is not None
+        and node.operator != RETRY
+        and STOPPED_EARLY not in node.reason
+        and rejection(node, parent, root, search) is not None
+        and margin(node, parent, root, search) >= -search.retry_within - 1e-9
+    )
 
 
 def early_stop_note(reason: str) -> str | None:
@@ -91,7 +110,7 @@ def late_error_ratios(lineage: Lineage, epochs: int) -> tuple[float, ...]:
     curves = [
         n.val_curve[-epochs:]
         for n in lineage.students()
-        if len(n.val_curve) >= epochs and STOPPED_EARLY not in n.reason
+        if len(n.val_curve) >= epochs and STOPPED_EARLY not in n.reason and n.operator != RETRY  # another schedule
     ]
     if len(curves) < EVIDENCE:
         return ()
@@ -158,11 +177,26 @@ def frontier(lineage: Lineage) -> list[NodeRecord]:
     return sorted((n for n in accepted if n.generation == latest), key=rank)
 
 
-def epochs_per_child(config: CampaignConfig) -> int:
-    """Epochs one candidate costs: its distillation, plus hint pre-training when two-stage."""
+def pass_epochs(config: CampaignConfig, epochs: int) -> int:
+    """Epochs a distillation pass of `epochs` records: plus hint pre-training when two-stage."""
     student = config.student
     two_stage = student.hint_stage == "two-stage" and config.loss.gamma > 0
-    return student.epochs + (student.hint_epochs if two_stage else 0)
+    return epochs + (student.hint_epochs if two_stage else 0)
+
+
+def epochs_per_child(config: CampaignConfig) -> int:
+    """Epochs one candidate costs."""
+    return pass_epochs(config, config.student.epochs)
+
+
+def retry_epochs(config: CampaignConfig) -> int:
+    """The epochs of a retry's schedule (search.retry_within): search.retry_epochs, or twice a child's."""
+    return config.search.retry_epochs or 2 * config.student.epochs
+
+
+def epochs_per_retry(config: CampaignConfig) -> int:
+    """Epochs one retry costs."""
+    return pass_epochs(config, retry_epochs(config))
 
 
 def budget_allows(spent: int, children: int, per_child: int, budget: int | None) -> bool:
