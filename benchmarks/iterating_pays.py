@@ -236,6 +236,25 @@ def run(args: argparse.Namespace, config: dict, config_path: Path, run_dir: Path
     return RunDir(run_dir).load()
 
 
+def retries_table(rows: list[Row]) -> str:
+    """Every retry (search.retry_within) beside the near miss it retrained: how far each moved, what was decided."""
+    lines = [
+        "| variant | seed | near miss | params | epochs | val % | test % | retry epochs | retry val % | retry test % "
+        "| val change | retry |",
+        "|" + "---|" * 12,
+    ]
+    for r in rows:
+        for retry in (n for n in r.lineage.students() if n.operator == rules.RETRY):
+            missed = r.node(rules.near_miss_id(retry.id))
+            lines.append(
+                f"| {r.variant} | {r.seed} | {missed.id} | {missed.params:,} | {missed.epochs} "
+                f"| {r.val(missed.id):.2f} | {r.test(missed.id):.2f} | {retry.epochs} | {r.val(retry.id):.2f} "
+                f"| {r.test(retry.id):.2f} "
+                f"| {r.val(retry.id) - r.val(missed.id):+.2f} | {retry.status} |"
+            )
+    return "\n".join(lines)
+
+
 def replay_early_rejection(rows: list[Row], slacks: list[float]) -> str:
     """ikd's early-rejection rule replayed on every candidate that trained all its epochs: where it
     would have stopped it, whether that changed the decision, and the training time it would have saved."""
@@ -389,6 +408,17 @@ def main() -> int:
                 else []
             ),
             "",
+            *(
+                [
+                    "Retries (search.retry_within): each near miss and its retry, trained again from the same "
+                    "parent; the decision is the retry's, by validation:",
+                    "",
+                    retries_table(rows),
+                    "",
+                ]
+                if any(n.operator == rules.RETRY for r in rows for n in r.lineage.students())
+                else []
+            ),
             "Early rejection (rules.hopeless) replayed at several slacks on the candidates that trained all "
             "their epochs:",
             "",

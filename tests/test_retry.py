@@ -30,7 +30,7 @@ def test_a_near_miss_is_retried_from_its_own_weights_and_judged_against_its_pare
     near = [n for n in lineage.students() if n.status == Status.REJECTED and n.operator != rules.RETRY]
     assert retries and {r.id for r in retries} == {rules.retry_id(n.id) for n in near if n.epochs == 1}
     for retry in retries:
-        missed = lineage.node(retry.id.removesuffix("-retry"))
+        missed = lineage.node(rules.near_miss_id(retry.id))
         assert retry.spec() == missed.spec() and retry.epochs == 2 and missed.epochs == 1
         assert (retry.parent, retry.generation) == (missed.parent, missed.generation)
         assert retry.teachers == missed.teachers == [missed.parent]

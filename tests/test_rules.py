@@ -281,7 +281,8 @@ def test_a_near_miss_is_one_that_falls_short_by_at_most_retry_within():
     assert not rules.near_miss(node("g2", None), parent, ROOT, on)  # failed
     stopped = node("g2", 0.9395).model_copy(update={"reason": f"{rules.STOPPED_EARLY} 2/5: hopeless"})
     assert not rules.near_miss(stopped, parent, ROOT, on)
-    retry = node(rules.retry_id("g2"), 0.9395, parent="g2").model_copy(update={"operator": rules.RETRY})
+    assert rules.near_miss_id(rules.retry_id("g2-block")) == "g2-block"
+    retry = node(rules.retry_id("g2"), 0.9395).model_copy(update={"operator": rules.RETRY})
     assert not rules.near_miss(retry, parent, ROOT, on)  # one second chance
 
 

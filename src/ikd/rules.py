@@ -67,6 +67,11 @@ def retry_id(node_id: str) -> str:
     return f"{node_id}-{RETRY}"
 
 
+def near_miss_id(retry: str) -> str:
+    """The id of the near miss a retry's id names (the inverse of retry_id)."""
+    return retry.removesuffix(f"-{RETRY}")
+
+
 def near_miss(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> bool:
     """Whether `node` fell short of its floor by at most `search.retry_within` points after all its
     epochs, so it earns one retry (search.retry_epochs from its parent). Not a node stopped early (the
