@@ -472,7 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val-fraction", type=float, default=0.1)
     train.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    train.add_argument("--image-size", type=int, help="resize imagefolder images to this size (default 32)")
+    train.add_argument(
+        "--image-size",
+        type=int,
+        help="resize the images to this size, square (default: the dataset's own; imagefolder: 32)",
+    )
     train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
     train.add_argument(
         "--time-limit",
