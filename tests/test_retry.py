@@ -74,3 +74,16 @@ def test_redecide_reuses_the_retries_it_reaches_and_a_rerun_retrains_nothing(tin
     after = run.load()
     assert all(after.node(i).sha256 == sha for i, sha in before.items())
     assert after.node(rules.retry_id("g1-width")).status == Status.REJECTED
+
+
+def test_no_retry_for_a_near_miss_that_a_smaller_passing_sibling_already_beats(tiny_teacher, tmp_path):
+    # parent-children trains both children together; the smaller one passes with room, so retrying the
+    # larger one could not change the choice (select: best keeps one)
+    extra = ("--strategy", "parent-children", "--max-drop", "25", "--max-step-drop", "25", "--retry-within", "100")
+    assert cli.main(campaign_args(tiny_teacher, tmp_path / "run", *extra, "--retry-epochs", "2")) == 0
+    lineage = RunDir(tmp_path / "run").load()
+    children = {n.id: n for n in lineage.students()}
+    accepted = [n for n in children.values() if n.status == Status.ACCEPTED]
+    larger = [n for n in children.values() if n.status == Status.REJECTED and n.params > accepted[0].params]
+    assert accepted and larger, [(n.id, n.status, n.val_accuracy) for n in children.values()]
+    assert not any(n.operator == rules.RETRY for n in children.values())

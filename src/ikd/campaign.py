@@ -248,23 +248,28 @@ class Campaign:
                     floor=rules.floor(parent, self.lineage.root(), self.search),
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
-            retried, stopped = self.retry_near_misses(generation, parent, trained[-len(batch) :], teacher_ids)
+            retried, stopped = self.retry_near_misses(generation, parent, trained, len(batch), teacher_ids)
             trained += retried
             if stopped:
                 return trained, [c.node_id for b in batches[i + 1 :] for c in b], True
         return trained, [], False
 
     def retry_near_misses(
-        self, generation: int, parent: NodeRecord, nodes: list[NodeRecord], teacher_ids: list[str]
+        self, generation: int, parent: NodeRecord, trained: list[NodeRecord], new: int, teacher_ids: list[str]
     ) -> tuple[list[NodeRecord], bool]:
-        """Each of `nodes` that missed its floor narrowly (rules.near_miss) trained again from
-        `parent` on a longer schedule, as a sibling `<id>-retry`: (those retries, whether the budget
-        stopped one). Like any sibling, a rejected near miss is not on the answer's chain, so the
-        baselines are not given its epochs."""
+        """Each of the last `new` of `trained` that missed its floor narrowly (rules.near_miss) trained
+        again from `parent` on a longer schedule, as a sibling `<id>-retry`: (those retries, whether
+        the budget stopped one). Not one that could not be chosen anyway (`select: best` with a sibling
+        no larger already within tolerance with room). Like any sibling, a rejected near miss is not on
+        the answer's chain, so the baselines are not given its epochs."""
         root, epochs = self.lineage.root(), rules.retry_epochs(self.config)
         inherit = self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL
+        beam = self.search.beam if self.search.select == "tree" else 1
+        passed = [n.params for n in trained if rules.roomy(n, parent, root, self.search)]
         retried: list[NodeRecord] = []
-        for node in (n for n in nodes if rules.near_miss(n, parent, root, self.search)):
+        for node in (n for n in trained[-new:] if rules.near_miss(n, parent, root, self.search)):
+            if beam == 1 and passed and min(passed) <= node.params:
+                continue
             retry = Candidate(rules.retry_id(node.id), rules.RETRY, node.spec())
             if self.needs_training(retry, parent.id, teacher_ids):
                 cost = rules.epochs_per_retry(self.config)

@@ -84,13 +84,13 @@ def open_campaign(
         log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
         lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
     if redecide:
-        lineage = undecided(lineage, rules.epochs_per_child(config), log, rules.epochs_per_retry(config))
+        lineage = undecided(lineage, rules.epochs_per_child(config), rules.epochs_per_retry(config), log)
     lineage = lineage.model_copy(update={"config": wanted})
     run.save(lineage)
     return lineage
 
 
-def undecided(lineage: Lineage, epochs: int, log: Callable[[str], None], retry_epochs: int | None = None) -> Lineage:
+def undecided(lineage: Lineage, epochs: int, retry_epochs: int, log: Callable[[str], None]) -> Lineage:
     """The lineage with its search's decisions undone: every candidate that trained all `epochs`
     (a retry: `retry_epochs`) back to `candidate`, to be reused where the replayed search reaches
     it; one stopped early (or trained for other epochs) goes, with what grew from it, as its stop
