@@ -38,14 +38,6 @@ QUICK = COMMITTED_LINEAGES / "iterating-pays" / "noearly-from-g4-seed0" / "linea
 Rule = Callable[[list[float], int, float, float, Lineage], str | None]
 
 
-def fully_trained_curves(earlier: Lineage, epochs: int) -> list[list[float]]:
-    return [
-        n.val_curve[-epochs:]
-        for n in earlier.students()
-        if len(n.val_curve) >= epochs and rules.STOPPED_EARLY not in n.reason and n.operator != rules.RETRY
-    ]
-
-
 def points_rule(curve: list[float], epochs: int, needed: float, slack: float, gains: tuple[float, ...]) -> str | None:
     """The rule before the error-ratio one (shipped cbe27f5 to 2026-12-03): max so far + slack x the larger
     of (its best single-epoch gain x epochs left) and the most a fully trained candidate gained after
@@ -58,7 +50,7 @@ def points_rule(curve: list[float], epochs: int, needed: float, slack: float, ga
 
 
 def points(curve: list[float], epochs: int, needed: float, slack: float, earlier: Lineage) -> str | None:
-    curves = fully_trained_curves(earlier, epochs)
+    curves = rules.fully_trained_curves(earlier, epochs)
     gains = tuple(max(max(c[e:]) - c[e - 1] for c in curves) for e in range(1, epochs)) if curves else ()
     return points_rule(curve, epochs, needed, slack, gains)
 

@@ -15,9 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("max_drop", ["0", "10"])
-def test_a_near_miss_is_retried_from_its_own_weights_and_judged_against_its_parents_floor(
-    tiny_teacher, tmp_path, max_drop
-):
+def test_a_near_miss_is_retrained_from_its_parent_and_judged_against_the_same_floor(tiny_teacher, tmp_path, max_drop):
     # a 1-epoch child misses the floor; retry_within 100 makes every one that does a near miss, trained
     # again for 2. At max_drop 0 the retries miss too; at 10 one passes, parenting generation 2.
     extra = ("--max-drop", max_drop, "--max-step-drop", max_drop, "--retry-within", "100", "--retry-epochs", "2")
@@ -46,7 +44,7 @@ def test_a_near_miss_is_retried_from_its_own_weights_and_judged_against_its_pare
             assert retry.reason == expected
     accepted = [r for r in retries if r.status == Status.ACCEPTED]
     assert bool(accepted) == (max_drop == "10")
-    for retry in accepted:  # its children inherit from it, are taught by it, and its chain counts both passes
+    for retry in accepted:  # it parents the next generation and teaches it
         children = [n for n in lineage.nodes if n.parent == retry.id]
         assert children and all(c.teachers == [retry.id] and c.generation == retry.generation + 1 for c in children)
     if lineage.final().generation == 1:  # no child of generation 2 passed: the retry is the answer

@@ -212,7 +212,6 @@ class Campaign:
         stop at the first within tolerance with accept_margin to spare: the rule keeps it anyway."""
         teacher_ids = teachers_of(self.lineage, parent, self.search, self.config.ensemble, expert_ids)
         self.models.keep_only(teacher_ids)
-        inherit = self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL
         together = self.search.many_children() or self.search.candidates == "all"
         batches = [candidates] if together else [[c] for c in candidates]
         trained: list[NodeRecord] = []
@@ -241,7 +240,7 @@ class Campaign:
                     todo,
                     generation,
                     teacher_ids,
-                    parent.id if inherit else None,
+                    self.inherit_from(parent),
                     self.config.student.epochs,
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
@@ -262,8 +261,7 @@ class Campaign:
         the budget stopped one). Not one that could not be chosen anyway (`select: best` with a sibling
         no larger already within tolerance with room). Like any sibling, a rejected near miss is not on
         the answer's chain, so the baselines are not given its epochs."""
-        root, epochs = self.lineage.root(), rules.retry_epochs(self.config)
-        inherit = self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL
+        root, epochs, cost = self.lineage.root(), rules.retry_epochs(self.config), rules.epochs_per_retry(self.config)
         beam = self.search.beam if self.search.select == "tree" else 1
         passed = [n.params for n in trained if rules.roomy(n, parent, root, self.search)]
         retried: list[NodeRecord] = []
@@ -272,7 +270,6 @@ class Campaign:
                 continue
             retry = Candidate(rules.retry_id(node.id), rules.RETRY, node.spec())
             if self.needs_training(retry, parent.id, teacher_ids):
-                cost = rules.epochs_per_retry(self.config)
                 if not rules.budget_allows(self.lineage.epochs_spent(), 1, cost, self.search.budget_epochs):
                     return retried, True
                 self.ctx.log(
@@ -284,7 +281,7 @@ class Campaign:
                     [retry],
                     generation,
                     teacher_ids,
-                    parent.id if inherit else None,
+                    self.inherit_from(parent),
                     epochs,
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
@@ -292,6 +289,11 @@ class Campaign:
                 )
             retried.append(self.lineage.node(retry.node_id))
         return retried, False
+
+    def inherit_from(self, parent: NodeRecord) -> str | None:
+        """Whose weights `parent`'s children start from: the parent's (student.inherit), unless it is a
+        user module, which a VGG cannot inherit from."""
+        return parent.id if self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL else None
 
     def needs_training(self, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
         """Not in the lineage yet, lost with its worker (the job failed, not the training), or

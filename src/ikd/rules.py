@@ -105,6 +105,16 @@ def error(accuracy: float) -> float:
     return max(1.0 - accuracy, MIN_ERROR)
 
 
+def fully_trained_curves(lineage: Lineage, epochs: int) -> list[list[float]]:
+    """The last `epochs` validation accuracies of every candidate that trained a whole stage of at
+    least `epochs`: not one stopped early, nor a retry (another, longer schedule)."""
+    return [
+        n.val_curve[-epochs:]
+        for n in lineage.students()
+        if len(n.val_curve) >= epochs and STOPPED_EARLY not in n.reason and n.operator != RETRY
+    ]
+
+
 def late_error_ratios(lineage: Lineage, epochs: int) -> tuple[float, ...]:
     """Entry e-1: the most any candidate of this campaign that trained all of a stage of `epochs` went
     on to shrink its validation error after its epoch e (error at epoch e / error of its best later
@@ -112,11 +122,7 @@ def late_error_ratios(lineage: Lineage, epochs: int) -> tuple[float, ...]:
     most in the last epochs, so a candidate's own first epochs are not enough to give up on it; and one
     candidate is not enough either (on MNIST the only one trained before it would have stopped a child
     at 97.20% after 2 of 5 epochs that ended at 99.47%, accepted)."""
-    curves = [
-        n.val_curve[-epochs:]
-        for n in lineage.students()
-        if len(n.val_curve) >= epochs and STOPPED_EARLY not in n.reason and n.operator != RETRY  # another schedule
-    ]
+    curves = fully_trained_curves(lineage, epochs)
     if len(curves) < EVIDENCE:
         return ()
     return tuple(max(error(c[e - 1]) / error(max(c[e:])) for c in curves) for e in range(1, epochs))
