@@ -66,6 +66,9 @@ UPGRADES: dict[str, dict] = {
     # a near miss (short by up to about one standard error of ~99% on 6,000 images, 0.13 points) is
     # trained again from its parent for twice the epochs
     "retry": {"search": {"retry_within": 0.15}},
+    # gentler steps where halving fails: width and block also propose a 0.75 scale, tried (smallest
+    # first) only after the smaller candidates of the generation
+    "gentle": {"search": {"width_factor": [0.5, 0.75]}},
 }
 
 

@@ -214,8 +214,8 @@ class SearchConfig(Strict):
         json_schema_extra=cli_flag("--retry-within", metavar="POINTS"),
         description="a candidate that trained all its epochs and falls short of its accept floor by at most this "
         "many validation points is trained again from its parent for `retry_epochs` (a node `<id>-retry`), "
-        "and that node is judged against the same floor: the short per-step schedules underrate small "
-        "students, and a near miss is the cheapest candidate to settle; 0 = off",
+        "and that node is judged against the same floor: a second draw for a child whose shortfall is "
+        "within validation noise (on MNIST it moved accuracy by -0.13..+0.18, mean -0.01); 0 = off",
     )
     retry_epochs: int | None = Field(
         default=None,
