@@ -171,7 +171,7 @@ class Campaign:
         if not chosen:
             failures = f" ({'; '.join(n.reason for n in failed)})" if failed else ""
             return budget_note or f"generation {generation}: no candidate stayed within tolerance{failures}"
-        beam = self.search.beam if self.search.select == "tree" else 1
+        beam = self.search.kept_per_generation()
         room = f" by {self.search.accept_margin} points" if narrow else ""
         reason = f"smallest within tolerance{room}"
         if beam > 1:
@@ -262,7 +262,7 @@ class Campaign:
         no larger already within tolerance with room). Like any sibling, a rejected near miss is not on
         the answer's chain, so the baselines are not given its epochs."""
         root, epochs, cost = self.lineage.root(), rules.retry_epochs(self.config), rules.epochs_per_retry(self.config)
-        beam = self.search.beam if self.search.select == "tree" else 1
+        beam = self.search.kept_per_generation()
         passed = [n.params for n in trained if rules.roomy(n, parent, root, self.search)]
         retried: list[NodeRecord] = []
         for node in (n for n in trained[-new:] if rules.near_miss(n, parent, root, self.search)):

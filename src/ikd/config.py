@@ -317,6 +317,10 @@ class SearchConfig(Strict):
     def many_teachers(self) -> bool:
         return self.strategy.startswith("ancestors-")
 
+    def kept_per_generation(self) -> int:
+        """How many children within tolerance parent the next generation: `beam` under `select: tree`, else one."""
+        return self.beam if self.select == "tree" else 1
+
     @field_validator("operators")
     @classmethod
     def _known_operators(cls, operators: list[str]) -> list[str]:

@@ -219,8 +219,7 @@ def survivors(kept: list[NodeRecord], search: SearchConfig, narrow: Collection[s
     """Of the children within tolerance, those that parent the next generation: the smallest one
     (`select: best`), or up to `beam` of them (`select: tree`); children in `narrow` (within
     tolerance by less than `search.accept_margin`) only after every roomy one."""
-    beam = search.beam if search.select == "tree" else 1
-    return sorted(kept, key=lambda n: (n.id in narrow, *rank(n)))[:beam]
+    return sorted(kept, key=lambda n: (n.id in narrow, *rank(n)))[: search.kept_per_generation()]
 
 
 def stop_before(generation: int, frontier: list[NodeRecord], search: SearchConfig) -> str | None:
