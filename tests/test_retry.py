@@ -81,7 +81,9 @@ def test_no_retry_for_a_near_miss_that_a_smaller_passing_sibling_already_beats(t
     assert cli.main(campaign_args(tiny_teacher, tmp_path / "run", *extra, "--retry-epochs", "2")) == 0
     lineage = RunDir(tmp_path / "run").load()
     children = {n.id: n for n in lineage.students()}
+    seen = [(n.id, n.status, n.val_accuracy) for n in children.values()]
     accepted = [n for n in children.values() if n.status == Status.ACCEPTED]
+    assert accepted, seen
     larger = [n for n in children.values() if n.status == Status.REJECTED and n.params > accepted[0].params]
-    assert accepted and larger, [(n.id, n.status, n.val_accuracy) for n in children.values()]
+    assert larger, seen
     assert not any(n.operator == rules.RETRY for n in children.values())
