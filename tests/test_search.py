@@ -358,6 +358,29 @@ def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_t
         compress(budgeted, progress=False, redecide=True)
 
 
+@pytest.mark.parametrize("candidates", ["smallest-first", "all"])
+def test_redecide_with_a_factor_list_reuses_the_children_trained_under_their_old_names(
+    tmp_path, tiny_teacher, monkeypatch, candidates
+):
+    # A single width factor names the child g1-width; a list names the same child g1-width50.
+    config = campaign_config(tmp_path / "run", tiny_teacher, operators=["width"], candidates=candidates)
+    first = compress(config, progress=False)
+    assert [n.id for n in first.students()] == ["g1-width", "g2-width"]
+    calls = trained_ids(monkeypatch)
+    gentle = campaign_config(
+        tmp_path / "run", tiny_teacher, operators=["width"], candidates=candidates, width_factor=[0.5, 0.75]
+    )
+    with pytest.raises(ConfigError, match=r"search.width_factor.*pass --redecide"):
+        compress(gentle, progress=False)
+    again = compress(gentle, progress=False, redecide=True)
+    # Only the 0.75 children are new; smallest-first never trains them (the 0.5 child passes first).
+    assert sorted(calls) == ([] if candidates == "smallest-first" else ["g1-width75", "g2-width75"])
+    for old in first.students():
+        assert again.node(old.id).sha256 == old.sha256 and again.node(old.id).status == "accepted"
+    assert again.find("g1-width50") is None and again.final().id == "g2-width"
+    assert RunDir(tmp_path / "run").verify(again) == []
+
+
 def test_baselines_of_another_answer_are_dropped_even_when_not_asked_for(tmp_path, tiny_teacher, monkeypatch):
     config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0)
     first = compress(config.model_copy(update={"baselines": True}), progress=False)

@@ -12,6 +12,7 @@ trained again. The test split is never consulted.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -31,7 +32,7 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session,
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import Candidate
-from ikd.strategy import propose, teachers_of
+from ikd.strategy import propose, seed_index, teachers_of
 from ikd.teachers import TeacherModels, expert_teachers, first_student, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
@@ -212,6 +213,7 @@ class Campaign:
         stop at the first within tolerance with accept_margin to spare: the rule keeps it anyway."""
         teacher_ids = teachers_of(self.lineage, parent, self.search, self.config.ensemble, expert_ids)
         self.models.keep_only(teacher_ids)
+        candidates = self.as_recorded(generation, candidates, parent.id, teacher_ids)
         together = self.search.many_children() or self.search.candidates == "all"
         batches = [candidates] if together else [[c] for c in candidates]
         trained: list[NodeRecord] = []
@@ -268,7 +270,9 @@ class Campaign:
         for node in (n for n in trained[-new:] if rules.near_miss(n, parent, root, self.search)):
             if beam == 1 and passed and min(passed) <= node.params:
                 continue
-            retry = Candidate(rules.retry_id(node.id), rules.RETRY, node.spec())
+            [retry] = self.as_recorded(
+                generation, [Candidate(rules.retry_id(node.id), rules.RETRY, node.spec())], parent.id, teacher_ids
+            )
             if self.needs_training(retry, parent.id, teacher_ids):
                 if not rules.budget_allows(self.lineage.epochs_spent(), 1, cost, self.search.budget_epochs):
                     return retried, True
@@ -294,6 +298,46 @@ class Campaign:
         """Whose weights `parent`'s children start from: the parent's (student.inherit), unless it is a
         user module, which a VGG cannot inherit from."""
         return parent.id if self.config.student.inherit and parent.kind is not NodeKind.EXTERNAL else None
+
+    def as_recorded(
+        self, generation: int, candidates: list[Candidate], parent_id: str, teacher_ids: list[str]
+    ) -> list[Candidate]:
+        """`candidates`, each one the lineage holds under another id renamed to that id, so it is reused
+        rather than trained again: the same training (generation, parent, operator, shape, teachers,
+        sibling seed) named otherwise, as when a width_factor or slim_fraction list replaces a single
+        value (`g5-block` against `g5-block50`) before a --redecide."""
+        proposed = {c.node_id for c in candidates}
+
+        def same_training(node: NodeRecord, c: Candidate) -> bool:
+            return (node.parent, node.operator, node.teachers, seed_index(node.id), node.spec()) == (
+                parent_id,
+                c.operator,
+                teacher_ids,
+                c.seed_index,
+                c.spec,
+            )
+
+        renamed = []
+        for c in candidates:
+            own = self.lineage.find(c.node_id)
+            if own is None or not same_training(own, c):
+                twin = next(
+                    (
+                        n
+                        for n in self.lineage.students()
+                        if n.generation == generation
+                        and n.id not in proposed
+                        and n.status != Status.FAILED
+                        and same_training(n, c)
+                    ),
+                    None,
+                )
+                if twin is not None:
+                    self.ctx.log(f"{c.node_id} was trained before as {twin.id}; reusing it under that id")
+                    proposed.add(twin.id)
+                    c = dataclasses.replace(c, node_id=twin.id)
+            renamed.append(c)
+        return renamed
 
     def needs_training(self, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
         """Not in the lineage yet, lost with its worker (the job failed, not the training), or
@@ -435,9 +479,9 @@ def compress(
     `teacher`: your own trained module (images normalised with the dataset's mean/std -> logits)
     as the root, with its hint read from the submodule named `hint_layer`; the chain then starts
     from `student` (default: vgg11 fitted to the data) and shrinks from there. `redecide`: make
-    every generation's decision again under this config's acceptance rules (rules.ACCEPTANCE_KEYS may
-    differ from the run's without `force`), reusing each trained candidate the new path reaches from
-    the same parent and training the others.
+    every generation's decision again under this config's acceptance rules and operators
+    (rules.REDECIDE_KEYS may differ from the run's without `force`), reusing each trained candidate
+    the new path reaches from the same parent and training the others.
     """
     config = as_config(config, overrides)
     torch.manual_seed(config.seed)

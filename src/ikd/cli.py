@@ -509,9 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument(
         "--redecide",
         action="store_true",
-        help="make every generation's decision again under this config's acceptance keys (max_drop, "
-        "max_step_drop, accept_margin, select, beam, ...: these may differ from the run's), reusing each "
-        "trained candidate the new path reaches and training the others",
+        help="make every generation's decision again under this config's acceptance and proposal keys "
+        "(max_drop, max_step_drop, accept_margin, select, beam, operators, width_factor, slim_fraction, ...: "
+        "these may differ from the run's), reusing each trained candidate the new path reaches and training "
+        "the others",
     )
     co.add_argument("--quiet", action="store_true", help="no progress output")
     co.set_defaults(func=cmd_compress)

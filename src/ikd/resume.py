@@ -60,9 +60,9 @@ def open_campaign(
         stored = CampaignConfig.model_validate(stored).decision_fields()
     differences = config_differences(stored, wanted)
     if redecide:  # what it is for: the same trainings judged by other rules
-        differences = [d for d in differences if d.partition(":")[0] not in rules.ACCEPTANCE_KEYS]
+        differences = [d for d in differences if d.partition(":")[0] not in rules.REDECIDE_KEYS]
     if differences and not force:
-        judging_only = all(d.partition(":")[0] in rules.ACCEPTANCE_KEYS for d in differences)
+        judging_only = all(d.partition(":")[0] in rules.REDECIDE_KEYS for d in differences)
         raise ConfigError(
             f"{run.path}: holds a campaign with another config ({'; '.join(differences[:4])}"
             f"{' ...' if len(differences) > 4 else ''}); use another run_dir"

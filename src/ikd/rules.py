@@ -160,10 +160,11 @@ def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
     return None
 
 
-# The config keys that only judge trained candidates (or choose which to train): `ikd compress
-# --redecide` replays a campaign's decisions under new values of these without retraining. Not
+# The config keys that only judge trained candidates or choose which to propose and train: `ikd
+# compress --redecide` replays a campaign's decisions under new values of these, reusing every
+# training the new path repeats (Campaign.as_recorded finds one under another id). Not
 # budget_epochs: a replay cannot tell which epochs a fresh run would have spent.
-ACCEPTANCE_KEYS = frozenset(
+REDECIDE_KEYS = frozenset(
     f"search.{key}"
     for key in (
         "max_drop",
@@ -175,6 +176,13 @@ ACCEPTANCE_KEYS = frozenset(
         "max_generations",
         "target_params",
         "target_compression",
+        "operators",
+        "width_factor",
+        "slim_fraction",
+        "slim_min_channels",
+        "slim_by_share",
+        "slim_round_to",
+        "retry_within",
     )
 )
 

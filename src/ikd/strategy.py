@@ -20,6 +20,8 @@ children within tolerance, so `select: best` is the beam of one.
 
 from __future__ import annotations
 
+import re
+
 from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord
@@ -27,6 +29,7 @@ from ikd.shrink import Candidate, Scales, get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
+SEED_SUFFIX = "-s"  # the id suffix of such a sibling: g2-width-s1
 
 
 def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Scales | None = None) -> list[Candidate]:
@@ -62,9 +65,15 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
             continue
         seen.add(spec.model_dump_json())
         for j in range(seeds):
-            suffix = f"-s{j}" if seeds > 1 else ""
+            suffix = f"{SEED_SUFFIX}{j}" if seeds > 1 else ""
             candidates.append(Candidate(f"{prefix}{label}{suffix}", name, spec, j))
     return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
+
+
+def seed_index(node_id: str) -> int:
+    """Which same-architecture sibling `node_id` names (its `-sJ` suffix; none: the first). A retry's
+    id ends otherwise: it trains as the first, whichever sibling it retries."""
+    return int(match.group(1)) if (match := re.search(rf"{SEED_SUFFIX}(\d+)$", node_id)) else 0
 
 
 def teachers_of(
