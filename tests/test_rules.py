@@ -294,3 +294,16 @@ def test_a_retry_is_not_evidence_for_early_rejection():
     lineage = Lineage(config={}, nodes=[ROOT, *fresh])
     ratios = rules.late_error_ratios(lineage, 3)
     assert ratios and rules.late_error_ratios(lineage.model_copy(update={"nodes": [ROOT, *fresh, retry]}), 3) == ratios
+
+
+def test_a_final_student_is_checked_against_the_test_its_search_answer_passed():
+    answer = node("g2-width", 0.94, status="accepted", generation=2, parent="g1-width")
+    chain = [ROOT, node("g1-width", 0.945, status="accepted"), answer]
+    rules_ = search(max_drop=2.0, max_step_drop=0.5)
+    assert rules.final_rejection(Lineage(config={}, nodes=chain), rules_) is None  # no final distillation
+    final = node("final", 0.941, status="final", generation=2, parent="g2-width")
+    assert rules.final_rejection(Lineage(config={}, nodes=[*chain, final]), rules_) is None
+    # under the parent's floor (94.5 - 0.5): the answer passed, the final student would not
+    lower = final.model_copy(update={"val_accuracy": 0.9399})
+    why = rules.final_rejection(Lineage(config={}, nodes=[*chain, lower]), rules_)
+    assert why is not None and "parent 94.50% - max_step_drop 0.5" in why

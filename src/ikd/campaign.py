@@ -393,6 +393,11 @@ class Campaign:
             status=Status.FINAL,
             parent_id=answer.id,
         )
+        if (why := rules.final_rejection(self.lineage, self.search)) is not None:
+            self.ctx.log(
+                f"{FINAL_ID} would not pass the test {answer.id} passed ({why}); it stays the answer, "
+                f"{answer.id}'s weights are in {self.ctx.run.node_dir(answer.id)}"
+            )
 
     def forget_stale_baselines(self) -> None:
         """Drop baselines made for another final student (a --redecide, a --force) or for none now."""

@@ -9,6 +9,7 @@ and embedded in the HTML as data URIs so the page travels as one file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import math
@@ -18,9 +19,12 @@ from typing import Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from pydantic import ValidationError
 
+from ikd import rules
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE
+from ikd.config import SearchConfig
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
@@ -202,6 +206,8 @@ class Report:
                 f"Baselines (same architecture as the final student, same epochs): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
+        if self.final.status == Status.FINAL and self.final.parent is not None:
+            lines.append(self.final_distillation())
         root, final = self.root.spec(), self.final.spec()
         if (dead := root.num_params() - root.live_params()) > 0:
             lines.append(
@@ -214,6 +220,25 @@ class Report:
         lines.append("Test accuracy is reported only; every decision used the validation split.")
         lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
         return lines
+
+    def final_distillation(self) -> str:
+        """What the final distillation did to the search's answer, by both splits, and whether the
+        student it delivers would still pass the test the answer passed (it is not judged again)."""
+        final = self.final
+        answer = self.lineage.node(final.parent or "")
+        line = (
+            f"Final distillation: {answer.id} trained again for {final.epochs} epochs by {'+'.join(final.teachers)}; "
+            f"validation {_pct(answer.val_accuracy)}% -> {_pct(final.val_accuracy)}%, "
+            f"test {_pct(answer.test_accuracy)}% -> {_pct(final.test_accuracy)}%."
+        )
+        with contextlib.suppress(ValidationError):
+            search = SearchConfig.model_validate(self.lineage.config.get("search", {}))
+            if (why := rules.final_rejection(self.lineage, search)) is not None:
+                line += (
+                    f" By validation it would not pass the test {answer.id} passed ({why}); it is not "
+                    f"judged again, and {answer.id}'s own weights stay in nodes/{answer.id}."
+                )
+        return line
 
 
 def load_report(run_dir: Path) -> Report:

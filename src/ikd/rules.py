@@ -37,6 +37,19 @@ def rejection(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: Se
     return None
 
 
+def final_rejection(lineage: Lineage, search: SearchConfig) -> str | None:
+    """Why the final distillation's student would fail the test its search answer passed (`rejection`
+    against the answer's parent and the root), or None: it would pass, or there is none. A longer
+    schedule can still leave it a few validation images lower; it is not judged again, so this is
+    reported (the campaign's log, `ikd report`) and the answer's own weights stay beside it."""
+    final = lineage.final()
+    if final.status != Status.FINAL or final.parent is None:
+        return None
+    answer = lineage.node(final.parent)
+    parent = lineage.node(answer.parent) if answer.parent is not None else lineage.root()
+    return rejection(final, parent, lineage.root(), search)
+
+
 def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
     """The validation accuracy (a fraction) a child of `parent` must reach to be accepted."""
     return max(
