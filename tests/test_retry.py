@@ -87,3 +87,19 @@ def test_no_retry_for_a_near_miss_that_a_smaller_passing_sibling_already_beats(t
     larger = [n for n in children.values() if n.status == Status.REJECTED and n.params > accepted[0].params]
     assert larger, seen
     assert not any(n.operator == rules.RETRY for n in children.values())
+
+
+def test_the_retries_of_two_seed_siblings_are_two_trainings(tiny_teacher, tmp_path):
+    # both siblings of one architecture miss the floor (max_drop 0) and are near misses: each retry keeps
+    # its sibling's seed, so neither is taken for the other
+    extra = ("--strategy", "parent-children", "--operators", "width", "--seeds", "2", "--select", "tree")
+    strict = ("--max-drop", "0", "--max-step-drop", "0", "--retry-within", "100", "--retry-epochs", "2")
+    assert cli.main(campaign_args(tiny_teacher, tmp_path / "run", *extra, *strict)) == 0
+    run = RunDir(tmp_path / "run")
+    lineage = run.load()
+    retries = sorted(n.id for n in lineage.nodes if n.operator == rules.RETRY)
+    assert retries == ["g1-width-s0-retry", "g1-width-s1-retry"], [(n.id, n.reason) for n in lineage.nodes]
+    first, second = (load_file(run.node_dir(i) / "model.safetensors") for i in retries)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    for sibling in ("g1-width-s0", "g1-width-s1"):
+        assert f"retried as {sibling}-retry" in lineage.node(sibling).reason

@@ -138,3 +138,10 @@ def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, ti
     assert spent <= 3 and "budget" in (lineage.stop_reason or "")
     # parent-child: one child per generation fits (1 epoch each); parent-children: k=2 per pass
     assert spent == (3 if strategy == "parent-child" else 2)
+
+
+def test_a_child_id_names_its_sibling_seed_and_its_branch():
+    from ikd.strategy import id_prefix, seed_index
+
+    assert [seed_index(i) for i in ("g2-width", "g2-width-s0", "g2-b1-slim50-s3", "g2-width-s1-retry")] == [0, 0, 3, 0]
+    assert [id_prefix(i) for i in ("g2-width", "g12-b1-slim50-s3", "final")] == ["g2-", "g12-b1-", ""]

@@ -32,7 +32,7 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session,
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import Candidate
-from ikd.strategy import propose, seed_index, teachers_of
+from ikd.strategy import id_prefix, propose, seed_index, teachers_of
 from ikd.teachers import TeacherModels, expert_teachers, first_student, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
@@ -270,9 +270,9 @@ class Campaign:
         for node in (n for n in trained[-new:] if rules.near_miss(n, parent, root, self.search)):
             if beam == 1 and passed and min(passed) <= node.params:
                 continue
-            [retry] = self.as_recorded(
-                generation, [Candidate(rules.retry_id(node.id), rules.RETRY, node.spec())], parent.id, teacher_ids
-            )
+            # a sibling's retry keeps its seed: two siblings' retries are two trainings
+            retry = Candidate(rules.retry_id(node.id), rules.RETRY, node.spec(), seed_index(node.id))
+            [retry] = self.as_recorded(generation, [retry], parent.id, teacher_ids)
             if self.needs_training(retry, parent.id, teacher_ids):
                 if not rules.budget_allows(self.lineage.epochs_spent(), 1, cost, self.search.budget_epochs):
                     return retried, True
@@ -305,11 +305,13 @@ class Campaign:
         """`candidates`, each one the lineage holds under another id renamed to that id, so it is reused
         rather than trained again: the same training (generation, parent, operator, shape, teachers,
         sibling seed) named otherwise, as when a width_factor or slim_fraction list replaces a single
-        value (`g5-block` against `g5-block50`) before a --redecide."""
+        value (`g5-block` against `g5-block50`) before a --redecide. Only under the parent's own id
+        prefix: another branch of a tree may be about to train under the other ids."""
         proposed = {c.node_id for c in candidates}
 
         def same_training(node: NodeRecord, c: Candidate) -> bool:
-            return (node.parent, node.operator, node.teachers, seed_index(node.id), node.spec()) == (
+            sibling = seed_index(rules.near_miss_id(node.id))
+            return (node.parent, node.operator, node.teachers, sibling, node.spec()) == (
                 parent_id,
                 c.operator,
                 teacher_ids,
@@ -326,6 +328,7 @@ class Campaign:
                         n
                         for n in self.lineage.students()
                         if n.generation == generation
+                        and id_prefix(n.id) == id_prefix(c.node_id)
                         and n.id not in proposed
                         and n.status != Status.FAILED
                         and same_training(n, c)
@@ -395,8 +398,8 @@ class Campaign:
         )
         if (why := rules.final_rejection(self.lineage, self.search)) is not None:
             self.ctx.log(
-                f"{FINAL_ID} would not pass the test {answer.id} passed ({why}); it stays the answer, "
-                f"{answer.id}'s weights are in {self.ctx.run.node_dir(answer.id)}"
+                f"{FINAL_ID} would not pass the test {answer.id} passed ({why}); {FINAL_ID} stays the "
+                f"answer, {answer.id}'s weights are in {self.ctx.run.node_dir(answer.id)}"
             )
 
     def forget_stale_baselines(self) -> None:

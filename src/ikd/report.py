@@ -206,8 +206,8 @@ class Report:
                 f"Baselines (same architecture as the final student, same epochs): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
-        if self.final.status == Status.FINAL and self.final.parent is not None:
-            lines.append(self.final_distillation())
+        if self.final.status == Status.FINAL and (line := self.final_distillation()):
+            lines.append(line)
         root, final = self.root.spec(), self.final.spec()
         if (dead := root.num_params() - root.live_params()) > 0:
             lines.append(
@@ -221,18 +221,23 @@ class Report:
         lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
         return lines
 
-    def final_distillation(self) -> str:
+    def final_distillation(self) -> str | None:
         """What the final distillation did to the search's answer, by both splits, and whether the
-        student it delivers would still pass the test the answer passed (it is not judged again)."""
+        student it delivers would still pass the test the answer passed (it is not judged again);
+        None when the answer is not in the lineage."""
         final = self.final
-        answer = self.lineage.node(final.parent or "")
+        answer = self.lineage.find(final.parent or "")
+        if answer is None:
+            return None
         line = (
             f"Final distillation: {answer.id} trained again for {final.epochs} epochs by {'+'.join(final.teachers)}; "
             f"validation {_pct(answer.val_accuracy)}% -> {_pct(final.val_accuracy)}%, "
             f"test {_pct(answer.test_accuracy)}% -> {_pct(final.test_accuracy)}%."
         )
+        if "search" not in self.lineage.config:  # not the campaign's tolerances: no verdict
+            return line
         with contextlib.suppress(ValidationError):
-            search = SearchConfig.model_validate(self.lineage.config.get("search", {}))
+            search = SearchConfig.model_validate(self.lineage.config["search"])
             if (why := rules.final_rejection(self.lineage, search)) is not None:
                 line += (
                     f" By validation it would not pass the test {answer.id} passed ({why}); it is not "

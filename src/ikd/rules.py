@@ -43,11 +43,9 @@ def final_rejection(lineage: Lineage, search: SearchConfig) -> str | None:
     schedule can still leave it a few validation images lower; it is not judged again, so this is
     reported (the campaign's log, `ikd report`) and the answer's own weights stay beside it."""
     final = lineage.final()
-    if final.status != Status.FINAL or final.parent is None:
-        return None
-    answer = lineage.node(final.parent)
-    parent = lineage.node(answer.parent) if answer.parent is not None else lineage.root()
-    return rejection(final, parent, lineage.root(), search)
+    answer = lineage.find(final.parent) if final.status == Status.FINAL and final.parent is not None else None
+    parent = lineage.find(answer.parent) if answer is not None and answer.parent is not None else None
+    return None if parent is None else rejection(final, parent, lineage.root(), search)
 
 
 def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:

@@ -71,9 +71,15 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
 
 
 def seed_index(node_id: str) -> int:
-    """Which same-architecture sibling `node_id` names (its `-sJ` suffix; none: the first). A retry's
-    id ends otherwise: it trains as the first, whichever sibling it retries."""
+    """Which same-architecture sibling `node_id` names (its `-sJ` suffix; none: the first)."""
     return int(match.group(1)) if (match := re.search(rf"{SEED_SUFFIX}(\d+)$", node_id)) else 0
+
+
+def id_prefix(node_id: str) -> str:
+    """The generation and branch part of a child's id (`g3-`, `g3-b1-`): each frontier parent proposes
+    its children under its own."""
+    match = re.match(r"g\d+-(?:b\d+-)?", node_id)
+    return match.group(0) if match else ""
 
 
 def teachers_of(
