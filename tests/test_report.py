@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ikd.campaign import compress
-from ikd.cli import main
+from ikd.cli import format_lineage, main
 from ikd.config import load_config
 from ikd.lineage import Latency, RunDir, Status
 from ikd.report import FIGURES, STYLE, load_report, speedup, write_report
@@ -155,6 +155,7 @@ def test_a_final_student_under_its_answers_floor_is_flagged(run_dir, tmp_path):
     line = next(f for f in load_report(copy).facts() if f.startswith("Final distillation"))
     assert f"would not pass the test {answer.id} passed" in line and "max_step_drop 0.0" in line
     assert f"nodes/{answer.id}" in line
+    assert f"final: by validation it would not pass the test {answer.id} passed" in format_lineage(run.load())
 
 
 def test_parameters_that_never_meet_a_pixel_are_counted_apart(run_dir, tmp_path):

@@ -307,3 +307,7 @@ def test_a_final_student_is_checked_against_the_test_its_search_answer_passed():
     lower = final.model_copy(update={"val_accuracy": 0.9399})
     why = rules.final_rejection(Lineage(config={}, nodes=[*chain, lower]), rules_)
     assert why is not None and "parent 94.50% - max_step_drop 0.5" in why
+    # without tolerances given, those the lineage records; none recorded, no verdict
+    assert rules.final_rejection(Lineage(config={}, nodes=[*chain, lower])) is None
+    recorded = Lineage(config={"search": {"max_drop": 2.0, "max_step_drop": 0.5}}, nodes=[*chain, lower])
+    assert rules.final_rejection(recorded) == why

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import torch
 from pydantic import ValidationError
 
-from ikd import distributed
+from ikd import distributed, rules
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
@@ -373,6 +373,8 @@ def format_lineage(lineage) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if lineage.stop_reason:
         lines.append(f"stopped: {lineage.stop_reason}")
+    if (why := rules.final_rejection(lineage)) is not None:
+        lines.append(f"final: by validation it would not pass the test {lineage.final().parent} passed ({why})")
     return "\n".join(lines)
 
 

@@ -9,7 +9,6 @@ and embedded in the HTML as data URIs so the page travels as one file.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import json
 import math
@@ -19,12 +18,10 @@ from typing import Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from pydantic import ValidationError
 
 from ikd import rules
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE
-from ikd.config import SearchConfig
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
@@ -234,15 +231,11 @@ class Report:
             f"validation {_pct(answer.val_accuracy)}% -> {_pct(final.val_accuracy)}%, "
             f"test {_pct(answer.test_accuracy)}% -> {_pct(final.test_accuracy)}%."
         )
-        if "search" not in self.lineage.config:  # not the campaign's tolerances: no verdict
-            return line
-        with contextlib.suppress(ValidationError):
-            search = SearchConfig.model_validate(self.lineage.config["search"])
-            if (why := rules.final_rejection(self.lineage, search)) is not None:
-                line += (
-                    f" By validation it would not pass the test {answer.id} passed ({why}); it is not "
-                    f"judged again, and {answer.id}'s own weights stay in nodes/{answer.id}."
-                )
+        if (why := rules.final_rejection(self.lineage)) is not None:
+            line += (
+                f" By validation it would not pass the test {answer.id} passed ({why}); it is not "
+                f"judged again, and {answer.id}'s own weights stay in nodes/{answer.id}."
+            )
         return line
 
 

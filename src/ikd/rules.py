@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from itertools import pairwise
 
+from pydantic import ValidationError
+
 from ikd.config import CampaignConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord, Status, rank
 
@@ -37,15 +39,27 @@ def rejection(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: Se
     return None
 
 
-def final_rejection(lineage: Lineage, search: SearchConfig) -> str | None:
+def final_rejection(lineage: Lineage, search: SearchConfig | None = None) -> str | None:
     """Why the final distillation's student would fail the test its search answer passed (`rejection`
     against the answer's parent and the root), or None: it would pass, or there is none. A longer
     schedule can still leave it a few validation images lower; it is not judged again, so this is
-    reported (the campaign's log, `ikd report`) and the answer's own weights stay beside it."""
+    reported (the campaign's log, `ikd lineage`, `ikd report`) and the answer's own weights stay beside
+    it. `search`: the campaign's tolerances, default those its lineage records (none: no verdict)."""
+    search = search or recorded_search(lineage)
     final = lineage.final()
     answer = lineage.find(final.parent) if final.status == Status.FINAL and final.parent is not None else None
     parent = lineage.find(answer.parent) if answer is not None and answer.parent is not None else None
-    return None if parent is None else rejection(final, parent, lineage.root(), search)
+    return None if parent is None or search is None else rejection(final, parent, lineage.root(), search)
+
+
+def recorded_search(lineage: Lineage) -> SearchConfig | None:
+    """The search settings a lineage was made under, or None when it records none ikd can read."""
+    if "search" not in lineage.config:
+        return None
+    try:
+        return SearchConfig.model_validate(lineage.config["search"])
+    except ValidationError:
+        return None
 
 
 def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
