@@ -141,7 +141,42 @@ def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, ti
 
 
 def test_a_child_id_names_its_sibling_seed_and_its_branch():
-    from ikd.strategy import id_prefix, seed_index
+    from ikd.strategy import child_prefix, id_prefix, seed_index
 
     assert [seed_index(i) for i in ("g2-width", "g2-width-s0", "g2-b1-slim50-s3", "g2-width-s1-retry")] == [0, 0, 3, 0]
     assert [id_prefix(i) for i in ("g2-width", "g12-b1-slim50-s3", "final")] == ["g2-", "g12-b1-", ""]
+    assert [id_prefix(child_prefix(g, b) + "width") for g, b in ((2, None), (12, 1))] == ["g2-", "g12-b1-"]
+
+
+def test_a_record_is_the_same_training_whatever_its_id_but_not_whatever_its_operator():
+    from ikd.arch import preset
+    from ikd.campaign import same_training
+    from ikd.lineage import NodeRecord, Status
+    from ikd.shrink import Candidate
+
+    spec = preset("vgg11", in_channels=1, image_size=8, num_classes=10)
+
+    def record(node_id: str, operator: str | None) -> NodeRecord:
+        return NodeRecord.of_spec(
+            node_id,
+            spec,
+            root_params=10 * spec.num_params(),
+            generation=2,
+            parent="g1-width",
+            teachers=["g1-width"],
+            operator=operator,
+            status=Status.REJECTED,
+        )
+
+    def same(node: NodeRecord, node_id: str, operator: str, sibling: int = 0, teachers=("g1-width",)) -> bool:
+        return same_training(node, Candidate(node_id, operator, spec, sibling), "g1-width", list(teachers))
+
+    assert same(record("g2-block", "block"), "g2-block50", "block")  # renamed by a factor list: reused
+    assert not same(record("g2-block", "block"), "g2-block", "block", sibling=1)
+    assert not same(record("g2-block", "block"), "g2-block", "block", teachers=("g1-width", "g0-teacher"))
+    # a retry has its near miss's parent, shape and seed: only the operator tells them apart
+    assert not same(record("g2-block", "block"), "g2-block-retry", "retry")
+    assert same(record("g2-block-retry", "retry"), "g2-block-retry", "retry")
+    # a record from before operators were recorded counts under its own id only
+    assert same(record("g2-block", None), "g2-block", "block")
+    assert not same(record("g2-block", None), "g2-block-retry", "retry")

@@ -32,7 +32,7 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session,
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import Candidate
-from ikd.strategy import id_prefix, propose, seed_index, teachers_of
+from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
 from ikd.teachers import TeacherModels, expert_teachers, first_student, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
@@ -195,7 +195,7 @@ class Campaign:
         return budget_note or next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
 
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:
-        prefix = f"g{generation}-" + (f"b{branch}-" if branch is not None else "")
+        prefix = child_prefix(generation, branch)
         if parent.kind is NodeKind.EXTERNAL:  # a user module cannot be shrunk: the chain starts from a spec
             return [Candidate(f"{prefix}student", "initial", first_student(self.ctx, self.first_student))]
         scales = None
@@ -308,21 +308,10 @@ class Campaign:
         value (`g5-block` against `g5-block50`) before a --redecide. Only under the parent's own id
         prefix: another branch of a tree may be about to train under the other ids."""
         proposed = {c.node_id for c in candidates}
-
-        def same_training(node: NodeRecord, c: Candidate) -> bool:
-            sibling = seed_index(rules.near_miss_id(node.id))
-            return (node.parent, node.operator, node.teachers, sibling, node.spec()) == (
-                parent_id,
-                c.operator,
-                teacher_ids,
-                c.seed_index,
-                c.spec,
-            )
-
         renamed = []
         for c in candidates:
             own = self.lineage.find(c.node_id)
-            if own is None or not same_training(own, c):
+            if own is None or not same_training(own, c, parent_id, teacher_ids):
                 twin = next(
                     (
                         n
@@ -331,7 +320,7 @@ class Campaign:
                         and id_prefix(n.id) == id_prefix(c.node_id)
                         and n.id not in proposed
                         and n.status != Status.FAILED
-                        and same_training(n, c)
+                        and same_training(n, c, parent_id, teacher_ids)
                     ),
                     None,
                 )
@@ -352,7 +341,7 @@ class Campaign:
         # Decided records are trusted (their generation was decided before the next one trained),
         # except when deciding again; an undecided one may be left from another path.
         checked = self.redecide or node.status == Status.CANDIDATE
-        if checked and (node.parent, node.spec(), node.teachers) != (parent_id, candidate.spec, teacher_ids):
+        if checked and not same_training(node, candidate, parent_id, teacher_ids):
             self.forget(node.id)
             return True
         return node.status == Status.FAILED and node.reason.startswith(WORKER_LOST)
@@ -467,6 +456,19 @@ class Campaign:
             record=self.record,
         )
         self.passes_done += 1
+
+
+def same_training(node: NodeRecord, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
+    """Whether `node` records the training `candidate` asks for from `parent_id` and `teacher_ids`:
+    same parent, teachers, shape, sibling seed and operator. The id does not count (a training's seed
+    does not depend on it), except for records from before operators were recorded: those count only
+    under their own id, which names the operator (a retry has its near miss's shape and seed)."""
+    same_operator = node.operator == candidate.operator or (node.operator is None and node.id == candidate.node_id)
+    return (
+        (node.parent, node.teachers, node.spec()) == (parent_id, teacher_ids, candidate.spec)
+        and seed_index(rules.near_miss_id(node.id)) == candidate.seed_index
+        and same_operator
+    )
 
 
 def compress(

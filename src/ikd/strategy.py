@@ -75,9 +75,14 @@ def seed_index(node_id: str) -> int:
     return int(match.group(1)) if (match := re.search(rf"{SEED_SUFFIX}(\d+)$", node_id)) else 0
 
 
-def id_prefix(node_id: str) -> str:
+def child_prefix(generation: int, branch: int | None) -> str:
     """The generation and branch part of a child's id (`g3-`, `g3-b1-`): each frontier parent proposes
-    its children under its own."""
+    its children under its own; `id_prefix` reads it back."""
+    return f"g{generation}-" + (f"b{branch}-" if branch is not None else "")
+
+
+def id_prefix(node_id: str) -> str:
+    """The `child_prefix` a node's id starts with ("" for the root or a user's expert)."""
     match = re.match(r"g\d+-(?:b\d+-)?", node_id)
     return match.group(0) if match else ""
 
