@@ -142,6 +142,13 @@ def test_arch_reports_vgg16_size():
     assert mnist.returncode == 0 and "6,291,456 of the parameters (42.7%) never meet a pixel" in mnist.stdout
 
 
+@pytest.mark.parametrize(("flags", "named"), [(["--input", "3x0"], "--input"), (["--classes", "1"], "--classes")])
+def test_arch_refuses_an_impossible_input_in_one_line(flags, named):
+    result = ikd("arch", "vgg16", *flags)
+    assert result.returncode == 2 and result.stderr.startswith(f"ikd: error: {named}")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 # `ikd compress` flags are generated from the config models (ikd.config.cli_flag); these check the
 # generated parser in-process, without training anything.
 

@@ -282,6 +282,18 @@ def test_the_state_of_another_job_is_refused_in_one_line(digits, tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_the_state_of_another_job_is_discarded_when_asked(digits, tmp_path, capsys):
+    interrupted_state(digits, tmp_path / "state", stop=2)
+    other = CONFIG.model_copy(update={"lr": 0.01})
+    model = build_model(spec(digits), seed=1)
+    train_model(model, digits, other, progress=False, state_dir=tmp_path / "state", discard_foreign_state=True)
+    err = capsys.readouterr().err
+    assert err.count("another job") == 2 and "starting from epoch 1" in err  # both files passed over
+    unresumed = build_model(spec(digits), seed=1)
+    train_model(unresumed, digits, other, progress=False)
+    assert_same_weights(model, unresumed)
+
+
 def test_a_deadline_stops_at_an_epoch_boundary_and_the_rerun_finishes(digits, straight, tmp_path):
     state_dir = tmp_path / "state"
     with pytest.raises(TrainingPaused) as paused:
@@ -426,7 +438,7 @@ def assert_same_campaign(run_dir: Path, expected: Path) -> None:
     for node in want:
         for name in want[node]:
             assert torch.equal(got[node][name], want[node][name]), (node, name)
-    assert not (run_dir / ".train-state").exists() or not any((run_dir / ".train-state").iterdir())
+    assert not (run_dir / ".train-state").exists()  # every job's state removed, and then their parent
 
 
 def test_a_campaign_killed_inside_a_child_resumes_that_child_after_its_last_epoch(
@@ -466,6 +478,39 @@ def test_compress_time_limit_exits_75_each_session_progresses_and_the_end_is_the
     # a 1 s limit is passed after each session's first epoch: stop inside child 1, after it, inside child 2
     assert codes == [EXIT_TEMPFAIL, EXIT_TEMPFAIL, EXIT_TEMPFAIL, 0], [codes, result.stderr]
     assert_same_campaign(run_dir, campaign_straight)
+
+
+def test_a_forced_change_of_config_discards_the_unfinished_training_of_the_old_one(tiny_teacher, tmp_path):
+    run_dir = tmp_path / "forced"
+    paused = run_ikd(compress_command(tiny_teacher, run_dir, "--time-limit", "1s"))
+    assert paused.returncode == EXIT_TEMPFAIL, paused.stderr
+    assert list(run_dir.glob(".train-state/*/stage-0/epoch-00001.pt")), "no child stopped inside its training"
+    refused = run_ikd(compress_command(tiny_teacher, run_dir, "--epochs", "3"))
+    assert refused.returncode == EXIT_USAGE and "another config" in refused.stderr
+    forced = run_ikd(compress_command(tiny_teacher, run_dir, "--epochs", "3", "--force"))
+    assert forced.returncode == 0, forced.stderr
+    assert "another job" in forced.stderr and "Traceback" not in forced.stderr
+    assert {n.epochs for n in RunDir(run_dir).load().students()} == {3}
+    assert not (run_dir / ".train-state").exists()
+
+
+def test_other_data_is_refused_even_with_force(tiny_teacher, campaign_straight, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(campaign_straight, run_dir)
+    (config := tmp_path / "split.yaml").write_text("data:\n  split_seed: 1\n")
+    result = run_ikd(compress_command(tiny_teacher, run_dir, "--config", str(config), "--force"))
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.strip().splitlines()
+    assert "other data (data.split_seed: 0 -> 1)" in line and "another run_dir" in line
+    assert lineage_results(run_dir) == lineage_results(campaign_straight)
+
+
+def test_a_model_directory_is_no_run_directory(tiny_teacher, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_teacher, model_dir)
+    result = run_ikd(compress_command(tiny_teacher, model_dir))
+    assert result.returncode == EXIT_USAGE and "holds a model from `ikd train`" in result.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(p.name for p in tiny_teacher.iterdir())
 
 
 def test_a_time_limit_is_no_reason_to_refuse_resuming_a_campaign(tiny_teacher, campaign_straight, tmp_path):

@@ -12,6 +12,7 @@ trained again. The test split is never consulted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import shutil
@@ -125,6 +126,8 @@ class Campaign:
         self.forget_stale_baselines()  # asked for or not: a lineage must not pair an answer with another's baselines
         if self.config.baselines:
             self.baselines()
+        with contextlib.suppress(OSError):  # each job removed its own state; an empty parent says nothing
+            self.ctx.state_root.rmdir()
         return self.lineage
 
     def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:

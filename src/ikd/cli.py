@@ -115,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 description=args.arch,
                 state_dir=state_dir,
+                discard_foreign_state=args.force,
                 deadline=started + time_limit if time_limit is not None else None,
             )
         except TrainingPaused as paused:
@@ -238,6 +239,10 @@ def cmd_arch(args: argparse.Namespace) -> int:
         channels, size = (int(part) for part in args.input.lower().split("x", 1))
     except ValueError:
         raise ConfigError(f"--input {args.input!r}: expected CHANNELSxSIZE, e.g. 3x32") from None
+    if channels < 1 or size < 1:
+        raise ConfigError(f"--input {args.input!r}: channels and size must be at least 1, e.g. 3x32")
+    if args.classes < 2:
+        raise ConfigError(f"--classes {args.classes}: a classifier needs at least 2 classes")
     spec = preset(args.arch, in_channels=channels, image_size=size, num_classes=args.classes)
     info = {
         "arch": args.arch,
@@ -479,7 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="resize the images to this size, square (default: the dataset's own; imagefolder: 32)",
     )
-    train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a model already in --out, and discard an unfinished training of another job there",
+    )
     train.add_argument(
         "--time-limit",
         metavar="DURATION",

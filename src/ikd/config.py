@@ -7,8 +7,9 @@ from these models, so documentation, flags and validation cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast, get_args, get_origin
@@ -501,7 +502,9 @@ def _valid_keys(model: type[BaseModel], path: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def validate_config(document: Any, source: str) -> CampaignConfig:
+def validate_config(document: Any, source: str, overridden: Collection[str] = ()) -> CampaignConfig:
+    """`document` checked as a CampaignConfig; an error names `source`, or the flag (or override)
+    that set the key when it is one of `overridden` (dotted keys)."""
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -516,17 +519,46 @@ def validate_config(document: Any, source: str) -> CampaignConfig:
         message = first["msg"].removeprefix("Value error, ")
         if not key:  # a rule across keys: the message names them
             raise ConfigError(f"{source}: {message}") from None
+        if key in overridden:
+            flag = next((f.name for f in command_line_flags() if f.key == key), "overrides")
+            raise ConfigError(f"{key} = {first.get('input')!r} (from {flag}, not {source}): {message}") from None
         raise ConfigError(f"{source}: {key} = {first.get('input')!r}: {message}") from None
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CampaignConfig:
-    """Read a YAML config (or start from the defaults) and apply dotted-key overrides."""
+class _YamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            with contextlib.suppress(TypeError):  # an unhashable key: SafeLoader's own error follows
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """Where and what, in one line: `line 3, column 9: key 'max_drop' given twice in one mapping`."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem or exc.context or type(exc).__name__}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, *, source: str | None = None
+) -> CampaignConfig:
+    """Read a YAML config (or start from the defaults) and apply dotted-key overrides; `source` names
+    the config in errors (default: the path, or "defaults")."""
     document: dict[str, Any] = {}
-    source = "defaults"
+    source = source or (str(path) if path is not None else "defaults")
     if path is not None:
-        source = str(path)
         try:
-            document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            document = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_YamlLoader)  # a SafeLoader
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
         except UnicodeDecodeError as exc:
@@ -534,8 +566,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
                 f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a YAML file"
             ) from None
         except (yaml.YAMLError, ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, absurd nesting
-            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"{path}: not valid YAML ({first_line})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         if document is None:  # an empty file: the defaults
             document = {}
         if not isinstance(document, dict):
@@ -550,7 +581,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             if not isinstance(target, dict):
                 raise ConfigError(f"{source}: {part} must be a mapping to set {dotted}")
         target[leaf] = value
-    return validate_config(document, source)
+    return validate_config(document, source, [k for k, v in (overrides or {}).items() if v is not None])
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
@@ -613,7 +644,7 @@ def as_config(
     if isinstance(config, CampaignConfig):
         config = config.model_dump()
     if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
-        return load_config(None, {**config, **(overrides or {})})
+        return load_config(None, {**config, **(overrides or {})}, source="the config given")
     return load_config(config, overrides)
 
 

@@ -66,6 +66,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     extra: dict[str, Any] | None = None,
     state_dir: Path | None = None,
+    discard_foreign_state: bool = False,
     deadline: float | None = None,
 ) -> tuple[TrainResult, dict[str, float]]:
     """Train from scratch with cross-entropy, then `save_trained`: (result, test metrics).
@@ -80,6 +81,7 @@ def fit(
         description=description,
         on_epoch=on_epoch,
         state_dir=state_dir,
+        discard_foreign_state=discard_foreign_state,
         deadline=deadline,
     )
     tested = save_trained(

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ikd.arch import ArchSpec
 from ikd.atomic import TEMP_SUFFIX, atomic_write_json
-from ikd.checkpoint import WEIGHTS_FILE
+from ikd.checkpoint import META_FILE, WEIGHTS_FILE
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
 
 LINEAGE_FILE = "lineage.json"
@@ -311,6 +311,11 @@ class RunDir:
         removed once the lock is held; a run directory this call created is removed again if
         nothing was written into it (a campaign that fails before any work leaves nothing).
         """
+        if not self.exists() and (self.path / META_FILE).is_file():  # its nodes would land beside that model
+            raise ConfigError(
+                f"{self.path}: holds a model from `ikd train` ({META_FILE}), not a campaign; choose another "
+                f"run_dir (to compress that model, give it as the teacher: --teacher {self.path})"
+            )
         created = _missing_dirs(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)

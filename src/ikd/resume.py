@@ -59,6 +59,13 @@ def open_campaign(
     with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
         stored = CampaignConfig.model_validate(stored).decision_fields()
     differences = config_differences(stored, wanted)
+    other_data = [d for d in differences if d.startswith("data.")]
+    if other_data:  # not even under --force: the lineage's accuracies are on the old split
+        raise ConfigError(
+            f"{run.path}: holds a campaign on other data ({'; '.join(other_data)}); its accuracies were "
+            "measured on another validation split, and a student trained now could be validated on images "
+            "its ancestors trained on; use another run_dir"
+        )
     if redecide:  # what it is for: the same trainings judged by other rules
         differences = [d for d in differences if d.partition(":")[0] not in rules.REDECIDE_KEYS]
     if differences and not force:

@@ -120,6 +120,7 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
             description=ROOT_ID,
             on_epoch=ctx.on_epoch,
             state_dir=ctx.state_root / ROOT_ID,
+            discard_foreign_state=True,  # the campaign's config decides the job: another one's state is stale
             deadline=monotonic_deadline(ctx.deadline),
         )
         # the model holds its best-by-validation weights, so that epoch's score is its val accuracy

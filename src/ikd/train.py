@@ -337,6 +337,7 @@ def train_model(
     description: str = "train",
     on_epoch: EpochCallback | None = None,
     state_dir: Path | None = None,
+    discard_foreign_state: bool = False,
     deadline: float | None = None,
 ) -> TrainResult:
     """Train in place; on return the model holds its best-by-validation weights.
@@ -352,6 +353,7 @@ def train_model(
         descriptions=[description],
         on_epoch=on_epoch,
         state_dir=state_dir,
+        discard_foreign_state=discard_foreign_state,
         deadline=deadline,
     )[0]
     if isinstance(result, TrainingDiverged):
@@ -369,6 +371,7 @@ def train_models(
     descriptions: list[str] | None = None,
     on_epoch: EpochCallback | None = None,
     state_dir: Path | None = None,
+    discard_foreign_state: bool = False,
     deadline: float | None = None,
     give_up: GiveUp | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
@@ -385,7 +388,8 @@ def train_models(
     same job that finds it continues after its last saved epoch, ending with the same weights
     (bit for bit on the CPU) as a run never interrupted. With `deadline` (a time.monotonic() value)
     training stops at the first epoch boundary from which one more epoch would pass it, and raises
-    TrainingPaused once the state is saved. `give_up` sees each model's history after each epoch; a
+    TrainingPaused once the state is saved. `discard_foreign_state`: a state there of another job is
+    passed over and deleted rather than refused (StateStore). `give_up` sees each model's history after each epoch; a
     reason stops that model there (it keeps its best weights so far; the result says why).
     """
     device = resolve_device(config.device)
@@ -436,11 +440,13 @@ def train_models(
     first_epoch, seconds_before = 1, 0.0
     if state_dir is not None:
         fingerprint = _fingerprint(group, descriptions, data, config, augment, ranks)
-        store = StateStore(state_dir, fingerprint)
+        store = StateStore(state_dir, fingerprint, discard_foreign=discard_foreign_state)
         if ranks:
             # Rank 0 writes the shared state; each rank keeps its own random streams beside it, one
             # more epoch of them than the shared files (a rank's are written first).
-            rank_store = StateStore(state_dir / f"rank-{ranks.rank}", fingerprint, keep=KEEP + 1)
+            rank_store = StateStore(
+                state_dir / f"rank-{ranks.rank}", fingerprint, keep=KEEP + 1, discard_foreign=discard_foreign_state
+            )
             saved, skipped = _agreed_state(store, rank_store, ranks, device)
             rank_store.discard_after(saved.epoch if saved else 0)
         else:

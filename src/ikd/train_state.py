@@ -44,12 +44,15 @@ class SavedState:
 
 
 class StateStore:
-    """The state files of one training job in one directory."""
+    """The state files of one training job in one directory. `discard_foreign`: another job's state
+    is passed over (and then deleted with the damaged ones) instead of refused, for the owners that
+    can never resume it: a campaign (its config decides the job) and `ikd train --force`."""
 
-    def __init__(self, directory: Path, fingerprint: str, keep: int = KEEP):
+    def __init__(self, directory: Path, fingerprint: str, keep: int = KEEP, *, discard_foreign: bool = False):
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.keep = keep
+        self.discard_foreign = discard_foreign
 
     def _files_newest_first(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
@@ -96,8 +99,8 @@ class StateStore:
     def load_latest(self) -> tuple[SavedState | None, list[str]]:
         """The newest intact state of this job (or None) and one line per damaged file passed over.
 
-        A state of another job is a CheckpointError: resuming it would be wrong, silently
-        discarding it could throw away a long training.
+        A state of another job is a CheckpointError unless `discard_foreign`: resuming it would be
+        wrong, silently discarding it could throw away a long training.
         """
         skipped: list[str] = []
         for epoch, path in self._files_newest_first():
@@ -125,9 +128,12 @@ class StateStore:
         except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
             raise ValueError(f"unreadable ({exc})") from None
         if state.get("fingerprint") != self.fingerprint:
+            if self.discard_foreign:
+                raise ValueError("the state of another job (other settings, architecture or data); discarded")
             raise CheckpointError(
                 f"{self.directory}: holds the training state of a different job (other settings, "
-                "architecture or data); rerun that job's command to resume it, or delete the directory"
+                "architecture or data); rerun that job's command to resume it, pass --force to discard it "
+                "and start over, or delete the directory"
             )
         if state.get("epoch") != epoch:
             raise ValueError(f"names epoch {epoch} but holds {state.get('epoch')}")

@@ -193,6 +193,7 @@ def run_training_pass(
             descriptions=[job.candidates[i].node_id for i in alive],
             on_epoch=on_epoch,
             state_dir=state_dir / f"stage-{stage}" if state_dir is not None else None,
+            discard_foreign_state=True,  # the campaign's config decides the job: another one's state is stale
             deadline=monotonic_deadline(job.deadline) if state_dir is not None else None,
             give_up=job.give_up(stage_epochs) if stage == len(job.stages) - 1 else None,
         )
