@@ -277,7 +277,7 @@ def test_only_the_newest_two_states_are_kept(digits, tmp_path):
 def test_the_state_of_another_job_is_refused_in_one_line(digits, tmp_path):
     interrupted_state(digits, tmp_path / "state", stop=1)
     other = CONFIG.model_copy(update={"lr": 0.01})
-    with pytest.raises(CheckpointError, match="different job") as error:
+    with pytest.raises(CheckpointError, match=r"different job \(config\.lr differ\)") as error:
         train_model(build_model(spec(digits), seed=1), digits, other, progress=False, state_dir=tmp_path / "state")
     assert "\n" not in str(error.value)
 

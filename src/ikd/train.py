@@ -439,8 +439,9 @@ def train_models(
     store = rank_store = None
     first_epoch, seconds_before = 1, 0.0
     if state_dir is not None:
-        fingerprint = _fingerprint(group, descriptions, data, config, augment, ranks)
-        store = StateStore(state_dir, fingerprint, discard_foreign=discard_foreign_state)
+        job = _job(group, descriptions, data, config, augment, ranks)
+        fingerprint = job_fingerprint(job)
+        store = StateStore(state_dir, fingerprint, discard_foreign=discard_foreign_state, job=job)
         if ranks:
             # Rank 0 writes the shared state; each rank keeps its own random streams beside it, one
             # more epoch of them than the shared files (a rank's are written first).
@@ -635,14 +636,16 @@ def _end_epoch(
         )
 
 
-def _fingerprint(
+def _job(
     group: list[_Student],
     descriptions: list[str],
     data: DataSplits,
     config: TrainConfig,
     augment: str,
     ranks: distributed.Group | None = None,
-) -> str:
+) -> dict[str, Any]:
+    """Everything that must match for a saved state to be this job's (StateStore digests it)."""
+
     def tensors(module: Any) -> list | None:
         if not isinstance(module, torch.nn.Module):
             return None
@@ -659,7 +662,7 @@ def _fingerprint(
     }
     if ranks:  # each rank's slice of a batch depends on their number (absent alone: older states stay valid)
         document["world_size"] = ranks.world_size
-    return job_fingerprint(document)
+    return document
 
 
 # What differs between the ranks of a data-parallel run: their random streams (dropout draws on each

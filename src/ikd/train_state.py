@@ -33,7 +33,11 @@ _NAME = re.compile(r"epoch-(\d{5,})\.pt")
 
 def job_fingerprint(document: dict[str, Any]) -> str:
     """A digest of everything that must match for a saved state to belong to this job."""
-    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(_job_text(document).encode()).hexdigest()
+
+
+def _job_text(document: dict[str, Any]) -> str:
+    return json.dumps(document, sort_keys=True, default=str)
 
 
 @dataclass
@@ -48,11 +52,22 @@ class StateStore:
     is passed over (and then deleted with the damaged ones) instead of refused, for the owners that
     can never resume it: a campaign (its config decides the job) and `ikd train --force`."""
 
-    def __init__(self, directory: Path, fingerprint: str, keep: int = KEEP, *, discard_foreign: bool = False):
+    def __init__(
+        self,
+        directory: Path,
+        fingerprint: str,
+        keep: int = KEEP,
+        *,
+        discard_foreign: bool = False,
+        job: dict[str, Any] | None = None,
+    ):
+        """`job`: the document `fingerprint` digests, saved beside it (as JSON text, which loads back
+        with weights_only) so a refusal can say what differs."""
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.keep = keep
         self.discard_foreign = discard_foreign
+        self.job = job
 
     def _files_newest_first(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
@@ -83,7 +98,8 @@ class StateStore:
     def save(self, epoch: int, state: dict[str, Any]) -> Path:
         """Write the state after `epoch` all or nothing, then drop all but the newest `keep` files."""
         buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "epoch": epoch, **state}, buffer)
+        job = {"job": _job_text(self.job)} if self.job is not None else {}
+        torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "epoch": epoch, **job, **state}, buffer)
         payload = buffer.getvalue()
         path = self.path(epoch)
         atomic_write_bytes(path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
@@ -131,13 +147,26 @@ class StateStore:
             if self.discard_foreign:
                 raise ValueError("the state of another job (other settings, architecture or data); discarded")
             raise CheckpointError(
-                f"{self.directory}: holds the training state of a different job (other settings, "
-                "architecture or data); rerun that job's command to resume it, pass --force to discard it "
-                "and start over, or delete the directory"
+                f"{self.directory}: holds the training state of a different job ({self._what_differs(state)}); "
+                "rerun that job's command to resume it, pass --force to discard it and start over, or delete "
+                "the directory"
             )
         if state.get("epoch") != epoch:
             raise ValueError(f"names epoch {epoch} but holds {state.get('epoch')}")
         return state
+
+    def _what_differs(self, state: dict[str, Any]) -> str:
+        """The job keys that differ, when both sides know their job (states before ikd saved it do not)."""
+        from ikd.resume import config_differences  # the same dotted-key comparison as a campaign's config
+
+        vague = "other settings, architecture or data"
+        if self.job is None or not isinstance(state.get("job"), str):
+            return vague
+        with contextlib.suppress(ValueError):
+            saved, wanted = json.loads(state["job"]), json.loads(_job_text(self.job))
+            if keys := [d.partition(":")[0] for d in config_differences(saved, wanted)]:
+                return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ"
+        return vague
 
 
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
