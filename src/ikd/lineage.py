@@ -360,10 +360,18 @@ class RunDir:
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON or a huge number
             raise CheckpointError(f"{self.lineage_path}: not readable JSON ({exc})") from None
         try:
-            return Lineage.model_validate(document)
+            lineage = Lineage.model_validate(document)
         except ValidationError as exc:
             where, first = first_validation_error(exc)
             raise CheckpointError(f"{self.lineage_path}: invalid {where}: {first['msg']}") from None
+        ids = {n.id for n in lineage.nodes}
+        for node in lineage.nodes:  # ikd drops a node with all that grew from it: a gap is an edit or damage
+            if missing := [i for i in (node.parent, *node.teachers) if i is not None and i not in ids]:
+                raise CheckpointError(
+                    f"{self.lineage_path}: node {node.id!r} names {missing[0]!r} as its parent or teacher, "
+                    "which the lineage does not hold; expected a lineage.json written by `ikd compress`"
+                )
+        return lineage
 
     def save(self, lineage: Lineage) -> None:
         atomic_write_json(self.lineage_path, lineage.model_dump(mode="json"))

@@ -23,6 +23,8 @@ def run_case(edit: Callable[[Path], object] | None, *flags: str, command: str = 
             edit(run)
         if command == "export":
             return ["export", str(run), *flags]
+        if command == "lineage":
+            return ["lineage", str(run), *flags]
         return [*shared.campaign(run), *flags]
 
     return make
@@ -72,6 +74,13 @@ CASES = [
     ),
     BadInput("run-node-id-escapes", GROUP, "invalid nodes.1.id", make=run_case(set_node(1, "id", "../../escape"))),
     BadInput("run-parent-id-escapes", GROUP, "invalid nodes.1.parent", make=run_case(set_node(1, "parent", "/etc"))),
+    BadInput("run-parent-missing", GROUP, "names 'ghost' as its parent", make=run_case(set_node(1, "parent", "ghost"))),
+    BadInput(
+        "lineage-teacher-missing",
+        GROUP,
+        "names 'ghost' as its parent or teacher",
+        make=run_case(set_node(1, "teachers", ["ghost"]), command="lineage"),
+    ),
     BadInput(
         "run-tampered-weights",
         GROUP,
