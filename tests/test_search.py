@@ -230,21 +230,22 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_teacher):
     assert metrics[0] == metrics[1]
 
 
-def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
-    """Any nn.Module returning logits: hint read by module path, chain starts from a given spec."""
+def own_teacher(digits, epochs: int = 3) -> torch.nn.Module:
     from torch import nn
-
-    import ikd
 
     torch.manual_seed(0)
     teacher = nn.Sequential(
         nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(12 * 16, 10)
     )
-    config = TrainConfig(epochs=3, batch_size=32, precision="fp32", device="cpu")
-    train_model(teacher, digits, config, progress=False)  # the loop trains any logits module
-    student = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [8]])
-    overrides = {
-        "run_dir": str(tmp_path / "own"),
+    if epochs:
+        config = TrainConfig(epochs=epochs, batch_size=32, precision="fp32", device="cpu")
+        train_model(teacher, digits, config, progress=False)  # the loop trains any logits module
+    return teacher
+
+
+def own_teacher_overrides(run_dir) -> dict:
+    return {
+        "run_dir": str(run_dir),
         "device": "cpu",
         "precision": "fp32",
         "student.epochs": 1,
@@ -253,12 +254,26 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
         "search.max_drop": 100.0,
         "search.max_step_drop": 100.0,
     }
+
+
+def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
+    """Any nn.Module returning logits: hint read by module path, chain starts from a given spec."""
+    from ikd.external import module_digest
+    from ikd.report import write_report
+
+    teacher = own_teacher(digits)
+    student = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [8]])
+    overrides = own_teacher_overrides(tmp_path / "own")
     lineage = ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="1", student=student)
     assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-student", "g2-width"]
     root = lineage.root()
-    assert root.arch == {"external": "Sequential"} and root.params == sum(p.numel() for p in teacher.parameters())
+    assert root.arch == {"external": "Sequential", "state_sha256": module_digest(teacher), "hint_layer": "1"}
+    assert root.params == sum(p.numel() for p in teacher.parameters())
     assert lineage.node("g1-student").arch == student.to_json_dict()
     assert lineage.node("g2-width").parent == "g1-student"
+    assert "Sequential" in (write_report(tmp_path / "own") / "report.md").read_text()  # no spec: no crash
+    again = ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="1", student=student)
+    assert again.nodes == lineage.nodes
     with pytest.raises(ConfigError, match="not a submodule"):
         ikd.compress(
             overrides={**overrides, "run_dir": str(tmp_path / "bad")},
@@ -268,6 +283,61 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
         )
     with pytest.raises(ConfigError, match="pass it again"):
         ikd.compress(overrides=overrides, progress=False)  # resuming needs the module
+    # another module of the same shape, or another hint layer, is not this run's teacher
+    with pytest.raises(ConfigError, match="its weights differ"):
+        ikd.compress(overrides=overrides, progress=False, teacher=own_teacher(digits, epochs=0), hint_layer="1")
+    with pytest.raises(ConfigError, match="hint_layer '3'"):
+        ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="3")
+    assert RunDir(tmp_path / "own").load().nodes == lineage.nodes
+
+
+def test_a_teacher_module_is_refused_by_a_run_ikd_trained_the_root_of(tmp_path, tiny_teacher, digits):
+    compress(campaign_config(tmp_path / "run", tiny_teacher, max_generations=1), progress=False)
+    with pytest.raises(ConfigError, match="not a module passed from Python"):
+        compress(
+            campaign_config(tmp_path / "run", tiny_teacher, max_generations=1),
+            progress=False,
+            teacher=own_teacher(digits, epochs=0),
+            hint_layer="1",
+        )
+
+
+class _Returns(torch.nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        self.inner, self.wrap = torch.nn.Linear(64, 10), wrap
+
+    def forward(self, x):
+        return self.wrap(self.inner(x.flatten(1)))
+
+
+def _bad_teachers():
+    from torch import nn
+
+    return {
+        "a tuple": (_Returns(lambda y: (y, y)), "returns a tuple"),
+        "a dict": (_Returns(lambda y: {"logits": y}), "returns a dict"),
+        "5 classes": (nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), r"shape \(2, 5\) .* expected .*\(2, 10\)"),
+        "double weights": (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double(), "fails on a batch of"),
+        "28x28 input": (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), r"fails on a batch of \(2, 1, 8, 8\)"),
+        "not a module": (lambda x: x, "expected a torch.nn.Module"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_teachers()))
+def test_a_teacher_module_that_cannot_be_the_root_is_refused_before_anything_is_recorded(tmp_path, digits, case):
+    module, message = _bad_teachers()[case]
+    overrides = {**own_teacher_overrides(tmp_path / "run"), "loss.gamma": 0.0}
+    with pytest.raises(ConfigError, match=message) as error:
+        ikd.compress(overrides=overrides, progress=False, teacher=module)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # created for the campaign, removed again: nothing was written
+
+
+def test_a_teacher_module_without_a_hint_layer_needs_gamma_0(tmp_path, digits):
+    with pytest.raises(ConfigError, match="no hint_layer"):
+        ikd.compress(overrides=own_teacher_overrides(tmp_path / "run"), progress=False, teacher=own_teacher(digits, 0))
+    assert not (tmp_path / "run").exists()
 
 
 def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_teacher, monkeypatch):

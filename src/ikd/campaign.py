@@ -200,7 +200,13 @@ class Campaign:
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:
         prefix = child_prefix(generation, branch)
         if parent.kind is NodeKind.EXTERNAL:  # a user module cannot be shrunk: the chain starts from a spec
-            return [Candidate(f"{prefix}student", "initial", first_student(self.ctx, self.first_student))]
+            spec = first_student(self.ctx, self.first_student)
+            if spec.num_params() >= parent.params:
+                self.ctx.log(
+                    f"warning: the first student ({spec.summary()}, {spec.num_params():,} params) is not smaller "
+                    f"than the teacher module ({parent.params:,} params); pass a smaller one as student="
+                )
+            return [Candidate(f"{prefix}student", "initial", spec)]
         scales = None
         if "slim" in self.search.operators:  # it ranks the parent's channels by their trained BatchNorm scales
             from ikd.inherit import bn_scales

@@ -7,17 +7,39 @@ dataset's per-channel mean and std, like every ikd model.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
 from ikd.errors import ConfigError
 
+# What a user's forward may raise on an input it was not built for (shape, dtype, device, arity).
+_FORWARD_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, AttributeError, NotImplementedError)
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and values): the same teacher, or not."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if isinstance(tensor, torch.Tensor):
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
 
 class ExternalTeacher(nn.Module):
-    """Wraps a user's module so the objective can ask it for logits and one hint feature map."""
+    """Wraps a user's module so the objective can ask it for logits and one hint feature map. One
+    forward on `example` checks it first, so a module that cannot be the root is refused before
+    anything is recorded."""
 
-    def __init__(self, module: nn.Module, hint_layer: str | None, example: torch.Tensor):
+    def __init__(self, module: nn.Module, hint_layer: str | None, example: torch.Tensor, num_classes: int):
         super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                f"teacher: expected a torch.nn.Module mapping images to logits, got {type(module).__name__}"
+            )
         self.module = module.eval()
         self.hint_layer = hint_layer
         self.hint_channels: int | None = None
@@ -28,14 +50,27 @@ class ExternalTeacher(nn.Module):
                 shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
                 raise ConfigError(f"hint_layer {hint_layer!r} is not a submodule of the teacher; it has: {shown}")
             module.get_submodule(hint_layer).register_forward_hook(self._capture)
+        given = f"a batch of {tuple(example.shape)} {str(example.dtype).removeprefix('torch.')} normalised images"
+        try:
             with torch.no_grad():
-                _, (features,) = self.forward_features(example)
-            if features.dim() != 4:
-                raise ConfigError(
-                    f"hint_layer {hint_layer!r} outputs shape {tuple(features.shape)}; "
-                    "expected a feature map (N, C, H, W)"
-                )
-            self.hint_channels = features.shape[1]
+                logits, features = self.forward_features(example)
+        except _FORWARD_ERRORS as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(f"the teacher module fails on {given} ({type(exc).__name__}: {first_line})") from None
+        expected = (example.shape[0], num_classes)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected or not logits.is_floating_point():
+            got = (
+                f"a {str(logits.dtype).removeprefix('torch.')} tensor of shape {tuple(logits.shape)}"
+                if isinstance(logits, torch.Tensor)
+                else f"a {type(logits).__name__}"
+            )
+            raise ConfigError(
+                f"the teacher module returns {got} for {given}; expected float logits of shape {expected}"
+            )
+        if features and (not isinstance(features[0], torch.Tensor) or features[0].dim() != 4):
+            shape = tuple(features[0].shape) if isinstance(features[0], torch.Tensor) else type(features[0]).__name__
+            raise ConfigError(f"hint_layer {hint_layer!r} outputs {shape}; expected a feature map (N, C, H, W)")
+        self.hint_channels = features[0].shape[1] if features else None
 
     def _capture(self, module, inputs, output) -> None:
         self._captured = output

@@ -205,18 +205,27 @@ class Report:
             )
         if self.final.status == Status.FINAL and (line := self.final_distillation()):
             lines.append(line)
-        root, final = self.root.spec(), self.final.spec()
-        if (dead := root.num_params() - root.live_params()) > 0:
-            lines.append(
-                f"{dead:,} of the teacher's {root.num_params():,} parameters ({100 * dead / root.num_params():.1f}%) "
-                "never meet a pixel at this input size (3x3 kernels on 1x1 maps use only their centre tap); "
-                f"counting live parameters only, the teacher has {root.live_params():,} and the final student "
-                f"{final.live_params():,}: {root.live_params() / final.live_params():.1f}x fewer, where all "
-                f"parameters give {root.num_params() / final.num_params():.1f}x."
-            )
+        if line := self.dead_parameters():
+            lines.append(line)
         lines.append("Test accuracy is reported only; every decision used the validation split.")
         lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
         return lines
+
+    def dead_parameters(self) -> str | None:
+        """The teacher's parameters that never meet a pixel, and the ratio in live ones; None when
+        there are none, or for a user's module (no spec to count them in)."""
+        if NodeKind.EXTERNAL in (self.root.kind, self.final.kind):
+            return None
+        root, final = self.root.spec(), self.final.spec()
+        if (dead := root.num_params() - root.live_params()) <= 0:
+            return None
+        return (
+            f"{dead:,} of the teacher's {root.num_params():,} parameters ({100 * dead / root.num_params():.1f}%) "
+            "never meet a pixel at this input size (3x3 kernels on 1x1 maps use only their centre tap); "
+            f"counting live parameters only, the teacher has {root.live_params():,} and the final student "
+            f"{final.live_params():,}: {root.live_params() / final.live_params():.1f}x fewer, where all "
+            f"parameters give {root.num_params() / final.num_params():.1f}x."
+        )
 
     def final_distillation(self) -> str | None:
         """What the final distillation did to the search's answer, by both splits, and whether the

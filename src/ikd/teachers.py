@@ -14,7 +14,7 @@ from ikd.arch import ArchSpec, preset
 from ikd.checkpoint import load_model, read_metadata, save_model
 from ikd.context import CampaignContext
 from ikd.errors import ConfigError
-from ikd.external import ExternalTeacher
+from ikd.external import ExternalTeacher, module_digest
 from ikd.fit import fit
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
 from ikd.model import VGG, build_model
@@ -55,9 +55,14 @@ class TeacherModels:
                 "(ikd.compress(..., teacher=module)) to resume"
             )
         if self._external is None:
+            if self.hint_layer is None and self.ctx.config.loss.gamma > 0:
+                raise ConfigError("the teacher module has no hint_layer; name one, or set loss.gamma to 0")
             data = self.ctx.data
             example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=self.ctx.device)
-            self._external = ExternalTeacher(self.user_module.to(self.ctx.device), self.hint_layer, example)
+            module = self.user_module
+            if isinstance(module, torch.nn.Module):
+                module = module.to(self.ctx.device)
+            self._external = ExternalTeacher(module, self.hint_layer, example, data.num_classes)
         return self._external
 
 
@@ -90,10 +95,12 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
     None when the lineage already has it."""
     existing = lineage.find(ROOT_ID)
     if existing is not None:
-        if existing.kind is NodeKind.EXTERNAL and models.external().num_params() != existing.params:
+        if existing.kind is NodeKind.EXTERNAL:
+            _same_module(ctx, existing, models.external())
+        elif models.user_module is not None:
             raise ConfigError(
-                f"{ctx.run.path}: the teacher passed has {models.external().num_params():,} params, "
-                f"the run's root had {existing.params:,}; not the same teacher"
+                f"{ctx.run.path}: its root teacher is {existing.arch_summary()}, not a module passed from Python; "
+                "the teacher passed would not be used: use another run_dir"
             )
         return None
     started = time.perf_counter()
@@ -142,6 +149,28 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
     )
 
 
+def _same_module(ctx: CampaignContext, root: NodeRecord, teacher: ExternalTeacher) -> None:
+    """Refuse to resume a run on a module other than its root (other weights, or another hint layer):
+    its children would be distilled from one teacher and judged against another's accuracy. Runs
+    recorded before the weights' digest was kept are checked by parameter count."""
+    recorded = root.arch.get("state_sha256")
+    if recorded is not None and recorded != module_digest(teacher.module):
+        raise ConfigError(
+            f"{ctx.run.path}: the teacher passed is not the run's root (its weights differ from the ones "
+            "recorded); pass the same trained module, or use another run_dir"
+        )
+    if recorded is None and teacher.num_params() != root.params:
+        raise ConfigError(
+            f"{ctx.run.path}: the teacher passed has {teacher.num_params():,} params, "
+            f"the run's root had {root.params:,}; not the same teacher"
+        )
+    if "hint_layer" in root.arch and root.arch["hint_layer"] != teacher.hint_layer:
+        raise ConfigError(
+            f"{ctx.run.path}: hint_layer {teacher.hint_layer!r}, where the run's students were distilled "
+            f"with {root.arch['hint_layer']!r}; pass that one, or use another run_dir"
+        )
+
+
 def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: float) -> NodeRecord:
     val, test = ctx.accuracy(teacher, ctx.data.val), ctx.accuracy(teacher, ctx.data.test)
     params = teacher.num_params()
@@ -150,7 +179,11 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
         id=ROOT_ID,
         generation=0,
         status=Status.TEACHER,
-        arch={"external": type(teacher.module).__name__},
+        arch={
+            "external": type(teacher.module).__name__,
+            "state_sha256": module_digest(teacher.module),
+            "hint_layer": teacher.hint_layer,
+        },
         params=params,
         size_bytes_fp32=4 * params,
         macs=0,
