@@ -159,14 +159,20 @@ def test_an_out_path_with_the_format_extension_is_the_file_itself(run_dir, tmp_p
     [
         ("safetensors", "digits.onnx", "ends in .onnx but --format is safetensors"),
         ("onnx", "made-by-an-older-ikd.onnx", "is a directory"),
+        ("onnx", "a-file/model.onnx", "a-file is not a directory"),
+        ("onnx", "half.onnx", "cannot write " + "{tmp}/half.export.json: it is a directory"),
     ],
 )
 def test_an_out_path_that_cannot_be_the_file_exits_2_with_one_line(run_dir, tmp_path, capsys, fmt, out, expected):
     (tmp_path / "made-by-an-older-ikd.onnx").mkdir()
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "half.export.json").mkdir()  # the summary's place is taken: nothing may be written at all
+    before = RunDir(run_dir).lineage_path.read_bytes()
     assert main(["export", str(run_dir), "--node", NODE, "--format", fmt, "--out", str(tmp_path / out)]) == 2
     err = capsys.readouterr().err
-    assert expected in err and len(err.strip().splitlines()) == 1
+    assert expected.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "digits.onnx").exists() and not any((tmp_path / "made-by-an-older-ikd.onnx").iterdir())
+    assert not (tmp_path / "half.onnx").exists() and RunDir(run_dir).lineage_path.read_bytes() == before
 
 
 def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
@@ -221,6 +227,20 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
     assert {m.rounds for m in second.node(ROOT).latency} == {4}
     summary = json.loads((run_dir / "export" / NODE / "export.json").read_text())
     assert set(summary["formats"]) == {"onnx", "safetensors"}  # both exports are described
+
+
+def test_a_speed_up_keeps_the_teacher_time_measured_beside_it(run_dir):
+    from ikd.report import speedup
+
+    export_node(run_dir, NODE, "onnx", repeats=1)
+    paired = {(m.runtime, m.batch): m for m in RunDir(run_dir).load().node(NODE).latency}
+    assert all(m.teacher_ms is not None for m in paired.values())
+    export_node(run_dir, ROOT, "onnx", repeats=1)  # the root re-timed alone, at another moment
+    lineage = RunDir(run_dir).load()
+    assert lineage.node(NODE).latency == list(paired.values())
+    for (runtime, batch), m in paired.items():
+        ratio = speedup(lineage.node(NODE), lineage.root(), runtime, batch)
+        assert ratio == pytest.approx(m.teacher_ms / m.median_ms)
 
 
 def test_an_external_root_is_not_timed_and_cannot_be_exported(run_dir, capsys):

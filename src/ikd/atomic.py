@@ -23,7 +23,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` all or nothing: a temporary file beside it, fsynced, then renamed.
 
     Any failure (a full or read-only disk, an interrupt) leaves `path` as it was and removes the
-    temporary file; an OSError names `path`, as a failed write or fsync by itself names no file.
+    temporary file; an OSError names `path`, as a failed write or fsync by itself names no file and
+    a failed rename names the temporary one.
     """
     tmp = None
     try:
@@ -40,7 +41,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
 

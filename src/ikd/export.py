@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ class ExportResult:
         if self.latency:
             first = self.latency[0]
             threads = f"{first.threads} thread{'s' if first.threads > 1 else ''}"
-            lines.append(f"  latency, median ms on {first.device} ({threads}):")
+            lines.append(f"  latency, ms per call on a whole batch (least round median), {first.device} ({threads}):")
             lines += ["    " + row for row in self._latency_table()]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -155,6 +156,9 @@ def export_node(
         raise ConfigError(f"--threads {threads}: expected at least 1 thread")
     run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
     target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
+    for path in (target, summary_path):  # before any work: a late failure would leave the model written alone
+        if why := _cannot_write(path):
+            raise ConfigError(f"--out {out if out is not None else path.parent}: cannot write {path}: {why}")
     with run.locked("ikd export"):
         lineage = run.load()
         node = _find_node(run, lineage, node_id)
@@ -203,6 +207,20 @@ def _output_paths(out: Path | None, default_dir: Path, fmt: str) -> tuple[Path, 
     if out.is_dir():  # e.g. made by an earlier ikd, which took every --out for a directory
         raise ConfigError(f"--out {out}: is a directory; a path ending in {out.suffix} names the exported file")
     return out, out.with_name(out.stem + SUMMARY_SUFFIX)
+
+
+def _cannot_write(path: Path) -> str | None:
+    """Why `path` cannot be written as a file (None: it looks writable): checked before the work."""
+    if path.is_dir():
+        return "it is a directory"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} is not writable"
+    return None
 
 
 def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
@@ -358,8 +376,13 @@ def _measure_node_and_teacher(
         teacher, teacher_meta = _load_node(run, root)
         timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
     measured = measure_latencies(timed, repeats, rounds, threads=threads)
+    if root is not None and root.id in measured and root.id != node.id:
+        beside = {(m.runtime, m.batch): m.median_ms for m in measured[root.id]}
+        measured[node.id] = [
+            m.model_copy(update={"teacher_ms": beside.get((m.runtime, m.batch))}) for m in measured[node.id]
+        ]
     result.latency = measured[node.id]
-    if root is not None and root.id in measured:
+    if root is not None and root.id in measured and root.id != node.id:  # the root exported: nothing to compare
         result.teacher_id, result.teacher_latency = root.id, measured[root.id]
     record_latency(run, measured)
 

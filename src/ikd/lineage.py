@@ -84,6 +84,12 @@ class Latency(BaseModel):
     rounds: int = Field(default=1, gt=0, description="1: a single median (lineages before the protocol)")
     threads: int = Field(gt=0)
     device: str = Field(description="where it was measured, e.g. the CPU's model name")
+    teacher_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="the root teacher's median_ms measured beside it in the same rounds: the speed-up's "
+        "denominator (a later export re-times the root, so its own record may be from another moment)",
+    )
 
 
 class Session(BaseModel):

@@ -84,10 +84,13 @@ def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
 
 
 def speedup(node: NodeRecord, root: NodeRecord, runtime: str, batch: int) -> float | None:
-    """How many times faster `node` runs than `root` in `runtime` at `batch`; None unless both were
+    """How many times faster `node` runs than `root` in `runtime` at `batch`: against the root's time
+    measured beside it when recorded (`teacher_ms`), else the root's own record; None unless both were
     timed there alike (same CPU and thread count): a node exported on two threads is not set against
     a root re-timed on one, or on another CPU."""
     mine, theirs = latency_of(node, runtime, batch), latency_of(root, runtime, batch)
+    if mine is not None and mine.teacher_ms is not None and node.id != root.id:
+        return mine.teacher_ms / mine.median_ms
     if mine is None or theirs is None or (mine.device, mine.threads) != (theirs.device, theirs.threads):
         return None
     return theirs.median_ms / mine.median_ms
