@@ -307,3 +307,32 @@ def test_commands_reference_lists_every_command_and_the_config_reference_every_f
     assert "| `ensemble.experts` | `--teachers` |" in keys
     assert "| `search.width_factor` | `--width-factors` |" in keys
     assert "| `ensemble.weighting` | - |" in keys  # a key without a flag says so
+
+
+def test_an_image_folder_model_is_evaluated_on_its_own_folder_and_refused_on_relabelled_classes(tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "shapes"
+    for split in ("train", "test"):
+        for c in ("circle", "square"):
+            (data / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(data / split / c / f"{i}.png")
+    out = tmp_path / "model"
+    common = ("--precision", "fp32", "--quiet")
+    trained = ikd("train", "--dataset", "imagefolder", "--data-dir", data, "--image-size", "8", "--arch", "vgg11",
+                  "--epochs", "1", "--batch-size", "8", "--out", out, *common)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    evaluated = ikd("eval", out, "--json", *common[:2])  # no --data-dir: the folder it was trained on
+    assert evaluated.returncode == 0, evaluated.stderr
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(data, relabelled)
+    for split in ("train", "test"):
+        (relabelled / split / "square").rename(relabelled / split / "box")  # sorts first: labels swap
+    refused = ikd("eval", out, "--data-dir", relabelled, *common[:2])
+    assert refused.returncode == 2 and "class 0 = 'circle', the data has 'box' there" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

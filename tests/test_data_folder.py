@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ikd.data import load_dataset
 from ikd.errors import DataError
@@ -98,6 +98,61 @@ def test_imagefolder_layout_errors(tmp_path):
         load_dataset("imagefolder", tmp_path)
     with pytest.raises(DataError, match="imagefolder: no --data-dir given"):
         load_dataset("imagefolder")
+
+
+def test_imagefolder_needs_two_classes_each_named_once(tmp_path):
+    make_folder(tmp_path / "one", classes=("cat",))
+    with pytest.raises(DataError, match=r"one class folder \(cat\); expected at least 2"):
+        load_dataset("imagefolder", tmp_path / "one")
+    make_folder(tmp_path / "twice", classes=("caf\u00e9", "cafe\u0301", "tea"))  # composed and decomposed
+    with pytest.raises(DataError, match="one name in two Unicode forms"):
+        load_dataset("imagefolder", tmp_path / "twice")
+
+
+def test_imagefolder_says_what_it_skipped(tmp_path, capsys):
+    make_folder(tmp_path)
+    for name in ("a.heic", "b.heic", "c.HEIC"):
+        (tmp_path / "train" / "cat" / name).write_bytes(b"not read without a plugin")
+    (tmp_path / "train" / "stray.png").write_bytes(b"outside every class folder")
+    d = load_dataset("imagefolder", tmp_path)
+    assert len(d.train) + len(d.val) == 12
+    err = capsys.readouterr().err
+    assert "skipped 3 files Pillow does not read (3 .heic) and 1 files outside the class folders" in err
+
+
+def test_imagefolder_16_bit_images_are_scaled_and_32_bit_ones_refused(tmp_path):
+    make_folder(tmp_path, grey=True)
+    for c, level in (("cat", 8000), ("dog", 30000), ("eel", 65535)):
+        path = tmp_path / "train" / c / "0.png"
+        Image.fromarray(np.full((8, 8), level, np.uint16)).save(path)
+        assert Image.open(path).mode == "I;16"
+    d = load_dataset("imagefolder", tmp_path, val_fraction=0.25)
+    images = torch.cat([d.train.images, d.val.images])
+    labels = torch.cat([d.train.labels, d.val.labels])
+    flat = {(int(labels[i]), int(images[i].min()), int(images[i].max())) for i in range(len(labels))}
+    assert {(0, 31, 31), (1, 116, 116), (2, 255, 255)} <= flat  # level * 255 // 65535, not clipped to 255
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "train" / "cat" / "f.tiff")
+    with pytest.raises(DataError, match=r"f.tiff: 32-bit float pixels \(mode F\)"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_imagefolder_turns_images_upright_by_their_exif_orientation(tmp_path):
+    make_folder(tmp_path, size=4)
+    tall = np.zeros((4, 2, 3), np.uint8)
+    tall[0, 0] = 255  # one bright corner, so every rotation and flip differs
+    image = Image.fromarray(tall)
+    exif = image.getexif()
+    exif[0x0112] = 6  # to be shown rotated 90 degrees clockwise, as phones store portraits
+    path = tmp_path / "test" / "cat" / "0.png"
+    image.save(path, exif=exif)
+    d = load_dataset("imagefolder", tmp_path, image_size=4)
+
+    def resized(im: Image.Image) -> np.ndarray:
+        return np.asarray(im.resize((4, 4), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+
+    upright = ImageOps.exif_transpose(Image.open(path))
+    assert upright.size == (4, 2) and not np.array_equal(resized(upright), resized(Image.open(path)))
+    np.testing.assert_array_equal(d.test.images[0].numpy(), resized(upright))
 
 
 # --- npz -------------------------------------------------------------------------------------

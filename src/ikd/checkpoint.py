@@ -57,6 +57,28 @@ def describe_dataset(data: DataSplits, val_fraction: float, split_seed: int) -> 
     }
 
 
+def recorded_data_dir(record: dict[str, Any]) -> str | None:
+    """Where a model's image folder was read (its dataset record's `source`): the default data
+    directory for an `imagefolder` model, which has no place of its own to be looked for."""
+    source = record.get("source")
+    return str(source) if record.get("name") == "imagefolder" and source else None
+
+
+def other_classes(record: dict[str, Any], data: DataSplits) -> str | None:
+    """Why `data` is not labelled as the model's dataset record says (None: it is, or the record
+    names no classes): the same count of classes in another order would score as a worse model."""
+    recorded = [str(c) for c in record.get("classes") or []]
+    if not recorded or recorded == [str(c) for c in data.classes]:
+        return None
+    if len(recorded) != len(data.classes):
+        return f"was trained on {len(recorded)} classes, the data has {len(data.classes)}"
+    i = next(i for i, (a, b) in enumerate(zip(recorded, data.classes, strict=True)) if a != str(b))
+    return (
+        f"was trained with class {i} = {recorded[i]!r}, the data has {str(data.classes[i])!r} there; "
+        "its labels would not line up (same class folders expected)"
+    )
+
+
 def describe_size(spec: ArchSpec) -> dict[str, Any]:
     return {
         "params": spec.num_params(),

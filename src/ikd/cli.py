@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from ikd import distributed, rules
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
-from ikd.checkpoint import META_FILE, describe_size, load_model, read_metadata
+from ikd.checkpoint import META_FILE, describe_size, load_model, other_classes, read_metadata, recorded_data_dir
 from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
@@ -178,7 +178,8 @@ def _load_evaluated(
         data = reuse[1]
     else:
         _, val_fraction, split_seed, size = split_key
-        data = load_dataset(name, args.data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=size)
+        data_dir = args.data_dir or recorded_data_dir(record)
+        data = load_dataset(name, data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=size)
     spec = model.spec
     if (data.in_channels, data.image_size, data.num_classes) != (spec.in_channels, spec.image_size, spec.num_classes):
         raise ConfigError(
@@ -186,6 +187,8 @@ def _load_evaluated(
             f"{data.num_classes} classes; the model in {model_dir} expects "
             f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}"
         )
+    if why := other_classes(record, data):
+        raise ConfigError(f"the model in {model_dir} {why}")
     # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.
     normalisation = {"mean": record.get("mean", data.mean), "std": record.get("std", data.std)}
     return model, {"name": name, "split_key": split_key, **normalisation}, data

@@ -34,7 +34,7 @@ from torch import nn
 
 from ikd._version import __version__
 from ikd.atomic import atomic_write_bytes, atomic_write_json
-from ikd.checkpoint import WEIGHTS_FILE, load_model
+from ikd.checkpoint import WEIGHTS_FILE, load_model, recorded_data_dir
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
@@ -174,7 +174,8 @@ def export_node(
         if fmt == "onnx":
             # checked in memory first: a failed check leaves no model.onnx behind
             campaign_data_dir = lineage.config.get("data", {}).get("dir")
-            result.verification = verify_onnx(graph, model, dataset, data_dir or campaign_data_dir)
+            found = data_dir or campaign_data_dir or recorded_data_dir(dataset)
+            result.verification = verify_onnx(graph, model, dataset, found)
             atomic_write_bytes(target, graph)
         else:
             atomic_write_bytes(

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ikd.arch import ArchSpec, preset
-from ikd.checkpoint import load_model, read_metadata, save_model
+from ikd.checkpoint import load_model, other_classes, read_metadata, save_model
 from ikd.context import CampaignContext
 from ikd.errors import ConfigError
 from ikd.external import ExternalTeacher, module_digest
@@ -73,11 +73,14 @@ def import_teacher(ctx: CampaignContext, directory: Path) -> VGG:
     model, metadata = load_model(directory, map_location=ctx.device)
     spec, recorded = model.spec, metadata.get("dataset", {})
     if (spec.in_channels, spec.image_size, spec.num_classes) != (data.in_channels, data.image_size, data.num_classes):
+        resize = f" (set data.image_size: {spec.image_size})" if spec.image_size != data.image_size else ""
         raise ConfigError(
             f"teacher.dir {directory}: model expects {spec.in_channels}x{spec.image_size}"
             f"x{spec.image_size} images and {spec.num_classes} classes; the data has "
-            f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}"
+            f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}{resize}"
         )
+    if why := other_classes(recorded, data):
+        raise ConfigError(f"teacher.dir {directory}: {why}")
     split = (recorded.get("name"), recorded.get("val_fraction"), recorded.get("split_seed"))
     expected = (data.name, ctx.config.data.val_fraction, ctx.config.data.split_seed)
     if split != expected:

@@ -1,18 +1,23 @@
 """`imagefolder`: DIR/train/<class>/*.png and DIR/test/<class>/*.png, decoded once with Pillow.
 
-Files whose extension Pillow does not register (README.txt, .DS_Store) are skipped, as are hidden
-files and folders; a file with an image extension that does not decode is an error.
+Files whose extension Pillow does not register (README.txt, .DS_Store, .heic without a plugin) are
+skipped with one line counting them, as are hidden files and folders; a file with an image
+extension that does not decode is an error. Images are turned upright by their EXIF orientation,
+16-bit ones scaled to 8 bits, and an alpha channel is dropped.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import unicodedata
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ikd.data.download import one_line
 from ikd.data.paths import user_path
@@ -20,7 +25,10 @@ from ikd.data.splits import ImageSet, RawDataset
 from ikd.errors import DataError
 
 DEFAULT_IMAGE_SIZE = 32
-_GREY_MODES = ("L", "1")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_GREY_MODES = ("L", "1", "LA", *_SIXTEEN_BIT)
+# 32-bit integer or float pixels have no agreed range (0..1? 0..65535? Hounsfield units?)
+_NO_RANGE = {"I": "32-bit integer", "F": "32-bit float"}
 
 
 def _image_extensions() -> frozenset[str]:
@@ -28,17 +36,31 @@ def _image_extensions() -> frozenset[str]:
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # the same name typed on macOS (decomposed) and on Linux (composed) would be two classes that print alike
+    forms = Counter(unicodedata.normalize("NFC", n) for n in names)
+    if twice := [n for n in names if forms[unicodedata.normalize("NFC", n)] > 1]:
+        raise DataError(
+            f"{split_dir}: class folders {', '.join(map(ascii, twice))} are one name in two Unicode forms; "
+            "expected each class once (rename one)"
+        )
+    return names
 
 
-def _list_images(class_dir: Path, extensions: frozenset[str]) -> list[Path]:
+def _list_images(class_dir: Path, extensions: frozenset[str], skipped: Counter[str]) -> list[Path]:
+    """The image files under `class_dir`, sorted; counts in `skipped` the extensions of the others."""
     files = []
     # Sorted walk so the sample order, and with it the seeded split, is the same on every filesystem.
     for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions:
+            if f.startswith("."):
+                continue
+            extension = os.path.splitext(f)[1].lower()
+            if extension in extensions:
                 files.append(Path(dirpath) / f)
+            else:
+                skipped[extension or "(none)"] += 1
     if not files:
         raise DataError(
             f"{class_dir}: class folder holds no images; "
@@ -61,13 +83,26 @@ def _mode(path: Path) -> str:
         return im.mode
 
 
+def _eight_bit(im: Image.Image, path: Path) -> Image.Image:
+    """`im` with 8-bit samples: 16-bit greyscale scaled (0..65535 -> 0..255), not clipped at 255 as
+    Pillow's convert would; 32-bit integer or float pixels refused, their range unknown."""
+    if im.mode in _NO_RANGE:
+        raise DataError(
+            f"{path}: {_NO_RANGE[im.mode]} pixels (mode {im.mode}), whose range ikd cannot know; "
+            "expected 8- or 16-bit images: convert it first"
+        )
+    if im.mode in _SIXTEEN_BIT:
+        return Image.fromarray((np.asarray(im, dtype=np.uint32) * 255 // 65535).astype(np.uint8), "L")
+    return im
+
+
 def _decode(files: list[tuple[Path, int]], mode: str, size: int) -> ImageSet:
     channels = 1 if mode == "L" else 3
     out = np.empty((len(files), size, size, channels), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
         try:
-            with _open(path) as im:
-                im = im.convert(mode)
+            with _open(path) as opened:
+                im = _eight_bit(ImageOps.exif_transpose(opened), path).convert(mode)
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(im).reshape(size, size, channels)
@@ -95,6 +130,8 @@ def load_imagefolder(data_dir: str | Path | None, *, image_size: int | None = No
     classes = _class_dirs(train_dir)
     if not classes:
         raise DataError(f"{train_dir}: no class subfolders; expected one subfolder of images per class")
+    if len(classes) < 2:
+        raise DataError(f"{train_dir}: one class folder ({classes[0]}); expected at least 2, one per class")
     test_classes = _class_dirs(test_dir)
     unknown = [c for c in test_classes if c not in classes]
     if unknown:
@@ -106,8 +143,15 @@ def load_imagefolder(data_dir: str | Path | None, *, image_size: int | None = No
         raise DataError(f"{test_dir}: no class subfolders; expected one subfolder of images per class")
     ext = _image_extensions()
     index = {c: i for i, c in enumerate(classes)}
-    train_files = [(p, index[c]) for c in classes for p in _list_images(train_dir / c, ext)]
-    test_files = [(p, index[c]) for c in test_classes for p in _list_images(test_dir / c, ext)]
+    skipped: Counter[str] = Counter()
+    train_files = [(p, index[c]) for c in classes for p in _list_images(train_dir / c, ext, skipped)]
+    test_files = [(p, index[c]) for c in test_classes for p in _list_images(test_dir / c, ext, skipped)]
+    loose = sum(1 for d in (train_dir, test_dir) for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+    if skipped or loose:  # said, not silent: a .heic folder would otherwise vanish from the data
+        kinds = ", ".join(f"{n} {e}" for e, n in skipped.most_common(5)) + (", ..." if len(skipped) > 5 else "")
+        parts = [f"{sum(skipped.values())} files Pillow does not read ({kinds})"] if skipped else []
+        parts += [f"{loose} files outside the class folders of train/ and test/"] if loose else []
+        print(f"ikd: imagefolder {base}: skipped {' and '.join(parts)}", file=sys.stderr)
     # Greyscale data stays one channel (a third of the compute); one colour image makes it RGB.
     mode = "L" if all(_mode(p) in _GREY_MODES for p, _ in train_files) else "RGB"
     size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
