@@ -109,6 +109,15 @@ def test_imagefolder_needs_two_classes_each_named_once(tmp_path):
         load_dataset("imagefolder", tmp_path / "twice")
 
 
+def test_imagefolder_follows_linked_folders_inside_a_class_once(tmp_path):
+    make_folder(tmp_path / "data")
+    make_folder(tmp_path / "more", classes=("extra",), per_class=3)
+    (tmp_path / "data" / "train" / "cat" / "linked").symlink_to(tmp_path / "more" / "train" / "extra")
+    (tmp_path / "data" / "train" / "cat" / "loop").symlink_to(tmp_path / "data" / "train" / "cat")
+    d = load_dataset("imagefolder", tmp_path / "data", val_fraction=0.25)
+    assert len(d.train) + len(d.val) == 15  # 4 + 3 linked cat images, 4 dog, 4 eel; the loop read once
+
+
 def test_imagefolder_says_what_it_skipped(tmp_path, capsys):
     make_folder(tmp_path)
     for name in ("a.heic", "b.heic", "c.HEIC"):

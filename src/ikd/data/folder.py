@@ -49,9 +49,14 @@ def _class_dirs(split_dir: Path) -> list[str]:
 
 def _list_images(class_dir: Path, extensions: frozenset[str], skipped: Counter[str]) -> list[Path]:
     """The image files under `class_dir`, sorted; counts in `skipped` the extensions of the others."""
-    files = []
-    # Sorted walk so the sample order, and with it the seeded split, is the same on every filesystem.
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+    files, seen = [], set()
+    # Sorted walk so the sample order, and with it the seeded split, is the same on every filesystem;
+    # linked folders are followed, as a linked class folder is, each real folder once (no link loops).
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        if os.path.realpath(dirpath) in seen:
+            dirnames[:] = []
+            continue
+        seen.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             if f.startswith("."):
