@@ -428,6 +428,18 @@ def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_t
         compress(budgeted, progress=False, redecide=True)
 
 
+def test_redecide_from_a_tree_to_one_child_reuses_the_branch_trainings(tmp_path, tiny_teacher, monkeypatch):
+    tree = campaign_config(tmp_path / "run", tiny_teacher, strategy="parent-children", select="tree")
+    first = compress(tree, progress=False)
+    assert {n.id for n in first.nodes if n.generation == 2} >= {"g2-b0-width", "g2-b1-width"}
+    calls = trained_ids(monkeypatch)
+    best = campaign_config(tmp_path / "run", tiny_teacher, strategy="parent-children", select="best")
+    again = compress(best, progress=False, redecide=True)
+    assert calls == []  # every child the single chain reaches was trained as a branch's
+    [kept] = [n for n in again.nodes if n.generation == 2 and n.status == "accepted"]
+    assert kept.parent == next(n.id for n in again.nodes if n.generation == 1 and n.status == "accepted")
+
+
 @pytest.mark.parametrize("candidates", ["smallest-first", "all"])
 def test_redecide_with_a_factor_list_reuses_the_children_trained_under_their_old_names(
     tmp_path, tiny_teacher, monkeypatch, candidates

@@ -58,6 +58,9 @@ def test_seeds_give_children_of_one_architecture(tmp_path, tiny_teacher):
     kids = generation(lineage, 1)
     assert sorted(n.id for n in kids) == ["g1-width-s0", "g1-width-s1"]
     assert kids[0].arch == kids[1].arch
+    assert sorted(n.seed or 0 for n in kids) == [1, 1 + 7919]  # the seeds they trained with: campaign seed 0, g1
+    [other] = [n for n in kids if n.status != "accepted"]
+    assert other.reason.endswith("is as small, and no less accurate by validation")
 
 
 @pytest.mark.parametrize(

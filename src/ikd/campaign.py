@@ -191,7 +191,9 @@ class Campaign:
                 f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)"
             )
         for node in (n for n in kept if n not in chosen):
-            why = f"{chosen[0].id} is smaller" if beam == 1 else f"outside the beam of {beam}"
+            smaller = chosen[0].params < node.params
+            why = f"{chosen[0].id} is {'smaller' if smaller else 'as small, and no less accurate by validation'}"
+            why = why if beam == 1 else f"outside the beam of {beam}"
             if node.id in narrow and chosen[0].id not in narrow:
                 why = f"only {narrow[node.id]:.2f} points above its floor (accept_margin {self.search.accept_margin})"
             self.record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
@@ -314,8 +316,9 @@ class Campaign:
         """`candidates`, each one the lineage holds under another id renamed to that id, so it is reused
         rather than trained again: the same training (generation, parent, operator, shape, teachers,
         sibling seed) named otherwise, as when a width_factor or slim_fraction list replaces a single
-        value (`g5-block` against `g5-block50`) before a --redecide. Only under the parent's own id
-        prefix: another branch of a tree may be about to train under the other ids."""
+        value (`g5-block` against `g5-block50`), or a tree's branch ids (`g2-b0-width`) meet a single
+        parent (`g2-width`), before a --redecide. Under a parent with a branch id, only under its own
+        prefix: another branch of the tree may be about to train under the other ids."""
         proposed = {c.node_id for c in candidates}
         renamed = []
         for c in candidates:
@@ -326,7 +329,7 @@ class Campaign:
                         n
                         for n in self.lineage.students()
                         if n.generation == generation
-                        and id_prefix(n.id) == id_prefix(c.node_id)
+                        and id_prefix(c.node_id) in (id_prefix(n.id), child_prefix(generation, None))
                         and n.id not in proposed
                         and n.status != Status.FAILED
                         and same_training(n, c, parent_id, teacher_ids)

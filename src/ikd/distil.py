@@ -106,7 +106,7 @@ def train_students(
     loss = describe_loss(ctx, job)
     earlier_stages = sum(e for _, e in job.stages[:-1])
     root_params = lineage.root().params
-    for candidate, done in zip(job.candidates, trained, strict=True):
+    for candidate, seed, done in zip(job.candidates, job.seeds, trained, strict=True):
         common: dict[str, Any] = dict(
             root_params=root_params,
             generation=generation,
@@ -114,7 +114,7 @@ def train_students(
             teachers=list(job.teacher_ids),
             operator=candidate.operator,
             epochs=earlier_stages + job.stages[-1][1],
-            seed=ctx.config.seed,
+            seed=seed,  # the one its weights were drawn with: seed siblings differ here
             seconds=round(done.seconds, 2),
             loss=loss,
         )

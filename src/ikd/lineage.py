@@ -127,7 +127,10 @@ class NodeRecord(BaseModel):
     val_curve: list[float] = Field(
         default_factory=list, description="validation accuracy of the kept weights' kind, per epoch"
     )
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None,
+        description="the seed its training drew from (a child's: campaign seed + generation + 7919 x sibling)",
+    )
     seconds: float = 0.0
     loss: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")

@@ -66,7 +66,7 @@ class TeacherModels:
         return self._external
 
 
-def import_teacher(ctx: CampaignContext, directory: Path) -> VGG:
+def import_teacher(ctx: CampaignContext, directory: Path, key: str = "teacher.dir") -> VGG:
     """A model from `ikd train`, refused unless it was trained on this campaign's split: otherwise its
     validation accuracy could include images it trained on."""
     data = ctx.data
@@ -75,21 +75,21 @@ def import_teacher(ctx: CampaignContext, directory: Path) -> VGG:
     if (spec.in_channels, spec.image_size, spec.num_classes) != (data.in_channels, data.image_size, data.num_classes):
         resize = f" (set data.image_size: {spec.image_size})" if spec.image_size != data.image_size else ""
         raise ConfigError(
-            f"teacher.dir {directory}: model expects {spec.in_channels}x{spec.image_size}"
+            f"{key} {directory}: model expects {spec.in_channels}x{spec.image_size}"
             f"x{spec.image_size} images and {spec.num_classes} classes; the data has "
             f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}{resize}"
         )
     if why := other_classes(recorded, data):
-        raise ConfigError(f"teacher.dir {directory}: {why}")
+        raise ConfigError(f"{key} {directory}: {why}")
     split = (recorded.get("name"), recorded.get("val_fraction"), recorded.get("split_seed"))
     expected = (data.name, ctx.config.data.val_fraction, ctx.config.data.split_seed)
     if split != expected:
         raise ConfigError(
-            f"teacher.dir {directory}: trained on dataset/val_fraction/split_seed {split}, "
+            f"{key} {directory}: trained on dataset/val_fraction/split_seed {split}, "
             f"the campaign uses {expected}; its validation accuracy would not be honest"
         )
     if list(recorded.get("mean", data.mean)) != list(data.mean):
-        raise ConfigError(f"teacher.dir {directory}: normalisation differs from this dataset's")
+        raise ConfigError(f"{key} {directory}: normalisation differs from this dataset's")
     return model
 
 
@@ -213,7 +213,7 @@ def expert_teachers(ctx: CampaignContext, lineage: Lineage) -> list[NodeRecord]:
         if lineage.find(node_id) is not None:
             continue
         started = time.perf_counter()
-        model = import_teacher(ctx, Path(directory))
+        model = import_teacher(ctx, Path(directory), "ensemble.experts")
         save_model(ctx.run.node_dir(node_id), model, read_metadata(Path(directory)))
         val, test = ctx.accuracy(model, ctx.data.val), ctx.accuracy(model, ctx.data.test)
         records.append(
