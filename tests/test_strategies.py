@@ -143,6 +143,25 @@ def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, ti
     assert spent == (3 if strategy == "parent-child" else 2)
 
 
+@pytest.mark.parametrize(
+    "keys, inert",
+    [
+        ({"ensemble.aggregate": "mean-probs", "ensemble.ancestors": 2}, ["ensemble.ancestors", "ensemble.aggregate"]),
+        ({"ensemble.aggregate": "mean-probs", "student.final_epochs": 3, "student.final_teachers": "chain"}, []),
+        ({"search.beam": 5}, ["search.beam"]),
+        ({"search.strategy": "parent-children", "search.candidates": "all"}, ["search.candidates"]),
+        ({"search.retry_epochs": 4}, ["search.retry_epochs"]),
+        ({"search.slim_fraction": 0.5, "search.width_factor": 0.75}, ["search.slim_fraction"]),
+        ({"search.operators": ["depth"], "search.width_factor": 0.75}, ["search.width_factor"]),
+        ({"search.strategy": "ancestors-children", "ensemble.ancestors": 2, "search.beam": 3}, ["search.beam"]),
+    ],
+)
+def test_settings_the_strategy_never_reads_are_named(keys, inert):
+    from ikd.config import load_config
+
+    assert [note.partition(":")[0] for note in load_config(None, keys).inert_settings()] == inert
+
+
 def test_a_child_id_names_its_sibling_seed_and_its_branch():
     from ikd.strategy import child_prefix, id_prefix, seed_index
 

@@ -74,6 +74,8 @@ class Campaign:
             config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
         )
         self.config, self.search, self.first_student, self.redecide = config, config.search, student, redecide
+        for note in config.inert_settings():
+            self.ctx.log(f"note: {note}; set here, it changes nothing")
         lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)
         session = Session(
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

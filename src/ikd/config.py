@@ -405,7 +405,8 @@ class CampaignConfig(Strict):
         default=0,
         ge=0,
         json_schema_extra=cli_flag("--seed"),
-        description="seeds weights, shuffling and augmentation (child of generation g: seed + g)",
+        description="seeds weights, shuffling and augmentation (child of generation g: seed + g, its seed "
+        "sibling j: + 7919 j; each node records its own)",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
@@ -463,6 +464,34 @@ class CampaignConfig(Strict):
         if self.ensemble.experts and not search.many_teachers():
             raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
         return self
+
+    def inert_settings(self) -> list[str]:
+        """'key: why' for each key set away from its default that this config never reads. Accepted (a
+        config may carry them for another strategy), but a campaign says so when it starts."""
+        search, ensemble, defaults = self.search, self.ensemble, CampaignConfig()
+
+        def changed(section: BaseModel, default: BaseModel, names: tuple[str, ...]) -> list[str]:
+            return [name for name in names if getattr(section, name) != getattr(default, name)]
+
+        notes = []
+        if not search.many_teachers():
+            chain_final = self.student.final_epochs > 0 and self.student.final_teachers == "chain"
+            read = ("weighting", "aggregate", "hints", "drop") if chain_final else ()
+            for key in changed(ensemble, defaults.ensemble, ("ancestors", "weighting", "aggregate", "hints", "drop")):
+                if key not in read:
+                    notes.append(f"ensemble.{key}: read by the ancestors-* strategies, not {search.strategy}")
+        if search.select != "tree" and changed(search, defaults.search, ("beam",)):
+            notes.append("search.beam: read under select: tree only")
+        if search.many_children() and changed(search, defaults.search, ("candidates",)):
+            notes.append(f"search.candidates: {search.strategy} trains every child together")
+        if not search.retry_within and search.retry_epochs is not None:
+            notes.append("search.retry_epochs: read only with search.retry_within > 0")
+        if "slim" not in search.operators:
+            slim = ("slim_fraction", "slim_min_channels", "slim_by_share", "slim_round_to")
+            notes += [f"search.{key}: read by the slim operator only" for key in changed(search, defaults.search, slim)]
+        if not {"width", "block"} & set(search.operators) and changed(search, defaults.search, ("width_factor",)):
+            notes.append("search.width_factor: read by the width and block operators only")
+        return notes
 
     def decision_fields(self) -> dict[str, Any]:
         """The settings a lineage's results depend on; resuming with others would mix two campaigns."""
