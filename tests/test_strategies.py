@@ -143,6 +143,23 @@ def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, ti
     assert spent == (3 if strategy == "parent-child" else 2)
 
 
+def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later(tmp_path, tiny_teacher, monkeypatch):
+    from test_search import trained_ids
+
+    keys = dict(strategy="parent-children", select="tree", max_generations=2)
+    short = compress(config(tmp_path, tiny_teacher, budget_epochs=5, **keys), progress=False)  # g1: 2, g2-b0: 2
+    assert "budget" in (short.stop_reason or "")
+    cut = generation(short, 2)
+    assert {n.id for n in cut} == {"g2-b0-width", "g2-b0-depth"} and "accepted" not in {n.status for n in cut}
+    undecided = [n for n in cut if n.status == "candidate"]
+    assert undecided and all("the budget ran out before g2-b1-" in n.reason for n in undecided)
+    assert short.final().generation == 1
+    calls = trained_ids(monkeypatch)
+    more = compress(config(tmp_path, tiny_teacher, budget_epochs=12, **keys), progress=False, force=True)
+    assert sorted(calls) == ["g2-b1-depth", "g2-b1-width"]  # b0 reused, the generation decided whole
+    assert "accepted" in {n.status for n in generation(more, 2)}
+
+
 @pytest.mark.parametrize(
     "keys, inert",
     [

@@ -39,6 +39,7 @@ from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
 
 FINAL_ID = "final"  # the node of the final distillation
+UNDECIDED = "undecided:"  # the reason of a trained candidate no decision has taken yet starts so
 BASELINE_IDS = ("baseline-scratch", "baseline-oneshot-kd")  # from scratch; one-shot KD from the root
 
 
@@ -115,10 +116,12 @@ class Campaign:
                 generation, frontier, expert_ids
             )
         # a candidate still undecided was trained on a path an earlier decision opened (kept for a
-        # later --redecide that returns to it)
-        unreached = {n.id for n in self.lineage.students() if n.status == Status.CANDIDATE}
+        # later --redecide that returns to it), or in a generation the budget cut short (it says so)
+        unreached = {
+            n.id for n in self.lineage.students() if n.status == Status.CANDIDATE and not n.reason.startswith(UNDECIDED)
+        }
         nodes = [
-            n.model_copy(update={"reason": "undecided: the search no longer reaches it"}) if n.id in unreached else n
+            n.model_copy(update={"reason": f"{UNDECIDED} the search no longer reaches it"}) if n.id in unreached else n
             for n in self.lineage.nodes
         ]
         self.lineage = self.models.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
@@ -162,21 +165,33 @@ class Campaign:
                 if reason is not None and any(t.id == rules.retry_id(node.id) for t in trained):
                     reason = f"{reason}; retried as {rules.retry_id(node.id)}"
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
-        budget_note = None
         if out_of_budget:
             budget_note = (
                 f"training budget spent: {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
                 "epochs used, the next pass needs more"
             )
             self.ctx.log(f"generation {generation}: {budget_note}")
-        elif skipped:
+            # The candidates not trained could change which of these survive (another branch of a
+            # tree, a larger child with room to spare): the generation is decided once they train.
+            for node in kept:
+                self.record(
+                    self.lineage.node(node.id).model_copy(
+                        update={
+                            "status": Status.CANDIDATE,
+                            "reason": f"{UNDECIDED} within tolerance, but the budget ran out before "
+                            f"{', '.join(skipped)} trained",
+                        }
+                    )
+                )
+            return budget_note
+        if skipped:
             self.ctx.log(
                 f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)"
             )
         chosen = rules.survivors(kept, self.search, narrow)
         if not chosen:
             failures = f" ({'; '.join(n.reason for n in failed)})" if failed else ""
-            return budget_note or f"generation {generation}: no candidate stayed within tolerance{failures}"
+            return f"generation {generation}: no candidate stayed within tolerance{failures}"
         beam = self.search.kept_per_generation()
         room = f" by {self.search.accept_margin} points" if narrow else ""
         reason = f"smallest within tolerance{room}"
@@ -184,7 +199,7 @@ class Campaign:
             reason = f"within the beam of {beam} ({reason})"
         if narrow and all(n.id in narrow for n in chosen):
             reason = f"smallest within tolerance (none cleared its floor by {self.search.accept_margin} points)"
-        if skipped and not budget_note:
+        if skipped:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
         for node in chosen:
             self.record(node.model_copy(update={"status": Status.ACCEPTED, "reason": reason}))
@@ -199,7 +214,7 @@ class Campaign:
             if node.id in narrow and chosen[0].id not in narrow:
                 why = f"only {narrow[node.id]:.2f} points above its floor (accept_margin {self.search.accept_margin})"
             self.record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
-        return budget_note or next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
+        return next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
 
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:
         prefix = child_prefix(generation, branch)
