@@ -271,3 +271,20 @@ def test_the_report_line_names_only_the_figures_drawn(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "figures: pareto.png, lineage.png)" in last
     assert not (run / "report" / "training.png").exists()
+
+
+def test_a_final_distillation_and_the_costs_are_labelled_as_what_they_are(tmp_path):
+    # a committed campaign with a final distillation and baselines (its weights are not committed)
+    committed = Path(__file__).parents[1] / "benchmarks/results/lineages/iterating-pays/final+dkd+early-seed0"
+    shutil.copytree(committed, tmp_path / "run")
+    report = load_report(tmp_path / "run")
+    headline, facts = report.headline(), report.facts()
+    answer = report.lineage.node(report.final.parent or "")
+    assert f"validation chose {answer.id}, which this final distillation retrained" in headline
+    assert "the split that chose it" not in headline  # the final student was never judged
+    students = report.lineage.students()
+    cost = next(line for line in facts if line.startswith("Training recorded: "))
+    assert f"{len(students)} candidates trained, {sum(n.epochs for n in students)} epochs" in cost
+    assert f"final distillation {report.final.epochs} epochs" in cost and "2 baselines" in cost
+    baseline = next(n for n in report.lineage.nodes if n.status == Status.BASELINE)
+    assert f"{baseline.epochs} epochs each" in next(line for line in facts if line.startswith("Baselines"))

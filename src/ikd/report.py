@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -123,19 +124,39 @@ class Report:
         reduction = 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32)
         root_test, final_test = accuracy_of(root, "test"), accuracy_of(final, "test")
         drop = 100 * (root_test - final_test)
-        change = f"a {drop:.2f}-point drop" if drop >= 0 else f"a {-drop:.2f}-point gain"
+        points = f"{abs(drop):.2f}-point {'drop' if drop >= 0 else 'gain'}"
+        article = "an" if re.match(r"8|1[18]\.", points) else "a"  # an 8.64-point, an 11.00-point, a 1.50-point
+        change = f"{article} {points}"
         val_drop = 100 * (accuracy_of(root, "val") - accuracy_of(final, "val"))
+        validation = f"{abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}"
+        if final.status == Status.FINAL:  # trained again after the search: validation chose its architecture
+            answer = self.lineage.find(final.parent or "")
+            chosen = f"; validation chose {answer.id}" if answer is not None else ""
+            validation = f"on validation {validation}{chosen}, which this final distillation retrained"
+        else:
+            validation = f"on validation, the split that chose it, {validation}"
         return (
             f"ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
             f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
-            f"{_bytes(final.size_bytes_fp32)} fp32) with {change} in test accuracy "
-            f"({100 * root_test:.2f}% -> {100 * final_test:.2f}%; on validation, the split "
-            f"that chose it, {abs(val_drop):.2f} points {'down' if val_drop >= 0 else 'up'}) in {final.generation} "
+            f"{_bytes(final.size_bytes_fp32)} of fp32 weights) with {change} in test accuracy "
+            f"({100 * root_test:.2f}% -> {100 * final_test:.2f}%; {validation}) in {final.generation} "
             f"generation{'s' * (final.generation != 1)}."
         )
 
     def has_latency(self) -> bool:
         return any(n.latency for n in self.lineage.nodes)
+
+    def latency_note(self) -> str:
+        """How the latency columns were measured: where, on how many threads (ratios depend on both)."""
+        where = sorted({(m.device, m.threads) for n in self.lineage.nodes for m in n.latency})
+        if not where:
+            return "No latency yet: `ikd export RUN_DIR --node ID --format onnx` measures it."
+        machines = "; ".join(f"{device}, {threads} thread{'s' * (threads != 1)}" for device, threads in where)
+        return (
+            f"Latency (`ikd export`): ms per call on a whole batch, the least of several rounds' medians after "
+            f"warm-up, on {machines}; each speed-up against the teacher timed beside the node where recorded "
+            "(exports before that: the teacher's own latest timing). Other CPUs and thread counts give other ratios."
+        )
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """One row per node: the numbers a user compares, formatted; raw values are in lineage.json."""
@@ -160,7 +181,7 @@ class Report:
             header += [f"{runtime} b{b} ms (speed-up)" for b in LATENCY_BATCHES]
         rows = []
         for node, depth in self.lineage.tree_order():
-            status = node.status + (" (final)" if node is final and node is not root else "")
+            status = node.status + (" (final)" if node is final and node is not root and node.status != "final" else "")
             row = [
                 "\u00a0\u00a0" * depth + node.id,
                 str(node.generation),
@@ -194,16 +215,13 @@ class Report:
             f"teacher and {search.get('max_step_drop')} of the parent (validation).",
             f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}.",
         ]
-        seconds = sum(n.seconds for n in self.lineage.nodes)
-        lines.append(
-            f"{len(self.lineage.students())} students trained, {self.lineage.epochs_spent()} epochs; "
-            f"{seconds / 60:.1f} min of training recorded (teacher included)."
-        )
+        lines.append(self.cost())
         baselines = [n for n in self.lineage.nodes if n.kind is NodeKind.BASELINE]
         if baselines and self.final is not self.root:
             compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
             lines.append(
-                f"Baselines (same architecture as the final student, same epochs): {compared}; "
+                f"Baselines (same architecture as the final student, {baselines[0].epochs} epochs each: the "
+                f"final student's chain, final distillation included): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
         if self.final.status == Status.FINAL and (line := self.final_distillation()):
@@ -213,6 +231,28 @@ class Report:
         lines.append("Test accuracy is reported only; every decision used the validation split.")
         lines += [f"Run {s.started}: `{s.command}` on {s.machine}." for s in self.lineage.sessions]
         return lines
+
+    def cost(self) -> str:
+        """Epochs and recorded minutes, apart for each kind of training: the search's cost is not its
+        teacher's, its final distillation's or its baselines'."""
+        by_kind: dict[NodeKind, list[NodeRecord]] = {}
+        for node in self.lineage.nodes:
+            by_kind.setdefault(node.kind, []).append(node)
+
+        def minutes(*kinds: NodeKind) -> float:
+            return sum(n.seconds for kind in kinds for n in by_kind.get(kind, [])) / 60
+
+        students = by_kind.get(NodeKind.STUDENT, [])
+        epochs = sum(n.epochs for n in students)
+        parts = [f"{len(students)} candidates trained, {epochs} epochs, {minutes(NodeKind.STUDENT):.1f} min"]
+        if final := by_kind.get(NodeKind.FINAL):
+            parts.append(f"final distillation {final[0].epochs} epochs, {minutes(NodeKind.FINAL):.1f} min")
+        teachers = minutes(NodeKind.TEACHER, NodeKind.EXTERNAL, NodeKind.EXPERT)
+        trained_here = self.root.epochs > 0
+        parts.append(f"teacher {teachers:.1f} min ({'trained here' if trained_here else 'imported: scored only'})")
+        if baselines := by_kind.get(NodeKind.BASELINE):
+            parts.append(f"{len(baselines)} baselines {minutes(NodeKind.BASELINE):.1f} min")
+        return "Training recorded: " + "; ".join(parts) + "."
 
     def dead_parameters(self) -> str | None:
         """The teacher's parameters that never meet a pixel, and the ratio in live ones; None when
@@ -519,12 +559,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         (out / "training.png").unlink(missing_ok=True)
     header, rows = report.table()
     title = f"ikd report: {arch_name(report.root)} on {report.dataset}"
-    latency_note = (
-        "Latency: median of repeated runs after warm-up on the CPU named in lineage.json, "
-        "speed-up against the teacher on the same runtime and batch (`ikd export`)."
-        if report.has_latency()
-        else "No latency yet: `ikd export RUN_DIR --node ID --format onnx` measures it."
-    )
+    latency_note = report.latency_note()
     markdown = [f"# {title}", "", f"**{report.headline()}**", ""]
     markdown += [f"- {line}" for line in report.facts()]
     markdown += ["", "## Nodes", "", _markdown_table(header, rows), "", latency_note, ""]
