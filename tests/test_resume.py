@@ -294,6 +294,30 @@ def test_the_state_of_another_job_is_discarded_when_asked(digits, tmp_path, caps
     assert_same_weights(model, unresumed)
 
 
+def test_only_a_state_no_command_could_resume_is_discarded(tmp_path):
+    from ikd.train_state import StateStore, job_fingerprint
+
+    def job(**config):
+        return {"config": {"lr": 0.1, "device": "cpu", "precision": "fp32", **config}, "models": [], "data": []}
+
+    def saved(directory, document, with_job=True):
+        store = StateStore(directory, job_fingerprint(document), job=document if with_job else None)
+        store.save(1, {"weights": torch.zeros(2)})
+
+    def load(directory, document):
+        return StateStore(directory, job_fingerprint(document), discard_foreign=True, job=document).load_latest()
+
+    saved(tmp_path / "lr", job())
+    state, skipped = load(tmp_path / "lr", job(lr=0.01))  # --force moved the campaign to another lr
+    assert state is None and "config.lr differ); discarded" in skipped[0]
+    saved(tmp_path / "moved", job(device="cuda"))
+    with pytest.raises(CheckpointError, match=r"config\.device differ"):  # resumable where it was saved
+        load(tmp_path / "moved", job())
+    saved(tmp_path / "old", job(lr=0.5), with_job=False)
+    with pytest.raises(CheckpointError, match="other settings, architecture or data"):  # nothing to tell by
+        load(tmp_path / "old", job())
+
+
 def test_a_deadline_stops_at_an_epoch_boundary_and_the_rerun_finishes(digits, straight, tmp_path):
     state_dir = tmp_path / "state"
     with pytest.raises(TrainingPaused) as paused:

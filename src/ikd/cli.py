@@ -107,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         state_dir = out / STATE_DIR  # beside the model, so rerunning the same command resumes
+        if args.force and (group is None or group.is_main):
+            remove_state(state_dir)  # --force starts over: an unfinished training there is dropped too
         try:
             result = train_model(
                 model,
@@ -115,7 +117,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 description=args.arch,
                 state_dir=state_dir,
-                discard_foreign_state=args.force,
                 deadline=started + time_limit if time_limit is not None else None,
             )
         except TrainingPaused as paused:
@@ -490,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--force",
         action="store_true",
-        help="overwrite a model already in --out, and discard an unfinished training of another job there",
+        help="start over: overwrite a model already in --out and drop an unfinished training there",
     )
     train.add_argument(
         "--time-limit",

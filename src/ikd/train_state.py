@@ -47,10 +47,16 @@ class SavedState:
     state: dict[str, Any]
 
 
+# A state that differs in these was saved by the same job on another machine or precision: the run
+# could resume where it was saved, so it is never discarded on its behalf.
+MOVED_KEYS = ("config.device", "config.precision")
+
+
 class StateStore:
     """The state files of one training job in one directory. `discard_foreign`: another job's state
-    is passed over (and then deleted with the damaged ones) instead of refused, for the owners that
-    can never resume it: a campaign (its config decides the job) and `ikd train --force`."""
+    is passed over (and then deleted with the damaged ones) instead of refused, when its saved job
+    shows settings that no command of its owner could resume any more (a campaign's config decides
+    the job): not when only MOVED_KEYS differ, nor when the state predates saved jobs."""
 
     def __init__(
         self,
@@ -144,8 +150,9 @@ class StateStore:
         except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
             raise ValueError(f"unreadable ({exc})") from None
         if state.get("fingerprint") != self.fingerprint:
-            if self.discard_foreign:
-                raise ValueError("the state of another job (other settings, architecture or data); discarded")
+            keys = self._differing_keys(state)
+            if self.discard_foreign and keys and not set(keys) & set(MOVED_KEYS):
+                raise ValueError(f"the state of another job ({', '.join(keys[:4])} differ); discarded")
             raise CheckpointError(
                 f"{self.directory}: holds the training state of a different job ({self._what_differs(state)}); "
                 "rerun that job's command to resume it, pass --force to discard it and start over, or delete "
@@ -155,18 +162,21 @@ class StateStore:
             raise ValueError(f"names epoch {epoch} but holds {state.get('epoch')}")
         return state
 
-    def _what_differs(self, state: dict[str, Any]) -> str:
-        """The job keys that differ, when both sides know their job (states before ikd saved it do not)."""
+    def _differing_keys(self, state: dict[str, Any]) -> list[str] | None:
+        """The job keys that differ; None when unknown (a state saved before ikd kept its job)."""
         from ikd.resume import config_differences  # the same dotted-key comparison as a campaign's config
 
-        vague = "other settings, architecture or data"
         if self.job is None or not isinstance(state.get("job"), str):
-            return vague
+            return None
         with contextlib.suppress(ValueError):
             saved, wanted = json.loads(state["job"]), json.loads(_job_text(self.job))
-            if keys := [d.partition(":")[0] for d in config_differences(saved, wanted)]:
-                return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ"
-        return vague
+            return [d.partition(":")[0] for d in config_differences(saved, wanted)] or None
+        return None
+
+    def _what_differs(self, state: dict[str, Any]) -> str:
+        if keys := self._differing_keys(state):
+            return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ"
+        return "other settings, architecture or data"
 
 
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
