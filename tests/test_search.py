@@ -192,6 +192,16 @@ def test_yaml_config_file_errors(tmp_path):
         load_config(bad)
 
 
+def test_yaml_merge_keys_may_be_overridden_but_a_key_may_not_be_given_twice(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("student: &common {lr: 0.02, epochs: 2}\nteacher:\n  <<: *common\n  epochs: 4\n")
+    loaded = load_config(config)
+    assert (loaded.teacher.lr, loaded.teacher.epochs, loaded.student.epochs) == (0.02, 4, 2)
+    config.write_text("teacher:\n  epochs: 4\n  lr: 0.1\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match="line 4, column 3: key 'epochs' given twice"):
+        load_config(config)
+
+
 def test_baselines_get_the_chain_budget(tmp_path, tiny_teacher):
     config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
     config = config.model_copy(update={"baselines": True})

@@ -40,6 +40,8 @@ from ikd.train import TrainingPaused
 
 FINAL_ID = "final"  # the node of the final distillation
 UNDECIDED = "undecided:"  # the reason of a trained candidate no decision has taken yet starts so
+BUDGET_UNDECIDED = f"{UNDECIDED} within tolerance, but the budget ran out"
+BUDGET_STOP = "training budget spent:"
 BASELINE_IDS = ("baseline-scratch", "baseline-oneshot-kd")  # from scratch; one-shot KD from the root
 
 
@@ -116,9 +118,12 @@ class Campaign:
                 generation, frontier, expert_ids
             )
         # a candidate still undecided was trained on a path an earlier decision opened (kept for a
-        # later --redecide that returns to it), or in a generation the budget cut short (it says so)
+        # later --redecide that returns to it), unless this run's budget cut its generation short
+        cut_short = stop is not None and stop.startswith(BUDGET_STOP)
         unreached = {
-            n.id for n in self.lineage.students() if n.status == Status.CANDIDATE and not n.reason.startswith(UNDECIDED)
+            n.id
+            for n in self.lineage.students()
+            if n.status == Status.CANDIDATE and not (cut_short and n.reason.startswith(BUDGET_UNDECIDED))
         }
         nodes = [
             n.model_copy(update={"reason": f"{UNDECIDED} the search no longer reaches it"}) if n.id in unreached else n
@@ -143,11 +148,13 @@ class Campaign:
         ]
         if not any(candidates for _, candidates in branches):
             return f"no operator can shrink {', '.join(p.id for p in frontier)} further"
-        kept, failed, skipped, out_of_budget = [], [], [], False
+        kept, failed, out_of_budget = [], [], False
+        skipped: list[str] = []  # not trained: larger than a child that passed
+        blocked: list[str] = []  # not trained: the budget ran out first
         narrow: dict[str, float] = {}  # within tolerance by less than accept_margin: id -> its margin
         for parent, candidates in branches:
             trained, not_trained, stopped = self.grow(generation, parent, candidates, expert_ids)
-            skipped += not_trained
+            (blocked if stopped else skipped).extend(not_trained)  # by the budget, or larger than a pass
             out_of_budget |= stopped
             for node in trained:
                 if node.status == Status.FAILED:
@@ -167,7 +174,7 @@ class Campaign:
                 self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
         if out_of_budget:
             budget_note = (
-                f"training budget spent: {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
+                f"{BUDGET_STOP} {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
                 "epochs used, the next pass needs more"
             )
             self.ctx.log(f"generation {generation}: {budget_note}")
@@ -178,8 +185,8 @@ class Campaign:
                     self.lineage.node(node.id).model_copy(
                         update={
                             "status": Status.CANDIDATE,
-                            "reason": f"{UNDECIDED} within tolerance, but the budget ran out before "
-                            f"{', '.join(skipped)} trained",
+                            "reason": f"{BUDGET_UNDECIDED} before "
+                            f"{', '.join(blocked) or 'a retry of this generation'} trained",
                         }
                     )
                 )

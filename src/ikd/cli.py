@@ -346,7 +346,7 @@ def compress_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_compress(args: argparse.Namespace) -> int:
     from ikd.campaign import CampaignPaused, compress
 
-    config = load_config(args.config, compress_overrides(args))
+    config = load_config(args.config, compress_overrides(args), from_flags=True)
     try:
         lineage = compress(config, progress=not args.quiet, force=args.force, redecide=args.redecide)
     except CampaignPaused as paused:

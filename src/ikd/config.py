@@ -8,6 +8,7 @@ from these models, so documentation, flags and validation cannot drift apart.
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -531,9 +532,11 @@ def _valid_keys(model: type[BaseModel], path: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def validate_config(document: Any, source: str, overridden: Collection[str] = ()) -> CampaignConfig:
-    """`document` checked as a CampaignConfig; an error names `source`, or the flag (or override)
-    that set the key when it is one of `overridden` (dotted keys)."""
+def validate_config(
+    document: Any, source: str, overridden: Collection[str] = (), from_flags: bool = False
+) -> CampaignConfig:
+    """`document` checked as a CampaignConfig; an error names `source`, or what set the key when it is
+    one of `overridden` (dotted keys): its flag when `from_flags`, else the override."""
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -549,8 +552,9 @@ def validate_config(document: Any, source: str, overridden: Collection[str] = ()
         if not key:  # a rule across keys: the message names them
             raise ConfigError(f"{source}: {message}") from None
         if key in overridden:
-            flag = next((f.name for f in command_line_flags() if f.key == key), "overrides")
-            raise ConfigError(f"{key} = {first.get('input')!r} (from {flag}, not {source}): {message}") from None
+            flag = next((f.name for f in command_line_flags() if f.key == key), None) if from_flags else None
+            given = f"from {flag}" if flag else "an override"
+            raise ConfigError(f"{key} = {first.get('input')!r} ({given}, not {source}): {message}") from None
         raise ConfigError(f"{source}: {key} = {first.get('input')!r}: {message}") from None
 
 
@@ -560,6 +564,8 @@ class _YamlLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys it brings may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
             with contextlib.suppress(TypeError):  # an unhashable key: SafeLoader's own error follows
                 if key in seen:
@@ -579,11 +585,17 @@ def _yaml_problem(exc: Exception) -> str:
 
 
 def load_config(
-    path: str | Path | None, overrides: dict[str, Any] | None = None, *, source: str | None = None
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    base: dict[str, Any] | None = None,
+    source: str | None = None,
+    from_flags: bool = False,
 ) -> CampaignConfig:
-    """Read a YAML config (or start from the defaults) and apply dotted-key overrides; `source` names
-    the config in errors (default: the path, or "defaults")."""
-    document: dict[str, Any] = {}
+    """Read a YAML config (or start from `base`, a dict of sections, or the defaults) and apply
+    dotted-key overrides; `source` names the config in errors (default: the path, or "defaults"), and
+    a bad overridden value is blamed on its `ikd compress` flag when `from_flags`, else on the override."""
+    document: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     source = source or (str(path) if path is not None else "defaults")
     if path is not None:
         try:
@@ -610,7 +622,8 @@ def load_config(
             if not isinstance(target, dict):
                 raise ConfigError(f"{source}: {part} must be a mapping to set {dotted}")
         target[leaf] = value
-    return validate_config(document, source, [k for k, v in (overrides or {}).items() if v is not None])
+    overridden = [k for k, v in (overrides or {}).items() if v is not None]
+    return validate_config(document, source, overridden, from_flags)
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
@@ -673,7 +686,9 @@ def as_config(
     if isinstance(config, CampaignConfig):
         config = config.model_dump()
     if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
-        return load_config(None, {**config, **(overrides or {})}, source="the config given")
+        sections = {k: v for k, v in config.items() if "." not in k}  # dotted keys set one value, as overrides do
+        dotted = {k: v for k, v in config.items() if "." in k}
+        return load_config(None, {**dotted, **(overrides or {})}, base=sections, source="the config given")
     return load_config(config, overrides)
 
 

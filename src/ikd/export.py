@@ -158,7 +158,7 @@ def export_node(
     target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
     for path in (target, summary_path):  # before any work: a late failure would leave the model written alone
         if why := _cannot_write(path):
-            raise ConfigError(f"--out {out if out is not None else path.parent}: cannot write {path}: {why}")
+            raise ConfigError(f"{f'--out {out}: ' if out is not None else ''}cannot write {path}: {why}")
     with run.locked("ikd export"):
         lineage = run.load()
         node = _find_node(run, lineage, node_id)

@@ -219,9 +219,11 @@ class Report:
         baselines = [n for n in self.lineage.nodes if n.kind is NodeKind.BASELINE]
         if baselines and self.final is not self.root:
             compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
+            final = self.final.status == Status.FINAL
+            spent = "final student's chain, final distillation included" if final else "chain's"
             lines.append(
                 f"Baselines (same architecture as the final student, {baselines[0].epochs} epochs each: the "
-                f"final student's chain, final distillation included): {compared}; "
+                f"{spent}): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
         if self.final.status == Status.FINAL and (line := self.final_distillation()):
