@@ -6,8 +6,9 @@ import pytest
 
 from ikd import rules
 from ikd.config import SearchConfig, load_config
+from ikd.diff import config_differences
 from ikd.lineage import Lineage, NodeKind, NodeRecord, Status
-from ikd.resume import config_differences, grown_from
+from ikd.resume import grown_from
 
 
 def node(

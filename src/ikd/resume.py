@@ -10,20 +10,9 @@ from pydantic import ValidationError
 
 from ikd import rules
 from ikd.config import CampaignConfig
+from ikd.diff import config_differences
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir, Status
-
-
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every dotted key whose value differs."""
-    differences = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differences += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            differences.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return differences
 
 
 def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ikd.atomic import TEMP_SUFFIX, atomic_write_bytes
+from ikd.diff import config_differences
 from ikd.errors import CheckpointError
 
 FORMAT = 1
@@ -164,8 +165,6 @@ class StateStore:
 
     def _differing_keys(self, state: dict[str, Any]) -> list[str] | None:
         """The job keys that differ; None when unknown (a state saved before ikd kept its job)."""
-        from ikd.resume import config_differences  # the same dotted-key comparison as a campaign's config
-
         if self.job is None or not isinstance(state.get("job"), str):
             return None
         with contextlib.suppress(ValueError):
