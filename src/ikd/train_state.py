@@ -152,10 +152,12 @@ class StateStore:
             raise ValueError(f"unreadable ({exc})") from None
         if state.get("fingerprint") != self.fingerprint:
             keys = self._differing_keys(state)
+            what = f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ" if keys else None
             if self.discard_foreign and keys and not set(keys) & set(MOVED_KEYS):
-                raise ValueError(f"the state of another job ({', '.join(keys[:4])} differ); discarded")
+                raise ValueError(f"the state of another job ({what}); discarded")
             raise CheckpointError(
-                f"{self.directory}: holds the training state of a different job ({self._what_differs(state)}); "
+                f"{self.directory}: holds the training state of a different job "
+                f"({what or 'other settings, architecture or data'}); "
                 "rerun that job's command to resume it, pass --force to discard it and start over, or delete "
                 "the directory"
             )
@@ -171,11 +173,6 @@ class StateStore:
             saved, wanted = json.loads(state["job"]), json.loads(_job_text(self.job))
             return [d.partition(":")[0] for d in config_differences(saved, wanted)] or None
         return None
-
-    def _what_differs(self, state: dict[str, Any]) -> str:
-        if keys := self._differing_keys(state):
-            return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ"
-        return "other settings, architecture or data"
 
 
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
