@@ -205,6 +205,15 @@ def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
     assert all(s["speedup"] == pytest.approx(s["teacher_ms"] / s["node_ms"]) for s in speedups)
 
 
+def test_a_node_that_is_not_the_answer_is_exported_with_a_note(run_dir):
+    run = RunDir(run_dir)
+    lineage = run.load()
+    run.add_node(lineage, lineage.node(NODE).model_copy(update={"status": "rejected", "reason": "too far down"}))
+    result = export_node(run_dir, NODE, "safetensors", measure_latency=False)
+    assert f"{NODE} is rejected, not the campaign's answer ({ROOT}): too far down" in result.notes
+    assert f"note: {NODE} is rejected" in result.summary()
+
+
 def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
     run = RunDir(run_dir)
     # The root was timed elsewhere: timed again here and that entry replaced.

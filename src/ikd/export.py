@@ -165,6 +165,11 @@ def export_node(
         model, metadata = _load_node(run, node)
         dataset = metadata["dataset"]
         result = ExportResult(node=node, format=fmt, files=[])
+        if node.status in (Status.REJECTED, Status.CANDIDATE, Status.BASELINE):  # exported as asked, but said
+            result.notes.append(
+                f"{node.id} is {node.status}, not the campaign's answer ({lineage.final().id})"
+                + (f": {node.reason}" if node.reason else "")
+            )
         # onnxruntime's latency needs the graph even when only safetensors are written
         graph = (
             onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
