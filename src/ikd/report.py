@@ -143,9 +143,6 @@ class Report:
             f"generation{'s' * (final.generation != 1)}."
         )
 
-    def has_latency(self) -> bool:
-        return any(n.latency for n in self.lineage.nodes)
-
     def latency_note(self) -> str:
         """How the latency columns were measured: where, on how many threads (ratios depend on both)."""
         where = sorted({(m.device, m.threads) for n in self.lineage.nodes for m in n.latency})

@@ -53,10 +53,10 @@ def _list_images(class_dir: Path, extensions: frozenset[str], skipped: Counter[s
     # Sorted walk so the sample order, and with it the seeded split, is the same on every filesystem;
     # linked folders are followed, as a linked class folder is, each real folder once (no link loops).
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        if os.path.realpath(dirpath) in seen:
+        if (real := os.path.realpath(dirpath)) in seen:
             dirnames[:] = []
             continue
-        seen.add(os.path.realpath(dirpath))
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             if f.startswith("."):
