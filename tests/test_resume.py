@@ -529,6 +529,18 @@ def test_other_data_is_refused_even_with_force(tiny_teacher, campaign_straight, 
     assert lineage_results(run_dir) == lineage_results(campaign_straight)
 
 
+def test_the_datasets_own_image_size_written_out_is_the_same_data(tiny_teacher, campaign_straight, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(campaign_straight, run_dir)
+    (same := tmp_path / "same.yaml").write_text("data:\n  image_size: 8\n")  # digits' own size
+    result = run_ikd(compress_command(tiny_teacher, run_dir, "--config", str(same)))
+    assert result.returncode == 0, result.stderr
+    assert lineage_results(run_dir) == lineage_results(campaign_straight)
+    (other := tmp_path / "other.yaml").write_text("data:\n  image_size: 16\n")
+    result = run_ikd(compress_command(tiny_teacher, run_dir, "--config", str(other), "--force"))
+    assert result.returncode == EXIT_USAGE and "other data (data.image_size: 8 -> 16)" in result.stderr
+
+
 def test_a_model_directory_is_no_run_directory(tiny_teacher, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_teacher, model_dir)

@@ -178,8 +178,8 @@ def export_node(
         )
         if fmt == "onnx":
             # checked in memory first: a failed check leaves no model.onnx behind
-            campaign_data_dir = lineage.config.get("data", {}).get("dir")
-            found = data_dir or campaign_data_dir or recorded_data_dir(dataset)
+            # a lineage keeps no data.dir (where the data lies is not what it computed)
+            found = data_dir or recorded_data_dir(dataset)
             result.verification = verify_onnx(graph, model, dataset, found)
             atomic_write_bytes(target, graph)
         else:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ikd import rules
 from ikd.config import CampaignConfig
+from ikd.data import effective_image_size
 from ikd.diff import config_differences
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir, Status
@@ -47,7 +48,7 @@ def open_campaign(
     stored = lineage.config
     with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
         stored = CampaignConfig.model_validate(stored).decision_fields()
-    differences = config_differences(stored, wanted)
+    differences = config_differences(with_image_size(stored), with_image_size(wanted))
     other_data = [d for d in differences if d.startswith("data.")]
     if other_data:  # not even under --force: the lineage's accuracies are on the old split
         raise ConfigError(
@@ -84,6 +85,16 @@ def open_campaign(
     lineage = lineage.model_copy(update={"config": wanted})
     run.save(lineage)
     return lineage
+
+
+def with_image_size(document: dict) -> dict:
+    """`document` with data.image_size unset replaced by the size the dataset loads at, where that is
+    known: leaving it unset and writing MNIST's own 28 train on the same images."""
+    data = document.get("data")
+    if not isinstance(data, dict) or data.get("image_size") is not None:
+        return document
+    size = effective_image_size(str(data.get("name")), None)
+    return {**document, "data": {**data, "image_size": size}}
 
 
 def undecided(lineage: Lineage, epochs: int, retry_epochs: int, log: Callable[[str], None]) -> Lineage:

@@ -14,7 +14,7 @@ from ikd.data.batches import (
     to_device,
 )
 from ikd.data.paths import resolve_data_root
-from ikd.data.sources import DATASETS, load_dataset
+from ikd.data.sources import DATASETS, effective_image_size, load_dataset
 from ikd.data.splits import DataSplits, ImageSet
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "augment_batch",
     "crop_padding",
     "cutout_size",
+    "effective_image_size",
     "iterate_batches",
     "load_dataset",
     "normalize",

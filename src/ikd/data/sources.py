@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ikd.data.cifar import load_cifar10
-from ikd.data.folder import load_imagefolder
+from ikd.data.folder import DEFAULT_IMAGE_SIZE, load_imagefolder
 from ikd.data.mnist import load_idx, load_mnist_like
 from ikd.data.npz import load_npz
 from ikd.data.splits import (
@@ -52,6 +52,22 @@ def load_digits(data_dir: str | Path | None = None, **_: object) -> RawDataset:
 
 
 Loader = Callable[..., RawDataset]
+
+# The size each dataset loads at when no image_size is given; idx and npz files have their own.
+NATIVE_IMAGE_SIZES: dict[str, int] = {
+    "digits": 8,
+    "mnist": 28,
+    "fashion-mnist": 28,
+    "cifar10": 32,
+    "imagefolder": DEFAULT_IMAGE_SIZE,
+}
+
+
+def effective_image_size(name: str, image_size: int | None) -> int | None:
+    """The size `load_dataset(name, image_size=image_size)` gives its images, where it is known
+    without loading (None: it depends on the files)."""
+    return NATIVE_IMAGE_SIZES.get(name) if image_size is None else image_size
+
 
 _LOADERS: dict[str, Loader] = {
     "digits": load_digits,
