@@ -68,6 +68,18 @@ def test_eval_json_reports_accuracy_and_count(trained):
     assert val["accuracy"] == pytest.approx(meta["metrics"]["best"]["val_accuracy"])
 
 
+def test_eval_on_data_of_another_shape_is_one_line(trained, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = {k: rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8) for k in ("x_train", "x_test")}
+    np.savez(data := tmp_path / "rgb.npz", **images, y_train=np.arange(40) % 10, y_test=np.arange(40) % 10)
+    result = ikd("eval", trained, "--dataset", "npz", "--data-dir", data)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "expects 1x8x8 images and 10 classes; the data has 3x8x8 and 10" in line and "image_size" not in line
+
+
 def test_eval_against_another_model_pairs_them_on_the_same_images(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -64,6 +64,18 @@ def recorded_data_dir(record: dict[str, Any]) -> str | None:
     return str(source) if record.get("name") == "imagefolder" and source else None
 
 
+def other_shape(spec: ArchSpec, data: DataSplits) -> str | None:
+    """Why `data` cannot go through a model built as `spec` (None: it can)."""
+    expects = (spec.in_channels, spec.image_size, spec.num_classes)
+    has = (data.in_channels, data.image_size, data.num_classes)
+    if expects == has:
+        return None
+    return (
+        f"expects {spec.in_channels}x{spec.image_size}x{spec.image_size} images and {spec.num_classes} classes; "
+        f"the data has {data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}"
+    )
+
+
 def other_classes(record: dict[str, Any], data: DataSplits) -> str | None:
     """Why `data` is not labelled as the model's dataset record says (None: it is, or the record
     names no classes): the same count of classes in another order would score as a worse model."""

@@ -26,7 +26,15 @@ from pydantic import ValidationError
 from ikd import distributed, rules
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
-from ikd.checkpoint import META_FILE, describe_size, load_model, other_classes, read_metadata, recorded_data_dir
+from ikd.checkpoint import (
+    META_FILE,
+    describe_size,
+    load_model,
+    other_classes,
+    other_shape,
+    read_metadata,
+    recorded_data_dir,
+)
 from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
@@ -182,12 +190,8 @@ def _load_evaluated(
         data_dir = args.data_dir or recorded_data_dir(record)
         data = load_dataset(name, data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=size)
     spec = model.spec
-    if (data.in_channels, data.image_size, data.num_classes) != (spec.in_channels, spec.image_size, spec.num_classes):
-        raise ConfigError(
-            f"dataset {name!r} has {data.in_channels}x{data.image_size}x{data.image_size} images and "
-            f"{data.num_classes} classes; the model in {model_dir} expects "
-            f"{spec.in_channels}x{spec.image_size}x{spec.image_size} and {spec.num_classes}"
-        )
+    if why := other_shape(spec, data):
+        raise ConfigError(f"dataset {name!r}: the model in {model_dir} {why}")
     if why := other_classes(record, data):
         raise ConfigError(f"the model in {model_dir} {why}")
     # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ikd.arch import ArchSpec, preset
-from ikd.checkpoint import load_model, other_classes, read_metadata, save_model
+from ikd.checkpoint import load_model, other_classes, other_shape, read_metadata, save_model
 from ikd.context import CampaignContext
 from ikd.errors import ConfigError
 from ikd.external import ExternalTeacher, module_digest
@@ -72,13 +72,9 @@ def import_teacher(ctx: CampaignContext, directory: Path, key: str = "teacher.di
     data = ctx.data
     model, metadata = load_model(directory, map_location=ctx.device)
     spec, recorded = model.spec, metadata.get("dataset", {})
-    if (spec.in_channels, spec.image_size, spec.num_classes) != (data.in_channels, data.image_size, data.num_classes):
+    if why := other_shape(spec, data):
         resize = f" (set data.image_size: {spec.image_size})" if spec.image_size != data.image_size else ""
-        raise ConfigError(
-            f"{key} {directory}: model expects {spec.in_channels}x{spec.image_size}"
-            f"x{spec.image_size} images and {spec.num_classes} classes; the data has "
-            f"{data.in_channels}x{data.image_size}x{data.image_size} and {data.num_classes}{resize}"
-        )
+        raise ConfigError(f"{key} {directory}: model {why}{resize}")
     if why := other_classes(recorded, data):
         raise ConfigError(f"{key} {directory}: {why}")
     split = (recorded.get("name"), recorded.get("val_fraction"), recorded.get("split_seed"))
