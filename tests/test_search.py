@@ -167,6 +167,17 @@ def test_teacher_from_another_split_is_refused(tmp_path, tiny_teacher):
         compress(config, progress=False)
 
 
+def test_teacher_of_another_image_size_names_the_key_to_set(tmp_path, tiny_teacher):
+    config = load_config(
+        None, {"run_dir": str(tmp_path / "r"), "teacher.dir": str(tiny_teacher), "data.image_size": 12, "device": "cpu"}
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape("images and 10 classes; the data has 1x12x12 and 10 (set data.image_size: 8)")
+    ):
+        compress(config, progress=False)
+    assert not (tmp_path / "r" / "nodes").exists()
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
