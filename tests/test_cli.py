@@ -119,6 +119,7 @@ def test_refuses_to_overwrite_a_model(trained):
         (["train", "--dataset", "digits", "--epochs", "-1", "--out", "{tmp}/x"], "--epochs"),
         (["train", "--dataset", "nope", "--epochs", "1", "--out", "{tmp}/x"], "--dataset"),
         (["train", "--dataset", "digits", "--epochs", "1", "--val-fraction", "1.5", "--out", "{tmp}/x"], "1.5"),
+        (["train", "--dataset", "digits", "--epochs", "1", "--lr", "inf", "--out", "{tmp}/x"], "--lr inf"),
         (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1", "--out", "{tmp}/x"], "empty"),
         (["eval", "{tmp}/missing"], "model.json"),
         (["arch", "vgg16", "--input", "axb"], "--input"),

@@ -34,6 +34,7 @@ def local_ray(kill_node: str = ""):
     import ray  # the ray marker's hook in conftest skips only where the extra is not installed
 
     ray.init(
+        address="local",  # a new instance, not a cluster a developer has running on this machine
         num_cpus=2,
         include_dashboard=False,
         logging_level=logging.WARNING,

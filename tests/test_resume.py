@@ -282,6 +282,25 @@ def test_the_state_of_another_job_is_refused_in_one_line(digits, tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_what_auto_resolved_to_decides_whether_a_state_is_this_jobs(digits, straight, tmp_path, monkeypatch):
+    import ikd.train
+    from ikd.runtime import resolve_precision
+
+    interrupted_state(digits, tmp_path / "state", stop=1)  # fp32
+    auto = CONFIG.model_copy(update={"precision": "auto"})
+    # `auto` on a machine where bf16 autocast pays (an AMX or Zen 4 CPU): not continued in bf16
+    monkeypatch.setattr(ikd.train, "resolve_precision", lambda name, device: resolve_precision("bf16", device))
+    with pytest.raises(CheckpointError) as error:
+        train_model(build_model(spec(digits), seed=1), digits, auto, progress=False, state_dir=tmp_path / "state")
+    assert "saved on cpu in fp32; this run would continue it on cpu in bf16; pass --precision fp32" in str(error.value)
+    assert "\n" not in str(error.value)
+    # where auto resolves to what the state was saved in, it is the same job: resumed, bit-identical
+    monkeypatch.setattr(ikd.train, "resolve_precision", lambda name, device: resolve_precision("fp32", device))
+    model = build_model(spec(digits), seed=99)
+    train_model(model, digits, auto, progress=False, state_dir=tmp_path / "state")
+    assert_same_weights(model, straight[0])
+
+
 def test_the_state_of_another_job_is_discarded_when_asked(digits, tmp_path, capsys):
     interrupted_state(digits, tmp_path / "state", stop=2)
     other = CONFIG.model_copy(update={"lr": 0.01})
@@ -311,7 +330,7 @@ def test_only_a_state_no_command_could_resume_is_discarded(tmp_path):
     state, skipped = load(tmp_path / "lr", job(lr=0.01))  # --force moved the campaign to another lr
     assert state is None and "config.lr differ); discarded" in skipped[0]
     saved(tmp_path / "moved", job(device="cuda"))
-    with pytest.raises(CheckpointError, match=r"config\.device differ"):  # resumable where it was saved
+    with pytest.raises(CheckpointError, match="saved on cuda in fp32; .* resume it on a machine with cuda"):
         load(tmp_path / "moved", job())
     saved(tmp_path / "old", job(lr=0.5), with_job=False)
     with pytest.raises(CheckpointError, match="other settings, architecture or data"):  # nothing to tell by
@@ -425,6 +444,33 @@ def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(i
         assert not (out / "model.safetensors").exists()
     finished = run_ikd(command)  # after the last epoch there is nothing left to stop for
     assert finished.returncode == 0, finished.stderr
+    assert_same_saved_weights(out, cli_straight)
+
+
+def test_ikd_train_force_with_a_time_limit_replaces_the_model_and_the_same_command_resumes(
+    idx_dir, cli_straight, tmp_path
+):
+    out = tmp_path / "replaced"
+    assert run_ikd(ikd_train(idx_dir, out, "--lr", "0.01")).returncode == 0  # another model there
+    command = ikd_train(idx_dir, out, "--time-limit", "1s", "--force")
+    stopped = run_ikd(command)
+    assert stopped.returncode == EXIT_TEMPFAIL, stopped.stderr
+    assert not (out / "model.json").exists()  # the model being replaced is no longer there to be read
+    stopped = run_ikd(command)
+    assert stopped.returncode == EXIT_TEMPFAIL and "after epoch 2/3" in stopped.stderr  # resumed, not restarted
+    finished = run_ikd(command)
+    assert finished.returncode == 0, finished.stderr
+    assert_same_saved_weights(out, cli_straight)
+
+
+def test_ikd_train_force_discards_the_unfinished_training_of_another_job(idx_dir, cli_straight, tmp_path):
+    out = tmp_path / "other-job"
+    assert run_ikd(ikd_train(idx_dir, out, "--lr", "0.01", "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
+    refused = run_ikd(ikd_train(idx_dir, out))
+    assert refused.returncode != 0 and "config.lr differ" in refused.stderr
+    forced = run_ikd(ikd_train(idx_dir, out, "--force"))
+    assert forced.returncode == 0, forced.stderr
+    assert "discarding the training state of another job" in forced.stderr and "Traceback" not in forced.stderr
     assert_same_saved_weights(out, cli_straight)
 
 

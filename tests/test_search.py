@@ -186,6 +186,9 @@ def test_teacher_of_another_image_size_names_the_key_to_set(tmp_path, tiny_teach
         ({"search.max_drop": 101}, "search.max_drop"),
         ({"search.operators": ["prune"]}, "search.operators"),
         ({"teacher.arch": "resnet"}, "teacher.arch"),
+        ({"student.lr": float("inf")}, "student.lr = inf .*finite number"),
+        ({"loss.temperature": float("inf")}, "loss.temperature = inf .*finite number"),
+        ({"teacher.ema_epochs": float("inf")}, "teacher.ema_epochs = inf .*finite number"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):

@@ -28,6 +28,7 @@ from ikd._version import __version__
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import (
     META_FILE,
+    WEIGHTS_FILE,
     describe_size,
     load_model,
     other_classes,
@@ -38,11 +39,11 @@ from ikd.checkpoint import (
 from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
-from ikd.errors import ConfigError, IkdError
+from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, predict, score, train_model
+from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, TrainResult, predict, score, train_model
 from ikd.train_state import STATE_DIR, remove_state
 
 EXIT_USAGE = 2
@@ -115,18 +116,30 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         state_dir = out / STATE_DIR  # beside the model, so rerunning the same command resumes
-        if args.force and (group is None or group.is_main):
-            remove_state(state_dir)  # --force starts over: an unfinished training there is dropped too
+        if args.force and (out / META_FILE).exists() and (group is None or group.is_main):
+            # --force replaces the model: gone now, so nothing reads it beside the new training, and a
+            # rerun of this command (a --time-limit) resumes that training instead of starting it again
+            remove_state(state_dir)
+            for name in (META_FILE, WEIGHTS_FILE):
+                (out / name).unlink(missing_ok=True)
+        deadline = started + time_limit if time_limit is not None else None
+
+        def train(model: torch.nn.Module) -> TrainResult:
+            return train_model(
+                model, data, config, progress=not args.quiet, description=args.arch, state_dir=state_dir,
+                deadline=deadline,
+            )  # fmt: skip
+
         try:
-            result = train_model(
-                model,
-                data,
-                config,
-                progress=not args.quiet,
-                description=args.arch,
-                state_dir=state_dir,
-                deadline=started + time_limit if time_limit is not None else None,
-            )
+            try:
+                result = train(model)
+            except ForeignStateError:
+                if not args.force or group is not None:
+                    raise
+                print(f"ikd: --force: discarding the training state of another job in {state_dir}", file=sys.stderr)
+                remove_state(state_dir)
+                model = build_model(spec, seed=args.seed)
+                result = train(model)
         except TrainingPaused as paused:
             if group is not None and not group.is_main:
                 return EXIT_TEMPFAIL

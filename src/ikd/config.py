@@ -35,7 +35,8 @@ from ikd.train import Schedule
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # an infinite learning rate or EMA horizon is no setting: refused like NaN, not trained into NaN
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def cli_flag(

@@ -21,6 +21,11 @@ class CheckpointError(IkdError):
     """A model directory is missing files or its files do not agree with each other."""
 
 
+class ForeignStateError(CheckpointError):
+    """A training state directory holds the state of another job (settings, model, data, device or
+    precision), so resuming it here would not continue the same training."""
+
+
 def first_validation_error(exc) -> tuple[str, dict]:
     """The dotted key and details of a pydantic ValidationError's first error: one line's worth."""
     first = exc.errors()[0]

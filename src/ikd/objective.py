@@ -52,7 +52,7 @@ from ikd.runtime import Precision, training_layout
 class LossWeights(BaseModel):
     """Weights of the three terms, the softmax temperature and which KD term."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float = Field(default=4.0, gt=0, description="softmax temperature T of the KD term")
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KD term (`loss.kd`)")

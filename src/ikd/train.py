@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     """Optimisation settings of one job: SGD + Nesterov with a learning-rate schedule, optionally an
     exponential moving average (EMA) of the weights validated beside them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(gt=0)
     batch_size: int = Field(default=128, gt=0)
@@ -439,7 +439,7 @@ def train_models(
     store = rank_store = None
     first_epoch, seconds_before = 1, 0.0
     if state_dir is not None:
-        job = _job(group, descriptions, data, config, augment, ranks)
+        job = _job(group, descriptions, data, config, augment, device, precision, ranks)
         fingerprint = job_fingerprint(job)
         store = StateStore(state_dir, fingerprint, discard_foreign=discard_foreign_state, job=job)
         if ranks:
@@ -642,6 +642,8 @@ def _job(
     data: DataSplits,
     config: TrainConfig,
     augment: str,
+    device: torch.device,
+    precision: Precision,
     ranks: distributed.Group | None = None,
 ) -> dict[str, Any]:
     """Everything that must match for a saved state to be this job's (StateStore digests it)."""
@@ -656,7 +658,8 @@ def _job(
         ]
 
     document: dict[str, Any] = {
-        "config": config.model_dump(),
+        # what `auto` became here: a state saved in bf16 on one machine is not continued in fp32 on another
+        "config": config.model_dump() | {"device": device.type, "precision": precision.name},
         "models": [[d, tensors(s.model), tensors(s.objective)] for d, s in zip(descriptions, group, strict=True)],
         "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std), augment],
     }

@@ -25,7 +25,7 @@ import torch
 
 from ikd.atomic import TEMP_SUFFIX, atomic_write_bytes
 from ikd.diff import config_differences
-from ikd.errors import CheckpointError
+from ikd.errors import ForeignStateError
 
 FORMAT = 1
 KEEP = 2  # the newest and, in case it is damaged, the one before
@@ -122,7 +122,7 @@ class StateStore:
     def load_latest(self) -> tuple[SavedState | None, list[str]]:
         """The newest intact state of this job (or None) and one line per damaged file passed over.
 
-        A state of another job is a CheckpointError unless `discard_foreign`: resuming it would be
+        A state of another job is a ForeignStateError unless `discard_foreign`: resuming it would be
         wrong, silently discarding it could throw away a long training.
         """
         skipped: list[str] = []
@@ -135,7 +135,7 @@ class StateStore:
 
     def try_load(self, epoch: int) -> tuple[dict[str, Any] | None, str | None]:
         """The state after `epoch`, or None and why it cannot be used (missing, damaged); a state of
-        another job is a CheckpointError, as in load_latest."""
+        another job is a ForeignStateError, as in load_latest."""
         path = self.path(epoch)
         if not path.is_file():
             return None, f"{path}: missing"
@@ -145,7 +145,7 @@ class StateStore:
             return None, f"{path}: {exc}"
 
     def _checked(self, epoch: int, path: Path) -> dict[str, Any]:
-        """The state in `path`; ValueError when it is damaged, CheckpointError when it is another job's."""
+        """The state in `path`; ValueError when it is damaged, ForeignStateError when it is another job's."""
         try:
             state = _read(path)
         except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
@@ -155,7 +155,9 @@ class StateStore:
             what = f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ" if keys else None
             if self.discard_foreign and keys and not set(keys) & set(MOVED_KEYS):
                 raise ValueError(f"the state of another job ({what}); discarded")
-            raise CheckpointError(
+            if keys and set(keys) <= set(MOVED_KEYS):
+                raise ForeignStateError(f"{self.directory}: {self._moved(state)}")
+            raise ForeignStateError(
                 f"{self.directory}: holds the training state of a different job "
                 f"({what or 'other settings, architecture or data'}); "
                 "rerun that job's command to resume it, pass --force to discard it and start over, or delete "
@@ -164,6 +166,21 @@ class StateStore:
         if state.get("epoch") != epoch:
             raise ValueError(f"names epoch {epoch} but holds {state.get('epoch')}")
         return state
+
+    def _moved(self, state: dict[str, Any]) -> str:
+        """What to do with this job's state saved on another device or in another precision."""
+        assert self.job is not None
+        saved, here = json.loads(state["job"])["config"], self.job["config"]
+        advice = (
+            f"pass --precision {saved['precision']} to continue it here in the precision it began with"
+            if saved["device"] == here["device"]
+            else f"resume it on a machine with {saved['device']}"
+        )
+        return (
+            f"holds this job's training state, saved on {saved['device']} in {saved['precision']}; this run would "
+            f"continue it on {here['device']} in {here['precision']}; {advice}, or delete the directory to start "
+            "it over"
+        )
 
     def _differing_keys(self, state: dict[str, Any]) -> list[str] | None:
         """The job keys that differ; None when unknown (a state saved before ikd kept its job)."""
