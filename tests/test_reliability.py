@@ -134,7 +134,10 @@ def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, ti
     before = signal.getsignal(signal.SIGTERM)
     args = campaign_args(tiny_teacher, tmp_path / "run", "--max-generations", "2")
     assert cli.main(args) == cli.EXIT_INTERRUPTED
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "ikd: interrupted (SIGTERM)"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "ikd: interrupted (SIGTERM); every finished epoch is saved: rerun the same command to resume"
+    )
     assert signal.getsignal(signal.SIGTERM) is before  # given back to whoever called main
     run = RunDir(tmp_path / "run")
     partial = run.load()
@@ -459,5 +462,5 @@ def test_the_audit_check_flags_every_way_of_failing():
     stop = harness.Stop("term", expect="terminated")
     assert harness.check_stopped(stop, harness.Run(0, "", 1.0), Path("/nonexistent")) == [
         "exit 0, expected 130",
-        "last stderr line '', expected 'ikd: interrupted (SIGTERM)'",
+        f"last stderr line '', expected {harness.INTERRUPTED_LINE!r}",
     ]

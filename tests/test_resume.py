@@ -330,7 +330,7 @@ def test_only_a_state_no_command_could_resume_is_discarded(tmp_path):
     state, skipped = load(tmp_path / "lr", job(lr=0.01))  # --force moved the campaign to another lr
     assert state is None and "config.lr differ); discarded" in skipped[0]
     saved(tmp_path / "moved", job(device="cuda"))
-    with pytest.raises(CheckpointError, match="saved on cuda in fp32; .* resume it on a machine with cuda"):
+    with pytest.raises(CheckpointError, match=r"saved on cuda in fp32; .* resume it on a machine with cuda"):
         load(tmp_path / "moved", job())
     saved(tmp_path / "old", job(lr=0.5), with_job=False)
     with pytest.raises(CheckpointError, match="other settings, architecture or data"):  # nothing to tell by
@@ -361,13 +361,18 @@ def test_a_deadline_needs_a_state_directory(digits):
 
 
 @pytest.mark.parametrize(
-    "text,seconds", [("2h30m", 9000), ("90m", 5400), ("45s", 45), ("3600", 3600), ("1.5h", 5400), ("1h5s", 3605)]
+    "text,seconds",
+    [
+        *[("2h30m", 9000), ("90m", 5400), ("45s", 45), ("3600", 3600), ("1.5h", 5400), ("1h5s", 3605)],
+        # SLURM's --time formats
+        *[("2:30:00", 9000), ("90:00", 5400), ("1-00:00:00", 86400), ("1-2", 93600), ("1-2:30", 95400)],
+    ],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "-5", "0", "2x", "h", "inf", "nan"])
+@pytest.mark.parametrize("text", ["", "soon", "-5", "0", "2x", "h", "inf", "nan", "0:00", "1:2:3:4", "1-", ":30"])
 def test_a_bad_time_limit_is_one_line_naming_the_flag(tmp_path, capsys, text):
     status = main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"), "--time-limit", text])
     lines = capsys.readouterr().err.strip().splitlines()

@@ -294,3 +294,11 @@ def test_bn_sparsity_pulls_the_batchnorm_scales_towards_zero(digits):
     assert sparse.mean() < 0.5 * plain.mean()
     # channels separate rather than shrink alike: the spread relative to the mean is what slim ranks by
     assert sparse.std() / sparse.mean() > 3 * plain.std() / plain.mean()
+
+
+def test_a_model_near_chance_is_warned_about():
+    from ikd.train import near_chance
+
+    assert "near chance (0.100 for 10 classes)" in (near_chance(0.118, 10) or "")
+    assert near_chance(0.5, 10) is None
+    assert near_chance(0.55, 2) is not None and near_chance(0.56, 2) is None

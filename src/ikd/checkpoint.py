@@ -22,6 +22,7 @@ from ikd.arch import ArchSpec
 from ikd.atomic import atomic_write_bytes, atomic_write_json
 from ikd.errors import CheckpointError, first_validation_error
 from ikd.model import VGG, build_model
+from ikd.runtime import describe_machine
 
 if TYPE_CHECKING:
     from ikd.data import DataSplits
@@ -125,7 +126,13 @@ def training_metadata(
         | {
             "resolved_device": result.device,
             "resolved_precision": result.precision,
+            "augment_used": config.augment or data.augment,
+            # OneCycleLR cycles SGD's momentum against the learning rate, overriding `momentum`
+            "momentum_used": f"{config.momentum}"
+            if config.schedule == "cosine"
+            else "0.95 -> 0.85 at the peak learning rate -> 0.95",
             "seconds": round(result.seconds, 2),
+            "machine": describe_machine(torch.device(result.device)),  # of the session that finished it
         },
         "metrics": {
             # the saved weights' own score: the EMA's when it was the better of the best epoch's two

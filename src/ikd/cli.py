@@ -43,7 +43,16 @@ from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ikd.train import SCHEDULES, TrainConfig, TrainingPaused, TrainResult, predict, score, train_model
+from ikd.train import (
+    SCHEDULES,
+    TrainConfig,
+    TrainingPaused,
+    TrainResult,
+    near_chance,
+    predict,
+    score,
+    train_model,
+)
 from ikd.train_state import STATE_DIR, remove_state
 
 EXIT_USAGE = 2
@@ -181,6 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
         f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}"
     )
+    if warning := near_chance(result.best_val_accuracy, data.num_classes):
+        print(f"ikd: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -513,10 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--time-limit",
         metavar="DURATION",
-        help="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds) has passed, "
+        help="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds, 2:30:00) has passed, "
         f"save the state and exit with code {EXIT_TEMPFAIL}; the same command resumes",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, epoch lines or resume message (the final summary still prints)",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = command("eval", "accuracy of a trained model on a split")
@@ -682,7 +697,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ikd: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        print(f"ikd: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}", file=sys.stderr)
+        resumable = getattr(args, "func", None) in (cmd_train, cmd_compress)  # they save after every epoch
+        print(
+            f"ikd: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}"
+            + ("; every finished epoch is saved: rerun the same command to resume" if resumable else ""),
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not a user error: say so, keep the traceback behind --debug
         if debug:

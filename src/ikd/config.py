@@ -439,7 +439,7 @@ class CampaignConfig(Strict):
     time_limit: str | None = Field(
         default=None,
         json_schema_extra=cli_flag("--time-limit", metavar="DURATION"),
-        description="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds) has "
+        description="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds, 2:30:00) has "
         "passed, keeping every finished node and the training state, and exit with code 75; the same "
         "command resumes",
     )
@@ -508,17 +508,40 @@ class CampaignConfig(Strict):
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 
+# SLURM's time formats: M:SS, H:MM:SS, D-H, D-H:MM, D-H:MM:SS (so a job script can pass its own limit)
+_CLOCK = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def _clock_seconds(text: str) -> float | None:
+    match = _CLOCK.fullmatch(text)
+    if match is None or ("-" not in text and ":" not in text):
+        return None
+    days, first, second, third = match.groups()
+    if days is not None:  # D-H[:MM[:SS]]
+        parts = [int(first), int(second or 0), int(third or 0)]
+        return int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    if third is not None:  # H:MM:SS
+        return int(first) * 3600 + int(second) * 60 + int(third)
+    return int(first) * 60 + int(second)  # M:SS
+
+
 def parse_duration(text: str, flag: str = "--time-limit") -> float:
-    """Seconds in `2h30m`, `90m`, `45s`, `1.5h` or plain `3600`."""
+    """Seconds in `2h30m`, `90m`, `45s`, `1.5h`, plain `3600`, or SLURM's `2:30:00`, `1-12:00:00`."""
     text = text.strip().lower()
     try:
         seconds = float(text)
     except ValueError:
+        clock = _clock_seconds(text)
         match = _DURATION.fullmatch(text)
-        if not text or match is None:
-            raise ConfigError(f"{flag} {text!r}: expected a duration such as 2h30m, 90m, 45s or seconds") from None
-        hours, minutes, secs = (float(part or 0) for part in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
+        if clock is not None:
+            seconds = clock
+        elif not text or match is None:
+            raise ConfigError(
+                f"{flag} {text!r}: expected a duration such as 2h30m, 90m, 45s, seconds or 2:30:00"
+            ) from None
+        else:
+            hours, minutes, secs = (float(part or 0) for part in match.groups())
+            seconds = hours * 3600 + minutes * 60 + secs
     if not seconds > 0 or seconds == float("inf"):
         raise ConfigError(f"{flag} {text!r}: expected a duration greater than zero")
     return seconds

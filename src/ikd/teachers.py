@@ -19,7 +19,7 @@ from ikd.fit import fit
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
 from ikd.model import VGG, build_model
 from ikd.rules import points
-from ikd.train import monotonic_deadline
+from ikd.train import monotonic_deadline, near_chance
 
 Teacher = VGG | ExternalTeacher
 
@@ -132,6 +132,8 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
         # the model holds its best-by-validation weights, so that epoch's score is its val accuracy
         val, test, epochs = result.best_val_accuracy, tested["accuracy"], cfg.epochs
     ctx.log(f"root teacher: val {points(val):.2f}%, test {points(test):.2f}%")
+    if warning := near_chance(val, data.num_classes):
+        ctx.log(f"warning: the root teacher's {warning}")
     return NodeRecord.of_spec(
         ROOT_ID,
         model.spec,

@@ -116,6 +116,18 @@ class TrainingPaused(Exception):
         self.epoch, self.epochs, self.state_dir = epoch, epochs, state_dir
 
 
+def near_chance(accuracy: float, num_classes: int) -> str | None:
+    """A warning when a trained model's validation accuracy is within a tenth of the way from guessing
+    to perfect: it learnt nothing usable (a schedule too short for the data, a learning rate too high)."""
+    chance = 1 / num_classes
+    if accuracy > chance + 0.1 * (1 - chance):
+        return None
+    return (
+        f"validation accuracy {accuracy:.3f} is near chance ({chance:.3f} for {num_classes} classes): the model "
+        "learnt next to nothing; on a small set try a smaller batch and more epochs (docs/training.md)"
+    )
+
+
 def monotonic_deadline(wall_clock_deadline: float | None) -> float | None:
     """A time.time() deadline (which can cross processes) as the time.monotonic() one train_models takes."""
     if wall_clock_deadline is None:

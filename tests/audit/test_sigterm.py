@@ -1,5 +1,5 @@
 """SIGTERM (what a scheduler sends) at several points of the tiny campaign: ikd stops cleanly --
-exit 130, `ikd: interrupted (SIGTERM)` as its last line, no temporary file left -- and the rerun
+exit 130, `ikd: interrupted (SIGTERM); ...` as its last line, no temporary file left -- and the rerun
 keeps every finished node and ends with exactly the lineage of an uninterrupted run."""
 
 from __future__ import annotations
