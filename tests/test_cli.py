@@ -56,6 +56,9 @@ def test_train_writes_weights_and_metadata(trained):
     assert meta["training"]["seed"] == 0 and meta["training"]["epochs"] == 2
     assert meta["size"]["params"] > 0 and meta["ikd_version"]
     assert len(meta["history"]) == 2
+    training = meta["training"]
+    assert "torch threads" in training["machine"] and training["augment_used"] == "none"  # digits' own
+    assert training["momentum_used"].startswith("0.95 -> 0.85")  # the one-cycle default cycles it
 
 
 def test_eval_json_reports_accuracy_and_count(trained):

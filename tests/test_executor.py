@@ -94,7 +94,10 @@ def test_nodes_lost_with_their_workers_are_trained_again_on_resume(tmp_path, tin
         first = compress(config, progress=False)
     assert {first.node(n).status for n in ("g1-depth", "g1-width")} == {"failed"}
     stop = first.stop_reason or ""
-    assert "no candidate" in stop and "worker lost" in stop
+    assert (
+        stop.startswith("candidates lost with their workers: g1-depth, g1-width in generation 1")
+        and "worker lost" in stop
+    )
     resumed = compress(config.model_copy(update={"executor": ExecutorConfig()}), progress=False)  # locally
     assert {resumed.node(n).status for n in ("g1-depth", "g1-width")} == {"accepted", "rejected"}
     assert (resumed.stop_reason or "").startswith("max_generations")
@@ -219,3 +222,50 @@ def test_a_cluster_that_cannot_fit_a_job_fails_before_any_training(tmp_path, tin
     with local_ray(), pytest.raises(ConfigError, match=r"cpus_per_job 64.*2 CPUs.*no job fits"):
         compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray", cpus_per_job=64), progress=False)
     assert not RunDir(tmp_path / "run").exists()  # not even the root was recorded
+
+
+@pytest.mark.ray
+def test_an_address_nothing_answers_is_one_error_not_a_hang(tmp_path, tiny_teacher):
+    import time
+
+    from ikd.errors import ConfigError
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"ray address '127\.0\.0\.1:1': cannot connect \(nothing answered"):
+        compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray", ray_address="127.0.0.1:1"), progress=False)
+    assert time.monotonic() - started < 60  # Ray alone retries such an address for good
+
+
+@pytest.mark.ray
+def test_a_private_ray_instance_leaves_the_sigterm_handler_in_place(digits):
+    import signal
+
+    import ray
+
+    from ikd.executor import RayExecutor
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        RayExecutor(digits, address=None, cpus_per_job=1, gpus_per_job=0, precision="fp32", on_epoch=None, log=print)
+        assert signal.getsignal(signal.SIGTERM) is mine  # ikd's stops like Ctrl-C (exit 130); Ray's exits 1
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_ikd_compress_exits_75_when_it_stopped_on_lost_workers(tmp_path, monkeypatch, capsys):
+    import ikd.campaign
+    from ikd.cli import EXIT_TEMPFAIL, main
+    from ikd.lineage import Lineage
+
+    recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth/lineage.json"
+    stopped = Lineage.model_validate_json(recorded.read_text())
+    stopped.stop_reason = f"{ikd.campaign.LOST_STOP} g1-depth in generation 1, ..."
+    monkeypatch.setattr(ikd.campaign, "compress", lambda *args, **kwargs: stopped)
+    assert main(["compress", "--run-dir", str(tmp_path / "run"), "--quiet"]) == EXIT_TEMPFAIL
+    assert "rerun the same command to train them again" in capsys.readouterr().err
+    stopped.stop_reason = "max_generations (2) reached"
+    assert main(["compress", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0

@@ -592,6 +592,19 @@ def test_the_datasets_own_image_size_written_out_is_the_same_data(tiny_teacher, 
     assert result.returncode == EXIT_USAGE and "other data (data.image_size: 8 -> 16)" in result.stderr
 
 
+def test_a_finished_campaign_removes_training_state_no_job_will_resume(tiny_teacher, campaign_straight, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(campaign_straight, run_dir)
+    # left by a pass interrupted locally whose candidates a Ray run then trained (Ray keeps no state here)
+    stale = run_dir / ".train-state" / "g1-depth+g1-width" / "stage-0"
+    stale.mkdir(parents=True)
+    (stale / "epoch-00001.pt").write_bytes(b"state")
+    result = run_ikd(compress_command(tiny_teacher, run_dir))
+    assert result.returncode == 0, result.stderr
+    assert not (run_dir / ".train-state").exists()
+    assert lineage_results(run_dir) == lineage_results(campaign_straight)
+
+
 def test_a_model_directory_is_no_run_directory(tiny_teacher, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_teacher, model_dir)

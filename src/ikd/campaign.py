@@ -12,7 +12,6 @@ trained again. The test split is never consulted.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shlex
 import shutil
@@ -37,11 +36,15 @@ from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_
 from ikd.teachers import TeacherModels, expert_teachers, first_student, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
+from ikd.train_state import remove_state
 
 FINAL_ID = "final"  # the node of the final distillation
 UNDECIDED = "undecided:"  # the reason of a trained candidate no decision has taken yet starts so
 BUDGET_UNDECIDED = f"{UNDECIDED} within tolerance, but the budget ran out"
 BUDGET_STOP = "training budget spent:"
+# a stop that is not a result: candidates lost with their Ray workers might have passed; the same
+# command trains them again (ikd compress exits 75, as after a time limit)
+LOST_STOP = "candidates lost with their workers:"
 BASELINE_IDS = ("baseline-scratch", "baseline-oneshot-kd")  # from scratch; one-shot KD from the root
 
 
@@ -136,8 +139,13 @@ class Campaign:
         self.forget_stale_baselines()  # asked for or not: a lineage must not pair an answer with another's baselines
         if self.config.baselines:
             self.baselines()
-        with contextlib.suppress(OSError):  # each job removed its own state; an empty parent says nothing
-            self.ctx.state_root.rmdir()
+        if not (stop or "").startswith(LOST_STOP):  # the rerun of a lost candidate may resume its state
+            # Each job removed its own state. What is left belongs to no job this campaign will run again:
+            # a pass interrupted locally whose candidates a Ray run then trained (Ray keeps no state here).
+            left = sorted(d.name for d in self.ctx.state_root.glob("*"))
+            if left:
+                self.ctx.log(f"removing training state no job will resume: {', '.join(left)}")
+            remove_state(self.ctx.state_root)
         return self.lineage
 
     def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:
@@ -197,6 +205,12 @@ class Campaign:
             )
         chosen = rules.survivors(kept, self.search, narrow)
         if not chosen:
+            lost = [n.id for n in failed if n.reason.startswith(WORKER_LOST)]
+            if lost:
+                return (
+                    f"{LOST_STOP} {', '.join(sorted(lost))} in generation {generation}, where no other candidate "
+                    f"stayed within tolerance ({'; '.join(n.reason for n in failed)})"
+                )
             failures = f" ({'; '.join(n.reason for n in failed)})" if failed else ""
             return f"generation {generation}: no candidate stayed within tolerance{failures}"
         beam = self.search.kept_per_generation()

@@ -132,7 +132,7 @@ def training_metadata(
             if config.schedule == "cosine"
             else "0.95 -> 0.85 at the peak learning rate -> 0.95",
             "seconds": round(result.seconds, 2),
-            "machine": describe_machine(torch.device(result.device)),  # of the session that finished it
+            "machine": result.machine or describe_machine(torch.device(result.device)),  # where it finished
         },
         "metrics": {
             # the saved weights' own score: the EMA's when it was the better of the best epoch's two

@@ -1,8 +1,9 @@
 """The `ikd` command. User mistakes print one line on stderr and exit 2; tracebacks only with --debug.
 
 Exit codes: 0 done; 1 internal error (a bug) or a closed output pipe; 2 a user error (one line on
-stderr); 75 stopped by --time-limit at an epoch boundary, state saved: rerun the same command to
-resume; 130 interrupted (Ctrl-C or SIGTERM).
+stderr); 75 stopped by --time-limit at an epoch boundary, state saved, or a campaign stopped on
+candidates lost with their Ray workers: rerun the same command to resume; 130 interrupted (Ctrl-C or
+SIGTERM): every finished epoch is saved, the same command resumes.
 """
 
 from __future__ import annotations
@@ -372,7 +373,7 @@ def compress_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ikd.campaign import CampaignPaused, compress
+    from ikd.campaign import LOST_STOP, CampaignPaused, compress
 
     config = load_config(args.config, compress_overrides(args), from_flags=True)
     try:
@@ -382,6 +383,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"ikd compress: {paused}; rerun the same command to resume", file=sys.stderr)
         return EXIT_TEMPFAIL
     print(format_lineage(lineage))
+    if (lineage.stop_reason or "").startswith(LOST_STOP):
+        print("ikd compress: stopped on lost workers; rerun the same command to train them again", file=sys.stderr)
+        return EXIT_TEMPFAIL
     return 0
 
 

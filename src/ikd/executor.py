@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -106,6 +108,20 @@ def _import_ray():
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A HOST:PORT address that nothing answers is a one-line error now: Ray itself retries it forever."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # auto, local, ray://: Ray reports those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"ray address {address!r}: cannot connect (nothing answered at {host} port {port} within "
+            f"{timeout:g} s: {exc.strerror or exc})"
+        ) from None
+
+
 def _first_line(error: BaseException, limit: int = 200) -> str:
     text = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {text}"[:limit]
@@ -128,15 +144,21 @@ class RayExecutor:
         ray = self.ray = _import_ray()
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            # address None: RAY_ADDRESS if set, else a new local instance on this machine's cores.
+            # no address: RAY_ADDRESS if set, else a new instance on this machine's cores ("local"; Ray's
+            # own default would join a cluster `ray start` left running here)
+            address = address or os.environ.get("RAY_ADDRESS") or "local"
+            _check_reachable(address)
+            sigterm = signal.getsignal(signal.SIGTERM)
             try:
                 ray.init(
                     address=address, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True
                 )
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise ConfigError(
-                    f"ray address {address or os.environ.get('RAY_ADDRESS')!r}: cannot connect ({_first_line(exc)})"
-                ) from None
+                raise ConfigError(f"ray address {address!r}: cannot connect ({_first_line(exc)})") from None
+            finally:
+                # Ray installs its own SIGTERM handler (a dump, exit 1); ikd's stops like Ctrl-C, exit 130
+                if threading.current_thread() is threading.main_thread() and sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
         self.device = "cuda" if gpus_per_job > 0 else "cpu"
         self.precision, self.on_epoch, self.log = precision, on_epoch, log

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.runtime import Precision, resolve_device, resolve_precision, training_layout
+from ikd.runtime import Precision, describe_machine, resolve_device, resolve_precision, training_layout
 from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint
 
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
@@ -98,6 +98,7 @@ class TrainResult:
     seconds: float = 0.0
     device: str = "cpu"
     precision: str = "fp32"
+    machine: str = ""  # where it trained (a Ray worker's own, not the driver's)
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -295,7 +296,12 @@ class _Student:
         self.precision = precision
         self.rng_state = rng_state  # None when alone: the global RNG is this model's own
         self.result = TrainResult(
-            best_epoch=0, best_val_accuracy=-1.0, last_val_accuracy=0.0, device=str(device), precision=precision.name
+            best_epoch=0,
+            best_val_accuracy=-1.0,
+            last_val_accuracy=0.0,
+            device=str(device),
+            precision=precision.name,
+            machine=describe_machine(device),
         )
         self.best_state: dict[str, torch.Tensor] | None = None
         self.failure: str | None = None
