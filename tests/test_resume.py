@@ -472,7 +472,7 @@ def test_ikd_train_force_discards_the_unfinished_training_of_another_job(idx_dir
     out = tmp_path / "other-job"
     assert run_ikd(ikd_train(idx_dir, out, "--lr", "0.01", "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
     refused = run_ikd(ikd_train(idx_dir, out))
-    assert refused.returncode != 0 and "config.lr differ" in refused.stderr
+    assert refused.returncode != 0 and "started with other settings (--lr); rerun with the flags" in refused.stderr
     forced = run_ikd(ikd_train(idx_dir, out, "--force"))
     assert forced.returncode == 0, forced.stderr
     assert "discarding the training state of another job" in forced.stderr and "Traceback" not in forced.stderr

@@ -143,9 +143,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             try:
                 result = train(model)
-            except ForeignStateError:
+            except ForeignStateError as foreign:
                 if not args.force or group is not None:
-                    raise
+                    raise _in_train_flags(foreign, state_dir) from None
                 print(f"ikd: --force: discarding the training state of another job in {state_dir}", file=sys.stderr)
                 remove_state(state_dir)
                 model = build_model(spec, seed=args.seed)
@@ -194,6 +194,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if warning := near_chance(result.best_val_accuracy, data.num_classes):
         print(f"ikd: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _in_train_flags(foreign: ForeignStateError, state_dir: Path) -> ForeignStateError:
+    """The refusal of another job's state worded in `ikd train`'s flags (config.lr -> --lr)."""
+    keys = foreign.keys or []
+    if not keys or set(keys) <= {"config.device", "config.precision"}:
+        return foreign  # unknown, or saved on another machine: its own message says what to do
+    named = {"data": "the data (--dataset, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
+    named["world_size"] = "the number of torchrun processes"
+    flags = [named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys]
+    return ForeignStateError(
+        f"{state_dir}: holds an unfinished training started with other settings ({', '.join(flags)}); rerun with the "
+        "flags it was started with to resume it, or pass --force to discard it and start over",
+        keys,
+    )
 
 
 def _load_evaluated(

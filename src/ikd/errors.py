@@ -23,7 +23,12 @@ class CheckpointError(IkdError):
 
 class ForeignStateError(CheckpointError):
     """A training state directory holds the state of another job (settings, model, data, device or
-    precision), so resuming it here would not continue the same training."""
+    precision), so resuming it here would not continue the same training. `keys`: the job's keys that
+    differ (config.lr, data, ...), where the state says."""
+
+    def __init__(self, message: str, keys: list[str] | None = None):
+        super().__init__(message)
+        self.keys = keys
 
 
 def first_validation_error(exc) -> tuple[str, dict]:

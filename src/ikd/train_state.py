@@ -156,12 +156,13 @@ class StateStore:
             if self.discard_foreign and keys and not set(keys) & set(MOVED_KEYS):
                 raise ValueError(f"the state of another job ({what}); discarded")
             if keys and set(keys) <= set(MOVED_KEYS):
-                raise ForeignStateError(f"{self.directory}: {self._moved(state)}")
+                raise ForeignStateError(f"{self.directory}: {self._moved(state)}", keys)
             raise ForeignStateError(
                 f"{self.directory}: holds the training state of a different job "
                 f"({what or 'other settings, architecture or data'}); "
                 "rerun that job's command to resume it, pass --force to discard it and start over, or delete "
-                "the directory"
+                "the directory",
+                keys,
             )
         if state.get("epoch") != epoch:
             raise ValueError(f"names epoch {epoch} but holds {state.get('epoch')}")
