@@ -59,6 +59,7 @@ def test_train_writes_weights_and_metadata(trained):
     training = meta["training"]
     assert "torch threads" in training["machine"] and training["augment_used"] == "none"  # digits' own
     assert training["momentum_used"].startswith("0.95 -> 0.85")  # the one-cycle default cycles it
+    assert meta["command"].startswith("ikd train --dataset digits --arch vgg11 --epochs 2")
 
 
 def test_eval_json_reports_accuracy_and_count(trained):

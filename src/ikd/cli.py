@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -165,17 +166,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     # process group is shut down.
     if group is not None and not group.is_main:
         return 0
-    extra = (
-        {
-            "distributed": {
-                "world_size": group.world_size,
-                "backend": group.backend,
-                "batch_per_process": -(-config.batch_size // group.world_size),
-            }
+    # the command that made it, as typed (the last session's: a resumed run is rerun alike)
+    extra: dict[str, Any] = {"command": shlex.join(["ikd", *getattr(args, "argv", [])])}
+    if group:
+        extra["distributed"] = {
+            "world_size": group.world_size,
+            "backend": group.backend,
+            "batch_per_process": -(-config.batch_size // group.world_size),
         }
-        if group
-        else None
-    )
     test = save_trained(
         out,
         model,
@@ -686,7 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     own_signals = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if own_signals else None
     try:
-        return _run(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by ikd train
+        return _run(args)
     finally:
         if own_signals:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
