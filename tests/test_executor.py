@@ -225,6 +225,16 @@ def test_a_cluster_that_cannot_fit_a_job_fails_before_any_training(tmp_path, tin
 
 
 @pytest.mark.ray
+def test_a_generation_lost_with_its_workers_gets_no_final_distillation_before_the_rerun(tmp_path, tiny_teacher):
+    config = parent_children(tmp_path / "run", tiny_teacher, kind="ray")
+    config = config.model_copy(update={"student": config.student.model_copy(update={"final_epochs": 1})})
+    with local_ray(kill_node="g2-depth,g2-width"):
+        first = compress(config, progress=False)
+    assert (first.stop_reason or "").startswith("candidates lost with their workers: g2-depth, g2-width")
+    assert not [n for n in first.nodes if n.kind == "final"]  # g1's answer is provisional: g2 may beat it
+
+
+@pytest.mark.ray
 def test_an_address_nothing_answers_is_one_error_not_a_hang(tmp_path, tiny_teacher):
     import time
 

@@ -134,10 +134,7 @@ def test_sigterm_stops_a_campaign_like_ctrl_c_and_the_rerun_resumes(tmp_path, ti
     before = signal.getsignal(signal.SIGTERM)
     args = campaign_args(tiny_teacher, tmp_path / "run", "--max-generations", "2")
     assert cli.main(args) == cli.EXIT_INTERRUPTED
-    assert (
-        capsys.readouterr().err.strip().splitlines()[-1]
-        == "ikd: interrupted (SIGTERM); every finished epoch is saved: rerun the same command to resume"
-    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == harness.INTERRUPTED_LINE
     assert signal.getsignal(signal.SIGTERM) is before  # given back to whoever called main
     run = RunDir(tmp_path / "run")
     partial = run.load()

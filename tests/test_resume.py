@@ -301,6 +301,31 @@ def test_what_auto_resolved_to_decides_whether_a_state_is_this_jobs(digits, stra
     assert_same_weights(model, straight[0])
 
 
+def test_a_state_an_older_ikd_saved_with_auto_settings_resumes(digits, straight, tmp_path, monkeypatch):
+    import json
+
+    import ikd.train
+    from ikd.runtime import resolve_precision
+    from ikd.train_state import StateStore, job_fingerprint
+
+    monkeypatch.setattr(ikd.train, "resolve_precision", lambda name, device: resolve_precision("fp32", device))
+    auto = CONFIG.model_copy(update={"precision": "auto", "device": "auto"})
+    state_dir = tmp_path / "state"
+    with pytest.raises(Interrupt):
+        train_model(
+            build_model(spec(digits), seed=1), digits, auto, progress=False, state_dir=state_dir, on_epoch=stop_after(1)
+        )
+    # as ikd before 2026-12-05 saved it: the job's settings as given, not what they resolved to
+    state = _read(state_dir / "epoch-00001.pt")
+    old_job = json.loads(state["job"])
+    old_job["config"] |= {"device": "auto", "precision": "auto"}
+    kept = {k: v for k, v in state.items() if k not in ("format", "fingerprint", "epoch", "job")}
+    StateStore(state_dir, job_fingerprint(old_job), job=old_job).save(1, kept)
+    model = build_model(spec(digits), seed=99)
+    train_model(model, digits, auto, progress=False, state_dir=state_dir)
+    assert_same_weights(model, straight[0])
+
+
 def test_the_state_of_another_job_is_discarded_when_asked(digits, tmp_path, capsys):
     interrupted_state(digits, tmp_path / "state", stop=2)
     other = CONFIG.model_copy(update={"lr": 0.01})
@@ -372,7 +397,10 @@ def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "-5", "0", "2x", "h", "inf", "nan", "0:00", "1:2:3:4", "1-", ":30"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "soon", "-5", "0", "2x", "h", "inf", "nan", "0:00", "1:2:3:4", "1-", ":30", "1:75", "1:60:00", "1-24:00"],
+)
 def test_a_bad_time_limit_is_one_line_naming_the_flag(tmp_path, capsys, text):
     status = main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"), "--time-limit", text])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -475,7 +503,7 @@ def test_ikd_train_force_discards_the_unfinished_training_of_another_job(idx_dir
     assert refused.returncode != 0 and "started with other settings (--lr); rerun with the flags" in refused.stderr
     forced = run_ikd(ikd_train(idx_dir, out, "--force"))
     assert forced.returncode == 0, forced.stderr
-    assert "discarding the training state of another job" in forced.stderr and "Traceback" not in forced.stderr
+    assert "another job (config.lr differ); discarded" in forced.stderr and "Traceback" not in forced.stderr
     assert_same_saved_weights(out, cli_straight)
 
 

@@ -135,17 +135,18 @@ class Campaign:
         self.lineage = self.models.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
+        if (stop or "").startswith(LOST_STOP):
+            return self.lineage  # not an answer yet: the rerun trains the lost candidates first
         self.final_distillation()
         self.forget_stale_baselines()  # asked for or not: a lineage must not pair an answer with another's baselines
         if self.config.baselines:
             self.baselines()
-        if not (stop or "").startswith(LOST_STOP):  # the rerun of a lost candidate may resume its state
-            # Each job removed its own state. What is left belongs to no job this campaign will run again:
-            # a pass interrupted locally whose candidates a Ray run then trained (Ray keeps no state here).
-            left = sorted(d.name for d in self.ctx.state_root.glob("*"))
-            if left:
-                self.ctx.log(f"removing training state no job will resume: {', '.join(left)}")
-            remove_state(self.ctx.state_root)
+        # Each job removed its own state. What is left belongs to no job this campaign will run again:
+        # a pass interrupted locally whose candidates a Ray run then trained (Ray keeps no state here).
+        left = sorted(d.name for d in self.ctx.state_root.glob("*"))
+        if left:
+            self.ctx.log(f"removing training state no job will resume: {', '.join(left)}")
+        remove_state(self.ctx.state_root)
         return self.lineage
 
     def run_generation(self, generation: int, frontier: list[NodeRecord], expert_ids: list[str]) -> str | None:

@@ -127,10 +127,8 @@ def training_metadata(
             "resolved_device": result.device,
             "resolved_precision": result.precision,
             "augment_used": config.augment or data.augment,
-            # OneCycleLR cycles SGD's momentum against the learning rate, overriding `momentum`
-            "momentum_used": f"{config.momentum}"
-            if config.schedule == "cosine"
-            else "0.95 -> 0.85 at the peak learning rate -> 0.95",
+            # at the start, at the peak learning rate, at the end: OneCycleLR cycles it, overriding `momentum`
+            "momentum_used": [config.momentum] * 3 if config.schedule == "cosine" else [0.95, 0.85, 0.95],
             "seconds": round(result.seconds, 2),
             "machine": result.machine or describe_machine(torch.device(result.device)),  # where it finished
         },

@@ -3,7 +3,7 @@
 Exit codes: 0 done; 1 internal error (a bug) or a closed output pipe; 2 a user error (one line on
 stderr); 75 stopped by --time-limit at an epoch boundary, state saved, or a campaign stopped on
 candidates lost with their Ray workers: rerun the same command to resume; 130 interrupted (Ctrl-C or
-SIGTERM): every finished epoch is saved, the same command resumes.
+SIGTERM): finished work is kept, the same command resumes.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from ikd.train import (
     score,
     train_model,
 )
-from ikd.train_state import STATE_DIR, remove_state
+from ikd.train_state import MOVED_KEYS, STATE_DIR, remove_state
 
 EXIT_USAGE = 2
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: stopped by --time-limit, the same command resumes
@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         def train(model: torch.nn.Module) -> TrainResult:
             return train_model(
                 model, data, config, progress=not args.quiet, description=args.arch, state_dir=state_dir,
-                deadline=deadline,
+                deadline=deadline, discard_foreign_state=args.force,  # every rank alike, under torchrun too
             )  # fmt: skip
 
         try:
@@ -147,7 +147,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             except ForeignStateError as foreign:
                 if not args.force or group is not None:
                     raise _in_train_flags(foreign, state_dir) from None
-                print(f"ikd: --force: discarding the training state of another job in {state_dir}", file=sys.stderr)
+                print(
+                    f"ikd: --force: discarding the unfinished training in {state_dir}, which this run cannot continue",
+                    file=sys.stderr,
+                )
                 remove_state(state_dir)
                 model = build_model(spec, seed=args.seed)
                 result = train(model)
@@ -197,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _in_train_flags(foreign: ForeignStateError, state_dir: Path) -> ForeignStateError:
     """The refusal of another job's state worded in `ikd train`'s flags (config.lr -> --lr)."""
     keys = foreign.keys or []
-    if not keys or set(keys) <= {"config.device", "config.precision"}:
+    if not keys or set(keys) <= set(MOVED_KEYS):
         return foreign  # unknown, or saved on another machine: its own message says what to do
     named = {"data": "the data (--dataset, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
     named["world_size"] = "the number of torchrun processes"
@@ -547,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress bar, epoch lines or resume message (the final summary still prints)",
+        help="no progress bar, epoch lines or resume message",
     )
     train.set_defaults(func=cmd_train)
 
@@ -719,7 +722,7 @@ def _run(args: argparse.Namespace) -> int:
         resumable = getattr(args, "func", None) in (cmd_train, cmd_compress)  # they save after every epoch
         print(
             f"ikd: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}"
-            + ("; every finished epoch is saved: rerun the same command to resume" if resumable else ""),
+            + ("; finished work is kept: rerun the same command to resume" if resumable else ""),
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

@@ -518,11 +518,20 @@ def _clock_seconds(text: str) -> float | None:
         return None
     days, first, second, third = match.groups()
     if days is not None:  # D-H[:MM[:SS]]
-        parts = [int(first), int(second or 0), int(third or 0)]
-        return int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
-    if third is not None:  # H:MM:SS
-        return int(first) * 3600 + int(second) * 60 + int(third)
-    return int(first) * 60 + int(second)  # M:SS
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        if hours >= 24:
+            return None
+        total = int(days) * 86400 + hours * 3600
+    elif third is not None:  # H:MM:SS
+        minutes, seconds, total = int(second), int(third), int(first) * 3600
+    else:  # M:SS
+        minutes, seconds, total = int(first), int(second), 0
+        if seconds >= 60:
+            return None
+        return minutes * 60 + seconds
+    if minutes >= 60 or seconds >= 60:  # 1:75 is no time a scheduler writes
+        return None
+    return total + minutes * 60 + seconds
 
 
 def parse_duration(text: str, flag: str = "--time-limit") -> float:

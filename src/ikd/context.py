@@ -59,6 +59,10 @@ class CampaignContext:
         if self.progress:
             print(f"ikd: {message}", file=sys.stderr)
 
+    def warn(self, message: str) -> None:
+        """What the user must see even under --quiet."""
+        print(f"ikd: warning: {message}", file=sys.stderr)
+
     @property
     def data(self) -> DataSplits:
         if self._data is None:

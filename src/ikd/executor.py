@@ -117,8 +117,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ConfigError(
-            f"ray address {address!r}: cannot connect (nothing answered at {host} port {port} within "
-            f"{timeout:g} s: {exc.strerror or exc})"
+            f"ray address {address!r}: cannot connect (nothing answered at {host} port {port}: {exc.strerror or exc})"
         ) from None
 
 

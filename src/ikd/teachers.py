@@ -133,7 +133,7 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
         val, test, epochs = result.best_val_accuracy, tested["accuracy"], cfg.epochs
     ctx.log(f"root teacher: val {points(val):.2f}%, test {points(test):.2f}%")
     if warning := near_chance(val, data.num_classes):
-        ctx.log(f"warning: the root teacher's {warning}")
+        ctx.warn(f"the root teacher's {warning}")
     return NodeRecord.of_spec(
         ROOT_ID,
         model.spec,

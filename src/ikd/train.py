@@ -459,12 +459,20 @@ def train_models(
     if state_dir is not None:
         job = _job(group, descriptions, data, config, augment, device, precision, ranks)
         fingerprint = job_fingerprint(job)
-        store = StateStore(state_dir, fingerprint, discard_foreign=discard_foreign_state, job=job)
+        # before 2026-12-05 a job held its settings as given (device "auto"), not what they resolved to
+        as_given = (job_fingerprint(job | {"config": config.model_dump()}),)
+        store = StateStore(
+            state_dir, fingerprint, discard_foreign=discard_foreign_state, job=job, also_accepted=as_given
+        )
         if ranks:
             # Rank 0 writes the shared state; each rank keeps its own random streams beside it, one
             # more epoch of them than the shared files (a rank's are written first).
             rank_store = StateStore(
-                state_dir / f"rank-{ranks.rank}", fingerprint, keep=KEEP + 1, discard_foreign=discard_foreign_state
+                state_dir / f"rank-{ranks.rank}",
+                fingerprint,
+                keep=KEEP + 1,
+                discard_foreign=discard_foreign_state,
+                also_accepted=as_given,
             )
             saved, skipped = _agreed_state(store, rank_store, ranks, device)
             rank_store.discard_after(saved.epoch if saved else 0)

@@ -67,11 +67,14 @@ class StateStore:
         *,
         discard_foreign: bool = False,
         job: dict[str, Any] | None = None,
+        also_accepted: tuple[str, ...] = (),
     ):
         """`job`: the document `fingerprint` digests, saved beside it (as JSON text, which loads back
-        with weights_only) so a refusal can say what differs."""
+        with weights_only) so a refusal can say what differs. `also_accepted`: fingerprints an older
+        ikd gave this same job (its states resume as this job's)."""
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        self.also_accepted = also_accepted
         self.keep = keep
         self.discard_foreign = discard_foreign
         self.job = job
@@ -150,7 +153,7 @@ class StateStore:
             state = _read(path)
         except (OSError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
             raise ValueError(f"unreadable ({exc})") from None
-        if state.get("fingerprint") != self.fingerprint:
+        if state.get("fingerprint") not in (self.fingerprint, *self.also_accepted):
             keys = self._differing_keys(state)
             what = f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} differ" if keys else None
             if self.discard_foreign and keys and not set(keys) & set(MOVED_KEYS):

@@ -27,7 +27,7 @@ INJECTOR = Path(__file__).with_name("fault_injection.py")
 TIMEOUT_S = 600
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 KILLED = -signal.SIGKILL  # Popen's return code for a process killed by SIGKILL
-INTERRUPTED_LINE = "ikd: interrupted (SIGTERM); every finished epoch is saved: rerun the same command to resume"
+INTERRUPTED_LINE = "ikd: interrupted (SIGTERM); finished work is kept: rerun the same command to resume"
 GENERATIONS = 2  # of the tiny campaign every interruption case runs
 
 

@@ -1,6 +1,6 @@
 """SIGTERM (what a scheduler sends) at several points of the tiny campaign: ikd stops cleanly --
-exit 130, `ikd: interrupted (SIGTERM); ...` as its last line, no temporary file left -- and the rerun
-keeps every finished node and ends with exactly the lineage of an uninterrupted run."""
+exit 130, `ikd: interrupted (SIGTERM); finished work is kept: ...` as its last line, no temporary
+file left -- and the rerun keeps every finished node and ends with exactly the lineage of an uninterrupted run."""
 
 from __future__ import annotations
 
