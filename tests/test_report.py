@@ -288,3 +288,17 @@ def test_a_final_distillation_and_the_costs_are_labelled_as_what_they_are(tmp_pa
     assert f"final distillation {report.final.epochs} epochs" in cost and "2 baselines" in cost
     baseline = next(n for n in report.lineage.nodes if n.status == Status.BASELINE)
     assert f"{baseline.epochs} epochs each" in next(line for line in facts if line.startswith("Baselines"))
+
+
+def test_the_lineage_table_ends_with_the_campaigns_answer():
+    from pathlib import Path
+
+    from ikd.lineage import Lineage
+
+    recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth/lineage.json"
+    lineage = Lineage.model_validate_json(recorded.read_text())
+    assert (
+        format_lineage(lineage).splitlines()[-1] == "answer: g8-depth (557,386 params, 26.4x, val 99.20%, test 99.47%)"
+    )
+    alone = lineage.model_copy(update={"nodes": [lineage.root()]})
+    assert format_lineage(alone).splitlines()[-1] == "answer: the teacher (no student stayed within tolerance)"

@@ -430,6 +430,14 @@ def format_lineage(lineage) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if lineage.stop_reason:
         lines.append(f"stopped: {lineage.stop_reason}")
+        answer = lineage.final()
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines.append(
+            f"answer: {answer.id} ({answer.params:,} params, {answer.compression:.1f}x, "
+            f"val {pct(answer.val_accuracy)}, test {pct(answer.test_accuracy)})"
+            if answer.id != lineage.root().id
+            else "answer: the teacher (no student stayed within tolerance)"
+        )
     if (why := rules.final_rejection(lineage)) is not None:
         lines.append(f"final: by validation it would not pass the test {lineage.final().parent} passed ({why})")
     return "\n".join(lines)
