@@ -83,6 +83,7 @@ def test_report_numbers_come_from_the_lineage(run_dir):
         )
         assert row["status"].startswith(node.status)
         assert row["teachers"] == ("+".join(node.teachers) or "-")
+        assert row["why (the search's reason)"] == (node.reason or "-").replace("|", "\\|")
     assert rows[final.id]["status"] == "accepted (final)"
     assert {rows["baseline-scratch"]["status"], rows["baseline-oneshot-kd"]["status"]} == {"baseline"}
     headline = load_report(run_dir).headline()

@@ -172,6 +172,7 @@ class Report:
             "drop test (pts)",
             "status",
             "teachers",
+            "why (the search's reason)",
         ]
         runtimes = [r for r in ("onnxruntime", "torch") if any(latency_of(n, r, 1) for n in self.lineage.nodes)]
         for runtime in runtimes:
@@ -193,6 +194,7 @@ class Report:
                 _points(root.test_accuracy, node.test_accuracy),
                 status,
                 "+".join(node.teachers) or "-",
+                node.reason or "-",
             ]
             for runtime in runtimes:
                 for batch in LATENCY_BATCHES:
