@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -129,9 +130,10 @@ def test_the_last_state_of_a_resumed_run_equals_an_uninterrupted_ones_in_every_t
         return flat(_read(state_dir / f"epoch-{EPOCHS:05d}.pt"))
 
     straight, resumed = final_state(tmp_path / "a", None), final_state(tmp_path / "b", 1)
+    assert (straight["/sessions"], resumed["/sessions"]) == (1, 2)
     assert straight.keys() == resumed.keys() and any("/ema/" in key for key in straight)
     for key, value in straight.items():
-        if key.endswith(("seconds", "images_per_s")):
+        if key.endswith(("seconds", "images_per_s", "sessions")):  # bookkeeping of the run, not of the training
             continue
         same = torch.equal(value, resumed[key]) if isinstance(value, torch.Tensor) else value == resumed[key]
         assert same, key
@@ -478,6 +480,7 @@ def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(i
     finished = run_ikd(command)  # after the last epoch there is nothing left to stop for
     assert finished.returncode == 0, finished.stderr
     assert_same_saved_weights(out, cli_straight)
+    assert json.loads((out / "model.json").read_text())["training"]["sessions"] == 3
 
 
 def test_ikd_train_force_with_a_time_limit_replaces_the_model_and_the_same_command_resumes(

@@ -129,7 +129,8 @@ def training_metadata(
             "augment_used": config.augment or data.augment,
             # at the start, at the peak learning rate, at the end: OneCycleLR cycles it, overriding `momentum`
             "momentum_used": [config.momentum] * 3 if config.schedule == "cosine" else [0.95, 0.85, 0.95],
-            "seconds": round(result.seconds, 2),
+            "seconds": round(result.seconds, 2),  # training and validation, summed over its sessions
+            "sessions": result.sessions,
             "machine": result.machine or describe_machine(torch.device(result.device)),  # where it finished
         },
         "metrics": {

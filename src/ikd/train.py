@@ -99,6 +99,7 @@ class TrainResult:
     device: str = "cpu"
     precision: str = "fp32"
     machine: str = ""  # where it trained (a Ray worker's own, not the driver's)
+    sessions: int = 1  # processes that trained it: 1 + the times it resumed from a saved state
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -455,7 +456,7 @@ def train_models(
     # cropped, flipped and normalised on the device, so an epoch waits on the model, not the CPU.
     train_images = data.train.to(device) if device.type == "cuda" else data.train
     store = rank_store = None
-    first_epoch, seconds_before = 1, 0.0
+    first_epoch, seconds_before, sessions = 1, 0.0, 1
     if state_dir is not None:
         job = _job(group, descriptions, data, config, augment, device, precision, ranks)
         fingerprint = job_fingerprint(job)
@@ -486,6 +487,7 @@ def train_models(
         if saved is not None:
             active = _restore(saved.state, group, shuffle_generator, device)
             first_epoch, seconds_before = saved.epoch + 1, float(saved.state["seconds"])
+            sessions = int(saved.state.get("sessions", 1)) + 1  # states before 2026-12-05 did not count
             if progress:
                 print(f"resuming after epoch {saved.epoch}/{config.epochs} from {saved.path}", file=sys.stderr)
         elif skipped and speaks:
@@ -565,7 +567,9 @@ def train_models(
                     if progress:
                         bar.write(f"{student.description}: {reason}", file=sys.stderr)
         if store is not None:
-            state = _state(group, active, shuffle_generator, device, time.perf_counter() - started)
+            state = _state(group, active, shuffle_generator, device, time.perf_counter() - started) | {
+                "sessions": sessions
+            }
             if ranks and rank_store is not None:
                 rank_store.save(epoch, {key: state[key] for key in _RANK_KEYS})
                 ranks.barrier()
@@ -594,6 +598,7 @@ def train_models(
             continue
         result = student.result
         result.last_val_accuracy = result.history[-1].val_accuracy
+        result.sessions = sessions
         result.seconds = time.perf_counter() - started if len(group) == 1 else student.seconds
         if student.best_state is not None:
             student.model.load_state_dict(student.best_state)
