@@ -29,7 +29,7 @@ from ikd.config import TeacherConfig
 from ikd.runtime import cpu_name
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import print_result
+from common import command_line, print_result
 
 
 def machine() -> str:
@@ -141,7 +141,7 @@ def main() -> int:
     text = f"""# Teacher: {args.arch} on {label}
 
 Command: `{shlex.join(shown)}`
-({how} by `python {shlex.join(sys.argv)}`)
+({how} by `{command_line()}`)
 
 Machine: {machine()}
 Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
