@@ -76,8 +76,9 @@ def test_eval_on_data_of_another_shape_is_one_line(trained, tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    images = {k: rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8) for k in ("x_train", "x_test")}
-    np.savez(data := tmp_path / "rgb.npz", **images, y_train=np.arange(40) % 10, y_test=np.arange(40) % 10)
+    rgb = rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    np.savez(data := tmp_path / "rgb.npz", x_train=rgb, x_test=rgb, y_train=labels, y_test=labels)
     result = ikd("eval", trained, "--dataset", "npz", "--data-dir", data)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
