@@ -302,4 +302,4 @@ def test_the_lineage_table_ends_with_the_campaigns_answer():
         format_lineage(lineage).splitlines()[-1] == "answer: g8-depth (557,386 params, 26.4x, val 99.20%, test 99.47%)"
     )
     alone = lineage.model_copy(update={"nodes": [lineage.root()]})
-    assert format_lineage(alone).splitlines()[-1] == "answer: the teacher (no student stayed within tolerance)"
+    assert format_lineage(alone).splitlines()[-1] == "answer: the teacher (no student was accepted)"

@@ -436,7 +436,7 @@ def format_lineage(lineage) -> str:
             f"answer: {answer.id} ({answer.params:,} params, {answer.compression:.1f}x, "
             f"val {pct(answer.val_accuracy)}, test {pct(answer.test_accuracy)})"
             if answer.id != lineage.root().id
-            else "answer: the teacher (no student stayed within tolerance)"
+            else "answer: the teacher (no student was accepted)"
         )
     if (why := rules.final_rejection(lineage)) is not None:
         lines.append(f"final: by validation it would not pass the test {lineage.final().parent} passed ({why})")

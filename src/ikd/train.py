@@ -567,9 +567,7 @@ def train_models(
                     if progress:
                         bar.write(f"{student.description}: {reason}", file=sys.stderr)
         if store is not None:
-            state = _state(group, active, shuffle_generator, device, time.perf_counter() - started) | {
-                "sessions": sessions
-            }
+            state = _state(group, active, shuffle_generator, device, time.perf_counter() - started, sessions)
             if ranks and rank_store is not None:
                 rank_store.save(epoch, {key: state[key] for key in _RANK_KEYS})
                 ranks.barrier()
@@ -730,11 +728,17 @@ def _agreed_state(
 
 
 def _state(
-    group: list[_Student], active: list[_Student], shuffle: torch.Generator, device: torch.device, seconds: float
+    group: list[_Student],
+    active: list[_Student],
+    shuffle: torch.Generator,
+    device: torch.device,
+    seconds: float,
+    sessions: int,
 ) -> dict[str, Any]:
     """Everything the next epoch depends on, and the bookkeeping that the result reports."""
     return {
         "seconds": seconds,
+        "sessions": sessions,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
         "shuffle_rng": shuffle.get_state(),
