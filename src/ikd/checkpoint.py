@@ -22,7 +22,6 @@ from ikd.arch import ArchSpec
 from ikd.atomic import atomic_write_bytes, atomic_write_json
 from ikd.errors import CheckpointError, first_validation_error
 from ikd.model import VGG, build_model
-from ikd.runtime import describe_machine
 
 if TYPE_CHECKING:
     from ikd.data import DataSplits
@@ -126,12 +125,12 @@ def training_metadata(
         | {
             "resolved_device": result.device,
             "resolved_precision": result.precision,
-            "augment_used": config.augment or data.augment,
+            "augment_used": result.augment,
             # at the start, at the peak learning rate, at the end: OneCycleLR cycles it, overriding `momentum`
             "momentum_used": [config.momentum] * 3 if config.schedule == "cosine" else [0.95, 0.85, 0.95],
             "seconds": round(result.seconds, 2),  # training and validation, summed over its sessions
             "sessions": result.sessions,
-            "machine": result.machine or describe_machine(torch.device(result.device)),  # where it finished
+            "machine": result.machine,  # where it finished
         },
         "metrics": {
             # the saved weights' own score: the EMA's when it was the better of the best epoch's two

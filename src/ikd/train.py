@@ -100,6 +100,7 @@ class TrainResult:
     precision: str = "fp32"
     machine: str = ""  # where it trained (a Ray worker's own, not the driver's)
     sessions: int = 1  # processes that trained it: 1 + the times it resumed from a saved state
+    augment: str = ""  # the augmentation it trained with (the config's, else the dataset's default)
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -596,7 +597,7 @@ def train_models(
             continue
         result = student.result
         result.last_val_accuracy = result.history[-1].val_accuracy
-        result.sessions = sessions
+        result.sessions, result.augment = sessions, augment
         result.seconds = time.perf_counter() - started if len(group) == 1 else student.seconds
         if student.best_state is not None:
             student.model.load_state_dict(student.best_state)
