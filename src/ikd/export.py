@@ -382,14 +382,13 @@ def _measure_node_and_teacher(
         teacher, teacher_meta = _load_node(run, root)
         timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
     measured = measure_latencies(timed, repeats, rounds, threads=threads)
-    if root is not None and root.id in measured and root.id != node.id:
+    if root is not None and root.id in measured and root.id != node.id:  # the root exported: nothing to compare
         beside = {(m.runtime, m.batch): m.median_ms for m in measured[root.id]}
         measured[node.id] = [
             m.model_copy(update={"teacher_ms": beside.get((m.runtime, m.batch))}) for m in measured[node.id]
         ]
-    result.latency = measured[node.id]
-    if root is not None and root.id in measured and root.id != node.id:  # the root exported: nothing to compare
         result.teacher_id, result.teacher_latency = root.id, measured[root.id]
+    result.latency = measured[node.id]
     record_latency(run, measured)
 
 

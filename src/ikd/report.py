@@ -179,7 +179,9 @@ class Report:
             header += [f"{runtime} b{b} ms (speed-up)" for b in LATENCY_BATCHES]
         rows = []
         for node, depth in self.lineage.tree_order():
-            status = node.status + (" (final)" if node is final and node is not root and node.status != "final" else "")
+            status = node.status + (
+                " (final)" if node is final and node is not root and node.status != Status.FINAL else ""
+            )
             row = [
                 "\u00a0\u00a0" * depth + node.id,
                 str(node.generation),
