@@ -303,3 +303,16 @@ def test_the_lineage_table_ends_with_the_campaigns_answer():
     )
     alone = lineage.model_copy(update={"nodes": [lineage.root()]})
     assert format_lineage(alone).splitlines()[-1] == "answer: the teacher (no student was accepted)"
+
+
+def test_ikd_lineage_why_gives_each_node_its_reason(capsys):
+    from pathlib import Path
+
+    recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth"
+    assert main(["lineage", str(recorded), "--why"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-1] == "why"
+    rejected = next(line for line in table if " rejected " in line)
+    assert "max_drop" in rejected
+    assert main(["lineage", str(recorded)]) == 0
+    assert "max_drop" not in capsys.readouterr().out

@@ -405,11 +405,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_lineage(lineage) -> str:
+def format_lineage(lineage, *, why: bool = False) -> str:
     """The lineage as a tree-shaped table (children indented under their parent), with the
-    teachers of each node when some have several, and the stop reason underneath."""
+    teachers of each node when some have several, each node's reason when asked (last: it is
+    long), and the stop reason underneath."""
     several = any(len(n.teachers) > 1 for n in lineage.nodes)
-    header = ("id", "gen", "arch", "params", "x", "val %", "test %", "status") + (("teachers",) if several else ())
+    header = (
+        ("id", "gen", "arch", "params", "x", "val %", "test %", "status")
+        + (("teachers",) if several else ())
+        + (("why",) if why else ())
+    )
     rows = [header]
     for node, depth in lineage.tree_order():
         arch = node.arch_summary()
@@ -424,7 +429,8 @@ def format_lineage(lineage) -> str:
             pct(node.test_accuracy),
             str(node.status),
         )
-        rows.append(row + (("+".join(node.teachers) or "-",) if several else ()))
+        teachers = ("+".join(node.teachers) or "-",) if several else ()
+        rows.append(row + teachers + ((node.reason or "-",) if why else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -438,8 +444,8 @@ def format_lineage(lineage) -> str:
             if answer.id != lineage.root().id
             else "answer: the teacher (no student was accepted)"
         )
-    if (why := rules.final_rejection(lineage)) is not None:
-        lines.append(f"final: by validation it would not pass the test {lineage.final().parent} passed ({why})")
+    if (objection := rules.final_rejection(lineage)) is not None:
+        lines.append(f"final: by validation it would not pass the test {lineage.final().parent} passed ({objection})")
     return "\n".join(lines)
 
 
@@ -447,7 +453,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from ikd.lineage import open_run_dir
 
     lineage = open_run_dir(args.run_dir).load()
-    print(json.dumps(lineage.model_dump(mode="json"), indent=2) if args.json else format_lineage(lineage))
+    print(json.dumps(lineage.model_dump(mode="json"), indent=2) if args.json else format_lineage(lineage, why=args.why))
     return 0
 
 
@@ -595,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     li = command("lineage", "print a campaign's lineage as a tree")
     li.add_argument("run_dir")
     li.add_argument("--json", action="store_true", help="the whole lineage.json")
+    li.add_argument("--why", action="store_true", help="add each node's reason: why it was accepted, rejected or left")
     li.set_defaults(func=cmd_lineage)
 
     ex = command("export", "export a node as ONNX or safetensors, check it, time it beside the teacher")
