@@ -216,15 +216,21 @@ def test_yaml_merge_keys_may_be_overridden_but_a_key_may_not_be_given_twice(tmp_
         load_config(config)
 
 
-def test_baselines_get_the_chain_budget(tmp_path, tiny_teacher):
+@pytest.mark.parametrize("hint_stage", ["joint", "two-stage"])
+def test_baselines_get_the_chain_budget(tmp_path, tiny_teacher, hint_stage):
     config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
-    config = config.model_copy(update={"baselines": True})
+    student = config.student.model_copy(update={"hint_stage": hint_stage, "hint_epochs": 1, "epochs": 1})
+    config = config.model_copy(update={"baselines": True, "student": student})
     lineage = compress(config, progress=False)
     final = lineage.node("g1-width")
+    assert final.epochs == (2 if hint_stage == "two-stage" else 1)
     for node_id, teachers in (("baseline-scratch", []), ("baseline-oneshot-kd", ["g0-teacher"])):
         node = lineage.node(node_id)
         assert node.status == "baseline" and node.arch == final.arch
         assert node.epochs == final.epochs and node.teachers == teachers
+    # two-stage's hint pre-training counts inside the one-shot KD baseline's budget: a rerun keeps it
+    rerun = compress(config, progress=False)
+    assert rerun.node("baseline-oneshot-kd").seconds == lineage.node("baseline-oneshot-kd").seconds
 
 
 def test_python_api_takes_a_dict_config(tmp_path, tiny_teacher):

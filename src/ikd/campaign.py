@@ -26,7 +26,7 @@ from ikd import rules
 from ikd.arch import ArchSpec
 from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
-from ikd.distil import loss_stages, plan_pass, train_students
+from ikd.distil import plan_pass, train_students
 from ikd.executor import WORKER_LOST
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
@@ -418,7 +418,7 @@ class Campaign:
         answer, epochs = self.lineage.search_result(), self.config.student.final_epochs
         chain = [n.id for n in self.lineage.chain(answer)[:-1]]
         teacher_ids = [ROOT_ID] if self.config.student.final_teachers == "root" else chain
-        recorded_epochs = sum(e for _, e in loss_stages(self.ctx, True, epochs))  # hint pre-training included
+        recorded_epochs = rules.pass_epochs(self.config, epochs)  # hint pre-training included
         final = self.lineage.find(FINAL_ID)
         # one made for another answer (--redecide), or under other final keys (--force), or no longer asked for
         wanted = (answer.id, recorded_epochs, teacher_ids)
@@ -464,7 +464,7 @@ class Campaign:
                 final.generation,
                 teacher_ids,
                 None,
-                budget,
+                rules.distilled_within(self.config, budget) if teacher_ids else budget,
                 status=Status.BASELINE,
                 parent_id=None,
             )

@@ -228,6 +228,12 @@ def pass_epochs(config: CampaignConfig, epochs: int) -> int:
     return epochs + (student.hint_epochs if two_stage else 0)
 
 
+def distilled_within(config: CampaignConfig, total: int) -> int:
+    """The epochs to ask of a distillation pass that must record `total` in all: hint pre-training
+    (two-stage) counted inside them, as a baseline held to the chain's budget needs."""
+    return total - (pass_epochs(config, total) - total)
+
+
 def epochs_per_child(config: CampaignConfig) -> int:
     """Epochs one candidate costs."""
     return pass_epochs(config, config.student.epochs)
