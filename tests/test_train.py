@@ -302,3 +302,21 @@ def test_a_model_near_chance_is_warned_about():
     assert "near chance (0.100 for 10 classes)" in (near_chance(0.118, 10) or "")
     assert near_chance(0.5, 10) is None
     assert near_chance(0.55, 2) is not None and near_chance(0.56, 2) is None
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine"])
+def test_recorded_momentum_is_what_sgd_used(schedule):
+    # model.json's momentum_used: the one-cycle schedules override the configured momentum
+    from ikd.train import _scheduler
+
+    config = TrainConfig(epochs=1, lr=0.1, momentum=0.5, schedule=schedule)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=config.lr, momentum=config.momentum)
+    scheduler = _scheduler(optimizer, config, total_steps=100)
+    used = []
+    for _ in range(100):
+        group = optimizer.param_groups[0]
+        used.append((group["lr"], group["momentum"]))
+        optimizer.step()
+        scheduler.step()
+    at_peak = max(used)[1]
+    assert [used[0][1], at_peak, used[-1][1]] == pytest.approx(config.momentum_used(), abs=1e-3)

@@ -126,8 +126,7 @@ def training_metadata(
             "resolved_device": result.device,
             "resolved_precision": result.precision,
             "augment_used": result.augment,
-            # at the start, at the peak learning rate, at the end: OneCycleLR cycles it, overriding `momentum`
-            "momentum_used": [config.momentum] * 3 if config.schedule == "cosine" else [0.95, 0.85, 0.95],
+            "momentum_used": config.momentum_used(),  # the one-cycle schedules cycle it, overriding `momentum`
             "seconds": round(result.seconds, 2),  # training and validation, summed over its sessions
             "sessions": result.sessions,
             "machine": result.machine,  # where it finished

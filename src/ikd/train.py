@@ -42,6 +42,10 @@ EpochCallback = Callable[[str, "EpochRecord"], None]  # (the model's description
 GiveUp = Callable[[str, list["EpochRecord"]], str | None]
 
 
+# SGD's momentum under the one-cycle schedules (onecycle, linear): high while the learning rate is low
+CYCLED_MOMENTUM = (0.85, 0.95)
+
+
 class TrainConfig(BaseModel):
     """Optimisation settings of one job: SGD + Nesterov with a learning-rate schedule, optionally an
     exponential moving average (EMA) of the weights validated beside them."""
@@ -51,7 +55,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.05, gt=0, description="peak learning rate")
-    # under the linear and onecycle schedules OneCycleLR cycles it (0.95 -> 0.85 at the peak -> 0.95)
+    # cosine only: the linear and onecycle schedules cycle it instead (CYCLED_MOMENTUM, momentum_used)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     schedule: Schedule = "onecycle"
@@ -68,6 +72,11 @@ class TrainConfig(BaseModel):
     seed: int = 0
     eval_batch_size: int = Field(default=1000, gt=0)
     max_steps_per_epoch: int | None = Field(default=None, gt=0, description="cap, for quick runs")
+
+    def momentum_used(self) -> list[float]:
+        """SGD's momentum at the start, at the peak learning rate and at the end of training."""
+        low, high = CYCLED_MOMENTUM
+        return [self.momentum] * 3 if self.schedule == "cosine" else [high, low, high]
 
 
 @dataclass
@@ -154,11 +163,14 @@ def _warmup_share(share: float, total_steps: int) -> float:
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    low, high = CYCLED_MOMENTUM
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps,
+            base_momentum=low,
+            max_momentum=high,
             pct_start=_warmup_share(0.25, total_steps),
             div_factor=10.0,
             final_div_factor=100.0,
@@ -169,6 +181,8 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps,
+            base_momentum=low,
+            max_momentum=high,
             pct_start=_warmup_share(0.2, total_steps),
             anneal_strategy="linear",
             div_factor=10.0,
