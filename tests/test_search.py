@@ -537,3 +537,11 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
     for node in again.nodes:  # every accepted node hangs from an accepted node or the root
         if node.status == "accepted":
             assert node.parent is not None and again.node(node.parent).status in ("accepted", "teacher")
+
+
+@pytest.mark.parametrize("key", ["search.width_factor", "search.slim_fraction"])
+def test_scales_that_would_share_a_node_id_are_refused(key):
+    # g1-width50 twice, with different architectures, would overwrite each other's records
+    with pytest.raises(ConfigError, match=rf"{key} = \[0.5, 0.501\].*: expected values at least 0.01 apart"):
+        load_config(None, {key: [0.5, 0.501]})
+    assert load_config(None, {key: [0.5, 0.51]})

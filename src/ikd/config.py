@@ -292,21 +292,17 @@ class SearchConfig(Strict):
         default=None, gt=1, description="stop once root params / child params reaches this"
     )
 
-    @field_validator("width_factor")
+    @field_validator("width_factor", "slim_fraction")
     @classmethod
-    def _factors_in_range(cls, factor: float | list[float]) -> float | list[float]:
-        factors = factor if isinstance(factor, list) else [factor]
-        if not factors or not all(0 < f < 1 for f in factors):
-            raise ValueError(f"expected factors between 0 and 1 (exclusive), got {factor}")
-        return factor
-
-    @field_validator("slim_fraction")
-    @classmethod
-    def _fractions_in_range(cls, fraction: float | list[float]) -> float | list[float]:
-        fractions = fraction if isinstance(fraction, list) else [fraction]
-        if not fractions or not all(0 < f < 1 for f in fractions):
-            raise ValueError(f"expected fractions between 0 and 1 (exclusive), got {fraction}")
-        return fraction
+    def _scales_in_range(cls, scale: float | list[float]) -> float | list[float]:
+        scales = scale if isinstance(scale, list) else [scale]
+        if not scales or not all(0 < f < 1 for f in scales):
+            raise ValueError(f"expected values between 0 and 1 (exclusive), got {scale}")
+        # node ids name each in whole percent (g3-width75): two that round alike would share an id
+        percents = [round(100 * f) for f in scales]
+        if len(set(percents)) < len(percents):
+            raise ValueError(f"expected values at least 0.01 apart (node ids name them in percent), got {scale}")
+        return scale
 
     def width_factors(self) -> list[float]:
         return self.width_factor if isinstance(self.width_factor, list) else [self.width_factor]
