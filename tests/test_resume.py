@@ -108,6 +108,21 @@ def test_resume_after_an_interrupted_epoch_is_bit_identical(digits, straight, tm
     assert result.best_epoch == straight[1].best_epoch
 
 
+def test_a_resumed_run_shows_on_epoch_the_epochs_it_resumes_after(digits, straight, tmp_path):
+    # TensorBoard, fed by on_epoch, started a resumed node's curve afresh at the first new epoch
+    with pytest.raises(Interrupt):
+        train_model(
+            build_model(spec(digits), seed=1), digits, CONFIG, progress=False,
+            state_dir=tmp_path, on_epoch=stop_after(1),
+        )  # fmt: skip
+    seen: list[EpochRecord] = []
+    train_model(
+        build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=tmp_path,
+        on_epoch=lambda description, record: seen.append(record),
+    )  # fmt: skip
+    assert comparable(seen) == comparable(straight[1].history)
+
+
 def flat(tree, prefix: str = "") -> dict:
     """Every leaf of a saved state, by path."""
     if isinstance(tree, dict):

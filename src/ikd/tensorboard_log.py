@@ -41,7 +41,8 @@ class TensorBoardLog:
         writer = self._writers.get(node_id)
         if writer is None:
             directory = self.root / check_node_id(node_id)
-            # A node retrained after an interrupted run starts its curves afresh, not on top of the old ones.
+            # Its first record in this process is its first epoch (a resumed run replays the epochs it
+            # resumes after): the curves are written afresh, not on top of an interrupted run's.
             shutil.rmtree(directory, ignore_errors=True)
             writer = self._writers[node_id] = self._writer_class(log_dir=str(directory))
         # Two-stage training restarts epoch numbers; the step keeps counting.

@@ -416,7 +416,8 @@ def train_models(
     would have had trained alone with the same config. A model whose loss diverges is dropped from
     the group (its entry in the returned list is the TrainingDiverged error); the others go on.
     On return every model holds its best-by-validation weights. `on_epoch` sees each model's
-    epoch record as soon as its epoch is validated and saved (live logging).
+    epoch record as soon as its epoch is validated and saved (live logging); a resumed run first
+    shows it the records of the epochs it resumes after.
 
     With `state_dir`, the whole training state is saved there after every epoch and a run of the
     same job that finds it continues after its last saved epoch, ending with the same weights
@@ -505,6 +506,10 @@ def train_models(
             sessions = int(saved.state.get("sessions", 1)) + 1  # states before 2026-12-05 did not count
             if progress:
                 print(f"resuming after epoch {saved.epoch}/{config.epochs} from {saved.path}", file=sys.stderr)
+            if on_epoch is not None and speaks:  # its consumer (TensorBoard) gets the whole curve, not this session's
+                for student in group:
+                    for record in student.result.history:
+                        on_epoch(student.description, record)
         elif skipped and speaks:
             print(f"ikd: no intact training state in {state_dir}; starting from epoch 1", file=sys.stderr)
 
