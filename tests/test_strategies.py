@@ -113,6 +113,23 @@ def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_t
     assert child.status == "accepted"
 
 
+def test_an_expert_dropped_from_the_config_teaches_no_more(tmp_path, tiny_teacher):
+    import shutil
+
+    other = shutil.copytree(tiny_teacher, tmp_path / "other")
+
+    def run(experts, generations, **kw):
+        ensemble = {"experts": [str(e) for e in experts]}
+        search = dict(strategy="ancestors-child", operators=["width"], max_generations=generations)
+        return compress(config(tmp_path, tiny_teacher, ensemble=ensemble, **search), progress=False, **kw)
+
+    first = run([tiny_teacher, other], 1)
+    assert first.node("g1-width").teachers == ["g0-teacher", f"expert1-{tiny_teacher.name}", "expert2-other"]
+    # under --force the old experts stay on record (earlier nodes learnt from them) but no longer teach
+    lineage = run([other], 2, force=True)
+    assert lineage.node("g2-width").teachers == ["g1-width", "g0-teacher", "expert1-other"]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

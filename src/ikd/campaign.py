@@ -33,7 +33,7 @@ from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import Candidate
 from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
-from ikd.teachers import TeacherModels, expert_teachers, first_student, root_teacher
+from ikd.teachers import TeacherModels, expert_ids, expert_teachers, first_student, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
 from ikd.train_state import remove_state
@@ -111,14 +111,14 @@ class Campaign:
             self.record(root)
         for expert in expert_teachers(self.ctx, self.lineage):
             self.record(expert)
-        expert_ids = [n.id for n in self.lineage.nodes if n.kind is NodeKind.EXPERT]
+        experts = expert_ids(self.config.ensemble.experts)
         self.lineage = self.lineage.model_copy(update={"stop_reason": None})
         stop = None
         while stop is None:
             frontier = rules.frontier(self.lineage)
             generation = frontier[0].generation + 1
             stop = rules.stop_before(generation, frontier, self.search) or self.run_generation(
-                generation, frontier, expert_ids
+                generation, frontier, experts
             )
         # a candidate still undecided was trained on a path an earlier decision opened (kept for a
         # later --redecide that returns to it), unless this run's budget cut its generation short

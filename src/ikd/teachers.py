@@ -202,12 +202,18 @@ def expert_id(index: int, directory: str) -> str:
     return f"expert{index}-{name}".rstrip(".")
 
 
+def expert_ids(experts: list[str]) -> list[str]:
+    """The node ids of the configured expert teachers (`ensemble.experts`), in order: the experts
+    that teach, where the lineage may also hold ones a --force run dropped from the config."""
+    return [expert_id(i, directory) for i, directory in enumerate(experts, start=1)]
+
+
 def expert_teachers(ctx: CampaignContext, lineage: Lineage) -> list[NodeRecord]:
     """Records of the expert teachers not yet in the run, each copied in first (so a resume never
     depends on the original files)."""
     records = []
-    for i, directory in enumerate(ctx.config.ensemble.experts, start=1):
-        node_id = expert_id(i, directory)
+    experts = ctx.config.ensemble.experts
+    for node_id, directory in zip(expert_ids(experts), experts, strict=True):
         if lineage.find(node_id) is not None:
             continue
         started = time.perf_counter()
