@@ -44,7 +44,7 @@ def plan_pass(
     floor: float | None = None,
 ) -> TrainingPass:
     student, ensemble = ctx.config.student, ctx.config.ensemble
-    augment = student.augment if student.augment is not None else ctx.data.augment
+    augment = ctx.data.augment_for(student.augment)
     return TrainingPass(
         candidates=tuple(candidates),
         seeds=tuple(ctx.config.seed + generation + SEED_STRIDE * c.seed_index for c in candidates),

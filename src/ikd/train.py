@@ -442,7 +442,7 @@ def train_models(
         )
     progress = progress and (ranks is None or ranks.is_main)
     descriptions = descriptions or [f"train{i}" for i in range(len(models))]
-    augment = data.augment if config.augment is None else config.augment
+    augment = data.augment_for(config.augment)
     torch.manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = len(data.train) // config.batch_size or 1

@@ -56,6 +56,10 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def augment_for(self, asked: str | None) -> str:
+        """The augmentation a training asked for, None meaning this dataset's default."""
+        return self.augment if asked is None else asked
+
     @property
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
