@@ -589,15 +589,19 @@ def test_compress_time_limit_exits_75_each_session_progresses_and_the_end_is_the
     run_dir = tmp_path / "limited"
     command = compress_command(tiny_teacher, run_dir, "--time-limit", "1s")
     codes: list[int] = []
+    trained: list[str] = []  # the students each pause counts as trained
     while not codes or codes[-1] == EXIT_TEMPFAIL:
         assert len(codes) < 8, f"no end after {codes}"
         result = run_ikd(command)
         codes.append(result.returncode)
         if result.returncode == EXIT_TEMPFAIL:
-            assert "time limit reached" in result.stderr.strip().splitlines()[-1]
+            last = result.stderr.strip().splitlines()[-1]
+            assert "time limit reached" in last
+            trained.append(last.split("time limit reached with ")[1].split()[0])
             assert "rerun the same command to resume" in result.stderr
     # a 1 s limit is passed after each session's first epoch: stop inside child 1, after it, inside child 2
     assert codes == [EXIT_TEMPFAIL, EXIT_TEMPFAIL, EXIT_TEMPFAIL, 0], [codes, result.stderr]
+    assert trained == ["0", "1", "1"]
     assert_same_campaign(run_dir, campaign_straight)
 
 

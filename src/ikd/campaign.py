@@ -53,8 +53,8 @@ class CampaignPaused(Exception):
     saved, and running the same campaign again continues from there."""
 
     def __init__(self, lineage: Lineage, run_dir: Path):
-        done = sum(1 for node in lineage.nodes if node.id != ROOT_ID)
-        super().__init__(f"time limit reached with {done} student(s) done; state kept in {run_dir}")
+        done = sum(1 for node in lineage.nodes if node.kind in (NodeKind.STUDENT, NodeKind.FINAL, NodeKind.BASELINE))
+        super().__init__(f"time limit reached with {done} student(s) trained; state kept in {run_dir}")
         self.lineage, self.run_dir = lineage, run_dir
 
 
