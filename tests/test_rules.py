@@ -22,6 +22,7 @@ def node(
     teachers: tuple[str, ...] = (),
     epochs: int = 2,
     compression: float = 1.0,
+    arch: dict | None = None,
 ) -> NodeRecord:
     return NodeRecord(
         id=node_id,
@@ -29,7 +30,7 @@ def node(
         parent=parent,
         teachers=list(teachers),
         status=Status(status),
-        arch={},
+        arch={"made-up": node_id} if arch is None else arch,
         params=params,
         size_bytes_fp32=4 * params,
         macs=0,
@@ -98,6 +99,19 @@ def test_survivors_are_the_smallest_then_the_most_accurate():
     assert [n.id for n in rules.survivors(kept, search())] == ["c"]
     tree = load_config(None, {"search.strategy": "parent-children", "search.select": "tree", "search.beam": 2}).search
     assert [n.id for n in rules.survivors(kept, tree)] == ["c", "b"]
+
+
+def test_a_tree_keeps_one_child_per_architecture():
+    # two branches reached one shape (depth then width, width then depth): the beam takes the more
+    # accurate twin and the next distinct child, not the same architecture twice
+    shape = {"blocks": [[4], [8, 8]]}
+    kept = [
+        node("g2-b0-depth", 0.80, params=300, arch=shape),
+        node("g2-b1-width", 0.85, params=300, arch=shape),
+        node("g2-b1-depth", 0.90, params=700),
+    ]
+    tree = load_config(None, {"search.strategy": "parent-children", "search.select": "tree", "search.beam": 2}).search
+    assert [n.id for n in rules.survivors(kept, tree)] == ["g2-b1-width", "g2-b1-depth"]
 
 
 def test_frontier_is_the_latest_accepted_generation():

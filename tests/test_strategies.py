@@ -44,10 +44,38 @@ def test_tree_keeps_a_beam_and_each_survivor_parents_its_own_children(tmp_path, 
     second = generation(lineage, 2)
     assert {n.parent for n in second} == {n.id for n in first}
     assert len(second) == 4 and all(n.id.startswith(("g2-b0-", "g2-b1-")) for n in second)
-    assert len([n for n in second if n.status == "accepted"]) == 2
-    assert "outside the beam" in next(n.reason for n in second if n.status == "rejected")
+    # depth then width and width then depth reach one shape: the beam keeps it once
+    accepted = [n for n in second if n.status == "accepted"]
+    assert len(accepted) == 2 and accepted[0].arch != accepted[1].arch
+    reasons = sorted(n.reason for n in second if n.status == "rejected")
+    assert "of the same architecture, was kept" in reasons[0] and "outside the beam" in reasons[1], reasons
     table = format_lineage(lineage)
     assert "\n  g1-" in table and "\n    g2-b" in table  # children indented under their parents
+
+
+def test_a_tree_stopped_between_branches_leaves_the_decided_nothing(tmp_path, tiny_teacher, monkeypatch):
+    # a time limit inside the second branch: the first branch's children within tolerance are still
+    # candidates on disk (they read "rejected" until the resume accepted them), and the rerun decides
+    from ikd.campaign import Campaign, CampaignPaused
+    from ikd.lineage import RunDir
+    from ikd.train import TrainingPaused
+
+    real_grow = Campaign.grow
+
+    def grow(self, generation, parent, candidates, expert_ids):
+        if generation == 2 and candidates[0].node_id.startswith("g2-b1-"):
+            raise TrainingPaused(1, 2, tmp_path)
+        return real_grow(self, generation, parent, candidates, expert_ids)
+
+    tree = config(tmp_path, tiny_teacher, strategy="parent-children", select="tree", beam=2, max_generations=2)
+    monkeypatch.setattr(Campaign, "grow", grow)
+    with pytest.raises(CampaignPaused):
+        compress(tree, progress=False)
+    first_branch = [n for n in RunDir(tmp_path / "run").load().nodes if n.id.startswith("g2-b0-")]
+    assert first_branch and {n.status for n in first_branch} == {"candidate"}
+    monkeypatch.setattr(Campaign, "grow", real_grow)
+    second = generation(compress(tree, progress=False), 2)
+    assert len([n for n in second if n.status == "accepted"]) == 2
 
 
 def test_seeds_give_children_of_one_architecture(tmp_path, tiny_teacher):

@@ -93,8 +93,8 @@ class Campaign:
         self.models = TeacherModels(self.ctx, self.lineage, teacher, hint_layer)
         self.passes_done = 0  # in this session
 
-    def record(self, node: NodeRecord) -> None:
-        self.lineage = self.models.lineage = self.ctx.run.add_node(self.lineage, node)
+    def record(self, *nodes: NodeRecord) -> None:
+        self.lineage = self.models.lineage = self.ctx.run.add_nodes(self.lineage, nodes)
 
     def close(self) -> None:
         self.ctx.close()
@@ -180,7 +180,9 @@ class Campaign:
                     reason = f"{reason}; {note}"
                 if reason is not None and any(t.id == rules.retry_id(node.id) for t in trained):
                     reason = f"{reason}; retried as {rules.retry_id(node.id)}"
-                self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason or "within tolerance"}))
+                # one within tolerance stays a candidate until the whole generation is decided below
+                if reason is not None:
+                    self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason}))
         if out_of_budget:
             budget_note = (
                 f"{BUDGET_STOP} {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
@@ -189,16 +191,8 @@ class Campaign:
             self.ctx.log(f"generation {generation}: {budget_note}")
             # The candidates not trained could change which of these survive (another branch of a
             # tree, a larger child with room to spare): the generation is decided once they train.
-            for node in kept:
-                self.record(
-                    self.lineage.node(node.id).model_copy(
-                        update={
-                            "status": Status.CANDIDATE,
-                            "reason": f"{BUDGET_UNDECIDED} before "
-                            f"{', '.join(blocked) or 'a retry of this generation'} trained",
-                        }
-                    )
-                )
+            undecided = f"{BUDGET_UNDECIDED} before {', '.join(blocked) or 'a retry of this generation'} trained"
+            self.record(*(self.lineage.node(n.id).model_copy(update={"reason": undecided}) for n in kept))
             return budget_note
         if skipped:
             self.ctx.log(
@@ -223,19 +217,25 @@ class Campaign:
             reason = f"smallest within tolerance (none cleared its floor by {self.search.accept_margin} points)"
         if skipped:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
-        for node in chosen:
-            self.record(node.model_copy(update={"status": Status.ACCEPTED, "reason": reason}))
-            self.ctx.log(
-                f"generation {generation}: accepted {node.id} ({node.params:,} params, "
-                f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)"
-            )
+        decided = [node.model_copy(update={"status": Status.ACCEPTED, "reason": reason}) for node in chosen]
         for node in (n for n in kept if n not in chosen):
             smaller = chosen[0].params < node.params
             why = f"{chosen[0].id} is {'smaller' if smaller else 'as small, and no less accurate by validation'}"
             why = why if beam == 1 else f"outside the beam of {beam}"
             if node.id in narrow and chosen[0].id not in narrow:
                 why = f"only {narrow[node.id]:.2f} points above its floor (accept_margin {self.search.accept_margin})"
-            self.record(self.lineage.node(node.id).model_copy(update={"reason": f"within tolerance, but {why}"}))
+            if beam > 1 and (twin := next((c for c in chosen if c.arch == node.arch), None)):
+                why = f"{twin.id}, of the same architecture, was kept"
+            decided.append(
+                node.model_copy(update={"status": Status.REJECTED, "reason": f"within tolerance, but {why}"})
+            )
+        # in one write: a run stopped halfway through would resume with part of the generation accepted
+        self.record(*decided)
+        for node in chosen:
+            self.ctx.log(
+                f"generation {generation}: accepted {node.id} ({node.params:,} params, "
+                f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)"
+            )
         return next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
 
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:

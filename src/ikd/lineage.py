@@ -387,14 +387,22 @@ class RunDir:
 
     def add_node(self, lineage: Lineage, record: NodeRecord) -> Lineage:
         """Record a finished node (its files already written); replaces an earlier record with its id."""
-        check_node_id(record.id)
-        weights = self.node_dir(record.id) / WEIGHTS_FILE
-        if weights.is_file():
-            record = record.model_copy(update={"sha256": file_sha256(weights)})
-        # replaced in place, so a record updated after the fact (a latency) keeps its position
-        nodes = [record if n.id == record.id else n for n in lineage.nodes]
-        if lineage.find(record.id) is None:
-            nodes.append(record)
+        return self.add_nodes(lineage, [record])
+
+    def add_nodes(self, lineage: Lineage, records: Iterable[NodeRecord]) -> Lineage:
+        """`add_node` for several records, written together (one decision is never half on disk)."""
+        nodes = list(lineage.nodes)
+        for record in records:
+            check_node_id(record.id)
+            weights = self.node_dir(record.id) / WEIGHTS_FILE
+            if weights.is_file():
+                record = record.model_copy(update={"sha256": file_sha256(weights)})
+            # replaced in place, so a record updated after the fact (a latency) keeps its position
+            at = next((i for i, n in enumerate(nodes) if n.id == record.id), None)
+            if at is None:
+                nodes.append(record)
+            else:
+                nodes[at] = record
         updated = lineage.model_copy(update={"nodes": nodes})
         self.save(updated)
         return updated

@@ -257,8 +257,12 @@ def budget_allows(spent: int, children: int, per_child: int, budget: int | None)
 def survivors(kept: list[NodeRecord], search: SearchConfig, narrow: Collection[str] = ()) -> list[NodeRecord]:
     """Of the children within tolerance, those that parent the next generation: the smallest one
     (`select: best`), or up to `beam` of them (`select: tree`); children in `narrow` (within
-    tolerance by less than `search.accept_margin`) only after every roomy one."""
-    return sorted(kept, key=lambda n: (n.id in narrow, *rank(n)))[: search.kept_per_generation()]
+    tolerance by less than `search.accept_margin`) only after every roomy one. One child per
+    architecture: two branches of a tree often reach the same shape (depth then width, width then
+    depth), and a beam filled with twins would grow the same children twice."""
+    ordered = sorted(kept, key=lambda n: (n.id in narrow, *rank(n)))
+    distinct = [n for i, n in enumerate(ordered) if all(n.arch != m.arch for m in ordered[:i])]
+    return distinct[: search.kept_per_generation()]
 
 
 def stop_before(generation: int, frontier: list[NodeRecord], search: SearchConfig) -> str | None:
