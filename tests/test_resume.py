@@ -630,6 +630,20 @@ def test_other_data_is_refused_even_with_force(tiny_teacher, campaign_straight, 
     assert lineage_results(run_dir) == lineage_results(campaign_straight)
 
 
+def test_another_teacher_is_refused_even_with_force(tiny_teacher, campaign_straight, tmp_path):
+    # --force kept the recorded root while the lineage's config named the new teacher.dir
+    run_dir = tmp_path / "copy"
+    shutil.copytree(campaign_straight, run_dir)
+    other = shutil.copytree(tiny_teacher, tmp_path / "other-teacher")
+    command = compress_command(tiny_teacher, run_dir, "--force")
+    command[command.index(str(tiny_teacher))] = str(other)
+    result = run_ikd(command)
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.strip().splitlines()
+    assert f"other settings (teacher.dir: '{tiny_teacher}' -> '{other}')" in line and "another run_dir" in line
+    assert lineage_results(run_dir) == lineage_results(campaign_straight)
+
+
 def test_the_datasets_own_image_size_written_out_is_the_same_data(tiny_teacher, campaign_straight, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(campaign_straight, run_dir)

@@ -6,7 +6,7 @@ from test_search import campaign_config
 from ikd.campaign import compress
 from ikd.cli import format_lineage
 from ikd.config import load_config
-from ikd.errors import ConfigError
+from ikd.errors import CheckpointError, ConfigError
 
 
 def config(tmp_path, teacher, name="run", ensemble=None, **search):
@@ -51,6 +51,31 @@ def test_tree_keeps_a_beam_and_each_survivor_parents_its_own_children(tmp_path, 
     assert "of the same architecture, was kept" in reasons[0] and "outside the beam" in reasons[1], reasons
     table = format_lineage(lineage)
     assert "\n  g1-" in table and "\n    g2-b" in table  # children indented under their parents
+
+
+def test_a_mistyped_expert_leaves_no_run_behind(tmp_path, tiny_teacher):
+    # the root used to be recorded first: the corrected rerun was then refused as another config
+    typo = config(tmp_path, tiny_teacher, strategy="ancestors-child", ensemble={"experts": [str(tmp_path / "nope")]})
+    with pytest.raises(CheckpointError, match=r"nope/model.json: not found"):
+        compress(typo, progress=False)
+    assert not (tmp_path / "run" / "lineage.json").exists()
+
+
+def test_an_expert_from_another_directory_under_its_id_is_refused(tmp_path, tiny_teacher):
+    import shutil
+
+    first, second = (shutil.copytree(tiny_teacher, tmp_path / where / "expert") for where in ("a", "b"))
+    for expert, force in ((first, False), (second, True)):
+        run = config(
+            tmp_path, tiny_teacher, strategy="ancestors-child", max_generations=1, ensemble={"experts": [str(expert)]}
+        )
+        if expert == first:
+            compress(run, progress=False)
+        else:
+            with pytest.raises(ConfigError, match=f"its expert1-expert was copied from {first}, not from {second}"):
+                compress(run, progress=False, force=force)
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config(None, {"search.strategy": "ancestors-child", "ensemble.experts": [str(first), f"{first}/"]})
 
 
 def test_a_tree_stopped_between_branches_leaves_the_decided_nothing(tmp_path, tiny_teacher, monkeypatch):

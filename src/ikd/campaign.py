@@ -33,7 +33,7 @@ from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import Candidate
 from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
-from ikd.teachers import TeacherModels, expert_ids, expert_teachers, first_student, root_teacher
+from ikd.teachers import TeacherModels, expert_ids, expert_teachers, first_student, new_experts, root_teacher
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
 from ikd.train_state import remove_state
@@ -107,9 +107,10 @@ class Campaign:
 
     def _run(self) -> Lineage:
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
+        experts_to_copy = new_experts(self.ctx, self.lineage)
         if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:
             self.record(root)
-        for expert in expert_teachers(self.ctx, self.lineage):
+        for expert in expert_teachers(self.ctx, self.lineage, experts_to_copy):
             self.record(expert)
         experts = expert_ids(self.config.ensemble.experts)
         self.lineage = self.lineage.model_copy(update={"stop_reason": None})

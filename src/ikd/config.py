@@ -461,6 +461,13 @@ class CampaignConfig(Strict):
             raise ValueError(f"search.seeds > 1 needs a *-children strategy, not {search.strategy!r}")
         if self.ensemble.experts and not search.many_teachers():
             raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
+        # one model listed twice would count twice in every mean of the teachers (teacher.dir may be one:
+        # with ensemble.ancestors 1 it makes the root teach beside the parent)
+        seen: list[Path] = []
+        for directory in self.ensemble.experts:
+            if (where := Path(directory).expanduser().absolute()) in seen:
+                raise ValueError(f"ensemble.experts: {directory} is listed twice")
+            seen.append(where)
         return self
 
     def inert_settings(self) -> list[str]:

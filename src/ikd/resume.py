@@ -56,6 +56,13 @@ def open_campaign(
             "measured on another validation split, and a student trained now could be validated on images "
             "its ancestors trained on; use another run_dir"
         )
+    other_teacher = [d for d in differences if d.startswith("teacher.")]
+    if other_teacher:  # not even under --force: the root stays what it was, and every student learnt from it
+        raise ConfigError(
+            f"{run.path}: holds a campaign grown from a root teacher made under other settings "
+            f"({'; '.join(other_teacher)}); the run would keep that root while naming this one; use another "
+            "run_dir (to resume it as it is, give the teacher keys of its lineage.json)"
+        )
     if redecide:  # what it is for: the same trainings judged by other rules
         differences = [d for d in differences if d.partition(":")[0] not in rules.REDECIDE_KEYS]
     if differences and not force:

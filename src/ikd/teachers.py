@@ -208,16 +208,37 @@ def expert_ids(experts: list[str]) -> list[str]:
     return [expert_id(i, directory) for i, directory in enumerate(experts, start=1)]
 
 
-def expert_teachers(ctx: CampaignContext, lineage: Lineage) -> list[NodeRecord]:
-    """Records of the expert teachers not yet in the run, each copied in first (so a resume never
+def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, VGG]:
+    """The configured expert teachers not yet in the run, by node id, loaded and checked before the
+    run writes anything (a mistyped path leaves no half-made run behind); refuses an expert the run
+    holds under that id but copied from another directory."""
+    loaded = {}
+    experts = ctx.config.ensemble.experts
+    for node_id, directory in zip(expert_ids(experts), experts, strict=True):
+        if (recorded := lineage.find(node_id)) is None:
+            loaded[node_id] = import_teacher(ctx, Path(directory), "ensemble.experts")
+        elif recorded.reason != _copied_from(directory):
+            raise ConfigError(
+                f"{ctx.run.path}: its {node_id} was copied {recorded.reason}, not from {directory}, and its "
+                "students learnt from that one; use another run_dir"
+            )
+    return loaded
+
+
+def _copied_from(directory: str) -> str:
+    return f"from {directory}"
+
+
+def expert_teachers(ctx: CampaignContext, lineage: Lineage, loaded: dict[str, VGG]) -> list[NodeRecord]:
+    """Records of the `loaded` expert teachers (new_experts), each copied in first (so a resume never
     depends on the original files)."""
     records = []
     experts = ctx.config.ensemble.experts
     for node_id, directory in zip(expert_ids(experts), experts, strict=True):
-        if lineage.find(node_id) is not None:
+        if node_id not in loaded:
             continue
         started = time.perf_counter()
-        model = import_teacher(ctx, Path(directory), "ensemble.experts")
+        model = loaded[node_id]
         save_model(ctx.run.node_dir(node_id), model, read_metadata(Path(directory)))
         val, test = ctx.accuracy(model, ctx.data.val), ctx.accuracy(model, ctx.data.test)
         records.append(
@@ -231,7 +252,7 @@ def expert_teachers(ctx: CampaignContext, lineage: Lineage) -> list[NodeRecord]:
                 test_accuracy=test,
                 seed=ctx.config.seed,
                 seconds=round(time.perf_counter() - started, 2),
-                reason=f"from {directory}",
+                reason=_copied_from(directory),
             )
         )
         ctx.log(f"expert teacher {node_id}: {model.spec.summary()}, val {points(val):.2f}%")
