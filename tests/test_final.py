@@ -67,4 +67,6 @@ def test_the_final_distillation_can_be_taught_by_the_whole_chain(tiny_teacher, t
     config = load_config(None, cli.compress_overrides(args) | overrides)
     lineage = compress(config, progress=False)
     answer, final = lineage.search_result(), lineage.final()
-    assert final.teachers == [n.id for n in lineage.chain(answer)[:-1]] and len(final.teachers) >= 2
+    # nearest first, like every node's ancestors: the parent gives the hint
+    assert final.teachers == [n.id for n in reversed(lineage.chain(answer)[:-1])] and len(final.teachers) >= 2
+    assert final.teachers[0] == answer.parent and final.teachers[-1] == "g0-teacher"

@@ -241,6 +241,16 @@ def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later
         ({"search.slim_fraction": 0.5, "search.width_factor": 0.75}, ["search.slim_fraction"]),
         ({"search.operators": ["depth"], "search.width_factor": 0.75}, ["search.width_factor"]),
         ({"search.strategy": "ancestors-children", "ensemble.ancestors": 2, "search.beam": 3}, ["search.beam"]),
+        ({"search.strategy": "ancestors-child", "ensemble.ancestors": 1, "ensemble.drop": 0.5}, ["ensemble.drop"]),
+        (
+            {
+                "search.strategy": "ancestors-child",
+                "ensemble.ancestors": 1,
+                "ensemble.experts": ["e"],
+                "ensemble.drop": 0.5,
+            },
+            [],
+        ),
     ],
 )
 def test_settings_the_strategy_never_reads_are_named(keys, inert):

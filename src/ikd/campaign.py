@@ -417,7 +417,8 @@ class Campaign:
         own weights, by the root or by its whole chain: the short per-step trainings find the
         architecture, this one trains it."""
         answer, epochs = self.lineage.search_result(), self.config.student.final_epochs
-        chain = [n.id for n in self.lineage.chain(answer)[:-1]]
+        # nearest first, as teachers_of orders ancestors: the parent gives the hint (ensemble.hints: parent)
+        chain = [n.id for n in reversed(self.lineage.chain(answer)[:-1])]
         teacher_ids = [ROOT_ID] if self.config.student.final_teachers == "root" else chain
         recorded_epochs = rules.pass_epochs(self.config, epochs)  # hint pre-training included
         final = self.lineage.find(FINAL_ID)

@@ -154,7 +154,7 @@ class StudentConfig(OptimConfig):
     final_teachers: Literal["root", "chain"] = Field(
         default="root",
         description="teachers of the final distillation: the root, or every ancestor on the final student's "
-        "chain together (weighted as `ensemble` says)",
+        "chain together, its parent first (weighted as `ensemble` says; the parent gives the hint)",
     )
 
 
@@ -479,12 +479,15 @@ class CampaignConfig(Strict):
             return [name for name in names if getattr(section, name) != getattr(default, name)]
 
         notes = []
+        chain_final = self.student.final_epochs > 0 and self.student.final_teachers == "chain"
         if not search.many_teachers():
-            chain_final = self.student.final_epochs > 0 and self.student.final_teachers == "chain"
             read = ("weighting", "aggregate", "hints", "drop") if chain_final else ()
             for key in changed(ensemble, defaults.ensemble, ("ancestors", "weighting", "aggregate", "hints", "drop")):
                 if key not in read:
                     notes.append(f"ensemble.{key}: read by the ancestors-* strategies, not {search.strategy}")
+        elif ensemble.ancestors == 1 and not ensemble.experts and not chain_final:
+            for key in changed(ensemble, defaults.ensemble, ("weighting", "aggregate", "hints", "drop")):
+                notes.append(f"ensemble.{key}: each child has one teacher (ensemble.ancestors 1, no experts)")
         if search.select != "tree" and changed(search, defaults.search, ("beam",)):
             notes.append("search.beam: read under select: tree only")
         if search.many_children() and changed(search, defaults.search, ("candidates",)):
