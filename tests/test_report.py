@@ -316,3 +316,28 @@ def test_ikd_lineage_why_gives_each_node_its_reason(capsys):
     assert "max_drop" in rejected
     assert main(["lineage", str(recorded)]) == 0
     assert "max_drop" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "keys, shown",
+    [
+        ({}, "Strategy `parent-child`, operators"),
+        (
+            {"search.strategy": "parent-children", "search.select": "tree", "search.beam": 2, "search.seeds": 2},
+            "Strategy `parent-children` (select tree, beam 2; 2 seeds per architecture), operators",
+        ),
+        (
+            {"search.strategy": "ancestors-child", "ensemble.ancestors": 2, "ensemble.experts": ["e"]},
+            "Strategy `ancestors-child` (ancestors 2 + 1 expert(s), mean-kd weighted uniform, hints from parent), ",
+        ),
+    ],
+)
+def test_the_report_names_the_variants_settings(tmp_path, keys, shown):
+    # a tree, seed siblings or a teachers' ensemble decide what the lineage holds: the report says which
+    from ikd.lineage import Lineage
+    from ikd.report import Report
+
+    config = load_config(None, keys).decision_fields()
+    recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth/lineage.json"
+    lineage = Lineage.model_validate_json(recorded.read_text()).model_copy(update={"config": config})
+    assert Report(lineage, "MNIST").facts()[0].startswith(shown)

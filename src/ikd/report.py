@@ -211,7 +211,7 @@ class Report:
         config = self.lineage.config
         search = config.get("search", {})
         lines = [
-            f"Strategy `{search.get('strategy', 'parent-child')}`, operators "
+            f"Strategy `{search.get('strategy', 'parent-child')}`{_variant_settings(config)}, operators "
             f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
             f"teacher and {search.get('max_step_drop')} of the parent (validation).",
             f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}.",
@@ -597,3 +597,26 @@ figcaption {{ color: #555; font-size: 0.9em; }} .scroll {{ overflow-x: auto; }}
 """
     (out / "report.html").write_text(page)
     return out
+
+
+def _variant_settings(config: dict) -> str:
+    """What shapes the variant beyond its name (a tree's beam, seed siblings, the teachers' ensemble),
+    as recorded in the lineage's config; empty for parent-child."""
+    search, ensemble = config.get("search", {}), config.get("ensemble", {})
+    strategy = search.get("strategy", "parent-child")
+    parts = []
+    if strategy.endswith("-children"):
+        select = search.get("select", "best")
+        parts.append(f"select {select}" + (f", beam {search.get('beam')}" if select == "tree" else ""))
+        if (search.get("seeds") or 1) > 1:
+            parts.append(f"{search['seeds']} seeds per architecture")
+    if strategy.startswith("ancestors-"):
+        experts = ensemble.get("experts") or []
+        parts.append(
+            f"ancestors {ensemble.get('ancestors', 'all')}"
+            + (f" + {len(experts)} expert(s)" if experts else "")
+            + f", {ensemble.get('aggregate', 'mean-kd')} weighted {ensemble.get('weighting', 'uniform')}, "
+            f"hints from {ensemble.get('hints', 'parent')}"
+            + (f", teacher drop {ensemble['drop']}" if ensemble.get("drop") else "")
+        )
+    return f" ({'; '.join(parts)})" if parts else ""
