@@ -285,6 +285,16 @@ def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, conten
         RunDir(tmp_path).load()
 
 
+def test_a_lineage_from_a_newer_ikd_says_so(run_copy):
+    # its new fields failed validation as "extra inputs are not permitted", which reads as damage
+    document = json.loads((run_copy / "lineage.json").read_text())
+    document["version"] += 1
+    document["nodes"][1]["added_later"] = True
+    (run_copy / "lineage.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=f"written by a newer ikd \\(lineage version {document['version']};"):
+        RunDir(run_copy).load()
+
+
 @pytest.mark.parametrize("node_id", ["../escape", "/etc", "a/b", ".hidden", "ok\n", ""])
 def test_node_ids_that_could_leave_the_run_directory_are_refused_on_load(run_copy, node_id):
     document = json.loads((run_copy / "lineage.json").read_text())

@@ -31,12 +31,16 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 
 
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as safetensors can write it: on the host, each tensor contiguous."""
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+
+
 def save_model(directory: Path, model: VGG, metadata: dict[str, Any]) -> None:
     """Write weights then metadata; `metadata["arch"]` is filled from the model's spec."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS_FILE, safetensors.torch.save(state))
+    atomic_write_bytes(directory / WEIGHTS_FILE, safetensors.torch.save(cpu_state_dict(model)))
     atomic_write_json(directory / META_FILE, {**metadata, "arch": model.spec.to_json_dict()})
 
 

@@ -30,11 +30,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
-from torch import nn
 
 from ikd._version import __version__
 from ikd.atomic import atomic_write_bytes, atomic_write_json
-from ikd.checkpoint import WEIGHTS_FILE, load_model, recorded_data_dir
+from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, recorded_data_dir
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
@@ -186,7 +185,7 @@ def export_node(
             atomic_write_bytes(
                 target,
                 safetensors_bytes(
-                    _state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}
+                    cpu_state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}
                 ),
             )
         result.files.append(target)
@@ -253,10 +252,6 @@ def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
         raise CheckpointError(f"{weights}: differs from the sha256 recorded in {run.lineage_path}")
     model, metadata = load_model(run.node_dir(node.id))
     return model.eval(), metadata
-
-
-def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
 
 
 def _usage_metadata(node: NodeRecord, model: VGG, dataset: dict[str, Any], *, onnx: bool) -> dict[str, str]:

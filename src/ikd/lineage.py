@@ -368,6 +368,12 @@ class RunDir:
             document = json.loads(self.lineage_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON or a huge number
             raise CheckpointError(f"{self.lineage_path}: not readable JSON ({exc})") from None
+        version = document.get("version") if isinstance(document, dict) else None
+        if isinstance(version, int) and version > LINEAGE_VERSION:
+            raise CheckpointError(
+                f"{self.lineage_path}: written by a newer ikd (lineage version {version}; this one reads "
+                f"version {LINEAGE_VERSION}); upgrade ikd to read it"
+            )
         try:
             lineage = Lineage.model_validate(document)
         except ValidationError as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ikd.arch import ArchSpec, preset
+from ikd.arch import FP32_BYTES, ArchSpec, preset
 from ikd.checkpoint import load_model, other_classes, other_shape, read_metadata, save_model
 from ikd.context import CampaignContext
 from ikd.errors import ConfigError
@@ -186,7 +186,7 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
             "hint_layer": teacher.hint_layer,
         },
         params=params,
-        size_bytes_fp32=4 * params,
+        size_bytes_fp32=FP32_BYTES * params,
         macs=0,
         compression=1.0,
         val_accuracy=val,
