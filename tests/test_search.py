@@ -470,6 +470,22 @@ def test_redecide_from_a_tree_to_one_child_reuses_the_branch_trainings(tmp_path,
     assert kept.parent == next(n.id for n in again.nodes if n.generation == 1 and n.status == "accepted")
 
 
+def test_redecide_from_one_child_to_a_tree_reuses_the_single_chains_trainings(tmp_path, tiny_teacher, monkeypatch):
+    best = campaign_config(tmp_path / "run", tiny_teacher, strategy="parent-children", select="best")
+    first = compress(best, progress=False)
+    chain = [(n.parent, n.arch) for n in first.nodes if n.generation == 2]
+    calls = trained_ids(monkeypatch)
+    tree = campaign_config(tmp_path / "run", tiny_teacher, strategy="parent-children", select="tree")
+    again = compress(tree, progress=False, redecide=True)
+    # the branch grown from the single chain's parent reuses its children; only the other branch trains
+    reused = [n for n in again.nodes if n.generation == 2 and (n.parent, n.arch) in chain]
+    assert {n.id for n in reused} == {n.id for n in first.nodes if n.generation == 2}
+    assert calls and not {n.id for n in reused} & set(calls)
+    assert len({(n.parent, json.dumps(n.arch, sort_keys=True)) for n in again.nodes if n.generation == 2}) == len(
+        [n for n in again.nodes if n.generation == 2]
+    )  # no training recorded twice
+
+
 @pytest.mark.parametrize("candidates", ["smallest-first", "all"])
 def test_redecide_with_a_factor_list_reuses_the_children_trained_under_their_old_names(
     tmp_path, tiny_teacher, monkeypatch, candidates

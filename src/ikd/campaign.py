@@ -357,8 +357,8 @@ class Campaign:
         rather than trained again: the same training (generation, parent, operator, shape, teachers,
         sibling seed) named otherwise, as when a width_factor or slim_fraction list replaces a single
         value (`g5-block` against `g5-block50`), or a tree's branch ids (`g2-b0-width`) meet a single
-        parent (`g2-width`), before a --redecide. Under a parent with a branch id, only under its own
-        prefix: another branch of the tree may be about to train under the other ids."""
+        parent's (`g2-width`), either way, in a --redecide. Never another branch's id (`g2-b1-` for a
+        `g2-b0-` candidate): that branch may be about to train under it."""
         proposed = {c.node_id for c in candidates}
         renamed = []
         for c in candidates:
@@ -369,7 +369,11 @@ class Campaign:
                         n
                         for n in self.lineage.students()
                         if n.generation == generation
-                        and id_prefix(c.node_id) in (id_prefix(n.id), child_prefix(generation, None))
+                        # a single parent's id is no other branch's: a tree may reuse it both ways
+                        and (
+                            id_prefix(c.node_id) == id_prefix(n.id)
+                            or child_prefix(generation, None) in (id_prefix(c.node_id), id_prefix(n.id))
+                        )
                         and n.id not in proposed
                         and n.status != Status.FAILED
                         and same_training(n, c, parent_id, teacher_ids)
