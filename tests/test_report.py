@@ -306,7 +306,6 @@ def test_the_lineage_table_ends_with_the_campaigns_answer():
 
 
 def test_ikd_lineage_why_gives_each_node_its_reason(capsys):
-    from pathlib import Path
 
     recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth"
     assert main(["lineage", str(recorded), "--why"]) == 0

@@ -558,6 +558,27 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
 @pytest.mark.parametrize("key", ["search.width_factor", "search.slim_fraction"])
 def test_scales_that_would_share_a_node_id_are_refused(key):
     # g1-width50 twice, with different architectures, would overwrite each other's records
-    with pytest.raises(ConfigError, match=rf"{key} = \[0.5, 0.501\].*: expected values at least 0.01 apart"):
+    expected = "expected values that round to distinct whole percents"
+    with pytest.raises(ConfigError, match=rf"{key} = \[0.5, 0.501\].*: {expected}"):
         load_config(None, {key: [0.5, 0.501]})
     assert load_config(None, {key: [0.5, 0.51]})
+
+
+def test_a_paused_campaign_counts_only_the_students_it_trained(tmp_path):
+    # an expert copied into the run is no student: it was counted as one
+    from ikd.campaign import CampaignPaused
+    from ikd.lineage import Lineage, NodeRecord
+
+    def record(node_id, status, parent=None):
+        return NodeRecord(
+            id=node_id, generation=0 if parent is None else 1, parent=parent, status=status, arch={},
+            params=10, size_bytes_fp32=40, macs=0, compression=1.0,
+        )  # fmt: skip
+
+    nodes = [
+        record("g0-teacher", "teacher"),
+        record("expert1-x", "expert"),
+        record("g1-width", "accepted", "g0-teacher"),
+    ]
+    paused = CampaignPaused(Lineage(config={}, nodes=nodes), tmp_path)
+    assert "time limit reached with 1 student(s) trained" in str(paused)

@@ -193,7 +193,8 @@ class Campaign:
             # The candidates not trained could change which of these survive (another branch of a
             # tree, a larger child with room to spare): the generation is decided once they train.
             undecided = f"{BUDGET_UNDECIDED} before {', '.join(blocked) or 'a retry of this generation'} trained"
-            self.record(*(self.lineage.node(n.id).model_copy(update={"reason": undecided}) for n in kept))
+            pending = {"status": Status.CANDIDATE, "reason": undecided}
+            self.record(*(self.lineage.node(n.id).model_copy(update=pending) for n in kept))
             return budget_note
         if skipped:
             self.ctx.log(
@@ -428,7 +429,9 @@ class Campaign:
         final = self.lineage.find(FINAL_ID)
         # one made for another answer (--redecide), or under other final keys (--force), or no longer asked for
         wanted = (answer.id, recorded_epochs, teacher_ids)
-        if final is not None and (final.parent, final.epochs, final.teachers) != wanted:
+        # a chain final of ikd before 2026-12-05 lists the root first (it took the hint from the root): kept
+        made_before = (answer.id, recorded_epochs, teacher_ids[::-1])
+        if final is not None and (final.parent, final.epochs, final.teachers) not in (wanted, made_before):
             self.forget(FINAL_ID)
         if not epochs or self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
             return

@@ -301,7 +301,9 @@ class SearchConfig(Strict):
         # node ids name each in whole percent (g3-width75): two that round alike would share an id
         percents = [round(100 * f) for f in scales]
         if len(set(percents)) < len(percents):
-            raise ValueError(f"expected values at least 0.01 apart (node ids name them in percent), got {scale}")
+            raise ValueError(
+                f"expected values that round to distinct whole percents (node ids name them so), got {scale}"
+            )
         return scale
 
     def width_factors(self) -> list[float]:

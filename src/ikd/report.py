@@ -19,10 +19,12 @@ from typing import Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from pydantic import ValidationError
 
 from ikd import rules
 from ikd.arch import PRESETS, preset
 from ikd.checkpoint import META_FILE
+from ikd.config import CampaignConfig
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
@@ -599,24 +601,24 @@ figcaption {{ color: #555; font-size: 0.9em; }} .scroll {{ overflow-x: auto; }}
     return out
 
 
-def _variant_settings(config: dict) -> str:
+def _variant_settings(recorded: dict) -> str:
     """What shapes the variant beyond its name (a tree's beam, seed siblings, the teachers' ensemble),
-    as recorded in the lineage's config; empty for parent-child."""
-    search, ensemble = config.get("search", {}), config.get("ensemble", {})
-    strategy = search.get("strategy", "parent-child")
+    from the lineage's config; empty for parent-child, or for a config this ikd cannot read."""
+    try:
+        config = CampaignConfig.model_validate(recorded)
+    except ValidationError:
+        return ""
+    search, ensemble = config.search, config.ensemble
     parts = []
-    if strategy.endswith("-children"):
-        select = search.get("select", "best")
-        parts.append(f"select {select}" + (f", beam {search.get('beam')}" if select == "tree" else ""))
-        if (search.get("seeds") or 1) > 1:
-            parts.append(f"{search['seeds']} seeds per architecture")
-    if strategy.startswith("ancestors-"):
-        experts = ensemble.get("experts") or []
+    if search.many_children():
+        parts.append(f"select {search.select}" + (f", beam {search.beam}" if search.select == "tree" else ""))
+        if search.seeds > 1:
+            parts.append(f"{search.seeds} seeds per architecture")
+    if search.many_teachers():
+        experts = f" + {len(ensemble.experts)} expert(s)" if ensemble.experts else ""
+        hints = f", hints from {ensemble.hints}" if config.loss.gamma > 0 else ""
+        drop = f", teacher drop {ensemble.drop}" if ensemble.drop else ""
         parts.append(
-            f"ancestors {ensemble.get('ancestors', 'all')}"
-            + (f" + {len(experts)} expert(s)" if experts else "")
-            + f", {ensemble.get('aggregate', 'mean-kd')} weighted {ensemble.get('weighting', 'uniform')}, "
-            f"hints from {ensemble.get('hints', 'parent')}"
-            + (f", teacher drop {ensemble['drop']}" if ensemble.get("drop") else "")
+            f"ancestors {ensemble.ancestors}{experts}, {ensemble.aggregate} weighted {ensemble.weighting}{hints}{drop}"
         )
     return f" ({'; '.join(parts)})" if parts else ""

@@ -57,6 +57,9 @@ def open_campaign(
             "its ancestors trained on; use another run_dir"
         )
     other_teacher = [d for d in differences if d.startswith("teacher.")]
+    imported = stored.get("teacher", {}).get("dir")
+    if imported is not None and imported == wanted["teacher"]["dir"]:
+        other_teacher = []  # the same model imported: the keys for training one are not read
     if other_teacher:  # not even under --force: the root stays what it was, and every student learnt from it
         raise ConfigError(
             f"{run.path}: holds a campaign grown from a root teacher made under other settings "

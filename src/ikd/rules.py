@@ -6,6 +6,7 @@ trains, loads or writes, so every rule is unit-tested on made-up records.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from itertools import pairwise
 
@@ -221,17 +222,22 @@ def frontier(lineage: Lineage) -> list[NodeRecord]:
     return sorted((n for n in accepted if n.generation == latest), key=rank)
 
 
-def pass_epochs(config: CampaignConfig, epochs: int) -> int:
-    """Epochs a distillation pass of `epochs` records: plus hint pre-training when two-stage."""
+def hint_pre_epochs(config: CampaignConfig) -> int:
+    """Epochs of hint pre-training a distillation pass starts with (two-stage), else 0."""
     student = config.student
     two_stage = student.hint_stage == "two-stage" and config.loss.gamma > 0
-    return epochs + (student.hint_epochs if two_stage else 0)
+    return student.hint_epochs if two_stage else 0
+
+
+def pass_epochs(config: CampaignConfig, epochs: int) -> int:
+    """Epochs a distillation pass of `epochs` records: plus hint pre-training when two-stage."""
+    return epochs + hint_pre_epochs(config)
 
 
 def distilled_within(config: CampaignConfig, total: int) -> int:
     """The epochs to ask of a distillation pass that must record `total` in all: hint pre-training
-    (two-stage) counted inside them, as a baseline held to the chain's budget needs."""
-    return total - (pass_epochs(config, total) - total)
+    (two-stage) counted inside them, as a baseline held to the chain's budget needs (at least one)."""
+    return max(1, total - hint_pre_epochs(config))
 
 
 def epochs_per_child(config: CampaignConfig) -> int:
@@ -260,9 +266,10 @@ def survivors(kept: list[NodeRecord], search: SearchConfig, narrow: Collection[s
     tolerance by less than `search.accept_margin`) only after every roomy one. One child per
     architecture: two branches of a tree often reach the same shape (depth then width, width then
     depth), and a beam filled with twins would grow the same children twice."""
-    ordered = sorted(kept, key=lambda n: (n.id in narrow, *rank(n)))
-    distinct = [n for i, n in enumerate(ordered) if all(n.arch != m.arch for m in ordered[:i])]
-    return distinct[: search.kept_per_generation()]
+    distinct: dict[str, NodeRecord] = {}  # by architecture, the first in survivor order
+    for node in sorted(kept, key=lambda n: (n.id in narrow, *rank(n))):
+        distinct.setdefault(json.dumps(node.arch, sort_keys=True), node)
+    return list(distinct.values())[: search.kept_per_generation()]
 
 
 def stop_before(generation: int, frontier: list[NodeRecord], search: SearchConfig) -> str | None:

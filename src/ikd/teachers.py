@@ -217,7 +217,7 @@ def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, VGG]:
     for node_id, directory in zip(expert_ids(experts), experts, strict=True):
         if (recorded := lineage.find(node_id)) is None:
             loaded[node_id] = import_teacher(ctx, Path(directory), "ensemble.experts")
-        elif recorded.reason != _copied_from(directory):
+        elif not _same_directory(recorded.reason.removeprefix(_copied_from("")), directory):
             raise ConfigError(
                 f"{ctx.run.path}: its {node_id} was copied {recorded.reason}, not from {directory}, and its "
                 "students learnt from that one; use another run_dir"
@@ -227,6 +227,10 @@ def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, VGG]:
 
 def _copied_from(directory: str) -> str:
     return f"from {directory}"
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
 
 
 def expert_teachers(ctx: CampaignContext, lineage: Lineage, loaded: dict[str, VGG]) -> list[NodeRecord]:
