@@ -77,7 +77,10 @@ def count_live_params(model: nn.Module, shape: tuple[int, ...]) -> int:
     ids=lambda spec: f"{spec.summary()}@{spec.image_size}",
 )
 def test_live_params_are_those_a_gradient_reaches(spec):
-    live = count_live_params(build_model(spec), (4, spec.in_channels, spec.image_size, spec.image_size))
+    # 64 seeded images: with 4 unseeded ones a 2-channel layer's ReLUs were all off for every image in
+    # 11 of 200 draws (a tap with no gradient though it meets pixels); 64 missed none of 200
+    torch.manual_seed(0)
+    live = count_live_params(build_model(spec), (64, spec.in_channels, spec.image_size, spec.image_size))
     assert spec.live_params() == live <= spec.num_params()
 
 
