@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 
 from ikd.arch import PRESETS
 from ikd.data import DATASETS, Augmentation, DataSplits, load_dataset
+from ikd.data.paths import user_path
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
@@ -467,7 +468,7 @@ class CampaignConfig(Strict):
         # with ensemble.ancestors 1 it makes the root teach beside the parent)
         seen: list[Path] = []
         for directory in self.ensemble.experts:
-            if (where := Path(directory).expanduser().absolute()) in seen:
+            if (where := user_path(directory)) in seen:
                 raise ValueError(f"ensemble.experts: {directory} is listed twice")
             seen.append(where)
         return self

@@ -13,6 +13,7 @@ import torch
 from ikd.arch import FP32_BYTES, ArchSpec, preset
 from ikd.checkpoint import load_model, other_classes, other_shape, read_metadata, save_model
 from ikd.context import CampaignContext
+from ikd.data.paths import user_path
 from ikd.errors import ConfigError
 from ikd.external import ExternalTeacher, module_digest
 from ikd.fit import fit
@@ -208,16 +209,19 @@ def expert_ids(experts: list[str]) -> list[str]:
     return [expert_id(i, directory) for i, directory in enumerate(experts, start=1)]
 
 
-def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, VGG]:
-    """The configured expert teachers not yet in the run, by node id, loaded and checked before the
-    run writes anything (a mistyped path leaves no half-made run behind); refuses an expert the run
-    holds under that id but copied from another directory."""
+COPIED_FROM = "from "  # an expert node's reason: the directory it was copied from
+
+
+def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, tuple[str, VGG]]:
+    """The configured expert teachers not yet in the run, by node id (their directory and model),
+    loaded and checked before the run writes anything (a mistyped path leaves no half-made run
+    behind); refuses an expert the run holds under that id but copied from another directory."""
     loaded = {}
     experts = ctx.config.ensemble.experts
     for node_id, directory in zip(expert_ids(experts), experts, strict=True):
         if (recorded := lineage.find(node_id)) is None:
-            loaded[node_id] = import_teacher(ctx, Path(directory), "ensemble.experts")
-        elif not _same_directory(recorded.reason.removeprefix(_copied_from("")), directory):
+            loaded[node_id] = (directory, import_teacher(ctx, Path(directory), "ensemble.experts"))
+        elif user_path(recorded.reason.removeprefix(COPIED_FROM)) != user_path(directory):
             raise ConfigError(
                 f"{ctx.run.path}: its {node_id} was copied {recorded.reason}, not from {directory}, and its "
                 "students learnt from that one; use another run_dir"
@@ -225,24 +229,12 @@ def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, VGG]:
     return loaded
 
 
-def _copied_from(directory: str) -> str:
-    return f"from {directory}"
-
-
-def _same_directory(a: str, b: str) -> bool:
-    return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
-
-
-def expert_teachers(ctx: CampaignContext, lineage: Lineage, loaded: dict[str, VGG]) -> list[NodeRecord]:
+def expert_teachers(ctx: CampaignContext, lineage: Lineage, loaded: dict[str, tuple[str, VGG]]) -> list[NodeRecord]:
     """Records of the `loaded` expert teachers (new_experts), each copied in first (so a resume never
     depends on the original files)."""
     records = []
-    experts = ctx.config.ensemble.experts
-    for node_id, directory in zip(expert_ids(experts), experts, strict=True):
-        if node_id not in loaded:
-            continue
+    for node_id, (directory, model) in loaded.items():
         started = time.perf_counter()
-        model = loaded[node_id]
         save_model(ctx.run.node_dir(node_id), model, read_metadata(Path(directory)))
         val, test = ctx.accuracy(model, ctx.data.val), ctx.accuracy(model, ctx.data.test)
         records.append(
@@ -256,7 +248,7 @@ def expert_teachers(ctx: CampaignContext, lineage: Lineage, loaded: dict[str, VG
                 test_accuracy=test,
                 seed=ctx.config.seed,
                 seconds=round(time.perf_counter() - started, 2),
-                reason=_copied_from(directory),
+                reason=f"{COPIED_FROM}{directory}",
             )
         )
         ctx.log(f"expert teacher {node_id}: {model.spec.summary()}, val {points(val):.2f}%")
