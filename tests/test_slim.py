@@ -215,7 +215,7 @@ def test_a_child_slimmed_of_dead_channels_computes_its_parents_function():
 
 def test_propose_offers_one_slim_child_per_fraction_and_skips_slim_without_scales():
     search = load_config(None, {"search.operators": ["slim", "width"], "search.slim_min_channels": 2}).search
-    assert search.slim_fractions() == [0.5, 0.25]
+    assert search.factors("slim_fraction") == [0.5, 0.25]
     candidates = propose(SPEC, search, "g1-", hand_set_scales())
     assert [c.node_id for c in candidates] == ["g1-width", "g1-slim50", "g1-slim25"]  # smallest first
     assert candidates[1].operator == "slim"

@@ -240,6 +240,8 @@ def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later
         ({"search.retry_epochs": 4}, ["search.retry_epochs"]),
         ({"search.slim_fraction": 0.5, "search.width_factor": 0.75}, ["search.slim_fraction"]),
         ({"search.operators": ["depth"], "search.width_factor": 0.75}, ["search.width_factor"]),
+        ({"search.operators": ["block"], "search.width_factor": 0.75}, []),
+        ({"search.slim_round_to": 8, "search.slim_by_share": True}, ["search.slim_by_share", "search.slim_round_to"]),
         ({"search.strategy": "ancestors-children", "ensemble.ancestors": 2, "search.beam": 3}, ["search.beam"]),
         ({"search.strategy": "ancestors-child", "ensemble.ancestors": 1, "ensemble.drop": 0.5}, ["ensemble.drop"]),
         (

@@ -307,11 +307,10 @@ class SearchConfig(Strict):
             )
         return scale
 
-    def width_factors(self) -> list[float]:
-        return self.width_factor if isinstance(self.width_factor, list) else [self.width_factor]
-
-    def slim_fractions(self) -> list[float]:
-        return self.slim_fraction if isinstance(self.slim_fraction, list) else [self.slim_fraction]
+    def factors(self, key: str) -> list[float]:
+        """The factors an operator's key (width_factor, slim_fraction) lists: one child each."""
+        value = getattr(self, key)
+        return value if isinstance(value, list) else [value]
 
     def many_children(self) -> bool:
         return self.strategy.endswith("-children")
@@ -497,11 +496,12 @@ class CampaignConfig(Strict):
             notes.append(f"search.candidates: {search.strategy} trains every child together")
         if not search.retry_within and search.retry_epochs is not None:
             notes.append("search.retry_epochs: read only with search.retry_within > 0")
-        if "slim" not in search.operators:
-            slim = ("slim_fraction", "slim_min_channels", "slim_by_share", "slim_round_to")
-            notes += [f"search.{key}: read by the slim operator only" for key in changed(search, defaults.search, slim)]
-        if not {"width", "block"} & set(search.operators) and changed(search, defaults.search, ("width_factor",)):
-            notes.append("search.width_factor: read by the width and block operators only")
+        operator_keys = tuple(dict.fromkeys(key for op in OPERATORS.values() for key in op.search_keys()))
+        for key in changed(search, defaults.search, operator_keys):
+            readers = [name for name, op in OPERATORS.items() if key in op.search_keys()]
+            if not set(readers) & set(search.operators):
+                noun = "operators" if len(readers) > 1 else "operator"
+                notes.append(f"search.{key}: read by the {' and '.join(readers)} {noun} only")
         return notes
 
     def decision_fields(self) -> dict[str, Any]:

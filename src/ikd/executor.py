@@ -29,10 +29,11 @@ import torch
 
 from ikd.data import DataSplits
 from ikd.errors import ConfigError, IkdError
+from ikd.external import Teacher
 from ikd.model import VGG
 from ikd.runtime import resolve_device
 from ikd.train import EpochCallback
-from ikd.training_pass import Outcome, Teacher, TeacherOutputStore, TrainingPass, run_training_pass
+from ikd.training_pass import Outcome, TeacherOutputStore, TrainingPass, run_training_pass
 
 WORKER_LOST = "worker lost"  # prefix of a failed node's reason when its job, not its training, failed
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ikd.errors import ConfigError
+from ikd.model import VGG
 
 # What a user's forward may raise on an input it was not built for (shape, dtype, device, arity).
 _FORWARD_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, AttributeError, NotImplementedError)
@@ -27,6 +28,9 @@ def module_digest(module: nn.Module) -> str:
             digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
             digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+NO_HINT_LAYER = "the teacher module has no hint_layer; name one, or set loss.gamma to 0"
 
 
 class ExternalTeacher(nn.Module):
@@ -90,3 +94,6 @@ class ExternalTeacher(nn.Module):
         if self._captured is None:  # a submodule the teacher's forward never calls
             raise ConfigError(f"hint_layer {self.hint_layer!r} is not called in the teacher's forward pass")
         return logits, [self._captured]
+
+
+Teacher = VGG | ExternalTeacher  # what can teach: an ikd model or a wrapped user module

@@ -64,7 +64,6 @@ def fit(
     progress: bool = True,
     description: str = "train",
     on_epoch: EpochCallback | None = None,
-    extra: dict[str, Any] | None = None,
     state_dir: Path | None = None,
     discard_foreign_state: bool = False,
     deadline: float | None = None,
@@ -85,7 +84,7 @@ def fit(
         deadline=deadline,
     )
     tested = save_trained(
-        out, model, data, config=config, result=result, val_fraction=val_fraction, split_seed=split_seed, extra=extra
+        out, model, data, config=config, result=result, val_fraction=val_fraction, split_seed=split_seed
     )
     if state_dir is not None:
         remove_state(state_dir)

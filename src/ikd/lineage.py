@@ -221,9 +221,9 @@ class Lineage(BaseModel):
         accepted = [n for n in self.nodes if n.status == Status.ACCEPTED]
         return min(accepted, key=rank) if accepted else self.root()
 
-    def students(self, nodes: Iterable[NodeRecord] | None = None) -> list[NodeRecord]:
+    def students(self) -> list[NodeRecord]:
         """The search's candidates, whatever was decided (not teachers, experts or baselines)."""
-        return [n for n in (self.nodes if nodes is None else nodes) if n.kind is NodeKind.STUDENT]
+        return [n for n in self.nodes if n.kind is NodeKind.STUDENT]
 
     def epochs_spent(self, nodes: Iterable[NodeRecord] | None = None) -> int:
         """Epochs the search spent training students (of `nodes`, default all), the final distillation

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ikd.arch import ArchSpec
 from ikd.data import ImageSet, iterate_batches, to_device
 from ikd.errors import ConfigError
-from ikd.external import ExternalTeacher
+from ikd.external import NO_HINT_LAYER, ExternalTeacher, Teacher
 from ikd.losses import (
     HintRegressor,
     dkd_loss,
@@ -127,7 +127,7 @@ class LiveTeacher:
     the batch's index tensor identifies it: the second student of a batch gets the first's outputs.
     """
 
-    def __init__(self, teacher: VGG | ExternalTeacher, hint_blocks=()):
+    def __init__(self, teacher: Teacher, hint_blocks=()):
         # No gradient reaches the teacher (its forward runs under no_grad), so its parameters are left
         # as the caller had them: freezing them in place once made a copied-out student untrainable.
         self.teacher = teacher.eval()
@@ -294,7 +294,7 @@ AGGREGATES = ("mean-kd", "mean-probs")
 
 @torch.inference_mode()
 def cache_teacher_outputs(
-    teacher: VGG | ExternalTeacher,
+    teacher: Teacher,
     images: ImageSet,
     *,
     mean,
@@ -341,7 +341,7 @@ def cache_teacher_outputs(
     return CachedTeacher(torch.cat(logits), {b: torch.cat(f) for b, f in features.items()})
 
 
-def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int, int, int]:
+def hint_pairing(student: ArchSpec, teacher: Teacher) -> tuple[int, int, int]:
     """(student block, teacher block, teacher channels) of the hint.
 
     A VGG teacher follows `hint_blocks`; an external teacher offers one named layer (block 0),
@@ -349,7 +349,7 @@ def hint_pairing(student: ArchSpec, teacher: VGG | ExternalTeacher) -> tuple[int
     """
     if isinstance(teacher, ExternalTeacher):
         if teacher.hint_channels is None:
-            raise ConfigError("the external teacher has no hint_layer; name one, or set loss.gamma to 0")
+            raise ConfigError(NO_HINT_LAYER)
         return (len(student.blocks) - 1) // 2, 0, teacher.hint_channels
     s_block, t_block = hint_blocks(student, teacher.spec)
     return s_block, t_block, teacher.spec.blocks[t_block][-1]
@@ -368,7 +368,7 @@ def teacher_hint_blocks(
     ]
 
 
-def teacher_hint_block(student: ArchSpec, teacher: VGG | ExternalTeacher, weights: LossWeights) -> int | None:
+def teacher_hint_block(student: ArchSpec, teacher: Teacher, weights: LossWeights) -> int | None:
     """The teacher block whose output the hint needs (None without a hint): what to cache."""
     return teacher_hint_blocks(student, [teacher], weights)[0]
 

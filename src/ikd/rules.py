@@ -27,17 +27,26 @@ def falls_short(value: float, reference: float, tolerance: float) -> bool:
     return value < reference - tolerance - 1e-9
 
 
+def floors(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> tuple[tuple[float, str], ...]:
+    """The validation accuracies (points) a child of `parent` must reach, each with what sets it: the
+    root's less max_drop, and the parent's less max_step_drop. The one source of the accept threshold
+    (rejection, floor, margin)."""
+    at_root, at_parent = points(root.val_accuracy or 0.0), points(parent.val_accuracy or 0.0)
+    return (
+        (at_root - search.max_drop, f"root {at_root:.2f}% - max_drop {search.max_drop}"),
+        (at_parent - search.max_step_drop, f"parent {at_parent:.2f}% - max_step_drop {search.max_step_drop}"),
+    )
+
+
 def rejection(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> str | None:
     """None when `node` keeps accuracy within both tolerances, else why not."""
     if node.val_accuracy is None:
         return node.reason or "failed"
     val = points(node.val_accuracy)
-    floor_root, floor_parent = points(root.val_accuracy or 0.0), points(parent.val_accuracy or 0.0)
-    if falls_short(val, floor_root, search.max_drop):
-        return f"val {val:.2f}% < root {floor_root:.2f}% - max_drop {search.max_drop}"
-    if falls_short(val, floor_parent, search.max_step_drop):
-        return f"val {val:.2f}% < parent {floor_parent:.2f}% - max_step_drop {search.max_step_drop}"
-    return None
+    return next(
+        (f"val {val:.2f}% < {why}" for needed, why in floors(parent, root, search) if falls_short(val, needed, 0.0)),
+        None,
+    )
 
 
 def final_rejection(lineage: Lineage, search: SearchConfig | None = None) -> str | None:
@@ -65,15 +74,12 @@ def recorded_search(lineage: Lineage) -> SearchConfig | None:
 
 def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
     """The validation accuracy (a fraction) a child of `parent` must reach to be accepted."""
-    return max(
-        (root.val_accuracy or 0.0) - search.max_drop / 100.0,
-        (parent.val_accuracy or 0.0) - search.max_step_drop / 100.0,
-    )
+    return max(needed for needed, _ in floors(parent, root, search)) / 100.0
 
 
 def margin(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
     """Points by which `node`'s validation accuracy clears its floor (negative: it falls short)."""
-    return points(node.val_accuracy or 0.0) - points(floor(parent, root, search))
+    return points(node.val_accuracy or 0.0) - max(needed for needed, _ in floors(parent, root, search))
 
 
 def roomy(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> bool:

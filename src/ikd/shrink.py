@@ -22,7 +22,29 @@ from dataclasses import dataclass
 from ikd.arch import ArchSpec
 from ikd.errors import ConfigError
 
-OPERATORS = ("depth", "width", "block", "slim")
+
+@dataclass(frozen=True)
+class Operator:
+    """What the search needs to know of an operator besides its function (get_operator): the search
+    key listing its factors, one child per factor (None: one child), the other search keys only it
+    reads, and whether it ranks the parent's trained channels (BatchNorm scales)."""
+
+    factor: str | None = None
+    options: tuple[str, ...] = ()
+    needs_scales: bool = False
+
+    def search_keys(self) -> tuple[str, ...]:
+        return ((self.factor,) if self.factor else ()) + self.options
+
+
+OPERATORS = {
+    "depth": Operator(),
+    "width": Operator(factor="width_factor"),
+    "block": Operator(factor="width_factor"),
+    "slim": Operator(
+        factor="slim_fraction", options=("slim_min_channels", "slim_by_share", "slim_round_to"), needs_scales=True
+    ),
+}
 DEFAULT_WIDTH_FACTOR = 0.5
 DEFAULT_SLIM_FRACTION = 0.5
 DEFAULT_SLIM_MIN_CHANNELS = 8

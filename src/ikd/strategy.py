@@ -25,7 +25,7 @@ import re
 from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord
-from ikd.shrink import Candidate, Scales, get_operator
+from ikd.shrink import OPERATORS, Candidate, Scales, get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
@@ -38,15 +38,10 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
     them it proposes nothing."""
     proposals: list[tuple[str, str, ArchSpec | None]] = []  # (operator, label, child spec)
     for name in search.operators:
-        if name == "slim" and scales is None:
+        kind = OPERATORS[name]
+        if kind.needs_scales and scales is None:
             continue
-        factors: list[float] | list[None] = (
-            search.width_factors()
-            if name in ("width", "block")
-            else search.slim_fractions()
-            if name == "slim"
-            else [None]
-        )
+        factors: list[float] | list[None] = search.factors(kind.factor) if kind.factor else [None]
         for factor in factors:
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
             operator = get_operator(

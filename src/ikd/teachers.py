@@ -15,14 +15,12 @@ from ikd.checkpoint import load_model, other_classes, other_shape, read_metadata
 from ikd.context import CampaignContext
 from ikd.data.paths import user_path
 from ikd.errors import ConfigError
-from ikd.external import ExternalTeacher, module_digest
+from ikd.external import NO_HINT_LAYER, ExternalTeacher, Teacher, module_digest
 from ikd.fit import fit
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
 from ikd.model import VGG, build_model
 from ikd.rules import points
 from ikd.train import monotonic_deadline, near_chance
-
-Teacher = VGG | ExternalTeacher
 
 
 class TeacherModels:
@@ -57,7 +55,7 @@ class TeacherModels:
             )
         if self._external is None:
             if self.hint_layer is None and self.ctx.config.loss.gamma > 0:
-                raise ConfigError("the teacher module has no hint_layer; name one, or set loss.gamma to 0")
+                raise ConfigError(NO_HINT_LAYER)
             data = self.ctx.data
             example = torch.zeros(2, data.in_channels, data.image_size, data.image_size, device=self.ctx.device)
             module = self.user_module

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ikd.data import DataSplits
-from ikd.external import ExternalTeacher
+from ikd.external import Teacher
 from ikd.inherit import inherit_weights
 from ikd.model import VGG, build_model
 from ikd.objective import (
@@ -43,7 +43,6 @@ from ikd.train import (
     train_models,
 )
 
-Teacher = VGG | ExternalTeacher
 Outcome = TrainResult | TrainingDiverged
 
 
