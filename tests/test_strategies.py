@@ -140,6 +140,9 @@ def test_ancestors_child_is_taught_by_its_chain(tmp_path, tiny_teacher, ancestor
 
 
 def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_teacher):
+    import shutil
+
+    expert_dir = shutil.copytree(tiny_teacher, tmp_path / "expert")
     lineage = compress(
         config(
             tmp_path,
@@ -148,7 +151,7 @@ def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_t
             operators=["width"],
             max_generations=2,
             ensemble={
-                "experts": [str(tiny_teacher)],
+                "experts": [str(expert_dir)],
                 "aggregate": "mean-probs",
                 "weighting": "val-accuracy",
                 "drop": 0.5,
@@ -169,18 +172,29 @@ def test_experts_join_the_ancestors_and_are_copied_into_the_run(tmp_path, tiny_t
 def test_an_expert_dropped_from_the_config_teaches_no_more(tmp_path, tiny_teacher):
     import shutil
 
-    other = shutil.copytree(tiny_teacher, tmp_path / "other")
+    one, other = (shutil.copytree(tiny_teacher, tmp_path / name) for name in ("one", "other"))
 
     def run(experts, generations, **kw):
         ensemble = {"experts": [str(e) for e in experts]}
         search = dict(strategy="ancestors-child", operators=["width"], max_generations=generations)
         return compress(config(tmp_path, tiny_teacher, ensemble=ensemble, **search), progress=False, **kw)
 
-    first = run([tiny_teacher, other], 1)
-    assert first.node("g1-width").teachers == ["g0-teacher", f"expert1-{tiny_teacher.name}", "expert2-other"]
+    first = run([one, other], 1)
+    assert first.node("g1-width").teachers == ["g0-teacher", "expert1-one", "expert2-other"]
     # under --force the old experts stay on record (earlier nodes learnt from them) but no longer teach
     lineage = run([other], 2, force=True)
     assert lineage.node("g2-width").teachers == ["g1-width", "g0-teacher", "expert1-other"]
+
+
+@pytest.mark.parametrize("ancestors", [1, "all"])
+def test_the_root_listed_as_an_expert_is_the_root_and_teaches_once(tmp_path, tiny_teacher, ancestors):
+    # copied in as expert1-<name> it taught twice wherever the root was an ancestor already
+    ensemble = {"experts": [f"{tiny_teacher}/"], "ancestors": ancestors}
+    search = dict(strategy="ancestors-child", operators=["width"], max_generations=2)
+    lineage = compress(config(tmp_path, tiny_teacher, ensemble=ensemble, **search), progress=False)
+    assert lineage.node("g1-width").teachers == ["g0-teacher"]
+    assert lineage.node("g2-width").teachers == ["g1-width", "g0-teacher"]
+    assert not [n for n in lineage.nodes if n.status == "expert"]
 
 
 @pytest.mark.parametrize(

@@ -90,11 +90,11 @@ class Campaign:
         )
         # saved with the lineage's next write (the first node's, for a new campaign)
         self.lineage = lineage.model_copy(update={"sessions": [*lineage.sessions, session]})
-        self.models = TeacherModels(self.ctx, self.lineage, teacher, hint_layer)
+        self.models = TeacherModels(self.ctx, lambda: self.lineage, teacher, hint_layer)
         self.passes_done = 0  # in this session
 
     def record(self, *nodes: NodeRecord) -> None:
-        self.lineage = self.models.lineage = self.ctx.run.add_nodes(self.lineage, nodes)
+        self.lineage = self.ctx.run.add_nodes(self.lineage, nodes)
 
     def close(self) -> None:
         self.ctx.close()
@@ -112,7 +112,7 @@ class Campaign:
             self.record(root)
         for expert in expert_teachers(self.ctx, self.lineage, experts_to_copy):
             self.record(expert)
-        experts = expert_ids(self.config.ensemble.experts)
+        experts = expert_ids(self.config.ensemble.experts, self.config.teacher.dir)
         self.lineage = self.lineage.model_copy(update={"stop_reason": None})
         stop = None
         while stop is None:
@@ -133,7 +133,7 @@ class Campaign:
             n.model_copy(update={"reason": f"{UNDECIDED} the search no longer reaches it"}) if n.id in unreached else n
             for n in self.lineage.nodes
         ]
-        self.lineage = self.models.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
+        self.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
         if (stop or "").startswith(LOST_STOP):
@@ -409,9 +409,7 @@ class Campaign:
         files and any training state saved under their ids, which belong to the old path."""
         gone = {node_id} | grown_from(self.lineage.nodes, {node_id})
         self.ctx.log(f"{node_id} is out of date; dropping the records of {', '.join(sorted(gone))}")
-        self.lineage = self.models.lineage = self.lineage.model_copy(
-            update={"nodes": [n for n in self.lineage.nodes if n.id not in gone]}
-        )
+        self.lineage = self.lineage.model_copy(update={"nodes": [n for n in self.lineage.nodes if n.id not in gone]})
         self.ctx.run.save(self.lineage)
         states = [d for d in self.ctx.state_root.glob("*") if gone & set(d.name.split("+"))]
         for directory in [*(self.ctx.run.node_dir(i) for i in gone), *states]:

@@ -464,7 +464,7 @@ class CampaignConfig(Strict):
         if self.ensemble.experts and not search.many_teachers():
             raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
         # one model listed twice would count twice in every mean of the teachers (teacher.dir may be one:
-        # with ensemble.ancestors 1 it makes the root teach beside the parent)
+        # it is the root, which then teaches beside ensemble.ancestors when they do not reach it)
         seen: list[Path] = []
         for directory in self.ensemble.experts:
             if (where := user_path(directory)) in seen:

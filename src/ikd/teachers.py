@@ -6,6 +6,7 @@ any node that teaches, keeping only the current pass's teachers in memory."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,8 +28,13 @@ class TeacherModels:
     """Node id -> model, loaded from the run directory (or the user's module for an external root)."""
 
     def __init__(
-        self, ctx: CampaignContext, lineage: Lineage, user_module: torch.nn.Module | None, hint_layer: str | None
+        self,
+        ctx: CampaignContext,
+        lineage: Callable[[], Lineage],
+        user_module: torch.nn.Module | None,
+        hint_layer: str | None,
     ):
+        """`lineage`: the campaign's current lineage (read at each load, so it is never a stale copy)."""
         self.ctx, self.lineage = ctx, lineage
         self.user_module, self.hint_layer = user_module, hint_layer
         self._external: ExternalTeacher | None = None
@@ -36,7 +42,7 @@ class TeacherModels:
 
     def __call__(self, node_id: str) -> Teacher:
         if node_id not in self._loaded:
-            node = self.lineage.find(node_id)
+            node = self.lineage().find(node_id)
             if node is not None and node.kind is NodeKind.EXTERNAL:
                 self._loaded[node_id] = self.external()
             else:
@@ -201,10 +207,16 @@ def expert_id(index: int, directory: str) -> str:
     return f"expert{index}-{name}".rstrip(".")
 
 
-def expert_ids(experts: list[str]) -> list[str]:
+def expert_ids(experts: list[str], root_dir: str | None = None) -> list[str]:
     """The node ids of the configured expert teachers (`ensemble.experts`), in order: the experts
-    that teach, where the lineage may also hold ones a --force run dropped from the config."""
-    return [expert_id(i, directory) for i, directory in enumerate(experts, start=1)]
+    that teach, where the lineage may also hold ones a --force run dropped from the config. An expert
+    that is the root's own directory (`root_dir`, teacher.dir) is the root: copied in again under
+    another id it would teach twice wherever the root is already among the ancestors."""
+    root = user_path(root_dir) if root_dir is not None else None
+    return [
+        ROOT_ID if user_path(directory) == root else expert_id(i, directory)
+        for i, directory in enumerate(experts, start=1)
+    ]
 
 
 COPIED_FROM = "from "  # an expert node's reason: the directory it was copied from
@@ -216,7 +228,9 @@ def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, tuple[str, 
     behind); refuses an expert the run holds under that id but copied from another directory."""
     loaded = {}
     experts = ctx.config.ensemble.experts
-    for node_id, directory in zip(expert_ids(experts), experts, strict=True):
+    for node_id, directory in zip(expert_ids(experts, ctx.config.teacher.dir), experts, strict=True):
+        if node_id == ROOT_ID:
+            continue  # the root teacher itself, in the run already
         if (recorded := lineage.find(node_id)) is None:
             loaded[node_id] = (directory, import_teacher(ctx, Path(directory), "ensemble.experts"))
         elif user_path(recorded.reason.removeprefix(COPIED_FROM)) != user_path(directory):
