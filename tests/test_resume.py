@@ -525,6 +525,19 @@ def test_ikd_train_force_discards_the_unfinished_training_of_another_job(idx_dir
     assert_same_saved_weights(out, cli_straight)
 
 
+def test_ikd_train_resumes_when_augment_names_the_datasets_own(idx_dir, cli_straight, tmp_path):
+    # --augment set to what the dataset uses anyway is the same job (it was refused as another one); another
+    # augmentation is refused as --augment alone (it was also named a change of the data)
+    out = tmp_path / "augment"
+    assert run_ikd(ikd_train(idx_dir, out, "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
+    other = run_ikd(ikd_train(idx_dir, out, "--augment", "crop-flip"))
+    assert other.returncode != 0 and "other settings (--augment); rerun" in other.stderr, other.stderr
+    resumed = run_ikd(ikd_train(idx_dir, out, "--augment", "none"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_saved_weights(out, cli_straight)
+    assert json.loads((out / "model.json").read_text())["training"]["sessions"] == 2
+
+
 # --- campaigns: every node resumes, and `ikd compress --time-limit` -----------------------------
 
 

@@ -131,7 +131,11 @@ class NodeRecord(BaseModel):
         default=None,
         description="the seed its training drew from (a child's: campaign seed + generation + 7919 x sibling)",
     )
-    seconds: float = 0.0
+    seconds: float = Field(
+        default=0.0,
+        description="wall time of its training; children trained together in one pass (sharing each teacher "
+        "forward) are each given the pass's time divided by their number",
+    )
     loss: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
     latency: list[Latency] = Field(default_factory=list, description="filled by `ikd export`")

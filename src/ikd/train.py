@@ -476,8 +476,7 @@ def train_models(
     if state_dir is not None:
         job = _job(group, descriptions, data, config, augment, device, precision, ranks)
         fingerprint = job_fingerprint(job)
-        # before 2026-12-05 a job held its settings as given (device "auto"), not what they resolved to
-        as_given = (job_fingerprint(job | {"config": config.model_dump()}),)
+        as_given = _older_fingerprints(job, config, augment)
         store = StateStore(
             state_dir, fingerprint, discard_foreign=discard_foreign_state, job=job, also_accepted=as_given
         )
@@ -707,14 +706,27 @@ def _job(
         ]
 
     document: dict[str, Any] = {
-        # what `auto` became here: a state saved in bf16 on one machine is not continued in fp32 on another
-        "config": config.model_dump() | {"device": device.type, "precision": precision.name},
+        # what `auto` became here (a state saved in bf16 on one machine is not continued in fp32 on
+        # another), and the augmentation it resolved to (the dataset's own, named or not, is one job)
+        "config": config.model_dump() | {"device": device.type, "precision": precision.name, "augment": augment},
         "models": [[d, tensors(s.model), tensors(s.objective)] for d, s in zip(descriptions, group, strict=True)],
-        "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std), augment],
+        "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std)],
     }
     if ranks:  # each rank's slice of a batch depends on their number (absent alone: older states stay valid)
         document["world_size"] = ranks.world_size
     return document
+
+
+def _older_fingerprints(job: dict[str, Any], config: TrainConfig, augment: str) -> tuple[str, ...]:
+    """The fingerprints older ikds gave `job`, whose states it resumes: until 2026-12-06 the resolved
+    augmentation was part of the data and config.augment stayed as given; until 2026-12-05 device and
+    precision stayed as given (auto) too."""
+    data = [*job["data"], augment]
+    resolved = job["config"] | {"augment": config.augment}
+    return (
+        job_fingerprint(job | {"config": resolved, "data": data}),
+        job_fingerprint(job | {"config": config.model_dump(), "data": data}),
+    )
 
 
 # What differs between the ranks of a data-parallel run: their random streams (dropout draws on each
