@@ -185,6 +185,7 @@ def test_the_kept_weights_are_the_ones_whose_validation_accuracy_is_reported(dig
         precision=resolve_precision("fp32", torch.device("cpu")),
     )
     assert again["accuracy"] == pytest.approx(result.best_val_accuracy)
+    assert again["loss"] == pytest.approx(best.ema_val_loss if result.best_weights == "ema" else best.val_loss)
 
 
 def test_the_ema_differs_from_the_weights_and_follows_them():

@@ -141,7 +141,7 @@ def training_metadata(
                 "epoch": best["epoch"],
                 "val_accuracy": result.best_val_accuracy,
                 "weights": result.best_weights,
-                "val_loss": best["val_loss"] if result.best_weights == "raw" else None,
+                "val_loss": best["val_loss" if result.best_weights == "raw" else "ema_val_loss"],
             },
             "last": {"epoch": last["epoch"], "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"]},
             "test_of_saved_weights": {"accuracy": test["accuracy"], "n": test["n"]},

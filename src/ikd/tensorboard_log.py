@@ -51,6 +51,9 @@ class TensorBoardLog:
             writer.add_scalar(f"train/{name}", value, step)
         writer.add_scalar("val/accuracy", record.val_accuracy, step)
         writer.add_scalar("val/loss", record.val_loss, step)
+        if record.ema_val_accuracy is not None and record.ema_val_loss is not None:
+            writer.add_scalar("val/ema_accuracy", record.ema_val_accuracy, step)
+            writer.add_scalar("val/ema_loss", record.ema_val_loss, step)
         writer.add_scalar("lr", record.lr, step)
         writer.add_scalar("images_per_s", record.images_per_s, step)
         writer.flush()

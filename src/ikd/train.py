@@ -89,6 +89,7 @@ class EpochRecord:
     images_per_s: float
     seconds: float
     ema_val_accuracy: float | None = None  # the EMA's, when there is one (val_accuracy is the raw weights')
+    ema_val_loss: float | None = None
 
     @property
     def kept_accuracy(self) -> float:
@@ -663,6 +664,7 @@ def _end_epoch(
         images_per_s=seen / max(student.epoch_seconds, 1e-9),
         seconds=seconds,
         ema_val_accuracy=ema_val["accuracy"] if ema_val is not None else None,
+        ema_val_loss=ema_val["loss"] if ema_val is not None else None,
     )
     result = student.result
     result.history.append(record)
