@@ -345,6 +345,9 @@ def test_an_image_folder_model_is_evaluated_on_its_own_folder_and_refused_on_rel
     trained = ikd("train", "--dataset", "imagefolder", "--data-dir", data, "--image-size", "8", "--arch", "vgg11",
                   "--epochs", "1", "--batch-size", "8", "--out", out, *common)  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+    import PIL
+
+    assert json.loads((out / "model.json").read_text())["dataset"]["decoder"] == f"Pillow {PIL.__version__}"
     evaluated = ikd("eval", out, "--json", *common[:2])  # no --data-dir: the folder it was trained on
     assert evaluated.returncode == 0, evaluated.stderr
     relabelled = tmp_path / "relabelled"

@@ -58,6 +58,7 @@ def describe_dataset(data: DataSplits, val_fraction: float, split_seed: int) -> 
         "val_fraction": val_fraction,
         "split_seed": split_seed,
         "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        **({"decoder": data.decoder} if data.decoder else {}),
     }
 
 

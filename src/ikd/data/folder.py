@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, ImageOps
 
@@ -166,4 +167,5 @@ def load_imagefolder(data_dir: str | Path | None, *, image_size: int | None = No
         classes=classes,
         augment="reflect-crop-flip",
         source=str(base),
+        decoder=f"Pillow {PIL.__version__}",  # another version may decode (and resize) a file to other pixels
     )

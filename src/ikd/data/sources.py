@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,7 @@ def _resized(raw: RawDataset, size: int) -> RawDataset:
             return s
         return ImageSet(resize_images(s.images, size), s.labels)
 
-    return RawDataset(one(raw.train), one(raw.test), raw.classes, raw.augment, raw.source)
+    return dataclasses.replace(raw, train=one(raw.train), test=one(raw.test))
 
 
 def _check_image_size(image_size: int | None) -> int | None:

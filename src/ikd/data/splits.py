@@ -51,6 +51,7 @@ class DataSplits:
     std: tuple[float, ...]
     augment: str
     source: str
+    decoder: str | None = None  # what turned image files into pixels (None: the files hold raw pixels)
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +79,7 @@ class RawDataset:
     classes: list[str]
     augment: str
     source: str
+    decoder: str | None = None  # as DataSplits.decoder
 
 
 def check_val_fraction(val_fraction: float) -> float:
@@ -196,4 +198,5 @@ def make_splits(name: str, raw: RawDataset, val_fraction: float, split_seed: int
         std=std,
         augment=raw.augment,
         source=raw.source,
+        decoder=raw.decoder,
     )
