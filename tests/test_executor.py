@@ -21,11 +21,10 @@ from ikd.config import ExecutorConfig
 TESTS = Path(__file__).parent
 
 
-def parent_children(run_dir: Path, teacher: Path, **executor):
-    config = campaign_config(run_dir, teacher, strategy="parent-children", max_generations=2)
-    return config.model_copy(
-        update={"executor": ExecutorConfig(**executor), "student": config.student.model_copy(update={"epochs": 2})}
-    )
+def parent_children(run_dir: Path, teacher: Path, generations: int = 2, final_epochs: int = 0, **executor):
+    config = campaign_config(run_dir, teacher, strategy="parent-children", max_generations=generations)
+    student = config.student.model_copy(update={"epochs": 2, "final_epochs": final_epochs})
+    return config.model_copy(update={"executor": ExecutorConfig(**executor), "student": student})
 
 
 @contextmanager
@@ -88,8 +87,7 @@ def test_a_killed_worker_fails_its_node_and_the_campaign_goes_on(tmp_path, tiny_
 
 @pytest.mark.ray
 def test_nodes_lost_with_their_workers_are_trained_again_on_resume(tmp_path, tiny_teacher):
-    config = parent_children(tmp_path / "run", tiny_teacher, kind="ray")
-    config = config.model_copy(update={"search": config.search.model_copy(update={"max_generations": 1})})
+    config = parent_children(tmp_path / "run", tiny_teacher, generations=1, kind="ray")
     with local_ray(kill_node="g1-depth,g1-width"):
         first = compress(config, progress=False)
     assert {first.node(n).status for n in ("g1-depth", "g1-width")} == {"failed"}
@@ -226,8 +224,7 @@ def test_a_cluster_that_cannot_fit_a_job_fails_before_any_training(tmp_path, tin
 
 @pytest.mark.ray
 def test_a_generation_lost_with_its_workers_gets_no_final_distillation_before_the_rerun(tmp_path, tiny_teacher):
-    config = parent_children(tmp_path / "run", tiny_teacher, kind="ray")
-    config = config.model_copy(update={"student": config.student.model_copy(update={"final_epochs": 1})})
+    config = parent_children(tmp_path / "run", tiny_teacher, final_epochs=1, kind="ray")
     with local_ray(kill_node="g2-depth,g2-width"):
         first = compress(config, progress=False)
     assert (first.stop_reason or "").startswith("candidates lost with their workers: g2-depth, g2-width")
