@@ -175,6 +175,39 @@ def test_an_out_path_that_cannot_be_the_file_exits_2_with_one_line(run_dir, tmp_
     assert not (tmp_path / "half.onnx").exists() and RunDir(run_dir).lineage_path.read_bytes() == before
 
 
+def test_the_onnx_check_refuses_data_whose_classes_are_in_another_order(run_dir):
+    # it compared image shapes only: relabelled class folders scored a wrong agreement without a word
+    from ikd.errors import ConfigError
+    from ikd.export import verify_onnx
+
+    model, metadata = load_model(run_dir / "nodes" / NODE)
+    record = metadata["dataset"] | {"classes": list(reversed(metadata["dataset"]["classes"]))}
+    with pytest.raises(ConfigError, match=r"class 0 = '9', the data has '0' there"):
+        verify_onnx(b"", model, record, None)
+
+
+def test_an_out_path_inside_the_runs_nodes_is_refused(run_dir, capsys):
+    # it would replace the node's own weights (the same tensors, other bytes), breaking its checksum
+    before = RunDir(run_dir).lineage_path.read_bytes()
+    out = run_dir / "nodes" / NODE
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "safetensors", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the run's own nodes" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "export.json").exists() and RunDir(run_dir).lineage_path.read_bytes() == before
+    assert RunDir(run_dir).verify(RunDir(run_dir).load()) == []
+
+
+def test_a_root_that_cannot_be_timed_leaves_nothing_written(run_dir, capsys):
+    # the model file used to be written before the root was loaded for the speed-up
+    (run_dir / "nodes" / ROOT / "model.safetensors").unlink()
+    before = RunDir(run_dir).lineage_path.read_bytes()
+    assert main(["export", str(run_dir), "--node", NODE, "--format", "safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "the root teacher, the reference of the speed-up" in err and "--no-latency" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (run_dir / "export").exists() and RunDir(run_dir).lineage_path.read_bytes() == before
+
+
 def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
     before = RunDir(run_dir).load()
     caller_threads = torch.get_num_threads()

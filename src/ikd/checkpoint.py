@@ -96,6 +96,18 @@ def other_classes(record: dict[str, Any], data: DataSplits) -> str | None:
     )
 
 
+def misfit(spec: ArchSpec, record: dict[str, Any], data: DataSplits) -> str | None:
+    """Why `data` cannot be scored by a model built as `spec` whose dataset record is `record`: other
+    image shapes or class count, or its classes in another order (None: it fits)."""
+    return other_shape(spec, data) or other_classes(record, data)
+
+
+def recorded_split(record: dict[str, Any]) -> tuple[float, int, int | None]:
+    """(val_fraction, split_seed, image_size) of a model's dataset record: the split and size to load its
+    data with (ikd's defaults where a record older than them has none)."""
+    return record.get("val_fraction", 0.1), record.get("split_seed", 0), record.get("image_size")
+
+
 def describe_size(spec: ArchSpec) -> dict[str, Any]:
     return {
         "params": spec.num_params(),

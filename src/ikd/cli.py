@@ -33,10 +33,10 @@ from ikd.checkpoint import (
     WEIGHTS_FILE,
     describe_size,
     load_model,
-    other_classes,
-    other_shape,
+    misfit,
     read_metadata,
     recorded_data_dir,
+    recorded_split,
 )
 from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
@@ -223,18 +223,15 @@ def _load_evaluated(
     name = args.dataset or record.get("name")
     if not name:
         raise ConfigError(f"{model_dir}: model.json names no dataset; pass --dataset")
-    split_key = (name, record.get("val_fraction", 0.1), record.get("split_seed", 0), record.get("image_size"))
+    split_key = (name, *recorded_split(record))
     if reuse is not None and reuse[0] == split_key:
         data = reuse[1]
     else:
         _, val_fraction, split_seed, size = split_key
         data_dir = args.data_dir or recorded_data_dir(record)
         data = load_dataset(name, data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=size)
-    spec = model.spec
-    if why := other_shape(spec, data):
+    if why := misfit(model.spec, record, data):
         raise ConfigError(f"dataset {name!r}: the model in {model_dir} {why}")
-    if why := other_classes(record, data):
-        raise ConfigError(f"the model in {model_dir} {why}")
     # The model's own normalisation, not the dataset's recomputed one: that is what it was trained with.
     normalisation = {"mean": record.get("mean", data.mean), "std": record.get("std", data.std)}
     return model, {"name": name, "split_key": split_key, **normalisation}, data
@@ -612,7 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--out", metavar="PATH", help="directory (default RUN_DIR/export/ID), or the file: x.onnx, x.safetensors"
     )
-    ex.add_argument("--data-dir", help="where the node's dataset lives, for the ONNX check (default: the campaign's)")
+    ex.add_argument(
+        "--data-dir",
+        help="where the node's dataset lives, for the ONNX check (default: $IKD_DATA_DIR, else ~/.cache/ikd; "
+        "an image-folder node: the folder it read); a run directory does not record where its data was",
+    )
     ex.add_argument(
         "--repeats",
         type=int,

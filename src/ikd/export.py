@@ -33,11 +33,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from ikd._version import __version__
 from ikd.atomic import atomic_write_bytes, atomic_write_json
-from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, recorded_data_dir
+from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, misfit, recorded_data_dir, recorded_split
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
-from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, file_sha256, open_run_dir
+from ikd.lineage import NODES_DIR, Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, file_sha256, open_run_dir
 from ikd.model import VGG, NormalizedModel
 
 FORMATS = ("onnx", "safetensors")
@@ -158,6 +158,9 @@ def export_node(
     for path in (target, summary_path):  # before any work: a late failure would leave the model written alone
         if why := _cannot_write(path):
             raise ConfigError(f"{f'--out {out}: ' if out is not None else ''}cannot write {path}: {why}")
+        if path.resolve().is_relative_to((run.path / NODES_DIR).resolve()):
+            # it would replace a node's own files, whose checksums the campaign and later exports trust
+            raise ConfigError(f"--out {out}: is inside {run.path / NODES_DIR}, the run's own nodes; write elsewhere")
     with run.locked("ikd export"):
         lineage = run.load()
         node = _find_node(run, lineage, node_id)
@@ -176,25 +179,25 @@ def export_node(
             else b""
         )
         if fmt == "onnx":
-            # checked in memory first: a failed check leaves no model.onnx behind
             # a lineage keeps no data.dir (where the data lies is not what it computed)
             found = data_dir or recorded_data_dir(dataset)
             result.verification = verify_onnx(graph, model, dataset, found)
-            atomic_write_bytes(target, graph)
+            exported = graph
         else:
-            atomic_write_bytes(
-                target,
-                safetensors_bytes(
-                    cpu_state_dict(model), metadata=_usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}
-                ),
-            )
+            usage = _usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}
+            exported = safetensors_bytes(cpu_state_dict(model), metadata=usage)
+        measured = (
+            _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats, rounds, threads)
+            if measure_latency
+            else {}
+        )
+        # written once everything is checked and timed: a failure or Ctrl-C before leaves no file that
+        # disagrees with its export.json, nor a latency in the lineage for weights that were not exported
+        atomic_write_bytes(target, exported)
         result.files.append(target)
-        if measure_latency:
-            _measure_node_and_teacher(
-                run, lineage, result, model, dataset, graph, repeats, rounds, threads or LATENCY_THREADS
-            )
         atomic_write_json(summary_path, _summary_document(summary_path, result))
         result.files.append(summary_path)
+        record_latency(run, measured)
     return result
 
 
@@ -318,19 +321,12 @@ def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) ->
 
 def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str | Path | None) -> Verification:
     """Run up to VERIFY_IMAGES test images through PyTorch (ikd's own normalisation) and the graph."""
+    val_fraction, split_seed, image_size = recorded_split(dataset)
     data = load_dataset(
-        dataset["name"],
-        data_dir,
-        val_fraction=dataset["val_fraction"],
-        split_seed=dataset["split_seed"],
-        image_size=dataset["image_size"],
+        dataset["name"], data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=image_size
     )
-    spec = model.spec
-    if (data.in_channels, data.image_size) != (spec.in_channels, spec.image_size):
-        raise ConfigError(
-            f"dataset {data.name!r} has {data.in_channels}x{data.image_size}x{data.image_size} "
-            f"images; the node expects {spec.in_channels}x{spec.image_size}x{spec.image_size}"
-        )
+    if why := misfit(model.spec, dataset, data):
+        raise ConfigError(f"dataset {data.name!r}: the node's model {why}")
     images = data.test.images[:VERIFY_IMAGES]
     session = cpu_session(graph, torch.get_num_threads())
     agree, max_diff = 0, 0.0
@@ -361,11 +357,11 @@ def _measure_node_and_teacher(
     graph: bytes,
     repeats: int | None,
     rounds: int | None,
-    threads: int,
-) -> None:
+    threads: int | None,
+) -> dict[str, list[Latency]]:
     """Time the node and the root teacher together, interleaved (ikd.latency): a speed-up is only
     trusted when both sides were measured in the same moments, so the root's earlier numbers are never
-    reused."""
+    reused. Returns what to record in the lineage (record_latency)."""
     node = result.node
     timed: dict[str, Timed] = {node.id: (model, dataset, graph)}
     root = next((n for n in lineage.nodes if n.status == Status.TEACHER), None)
@@ -374,9 +370,14 @@ def _measure_node_and_teacher(
     elif root.kind is NodeKind.EXTERNAL and root.id != node.id:
         result.notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
     elif root.id != node.id:
-        teacher, teacher_meta = _load_node(run, root)
+        try:
+            teacher, teacher_meta = _load_node(run, root)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)"
+            ) from None
         timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
-    measured = measure_latencies(timed, repeats, rounds, threads=threads)
+    measured = measure_latencies(timed, repeats, rounds, threads=threads or LATENCY_THREADS)
     if root is not None and root.id in measured and root.id != node.id:  # the root exported: nothing to compare
         beside = {(m.runtime, m.batch): m.median_ms for m in measured[root.id]}
         measured[node.id] = [
@@ -384,7 +385,7 @@ def _measure_node_and_teacher(
         ]
         result.teacher_id, result.teacher_latency = root.id, measured[root.id]
     result.latency = measured[node.id]
-    record_latency(run, measured)
+    return measured
 
 
 def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:

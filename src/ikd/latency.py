@@ -14,7 +14,7 @@ from typing import Any, Literal
 import onnxruntime
 import torch
 
-from ikd.lineage import Latency, RunDir
+from ikd.lineage import Latency, NodeRecord, RunDir
 from ikd.model import VGG, NormalizedModel
 from ikd.runtime import cpu_model_name
 
@@ -148,9 +148,16 @@ def record_latency(run: RunDir, measured: dict[str, list[Latency]]) -> None:
 
     The caller holds the run directory, so the lineage read here is the latest.
     """
+    if not measured:
+        return
     lineage = run.load()
-    for node_id, new in measured.items():
-        record = lineage.node(node_id)
+
+    def merged(node: NodeRecord) -> NodeRecord:
+        new = measured[node.id]
         replaced = {(m.runtime, m.batch) for m in new}
-        kept = [m for m in record.latency if (m.runtime, m.batch) not in replaced]
-        lineage = run.add_node(lineage, record.model_copy(update={"latency": kept + new}))
+        kept = [m for m in node.latency if (m.runtime, m.batch) not in replaced]
+        return node.model_copy(update={"latency": kept + new})
+
+    # not add_nodes: that re-hashes the weights, and would hide a file changed since the node was recorded
+    nodes = [merged(n) if n.id in measured else n for n in lineage.nodes]
+    run.save(lineage.model_copy(update={"nodes": nodes}))
