@@ -235,6 +235,20 @@ def test_a_campaign_without_survivors_says_so(run_dir, tmp_path):
     write_report(copy)  # figures still draw with no accepted chain
 
 
+def test_a_teacher_history_without_loss_terms_or_of_odd_entries_still_draws(run_dir, tmp_path):
+    # the root's model.json is the user's teacher.dir copied in: no train dicts crashed the legend (ncol=0)
+    import shutil
+
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    for node in ("g0-teacher", *(d.name for d in (copy / "nodes").iterdir())):
+        meta = copy / "nodes" / node / "model.json"
+        document = json.loads(meta.read_text())
+        document["history"] = [{"val_accuracy": 0.5}, "epoch two", {"train": "n/a", "val_accuracy": "high"}]
+        meta.write_text(json.dumps(document))
+    out = write_report(copy)
+    assert (out / "training.png").is_file() and (out / "report.html").is_file()
+
+
 def test_report_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()

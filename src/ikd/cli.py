@@ -475,8 +475,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ikd.report import FIGURES, load_report, write_report
 
-    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
-    print(load_report(Path(args.run_dir)).headline())
+    report = load_report(Path(args.run_dir))  # once: a campaign may be writing the run meanwhile
+    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None, report)
+    print(report.headline())
     drawn = ", ".join(name for name in FIGURES if (out / name).exists())  # training.png needs the nodes' files
     print(f"report: {out / 'report.md'}, {out / 'report.html'} (figures: {drawn})")
     return 0

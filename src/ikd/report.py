@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 
 from ikd import rules
 from ikd.arch import PRESETS, preset
+from ikd.atomic import atomic_write_bytes
 from ikd.checkpoint import META_FILE
 from ikd.config import CampaignConfig
 from ikd.errors import CheckpointError, ConfigError
@@ -306,10 +308,24 @@ def load_report(run_dir: Path) -> Report:
     for node in lineage.nodes:
         meta = run.node_dir(node.id) / META_FILE
         try:
-            histories[node.id] = json.loads(meta.read_text()).get("history", []) if meta.is_file() else []
-        except (OSError, ValueError):
+            histories[node.id] = _usable_history(json.loads(meta.read_text()).get("history")) if meta.is_file() else []
+        except (OSError, ValueError, AttributeError):
             histories[node.id] = []  # the figure leaves the node out; the table still has it
     return Report(lineage=lineage, dataset=DATASET_NAMES.get(name, name), histories=histories)
+
+
+def _usable_history(history: Any) -> list[dict[str, Any]]:
+    """The epochs of a model.json history the training figure can draw: a root's model.json is copied
+    from the user's teacher.dir, so its entries are checked, not trusted (numbers only)."""
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    epochs = []
+    for entry in history if isinstance(history, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        train, val = entry.get("train"), entry.get("val_accuracy")
+        terms = {k: v for k, v in train.items() if number(v)} if isinstance(train, dict) else {}
+        epochs.append({"train": terms, "val_accuracy": val if number(val) else None})
+    return epochs
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -321,6 +337,13 @@ def _legend_handles(statuses) -> list[Line2D]:
         for s in STYLE
         if s in statuses
     ]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """The figure as a PNG, written all or nothing (report.html embeds it: a half-written one breaks it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_pareto(report: Report, path: Path) -> None:
@@ -386,7 +409,7 @@ def plot_pareto(report: Report, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(handles=_legend_handles({n.status for n in nodes}), loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_lineage(report: Report, path: Path) -> None:
@@ -470,7 +493,7 @@ def plot_lineage(report: Report, path: Path) -> None:
     ax.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=0.9)
     ax.set_title(f"Lineage ({len(report.lineage.nodes)} nodes; thick border: the final student)")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_training(report: Report, path: Path) -> bool:
@@ -510,7 +533,9 @@ def plot_training(report: Report, path: Path) -> bool:
             ax.axvline(offset + 0.5, color="#dddddd", linewidth=0.8)
     loss_ax.set_yscale("log")
     loss_ax.set_ylabel("train loss terms (log)")
-    loss_ax.legend(handles=[Line2D([], [], color=term_colours[t], label=t) for t in terms], fontsize=8, ncol=len(terms))
+    loss_ax.legend(
+        handles=[Line2D([], [], color=term_colours[t], label=t) for t in terms], fontsize=8, ncol=max(1, len(terms))
+    )
     acc_ax.set_ylabel("validation accuracy (%)")
     accs = [100 * e["val_accuracy"] for n in nodes for e in report.histories[n.id] if e.get("val_accuracy") is not None]
     if accs:  # early epochs of a fresh child can sit near chance; keep the band that matters readable
@@ -522,7 +547,7 @@ def plot_training(report: Report, path: Path) -> bool:
         ax.grid(True, axis="y", alpha=0.25)
     loss_ax.set_title("Training, node by node, epoch by epoch (accuracy axis: the top 15 points)")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -550,9 +575,10 @@ CAPTIONS = {
 }
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write report.md, report.html and the figures; returns the report directory."""
-    report = load_report(Path(run_dir))
+def write_report(run_dir: Path, out: Path | None = None, report: Report | None = None) -> Path:
+    """Write report.md, report.html and the figures (of `report`, default the run's as it is now);
+    returns the report directory."""
+    report = report or load_report(Path(run_dir))
     out = Path(out) if out is not None else Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     plot_pareto(report, out / "pareto.png")
@@ -570,7 +596,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     markdown += ["", "## Nodes", "", _markdown_table(header, rows), "", latency_note, ""]
     for name in figures:
         markdown += [f"![{name}]({name})", "", f"*{CAPTIONS[name]}*", ""]
-    (out / "report.md").write_text("\n".join(markdown))
+    atomic_write_bytes(out / "report.md", "\n".join(markdown).encode())
 
     images = "".join(
         f"<figure><img alt='{name}' src='data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}'>"
@@ -597,7 +623,7 @@ figcaption {{ color: #555; font-size: 0.9em; }} .scroll {{ overflow-x: auto; }}
 {images}
 </body></html>
 """
-    (out / "report.html").write_text(page)
+    atomic_write_bytes(out / "report.html", page.encode())
     return out
 
 
