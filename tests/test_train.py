@@ -152,19 +152,23 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits, pre
 def test_a_diverging_model_is_dropped_and_the_others_finish(digits):
     from ikd.train import TrainingDiverged, train_models
 
-    config = TrainConfig(epochs=1, batch_size=64, precision="fp32", device="cpu", max_steps_per_epoch=10)
+    config = TrainConfig(epochs=3, batch_size=64, precision="fp32", device="cpu", max_steps_per_epoch=10)
     models = [build_model(small_spec(digits), seed=s) for s in (0, 1)]
+    steps = []
 
-    def poisoned(model, x, y, index):
+    def poisoned(model, x, y, index):  # fine for the first epoch's 10 steps
+        steps.append(1)
         logits = model(x)
-        return logits, {"loss": torch.nn.functional.cross_entropy(logits, y) * float("nan")}
+        scale = 1.0 if len(steps) <= 10 else float("nan")
+        return logits, {"loss": torch.nn.functional.cross_entropy(logits, y) * scale}
 
     results = train_models(
         models, digits, config, objectives=[None, poisoned], progress=False, descriptions=["fine", "nan"]
     )
-    assert isinstance(results[0], TrainResult) and results[0].history
+    assert isinstance(results[0], TrainResult) and len(results[0].history) == 3
     assert isinstance(results[1], TrainingDiverged)
-    assert "nan" in str(results[1]) and "epoch 1" in str(results[1])
+    assert "nan" in str(results[1]) and "epoch 2" in str(results[1])
+    assert results[1].epochs == 2  # what it cost (the campaign records it): not the 3 planned
 
 
 def test_the_kept_weights_are_the_ones_whose_validation_accuracy_is_reported(digits):

@@ -10,10 +10,11 @@ from ikd.context import CampaignContext
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
-from ikd.rules import late_error_ratios
+from ikd.rules import hint_pre_epochs, late_error_ratios
 from ikd.shrink import Candidate
 from ikd.strategy import SEED_STRIDE, teacher_weights
 from ikd.teachers import TeacherModels
+from ikd.train import TrainingDiverged
 from ikd.train_state import remove_state
 from ikd.training_pass import TrainingPass
 
@@ -23,12 +24,12 @@ Stages = tuple[tuple[LossWeights | None, int], ...]
 def loss_stages(ctx: CampaignContext, distilled: bool, epochs: int) -> Stages:
     """(loss weights, epochs) per stage: plain CE (None) without teachers; hint pre-training first
     when two-stage; else the configured KD + CE + hint."""
-    weights, student = ctx.config.loss, ctx.config.student
+    weights = ctx.config.loss
     if not distilled:
         return ((None, epochs),)
-    if student.hint_stage == "two-stage" and weights.gamma > 0 and student.hint_epochs > 0:
+    if pre := hint_pre_epochs(ctx.config):  # the epochs rules.pass_epochs counts
         hint_only = LossWeights(temperature=weights.temperature, alpha=0, beta=0, gamma=weights.gamma)
-        return ((hint_only, student.hint_epochs), (weights.model_copy(update={"gamma": 0.0}), epochs))
+        return ((hint_only, pre), (weights.model_copy(update={"gamma": 0.0}), epochs))
     return ((weights, epochs),)
 
 
@@ -120,6 +121,8 @@ def train_students(
         )
         result = done.outcome
         if isinstance(result, Exception) or done.model is None:
+            # what it cost: a lost worker's epochs are unknown (its rerun trains it again)
+            common["epochs"] = result.epochs if isinstance(result, TrainingDiverged) else 0
             record(
                 NodeRecord.of_spec(
                     candidate.node_id, candidate.spec, status=Status.FAILED, reason=str(result), **common

@@ -123,7 +123,9 @@ class NodeRecord(BaseModel):
     val_accuracy_last: float | None = None
     test_accuracy: float | None = Field(default=None, description="of the saved weights; reported only")
     best_epoch: int | None = None
-    epochs: int = Field(default=0, description="epochs trained (fewer than planned when stopped early)")
+    epochs: int = Field(
+        default=0, description="epochs trained (fewer than planned when stopped early or diverged; 0 for a lost worker)"
+    )
     val_curve: list[float] = Field(
         default_factory=list, description="validation accuracy of the kept weights' kind, per epoch"
     )

@@ -117,7 +117,11 @@ class TrainResult:
 
 
 class TrainingDiverged(IkdError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite; `epochs`: those it trained, the one it diverged in counted."""
+
+    def __init__(self, message: str, epochs: int = 0):
+        super().__init__(message)
+        self.epochs = epochs
 
 
 class TrainingPaused(Exception):
@@ -612,7 +616,7 @@ def train_models(
     for student in group:
         student.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # saved as is
         if student.failure is not None:
-            results.append(TrainingDiverged(student.failure))
+            results.append(TrainingDiverged(student.failure, epochs=len(student.result.history) + 1))
             continue
         result = student.result
         result.last_val_accuracy = result.history[-1].val_accuracy

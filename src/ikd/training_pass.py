@@ -197,6 +197,8 @@ def run_training_pass(
             give_up=job.give_up(stage_epochs) if stage == len(job.stages) - 1 else None,
         )
         for i, result in zip(alive, results, strict=True):
+            if isinstance(result, TrainingDiverged):  # its epochs count from the pass's start
+                result.epochs += sum(epochs for _, epochs in job.stages[:stage])
             outcome[i] = result
     done = [o for o in outcome if o is not None]
     assert len(done) == len(students), "the first stage trains every candidate"
