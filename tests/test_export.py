@@ -307,13 +307,19 @@ def _add_node_without_weights(run_dir, node_id, status):
     [
         ("nope", "onnx", "'nope' is not in"),
         ("g1-width", "tflite", "expected one of onnx, safetensors"),
-        ("g1-broken", "onnx", "(failed) has no weights"),
-        ("g1-gone", "safetensors", "(rejected) has no weights"),
+        ("g1-broken", "onnx", "(failed) cannot be exported: it failed during training"),
+        ("g1-gone", "safetensors", "(rejected) cannot be exported: "),
+        ("g1-width-changed", "safetensors", "model.safetensors: differs from the sha256 recorded"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(run_dir, capsys, node, fmt, expected):
     _add_node_without_weights(run_dir, "g1-broken", "failed")
     _add_node_without_weights(run_dir, "g1-gone", "rejected")
+    shutil.copytree(run_dir / "nodes" / NODE, run_dir / "nodes" / "g1-width-changed")  # not the recorded bytes
+    run = RunDir(run_dir)
+    lineage = run.load()
+    changed = lineage.node(NODE).model_copy(update={"id": "g1-width-changed", "sha256": "0" * 64})
+    run.save(lineage.model_copy(update={"nodes": [*lineage.nodes, changed]}))
     assert main(["export", str(run_dir), "--node", node, "--format", fmt]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

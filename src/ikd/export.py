@@ -37,7 +37,7 @@ from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, misfit, rec
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
-from ikd.lineage import NODES_DIR, Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, file_sha256, open_run_dir
+from ikd.lineage import NODES_DIR, Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, open_run_dir
 from ikd.model import VGG, NormalizedModel
 
 FORMATS = ("onnx", "safetensors")
@@ -246,13 +246,9 @@ def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
         raise ConfigError(
             f"node {node.id} is a user-supplied module ({node.arch['external']}); ikd holds no spec or weights for it"
         )
-    weights = run.node_dir(node.id) / WEIGHTS_FILE
-    if not weights.is_file():
-        why = f"it failed during training ({node.reason})" if node.status == Status.FAILED else f"{weights} is missing"
-        raise CheckpointError(f"node {node.id} ({node.status}) has no weights to export: {why}")
-    # add_node recomputes the checksum when the lineage is updated, so a changed file is caught here or never
-    if node.sha256 is not None and file_sha256(weights) != node.sha256:
-        raise CheckpointError(f"{weights}: differs from the sha256 recorded in {run.lineage_path}")
+    if (why := run.weights_problem(node)) is not None:
+        why = f"it failed during training ({node.reason})" if node.status == Status.FAILED else why
+        raise CheckpointError(f"node {node.id} ({node.status}) cannot be exported: {why}")
     model, metadata = load_model(run.node_dir(node.id))
     return model.eval(), metadata
 

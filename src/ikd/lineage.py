@@ -421,14 +421,17 @@ class RunDir:
 
     def verify(self, lineage: Lineage) -> list[str]:
         """Ids of nodes whose weights are missing or differ from the checksum in the lineage."""
-        bad = []
-        for node in lineage.nodes:
-            if node.sha256 is None:
-                continue
-            weights = self.node_dir(node.id) / WEIGHTS_FILE
-            if not weights.is_file() or file_sha256(weights) != node.sha256:
-                bad.append(node.id)
-        return bad
+        return [n.id for n in lineage.nodes if n.sha256 is not None and self.weights_problem(n) is not None]
+
+    def weights_problem(self, node: NodeRecord) -> str | None:
+        """Why `node`'s weights file cannot be trusted (missing, or not the bytes its recorded sha256 names),
+        or None."""
+        weights = self.node_dir(node.id) / WEIGHTS_FILE
+        if not weights.is_file():
+            return f"{weights} is missing"
+        if node.sha256 is not None and file_sha256(weights) != node.sha256:
+            return f"{weights}: differs from the sha256 recorded in {self.lineage_path}"
+        return None
 
 
 def open_run_dir(path: str | Path) -> RunDir:
