@@ -354,3 +354,14 @@ def test_the_report_names_the_variants_settings(tmp_path, keys, shown):
     recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth/lineage.json"
     lineage = Lineage.model_validate_json(recorded.read_text()).model_copy(update={"config": config})
     assert Report(lineage, "MNIST").facts()[0].startswith(shown)
+
+
+@pytest.mark.parametrize("margin, shown", [(0.0, "of the parent (validation)."), (0.1, "0.1 points above that.")])
+def test_the_report_names_the_accept_margin(margin, shown):
+    from ikd.lineage import Lineage
+    from ikd.report import Report
+
+    config = load_config(None, {"search.accept_margin": margin}).decision_fields()
+    recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth/lineage.json"
+    lineage = Lineage.model_validate_json(recorded.read_text()).model_copy(update={"config": config})
+    assert Report(lineage, "MNIST").facts()[0].endswith(shown)

@@ -217,7 +217,9 @@ class Report:
         lines = [
             f"Strategy `{search.get('strategy', 'parent-child')}`{_variant_settings(config)}, operators "
             f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
-            f"teacher and {search.get('max_step_drop')} of the parent (validation).",
+            f"teacher and {search.get('max_step_drop')} of the parent (validation)"
+            + (f", preferring children {margin} points above that" if (margin := search.get("accept_margin")) else "")
+            + ".",
             f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}.",
         ]
         lines.append(self.cost())
