@@ -82,6 +82,26 @@ def test_a_graph_that_disagrees_is_refused_and_not_written(run_dir, monkeypatch,
     assert not (run_dir / "export" / NODE / "model.onnx").exists()
 
 
+def test_a_near_tie_that_flips_within_the_allowed_difference_is_no_disagreement(run_dir, monkeypatch):
+    # every logit of a zeroed head ties; onnxruntime's arithmetic may break the tie the other way
+    from ikd import export
+
+    model, metadata = load_model(run_dir / "nodes" / NODE)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+
+    class Session:
+        def run(self, outputs, feeds):
+            logits = np.zeros((len(feeds["images"]), last.out_features), dtype=np.float32)
+            logits[:, 1] = 1e-5  # within MAX_LOGIT_DIFF, but top-1 moves from class 0 to 1
+            return [logits]
+
+    monkeypatch.setattr(export, "cpu_session", lambda graph, threads: Session())
+    verified = export.verify_onnx(b"", model.eval(), metadata["dataset"], None)
+    assert verified.top1_agree == 0 and verified.max_abs_logit_diff == pytest.approx(1e-5)
+
+
 def test_safetensors_export_loads_back_into_an_identical_model(run_dir):
     export_node(run_dir, NODE, "safetensors", measure_latency=False)
     path = run_dir / "export" / NODE / "model.safetensors"
