@@ -77,18 +77,17 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
     def speedups(self) -> list[dict[str, Any]]:
-        """teacher ms / node ms for every (runtime, batch) measured for both on this CPU."""
-        teacher = {(m.runtime, m.batch): m.median_ms for m in self.teacher_latency}
+        """teacher ms / node ms for every (runtime, batch) the teacher was timed beside the node."""
         return [
             {
                 "runtime": m.runtime,
                 "batch": m.batch,
                 "node_ms": m.median_ms,
-                "teacher_ms": teacher[m.runtime, m.batch],
-                "speedup": teacher[m.runtime, m.batch] / m.median_ms,
+                "teacher_ms": m.teacher_ms,
+                "speedup": m.teacher_ms / m.median_ms,
             }
             for m in self.latency
-            if (m.runtime, m.batch) in teacher
+            if m.teacher_ms is not None
         ]
 
     def summary(self) -> str:
