@@ -37,6 +37,10 @@ def test_the_final_distillation_is_the_answer_and_the_baselines_get_its_epochs(t
     # a baseline for the search's answer alone (made before the final distillation) is stale
     stale = baselines[0].model_copy(update={"epochs": chain_epochs})
     assert not lineage.is_current_baseline(stale)
+    # one that diverged within its budget is that training, not run again on every resume; a lost worker's is
+    diverged = baselines[0].model_copy(update={"status": Status.FAILED, "epochs": 1})
+    lost = diverged.model_copy(update={"epochs": 0})
+    assert lineage.is_current_baseline(diverged) and not lineage.is_current_baseline(lost)
     # a rerun finds everything done
     nodes = [n.id for n in lineage.nodes]
     assert [

@@ -243,7 +243,7 @@ def test_a_teacher_history_without_loss_terms_or_of_odd_entries_still_draws(run_
     for node in ("g0-teacher", *(d.name for d in (copy / "nodes").iterdir())):
         meta = copy / "nodes" / node / "model.json"
         document = json.loads(meta.read_text())
-        document["history"] = [{"val_accuracy": 0.5}, "epoch two", {"train": "n/a", "val_accuracy": "high"}]
+        document["history"] = [{"val_accuracy": 0.5}, "epoch two", {"train": "n/a", "val_accuracy": float("nan")}]
         meta.write_text(json.dumps(document))
     out = write_report(copy)
     assert (out / "training.png").is_file() and (out / "report.html").is_file()

@@ -538,6 +538,36 @@ def test_ikd_train_resumes_when_augment_names_the_datasets_own(idx_dir, cli_stra
     assert json.loads((out / "model.json").read_text())["training"]["sessions"] == 2
 
 
+def as_saved_before_2026_12_06(state_dir: Path) -> None:
+    """Rewrite every state file in `state_dir` as the ikd before 2026-12-06 wrote it: the resolved
+    augmentation last in the job's data, config.augment as given (no --augment: None)."""
+    import hashlib
+    import io
+
+    from ikd.train_state import job_fingerprint
+
+    for path in state_dir.glob("epoch-*.pt"):
+        state = _read(path)
+        job = json.loads(state["job"])
+        old = job | {"config": job["config"] | {"augment": None}, "data": [*job["data"], job["config"]["augment"]]}
+        state |= {"job": json.dumps(old, sort_keys=True, default=str), "fingerprint": job_fingerprint(old)}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        path.write_bytes(hashlib.sha256(buffer.getvalue()).hexdigest().encode() + b"\n" + buffer.getvalue())
+
+
+def test_ikd_train_resumes_a_state_saved_by_the_ikd_before_the_augment_moved(idx_dir, cli_straight, tmp_path):
+    out = tmp_path / "older"
+    assert run_ikd(ikd_train(idx_dir, out, "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
+    as_saved_before_2026_12_06(out / ".train-state")
+    other = run_ikd(ikd_train(idx_dir, out, "--lr", "0.01"))  # compared in today's layout: only --lr differs
+    assert other.returncode != 0 and "other settings (--lr); rerun" in other.stderr, other.stderr
+    resumed = run_ikd(ikd_train(idx_dir, out, "--time-limit", "1s"))
+    assert resumed.returncode == EXIT_TEMPFAIL and "after epoch 2/3" in resumed.stderr, resumed.stderr
+    assert run_ikd(ikd_train(idx_dir, out)).returncode == 0
+    assert_same_saved_weights(out, cli_straight)
+
+
 # --- campaigns: every node resumes, and `ikd compress --time-limit` -----------------------------
 
 

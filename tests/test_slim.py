@@ -16,7 +16,7 @@ from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.inherit import bn_scales, inherit_weights
 from ikd.model import VGG, build_model
-from ikd.shrink import channel_ranking, get_operator, shrink_slim
+from ikd.shrink import channel_ranking, get_operator, inherit_by, shrink_slim
 from ikd.strategy import propose
 
 # Conv widths 8, 8 | 16: 2,034 parameters in all (convs 88 + 592 + 1,184, head 170).
@@ -219,6 +219,9 @@ def test_propose_offers_one_slim_child_per_fraction_and_skips_slim_without_scale
     candidates = propose(SPEC, search, "g1-", hand_set_scales())
     assert [c.node_id for c in candidates] == ["g1-width", "g1-slim50", "g1-slim25"]  # smallest first
     assert candidates[1].operator == "slim"
+    # a slim child starts from the channels slim kept; so does a retry of one (it is that shape again)
+    assert [c.inherit_by for c in candidates] == ["l1", "bn-scale", "bn-scale"]
+    assert (inherit_by("slim"), inherit_by("retry"), inherit_by("width")) == ("bn-scale", "l1", "l1")
     assert candidates[1].spec == shrink_slim(SPEC, hand_set_scales(), 0.5, min_channels=2)
     assert [c.node_id for c in propose(SPEC, search, "g1-", None)] == ["g1-width"]
     one = search.model_copy(update={"slim_fraction": 0.34, "operators": ["slim"]})

@@ -74,8 +74,9 @@ def test_an_expert_from_another_directory_under_its_id_is_refused(tmp_path, tiny
         else:
             with pytest.raises(ConfigError, match=f"its expert1-expert was copied from {first}, not from {second}"):
                 compress(run, progress=False, force=force)
-    with pytest.raises(ConfigError, match="listed twice"):
-        load_config(None, {"search.strategy": "ancestors-child", "ensemble.experts": [str(first), f"{first}/"]})
+    for again in (f"{first}/", f"{first}/../{first.name}"):
+        with pytest.raises(ConfigError, match="listed twice"):
+            load_config(None, {"search.strategy": "ancestors-child", "ensemble.experts": [str(first), again]})
 
 
 def test_a_tree_stopped_between_branches_leaves_the_decided_nothing(tmp_path, tiny_teacher, monkeypatch):

@@ -31,9 +31,17 @@ from ikd.executor import WORKER_LOST
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
-from ikd.shrink import Candidate
+from ikd.shrink import OPERATORS, Candidate, inherit_by
 from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
-from ikd.teachers import TeacherModels, expert_ids, expert_teachers, first_student, new_experts, root_teacher
+from ikd.teachers import (
+    TeacherModels,
+    expert_ids,
+    expert_teachers,
+    first_student,
+    imported_root_dir,
+    new_experts,
+    root_teacher,
+)
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
 from ikd.train_state import remove_state
@@ -107,12 +115,13 @@ class Campaign:
 
     def _run(self) -> Lineage:
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
-        experts_to_copy = new_experts(self.ctx, self.lineage)
+        root_dir = imported_root_dir(self.config, self.models.user_module)
+        experts_to_copy = new_experts(self.ctx, self.lineage, root_dir)
         if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:
             self.record(root)
         for expert in expert_teachers(self.ctx, self.lineage, experts_to_copy):
             self.record(expert)
-        experts = expert_ids(self.config.ensemble.experts, self.config.teacher.dir)
+        experts = expert_ids(self.config.ensemble.experts, root_dir)
         self.lineage = self.lineage.model_copy(update={"stop_reason": None})
         stop = None
         while stop is None:
@@ -251,7 +260,7 @@ class Campaign:
                 )
             return [Candidate(f"{prefix}student", "initial", spec)]
         scales = None
-        if "slim" in self.search.operators:  # it ranks the parent's channels by their trained BatchNorm scales
+        if any(OPERATORS[name].needs_scales for name in self.search.operators):  # slim ranks the trained channels
             from ikd.inherit import bn_scales
 
             scales = bn_scales(self.models(parent.id))
@@ -323,7 +332,9 @@ class Campaign:
             if beam == 1 and passed and min(passed) <= node.params:
                 continue
             # a sibling's retry keeps its seed: two siblings' retries are two trainings
-            retry = Candidate(rules.retry_id(node.id), rules.RETRY, node.spec(), seed_index(node.id))
+            retry = Candidate(
+                rules.retry_id(node.id), rules.RETRY, node.spec(), seed_index(node.id), inherit_by(node.operator)
+            )
             [retry] = self.as_recorded(generation, [retry], parent.id, teacher_ids)
             if self.needs_training(retry, parent.id, teacher_ids):
                 if not rules.budget_allows(self.lineage.epochs_spent(), 1, cost, self.search.budget_epochs):
@@ -425,11 +436,12 @@ class Campaign:
         teacher_ids = [ROOT_ID] if self.config.student.final_teachers == "root" else chain
         recorded_epochs = rules.pass_epochs(self.config, epochs)  # hint pre-training included
         final = self.lineage.find(FINAL_ID)
-        # one made for another answer (--redecide), or under other final keys (--force), or no longer asked for
-        wanted = (answer.id, recorded_epochs, teacher_ids)
+        # one made for another answer (--redecide), or under other final keys (--force), or no longer asked for;
         # a chain final of ikd before 2026-12-05 lists the root first (it took the hint from the root): kept
-        made_before = (answer.id, recorded_epochs, teacher_ids[::-1])
-        if final is not None and (final.parent, final.epochs, final.teachers) not in (wanted, made_before):
+        made_for = ((answer.id, teacher_ids), (answer.id, teacher_ids[::-1]))
+        if final is not None and not (
+            final.trained_for(recorded_epochs) and (final.parent, final.teachers) in made_for
+        ):
             self.forget(FINAL_ID)
         if not epochs or self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
             return

@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 
 from ikd.arch import PRESETS
 from ikd.data import DATASETS, Augmentation, DataSplits, load_dataset
-from ikd.data.paths import user_path
+from ikd.data.paths import same_place
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
@@ -467,7 +467,7 @@ class CampaignConfig(Strict):
         # it is the root, which then teaches beside ensemble.ancestors when they do not reach it)
         seen: list[Path] = []
         for directory in self.ensemble.experts:
-            if (where := user_path(directory)) in seen:
+            if (where := same_place(directory)) in seen:
                 raise ValueError(f"ensemble.experts: {directory} is listed twice")
             seen.append(where)
         return self

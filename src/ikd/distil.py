@@ -105,7 +105,7 @@ def train_students(
     or whose worker dies, is recorded as failed; the others go on."""
     trained = ctx.executor().run(job, models)  # TrainingPaused (time limit) passes through, nothing recorded
     loss = describe_loss(ctx, job)
-    earlier_stages = sum(e for _, e in job.stages[:-1])
+    earlier_stages = job.epochs_before(len(job.stages) - 1)
     root_params = lineage.root().params
     for candidate, seed, done in zip(job.candidates, job.seeds, trained, strict=True):
         common: dict[str, Any] = dict(

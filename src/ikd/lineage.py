@@ -135,12 +135,17 @@ class NodeRecord(BaseModel):
     )
     seconds: float = Field(
         default=0.0,
-        description="wall time of its training; children trained together in one pass (sharing each teacher "
-        "forward) are each given the pass's time divided by their number",
+        description="wall time of its training; children trained together in one process (sharing each "
+        "teacher forward) are each given the pass's time divided by their number; on Ray, its worker's time",
     )
     loss: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
     latency: list[Latency] = Field(default_factory=list, description="filled by `ikd export`")
+
+    def trained_for(self, planned: int) -> bool:
+        """Whether this record is a training of `planned` epochs: all of them, or a divergence within
+        them (a failure records the epochs it ran; a lost worker's 0 is no training, to be run again)."""
+        return self.epochs == planned or (self.status == Status.FAILED and 0 < self.epochs <= planned)
 
     @classmethod
     def of_spec(cls, node_id: str, spec: ArchSpec, *, root_params: int | None, **fields: Any) -> NodeRecord:
@@ -249,7 +254,7 @@ class Lineage(BaseModel):
         """Whether a baseline was made for today's answer: its architecture, for the chain's epochs.
         One made before a --redecide or --force, or before the final distillation, is stale."""
         budget = self.baseline_budget()
-        return budget is not None and (node.spec(), node.epochs) == (self.final().spec(), budget)
+        return budget is not None and node.spec() == self.final().spec() and node.trained_for(budget)
 
     def chain(self, node: NodeRecord) -> list[NodeRecord]:
         """`node` and its parents up to the root, root first."""
@@ -407,7 +412,9 @@ class RunDir:
         for record in records:
             check_node_id(record.id)
             weights = self.node_dir(record.id) / WEIGHTS_FILE
-            if weights.is_file():
+            # hashed when first recorded with its weights; a later update (a decision) keeps that checksum,
+            # so a file changed since is caught by verify, not re-hashed into the record
+            if record.sha256 is None and weights.is_file():
                 record = record.model_copy(update={"sha256": file_sha256(weights)})
             # replaced in place, so a record updated after the fact (a latency) keeps its position
             at = next((i for i, n in enumerate(nodes) if n.id == record.id), None)

@@ -319,7 +319,7 @@ def load_report(run_dir: Path) -> Report:
 def _usable_history(history: Any) -> list[dict[str, Any]]:
     """The epochs of a model.json history the training figure can draw: a root's model.json is copied
     from the user's teacher.dir, so its entries are checked, not trusted (numbers only)."""
-    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     epochs = []
     for entry in history if isinstance(history, list) else []:
         if not isinstance(entry, dict):

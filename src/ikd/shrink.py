@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ikd.arch import ArchSpec
 from ikd.errors import ConfigError
@@ -36,6 +37,12 @@ class Operator:
     def search_keys(self) -> tuple[str, ...]:
         return ((self.factor,) if self.factor else ()) + self.options
 
+    @property
+    def inherit_by(self) -> Inheritance:
+        """Which of the parent's channels its child starts from: those it ranked first by BatchNorm scale
+        (the ones it kept), else the largest by L1 norm (ikd.inherit)."""
+        return "bn-scale" if self.needs_scales else "l1"
+
 
 OPERATORS = {
     "depth": Operator(),
@@ -46,6 +53,7 @@ OPERATORS = {
     ),
 }
 DEFAULT_WIDTH_FACTOR = 0.5
+Inheritance = Literal["l1", "bn-scale"]  # ikd.inherit.inherit_weights's `by`
 DEFAULT_SLIM_FRACTION = 0.5
 DEFAULT_SLIM_MIN_CHANNELS = 8
 
@@ -63,6 +71,13 @@ class Candidate:
     operator: str
     spec: ArchSpec
     seed_index: int = 0
+    inherit_by: Inheritance = "l1"  # Operator.inherit_by of the operator that shaped it
+
+
+def inherit_by(operator: str | None) -> Inheritance:
+    """How a child shaped by `operator` inherits (a retry: as its near miss was shaped)."""
+    known = OPERATORS.get(operator or "")
+    return known.inherit_by if known is not None else "l1"
 
 
 def _without_conv(spec: ArchSpec, block: int) -> ArchSpec:

@@ -61,7 +61,7 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
         seen.add(spec.model_dump_json())
         for j in range(seeds):
             suffix = f"{SEED_SUFFIX}{j}" if seeds > 1 else ""
-            candidates.append(Candidate(f"{prefix}{label}{suffix}", name, spec, j))
+            candidates.append(Candidate(f"{prefix}{label}{suffix}", name, spec, j, OPERATORS[name].inherit_by))
     return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
 
 

@@ -13,8 +13,9 @@ import torch
 
 from ikd.arch import FP32_BYTES, ArchSpec, preset
 from ikd.checkpoint import load_model, other_classes, other_shape, read_metadata, save_model
+from ikd.config import CampaignConfig
 from ikd.context import CampaignContext
-from ikd.data.paths import user_path
+from ikd.data.paths import same_place
 from ikd.errors import ConfigError
 from ikd.external import NO_HINT_LAYER, ExternalTeacher, Teacher, module_digest
 from ikd.fit import fit
@@ -210,30 +211,36 @@ def expert_id(index: int, directory: str) -> str:
 def expert_ids(experts: list[str], root_dir: str | None = None) -> list[str]:
     """The node ids of the configured expert teachers (`ensemble.experts`), in order: the experts
     that teach, where the lineage may also hold ones a --force run dropped from the config. An expert
-    that is the root's own directory (`root_dir`, teacher.dir) is the root: copied in again under
-    another id it would teach twice wherever the root is already among the ancestors."""
-    root = user_path(root_dir) if root_dir is not None else None
+    that is the directory the root was imported from (`root_dir`, see imported_root_dir) is the root:
+    copied in again under another id it would teach twice wherever the root is already an ancestor."""
+    root = same_place(root_dir) if root_dir is not None else None
     return [
-        ROOT_ID if user_path(directory) == root else expert_id(i, directory)
+        ROOT_ID if same_place(directory) == root else expert_id(i, directory)
         for i, directory in enumerate(experts, start=1)
     ]
+
+
+def imported_root_dir(config: CampaignConfig, user_module: object | None) -> str | None:
+    """The directory the root teacher is imported from: teacher.dir, unless a user's module is the root
+    (teacher.dir is then not read)."""
+    return config.teacher.dir if user_module is None else None
 
 
 COPIED_FROM = "from "  # an expert node's reason: the directory it was copied from
 
 
-def new_experts(ctx: CampaignContext, lineage: Lineage) -> dict[str, tuple[str, VGG]]:
+def new_experts(ctx: CampaignContext, lineage: Lineage, root_dir: str | None) -> dict[str, tuple[str, VGG]]:
     """The configured expert teachers not yet in the run, by node id (their directory and model),
     loaded and checked before the run writes anything (a mistyped path leaves no half-made run
     behind); refuses an expert the run holds under that id but copied from another directory."""
     loaded = {}
     experts = ctx.config.ensemble.experts
-    for node_id, directory in zip(expert_ids(experts, ctx.config.teacher.dir), experts, strict=True):
+    for node_id, directory in zip(expert_ids(experts, root_dir), experts, strict=True):
         if node_id == ROOT_ID:
             continue  # the root teacher itself, in the run already
         if (recorded := lineage.find(node_id)) is None:
             loaded[node_id] = (directory, import_teacher(ctx, Path(directory), "ensemble.experts"))
-        elif user_path(recorded.reason.removeprefix(COPIED_FROM)) != user_path(directory):
+        elif same_place(recorded.reason.removeprefix(COPIED_FROM)) != same_place(directory):
             raise ConfigError(
                 f"{ctx.run.path}: its {node_id} was copied {recorded.reason}, not from {directory}, and its "
                 "students learnt from that one; use another run_dir"

@@ -483,7 +483,12 @@ def train_models(
         fingerprint = job_fingerprint(job)
         as_given = _older_fingerprints(job, config, augment)
         store = StateStore(
-            state_dir, fingerprint, discard_foreign=discard_foreign_state, job=job, also_accepted=as_given
+            state_dir,
+            fingerprint,
+            discard_foreign=discard_foreign_state,
+            job=job,
+            also_accepted=as_given,
+            upgrade=_current_layout,
         )
         if ranks:
             # Rank 0 writes the shared state; each rank keeps its own random streams beside it, one
@@ -733,6 +738,15 @@ def _older_fingerprints(job: dict[str, Any], config: TrainConfig, augment: str) 
         job_fingerprint(job | {"config": resolved, "data": data}),
         job_fingerprint(job | {"config": config.model_dump(), "data": data}),
     )
+
+
+def _current_layout(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved job document in today's layout (_job): before 2026-12-06 the resolved augmentation was the
+    data's last entry; config.augment then held it as given."""
+    data = saved.get("data")
+    if not (isinstance(data, list) and len(data) == 6 and isinstance(saved.get("config"), dict)):
+        return saved
+    return saved | {"config": saved["config"] | {"augment": data[5]}, "data": data[:5]}
 
 
 # What differs between the ranks of a data-parallel run: their random streams (dropout draws on each

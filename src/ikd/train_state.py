@@ -17,6 +17,7 @@ import json
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,16 @@ class StateStore:
         discard_foreign: bool = False,
         job: dict[str, Any] | None = None,
         also_accepted: tuple[str, ...] = (),
+        upgrade: Callable[[dict[str, Any]], dict[str, Any]] = lambda saved: saved,
     ):
         """`job`: the document `fingerprint` digests, saved beside it (as JSON text, which loads back
         with weights_only) so a refusal can say what differs. `also_accepted`: fingerprints an older
-        ikd gave this same job (its states resume as this job's)."""
+        ikd gave this same job (its states resume as this job's); `upgrade`: a saved job document in
+        today's layout, so a refusal compares like with like."""
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.also_accepted = also_accepted
+        self.upgrade = upgrade
         self.keep = keep
         self.discard_foreign = discard_foreign
         self.job = job
@@ -174,7 +178,7 @@ class StateStore:
     def _moved(self, state: dict[str, Any]) -> str:
         """What to do with this job's state saved on another device or in another precision."""
         assert self.job is not None
-        saved, here = json.loads(state["job"])["config"], self.job["config"]
+        saved, here = self.upgrade(json.loads(state["job"]))["config"], self.job["config"]
         advice = (
             f"pass --precision {saved['precision']} to continue it here in the precision it began with"
             if saved["device"] == here["device"]
@@ -191,7 +195,7 @@ class StateStore:
         if self.job is None or not isinstance(state.get("job"), str):
             return None
         with contextlib.suppress(ValueError):
-            saved, wanted = json.loads(state["job"]), json.loads(_job_text(self.job))
+            saved, wanted = self.upgrade(json.loads(state["job"])), json.loads(_job_text(self.job))
             return [d.partition(":")[0] for d in config_differences(saved, wanted)] or None
         return None
 

@@ -74,6 +74,10 @@ class TrainingPass:
         """One pass per candidate: the same training, trained alone (the weights come out the same)."""
         return [replace(self, candidates=(c,), seeds=(s,)) for c, s in zip(self.candidates, self.seeds, strict=True)]
 
+    def epochs_before(self, stage: int) -> int:
+        """Epochs of the stages before `stage` (hint pre-training before the distillation)."""
+        return sum(epochs for _, epochs in self.stages[:stage])
+
     def state_dir(self) -> Path | None:
         """Where this pass's training state lives while it is unfinished."""
         if self.state_root is None:
@@ -148,7 +152,7 @@ def run_training_pass(
         parent = models(job.inherit_from)
         assert isinstance(parent, VGG), f"{job.inherit_from} is a user module: no weights a VGG can inherit"
         for student, candidate in zip(students, job.candidates, strict=True):
-            inherit_weights(student, parent, by="bn-scale" if candidate.operator == "slim" else "l1")
+            inherit_weights(student, parent, by=candidate.inherit_by)
     outcome: list[Outcome | None] = [None] * len(students)
     state_dir = job.state_dir()
     precision = resolve_precision(job.train_config.precision, device)
@@ -198,7 +202,7 @@ def run_training_pass(
         )
         for i, result in zip(alive, results, strict=True):
             if isinstance(result, TrainingDiverged):  # its epochs count from the pass's start
-                result.epochs += sum(epochs for _, epochs in job.stages[:stage])
+                result.epochs += job.epochs_before(stage)
             outcome[i] = result
     done = [o for o in outcome if o is not None]
     assert len(done) == len(students), "the first stage trains every candidate"

@@ -25,6 +25,11 @@ def user_path(path: str | Path) -> Path:
     return Path(path).expanduser().absolute()
 
 
+def same_place(path: str | Path) -> Path:
+    """`path` as the place it names: `dir/../dir`, `dir/` and a link to dir are one directory."""
+    return user_path(path).resolve()
+
+
 def candidate_dirs(data_dir: str | Path | None, target: Path, extra: list[Path]) -> list[Path]:
     """data_dir itself (users point at the folder holding the files), then root/<name>, then extras."""
     dirs = ([user_path(data_dir)] if data_dir is not None and str(data_dir) != "" else []) + [target] + extra
