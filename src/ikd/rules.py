@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ikd.config import CampaignConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord, Status, rank
+from ikd.shrink import OPERATORS
 
 
 def points(accuracy: float) -> float:
@@ -209,12 +210,8 @@ REDECIDE_KEYS = frozenset(
         "target_params",
         "target_compression",
         "operators",
-        "width_factor",
-        "slim_fraction",
-        "slim_min_channels",
-        "slim_by_share",
-        "slim_round_to",
         "retry_within",
+        *(key for operator in OPERATORS.values() for key in operator.search_keys()),  # what shapes the children
     )
 )
 
