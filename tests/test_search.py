@@ -189,11 +189,26 @@ def test_teacher_of_another_image_size_names_the_key_to_set(tmp_path, tiny_teach
         ({"student.lr": float("inf")}, "student.lr = inf .*finite number"),
         ({"loss.temperature": float("inf")}, "loss.temperature = inf .*finite number"),
         ({"teacher.ema_epochs": float("inf")}, "teacher.ema_epochs = inf .*finite number"),
+        ({"data.name": "cifar"}, "data.name = 'cifar' .*expected one of digits, mnist"),  # not after a slow start
+        ({"data.image_size": 5000}, "data.image_size = 5000 .*less than or equal to 4096"),
+        ({"seed": 2**62}, "seed = "),
+        ({"search.width_factor": [float("nan")]}, "^search.width_factor = .nan. .an override"),  # not .float
     ],
 )
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(None, overrides)
+
+
+def test_one_factor_is_one_setting_as_a_number_or_a_list_of_one():
+    # `--width-factors 0.5` (a list) resuming a run configured `width_factor: 0.5` was refused as another config
+    for key in ("search.width_factor", "search.slim_fraction"):
+        assert load_config(None, {key: [0.5]}).decision_fields() == load_config(None, {key: 0.5}).decision_fields()
+
+
+def test_a_rule_across_keys_set_by_flags_does_not_blame_the_defaults():
+    with pytest.raises(ConfigError, match=r"^defaults with the flags given: search.select 'tree' needs"):
+        load_config(None, {"search.select": "tree"}, from_flags=True)
 
 
 def test_yaml_config_file_errors(tmp_path):

@@ -202,7 +202,7 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path) -> ForeignState
     keys = foreign.keys or []
     if not keys or set(keys) <= set(MOVED_KEYS):
         return foreign  # unknown, or saved on another machine: its own message says what to do
-    named = {"data": "the data (--dataset, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
+    named = {"data": "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
     named["world_size"] = "the number of torchrun processes"
     flags = [named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys]
     return ForeignStateError(

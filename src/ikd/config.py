@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from ikd.arch import PRESETS
-from ikd.data import DATASETS, Augmentation, DataSplits, load_dataset
+from ikd.data import DATASETS, MAX_IMAGE_SIZE, Augmentation, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
@@ -67,8 +67,15 @@ class DataConfig(Strict):
     )
     split_seed: int = Field(default=0, ge=0, description="seed of the validation split")
     image_size: int | None = Field(
-        default=None, gt=0, description="resize images to this size (imagefolder default 32)"
+        default=None, gt=0, le=MAX_IMAGE_SIZE, description="resize images to this size (imagefolder default 32)"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:  # checked with the config, not after the teacher trains
+        if name not in DATASETS:
+            raise ValueError(f"expected one of {', '.join(DATASETS)}")
+        return name
 
     def load(self) -> DataSplits:
         """The dataset with this section's validation split."""
@@ -305,7 +312,8 @@ class SearchConfig(Strict):
             raise ValueError(
                 f"expected values that round to distinct whole percents (node ids name them so), got {scale}"
             )
-        return scale
+        # one form for one factor: `--width-factors 0.5` (a list) resumes a run configured `width_factor: 0.5`
+        return scales[0] if len(scales) == 1 else scale
 
     def factors(self, key: str) -> list[float]:
         """The factors an operator's key (width_factor, slim_fraction) lists: one child each."""
@@ -404,6 +412,7 @@ class CampaignConfig(Strict):
     seed: int = Field(
         default=0,
         ge=0,
+        lt=2**62,  # torch's generators take a signed 64-bit seed; children add generation and sibling offsets
         json_schema_extra=cli_flag("--seed"),
         description="seeds weights, shuffling and augmentation (child of generation g: seed + g, its seed "
         "sibling j: + 7919 j; each node records its own)",
@@ -586,18 +595,34 @@ def validate_config(
     try:
         return CampaignConfig.model_validate(document)
     except ValidationError as exc:
-        key, first = first_validation_error(exc)
+        raw_key, first = first_validation_error(exc)
+        key = raw_key if first["type"] == "extra_forbidden" else _config_key(first["loc"])
         if first["type"] == "extra_forbidden":
             valid = ", ".join(_valid_keys(CampaignConfig, first["loc"]))
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys here: {valid}") from None
         message = first["msg"].removeprefix("Value error, ")
         if not key:  # a rule across keys: the message names them
-            raise ConfigError(f"{source}: {message}") from None
+            given = " with the flags given" if from_flags and overridden else ""
+            raise ConfigError(f"{source}{given}: {message}") from None
         if key in overridden:
             flag = next((f.name for f in command_line_flags() if f.key == key), None) if from_flags else None
             given = f"from {flag}" if flag else "an override"
             raise ConfigError(f"{key} = {first.get('input')!r} ({given}, not {source}): {message}") from None
         raise ConfigError(f"{source}: {key} = {first.get('input')!r}: {message}") from None
+
+
+def _config_key(loc: tuple[Any, ...]) -> str:
+    """The dotted config key of a validation error's location: its field names only, not what pydantic
+    adds past them (a union's branch, `search.width_factor.float`, or a list index)."""
+    model: Any = CampaignConfig
+    parts = []
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or not fields or part not in fields:
+            break
+        parts.append(part)
+        model = fields[part].annotation
+    return ".".join(parts)
 
 
 class _YamlLoader(yaml.SafeLoader):

@@ -69,7 +69,7 @@ class TrainConfig(BaseModel):
     )
     precision: str = "auto"
     device: str = "auto"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)  # torch's generators take a signed 64-bit seed
     eval_batch_size: int = Field(default=1000, gt=0)
     max_steps_per_epoch: int | None = Field(default=None, gt=0, description="cap, for quick runs")
 

@@ -14,12 +14,13 @@ from ikd.data.batches import (
     to_device,
 )
 from ikd.data.paths import resolve_data_root
-from ikd.data.sources import DATASETS, effective_image_size, load_dataset
+from ikd.data.sources import DATASETS, MAX_IMAGE_SIZE, effective_image_size, load_dataset
 from ikd.data.splits import DataSplits, ImageSet
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "MAX_IMAGE_SIZE",
     "Augmentation",
     "DataSplits",
     "ImageSet",

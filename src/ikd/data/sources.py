@@ -27,6 +27,7 @@ from ikd.data.splits import (
 )
 from ikd.errors import DataError
 
+MAX_IMAGE_SIZE = 4096
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "idx", "cifar10", "imagefolder", "npz")
 
 # digits has no official test split; this one is fixed forever so test numbers stay comparable
@@ -107,9 +108,11 @@ def _check_image_size(image_size: int | None) -> int | None:
     if (
         isinstance(image_size, bool)
         or not isinstance(image_size, (int, np.integer))
-        or not 1 <= int(image_size) <= 4096
+        or not 1 <= int(image_size) <= MAX_IMAGE_SIZE
     ):
-        raise DataError(f"image_size={image_size!r}: expected an integer number of pixels between 1 and 4096")
+        raise DataError(
+            f"image_size={image_size!r}: expected an integer number of pixels between 1 and {MAX_IMAGE_SIZE}"
+        )
     return int(image_size)
 
 
