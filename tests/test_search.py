@@ -108,6 +108,18 @@ def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
     assert RunDir(tmp_path / "run").load().node("g1-width").reason == child.reason
 
 
+def test_resuming_on_other_images_than_the_roots_is_refused(tmp_path, tiny_teacher):
+    # data.dir is not compared (where files lie), but for npz, idx or a folder the directory is the data
+    config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
+    compress(config, progress=False)
+    meta = tmp_path / "run" / "nodes" / "g0-teacher" / "model.json"
+    document = json.loads(meta.read_text())
+    document["dataset"]["mean"] = [m + 0.01 for m in document["dataset"]["mean"]]  # as other files would give
+    meta.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=r"its root teacher saw other images .*--data-dir points at other files"):
+        compress(config, progress=False)
+
+
 def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, monkeypatch):
     config = campaign_config(tmp_path / "run", tiny_teacher)
     real_train = ikd.campaign.train_students

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ikd.arch import FP32_BYTES, ArchSpec, preset
-from ikd.checkpoint import load_model, other_classes, other_shape, read_metadata, save_model
+from ikd.checkpoint import META_FILE, load_model, other_classes, other_shape, read_metadata, save_model
 from ikd.config import CampaignConfig
 from ikd.context import CampaignContext
 from ikd.data.paths import same_place
@@ -107,6 +107,8 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
                 f"{ctx.run.path}: its root teacher is {existing.arch_summary()}, not a module passed from Python; "
                 "the teacher passed would not be used: use another run_dir"
             )
+        else:
+            _same_data(ctx)
         return None
     started = time.perf_counter()
     if models.user_module is not None:
@@ -154,6 +156,25 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
         seed=ctx.config.seed,
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+def _same_data(ctx: CampaignContext) -> None:
+    """Refuse to resume a run on other images than its root's: data.dir is not a decision key (where the
+    files lie is not what they are), but for npz, idx or an image folder the directory is the dataset, and
+    a child validated on another split could be scored on images its ancestors trained on."""
+    meta = ctx.run.node_dir(ROOT_ID) / META_FILE
+    if not meta.is_file():
+        return  # no record to compare (a damaged run): the checksums decide what is retrained
+    recorded = read_metadata(ctx.run.node_dir(ROOT_ID)).get("dataset", {})
+    data = ctx.data
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    was = (recorded.get("sizes", sizes), list(recorded.get("mean", data.mean)), list(recorded.get("std", data.std)))
+    if was != (sizes, list(data.mean), list(data.std)):
+        raise ConfigError(
+            f"{ctx.run.path}: its root teacher saw other images (split sizes {was[0]}, mean {was[1]}); the data "
+            f"loaded now has {sizes}, mean {list(data.mean)}: --data-dir points at other files? Give the data the "
+            "run was made with, or use another run_dir"
+        )
 
 
 def _same_module(ctx: CampaignContext, root: NodeRecord, teacher: ExternalTeacher) -> None:
