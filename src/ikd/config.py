@@ -481,6 +481,10 @@ class CampaignConfig(Strict):
             seen.append(where)
         return self
 
+    def two_stage_hints(self) -> bool:
+        """Whether a distillation pass starts with hint-only epochs (student.hint_epochs of them)."""
+        return self.student.hint_stage == "two-stage" and self.loss.gamma > 0
+
     def inert_settings(self) -> list[str]:
         """'key: why' for each key set away from its default that this config never reads. Accepted (a
         config may carry them for another strategy), but a campaign says so when it starts."""
@@ -505,6 +509,12 @@ class CampaignConfig(Strict):
             notes.append(f"search.candidates: {search.strategy} trains every child together")
         if not search.retry_within and search.retry_epochs is not None:
             notes.append("search.retry_epochs: read only with search.retry_within > 0")
+        if self.teacher.dir is not None:
+            recipe = tuple(key for key in type(self.teacher).model_fields if key != "dir")
+            for key in changed(self.teacher, defaults.teacher, recipe):
+                notes.append(f"teacher.{key}: read to train a root, not when teacher.dir imports one")
+        if not self.two_stage_hints() and changed(self.student, defaults.student, ("hint_epochs",)):
+            notes.append("student.hint_epochs: read only with student.hint_stage two-stage and loss.gamma > 0")
         operator_keys = tuple(dict.fromkeys(key for op in OPERATORS.values() for key in op.search_keys()))
         for key in changed(search, defaults.search, operator_keys):
             readers = [name for name, op in OPERATORS.items() if key in op.search_keys()]

@@ -227,9 +227,7 @@ def frontier(lineage: Lineage) -> list[NodeRecord]:
 
 def hint_pre_epochs(config: CampaignConfig) -> int:
     """Epochs of hint pre-training a distillation pass starts with (two-stage), else 0."""
-    student = config.student
-    two_stage = student.hint_stage == "two-stage" and config.loss.gamma > 0
-    return student.hint_epochs if two_stage else 0
+    return config.student.hint_epochs if config.two_stage_hints() else 0
 
 
 def pass_epochs(config: CampaignConfig, epochs: int) -> int:
