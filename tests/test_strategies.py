@@ -256,7 +256,7 @@ def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later
         ({"search.slim_fraction": 0.5, "search.width_factor": 0.75}, ["search.slim_fraction"]),
         ({"search.operators": ["depth"], "search.width_factor": 0.75}, ["search.width_factor"]),
         ({"search.operators": ["block"], "search.width_factor": 0.75}, []),
-        ({"teacher.dir": "t", "teacher.arch": "vgg19", "teacher.lr": 0.05}, ["teacher.arch", "teacher.lr"]),
+        ({"teacher.dir": "t", "teacher.arch": "vgg19", "teacher.lr": 0.05}, ["teacher.lr", "teacher.arch"]),
         ({"teacher.arch": "vgg19"}, []),
         ({"student.hint_epochs": 3}, ["student.hint_epochs"]),
         ({"student.hint_epochs": 3, "student.hint_stage": "two-stage"}, []),
