@@ -75,6 +75,27 @@ def test_depth_inheritance_keeps_surviving_layers_exactly():
     assert torch.equal(child.state_dict()["head.0.weight"], parent.state_dict()["head.0.weight"])
 
 
+def test_a_child_without_a_middle_block_inherits_the_blocks_after_it_from_their_own_layers():
+    # a one-conv middle block cheap to drop (after block or slim narrowed it): its successors move down
+    parent_spec = ArchSpec(in_channels=1, image_size=8, num_classes=4, blocks=[[4], [16], [4]])
+    child_spec = shrunk(shrink_depth(parent_spec))
+    assert child_spec.blocks == [[4], [4]]
+    parent, child = build_model(parent_spec, seed=0), build_model(child_spec, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained-looking BatchNorms: a fresh one is all ones and zeros in every block
+        for norm in (m for m in parent.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            for tensor in (norm.weight, norm.bias, norm.running_mean):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    inherit_weights(child, parent)
+    mine, theirs = child.state_dict(), parent.state_dict()
+    moved = [n for n in mine if n.startswith("blocks.1.") and n.endswith(("weight", "bias", "running_mean"))]
+    assert len(moved) == 4  # the conv's weight and its BatchNorm's three
+    for name in moved:
+        # the parent's last block (4 channels, kept whole and in order), not its removed 16-wide one
+        if mine[name].dim() == 1:
+            assert torch.equal(mine[name], theirs[name.replace("blocks.1.", "blocks.2.", 1)]), name
+
+
 def test_width_inheritance_keeps_largest_l1_filters_and_matching_inputs():
     parent_spec = ArchSpec(in_channels=1, image_size=8, num_classes=3, blocks=[[4], [6]])
     parent = build_model(parent_spec, seed=0)

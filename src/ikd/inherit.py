@@ -1,6 +1,7 @@
 """Initialise a child network from its parent's weights instead of at random.
 
-Convs are matched by position (block index, conv index within the block): a depth-shrunk child
+Convs are matched by position (block index, conv index within the block; after a middle block a
+depth step removed, the later blocks match the parent's one further on): a depth-shrunk child
 keeps the surviving layers' weights unchanged; a narrower conv keeps the parent's filters with the
 largest L1 norm (`by="l1"`, Li et al. 2017, for width children) or the channels with the largest
 BatchNorm scale |gamma| (`by="bn-scale"`, `ikd.shrink.channel_ranking`: the ranking the slim
@@ -57,6 +58,17 @@ def bn_scales(model: nn.Module) -> Scales:
     return scales
 
 
+def _block_map(child: VGG, parent: VGG) -> list[int]:
+    """The parent block each child block continues: the same index, except after a one-conv middle
+    block a depth step removed, where the later blocks moved down one (matched by position, block b
+    would inherit the filters of the removed block, and the parent's last block would go unused)."""
+    c, p = child.spec.blocks, parent.spec.blocks
+    if len(c) == len(p) - 1:
+        gap = next((d for d in range(len(p)) if len(p[d]) == 1 and p[:d] + p[d + 1 :] == c), len(c))
+        return [b if b < gap else b + 1 for b in range(len(c))]
+    return list(range(len(c)))
+
+
 @torch.no_grad()
 def inherit_weights(child: VGG, parent: VGG, *, by: Literal["l1", "bn-scale"] = "l1") -> dict[str, int]:
     """Copy what fits from `parent` into `child` in place; returns counts of layers inherited/fresh."""
@@ -67,8 +79,10 @@ def inherit_weights(child: VGG, parent: VGG, *, by: Literal["l1", "bn-scale"] = 
     previous_parent_key: tuple[int, int] | None = None
     parent_order = list(parent_convs)
     stats = {"inherited": 0, "fresh": 0}
+    block_map = _block_map(child, parent)
 
-    for key, (conv, norm) in _convs_by_position(child).items():
+    for (b, j), (conv, norm) in _convs_by_position(child).items():
+        key = (block_map[b], j)  # the parent conv in its place
         source = parent_convs.get(key)
         if source is None or not all(
             c <= p for c, p in zip(conv.weight.shape[:2], source[0].weight.shape[:2], strict=True)
