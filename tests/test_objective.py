@@ -203,6 +203,18 @@ def test_hint_loss_is_fitnets_by_hand():
         assert regressor(student_map, teacher_map).item() == pytest.approx(
             hand_hint(student_map, teacher_map, regressor.project).item(), rel=1e-5
         )
+    # a user's teacher may hint from a map that is not square: each side pooled to the smaller one
+    tall = torch.randn(2, 8, 8, 4)
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(
+            torch.nn.functional.adaptive_avg_pool2d(regressor.project(student_map), (8, 4)), tall
+        )
+        assert regressor(student_map, tall).item() == pytest.approx(expected.item(), rel=1e-5)
+
+    # hint pre-training (alpha = beta = 0) leaves the head out of the graph: no gradient for weight decay
+    student.zero_grad(set_to_none=True)
+    objective(student, x, y, torch.arange(5))[1]["loss"].backward()
+    assert all(p.grad is None for p in student.head.parameters())
 
 
 @pytest.mark.parametrize("aggregate", ["mean-kd", "mean-probs"])

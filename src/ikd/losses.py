@@ -137,9 +137,12 @@ class HintRegressor(nn.Module):
 
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         projected = self.project(student_features)
-        size = min(projected.shape[-1], teacher_features.shape[-1])
-        projected = F.adaptive_avg_pool2d(projected, size) if projected.shape[-1] != size else projected
+        # height and width apart: a user's teacher (ikd.external) may hint from a map that is not square
+        size = tuple(min(a, b) for a, b in zip(projected.shape[-2:], teacher_features.shape[-2:], strict=True))
+        projected = F.adaptive_avg_pool2d(projected, size) if tuple(projected.shape[-2:]) != size else projected
         target = (
-            F.adaptive_avg_pool2d(teacher_features, size) if teacher_features.shape[-1] != size else teacher_features
+            F.adaptive_avg_pool2d(teacher_features, size)
+            if tuple(teacher_features.shape[-2:]) != size
+            else teacher_features
         )
         return F.mse_loss(projected.float(), target.float())

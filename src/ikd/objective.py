@@ -22,14 +22,16 @@ average-pooled to the smaller one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -82,6 +84,12 @@ class LossWeights(BaseModel):
         description="z-score each sample's student and teacher logits before the softened softmax (logit "
         "standardization, Sun et al. 2024; with kl or dkd); temperature is then their base temperature, e.g. 2",
     )
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> LossWeights:
+        if not (self.alpha or self.beta or self.gamma):
+            raise ValueError("alpha, beta and gamma are all 0: expected at least one term to train on")
+        return self
 
 
 def hint_blocks(student: ArchSpec, teacher: ArchSpec) -> tuple[int, int]:
@@ -285,7 +293,10 @@ class DistillationObjective(nn.Module):
     def _terms(self, logits: torch.Tensor, y: torch.Tensor, kd: torch.Tensor, hint: torch.Tensor):
         w = self.weights
         ce = F.cross_entropy(logits.float(), y)
-        loss = w.alpha * kd + w.beta * ce + w.gamma * hint
+        # a term weighted 0 is left out, not multiplied by 0: hint pre-training (alpha = beta = 0) then gives
+        # the head no gradient at all, so weight decay does not shrink what it does not train
+        weighted = [weight * term for weight, term in ((w.alpha, kd), (w.beta, ce), (w.gamma, hint)) if weight]
+        loss = functools.reduce(operator.add, weighted)  # left to right, as alpha * kd + beta * ce + gamma * hint
         return logits, {"loss": loss, "kd": kd.detach(), "ce": ce.detach(), "hint": hint.detach()}
 
 
