@@ -671,7 +671,8 @@ def load_config(
 ) -> CampaignConfig:
     """Read a YAML config (or start from `base`, a dict of sections, or the defaults) and apply
     dotted-key overrides; `source` names the config in errors (default: the path, or "defaults"), and
-    a bad overridden value is blamed on its `ikd compress` flag when `from_flags`, else on the override."""
+    a bad overridden value is blamed on its `ikd compress` flag when `from_flags`, else on the override.
+    An override of None means "not given" (a flag left out), so it cannot unset a key."""
     document: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     source = source or (str(path) if path is not None else "defaults")
     if path is not None:
