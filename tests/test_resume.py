@@ -540,7 +540,7 @@ def test_ikd_train_resumes_when_augment_names_the_datasets_own(idx_dir, cli_stra
 
 def as_saved_before_2026_12_06(state_dir: Path) -> None:
     """Rewrite every state file in `state_dir` as the ikd before 2026-12-06 wrote it: the resolved
-    augmentation last in the job's data, config.augment as given (no --augment: None)."""
+    augmentation last in the job's data, config.augment as given (no --augment: None), no objectives."""
     import hashlib
     import io
 
@@ -549,6 +549,7 @@ def as_saved_before_2026_12_06(state_dir: Path) -> None:
     for path in state_dir.glob("epoch-*.pt"):
         state = _read(path)
         job = json.loads(state["job"])
+        job.pop("objectives")  # not recorded then
         old = job | {"config": job["config"] | {"augment": None}, "data": [*job["data"], job["config"]["augment"]]}
         state |= {"job": json.dumps(old, sort_keys=True, default=str), "fingerprint": job_fingerprint(old)}
         buffer = io.BytesIO()
@@ -718,6 +719,19 @@ def test_a_model_directory_is_no_run_directory(tiny_teacher, tmp_path):
     result = run_ikd(compress_command(tiny_teacher, model_dir))
     assert result.returncode == EXIT_USAGE and "holds a model from `ikd train`" in result.stderr
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(p.name for p in tiny_teacher.iterdir())
+
+
+def test_a_node_state_saved_under_another_loss_is_not_resumed_after_force(tiny_teacher, tmp_path):
+    # the job's fingerprint held names and tensor shapes only: a --force rerun with another temperature
+    # resumed the old state, its first epoch under the old loss and the rest under the new one
+    run_dir = tmp_path / "run"
+    stopped = run_ikd(compress_command(tiny_teacher, run_dir, "--time-limit", "1s"))
+    assert stopped.returncode == EXIT_TEMPFAIL and list(run_dir.glob(".train-state/*/*/epoch-*.pt")), stopped.stderr
+    hotter = tmp_path / "hotter.yaml"
+    hotter.write_text("loss:\n  temperature: 8.0\n")
+    rerun = run_ikd(compress_command(tiny_teacher, run_dir, "--config", str(hotter), "--force"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "the state of another job (objectives differ); discarded" in rerun.stderr, rerun.stderr
 
 
 def test_a_time_limit_is_no_reason_to_refuse_resuming_a_campaign(tiny_teacher, campaign_straight, tmp_path):

@@ -275,16 +275,26 @@ def test_give_up_stops_one_model_early_and_the_others_train_on_as_if_alone(digit
         return "hopeless" if description == "quitter" and len(history) == 2 else None
 
     models = [build_model(small_spec(digits), seed=1), build_model(small_spec(digits), seed=2)]
+    reported: list[str] = []
     quitter, stayer = train_models(
-        models, digits, config, progress=False, descriptions=["quitter", "stayer"], give_up=give_up
-    )
+        models, digits, config, progress=False, descriptions=["quitter", "stayer"], give_up=give_up,
+        on_epoch=lambda description, record: reported.append(description),
+    )  # fmt: skip
     assert isinstance(quitter, TrainResult) and isinstance(stayer, TrainResult)
     assert quitter.stopped_early == "hopeless" and len(quitter.history) == 2 and quitter.best_epoch <= 2
+    assert reported.count("quitter") == 2  # its last epoch too (TensorBoard showed it only after a resume)
     assert stayer.stopped_early is None and len(stayer.history) == 4
     alone = build_model(small_spec(digits), seed=2)
     train_model(alone, digits, config, progress=False)
     for name, tensor in alone.state_dict().items():
         assert torch.equal(tensor, models[1].state_dict()[name]), name
+
+
+def test_an_ema_horizon_under_one_step_is_the_weights_themselves(digits):
+    # 0.1 epochs of 5 steps gave a decay of -1: an EMA extrapolating 2 x weights - previous average
+    config = TrainConfig(epochs=1, batch_size=64, precision="fp32", device="cpu", max_steps_per_epoch=5, ema_epochs=0.1)
+    [record] = train_model(build_model(small_spec(digits), seed=0), digits, config, progress=False).history
+    assert record.ema_val_accuracy == record.val_accuracy and record.ema_val_loss == pytest.approx(record.val_loss)
 
 
 def test_bn_sparsity_pulls_the_batchnorm_scales_towards_zero(digits):

@@ -48,6 +48,7 @@ from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
     TrainConfig,
+    TrainingDiverged,
     TrainingPaused,
     TrainResult,
     near_chance,
@@ -154,6 +155,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 remove_state(state_dir)
                 model = build_model(spec, seed=args.seed)
                 result = train(model)
+        except TrainingDiverged:
+            # its state would only diverge again on the same command, and refuse the advised --lr as another job
+            if group is None or group.is_main:
+                remove_state(state_dir)
+            raise
         except TrainingPaused as paused:
             if group is not None and not group.is_main:
                 return EXIT_TEMPFAIL
@@ -203,8 +209,8 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path) -> ForeignState
     if not keys or set(keys) <= set(MOVED_KEYS):
         return foreign  # unknown, or saved on another machine: its own message says what to do
     named = {"data": "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
-    named["world_size"] = "the number of torchrun processes"
-    flags = [named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys]
+    named |= {"objectives": "--arch", "world_size": "the number of torchrun processes"}
+    flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
     return ForeignStateError(
         f"{state_dir}: holds an unfinished training started with other settings ({', '.join(flags)}); rerun with the "
         "flags it was started with to resume it, or pass --force to discard it and start over",

@@ -27,7 +27,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -217,6 +217,16 @@ class DistillationObjective(nn.Module):
         self._hinted = [i for i, r in enumerate(regressors) if r is not None]
         self._hints = [(i, *self._hint_blocks(i)) for i in self._hinted]  # (teacher, student block, its block)
         self._drop_generator = torch.Generator().manual_seed(seed or 0)
+
+    def job_description(self) -> dict[str, Any]:
+        """What this objective computes, for a training state's job (ikd.train): a state saved under other
+        loss settings, teacher weights or hints belongs to another job."""
+        return {
+            "weights": self.weights.model_dump(),
+            "aggregate": self.aggregate,
+            "drop": self.drop,
+            "teachers": [[link.weight, link.hint_block, link.student_block] for link in self.links],
+        }
 
     # The drop stream is part of the training state (nn.Module's extra state), so a resumed
     # training drops the same teachers from the same batches as one never interrupted.

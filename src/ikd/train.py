@@ -309,7 +309,8 @@ class _Student:
         self.scheduler = _scheduler(self.optimizer, config, config.epochs * steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
         self.ema = _ema(model) if config.ema_epochs else None
-        self.ema_decay = 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch) if config.ema_epochs else 0.0
+        # a horizon under one step would give a negative decay (an EMA that extrapolates): it is then the weights
+        self.ema_decay = max(0.0, 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch)) if config.ema_epochs else 0.0
         # Network Slimming's sparsity term: it pushes unimportant channels' |gamma| towards 0, so the slim
         # operator's ranking by gamma separates them (without it the scales stay nearly flat).
         self.bn_sparsity = config.bn_sparsity
@@ -587,6 +588,7 @@ def train_models(
             group[0].epoch_seconds = time.perf_counter() - epoch_start
         for student in active:
             _end_epoch(student, epoch, data, config, device, precision, bar if progress else None, ranks)
+        validated = list(active)  # every one of them reports this epoch, one given up below included
         if give_up is not None and epoch < config.epochs:
             for student in list(active):
                 reason = give_up(student.description, student.result.history)
@@ -606,7 +608,7 @@ def train_models(
             else:
                 store.save(epoch, state)
         if on_epoch is not None and (ranks is None or ranks.is_main):
-            for student in active:
+            for student in validated:
                 on_epoch(student.description, student.result.history[-1])
         # the next epoch is predicted to take as long as this one did, validation and saving included
         if deadline is not None and store is not None and epoch < config.epochs and active:
@@ -722,16 +724,27 @@ def _job(
         "config": config.model_dump() | {"device": device.type, "precision": precision.name, "augment": augment},
         "models": [[d, tensors(s.model), tensors(s.objective)] for d, s in zip(descriptions, group, strict=True)],
         "data": [data.name, len(data.train), len(data.val), list(data.mean), list(data.std)],
+        # what shapes do not show: the loss settings (a --force rerun may change them) and the spec (dropout)
+        "objectives": [[_described(s.model), _described(s.objective)] for s in group],
     }
     if ranks:  # each rank's slice of a batch depends on their number (absent alone: older states stay valid)
         document["world_size"] = ranks.world_size
     return document
 
 
+def _described(part: Any) -> Any:
+    """A student's spec or an objective's settings, for the job document (None: nothing to add)."""
+    if hasattr(part, "job_description"):
+        return part.job_description()
+    spec = getattr(part, "spec", None)
+    return spec.to_json_dict() if spec is not None else None
+
+
 def _older_fingerprints(job: dict[str, Any], config: TrainConfig, augment: str) -> tuple[str, ...]:
     """The fingerprints older ikds gave `job`, whose states it resumes: until 2026-12-06 the resolved
-    augmentation was part of the data and config.augment stayed as given; until 2026-12-05 device and
-    precision stayed as given (auto) too."""
+    augmentation was part of the data, config.augment stayed as given and the objectives' settings were
+    not in it; until 2026-12-05 device and precision stayed as given (auto) too."""
+    job = {key: value for key, value in job.items() if key != "objectives"}
     data = [*job["data"], augment]
     resolved = job["config"] | {"augment": config.augment}
     return (

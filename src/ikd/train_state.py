@@ -196,6 +196,7 @@ class StateStore:
             return None
         with contextlib.suppress(ValueError):
             saved, wanted = self.upgrade(json.loads(state["job"])), json.loads(_job_text(self.job))
+            wanted = {key: value for key, value in wanted.items() if key in saved}  # what an older ikd did not record
             return [d.partition(":")[0] for d in config_differences(saved, wanted)] or None
         return None
 
