@@ -332,10 +332,13 @@ def test_a_state_an_older_ikd_saved_with_auto_settings_resumes(digits, straight,
         train_model(
             build_model(spec(digits), seed=1), digits, auto, progress=False, state_dir=state_dir, on_epoch=stop_after(1)
         )
-    # as ikd before 2026-12-05 saved it: the job's settings as given, not what they resolved to
+    # as ikd before 2026-12-05 saved it: the job's settings as given, not what they resolved to (augment
+    # too: the resolved one was the data's last entry), and no objectives
     state = _read(state_dir / "epoch-00001.pt")
     old_job = json.loads(state["job"])
-    old_job["config"] |= {"device": "auto", "precision": "auto"}
+    old_job.pop("objectives")
+    old_job["data"].append(old_job["config"]["augment"])
+    old_job["config"] |= {"device": "auto", "precision": "auto", "augment": auto.augment}
     kept = {k: v for k, v in state.items() if k not in ("format", "fingerprint", "epoch", "job")}
     StateStore(state_dir, job_fingerprint(old_job), job=old_job).save(1, kept)
     model = build_model(spec(digits), seed=99)

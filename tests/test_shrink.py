@@ -84,7 +84,8 @@ def test_a_child_without_a_middle_block_inherits_the_blocks_after_it_from_their_
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # trained-looking BatchNorms: a fresh one is all ones and zeros in every block
         for norm in (m for m in parent.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            for tensor in (norm.weight, norm.bias, norm.running_mean):
+            for name in ("weight", "bias", "running_mean"):
+                tensor = getattr(norm, name)
                 tensor.copy_(torch.randn(tensor.shape, generator=generator))
     inherit_weights(child, parent)
     mine, theirs = child.state_dict(), parent.state_dict()
