@@ -1,6 +1,7 @@
 """Training on the real (bundled) digits set, best-by-validation bookkeeping, and checkpoints."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -149,26 +150,44 @@ def test_models_trained_together_end_with_the_weights_they_get_alone(digits, pre
             assert torch.equal(x, y), name
 
 
+def nan_after(steps: int):
+    """A cross-entropy objective whose loss turns NaN after `steps` steps."""
+    taken = []
+
+    def objective(model, x, y, index):
+        taken.append(1)
+        logits = model(x)
+        scale = 1.0 if len(taken) <= steps else math.nan
+        return logits, {"loss": torch.nn.functional.cross_entropy(logits, y) * scale}
+
+    return objective
+
+
 def test_a_diverging_model_is_dropped_and_the_others_finish(digits):
     from ikd.train import TrainingDiverged, train_models
 
     config = TrainConfig(epochs=3, batch_size=64, precision="fp32", device="cpu", max_steps_per_epoch=10)
     models = [build_model(small_spec(digits), seed=s) for s in (0, 1)]
-    steps = []
-
-    def poisoned(model, x, y, index):  # fine for the first epoch's 10 steps
-        steps.append(1)
-        logits = model(x)
-        scale = 1.0 if len(steps) <= 10 else float("nan")
-        return logits, {"loss": torch.nn.functional.cross_entropy(logits, y) * scale}
-
     results = train_models(
-        models, digits, config, objectives=[None, poisoned], progress=False, descriptions=["fine", "nan"]
-    )
+        models, digits, config, objectives=[None, nan_after(10)], progress=False, descriptions=["fine", "nan"]
+    )  # fine for the first epoch's 10 steps
     assert isinstance(results[0], TrainResult) and len(results[0].history) == 3
     assert isinstance(results[1], TrainingDiverged)
     assert "nan" in str(results[1]) and "epoch 2" in str(results[1])
     assert results[1].epochs == 2  # what it cost (the campaign records it): not the 3 planned
+
+
+def test_a_training_that_diverged_leaves_no_state_to_resume(digits, tmp_path):
+    # resumed, it diverged again at once; and `ikd train` refused the advised lower --lr as another job
+    from ikd.train import TrainingDiverged
+
+    config = TrainConfig(epochs=3, batch_size=64, precision="fp32", device="cpu", max_steps_per_epoch=10)
+    with pytest.raises(TrainingDiverged):
+        train_model(
+            build_model(small_spec(digits), seed=0), digits, config, objective=nan_after(10), progress=False,
+            state_dir=tmp_path / "state",
+        )  # fmt: skip
+    assert not (tmp_path / "state").exists()  # epoch 1's state was saved, then removed
 
 
 def test_the_kept_weights_are_the_ones_whose_validation_accuracy_is_reported(digits):

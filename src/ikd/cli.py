@@ -48,7 +48,6 @@ from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
     TrainConfig,
-    TrainingDiverged,
     TrainingPaused,
     TrainResult,
     near_chance,
@@ -155,11 +154,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 remove_state(state_dir)
                 model = build_model(spec, seed=args.seed)
                 result = train(model)
-        except TrainingDiverged:
-            # its state would only diverge again on the same command, and refuse the advised --lr as another job
-            if group is None or group.is_main:
-                remove_state(state_dir)
-            raise
         except TrainingPaused as paused:
             if group is not None and not group.is_main:
                 return EXIT_TEMPFAIL

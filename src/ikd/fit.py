@@ -10,7 +10,7 @@ from ikd.checkpoint import save_model, training_metadata
 from ikd.data import DataSplits
 from ikd.model import VGG
 from ikd.runtime import resolve_device, resolve_precision
-from ikd.train import EpochCallback, TrainConfig, TrainingDiverged, TrainResult, evaluate, train_model
+from ikd.train import EpochCallback, TrainConfig, TrainResult, evaluate, train_model
 from ikd.train_state import remove_state
 
 
@@ -72,22 +72,17 @@ def fit(
 
     With `state_dir` the training resumes from (and keeps) its state there until the model is
     saved, then removes it; `deadline` as in train_model (TrainingPaused)."""
-    try:
-        result = train_model(
-            model,
-            data,
-            config,
-            progress=progress,
-            description=description,
-            on_epoch=on_epoch,
-            state_dir=state_dir,
-            discard_foreign_state=discard_foreign_state,
-            deadline=deadline,
-        )
-    except TrainingDiverged:
-        if state_dir is not None:  # resumed, it would only diverge again
-            remove_state(state_dir)
-        raise
+    result = train_model(
+        model,
+        data,
+        config,
+        progress=progress,
+        description=description,
+        on_epoch=on_epoch,
+        state_dir=state_dir,
+        discard_foreign_state=discard_foreign_state,
+        deadline=deadline,
+    )
     tested = save_trained(
         out, model, data, config=config, result=result, val_fraction=val_fraction, split_seed=split_seed
     )

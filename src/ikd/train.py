@@ -28,7 +28,7 @@ from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.runtime import Precision, describe_machine, resolve_device, resolve_precision, training_layout
-from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint
+from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint, remove_state
 
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
 Schedule = Literal["onecycle", "linear", "cosine"]
@@ -619,6 +619,10 @@ def train_models(
                 bar.close()
                 raise TrainingPaused(epoch, config.epochs, store.directory)
     bar.close()
+    if store is not None and all(s.failure is not None for s in group) and (ranks is None or ranks.is_main):
+        # nothing left to continue: resumed, the same job would only diverge again (and `ikd train`'s advised
+        # lower --lr would be refused as another job)
+        remove_state(store.directory)
     results: list[TrainResult | TrainingDiverged] = []
     for student in group:
         student.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # saved as is
