@@ -400,6 +400,31 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_rerun_finishes(digits, st
     assert_same_weights(model, straight[0])
 
 
+def test_a_deadline_is_checked_after_the_last_epoch_when_another_stage_follows(digits, tmp_path):
+    # hint pre-training then distillation: the distillation's first epoch would pass the limit
+    one_epoch = CONFIG.model_copy(update={"epochs": 1})
+    straight = build_model(spec(digits), seed=1)
+    train_model(straight, digits, one_epoch, progress=False)
+    last = build_model(spec(digits), seed=1)
+    train_models([last], digits, one_epoch, progress=False, state_dir=tmp_path / "last", deadline=time.monotonic())
+    assert_same_weights(last, straight)  # the job's end: nothing to pause for
+    state_dir = tmp_path / "stage-0"
+    with pytest.raises(TrainingPaused) as paused:
+        train_models(
+            [build_model(spec(digits), seed=1)],
+            digits,
+            one_epoch,
+            progress=False,
+            state_dir=state_dir,
+            deadline=time.monotonic() + 1e-3,
+            stage_follows=True,
+        )
+    assert (paused.value.epoch, paused.value.epochs) == (1, 1)
+    resumed = build_model(spec(digits), seed=99)
+    train_models([resumed], digits, one_epoch, progress=False, state_dir=state_dir, stage_follows=True)
+    assert_same_weights(resumed, straight)
+
+
 def test_a_deadline_needs_a_state_directory(digits):
     with pytest.raises(ConfigError, match="time limit"):
         train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, deadline=time.monotonic())

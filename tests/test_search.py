@@ -400,7 +400,8 @@ def test_a_teacher_module_without_a_hint_layer_needs_gamma_0(tmp_path, digits):
 def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_teacher, monkeypatch):
     from ikd import training_pass
 
-    stages: list[object] = []  # each stage's loss weights (alpha, beta, gamma), then its epochs
+    stages: list[object] = []
+    # each stage's loss weights (alpha, beta, gamma), then its epochs and whether a stage follows (time limits)
     real_build, real_train = training_pass.build_objective, training_pass.train_models
 
     def build_objective(student, teacher, weights, **kw):
@@ -408,7 +409,7 @@ def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_tea
         return real_build(student, teacher, weights, **kw)
 
     def train_models(models, data, config, **kw):
-        stages.append(config.epochs)
+        stages.append((config.epochs, kw["stage_follows"]))
         return real_train(models, data, config, **kw)
 
     monkeypatch.setattr(training_pass, "build_objective", build_objective)
@@ -420,7 +421,7 @@ def test_two_stage_pretrains_the_hint_then_distils_without_it(tmp_path, tiny_tea
     lineage = compress(config, progress=False)
     weights = config.loss
     # stage 1: the hint alone for hint_epochs; stage 2: KD + CE without the hint for epochs
-    assert stages == [(0, 0, weights.gamma), 2, (weights.alpha, weights.beta, 0.0), 1]
+    assert stages == [(0, 0, weights.gamma), (2, True), (weights.alpha, weights.beta, 0.0), (1, False)]
     child = lineage.node("g1-width")
     assert child.epochs == 3 and child.loss["hint_stage"] == "two-stage"
 

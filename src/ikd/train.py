@@ -414,6 +414,7 @@ def train_models(
     discard_foreign_state: bool = False,
     deadline: float | None = None,
     give_up: GiveUp | None = None,
+    stage_follows: bool = False,
 ) -> list[TrainResult | TrainingDiverged]:
     """Train several models in one pass over the data: every batch is read, augmented and normalised
     once and given to each model in turn (so objectives can share one teacher forward per batch).
@@ -429,7 +430,9 @@ def train_models(
     same job that finds it continues after its last saved epoch, ending with the same weights
     (bit for bit on the CPU) as a run never interrupted. With `deadline` (a time.monotonic() value)
     training stops at the first epoch boundary from which one more epoch would pass it, and raises
-    TrainingPaused once the state is saved. `discard_foreign_state`: a state there of another job is
+    TrainingPaused once the state is saved; `stage_follows` (the same job trains on in another call, as
+    distillation after hint pre-training) counts the first epoch of that as the next one, so the limit
+    is checked after the last epoch too. `discard_foreign_state`: a state there of another job is
     passed over and deleted rather than refused (StateStore). `give_up` sees each model's history after each epoch; a
     reason stops that model there (it keeps its best weights so far; the result says why).
     """
@@ -611,7 +614,7 @@ def train_models(
             for student in validated:
                 on_epoch(student.description, student.result.history[-1])
         # the next epoch is predicted to take as long as this one did, validation and saving included
-        if deadline is not None and store is not None and epoch < config.epochs and active:
+        if deadline is not None and store is not None and (epoch < config.epochs or stage_follows) and active:
             past = time.monotonic() + (time.perf_counter() - epoch_start) > deadline
             if ranks:  # the ranks' clocks differ a little: all stop together when one would pass it
                 past = ranks.any(past, device)

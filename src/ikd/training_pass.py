@@ -199,6 +199,7 @@ def run_training_pass(
             discard_foreign_state=True,  # the campaign's config decides the job: another one's state is stale
             deadline=monotonic_deadline(job.deadline) if state_dir is not None else None,
             give_up=job.give_up(stage_epochs) if stage == len(job.stages) - 1 else None,
+            stage_follows=stage < len(job.stages) - 1,
         )
         for i, result in zip(alive, results, strict=True):
             if isinstance(result, TrainingDiverged):  # its epochs count from the pass's start
