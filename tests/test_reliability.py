@@ -185,6 +185,36 @@ def test_usage_mistakes_are_one_line_too(capsys):
     assert "invalid choice: 'bogus'" in one_error_line(capsys)
 
 
+# --- durable writes ----------------------------------------------------------------------------
+
+
+def test_an_atomic_write_syncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    from ikd import atomic
+
+    target = tmp_path / "state" / "epoch-00002.pt"
+    synced: list[tuple[bool, bytes | None]] = []  # each fsync: of a directory?, the target's bytes then
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((stat.S_ISDIR(os.fstat(fd).st_mode), target.read_bytes() if target.exists() else None))
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    atomic.atomic_write_bytes(target, b"new")
+    assert synced == [(False, None), (True, b"new")]  # the file's data, then its name in the directory
+
+    def refusing(fd: int) -> None:  # a filesystem that cannot fsync a directory still gets the file
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", refusing)
+    atomic.atomic_write_bytes(target, b"newer")
+    assert target.read_bytes() == b"newer" and os.listdir(target.parent) == [target.name]
+
+
 # --- read-only and full disks ------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""Files written all or nothing: a temporary file beside the target, fsynced, then renamed, so a
-crash at any moment leaves either the old file or the new one, never a part."""
+"""Files written all or nothing: a temporary file beside the target, fsynced, then renamed (and the
+directory fsynced), so a crash or power loss at any moment leaves either the old file or the new one,
+never a part, and a write that returned stays written."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        tmp = None  # renamed: nothing left to remove
+        _sync_directory(path.parent)
     except BaseException as exc:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -44,6 +47,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.filename in (None, tmp):
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable: without it, power lost after os.replace returned can bring
+    back the old file (and a state store could already have removed the epochs the new one replaced)."""
+    # some filesystems (network, FUSE) refuse a directory's fsync: the file itself is synced, and written
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_json(path: Path, document: Any) -> None:
