@@ -212,6 +212,118 @@ def test_torchrun_stopped_by_a_time_limit_resumes_bit_identically(tmp_path, torc
     assert not state.exists()
 
 
+class FakeRay:
+    """The few Ray calls RayExecutor.run makes, with a scripted failure per node: no cluster started."""
+
+    def __init__(self, cpus: int, failures: dict):
+        import ray.exceptions
+
+        self.exceptions = ray.exceptions
+        self.cpus, self.failures, self.actors_started = cpus, failures, 0
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": float(self.cpus)}
+
+    def new_actor(self, *args):
+        self.actors_started += 1
+        fake = self
+
+        class Actor:
+            class train:  # Ray's actor.method.remote(...)
+                @staticmethod
+                def remote(job, refs):
+                    return (job.candidates[0].node_id, fake.actors_started)
+
+        return Actor()
+
+    def wait(self, refs, num_returns):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        node_id, worker = ref
+        failure = self.failures.get(node_id)
+        if failure is not None:
+            if isinstance(failure, self.exceptions.NodeDiedError):
+                self.cpus -= 1  # the node and its CPU are gone
+            raise failure
+        return None, "trained", 1.0, f"worker{worker}"
+
+
+def fake_pass(node_ids: list[str]):
+    from ikd.arch import ArchSpec
+    from ikd.shrink import Candidate
+    from ikd.train import TrainConfig
+    from ikd.training_pass import TrainingPass
+
+    spec = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[4]], head=[8])
+    return TrainingPass(
+        candidates=tuple(Candidate(n, "width", spec) for n in node_ids),
+        seeds=tuple(range(len(node_ids))),
+        teacher_ids=(),
+        inherit_from=None,
+        stages=((None, 1),),
+        train_config=TrainConfig(epochs=1),
+        cached=False,
+    )
+
+
+def fake_executor(ray):
+    from ikd.executor import RayExecutor
+
+    executor = RayExecutor.__new__(RayExecutor)  # its __init__ starts Ray; run() needs only these
+    executor.ray, executor.cpus_per_job, executor.gpus_per_job = ray, 1, 0
+    executor.device, executor.precision, executor.on_epoch = "cpu", "fp32", None
+    executor.log, executor.model_refs, executor.actors, executor.data_ref = lambda message: None, {}, [], None
+    executor.actor_class = type("ActorClass", (), {"remote": staticmethod(ray.new_actor)})
+    return executor
+
+
+@pytest.mark.ray
+def test_a_lost_ray_node_shrinks_the_pool_and_no_job_waits_for_a_worker_that_cannot_start():
+    import ray.exceptions
+
+    from ikd.executor import WorkerLost
+
+    died = ray.exceptions.NodeDiedError("node 10.0.0.2 died")
+    # two 1-CPU jobs at once on 2 CPUs; the first job's node dies, taking one CPU along: the other
+    # worker takes the rest of the queue, and no replacement is started that could never be placed
+    fake = FakeRay(cpus=2, failures={"a": died})
+    trained = fake_executor(fake).run(fake_pass(["a", "b", "c", "d"]), models=lambda node_id: None)
+    assert [type(t.outcome).__name__ for t in trained] == ["WorkerLost", "str", "str", "str"]
+    assert fake.actors_started == 2 and [t.worker for t in trained[1:]] == ["worker2"] * 3
+    # the last node dies too: nothing left to run the queue on, so it comes back lost, not waited for
+    fake = FakeRay(cpus=1, failures={"a": died})
+    trained = fake_executor(fake).run(fake_pass(["a", "b", "c"]), models=lambda node_id: None)
+    assert all(isinstance(t.outcome, WorkerLost) for t in trained)
+    assert "no room on the Ray cluster" in str(trained[2].outcome)
+    # a worker killed for memory on a node that lives on is replaced
+    fake = FakeRay(cpus=1, failures={"a": ray.exceptions.OutOfMemoryError("killed by the memory monitor")})
+    trained = fake_executor(fake).run(fake_pass(["a", "b"]), models=lambda node_id: None)
+    assert [t.worker for t in trained] == ["lost", "worker2"] and fake.actors_started == 2
+
+
+@pytest.mark.ray
+def test_a_ray_job_that_raised_raises_as_it_would_locally():
+    import ray.exceptions
+
+    from ikd.errors import ConfigError
+
+    def task_error(cause: BaseException):
+        try:
+            raise cause
+        except BaseException as exc:
+            return ray.exceptions.RayTaskError("train", "remote traceback", exc)
+
+    fake = FakeRay(cpus=1, failures={"a": task_error(ConfigError("a one-line ikd error"))})
+    with pytest.raises(ConfigError, match="a one-line ikd error") as raised:
+        fake_executor(fake).run(fake_pass(["a"]), models=lambda node_id: None)
+    assert raised.value.__cause__ is None  # one line at the command line
+    fake = FakeRay(cpus=1, failures={"a": task_error(MemoryError("out of memory"))})
+    with pytest.raises(MemoryError) as bug:  # the CLI says "internal error: MemoryError: ...", not Ray's dump
+        fake_executor(fake).run(fake_pass(["a"]), models=lambda node_id: None)
+    assert isinstance(bug.value.__cause__, ray.exceptions.RayTaskError)  # --debug: the remote traceback
+
+
 @pytest.mark.ray
 def test_a_cluster_that_cannot_fit_a_job_fails_before_any_training(tmp_path, tiny_teacher):
     from ikd.errors import ConfigError

@@ -10,7 +10,9 @@
 
 A job whose worker dies comes back as a `WorkerLost` outcome: the campaign records the node as
 `failed` with the reason and goes on with the other candidates; rerunning the campaign trains
-that node again.
+that node again. A lost worker is replaced only while the cluster still reports room for it (a dead
+node takes its CPUs along); with no worker left, the jobs still queued come back lost too. A job that
+raised is raised again as it would be locally.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ikd.train import EpochCallback
 from ikd.training_pass import Outcome, TeacherOutputStore, TrainingPass, run_training_pass
 
 WORKER_LOST = "worker lost"  # prefix of a failed node's reason when its job, not its training, failed
+NO_ROOM = "no worker left and no room on the Ray cluster to start one"
 
 
 class WorkerLost(IkdError):
@@ -142,6 +145,7 @@ class RayExecutor:
         log: Callable[[str], None],
     ):
         ray = self.ray = _import_ray()
+        self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             # no address: RAY_ADDRESS if set, else a new instance on this machine's cores ("local"; Ray's
@@ -159,16 +163,10 @@ class RayExecutor:
                 # Ray installs its own SIGTERM handler (a dump, exit 1); ikd's stops like Ctrl-C, exit 130
                 if threading.current_thread() is threading.main_thread() and sigterm is not None:
                     signal.signal(signal.SIGTERM, sigterm)
-        self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
         self.device = "cuda" if gpus_per_job > 0 else "cpu"
         self.precision, self.on_epoch, self.log = precision, on_epoch, log
         resources = ray.cluster_resources()
-        slots = [
-            int(resources.get(kind, 0) // need)
-            for kind, need in (("CPU", cpus_per_job), ("GPU", gpus_per_job))
-            if need > 0
-        ]
-        self.capacity = min(slots) if slots else 64
+        self.capacity = self._jobs_that_fit(resources)
         if self.capacity < 1:
             raise ConfigError(
                 f"cpus_per_job {cpus_per_job} / gpus_per_job {gpus_per_job}: the Ray cluster has "
@@ -182,6 +180,14 @@ class RayExecutor:
             f"ray executor: {self.capacity} job(s) at once ({resources.get('CPU', 0):g} CPUs, "
             f"{resources.get('GPU', 0):g} GPUs; {cpus_per_job:g} CPU / {gpus_per_job:g} GPU per job)"
         )
+
+    def _jobs_that_fit(self, resources: dict) -> int:
+        slots = [
+            int(resources.get(kind, 0) // need)
+            for kind, need in (("CPU", self.cpus_per_job), ("GPU", self.gpus_per_job))
+            if need > 0
+        ]
+        return min(slots) if slots else 64
 
     def _new_actor(self):
         return self.actor_class.remote(self.data_ref, max(1, int(self.cpus_per_job)))
@@ -207,6 +213,7 @@ class RayExecutor:
         needed = set(job.teacher_ids) | ({job.inherit_from} if job.inherit_from else set())
         refs = {node_id: self._model_ref(node_id, models) for node_id in sorted(needed)}
         self.model_refs = dict(refs)  # older teachers' weights can leave the object store
+        self.capacity = self._jobs_that_fit(ray.cluster_resources())  # nodes come and go (autoscaling, losses)
         while len(self.actors) < min(len(jobs), self.capacity):
             self.actors.append(self._new_actor())
         idle, queue = list(self.actors[: len(jobs)]), list(enumerate(jobs))
@@ -217,26 +224,37 @@ class RayExecutor:
                 index, one = queue.pop(0)
                 actor = idle.pop(0)
                 pending[actor.train.remote(one, refs)] = (index, actor)
+            if not pending:  # every worker lost, none to replace them: the rest are lost too
+                for left, _ in queue:
+                    trained[left] = Trained(None, WorkerLost(f"{WORKER_LOST}: {NO_ROOM}"), 0.0, "lost")
+                break
             [done], _ = ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(done)
             candidate = jobs[index].candidates[0]
             try:
                 model, outcome, seconds, worker = ray.get(done)
             except ray.exceptions.RayTaskError as exc:  # the job raised: an ikd error or a bug, not a lost worker
-                if isinstance(exc.cause, IkdError):
-                    raise exc.cause from None  # one line, as it would be locally
+                if exc.cause is not None:
+                    # as it would be raised locally (an ikd error is one line); --debug keeps the remote traceback
+                    raise exc.cause from (None if isinstance(exc.cause, IkdError) else exc)
                 raise
             except (
                 ray.exceptions.RayActorError,
                 ray.exceptions.WorkerCrashedError,
                 ray.exceptions.ObjectLostError,
+                ray.exceptions.NodeDiedError,
+                ray.exceptions.OutOfMemoryError,
             ) as exc:
                 self.log(f"{candidate.node_id}: its worker died ({_first_line(exc)}); recorded as failed")
                 trained[index] = Trained(None, WorkerLost(f"{WORKER_LOST}: {_first_line(exc)}"), 0.0, "lost")
                 self.actors.remove(actor)
-                replacement = self._new_actor()
-                self.actors.append(replacement)
-                idle.append(replacement)
+                # a lost node takes its resources along: a replacement that cannot be placed would be waited
+                # for forever, so the pool shrinks to what the cluster still holds
+                self.capacity = self._jobs_that_fit(ray.cluster_resources())
+                if len(self.actors) < self.capacity:
+                    replacement = self._new_actor()
+                    self.actors.append(replacement)
+                    idle.append(replacement)
                 continue
             idle.append(actor)
             trained[index] = Trained(model, outcome, seconds, worker)
