@@ -285,6 +285,25 @@ def test_a_rank_resumes_the_newest_epoch_intact_everywhere_with_its_own_random_s
     )
 
 
+def test_every_rank_trains_in_rank_0s_precision(monkeypatch):
+    # "auto" on a CPU times bf16 against fp32; ranks timing at once can disagree, rank 0 decides
+    from ikd import runtime
+    from ikd.train import agreed_precision
+
+    class RankOne(GroupOfOne):
+        rank, is_main = 1, False
+
+        def main_values(self, values, device):
+            return [runtime.PRECISIONS.index("fp32")]  # rank 0's verdict, whatever this rank measured
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16_instructions", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_bf16_pays", lambda: True)
+    cpu = torch.device("cpu")
+    assert agreed_precision("auto", cpu, None).name == "bf16"  # alone: its own verdict
+    assert agreed_precision("auto", cpu, ONE_RANK).name == "bf16"
+    assert agreed_precision("auto", cpu, cast(Group, RankOne())).name == "fp32"
+
+
 def test_only_the_newest_two_states_are_kept(digits, tmp_path):
     state_dir = tmp_path / "state"
     train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=state_dir)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ikd._version import __version__
+from ikd.atomic import atomic_write_json
 from ikd.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -120,11 +121,9 @@ def cpu_bf16_pays() -> bool:
     if isinstance(known, dict) and isinstance(known.get(key), bool):
         return known[key]
     verdict = _time_conv(torch.bfloat16) < 0.8 * _time_conv(torch.float32)
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: verdict}))
-    except OSError:
-        pass  # an unwritable cache only costs re-measuring next time
+    # atomic, as torchrun's ranks may measure and write at once; an unwritable cache only costs re-measuring
+    with contextlib.suppress(OSError):
+        atomic_write_json(cache_file, {**(known if isinstance(known, dict) else {}), key: verdict})
     return verdict
 
 

@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from ikd import distributed
 from ikd.data import DataSplits, ImageSet, iterate_batches
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.runtime import Precision, describe_machine, resolve_device, resolve_precision, training_layout
+from ikd.runtime import (
+    PRECISIONS,
+    Precision,
+    describe_machine,
+    resolve_device,
+    resolve_precision,
+    training_layout,
+)
 from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint, remove_state
 
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
@@ -367,6 +374,16 @@ class _Student:
         return self.sums["loss"].item() / self.seen
 
 
+def agreed_precision(name: str, device: torch.device, ranks: distributed.Group | None) -> Precision:
+    """resolve_precision, with torchrun's ranks all taking rank 0's: on a CPU "auto" times bf16 against
+    fp32, and ranks timing at once, sharing the cores, can come to different verdicts."""
+    precision = resolve_precision(name, device)
+    if ranks is None:
+        return precision
+    [chosen] = ranks.main_values([PRECISIONS.index(precision.name)], device)
+    return resolve_precision(PRECISIONS[chosen], device)
+
+
 def train_model(
     model: torch.nn.Module,
     data: DataSplits,
@@ -437,9 +454,9 @@ def train_models(
     reason stops that model there (it keeps its best weights so far; the result says why).
     """
     device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
     objectives = objectives or [None] * len(models)
     ranks = distributed.current()
+    precision = agreed_precision(config.precision, device, ranks)
     if ranks and (len(models) > 1 or any(o is not None for o in objectives)):
         raise ConfigError("data-parallel training (torchrun) is for one model with cross-entropy: `ikd train`")
     if deadline is not None and state_dir is None:
