@@ -17,6 +17,7 @@ from the lineage (every node's own training seconds), not from this process's cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -29,14 +30,17 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from ikd import rules
 from ikd.atomic import atomic_write_json
+from ikd.campaign import LOST_STOP
 from ikd.checkpoint import WEIGHTS_FILE, load_model
 from ikd.cli import format_lineage
 from ikd.compare import PairedComparison, compare_predictions
 from ikd.config import CampaignConfig, DataConfig
 from ikd.data import DataSplits
+from ikd.diff import config_differences
 from ikd.errors import CheckpointError
 from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.runtime import Precision
@@ -206,20 +210,37 @@ def paired_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def reload(config: dict, config_path: Path, run_dir: Path) -> Lineage:
-    """A finished campaign as it is on disk, run with this variant's config: its record must describe it."""
+def other_settings(config: dict, seed: int, lineage: Lineage) -> list[str]:
+    """How the campaign in `lineage` was configured otherwise than this variant and seed (the teacher's
+    directory aside: the record names the lineage's own)."""
+    documents = []
+    for document in (merged(config, {"seed": seed}), lineage.config):
+        with contextlib.suppress(ValidationError):  # keys added to ikd since the run compare as their defaults
+            document = CampaignConfig.model_validate(document).decision_fields()
+        documents.append(merged(document, {"teacher": {"dir": None}}))
+    return config_differences(*reversed(documents))
+
+
+def reload(config: dict, run_dir: Path, seed: int) -> Lineage:
+    """A finished campaign as it is on disk, run with this variant's config and seed: its record must
+    describe it (the config is read from the lineage: the yaml beside it is written before each run)."""
     where = f"iterating_pays.py: --reload: {run_dir}"
     if not RunDir(run_dir).exists():
         raise SystemExit(f"{where}: no campaign there (no lineage.json)")
-    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != config:
-        raise SystemExit(f"{where}: run with another config than {config_path} says; give the same --upgrade values")
     try:
         lineage = RunDir(run_dir).load()
     except CheckpointError as exc:
         raise SystemExit(f"iterating_pays.py: --reload: {exc}") from None
+    if differences := other_settings(config, seed, lineage):
+        raise SystemExit(
+            f"{where}: run with other settings than this variant and seed ({'; '.join(differences[:4])}); "
+            "give the same --upgrade values"
+        )
     baselines = [lineage.find(n) for n in BASELINES.values()]
-    # an interrupted --redecide or --force leaves the old baselines until the campaign ends
-    if lineage.stop_reason is None or any(b is None or not lineage.is_current_baseline(b) for b in baselines):
+    # an interrupted --redecide or --force leaves the old baselines until the campaign ends; a campaign
+    # whose last candidates were lost with their Ray workers stopped without an answer
+    lost = (lineage.stop_reason or "").startswith(LOST_STOP)
+    if lineage.stop_reason is None or lost or any(b is None or not lineage.is_current_baseline(b) for b in baselines):
         raise SystemExit(
             f"{where}: the campaign has not finished (its search or its baselines for {lineage.final().id})"
         )
@@ -228,7 +249,7 @@ def reload(config: dict, config_path: Path, run_dir: Path) -> Lineage:
 
 def run(args: argparse.Namespace, config: dict, config_path: Path, run_dir: Path, seed: int) -> Lineage:
     if args.reload:
-        return reload(config, config_path, run_dir)
+        return reload(config, run_dir, seed)
     command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(run_dir)]
     command += ["--seed", str(seed), "--baselines", "--quiet"]
     command += ["--data-dir", args.data_dir] if args.data_dir else []
@@ -236,7 +257,10 @@ def run(args: argparse.Namespace, config: dict, config_path: Path, run_dir: Path
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # progress (stderr) shows as it goes
     if done.returncode != 0:
         raise SystemExit(f"iterating_pays.py: `{' '.join(command)}` exited with {done.returncode}")
-    return RunDir(run_dir).load()
+    lineage = RunDir(run_dir).load()
+    if (lineage.stop_reason or "").startswith(LOST_STOP):
+        raise SystemExit(f"iterating_pays.py: {run_dir}: {lineage.stop_reason}; rerun to train them again")
+    return lineage
 
 
 def retries_table(rows: list[Row]) -> str:
@@ -249,6 +273,8 @@ def retries_table(rows: list[Row]) -> str:
     for r in rows:
         for retry in (n for n in r.lineage.students() if n.operator == rules.RETRY):
             missed = r.node(rules.near_miss_id(retry.id))
+            if missed is None:  # a --redecide with other operators forgot the near miss; its retry stays
+                continue
             lines.append(
                 f"| {r.variant} | {r.seed} | {missed.id} | {missed.params:,} | {missed.epochs} "
                 f"| {r.val(missed.id):.2f} | {r.test(missed.id):.2f} | {retry.epochs} | {r.val(retry.id):.2f} "
@@ -384,9 +410,14 @@ def main() -> int:
                 rows.append(Row(variant, seed, lineage, paired_comparisons(run_dir, lineage, datasets[key])))
 
     teacher = rows[0].teacher
+    teacher_dirs = sorted(
+        {str(r.lineage.config["teacher"].get("dir")) for r in rows if r.lineage.config["teacher"].get("dir")}
+    )
+    trained_on = sorted({s.machine for r in rows for s in r.lineage.sessions})
     text = "\n".join(
         [
-            f"Machine: {machine_line()}.",
+            f"Trained on: {'; '.join(trained_on)} (each campaign's sessions, from its lineage). "
+            f"Tabulated on: {machine_line()}.",
             f"Base config: `{args.config}`" + (" (quick: smoke-sized)" if args.quick else "") + "; upgrades:",
             "",
             *[
@@ -394,8 +425,9 @@ def main() -> int:
                 for name, keys in UPGRADES.items()
             ],
             "",
-            f"Teacher: {args.teacher or 'trained by each run'}, {teacher.arch_summary()}, {teacher.params:,} params, "
-            f"val {100 * teacher.val_accuracy:.2f}%, test {100 * (teacher.test_accuracy or 0):.2f}%.",
+            f"Teacher: {', '.join(teacher_dirs) or 'trained by each run'}, {teacher.arch_summary()}, "
+            f"{teacher.params:,} params, val {100 * teacher.val_accuracy:.2f}%, "
+            f"test {100 * (teacher.test_accuracy or 0):.2f}%.",
             "",
             tables(rows),
             "",

@@ -307,16 +307,25 @@ def test_iterating_pays_quick(tmp_path):
         "Not compared (no saved comparison, and the weights are not here): none seed 0, slim+final+dkd+early seed 0"
         in (tmp_path / "bare.md").read_text()
     )
-    # a record must describe the runs it reads: another config, or an unfinished campaign, is refused
+    assert "Trained on: " in again and "Tabulated on: " in again  # where the minutes were measured, and where read
+    # a record must describe the runs it reads: another config (told by the lineage, with no yaml beside
+    # it as a GPU lease brings back), or an unfinished campaign, is refused
+    for config_file in (tmp_path / "runs").glob("*.yaml"):
+        config_file.unlink()
     other = quick(
         "iterating_pays.py", *runs, "--reload", "--upgrade", "early={search: {early_rejection: 3.0}}", tmp_path=tmp_path
     )
-    assert other.returncode != 0 and "run with another config than" in other.stderr
+    assert other.returncode != 0 and "run with other settings than this variant and seed" in other.stderr
+    assert "search.early_rejection" in other.stderr
     lineage_file = tmp_path / "runs" / "none-seed0" / "lineage.json"
-    lineage_file.write_text(json.dumps(json.loads(lineage_file.read_text()) | {"stop_reason": None}))
+    finished = json.loads(lineage_file.read_text())
+    lineage_file.write_text(json.dumps(finished | {"stop_reason": "candidates lost with their workers: g1-width"}))
+    lost = quick("iterating_pays.py", *runs, "--reload", tmp_path=tmp_path)
+    lineage_file.write_text(json.dumps(finished | {"stop_reason": None}))
     unfinished = quick("iterating_pays.py", *runs, "--reload", tmp_path=tmp_path)
-    assert unfinished.returncode != 0 and "the campaign has not finished" in unfinished.stderr
-    assert "Traceback" not in other.stderr + unfinished.stderr
+    for refused in (lost, unfinished):
+        assert refused.returncode != 0 and "the campaign has not finished" in refused.stderr
+    assert "Traceback" not in other.stderr + lost.stderr + unfinished.stderr
 
 
 def test_reload_needs_a_finished_campaign(tmp_path):
