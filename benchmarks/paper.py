@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ikd.atomic import atomic_write_json
-from ikd.campaign import compress
+from ikd.campaign import LOST_STOP, compress
 from ikd.checkpoint import WEIGHTS_FILE
 from ikd.config import load_config
 from ikd.errors import IkdError
@@ -173,7 +173,10 @@ def row_result(row: Row, name: str, lineage: Lineage) -> dict:
         for runtime in ("onnxruntime", "torch")
         for batch in TIMED_BATCHES
     }
-    baselines = {n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE}
+    # one left by an interrupted --redecide or --force was made for another answer
+    baselines = {
+        n.id: n.test_accuracy for n in lineage.nodes if n.kind is NodeKind.BASELINE and lineage.is_current_baseline(n)
+    }
     return {
         "row": name,
         "seed": lineage.config.get("seed", 0),
@@ -280,13 +283,34 @@ def across_seeds(results: list[dict]) -> list[str]:
             ok = all(v is not None for v in scores)
             versus.append(mean_sd([c - 100 * b for c, b in zip(chain, scores, strict=True)], "+.2f") if ok else "-")
         lines.append(
-            f"| {first['dataset']} | {first['teacher']} | {first['operators']} | "
+            f"| {first['dataset']} | {first['teacher']} | {first['operators']}{' (a)' if mixed(seeds) else ''} | "
             f"{', '.join(str(r.get('seed', 0)) for r in seeds)} | {' / '.join(teachers)} | "
             f"{mean_sd([r['x'] for r in seeds], '.1f')} | {mean_sd([r['params'] for r in seeds], ',.0f')} | "
             f"{mean_sd([r['drop'] for r in seeds], '.2f')} | {mean_sd([r['val_drop'] for r in seeds], '.2f')} | "
             f"{versus[0]} | {versus[1]} |"
         )
+    if mixed_groups := [seeds for seeds in groups if mixed(seeds)]:
+        lines += ["", "(a) The seeds' teachers differ, so the spread includes the teacher's, not only the seed's:"]
+        for seeds in mixed_groups:
+            lines.append(
+                f"{row_of(seeds[0])}: " + "; ".join(f"seed {r.get('seed', 0)} {teacher_of(r)}" for r in seeds) + "."
+            )
     return lines
+
+
+def teacher_of(record: dict) -> str:
+    """Where a record's teacher came from, as its budget says ("teacher 3 ep", "teacher imported from ...")."""
+    return record["budget"].partition(";")[0]
+
+
+def mixed(seeds: list[dict]) -> bool:
+    """Whether a row's seeds learnt from teachers of different sources (not one teacher, nor one recipe)."""
+    sources = {teacher_of(r) for r in seeds}
+    # seed S > 0 importing the teacher its sibling seed trained is that sibling's recipe
+    trained = {t for t in sources if not t.startswith("teacher imported from ")}
+    imported = {t.removeprefix("teacher imported from ") for t in sources - trained}
+    siblings = {row_of(r) for r in seeds} | {r["row"] for r in seeds}
+    return len(trained) + len(imported - siblings) > 1
 
 
 def spread_text(spreads: dict[str, float] | None) -> str:
@@ -411,6 +435,17 @@ def table_text(records: dict[str, dict], quick: bool) -> str:
     return markdown(ordered(records), missing)
 
 
+def retimed(previous: dict | None, new: dict) -> dict:
+    """The speed-ups retime_paper.py measured for a row's earlier record, when its teacher and student
+    are still those shapes (it times architectures, not weights): a rewrite would put back the
+    campaign's own timings, which it replaced."""
+    if previous is None or "timed_by" not in previous:
+        return {}
+    if (previous["params"], previous.get("root_params")) != (new["params"], new["root_params"]):
+        return {}
+    return {k: v for k, v in previous.items() if k.startswith("speedup_") or k in ("timed_by", "timing_spread")}
+
+
 def save_table(records: dict[str, dict], markdown_path: str, quick: bool) -> None:
     """The records (atomically, first: the markdown is made from them) and the markdown, notes kept."""
     atomic_write_json(records_path(markdown_path), records)
@@ -515,11 +550,18 @@ def main() -> int:
                 if not RunDir(run_dir).exists():
                     continue  # a row recorded earlier keeps its record
                 lineage = RunDir(run_dir).load()
-                if not args.collect_only and lineage.stop_reason is None:
+                if lineage.stop_reason is None or lineage.stop_reason.startswith(LOST_STOP):
+                    # its final() is a provisional answer, without its final distillation or baselines
                     print(
-                        f"paper.py: {name}: {run_dir} is unfinished; run it with ikd compress first",
+                        f"paper.py: {name}: {run_dir} is unfinished; not tabulated (run it with ikd compress "
+                        "first; a row recorded earlier keeps its record)",
                         file=sys.stderr,
                     )
+                    continue
+                if (seed := lineage.config.get("seed", 0)) != args.seed:
+                    message = f"{run_dir} ran with seed {seed}, not --seed {args.seed}"
+                    print(f"paper.py: error: {name}: {message}", file=sys.stderr)
+                    return 2
             else:
                 row_overrides = overrides | {
                     "run_dir": str(run_dir),
@@ -558,7 +600,9 @@ def main() -> int:
         r = results[-1]
         if args.markdown:  # after every row: a later row's failure or a kill loses none of the finished ones
             # read again first: another paper.py may have added rows to the same table meanwhile
-            records = load_records(records_path(args.markdown)) | {name: r}
+            records = load_records(records_path(args.markdown))
+            r |= retimed(records.get(name), r)
+            records |= {name: r}
             save_table(records, args.markdown, args.quick)
         else:
             records[name] = r

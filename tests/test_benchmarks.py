@@ -35,6 +35,10 @@ def run_quick(script: str, *extra: str, tmp_path: Path) -> str:
     return result.stdout
 
 
+def paths_of(tmp_path: Path) -> list[str]:
+    return ["--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")]
+
+
 def test_paper_table_quick(tmp_path):
     out = run_quick(
         "paper.py", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"), tmp_path=tmp_path
@@ -114,6 +118,27 @@ def test_paper_table_quick(tmp_path):
     assert seeded["digits-vgg16-depth-seed1"]["seed"] == 1 and seeded["digits-vgg16-depth"]["seed"] == 0
     assert "Rows run with several seeds" in (tmp_path / "paper.md").read_text()
 
+    # an unfinished campaign (stopped mid-search, or by lost Ray workers) is not tabulated: its record stays
+    unfinished = reseeded.load().model_copy(update={"stop_reason": None})
+    for stop in (None, "candidates lost with their workers: g1-width in generation 1"):
+        reseeded.save(unfinished.model_copy(update={"stop_reason": stop}))
+        collect = quick("paper.py", "--collect-only", "--seed", "1", *paths_of(tmp_path), tmp_path=tmp_path)
+        assert collect.returncode == 0 and "is unfinished; not tabulated" in collect.stderr
+        assert json.loads(records_file.read_text())["digits-vgg16-depth-seed1"] == seeded["digits-vgg16-depth-seed1"]
+    # a run of another seed than the record's is refused, not filed under this one
+    reseeded.save(unfinished.model_copy(update={"stop_reason": lineage.stop_reason}))
+    other_seed = quick(
+        "paper.py",
+        "--collect-only",
+        "--seed",
+        "0",
+        "--reuse",
+        f"digits-vgg16-depth={reseeded.path}",
+        *paths_of(tmp_path),
+        tmp_path=tmp_path,
+    )
+    assert other_seed.returncode != 0 and "ran with seed 1, not --seed 0" in other_seed.stderr
+
     records_file.write_text("{not json")
     paths = ["--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md")]
     broken = quick("paper.py", "--collect-only", *paths, tmp_path=tmp_path)
@@ -150,6 +175,23 @@ def test_paper_table_states_each_seed_and_their_mean_and_spread(monkeypatch):
     assert "| +0.15 ± 0.07 | - |" in text
     assert "mnist-vgg16-width" not in text.split("Not run in this table")[1].split("\n")[0]
     assert "| MNIST | VGG-16 | depth | 0," not in text  # one seed: no mean
+    assert "(a)" not in text  # one teacher for both seeds
+    # seeds whose teachers came from different places: the spread is not the seed's alone, and it says so
+    records["mnist-vgg16-width"] |= {"budget": "teacher imported from runs/teachers/other; 5 ep/child"}
+    records["mnist-vgg16-width-seed2"] |= {"budget": "teacher 3 ep; 5 ep/child"}
+    text = paper.table_text(records, quick=False)
+    assert "| MNIST | VGG-16 | width (a) | 0, 2 |" in text
+    assert "mnist-vgg16-width: seed 0 teacher imported from runs/teachers/other; seed 2 teacher 3 ep." in text
+    # a seed importing the teacher its sibling seed trained is one recipe
+    records["mnist-vgg16-width"] |= {"budget": "teacher imported from mnist-vgg16-width-seed2; 5 ep/child"}
+    assert "(a)" not in paper.table_text(records, quick=False)
+
+    # a row rewritten with the same shapes keeps the speed-ups retime_paper.py measured for them
+    timed = records["mnist-vgg16-width"] | {"root_params": 9000, "speedup_ort": 3.0, "timed_by": "re-timed"}
+    rewritten = timed | {"speedup_ort": 9.9}
+    rewritten.pop("timed_by")
+    assert paper.retimed(timed, rewritten) == {"speedup_ort": 3.0, "speedup_torch": None, "timed_by": "re-timed"}
+    assert paper.retimed(timed, rewritten | {"params": 499}) == {}  # another student: its own timings
 
     negative = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--seed", "-1", "--collect-only"],
