@@ -110,10 +110,11 @@ def main() -> int:
         config, run_dir = repo_path(args.config), Path(args.run_dir)
         if args.quick:
             config, run_dir = quick_config(Path(scratch)), Path(scratch) / "run"
-        if RunDir(run_dir).exists():
+        # a campaign killed while its teacher trained has no lineage yet, but its training state resumes
+        if RunDir(run_dir).exists() or (run_dir.is_dir() and any(run_dir.iterdir())):
             raise SystemExit(
-                f"campaign.py: {run_dir} already holds a campaign; a resumed run's time means "
-                "nothing, so pass a new --run-dir"
+                f"campaign.py: {run_dir} already holds a campaign (or one begun); a resumed run's time "
+                "means nothing, so pass a new --run-dir"
             )
         command = [sys.executable, "-m", "ikd", "compress", "--config", str(config), "--run-dir", str(run_dir)]
         command += ["--data-dir", args.data_dir] if args.data_dir else []

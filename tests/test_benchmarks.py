@@ -287,6 +287,16 @@ def test_teacher_cache_quick_times_both_precisions_and_compares_their_targets(tm
     assert "| fp32 |" in text and "| bf16 |" in text
 
 
+def test_campaign_refuses_a_run_directory_a_killed_campaign_began(tmp_path):
+    # killed while its teacher trained: no lineage.json yet, but a training state the rerun would resume,
+    # timing only the rest
+    (begun := tmp_path / "run" / ".state").mkdir(parents=True)
+    (begun / "epoch-00001.pt").write_bytes(b"state")
+    command = [sys.executable, str(ROOT / "benchmarks" / "campaign.py"), "--run-dir", str(tmp_path / "run")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode != 0 and "already holds a campaign (or one begun)" in refused.stderr
+
+
 def test_campaign_quick(tmp_path):
     result, text = quick_record("campaign.py", tmp_path)
     assert {
