@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import statistics
 import subprocess
@@ -43,6 +44,7 @@ import torch
 import yaml
 
 from ikd.arch import ArchSpec
+from ikd.atomic import atomic_write_json
 from ikd.checkpoint import load_model
 from ikd.config import CampaignConfig
 from ikd.context import section_train_config
@@ -119,6 +121,18 @@ def parse_variant(text: str) -> tuple[str, str, str]:
             f"peer_torch_pruning.py: variant {text!r}: expected IMPORTANCE+LOSS+SCOPE, e.g. group+kd+local"
         )
     return parts[0], parts[1], parts[2]
+
+
+def stored_results(path: Path) -> dict:
+    """The variants a --results file holds (none when it is missing or damaged: they are replayed)."""
+    if not path.exists():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"peer_torch_pruning.py: {path}: unreadable ({exc}); replaying every variant", file=sys.stderr)
+        return {}
+    return stored if isinstance(stored, dict) and isinstance(stored.get("runs"), dict) else {}
 
 
 def stage_plan(lineage: Lineage) -> list[Stage]:
@@ -323,7 +337,7 @@ def report(
     for name, points in curves:
         held = [p for p in points if teacher_val - p[1] <= teacher_val - ikd_val + 1e-9]
         if held:
-            params, val, test = min(held)
+            params, val, test = min(held, key=lambda p: (p[0], -p[1]))  # a tie: the better by validation
             lines.append(f"| {name} | {params:,} | {params / answer.params:.2f}x | {val:.2f} | {test:.2f} |")
         else:
             lines.append(f"| {name} | none held it | - | - | - |")
@@ -396,8 +410,19 @@ def main() -> int:
         key = {"ikd_run": str(run_dir), "granularity": args.granularity}
         if args.match != "params":  # results stored before --match existed matched parameters
             key["match"] = args.match
-        stored = json.loads(results_file.read_text()) if results_file and results_file.exists() else {}
+        # what the replays depend on besides the path: a --redecide or --force there changes the plan
+        key |= {
+            "plan": [[s.target_params, s.target_macs, s.epochs] for s in stage_plan(lineage)],
+            "teacher_sha256": lineage.root().sha256,
+            "seed": config.seed,
+            "torch_pruning": importlib.metadata.version("torch-pruning"),
+        }
+        stored = stored_results(results_file) if results_file else {}
         if stored.get("key") != key:
+            if stored:
+                print(
+                    f"peer_torch_pruning.py: {results_file}: stored for another run or plan; replaying", file=sys.stderr
+                )
             stored = {"key": key, "runs": {}}
         runs = []
         for variant in args.variants or [
@@ -413,7 +438,7 @@ def main() -> int:
                 replay(args, config, lineage, teacher, data, run)
                 if results_file:
                     stored["runs"][run.key] = [asdict(st) for st in run.stages]
-                    results_file.write_text(json.dumps(stored, indent=1))
+                    atomic_write_json(results_file, stored)
             runs.append(run)
     body, values = report(lineage, runs, args.granularity, final_latencies(lineage, runs, args.quick), args.match)
     text = "\n".join(

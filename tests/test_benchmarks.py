@@ -390,11 +390,15 @@ def test_reload_needs_a_finished_campaign(tmp_path):
 def test_peer_torch_pruning_quick(tmp_path):
     pytest.importorskip("torch_pruning")
     results = tmp_path / "peer.json"
+    results.write_text('{"key": {"ikd_run": "x"}, "runs": {')  # a kill mid-write, before writes were atomic
     out = run_quick(
         "peer_torch_pruning.py", "--markdown", str(tmp_path / "record.md"), "--results", str(results), tmp_path=tmp_path
     )
     assert out.strip().splitlines()[-1].startswith("RESULT ikd_test=")
-    assert set(json.loads(results.read_text())["runs"]) == {"l1+ce+global", "l1+kd+local"}  # kept as each ended
+    stored = json.loads(results.read_text())
+    assert set(stored["runs"]) == {"l1+ce+global", "l1+kd+local"}  # kept as each ended
+    # kept for this run's plan and teacher: another (a --redecide there) replays
+    assert {"plan", "teacher_sha256", "seed", "torch_pruning"} <= set(stored["key"])
     record = (tmp_path / "record.md").read_text()
     # the peer pruned to no more than the ikd student's parameters, with both fine-tuning losses
     ikd_params = int(record.split("| ikd (`g1-")[1].split("|")[1].replace(",", ""))
