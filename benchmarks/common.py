@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import shlex
 import statistics
 import sys
@@ -42,9 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLOPS_PER_MAC = 3 * 2
 
 
+# The 1-minute load average as the script started: well above 0 then, other work shared the cores and
+# the timings of this run are not clean (the average lags: a job ended a minute ago still shows).
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine_line() -> str:
-    """One line saying where and when a number was measured."""
-    return f"{describe_machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    """One line saying where and when a number was measured, and how busy the machine was."""
+    load = f"load average {LOAD_AT_START:.1f} at the start, {os.getloadavg()[0]:.1f} now, {os.cpu_count()} CPUs"
+    return f"{describe_machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({load})"
 
 
 def command_line() -> str:
