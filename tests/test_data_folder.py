@@ -129,6 +129,21 @@ def test_imagefolder_says_what_it_skipped(tmp_path, capsys):
     assert "skipped 3 files Pillow does not read (3 .heic) and 1 files outside the class folders" in err
 
 
+def test_test_images_that_are_also_training_images_are_counted_in_a_warning(tmp_path, capsys):
+    make_folder(tmp_path)
+    load_dataset("imagefolder", tmp_path)
+    assert "warning" not in capsys.readouterr().err
+    # the same picture under another name, in another class even: pixels decide
+    (tmp_path / "test" / "dog" / "copy.png").write_bytes((tmp_path / "train" / "cat" / "0.png").read_bytes())
+    load_dataset("imagefolder", tmp_path)
+    err = capsys.readouterr().err
+    assert "1 of the 13 test images are also training images, pixel for pixel" in err
+    a = arrays()
+    a["x_test"][:2] = a["x_train"][5:7]
+    load_dataset("npz", write_npz(tmp_path / "d.npz", **a))
+    assert "2 of the 6 test images are also training images" in capsys.readouterr().err
+
+
 def test_imagefolder_16_bit_images_are_scaled_and_32_bit_ones_refused(tmp_path):
     make_folder(tmp_path, grey=True)
     for c, level in (("cat", 8000), ("dog", 30000), ("eel", 65535)):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,4 +141,26 @@ def load_dataset(
     raw = _LOADERS[name](data_dir, download=download, image_size=size)
     if size is not None:
         raw = _resized(raw, size)
+    if name in USER_SPLIT and (shared := images_in_both(raw)):
+        print(
+            f"ikd: warning: {raw.source}: {shared} of the {len(raw.test)} test images are also training images, "
+            "pixel for pixel; test accuracy on them overstates (remove them from one split)",
+            file=sys.stderr,
+        )
     return make_splits(name, raw, val_fraction, split_seed)
+
+
+# Datasets whose train/test split the user made (the published ones are as published)
+USER_SPLIT = ("idx", "imagefolder", "npz")
+
+
+def images_in_both(raw: RawDataset) -> int:
+    """How many test images equal some training image exactly (a copy in both folders, a split made
+    twice): a model is then tested on images it learnt."""
+
+    def digests(images: torch.Tensor) -> list[bytes]:
+        rows = images.reshape(len(images), -1).numpy()
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+    train = set(digests(raw.train.images))
+    return sum(d in train for d in digests(raw.test.images))
