@@ -274,6 +274,22 @@ def test_teacher_drop_never_drops_everyone_and_is_seeded():
     assert len({round(d, 6) for d in dropped}) == 2  # both teachers were picked at some point
 
 
+def test_a_teacher_of_weight_0_never_teaches_even_when_drop_leaves_it_alone():
+    teachers, spec, x, y = _two_teachers()
+    student = build_model(spec, seed=1)
+    weights = LossWeights(gamma=0.0)
+
+    def kd(objective):
+        return objective(student, x, y, torch.arange(6))[1]["kd"].item()
+
+    first_alone = kd(build_objective(student, [teachers[0]], weights))
+    dropping = build_objective(student, teachers, weights, teacher_weights=[1.0, 0.0], drop=0.9, seed=3)
+    assert {round(kd(dropping), 6) for _ in range(20)} == {round(first_alone, 6)}
+    # all of weight 0 (none validated): they teach alike, not a division by zero
+    both = kd(build_objective(student, teachers, weights, teacher_weights=[0.0, 0.0]))
+    assert both == pytest.approx(kd(build_objective(student, teachers, weights)))
+
+
 def test_hints_from_each_teacher_have_their_own_regressor():
     teachers, spec, x, y = _two_teachers()
     student = build_model(spec, seed=1)

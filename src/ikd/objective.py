@@ -196,7 +196,8 @@ class DistillationObjective(nn.Module):
     mean (so TCKD + (1 - p_t) * NCKD is still KL against the mean). With `weights.standardize` each
     teacher's logits are standardized before its softmax, then averaged.
     `drop` > 0 leaves each teacher out of a batch's KD term with that probability (never all of
-    them). The hint term is the mean of the hints of the teachers that give one; each has its own
+    them). A teacher of weight 0 is left out of every batch (unless all are 0: then they count
+    alike). The hint term is the mean of the hints of the teachers that give one; each has its own
     regressor. As an nn.Module its parameters are those regressors, which train with the student.
     """
 
@@ -216,6 +217,9 @@ class DistillationObjective(nn.Module):
         self.regressors = nn.ModuleList([r if r is not None else nn.Identity() for r in regressors])
         self._hinted = [i for i, r in enumerate(regressors) if r is not None]
         self._hints = [(i, *self._hint_blocks(i)) for i in self._hinted]  # (teacher, student block, its block)
+        # a teacher of weight 0 (weighting by a validation accuracy it lacks) never teaches: teacher drop
+        # could otherwise leave it alone in a batch, at full weight; all of weight 0 teach alike
+        self._teaching = [i for i, link in enumerate(links) if link.weight > 0] or list(range(len(links)))
         self._drop_generator = torch.Generator().manual_seed(seed or 0)
 
     def job_description(self) -> dict[str, Any]:
@@ -237,11 +241,12 @@ class DistillationObjective(nn.Module):
         self._drop_generator.set_state(state["drop_generator"])
 
     def _kd_teachers(self) -> list[int]:
-        everyone = list(range(len(self.links)))
-        if self.drop <= 0 or len(everyone) == 1:
-            return everyone
-        kept = (torch.rand(len(everyone), generator=self._drop_generator) >= self.drop).nonzero().flatten().tolist()
-        return kept or [int(torch.randint(len(everyone), (1,), generator=self._drop_generator))]
+        teaching = self._teaching
+        if self.drop <= 0 or len(teaching) == 1:
+            return teaching
+        kept = (torch.rand(len(teaching), generator=self._drop_generator) >= self.drop).nonzero().flatten().tolist()
+        kept = kept or [int(torch.randint(len(teaching), (1,), generator=self._drop_generator))]
+        return [teaching[k] for k in kept]
 
     def _hint_blocks(self, i: int) -> tuple[int, int]:
         """(student block, teacher block) of teacher i's hint: set on every link with a regressor."""
@@ -266,7 +271,7 @@ class DistillationObjective(nn.Module):
             teacher_weights = [1.0]
         else:
             total = sum(self.links[i].weight for i in kd_teachers)
-            teacher_weights = [self.links[i].weight / total for i in kd_teachers]
+            teacher_weights = [self.links[i].weight / total if total > 0 else 1 / len(kd_teachers) for i in kd_teachers]
         kd = self._kd(logits, y, [outputs[i].logits for i in kd_teachers], teacher_weights)
         return self._terms(logits, y, kd, hint)
 
