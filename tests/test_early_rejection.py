@@ -6,6 +6,7 @@ import pytest
 from conftest import campaign_args
 
 from ikd import cli, rules, training_pass
+from ikd.config import CampaignConfig
 from ikd.lineage import RunDir, Status
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,3 +43,27 @@ def test_without_early_rejection_every_candidate_trains_all_its_epochs(tiny_teac
     assert cli.main(args) == 0
     children = [n for n in RunDir(tmp_path / "run").load().nodes if n.generation == 1]
     assert children and all(n.epochs == 3 and len(n.val_curve) == 3 and not n.reason.count("stopped") for n in children)
+
+
+def test_a_candidate_heading_for_a_near_miss_is_not_hopeless(tiny_teacher, tmp_path, monkeypatch):
+    # with retries on, one that would end within retry_within of its floor earns a retry: early rejection
+    # judges it against the floor less retry_within, not the floor itself
+    needs: list[float] = []
+
+    def spy(curve, epochs, needed, slack, later=()):
+        needs.append(needed)
+        return
+
+    monkeypatch.setattr(training_pass, "hopeless", spy)
+    args = campaign_args(tiny_teacher, tmp_path / "run", "--epochs", "3", "--early-rejection", "1")
+    args += ["--max-drop", "0", "--max-step-drop", "0", "--retry-within", "0.5", "--retry-epochs", "4"]
+    assert cli.main(args) == 0
+    lineage = RunDir(tmp_path / "run").load()
+    root = lineage.root()
+    first = [n for n in lineage.students() if n.operator != rules.RETRY]
+    floor = rules.floor(root, root, CampaignConfig.model_validate(lineage.config).search)
+    assert needs and needs[0] == pytest.approx(floor - 0.005)
+    assert first and len(needs) >= len(first)
+    retried = [n for n in lineage.students() if n.operator == rules.RETRY]
+    # a retry has no second chance: it is judged against the floor itself
+    assert not retried or needs[-1] == pytest.approx(floor)

@@ -75,12 +75,13 @@ def test_ray_executor_makes_the_local_executors_decisions(tmp_path, tiny_teacher
 
 @pytest.mark.ray
 def test_a_killed_worker_fails_its_node_and_the_campaign_goes_on(tmp_path, tiny_teacher):
-    with local_ray(kill_node="g1-width"):
+    # the larger child lost: the smaller one passed, so the lost one could not have been chosen
+    with local_ray(kill_node="g1-depth"):
         lineage = compress(parent_children(tmp_path / "run", tiny_teacher, kind="ray"), progress=False)
-    lost = lineage.node("g1-width")
+    lost = lineage.node("g1-depth")
     assert lost.status == "failed" and lost.reason.startswith("worker lost") and lost.val_accuracy is None
-    assert not (tmp_path / "run" / "nodes" / "g1-width").exists()
-    assert lineage.node("g1-depth").status == "accepted"
+    assert not (tmp_path / "run" / "nodes" / "g1-depth").exists()
+    assert lineage.node("g1-width").status == "accepted"
     assert {n.id for n in lineage.nodes if n.generation == 2} == {"g2-depth", "g2-width"}
     assert (lineage.stop_reason or "").startswith("max_generations")
 

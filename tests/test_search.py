@@ -13,6 +13,7 @@ from ikd.campaign import Campaign, compress
 from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
+from ikd.shrink import shrink_width
 from ikd.train import TrainConfig, train_model
 
 
@@ -610,3 +611,17 @@ def test_a_paused_campaign_counts_only_the_students_it_trained(tmp_path):
     ]
     paused = CampaignPaused(Lineage(config={}, nodes=nodes), tmp_path)
     assert "time limit reached with 1 student(s) trained" in str(paused)
+
+
+def test_force_with_another_factor_trains_the_child_of_that_shape(tmp_path, tiny_teacher):
+    # one factor: the child's id does not name it (`g1-width` at 0.5, then at 0.75). The generation that
+    # stopped the search is run again; its record of the other shape must not stand for the new child.
+    keys = dict(max_generations=1, operators=["width"], max_drop=0.0, max_step_drop=0.0)
+    half = campaign_config(tmp_path / "run", tiny_teacher, width_factor=0.5, **keys)
+    first = compress(half, progress=False)
+    assert first.node("g1-width").status == "rejected" and "no candidate stayed" in (first.stop_reason or "")
+    three_quarters = half.model_copy(update={"search": half.search.model_copy(update={"width_factor": 0.75})})
+    again = compress(three_quarters, progress=False, force=True)
+    child = again.node("g1-width")
+    assert child.spec() == shrink_width(again.root().spec(), 0.75) != first.node("g1-width").spec()
+    assert child.sha256 != first.node("g1-width").sha256

@@ -134,3 +134,10 @@ def test_bn_scale_inheritance_keeps_largest_gamma_channels_and_matching_inputs()
     rows = torch.sort(torch.topk(h0.abs().sum(dim=1), 3).indices).values
     assert torch.equal(mine["head.0.weight"], h0[rows][:, kept1])
     assert torch.equal(mine["head.2.weight"], theirs["head.2.weight"][:, rows])
+
+
+def test_depth_gives_no_child_that_is_not_smaller():
+    # dropping a narrow last conv widens what the head reads: 512 channels into it instead of 8
+    spec = ArchSpec(in_channels=3, image_size=8, num_classes=100, blocks=[[512, 8]], head=[])
+    assert spec.model_copy(update={"blocks": [[512]]}).num_params() > spec.num_params()
+    assert shrink_depth(spec) is None

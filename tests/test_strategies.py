@@ -245,6 +245,58 @@ def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later
     assert "accepted" in {n.status for n in generation(more, 2)}
 
 
+def lose_workers(monkeypatch, lost: set[str]) -> None:
+    """Every job of the `lost` node ids comes back as if its worker had died (the others train)."""
+    from ikd import executor
+
+    real = executor.LocalExecutor.run
+
+    def run(self, job, models):
+        trained = real(self, job, models)
+        gone = executor.Trained(None, executor.WorkerLost("worker lost: killed"), 0.0, "lost")
+        return [gone if c.node_id in lost else t for c, t in zip(job.candidates, trained, strict=True)]
+
+    monkeypatch.setattr(executor.LocalExecutor, "run", run)
+
+
+def test_a_lost_candidate_that_could_have_been_chosen_leaves_its_generation_undecided(
+    tmp_path, tiny_teacher, monkeypatch
+):
+    from ikd.campaign import LOST_STOP
+
+    keys = dict(strategy="parent-children", max_generations=1)
+    lose_workers(monkeypatch, {"g1-width"})  # the smaller child: had it come back, it would have won
+    first = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
+    assert (first.stop_reason or "").startswith(f"{LOST_STOP} g1-width in generation 1")
+    assert "could have been chosen over g1-depth" in (first.stop_reason or "")
+    assert first.node("g1-depth").status == "candidate" and first.final().id == "g0-teacher"
+    monkeypatch.undo()
+    again = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
+    assert again.node("g1-width").status == "accepted" and again.node("g1-depth").status == "rejected"
+    # a lost child larger than the one chosen could not have changed the decision
+    lose_workers(monkeypatch, {"g1-depth"})
+    other = compress(config(tmp_path, tiny_teacher, name="other", **keys), progress=False)
+    assert other.node("g1-width").status == "accepted" and other.node("g1-depth").status == "failed"
+
+
+def test_a_budget_stop_in_one_branch_trains_no_other(tmp_path, tiny_teacher, monkeypatch):
+    from ikd.campaign import Campaign
+
+    real, grown = Campaign.grow, []
+
+    def grow(self, generation, parent, candidates, expert_ids):
+        grown.append((generation, parent.id))
+        if generation == 2:  # the first branch of generation 2 runs out of budget
+            return [], [c.node_id for c in candidates], True
+        return real(self, generation, parent, candidates, expert_ids)
+
+    monkeypatch.setattr(Campaign, "grow", grow)
+    keys = dict(strategy="parent-children", select="tree", beam=2, max_generations=2)
+    lineage = compress(config(tmp_path, tiny_teacher, budget_epochs=100, **keys), progress=False)
+    assert [g for g in grown if g[0] == 2] == [(2, "g1-width")]  # not g1-depth's branch: it could not count
+    assert "budget" in (lineage.stop_reason or "")
+
+
 @pytest.mark.parametrize(
     "keys, inert",
     [

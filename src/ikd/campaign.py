@@ -171,7 +171,10 @@ class Campaign:
         skipped: list[str] = []  # not trained: larger than a child that passed
         blocked: list[str] = []  # not trained: the budget ran out first
         narrow: dict[str, float] = {}  # within tolerance by less than accept_margin: id -> its margin
-        for parent, candidates in branches:
+        for b, (parent, candidates) in enumerate(branches):
+            if out_of_budget:  # the generation stays undecided: the other branches' trainings could not count
+                blocked.extend(c.node_id for _, later in branches[b:] for c in later)
+                break
             trained, not_trained, stopped = self.grow(generation, parent, candidates, expert_ids)
             (blocked if stopped else skipped).extend(not_trained)  # by the budget, or larger than a pass
             out_of_budget |= stopped
@@ -210,8 +213,16 @@ class Campaign:
                 f"generation {generation}: not training {', '.join(skipped)} (larger than a child that passed)"
             )
         chosen = rules.survivors(kept, self.search, narrow)
+        lost = [n.id for n in failed if n.reason.startswith(WORKER_LOST)]
+        if chosen and (
+            could_win := [n.id for n in failed if n.id in lost and n.params <= max(c.params for c in chosen)]
+        ):
+            # trained, it might have been chosen instead: the rerun trains it and decides (the others stay candidates)
+            return (
+                f"{LOST_STOP} {', '.join(sorted(could_win))} in generation {generation}, which could have been "
+                f"chosen over {', '.join(c.id for c in chosen)}"
+            )
         if not chosen:
-            lost = [n.id for n in failed if n.reason.startswith(WORKER_LOST)]
             if lost:
                 return (
                     f"{LOST_STOP} {', '.join(sorted(lost))} in generation {generation}, where no other candidate "
@@ -307,7 +318,7 @@ class Campaign:
                     self.config.student.epochs,
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
-                    floor=rules.floor(parent, self.lineage.root(), self.search),
+                    floor=rules.early_floor(parent, self.lineage.root(), self.search),
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
             retried, stopped = self.retry_near_misses(generation, parent, trained, len(batch), teacher_ids)
@@ -406,9 +417,10 @@ class Campaign:
         node = self.lineage.find(candidate.node_id)
         if node is None:
             return True
-        # Decided records are trusted (their generation was decided before the next one trained),
-        # except when deciding again; an undecided one may be left from another path.
-        checked = self.redecide or node.status == Status.CANDIDATE
+        # Decided records are trusted (their generation was decided before the next one trained), except
+        # when deciding again, or when they hold another shape than asked (--force changed an operator's
+        # factor: `g3-width` at 0.5, then at 0.75); an undecided one may be left from another path.
+        checked = self.redecide or node.status == Status.CANDIDATE or node.spec() != candidate.spec
         if checked and not same_training(node, candidate, parent_id, teacher_ids):
             self.forget(node.id)
             return True

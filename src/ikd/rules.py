@@ -78,6 +78,12 @@ def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
     return max(needed for needed, _ in floors(parent, root, search)) / 100.0
 
 
+def early_floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
+    """The floor early rejection judges a candidate's prospects by: a near miss (search.retry_within)
+    still earns a retry, so one heading there is not hopeless."""
+    return floor(parent, root, search) - search.retry_within / 100.0
+
+
 def margin(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
     """Points by which `node`'s validation accuracy clears its floor (negative: it falls short)."""
     return points(node.val_accuracy or 0.0) - max(needed for needed, _ in floors(parent, root, search))

@@ -97,7 +97,9 @@ def shrink_depth(spec: ArchSpec) -> ArchSpec | None:
     if sum(len(b) for b in spec.blocks) <= 1:
         return None
     candidates = [_without_conv(spec, i) for i in range(len(spec.blocks))]
-    return min(reversed(candidates), key=lambda child: child.num_params())
+    child = min(reversed(candidates), key=lambda child: child.num_params())
+    # dropping a narrow last conv can widen what the head reads ([[512, 8]] -> [[512]]): no compression
+    return child if child.num_params() < spec.num_params() else None
 
 
 def _scaler(factor: float) -> Callable[[int], int]:
