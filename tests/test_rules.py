@@ -313,16 +313,22 @@ def test_a_retry_is_not_evidence_for_early_rejection():
 
 def test_a_final_student_is_checked_against_the_test_its_search_answer_passed():
     answer = node("g2-width", 0.94, status="accepted", generation=2, parent="g1-width")
-    chain = [ROOT, node("g1-width", 0.945, status="accepted"), answer]
+    chain = [ROOT, node("g1-width", 0.945, params=5000, status="accepted"), answer]
     rules_ = search(max_drop=2.0, max_step_drop=0.5)
-    assert rules.final_rejection(Lineage(config={}, nodes=chain), rules_) is None  # no final distillation
-    final = node("final", 0.941, status="final", generation=2, parent="g2-width")
+    searched = Lineage(config={}, nodes=chain)
+    assert rules.final_rejection(searched, rules_) is None and searched.final() == answer  # no final distillation
+    final = node("final", 0.9405, status="final", generation=2, parent="g2-width")
     assert rules.final_rejection(Lineage(config={}, nodes=[*chain, final]), rules_) is None
+    # a few images below the answer, within its tolerances: the longer training stays the answer
+    within = Lineage(config={}, nodes=[*chain, final.model_copy(update={"val_accuracy": 0.9401})])
+    assert rules.final_rejection(within, rules_) is None and within.final().id == "final"
     # under the parent's floor (94.5 - 0.5): the answer passed, the final student would not
     lower = final.model_copy(update={"val_accuracy": 0.9399})
     why = rules.final_rejection(Lineage(config={}, nodes=[*chain, lower]), rules_)
     assert why is not None and "parent 94.50% - max_step_drop 0.5" in why
-    # without tolerances given, those the lineage records; none recorded, no verdict
-    assert rules.final_rejection(Lineage(config={}, nodes=[*chain, lower])) is None
-    recorded = Lineage(config={"search": {"max_drop": 2.0, "max_step_drop": 0.5}}, nodes=[*chain, lower])
-    assert rules.final_rejection(recorded) == why
+    # what the campaign records: then the search's answer is the campaign's
+    marked = Lineage(config={}, nodes=[*chain, lower.model_copy(update={"reason": f"not kept: by validation ({why})"})])
+    assert marked.final() == answer and marked.distilled() is not None
+    assert rules.final_not_kept(marked) == f"by validation ({why})"
+    # the chain spent the final's epochs choosing: the baselines get them either way
+    assert marked.baseline_budget() == within.baseline_budget() == sum(n.epochs for n in [*chain[1:], final])

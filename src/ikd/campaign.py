@@ -28,7 +28,7 @@ from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
 from ikd.distil import plan_pass, train_students
 from ikd.executor import WORKER_LOST
-from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
+from ikd.lineage import FINAL_NOT_KEPT, ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import OPERATORS, Candidate, inherit_by
@@ -455,23 +455,29 @@ class Campaign:
             final.trained_for(recorded_epochs) and (final.parent, final.teachers) in made_for
         ):
             self.forget(FINAL_ID)
-        if not epochs or self.lineage.find(FINAL_ID) is not None or answer.status != Status.ACCEPTED:
+        if not epochs or answer.status != Status.ACCEPTED:
             return
-        self.ctx.log(f"final distillation of {answer.id} from {'+'.join(teacher_ids)} for {epochs} epochs")
-        self.distil(
-            [Candidate(FINAL_ID, "final", answer.spec())],
-            answer.generation,
-            teacher_ids,
-            answer.id,
-            epochs,
-            status=Status.FINAL,
-            parent_id=answer.id,
-        )
-        if (why := rules.final_rejection(self.lineage, self.search)) is not None:
-            self.ctx.log(
-                f"{FINAL_ID} would not pass the test {answer.id} passed ({why}); {FINAL_ID} stays the "
-                f"answer, {answer.id}'s weights are in {self.ctx.run.node_dir(answer.id)}"
+        if self.lineage.find(FINAL_ID) is None:
+            self.ctx.log(f"final distillation of {answer.id} from {'+'.join(teacher_ids)} for {epochs} epochs")
+            self.distil(
+                [Candidate(FINAL_ID, "final", answer.spec())],
+                answer.generation,
+                teacher_ids,
+                answer.id,
+                epochs,
+                status=Status.FINAL,
+                parent_id=answer.id,
             )
+        final = self.lineage.find(FINAL_ID)
+        # Decided on every run (a final an older ikd made, tolerances a --force changed): one below its
+        # answer's floor is not the answer; within it, the longer training is, even a few images lower.
+        if final is not None and final.status == Status.FINAL:
+            why = rules.final_rejection(self.lineage, self.search)
+            reason = f"{FINAL_NOT_KEPT} by validation it fails the test {answer.id} passed ({why})" if why else ""
+            if reason != final.reason:
+                self.record(final.model_copy(update={"reason": reason}))
+            if why:
+                self.ctx.log(f"{FINAL_ID} {reason}; {answer.id} stays the answer")
 
     def forget_stale_baselines(self) -> None:
         """Drop baselines made for another final student (a --redecide, a --force) or for none now."""

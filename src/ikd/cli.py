@@ -441,8 +441,8 @@ def format_lineage(lineage, *, why: bool = False) -> str:
             if answer.id != lineage.root().id
             else "answer: the teacher (no student was accepted)"
         )
-    if (objection := rules.final_rejection(lineage)) is not None:
-        lines.append(f"final: by validation it would not pass the test {lineage.final().parent} passed ({objection})")
+    if (not_kept := rules.final_not_kept(lineage)) is not None:
+        lines.append(f"final: not kept ({not_kept}); {lineage.final().id} stays the answer")
     return "\n".join(lines)
 
 

@@ -157,7 +157,8 @@ class StudentConfig(OptimConfig):
         ge=0,
         json_schema_extra=cli_flag("--final-epochs"),
         description="after the search stops, distil the final student again for this many epochs, from its "
-        "own weights (node `final`, the campaign's answer; baselines get the same total epochs); 0 = none",
+        "own weights (node `final`, the campaign's answer unless by validation it fails its search answer's "
+        "tolerances; baselines get the same total epochs); 0 = none",
     )
     final_teachers: Literal["root", "chain"] = Field(
         default="root",

@@ -92,6 +92,11 @@ class Latency(BaseModel):
     )
 
 
+# The reason of a final distillation's student that fell below its search answer's floor: the answer
+# stays the search's (within tolerance, the longer training is kept even a few images lower)
+FINAL_NOT_KEPT = "not kept:"
+
+
 class Session(BaseModel):
     """One `ikd compress` (or `ikd.compress`) that started or resumed the campaign: when, how, where."""
 
@@ -222,10 +227,18 @@ class Lineage(BaseModel):
         return root
 
     def final(self) -> NodeRecord:
-        """The campaign's answer: the final distillation when there is one, else the smallest accepted
-        student (the root when none was)."""
-        final = [n for n in self.nodes if n.status == Status.FINAL]
-        return final[-1] if final else self.search_result()
+        """The campaign's answer: the final distillation's student when there is one and it keeps the
+        tolerances its search answer kept (by validation; the campaign marks one that does not,
+        FINAL_NOT_KEPT), else the smallest accepted student (the root when none was)."""
+        distilled = self.distilled()
+        if distilled is not None and not distilled.reason.startswith(FINAL_NOT_KEPT):
+            return distilled
+        return self.search_result()
+
+    def distilled(self) -> NodeRecord | None:
+        """The final distillation's student (status final), whether or not it is the answer."""
+        finals = [n for n in self.nodes if n.status == Status.FINAL]
+        return finals[-1] if finals else None
 
     def search_result(self) -> NodeRecord:
         """The smallest accepted student (the root when none was), before any final distillation."""
@@ -243,12 +256,13 @@ class Lineage(BaseModel):
         return sum(n.epochs for n in (self.nodes if nodes is None else nodes) if n.kind in spent)
 
     def baseline_budget(self) -> int | None:
-        """The epochs a baseline of the answer gets (the chain's, final distillation included); None
-        while there is no answer (no accepted student)."""
+        """The epochs a baseline of the answer gets (the chain's, final distillation included, kept as
+        the answer or not: the chain spent them to choose); None while there is no answer (no accepted
+        student)."""
         final = self.final()
         if final.status not in (Status.ACCEPTED, Status.FINAL):
             return None
-        return self.epochs_spent(self.chain(final))
+        return self.epochs_spent(self.chain(self.distilled() or final))
 
     def is_current_baseline(self, node: NodeRecord) -> bool:
         """Whether a baseline was made for today's answer: its architecture, for the chain's epochs.

@@ -226,14 +226,14 @@ class Report:
         baselines = [n for n in self.lineage.nodes if n.kind is NodeKind.BASELINE]
         if baselines and self.final is not self.root:
             compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
-            final = self.final.status == Status.FINAL
+            final = self.lineage.distilled() is not None
             spent = "final student's chain, final distillation included" if final else "chain's"
             lines.append(
                 f"Baselines (same architecture as the final student, {baselines[0].epochs} epochs each: the "
                 f"{spent}): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
-        if self.final.status == Status.FINAL and (line := self.final_distillation()):
+        if line := self.final_distillation():
             lines.append(line)
         if line := self.dead_parameters():
             lines.append(line)
@@ -280,22 +280,21 @@ class Report:
         )
 
     def final_distillation(self) -> str | None:
-        """What the final distillation did to the search's answer, by both splits, and whether the
-        student it delivers would still pass the test the answer passed (it is not judged again);
-        None when the answer is not in the lineage."""
-        final = self.final
-        answer = self.lineage.find(final.parent or "")
-        if answer is None:
+        """What the final distillation did to the search's answer, by both splits, and whether it
+        became the answer (validation decides); None without one, or when its answer is not in the lineage."""
+        distilled = self.lineage.distilled()
+        answer = self.lineage.find(distilled.parent or "") if distilled is not None else None
+        if distilled is None or answer is None:
             return None
         line = (
-            f"Final distillation: {answer.id} trained again for {final.epochs} epochs by {'+'.join(final.teachers)}; "
-            f"validation {_pct(answer.val_accuracy)}% -> {_pct(final.val_accuracy)}%, "
-            f"test {_pct(answer.test_accuracy)}% -> {_pct(final.test_accuracy)}%."
+            f"Final distillation: {answer.id} trained again for {distilled.epochs} epochs by "
+            f"{'+'.join(distilled.teachers)}; validation {_pct(answer.val_accuracy)}% -> "
+            f"{_pct(distilled.val_accuracy)}%, test {_pct(answer.test_accuracy)}% -> {_pct(distilled.test_accuracy)}%."
         )
-        if (why := rules.final_rejection(self.lineage)) is not None:
+        if (why := rules.final_not_kept(self.lineage)) is not None:
             line += (
-                f" By validation it would not pass the test {answer.id} passed ({why}); it is not "
-                f"judged again, and {answer.id}'s own weights stay in nodes/{answer.id}."
+                f" Not kept ({why}): {self.final.id} stays the answer; the final student's weights are in "
+                f"nodes/{distilled.id}."
             )
         return line
 
