@@ -210,6 +210,10 @@ def test_the_root_listed_as_an_expert_is_the_root_and_teaches_once(tmp_path, tin
         ({"search.operators": ["slim", "prune"]}, "depth, width, block, slim"),
         ({"search.slim_fraction": [0.5, 1.0]}, "search.slim_fraction"),
         ({"search.slim_min_channels": 0}, "search.slim_min_channels"),
+        (
+            {"search.retry_within": 0.3, "search.retry_epochs": 5, "student.epochs": 5},
+            "a retry would replay its near miss's training",
+        ),
     ],
 )
 def test_strategy_settings_are_validated(overrides, message):

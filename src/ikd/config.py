@@ -473,6 +473,11 @@ class CampaignConfig(Strict):
             raise ValueError(f"search.seeds > 1 needs a *-children strategy, not {search.strategy!r}")
         if self.ensemble.experts and not search.many_teachers():
             raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
+        if search.retry_within and search.retry_epochs == self.student.epochs:
+            raise ValueError(
+                f"search.retry_epochs {search.retry_epochs} = student.epochs: a retry would replay its near miss's "
+                "training (same seed, data order and starting weights); give it another schedule (default: twice)"
+            )
         # one model listed twice would count twice in every mean of the teachers (teacher.dir may be one:
         # it is the root, which then teaches beside ensemble.ancestors when they do not reach it)
         seen: list[Path] = []
