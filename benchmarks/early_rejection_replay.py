@@ -88,7 +88,9 @@ def replay(lineages: dict[str, Lineage], rule: Rule, slack: float) -> Tally:
                 continue
             if rules.STOPPED_EARLY in node.reason:
                 continue  # stopped in the run: its full curve is unknown
-            floor = rules.floor(parent, lineage.root(), search)
+            # as the campaign judges: a retry against its floor, a first training against it less retry_within
+            judged_by = rules.floor if node.operator == rules.RETRY else rules.early_floor
+            floor = judged_by(parent, lineage.root(), search)
             earlier = lineage.model_copy(update={"nodes": lineage.nodes[:i]})
             tally.replayed += 1
             for done in range(2, node.epochs):

@@ -17,7 +17,6 @@ from the lineage (every node's own training seconds), not from this process's cl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import statistics
@@ -210,13 +209,19 @@ def paired_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+LOCATION_KEYS = ("run_dir", "baselines", "device", "log", "executor", "time_limit")  # as decision_fields drops
+
+
 def other_settings(config: dict, seed: int, lineage: Lineage) -> list[str]:
     """How the campaign in `lineage` was configured otherwise than this variant and seed (the teacher's
     directory aside: the record names the lineage's own)."""
     documents = []
     for document in (merged(config, {"seed": seed}), lineage.config):
-        with contextlib.suppress(ValidationError):  # keys added to ikd since the run compare as their defaults
+        try:  # keys added to ikd since the run compare as their defaults
             document = CampaignConfig.model_validate(document).decision_fields()
+        except ValidationError:  # as it is, less what decision_fields leaves out
+            document = {k: v for k, v in document.items() if k not in LOCATION_KEYS}
+            document["data"] = {k: v for k, v in (document.get("data") or {}).items() if k != "dir"}
         documents.append(merged(document, {"teacher": {"dir": None}}))
     return config_differences(*reversed(documents))
 
@@ -313,7 +318,7 @@ def tables(rows: list[Row]) -> str:
             f"{r.val('baseline-oneshot-kd'):.2f} | {r.test():.2f} | {r.test('baseline-scratch'):.2f} | "
             f"{r.test('baseline-oneshot-kd'):.2f} | {r.test() - r.test('baseline-scratch'):+.2f} | "
             f"{r.test() - r.test('baseline-oneshot-kd'):+.2f} | {r.test(r.teacher.id) - r.test():.2f} | "
-            f"{r.lineage.epochs_spent(r.lineage.chain(answer))} | {r.minutes((NodeKind.STUDENT,)):.1f} | "
+            f"{r.lineage.baseline_budget()} | {r.minutes((NodeKind.STUDENT,)):.1f} | "
             f"{r.minutes((NodeKind.FINAL,)):.1f} | {r.minutes((NodeKind.BASELINE,)):.1f} | "
             f"{r.rejected_minutes():.1f} | {r.stopped_early()} |"
         )

@@ -437,8 +437,8 @@ def table_text(records: dict[str, dict], quick: bool) -> str:
 
 def retimed(previous: dict | None, new: dict) -> dict:
     """The speed-ups retime_paper.py measured for a row's earlier record, when its teacher and student
-    are still those shapes (it times architectures, not weights): a rewrite would put back the
-    campaign's own timings, which it replaced."""
+    still have those parameter counts (the record keeps no shapes; retime_paper.py times architectures,
+    not weights): a rewrite would put back the campaign's own timings, which it replaced."""
     if previous is None or "timed_by" not in previous:
         return {}
     if (previous["params"], previous.get("root_params")) != (new["params"], new["root_params"]):
@@ -477,7 +477,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="ROW=RUN_DIR",
-        help="take this finished (or resumable) campaign for the row",
+        help="take this finished campaign for the row (an unfinished one is not tabulated)",
     )
     parser.add_argument("--student-epochs", type=int, help="student.epochs (default: the config's)")
     parser.add_argument("--teacher-epochs", type=int, help="teacher.epochs when one is trained (default: the config's)")
@@ -584,6 +584,9 @@ def main() -> int:
                         print(f"paper.py: {name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
+                if (lineage.stop_reason or "").startswith(LOST_STOP):  # no answer yet: the rerun trains them
+                    print(f"paper.py: {name}: {lineage.stop_reason}; not tabulated, rerun", file=sys.stderr)
+                    continue
             lineage, note = measure(run_dir, lineage, data_dir, args.repeats, args.rounds)
         except IkdError as exc:
             print(f"paper.py: {name}: error: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ def test_the_final_distillation_is_the_answer_and_the_baselines_get_its_epochs(t
     lineage = run_dir.load()
     answer, final = lineage.search_result(), lineage.distilled()
     assert final is not None  # the answer too, unless validation ranks it below the search's (test_rules)
-    assert lineage.final().id == ("final" if (final.val_accuracy or 0) >= (answer.val_accuracy or 0) else answer.id)
+    assert lineage.final().id == "final"  # within its answer's tolerances (max_drop 100): the answer
     assert answer.status == Status.ACCEPTED and final.id == "final" and final.kind is NodeKind.FINAL
     assert final.parent == answer.id and final.spec() == answer.spec() and final.teachers == [ROOT_ID]
     assert final.epochs == 2 and final.status == Status.FINAL

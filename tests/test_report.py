@@ -160,6 +160,17 @@ def test_a_final_student_the_campaign_did_not_keep_is_said_so(run_dir, tmp_path)
     assert f"{answer.id} stays the answer" in table
 
 
+def test_a_final_below_its_floor_that_an_older_ikd_kept_is_flagged(tmp_path):
+    # made before finals were judged: it stays the answer until the campaign is rerun, and readers say so
+    committed = Path(__file__).parents[1] / "benchmarks/results/lineages/iterating-pays/block+final+gentle-seed1"
+    shutil.copytree(committed, tmp_path / "run")
+    report = load_report(tmp_path / "run")
+    assert report.final.id == "final"
+    line = next(f for f in report.facts() if f.startswith("Final distillation"))
+    assert "By validation it fails the test g9-block75 passed (val 98.92% <" in line and "rerun `ikd compress`" in line
+    assert "the ikd that made this run kept it as the answer" in format_lineage(report.lineage)
+
+
 def test_parameters_that_never_meet_a_pixel_are_counted_apart(run_dir, tmp_path):
     assert not any("never meet a pixel" in line for line in load_report(run_dir).facts())  # 8 -> 4 -> 2: all meet
     copy = tmp_path / "run"

@@ -281,6 +281,9 @@ def test_a_lost_candidate_that_could_have_been_chosen_leaves_its_generation_unde
     lose_workers(monkeypatch, {"g1-depth"})
     other = compress(config(tmp_path, tiny_teacher, name="other", **keys), progress=False)
     assert other.node("g1-width").status == "accepted" and other.node("g1-depth").status == "failed"
+    # ... unless it would have taken a place the beam left empty
+    tree = compress(config(tmp_path, tiny_teacher, name="tree", select="tree", beam=2, **keys), progress=False)
+    assert (tree.stop_reason or "").startswith(f"{LOST_STOP} g1-depth in generation 1")
 
 
 def test_a_budget_stop_in_one_branch_trains_no_other(tmp_path, tiny_teacher, monkeypatch):

@@ -214,8 +214,10 @@ class Campaign:
             )
         chosen = rules.survivors(kept, self.search, narrow)
         lost = [n.id for n in failed if n.reason.startswith(WORKER_LOST)]
+        # had each come back at its best (roomy, perfectly accurate), would the rule have chosen it?
+        best_case = [n.model_copy(update={"val_accuracy": 1.0}) for n in failed if n.id in lost]
         if chosen and (
-            could_win := [n.id for n in failed if n.id in lost and n.params <= max(c.params for c in chosen)]
+            could_win := [n.id for n in rules.survivors([*kept, *best_case], self.search, narrow) if n.id in lost]
         ):
             # trained, it might have been chosen instead: the rerun trains it and decides (the others stay candidates)
             return (

@@ -443,6 +443,11 @@ def format_lineage(lineage, *, why: bool = False) -> str:
         )
     if (not_kept := rules.final_not_kept(lineage)) is not None:
         lines.append(f"final: not kept ({not_kept}); {lineage.final().id} stays the answer")
+    elif (unjudged := rules.final_never_judged(lineage)) is not None:
+        lines.append(
+            f"final: by validation it fails the test its search answer passed ({unjudged}); the ikd that made "
+            "this run kept it as the answer: rerun `ikd compress` on the run to decide"
+        )
     return "\n".join(lines)
 
 

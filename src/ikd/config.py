@@ -217,7 +217,8 @@ class SearchConfig(Strict):
         description="stop a candidate after epoch e >= 2 when even cutting its validation error by the larger of "
         "(its best epoch-to-epoch error ratio so far, once per epoch left) and (the most any fully trained candidate "
         "of the campaign cut its error after epoch e), raised to the power SLACK, would leave it below the accept "
-        "floor (it is then rejected); never before two candidates have trained all their epochs; 0 = off, e.g. 2",
+        "floor, less retry_within when retries are on (it is then rejected); never before two candidates have "
+        "trained all their epochs; 0 = off, e.g. 2",
     )
     retry_within: float = Field(
         default=0.0,

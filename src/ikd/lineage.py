@@ -45,7 +45,7 @@ class Status(StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     BASELINE = "baseline"
-    FINAL = "final"  # the final student distilled again for a full schedule: the campaign's answer
+    FINAL = "final"  # the final student distilled again for a full schedule: the answer unless "not kept"
 
 
 class NodeKind(StrEnum):

@@ -296,6 +296,12 @@ class Report:
                 f" Not kept ({why}): {self.final.id} stays the answer; the final student's weights are in "
                 f"nodes/{distilled.id}."
             )
+        elif (why := rules.final_never_judged(self.lineage)) is not None:
+            line += (
+                f" By validation it fails the test {answer.id} passed ({why}); the ikd that made this run kept "
+                f"it as the answer (rerun `ikd compress` on the run to decide); {answer.id}'s weights are in "
+                f"nodes/{answer.id}."
+            )
         return line
 
 

@@ -10,6 +10,8 @@ import json
 from collections.abc import Collection
 from itertools import pairwise
 
+from pydantic import ValidationError
+
 from ikd.config import CampaignConfig, SearchConfig
 from ikd.lineage import FINAL_NOT_KEPT, Lineage, NodeRecord, Status, rank
 from ikd.shrink import OPERATORS
@@ -67,6 +69,20 @@ def final_not_kept(lineage: Lineage) -> str | None:
     if distilled is None or not distilled.reason.startswith(FINAL_NOT_KEPT):
         return None
     return distilled.reason.removeprefix(FINAL_NOT_KEPT).strip()
+
+
+def final_never_judged(lineage: Lineage) -> str | None:
+    """Why the final student of a lineage an ikd before 2026-12-06 made (which kept every final as the
+    answer, unjudged) fails its answer's tolerances, by the search settings the lineage records; None
+    when it passes, was judged, or there is none. Rerunning `ikd compress` on the run judges it."""
+    distilled = lineage.distilled()
+    if distilled is None or distilled.reason or "search" not in lineage.config:
+        return None
+    try:
+        search = SearchConfig.model_validate(lineage.config["search"])
+    except ValidationError:
+        return None
+    return final_rejection(lineage, search)
 
 
 def floor(parent: NodeRecord, root: NodeRecord, search: SearchConfig) -> float:
