@@ -76,9 +76,10 @@ def test_eval_on_data_of_another_shape_is_one_line(trained, tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8)
+    rgb, other = (rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8) for _ in range(2))
     labels = np.arange(40) % 10
-    np.savez(data := tmp_path / "rgb.npz", x_train=rgb, x_test=rgb, y_train=labels, y_test=labels)
+    # test images apart from the training ones: a copy in both would add the overlap warning's line
+    np.savez(data := tmp_path / "rgb.npz", x_train=rgb, x_test=other, y_train=labels, y_test=labels)
     result = ikd("eval", trained, "--dataset", "npz", "--data-dir", data)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
