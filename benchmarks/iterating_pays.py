@@ -17,6 +17,7 @@ from the lineage (every node's own training seconds), not from this process's cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -209,19 +210,15 @@ def paired_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-LOCATION_KEYS = ("run_dir", "baselines", "device", "log", "executor", "time_limit")  # as decision_fields drops
-
-
 def other_settings(config: dict, seed: int, lineage: Lineage) -> list[str]:
     """How the campaign in `lineage` was configured otherwise than this variant and seed (the teacher's
     directory aside: the record names the lineage's own)."""
     documents = []
     for document in (merged(config, {"seed": seed}), lineage.config):
-        try:  # keys added to ikd since the run compare as their defaults
+        # keys added to ikd since the run compare as their defaults; a lineage records its config without the
+        # keys decision_fields leaves out, so one that no longer validates compares as it is
+        with contextlib.suppress(ValidationError):
             document = CampaignConfig.model_validate(document).decision_fields()
-        except ValidationError:  # as it is, less what decision_fields leaves out
-            document = {k: v for k, v in document.items() if k not in LOCATION_KEYS}
-            document["data"] = {k: v for k, v in (document.get("data") or {}).items() if k != "dir"}
         documents.append(merged(document, {"teacher": {"dir": None}}))
     return config_differences(*reversed(documents))
 
