@@ -34,7 +34,6 @@ from pydantic import ValidationError
 
 from ikd import rules
 from ikd.atomic import atomic_write_json
-from ikd.campaign import LOST_STOP
 from ikd.checkpoint import WEIGHTS_FILE, load_model
 from ikd.cli import format_lineage
 from ikd.compare import PairedComparison, compare_predictions
@@ -241,8 +240,7 @@ def reload(config: dict, run_dir: Path, seed: int) -> Lineage:
     baselines = [lineage.find(n) for n in BASELINES.values()]
     # an interrupted --redecide or --force leaves the old baselines until the campaign ends; a campaign
     # whose last candidates were lost with their Ray workers stopped without an answer
-    lost = (lineage.stop_reason or "").startswith(LOST_STOP)
-    if lineage.stop_reason is None or lost or any(b is None or not lineage.is_current_baseline(b) for b in baselines):
+    if not lineage.answered() or any(b is None or not lineage.is_current_baseline(b) for b in baselines):
         raise SystemExit(
             f"{where}: the campaign has not finished (its search or its baselines for {lineage.final().id})"
         )
@@ -259,10 +257,7 @@ def run(args: argparse.Namespace, config: dict, config_path: Path, run_dir: Path
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # progress (stderr) shows as it goes
     if done.returncode != 0:
         raise SystemExit(f"iterating_pays.py: `{' '.join(command)}` exited with {done.returncode}")
-    lineage = RunDir(run_dir).load()
-    if (lineage.stop_reason or "").startswith(LOST_STOP):
-        raise SystemExit(f"iterating_pays.py: {run_dir}: {lineage.stop_reason}; rerun to train them again")
-    return lineage
+    return RunDir(run_dir).load()  # one stopped on lost workers exited 75, above
 
 
 def retries_table(rows: list[Row]) -> str:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ikd.atomic import atomic_write_json
-from ikd.campaign import LOST_STOP, compress
+from ikd.campaign import compress
 from ikd.checkpoint import WEIGHTS_FILE
 from ikd.config import load_config
 from ikd.errors import IkdError
@@ -550,7 +550,7 @@ def main() -> int:
                 if not RunDir(run_dir).exists():
                     continue  # a row recorded earlier keeps its record
                 lineage = RunDir(run_dir).load()
-                if lineage.stop_reason is None or lineage.stop_reason.startswith(LOST_STOP):
+                if not lineage.answered():
                     # its final() is a provisional answer, without its final distillation or baselines
                     print(
                         f"paper.py: {name}: {run_dir} is unfinished; not tabulated (run it with ikd compress "
@@ -584,7 +584,7 @@ def main() -> int:
                         print(f"paper.py: {name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
                 lineage = compress(config, progress=not args.quiet)
-                if (lineage.stop_reason or "").startswith(LOST_STOP):  # no answer yet: the rerun trains them
+                if not lineage.answered():  # stopped on lost Ray workers: the rerun trains them
                     print(f"paper.py: {name}: {lineage.stop_reason}; not tabulated, rerun", file=sys.stderr)
                     continue
             lineage, note = measure(run_dir, lineage, data_dir, args.repeats, args.rounds)

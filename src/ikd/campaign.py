@@ -28,7 +28,7 @@ from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
 from ikd.distil import plan_pass, train_students
 from ikd.executor import WORKER_LOST
-from ikd.lineage import FINAL_NOT_KEPT, ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
+from ikd.lineage import FINAL_NOT_KEPT, LOST_STOP, ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import OPERATORS, Candidate, inherit_by
@@ -50,9 +50,6 @@ FINAL_ID = "final"  # the node of the final distillation
 UNDECIDED = "undecided:"  # the reason of a trained candidate no decision has taken yet starts so
 BUDGET_UNDECIDED = f"{UNDECIDED} within tolerance, but the budget ran out"
 BUDGET_STOP = "training budget spent:"
-# a stop that is not a result: candidates lost with their Ray workers might have passed; the same
-# command trains them again (ikd compress exits 75, as after a time limit)
-LOST_STOP = "candidates lost with their workers:"
 BASELINE_IDS = ("baseline-scratch", "baseline-oneshot-kd")  # from scratch; one-shot KD from the root
 
 
@@ -145,7 +142,7 @@ class Campaign:
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
-        if (stop or "").startswith(LOST_STOP):
+        if not self.lineage.answered():
             return self.lineage  # not an answer yet: the rerun trains the lost candidates first
         self.final_distillation()
         self.forget_stale_baselines()  # asked for or not: a lineage must not pair an answer with another's baselines

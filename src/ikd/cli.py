@@ -386,7 +386,7 @@ def compress_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ikd.campaign import LOST_STOP, CampaignPaused, compress
+    from ikd.campaign import CampaignPaused, compress
 
     config = load_config(args.config, compress_overrides(args), from_flags=True)
     try:
@@ -396,7 +396,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"ikd compress: {paused}; rerun the same command to resume", file=sys.stderr)
         return EXIT_TEMPFAIL
     print(format_lineage(lineage))
-    if (lineage.stop_reason or "").startswith(LOST_STOP):
+    if not lineage.answered():
         print("ikd compress: stopped on lost workers; rerun the same command to train them again", file=sys.stderr)
         return EXIT_TEMPFAIL
     return 0

@@ -92,6 +92,9 @@ class Latency(BaseModel):
     )
 
 
+# A stop that is not a result: candidates lost with their Ray workers might have passed; the same
+# command trains them again (ikd compress exits 75, as after a time limit)
+LOST_STOP = "candidates lost with their workers:"
 # The reason of a final distillation's student that fell below its search answer's floor: the answer
 # stays the search's (within tolerance, the longer training is kept even a few images lower)
 FINAL_NOT_KEPT = "not kept:"
@@ -234,6 +237,11 @@ class Lineage(BaseModel):
         if distilled is not None and not distilled.reason.startswith(FINAL_NOT_KEPT):
             return distilled
         return self.search_result()
+
+    def answered(self) -> bool:
+        """Whether the campaign stopped with an answer: it stopped, and not to wait for candidates lost
+        with their Ray workers (the rerun trains them first)."""
+        return self.stop_reason is not None and not self.stop_reason.startswith(LOST_STOP)
 
     def distilled(self) -> NodeRecord | None:
         """The final distillation's student (status final), whether or not it is the answer."""
