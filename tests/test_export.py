@@ -206,6 +206,25 @@ def test_the_onnx_check_refuses_data_whose_classes_are_in_another_order(run_dir)
         verify_onnx(b"", model, record, None)
 
 
+def test_the_onnx_check_refuses_data_without_test_images(run_dir, monkeypatch):
+    # with none it agreed on 0 of 0 and passed
+    import dataclasses
+
+    from ikd import export
+    from ikd.errors import ConfigError
+
+    model, metadata = load_model(run_dir / "nodes" / NODE)
+    real = export.load_dataset
+
+    def no_test_images(*args, **kwargs):
+        data = real(*args, **kwargs)
+        return dataclasses.replace(data, test=type(data.test)(data.test.images[:0], data.test.labels[:0]))
+
+    monkeypatch.setattr(export, "load_dataset", no_test_images)
+    with pytest.raises(ConfigError, match=r"has no test images to check the ONNX graph against"):
+        export.verify_onnx(export.onnx_graph(model, metadata["dataset"], {}), model, metadata["dataset"], None)
+
+
 def test_an_out_path_inside_the_runs_nodes_is_refused(run_dir, capsys):
     # it would replace the node's own weights (the same tensors, other bytes), breaking its checksum
     before = RunDir(run_dir).lineage_path.read_bytes()
@@ -263,8 +282,32 @@ def test_a_node_that_is_not_the_answer_is_exported_with_a_note(run_dir):
     lineage = run.load()
     run.add_node(lineage, lineage.node(NODE).model_copy(update={"status": "rejected", "reason": "too far down"}))
     result = export_node(run_dir, NODE, "safetensors", measure_latency=False)
-    assert f"{NODE} is rejected, not the campaign's answer ({ROOT}): too far down" in result.notes
-    assert f"note: {NODE} is rejected" in result.summary()
+    assert f"{NODE} (rejected) is not the campaign's answer ({ROOT}): too far down" in result.notes
+    assert f"note: {NODE} (rejected) is not" in result.summary()
+
+
+def test_a_final_student_that_was_not_kept_is_exported_with_a_note(run_dir):
+    from ikd.lineage import FINAL_NOT_KEPT
+
+    run = RunDir(run_dir)
+    lineage = run.load()
+    assert export_node(run_dir, NODE, "safetensors", measure_latency=False).notes == []  # the answer
+    assert export_node(run_dir, ROOT, "safetensors", measure_latency=False).notes == []  # the teacher, on purpose
+    # the final distillation's student, below its answer's floor: the search's answer stays
+    final = lineage.node(NODE).model_copy(update={"id": "final", "status": "final", "reason": f"{FINAL_NOT_KEPT} low"})
+    run.save(lineage.model_copy(update={"nodes": [*lineage.nodes, final]}))
+    shutil.copytree(run_dir / "nodes" / NODE, run_dir / "nodes" / "final")
+    assert export_node(run_dir, "final", "safetensors", measure_latency=False).notes == [
+        f"final (final) is not the campaign's answer ({NODE}): {FINAL_NOT_KEPT} low"
+    ]
+    # the search's answer itself, once the final is kept, is no longer what the campaign answers
+    run.save(lineage.model_copy(update={"nodes": [*lineage.nodes, final.model_copy(update={"reason": ""})]}))
+    assert export_node(run_dir, NODE, "safetensors", measure_latency=False).notes == [
+        f"{NODE} (accepted) is not the campaign's answer (final)"
+    ]
+    # an answer before the campaign has stopped is provisional
+    run.save(lineage.model_copy(update={"stop_reason": None}))
+    assert "the campaign has not finished" in export_node(run_dir, NODE, "safetensors", measure_latency=False).notes[0]
 
 
 def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
@@ -326,6 +369,7 @@ def _add_node_without_weights(run_dir, node_id, status):
     "node, fmt, expected",
     [
         ("nope", "onnx", "'nope' is not in"),
+        ("../nodes/g1-width", "onnx", "'../nodes/g1-width' is not in"),  # not a path under the run
         ("g1-width", "tflite", "expected one of onnx, safetensors"),
         ("g1-broken", "onnx", "(failed) cannot be exported: it failed during training"),
         ("g1-gone", "safetensors", "(rejected) cannot be exported: "),

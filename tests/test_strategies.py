@@ -286,6 +286,24 @@ def test_a_lost_candidate_that_could_have_been_chosen_leaves_its_generation_unde
     assert (tree.stop_reason or "").startswith(f"{LOST_STOP} g1-depth in generation 1")
 
 
+def test_a_candidate_that_loses_its_worker_every_time_fails_after_the_last_try(tmp_path, tiny_teacher, monkeypatch):
+    from ikd.campaign import LOST_STOP
+    from ikd.executor import MAX_WORKER_LOSSES
+
+    keys = dict(strategy="parent-children", max_generations=1)
+    lose_workers(monkeypatch, {"g1-width"})  # the child that could win dies with its worker on every run
+    for run in range(1, MAX_WORKER_LOSSES):
+        lineage = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
+        assert (lineage.stop_reason or "").startswith(LOST_STOP), run
+        assert lineage.node("g1-width").workers_lost == run
+    last = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
+    lost = last.node("g1-width")
+    assert lost.status == "failed" and lost.workers_lost == MAX_WORKER_LOSSES
+    assert lost.reason.startswith(f"failed {MAX_WORKER_LOSSES} times with its worker")
+    assert last.answered() and last.node("g1-depth").status == "accepted"  # decided without it
+    assert compress(config(tmp_path, tiny_teacher, **keys), progress=False).node("g1-width") == lost  # not tried again
+
+
 def test_a_budget_stop_in_one_branch_trains_no_other(tmp_path, tiny_teacher, monkeypatch):
     from ikd.campaign import Campaign
 

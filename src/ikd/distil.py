@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ikd.context import CampaignContext
+from ikd.executor import MAX_WORKER_LOSSES, WORKER_LOST, WorkerLost
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
@@ -123,12 +124,13 @@ def train_students(
         if isinstance(result, Exception) or done.model is None:
             # what it cost: a lost worker's epochs are unknown (its rerun trains it again)
             common["epochs"] = result.epochs if isinstance(result, TrainingDiverged) else 0
-            record(
-                NodeRecord.of_spec(
-                    candidate.node_id, candidate.spec, status=Status.FAILED, reason=str(result), **common
-                )
-            )
-            ctx.log(f"{candidate.node_id} failed: {result}")
+            reason = str(result)
+            if isinstance(result, WorkerLost):
+                common["workers_lost"] = losses = workers_lost_before(lineage, candidate.node_id) + 1
+                if losses >= MAX_WORKER_LOSSES:  # no longer "worker lost": a failure the campaign decides with
+                    reason = f"failed {losses} times with its worker, not tried again (last: {result})"
+            record(NodeRecord.of_spec(candidate.node_id, candidate.spec, status=Status.FAILED, reason=reason, **common))
+            ctx.log(f"{candidate.node_id} failed: {reason}")
             continue
         if result.stopped_early:  # it cost only the epochs it trained
             common["epochs"] = earlier_stages + len(result.history)
@@ -165,3 +167,11 @@ def train_students(
         )
     if (state_dir := job.state_dir()) is not None:
         remove_state(state_dir)  # every student is saved: only their final weights are kept
+
+
+def workers_lost_before(lineage: Lineage, node_id: str) -> int:
+    """How many times `node_id`'s worker died on earlier runs of this candidate (0: none, or its
+    record is of a training that came back)."""
+    node = lineage.find(node_id)
+    lost = node is not None and node.status == Status.FAILED and node.reason.startswith(WORKER_LOST)
+    return max(node.workers_lost, 1) if lost and node is not None else 0

@@ -10,9 +10,10 @@
 
 A job whose worker dies comes back as a `WorkerLost` outcome: the campaign records the node as
 `failed` with the reason and goes on with the other candidates; rerunning the campaign trains
-that node again. A lost worker is replaced only while the cluster still reports room for it (a dead
-node takes its CPUs along); with no worker left, the jobs still queued come back lost too. A job that
-raised is raised again as it would be locally.
+that node again, until it has lost `MAX_WORKER_LOSSES` workers (then it stays failed). A lost
+worker is replaced only while the cluster still reports room for it (a dead node takes its CPUs
+along); with no worker left, the jobs still queued come back lost too. A job that raised is raised
+again as it would be locally.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from ikd.training_pass import Outcome, TeacherOutputStore, TrainingPass, run_tra
 
 WORKER_LOST = "worker lost"  # prefix of a failed node's reason when its job, not its training, failed
 NO_ROOM = "no worker left and no room on the Ray cluster to start one"
+# A job that kills its worker every time (one that always runs out of memory there) would make
+# every rerun of the campaign stop for it: after this many losses it is recorded as a plain failure.
+MAX_WORKER_LOSSES = 3
 
 
 class WorkerLost(IkdError):

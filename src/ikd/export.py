@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from ikd import rules
 from ikd._version import __version__
 from ikd.atomic import atomic_write_bytes, atomic_write_json
 from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, misfit, recorded_data_dir, recorded_split
@@ -153,24 +154,23 @@ def export_node(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads}: expected at least 1 thread")
     run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
+    _find_node(run, run.load(), node_id)  # before its id makes a path; found again under the lock
     target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
+    asked = f"--out {out}: " if out is not None else ""
     for path in (target, summary_path):  # before any work: a late failure would leave the model written alone
         if why := _cannot_write(path):
-            raise ConfigError(f"{f'--out {out}: ' if out is not None else ''}cannot write {path}: {why}")
+            raise ConfigError(f"{asked}cannot write {path}: {why}")
         if path.resolve().is_relative_to((run.path / NODES_DIR).resolve()):
             # it would replace a node's own files, whose checksums the campaign and later exports trust
-            raise ConfigError(f"--out {out}: is inside {run.path / NODES_DIR}, the run's own nodes; write elsewhere")
+            raise ConfigError(f"{asked}{path} is inside {run.path / NODES_DIR}, the run's own nodes; write elsewhere")
     with run.locked("ikd export"):
         lineage = run.load()
         node = _find_node(run, lineage, node_id)
         model, metadata = _load_node(run, node)
         dataset = metadata["dataset"]
         result = ExportResult(node=node, format=fmt, files=[])
-        if node.status in (Status.REJECTED, Status.CANDIDATE, Status.BASELINE):  # exported as asked, but said
-            result.notes.append(
-                f"{node.id} is {node.status}, not the campaign's answer ({lineage.final().id})"
-                + (f": {node.reason}" if node.reason else "")
-            )
+        if (note := not_the_answer(lineage, node)) is not None:  # exported as asked, but said
+            result.notes.append(note)
         # onnxruntime's latency needs the graph even when only safetensors are written
         graph = (
             onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
@@ -227,6 +227,25 @@ def _cannot_write(path: Path) -> str | None:
         return f"{ancestor} is not a directory"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"{ancestor} is not writable"
+    return None
+
+
+def not_the_answer(lineage: Lineage, node: NodeRecord) -> str | None:
+    """Why `node` is not what the campaign answered, for a user about to ship it (None: it is the
+    answer, or the teacher, exported on purpose)."""
+    if node.id == lineage.root().id:
+        return None
+    answer = lineage.final()
+    if node.id != answer.id:
+        why = node.reason if node.status != Status.ACCEPTED else ""  # an accepted one's is why it passed
+        return f"{node.id} ({node.status}) is not the campaign's answer ({answer.id})" + (f": {why}" if why else "")
+    if node.status == Status.FINAL and (unjudged := rules.final_never_judged(lineage)) is not None:
+        return (
+            f"{node.id} was kept as the answer by an older ikd, but by validation it fails the test its search "
+            f"answer passed ({unjudged}): rerun `ikd compress` on the run to decide"
+        )
+    if not lineage.answered():
+        return f"{node.id} is the answer so far: the campaign has not finished ({lineage.stop_reason or 'not stopped'})"
     return None
 
 
@@ -334,6 +353,8 @@ def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str
             agree += int((expected.argmax(1) == got.argmax(1)).sum())
             max_diff = max(max_diff, float((expected - got).abs().max()))
     n = len(images)
+    if n == 0:  # a check of nothing would pass
+        raise ConfigError(f"dataset {data.name!r} has no test images to check the ONNX graph against")
     # The logits decide: with every logit within MAX_LOGIT_DIFF, top-1 can only flip on an image whose two
     # best logits are within twice that (a near tie), which is no disagreement; the agreement is reported.
     if not max_diff <= MAX_LOGIT_DIFF:  # `not <=` also catches NaN

@@ -137,6 +137,9 @@ class NodeRecord(BaseModel):
     val_curve: list[float] = Field(
         default_factory=list, description="validation accuracy of the kept weights' kind, per epoch"
     )
+    workers_lost: int = Field(
+        default=0, ge=0, description="how many times its training job's worker died (Ray) before it came back"
+    )
     seed: int | None = Field(
         default=None,
         description="the seed its training drew from (a child's: campaign seed + generation + 7919 x sibling)",
