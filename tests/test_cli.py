@@ -129,10 +129,15 @@ def test_refuses_to_overwrite_a_model(trained):
         (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1", "--out", "{tmp}/x"], "empty"),
         (["eval", "{tmp}/missing"], "model.json"),
         (["arch", "vgg16", "--input", "axb"], "--input"),
+        # refused before the data or the training: the first save failed after an epoch
+        (["train", "--dataset", "digits", "--epochs", "1", "--out", "{tmp}/afile"], "afile is not a directory"),
+        (["train", "--dataset", "digits", "--epochs", "1", "--out", ""], "--out '': expected a directory"),
+        (["compress", "--config", ""], "--config '': expected a YAML file"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, expected):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("")
     result = ikd(*[a.format(tmp=tmp_path) for a in args])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -268,11 +268,18 @@ def test_a_campaign_that_fails_before_any_work_leaves_no_run_directory(tmp_path,
 
 
 def test_temporary_files_a_kill_left_are_removed_by_the_next_run(run_copy, tiny_teacher):
-    stale = [run_copy / ".lineage.json.k1ll3d.tmp", run_copy / "nodes" / "g1-width" / ".model.safetensors.x.tmp"]
-    for path in stale:
+    stale = [
+        run_copy / ".lineage.json.k1ll3d_0.tmp",
+        run_copy / "nodes" / "g1-width" / ".model.safetensors.x1y2z3w4.tmp",
+    ]
+    # a run directory may be a folder of the user's (--run-dir ~): only what ikd's writes are named like, where
+    # it writes, goes (the whole tree was searched for `.*.tmp`)
+    mine = [run_copy / "notes" / ".draft.k1ll3d_0.tmp", run_copy / ".draft.tmp", run_copy / "nodes" / ".a.tmp"]
+    mine[0].parent.mkdir()
+    for path in [*stale, *mine]:
         path.write_bytes(b"half")
     assert cli.main(campaign_args(tiny_teacher, run_copy)) == 0
-    assert temp_files(run_copy) == []
+    assert temp_files(run_copy) == sorted(mine)
 
 
 def test_force_continues_a_run_directory_from_another_config(run_copy, tiny_teacher, capsys):

@@ -212,6 +212,13 @@ def test_hopeless_stops_only_what_cannot_plausibly_reach_the_floor(curve, epochs
         assert f"after epoch {len(curve)}/{epochs}" in reason and "70.00% needed" in reason
 
 
+def test_a_cut_beyond_any_float_leaves_a_candidate_hopeful_instead_of_crashing():
+    # a perfect epoch (error at its 1e-4 floor) after a poor one: its ratio to the power of the epochs
+    # left, then the slack, raised OverflowError before the epoch's state was saved, on every rerun
+    assert rules.hopeless([0.5, 0.9], 5, needed=0.99, slack=2000.0, later=(1.5, 2.0, 1.2, 1.1)) is None
+    assert rules.hopeless([0.1, 0.99], 300, needed=0.999, slack=2.0, later=(1.5,) * 299) is None
+
+
 def test_a_steep_climb_far_below_the_floor_is_hopeless_in_error_but_not_in_points():
     # A recorded MNIST child (quarter width): 68.9% then 80.8% after 2 of 5 epochs, 86.5% at the end,
     # against a 99.08% floor. Its 11.9-point climb, extrapolated in points, reaches past 100%; its

@@ -212,8 +212,22 @@ def test_the_root_listed_as_an_expert_is_the_root_and_teaches_once(tmp_path, tin
         ({"search.slim_min_channels": 0}, "search.slim_min_channels"),
         (
             {"search.retry_within": 0.3, "search.retry_epochs": 5, "student.epochs": 5},
-            "a retry would replay its near miss's training",
+            "expected more than student.epochs \\(5\\)",
         ),
+        ({"search.retry_within": 0.3, "search.retry_epochs": 3, "student.epochs": 5}, "only longer"),
+        ({"search.budget_epochs": 4}, "expected at least one candidate's training \\(5 epochs\\)"),
+        (
+            {"search.budget_epochs": 6, "student.hint_stage": "two-stage", "student.hint_epochs": 2},
+            "\\(7 epochs\\), or the campaign would train its teacher and stop before any student",
+        ),
+        # an unset shell variable ("$RUN"): the run would be the current directory, the teacher trained
+        ({"run_dir": ""}, "run_dir = '' .*expected a path or address, not an empty string"),
+        ({"teacher.dir": " "}, "teacher.dir = ' ' .*not an empty string"),
+        ({"data.dir": ""}, "data.dir = ''"),
+        ({"executor.ray_address": ""}, "executor.ray_address = ''"),
+        ({"search.strategy": "ancestors-child", "ensemble.experts": ["e", ""]}, "ensemble.experts"),
+        ({"time_limit": "1h1h"}, "expected a duration such as 2h30m"),  # the format, not "greater than zero"
+        ({"time_limit": "0s"}, "expected a duration greater than zero"),
     ],
 )
 def test_strategy_settings_are_validated(overrides, message):
@@ -335,6 +349,15 @@ def test_a_budget_stop_in_one_branch_trains_no_other(tmp_path, tiny_teacher, mon
         ({"search.operators": ["block"], "search.width_factor": 0.75}, []),
         ({"teacher.dir": "t", "teacher.arch": "vgg19", "teacher.lr": 0.05}, ["teacher.lr", "teacher.arch"]),
         ({"teacher.arch": "vgg19"}, []),
+        ({"student.final_teachers": "chain"}, ["student.final_teachers"]),  # no final distillation
+        ({"search.early_rejection": 2.0, "student.epochs": 2}, ["search.early_rejection"]),  # it could never fire
+        ({"search.early_rejection": 2.0, "student.epochs": 3}, []),
+        ({"student.hint_stage": "two-stage", "student.hint_epochs": 0}, ["student.hint_stage"]),
+        (
+            {"executor.gpus_per_job": 1, "executor.ray_address": "auto"},
+            ["executor.ray_address", "executor.gpus_per_job"],
+        ),
+        ({"executor.kind": "ray", "executor.gpus_per_job": 1}, []),
         ({"student.hint_epochs": 3}, ["student.hint_epochs"]),
         ({"student.hint_epochs": 3, "student.hint_stage": "two-stage"}, []),
         ({"search.slim_round_to": 8, "search.slim_by_share": True}, ["search.slim_by_share", "search.slim_round_to"]),

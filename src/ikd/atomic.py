@@ -7,11 +7,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` beside their target
+# tempfile.mkstemp's <random>: 8 of [a-z0-9_]
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is one an atomic write here would have used for its temporary file."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def _umask() -> int:
@@ -63,3 +71,16 @@ def _sync_directory(directory: Path) -> None:
 
 def atomic_write_json(path: Path, document: Any) -> None:
     atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def cannot_make_dir(path: Path) -> str | None:
+    """Why `path` cannot be (or be made) a directory ikd writes into (None: it looks possible): checked
+    before any work, so a mistyped output does not fail after the training."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

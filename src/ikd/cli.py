@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import torch
 from pydantic import ValidationError
@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from ikd import distributed, rules
 from ikd._version import __version__
 from ikd.arch import PRESETS, preset
+from ikd.atomic import cannot_make_dir
 from ikd.checkpoint import (
     META_FILE,
     WEIGHTS_FILE,
@@ -91,6 +92,10 @@ def _validated_config(**values) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.monotonic()  # the time limit counts data loading too
     out = Path(args.out)
+    if not args.out.strip():  # an unset shell variable: Path('') would be the current directory
+        raise ConfigError("--out '': expected a directory for the model, not an empty string")
+    if why := cannot_make_dir(out):
+        raise ConfigError(f"--out {args.out}: {why}; expected a directory for the model")
     time_limit = parse_duration(args.time_limit) if args.time_limit is not None else None
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
@@ -336,13 +341,18 @@ def _word_or(words: tuple[str, ...], number: type) -> Callable[[str], str | int 
     return parse
 
 
+def _plain(annotation: Any) -> Any:
+    """The type under an Annotated one (the config checks its value; the flag only converts it)."""
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
 def _config_flag_settings(flag: Flag) -> dict[str, Any]:
     """argparse settings of a config key's flag, read off the key's annotation: bool is a switch,
     Literal gives the choices, a list is comma-separated (or separate words), int/float convert."""
     annotation = flag.annotation
     members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
-    members = tuple(m for m in members if m is not type(None))  # None means "unset", never typed in
-    lists = [get_args(m)[0] for m in members if get_origin(m) is list]
+    members = tuple(_plain(m) for m in members if m is not type(None))  # None means "unset", never typed in
+    lists = [_plain(get_args(m)[0]) for m in members if get_origin(m) is list]
     words = tuple(word for m in members if get_origin(m) is Literal for word in get_args(m))
     numbers = [m for m in members if m in (int, float)]
     if members == (bool,):

@@ -13,10 +13,11 @@ import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args, get_origin
+from typing import Annotated, Any, Literal, cast, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,6 +34,17 @@ from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
 from ikd.train import Schedule
+
+
+# A path or address given as '' (an unset shell variable: --run-dir "$RUN") would mean "here" or
+# "none" depending on the reader: refused, not guessed.
+def _given(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a path or address, not an empty string")
+    return value
+
+
+Given = Annotated[str, AfterValidator(_given)]
 
 
 class Strict(BaseModel):
@@ -57,7 +69,7 @@ class DataConfig(Strict):
         json_schema_extra=cli_flag("--dataset", metavar="NAME", choices=DATASETS),
         description=f"dataset: {', '.join(DATASETS)}",
     )
-    dir: str | None = Field(
+    dir: Given | None = Field(
         default=None,
         json_schema_extra=cli_flag("--data-dir"),
         description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)",
@@ -112,7 +124,7 @@ class OptimConfig(Strict):
 
 
 class TeacherConfig(OptimConfig):
-    dir: str | None = Field(
+    dir: Given | None = Field(
         default=None,
         json_schema_extra=cli_flag("--teacher", metavar="DIR"),
         description="an existing `ikd train` output to start from; else one is trained",
@@ -349,7 +361,7 @@ class EnsembleConfig(Strict):
         json_schema_extra=cli_flag("--ancestors"),
         description="teachers from the child's chain: all its ancestors, or the last m (1 = the parent)",
     )
-    experts: list[str] = Field(
+    experts: list[Given] = Field(
         default_factory=list,
         json_schema_extra=cli_flag("--teachers", metavar="DIR", words=True),
         description="extra teacher directories (`ikd train` outputs on the same split), any architecture",
@@ -385,7 +397,7 @@ class ExecutorConfig(Strict):
         json_schema_extra=cli_flag("--executor"),
         description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)",
     )
-    ray_address: str | None = Field(
+    ray_address: Given | None = Field(
         default=None,
         json_schema_extra=cli_flag("--ray-address", metavar="ADDRESS"),
         description="ray: cluster to join (e.g. ray://head:10001 or auto); "
@@ -406,7 +418,7 @@ class ExecutorConfig(Strict):
 
 
 class CampaignConfig(Strict):
-    run_dir: str = Field(
+    run_dir: Given = Field(
         default="runs/campaign",
         json_schema_extra=cli_flag("--run-dir"),
         description="where lineage.json and the nodes are written",
@@ -459,10 +471,7 @@ class CampaignConfig(Strict):
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, str):
-            try:
-                parse_duration(value)
-            except ConfigError:
-                raise ValueError("expected a duration greater than zero, such as 2h30m, 90m, 45s or seconds") from None
+            _duration_seconds(value)  # its ValueError says what is wrong: the format, or not above zero
         return value
 
     @model_validator(mode="after")
@@ -474,10 +483,17 @@ class CampaignConfig(Strict):
             raise ValueError(f"search.seeds > 1 needs a *-children strategy, not {search.strategy!r}")
         if self.ensemble.experts and not search.many_teachers():
             raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
-        if search.retry_within and search.retry_epochs == self.student.epochs:
+        if search.retry_within and search.retry_epochs is not None and search.retry_epochs <= self.student.epochs:
             raise ValueError(
-                f"search.retry_epochs {search.retry_epochs} = student.epochs: a retry would replay its near miss's "
-                "training (same seed, data order and starting weights); give it another schedule (default: twice)"
+                f"search.retry_epochs {search.retry_epochs}: expected more than student.epochs "
+                f"({self.student.epochs}): a retry is its near miss's schedule, only longer (the same length "
+                "would replay its training: same seed, data order and starting weights); default: twice"
+            )
+        one_pass = self.student.epochs + (self.student.hint_epochs if self.two_stage_hints() else 0)
+        if search.budget_epochs is not None and search.budget_epochs < one_pass:
+            raise ValueError(
+                f"search.budget_epochs {search.budget_epochs}: expected at least one candidate's training "
+                f"({one_pass} epochs), or the campaign would train its teacher and stop before any student"
             )
         # one model listed twice would count twice in every mean of the teachers (teacher.dir may be one:
         # it is the root, which then teaches beside ensemble.ancestors when they do not reach it)
@@ -522,6 +538,18 @@ class CampaignConfig(Strict):
                 notes.append(f"teacher.{key}: read to train a root, not when teacher.dir imports one")
         if not self.two_stage_hints() and changed(self.student, defaults.student, ("hint_epochs",)):
             notes.append("student.hint_epochs: read only with student.hint_stage two-stage and loss.gamma > 0")
+        if self.student.final_epochs == 0 and changed(self.student, defaults.student, ("final_teachers",)):
+            notes.append("student.final_teachers: read only with student.final_epochs > 0")
+        if search.early_rejection and self.student.epochs < 3:
+            notes.append(
+                "search.early_rejection: judges after a candidate's second epoch, before its last: "
+                "needs student.epochs >= 3"
+            )
+        if self.student.hint_stage == "two-stage" and self.student.hint_epochs == 0:
+            notes.append("student.hint_stage: two-stage with student.hint_epochs 0 trains as joint")
+        if self.executor.kind == "local":
+            for key in changed(self.executor, defaults.executor, ("ray_address", "cpus_per_job", "gpus_per_job")):
+                notes.append(f"executor.{key}: read by executor.kind ray only")
         operator_keys = tuple(dict.fromkeys(key for op in OPERATORS.values() for key in op.search_keys()))
         for key in changed(search, defaults.search, operator_keys):
             readers = [name for name, op in OPERATORS.items() if key in op.search_keys()]
@@ -571,6 +599,13 @@ def _clock_seconds(text: str) -> float | None:
 
 def parse_duration(text: str, flag: str = "--time-limit") -> float:
     """Seconds in `2h30m`, `90m`, `45s`, `1.5h`, plain `3600`, or SLURM's `2:30:00`, `1-12:00:00`."""
+    try:
+        return _duration_seconds(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {text.strip().lower()!r}: {exc}") from None
+
+
+def _duration_seconds(text: str) -> float:
     text = text.strip().lower()
     try:
         seconds = float(text)
@@ -580,14 +615,12 @@ def parse_duration(text: str, flag: str = "--time-limit") -> float:
         if clock is not None:
             seconds = clock
         elif not text or match is None:
-            raise ConfigError(
-                f"{flag} {text!r}: expected a duration such as 2h30m, 90m, 45s, seconds or 2:30:00"
-            ) from None
+            raise ValueError("expected a duration such as 2h30m, 90m, 45s, seconds or 2:30:00") from None
         else:
             hours, minutes, secs = (float(part or 0) for part in match.groups())
             seconds = hours * 3600 + minutes * 60 + secs
     if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"{flag} {text!r}: expected a duration greater than zero")
+        raise ValueError("expected a duration greater than zero")
     return seconds
 
 
@@ -682,6 +715,8 @@ def load_config(
     An override of None means "not given" (a flag left out), so it cannot unset a key."""
     document: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     source = source or (str(path) if path is not None else "defaults")
+    if path is not None and not str(path).strip():
+        raise ConfigError("--config '': expected a YAML file, not an empty string")
     if path is not None:
         try:
             document = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_YamlLoader)  # a SafeLoader
@@ -778,6 +813,8 @@ def as_config(
 
 
 def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Annotated:  # a checked str is still a str to the reader
+        return _type_name(get_args(annotation)[0])
     args = get_args(annotation)
     if get_origin(annotation) is Literal:
         return " or ".join(repr(a) for a in args)

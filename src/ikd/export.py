@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -33,16 +32,15 @@ from safetensors.torch import save as safetensors_bytes
 
 from ikd import rules
 from ikd._version import __version__
-from ikd.atomic import atomic_write_bytes, atomic_write_json
+from ikd.atomic import atomic_write_bytes, atomic_write_json, cannot_make_dir
 from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, misfit, recorded_data_dir, recorded_split
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
-from ikd.lineage import NODES_DIR, Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, open_run_dir
+from ikd.lineage import EXPORT_DIR, NODES_DIR, Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, open_run_dir
 from ikd.model import VGG, NormalizedModel
 
 FORMATS = ("onnx", "safetensors")
-EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 SUMMARY_FILE = "export.json"
 # an --out path ending in its format's extension names the file; anything else names a directory
@@ -218,16 +216,7 @@ def _output_paths(out: Path | None, default_dir: Path, fmt: str) -> tuple[Path, 
 
 def _cannot_write(path: Path) -> str | None:
     """Why `path` cannot be written as a file (None: it looks writable): checked before the work."""
-    if path.is_dir():
-        return "it is a directory"
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"{ancestor} is not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{ancestor} is not writable"
-    return None
+    return "it is a directory" if path.is_dir() else cannot_make_dir(path.parent)
 
 
 def not_the_answer(lineage: Lineage, node: NodeRecord) -> str | None:

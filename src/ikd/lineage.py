@@ -23,14 +23,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ikd.arch import ArchSpec
-from ikd.atomic import TEMP_SUFFIX, atomic_write_json
+from ikd.atomic import TEMP_SUFFIX, atomic_write_json, is_temp_name
 from ikd.checkpoint import META_FILE, WEIGHTS_FILE
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
+from ikd.train_state import STATE_DIR
 
 LINEAGE_FILE = "lineage.json"
 ROOT_ID = "g0-teacher"
 LOCK_FILE = ".lock"
 NODES_DIR = "nodes"
+# the folders of a run directory that ikd writes (besides lineage.json): nodes, unfinished trainings'
+# state, and what `ikd export`, `ikd report` and `--log tensorboard` write by default
+EXPORT_DIR, REPORT_DIR, TB_DIR = "export", "report", "tb"
+RUN_SUBDIRS = (NODES_DIR, STATE_DIR, EXPORT_DIR, REPORT_DIR, TB_DIR)
 LINEAGE_VERSION = 1
 
 
@@ -390,9 +395,12 @@ class RunDir:
 
     def _remove_stale_temp_files(self) -> None:
         """Atomic writes a kill -9 cut short leave `.<name>.<random>.tmp` files; only the lock holder
-        may remove them, as any other writer's would be live."""
-        for stale in self.path.rglob(f".*{TEMP_SUFFIX}"):  # rglob does not follow symlinked dirs
-            if stale.is_file():
+        may remove them, as any other writer's would be live. Only where ikd writes: a run directory
+        given as an existing folder (`--run-dir ~`) may hold the user's own files."""
+        owned = [self.path / name for name in RUN_SUBDIRS if (self.path / name).is_dir()]
+        candidates = [*self.path.glob(f".*{TEMP_SUFFIX}"), *(p for d in owned for p in d.rglob(f".*{TEMP_SUFFIX}"))]
+        for stale in candidates:  # rglob does not follow symlinked dirs
+            if stale.is_file() and is_temp_name(stale.name):
                 with contextlib.suppress(OSError):
                     stale.unlink()
 

@@ -28,9 +28,8 @@ from ikd.atomic import atomic_write_bytes
 from ikd.checkpoint import META_FILE
 from ikd.config import CampaignConfig
 from ikd.errors import CheckpointError, ConfigError
-from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
+from ikd.lineage import REPORT_DIR, Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
-REPORT_DIR = "report"
 FIGURES = ("pareto.png", "lineage.png", "training.png")
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "digits": "digits"}
 # Status -> (colour, marker) shared by every figure, so a node looks the same everywhere.

@@ -190,7 +190,10 @@ def hopeless(curve: list[float], epochs: int, needed: float, slack: float, later
     if done < 2 or left <= 0 or len(later) < done:
         return None
     own = max(1.0, *(error(a) / error(b) for a, b in pairwise(curve)))
-    shrink = max(own**left, later[done - 1]) ** slack
+    try:
+        shrink = max(own**left, later[done - 1]) ** slack
+    except OverflowError:  # a cut beyond any float: nothing is out of its reach
+        return None
     reachable = 1.0 - error(max(curve)) / shrink
     if falls_short(points(reachable), points(needed), 0.0):
         return (

@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ikd.errors import ConfigError
-from ikd.lineage import check_node_id
+from ikd.lineage import TB_DIR, check_node_id
 from ikd.train import EpochRecord
 
 if TYPE_CHECKING:  # the optional package, imported at run time only when asked for
     from torch.utils.tensorboard import SummaryWriter
-
-TB_DIR = "tb"
 
 
 class TensorBoardLog:
