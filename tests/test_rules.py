@@ -339,3 +339,24 @@ def test_a_final_student_is_checked_against_the_test_its_search_answer_passed():
     assert rules.final_not_kept(marked) == f"by validation ({why})"
     # the chain spent the final's epochs choosing: the baselines get them either way
     assert marked.baseline_budget() == within.baseline_budget() == sum(n.epochs for n in [*chain[1:], final])
+
+
+def test_a_retry_is_trained_only_while_it_could_take_a_place_in_the_generation():
+    # floor 94.0 (max_drop 1 from 95.0); accept_margin 0.2: roomy from 94.2
+    keys = dict(max_drop=1.0, max_step_drop=100.0, retry_within=0.5, accept_margin=0.2)
+    near = node("g1-depth", 0.938, params=900, arch={"shape": "depth"})
+    small = [node(f"g1-w{i}", 0.95, params=500 + i, arch={"shape": i}) for i in range(2)]
+    narrow = node("g1-narrow", 0.941, params=400, arch={"shape": "narrow"})  # passed, without room
+    larger = node("g1-big", 0.95, params=950, arch={"shape": "big"})
+    twins = [node(f"g1-w0-s{i}", 0.95, params=500, arch={"shape": 0}) for i in range(2)]
+    best, tree = search(**keys), search(strategy="parent-children", select="tree", beam=2, **keys)
+    assert rules.near_miss(near, ROOT, ROOT, best)
+
+    def could(siblings, config):
+        return rules.retry_could_be_chosen(near, [near, *siblings], ROOT, ROOT, config)
+
+    assert not could(small[:1], best)  # select best: one smaller roomy child takes the only place
+    assert could([narrow, larger], best)  # a narrow one or a larger one leaves it a chance
+    assert could(small[:1], tree)  # a beam of 2: one place is still open
+    assert not could(small, tree)  # both taken (a tree retried every near miss)
+    assert could(twins, tree)  # two seeds of one shape fill one place: the beam keeps one child per shape

@@ -331,15 +331,13 @@ class Campaign:
     ) -> tuple[list[NodeRecord], bool]:
         """Each of the last `new` of `trained` that missed its floor narrowly (rules.near_miss) trained
         again from `parent` on a longer schedule, as a sibling `<id>-retry`: (those retries, whether
-        the budget stopped one). Not one that could not be chosen anyway (`select: best` with a sibling
-        no larger already within tolerance with room). Like any sibling, a rejected near miss is not on
-        the answer's chain, so the baselines are not given its epochs."""
+        the budget stopped one). Not one that could not be chosen anyway (rules.retry_could_be_chosen:
+        roomy siblings no larger fill every place the generation keeps). Like any sibling, a rejected
+        near miss is not on the answer's chain, so the baselines are not given its epochs."""
         root, epochs, cost = self.lineage.root(), rules.retry_epochs(self.config), rules.epochs_per_retry(self.config)
-        beam = self.search.kept_per_generation()
-        passed = [n.params for n in trained if rules.roomy(n, parent, root, self.search)]
         retried: list[NodeRecord] = []
         for node in (n for n in trained[-new:] if rules.near_miss(n, parent, root, self.search)):
-            if beam == 1 and passed and min(passed) <= node.params:
+            if not rules.retry_could_be_chosen(node, trained, parent, root, self.search):
                 continue
             # a sibling's retry keeps its seed: two siblings' retries are two trainings
             retry = Candidate(

@@ -137,6 +137,22 @@ def near_miss(node: NodeRecord, parent: NodeRecord, root: NodeRecord, search: Se
     )
 
 
+def retry_could_be_chosen(
+    node: NodeRecord, siblings: list[NodeRecord], parent: NodeRecord, root: NodeRecord, search: SearchConfig
+) -> bool:
+    """Whether a retry of the near miss `node` could parent the next generation: not when its
+    `siblings` (from the same parent) already hold roomy children no larger, of as many architectures
+    as the generation keeps (one under `select: best`, `beam` under a tree; a passing twin of its own
+    architecture counts: the shape is chosen either way), since survivors takes the smallest roomy
+    ones and other branches only add rivals."""
+    rivals = {
+        json.dumps(n.arch, sort_keys=True)
+        for n in siblings
+        if n.id != node.id and n.params <= node.params and roomy(n, parent, root, search)
+    }
+    return len(rivals) < search.kept_per_generation()
+
+
 def early_stop_note(reason: str) -> str | None:
     """The part of a node's reason that says it stopped before its last epoch (always its end), if any:
     kept when it is decided again on a resumed run, where the rest of the reason is replaced."""
