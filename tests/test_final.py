@@ -96,3 +96,17 @@ def test_a_final_student_below_its_answers_floor_is_not_the_answer(tiny_teacher,
     again = run(tiny_teacher, tmp_path / "run", "--final-epochs", "1", "--baselines").load()
     assert again.final().id == "final" and again.distilled().reason == ""  # type: ignore[union-attr]
     assert [n.id for n in again.nodes] == [n.id for n in first.nodes]  # nothing trained again
+
+
+def test_a_final_left_from_an_earlier_answer_does_not_count_in_the_search_budget(tiny_teacher, tmp_path):
+    # search.budget_epochs limits the candidates' epochs; the old final, retrained for the new answer
+    # once --force lets the search go on, took 3 of a budget of 2 and stopped it before generation 2
+    config = tmp_path / "budget.yaml"
+    config.write_text("search:\n  budget_epochs: 2\n")
+    extra = ("--config", str(config), "--final-epochs", "3")
+    first = run(tiny_teacher, tmp_path / "run", *extra, "--max-generations", "1").load()
+    assert first.distilled() is not None and first.search_epochs() == 1
+    again = run(tiny_teacher, tmp_path / "run", *extra, "--force").load()
+    assert (again.stop_reason or "").startswith("max_generations"), again.stop_reason
+    assert again.search_result().generation == 2 and again.search_epochs() == 2
+    assert again.distilled() is not None and again.distilled().parent == again.search_result().id

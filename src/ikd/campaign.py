@@ -195,7 +195,7 @@ class Campaign:
                     self.record(node.model_copy(update={"status": Status.REJECTED, "reason": reason}))
         if out_of_budget:
             budget_note = (
-                f"{BUDGET_STOP} {self.lineage.epochs_spent()} of {self.search.budget_epochs} "
+                f"{BUDGET_STOP} {self.lineage.search_epochs()} of {self.search.budget_epochs} "
                 "epochs used, the next pass needs more"
             )
             self.ctx.log(f"generation {generation}: {budget_note}")
@@ -300,7 +300,7 @@ class Campaign:
             # else finished before a stop (or, after --redecide, on the same path before)
             todo = [c for c in batch if self.needs_training(c, parent.id, teacher_ids)]
             if todo and not rules.budget_allows(
-                self.lineage.epochs_spent(), len(todo), rules.epochs_per_child(self.config), self.search.budget_epochs
+                self.lineage.search_epochs(), len(todo), rules.epochs_per_child(self.config), self.search.budget_epochs
             ):
                 return trained, not_trained, True
             if todo:
@@ -345,7 +345,7 @@ class Campaign:
             )
             [retry] = self.as_recorded(generation, [retry], parent.id, teacher_ids)
             if self.needs_training(retry, parent.id, teacher_ids):
-                if not rules.budget_allows(self.lineage.epochs_spent(), 1, cost, self.search.budget_epochs):
+                if not rules.budget_allows(self.lineage.search_epochs(), 1, cost, self.search.budget_epochs):
                     return retried, True
                 self.ctx.log(
                     f"generation {generation}: {node.id} missed its floor by "

@@ -271,6 +271,12 @@ class Lineage(BaseModel):
         spent = (NodeKind.STUDENT, NodeKind.FINAL)
         return sum(n.epochs for n in (self.nodes if nodes is None else nodes) if n.kind in spent)
 
+    def search_epochs(self) -> int:
+        """Epochs spent training the search's candidates: what search.budget_epochs limits (not a final
+        distillation, which trains after the search, and one left from an earlier answer that a --force
+        continued past is trained again for the new one)."""
+        return sum(n.epochs for n in self.students())
+
     def baseline_budget(self) -> int | None:
         """The epochs a baseline of the answer gets (the chain's, final distillation included, kept as
         the answer or not: the chain spent them to choose); None while there is no answer (no accepted
