@@ -428,3 +428,16 @@ def test_standardized_kl_with_a_cached_teacher_by_hand():
         target = torch.softmax(hand_standardize(teacher_logits[index]) / T, dim=1)
         expected = hand_kd(hand_standardize(student(x)), target, T)
     assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_cached_teacher_gathers_a_batch_once_for_every_student_trained_beside():
+    from ikd.objective import CachedTeacher
+
+    logits, features = torch.randn(10, 3), {1: torch.randn(10, 4, 2, 2)}
+    teacher = CachedTeacher(logits, features)
+    x, index = torch.randn(2, 1, 8, 8), torch.tensor([7, 2])
+    first = teacher(x, index)
+    assert teacher(x, index) is first  # the second student of the batch: no second gather
+    assert torch.equal(first.logits, logits[index]) and torch.equal(first.features[1], features[1][index])
+    other = teacher(x, torch.tensor([7, 2]))  # the next batch (another index tensor, even with equal rows)
+    assert other is not first and torch.equal(other.logits, first.logits)

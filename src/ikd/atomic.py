@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ def _umask() -> int:
     return current
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` all or nothing: a temporary file beside it, fsynced, then renamed.
+def atomic_write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Write `data` (or its parts, one after another: no joined copy of a large file in memory) to
+    `path` all or nothing: a temporary file beside it, fsynced, then renamed.
 
     Any failure (a full or read-only disk, an interrupt) leaves `path` as it was and removes the
     temporary file; an OSError names `path`, as a failed write or fsync by itself names no file and
@@ -42,7 +44,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # mkstemp makes the file owner-only; results are meant to be shared like any file the user writes
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for part in (data,) if isinstance(data, bytes) else data:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

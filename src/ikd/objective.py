@@ -165,11 +165,18 @@ class CachedTeacher:
     def __init__(self, logits: torch.Tensor, features: dict[int, torch.Tensor] | None = None):
         self.logits, self.features = logits, features or {}
         self.hint_blocks = frozenset(self.features)
+        self._last: tuple[torch.Tensor, TeacherOutputs] | None = None
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> TeacherOutputs:
-        index = to_device(index, self.logits.device)
-        features = {b: to_device(f[index], x.device) for b, f in self.features.items()}
-        return TeacherOutputs(to_device(self.logits[index], x.device), features)
+        # gathered once per batch, as LiveTeacher runs once: every student trained beside the first
+        # gets the same tensors (each gather copies the batch's rows of every cached block)
+        if self._last is not None and self._last[0] is index:
+            return self._last[1]
+        rows = to_device(index, self.logits.device)
+        features = {b: to_device(f[rows], x.device) for b, f in self.features.items()}
+        outputs = TeacherOutputs(to_device(self.logits[rows], x.device), features)
+        self._last = (index, outputs)
+        return outputs
 
 
 TeacherSource = LiveTeacher | CachedTeacher

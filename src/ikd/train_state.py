@@ -114,9 +114,9 @@ class StateStore:
         buffer = io.BytesIO()
         job = {"job": _job_text(self.job)} if self.job is not None else {}
         torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "epoch": epoch, **job, **state}, buffer)
-        payload = buffer.getvalue()
+        payload = buffer.getbuffer()  # a view: a VGG-16 student's state is ~200 MB, not copied twice more
         path = self.path(epoch)
-        atomic_write_bytes(path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        atomic_write_bytes(path, (hashlib.sha256(payload).hexdigest().encode() + b"\n", payload))
         for _, old in self._files_newest_first()[self.keep :]:
             with contextlib.suppress(OSError):
                 old.unlink()
