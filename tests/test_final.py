@@ -109,4 +109,5 @@ def test_a_final_left_from_an_earlier_answer_does_not_count_in_the_search_budget
     again = run(tiny_teacher, tmp_path / "run", *extra, "--force").load()
     assert (again.stop_reason or "").startswith("max_generations"), again.stop_reason
     assert again.search_result().generation == 2 and again.search_epochs() == 2
-    assert again.distilled() is not None and again.distilled().parent == again.search_result().id
+    final = again.distilled()
+    assert final is not None and final.parent == again.search_result().id
