@@ -441,3 +441,14 @@ def test_a_cached_teacher_gathers_a_batch_once_for_every_student_trained_beside(
     assert torch.equal(first.logits, logits[index]) and torch.equal(first.features[1], features[1][index])
     other = teacher(x, torch.tensor([7, 2]))  # the next batch (another index tensor, even with equal rows)
     assert other is not first and torch.equal(other.logits, first.logits)
+
+
+def test_a_pooled_hint_target_is_the_same_from_bf16_features_and_their_fp32_copy():
+    # a live teacher under bf16 autocast hands bf16 features; the cache holds them as fp32: pooled in
+    # bf16, the two targets differed by up to 2e-3
+    from ikd.losses import HintRegressor
+
+    regressor = HintRegressor(6, 8, seed=3)
+    student = torch.randn(2, 6, 2, 2)
+    live = (torch.randn(2, 8, 5, 5) * 30).to(torch.bfloat16)
+    assert torch.equal(regressor(student, live), regressor(student, live.float()))

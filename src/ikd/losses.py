@@ -142,9 +142,8 @@ class HintRegressor(nn.Module):
         # height and width apart: a user's teacher (ikd.external) may hint from a map that is not square
         size = tuple(min(a, b) for a, b in zip(projected.shape[-2:], teacher_features.shape[-2:], strict=True))
         projected = F.adaptive_avg_pool2d(projected, size) if tuple(projected.shape[-2:]) != size else projected
-        target = (
-            F.adaptive_avg_pool2d(teacher_features, size)
-            if tuple(teacher_features.shape[-2:]) != size
-            else teacher_features
-        )
-        return F.mse_loss(projected.float(), target.float())
+        # pooled in fp32: a live teacher's bf16 features (autocast) and the same features cached as fp32
+        # then give the same target, as the cache promises
+        target = teacher_features.float()
+        target = F.adaptive_avg_pool2d(target, size) if tuple(target.shape[-2:]) != size else target
+        return F.mse_loss(projected.float(), target)
