@@ -82,6 +82,24 @@ def test_a_graph_that_disagrees_is_refused_and_not_written(run_dir, monkeypatch,
     assert not (run_dir / "export" / NODE / "model.onnx").exists()
 
 
+def test_a_timed_graph_that_disagrees_is_refused_even_when_not_exported(run_dir, monkeypatch, capsys):
+    # the teacher's graph (and the node's, for a safetensors export) was timed without any check
+    from ikd import export
+
+    real, graphs = export.onnx_graph, []
+
+    def the_first_graph_again(*args, **kwargs):  # the teacher timed in the node's graph
+        graphs.append(real(*args, **kwargs))
+        return graphs[0]
+
+    monkeypatch.setattr(export, "onnx_graph", the_first_graph_again)
+    before = RunDir(run_dir).lineage_path.read_bytes()
+    code = main(["export", str(run_dir), "--node", NODE, "--format", "safetensors", "--repeats", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the ONNX graph {ROOT} is timed in disagrees with PyTorch" in err, err
+    assert not (run_dir / "export").exists() and RunDir(run_dir).lineage_path.read_bytes() == before
+
+
 def test_a_near_tie_that_flips_within_the_allowed_difference_is_no_disagreement(run_dir, monkeypatch):
     # every logit of a zeroed head ties; onnxruntime's arithmetic may break the tie the other way
     from ikd import export

@@ -384,6 +384,9 @@ def _measure_node_and_teacher(
                 f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)"
             ) from None
         timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
+    for name, (timed_model, timed_dataset, timed_graph) in timed.items():
+        if name != node.id or result.verification is None:  # the node's ONNX export was checked on real images
+            check_timed_graph(name, timed_model, timed_dataset, timed_graph)
     measured = measure_latencies(timed, repeats, rounds, threads=threads or LATENCY_THREADS)
     if root is not None and root.id in measured and root.id != node.id:  # the root exported: nothing to compare
         beside = {(m.runtime, m.batch): m.median_ms for m in measured[root.id]}
@@ -393,6 +396,25 @@ def _measure_node_and_teacher(
         result.teacher_id, result.teacher_latency = root.id, measured[root.id]
     result.latency = measured[node.id]
     return measured
+
+
+def check_timed_graph(name: str, model: VGG, dataset: dict[str, Any], graph: bytes) -> None:
+    """A graph timed but not exported (the teacher's, or the node's for a safetensors export) is checked
+    against PyTorch on random images: a speed-up is only worth reporting between models that compute
+    the same thing."""
+    spec = model.spec
+    images = torch.rand(
+        8, spec.in_channels, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.inference_mode():
+        expected = NormalizedModel(model, dataset["mean"], dataset["std"]).eval()(images)
+    got = torch.from_numpy(cpu_session(graph, 1).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
+    max_diff = float((expected - got).abs().max())
+    if not max_diff <= MAX_LOGIT_DIFF:  # `not <=` also catches NaN
+        raise ExportMismatch(
+            f"the ONNX graph {name} is timed in disagrees with PyTorch: max |logit difference| {max_diff:.2e} "
+            f"on random images (allowed {MAX_LOGIT_DIFF:g}); nothing written"
+        )
 
 
 def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:
