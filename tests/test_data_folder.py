@@ -222,13 +222,29 @@ def test_npz_float_scaled_and_keras_labels_and_class_names(tmp_path):
     a = arrays()
     a["x_train"] = a["x_train"].astype(np.float32) / 255
     a["y_train"] = a["y_train"][:, None]
-    a["classes"] = np.array(["a", "b", "c", "d", "e"])
+    a["classes"] = np.array(["a", "b", "c", "d"])
     d = load_dataset("npz", write_npz(tmp_path / "sub" / "only.npz", **a), val_fraction=0.25)
-    assert d.classes == ["a", "b", "c", "d", "e"]
+    assert d.classes == ["a", "b", "c", "d"]
     both = torch.cat([d.train.images, d.val.images])
     assert both.dtype == torch.uint8 and len(both) == 20
     # a directory with exactly one .npz works too
     assert load_dataset("npz", tmp_path / "sub").source == str(tmp_path / "sub" / "only.npz")
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        # the class count came from the largest label: {0, 2} made a class 1 without an image
+        ({"y_train": np.arange(20) % 2 * 2, "y_test": np.arange(6) % 2 * 2}, r"no training image of class 1; expected"),
+        ({"classes": np.array(list("abcde"))}, r"no training image of class e;"),
+        ({"y_train": np.zeros(20, np.int64), "y_test": np.zeros(6, np.int64)}, r"1 class \(0\); expected at least 2"),
+        ({"y_train": np.full(20, 2**63 + 1, np.uint64)}, r"holds label 9223372036854775809; expected class indices"),
+    ],
+)
+def test_npz_classes_that_cannot_be_learnt_are_refused(tmp_path, change, pattern):
+    a = arrays() | change
+    with pytest.raises(DataError, match=pattern):
+        load_dataset("npz", write_npz(tmp_path / "d.npz", **a))
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,39 @@ def test_headline_words_a_student_above_its_teacher_as_a_gain(run_dir, tmp_path)
     assert "a 0.25-point gain in test accuracy" in headline and "the split that chose it, 0.60 points up)" in headline
 
 
+def test_the_headline_of_an_unfinished_run_says_it_is_no_result(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    lineage = run.load()
+    assert load_report(copy).headline().startswith("ikd compressed")
+    lost = "candidates lost with their workers: g2-width in generation 2"
+    for stop, said in ((None, "Not finished (not stopped); so far: ikd compressed"), (lost, f"Not finished ({lost})")):
+        run.save(lineage.model_copy(update={"stop_reason": stop}))
+        assert load_report(copy).headline().startswith(said)
+    # no student accepted yet: nothing "stands" (it said the teacher did, over the generations of baselines too)
+    students = [
+        n.model_copy(update={"status": "rejected"}) if n.status == Status.ACCEPTED else n for n in lineage.nodes
+    ]
+    run.save(lineage.model_copy(update={"stop_reason": None, "nodes": students}))
+    headline = load_report(copy).headline()
+    tried = max(n.generation for n in lineage.students())
+    assert headline.endswith(f"({tried} generations tried).") and "stands" not in headline
+
+
+def test_a_teacher_without_a_test_accuracy_is_one_line_not_a_crash(run_dir, tmp_path, capsys):
+    # with the root alone, the Pareto plot's max() of no points crashed as an internal error
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    lineage = run.load()
+    root = lineage.root().model_copy(update={"test_accuracy": None})
+    run.save(lineage.model_copy(update={"nodes": [root], "stop_reason": "max_generations (0) reached"}))
+    assert main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "node g0-teacher has no test_accuracy" in err and len(err.strip().splitlines()) == 1
+
+
 def test_figures_are_readable_pngs(run_dir):
     out = write_report(run_dir)
     for name in FIGURES:

@@ -119,6 +119,12 @@ def test_resuming_on_other_images_than_the_roots_is_refused(tmp_path, tiny_teach
     meta.write_text(json.dumps(document))
     with pytest.raises(ConfigError, match=r"its root teacher saw other images .*--data-dir points at other files"):
         compress(config, progress=False)
+    # the same sizes and statistics, the class folders renamed: every label would mean another class
+    document["dataset"]["mean"] = [m - 0.01 for m in document["dataset"]["mean"]]
+    document["dataset"]["classes"] = document["dataset"]["classes"][::-1]
+    meta.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=r"its root teacher was trained with class 0 = '9', the data has '0' there"):
+        compress(config, progress=False)
 
 
 def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, monkeypatch):

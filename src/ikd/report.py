@@ -118,11 +118,16 @@ class Report:
         """The sentence the paper's abstract left blank, filled from this run."""
         root, final = self.root, self.final
         teacher = arch_name(root)
+        # a run still going, interrupted, or waiting for candidates lost with their workers: no result yet
+        unfinished = (
+            "" if self.lineage.answered() else f"Not finished ({self.lineage.stop_reason or 'not stopped'}); so far: "
+        )
         if final is root:
-            tried = max((n.generation for n in self.lineage.nodes), default=0)
+            tried = max((n.generation for n in self.lineage.students()), default=0)
+            ending = "; the teacher stands." if not unfinished else "."
             return (
-                f"ikd found no student of {teacher} on {self.dataset} within tolerance "
-                f"({tried} generation{'s' * (tried != 1)} tried); the teacher stands."
+                f"{unfinished}ikd found no student of {teacher} on {self.dataset} within tolerance "
+                f"({tried} generation{'s' * (tried != 1)} tried){ending}"
             )
         reduction = 100 * (1 - final.size_bytes_fp32 / root.size_bytes_fp32)
         root_test, final_test = accuracy_of(root, "test"), accuracy_of(final, "test")
@@ -139,7 +144,7 @@ class Report:
         else:
             validation = f"on validation, the split that chose it, {validation}"
         return (
-            f"ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
+            f"{unfinished}ikd compressed {teacher} on {self.dataset} by {reduction:.2f}% in memory footprint "
             f"({final.compression:.1f}x fewer parameters, {_bytes(root.size_bytes_fp32)} -> "
             f"{_bytes(final.size_bytes_fp32)} of fp32 weights) with {change} in test accuracy "
             f"({100 * root_test:.2f}% -> {100 * final_test:.2f}%; {validation}) in {final.generation} "
@@ -354,6 +359,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 def plot_pareto(report: Report, path: Path) -> None:
     """Test accuracy against parameters (log scale); the accepted chain to the final student joined."""
+    accuracy_of(report.root, "test")  # the reference every point is read against: a clear error without it
     # test accuracy (%) of the nodes that have one
     percent = {n.id: 100 * n.test_accuracy for n in report.lineage.nodes if n.test_accuracy is not None}
     nodes = [n for n in report.lineage.nodes if n.id in percent]

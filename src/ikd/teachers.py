@@ -175,6 +175,8 @@ def _same_data(ctx: CampaignContext) -> None:
             f"loaded now has {sizes}, mean {list(data.mean)}: --data-dir points at other files? Give the data the "
             "run was made with, or use another run_dir"
         )
+    if why := other_classes(recorded, data):  # the same sizes and statistics, the class folders renamed
+        raise ConfigError(f"{ctx.run.path}: its root teacher {why}: give the data the run was made with")
 
 
 def _same_module(ctx: CampaignContext, root: NodeRecord, teacher: ExternalTeacher) -> None:

@@ -86,6 +86,8 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where} has {y.shape[0]} labels for {n} images; expected the same count")
     if y.size and int(y.min()) < 0:
         raise DataError(f"{where} holds label {int(y.min())}; expected labels >= 0")
+    if y.size and int(y.max()) > np.iinfo(np.int64).max:  # the cast below would wrap it negative
+        raise DataError(f"{where} holds label {int(y.max())}; expected class indices 0..N-1")
     return y.astype(np.int64)
 
 

@@ -165,10 +165,18 @@ def check_consistent(raw: RawDataset, where: str) -> None:
             "expected square images (pass image_size / --image-size to resize)"
         )
     k = len(raw.classes)
+    if k < 2:
+        raise DataError(f"{where}: {k} class ({', '.join(map(str, raw.classes))}); expected at least 2 to classify")
     for part, s in (("train", raw.train), ("test", raw.test)):
         lo, hi = int(s.labels.min()), int(s.labels.max())
         if lo < 0 or hi >= k:
             raise DataError(f"{where}: {part} labels span {lo}..{hi}; expected labels in 0..{k - 1} ({k} classes)")
+    # a class without training images cannot be learnt, only lost (npz and idx take the class count from
+    # the largest label: labels {0, 2} made a class 1 nobody trains)
+    counts = torch.bincount(raw.train.labels, minlength=k)
+    if empty := [str(raw.classes[c]) for c in range(k) if counts[c] == 0]:
+        shown = ", ".join(empty[:5]) + (f", ... ({len(empty)} classes)" if len(empty) > 5 else "")
+        raise DataError(f"{where}: no training image of class {shown}; expected every class in the training set")
 
 
 def check_split_seed(split_seed: int) -> int:
