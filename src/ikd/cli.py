@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import torch
 from pydantic import ValidationError
@@ -40,7 +40,7 @@ from ikd.checkpoint import (
     recorded_split,
 )
 from ikd.compare import compare_predictions
-from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration
+from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration, plain_type
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
@@ -341,18 +341,13 @@ def _word_or(words: tuple[str, ...], number: type) -> Callable[[str], str | int 
     return parse
 
 
-def _plain(annotation: Any) -> Any:
-    """The type under an Annotated one (the config checks its value; the flag only converts it)."""
-    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
-
-
 def _config_flag_settings(flag: Flag) -> dict[str, Any]:
     """argparse settings of a config key's flag, read off the key's annotation: bool is a switch,
     Literal gives the choices, a list is comma-separated (or separate words), int/float convert."""
     annotation = flag.annotation
     members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
-    members = tuple(_plain(m) for m in members if m is not type(None))  # None means "unset", never typed in
-    lists = [_plain(get_args(m)[0]) for m in members if get_origin(m) is list]
+    members = tuple(plain_type(m) for m in members if m is not type(None))  # None means "unset", never typed in
+    lists = [plain_type(get_args(m)[0]) for m in members if get_origin(m) is list]
     words = tuple(word for m in members if get_origin(m) is Literal for word in get_args(m))
     numbers = [m for m in members if m in (int, float)]
     if members == (bool,):

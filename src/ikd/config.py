@@ -829,9 +829,13 @@ def as_config(
     return load_config(config, overrides)
 
 
+def plain_type(annotation: Any) -> Any:
+    """The type under an Annotated one: a checked str is still a str to a reader or a flag's parser."""
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
 def _type_name(annotation: Any) -> str:
-    if get_origin(annotation) is Annotated:  # a checked str is still a str to the reader
-        return _type_name(get_args(annotation)[0])
+    annotation = plain_type(annotation)
     args = get_args(annotation)
     if get_origin(annotation) is Literal:
         return " or ".join(repr(a) for a in args)
