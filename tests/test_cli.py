@@ -113,6 +113,18 @@ def test_eval_against_another_model_pairs_them_on_the_same_images(trained, tmp_p
     assert refused.returncode != 0 and "same images" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_eval_against_a_model_of_another_image_size_gives_it_its_own_images(trained, tmp_path):
+    # it ran the other model on this one's 8x8 images (its global pooling took any size without a word)
+    larger = tmp_path / "larger"
+    made = ikd(*("train", "--dataset", "digits", "--arch", "vgg11", "--image-size", "16", "--epochs", "1"),
+               *("--batch-size", "64", "--precision", "fp32", "--quiet", "--out", larger))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    paired = ikd("eval", trained, "--against", larger, "--json")
+    assert paired.returncode == 0, paired.stderr
+    alone = json.loads(ikd("eval", larger, "--json").stdout)
+    assert json.loads(paired.stdout)["against"]["accuracy"] == pytest.approx(alone["accuracy"])
+
+
 def test_refuses_to_overwrite_a_model(trained):
     result = ikd("train", "--dataset", "digits", "--epochs", "1", "--out", trained)
     assert result.returncode == 2

@@ -248,10 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, record, data = _load_evaluated(args.model_dir, args)
     split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
 
-    def predicted(m: torch.nn.Module, r: dict[str, Any]) -> tuple[torch.Tensor, float]:
-        return predict(m, split, mean=r["mean"], std=r["std"], device=device, precision=precision)
-
-    labels, loss_sum = predicted(model, record)
+    labels, loss_sum = predict(model, split, mean=record["mean"], std=record["std"], device=device, precision=precision)
     metrics = score(labels, loss_sum, split.labels)
     report: dict[str, Any] = {
         "model_dir": str(args.model_dir),
@@ -263,13 +260,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.against:
         other, other_record, other_data = _load_evaluated(args.against, args, reuse=(record["split_key"], data))
         other_split = {"train": other_data.train, "val": other_data.val, "test": other_data.test}[args.split]
-        if other_record["name"] != record["name"] or not torch.equal(other_split.labels, split.labels):
+        # the same images, each model given them as it was trained (its own image_size): equal pixels when
+        # the sizes agree, else the same files resized
+        same_images = (
+            torch.equal(other_split.images, split.images)
+            if other_split.images.shape == split.images.shape
+            else other_data.source == data.source
+        )
+        if (
+            other_record["name"] != record["name"]
+            or not torch.equal(other_split.labels, split.labels)
+            or not same_images
+        ):
             raise ConfigError(
                 f"--against {args.against}: its {args.split} split ({other_record['name']}, {len(other_split)} "
-                f"images) is not {args.model_dir}'s ({record['name']}, {len(split)}): a paired comparison needs "
-                "the same images (same dataset, val_fraction and split_seed)"
+                f"images from {other_data.source}) is not {args.model_dir}'s ({record['name']}, {len(split)} from "
+                f"{data.source}): a paired comparison needs the same images (same dataset, files, val_fraction "
+                "and split_seed)"
             )
-        paired = compare_predictions(labels, predicted(other, other_record)[0], split.labels)
+        against = predict(
+            other, other_split, mean=other_record["mean"], std=other_record["std"], device=device, precision=precision
+        )
+        paired = compare_predictions(labels, against[0], split.labels)
         report["against"] = {"model_dir": str(args.against), "accuracy": paired.b_correct / max(paired.n, 1)}
         report["paired"] = {"only_this": paired.only_a, "only_against": paired.only_b, "p_value": paired.p_value}
     if args.json:
