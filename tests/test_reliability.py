@@ -322,6 +322,26 @@ def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, conten
         RunDir(tmp_path).load()
 
 
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ("digits", "'dataset' is str; expected an object"),
+        ({"mean": None}, "dataset.mean is None; expected a list of finite numbers, one per channel"),
+        ({"std": [0.0]}, r"dataset.std is \[0.0\]; expected a list of finite numbers above 0"),  # it printed loss nan
+        ({"mean": [0.1, 0.2, 0.3]}, "dataset.mean has 3 values for a model of 1 input channel"),
+    ],
+)
+def test_a_model_whose_dataset_record_cannot_normalise_is_a_checkpoint_error(tiny_teacher, tmp_path, dataset, message):
+    # each was an internal error (or a NaN loss) in ikd eval and export
+    model = shutil.copytree(tiny_teacher, tmp_path / "model")
+    document = json.loads((model / "model.json").read_text())
+    document["dataset"] = dataset if isinstance(dataset, str) else document["dataset"] | dataset
+    (model / "model.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_model(model)
+    assert str(model / "model.json") in str(error.value) and "\n" not in str(error.value)
+
+
 def test_a_lineage_from_a_newer_ikd_says_so(run_copy):
     # its new fields failed validation as "extra inputs are not permitted", which reads as damage
     document = json.loads((run_copy / "lineage.json").read_text())

@@ -7,6 +7,7 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,7 +175,29 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(document, dict) or "arch" not in document:
         raise CheckpointError(f"{path}: expected a JSON object with an 'arch' key")
+    if (why := _dataset_problem(document.get("dataset", {}))) is not None:
+        raise CheckpointError(f"{path}: {why}")
     return document
+
+
+def _dataset_problem(record: Any) -> str | None:
+    """What is wrong with a model's dataset record, whose mean and std every evaluation and export
+    normalises with (None: nothing, or it is absent); a std of 0 would divide by zero."""
+    if not isinstance(record, dict):
+        return f"'dataset' is {type(record).__name__}; expected an object"
+    for key in ("mean", "std"):
+        if key not in record:
+            continue
+        values = record[key]
+        numbers = (
+            isinstance(values, list)
+            and values
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        )
+        if not numbers or (key == "std" and min(values) <= 0):
+            limit = " above 0" if key == "std" else ""
+            return f"dataset.{key} is {values!r}; expected a list of finite numbers{limit}, one per channel"
+    return None
 
 
 def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tuple[VGG, dict[str, Any]]:
@@ -186,6 +209,13 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> tup
     except ValidationError as exc:
         where, first = first_validation_error(exc)
         raise CheckpointError(f"{directory / META_FILE}: invalid arch.{where}: {first['msg']}") from None
+    record = metadata.get("dataset", {})
+    for key in ("mean", "std"):
+        if key in record and len(record[key]) != spec.in_channels:
+            raise CheckpointError(
+                f"{directory / META_FILE}: dataset.{key} has {len(record[key])} values for a model of "
+                f"{spec.in_channels} input channel(s); expected one per channel"
+            )
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: not found")
