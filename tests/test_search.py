@@ -492,6 +492,18 @@ def test_redecide_replays_the_decisions_reusing_what_it_reaches(tmp_path, tiny_t
     with pytest.raises(ConfigError, match=re.escape("--redecide with search.budget_epochs 10")):
         compress(budgeted, progress=False, redecide=True)
 
+    # A check the campaign makes before any work refuses the run: the decisions --redecide undid stay on
+    # disk (they were written undone before the check)
+    before = RunDir(tmp_path / "run").lineage_path.read_bytes()
+
+    def refused(*args, **kwargs):
+        raise ConfigError("ensemble.experts: not found")
+
+    monkeypatch.setattr(ikd.campaign, "new_experts", refused)
+    with pytest.raises(ConfigError, match="not found"):
+        compress(shorter, progress=False, redecide=True)
+    assert RunDir(tmp_path / "run").lineage_path.read_bytes() == before
+
 
 def test_redecide_from_a_tree_to_one_child_reuses_the_branch_trainings(tmp_path, tiny_teacher, monkeypatch):
     tree = campaign_config(tmp_path / "run", tiny_teacher, strategy="parent-children", select="tree")

@@ -32,8 +32,9 @@ def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
 def open_campaign(
     run: RunDir, config: CampaignConfig, *, force: bool, log: Callable[[str], None], redecide: bool = False
 ) -> Lineage:
-    """The lineage to continue in `run` (an empty one for a new campaign, written with its first node);
-    `redecide`: every trained candidate back to undecided, so the search replays its decisions."""
+    """The lineage to continue in `run` (an empty one for a new campaign, written with its first node),
+    not yet written; `redecide`: every trained candidate back to undecided, so the search replays its
+    decisions."""
     if redecide and config.search.budget_epochs is not None:
         raise ConfigError(
             f"{run.path}: --redecide with search.budget_epochs {config.search.budget_epochs}: a replay "
@@ -92,9 +93,9 @@ def open_campaign(
         lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
     if redecide:
         lineage = undecided(lineage, rules.epochs_per_child(config), rules.epochs_per_retry(config), log)
-    lineage = lineage.model_copy(update={"config": wanted})
-    run.save(lineage)
-    return lineage
+    # not saved here: the campaign writes it once its own checks pass, so a refusal (or Ctrl-C) before
+    # any work leaves the decisions --redecide undid and the nodes --force dropped on disk
+    return lineage.model_copy(update={"config": wanted})
 
 
 def with_image_size(document: dict) -> dict:
