@@ -127,6 +127,15 @@ def test_resuming_on_other_images_than_the_roots_is_refused(tmp_path, tiny_teach
         compress(config, progress=False)
 
 
+def test_resuming_with_the_teacher_path_spelt_otherwise_is_the_same_run(tmp_path, tiny_teacher):
+    # `t/` or `./t` for `t` was refused, even under --force, as "a root teacher made under other settings"
+    config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
+    first = compress(config, progress=False)
+    respelt = config.model_copy(update={"teacher": config.teacher.model_copy(update={"dir": f"{tiny_teacher}/"})})
+    again = compress(respelt, progress=False)
+    assert [(n.id, n.sha256) for n in again.nodes] == [(n.id, n.sha256) for n in first.nodes]
+
+
 def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, monkeypatch):
     config = campaign_config(tmp_path / "run", tiny_teacher)
     real_train = ikd.campaign.train_students

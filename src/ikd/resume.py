@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from ikd import rules
 from ikd.config import CampaignConfig
 from ikd.data import effective_image_size
+from ikd.data.paths import same_place
 from ikd.diff import config_differences
 from ikd.errors import CheckpointError, ConfigError
 from ikd.lineage import Lineage, NodeRecord, RunDir, Status
@@ -58,9 +59,11 @@ def open_campaign(
             "its ancestors trained on; use another run_dir"
         )
     other_teacher = [d for d in differences if d.startswith("teacher.")]
-    imported = stored.get("teacher", {}).get("dir")
-    if imported is not None and imported == wanted["teacher"]["dir"]:
-        other_teacher = []  # the same model imported: the keys for training one are not read
+    imported, asked = stored.get("teacher", {}).get("dir"), wanted["teacher"]["dir"]
+    if imported is not None and asked is not None and same_place(imported) == same_place(asked):
+        # the same model imported: the keys for training one are not read, nor is how its path is spelt
+        other_teacher = []
+        differences = [d for d in differences if not d.startswith("teacher.dir:")]
     if other_teacher:  # not even under --force: the root stays what it was, and every student learnt from it
         raise ConfigError(
             f"{run.path}: holds a campaign grown from a root teacher made under other settings "
