@@ -117,8 +117,10 @@ def test_resuming_on_other_images_than_the_roots_is_refused(tmp_path, tiny_teach
     document = json.loads(meta.read_text())
     document["dataset"]["mean"] = [m + 0.01 for m in document["dataset"]["mean"]]  # as other files would give
     meta.write_text(json.dumps(document))
+    before = RunDir(tmp_path / "run").lineage_path.read_bytes()
     with pytest.raises(ConfigError, match=r"its root teacher saw other images .*--data-dir points at other files"):
         compress(config, progress=False)
+    assert RunDir(tmp_path / "run").lineage_path.read_bytes() == before  # refused before anything was written
     # the same sizes and statistics, the class folders renamed: every label would mean another class
     document["dataset"]["mean"] = [m - 0.01 for m in document["dataset"]["mean"]]
     document["dataset"]["classes"] = document["dataset"]["classes"][::-1]

@@ -232,6 +232,7 @@ def test_the_root_listed_as_an_expert_is_the_root_and_teaches_once(tmp_path, tin
         ({"student.epochs": True}, "student.epochs = True .*true is a yes/no; expected a number"),
         ({"ensemble.ancestors": True}, "ensemble.ancestors = True"),
         ({"search.width_factor": False}, "search.width_factor = False"),
+        ({"loss.gamma": True}, "loss.gamma = True"),
     ],
 )
 def test_strategy_settings_are_validated(overrides, message):
@@ -267,7 +268,7 @@ def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later
     assert "accepted" in {n.status for n in generation(more, 2)}
 
 
-def lose_workers(monkeypatch, lost: set[str]) -> None:
+def lose_workers(monkeypatch, lost: set[str], why: str = "worker lost: killed") -> None:
     """Every job of the `lost` node ids comes back as if its worker had died (the others train)."""
     from ikd import executor
 
@@ -275,7 +276,7 @@ def lose_workers(monkeypatch, lost: set[str]) -> None:
 
     def run(self, job, models):
         trained = real(self, job, models)
-        gone = executor.Trained(None, executor.WorkerLost("worker lost: killed"), 0.0, "lost")
+        gone = executor.Trained(None, executor.WorkerLost(why), 0.0, "lost")
         return [gone if c.node_id in lost else t for c, t in zip(job.candidates, trained, strict=True)]
 
     monkeypatch.setattr(executor.LocalExecutor, "run", run)
@@ -306,9 +307,14 @@ def test_a_lost_candidate_that_could_have_been_chosen_leaves_its_generation_unde
 
 def test_a_candidate_that_loses_its_worker_every_time_fails_after_the_last_try(tmp_path, tiny_teacher, monkeypatch):
     from ikd.campaign import LOST_STOP
-    from ikd.executor import MAX_WORKER_LOSSES
+    from ikd.executor import MAX_WORKER_LOSSES, NO_ROOM
 
     keys = dict(strategy="parent-children", max_generations=1)
+    # a job that never started (no worker left on the cluster) killed no worker: not counted
+    lose_workers(monkeypatch, {"g1-width"}, f"worker lost: {NO_ROOM}")
+    queued = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
+    assert (queued.stop_reason or "").startswith(LOST_STOP) and queued.node("g1-width").workers_lost == 0
+    monkeypatch.undo()
     lose_workers(monkeypatch, {"g1-width"})  # the child that could win dies with its worker on every run
     for run in range(1, MAX_WORKER_LOSSES):
         lineage = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
@@ -424,3 +430,20 @@ def test_a_record_is_the_same_training_whatever_its_id_but_not_whatever_its_oper
     # a record from before operators were recorded counts under its own id only
     assert same(record("g2-block", None), "g2-block", "block")
     assert not same(record("g2-block", None), "g2-block-retry", "retry")
+
+
+def test_a_recorded_config_is_read_back_under_the_rules_of_its_time():
+    # a run made before retry_epochs < student.epochs and budgets below one pass were refused still
+    # compares as a config (raw, every key added to ikd since would have read as a difference)
+    from pydantic import ValidationError
+
+    from ikd.config import RECORDED, CampaignConfig
+
+    old = load_config(None).model_dump(mode="json")
+    old["search"] |= {"retry_within": 0.2, "retry_epochs": 2, "budget_epochs": 3}
+    with pytest.raises(ValidationError, match=r"expected more than student\.epochs"):
+        CampaignConfig.model_validate(old)
+    assert CampaignConfig.model_validate(old, context={RECORDED: True}).search.retry_epochs == 2
+    old["search"]["retry_epochs"] = 5  # the rule it always had: the same length replays the near miss
+    with pytest.raises(ValidationError, match=r"expected more than student\.epochs"):
+        CampaignConfig.model_validate(old, context={RECORDED: True})

@@ -44,7 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview]) -
         # mkstemp makes the file owner-only; results are meant to be shared like any file the user writes
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            for part in (data,) if isinstance(data, bytes) else data:
+            for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
                 handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())

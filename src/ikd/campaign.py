@@ -114,10 +114,10 @@ class Campaign:
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         root_dir = imported_root_dir(self.config, self.models.user_module)
         experts_to_copy = new_experts(self.ctx, self.lineage, root_dir)
-        if self.ctx.run.exists():  # resumed: what open_campaign changed (config, --redecide, --force), checked now
-            self.ctx.run.save(self.lineage)
-        if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:
+        if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:  # or checks the data against it
             self.record(root)
+        elif self.ctx.run.exists():  # resumed: what open_campaign changed (config, --redecide, --force), checked now
+            self.ctx.run.save(self.lineage)
         for expert in expert_teachers(self.ctx, self.lineage, experts_to_copy):
             self.record(expert)
         experts = expert_ids(self.config.ensemble.experts, root_dir)

@@ -42,6 +42,7 @@ from ikd.checkpoint import (
 from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration, plain_type
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
+from ikd.data.paths import same_place
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
 from ikd.model import build_model
@@ -265,7 +266,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         same_images = (
             torch.equal(other_split.images, split.images)
             if other_split.images.shape == split.images.shape
-            else other_data.source == data.source
+            else same_place(other_data.source) == same_place(data.source)
         )
         if (
             other_record["name"] != record["name"]

@@ -19,7 +19,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -34,6 +33,7 @@ from ikd.data.paths import same_place
 from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
+from ikd.strict import Strict
 from ikd.train import Schedule
 
 
@@ -46,27 +46,6 @@ def _given(value: str) -> str:
 
 
 Given = Annotated[str, AfterValidator(_given)]
-
-
-class Strict(BaseModel):
-    # an infinite learning rate or EMA horizon is no setting: refused like NaN, not trained into NaN
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_yes_no_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads `epochs: true` as 1 epoch; YAML's yes/no is never a count or a rate
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if bool not in _members(annotation) and {int, float} & set(_members(annotation)):
-                raise ValueError(f"{str(value).lower()} is a yes/no; expected a number")
-        return value
-
-
-def _members(annotation: Any) -> tuple[Any, ...]:
-    """The types an annotation admits, one level down (int | None -> int, NoneType)."""
-    args = get_args(annotation)
-    return args if args and get_origin(annotation) is not list else (annotation,)
 
 
 def cli_flag(
@@ -434,6 +413,9 @@ class ExecutorConfig(Strict):
     )
 
 
+RECORDED = "recorded"  # validation context of a config read back from a lineage (CampaignConfig's rules)
+
+
 class CampaignConfig(Strict):
     run_dir: Given = Field(
         default="runs/campaign",
@@ -492,7 +474,7 @@ class CampaignConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _strategy_options_fit(self) -> CampaignConfig:
+    def _strategy_options_fit(self, info: ValidationInfo) -> CampaignConfig:
         search = self.search
         if search.select == "tree" and not search.many_children():
             raise ValueError(f"search.select 'tree' needs a *-children strategy, not {search.strategy!r}")
@@ -500,14 +482,18 @@ class CampaignConfig(Strict):
             raise ValueError(f"search.seeds > 1 needs a *-children strategy, not {search.strategy!r}")
         if self.ensemble.experts and not search.many_teachers():
             raise ValueError(f"ensemble.experts needs an ancestors-* strategy, not {search.strategy!r}")
-        if search.retry_within and search.retry_epochs is not None and search.retry_epochs <= self.student.epochs:
+        # A run's recorded config is read back to compare it with today's (ikd.resume): it must not fail on
+        # a rule added after the run began (it would then compare raw, keys added since as differences).
+        recorded = bool(info.context and info.context.get(RECORDED))
+        shorter = search.retry_epochs is not None and search.retry_epochs < self.student.epochs and not recorded
+        if search.retry_within and (search.retry_epochs == self.student.epochs or shorter):
             raise ValueError(
                 f"search.retry_epochs {search.retry_epochs}: expected more than student.epochs "
                 f"({self.student.epochs}): a retry is its near miss's schedule, only longer (the same length "
                 "would replay its training: same seed, data order and starting weights); default: twice"
             )
         one_pass = self.student.epochs + (self.student.hint_epochs if self.two_stage_hints() else 0)
-        if search.budget_epochs is not None and search.budget_epochs < one_pass:
+        if search.budget_epochs is not None and search.budget_epochs < one_pass and not recorded:
             raise ValueError(
                 f"search.budget_epochs {search.budget_epochs}: expected at least one candidate's training "
                 f"({one_pass} epochs), or the campaign would train its teacher and stop before any student"

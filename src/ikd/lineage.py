@@ -143,7 +143,7 @@ class NodeRecord(BaseModel):
         default_factory=list, description="validation accuracy of the kept weights' kind, per epoch"
     )
     workers_lost: int = Field(
-        default=0, ge=0, description="how many times its training job's worker died (Ray) before it came back"
+        default=0, ge=0, description="how many times its training job's worker died (Ray), while it has not come back"
     )
     seed: int | None = Field(
         default=None,

@@ -31,7 +31,7 @@ from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -49,12 +49,11 @@ from ikd.losses import (
 )
 from ikd.model import VGG
 from ikd.runtime import Precision, training_layout
+from ikd.strict import Strict
 
 
-class LossWeights(BaseModel):
+class LossWeights(Strict):
     """Weights of the three terms, the softmax temperature and which KD term."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float = Field(default=4.0, gt=0, description="softmax temperature T of the KD term")
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KD term (`loss.kd`)")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from ikd import rules
-from ikd.config import CampaignConfig
+from ikd.config import RECORDED, CampaignConfig
 from ikd.data import effective_image_size
 from ikd.data.paths import same_place
 from ikd.diff import config_differences
@@ -49,7 +49,7 @@ def open_campaign(
         return Lineage(config=wanted)
     stored = lineage.config
     with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
-        stored = CampaignConfig.model_validate(stored).decision_fields()
+        stored = CampaignConfig.model_validate(stored, context={RECORDED: True}).decision_fields()
     differences = config_differences(with_image_size(stored), with_image_size(wanted))
     other_data = [d for d in differences if d.startswith("data.")]
     if other_data:  # not even under --force: the lineage's accuracies are on the old split
