@@ -599,8 +599,17 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
     )
     run.save(edited)
     calls = trained_ids(monkeypatch)
-    if interrupted:  # killed right after the decisions were undone; rerun without --redecide
-        Campaign(config, progress=False, redecide=True).close()
+    if interrupted:  # killed right after the undone decisions were written; rerun without --redecide
+        real = ikd.campaign.expert_teachers
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ikd.campaign, "expert_teachers", killed)  # the first step after the write
+        with pytest.raises(KeyboardInterrupt):
+            compress(config, progress=False, redecide=True)
+        monkeypatch.setattr(ikd.campaign, "expert_teachers", real)
+        assert run.load().node("g1-width").status == "candidate"
     again = compress(config, progress=False, redecide=not interrupted)
     assert again.node("g1-width").status == "rejected" and again.node("g1-depth").status == "accepted"
     assert sorted(calls) == ["baseline-oneshot-kd", "baseline-scratch", "g2-depth", "g2-width"]
