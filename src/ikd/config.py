@@ -492,7 +492,7 @@ class CampaignConfig(Strict):
                 f"({self.student.epochs}): a retry is its near miss's schedule, only longer (the same length "
                 "would replay its training: same seed, data order and starting weights); default: twice"
             )
-        one_pass = self.student.epochs + (self.student.hint_epochs if self.two_stage_hints() else 0)
+        one_pass = self.student.epochs + self.hint_pre_epochs()
         if search.budget_epochs is not None and search.budget_epochs < one_pass and not recorded:
             raise ValueError(
                 f"search.budget_epochs {search.budget_epochs}: expected at least one candidate's training "
@@ -510,6 +510,10 @@ class CampaignConfig(Strict):
     def two_stage_hints(self) -> bool:
         """Whether a distillation pass starts with hint-only epochs (student.hint_epochs of them)."""
         return self.student.hint_stage == "two-stage" and self.loss.gamma > 0
+
+    def hint_pre_epochs(self) -> int:
+        """Epochs of hint pre-training a distillation pass starts with (two-stage), else 0."""
+        return self.student.hint_epochs if self.two_stage_hints() else 0
 
     def inert_settings(self) -> list[str]:
         """'key: why' for each key set away from its default that this config never reads. Accepted (a

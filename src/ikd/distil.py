@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ikd.context import CampaignContext
-from ikd.executor import MAX_WORKER_LOSSES, NO_ROOM, WORKER_LOST, WorkerLost
+from ikd.executor import MAX_WORKER_LOSSES, WORKER_LOST, WorkerLost, never_started
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
@@ -125,8 +125,8 @@ def train_students(
             # what it cost: a lost worker's epochs are unknown (its rerun trains it again)
             common["epochs"] = result.epochs if isinstance(result, TrainingDiverged) else 0
             reason = str(result)
-            if isinstance(result, WorkerLost):  # a job that never started (no worker left) killed none
-                started = NO_ROOM not in str(result)
+            if isinstance(result, WorkerLost):
+                started = not never_started(str(result))
                 common["workers_lost"] = losses = workers_lost_before(lineage, candidate.node_id) + started
                 if losses >= MAX_WORKER_LOSSES:  # no longer "worker lost": a failure the campaign decides with
                     reason = f"failed {losses} times with its worker, not tried again (last: {result})"
@@ -177,4 +177,4 @@ def workers_lost_before(lineage: Lineage, node_id: str) -> int:
     if node is None or node.status != Status.FAILED or not node.reason.startswith(WORKER_LOST):
         return 0
     # a record of an ikd before the count was kept: one loss (a job that never started: none)
-    return node.workers_lost or int(NO_ROOM not in node.reason)
+    return node.workers_lost or int(not never_started(node.reason))

@@ -45,6 +45,11 @@ NO_ROOM = "no worker left and no room on the Ray cluster to start one"
 MAX_WORKER_LOSSES = 3
 
 
+def never_started(reason: str) -> bool:
+    """Whether a lost job's reason says it was still queued when no worker was left: it killed none."""
+    return NO_ROOM in reason
+
+
 class WorkerLost(IkdError):
     """The process training a job died (killed, out of memory, node lost) before returning it."""
 

@@ -264,7 +264,7 @@ def frontier(lineage: Lineage) -> list[NodeRecord]:
 
 def hint_pre_epochs(config: CampaignConfig) -> int:
     """Epochs of hint pre-training a distillation pass starts with (two-stage), else 0."""
-    return config.student.hint_epochs if config.two_stage_hints() else 0
+    return config.hint_pre_epochs()
 
 
 def pass_epochs(config: CampaignConfig, epochs: int) -> int:
