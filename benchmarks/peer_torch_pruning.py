@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ikd.arch import ArchSpec
+from ikd.arch import ArchSpec, parse_layout
 from ikd.atomic import atomic_write_json
 from ikd.checkpoint import load_model
 from ikd.config import CampaignConfig
@@ -151,13 +151,8 @@ def sync_spec(model: VGG) -> None:
 
 def spec_of(summary: str, like: ArchSpec) -> ArchSpec:
     """The spec an `ArchSpec.summary()` line describes, with `like`'s input and classes (its inverse)."""
-    convs, _, head = summary.partition(" | head ")
-    blocks = []
-    for part in convs.split("-"):
-        width, times = part.split("x") if "x" in part else (None, None)
-        blocks.append([int(width)] * int(times) if width else [int(w) for w in part.split("/")])
-    hidden = [int(w) for w in head.split("-")] if head else []
-    return like.model_copy(update={"blocks": blocks, "head": hidden})
+    blocks, head = parse_layout(summary)
+    return like.model_copy(update={"blocks": blocks, "head": head})
 
 
 def stage_macs(stage: Stage, teacher: VGG) -> int:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ikd.arch import PRESETS, ArchSpec, pooled_size, preset
+from ikd.arch import PRESETS, ArchSpec, check_arch, parse_layout, pooled_size, preset
 from ikd.errors import ConfigError
 from ikd.model import build_model
 
@@ -150,3 +150,35 @@ def test_invalid_specs_are_rejected(bad):
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match="vgg11, vgg13, vgg16, vgg19"):
         preset("vgg99", in_channels=3, image_size=32, num_classes=10)
+
+
+@pytest.mark.parametrize(
+    "blocks,head",
+    [([[64, 64], [128, 128], [256, 256, 256]], []), ([[3], [3], [2, 3], [5, 45], [452, 512]], []), ([[16]], [64, 8])],
+)
+def test_a_layout_line_builds_the_spec_whose_summary_it_is(blocks, head):
+    spec = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=blocks, head=head)
+    assert preset(spec.summary(), in_channels=1, image_size=8, num_classes=10) == spec
+    assert parse_layout(spec.summary()) == (blocks, head)
+
+
+@pytest.mark.parametrize(
+    "line,why",
+    [
+        ("16x0", "1 to 100 convs"),
+        ("16x2-", "'' is not a width"),
+        ("0x2", "'0' is not a width"),
+        ("99999x1", "from 1 to 65536"),
+        ("16/a", "'a' is not a width"),
+        ("16x2 | 64", "`| head WIDTH-WIDTH`"),
+        ("16x2 | head", "`| head WIDTH-WIDTH`"),
+        ("vgg12", "a preset (vgg11"),
+        ("", "a preset (vgg11"),
+    ],
+)
+def test_a_bad_layout_line_says_what_is_wrong(line, why):
+    with pytest.raises(ValueError, match="expected a preset") as caught:
+        check_arch(line)
+    assert why in str(caught.value)
+    with pytest.raises(ConfigError, match="expected a preset"):
+        preset(line, in_channels=1, image_size=8, num_classes=10)

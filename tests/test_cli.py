@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SMALL_ARCH
 
 
 def ikd(*args, env_extra=None, cwd=None):
@@ -20,13 +21,13 @@ def ikd(*args, env_extra=None, cwd=None):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "digits-vgg11"
+    out = tmp_path_factory.mktemp("run") / "digits-small"
     result = ikd(
         "train",
         "--dataset",
         "digits",
         "--arch",
-        "vgg11",
+        SMALL_ARCH,
         "--epochs",
         "2",
         "--batch-size",
@@ -59,7 +60,7 @@ def test_train_writes_weights_and_metadata(trained):
     training = meta["training"]
     assert "torch threads" in training["machine"] and training["augment_used"] == "none"  # digits' own
     assert training["momentum_used"] == [0.95, 0.85, 0.95]  # the one-cycle default cycles it
-    assert meta["command"].startswith("ikd train --dataset digits --arch vgg11 --epochs 2")
+    assert meta["command"].startswith(f"ikd train --dataset digits --arch {SMALL_ARCH} --epochs 2")
 
 
 def test_eval_json_reports_accuracy_and_count(trained):
@@ -116,7 +117,7 @@ def test_eval_against_another_model_pairs_them_on_the_same_images(trained, tmp_p
 def test_eval_against_a_model_of_another_image_size_gives_it_its_own_images(trained, tmp_path):
     # it ran the other model on this one's 8x8 images (its global pooling took any size without a word)
     larger = tmp_path / "larger"
-    made = ikd(*("train", "--dataset", "digits", "--arch", "vgg11", "--image-size", "16", "--epochs", "1"),
+    made = ikd(*("train", "--dataset", "digits", "--arch", SMALL_ARCH, "--image-size", "16", "--epochs", "1"),
                *("--batch-size", "64", "--precision", "fp32", "--quiet", "--out", larger))  # fmt: skip
     assert made.returncode == 0, made.stderr
     paired = ikd("eval", trained, "--against", larger, "--json")
@@ -141,6 +142,9 @@ def test_refuses_to_overwrite_a_model(trained):
         (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1", "--out", "{tmp}/x"], "empty"),
         (["eval", "{tmp}/missing"], "model.json"),
         (["arch", "vgg16", "--input", "axb"], "--input"),
+        (["arch", "16x2-32x0"], "block '32x0': expected WIDTHxCONVS with 1 to 100 convs"),
+        (["train", "--dataset", "digits", "--arch", "vgg12", "--epochs", "1", "--out", "{tmp}/x"], "'vgg12'"),
+        (["compress", "--arch", "16/0", "--run-dir", "{tmp}/r"], "teacher.arch = '16/0'"),
         # refused before the data or the training: the first save failed after an epoch
         (["train", "--dataset", "digits", "--epochs", "1", "--out", "{tmp}/afile"], "afile is not a directory"),
         (["train", "--dataset", "digits", "--epochs", "1", "--out", ""], "--out '': expected a directory"),
@@ -167,6 +171,14 @@ def test_corrupt_weights_are_a_clear_error_and_debug_shows_traceback(trained, tm
     assert len(result.stderr.strip().splitlines()) == 1
     debug = ikd("eval", broken, "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_layout_trains_and_reports_like_a_preset(tmp_path):
+    sized = json.loads(ikd("arch", SMALL_ARCH, "--input", "1x8", "--json").stdout)
+    done = ikd("train", "--dataset", "digits", "--arch", SMALL_ARCH, "--epochs", "1", "--out", tmp_path / "m")
+    assert done.returncode == 0, done.stderr
+    size = json.loads((tmp_path / "m" / "model.json").read_text())["size"]
+    assert size["summary"] == SMALL_ARCH and size["params"] == sized["params"] < 600_000
 
 
 def test_arch_reports_vgg16_size():
@@ -360,7 +372,7 @@ def test_an_image_folder_model_is_evaluated_on_its_own_folder_and_refused_on_rel
                 Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(data / split / c / f"{i}.png")
     out = tmp_path / "model"
     common = ("--precision", "fp32", "--quiet")
-    trained = ikd("train", "--dataset", "imagefolder", "--data-dir", data, "--image-size", "8", "--arch", "vgg11",
+    trained = ikd("train", "--dataset", "imagefolder", "--data-dir", data, "--image-size", "8", "--arch", SMALL_ARCH,
                   "--epochs", "1", "--batch-size", "8", "--out", out, *common)  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     import PIL

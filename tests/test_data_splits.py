@@ -127,6 +127,20 @@ def test_digits():
     assert not torch.equal(d.val.labels, other.val.labels) or not torch.equal(d.val.images, other.val.images)
 
 
+def test_digits_read_without_scikit_learn_are_its_own_digits(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    import ikd.data.sources
+
+    theirs = load_digits()
+    pixels, labels = ikd.data.sources.digits_arrays()
+    assert np.array_equal(pixels, theirs.images) and np.array_equal(labels, theirs.target)
+    # where a version of scikit-learn keeps the file elsewhere, its own loader takes over
+    monkeypatch.setattr(ikd.data.sources, "DIGITS_SHAPE", (0, 0))
+    fallback, fallback_labels = ikd.data.sources.digits_arrays()
+    assert np.array_equal(fallback, theirs.images) and np.array_equal(fallback_labels, theirs.target)
+
+
 def test_digits_values_scaled():
     from sklearn.datasets import load_digits
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_ARCH
 from test_search import campaign_config
 
 from ikd.campaign import compress
@@ -120,7 +121,7 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, tiny_teacher,
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-EPOCHS = 3  # enough for VGG-11 to learn digits (~95%); each one is a few seconds of two processes
+EPOCHS = 3  # enough for a quarter-width VGG-11 to learn digits; each one is a few seconds of two processes
 
 
 def ikd_train(
@@ -136,7 +137,7 @@ def ikd_train(
         "--dataset",
         "digits",
         "--arch",
-        "vgg11",
+        SMALL_ARCH,
         "--epochs",
         str(EPOCHS),
         "--batch-size",

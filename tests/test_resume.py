@@ -15,7 +15,7 @@ from typing import cast
 
 import pytest
 import torch
-from conftest import campaign_args, write_idx_set
+from conftest import SMALL_ARCH, campaign_args, write_idx_set
 from safetensors.torch import load_file
 
 from ikd.arch import ArchSpec
@@ -472,7 +472,7 @@ def test_a_bad_time_limit_is_one_line_naming_the_flag(tmp_path, capsys, text):
 
 
 # `ikd train` end to end: a real process, killed or stopped, then rerun with the same command. A tiny
-# IDX set keeps vgg11's epochs short (one step of 12 images each).
+# IDX set and a small VGG keep its epochs short (one step of 12 images each).
 
 
 @pytest.fixture(scope="module")
@@ -484,7 +484,7 @@ def idx_dir(tmp_path_factory) -> Path:
 
 def ikd_train(idx_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
-        *(sys.executable, "-m", "ikd", "train", "--dataset", "idx", "--data-dir", str(idx_dir), "--arch", "vgg11"),
+        *(sys.executable, "-m", "ikd", "train", "--dataset", "idx", "--data-dir", str(idx_dir), "--arch", SMALL_ARCH),
         *("--epochs", "3", "--batch-size", "12", "--precision", "fp32", "--quiet", "--out", str(out), *extra),
     ]
 

@@ -139,15 +139,63 @@ def pooled_size(size: int) -> int:
     return size // 2 if size >= 2 else size
 
 
-def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) -> ArchSpec:
-    """A standard VGG (CIFAR-style: no 4096-wide head, a single linear classifier)."""
+LAYOUT_EXAMPLE = "16x2-32x2-64/48/32"
+MAX_LAYOUT_WIDTH = 1 << 16  # a wider conv is a typo, not a network (its weights alone would be > 100 GB)
+
+
+def parse_layout(text: str) -> tuple[list[list[int]], list[int]]:
+    """Blocks and head widths of a layout line, as `ArchSpec.summary()` writes it (`ikd lineage` shows
+    it): blocks joined by `-`, each `WIDTHxCONVS` or its widths joined by `/`, then `| head W-W` if any.
+    E.g. `64x2-128x2-256/192/128` or `16x2-32x2 | head 64`. ValueError names what is wrong."""
+    convs, bar, head = text.partition("|")
+    head = head.strip()
+    if bar and not head.startswith("head "):
+        raise ValueError(f"expected `| head WIDTH-WIDTH` after the blocks, got {'|' + head!r}")
+
+    def width(part: str) -> int:
+        if not part.strip().isdigit() or not 0 < int(part) <= MAX_LAYOUT_WIDTH:
+            raise ValueError(f"{part.strip()!r} is not a width (a whole number from 1 to {MAX_LAYOUT_WIDTH})")
+        return int(part)
+
+    blocks = []
+    for block in convs.strip().split("-"):
+        if "x" in block:
+            size, _, times = block.partition("x")
+            if not times.strip().isdigit() or not 0 < int(times) <= 100:
+                raise ValueError(f"block {block!r}: expected WIDTHxCONVS with 1 to 100 convs")
+            blocks.append([width(size)] * int(times))
+        else:
+            blocks.append([width(part) for part in block.split("/")])
+    hidden = [width(part) for part in head.removeprefix("head ").split("-")] if bar else []
+    return blocks, hidden
+
+
+def check_arch(name: str) -> str:
+    """`name` if it is a preset or a valid layout line; else ValueError saying what was expected."""
+    if name in PRESET_BLOCKS:
+        return name
+    if name.strip().isalpha() or name.lower().startswith("vgg"):  # a name, not a layout
+        raise ValueError(f"{name!r}: expected a preset ({', '.join(PRESETS)}) or a layout such as {LAYOUT_EXAMPLE!r}")
     try:
-        blocks = PRESET_BLOCKS[name]
-    except KeyError:
-        raise ConfigError(f"unknown architecture {name!r}; expected one of {', '.join(PRESETS)}") from None
+        parse_layout(name)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name!r}: expected a preset ({', '.join(PRESETS)}) or a layout such as {LAYOUT_EXAMPLE!r} ({exc})"
+        ) from None
+    return name
+
+
+def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) -> ArchSpec:
+    """A standard VGG (CIFAR-style: no 4096-wide head, a single linear classifier), or the network a
+    layout line describes (see `parse_layout`)."""
+    try:
+        blocks, head = (PRESET_BLOCKS[name], []) if name in PRESET_BLOCKS else parse_layout(check_arch(name))
+    except ValueError as exc:
+        raise ConfigError(f"architecture {exc}") from None
     return ArchSpec(
         in_channels=in_channels,
         image_size=image_size,
         num_classes=num_classes,
         blocks=[list(block) for block in blocks],
+        head=head,
     )

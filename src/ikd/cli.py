@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ikd import distributed, rules
 from ikd._version import __version__
-from ikd.arch import PRESETS, preset
+from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch, preset
 from ikd.atomic import cannot_make_dir
 from ikd.checkpoint import (
     META_FILE,
@@ -330,6 +330,16 @@ def cmd_arch(args: argparse.Namespace) -> int:
     return 0
 
 
+ARCH_HELP = f"a preset ({', '.join(PRESETS)}) or a layout as `ikd lineage` shows one, e.g. '{LAYOUT_EXAMPLE}'"
+
+
+def arch_argument(text: str) -> str:
+    try:
+        return check_arch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _comma_separated(item: type) -> Callable[[str], list[Any]]:
     def parse(text: str) -> list[Any]:
         try:
@@ -536,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train", "train a VGG teacher from scratch")
     data_flags(train, required=True)
-    train.add_argument("--arch", default="vgg16", choices=PRESETS)
+    train.add_argument("--arch", default="vgg16", type=arch_argument, metavar="ARCH", help=ARCH_HELP)
     train.add_argument("--epochs", type=int, required=True, metavar="N")
     train.add_argument(
         "--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json"
@@ -668,8 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr = command("config-reference", "print every campaign config key (markdown)")
     cr.set_defaults(func=cmd_config_reference)
 
-    ar = command("arch", "size and cost of a preset architecture")
-    ar.add_argument("arch", choices=PRESETS)
+    ar = command("arch", "size and cost of an architecture")
+    ar.add_argument("arch", type=arch_argument, help=ARCH_HELP)
     ar.add_argument("--input", default="3x32", help="CHANNELSxSIZE (default 3x32)")
     ar.add_argument("--classes", type=int, default=10)
     ar.add_argument("--json", action="store_true")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import binomtest
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,9 @@ def compare_predictions(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) 
         )
     right_a, right_b = a.cpu() == labels.cpu(), b.cpu() == labels.cpu()
     only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    # imported here: scipy.stats is most of a second of every ikd command's start, and only this needs it
+    from scipy.stats import binomtest
+
     p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return PairedComparison(
         n=int(labels.numel()),

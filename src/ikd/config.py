@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from ikd.arch import PRESETS
+from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch
 from ikd.data import DATASETS, MAX_IMAGE_SIZE, Augmentation, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, first_validation_error
@@ -127,8 +127,10 @@ class TeacherConfig(OptimConfig):
     )
     arch: str = Field(
         default="vgg16",
-        json_schema_extra=cli_flag("--arch", choices=PRESETS),
-        description=f"preset to train when no dir is given: {', '.join(PRESETS)}",
+        json_schema_extra=cli_flag("--arch", metavar="ARCH"),
+        description=f"what to train when no dir is given: a preset ({', '.join(PRESETS)}) or a layout as "
+        f"`ikd lineage` shows one, e.g. `{LAYOUT_EXAMPLE}` (blocks joined by `-`: `16x2` is two 3x3 convs 16 wide, "
+        "`64/48/32` three convs of those widths)",
     )
     epochs: int = Field(default=10, gt=0, description="epochs to train the teacher (when no dir is given)")
     # The teacher recipe (docs/training.md): what reached published CIFAR-10 accuracy in few epochs.
@@ -143,9 +145,7 @@ class TeacherConfig(OptimConfig):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        if arch not in PRESETS:
-            raise ValueError(f"expected one of {', '.join(PRESETS)}")
-        return arch
+        return check_arch(arch)
 
 
 class StudentConfig(OptimConfig):
