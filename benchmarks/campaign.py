@@ -32,7 +32,7 @@ import yaml
 from ikd.lineage import Lineage, NodeRecord, RunDir, Status
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import machine_line, print_result, publish, repo_path
+from common import QUICK_ARCH, machine_line, print_result, publish, repo_path
 
 GOALS = {"compression": 500.0, "test_drop_points": 0.3, "wall_min": 30.0, "peak_rss_gib": 6.0}
 
@@ -42,9 +42,10 @@ def yes(flag: bool) -> str:
 
 
 def quick_config(directory: Path) -> Path:
-    """configs/digits-demo.yaml cut to a smoke run: 1-epoch teacher and child, one generation, any drop accepted."""
+    """configs/digits-demo.yaml cut to a smoke run: a small 1-epoch teacher, 1-epoch child, one generation, any
+    drop accepted."""
     config = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
-    config["teacher"]["epochs"] = 1
+    config["teacher"] |= {"arch": QUICK_ARCH, "epochs": 1}
     config["student"]["epochs"] = 1
     config["search"] |= {"max_generations": 1, "max_drop": 100.0, "max_step_drop": 100.0}
     path = directory / "digits-quick.yaml"

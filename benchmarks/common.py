@@ -80,6 +80,10 @@ COMMITTED_LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table or s
 # batch 1 over a memory-bound teacher does not: results/latency_stability.md)
 TIMED_BATCHES = (1, 64)
 
+# What the --quick modes (smoke runs, the tests' size) train where a real run trains a VGG: VGG-11 at a
+# quarter of its widths, the same code at a tenth of the time (tests/conftest.py's SMALL_ARCH).
+QUICK_ARCH = "16x1-32x1-64x2-128x2-128x2"
+
 
 def load_lineages(paths: list[Path], script: str) -> dict[str, Lineage]:
     """Lineages by `<table>/<run>` (their two parent folders; none given: every committed one); an unreadable

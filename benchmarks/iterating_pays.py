@@ -45,7 +45,7 @@ from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.runtime import Precision
 from ikd.train import predict
 
-from common import machine_line, print_result, publish, repo_path
+from common import QUICK_ARCH, machine_line, print_result, publish, repo_path
 from early_rejection_replay import replay_table
 
 # Each upgrade as the config keys it sets (merged over the base config). Values are MNIST-sized;
@@ -380,7 +380,7 @@ def main() -> int:
         if args.quick:
             base = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
             quick = {
-                "teacher": {"arch": "vgg11", "epochs": 1},
+                "teacher": {"arch": QUICK_ARCH, "epochs": 1},
                 "student": {"epochs": 1},
                 "search": {"max_generations": 1},
             }

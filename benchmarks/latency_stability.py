@@ -29,7 +29,7 @@ from ikd.export import onnx_graph
 from ikd.latency import LATENCY_PLAN, LATENCY_THREADS, OTHER_BATCH_PLAN, RUNTIMES, measure_latencies
 from ikd.lineage import RunDir
 
-from common import machine_line, print_result, publish
+from common import QUICK_ARCH, machine_line, print_result, publish
 
 GOAL = 1.10
 OLD_REPEATS = 30  # the one-by-one protocol's single median, as ikd timed before the interleaved one
@@ -75,7 +75,7 @@ def quick_run(directory: Path) -> tuple[Path, str]:
     config = directory / "quick.yaml"
     config.write_text(
         "data: {name: digits}\nprecision: fp32\n"
-        "teacher: {arch: vgg11, epochs: 1, batch_size: 64, ema_epochs: 0}\n"
+        f"teacher: {{arch: {QUICK_ARCH}, epochs: 1, batch_size: 64, ema_epochs: 0}}\n"
         "student: {epochs: 1}\nsearch: {operators: [width], max_generations: 1, max_drop: 100, max_step_drop: 100}\n"
     )
     run_dir = directory / "run"

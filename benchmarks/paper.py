@@ -12,7 +12,7 @@ PyTorch and timed beside its teacher (`ikd export`).
     python benchmarks/paper.py --rows 'mnist-vgg16-*' --data-dir mnist=../shared/data/mnist \
         --teacher mnist-vgg16=runs/mnist-vgg16 --markdown benchmarks/results/paper.md
     python benchmarks/paper.py --collect-only --reuse mnist-vgg16-depth+width=runs/mnist-campaign ...
-    python benchmarks/paper.py --quick      # digits, two rows, a tiny budget, about a minute: a smoke run
+    python benchmarks/paper.py --quick      # digits, a small VGG, two rows, a tiny budget: a smoke run
 
 With `--markdown PATH`, the table is kept as records too (`PATH` with `.json`, one per row: its
 numbers, the command that made it and where): a run replaces the records of the rows it ran and keeps
@@ -47,7 +47,7 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
 from ikd.report import arch_name, latency_of, speedup
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import ROOT, TIMED_BATCHES, command_line, machine_line, print_result, write_record
+from common import QUICK_ARCH, ROOT, TIMED_BATCHES, command_line, machine_line, print_result, write_record
 
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
@@ -493,7 +493,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="latency rounds (default: ikd export's)")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument(
-        "--quick", action="store_true", help="digits, VGG-16, width then depth (one teacher), tiny budget"
+        "--quick", action="store_true", help="digits, a small VGG, width then depth (one teacher), tiny budget"
     )
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
@@ -515,7 +515,7 @@ def main() -> int:
     }
     rows = [r for r in all_rows() if fnmatch.fnmatch(r.name, args.rows)]
     if args.quick:  # two rows: the second imports the teacher the first trained
-        rows = [Row("digits", "vgg16", ("width",)), Row("digits", "vgg16", ("depth",))]
+        rows = [Row("digits", QUICK_ARCH, ("width",)), Row("digits", QUICK_ARCH, ("depth",))]
         overrides |= {
             "teacher.epochs": 2,
             "student.epochs": 1,

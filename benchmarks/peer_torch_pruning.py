@@ -56,6 +56,7 @@ from ikd.runtime import resolve_device, resolve_precision
 from ikd.train import evaluate, train_model
 
 from common import (
+    QUICK_ARCH,
     TIMED_BATCHES,
     CachedTeacherObjectives,
     machine_line,
@@ -225,9 +226,9 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
 
 
 def quick_run(directory: Path) -> Path:
-    """A smoke-sized ikd run to replay: digits, VGG-11 teacher, one generation, baselines."""
+    """A smoke-sized ikd run to replay: digits, a small VGG teacher, one generation, baselines."""
     config = yaml.safe_load(repo_path("configs/digits-demo.yaml").read_text())
-    config["teacher"] |= {"arch": "vgg11", "epochs": 1}
+    config["teacher"] |= {"arch": QUICK_ARCH, "epochs": 1}
     config["student"] |= {"epochs": 1, "augment": "crop"}  # augmented, so KD runs a live teacher, as on CIFAR-10
     config["search"] |= {"max_generations": 1, "max_drop": 100.0, "max_step_drop": 100.0}
     path, run_dir = directory / "quick.yaml", directory / "run"

@@ -31,7 +31,7 @@ from ikd.campaign import compress
 from ikd.config import load_config
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import machine_line, print_result, publish
+from common import QUICK_ARCH, machine_line, print_result, publish
 
 WIDTHS = [0.25, 0.5, 0.75]
 
@@ -85,7 +85,7 @@ def quick_teacher(directory: Path) -> str:
             "--dataset",
             "digits",
             "--arch",
-            "vgg11",
+            QUICK_ARCH,
             "--epochs",
             "1",
             "--batch-size",

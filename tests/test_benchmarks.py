@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_ARCH
 
 from ikd.arch import preset
 from ikd.lineage import RunDir
 from ikd.model import VGG
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICK_ROW = f"digits-{SMALL_ARCH}"  # paper.py --quick's teacher: the small layout, not a preset
 
 
 def quick(script: str, *extra: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -44,12 +46,12 @@ def test_paper_table_quick(tmp_path):
         "paper.py", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "paper.md"), tmp_path=tmp_path
     )
     last = out.strip().splitlines()[-1]
-    assert last.startswith("RESULT digits-vgg16-width_x=") and "digits-vgg16-depth_x=" in last
+    assert last.startswith(f"RESULT {QUICK_ROW}-width_x=") and f"{QUICK_ROW}-depth_x=" in last
     table = (tmp_path / "paper.md").read_text()
-    assert "| digits | VGG-16 | width | 0 | teacher 2 ep;" in table and "Network Slimming" in table
+    assert f"| digits | {SMALL_ARCH} | width | 0 | teacher 2 ep;" in table and "Network Slimming" in table
     # the second row trained no teacher of its own: it imported the first row's
-    assert "| digits | VGG-16 | depth | 0 | teacher imported from digits-vgg16-width;" in table
-    width, depth = (RunDir(tmp_path / "runs" / f"digits-vgg16-{ops}").load().root() for ops in ("width", "depth"))
+    assert f"| digits | {SMALL_ARCH} | depth | 0 | teacher imported from {QUICK_ROW}-width;" in table
+    width, depth = (RunDir(tmp_path / "runs" / f"{QUICK_ROW}-{ops}").load().root() for ops in ("width", "depth"))
     assert (width.epochs, depth.epochs) == (2, 0) and depth.sha256 == width.sha256
     # each final student was exported and timed beside its teacher
     for row in table.split("| digits |")[1:]:
@@ -58,9 +60,14 @@ def test_paper_table_quick(tmp_path):
     # the table is kept as records: a later run replaces its own rows, keeps the others and the notes
     records_file = tmp_path / "paper.json"
     records = json.loads(records_file.read_text())
-    assert list(records) == ["digits-vgg16-width", "digits-vgg16-depth"]
-    assert records["digits-vgg16-width"]["command"].startswith("python benchmarks/paper.py --quick")
-    earlier = records["digits-vgg16-width"] | {"row": "mnist-vgg16-width", "dataset": "MNIST", "params": 4321}
+    assert list(records) == [f"{QUICK_ROW}-width", f"{QUICK_ROW}-depth"]
+    assert records[f"{QUICK_ROW}-width"]["command"].startswith("python benchmarks/paper.py --quick")
+    earlier = records[f"{QUICK_ROW}-width"] | {
+        "row": "mnist-vgg16-width",
+        "dataset": "MNIST",
+        "teacher": "VGG-16",
+        "params": 4321,
+    }
     records_file.write_text(json.dumps({"mnist-vgg16-width": earlier} | records))
     (tmp_path / "paper.md").write_text(table + "\n## Notes\n\n- written by hand\n")
     run_quick(
@@ -74,14 +81,14 @@ def test_paper_table_quick(tmp_path):
     )
     merged = (tmp_path / "paper.md").read_text()
     assert "| MNIST | VGG-16 | width |" in merged and "| 4,321 |" in merged
-    assert merged.count("| digits | VGG-16 |") == 2 and merged.endswith("## Notes\n\n- written by hand\n")
-    collected = json.loads(records_file.read_text())["digits-vgg16-depth"]
+    assert merged.count(f"| digits | {SMALL_ARCH} |") == 2 and merged.endswith("## Notes\n\n- written by hand\n")
+    collected = json.loads(records_file.read_text())[f"{QUICK_ROW}-depth"]
     # tabulated, not trained, by this command: the row also names the run that trained it
     assert "--collect-only" in collected["command"] and "`paper.py --quick --quiet --out" in collected["trained_by"]
     assert "trained by `paper.py --quick" in merged
 
     # a lineage brought back without its weights (nor latencies) is tabulated as it is, and says so
-    run = RunDir(tmp_path / "runs" / "digits-vgg16-depth")
+    run = RunDir(tmp_path / "runs" / f"{QUICK_ROW}-depth")
     lineage = run.load()
     final = lineage.final()
     (run.node_dir(final.id) / "model.safetensors").unlink()
@@ -95,13 +102,13 @@ def test_paper_table_quick(tmp_path):
         str(tmp_path / "paper.md"),
         tmp_path=tmp_path,
     )
-    weightless = json.loads(records_file.read_text())["digits-vgg16-depth"]
+    weightless = json.loads(records_file.read_text())[f"{QUICK_ROW}-depth"]
     assert weightless["speedup_ort"] is None and weightless["params"] == final.params
     assert f"no weights of {final.id} here, so not exported or timed" in weightless["source"]
 
     # another seed of a row: its own run directory and record, the seeds' mean and spread below the table
-    shutil.copytree(tmp_path / "runs" / "digits-vgg16-depth", tmp_path / "runs" / "digits-vgg16-depth-seed1")
-    reseeded = RunDir(tmp_path / "runs" / "digits-vgg16-depth-seed1")
+    shutil.copytree(tmp_path / "runs" / f"{QUICK_ROW}-depth", tmp_path / "runs" / f"{QUICK_ROW}-depth-seed1")
+    reseeded = RunDir(tmp_path / "runs" / f"{QUICK_ROW}-depth-seed1")
     reseeded.save(reseeded.load().model_copy(update={"config": lineage.config | {"seed": 1}}))
     run_quick(
         "paper.py",
@@ -115,7 +122,7 @@ def test_paper_table_quick(tmp_path):
         tmp_path=tmp_path,
     )
     seeded = json.loads(records_file.read_text())
-    assert seeded["digits-vgg16-depth-seed1"]["seed"] == 1 and seeded["digits-vgg16-depth"]["seed"] == 0
+    assert seeded[f"{QUICK_ROW}-depth-seed1"]["seed"] == 1 and seeded[f"{QUICK_ROW}-depth"]["seed"] == 0
     assert "Rows run with several seeds" in (tmp_path / "paper.md").read_text()
 
     # an unfinished campaign (stopped mid-search, or by lost Ray workers) is not tabulated: its record stays
@@ -124,7 +131,7 @@ def test_paper_table_quick(tmp_path):
         reseeded.save(unfinished.model_copy(update={"stop_reason": stop}))
         collect = quick("paper.py", "--collect-only", "--seed", "1", *paths_of(tmp_path), tmp_path=tmp_path)
         assert collect.returncode == 0 and "is unfinished; not tabulated" in collect.stderr
-        assert json.loads(records_file.read_text())["digits-vgg16-depth-seed1"] == seeded["digits-vgg16-depth-seed1"]
+        assert json.loads(records_file.read_text())[f"{QUICK_ROW}-depth-seed1"] == seeded[f"{QUICK_ROW}-depth-seed1"]
     # a run of another seed than the record's is refused, not filed under this one
     reseeded.save(unfinished.model_copy(update={"stop_reason": lineage.stop_reason}))
     other_seed = quick(
@@ -133,7 +140,7 @@ def test_paper_table_quick(tmp_path):
         "--seed",
         "0",
         "--reuse",
-        f"digits-vgg16-depth={reseeded.path}",
+        f"{QUICK_ROW}-depth={reseeded.path}",
         *paths_of(tmp_path),
         tmp_path=tmp_path,
     )
@@ -663,7 +670,7 @@ def test_step_overhead_sh_interleaves_two_versions_and_tabulates_them(tmp_path):
         "PYTHON": sys.executable,
         "OUT": str(out),
         "DATASET": "digits",
-        "ARCH": "vgg11",
+        "ARCH": SMALL_ARCH,
         "ROUNDS": "2",
         "EPOCHS": "1",
         "SYNC_ARGS": "--device cpu --steps 2 --batch 8",
