@@ -211,7 +211,9 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", help="ikd dataset name (with --teacher: its own)")
     parser.add_argument("--data-dir", help="e.g. ../shared/data/mnist")
     parser.add_argument(
-        "--teacher", metavar="DIR", help="an `ikd train` output (e.g. runs/mnist-vgg16); default: a random-init VGG-16"
+        "--teacher",
+        metavar="DIR",
+        help="an `ikd train` output (e.g. runs/mnist-vgg16); default: a random-init VGG-16 (--quick: QUICK_ARCH)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
@@ -251,11 +253,12 @@ def kd_setup(args: argparse.Namespace) -> KDSetup:
         label = f"{args.teacher} ({teacher.spec.summary()}, {teacher.spec.num_params():,} params, trained)"
     else:
         data = load_dataset(args.dataset, args.data_dir)
-        spec = preset("vgg16", in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+        arch = QUICK_ARCH if args.quick else "vgg16"
+        spec = preset(arch, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
         teacher = build_model(spec, seed=args.seed)
         label = (
-            f"random-init VGG-16 ({spec.num_params():,} params; no --teacher given, so accuracies say "
-            "nothing about distillation)"
+            f"random-init {'VGG-16' if arch == 'vgg16' else arch} ({spec.num_params():,} params; no --teacher "
+            "given, so accuracies say nothing about distillation)"
         )
     if args.steps:
         data = first_train_images(data, args.steps * args.batch_size)

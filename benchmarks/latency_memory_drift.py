@@ -24,7 +24,7 @@ from ikd.latency import cpu_session
 from ikd.lineage import RunDir
 from ikd.model import build_model
 
-from common import machine_line
+from common import QUICK_ARCH, machine_line
 
 
 def main() -> int:
@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--run", metavar="DIR", help="time this run directory's root teacher instead")
     parser.add_argument("--blocks", type=int, default=40, help="blocks of calls (default 40)")
     parser.add_argument("--calls", type=int, default=100, help="calls per block (default 100)")
-    parser.add_argument("--quick", action="store_true", help="a VGG-11 on 8x8 images, 3 blocks of 3 calls")
+    parser.add_argument("--quick", action="store_true", help="a small VGG on 8x8 images, 3 blocks of 3 calls")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.run:
@@ -40,7 +40,7 @@ def main() -> int:
         model, meta = load_model(run.node_dir(run.load().root().id))
         dataset = meta["dataset"]
     else:
-        arch, size = ("vgg11", 8) if args.quick else ("vgg16", 28)
+        arch, size = (QUICK_ARCH, 8) if args.quick else ("vgg16", 28)
         model = build_model(preset(arch, in_channels=1, image_size=size, num_classes=10), seed=0)
         dataset = {"mean": [0.0], "std": [1.0]}
     if args.quick:

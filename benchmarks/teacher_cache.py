@@ -9,7 +9,7 @@ how far the two caches' KD targets are apart (softened at T=4, as ikd's default 
 
     python benchmarks/teacher_cache.py --data-dir ../shared/data/mnist --teacher runs/teachers/mnist-vgg16-b128-crop \
         --steps 47 --markdown benchmarks/results/teacher_cache.md
-    python benchmarks/teacher_cache.py --quick      # digits, a random VGG-16, 3 batches, one round
+    python benchmarks/teacher_cache.py --quick      # digits, a random small VGG, 3 batches, one round
 Last line: `RESULT fp32_img_s=... bf16_img_s=... speedup=... top1_agreement=... max_target_diff=...`.
 """
 
