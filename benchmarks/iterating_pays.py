@@ -358,7 +358,9 @@ def main() -> int:
     parser.add_argument("--markdown", help="also write the record to this file")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
     parser.add_argument(
-        "--quick", action="store_true", help="digits, a small VGG teacher (QUICK_ARCH), 1 epoch each, seed 0, temporary run directories"
+        "--quick",
+        action="store_true",
+        help="digits, a small VGG teacher (QUICK_ARCH), 1 epoch each, seed 0, temporary run directories",
     )
     parser.add_argument("--quiet", action="store_true", help="(ikd compress always runs with --quiet here)")
     parser.add_argument(

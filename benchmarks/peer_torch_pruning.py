@@ -382,7 +382,9 @@ def main() -> int:
     parser.add_argument("--results", help="JSON of finished variants: reused on a rerun of the same replay")
     parser.add_argument("--note", action="append", default=[], help="a line added to the record")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke-sized digits run of its own; l1 local + KD, then l1 global + CE"
+        "--quick",
+        action="store_true",
+        help="l1 local + KD, then l1 global + CE, at smoke size, replaying --ikd-run or a digits run of its own",
     )
     parser.add_argument("--quiet", action="store_true", help="(no progress bars either way)")
     args = parser.parse_args()
@@ -390,7 +392,7 @@ def main() -> int:
         parser.error("--ikd-run is required (or --quick)")
 
     with tempfile.TemporaryDirectory(prefix="ikd-peer-") as scratch:
-        run_dir = quick_run(Path(scratch)) if args.quick else Path(args.ikd_run)
+        run_dir = Path(args.ikd_run) if args.ikd_run else quick_run(Path(scratch))
         if args.quick:
             args.variants = ["l1+kd+local", "l1+ce+global"]  # CE after a live-teacher KD variant
         if args.granularity is None:

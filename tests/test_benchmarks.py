@@ -394,13 +394,17 @@ def test_reload_needs_a_finished_campaign(tmp_path):
     assert not list(tmp_path.iterdir())  # reading only: not even a folder made
 
 
-def test_peer_torch_pruning_quick(tmp_path):
+def test_peer_torch_pruning_quick(tmp_path, monkeypatch):
     pytest.importorskip("torch_pruning")
+    # the smoke-sized ikd run --quick makes when given none, made here to be replayed twice
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ikd_run = ["--ikd-run", str(importlib.import_module("peer_torch_pruning").quick_run(tmp_path))]
     results = tmp_path / "peer.json"
     results.write_text('{"key": {"ikd_run": "x"}, "runs": {')  # a kill mid-write, before writes were atomic
     out = run_quick(
-        "peer_torch_pruning.py", "--markdown", str(tmp_path / "record.md"), "--results", str(results), tmp_path=tmp_path
-    )
+        "peer_torch_pruning.py", *ikd_run, "--markdown", str(tmp_path / "record.md"), "--results", str(results),
+        tmp_path=tmp_path,
+    )  # fmt: skip
     assert out.strip().splitlines()[-1].startswith("RESULT ikd_test=")
     stored = json.loads(results.read_text())
     assert set(stored["runs"]) == {"l1+ce+global", "l1+kd+local"}  # kept as each ended
@@ -419,11 +423,10 @@ def test_peer_torch_pruning_quick(tmp_path):
     for stages in json.loads(results.read_text())["runs"].values():
         assert all(stage["macs"] > 0 for stage in stages)
 
-
-def test_peer_torch_pruning_can_meet_ikd_at_equal_macs(tmp_path):
-    pytest.importorskip("torch_pruning")
-    run_quick("peer_torch_pruning.py", "--match", "macs", "--markdown", str(tmp_path / "record.md"), tmp_path=tmp_path)
-    record = (tmp_path / "record.md").read_text()
+    # the same run replayed with each stage pruned to the chain student's MACs instead
+    macs_record = tmp_path / "macs.md"
+    run_quick("peer_torch_pruning.py", *ikd_run, "--match", "macs", "--markdown", str(macs_record), tmp_path=tmp_path)
+    record = macs_record.read_text()
     assert "each stage pruned to the chain student's macs" in record
 
     def macs(row: str) -> float:
