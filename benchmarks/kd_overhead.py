@@ -112,7 +112,7 @@ def main() -> int:
     teacher_text = (
         "run on every batch (--live)"
         if args.live
-        else f"outputs cached once ({cache_seconds:.3g} s, hint block {block}), looked up per batch"
+        else f"outputs cached once ({cache_seconds:.3f} s, hint block {block}), looked up per batch"
     )
     lines = [
         f"Machine: {machine_line()}.",
@@ -139,7 +139,7 @@ def main() -> int:
             "teacher": "live" if args.live else "cached",
             "kd_over_ce": f"{kd / ce:.3f}",
             "kd_with_cache_over_ce": f"{with_cache:.3f}",
-            "cache_s": f"{cache_seconds:.3g}",  # a small teacher's pass can take under 0.05 s
+            "cache_s": f"{cache_seconds:.3f}",  # a small teacher's pass can take under 0.05 s
             "ce_s": f"{ce:.2f}",
             "kd_s": f"{kd:.2f}",
             "goal_met": "-" if args.live else "yes" if goal_met else "no",

@@ -42,7 +42,7 @@ def main() -> int:
     fp32 = resolve_precision("fp32", CPU)
     # the hint block a campaign's first child (half the teacher's width) asks for
     child = shrink_width(teacher.spec)
-    assert child is not None, "a VGG preset always has a half-width child"
+    assert child is not None, "every conv of at least 2 filters can be halved"
     block = teacher_hint_block(child, teacher, LossWeights())
     blocks = [block] if block is not None else []
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ikd.arch import PRESETS, ArchSpec, check_arch, parse_layout, pooled_size, preset
+from ikd.arch import LAYOUT_EXAMPLE, PRESETS, ArchSpec, check_arch, parse_layout, pooled_size, preset
 from ikd.errors import ConfigError
 from ikd.model import build_model
 
@@ -165,15 +165,15 @@ def test_a_layout_line_builds_the_spec_whose_summary_it_is(blocks, head):
 @pytest.mark.parametrize(
     "line,why",
     [
-        ("16x0", "1 to 100 convs"),
+        ("16x0", "'0' is not a number of convs"),
+        ("16x101", "'101' is not a number of convs (a whole number from 1 to 100)"),
         ("16x2-", "'' is not a width"),
         ("0x2", "'0' is not a width"),
         ("99999x1", "from 1 to 65536"),
         ("16/a", "'a' is not a width"),
+        ("16x\uff12", "'\uff12' is not a number of convs"),  # a full-width 2: a digit to str.isdigit()
         ("16x2 | 64", "`| head WIDTH-WIDTH`"),
         ("16x2 | head", "`| head WIDTH-WIDTH`"),
-        ("vgg12", "a preset (vgg11"),
-        ("", "a preset (vgg11"),
     ],
 )
 def test_a_bad_layout_line_says_what_is_wrong(line, why):
@@ -182,3 +182,15 @@ def test_a_bad_layout_line_says_what_is_wrong(line, why):
     assert why in str(caught.value)
     with pytest.raises(ConfigError, match="expected a preset"):
         preset(line, in_channels=1, image_size=8, num_classes=10)
+
+
+@pytest.mark.parametrize("name", ["vgg12", "resnet18", "", " vgg16"])
+def test_a_name_that_is_no_preset_is_told_the_presets_without_a_parser_detail(name):
+    with pytest.raises(ValueError) as caught:
+        check_arch(name)
+    assert str(caught.value) == f"expected a preset (vgg11, vgg13, vgg16, vgg19) or a layout such as {LAYOUT_EXAMPLE!r}"
+
+
+def test_a_layout_is_kept_written_one_way_so_a_resumed_run_sees_the_same_architecture():
+    assert check_arch(" 016x2-32/32 \n") == check_arch("16x2-32x2") == "16x2-32x2"
+    assert check_arch("8/8 | head 064") == "8x2 | head 64"

@@ -142,7 +142,8 @@ def test_refuses_to_overwrite_a_model(trained):
         (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty", "--epochs", "1", "--out", "{tmp}/x"], "empty"),
         (["eval", "{tmp}/missing"], "model.json"),
         (["arch", "vgg16", "--input", "axb"], "--input"),
-        (["arch", "16x2-32x0"], "block '32x0': expected WIDTHxCONVS with 1 to 100 convs"),
+        (["arch", "16x2-32x0"], "'16x2-32x0': expected a preset (vgg11, vgg13, vgg16, vgg19) or a layout such as"),
+        (["arch", "16x2-32x0"], "'16x2-32x2-64/48/32' ('0' is not a number of convs (a whole number from 1 to 100))"),
         (["train", "--dataset", "digits", "--arch", "vgg12", "--epochs", "1", "--out", "{tmp}/x"], "'vgg12'"),
         (["compress", "--arch", "16/0", "--run-dir", "{tmp}/r"], "teacher.arch = '16/0'"),
         # refused before the data or the training: the first save failed after an epoch

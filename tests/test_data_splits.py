@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +170,14 @@ def test_imageset_checks():
 
 def test_source_recorded(idx_dir):
     assert Path(load_dataset("idx", idx_dir).source) == idx_dir
+
+
+def test_an_ikd_command_on_digits_imports_neither_scikit_learn_nor_scipy_stats():
+    # over two seconds of every ikd process's start (the digits are read from scikit-learn's file directly)
+    probe = (
+        "import sys, ikd.cli; from ikd.data import load_dataset; load_dataset('digits'); "
+        "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

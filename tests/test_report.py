@@ -410,3 +410,20 @@ def test_the_report_names_the_accept_margin(margin, shown):
     recorded = Path(__file__).parents[1] / "benchmarks/results/lineages/paper/mnist-vgg16-depth/lineage.json"
     lineage = Lineage.model_validate_json(recorded.read_text()).model_copy(update={"config": config})
     assert Report(lineage, "MNIST").facts()[0].endswith(shown)
+
+
+@pytest.mark.parametrize(
+    "arch,name", [("vgg16", "VGG-16"), ("vgg11", "VGG-11"), ("16x1-32x1-64x2-128x2", "16x1-32x1-64x2-128x2")]
+)
+def test_a_preset_is_named_as_one_and_any_other_layout_by_its_line(arch, name):
+    from ikd.arch import preset
+    from ikd.lineage import NodeRecord
+    from ikd.report import arch_name
+
+    spec = preset(arch, in_channels=1, image_size=28, num_classes=10)
+    node = NodeRecord(
+        id="g0-teacher", generation=0, parent=None, teachers=[], status=Status.TEACHER, arch=spec.to_json_dict(),
+        params=spec.num_params(), size_bytes_fp32=spec.size_bytes_fp32(), macs=spec.macs(), compression=1.0,
+        val_accuracy=0.9, epochs=1,
+    )  # fmt: skip
+    assert arch_name(node) == name

@@ -532,7 +532,7 @@ def test_ikd_train_killed_with_sigkill_resumes_bit_identically(idx_dir, cli_stra
 
 def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(idx_dir, cli_straight, tmp_path):
     out = tmp_path / "limited"
-    command = ikd_train(idx_dir, out, "--time-limit", "1s")
+    command = ikd_train(idx_dir, out, "--time-limit", "0.01s")
     for epoch in (1, 2):  # each run gets at least one epoch; the limit is passed after it
         stopped = run_ikd(command)
         assert stopped.returncode == EXIT_TEMPFAIL == 75, stopped.stderr
@@ -550,7 +550,7 @@ def test_ikd_train_force_with_a_time_limit_replaces_the_model_and_the_same_comma
 ):
     out = tmp_path / "replaced"
     assert run_ikd(ikd_train(idx_dir, out, "--lr", "0.01")).returncode == 0  # another model there
-    command = ikd_train(idx_dir, out, "--time-limit", "1s", "--force")
+    command = ikd_train(idx_dir, out, "--time-limit", "0.01s", "--force")
     stopped = run_ikd(command)
     assert stopped.returncode == EXIT_TEMPFAIL, stopped.stderr
     assert not (out / "model.json").exists()  # the model being replaced is no longer there to be read
@@ -563,7 +563,7 @@ def test_ikd_train_force_with_a_time_limit_replaces_the_model_and_the_same_comma
 
 def test_ikd_train_force_discards_the_unfinished_training_of_another_job(idx_dir, cli_straight, tmp_path):
     out = tmp_path / "other-job"
-    assert run_ikd(ikd_train(idx_dir, out, "--lr", "0.01", "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
+    assert run_ikd(ikd_train(idx_dir, out, "--lr", "0.01", "--time-limit", "0.01s")).returncode == EXIT_TEMPFAIL
     refused = run_ikd(ikd_train(idx_dir, out))
     assert refused.returncode != 0 and "started with other settings (--lr); rerun with the flags" in refused.stderr
     forced = run_ikd(ikd_train(idx_dir, out, "--force"))
@@ -576,7 +576,7 @@ def test_ikd_train_resumes_when_augment_names_the_datasets_own(idx_dir, cli_stra
     # --augment set to what the dataset uses anyway is the same job (it was refused as another one); another
     # augmentation is refused as --augment alone (it was also named a change of the data)
     out = tmp_path / "augment"
-    assert run_ikd(ikd_train(idx_dir, out, "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
+    assert run_ikd(ikd_train(idx_dir, out, "--time-limit", "0.01s")).returncode == EXIT_TEMPFAIL
     other = run_ikd(ikd_train(idx_dir, out, "--augment", "crop-flip"))
     assert other.returncode != 0 and "other settings (--augment); rerun" in other.stderr, other.stderr
     resumed = run_ikd(ikd_train(idx_dir, out, "--augment", "none"))
@@ -606,11 +606,11 @@ def as_saved_before_2026_12_06(state_dir: Path) -> None:
 
 def test_ikd_train_resumes_a_state_saved_by_the_ikd_before_the_augment_moved(idx_dir, cli_straight, tmp_path):
     out = tmp_path / "older"
-    assert run_ikd(ikd_train(idx_dir, out, "--time-limit", "1s")).returncode == EXIT_TEMPFAIL
+    assert run_ikd(ikd_train(idx_dir, out, "--time-limit", "0.01s")).returncode == EXIT_TEMPFAIL
     as_saved_before_2026_12_06(out / ".train-state")
     other = run_ikd(ikd_train(idx_dir, out, "--lr", "0.01"))  # compared in today's layout: only --lr differs
     assert other.returncode != 0 and "other settings (--lr); rerun" in other.stderr, other.stderr
-    resumed = run_ikd(ikd_train(idx_dir, out, "--time-limit", "1s"))
+    resumed = run_ikd(ikd_train(idx_dir, out, "--time-limit", "0.01s"))
     assert resumed.returncode == EXIT_TEMPFAIL and "after epoch 2/3" in resumed.stderr, resumed.stderr
     assert run_ikd(ikd_train(idx_dir, out)).returncode == 0
     assert_same_saved_weights(out, cli_straight)

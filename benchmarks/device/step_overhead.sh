@@ -11,7 +11,8 @@
 # on a machine with the git history by
 #   mkdir -p .device/ikd-before && git archive REV src | tar -x -C .device/ikd-before
 # and carried with .device/. Data as paper_cifar.sh (CIFAR10_DIR, or prepare.sh's .device/); DATASET=digits
-# (with ARCH=vgg11, SYNC_ARGS="--device cpu --steps 2 --batch 8") runs the whole script on a CPU, as the tests do.
+# (with ARCH=vgg11, SYNC_ARGS="--device cpu --steps 2 --batch 8") runs the whole script on a CPU; the tests give
+# ARCH a small layout line, which needs a BEFORE_SRC of 2026-12-06 or later (earlier ikd takes presets only).
 set -uo pipefail
 OUT=${OUT:-runs/device-out}
 PYTHON=${PYTHON:-python3}

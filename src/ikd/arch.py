@@ -16,6 +16,7 @@ Layout of the network a spec describes (see `ikd.model.VGG`):
 from __future__ import annotations
 
 import itertools
+import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -124,11 +125,7 @@ class ArchSpec(BaseModel):
 
     def summary(self) -> str:
         """Compact one-line description, e.g. `64x2-128x2-256x3 | head 512`."""
-        parts = []
-        for block in self.blocks:
-            parts.append(f"{block[0]}x{len(block)}" if len(set(block)) == 1 else "/".join(map(str, block)))
-        head = f" | head {'-'.join(map(str, self.head))}" if self.head else ""
-        return "-".join(parts) + head
+        return layout_line(self.blocks, self.head)
 
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -141,48 +138,55 @@ def pooled_size(size: int) -> int:
 
 LAYOUT_EXAMPLE = "16x2-32x2-64/48/32"
 MAX_LAYOUT_WIDTH = 1 << 16  # a wider conv is a typo, not a network (its weights alone would be > 100 GB)
+MAX_LAYOUT_REPEAT = 100  # convs in a `WIDTHxCONVS` block
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits
+
+
+def layout_line(blocks: list[list[int]], head: list[int]) -> str:
+    """The one-line layout of blocks and head widths, e.g. `64x2-128x2-256/192/128 | head 512`."""
+    parts = [f"{block[0]}x{len(block)}" if len(set(block)) == 1 else "/".join(map(str, block)) for block in blocks]
+    return "-".join(parts) + (f" | head {'-'.join(map(str, head))}" if head else "")
+
+
+def _bounded(part: str, what: str, most: int) -> int:
+    if not _NUMBER.fullmatch(part.strip()) or not 0 < int(part) <= most:
+        raise ValueError(f"{part.strip()!r} is not {what} (a whole number from 1 to {most})")
+    return int(part)
 
 
 def parse_layout(text: str) -> tuple[list[list[int]], list[int]]:
-    """Blocks and head widths of a layout line, as `ArchSpec.summary()` writes it (`ikd lineage` shows
-    it): blocks joined by `-`, each `WIDTHxCONVS` or its widths joined by `/`, then `| head W-W` if any.
-    E.g. `64x2-128x2-256/192/128` or `16x2-32x2 | head 64`. ValueError names what is wrong."""
+    """Blocks and head widths of a layout line, as `layout_line` (and `ikd lineage`) writes it: blocks
+    joined by `-`, each `WIDTHxCONVS` or its widths joined by `/`, then `| head W-W` if any. E.g.
+    `64x2-128x2-256/192/128` or `16x2-32x2 | head 64`. ValueError names what is wrong. (A block of more
+    than MAX_LAYOUT_REPEAT equal convs, or a width over MAX_LAYOUT_WIDTH, is refused: typos, not networks.)"""
     convs, bar, head = text.partition("|")
     head = head.strip()
     if bar and not head.startswith("head "):
         raise ValueError(f"expected `| head WIDTH-WIDTH` after the blocks, got {'|' + head!r}")
-
-    def width(part: str) -> int:
-        if not part.strip().isdigit() or not 0 < int(part) <= MAX_LAYOUT_WIDTH:
-            raise ValueError(f"{part.strip()!r} is not a width (a whole number from 1 to {MAX_LAYOUT_WIDTH})")
-        return int(part)
-
     blocks = []
     for block in convs.strip().split("-"):
         if "x" in block:
             size, _, times = block.partition("x")
-            if not times.strip().isdigit() or not 0 < int(times) <= 100:
-                raise ValueError(f"block {block!r}: expected WIDTHxCONVS with 1 to 100 convs")
-            blocks.append([width(size)] * int(times))
+            repeat = _bounded(times, "a number of convs", MAX_LAYOUT_REPEAT)
+            blocks.append([_bounded(size, "a width", MAX_LAYOUT_WIDTH)] * repeat)
         else:
-            blocks.append([width(part) for part in block.split("/")])
-    hidden = [width(part) for part in head.removeprefix("head ").split("-")] if bar else []
-    return blocks, hidden
+            blocks.append([_bounded(part, "a width", MAX_LAYOUT_WIDTH) for part in block.split("/")])
+    widths = head.removeprefix("head ").split("-") if bar else []
+    return blocks, [_bounded(part, "a width", MAX_LAYOUT_WIDTH) for part in widths]
 
 
 def check_arch(name: str) -> str:
-    """`name` if it is a preset or a valid layout line; else ValueError saying what was expected."""
+    """A preset's name, or a layout line written the one way `layout_line` writes it (so two spellings of
+    one network are one architecture to a resumed run); else ValueError saying what was expected."""
     if name in PRESET_BLOCKS:
         return name
-    if name.strip().isalpha() or name.lower().startswith("vgg"):  # a name, not a layout
-        raise ValueError(f"{name!r}: expected a preset ({', '.join(PRESETS)}) or a layout such as {LAYOUT_EXAMPLE!r}")
+    expected = f"expected a preset ({', '.join(PRESETS)}) or a layout such as {LAYOUT_EXAMPLE!r}"
+    if not name.strip()[:1].isdigit():  # a name, not a layout: the parser's detail would not help
+        raise ValueError(expected)
     try:
-        parse_layout(name)
+        return layout_line(*parse_layout(name))
     except ValueError as exc:
-        raise ValueError(
-            f"{name!r}: expected a preset ({', '.join(PRESETS)}) or a layout such as {LAYOUT_EXAMPLE!r} ({exc})"
-        ) from None
-    return name
+        raise ValueError(f"{expected} ({exc})") from None
 
 
 def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) -> ArchSpec:
@@ -191,7 +195,7 @@ def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) ->
     try:
         blocks, head = (PRESET_BLOCKS[name], []) if name in PRESET_BLOCKS else parse_layout(check_arch(name))
     except ValueError as exc:
-        raise ConfigError(f"architecture {exc}") from None
+        raise ConfigError(f"architecture {name!r}: {exc}") from None
     return ArchSpec(
         in_channels=in_channels,
         image_size=image_size,

@@ -337,7 +337,7 @@ def arch_argument(text: str) -> str:
     try:
         return check_arch(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _comma_separated(item: type) -> Callable[[str], list[Any]]:

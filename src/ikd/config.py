@@ -142,10 +142,11 @@ class TeacherConfig(OptimConfig):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     ema_epochs: float = Field(default=1.0, ge=0, description="weights' EMA horizon in epochs (0 = none)")
 
-    @field_validator("arch")
+    @field_validator("arch", mode="before")
     @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        return check_arch(arch)
+    def _known_arch(cls, arch: object) -> object:
+        # YAML reads a one-block layout (`arch: 64`) as a number
+        return check_arch(str(arch)) if isinstance(arch, str | int) and not isinstance(arch, bool) else arch
 
 
 class StudentConfig(OptimConfig):
