@@ -7,9 +7,11 @@ FLOP/s as a fraction of the peak of the same precision. Training FLOPs per image
 3 x 2 x MACs (forward, plus backward for inputs and for weights), the usual estimate.
 By default each precision trains in the layout ikd would use (ikd.runtime.training_layout);
 `--layouts` times both channels-last and NCHW, so the rule can be checked on this CPU.
-`--blocks 4,4/8,8/16,16,16/32` times a custom VGG (a campaign's small student) instead of a preset.
+`--arch 4x2-8x2-16x3-32x1` times a custom VGG (a campaign's small student, its layout as `ikd lineage`
+prints it) instead of a preset; `--blocks 4,4/8,8/16,16,16/32` is the older spelling of the same, kept
+because recorded commands use it.
 
-    python benchmarks/train_throughput.py [--arch vgg16 | --blocks W,W/W/...] [--layouts] [--quick] [--markdown FILE]
+    python benchmarks/train_throughput.py [--arch vgg16|LAYOUT] [--layouts] [--quick] [--markdown FILE]
 Last line: `RESULT name=value ...`.
 """
 
@@ -21,6 +23,7 @@ import sys
 import torch
 
 from ikd.arch import PRESETS, ArchSpec, preset
+from ikd.errors import IkdError
 from ikd.model import build_model
 from ikd.runtime import Precision, cpu_has_bf16_instructions, cpu_name, training_layout
 
@@ -41,8 +44,10 @@ def parse_blocks(text: str) -> list[list[int]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vgg16", choices=PRESETS)
-    parser.add_argument("--blocks", help="a custom VGG's widths, blocks split by '/' (overrides --arch)")
+    parser.add_argument("--arch", default="vgg16", help="a preset or a layout line (ikd's --arch)")
+    parser.add_argument(
+        "--blocks", help="older spelling of a layout: widths split by ',', blocks by '/' (overrides --arch)"
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
@@ -60,8 +65,11 @@ def main() -> int:
         )
         name = f"VGG {args.blocks}"
     else:
-        spec = preset(args.arch, in_channels=args.channels, image_size=args.size, num_classes=10)
-        name = args.arch
+        try:
+            spec = preset(args.arch, in_channels=args.channels, image_size=args.size, num_classes=10)
+        except IkdError as exc:
+            raise SystemExit(f"train_throughput.py: --arch: {exc}") from None
+        name = args.arch if args.arch in PRESETS else f"VGG {spec.summary()}"
     train_flops_per_image = TRAIN_FLOPS_PER_MAC * spec.macs()
     precisions = [Precision("fp32", "cpu", None)]
     if cpu_has_bf16_instructions():

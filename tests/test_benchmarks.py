@@ -227,12 +227,22 @@ def quick_record(script: str, tmp_path: Path, *extra: str) -> tuple[dict[str, st
 
 def test_train_throughput_quick_times_both_layouts_of_a_custom_student(tmp_path):
     result, text = quick_record(
-        "train_throughput.py", tmp_path, "--blocks", "4,4/8", "--size", "8", "--channels", "1", "--layouts"
+        "train_throughput.py", tmp_path, "--arch", "4x2-8x1", "--size", "8", "--channels", "1", "--layouts"
     )
-    assert result["arch"] == "VGG-4,4/8" and float(result["fp32_nchw_img_s"]) > 0
+    assert result["arch"] == "VGG-4x2-8x1" and float(result["fp32_nchw_img_s"]) > 0
     assert "| fp32 | nchw (ikd's) |" in text and "| fp32 | nhwc |" in text  # fp32 trains NCHW
     if "bf16_nchw_img_s" in result:  # a CPU with bf16 instructions: a first width of 4 trains NCHW there too
         assert "| bf16 | nchw (ikd's) |" in text
+
+
+def test_train_throughput_reads_the_older_blocks_spelling_as_the_layout_and_refuses_a_bad_arch(tmp_path, monkeypatch):
+    from ikd.arch import parse_layout
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    assert importlib.import_module("train_throughput").parse_blocks("4,4/8,8,8/16") == parse_layout("4x2-8x3-16x1")[0]
+    refused = quick("train_throughput.py", "--arch", "4x0", tmp_path=tmp_path)
+    assert refused.returncode != 0 and "'0' is not a number of convs" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_kd_throughput_quick(tmp_path):
