@@ -251,6 +251,24 @@ def test_a_training_budget_stops_the_campaign_before_it_is_exceeded(tmp_path, ti
     assert spent == (3 if strategy == "parent-child" else 2)
 
 
+def test_a_budget_under_the_first_pass_of_children_trained_together_is_refused_before_anything(
+    tmp_path, tiny_teacher, monkeypatch
+):
+    from test_search import trained_ids
+
+    from ikd.lineage import RunDir
+
+    calls = trained_ids(monkeypatch)
+    # one candidate's epoch fits (the config's check), the first pass trains depth and width together (2)
+    short = config(tmp_path, tiny_teacher, strategy="parent-children", budget_epochs=1, max_generations=3)
+    with pytest.raises(ConfigError, match=r"trains its 2 candidates together \(2 x 1 = 2 epochs\)"):
+        compress(short, progress=False)
+    assert calls == [] and not RunDir(tmp_path / "run").exists()
+    # one at a time, the same budget trains the smallest candidate
+    one_by_one = compress(config(tmp_path, tiny_teacher, name="child", budget_epochs=1), progress=False)
+    assert [n.id for n in generation(one_by_one, 1)] and "budget" in (one_by_one.stop_reason or "")
+
+
 def test_a_generation_the_budget_cuts_short_is_left_undecided_and_finished_later(tmp_path, tiny_teacher, monkeypatch):
     from test_search import trained_ids
 

@@ -23,10 +23,12 @@ from typing import Any
 import torch
 
 from ikd import rules
-from ikd.arch import ArchSpec
+from ikd.arch import ArchSpec, preset
+from ikd.checkpoint import read_metadata
 from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
 from ikd.distil import plan_pass, train_students
+from ikd.errors import ConfigError, IkdError
 from ikd.executor import WORKER_LOST
 from ikd.lineage import FINAL_NOT_KEPT, LOST_STOP, ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
@@ -113,6 +115,7 @@ class Campaign:
     def _run(self) -> Lineage:
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         root_dir = imported_root_dir(self.config, self.models.user_module)
+        self.check_budget_fits_a_first_pass()  # before a teacher trains for a search that cannot begin
         experts_to_copy = new_experts(self.ctx, self.lineage, root_dir)
         if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:  # or checks the data against it
             self.record(root)
@@ -261,6 +264,40 @@ class Campaign:
             )
         return next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
 
+    def check_budget_fits_a_first_pass(self) -> None:
+        """Candidates trained together are trained all or none (`grow`): a search budget under the first
+        generation's pass would train the teacher and stop with no student. The config's own check knows
+        only one candidate's cost; the root's spec says how many the first generation proposes (a lower
+        bound: slim proposes only once the teacher's BatchNorm scales exist)."""
+        budget = self.search.budget_epochs
+        if budget is None or not self.search.trains_together() or self.lineage.students():
+            return
+        if self.models.user_module is not None:
+            return  # one first student, of the user's spec: the config's check covers it
+        root = self.lineage.find(ROOT_ID)
+        try:
+            if root is not None:
+                spec = root.spec()
+            elif self.config.teacher.dir:
+                spec = ArchSpec.model_validate(read_metadata(Path(self.config.teacher.dir))["arch"])
+            else:
+                data = self.ctx.data
+                spec = preset(
+                    self.config.teacher.arch,
+                    in_channels=data.in_channels,
+                    image_size=data.image_size,
+                    num_classes=data.num_classes,
+                )
+        except (IkdError, KeyError, ValueError):
+            return  # an unreadable teacher is reported where it is imported, with its own message
+        count, per_child = len(propose(spec, self.search, child_prefix(1, None))), rules.epochs_per_child(self.config)
+        if count and not rules.budget_allows(0, count, per_child, budget):
+            raise ConfigError(
+                f"search.budget_epochs {budget}: the first generation trains its {count} candidates together "
+                f"({count} x {per_child} = {count * per_child} epochs); with less the teacher would train and the "
+                f"search stop before any student (raise it, or train fewer children: search.seeds, the operators)"
+            )
+
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:
         prefix = child_prefix(generation, branch)
         if parent.kind is NodeKind.EXTERNAL:  # a user module cannot be shrunk: the chain starts from a spec
@@ -287,7 +324,7 @@ class Campaign:
         teacher_ids = teachers_of(self.lineage, parent, self.search, self.config.ensemble, expert_ids)
         self.models.keep_only(teacher_ids)
         candidates = self.as_recorded(generation, candidates, parent.id, teacher_ids)
-        together = self.search.many_children() or self.search.candidates == "all"
+        together = self.search.trains_together()
         batches = [candidates] if together else [[c] for c in candidates]
         trained: list[NodeRecord] = []
         for i, batch in enumerate(batches):

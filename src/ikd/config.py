@@ -337,6 +337,10 @@ class SearchConfig(Strict):
     def many_teachers(self) -> bool:
         return self.strategy.startswith("ancestors-")
 
+    def trains_together(self) -> bool:
+        """Whether a parent's candidates train in one pass (else one at a time, smallest first)."""
+        return self.many_children() or self.candidates == "all"
+
     def kept_per_generation(self) -> int:
         """How many children within tolerance parent the next generation: `beam` under `select: tree`, else one."""
         return self.beam if self.select == "tree" else 1
