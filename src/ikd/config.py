@@ -396,7 +396,8 @@ class ExecutorConfig(Strict):
     kind: Literal["local", "ray"] = Field(
         default="local",
         json_schema_extra=cli_flag("--executor"),
-        description="local: in this process; ray: each candidate a job on a Ray cluster (`pip install ikd[ray]`)",
+        description="local: in this process; ray: each candidate a job on a Ray cluster "
+        "(`pip install -e '.[ray]'` in ikd's checkout)",
     )
     ray_address: Given | None = Field(
         default=None,
@@ -459,7 +460,7 @@ class CampaignConfig(Strict):
         default="none",
         json_schema_extra=cli_flag("--log"),
         description="tensorboard: every node's loss terms, accuracy and learning rate per epoch "
-        "under run_dir/tb/<node> (needs `pip install ikd[tensorboard]`)",
+        "under run_dir/tb/<node> (needs `pip install -e '.[tensorboard]'` in ikd's checkout)",
     )
     time_limit: str | None = Field(
         default=None,

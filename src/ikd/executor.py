@@ -2,7 +2,7 @@
 
     local   the pass's candidates train together in this process: one read of each batch, one
             teacher forward (or one cached copy of its outputs) shared by all of them.
-    ray     each candidate is its own job on a Ray cluster (`pip install ikd[ray]`), so all of a
+    ray     each candidate is its own job on a Ray cluster (`pip install -e '.[ray]'`), so all of a
             generation's candidates train at once. Jobs run on long-lived worker actors that hold
             the dataset (shipped once through Ray's object store) and the teachers' cached outputs,
             so neither is rebuilt per job. Workers return weights and metrics; only the campaign's
@@ -117,7 +117,9 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError("executor ray needs Ray: pip install 'ikd[ray]'") from None
+        raise ConfigError(
+            "executor ray needs Ray: pip install 'ray>=2.40' (or, in ikd's checkout, pip install -e '.[ray]')"
+        ) from None
     return ray
 
 

@@ -1,6 +1,6 @@
 """Live TensorBoard logging of a campaign: one TensorBoard run per node under RUN_DIR/tb/<node>.
 
-Optional: needs the `tensorboard` package (`pip install 'ikd[tensorboard]'`), imported only when
+Optional: needs the `tensorboard` package (`pip install -e '.[tensorboard]'`), imported only when
 asked for, so ikd itself does not depend on it.
 """
 
@@ -28,7 +28,7 @@ class TensorBoardLog:
         except ImportError:
             raise ConfigError(
                 "log: 'tensorboard' needs the tensorboard package; "
-                "pip install 'ikd[tensorboard]' (or tensorboard) and rerun"
+                "pip install tensorboard (or, in ikd's checkout, pip install -e '.[tensorboard]') and rerun"
             ) from None
         self._writer_class = SummaryWriter
         self.root = Path(run_dir) / TB_DIR
