@@ -294,6 +294,65 @@ def mean_spread(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+@dataclass(frozen=True)
+class Goals:
+    """Issue 18's goals for one dataset, on the means over seeds of test accuracy (decisions by validation)."""
+
+    compression: float  # at least this many times fewer parameters than the teacher
+    vs_scratch: float  # chain test - scratch test, at least (points)
+    vs_oneshot: float  # chain test - one-shot KD test, at least (points)
+    drop: float | None  # test drop from the teacher, at most (points); None: no bound
+    seeds: int = 3
+
+
+GOALS = {
+    "mnist": Goals(compression=2000, vs_scratch=0.0, vs_oneshot=0.0, drop=0.2),
+    "cifar10": Goals(compression=10, vs_scratch=1.0, vs_oneshot=0.5, drop=None),
+}
+
+
+def goal_cells(goals: Goals, compression: float, vs_scratch: float, vs_oneshot: float, drop: float) -> list[str]:
+    """One cell per goal: the mean, then `met`, or `missed by` how much."""
+
+    def at_least(value: float, bound: float, digits: int) -> str:
+        verdict = "met" if value >= bound else f"missed by {bound - value:.{digits}f}"
+        return f"{value:.{digits}f} ({verdict})"
+
+    cells = [at_least(compression, goals.compression, 1), at_least(vs_scratch, goals.vs_scratch, 2)]
+    cells.append(at_least(vs_oneshot, goals.vs_oneshot, 2))
+    if goals.drop is not None:
+        cells.append(f"{drop:.2f} ({'met' if drop <= goals.drop else f'missed by {drop - goals.drop:.2f}'})")
+    return cells
+
+
+def goals_table(rows: list[Row]) -> str:
+    """Each variant's means against issue 18's goals for the dataset, where it states some."""
+    name = rows[0].lineage.config["data"]["name"]
+    if (goals := GOALS.get(name)) is None:
+        return f"No goals are stated for {name} (issue 18 sets them for {' and '.join(GOALS)})."
+    drop = [f"test drop (<= {goals.drop:.2f})"] if goals.drop is not None else []
+    header = [f"x (>= {goals.compression:g})", f"chain - scratch (>= {goals.vs_scratch:+.2f})"]
+    header += [f"chain - one-shot (>= {goals.vs_oneshot:+.2f})", *drop]
+    lines = [
+        f"Issue 18's goals for {name}: means over {goals.seeds} seeds, test accuracy, decisions by validation:",
+        "",
+        "| variant | seeds | " + " | ".join(header) + " |",
+        "|" + "---|" * (2 + len(header)),
+    ]
+    for variant in dict.fromkeys(r.variant for r in rows):
+        group = [r for r in rows if r.variant == variant]
+        seeds = f"{len(group)}" + ("" if len(group) >= goals.seeds else f" (of {goals.seeds}: not a verdict yet)")
+        cells = goal_cells(
+            goals,
+            statistics.mean(r.answer.compression for r in group),
+            statistics.mean(r.test() - r.test("baseline-scratch") for r in group),
+            statistics.mean(r.test() - r.test("baseline-oneshot-kd") for r in group),
+            statistics.mean(r.test(r.teacher.id) - r.test() for r in group),
+        )
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def tables(rows: list[Row]) -> str:
     lines = [
         "| variant | seed | final student | params | x | chain val | scratch val | one-shot KD val | chain test "
@@ -429,6 +488,8 @@ def main() -> int:
             f"test {100 * (teacher.test_accuracy or 0):.2f}%.",
             "",
             tables(rows),
+            "",
+            goals_table(rows),
             "",
             "Paired comparisons: the final student and each baseline on the same images (exact McNemar test "
             "on the images only one of them gets right; evaluated again in fp32, so a count may differ by an "

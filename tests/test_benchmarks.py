@@ -345,6 +345,7 @@ def test_iterating_pays_quick(tmp_path):
     # one row per variant x seed, each with its baselines' test accuracy, then the means
     assert "| none | 0 | `g1-" in record and "| slim+final+dkd+early | 0 | `final` " in record
     assert "| slim+final+dkd+early | 1 |" in record.split("Mean ±")[1]
+    assert "No goals are stated for digits (issue 18 sets them for mnist and cifar10)." in record
     # the final student against each baseline, image by image, on both splits
     paired = [line for line in record.split("Paired comparisons")[1].splitlines() if line.startswith("| none | 0 |")]
     assert [line.split(" | ")[2:4] for line in paired] == [
@@ -395,6 +396,24 @@ def test_iterating_pays_quick(tmp_path):
     for refused in (lost, unfinished):
         assert refused.returncode != 0 and "the campaign has not finished" in refused.stderr
     assert "Traceback" not in other.stderr + lost.stderr + unfinished.stderr
+
+
+def test_iterating_pays_states_each_goal_as_met_or_missed_by_how_much(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    pays = importlib.import_module("iterating_pays")
+    # MNIST seed 0 of the gentle+retry replay: size and baselines met, the drop 0.09 over its bound
+    assert pays.goal_cells(pays.GOALS["mnist"], 2879.4, 0.06, 0.07, 0.29) == [
+        "2879.4 (met)",
+        "0.06 (met)",
+        "0.07 (met)",
+        "0.29 (missed by 0.09)",
+    ]
+    # CIFAR-10 has no bound on the drop; a chain 0.4 points over scratch misses the 1.0 asked by 0.6
+    assert pays.goal_cells(pays.GOALS["cifar10"], 9.5, 0.4, 0.5, 3.0) == [
+        "9.5 (missed by 0.5)",
+        "0.40 (missed by 0.60)",
+        "0.50 (met)",
+    ]
 
 
 def test_reload_needs_a_finished_campaign(tmp_path):
