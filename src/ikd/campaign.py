@@ -294,8 +294,9 @@ class Campaign:
         if count and not rules.budget_allows(0, count, per_child, budget):
             raise ConfigError(
                 f"search.budget_epochs {budget}: the first generation trains its {count} candidates together "
-                f"({count} x {per_child} = {count * per_child} epochs); with less the teacher would train and the "
-                f"search stop before any student (raise it, or train fewer children: search.seeds, the operators)"
+                f"({count} x {per_child} = {count * per_child} epochs); with less the search would stop before any "
+                "student (raise it, or train fewer candidates together: fewer operators or factors, search.seeds, "
+                "or a strategy that trains one child at a time)"
             )
 
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:
