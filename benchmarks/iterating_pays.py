@@ -296,7 +296,8 @@ def mean_spread(values: list[float], digits: int = 2) -> str:
 
 @dataclass(frozen=True)
 class Goals:
-    """Issue 18's goals for one dataset, on the means over seeds of test accuracy (decisions by validation)."""
+    """Issue 18's goals for one dataset: the least compression of the seeds, the means over seeds of the test
+    accuracy differences (decisions by validation)."""
 
     compression: float  # at least this many times fewer parameters than the teacher
     vs_scratch: float  # chain test - scratch test, at least (points)
