@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -178,13 +179,16 @@ def parse_layout(text: str) -> tuple[list[list[int]], list[int]]:
 def check_arch(name: str) -> str:
     """A preset's name, or a layout line written the one way `layout_line` writes it (so two spellings of
     one network are one architecture to a resumed run); else ValueError saying what was expected."""
-    if name in PRESET_BLOCKS:
-        return name
+    return name if name in PRESET_BLOCKS else layout_line(*_layout_of(name))
+
+
+def _layout_of(name: str) -> tuple[list[list[int]], list[int]]:
+    """`parse_layout` for a name that is not a preset, its ValueError saying what was expected."""
     expected = f"expected a preset ({', '.join(PRESETS)}) or a layout such as {LAYOUT_EXAMPLE!r}"
     if not name.strip()[:1].isdigit():  # a name, not a layout: the parser's detail would not help
         raise ValueError(expected)
     try:
-        return layout_line(*parse_layout(name))
+        return parse_layout(name)
     except ValueError as exc:
         raise ValueError(f"{expected} ({exc})") from None
 
@@ -193,7 +197,7 @@ def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) ->
     """A standard VGG (CIFAR-style: no 4096-wide head, a single linear classifier), or the network a
     layout line describes (see `parse_layout`)."""
     try:
-        blocks, head = (PRESET_BLOCKS[name], []) if name in PRESET_BLOCKS else parse_layout(check_arch(name))
+        blocks, head = (PRESET_BLOCKS[name], []) if name in PRESET_BLOCKS else _layout_of(name)
     except ValueError as exc:
         raise ConfigError(f"architecture {name!r}: {exc}") from None
     return ArchSpec(
@@ -203,3 +207,19 @@ def preset(name: str, *, in_channels: int, image_size: int, num_classes: int) ->
         blocks=[list(block) for block in blocks],
         head=head,
     )
+
+
+class InputShape(Protocol):
+    """What a network is fitted to: a dataset's images and classes."""
+
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def num_classes(self) -> int: ...
+
+
+def preset_for(name: str, data: InputShape) -> ArchSpec:
+    """`preset` fitted to `data`'s images and classes."""
+    return preset(name, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ikd import rules
-from ikd.arch import ArchSpec, preset
+from ikd.arch import ArchSpec, preset_for
 from ikd.checkpoint import read_metadata
 from ikd.config import CampaignConfig, as_config
 from ikd.context import CampaignContext
@@ -281,13 +281,7 @@ class Campaign:
             elif self.config.teacher.dir:
                 spec = ArchSpec.model_validate(read_metadata(Path(self.config.teacher.dir))["arch"])
             else:
-                data = self.ctx.data
-                spec = preset(
-                    self.config.teacher.arch,
-                    in_channels=data.in_channels,
-                    image_size=data.image_size,
-                    num_classes=data.num_classes,
-                )
+                spec = preset_for(self.config.teacher.arch, self.ctx.data)
         except (IkdError, KeyError, ValueError):
             return  # an unreadable teacher is reported where it is imported, with its own message
         count, per_child = len(propose(spec, self.search, child_prefix(1, None))), rules.epochs_per_child(self.config)

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ikd import distributed, rules
 from ikd._version import __version__
-from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch, preset
+from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch, preset, preset_for
 from ikd.atomic import cannot_make_dir
 from ikd.checkpoint import (
     META_FILE,
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             split_seed=args.split_seed,
             image_size=args.image_size,
         )
-        spec = preset(args.arch, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+        spec = preset_for(args.arch, data)
         model = build_model(spec, seed=args.seed)
         if group is None or group.is_main:
             print(

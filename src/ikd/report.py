@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from pydantic import ValidationError
 
 from ikd import rules
-from ikd.arch import PRESETS, preset
+from ikd.arch import PRESETS, preset_for
 from ikd.atomic import atomic_write_bytes
 from ikd.checkpoint import META_FILE
 from ikd.config import CampaignConfig
@@ -68,7 +68,7 @@ def arch_name(node: NodeRecord) -> str:
         return str(node.arch["external"])
     spec = node.spec()
     for name in PRESETS:
-        if preset(name, in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes) == spec:
+        if preset_for(name, spec) == spec:
             return name.upper().replace("VGG", "VGG-")
     return spec.summary()
 

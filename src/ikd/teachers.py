@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ikd.arch import FP32_BYTES, ArchSpec, preset
+from ikd.arch import FP32_BYTES, ArchSpec, preset_for
 from ikd.checkpoint import META_FILE, load_model, other_classes, other_shape, read_metadata, save_model
 from ikd.config import CampaignConfig
 from ikd.context import CampaignContext
@@ -120,7 +120,7 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
         save_model(ctx.run.node_dir(ROOT_ID), model, read_metadata(Path(cfg.dir)))
         val, test = ctx.accuracy(model, data.val), ctx.accuracy(model, data.test)
     else:
-        spec = preset(cfg.arch, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+        spec = preset_for(cfg.arch, data)
         model = build_model(spec, seed=ctx.config.seed)
         ctx.log(f"training the root teacher {cfg.arch} ({spec.num_params():,} params)")
         result, tested = fit(
@@ -301,5 +301,4 @@ def first_student(ctx: CampaignContext, spec: ArchSpec | None) -> ArchSpec:
     """Where the chain starts under a user's module, which cannot be shrunk: `spec`, or vgg11."""
     if spec is not None:
         return spec
-    data = ctx.data
-    return preset("vgg11", in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+    return preset_for("vgg11", ctx.data)
