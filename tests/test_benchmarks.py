@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_ARCH
+from conftest import SMALL_ARCH, campaign_args
 
 from ikd.arch import preset
 from ikd.lineage import RunDir
@@ -739,3 +739,38 @@ def test_step_overhead_sh_interleaves_two_versions_and_tabulates_them(tmp_path):
         script, cwd=repo, env=env | {"BEFORE_SRC": "nowhere"}, capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 2 and "no earlier ikd at nowhere/ikd" in missing.stderr
+
+
+def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alone(tiny_teacher, tmp_path):
+    from ikd import cli
+
+    source = tmp_path / "campaign"
+    assert cli.main(campaign_args(tiny_teacher, source, "--final-epochs", "1")) == 0
+    before = RunDir(source).load()
+    script = [sys.executable, str(ROOT / "benchmarks" / "final_recipe.py"), "--runs", str(source)]
+    script += ["--out", str(tmp_path / "again"), "--markdown", str(tmp_path / "final.md")]
+    changed = [*script, "--set", "student.ema_epochs=1", "--set", "loss.temperature=2", "--baselines"]
+    done = subprocess.run(changed, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(
+        r"^RESULT mean_change_val=[+-]\d+\.\d{3} mean_change_test=[+-]\d+\.\d{3}$", done.stdout, re.MULTILINE
+    )
+    copy = RunDir(tmp_path / "again" / "campaign").load()
+    again = copy.find("final")
+    assert again is not None and again.loss["temperature"] == 2  # trained under the change
+    assert copy.config["student"]["ema_epochs"] == 1
+    assert [(n.id, n.val_accuracy) for n in copy.nodes if n.kind.value in ("teacher", "student")] == [
+        (n.id, n.val_accuracy) for n in before.nodes if n.kind.value in ("teacher", "student")
+    ]
+    assert RunDir(source).load() == before  # the source keeps its final, and no baselines were added
+    record = (tmp_path / "final.md").read_text()
+    assert "`student.ema_epochs: 1`, `loss.temperature: 2`" in record and "| campaign |" in record
+    assert "| run | final | scratch | one-shot KD |" in record  # --baselines: trained, under the change
+    # a second run finds the copy done and trains nothing
+    weights = RunDir(tmp_path / "again" / "campaign").node_dir("final") / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert subprocess.run(changed, capture_output=True, text=True, timeout=300).returncode == 0
+    assert weights.stat().st_mtime_ns == stamp
+    # a key that would change the search is refused in one line, before anything trains
+    bad = subprocess.run([*script, "--set", "search.max_drop=1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "search.max_drop=1" in bad.stderr
