@@ -50,12 +50,13 @@ def parse_setting(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
-def finished(run_dir: Path) -> Lineage:
+def finished(run_dir: Path, *, final: bool = True) -> Lineage:
+    """The campaign in `run_dir`; with `final`, it must have ended with a final distillation."""
     try:
         lineage = RunDir(run_dir).load()
     except CheckpointError as exc:
         raise SystemExit(f"{SCRIPT}: {exc}") from None
-    if not lineage.answered() or lineage.find(FINAL_ID) is None:
+    if final and (not lineage.answered() or lineage.find(FINAL_ID) is None):
         raise SystemExit(f"{SCRIPT}: {run_dir}: not a finished campaign with a final distillation")
     return lineage
 
@@ -103,6 +104,17 @@ def search_of(lineage: Lineage) -> list[tuple[str, str, float | None]]:
     return [(n.id, n.status, n.val_accuracy) for n in lineage.nodes if n.id not in LEFT_BEHIND]
 
 
+def done_under(lineage: Lineage, config: dict, baselines: bool) -> bool:
+    """Whether a copy has its final distillation (and baselines, if asked for) under `config` already."""
+    trained = [lineage.find(i) for i in BASELINE_IDS]
+    return (
+        lineage.config == config
+        and lineage.answered()
+        and lineage.find(FINAL_ID) is not None
+        and (not baselines or all(b is not None and lineage.is_current_baseline(b) for b in trained))
+    )
+
+
 def redistil(args: argparse.Namespace, source: Path, settings: dict[str, object]) -> tuple[Lineage, Lineage]:
     """The source's lineage and its copy's, once the copy has trained under `settings`."""
     before = finished(source)
@@ -110,14 +122,16 @@ def redistil(args: argparse.Namespace, source: Path, settings: dict[str, object]
     if not RunDir(target).exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         prepare(source, before, target)
-    config_path = target.parent / f"{target.name}.yaml"
-    config_path.write_text(yaml.safe_dump(config_with(before, settings), sort_keys=False))
-    command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(target)]
-    command += ["--force", "--quiet", *(["--baselines"] if args.baselines else [])]
-    command += ["--data-dir", args.data_dir] if args.data_dir else []
-    done = subprocess.run(command, stdout=subprocess.DEVNULL)  # progress (stderr) shows as it goes
-    if done.returncode != 0:
-        raise SystemExit(f"{SCRIPT}: `{' '.join(command)}` exited with {done.returncode}")
+    config = config_with(before, settings)
+    if not done_under(finished(target, final=False), config, args.baselines):  # else a resume would only add a session
+        config_path = target.parent / f"{target.name}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(target)]
+        command += ["--force", "--quiet", *(["--baselines"] if args.baselines else [])]
+        command += ["--data-dir", args.data_dir] if args.data_dir else []
+        done = subprocess.run(command, stdout=subprocess.DEVNULL)  # progress (stderr) shows as it goes
+        if done.returncode != 0:
+            raise SystemExit(f"{SCRIPT}: `{' '.join(command)}` exited with {done.returncode}")
     after = finished(target)
     if search_of(after) != search_of(before):
         raise SystemExit(
@@ -202,7 +216,17 @@ def tables(pairs: list[tuple[Path, Lineage, Path, Lineage]], settings: dict[str,
             "| run | final | scratch | one-shot KD | final - scratch | final - one-shot KD | epochs |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(baselines)
         )
-    text.append(f"Machine: {machine_line()}")
+    trained = [
+        f"- {target.name}: `{session.command}` -- {session.machine}, {session.started}"
+        for _, before, target, after in pairs
+        for session in after.sessions
+        if session not in before.sessions
+    ]
+    text.append(
+        "The copies' own sessions (`ikd compress` runs after the copy was made; the first trained):\n\n"
+        + "\n".join(trained)
+    )
+    text.append(f"Tabulated on: {machine_line()}")
     return "\n\n".join(text), means
 
 

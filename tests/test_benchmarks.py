@@ -768,9 +768,11 @@ def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alon
     assert "| run | final | scratch | one-shot KD |" in record  # --baselines: trained, under the change
     # a second run finds the copy done and trains nothing
     weights = RunDir(tmp_path / "again" / "campaign").node_dir("final") / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns
+    stamp, sessions = weights.stat().st_mtime_ns, len(RunDir(tmp_path / "again" / "campaign").load().sessions)
     assert subprocess.run(changed, capture_output=True, text=True, timeout=300).returncode == 0
-    assert weights.stat().st_mtime_ns == stamp
+    assert (
+        weights.stat().st_mtime_ns == stamp and len(RunDir(tmp_path / "again" / "campaign").load().sessions) == sessions
+    )
     # a key that would change the search is refused in one line, before anything trains
     bad = subprocess.run([*script, "--set", "search.max_drop=1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "search.max_drop=1" in bad.stderr

@@ -9,7 +9,7 @@ import torch
 import ikd
 import ikd.campaign
 from ikd.arch import ArchSpec
-from ikd.campaign import Campaign, compress
+from ikd.campaign import Campaign, command_line, compress
 from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
@@ -180,6 +180,9 @@ def test_resume_after_interruption_keeps_finished_nodes(tmp_path, tiny_teacher, 
     assert len(partial.sessions) == 1 and sessions[0] == partial.sessions[0] and len(sessions) == 3
     assert all("torch threads" in s.machine and f"ikd {ikd.__version__}" in s.machine and s.command for s in sessions)
     assert sessions[0].started <= sessions[2].started
+    # `python -m ikd ...` is recorded as the `ikd ...` a user would retype; a script calling compress() by its name
+    assert command_line(["/x/site-packages/ikd/__main__.py", "compress", "--quiet"]) == ["ikd", "compress", "--quiet"]
+    assert command_line(["/repo/benchmarks/paper.py", "--quick"]) == ["paper.py", "--quick"]
 
 
 def test_run_dir_from_another_config_is_refused(tmp_path, tiny_teacher):

@@ -92,7 +92,7 @@ class Campaign:
         lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)
         session = Session(
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            command=shlex.join(command_line(sys.argv)),
             machine=describe_machine(self.ctx.device),
         )
         # saved with the lineage's next write (the first node's, for a new campaign)
@@ -575,6 +575,12 @@ class Campaign:
             record=self.record,
         )
         self.passes_done += 1
+
+
+def command_line(argv: list[str]) -> list[str]:
+    """The command as a user would retype it: `python -m ikd` (argv[0] .../ikd/__main__.py) as `ikd`."""
+    program = Path(argv[0]).name
+    return ["ikd" if program == "__main__.py" else program, *argv[1:]]
 
 
 def same_training(node: NodeRecord, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
