@@ -30,8 +30,9 @@ import yaml
 
 from ikd.campaign import BASELINE_IDS, FINAL_ID
 from ikd.checkpoint import META_FILE
-from ikd.errors import CheckpointError
-from ikd.lineage import ROOT_ID, Lineage, NodeRecord, RunDir
+from ikd.config import load_config
+from ikd.errors import CheckpointError, ConfigError
+from ikd.lineage import FINAL_NOT_KEPT, ROOT_ID, Lineage, NodeRecord, RunDir
 
 from common import machine_line, print_result, publish
 
@@ -47,7 +48,12 @@ def parse_setting(text: str) -> tuple[str, object]:
             f"{SCRIPT}: --set {text!r}: expected KEY=VALUE with KEY under {', '.join(s + '*' for s in SETTABLE)} "
             "(keys that train the final distillation, not the search), e.g. student.ema_epochs=1"
         )
-    return key, yaml.safe_load(value)
+    if key == "ensemble.experts":
+        raise SystemExit(f"{SCRIPT}: --set {text!r}: experts are nodes of the search; this changes the final only")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"{SCRIPT}: --set {text!r}: the value is not YAML ({str(exc).splitlines()[0]})") from None
 
 
 def finished(run_dir: Path, *, final: bool = True) -> Lineage:
@@ -85,23 +91,34 @@ def prepare(source: Path, lineage: Lineage, target: Path) -> None:
             }
 
         shutil.copytree(source, staging / "run", copy_function=link_or_copy, ignore=ignore)
-        kept = [n for n in lineage.nodes if n.id not in LEFT_BEHIND]
-        RunDir(staging / "run").save(lineage.model_copy(update={"nodes": kept}))
+        kept = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in LEFT_BEHIND]})
+        # the source may be running (its baselines): every copied weights file must be the one its record names
+        if stale := RunDir(staging / "run").verify(kept):
+            raise SystemExit(f"{SCRIPT}: {source}: weights changed while copying ({', '.join(stale)}); run again")
+        RunDir(staging / "run").save(kept)
         (staging / "run").rename(target)  # a half-made copy is never taken for a prepared one
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def config_with(lineage: Lineage, settings: dict[str, object]) -> dict:
-    config = {key: dict(value) if isinstance(value, dict) else value for key, value in lineage.config.items()}
-    for key, value in settings.items():
-        section, name = key.split(".")
-        config.setdefault(section, {})[name] = value
-    return config
+def config_with(source: Path, lineage: Lineage, settings: dict[str, object]) -> dict:
+    """The campaign's settings with `settings` applied, validated and written as a lineage records them."""
+    try:
+        config = load_config(None, settings, base=lineage.config, source=f"{source}'s config")
+    except ConfigError as exc:
+        raise SystemExit(f"{SCRIPT}: {exc}") from None
+    if not config.student.final_epochs:
+        raise SystemExit(f"{SCRIPT}: student.final_epochs is 0: there would be no final distillation to compare")
+    return config.decision_fields()
 
 
-def search_of(lineage: Lineage) -> list[tuple[str, str, float | None]]:
-    return [(n.id, n.status, n.val_accuracy) for n in lineage.nodes if n.id not in LEFT_BEHIND]
+def search_of(lineage: Lineage) -> list[tuple]:
+    """What must not change: every search node, down to its weights' checksum."""
+    return [
+        (n.id, n.status, n.parent, n.teachers, n.epochs, n.sha256, n.val_accuracy, n.test_accuracy)
+        for n in lineage.nodes
+        if n.id not in LEFT_BEHIND
+    ]
 
 
 def done_under(lineage: Lineage, config: dict, baselines: bool) -> bool:
@@ -118,18 +135,25 @@ def done_under(lineage: Lineage, config: dict, baselines: bool) -> bool:
 def redistil(args: argparse.Namespace, source: Path, settings: dict[str, object]) -> tuple[Lineage, Lineage]:
     """The source's lineage and its copy's, once the copy has trained under `settings`."""
     before = finished(source)
+    config = config_with(source, before, settings)
     target = Path(args.out) / source.name
     if not RunDir(target).exists():
+        if target.exists():
+            raise SystemExit(f"{SCRIPT}: {target}: already there and not a campaign; choose another --out")
         target.parent.mkdir(parents=True, exist_ok=True)
         prepare(source, before, target)
-    config = config_with(before, settings)
-    if not done_under(finished(target, final=False), config, args.baselines):  # else a resume would only add a session
+    copy = finished(target, final=False)
+    if copy.config != config and any(copy.find(i) for i in LEFT_BEHIND):
+        # ikd keeps a final made under other student or loss keys: it would be tabulated as this recipe's
+        raise SystemExit(f"{SCRIPT}: {target}: trained under other settings than these; choose another --out")
+    if not done_under(copy, config, args.baselines):  # else a resume would only add a session to its record
         config_path = target.parent / f"{target.name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [sys.executable, "-m", "ikd", "compress", "--config", str(config_path), "--run-dir", str(target)]
         command += ["--force", "--quiet", *(["--baselines"] if args.baselines else [])]
+        command += ["--device", args.device] if args.device else []
         command += ["--data-dir", args.data_dir] if args.data_dir else []
-        done = subprocess.run(command, stdout=subprocess.DEVNULL)  # progress (stderr) shows as it goes
+        done = subprocess.run(command, stdout=subprocess.DEVNULL)  # its errors (stderr) show
         if done.returncode != 0:
             raise SystemExit(f"{SCRIPT}: `{' '.join(command)}` exited with {done.returncode}")
     after = finished(target)
@@ -161,7 +185,8 @@ def final_cells(lineage: Lineage, run_dir: Path) -> list[str]:
     final: NodeRecord = lineage.find(FINAL_ID)  # type: ignore[assignment]
     root: NodeRecord = lineage.find(ROOT_ID)  # type: ignore[assignment]
     drop = points(root.test_accuracy, final.test_accuracy)
-    kept = f"{final.best_epoch}/{final.epochs} {kept_weights(run_dir)}"
+    kept = f"{final.best_epoch or 'n/a'}/{final.epochs} {kept_weights(run_dir)}"
+    kept += " (not the answer: below its search answer's floor)" if final.reason.startswith(FINAL_NOT_KEPT) else ""
     return [pct(final.val_accuracy), pct(final.test_accuracy), kept, "n/a" if drop is None else f"{drop:.2f}"]
 
 
@@ -207,8 +232,8 @@ def tables(pairs: list[tuple[Path, Lineage, Path, Lineage]], settings: dict[str,
     ]
     if means:
         text.append(
-            f"Mean change over {len(pairs)} run(s), after - before: validation {signed(means.get('val'))}, "
-            f"test {signed(means.get('test'))} points."
+            f"Mean change, after - before: validation {signed(means.get('val'))} over {len(changes['val'])} run(s), "
+            f"test {signed(means.get('test'))} over {len(changes['test'])}."
         )
     if baselines:
         text.append(
@@ -245,10 +270,12 @@ def main() -> int:
     )
     parser.add_argument("--out", required=True, help="folder for the copies (one per run; a copy there is resumed)")
     parser.add_argument("--data-dir", help="the dataset's folder, as the campaigns were given it")
+    parser.add_argument("--device", help="where the copies train (default: ikd's auto); keep the sources' device")
     parser.add_argument(
         "--baselines", action="store_true", help="also train scratch and one-shot KD under the changed recipe"
     )
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph added to the record")
     args = parser.parse_args()
     settings = dict(parse_setting(text) for text in args.settings)
     sources = [Path(run) for run in args.runs]
@@ -259,6 +286,7 @@ def main() -> int:
         before, after = redistil(args, source, settings)
         pairs.append((source, before, Path(args.out) / source.name, after))
     text, means = tables(pairs, settings)
+    text = "\n\n".join([*args.note, text])
     publish(text, args.markdown, "Final distillation, another recipe: " + (", ".join(args.settings) or "the same"))
     print_result({f"mean_change_{key}": f"{value:+.3f}" for key, value in means.items()})
     return 0

@@ -744,35 +744,49 @@ def test_step_overhead_sh_interleaves_two_versions_and_tabulates_them(tmp_path):
 def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alone(tiny_teacher, tmp_path):
     from ikd import cli
 
-    source = tmp_path / "campaign"
+    source, out = tmp_path / "campaign", tmp_path / "again"
     assert cli.main(campaign_args(tiny_teacher, source, "--final-epochs", "1")) == 0
     before = RunDir(source).load()
-    script = [sys.executable, str(ROOT / "benchmarks" / "final_recipe.py"), "--runs", str(source)]
-    script += ["--out", str(tmp_path / "again"), "--markdown", str(tmp_path / "final.md")]
-    changed = [*script, "--set", "student.ema_epochs=1", "--set", "loss.temperature=2", "--baselines"]
+    script = [sys.executable, str(ROOT / "benchmarks" / "final_recipe.py"), "--runs", str(source), "--out", str(out)]
+    # 1e-4: YAML 1.1 reads it as a string; the copy must still count as done under it on the second run
+    changed = [*script, "--set", "student.ema_epochs=1", "--set", "student.weight_decay=1e-4", "--baselines"]
+    changed += ["--set", "loss.temperature=2", "--note", "Why: a probe.", "--markdown", str(tmp_path / "final.md")]
     done = subprocess.run(changed, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(
         r"^RESULT mean_change_val=[+-]\d+\.\d{3} mean_change_test=[+-]\d+\.\d{3}$", done.stdout, re.MULTILINE
     )
-    copy = RunDir(tmp_path / "again" / "campaign").load()
+    copy_dir = RunDir(out / "campaign")
+    copy = copy_dir.load()
     again = copy.find("final")
     assert again is not None and again.loss["temperature"] == 2  # trained under the change
-    assert copy.config["student"]["ema_epochs"] == 1
-    assert [(n.id, n.val_accuracy) for n in copy.nodes if n.kind.value in ("teacher", "student")] == [
-        (n.id, n.val_accuracy) for n in before.nodes if n.kind.value in ("teacher", "student")
-    ]
-    assert RunDir(source).load() == before  # the source keeps its final, and no baselines were added
+    assert copy.config["student"]["ema_epochs"] == 1 and copy.config["student"]["weight_decay"] == 1e-4
+    searched = [n for n in before.nodes if n.kind.value in ("teacher", "student")]
+    assert [n for n in copy.nodes if n.kind.value in ("teacher", "student")] == searched  # checksums included
+    for node in searched:  # hard links, not copies: a copy costs no weights' disk
+        assert (copy_dir.node_dir(node.id) / "model.safetensors").stat().st_ino == (
+            RunDir(source).node_dir(node.id) / "model.safetensors"
+        ).stat().st_ino
+    # the source keeps its final and its weights, and gains no baselines
+    assert RunDir(source).load() == before and RunDir(source).verify(before) == []
+    assert sorted(p.name for p in (source / "nodes").iterdir()) == sorted(n.id for n in before.nodes)
     record = (tmp_path / "final.md").read_text()
-    assert "`student.ema_epochs: 1`, `loss.temperature: 2`" in record and "| campaign |" in record
-    assert "| run | final | scratch | one-shot KD |" in record  # --baselines: trained, under the change
-    # a second run finds the copy done and trains nothing
-    weights = RunDir(tmp_path / "again" / "campaign").node_dir("final") / "model.safetensors"
-    stamp, sessions = weights.stat().st_mtime_ns, len(RunDir(tmp_path / "again" / "campaign").load().sessions)
+    assert "`student.ema_epochs: 1`, `student.weight_decay: 1e-4`, `loss.temperature: 2`" in record
+    assert "| campaign |" in record and "| run | final | scratch | one-shot KD |" in record  # baselines trained
+    assert record.index("Why: a probe.") < record.index("| run |")  # --note, before the tables
+    # a second run finds the copy done and trains nothing, not even a resume
+    weights = copy_dir.node_dir("final") / "model.safetensors"
+    stamp, sessions = weights.stat().st_mtime_ns, len(copy.sessions)
     assert subprocess.run(changed, capture_output=True, text=True, timeout=300).returncode == 0
-    assert (
-        weights.stat().st_mtime_ns == stamp and len(RunDir(tmp_path / "again" / "campaign").load().sessions) == sessions
-    )
-    # a key that would change the search is refused in one line, before anything trains
-    bad = subprocess.run([*script, "--set", "search.max_drop=1"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "search.max_drop=1" in bad.stderr
+    assert weights.stat().st_mtime_ns == stamp and len(copy_dir.load().sessions) == sessions
+    # refused in one line, before anything trains: a copy made under other settings (ikd would keep its final and
+    # tabulate it as this recipe's), a key that would change the search, a value that is not YAML
+    for wrong, says in [
+        (["--set", "loss.temperature=8"], "trained under other settings"),
+        (["--set", "search.max_drop=1"], "search.max_drop=1"),
+        (["--set", "loss.kd=[1"], "not YAML"),
+        (["--set", "student.final_epochs=0"], "no final distillation"),
+    ]:
+        bad = subprocess.run([*script, *wrong], capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
+    assert weights.stat().st_mtime_ns == stamp and len(copy_dir.load().sessions) == sessions
