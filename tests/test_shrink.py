@@ -7,7 +7,7 @@ from ikd.arch import PRESETS, ArchSpec, preset
 from ikd.errors import ConfigError
 from ikd.inherit import inherit_weights
 from ikd.model import build_model
-from ikd.shrink import get_operator, shrink_block, shrink_depth, shrink_width
+from ikd.shrink import get_operator, shrink_block, shrink_depth, shrink_stage, shrink_width
 
 
 def shrunk(spec: ArchSpec | None) -> ArchSpec:
@@ -16,7 +16,7 @@ def shrunk(spec: ArchSpec | None) -> ArchSpec:
 
 
 @pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("operator", ["depth", "width", "block"])
+@pytest.mark.parametrize("operator", ["depth", "width", "block", "stage"])
 def test_operators_shrink_until_they_cannot(name, operator):
     spec = preset(name, in_channels=1, image_size=28, num_classes=10)
     shrink = get_operator(operator)
@@ -27,7 +27,10 @@ def test_operators_shrink_until_they_cannot(name, operator):
         assert build_model(child).eval()(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
         spec, steps = child, steps + 1
     assert steps > 0
-    assert sum(map(len, spec.blocks)) == 1 if operator == "depth" else max(map(max, spec.blocks)) == 1
+    if operator == "stage":
+        assert len(spec.blocks) == 1
+    else:
+        assert sum(map(len, spec.blocks)) == 1 if operator == "depth" else max(map(max, spec.blocks)) == 1
 
 
 def test_depth_drops_the_most_expensive_conv_and_empty_blocks():
@@ -35,6 +38,20 @@ def test_depth_drops_the_most_expensive_conv_and_empty_blocks():
     assert shrunk(shrink_depth(spec)).blocks == [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512]]
     one_conv_last = ArchSpec(in_channels=3, image_size=32, num_classes=10, blocks=[[8, 8], [64]])
     assert shrunk(shrink_depth(one_conv_last)).blocks == [[8, 8]]
+
+
+def test_stage_drops_the_last_block_whole_and_its_child_inherits_the_rest_in_place():
+    spec = ArchSpec(in_channels=1, image_size=28, num_classes=10, blocks=[[4, 4], [8], [8]])
+    child = shrunk(shrink_stage(spec))
+    assert child.blocks == [[4, 4], [8]] and get_operator("stage")(spec) == child
+    assert shrink_stage(ArchSpec(in_channels=1, image_size=28, num_classes=10, blocks=[[64, 64]])) is None
+    # each kept block starts from its own parent block (block 1 must not take the dropped block 2's filters)
+    parent, student = build_model(spec, seed=0), build_model(child, seed=1)
+    inherit_weights(student, parent)
+    for name, value in student.blocks.state_dict().items():
+        assert torch.equal(value, parent.blocks.state_dict()[name]), name
+    # the head reads 8 channels before and after: it is kept too
+    assert torch.equal(student.head.state_dict()["0.weight"], parent.head.state_dict()["0.weight"])
 
 
 def test_width_scales_convs_and_head():

@@ -63,7 +63,7 @@ def _block_map(child: VGG, parent: VGG) -> list[int]:
     block a depth step removed, where the later blocks moved down one (matched by position, block b
     would inherit the filters of the removed block, and the parent's last block would go unused)."""
     c, p = child.spec.blocks, parent.spec.blocks
-    if len(c) == len(p) - 1:
+    if len(c) == len(p) - 1 and c != p[:-1]:  # not the last block dropped (stage, or depth's last conv)
         gap = next((d for d in range(len(p)) if len(p[d]) == 1 and p[:d] + p[d + 1 :] == c), len(c))
         return [b if b < gap else b + 1 for b in range(len(c))]
     return list(range(len(c)))

@@ -5,6 +5,9 @@ The paper's two ways to build a student:
   width -- "reduce block size": scale every conv (and hidden head) width by a factor.
   block -- "reduce block size" one block at a time: scale the widths of the block where that saves
            the most parameters, a gentler step than width where halving everything fails.
+  stage -- "reduce the number of blocks" in one step: drop the last block whole, with its pooling,
+           the other blocks keeping their widths (where late blocks run on 1x1 maps, e.g. VGG on
+           28x28 MNIST, their weights mostly never meet a pixel).
 and one that shrinks layers unevenly, from a measure of the parent's trained weights:
   slim  -- drop the conv channels with the smallest BatchNorm scale |gamma| across the whole
            network (one global threshold, Liu et al. 2017, "Learning Efficient Convolutional
@@ -51,6 +54,7 @@ OPERATORS = {
     "slim": Operator(
         factor="slim_fraction", options=("slim_min_channels", "slim_by_share", "slim_round_to"), needs_scales=True
     ),
+    "stage": Operator(),
 }
 DEFAULT_WIDTH_FACTOR = 0.5
 Inheritance = Literal["l1", "bn-scale"]  # ikd.inherit.inherit_weights's `by`
@@ -99,6 +103,14 @@ def shrink_depth(spec: ArchSpec) -> ArchSpec | None:
     candidates = [_without_conv(spec, i) for i in range(len(spec.blocks))]
     child = min(reversed(candidates), key=lambda child: child.num_params())
     # dropping a narrow last conv can widen what the head reads ([[512, 8]] -> [[512]]): no compression
+    return child if child.num_params() < spec.num_params() else None
+
+
+def shrink_stage(spec: ArchSpec) -> ArchSpec | None:
+    """Drop the last block (its convs and its pooling); the head then reads the block before it."""
+    if len(spec.blocks) <= 1:
+        return None
+    child = spec.model_copy(update={"blocks": [list(b) for b in spec.blocks[:-1]]})
     return child if child.num_params() < spec.num_params() else None
 
 
@@ -254,6 +266,8 @@ def get_operator(
     their share of what their layer still keeps and keeps widths multiples of `round_to` (shrink_slim)."""
     if name == "depth":
         return shrink_depth
+    if name == "stage":
+        return shrink_stage
     if name in ("width", "block"):
         width_factor = DEFAULT_WIDTH_FACTOR if factor is None else factor
         shrink = shrink_width if name == "width" else shrink_block
