@@ -241,7 +241,7 @@ def tables(pairs: list[tuple[Path, Lineage, Path, Lineage]], settings: dict[str,
             "| run | final | scratch | one-shot KD | final - scratch | final - one-shot KD | epochs |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(baselines)
         )
-    trained = [
+    sessions = [
         f"- {target.name}: `{session.command}` -- {session.machine}, {session.started}"
         for _, before, target, after in pairs
         for session in after.sessions
@@ -249,7 +249,7 @@ def tables(pairs: list[tuple[Path, Lineage, Path, Lineage]], settings: dict[str,
     ]
     text.append(
         "The copies' own sessions (`ikd compress` runs after the copy was made; the first trained):\n\n"
-        + "\n".join(trained)
+        + "\n".join(sessions)
     )
     text.append(f"Tabulated on: {machine_line()}")
     return "\n\n".join(text), means
