@@ -61,6 +61,8 @@ UPGRADES: dict[str, dict] = {
     "share": {**SLIM, "search": {**SLIM["search"], "slim_by_share": True}},
     # the paper's reduce-block-size one block at a time, beside halving every layer and dropping a conv
     "block": {"search": {"operators": ["depth", "width", "block"]}},
+    # block's operators and the last block dropped whole: 3-block students on 28x28 MNIST (shape_probe_mnist.md)
+    "stage": {"search": {"operators": ["depth", "width", "block", "stage"]}},
     "final": {"student": {"final_epochs": 20}},
     "dkd": {"loss": {"kd": "dkd"}},
     "early": {"search": {"early_rejection": 2.0}},
