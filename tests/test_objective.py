@@ -337,6 +337,38 @@ def test_the_teacher_drop_stream_travels_in_the_state_dict():
     assert kd(resumed) == expected != kd(fresh)
 
 
+@pytest.mark.parametrize("kd", ["kl", "dkd"])
+def test_the_kd_warm_up_raises_alpha_step_by_step_and_only_while_training(kd):
+    teacher, spec, images, _ = _setup()
+    student = confident(build_model(spec, seed=1))
+    weights = LossWeights(temperature=2.0, alpha=0.8, beta=0.3, gamma=0.5, kd=kd, kd_warmup=1.5)
+    objective = build_objective(student, confident(teacher), weights, steps_per_epoch=2)  # 3 steps of warm-up
+    x, y = images.images[:6].float() / 255, images.labels[:6]
+
+    def alpha_used(terms):
+        """The KD weight the loss was built with: loss = alpha * kd + 0.3 * ce + 0.5 * hint."""
+        return ((terms["loss"] - 0.3 * terms["ce"] - 0.5 * terms["hint"]) / terms["kd"]).item()
+
+    with torch.no_grad():  # validation-like calls take no step
+        assert alpha_used(objective(student, x, y, torch.arange(6))[1]) == pytest.approx(0.8 / 3, rel=1e-4)
+    student.eval()
+    assert alpha_used(objective(student, x, y, torch.arange(6))[1]) == pytest.approx(0.8 / 3, rel=1e-4)
+    student.train()
+    used = [alpha_used(objective(student, x, y, torch.arange(6))[1]) for _ in range(5)]
+    assert used == pytest.approx([0.8 / 3, 0.8 * 2 / 3, 0.8, 0.8, 0.8], rel=1e-4)
+    # a resumed training goes on at the same weight: the count is in the state dict
+    resumed = build_objective(student, teacher, weights, steps_per_epoch=2)
+    assert resumed.kd_scale() == pytest.approx(1 / 3)
+    resumed.load_state_dict(objective.state_dict())
+    assert resumed.kd_scale() == 1.0
+    # without a warm-up the loss is alpha * kd bit for bit, from the first step
+    plain = build_objective(student, teacher, weights.model_copy(update={"kd_warmup": 0.0}))
+    terms = plain(student, x, y, torch.arange(6))[1]
+    assert torch.equal(terms["loss"], 0.8 * terms["kd"] + 0.3 * terms["ce"] + 0.5 * terms["hint"])
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        build_objective(student, teacher, weights)
+
+
 def hand_dkd(student_logits, target_probs, y, T, dkd_alpha, dkd_beta):
     """Decoupled KD by its definition from the target distribution p and q = softmax(student / T):
     T^2 * batch mean of dkd_alpha * KL([p_t, 1 - p_t] || [q_t, 1 - q_t]) + dkd_beta * KL(p_hat || q_hat),

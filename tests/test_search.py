@@ -666,3 +666,16 @@ def test_force_with_another_factor_trains_the_child_of_that_shape(tmp_path, tiny
     child = again.node("g1-width")
     assert child.spec() == shrink_width(again.root().spec(), 0.75) != first.node("g1-width").spec()
     assert child.sha256 != first.node("g1-width").sha256
+
+
+def test_the_kd_warm_up_reaches_a_campaigns_training_and_its_record(tmp_path, tiny_teacher):
+    def run(name, warmup):
+        config = campaign_config(tmp_path / name, tiny_teacher, max_generations=1)
+        config = config.model_copy(update={"loss": config.loss.model_copy(update={"kd": "dkd", "kd_warmup": warmup})})
+        return compress(config, progress=False)
+
+    warmed, plain = run("warmed", 1.0), run("plain", 0.0)
+    child = "g1-width"
+    assert warmed.node(child).loss["kd_warmup"] == 1.0 and plain.node(child).loss["kd_warmup"] == 0.0
+    # one epoch of warm-up over a one-epoch child: every step weighs DKD below alpha, so the weights differ
+    assert warmed.node(child).sha256 != plain.node(child).sha256

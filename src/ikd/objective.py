@@ -66,7 +66,14 @@ class LossWeights(Strict):
     kd: Literal["kl", "dkd"] = Field(
         default="kl",
         description="the KD term: kl = KL between the softened distributions (Hinton et al. 2015); dkd = "
-        "Decoupled KD (Zhao et al. 2022), dkd_alpha * TCKD + dkd_beta * NCKD, without the paper's warm-up",
+        "Decoupled KD (Zhao et al. 2022), dkd_alpha * TCKD + dkd_beta * NCKD (the paper warms it up: kd_warmup)",
+    )
+    kd_warmup: float = Field(
+        default=0.0,
+        ge=0,
+        description="epochs over which the KD term's weight rises linearly from 0 to alpha, step by step (DKD's "
+        "warm-up: 20 of 240 epochs in the paper; it keeps a large NCKD weight from swamping a fresh student's "
+        "first steps); 0 = none",
     )
     dkd_alpha: float = Field(
         default=1.0,
@@ -205,6 +212,8 @@ class DistillationObjective(nn.Module):
     them). A teacher of weight 0 is left out of every batch (unless all are 0: then they count
     alike). The hint term is the mean of the hints of the teachers that give one; each has its own
     regressor. As an nn.Module its parameters are those regressors, which train with the student.
+    With `weights.kd_warmup` the KD term's weight is alpha * min(step / (kd_warmup * steps_per_epoch),
+    1) at the step-th training step (counting from 1); the count is training state.
     """
 
     def __init__(
@@ -215,8 +224,11 @@ class DistillationObjective(nn.Module):
         aggregate: str = "mean-kd",
         drop: float = 0.0,
         seed: int | None = None,
+        steps_per_epoch: int | None = None,
     ):
         super().__init__()
+        if weights.kd_warmup and not steps_per_epoch:
+            raise ValueError("loss.kd_warmup is in epochs: the objective needs the steps_per_epoch it trains with")
         if aggregate not in AGGREGATES:
             raise ConfigError(f"aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
         self.links, self.weights, self.aggregate, self.drop = links, weights, aggregate, drop
@@ -227,24 +239,33 @@ class DistillationObjective(nn.Module):
         # could otherwise leave it alone in a batch, at full weight; all of weight 0 teach alike
         self._teaching = [i for i, link in enumerate(links) if link.weight > 0] or list(range(len(links)))
         self._drop_generator = torch.Generator().manual_seed(seed or 0)
+        self._warmup_steps = weights.kd_warmup * (steps_per_epoch or 0)
+        self._steps = 0  # training steps taken (forwards with a gradient), for the KD warm-up
 
     def job_description(self) -> dict[str, Any]:
         """What this objective computes, for a training state's job (ikd.train): a state saved under other
         loss settings, teacher weights or hints belongs to another job."""
+        # kd_warmup joined the weights later: left out at 0, so a state saved before it still resumes
         return {
-            "weights": self.weights.model_dump(),
+            "weights": self.weights.model_dump(exclude=set() if self.weights.kd_warmup else {"kd_warmup"}),
             "aggregate": self.aggregate,
             "drop": self.drop,
             "teachers": [[link.weight, link.hint_block, link.student_block] for link in self.links],
         }
 
-    # The drop stream is part of the training state (nn.Module's extra state), so a resumed
-    # training drops the same teachers from the same batches as one never interrupted.
+    # The drop stream and the step count are part of the training state (nn.Module's extra state), so a
+    # resumed training drops the same teachers from the same batches, at the same warm-up weight, as one
+    # never interrupted.
     def get_extra_state(self) -> dict[str, torch.Tensor]:
-        return {"drop_generator": self._drop_generator.get_state()}
+        return {"drop_generator": self._drop_generator.get_state(), "steps": torch.tensor(self._steps)}
 
     def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         self._drop_generator.set_state(state["drop_generator"])
+        self._steps = int(state["steps"]) if "steps" in state else 0  # states saved before the warm-up: no count
+
+    def kd_scale(self) -> float:
+        """The share of alpha the KD term gets at the next training step (1 after the warm-up)."""
+        return min((self._steps + 1) / self._warmup_steps, 1.0) if self._warmup_steps else 1.0
 
     def _kd_teachers(self) -> list[int]:
         teaching = self._teaching
@@ -279,7 +300,10 @@ class DistillationObjective(nn.Module):
             total = sum(self.links[i].weight for i in kd_teachers)
             teacher_weights = [self.links[i].weight / total if total > 0 else 1 / len(kd_teachers) for i in kd_teachers]
         kd = self._kd(logits, y, [outputs[i].logits for i in kd_teachers], teacher_weights)
-        return self._terms(logits, y, kd, hint)
+        scale = self.kd_scale()
+        if student.training and torch.is_grad_enabled():
+            self._steps += 1
+        return self._terms(logits, y, kd, hint, scale)
 
     def _kd(
         self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: list[torch.Tensor], teacher_weights: list[float]
@@ -311,12 +335,13 @@ class DistillationObjective(nn.Module):
         probs = cast(torch.Tensor, sum(tw * F.softmax(t / T, dim=1) for tw, t in pairs))
         return soft_target_kd_loss(student, probs, T)
 
-    def _terms(self, logits: torch.Tensor, y: torch.Tensor, kd: torch.Tensor, hint: torch.Tensor):
+    def _terms(self, logits: torch.Tensor, y: torch.Tensor, kd: torch.Tensor, hint: torch.Tensor, kd_scale: float):
         w = self.weights
         ce = F.cross_entropy(logits.float(), y)
         # a term weighted 0 is left out, not multiplied by 0: hint pre-training (alpha = beta = 0) then gives
         # the head no gradient at all, so weight decay does not shrink what it does not train
-        weighted = [weight * term for weight, term in ((w.alpha, kd), (w.beta, ce), (w.gamma, hint)) if weight]
+        alpha = w.alpha * kd_scale if kd_scale < 1 else w.alpha  # exactly alpha after the warm-up, bit for bit
+        weighted = [weight * term for weight, term in ((alpha, kd), (w.beta, ce), (w.gamma, hint)) if weight]
         loss = functools.reduce(operator.add, weighted)  # left to right, as alpha * kd + beta * ce + gamma * hint
         return logits, {"loss": loss, "kd": kd.detach(), "ce": ce.detach(), "hint": hint.detach()}
 
@@ -416,6 +441,7 @@ def build_objective(
     aggregate: str = "mean-kd",
     drop: float = 0.0,
     seed: int | None = None,
+    steps_per_epoch: int | None = None,
 ) -> DistillationObjective:
     """The objective for one student taught by one teacher or several.
 
@@ -424,7 +450,8 @@ def build_objective(
     `teachers`, say where outputs come from: a CachedTeacher (from `cache_teacher_outputs` with the
     blocks `teacher_hint_block` names; only without augmentation) or a LiveTeacher shared by
     students trained together; by default each teacher runs live. `seed` fixes the regressors'
-    initial weights and the teacher-drop stream.
+    initial weights and the teacher-drop stream. `steps_per_epoch` (ikd.train.steps_per_epoch): what
+    `weights.kd_warmup` counts its epochs in.
     """
     teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
     hint_blocks = teacher_hint_blocks(student.spec, teachers, weights, hints)
@@ -448,4 +475,6 @@ def build_objective(
             )
         links.append(TeacherLink(source, weight, t_block, s_block))
         regressors.append(regressor)
-    return DistillationObjective(links, weights, regressors, aggregate=aggregate, drop=drop, seed=seed)
+    return DistillationObjective(
+        links, weights, regressors, aggregate=aggregate, drop=drop, seed=seed, steps_per_epoch=steps_per_epoch
+    )

@@ -159,6 +159,12 @@ def monotonic_deadline(wall_clock_deadline: float | None) -> float | None:
     return time.monotonic() + (wall_clock_deadline - time.time())
 
 
+def steps_per_epoch(train_images: int, config: TrainConfig) -> int:
+    """Optimiser steps in one epoch: full batches only (the last partial one is dropped), at least one."""
+    steps = train_images // config.batch_size or 1
+    return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
+
+
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
     def objective(model, x, y, index):
         logits = model(x)
@@ -471,9 +477,7 @@ def train_models(
     augment = data.augment_for(config.augment)
     torch.manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = len(data.train) // config.batch_size or 1
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    epoch_steps = steps_per_epoch(len(data.train), config)
     shared_rng = len(models) > 1 and device.type == "cpu"
     if len(models) > 1 and device.type != "cpu":
         torch.cuda.manual_seed_all(config.seed)  # accelerators: grouped runs are not bit-identical to solo ones
@@ -486,7 +490,7 @@ def train_models(
             config,
             device,
             precision,
-            steps_per_epoch,
+            epoch_steps,
             start_state.clone() if start_state is not None else None,
             ranks,
             training_layout(model, device, precision.dtype),
@@ -547,14 +551,14 @@ def train_models(
     interactive = sys.stderr.isatty()
     label = descriptions[0] if len(group) == 1 else f"{descriptions[0]} +{len(group) - 1}"
     bar = tqdm(
-        total=config.epochs * steps_per_epoch,
+        total=config.epochs * epoch_steps,
         desc=label,
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
         leave=True,
         mininterval=0.5 if interactive else 60.0,
-        initial=(first_epoch - 1) * steps_per_epoch,
+        initial=(first_epoch - 1) * epoch_steps,
     )
     started = time.perf_counter() - seconds_before
     for epoch in range(first_epoch, config.epochs + 1):
@@ -576,7 +580,7 @@ def train_models(
             with_index=True,
         )
         for step, (x, y, index) in enumerate(batches, start=1):
-            if step > steps_per_epoch or not active:
+            if step > epoch_steps or not active:
                 break
             if ranks:
                 x, y, index = ranks.shard(x, y, index)
@@ -584,7 +588,7 @@ def train_models(
                 student.step(x, y, index)
             bar.update(1)
             # Reading values syncs the device, so check and refresh the display only now and then.
-            if step % 10 == 0 or step == steps_per_epoch:
+            if step % 10 == 0 or step == epoch_steps:
                 for student in list(active):
                     loss = student.running_loss()
                     if not (ranks.all_finite(loss, device) if ranks else math.isfinite(loss)):

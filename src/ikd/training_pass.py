@@ -40,6 +40,7 @@ from ikd.train import (
     TrainingDiverged,
     TrainResult,
     monotonic_deadline,
+    steps_per_epoch,
     train_models,
 )
 
@@ -183,6 +184,7 @@ def run_training_pass(
                     aggregate=job.aggregate,
                     drop=job.drop,
                     seed=job.seeds[i],
+                    steps_per_epoch=steps_per_epoch(len(data.train), job.train_config),
                 )
                 for i in alive
             ]
