@@ -274,13 +274,17 @@ class CachedTeacherObjectives:
         self.teacher, self.data, self.device, self.precision = teacher, data, device, precision
         self.store = TeacherOutputStore()
 
-    def __call__(self, student: VGG, weights: LossWeights, seed: int) -> DistillationObjective:
+    def __call__(
+        self, student: VGG, weights: LossWeights, seed: int, steps_per_epoch: int | None = None
+    ) -> DistillationObjective:
         block = teacher_hint_block(student.spec, self.teacher, weights)
         blocks = {"teacher": set() if block is None else {block}}
         [source] = self.store.sources(
             ("teacher",), blocks, lambda _: self.teacher, self.data, self.device, self.precision, False
         )
-        return build_objective(student, self.teacher, weights, sources=[source], seed=seed)
+        return build_objective(
+            student, self.teacher, weights, sources=[source], seed=seed, steps_per_epoch=steps_per_epoch
+        )
 
 
 def first_train_images(data: DataSplits, n: int) -> DataSplits:

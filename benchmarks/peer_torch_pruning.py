@@ -53,7 +53,7 @@ from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.model import VGG
 from ikd.objective import build_objective
 from ikd.runtime import resolve_device, resolve_precision
-from ikd.train import evaluate, train_model
+from ikd.train import evaluate, steps_per_epoch, train_model
 
 from common import (
     QUICK_ARCH,
@@ -203,14 +203,14 @@ def replay(args, config: CampaignConfig, lineage: Lineage, teacher: VGG, data, r
             pruner.step()
         sync_spec(model)
         stage.params, stage.macs, stage.arch = params_of(model), model.spec.macs(), model.spec.summary()
-        objective = None
-        if run.loss == "kd" and not cached:
-            objective = build_objective(model, teacher, config.loss, seed=config.seed + k)
-        elif run.loss == "kd":
-            objective = objectives(model, config.loss, config.seed + k)
         train_config = section_train_config(student, stage.epochs, precision, device, config.seed + k + 1)
         if run.importance == "bn":  # Network Slimming fine-tunes with its sparsity term
             train_config = train_config.model_copy(update={"bn_sparsity": max(student.bn_sparsity, 1e-4)})
+        objective, steps = None, steps_per_epoch(len(data.train), train_config)  # steps: the run's loss.kd_warmup
+        if run.loss == "kd" and not cached:
+            objective = build_objective(model, teacher, config.loss, seed=config.seed + k, steps_per_epoch=steps)
+        elif run.loss == "kd":
+            objective = objectives(model, config.loss, config.seed + k, steps)
         result = train_model(model, data, train_config, objective=objective, progress=False, description=run.name)
         stage.seconds = time.perf_counter() - started
         stage.val = 100 * result.best_val_accuracy

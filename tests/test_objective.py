@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ikd.arch import ArchSpec, preset
 from ikd.data import ImageSet
+from ikd.errors import ConfigError
 from ikd.losses import HintRegressor, kd_loss
 from ikd.model import build_model
 from ikd.objective import (
@@ -365,7 +366,7 @@ def test_the_kd_warm_up_raises_alpha_step_by_step_and_only_while_training(kd):
     plain = build_objective(student, teacher, weights.model_copy(update={"kd_warmup": 0.0}))
     terms = plain(student, x, y, torch.arange(6))[1]
     assert torch.equal(terms["loss"], 0.8 * terms["kd"] + 0.3 * terms["ce"] + 0.5 * terms["hint"])
-    with pytest.raises(ValueError, match="steps_per_epoch"):
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
         build_objective(student, teacher, weights)
 
 

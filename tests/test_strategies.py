@@ -380,6 +380,9 @@ def test_a_budget_stop_in_one_branch_trains_no_other(tmp_path, tiny_teacher, mon
         ({"student.final_teachers": "chain"}, ["student.final_teachers"]),  # no final distillation
         ({"search.early_rejection": 2.0, "student.epochs": 2}, ["search.early_rejection"]),  # it could never fire
         ({"search.early_rejection": 2.0, "student.epochs": 3}, []),
+        ({"loss.kd_warmup": 1.0}, []),
+        ({"loss.kd_warmup": 5.0}, ["loss.kd_warmup"]),  # the child's 5 epochs end before the ramp does
+        ({"loss.kd_warmup": 1.0, "loss.alpha": 0.0}, ["loss.kd_warmup"]),
         ({"student.hint_stage": "two-stage", "student.hint_epochs": 0}, ["student.hint_stage"]),
         (
             {"executor.gpus_per_job": 1, "executor.ray_address": "auto"},

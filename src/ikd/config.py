@@ -553,6 +553,13 @@ class CampaignConfig(Strict):
             notes.append("student.hint_epochs: read only with student.hint_stage two-stage and loss.gamma > 0")
         if self.student.final_epochs == 0 and changed(self.student, defaults.student, ("final_teachers",)):
             notes.append("student.final_teachers: read only with student.final_epochs > 0")
+        if self.loss.kd_warmup and not self.loss.alpha:
+            notes.append("loss.kd_warmup: warms up the KD term, and loss.alpha 0 leaves none")
+        elif self.loss.kd_warmup >= self.student.epochs:
+            notes.append(
+                f"loss.kd_warmup: {self.loss.kd_warmup:g} epochs restart with every training pass, and a child's "
+                f"{self.student.epochs} never reach the full loss.alpha"
+            )
         if search.early_rejection and self.student.epochs < 3:
             notes.append(
                 "search.early_rejection: judges after a candidate's second epoch, before its last: "

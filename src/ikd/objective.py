@@ -228,7 +228,7 @@ class DistillationObjective(nn.Module):
     ):
         super().__init__()
         if weights.kd_warmup and not steps_per_epoch:
-            raise ValueError("loss.kd_warmup is in epochs: the objective needs the steps_per_epoch it trains with")
+            raise ConfigError("loss.kd_warmup is in epochs: the objective needs the steps_per_epoch it trains with")
         if aggregate not in AGGREGATES:
             raise ConfigError(f"aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
         self.links, self.weights, self.aggregate, self.drop = links, weights, aggregate, drop
