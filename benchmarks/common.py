@@ -81,7 +81,7 @@ COMMITTED_LINEAGES = ROOT / "benchmarks" / "results" / "lineages"  # <table or s
 TIMED_BATCHES = (1, 64)
 
 # What the --quick modes (smoke runs, the tests' size) train where a real run trains a VGG: VGG-11 at a
-# quarter of its widths, the same code at a tenth of the time (tests/conftest.py's SMALL_ARCH).
+# quarter of its widths, the same code at a tenth of the time (also the tests' SMALL_ARCH, tests/conftest.py).
 QUICK_ARCH = "16x1-32x1-64x2-128x2-128x2"
 
 
@@ -297,6 +297,8 @@ def width_student(teacher: VGG, factor: float, seed: int) -> VGG:
     """The teacher's width child (every conv scaled by `factor`), initialised from the teacher's
     weights as a campaign's child is (`student.inherit: true`). factor 1: the teacher's own arch."""
     spec = teacher.spec if factor == 1 else shrink_width(teacher.spec, factor)
+    if spec is None:
+        raise SystemExit(f"width factor {factor}: {teacher.spec.summary()} has no narrower child")
     student = build_model(spec, seed=seed)
     inherit_weights(student, teacher)
     return student

@@ -6,6 +6,7 @@ import gzip
 import importlib.metadata
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from ikd.data import load_dataset
 from ikd.model import build_model
 from ikd.runtime import resolve_precision
 from ikd.train import TrainConfig, evaluate, train_model
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: installed modules win
+from common import QUICK_ARCH  # importable once the line above has run
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -82,8 +86,9 @@ def make_idx_set():
 
 # VGG-11 at a quarter of its widths, for tests whose ikd processes train a model from `--arch`: it learns
 # digits as well in a few epochs, at a tenth of the time and disk (a state of VGG-11's 9.2 M parameters is
-# ~110 MB per epoch with its optimiser and EMA), and exercises the same code as a preset.
-SMALL_ARCH = "16x1-32x1-64x2-128x2-128x2"
+# ~110 MB per epoch with its optimiser and EMA), and exercises the same code as a preset. The benchmarks'
+# --quick modes train the same layout, and the tests check their tables by it: one definition, theirs.
+SMALL_ARCH = QUICK_ARCH
 
 
 # --- campaign fixtures: the bundled digits set and a small teacher trained on it -------------
