@@ -790,3 +790,16 @@ def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alon
         bad = subprocess.run([*script, *wrong], capture_output=True, text=True, timeout=60)
         assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
     assert weights.stat().st_mtime_ns == stamp and len(copy_dir.load().sessions) == sessions
+
+
+def test_recipe_screen_trains_each_variant_once_and_measures_flipped_views(tmp_path):
+    result, text = quick_record("recipe_screen.py", tmp_path, "--out", str(tmp_path / "runs"))
+    assert set(result) == {"flips_val", "flips-ls0.2_val"}
+    assert "2 of 2 runs trained by this invocation" in text
+    row = next(line for line in text.splitlines() if line.startswith("| flips-ls0.2 | `--augment"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[4] == result["flips-ls0.2_val"] and all(float(c) >= 0 for c in cells[4:8])  # TTA columns filled
+    again, text = quick_record("recipe_screen.py", tmp_path, "--out", str(tmp_path / "runs"))
+    assert again == result and "0 of 2 runs trained by this invocation" in text  # the finished runs are reused
+    refused = quick("recipe_screen.py", "--variant", "no-equals-sign", tmp_path=tmp_path)
+    assert refused.returncode != 0 and "expected NAME=FLAGS" in refused.stderr and "Traceback" not in refused.stderr

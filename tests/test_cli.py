@@ -73,6 +73,26 @@ def test_eval_json_reports_accuracy_and_count(trained):
     assert val["accuracy"] == pytest.approx(meta["metrics"]["best"]["val_accuracy"])
 
 
+def test_eval_with_flipped_views_only_for_a_model_trained_on_mirror_images(trained, tmp_path):
+    refused = ikd("eval", trained, "--tta", "flip")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert "--tta flip" in line and "augmentation 'none'" in line and "--tta none" in line
+    flipped = tmp_path / "flipped"  # the same weights, recorded as trained with flips
+    flipped.mkdir()
+    meta = json.loads((trained / "model.json").read_text())
+    meta["training"]["augment_used"] = "crop-flip"
+    (flipped / "model.json").write_text(json.dumps(meta))
+    (flipped / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    result = ikd("eval", flipped, "--tta", "flip", "--json", "--against", flipped)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    plain = json.loads(ikd("eval", flipped, "--json").stdout)
+    assert report["tta"] == "flip" and plain["tta"] == "none" and report["n"] == plain["n"] == 359
+    assert report["loss"] != plain["loss"]  # the mirrored views changed the logits
+    assert report["against"]["accuracy"] == pytest.approx(report["accuracy"])  # same weights, same views
+
+
 def test_eval_on_data_of_another_shape_is_one_line(trained, tmp_path):
     import numpy as np
 

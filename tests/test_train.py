@@ -2,17 +2,18 @@
 
 import json
 import math
+from typing import Any
 
 import pytest
 import torch
 
 from ikd.arch import ArchSpec
 from ikd.checkpoint import load_model, save_model
-from ikd.data import load_dataset
-from ikd.errors import CheckpointError
+from ikd.data import ImageSet, load_dataset
+from ikd.errors import CheckpointError, ConfigError
 from ikd.model import build_model
 from ikd.runtime import resolve_precision
-from ikd.train import TrainConfig, TrainResult, evaluate, train_model
+from ikd.train import TrainConfig, TrainResult, evaluate, predict, train_model
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +355,35 @@ def test_recorded_momentum_is_what_sgd_used(schedule):
         scheduler.step()
     at_peak = max(used)[1]
     assert [used[0][1], at_peak, used[-1][1]] == pytest.approx(config.momentum_used(), abs=1e-3)
+
+
+def test_flipped_views_average_the_logits_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    images = ImageSet(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8), torch.arange(40) % 10)
+    # a model that is not mirror-symmetric: its answer on an image and on its mirror differ
+    model = build_model(ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[4], [8]]), seed=0)
+    with torch.no_grad():
+        for parameter in model.parameters():  # larger weights: a fresh model barely tells the views apart
+            parameter.normal_(0, 1)
+    fp32 = resolve_precision("fp32", torch.device("cpu"))
+    kwargs: dict[str, Any] = {
+        "mean": [0.5],
+        "std": [0.25],
+        "device": torch.device("cpu"),
+        "precision": fp32,
+        "batch_size": 16,
+    }
+    predicted, loss_sum = predict(model, images, views="flip", **kwargs)
+
+    model.eval()
+    x = (images.images.float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(-1))
+    by_hand = (plain + mirrored) / 2
+    assert torch.equal(predicted, by_hand.argmax(1))
+    assert loss_sum == pytest.approx(torch.nn.functional.cross_entropy(by_hand, images.labels, reduction="sum").item())
+    plain_loss = torch.nn.functional.cross_entropy(plain, images.labels, reduction="sum").item()
+    assert abs(plain_loss - loss_sum) > 1.0  # else the check above could not fail
+    assert torch.equal(predict(model, images, **kwargs)[0], plain.argmax(1))
+    with pytest.raises(ConfigError, match="views='rotate'"):
+        predict(model, images, views="rotate", **kwargs)  # type: ignore[arg-type]

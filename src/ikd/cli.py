@@ -49,6 +49,7 @@ from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
+    TEST_VIEWS,
     TrainConfig,
     TrainingPaused,
     TrainResult,
@@ -225,6 +226,13 @@ def _load_evaluated(
     a dataset already loaded, taken when its (name, val_fraction, split_seed, image_size) is this model's)."""
     metadata = read_metadata(Path(model_dir))
     record = metadata.get("dataset", {})
+    augment = metadata.get("training", {}).get("augment_used")
+    if args.tta == "flip" and (augment is None or "flip" not in augment):
+        trained = f"with augmentation {augment!r}" if augment else "with no augmentation on record"
+        raise ConfigError(
+            f"--tta flip: {model_dir} was trained {trained}, never on mirror images, so its answers on flipped "
+            "images say nothing about it; use --tta none"
+        )
     model, _ = load_model(Path(model_dir), map_location=resolve_device(args.device))
     name = args.dataset or record.get("name")
     if not name:
@@ -249,12 +257,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, record, data = _load_evaluated(args.model_dir, args)
     split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
 
-    labels, loss_sum = predict(model, split, mean=record["mean"], std=record["std"], device=device, precision=precision)
+    labels, loss_sum = predict(
+        model, split, mean=record["mean"], std=record["std"], device=device, precision=precision, views=args.tta
+    )
     metrics = score(labels, loss_sum, split.labels)
     report: dict[str, Any] = {
         "model_dir": str(args.model_dir),
         "dataset": record["name"],
         "split": args.split,
+        "tta": args.tta,
         **metrics,
     }
     paired = None
@@ -280,7 +291,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "and split_seed)"
             )
         against = predict(
-            other, other_split, mean=other_record["mean"], std=other_record["std"], device=device, precision=precision
+            other,
+            other_split,
+            mean=other_record["mean"],
+            std=other_record["std"],
+            device=device,
+            precision=precision,
+            views=args.tta,
         )
         paired = compare_predictions(labels, against[0], split.labels)
         report["against"] = {"model_dir": str(args.against), "accuracy": paired.b_correct / max(paired.n, 1)}
@@ -288,8 +305,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
+    views = " with flipped views (--tta flip)" if args.tta == "flip" else ""
     print(
-        f"{record['name']} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images "
+        f"{record['name']} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images{views} "
         f"(loss {metrics['loss']:.4f})"
     )
     if paired is not None:
@@ -606,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=DEVICES)
     ev.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--tta",
+        default="none",
+        choices=TEST_VIEWS,
+        help="test-time augmentation: flip = average the logits of each image and its mirror image (twice the "
+        "compute; only for a model trained with flips)",
+    )
     ev.add_argument(
         "--against",
         metavar="MODEL_DIR",

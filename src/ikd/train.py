@@ -40,6 +40,10 @@ from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint, remov
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
 Schedule = Literal["onecycle", "linear", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+# test-time views: `flip` averages the logits of each image and its mirror image (a model trained with flips
+# has learnt both; one trained without them has not, so the caller checks the model's augmentation)
+TestViews = Literal["none", "flip"]
+TEST_VIEWS: tuple[str, ...] = get_args(TestViews)
 
 Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -271,9 +275,13 @@ def predict(
     device: torch.device,
     precision: Precision,
     batch_size: int = 1000,
+    views: TestViews = "none",
 ) -> tuple[torch.Tensor, float]:
     """The predicted class of every image of a split, in its order (for paired comparisons), and the
-    summed cross-entropy; in eval mode, in large batches."""
+    summed cross-entropy; in eval mode, in large batches. `views="flip"`: of the mean logits of each
+    image and its horizontal mirror (test-time augmentation, twice the compute)."""
+    if views not in TEST_VIEWS:
+        raise ConfigError(f"views={views!r}: expected one of {', '.join(TEST_VIEWS)}")
     was_training = model.training
     model.eval()
     predicted: list[torch.Tensor] = []
@@ -281,6 +289,8 @@ def predict(
     for x, y in iterate_batches(images, batch_size, mean=mean, std=std, device=device):
         with precision.autocast():
             logits = model(x)
+            if views == "flip":
+                logits = (logits.float() + model(x.flip(-1)).float()) / 2
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         predicted.append(logits.argmax(1))
     model.train(was_training)

@@ -1,0 +1,197 @@
+"""Screen training-recipe changes on a small proxy network: variants x seeds of `ikd train`, one table.
+
+Each variant is `ikd train`'s defaults plus some flags; every variant trains the same architecture for the
+same epochs on the same seeded split, once per seed. The record gives, per run, the saved weights'
+validation and test accuracy, plain and with flipped test-time views (`ikd eval --tta flip`, only for runs
+trained with flips), and per variant the mean and spread over seeds with its change against the first
+variant (the reference). Decisions read validation; test is reported. A run whose model.json exists in
+`--out` is reused, so an interrupted screen goes on where it stopped (an unfinished run resumes from its
+last epoch, as `ikd train` does).
+
+    python benchmarks/recipe_screen.py --dataset cifar10 --data-dir .cache/data/cifar-10-batches-py \\
+        --arch 16x2-32x2-64x3-128x3-128x3 --epochs 30 --seeds 0 1 --parallel 2 --out runs/proxy \\
+        --variant default= --variant 'b128=--batch-size 128 --lr 0.05' --markdown results/recipe_screen.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from ikd.checkpoint import load_model, recorded_split
+from ikd.data import load_dataset
+from ikd.runtime import resolve_precision
+from ikd.train import predict, score
+
+from common import QUICK_ARCH, machine_line, print_result, write_record
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, flags = text.partition("=")
+    if not sep or not name or any(c in name for c in "/ "):
+        raise SystemExit(
+            f"recipe_screen.py: --variant {text!r}: expected NAME=FLAGS, e.g. 'ls0.2=--label-smoothing 0.2'"
+        )
+    return name, shlex.split(flags)
+
+
+def train_command(args: argparse.Namespace, flags: list[str], seed: int, out: Path) -> list[str]:
+    command = ["ikd", "train", "--dataset", args.dataset, "--arch", args.arch, "--epochs", str(args.epochs)]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    return [*command, "--seed", str(seed), "--out", str(out), "--quiet", *flags]
+
+
+def train(command: list[str], threads: int, log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with log.open("w") as sink:
+        done = subprocess.run([sys.executable, "-m", "ikd", *command[1:]], stdout=sink, stderr=sink, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"recipe_screen.py: {' '.join(command)} failed (exit {done.returncode}); see {log}")
+
+
+def measure(run: Path, data_dir: str | None) -> dict:
+    """The saved weights' accuracies on val and test, plain and (when trained with flips) with flipped views."""
+    meta = json.loads((run / "model.json").read_text())
+    record, training = meta["dataset"], meta["training"]
+    val_fraction, split_seed, image_size = recorded_split(record)
+    data = load_dataset(
+        record["name"], data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=image_size
+    )
+    model, _ = load_model(run, map_location="cpu")
+    fp32 = resolve_precision("fp32", torch.device("cpu"))
+    flips = "flip" in (training.get("augment_used") or "")
+    row = {"best": meta["metrics"]["best"], "minutes": training["seconds"] / 60, "augment": training["augment_used"]}
+    for split_name, split in (("val", data.val), ("test", data.test)):
+        for views in ("none", "flip") if flips else ("none",):
+            predicted, loss = predict(
+                model, split, mean=record["mean"], std=record["std"], device=torch.device("cpu"), precision=fp32,
+                views=views,
+            )  # fmt: skip
+            row[f"{split_name}_{views}"] = 100 * score(predicted, loss, split.labels)["accuracy"]
+    return row
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def cell(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--arch", default="16x2-32x2-64x3-128x3-128x3", help="the proxy network")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=FLAGS for `ikd train` (repeatable; the first is the reference)",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="runs side by side (the torch threads are shared out)")
+    parser.add_argument("--out", default="runs/recipe-screen")
+    parser.add_argument("--markdown")
+    parser.add_argument("--note", action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="digits, a tiny net, 2 epochs: a smoke run")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.dataset, args.data_dir, args.arch, args.epochs, args.seeds = "digits", None, QUICK_ARCH, 2, [0]
+        flips = "--augment crop-flip"  # digits' own augmentation has none: the flipped views need them
+        args.variant = args.variant or [f"flips={flips}", f"flips-ls0.2={flips} --label-smoothing 0.2"]
+    variants = [parse_variant(v) for v in args.variant or ["default="]]
+    if len({name for name, _ in variants}) < len(variants):
+        raise SystemExit("recipe_screen.py: two --variant entries share a name")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(name, flags, seed, out / f"{name}-s{seed}") for name, flags in variants for seed in args.seeds]
+    pending = [job for job in jobs if not (job[3] / "model.json").is_file()]
+    threads = max(1, torch.get_num_threads() // max(1, args.parallel))
+
+    def run(job: tuple[str, list[str], int, Path]) -> None:
+        _, flags, seed, run_dir = job
+        train(train_command(args, flags, seed, run_dir), threads, Path(f"{run_dir}.log"))
+
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        list(pool.map(run, pending))  # list(): a failed run's SystemExit reaches here
+
+    rows = {(name, seed): measure(run, args.data_dir) for name, _, seed, run in jobs}
+    lines = [
+        f"Proxy: `{args.arch}` on {args.dataset}, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; "
+        f"{len(pending)} of {len(jobs)} runs trained by this invocation, {args.parallel} side by side.",
+        f"Machine: {machine_line()}",
+        "",
+        "Each run: " + f"`{shlex.join(train_command(args, ['FLAGS'], 0, out / 'NAME-sSEED'))}` (seed as listed).",
+        "",
+        "| variant | flags | seed | kept | val % | val %, flip TTA | test % | test %, flip TTA | train min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, flags, seed, _ in jobs:
+        row = rows[name, seed]
+        kept = f"{row['best']['epoch']}/{args.epochs} {row['best'].get('weights', 'raw')}"
+        lines.append(
+            f"| {name} | `{shlex.join(flags) or '(defaults)'}` | {seed} | {kept} | {cell(row, 'val_none')} | "
+            f"{cell(row, 'val_flip')} | {cell(row, 'test_none')} | {cell(row, 'test_flip')} | {row['minutes']:.1f} |"
+        )
+    reference = variants[0][0]
+
+    def column(name: str, key: str) -> list[float]:
+        return [rows[name, s][key] for s in args.seeds if key in rows[name, s]]
+
+    def change(name: str, key: str) -> str:
+        ours, theirs = column(name, key), column(reference, key)
+        if name == reference or len(ours) != len(theirs) or not ours:
+            return "-"
+        return f"{statistics.mean(ours) - statistics.mean(theirs):+.2f}"
+
+    lines += [
+        "",
+        f"Mean ± standard deviation over seeds (points); change against `{reference}` and the flip views' gain, "
+        "by validation (what decides) and test:",
+        "",
+        "| variant | val % | test % | val change | test change | val %, flip TTA | flip gain, val | flip gain, test |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    result = {}
+    for name, _ in variants:
+        gain = {
+            split: [rows[name, s][f"{split}_flip"] - rows[name, s][f"{split}_none"] for s in args.seeds
+                    if f"{split}_flip" in rows[name, s]]
+            for split in ("val", "test")
+        }  # fmt: skip
+        lines.append(
+            f"| {name} | {mean_sd(column(name, 'val_none'))} | {mean_sd(column(name, 'test_none'))} | "
+            f"{change(name, 'val_none')} | {change(name, 'test_none')} | {mean_sd(column(name, 'val_flip'))} | "
+            f"{mean_sd(gain['val'])} | {mean_sd(gain['test'])} |"
+        )
+        result[f"{name}_val"] = f"{statistics.mean(column(name, 'val_none')):.2f}"
+    lines += ["", *(f"- {note}" for note in args.note)]
+    text = "\n".join(lines)
+    if not args.quiet:
+        print(text)
+    if args.markdown:
+        write_record(args.markdown, "Recipe screen on a proxy network", text)
+    print_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
