@@ -136,6 +136,16 @@ def main() -> int:
     kept = "EMA weights" if kept.lower() == "ema" else "raw weights"
     kept_accuracy = max(epoch_record["val_accuracy"], ema_accuracy or 0.0)
     how = "written from its model.json" if args.existing else "run"
+    flipped = ""
+    if "flip" in (training.get("augment_used") or ""):  # trained on mirror images: also with flipped test views
+        command_tta = [sys.executable, "-m", "ikd", "eval", args.out, "--split", "test", "--tta", "flip", "--json"]
+        if args.data_dir:
+            command_tta += ["--data-dir", args.data_dir]
+        views = json.loads(subprocess.run(command_tta, check=True, capture_output=True, text=True).stdout)
+        flipped = (
+            f"- Test accuracy of the saved weights with flipped views (`ikd eval --tta flip`, twice the compute): "
+            f"{views['accuracy'] * 100:.2f}% ({(views['accuracy'] - tested['accuracy']) * 100:+.2f})\n"
+        )
     notes = "".join(f"- {line}\n" for line in args.note)
     label = args.label or args.dataset
     text = f"""# Teacher: {args.arch} on {label}
@@ -157,7 +167,7 @@ Data: {sizes["train"]} train / {sizes["val"]} val (seeded split) / {sizes["test"
 - Saved weights: epoch {best["epoch"]}, {kept} (validation accuracy {kept_accuracy:.4f}; \
 last epoch's raw weights {last["val_accuracy"]:.4f})
 - **Test accuracy of the saved weights: {tested["accuracy"] * 100:.2f}%** on {tested["n"]} images
-- Wall time: {wall_line}
+{flipped}- Wall time: {wall_line}
 - Model: {meta["size"]["params"]:,} parameters, {meta["size"]["macs"] / 1e6:.1f} M MACs/image
 {notes}"""
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -803,3 +803,20 @@ def test_recipe_screen_trains_each_variant_once_and_measures_flipped_views(tmp_p
     assert again == result and "0 of 2 runs trained by this invocation" in text  # the finished runs are reused
     refused = quick("recipe_screen.py", "--variant", "no-equals-sign", tmp_path=tmp_path)
     assert refused.returncode != 0 and "expected NAME=FLAGS" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_teacher_record_of_a_run_trained_with_flips_adds_its_flipped_views(tmp_path):
+    out = tmp_path / "teacher"
+    for augment, expected in (("crop-flip", True), ("none", False)):
+        record = tmp_path / f"{augment}.md"
+        command = [sys.executable, str(ROOT / "benchmarks" / "teacher.py"), "--dataset", "digits", "--arch", SMALL_ARCH,
+                   "--epochs", "1", "--out", str(out), "--markdown", str(record), "--", "--augment", augment,
+                   "--precision", "fp32", "--quiet"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        line = next((x for x in record.read_text().splitlines() if "with flipped views" in x), None)
+        assert (line is not None) == expected
+        if line:
+            plain = json.loads((out / "model.json").read_text())["metrics"]["test_of_saved_weights"]["accuracy"]
+            flipped, change = line.split("twice the compute): ")[1].split("% (")
+            assert float(change.rstrip(")")) == pytest.approx(float(flipped) - plain * 100, abs=0.011)
