@@ -4,9 +4,9 @@ Each variant is `ikd train`'s defaults plus some flags; every variant trains the
 same epochs on the same seeded split, once per seed. The record gives, per run, the saved weights'
 validation and test accuracy, plain and with flipped test-time views (`ikd eval --tta flip`, only for runs
 trained with flips), and per variant the mean and spread over seeds with its change against the first
-variant (the reference). Decisions read validation; test is reported. A run whose model.json exists in
-`--out` is reused, so an interrupted screen goes on where it stopped (an unfinished run resumes from its
-last epoch, as `ikd train` does).
+variant (the reference). Decisions read validation; test is reported. A finished run of the same command
+in `--out` is reused (one of another command there is refused), so an interrupted screen goes on where it
+stopped (an unfinished run resumes from its last epoch, as `ikd train` does).
 
     python benchmarks/recipe_screen.py --dataset cifar10 --data-dir .cache/data/cifar-10-batches-py \\
         --arch 16x2-32x2-64x3-128x3-128x3 --epochs 30 --seeds 0 1 --parallel 2 --out runs/proxy \\
@@ -22,13 +22,13 @@ import shlex
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
-from ikd.checkpoint import load_model, recorded_split
-from ikd.data import load_dataset
+from ikd.checkpoint import load_model, recorded_split, trained_augmentation
+from ikd.data import DataSplits, load_dataset
 from ikd.runtime import resolve_precision
 from ikd.train import predict, score
 
@@ -45,10 +45,24 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def train_command(args: argparse.Namespace, flags: list[str], seed: int, out: Path) -> list[str]:
-    command = ["ikd", "train", "--dataset", args.dataset, "--arch", args.arch, "--epochs", str(args.epochs)]
+    command = ["ikd", "train", "--dataset", args.dataset]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
+    command += ["--arch", args.arch, "--epochs", str(args.epochs)]
     return [*command, "--seed", str(seed), "--out", str(out), "--quiet", *flags]
+
+
+def finished(command: list[str], run: Path) -> bool:
+    """Whether `run` holds this command's finished run (a finished run of another command: refused)."""
+    if not (run / "model.json").is_file():
+        return False
+    recorded = json.loads((run / "model.json").read_text()).get("command")
+    if recorded != shlex.join(command):
+        raise SystemExit(
+            f"recipe_screen.py: {run} holds a run of `{recorded}`, not `{shlex.join(command)}`: "
+            "give the variant another name, or another --out"
+        )
+    return True
 
 
 def train(command: list[str], threads: int, log: Path) -> None:
@@ -59,18 +73,22 @@ def train(command: list[str], threads: int, log: Path) -> None:
         raise SystemExit(f"recipe_screen.py: {' '.join(command)} failed (exit {done.returncode}); see {log}")
 
 
-def measure(run: Path, data_dir: str | None) -> dict:
-    """The saved weights' accuracies on val and test, plain and (when trained with flips) with flipped views."""
+def measure(run: Path, data_dir: str | None, loaded: dict[tuple, DataSplits]) -> dict:
+    """The saved weights' accuracies on val and test (fp32), plain and, when trained with flips, with flipped
+    views (`loaded`: the data splits loaded so far, by what selects them)."""
     meta = json.loads((run / "model.json").read_text())
-    record, training = meta["dataset"], meta["training"]
-    val_fraction, split_seed, image_size = recorded_split(record)
-    data = load_dataset(
-        record["name"], data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=image_size
-    )
+    record = meta["dataset"]
+    key = (record["name"], *recorded_split(record))
+    if key not in loaded:
+        name, val_fraction, split_seed, image_size = key
+        loaded[key] = load_dataset(
+            name, data_dir, val_fraction=val_fraction, split_seed=split_seed, image_size=image_size
+        )
+    data = loaded[key]
     model, _ = load_model(run, map_location="cpu")
     fp32 = resolve_precision("fp32", torch.device("cpu"))
-    flips = "flip" in (training.get("augment_used") or "")
-    row = {"best": meta["metrics"]["best"], "minutes": training["seconds"] / 60, "augment": training["augment_used"]}
+    flips = "flip" in (trained_augmentation(meta) or "")
+    row = {"best": meta["metrics"]["best"], "minutes": meta["training"]["seconds"] / 60}
     for split_name, split in (("val", data.val), ("test", data.test)):
         for views in ("none", "flip") if flips else ("none",):
             predicted, loss = predict(
@@ -123,7 +141,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(name, flags, seed, out / f"{name}-s{seed}") for name, flags in variants for seed in args.seeds]
-    pending = [job for job in jobs if not (job[3] / "model.json").is_file()]
+    pending = [job for job in jobs if not finished(train_command(args, job[1], job[2], job[3]), job[3])]
     threads = max(1, torch.get_num_threads() // max(1, args.parallel))
 
     def run(job: tuple[str, list[str], int, Path]) -> None:
@@ -131,9 +149,13 @@ def main() -> int:
         train(train_command(args, flags, seed, run_dir), threads, Path(f"{run_dir}.log"))
 
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
-        list(pool.map(run, pending))  # list(): a failed run's SystemExit reaches here
+        for future in as_completed([pool.submit(run, job) for job in pending]):
+            if future.exception() is not None:  # stop at the first failure, not after every queued run
+                pool.shutdown(cancel_futures=True)
+                future.result()
 
-    rows = {(name, seed): measure(run, args.data_dir) for name, _, seed, run in jobs}
+    data: dict[tuple, DataSplits] = {}  # loaded once per split of the data
+    rows = {(name, seed): measure(run, args.data_dir, data) for name, _, seed, run in jobs}
     lines = [
         f"Proxy: `{args.arch}` on {args.dataset}, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; "
         f"{len(pending)} of {len(jobs)} runs trained by this invocation, {args.parallel} side by side.",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ikd.checkpoint import trained_augmentation
 from ikd.config import TeacherConfig
 from ikd.runtime import cpu_name
 
@@ -107,7 +108,7 @@ def main() -> int:
     sizes = meta["dataset"]["sizes"]
     best, last, tested = metrics["best"], metrics["last"], metrics["test_of_saved_weights"]
     precision, device = training["resolved_precision"], training["resolved_device"]
-    augment = training["augment"] or meta["dataset"]["augment"]
+    augment = trained_augmentation(meta)
     shown = ["ikd", *command[3:]]
     if args.existing:  # the run's own settings, where they differ from ikd train's defaults
         shown += [token for flag in recorded_flags(training) if flag[0] not in extra for token in flag]
@@ -137,11 +138,17 @@ def main() -> int:
     kept_accuracy = max(epoch_record["val_accuracy"], ema_accuracy or 0.0)
     how = "written from its model.json" if args.existing else "run"
     flipped = ""
-    if "flip" in (training.get("augment_used") or ""):  # trained on mirror images: also with flipped test views
+    if "flip" in (trained_augmentation(meta) or ""):  # trained on mirror images: also with flipped test views
+        # on the device and at the precision of the test line above, so the change is the views' alone
         command_tta = [sys.executable, "-m", "ikd", "eval", args.out, "--split", "test", "--tta", "flip", "--json"]
+        command_tta += ["--precision", precision, "--device", device]
         if args.data_dir:
             command_tta += ["--data-dir", args.data_dir]
-        views = json.loads(subprocess.run(command_tta, check=True, capture_output=True, text=True).stdout)
+        done = subprocess.run(command_tta, capture_output=True, text=True)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise SystemExit(f"teacher.py: {shlex.join(command_tta[2:])} failed: {why}")
+        views = json.loads(done.stdout)
         flipped = (
             f"- Test accuracy of the saved weights with flipped views (`ikd eval --tta flip`, twice the compute): "
             f"{views['accuracy'] * 100:.2f}% ({(views['accuracy'] - tested['accuracy']) * 100:+.2f})\n"

@@ -801,6 +801,9 @@ def test_recipe_screen_trains_each_variant_once_and_measures_flipped_views(tmp_p
     assert cells[4] == result["flips-ls0.2_val"] and all(float(c) >= 0 for c in cells[4:8])  # TTA columns filled
     again, text = quick_record("recipe_screen.py", tmp_path, "--out", str(tmp_path / "runs"))
     assert again == result and "0 of 2 runs trained by this invocation" in text  # the finished runs are reused
+    changed = quick("recipe_screen.py", "--out", str(tmp_path / "runs"), "--variant", "flips=--augment flip",
+                    "--quiet", tmp_path=tmp_path)  # fmt: skip
+    assert changed.returncode != 0 and "holds a run of `ikd train" in changed.stderr  # not reused under its name
     refused = quick("recipe_screen.py", "--variant", "no-equals-sign", tmp_path=tmp_path)
     assert refused.returncode != 0 and "expected NAME=FLAGS" in refused.stderr and "Traceback" not in refused.stderr
 

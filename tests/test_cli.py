@@ -91,6 +91,14 @@ def test_eval_with_flipped_views_only_for_a_model_trained_on_mirror_images(train
     assert report["tta"] == "flip" and plain["tta"] == "none" and report["n"] == plain["n"] == 359
     assert report["loss"] != plain["loss"]  # the mirrored views changed the logits
     assert report["against"]["accuracy"] == pytest.approx(report["accuracy"])  # same weights, same views
+    refused = ikd("eval", flipped, "--tta", "flip", "--against", trained)  # the other model is checked too
+    assert refused.returncode == 2 and str(trained) in refused.stderr
+    # a record older than `augment_used`: the augmentation it asked for is the one it used
+    del meta["training"]["augment_used"]
+    meta["training"]["augment"] = "reflect-crop-flip"
+    (flipped / "model.json").write_text(json.dumps(meta))
+    older = ikd("eval", flipped, "--tta", "flip", "--json")
+    assert older.returncode == 0 and json.loads(older.stdout)["accuracy"] == report["accuracy"], older.stderr
 
 
 def test_eval_on_data_of_another_shape_is_one_line(trained, tmp_path):

@@ -109,6 +109,13 @@ def recorded_split(record: dict[str, Any]) -> tuple[float, int, int | None]:
     return record.get("val_fraction", 0.1), record.get("split_seed", 0), record.get("image_size")
 
 
+def trained_augmentation(metadata: dict[str, Any]) -> str | None:
+    """The augmentation a model was trained with, from its model.json (None: not on record). Records older than
+    `augment_used` name the requested one, or none, meaning the dataset's own, which training used."""
+    training = metadata.get("training", {})
+    return training.get("augment_used") or training.get("augment") or metadata.get("dataset", {}).get("augment")
+
+
 def describe_size(spec: ArchSpec) -> dict[str, Any]:
     return {
         "params": spec.num_params(),

@@ -38,6 +38,7 @@ from ikd.checkpoint import (
     read_metadata,
     recorded_data_dir,
     recorded_split,
+    trained_augmentation,
 )
 from ikd.compare import compare_predictions
 from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration, plain_type
@@ -226,7 +227,7 @@ def _load_evaluated(
     a dataset already loaded, taken when its (name, val_fraction, split_seed, image_size) is this model's)."""
     metadata = read_metadata(Path(model_dir))
     record = metadata.get("dataset", {})
-    augment = metadata.get("training", {}).get("augment_used")
+    augment = trained_augmentation(metadata)
     if args.tta == "flip" and (augment is None or "flip" not in augment):
         trained = f"with augmentation {augment!r}" if augment else "with no augmentation on record"
         raise ConfigError(
