@@ -2,11 +2,12 @@
 
 Each variant is `ikd train`'s defaults plus some flags; every variant trains the same architecture for the
 same epochs on the same seeded split, once per seed. The record gives, per run, the saved weights'
-validation and test accuracy, plain and with flipped test-time views (`ikd eval --tta flip`, only for runs
-trained with flips), and per variant the mean and spread over seeds with its change against the first
-variant (the reference). Decisions read validation; test is reported. A finished run of the same command
-in `--out` is reused (one of another command there is refused), so an interrupted screen goes on where it
-stopped (an unfinished run resumes from its last epoch, as `ikd train` does).
+validation and test accuracy, plain and with the test-time views its training taught it (`ikd eval --tta
+flip` and `flip-shift`, for runs trained with flips and crops), and per variant the mean and spread over
+seeds with its change against the first variant (the reference). Decisions read validation; test is
+reported. A finished run of the same command in `--out` is reused (one of another command there is
+refused), so an interrupted screen goes on where it stopped (an unfinished run resumes from its last
+epoch, as `ikd train` does).
 
     python benchmarks/recipe_screen.py --dataset cifar10 --data-dir .cache/data/cifar-10-batches-py \\
         --arch 16x2-32x2-64x3-128x3-128x3 --epochs 30 --seeds 0 1 --parallel 2 --out runs/proxy \\
@@ -30,7 +31,7 @@ import torch
 from ikd.checkpoint import load_model, recorded_split, trained_augmentation
 from ikd.data import DataSplits, load_dataset
 from ikd.runtime import resolve_precision
-from ikd.train import predict, score
+from ikd.train import TEST_VIEWS, fitting_views, predict, score
 
 from common import QUICK_ARCH, machine_line, print_result, write_record
 
@@ -87,10 +88,9 @@ def measure(run: Path, data_dir: str | None, loaded: dict[tuple, DataSplits]) ->
     data = loaded[key]
     model, _ = load_model(run, map_location="cpu")
     fp32 = resolve_precision("fp32", torch.device("cpu"))
-    flips = "flip" in (trained_augmentation(meta) or "")
     row = {"best": meta["metrics"]["best"], "minutes": meta["training"]["seconds"] / 60}
     for split_name, split in (("val", data.val), ("test", data.test)):
-        for views in ("none", "flip") if flips else ("none",):
+        for views in fitting_views(trained_augmentation(meta)):
             predicted, loss = predict(
                 model, split, mean=record["mean"], std=record["std"], device=torch.device("cpu"), precision=fp32,
                 views=views,
@@ -163,16 +163,16 @@ def main() -> int:
         "",
         "Each run: " + f"`{shlex.join(train_command(args, ['FLAGS'], 0, out / 'NAME-sSEED'))}` (seed as listed).",
         "",
-        "| variant | flags | seed | kept | val % | val %, flip TTA | test % | test %, flip TTA | train min |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | flags | seed | kept | val % | val %, flip | val %, flip-shift | test % | test %, flip | "
+        "test %, flip-shift | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, flags, seed, _ in jobs:
         row = rows[name, seed]
         kept = f"{row['best']['epoch']}/{args.epochs} {row['best'].get('weights', 'raw')}"
-        lines.append(
-            f"| {name} | `{shlex.join(flags) or '(defaults)'}` | {seed} | {kept} | {cell(row, 'val_none')} | "
-            f"{cell(row, 'val_flip')} | {cell(row, 'test_none')} | {cell(row, 'test_flip')} | {row['minutes']:.1f} |"
-        )
+        accuracies = " | ".join(cell(row, f"{split}_{views}") for split in ("val", "test") for views in TEST_VIEWS)
+        flags_shown = shlex.join(flags) or "(defaults)"
+        lines.append(f"| {name} | `{flags_shown}` | {seed} | {kept} | {accuracies} | {row['minutes']:.1f} |")
     reference = variants[0][0]
 
     def column(name: str, key: str) -> list[float]:
@@ -186,23 +186,25 @@ def main() -> int:
 
     lines += [
         "",
-        f"Mean ± standard deviation over seeds (points); change against `{reference}` and the flip views' gain, "
-        "by validation (what decides) and test:",
+        f"Mean ± standard deviation over seeds (points); change against `{reference}`, by validation (what "
+        "decides) and test; the test-time views' gain over the plain view (`ikd eval --tta`: flip 2x the compute, "
+        "flip-shift 6x):",
         "",
-        "| variant | val % | test % | val change | test change | val %, flip TTA | flip gain, val | flip gain, test |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | val % | test % | val change | test change | flip gain, val | flip gain, test | "
+        "flip-shift gain, val | flip-shift gain, test |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     result = {}
+
+    def gain(name: str, split: str, views: str) -> str:
+        of_seeds = [rows[name, s] for s in args.seeds]
+        return mean_sd([r[f"{split}_{views}"] - r[f"{split}_none"] for r in of_seeds if f"{split}_{views}" in r])
+
     for name, _ in variants:
-        gain = {
-            split: [rows[name, s][f"{split}_flip"] - rows[name, s][f"{split}_none"] for s in args.seeds
-                    if f"{split}_flip" in rows[name, s]]
-            for split in ("val", "test")
-        }  # fmt: skip
         lines.append(
             f"| {name} | {mean_sd(column(name, 'val_none'))} | {mean_sd(column(name, 'test_none'))} | "
-            f"{change(name, 'val_none')} | {change(name, 'test_none')} | {mean_sd(column(name, 'val_flip'))} | "
-            f"{mean_sd(gain['val'])} | {mean_sd(gain['test'])} |"
+            f"{change(name, 'val_none')} | {change(name, 'test_none')} | {gain(name, 'val', 'flip')} | "
+            f"{gain(name, 'test', 'flip')} | {gain(name, 'val', 'flip-shift')} | {gain(name, 'test', 'flip-shift')} |"
         )
         result[f"{name}_val"] = f"{statistics.mean(column(name, 'val_none')):.2f}"
     lines += ["", *(f"- {note}" for note in args.note)]

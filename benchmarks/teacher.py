@@ -28,6 +28,7 @@ import torch
 from ikd.checkpoint import trained_augmentation
 from ikd.config import TeacherConfig
 from ikd.runtime import cpu_name
+from ikd.train import VIEW_PASSES, fitting_views
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import command_line, print_result
@@ -137,10 +138,11 @@ def main() -> int:
     kept = "EMA weights" if kept.lower() == "ema" else "raw weights"
     kept_accuracy = max(epoch_record["val_accuracy"], ema_accuracy or 0.0)
     how = "written from its model.json" if args.existing else "run"
+    # the test-time views the model has learnt (ikd eval --tta), on the device and at the precision of the
+    # test line above, so each change is the views' alone
     flipped = ""
-    if "flip" in (trained_augmentation(meta) or ""):  # trained on mirror images: also with flipped test views
-        # on the device and at the precision of the test line above, so the change is the views' alone
-        command_tta = [sys.executable, "-m", "ikd", "eval", args.out, "--split", "test", "--tta", "flip", "--json"]
+    for views in fitting_views(trained_augmentation(meta))[1:]:
+        command_tta = [sys.executable, "-m", "ikd", "eval", args.out, "--split", "test", "--tta", views, "--json"]
         command_tta += ["--precision", precision, "--device", device]
         if args.data_dir:
             command_tta += ["--data-dir", args.data_dir]
@@ -148,10 +150,10 @@ def main() -> int:
         if done.returncode != 0:
             why = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise SystemExit(f"teacher.py: {shlex.join(command_tta[2:])} failed: {why}")
-        views = json.loads(done.stdout)
-        flipped = (
-            f"- Test accuracy of the saved weights with flipped views (`ikd eval --tta flip`, twice the compute): "
-            f"{views['accuracy'] * 100:.2f}% ({(views['accuracy'] - tested['accuracy']) * 100:+.2f})\n"
+        accuracy = json.loads(done.stdout)["accuracy"]
+        flipped += (
+            f"- Test accuracy of the saved weights with test-time views `--tta {views}` ({VIEW_PASSES[views]}x the "
+            f"compute): {accuracy * 100:.2f}% ({(accuracy - tested['accuracy']) * 100:+.2f})\n"
         )
     notes = "".join(f"- {line}\n" for line in args.note)
     label = args.label or args.dataset

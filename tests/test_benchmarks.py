@@ -798,7 +798,7 @@ def test_recipe_screen_trains_each_variant_once_and_measures_flipped_views(tmp_p
     assert "2 of 2 runs trained by this invocation" in text
     row = next(line for line in text.splitlines() if line.startswith("| flips-ls0.2 | `--augment"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[4] == result["flips-ls0.2_val"] and all(float(c) >= 0 for c in cells[4:8])  # TTA columns filled
+    assert cells[4] == result["flips-ls0.2_val"] and all(float(c) >= 0 for c in cells[4:10])  # every view filled
     again, text = quick_record("recipe_screen.py", tmp_path, "--out", str(tmp_path / "runs"))
     assert again == result and "0 of 2 runs trained by this invocation" in text  # the finished runs are reused
     changed = quick("recipe_screen.py", "--out", str(tmp_path / "runs"), "--variant", "flips=--augment flip",
@@ -808,18 +808,18 @@ def test_recipe_screen_trains_each_variant_once_and_measures_flipped_views(tmp_p
     assert refused.returncode != 0 and "expected NAME=FLAGS" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_a_teacher_record_of_a_run_trained_with_flips_adds_its_flipped_views(tmp_path):
+def test_a_teacher_record_adds_the_test_time_views_its_training_taught_it(tmp_path):
     out = tmp_path / "teacher"
-    for augment, expected in (("crop-flip", True), ("none", False)):
+    for augment, expected in (("crop-flip", ["flip", "flip-shift"]), ("crop", []), ("none", [])):
         record = tmp_path / f"{augment}.md"
         command = [sys.executable, str(ROOT / "benchmarks" / "teacher.py"), "--dataset", "digits", "--arch", SMALL_ARCH,
                    "--epochs", "1", "--out", str(out), "--markdown", str(record), "--", "--augment", augment,
                    "--precision", "fp32", "--quiet"]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
-        line = next((x for x in record.read_text().splitlines() if "with flipped views" in x), None)
-        assert (line is not None) == expected
-        if line:
-            plain = json.loads((out / "model.json").read_text())["metrics"]["test_of_saved_weights"]["accuracy"]
-            flipped, change = line.split("twice the compute): ")[1].split("% (")
-            assert float(change.rstrip(")")) == pytest.approx(float(flipped) - plain * 100, abs=0.011)
+        lines = [x for x in record.read_text().splitlines() if "with test-time views" in x]
+        assert [line.split("`--tta ")[1].split("`")[0] for line in lines] == expected
+        plain = json.loads((out / "model.json").read_text())["metrics"]["test_of_saved_weights"]["accuracy"]
+        for line, passes in zip(lines, ("2x", "6x"), strict=False):
+            viewed, change = line.split(f"({passes} the compute): ")[1].split("% (")
+            assert float(change.rstrip(")")) == pytest.approx(float(viewed) - plain * 100, abs=0.011)

@@ -99,6 +99,12 @@ def test_eval_with_flipped_views_only_for_a_model_trained_on_mirror_images(train
     (flipped / "model.json").write_text(json.dumps(meta))
     older = ikd("eval", flipped, "--tta", "flip", "--json")
     assert older.returncode == 0 and json.loads(older.stdout)["accuracy"] == report["accuracy"], older.stderr
+    shifted = ikd("eval", flipped, "--tta", "flip-shift", "--json")
+    assert shifted.returncode == 0 and json.loads(shifted.stdout)["tta"] == "flip-shift", shifted.stderr
+    meta["training"]["augment"] = "crop"  # shifted crops, never mirrored
+    (flipped / "model.json").write_text(json.dumps(meta))
+    refused = ikd("eval", flipped, "--tta", "flip-shift")
+    assert refused.returncode == 2 and "flip and crop needed" in refused.stderr and "--tta none" in refused.stderr
 
 
 def test_eval_on_data_of_another_shape_is_one_line(trained, tmp_path):

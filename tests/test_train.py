@@ -385,5 +385,14 @@ def test_flipped_views_average_the_logits_of_each_image_and_its_mirror():
     plain_loss = torch.nn.functional.cross_entropy(plain, images.labels, reduction="sum").item()
     assert abs(plain_loss - loss_sum) > 1.0  # else the check above could not fail
     assert torch.equal(predict(model, images, **kwargs)[0], plain.argmax(1))
+    # flip-shift: that pair (weight 1/2) and the pairs one pixel up-left and down-right (1/4 each), reflect-padded
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    with torch.no_grad():
+        pairs = [(model(v) + model(v.flip(-1))) / 2 for v in (padded[..., :-2, :-2], padded[..., 2:, 2:])]
+    shifted_by_hand = by_hand / 2 + (pairs[0] + pairs[1]) / 4
+    predicted, shifted_loss = predict(model, images, views="flip-shift", **kwargs)
+    assert torch.equal(predicted, shifted_by_hand.argmax(1))
+    expected = torch.nn.functional.cross_entropy(shifted_by_hand, images.labels, reduction="sum").item()
+    assert shifted_loss == pytest.approx(expected) and abs(shifted_loss - loss_sum) > 1.0
     with pytest.raises(ConfigError, match="views='rotate'"):
         predict(model, images, views="rotate", **kwargs)  # type: ignore[arg-type]

@@ -51,9 +51,11 @@ from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
     TEST_VIEWS,
+    VIEW_NEEDS,
     TrainConfig,
     TrainingPaused,
     TrainResult,
+    fitting_views,
     near_chance,
     predict,
     score,
@@ -228,11 +230,12 @@ def _load_evaluated(
     metadata = read_metadata(Path(model_dir))
     record = metadata.get("dataset", {})
     augment = trained_augmentation(metadata)
-    if args.tta == "flip" and (augment is None or "flip" not in augment):
+    if args.tta not in (fitting := fitting_views(augment)):
         trained = f"with augmentation {augment!r}" if augment else "with no augmentation on record"
         raise ConfigError(
-            f"--tta flip: {model_dir} was trained {trained}, never on mirror images, so its answers on flipped "
-            "images say nothing about it; use --tta none"
+            f"--tta {args.tta}: {model_dir} was trained {trained}, never on such views ("
+            f"{' and '.join(VIEW_NEEDS[args.tta])} needed), so its answers on them say nothing about it; use --tta "
+            f"{fitting[-1]}"
         )
     model, _ = load_model(Path(model_dir), map_location=resolve_device(args.device))
     name = args.dataset or record.get("name")
@@ -306,7 +309,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    views = " with flipped views (--tta flip)" if args.tta == "flip" else ""
+    views = f" with test-time views (--tta {args.tta})" if args.tta != "none" else ""
     print(
         f"{record['name']} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images{views} "
         f"(loss {metrics['loss']:.4f})"
@@ -629,8 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         default="none",
         choices=TEST_VIEWS,
-        help="test-time augmentation: flip = average the logits of each image and its mirror image (twice the "
-        "compute; only for a model trained with flips)",
+        help="test-time augmentation: flip = average the logits of each image and its mirror image (2x the "
+        "compute; for a model trained with flips); flip-shift = also the pair shifted by a pixel two ways (6x; "
+        "for a model trained with crops and flips)",
     )
     ev.add_argument(
         "--against",

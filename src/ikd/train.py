@@ -40,10 +40,21 @@ from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint, remov
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
 Schedule = Literal["onecycle", "linear", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
-# test-time views: `flip` averages the logits of each image and its mirror image (a model trained with flips
-# has learnt both; one trained without them has not, so the caller checks the model's augmentation)
-TestViews = Literal["none", "flip"]
+# Test-time views (test-time augmentation): `flip` averages the logits of each image and its mirror image;
+# `flip-shift` averages that pair (weight 1/2) with the pair moved one pixel up-left and one down-right
+# (weight 1/2), as airbench's multi-crop TTA. A model trained on mirror images (and, for the shifts, on
+# padded crops) has learnt those views; the caller checks the model's augmentation.
+TestViews = Literal["none", "flip", "flip-shift"]
 TEST_VIEWS: tuple[str, ...] = get_args(TestViews)
+# what each view needs the training to have shown the model (parts of an augmentation's name)
+VIEW_NEEDS: dict[str, tuple[str, ...]] = {"none": (), "flip": ("flip",), "flip-shift": ("flip", "crop")}
+VIEW_PASSES = {"none": 1, "flip": 2, "flip-shift": 6}  # forward passes per image: the compute they cost
+
+
+def fitting_views(augment: str | None) -> tuple[str, ...]:
+    """The test-time views a model trained with this augmentation has learnt."""
+    return tuple(views for views in TEST_VIEWS if all(part in (augment or "") for part in VIEW_NEEDS[views]))
+
 
 Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -265,6 +276,23 @@ def score(predicted: torch.Tensor, loss_sum: float, labels: torch.Tensor) -> dic
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
 
 
+def viewed_logits(model: torch.nn.Module, x: torch.Tensor, views: TestViews) -> torch.Tensor:
+    """The model's logits for a batch, averaged over the test-time views (fp32 when there are several)."""
+    logits = model(x)
+    if views == "none":
+        return logits
+
+    def mirrored_pair(batch: torch.Tensor) -> torch.Tensor:
+        return (model(batch).float() + model(batch.flip(-1)).float()) / 2
+
+    logits = (logits.float() + model(x.flip(-1)).float()) / 2
+    if views == "flip":
+        return logits
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # the training crops' padding
+    shifted = (mirrored_pair(padded[..., :-2, :-2]) + mirrored_pair(padded[..., 2:, 2:])) / 2
+    return (logits + shifted) / 2
+
+
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
@@ -278,8 +306,8 @@ def predict(
     views: TestViews = "none",
 ) -> tuple[torch.Tensor, float]:
     """The predicted class of every image of a split, in its order (for paired comparisons), and the
-    summed cross-entropy; in eval mode, in large batches. `views="flip"`: of the mean logits of each
-    image and its horizontal mirror (test-time augmentation, twice the compute)."""
+    summed cross-entropy; in eval mode, in large batches. `views`: see TestViews (2x the compute for `flip`,
+    6x for `flip-shift`)."""
     if views not in TEST_VIEWS:
         raise ConfigError(f"views={views!r}: expected one of {', '.join(TEST_VIEWS)}")
     was_training = model.training
@@ -288,9 +316,7 @@ def predict(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in iterate_batches(images, batch_size, mean=mean, std=std, device=device):
         with precision.autocast():
-            logits = model(x)
-            if views == "flip":
-                logits = (logits.float() + model(x.flip(-1)).float()) / 2
+            logits = viewed_logits(model, x, views)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         predicted.append(logits.argmax(1))
     model.train(was_training)
