@@ -29,6 +29,10 @@ declare -A VARIANTS=(
     [onecycle]="--schedule onecycle"
     [lr0.05]="--lr 0.05"
     [cutout-wd1e-3]="--augment reflect-crop-flip-cutout --weight-decay 1e-3"
+    [ls0.2]="--label-smoothing 0.2"
+    [b128]="--batch-size 128 --lr 0.05"
+    [b128-ls0.2]="--batch-size 128 --lr 0.05 --label-smoothing 0.2"
+    [wd1e-3-ls0.2]="--weight-decay 1e-3 --label-smoothing 0.2"
 )
 mkdir -p "$OUT"
 
