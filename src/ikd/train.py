@@ -278,14 +278,13 @@ def score(predicted: torch.Tensor, loss_sum: float, labels: torch.Tensor) -> dic
 
 def viewed_logits(model: torch.nn.Module, x: torch.Tensor, views: TestViews) -> torch.Tensor:
     """The model's logits for a batch, averaged over the test-time views (fp32 when there are several)."""
-    logits = model(x)
     if views == "none":
-        return logits
+        return model(x)
 
     def mirrored_pair(batch: torch.Tensor) -> torch.Tensor:
         return (model(batch).float() + model(batch.flip(-1)).float()) / 2
 
-    logits = (logits.float() + model(x.flip(-1)).float()) / 2
+    logits = mirrored_pair(x)
     if views == "flip":
         return logits
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # the training crops' padding
