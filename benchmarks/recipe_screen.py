@@ -75,8 +75,8 @@ def train(command: list[str], threads: int, log: Path) -> None:
 
 
 def measure(run: Path, data_dir: str | None, loaded: dict[tuple, DataSplits]) -> dict:
-    """The saved weights' accuracies on val and test (fp32), plain and, when trained with flips, with flipped
-    views (`loaded`: the data splits loaded so far, by what selects them)."""
+    """The saved weights' accuracies on val and test (fp32), with every test-time view its training taught it
+    (`loaded`: the data splits loaded so far, by what selects them)."""
     meta = json.loads((run / "model.json").read_text())
     record = meta["dataset"]
     key = (record["name"], *recorded_split(record))
