@@ -112,6 +112,13 @@ def print_result(values: dict[str, object]) -> None:
     print("RESULT " + " ".join(f"{name}={value}" for name, value in values.items()), flush=True)
 
 
+def mean_spread(values: list[float], digits: int = 2) -> str:
+    """`mean ± standard deviation` of values over seeds; one value alone, as it is (a spread needs two)."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def dense_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
     """Best FLOP/s of dense arithmetic in this precision, over several repeats: the better of an
     n x n matmul (torch.mm: the BLAS) and a same-scale 3x3 convolution in the channels-last layout

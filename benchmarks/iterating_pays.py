@@ -45,7 +45,7 @@ from ikd.lineage import Lineage, NodeKind, RunDir, Status
 from ikd.runtime import Precision
 from ikd.train import predict
 
-from common import QUICK_ARCH, machine_line, print_result, publish, repo_path
+from common import QUICK_ARCH, machine_line, mean_spread, print_result, publish, repo_path
 from early_rejection_replay import replay_table
 
 # Each upgrade as the config keys it sets (merged over the base config). Values are MNIST-sized;
@@ -288,12 +288,6 @@ def replay_early_rejection(rows: list[Row], slacks: list[float]) -> str:
     would have stopped it, whether that changed the decision, and the training time it would have saved."""
     lineages = {f"{r.variant}-seed{r.seed}": r.lineage for r in rows}
     return replay_table(lineages, slacks, ["ikd"])[0]
-
-
-def mean_spread(values: list[float], digits: int = 2) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 @dataclass(frozen=True)

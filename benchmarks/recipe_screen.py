@@ -33,7 +33,7 @@ from ikd.data import DataSplits, load_dataset
 from ikd.runtime import resolve_precision
 from ikd.train import TEST_VIEWS, fitting_views, predict, score
 
-from common import QUICK_ARCH, machine_line, print_result, write_record
+from common import QUICK_ARCH, machine_line, mean_spread, print_result, write_record
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -100,10 +100,7 @@ def measure(run: Path, data_dir: str | None, loaded: dict[tuple, DataSplits]) ->
 
 
 def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+    return mean_spread(values) if values else "-"
 
 
 def cell(row: dict, key: str) -> str:

@@ -140,8 +140,8 @@ def main() -> int:
     how = "written from its model.json" if args.existing else "run"
     # the test-time views the model has learnt (ikd eval --tta), on the device and at the precision of the
     # test line above, so each change is the views' alone
-    flipped = ""
-    for views in fitting_views(trained_augmentation(meta))[1:]:
+    viewed = ""
+    for views in fitting_views(augment)[1:]:
         command_tta = [sys.executable, "-m", "ikd", "eval", args.out, "--split", "test", "--tta", views, "--json"]
         command_tta += ["--precision", precision, "--device", device]
         if args.data_dir:
@@ -151,7 +151,7 @@ def main() -> int:
             why = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise SystemExit(f"teacher.py: {shlex.join(command_tta[2:])} failed: {why}")
         accuracy = json.loads(done.stdout)["accuracy"]
-        flipped += (
+        viewed += (
             f"- Test accuracy of the saved weights with test-time views `--tta {views}` ({VIEW_PASSES[views]}x the "
             f"compute): {accuracy * 100:.2f}% ({(accuracy - tested['accuracy']) * 100:+.2f})\n"
         )
@@ -176,7 +176,7 @@ Data: {sizes["train"]} train / {sizes["val"]} val (seeded split) / {sizes["test"
 - Saved weights: epoch {best["epoch"]}, {kept} (validation accuracy {kept_accuracy:.4f}; \
 last epoch's raw weights {last["val_accuracy"]:.4f})
 - **Test accuracy of the saved weights: {tested["accuracy"] * 100:.2f}%** on {tested["n"]} images
-{flipped}- Wall time: {wall_line}
+{viewed}- Wall time: {wall_line}
 - Model: {meta["size"]["params"]:,} parameters, {meta["size"]["macs"] / 1e6:.1f} M MACs/image
 {notes}"""
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
