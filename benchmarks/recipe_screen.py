@@ -31,7 +31,8 @@ import torch
 from ikd.checkpoint import load_model, recorded_split, trained_augmentation
 from ikd.data import DataSplits, load_dataset
 from ikd.runtime import resolve_precision
-from ikd.train import TEST_VIEWS, fitting_views, predict, score
+from ikd.train import predict, score
+from ikd.views import VIEWS, fitting_views
 
 from common import QUICK_ARCH, machine_line, mean_spread, print_result, write_record
 
@@ -167,7 +168,7 @@ def main() -> int:
     for name, flags, seed, _ in jobs:
         row = rows[name, seed]
         kept = f"{row['best']['epoch']}/{args.epochs} {row['best'].get('weights', 'raw')}"
-        accuracies = " | ".join(cell(row, f"{split}_{views}") for split in ("val", "test") for views in TEST_VIEWS)
+        accuracies = " | ".join(cell(row, f"{split}_{views}") for split in ("val", "test") for views in VIEWS)
         flags_shown = shlex.join(flags) or "(defaults)"
         lines.append(f"| {name} | `{flags_shown}` | {seed} | {kept} | {accuracies} | {row['minutes']:.1f} |")
     reference = variants[0][0]

@@ -28,7 +28,7 @@ import torch
 from ikd.checkpoint import trained_augmentation
 from ikd.config import TeacherConfig
 from ikd.runtime import cpu_name
-from ikd.train import VIEW_PASSES, fitting_views
+from ikd.views import VIEW_PASSES, fitting_views
 
 # benchmarks/common.py: a script's own directory is on sys.path
 from common import command_line, print_result

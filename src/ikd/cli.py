@@ -50,18 +50,16 @@ from ikd.model import build_model
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
-    TEST_VIEWS,
-    VIEW_NEEDS,
     TrainConfig,
     TrainingPaused,
     TrainResult,
-    fitting_views,
     near_chance,
     predict,
     score,
     train_model,
 )
 from ikd.train_state import MOVED_KEYS, STATE_DIR, remove_state
+from ikd.views import VIEWS, unfitting_views
 
 EXIT_USAGE = 2
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: stopped by --time-limit, the same command resumes
@@ -230,13 +228,8 @@ def _load_evaluated(
     metadata = read_metadata(Path(model_dir))
     record = metadata.get("dataset", {})
     augment = trained_augmentation(metadata)
-    if args.tta not in (fitting := fitting_views(augment)):
-        trained = f"with augmentation {augment!r}" if augment else "with no augmentation on record"
-        raise ConfigError(
-            f"--tta {args.tta}: {model_dir} was trained {trained}, never on such views ("
-            f"{' and '.join(VIEW_NEEDS[args.tta])} needed), so its answers on them say nothing about it; use --tta "
-            f"{fitting[-1]}"
-        )
+    if why := unfitting_views(args.tta, augment, model_dir, "--tta"):
+        raise ConfigError(why)
     model, _ = load_model(Path(model_dir), map_location=resolve_device(args.device))
     name = args.dataset or record.get("name")
     if not name:
@@ -631,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--tta",
         default="none",
-        choices=TEST_VIEWS,
+        choices=VIEWS,
         help="test-time augmentation: flip = average the logits of each image and its mirror image (2x the "
         "compute; for a model trained with flips); flip-shift = also the pair shifted by a pixel two ways (6x; "
         "for a model trained with crops and flips)",

@@ -36,26 +36,11 @@ from ikd.runtime import (
     training_layout,
 )
 from ikd.train_state import KEEP, SavedState, StateStore, job_fingerprint, remove_state
+from ikd.views import VIEWS, Views, viewed_logits
 
 # onecycle: warm-up then cosine decay; linear: warm-up then linear decay to ~0; cosine: decay only.
 Schedule = Literal["onecycle", "linear", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
-# Test-time views (test-time augmentation): `flip` averages the logits of each image and its mirror image;
-# `flip-shift` averages that pair (weight 1/2) with the pair moved one pixel up-left and one down-right
-# (weight 1/2), as airbench's multi-crop TTA. A model trained on mirror images (and, for the shifts, on
-# padded crops) has learnt those views; the caller checks the model's augmentation.
-TestViews = Literal["none", "flip", "flip-shift"]
-TEST_VIEWS: tuple[str, ...] = get_args(TestViews)
-# what each view needs the training to have shown the model (parts of an augmentation's name)
-VIEW_NEEDS: dict[str, tuple[str, ...]] = {"none": (), "flip": ("flip",), "flip-shift": ("flip", "crop")}
-VIEW_PASSES = {"none": 1, "flip": 2, "flip-shift": 6}  # forward passes per image: the compute they cost
-
-
-def fitting_views(augment: str | None) -> tuple[str, ...]:
-    """The test-time views a model trained with this augmentation has learnt."""
-    return tuple(views for views in TEST_VIEWS if all(part in (augment or "") for part in VIEW_NEEDS[views]))
-
-
 Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
 ]
@@ -276,22 +261,6 @@ def score(predicted: torch.Tensor, loss_sum: float, labels: torch.Tensor) -> dic
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
 
 
-def viewed_logits(model: torch.nn.Module, x: torch.Tensor, views: TestViews) -> torch.Tensor:
-    """The model's logits for a batch, averaged over the test-time views (fp32 when there are several)."""
-    if views == "none":
-        return model(x)
-
-    def mirrored_pair(batch: torch.Tensor) -> torch.Tensor:
-        return (model(batch).float() + model(batch.flip(-1)).float()) / 2
-
-    logits = mirrored_pair(x)
-    if views == "flip":
-        return logits
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # the training crops' padding
-    shifted = (mirrored_pair(padded[..., :-2, :-2]) + mirrored_pair(padded[..., 2:, 2:])) / 2
-    return (logits + shifted) / 2
-
-
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
@@ -302,13 +271,13 @@ def predict(
     device: torch.device,
     precision: Precision,
     batch_size: int = 1000,
-    views: TestViews = "none",
+    views: Views = "none",
 ) -> tuple[torch.Tensor, float]:
     """The predicted class of every image of a split, in its order (for paired comparisons), and the
-    summed cross-entropy; in eval mode, in large batches. `views`: see TestViews (2x the compute for `flip`,
+    summed cross-entropy; in eval mode, in large batches. `views`: see ikd.views (2x the compute for `flip`,
     6x for `flip-shift`)."""
-    if views not in TEST_VIEWS:
-        raise ConfigError(f"views={views!r}: expected one of {', '.join(TEST_VIEWS)}")
+    if views not in VIEWS:
+        raise ConfigError(f"views={views!r}: expected one of {', '.join(VIEWS)}")
     was_training = model.training
     model.eval()
     predicted: list[torch.Tensor] = []
