@@ -1,5 +1,8 @@
 """Screen training-recipe changes on a small proxy network: variants x seeds of `ikd train`, one table.
 
+With `--teacher MODEL_DIR` every run is `ikd distill MODEL_DIR` instead: a screen of distillation settings
+(`--teacher-views flip`, `--kd dkd`, ...) for one teacher and student architecture.
+
 Each variant is `ikd train`'s defaults plus some flags; every variant trains the same architecture for the
 same epochs on the same seeded split, once per seed. The record gives, per run, the saved weights'
 validation and test accuracy, plain and with the test-time views its training taught it (`ikd eval --tta
@@ -47,7 +50,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def train_command(args: argparse.Namespace, flags: list[str], seed: int, out: Path) -> list[str]:
-    command = ["ikd", "train", "--dataset", args.dataset]
+    # with a teacher every run is distilled from it, on its dataset and split
+    command = ["ikd", "distill", args.teacher] if args.teacher else ["ikd", "train", "--dataset", args.dataset]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     command += ["--arch", args.arch, "--epochs", str(args.epochs)]
@@ -113,13 +117,18 @@ def main() -> int:
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-dir")
     parser.add_argument("--arch", default="16x2-32x2-64x3-128x3-128x3", help="the proxy network")
+    parser.add_argument(
+        "--teacher",
+        metavar="MODEL_DIR",
+        help="distil every run from this model (`ikd distill`, its dataset; variants then add its flags)",
+    )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument(
         "--variant",
         action="append",
         default=[],
-        help="NAME=FLAGS for `ikd train` (repeatable; the first is the reference)",
+        help="NAME=FLAGS for `ikd train` or, with --teacher, `ikd distill` (repeatable; the first is the reference)",
     )
     parser.add_argument("--parallel", type=int, default=1, help="runs side by side (the torch threads are shared out)")
     parser.add_argument("--out", default="runs/recipe-screen")
@@ -154,8 +163,10 @@ def main() -> int:
 
     data: dict[tuple, DataSplits] = {}  # loaded once per split of the data
     rows = {(name, seed): measure(run, args.data_dir, data) for name, _, seed, run in jobs}
+    dataset = next(iter(data))[0]  # the one the runs recorded (the teacher's, with --teacher)
+    taught = f", distilled from `{args.teacher}`" if args.teacher else ""
     lines = [
-        f"Proxy: `{args.arch}` on {args.dataset}, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; "
+        f"Proxy: `{args.arch}` on {dataset}{taught}, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; "
         f"{len(pending)} of {len(jobs)} runs trained by this invocation, {args.parallel} side by side.",
         f"Machine: {machine_line()}",
         "",

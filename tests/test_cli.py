@@ -63,6 +63,60 @@ def test_train_writes_weights_and_metadata(trained):
     assert meta["command"].startswith(f"ikd train --dataset digits --arch {SMALL_ARCH} --epochs 2")
 
 
+def test_distill_trains_the_chosen_student_on_the_teachers_data_and_split(trained, tmp_path):
+    teacher = json.loads((trained / "model.json").read_text())
+    out = tmp_path / "student"
+    args = ("distill", trained, "--arch", "8x1-16x1-16x2", "--epochs", "1", "--batch-size", "64", "--out", out)
+    result = ikd(*args, "--precision", "fp32", "--kd", "dkd", "--gamma", "0.5", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "fewer params than the teacher" in result.stdout
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["command"].startswith(f"ikd distill {trained} --arch 8x1-16x1-16x2")
+    assert meta["size"]["summary"] == "8x1-16x1-16x2" and meta["size"]["params"] < teacher["size"]["params"]
+    for key in ("name", "val_fraction", "split_seed", "sizes"):  # the teacher's validation split, not another
+        assert meta["dataset"][key] == teacher["dataset"][key], key
+    assert meta["teacher"]["dir"] == str(trained) and meta["teacher"]["params"] == teacher["size"]["params"]
+    assert meta["teacher"]["val_accuracy"] == teacher["metrics"]["best"]["val_accuracy"]
+    assert meta["loss"]["kd"] == "dkd" and meta["loss"]["gamma"] == 0.5 and meta["loss"]["teacher_views"] == "none"
+    assert meta["history"][0]["train"]["kd"] > 0 and meta["history"][0]["train"]["hint"] > 0  # taught, not just CE
+    refused = ikd(*args, "--quiet")  # the model is there: one line, as for `ikd train`
+    assert refused.returncode == 2 and "already holds a trained model" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (("--teacher-views", "flip"), ("--teacher-views flip", "augmentation 'none'", "--teacher-views none")),
+        (("--temperature", "0"), ("--temperature 0.0", "greater than 0")),
+        (("--alpha", "0", "--beta", "0", "--gamma", "0"), ("expected at least one term",)),
+    ],
+)
+def test_distill_refuses_bad_settings_in_one_line_before_training(trained, tmp_path, flags, words):
+    out = tmp_path / "student"
+    result = ikd("distill", trained, "--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", out, *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert all(word in line for word in words), line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_distill_from_mirrored_views_of_a_teacher_trained_on_mirror_images(trained, tmp_path):
+    flipped = tmp_path / "flipped"  # the same weights, recorded as trained with flips
+    flipped.mkdir()
+    meta = json.loads((trained / "model.json").read_text())
+    meta["training"]["augment_used"] = "crop-flip"
+    (flipped / "model.json").write_text(json.dumps(meta))
+    (flipped / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    out = tmp_path / "student"
+    result = ikd(
+        *("distill", flipped, "--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", out, "--augment", "crop-flip"),
+        *("--teacher-views", "flip", "--precision", "fp32", "--quiet"),
+    )
+    assert result.returncode == 0, result.stderr
+    student = json.loads((out / "model.json").read_text())
+    assert student["loss"]["teacher_views"] == "flip" and student["training"]["augment_used"] == "crop-flip"
+
+
 def test_eval_json_reports_accuracy_and_count(trained):
     result = ikd("eval", trained, "--split", "test", "--json")
     assert result.returncode == 0, result.stderr

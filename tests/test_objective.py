@@ -485,3 +485,53 @@ def test_a_pooled_hint_target_is_the_same_from_bf16_features_and_their_fp32_copy
     student = torch.randn(2, 6, 2, 2)
     live = (torch.randn(2, 8, 5, 5) * 30).to(torch.bfloat16)
     assert torch.equal(regressor(student, live), regressor(student, live.float()))
+
+
+def test_teacher_views_average_the_teachers_logits_over_its_views_and_keep_the_plain_images_hint():
+    from ikd.objective import LiveTeacher
+
+    teacher, spec, images, _ = _setup(1.0)
+    with torch.no_grad():  # larger weights than the init's, so that a view left out would show
+        for p in teacher.parameters():
+            p.mul_(3.0)
+    block = build_objective(build_model(spec, seed=1), teacher, LossWeights()).links[0].hint_block
+    assert block is not None
+    x = (images.images.float() / 255 - 0.5) / 0.25
+    teacher.eval()
+    with torch.no_grad():
+        plain = teacher(x)
+        mirrored = (plain + teacher(x.flip(-1))) / 2
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        up_left, down_right = padded[..., :-2, :-2], padded[..., 2:, 2:]
+        pairs = [(teacher(v) + teacher(v.flip(-1))) / 2 for v in (up_left, down_right)]
+        shifted = (mirrored + (pairs[0] + pairs[1]) / 2) / 2
+    assert not torch.allclose(mirrored, plain, atol=1e-3) and not torch.allclose(shifted, mirrored, atol=1e-3)
+    index = torch.arange(20)
+    for views, expected in (("none", plain), ("flip", mirrored), ("flip-shift", shifted)):
+        for hinted in ([block], []):
+            outputs = LiveTeacher(teacher, hinted, views)(x, index)
+            assert torch.allclose(outputs.logits, expected, atol=1e-5), (views, hinted)
+            if hinted:
+                assert torch.equal(outputs.features[block], teacher.forward_features(x)[1][block])
+        cache = cache_teacher_outputs(
+            teacher, images, mean=(0.5,), std=(0.25,), hint_blocks=[block], device=torch.device("cpu"), views=views
+        )
+        assert cache.views == views and torch.allclose(cache.logits, expected, atol=1e-5), views
+
+
+def test_the_objective_distils_from_the_viewed_logits_and_refuses_outputs_over_other_views():
+    teacher, spec, images, _ = _setup(0.0)
+    student = build_model(spec, seed=1)
+    x, y, index = images.images[:6].float() / 255, images.labels[:6], torch.arange(6)
+    flipped = build_objective(student, teacher, LossWeights(gamma=0.0, teacher_views="flip"))
+    teacher.eval()
+    with torch.no_grad():
+        target = (teacher(x) + teacher(x.flip(-1))) / 2
+        _, terms = flipped(student, x, y, index)
+    assert terms["kd"].item() == pytest.approx(kd_loss(student(x), target, 4.0).item(), rel=1e-5)
+    plain_cache = cache_teacher_outputs(teacher, images, mean=(0.0,), std=(1.0,), device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"views 'none'.*asks for 'flip'"):
+        build_objective(student, teacher, LossWeights(gamma=0.0, teacher_views="flip"), sources=[plain_cache])
+    # a state saved before the key existed still resumes: the default is left out of the job
+    assert "teacher_views" not in build_objective(student, teacher, LossWeights()).job_description()["weights"]
+    assert flipped.job_description()["weights"]["teacher_views"] == "flip"

@@ -545,6 +545,27 @@ def test_ikd_train_time_limit_stops_with_exit_75_and_the_same_command_finishes(i
     assert json.loads((out / "model.json").read_text())["training"]["sessions"] == 3
 
 
+def test_ikd_distill_time_limit_resumes_bit_identically_and_another_loss_is_another_job(idx_dir, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert run_ikd(ikd_train(idx_dir, teacher)).returncode == 0
+
+    def distill(out: Path, *extra: str) -> list[str]:  # the teacher's dataset and split, ikd_train's recipe
+        return [
+            *(sys.executable, "-m", "ikd", "distill", str(teacher), "--data-dir", str(idx_dir), "--arch", "8x1-16x1"),
+            *("--epochs", "3", "--batch-size", "12", "--precision", "fp32", "--quiet", "--out", str(out), *extra),
+        ]
+
+    straight = tmp_path / "straight"
+    assert run_ikd(distill(straight)).returncode == 0
+    out = tmp_path / "limited"
+    stopped = run_ikd(distill(out, "--time-limit", "0.01s"))
+    assert stopped.returncode == EXIT_TEMPFAIL and "after epoch 1/3" in stopped.stderr, stopped.stderr
+    other = run_ikd(distill(out, "--temperature", "2"))
+    assert other.returncode == 2 and "other settings (--arch or a loss flag)" in other.stderr, other.stderr
+    assert run_ikd(distill(out)).returncode == 0
+    assert_same_saved_weights(out, load_file(straight / "model.safetensors"))
+
+
 def test_ikd_train_force_with_a_time_limit_replaces_the_model_and_the_same_command_resumes(
     idx_dir, cli_straight, tmp_path
 ):

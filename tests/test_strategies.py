@@ -468,3 +468,57 @@ def test_a_recorded_config_is_read_back_under_the_rules_of_its_time():
     old["search"]["retry_epochs"] = 5  # the rule it always had: the same length replays the near miss
     with pytest.raises(ValidationError, match=r"expected more than student\.epochs"):
         CampaignConfig.model_validate(old, context={RECORDED: True})
+
+
+def test_teacher_views_distil_from_the_mirrored_pair_and_refuse_teachers_never_shown_mirror_images(
+    tmp_path, tiny_teacher, digits, monkeypatch
+):
+    import torch
+
+    import ikd.objective
+    from ikd.arch import ArchSpec
+    from ikd.checkpoint import save_model, training_metadata
+    from ikd.model import build_model
+    from ikd.runtime import resolve_precision
+    from ikd.train import TrainConfig, evaluate, train_model
+
+    def views_config(name, teacher, student_augment):
+        base = config(tmp_path, teacher, name=name, max_generations=1)
+        return base.model_copy(
+            update={
+                "loss": base.loss.model_copy(update={"teacher_views": "flip"}),
+                "student": base.student.model_copy(update={"augment": student_augment}),
+            }
+        )
+
+    # digits' own augmentation has no flips: neither the students nor the imported root learnt mirror images
+    with pytest.raises(ConfigError, match=r"loss.teacher_views flip: every student \(student.augment\) .*'none'"):
+        compress(views_config("students", tiny_teacher, None), progress=False)
+    with pytest.raises(ConfigError, match=rf"loss.teacher_views flip: {tiny_teacher} .*use loss.teacher_views none"):
+        compress(views_config("root", tiny_teacher, "crop-flip"), progress=False)
+
+    spec = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[16], [32], [32]])
+    flipped = build_model(spec, seed=0)
+    train_config = TrainConfig(epochs=2, batch_size=32, precision="fp32", device="cpu", augment="crop-flip")
+    result = train_model(flipped, digits, train_config, progress=False)
+    cpu = torch.device("cpu")
+    fp32 = resolve_precision("fp32", cpu)
+    test = evaluate(flipped, digits.test, mean=digits.mean, std=digits.std, device=cpu, precision=fp32)
+    teacher_dir = tmp_path / "flipped-teacher"
+    save_model(
+        teacher_dir,
+        flipped,
+        training_metadata(
+            data=digits, val_fraction=0.1, split_seed=0, spec=spec, config=train_config, result=result, test=test
+        ),
+    )
+    asked = []  # the views every live teacher forward averaged over
+    original = ikd.objective.viewed_logits
+
+    def recorded(model, x, views, plain=None):
+        asked.append(views)
+        return original(model, x, views, plain)
+
+    monkeypatch.setattr(ikd.objective, "viewed_logits", recorded)
+    lineage = compress(views_config("flipped", teacher_dir, "crop-flip"), progress=False)
+    assert [n.status for n in lineage.nodes if n.generation == 1] and set(asked) == {"flip"}

@@ -37,6 +37,7 @@ from ikd.shrink import OPERATORS, Candidate, inherit_by
 from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
 from ikd.teachers import (
     TeacherModels,
+    check_teacher_views,
     expert_ids,
     expert_teachers,
     first_student,
@@ -115,6 +116,7 @@ class Campaign:
     def _run(self) -> Lineage:
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         root_dir = imported_root_dir(self.config, self.models.user_module)
+        check_teacher_views(self.ctx, root_dir, self.models.user_module)
         self.check_budget_fits_a_first_pass()  # before a teacher trains for a search that cannot begin
         experts_to_copy = new_experts(self.ctx, self.lineage, root_dir)
         if (root := root_teacher(self.ctx, self.lineage, self.models)) is not None:  # or checks the data against it

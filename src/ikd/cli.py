@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import torch
 from pydantic import ValidationError
@@ -46,7 +47,8 @@ from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
-from ikd.model import build_model
+from ikd.model import VGG, build_model
+from ikd.objective import LossWeights, build_objective
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
@@ -56,6 +58,7 @@ from ikd.train import (
     near_chance,
     predict,
     score,
+    steps_per_epoch,
     train_model,
 )
 from ikd.train_state import MOVED_KEYS, STATE_DIR, remove_state
@@ -65,6 +68,9 @@ EXIT_USAGE = 2
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: stopped by --time-limit, the same command resumes
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 1  # what Python itself exits with on EPIPE
+
+
+T = TypeVar("T", TrainConfig, LossWeights)
 
 
 class Terminated(KeyboardInterrupt):
@@ -83,16 +89,77 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"ikd: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _validated_config(**values) -> TrainConfig:
+def _validated(model: type[T], **values) -> T:
+    """A settings model built from command-line values; a bad value is named by its flag."""
     try:
-        return TrainConfig(**values)
+        return model(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across values (no flag of its own): pydantic's message names them
+            raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
         flag = "--" + str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    return _train(args)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    return _train(args, teacher_dir=Path(args.teacher))
+
+
+@dataclass
+class _Teacher:
+    """`ikd distill`'s teacher: the model, its model.json and the loss it teaches with."""
+
+    model: torch.nn.Module
+    metadata: dict[str, Any]
+    loss: LossWeights
+
+    @classmethod
+    def load(cls, directory: Path, args: argparse.Namespace) -> _Teacher:
+        metadata = read_metadata(directory)
+        augment = trained_augmentation(metadata)
+        if why := unfitting_views(args.teacher_views, augment, str(directory), "--teacher-views"):
+            raise ConfigError(why)
+        loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
+        model, _ = load_model(directory, map_location=resolve_device(args.device))
+        return cls(model, metadata, loss)
+
+    def data(self, args: argparse.Namespace) -> DataSplits:
+        """The teacher's dataset with its validation split: images the teacher trained on must not decide
+        anything about the student."""
+        record = self.metadata.get("dataset", {})
+        if not record.get("name"):
+            raise ConfigError(f"{args.teacher}/{META_FILE}: names no dataset; expected a model trained by ikd")
+        val_fraction, split_seed, image_size = recorded_split(record)
+        args.val_fraction, args.split_seed = val_fraction, split_seed
+        return load_dataset(
+            record["name"],
+            args.data_dir or recorded_data_dir(record),
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            image_size=image_size,
+        )
+
+    def record(self, directory: Path) -> dict[str, Any]:
+        """What the student's model.json keeps of its teacher and loss."""
+        metrics = self.metadata.get("metrics", {})
+        return {
+            "teacher": {
+                "dir": str(directory),
+                "arch": self.metadata.get("size", {}).get("summary"),
+                "params": self.metadata.get("size", {}).get("params"),
+                "val_accuracy": metrics.get("best", {}).get("val_accuracy"),
+                "test_accuracy": metrics.get("test_of_saved_weights", {}).get("accuracy"),
+            },
+            "loss": self.loss.model_dump(),
+        }
+
+
+def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
+    """`ikd train`, and `ikd distill` when `teacher_dir` names the teacher."""
     started = time.monotonic()  # the time limit counts data loading too
     out = Path(args.out)
     if not args.out.strip():  # an unset shell variable: Path('') would be the current directory
@@ -102,7 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     time_limit = parse_duration(args.time_limit) if args.time_limit is not None else None
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
-    config = _validated_config(
+    config = _validated(
+        TrainConfig,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -118,19 +186,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
-        data = load_dataset(
-            args.dataset,
-            args.data_dir,
-            val_fraction=args.val_fraction,
-            split_seed=args.split_seed,
-            image_size=args.image_size,
-        )
+        teacher = _Teacher.load(teacher_dir, args) if teacher_dir is not None else None
+        if teacher is not None:
+            data = teacher.data(args)
+        else:
+            data = load_dataset(
+                args.dataset,
+                args.data_dir,
+                val_fraction=args.val_fraction,
+                split_seed=args.split_seed,
+                image_size=args.image_size,
+            )
         spec = preset_for(args.arch, data)
         model = build_model(spec, seed=args.seed)
         if group is None or group.is_main:
+            taught = f", taught by {teacher_dir}" if teacher_dir is not None else ""
             print(
-                f"ikd train: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
-                f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)"
+                f"ikd {args.command}: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
+                f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test){taught}"
                 + (f", data-parallel over {group.world_size} processes" if group else ""),
                 file=sys.stderr,
             )
@@ -143,10 +216,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                 (out / name).unlink(missing_ok=True)
         deadline = started + time_limit if time_limit is not None else None
 
-        def train(model: torch.nn.Module) -> TrainResult:
+        def train(model: VGG) -> TrainResult:
+            objective = None
+            if teacher is not None:
+                objective = build_objective(
+                    model,
+                    teacher.model,
+                    teacher.loss,
+                    seed=args.seed,
+                    steps_per_epoch=steps_per_epoch(len(data.train), config),
+                )
             return train_model(
-                model, data, config, progress=not args.quiet, description=args.arch, state_dir=state_dir,
-                deadline=deadline, discard_foreign_state=args.force,  # every rank alike, under torchrun too
+                model, data, config, objective=objective, progress=not args.quiet, description=args.arch,
+                state_dir=state_dir, deadline=deadline,
+                discard_foreign_state=args.force,  # every rank alike, under torchrun too
             )  # fmt: skip
 
         try:
@@ -154,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 result = train(model)
             except ForeignStateError as foreign:
                 if not args.force or group is not None:
-                    raise _in_train_flags(foreign, state_dir) from None
+                    raise _in_train_flags(foreign, state_dir, args.command) from None
                 print(
                     f"ikd: --force: discarding the unfinished training in {state_dir}, which this run cannot continue",
                     file=sys.stderr,
@@ -179,6 +262,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     # the command that made it, as typed (the last session's: a resumed run is rerun alike)
     extra: dict[str, Any] = {"command": shlex.join(["ikd", *getattr(args, "argv", [])])}
+    if teacher is not None and teacher_dir is not None:
+        extra |= teacher.record(teacher_dir)
     if group:
         extra["distributed"] = {
             "world_size": group.world_size,
@@ -196,22 +281,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra=extra,
     )
     remove_state(state_dir)  # the model is saved: its training state is no longer needed
+    smaller = ""
+    if teacher is not None and (teacher_params := extra["teacher"]["params"]):
+        smaller = f", {teacher_params / spec.num_params():.1f}x fewer params than the teacher"
     print(
         f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
-        f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s -> {out}"
+        f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s{smaller} "
+        f"-> {out}"
     )
     if warning := near_chance(result.best_val_accuracy, data.num_classes):
         print(f"ikd: warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _in_train_flags(foreign: ForeignStateError, state_dir: Path) -> ForeignStateError:
-    """The refusal of another job's state worded in `ikd train`'s flags (config.lr -> --lr)."""
+def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -> ForeignStateError:
+    """The refusal of another job's state worded in the flags of `ikd train` or `ikd distill` (config.lr -> --lr)."""
     keys = foreign.keys or []
     if not keys or set(keys) <= set(MOVED_KEYS):
         return foreign  # unknown, or saved on another machine: its own message says what to do
     named = {"data": "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
-    named |= {"objectives": "--arch", "world_size": "the number of torchrun processes"}
+    named |= {"objectives": "--arch or a loss flag" if command == "distill" else "--arch"}
+    named |= {"world_size": "the number of torchrun processes"}
     flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
     return ForeignStateError(
         f"{state_dir}: holds an unfinished training started with other settings ({', '.join(flags)}); rerun with the "
@@ -559,36 +649,53 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--data-dir", help="dataset directory or root (default: $IKD_DATA_DIR, else ~/.cache/ikd)")
 
+    def recipe_flags(p: argparse.ArgumentParser) -> None:
+        """The training recipe's flags, with the campaign teacher's defaults (config.TeacherConfig)."""
+        recipe = TeacherConfig.model_fields
+        p.add_argument("--epochs", type=int, required=True, metavar="N")
+        p.add_argument(
+            "--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json"
+        )
+        p.add_argument("--batch-size", type=int, default=recipe["batch_size"].default)
+        p.add_argument("--lr", type=float, default=recipe["lr"].default, help="peak learning rate")
+        p.add_argument("--weight-decay", type=float, default=recipe["weight_decay"].default)
+        p.add_argument("--schedule", default=recipe["schedule"].default, choices=SCHEDULES)
+        p.add_argument("--augment", choices=AUGMENTATIONS, help="default: the dataset's own")
+        p.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"].default)
+        p.add_argument(
+            "--ema-epochs",
+            type=float,
+            default=recipe["ema_epochs"].default,
+            help="horizon of the weights' moving average, validated beside them; 0 = none",
+        )
+        p.add_argument(
+            "--bn-sparsity",
+            type=float,
+            default=recipe["bn_sparsity"].default,
+            help="weight of an L1 penalty on the BatchNorm scales (Network Slimming, e.g. 1e-4; for the slim operator)",
+        )
+        p.add_argument("--precision", default="auto", choices=PRECISIONS)
+        p.add_argument("--device", default="auto", choices=DEVICES)
+        p.add_argument("--seed", type=int, default=0)
+
+    def run_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="start over: overwrite a model already in --out and drop an unfinished training there",
+        )
+        p.add_argument(
+            "--time-limit",
+            metavar="DURATION",
+            help="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds, 2:30:00) has "
+            f"passed, save the state and exit with code {EXIT_TEMPFAIL}; the same command resumes",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bar, epoch lines or resume message")
+
     train = command("train", "train a VGG teacher from scratch")
     data_flags(train, required=True)
     train.add_argument("--arch", default="vgg16", type=arch_argument, metavar="ARCH", help=ARCH_HELP)
-    train.add_argument("--epochs", type=int, required=True, metavar="N")
-    train.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory for model.safetensors + model.json"
-    )
-    # The recipe's defaults are the campaign teacher's (config.TeacherConfig): declared once.
-    recipe = TeacherConfig.model_fields
-    train.add_argument("--batch-size", type=int, default=recipe["batch_size"].default)
-    train.add_argument("--lr", type=float, default=recipe["lr"].default, help="peak learning rate")
-    train.add_argument("--weight-decay", type=float, default=recipe["weight_decay"].default)
-    train.add_argument("--schedule", default=recipe["schedule"].default, choices=SCHEDULES)
-    train.add_argument("--augment", choices=AUGMENTATIONS, help="default: the dataset's own")
-    train.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"].default)
-    train.add_argument(
-        "--ema-epochs",
-        type=float,
-        default=recipe["ema_epochs"].default,
-        help="horizon of the weights' moving average, validated beside them; 0 = none",
-    )
-    train.add_argument(
-        "--bn-sparsity",
-        type=float,
-        default=recipe["bn_sparsity"].default,
-        help="weight of an L1 penalty on the BatchNorm scales (Network Slimming, e.g. 1e-4; for the slim operator)",
-    )
-    train.add_argument("--precision", default="auto", choices=PRECISIONS)
-    train.add_argument("--device", default="auto", choices=DEVICES)
-    train.add_argument("--seed", type=int, default=0)
+    recipe_flags(train)
     train.add_argument("--val-fraction", type=float, default=0.1)
     train.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     train.add_argument(
@@ -596,23 +703,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="resize the images to this size, square (default: the dataset's own; imagefolder: 32)",
     )
-    train.add_argument(
-        "--force",
-        action="store_true",
-        help="start over: overwrite a model already in --out and drop an unfinished training there",
-    )
-    train.add_argument(
-        "--time-limit",
-        metavar="DURATION",
-        help="stop at the last epoch boundary before this much time (2h30m, 90m, 45s, seconds, 2:30:00) has passed, "
-        f"save the state and exit with code {EXIT_TEMPFAIL}; the same command resumes",
-    )
-    train.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress bar, epoch lines or resume message",
-    )
+    run_flags(train)
     train.set_defaults(func=cmd_train)
+
+    di = command("distill", "train a student of the architecture you choose from a trained teacher, in one step")
+    di.add_argument("teacher", metavar="TEACHER_DIR", help="a model directory written by `ikd train` or `ikd distill`")
+    di.add_argument("--arch", required=True, type=arch_argument, metavar="ARCH", help=ARCH_HELP)
+    di.add_argument(
+        "--data-dir",
+        help="where the teacher's dataset lives (default: $IKD_DATA_DIR, else ~/.cache/ikd); the student trains "
+        "and is validated on the teacher's dataset and validation split",
+    )
+    recipe_flags(di)
+    loss = LossWeights.model_fields
+    for name in ("temperature", "alpha", "beta", "gamma", "kd_warmup", "dkd_alpha", "dkd_beta"):  # the float keys
+        di.add_argument(
+            "--" + name.replace("_", "-"), type=float, default=loss[name].default, help=loss[name].description
+        )
+    di.add_argument(
+        "--kd", default=loss["kd"].default, choices=get_args(loss["kd"].annotation), help=loss["kd"].description
+    )
+    di.add_argument("--standardize", action="store_true", help=loss["standardize"].description)
+    di.add_argument(
+        "--teacher-views",
+        default=loss["teacher_views"].default,
+        choices=VIEWS,
+        help=loss["teacher_views"].description,
+    )
+    run_flags(di)
+    di.set_defaults(func=cmd_distill)
 
     ev = command("eval", "accuracy of a trained model on a split")
     ev.add_argument("model_dir")

@@ -50,6 +50,7 @@ from ikd.losses import (
 from ikd.model import VGG
 from ikd.runtime import Precision, training_layout
 from ikd.strict import Strict
+from ikd.views import Views, viewed_logits
 
 
 class LossWeights(Strict):
@@ -84,6 +85,12 @@ class LossWeights(Strict):
         default=8.0,
         ge=0,
         description="with kd: dkd, weight of NCKD, the KL among the non-target classes (paper's CIFAR value 8)",
+    )
+    teacher_views: Views = Field(
+        default="none",
+        description="average each teacher's logits over views of the image before the KD term: flip = the image "
+        "and its mirror image (one more teacher forward per batch), flip-shift = that pair and the pair shifted a "
+        "pixel two ways (5 more); for teachers trained with flips (and crops); the hint stays the plain image's",
     )
     standardize: bool = Field(
         default=False,
@@ -135,17 +142,19 @@ def _in_teacher_layout(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
 
 
 class LiveTeacher:
-    """Runs the eval-mode teacher on each batch, once per batch however many students ask.
+    """Runs the eval-mode teacher on each batch, once per batch however many students ask; its logits are
+    averaged over `views` of each image (ikd.views), its hint features are the plain image's.
 
     Students trained together (ikd.train.train_models) are handed the very same batch tensors, so
     the batch's index tensor identifies it: the second student of a batch gets the first's outputs.
     """
 
-    def __init__(self, teacher: Teacher, hint_blocks=()):
+    def __init__(self, teacher: Teacher, hint_blocks=(), views: Views = "none"):
         # No gradient reaches the teacher (its forward runs under no_grad), so its parameters are left
         # as the caller had them: freezing them in place once made a copied-out student untrainable.
         self.teacher = teacher.eval()
         self.hint_blocks = frozenset(hint_blocks)
+        self.views = views
         self._last: tuple[torch.Tensor, TeacherOutputs] | None = None
 
     @torch.no_grad()
@@ -155,9 +164,10 @@ class LiveTeacher:
         x = _in_teacher_layout(self.teacher, x)
         if self.hint_blocks:
             logits, features = self.teacher.forward_features(x)
-            outputs = TeacherOutputs(logits, {b: features[b] for b in self.hint_blocks})
+            viewed = viewed_logits(self.teacher, x, self.views, plain=logits)
+            outputs = TeacherOutputs(viewed, {b: features[b] for b in self.hint_blocks})
         else:
-            outputs = TeacherOutputs(self.teacher(x), {})
+            outputs = TeacherOutputs(viewed_logits(self.teacher, x, self.views), {})
         self._last = (index, outputs)
         return outputs
 
@@ -168,8 +178,8 @@ class CachedTeacher:
     Valid only without augmentation, when the teacher would see the same images every epoch.
     """
 
-    def __init__(self, logits: torch.Tensor, features: dict[int, torch.Tensor] | None = None):
-        self.logits, self.features = logits, features or {}
+    def __init__(self, logits: torch.Tensor, features: dict[int, torch.Tensor] | None = None, views: Views = "none"):
+        self.logits, self.features, self.views = logits, features or {}, views
         self.hint_blocks = frozenset(self.features)
         self._last: tuple[torch.Tensor, TeacherOutputs] | None = None
 
@@ -245,9 +255,11 @@ class DistillationObjective(nn.Module):
     def job_description(self) -> dict[str, Any]:
         """What this objective computes, for a training state's job (ikd.train): a state saved under other
         loss settings, teacher weights or hints belongs to another job."""
-        # kd_warmup joined the weights later: left out at 0, so a state saved before it still resumes
+        # kd_warmup and teacher_views joined the weights later: left out at their defaults, so a state saved
+        # before them still resumes
+        later = {"kd_warmup": 0.0, "teacher_views": "none"}
         return {
-            "weights": self.weights.model_dump(exclude=set() if self.weights.kd_warmup else {"kd_warmup"}),
+            "weights": self.weights.model_dump(exclude={k for k, v in later.items() if getattr(self.weights, k) == v}),
             "aggregate": self.aggregate,
             "drop": self.drop,
             "teachers": [[link.weight, link.hint_block, link.student_block] for link in self.links],
@@ -361,11 +373,12 @@ def cache_teacher_outputs(
     precision: Precision | None = None,
     batch_size: int = 128,
     progress: bool = False,
+    views: Views = "none",
 ) -> CachedTeacher:
     """Run the teacher once over `images` (in order) and keep its logits and the named blocks' outputs.
 
     `precision`: the students' training precision; the teacher runs under its autocast (and in its
-    layout), as a live teacher would inside their training steps.
+    layout), as a live teacher would inside their training steps. `views`: as LiveTeacher's.
 
     Batch 128, not larger: a VGG-16's activations at batch 1000 overflow the CPU's caches, and the
     pass ran 23% slower (14.4 s against 11.1 s per 6,000 MNIST images on a 2-core Xeon).
@@ -389,13 +402,13 @@ def cache_teacher_outputs(
         with precision.autocast() if precision is not None else contextlib.nullcontext():
             x = _in_teacher_layout(teacher, x)
             if not hint_blocks:
-                logits.append(teacher(x).float().cpu())
+                logits.append(viewed_logits(teacher, x, views).float().cpu())
                 continue
             out, feats = teacher.forward_features(x)
-        logits.append(out.float().cpu())
+            logits.append(viewed_logits(teacher, x, views, plain=out).float().cpu())
         for b in hint_blocks:
             features[b].append(feats[b].float().cpu())
-    return CachedTeacher(torch.cat(logits), {b: torch.cat(f) for b, f in features.items()})
+    return CachedTeacher(torch.cat(logits), {b: torch.cat(f) for b, f in features.items()}, views)
 
 
 def hint_pairing(student: ArchSpec, teacher: Teacher) -> tuple[int, int, int]:
@@ -468,10 +481,14 @@ def build_objective(
             s_block, _, t_channels = hint_pairing(student.spec, teacher)
             regressor = HintRegressor(student.spec.blocks[s_block][-1], t_channels, None if seed is None else seed + i)
         if source is None:
-            source = LiveTeacher(teacher, [t_block] if t_block is not None else [])
+            source = LiveTeacher(teacher, [t_block] if t_block is not None else [], views=weights.teacher_views)
         elif t_block is not None and t_block not in source.hint_blocks:
             raise ValueError(
                 f"teacher {i}'s outputs hold blocks {sorted(source.hint_blocks)}, this student needs {t_block}"
+            )
+        elif weights.alpha and source.views != weights.teacher_views:
+            raise ValueError(
+                f"teacher {i}'s outputs are over views {source.views!r}, the loss asks for {weights.teacher_views!r}"
             )
         links.append(TeacherLink(source, weight, t_block, s_block))
         regressors.append(regressor)

@@ -12,7 +12,15 @@ from pathlib import Path
 import torch
 
 from ikd.arch import FP32_BYTES, ArchSpec, preset_for
-from ikd.checkpoint import META_FILE, load_model, other_classes, other_shape, read_metadata, save_model
+from ikd.checkpoint import (
+    META_FILE,
+    load_model,
+    other_classes,
+    other_shape,
+    read_metadata,
+    save_model,
+    trained_augmentation,
+)
 from ikd.config import CampaignConfig
 from ikd.context import CampaignContext
 from ikd.data.paths import same_place
@@ -23,6 +31,7 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
 from ikd.model import VGG, build_model
 from ikd.rules import points
 from ikd.train import monotonic_deadline, near_chance
+from ikd.views import unfitting_views
 
 
 class TeacherModels:
@@ -241,6 +250,26 @@ def expert_ids(experts: list[str], root_dir: str | None = None) -> list[str]:
         ROOT_ID if same_place(directory) == root else expert_id(i, directory)
         for i, directory in enumerate(experts, start=1)
     ]
+
+
+def check_teacher_views(ctx: CampaignContext, root_dir: str | None, user_module: object | None) -> None:
+    """`loss.teacher_views` asks every teacher for its answers on views of the images: refuse, before anything
+    trains, a teacher whose training never showed it those views. Every student teaches the next, so the
+    students' augmentation counts too. A user's own module is taken on trust: its training is not on record."""
+    views = ctx.config.loss.teacher_views
+    if views == "none":
+        return
+    config = ctx.config
+    trained: dict[str, str | None] = {"every student (student.augment)": ctx.data.augment_for(config.student.augment)}
+    if root_dir is not None:
+        trained[root_dir] = trained_augmentation(read_metadata(Path(root_dir)))
+    elif user_module is None:
+        trained["the root teacher (teacher.augment)"] = ctx.data.augment_for(config.teacher.augment)
+    for directory in config.ensemble.experts:
+        trained[directory] = trained_augmentation(read_metadata(Path(directory)))
+    for who, augment in trained.items():
+        if why := unfitting_views(views, augment, who, "loss.teacher_views"):
+            raise ConfigError(why)
 
 
 def imported_root_dir(config: CampaignConfig, user_module: object | None) -> str | None:

@@ -168,10 +168,13 @@ def run_training_pass(
                 for t, block in zip(job.teacher_ids, needed, strict=True):
                     if block is not None:
                         blocks[t].add(block)
+            # Views of the teachers' logits, for a KD term (hint pre-training has none); cached outputs are
+            # for passes without augmentation, whose teachers never learnt views (teachers.check_teacher_views)
+            views = stage_weights.teacher_views if stage_weights.alpha else "none"
             sources: list[TeacherSource] = (
                 store.sources(job.teacher_ids, blocks, models, data, device, precision, progress)
                 if job.cached
-                else [LiveTeacher(models(t), blocks[t]) for t in job.teacher_ids]
+                else [LiveTeacher(models(t), blocks[t], views) for t in job.teacher_ids]
             )
             objectives = [
                 build_objective(
