@@ -806,6 +806,14 @@ def test_recipe_screen_trains_each_variant_once_and_measures_flipped_views(tmp_p
     assert changed.returncode != 0 and "holds a run of `ikd train" in changed.stderr  # not reused under its name
     refused = quick("recipe_screen.py", "--variant", "no-equals-sign", tmp_path=tmp_path)
     assert refused.returncode != 0 and "expected NAME=FLAGS" in refused.stderr and "Traceback" not in refused.stderr
+    # with a teacher every run is distilled from it: here from the first run, which learnt flips
+    teacher = tmp_path / "runs" / "flips-s0"
+    taught, text = quick_record(
+        "recipe_screen.py", tmp_path, "--out", str(tmp_path / "taught"), "--teacher", str(teacher),
+        "--variant", "plain=--augment crop-flip", "--variant", "views=--augment crop-flip --teacher-views flip",
+    )  # fmt: skip
+    assert set(taught) == {"plain_val", "views_val"} and f"distilled from `{teacher}`" in text
+    assert f"`ikd distill {teacher} --arch" in text
 
 
 def test_a_teacher_record_adds_the_test_time_views_its_training_taught_it(tmp_path):
