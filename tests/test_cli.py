@@ -63,6 +63,16 @@ def test_train_writes_weights_and_metadata(trained):
     assert meta["command"].startswith(f"ikd train --dataset digits --arch {SMALL_ARCH} --epochs 2")
 
 
+def recorded_as_flipped(trained, directory):
+    """A copy of the trained model's weights recorded as trained with flips: (its directory, its model.json)."""
+    directory.mkdir()
+    meta = json.loads((trained / "model.json").read_text())
+    meta["training"]["augment_used"] = "crop-flip"
+    (directory / "model.json").write_text(json.dumps(meta))
+    (directory / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    return directory, meta
+
+
 def test_distill_trains_the_chosen_student_on_the_teachers_data_and_split(trained, tmp_path):
     teacher = json.loads((trained / "model.json").read_text())
     out = tmp_path / "student"
@@ -101,12 +111,7 @@ def test_distill_refuses_bad_settings_in_one_line_before_training(trained, tmp_p
 
 
 def test_distill_from_mirrored_views_of_a_teacher_trained_on_mirror_images(trained, tmp_path):
-    flipped = tmp_path / "flipped"  # the same weights, recorded as trained with flips
-    flipped.mkdir()
-    meta = json.loads((trained / "model.json").read_text())
-    meta["training"]["augment_used"] = "crop-flip"
-    (flipped / "model.json").write_text(json.dumps(meta))
-    (flipped / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    flipped, _ = recorded_as_flipped(trained, tmp_path / "flipped")
     out = tmp_path / "student"
     result = ikd(
         *("distill", flipped, "--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", out, "--augment", "crop-flip"),
@@ -132,12 +137,7 @@ def test_eval_with_flipped_views_only_for_a_model_trained_on_mirror_images(train
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     [line] = refused.stderr.strip().splitlines()
     assert "--tta flip" in line and "augmentation 'none'" in line and "--tta none" in line
-    flipped = tmp_path / "flipped"  # the same weights, recorded as trained with flips
-    flipped.mkdir()
-    meta = json.loads((trained / "model.json").read_text())
-    meta["training"]["augment_used"] = "crop-flip"
-    (flipped / "model.json").write_text(json.dumps(meta))
-    (flipped / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    flipped, meta = recorded_as_flipped(trained, tmp_path / "flipped")
     result = ikd("eval", flipped, "--tta", "flip", "--json", "--against", flipped)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
