@@ -108,6 +108,8 @@ def test_distill_refuses_bad_settings_in_one_line_before_training(trained, tmp_p
     [line] = result.stderr.strip().splitlines()
     assert all(word in line for word in words), line
     assert not out.exists() or not any(out.iterdir())
+    missing = ikd("distill", tmp_path / "nowhere", "--arch", "8x1", "--epochs", "1", "--out", out)
+    assert missing.returncode == 2 and "nowhere/model.json: not found" in missing.stderr, missing.stderr
 
 
 def test_distill_from_mirrored_views_of_a_teacher_trained_on_mirror_images(trained, tmp_path):

@@ -111,8 +111,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 @dataclass
 class _Teacher:
-    """`ikd distill`'s teacher: the model, its model.json and the loss it teaches with."""
+    """`ikd distill`'s teacher: its directory, the model, its model.json and the loss it teaches with."""
 
+    directory: Path
     model: torch.nn.Module
     metadata: dict[str, Any]
     loss: LossWeights
@@ -125,30 +126,30 @@ class _Teacher:
             raise ConfigError(why)
         loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
         model, _ = load_model(directory, map_location=resolve_device(args.device))
-        return cls(model, metadata, loss)
+        return cls(directory, model, metadata, loss)
 
-    def data(self, args: argparse.Namespace) -> DataSplits:
-        """The teacher's dataset with its validation split: images the teacher trained on must not decide
-        anything about the student."""
+    def data(self, data_dir: str | None) -> tuple[DataSplits, float, int]:
+        """The teacher's dataset with its validation split, and that split's (val_fraction, split_seed): images
+        the teacher trained on must not decide anything about the student."""
         record = self.metadata.get("dataset", {})
         if not record.get("name"):
-            raise ConfigError(f"{args.teacher}/{META_FILE}: names no dataset; expected a model trained by ikd")
+            raise ConfigError(f"{self.directory / META_FILE}: names no dataset; expected a model trained by ikd")
         val_fraction, split_seed, image_size = recorded_split(record)
-        args.val_fraction, args.split_seed = val_fraction, split_seed
-        return load_dataset(
+        data = load_dataset(
             record["name"],
-            args.data_dir or recorded_data_dir(record),
+            data_dir or recorded_data_dir(record),
             val_fraction=val_fraction,
             split_seed=split_seed,
             image_size=image_size,
         )
+        return data, val_fraction, split_seed
 
-    def record(self, directory: Path) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         """What the student's model.json keeps of its teacher and loss."""
         metrics = self.metadata.get("metrics", {})
         return {
             "teacher": {
-                "dir": str(directory),
+                "dir": str(self.directory),
                 "arch": self.metadata.get("size", {}).get("summary"),
                 "params": self.metadata.get("size", {}).get("params"),
                 "val_accuracy": metrics.get("best", {}).get("val_accuracy"),
@@ -188,8 +189,9 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
     try:
         teacher = _Teacher.load(teacher_dir, args) if teacher_dir is not None else None
         if teacher is not None:
-            data = teacher.data(args)
+            data, val_fraction, split_seed = teacher.data(args.data_dir)
         else:
+            val_fraction, split_seed = args.val_fraction, args.split_seed
             data = load_dataset(
                 args.dataset,
                 args.data_dir,
@@ -262,8 +264,8 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
         return 0
     # the command that made it, as typed (the last session's: a resumed run is rerun alike)
     extra: dict[str, Any] = {"command": shlex.join(["ikd", *getattr(args, "argv", [])])}
-    if teacher is not None and teacher_dir is not None:
-        extra |= teacher.record(teacher_dir)
+    if teacher is not None:
+        extra |= teacher.record()
     if group:
         extra["distributed"] = {
             "world_size": group.world_size,
@@ -276,8 +278,8 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
         data,
         config=config,
         result=result,
-        val_fraction=args.val_fraction,
-        split_seed=args.split_seed,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
         extra=extra,
     )
     remove_state(state_dir)  # the model is saved: its training state is no longer needed
