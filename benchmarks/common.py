@@ -112,11 +112,13 @@ def print_result(values: dict[str, object]) -> None:
     print("RESULT " + " ".join(f"{name}={value}" for name, value in values.items()), flush=True)
 
 
-def mean_spread(values: list[float], digits: int = 2) -> str:
-    """`mean ± standard deviation` of values over seeds; one value alone, as it is (a spread needs two)."""
+def mean_spread(values: list[float], digits: int = 2, spec: str | None = None) -> str:
+    """`mean ± standard deviation` of values over seeds; one value alone, as it is (a spread needs two).
+    `spec`: a format spec for both instead of `digits` (a sign, '+.2f', is the mean's only)."""
+    spec = spec or f".{digits}f"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{spec}}"
+    return f"{statistics.mean(values):{spec}} ± {statistics.stdev(values):{spec.lstrip('+')}}"
 
 
 def dense_peak(dtype: torch.dtype, n: int, repeats: int) -> float:

@@ -32,7 +32,6 @@ import argparse
 import fnmatch
 import json
 import re
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,16 @@ from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
 from ikd.report import arch_name, latency_of, speedup
 
 # benchmarks/common.py: a script's own directory is on sys.path
-from common import QUICK_ARCH, ROOT, TIMED_BATCHES, command_line, machine_line, print_result, write_record
+from common import (
+    QUICK_ARCH,
+    ROOT,
+    TIMED_BATCHES,
+    command_line,
+    machine_line,
+    mean_spread,
+    print_result,
+    write_record,
+)
 
 DATASETS = ("mnist", "cifar10")
 TEACHERS = ("vgg16", "vgg19")
@@ -252,10 +260,6 @@ def ordered(records: dict[str, dict]) -> list[dict]:
     return sorted(records.values(), key=lambda r: (rows.index(row_of(r)), r.get("seed", 0)))
 
 
-def mean_sd(values: list[float], spec: str) -> str:
-    return f"{statistics.mean(values):{spec}} ± {statistics.stdev(values):{spec.lstrip('+')}}"
-
-
 def across_seeds(results: list[dict]) -> list[str]:
     """Mean and spread of the rows run with more than one seed (markdown lines; none when no row was)."""
     by_row: dict[str, list[dict]] = {}
@@ -274,6 +278,10 @@ def across_seeds(results: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for seeds in groups:
+
+        def of_seeds(key: str, spec: str, seeds=seeds) -> str:
+            return mean_spread([r[key] for r in seeds], spec=spec)
+
         first = seeds[0]
         teachers = sorted({f"{r['teacher_test']:.2f}" for r in seeds})
         chain = [r["teacher_test"] - r["drop"] for r in seeds]
@@ -281,12 +289,14 @@ def across_seeds(results: list[dict]) -> list[str]:
         for key in ("scratch", "oneshot"):
             scores = [r[key] for r in seeds]
             ok = all(v is not None for v in scores)
-            versus.append(mean_sd([c - 100 * b for c, b in zip(chain, scores, strict=True)], "+.2f") if ok else "-")
+            versus.append(
+                mean_spread([c - 100 * b for c, b in zip(chain, scores, strict=True)], spec="+.2f") if ok else "-"
+            )
         lines.append(
             f"| {first['dataset']} | {first['teacher']} | {first['operators']}{' (a)' if mixed(seeds) else ''} | "
             f"{', '.join(str(r.get('seed', 0)) for r in seeds)} | {' / '.join(teachers)} | "
-            f"{mean_sd([r['x'] for r in seeds], '.1f')} | {mean_sd([r['params'] for r in seeds], ',.0f')} | "
-            f"{mean_sd([r['drop'] for r in seeds], '.2f')} | {mean_sd([r['val_drop'] for r in seeds], '.2f')} | "
+            f"{of_seeds('x', '.1f')} | {of_seeds('params', ',.0f')} | "
+            f"{of_seeds('drop', '.2f')} | {of_seeds('val_drop', '.2f')} | "
             f"{versus[0]} | {versus[1]} |"
         )
     if mixed_groups := [seeds for seeds in groups if mixed(seeds)]:
