@@ -110,6 +110,11 @@ def test_distill_refuses_bad_settings_in_one_line_before_training(trained, tmp_p
     assert not out.exists() or not any(out.iterdir())
     missing = ikd("distill", tmp_path / "nowhere", "--arch", "8x1", "--epochs", "1", "--out", out)
     assert missing.returncode == 2 and "nowhere/model.json: not found" in missing.stderr, missing.stderr
+    _, meta = recorded_as_flipped(trained, tmp_path / "other-data")  # a record of other images than digits'
+    meta["dataset"]["sizes"]["train"] += 1
+    (tmp_path / "other-data" / "model.json").write_text(json.dumps(meta))
+    other = ikd("distill", tmp_path / "other-data", "--arch", "8x1", "--epochs", "1", "--out", out)
+    assert other.returncode == 2 and "saw other images" in other.stderr, other.stderr
 
 
 def test_distill_from_mirrored_views_of_a_teacher_trained_on_mirror_images(trained, tmp_path):

@@ -97,6 +97,20 @@ def other_classes(record: dict[str, Any], data: DataSplits) -> str | None:
     )
 
 
+def other_images(record: dict[str, Any], data: DataSplits) -> str | None:
+    """Why `data` is not the split of images a model's dataset record describes (None: it is, as far as the
+    record says): other split sizes or normalisation statistics mean other files, so images the model
+    trained on could sit in this validation split."""
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    was = (record.get("sizes", sizes), list(record.get("mean", data.mean)), list(record.get("std", data.std)))
+    if was == (sizes, list(data.mean), list(data.std)):
+        return None
+    return (
+        f"saw other images (split sizes {was[0]}, mean {was[1]}); the data loaded now has {sizes}, mean "
+        f"{list(data.mean)}: --data-dir points at other files?"
+    )
+
+
 def misfit(spec: ArchSpec, record: dict[str, Any], data: DataSplits) -> str | None:
     """Why `data` cannot be scored by a model built as `spec` whose dataset record is `record`: other
     image shapes or class count, or its classes in another order (None: it fits)."""

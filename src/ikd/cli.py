@@ -36,6 +36,7 @@ from ikd.checkpoint import (
     describe_size,
     load_model,
     misfit,
+    other_images,
     read_metadata,
     recorded_data_dir,
     recorded_split,
@@ -46,6 +47,7 @@ from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, par
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, ForeignStateError, IkdError
+from ikd.external import module_digest
 from ikd.fit import save_trained
 from ikd.model import VGG, build_model
 from ikd.objective import LossWeights, build_objective
@@ -114,9 +116,14 @@ class _Teacher:
     """`ikd distill`'s teacher: its directory, the model, its model.json and the loss it teaches with."""
 
     directory: Path
-    model: torch.nn.Module
+    model: VGG
     metadata: dict[str, Any]
     loss: LossWeights
+
+    @property
+    def digest(self) -> str:
+        """Its weights' SHA-256: a training resumed under a retrained teacher would be another job."""
+        return module_digest(self.model)
 
     @classmethod
     def load(cls, directory: Path, args: argparse.Namespace) -> _Teacher:
@@ -142,6 +149,8 @@ class _Teacher:
             split_seed=split_seed,
             image_size=image_size,
         )
+        if why := misfit(self.model.spec, record, data) or other_images(record, data):
+            raise ConfigError(f"teacher {self.directory}: {why}")
         return data, val_fraction, split_seed
 
     def record(self) -> dict[str, Any]:
@@ -227,6 +236,7 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
                     teacher.loss,
                     seed=args.seed,
                     steps_per_epoch=steps_per_epoch(len(data.train), config),
+                    teacher_digests=[teacher.digest],
                 )
             return train_model(
                 model, data, config, objective=objective, progress=not args.quiet, description=args.arch,
@@ -251,7 +261,7 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
             if group is not None and not group.is_main:
                 return EXIT_TEMPFAIL
             print(
-                f"ikd train: --time-limit reached after epoch {paused.epoch}/{paused.epochs}; state saved in "
+                f"ikd {args.command}: --time-limit reached after epoch {paused.epoch}/{paused.epochs}; state saved in "
                 f"{paused.state_dir}; rerun the same command to resume",
                 file=sys.stderr,
             )
@@ -285,7 +295,12 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
     remove_state(state_dir)  # the model is saved: its training state is no longer needed
     smaller = ""
     if teacher is not None and (teacher_params := extra["teacher"]["params"]):
-        smaller = f", {teacher_params / spec.num_params():.1f}x fewer params than the teacher"
+        ratio = teacher_params / spec.num_params()
+        smaller = (
+            f", {ratio:.1f}x fewer params than the teacher"
+            if ratio >= 1
+            else f", {1 / ratio:.1f}x the teacher's params"
+        )
     print(
         f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
         f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s{smaller} "
@@ -301,8 +316,13 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -
     keys = foreign.keys or []
     if not keys or set(keys) <= set(MOVED_KEYS):
         return foreign  # unknown, or saved on another machine: its own message says what to do
-    named = {"data": "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)", "models": "--arch"}
-    named |= {"objectives": "--arch or a loss flag" if command == "distill" else "--arch"}
+    data = (
+        "the data (--data-dir; the teacher's dataset and split)"
+        if command == "distill"
+        else ("the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)")
+    )
+    named = {"data": data, "models": "--arch"}
+    named |= {"objectives": "--arch, a loss flag or the teacher's weights" if command == "distill" else "--arch"}
     named |= {"world_size": "the number of torchrun processes"}
     flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
     return ForeignStateError(
@@ -913,7 +933,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ikd: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        resumable = getattr(args, "func", None) in (cmd_train, cmd_compress)  # they save after every epoch
+        resumable = getattr(args, "func", None) in (cmd_train, cmd_distill, cmd_compress)  # they save every epoch
         print(
             f"ikd: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}"
             + ("; finished work is kept: rerun the same command to resume" if resumable else ""),

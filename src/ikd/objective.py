@@ -235,8 +235,10 @@ class DistillationObjective(nn.Module):
         drop: float = 0.0,
         seed: int | None = None,
         steps_per_epoch: int | None = None,
+        teacher_digests: Sequence[str] = (),
     ):
         super().__init__()
+        self.teacher_digests = list(teacher_digests)
         if weights.kd_warmup and not steps_per_epoch:
             raise ConfigError("loss.kd_warmup is in epochs: the objective needs the steps_per_epoch it trains with")
         if aggregate not in AGGREGATES:
@@ -263,7 +265,7 @@ class DistillationObjective(nn.Module):
             "aggregate": self.aggregate,
             "drop": self.drop,
             "teachers": [[link.weight, link.hint_block, link.student_block] for link in self.links],
-        }
+        } | ({"teacher_digests": self.teacher_digests} if self.teacher_digests else {})
 
     # The drop stream and the step count are part of the training state (nn.Module's extra state), so a
     # resumed training drops the same teachers from the same batches, at the same warm-up weight, as one
@@ -455,6 +457,7 @@ def build_objective(
     drop: float = 0.0,
     seed: int | None = None,
     steps_per_epoch: int | None = None,
+    teacher_digests: Sequence[str] = (),
 ) -> DistillationObjective:
     """The objective for one student taught by one teacher or several.
 
@@ -464,7 +467,8 @@ def build_objective(
     blocks `teacher_hint_block` names; only without augmentation) or a LiveTeacher shared by
     students trained together; by default each teacher runs live. `seed` fixes the regressors'
     initial weights and the teacher-drop stream. `steps_per_epoch` (ikd.train.steps_per_epoch): what
-    `weights.kd_warmup` counts its epochs in.
+    `weights.kd_warmup` counts its epochs in. `teacher_digests` (ikd.external.module_digest of each teacher):
+    part of the training state's job, so a training is not resumed under other teachers.
     """
     teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
     hint_blocks = teacher_hint_blocks(student.spec, teachers, weights, hints)
@@ -493,5 +497,12 @@ def build_objective(
         links.append(TeacherLink(source, weight, t_block, s_block))
         regressors.append(regressor)
     return DistillationObjective(
-        links, weights, regressors, aggregate=aggregate, drop=drop, seed=seed, steps_per_epoch=steps_per_epoch
+        links,
+        weights,
+        regressors,
+        aggregate=aggregate,
+        drop=drop,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+        teacher_digests=teacher_digests,
     )

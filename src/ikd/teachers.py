@@ -16,6 +16,7 @@ from ikd.checkpoint import (
     META_FILE,
     load_model,
     other_classes,
+    other_images,
     other_shape,
     read_metadata,
     save_model,
@@ -176,13 +177,9 @@ def _same_data(ctx: CampaignContext) -> None:
         return  # no record to compare (a damaged run): the checksums decide what is retrained
     recorded = read_metadata(ctx.run.node_dir(ROOT_ID)).get("dataset", {})
     data = ctx.data
-    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
-    was = (recorded.get("sizes", sizes), list(recorded.get("mean", data.mean)), list(recorded.get("std", data.std)))
-    if was != (sizes, list(data.mean), list(data.std)):
+    if why := other_images(recorded, data):
         raise ConfigError(
-            f"{ctx.run.path}: its root teacher saw other images (split sizes {was[0]}, mean {was[1]}); the data "
-            f"loaded now has {sizes}, mean {list(data.mean)}: --data-dir points at other files? Give the data the "
-            "run was made with, or use another run_dir"
+            f"{ctx.run.path}: its root teacher {why} Give the data the run was made with, or use another run_dir"
         )
     if why := other_classes(recorded, data):  # the same sizes and statistics, the class folders renamed
         raise ConfigError(f"{ctx.run.path}: its root teacher {why}: give the data the run was made with")
@@ -260,13 +257,19 @@ def check_teacher_views(ctx: CampaignContext, root_dir: str | None, user_module:
     if views == "none":
         return
     config = ctx.config
+
+    def recorded(node_id: str, directory: str) -> str | None:
+        # the run's copy once it holds one: the directory it came from may have moved since
+        copy = ctx.run.node_dir(node_id)
+        return trained_augmentation(read_metadata(copy if (copy / META_FILE).is_file() else Path(directory)))
+
     trained: dict[str, str | None] = {"every student (student.augment)": ctx.data.augment_for(config.student.augment)}
     if root_dir is not None:
-        trained[root_dir] = trained_augmentation(read_metadata(Path(root_dir)))
+        trained[root_dir] = recorded(ROOT_ID, root_dir)
     elif user_module is None:
         trained["the root teacher (teacher.augment)"] = ctx.data.augment_for(config.teacher.augment)
-    for directory in config.ensemble.experts:
-        trained[directory] = trained_augmentation(read_metadata(Path(directory)))
+    for node_id, directory in zip(expert_ids(config.ensemble.experts, root_dir), config.ensemble.experts, strict=True):
+        trained[directory] = recorded(node_id, directory)
     for who, augment in trained.items():
         if why := unfitting_views(views, augment, who, "loss.teacher_views"):
             raise ConfigError(why)
