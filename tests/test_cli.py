@@ -88,6 +88,7 @@ def test_distill_trains_the_chosen_student_on_the_teachers_data_and_split(traine
     assert meta["teacher"]["dir"] == str(trained) and meta["teacher"]["params"] == teacher["size"]["params"]
     assert meta["teacher"]["val_accuracy"] == teacher["metrics"]["best"]["val_accuracy"]
     assert meta["loss"]["kd"] == "dkd" and meta["loss"]["gamma"] == 0.5 and meta["loss"]["teacher_views"] == "none"
+    assert meta["training"]["label_smoothing"] == 0.0  # the loss's CE term is unsmoothed: no value it did not use
     assert meta["history"][0]["train"]["kd"] > 0 and meta["history"][0]["train"]["hint"] > 0  # taught, not just CE
     refused = ikd(*args, "--quiet")  # the model is there: one line, as for `ikd train`
     assert refused.returncode == 2 and "already holds a trained model" in refused.stderr

@@ -190,7 +190,7 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
         precision=args.precision,
         device=args.device,
         seed=args.seed,
-        label_smoothing=args.label_smoothing,
+        label_smoothing=getattr(args, "label_smoothing", 0.0),  # distill: its loss has its own CE term, unsmoothed
         ema_epochs=args.ema_epochs,
         bn_sparsity=args.bn_sparsity,
     )
@@ -671,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--data-dir", help="dataset directory or root (default: $IKD_DATA_DIR, else ~/.cache/ikd)")
 
-    def recipe_flags(p: argparse.ArgumentParser) -> None:
-        """The training recipe's flags, with the campaign teacher's defaults (config.TeacherConfig)."""
+    def recipe_flags(p: argparse.ArgumentParser, *, smoothing: bool = True) -> None:
+        """The training recipe's flags, with the campaign teacher's defaults (config.TeacherConfig); label
+        smoothing only where the loss is cross-entropy alone."""
         recipe = TeacherConfig.model_fields
         p.add_argument("--epochs", type=int, required=True, metavar="N")
         p.add_argument(
@@ -683,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weight-decay", type=float, default=recipe["weight_decay"].default)
         p.add_argument("--schedule", default=recipe["schedule"].default, choices=SCHEDULES)
         p.add_argument("--augment", choices=AUGMENTATIONS, help="default: the dataset's own")
-        p.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"].default)
+        if smoothing:
+            p.add_argument("--label-smoothing", type=float, default=recipe["label_smoothing"].default)
         p.add_argument(
             "--ema-epochs",
             type=float,
@@ -736,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the teacher's dataset lives (default: $IKD_DATA_DIR, else ~/.cache/ikd); the student trains "
         "and is validated on the teacher's dataset and validation split",
     )
-    recipe_flags(di)
+    recipe_flags(di, smoothing=False)
     loss = LossWeights.model_fields
     for name in ("temperature", "alpha", "beta", "gamma", "kd_warmup", "dkd_alpha", "dkd_beta"):  # the float keys
         di.add_argument(
