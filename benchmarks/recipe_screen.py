@@ -221,7 +221,8 @@ def main() -> int:
     if not args.quiet:
         print(text)
     if args.markdown:
-        write_record(args.markdown, "Recipe screen on a proxy network", text)
+        title = "Distillation screen on a proxy student" if args.teacher else "Recipe screen on a proxy network"
+        write_record(args.markdown, title, text)
     print_result(result)
     return 0
 
