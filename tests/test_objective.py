@@ -18,6 +18,7 @@ from ikd.objective import (
     cache_teacher_outputs,
     hint_blocks,
 )
+from ikd.views import Views
 
 
 def test_kd_loss_matches_the_formula_by_hand():
@@ -507,7 +508,8 @@ def test_teacher_views_average_the_teachers_logits_over_its_views_and_keep_the_p
         shifted = (mirrored + (pairs[0] + pairs[1]) / 2) / 2
     assert not torch.allclose(mirrored, plain, atol=1e-3) and not torch.allclose(shifted, mirrored, atol=1e-3)
     index = torch.arange(20)
-    for views, expected in (("none", plain), ("flip", mirrored), ("flip-shift", shifted)):
+    cases: list[tuple[Views, torch.Tensor]] = [("none", plain), ("flip", mirrored), ("flip-shift", shifted)]
+    for views, expected in cases:
         for hinted in ([block], []):
             outputs = LiveTeacher(teacher, hinted, views)(x, index)
             assert torch.allclose(outputs.logits, expected, atol=1e-5), (views, hinted)
