@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -120,7 +121,7 @@ class _Teacher:
     metadata: dict[str, Any]
     loss: LossWeights
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """Its weights' SHA-256: a training resumed under a retrained teacher would be another job."""
         return module_digest(self.model)
