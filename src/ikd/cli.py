@@ -317,14 +317,15 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -
     keys = foreign.keys or []
     if not keys or set(keys) <= set(MOVED_KEYS):
         return foreign  # unknown, or saved on another machine: its own message says what to do
-    data = (
-        "the data (--data-dir; the teacher's dataset and split)"
-        if command == "distill"
-        else ("the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)")
-    )
-    named = {"data": data, "models": "--arch"}
-    named |= {"objectives": "--arch, a loss flag or the teacher's weights" if command == "distill" else "--arch"}
-    named |= {"world_size": "the number of torchrun processes"}
+    distill = command == "distill"  # its dataset and split are the teacher's, its objective has a loss and a teacher
+    named = {
+        "data": "the data (--data-dir; the teacher's dataset and split)"
+        if distill
+        else "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)",
+        "models": "--arch",
+        "objectives": "--arch, a loss flag or the teacher's weights" if distill else "--arch",
+        "world_size": "the number of torchrun processes",
+    }
     flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
     return ForeignStateError(
         f"{state_dir}: holds an unfinished training started with other settings ({', '.join(flags)}); rerun with the "
