@@ -1,6 +1,7 @@
 """`ikd export`: the exported files compute what the node computes, latencies land in the lineage,
 and every user mistake is one line with exit code 2."""
 
+import hashlib
 import json
 import shutil
 import time
@@ -20,7 +21,8 @@ from ikd.campaign import compress
 from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
-from ikd.export import export_node, onnx_graph
+from ikd.errors import CheckpointError
+from ikd.export import export_model_dir, export_node, onnx_graph
 from ikd.latency import LATENCY_PLAN, cpu_session, min_of_medians
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
@@ -499,3 +501,118 @@ def test_timed_onnxruntime_sessions_do_not_busy_wait():
     options = session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
+
+
+# --- a model directory of `ikd train` / `ikd distill`, exported without a campaign -------------------
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, tiny_teacher):
+    """A student `ikd distill` wrote from the tiny teacher (whose directory its model.json records)."""
+    out = tmp_path_factory.mktemp("distilled") / "student"
+    args = ["distill", str(tiny_teacher), "--arch", "8x1-16x1", "--epochs", "1", "--batch-size", "64"]
+    assert main([*args, "--precision", "fp32", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def student(distilled, tmp_path):
+    return shutil.copytree(distilled, tmp_path / "student")
+
+
+def test_a_distilled_model_is_exported_checked_and_timed_beside_its_recorded_teacher(student, tiny_teacher, capsys):
+    capsys.readouterr()
+    timing = ["--repeats", "1", "--rounds", "2"]
+    assert main(["export", str(student), "--format", "onnx", *timing]) == 0
+    out = capsys.readouterr().out
+    teacher_params = json.loads((tiny_teacher / "model.json").read_text())["size"]["params"]
+    model, metadata = load_model(student)
+    fewer = f"{teacher_params / model.spec.num_params():.1f}x fewer than its teacher"
+    assert f"ikd export: {student} ({model.spec.num_params():,} params, {fewer}) as onnx" in out
+    assert "256/256" in out and str(tiny_teacher) in out and "note:" not in out
+
+    path = student / "export" / "model.onnx"
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["ikd.model"] == str(student) and "ikd.node" not in props
+    assert json.loads(props["ikd.mean"]) == metadata["dataset"]["mean"]
+    summary = json.loads((student / "export" / "export.json").read_text())
+    assert summary["model"] == str(student) and summary["latency"]["teacher"] == str(tiny_teacher)
+    assert summary["sha256"] == hashlib.sha256((student / "model.safetensors").read_bytes()).hexdigest()
+    speedups = summary["latency"]["speedup"]
+    assert {(s["runtime"], s["batch"]) for s in speedups} == MEASURED
+    assert all(s["speedup"] == pytest.approx(s["teacher_ms"] / s["node_ms"]) for s in speedups)
+    assert sorted(p.name for p in student.iterdir()) == ["export", "model.json", "model.safetensors"]
+
+
+def test_a_trained_model_exports_as_safetensors_that_load_back_with_a_note_of_no_teacher(tiny_teacher, tmp_path):
+    model_dir = shutil.copytree(tiny_teacher, tmp_path / "teacher")
+    out = tmp_path / "shipped" / "teacher.safetensors"
+    result = export_model_dir(model_dir, "safetensors", out=out, repeats=1, rounds=2)
+    assert result.files == [out, tmp_path / "shipped" / "teacher.export.json"]
+    assert result.teacher_id is None and {(m.runtime, m.batch) for m in result.latency} == MEASURED
+    assert result.notes == [
+        f"{model_dir / 'model.json'} records no teacher (trained, not distilled): no speed-up to report"
+    ]
+    model, _ = load_model(model_dir)
+    with safe_open(str(out), "pt") as f:
+        spec = ArchSpec.model_validate(json.loads(f.metadata()["ikd.arch"]))
+        assert f.metadata()["ikd.model"] == str(model_dir)
+    rebuilt = build_model(spec)
+    rebuilt.load_state_dict(load_file(str(out)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+
+
+def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, tiny_teacher, tmp_path):
+    meta = json.loads((student / "model.json").read_text())
+    meta["teacher"]["dir"] = str(tmp_path / "moved")
+    (student / "model.json").write_text(json.dumps(meta))
+    moved = export_model_dir(student, "safetensors", repeats=1, rounds=2)
+    assert moved.teacher_id is None and "is not there: no speed-up" in moved.notes[0]
+
+    meta["teacher"]["dir"] = str(student)  # now holds another model than the one recorded
+    (student / "model.json").write_text(json.dumps(meta))
+    changed = export_model_dir(student, "safetensors", repeats=1, rounds=2)
+    assert changed.teacher_id is None and "not the" in changed.notes[0] and "teacher recorded" in changed.notes[0]
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.json").write_text((tiny_teacher / "model.json").read_text())  # no weights
+    meta["teacher"]["dir"] = str(tmp_path / "broken")
+    (student / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"its teacher, the reference of the speed-up: .* \(--no-latency"):
+        export_model_dir(student, "safetensors", repeats=1, rounds=2)
+    assert export_model_dir(student, "safetensors", measure_latency=False).latency == []
+
+
+@pytest.mark.parametrize(
+    ("where", "flags", "expected"),
+    [
+        ("student", ("--out", "{student}/model.safetensors"), "is the model's own file; write elsewhere"),
+        ("student", ("--out", "{student}"), "is the model's own file; write elsewhere"),  # its weights by name
+        ("student", ("--out", "{student}/.train-state"), "is inside"),
+        ("node", (), "is a node of the campaign in"),
+        ("run", (), "is a campaign run: name the node to export with --node ID"),
+        ("empty", (), "neither a model directory (model.json"),
+        ("unfinished", (), "its training has not finished"),
+    ],
+)
+def test_model_directory_mistakes_exit_2_with_one_line(student, run_dir, tmp_path, capsys, where, flags, expected):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unfinished" / ".train-state").mkdir(parents=True)
+    source = {
+        "student": student,
+        "node": run_dir / "nodes" / NODE,
+        "run": run_dir,
+        "empty": tmp_path / "empty",
+        "unfinished": tmp_path / "unfinished",
+    }[where]
+    before = {p: p.read_bytes() for p in student.iterdir()}
+    capsys.readouterr()
+    args = [flag.format(student=student) for flag in flags]
+    assert main(["export", str(source), "--format", "safetensors", "--no-latency", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p: p.read_bytes() for p in student.iterdir()} == before and not (run_dir / "export").exists()
+    if where == "node":
+        assert f"--node {NODE} --format safetensors" in err

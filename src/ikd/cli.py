@@ -617,19 +617,31 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ikd.export import export_node
+    from ikd.export import export_model_dir, export_node
+    from ikd.lineage import LINEAGE_FILE
 
-    result = export_node(
-        Path(args.run_dir),
-        args.node,
-        args.format,
-        out=Path(args.out) if args.out else None,
-        data_dir=args.data_dir,
-        repeats=args.repeats,
-        rounds=args.rounds,
-        threads=args.threads,
-        measure_latency=not args.no_latency,
-    )
+    options: dict[str, Any] = {
+        "out": Path(args.out) if args.out else None,
+        "data_dir": args.data_dir,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "measure_latency": not args.no_latency,
+    }
+    source = Path(args.source)
+    if args.node is not None:
+        result = export_node(source, args.node, args.format, **options)
+    elif (source / META_FILE).is_file() or (source / STATE_DIR).is_dir():
+        result = export_model_dir(source, args.format, **options)
+    elif (source / LINEAGE_FILE).is_file():
+        raise ConfigError(
+            f"{source} is a campaign run: name the node to export with --node ID (`ikd lineage {source}`)"
+        )
+    else:
+        raise ConfigError(
+            f"{source}: neither a model directory ({META_FILE}, from `ikd train` or `ikd distill`) nor a campaign run "
+            f"({LINEAGE_FILE}, from `ikd compress`)"
+        )
     print(result.summary())
     return 0
 
@@ -803,18 +815,23 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--why", action="store_true", help="add each node's reason: why it was accepted, rejected or left")
     li.set_defaults(func=cmd_lineage)
 
-    ex = command("export", "export a node as ONNX or safetensors, check it, time it beside the teacher")
-    ex.add_argument("run_dir")
-    ex.add_argument("--node", required=True, metavar="ID", help="node id, as `ikd lineage` lists them")
+    ex = command(
+        "export",
+        "export a trained model or a campaign's node as ONNX or safetensors, check it, time it beside its teacher",
+    )
+    ex.add_argument("source", metavar="DIR", help="a model directory (ikd train, ikd distill) or a campaign run")
+    ex.add_argument("--node", metavar="ID", help="the node of a campaign run to export, as `ikd lineage` lists them")
     # not argparse choices: an unknown format is reported like every other ikd error, on one line
     ex.add_argument("--format", required=True, metavar="FORMAT", help="onnx or safetensors")
     ex.add_argument(
-        "--out", metavar="PATH", help="directory (default RUN_DIR/export/ID), or the file: x.onnx, x.safetensors"
+        "--out",
+        metavar="PATH",
+        help="directory (default MODEL_DIR/export, RUN_DIR/export/ID), or the file: x.onnx, x.safetensors",
     )
     ex.add_argument(
         "--data-dir",
-        help="where the node's dataset lives, for the ONNX check (default: $IKD_DATA_DIR, else ~/.cache/ikd; "
-        "an image-folder node: the folder it read); a run directory does not record where its data was",
+        help="where the model's dataset lives, for the ONNX check (default: $IKD_DATA_DIR, else ~/.cache/ikd; "
+        "an image-folder model: the folder it read)",
     )
     ex.add_argument(
         "--repeats",

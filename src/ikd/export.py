@@ -1,17 +1,18 @@
-"""Export one node of a lineage for use outside ikd, check the export, and time it on this CPU.
+"""Export a trained model for use outside ikd, check the export, and time it on this CPU.
 
-Two formats, written to `RUN_DIR/export/<id>/` unless told otherwise (a path ending in the format's
-extension is the file itself):
+What is exported: one node of a campaign's lineage (written to `RUN_DIR/export/<id>/`), or a model
+directory of `ikd train` / `ikd distill` (written to `MODEL_DIR/export/`), unless told otherwise (a
+path ending in the format's extension is the file itself). Two formats:
 - safetensors: the node's state dict alone, with what is needed to use it in the file's metadata
   (arch spec, mean/std, class names, input shape), so it works without the run directory;
 - onnx: a graph that takes float32 NCHW images scaled to [0, 1] and normalises them itself.
   Before it is written it is run with onnxruntime on the node's own test images and must agree
   with PyTorch, so a model.onnx on disk is one that was checked.
 
-Latency is measured (ikd.latency) with onnxruntime and PyTorch at batch 1 and 64 for the node and
-the root teacher (the reference of the speed-up) together, interleaved in one process, and recorded
-in the lineage; `export.json` next
-to the exported files keeps the verification numbers and the latencies.
+Latency is measured (ikd.latency) with onnxruntime and PyTorch at batch 1 and 64 for the model and
+its reference (a node's root teacher, a distilled model's recorded teacher) together, interleaved in
+one process; a node's are recorded in the lineage. `export.json` next to the exported files keeps the
+verification numbers and the latencies.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -33,12 +34,33 @@ from safetensors.torch import save as safetensors_bytes
 from ikd import rules
 from ikd._version import __version__
 from ikd.atomic import atomic_write_bytes, atomic_write_json, cannot_make_dir
-from ikd.checkpoint import WEIGHTS_FILE, cpu_state_dict, load_model, misfit, recorded_data_dir, recorded_split
+from ikd.checkpoint import (
+    META_FILE,
+    WEIGHTS_FILE,
+    cpu_state_dict,
+    load_model,
+    misfit,
+    recorded_data_dir,
+    recorded_split,
+)
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
-from ikd.lineage import EXPORT_DIR, NODES_DIR, Latency, Lineage, NodeKind, NodeRecord, RunDir, Status, open_run_dir
+from ikd.lineage import (
+    EXPORT_DIR,
+    LINEAGE_FILE,
+    NODES_DIR,
+    Latency,
+    Lineage,
+    NodeKind,
+    NodeRecord,
+    RunDir,
+    Status,
+    file_sha256,
+    open_run_dir,
+)
 from ikd.model import VGG, NormalizedModel
+from ikd.train_state import STATE_DIR
 
 FORMATS = ("onnx", "safetensors")
 ONNX_FILE = "model.onnx"
@@ -64,9 +86,37 @@ class Verification:
     max_abs_logit_diff: float
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What an export is of: a campaign's node, or a model directory of `ikd train` / `ikd distill`."""
+
+    kind: Literal["node", "model"]  # its key in the files' metadata (ikd.<kind>) and in export.json
+    id: str  # the node id, or the model directory as given
+    headline: str  # what the summary's first line says of it
+    sha256: str | None  # of its weights file: export.json keeps earlier entries only for the same weights
+
+    @classmethod
+    def of_node(cls, node: NodeRecord) -> Exported:
+        return cls(
+            "node",
+            node.id,
+            f"{node.id} ({node.status}, {node.params:,} params, compression {node.compression:.1f}x)",
+            node.sha256,
+        )
+
+    @classmethod
+    def of_model_dir(cls, directory: Path, model: VGG, metadata: dict[str, Any]) -> Exported:
+        params = model.spec.num_params()
+        teacher_params = (metadata.get("teacher") or {}).get("params")
+        fewer = f", {teacher_params / params:.1f}x fewer than its teacher" if teacher_params else ""
+        return cls(
+            "model", str(directory), f"{directory} ({params:,} params{fewer})", file_sha256(directory / WEIGHTS_FILE)
+        )
+
+
 @dataclass
 class ExportResult:
-    node: NodeRecord
+    subject: Exported
     format: str
     files: list[Path]
     verification: Verification | None = None
@@ -90,12 +140,8 @@ class ExportResult:
         ]
 
     def summary(self) -> str:
-        node = self.node
         lines = [
-            (
-                f"ikd export: {node.id} ({node.status}, {node.params:,} params, compression "
-                f"{node.compression:.1f}x) as {self.format}"
-            ),
+            f"ikd export: {self.subject.headline} as {self.format}",
             "  wrote " + ", ".join(str(path) for path in self.files),
         ]
         if self.verification is not None:
@@ -114,7 +160,7 @@ class ExportResult:
 
     def _latency_table(self) -> list[str]:
         speedups = {(s["runtime"], s["batch"]): s for s in self.speedups()}
-        rows = [("runtime", "batch", self.node.id, self.teacher_id or "teacher", "speed-up")]
+        rows = [("runtime", "batch", self.subject.id, self.teacher_id or "teacher", "speed-up")]
         for m in self.latency:
             s = speedups.get((m.runtime, m.batch))
             teacher, speedup = (f"{s['teacher_ms']:.3f}", f"{s['speedup']:.1f}x") if s else ("-", "-")
@@ -143,6 +189,89 @@ def export_node(
 
     The run directory is held for the whole export, so it never races a campaign or another export.
     """
+    _check_options(fmt, repeats, rounds, threads)
+    run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
+    _find_node(run, run.load(), node_id)  # before its id makes a path; found again under the lock
+    target, summary_path = _planned_files(
+        out, run.path / EXPORT_DIR / node_id, fmt, {run.path / NODES_DIR: "the run's own nodes"}
+    )
+    with run.locked("ikd export"):
+        lineage = run.load()
+        node = _find_node(run, lineage, node_id)
+        model, metadata = _load_node(run, node)
+        result = ExportResult(subject=Exported.of_node(node), format=fmt, files=[])
+        if (note := not_the_answer(lineage, node)) is not None:  # exported as asked, but said
+            result.notes.append(note)
+        reference = _root_reference(run, lineage, node, result.notes) if measure_latency else None
+        # a lineage keeps no data.dir (where the data lies is not what it computed)
+        dataset = metadata["dataset"]
+        timing = _Timing(measure_latency, repeats, rounds, threads)
+        files = (target, summary_path)
+        measured = _export(result, model, dataset, files, data_dir or recorded_data_dir(dataset), reference, timing)
+        record_latency(run, measured)
+    return result
+
+
+def export_model_dir(
+    model_dir: Path,
+    fmt: str,
+    *,
+    out: Path | None = None,
+    data_dir: str | Path | None = None,
+    repeats: int | None = None,
+    rounds: int | None = None,
+    threads: int | None = None,
+    measure_latency: bool = True,
+) -> ExportResult:
+    """Export the model `ikd train` or `ikd distill` wrote to `model_dir` as `fmt`, verify an ONNX export,
+    and time it beside the teacher its model.json records (a distilled model's), if that is still there."""
+    _check_options(fmt, repeats, rounds, threads)
+    model_dir = Path(model_dir)
+    if (
+        model_dir.resolve().parent.name == NODES_DIR
+        and (run := model_dir.resolve().parent.parent).joinpath(LINEAGE_FILE).is_file()
+    ):
+        # its lineage holds its checksum, its answer status and its latencies: exported through the run
+        raise ConfigError(
+            f"{model_dir} is a node of the campaign in {run}; export it with "
+            f"`ikd export {run} --node {model_dir.resolve().name} --format {fmt}`"
+        )
+    if not (model_dir / META_FILE).exists() and (model_dir / STATE_DIR).is_dir():
+        raise CheckpointError(
+            f"{model_dir}: its training has not finished (its state is in {model_dir / STATE_DIR}); "
+            "rerun the command that started it to finish it, then export"
+        )
+    model, metadata = load_model(model_dir)
+    model.eval()
+    protected = {model_dir / name: "the model's own file" for name in (WEIGHTS_FILE, META_FILE)}
+    protected[model_dir / STATE_DIR] = "where its training state is kept"
+    target, summary_path = _planned_files(out, model_dir / EXPORT_DIR, fmt, protected)
+    result = ExportResult(subject=Exported.of_model_dir(model_dir, model, metadata), format=fmt, files=[])
+    reference = _recorded_teacher(model_dir, metadata, result.notes) if measure_latency else None
+    dataset = metadata["dataset"]
+    timing = _Timing(measure_latency, repeats, rounds, threads)
+    _export(result, model, dataset, (target, summary_path), data_dir or recorded_data_dir(dataset), reference, timing)
+    return result
+
+
+@dataclass(frozen=True)
+class _Timing:
+    measure: bool
+    repeats: int | None
+    rounds: int | None
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The model a speed-up is measured against."""
+
+    id: str
+    model: VGG
+    dataset: dict[str, Any]
+
+
+def _check_options(fmt: str, repeats: int | None, rounds: int | None, threads: int | None) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if repeats is not None and repeats < 1:
@@ -151,51 +280,52 @@ def export_node(
         raise ConfigError(f"--rounds {rounds}: expected a positive number of interleaved rounds")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads}: expected at least 1 thread")
-    run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
-    _find_node(run, run.load(), node_id)  # before its id makes a path; found again under the lock
-    target, summary_path = _output_paths(Path(out) if out is not None else None, run.path / EXPORT_DIR / node_id, fmt)
+
+
+def _planned_files(out: Path | None, default_dir: Path, fmt: str, protected: dict[Path, str]) -> tuple[Path, Path]:
+    """The exported file and its summary, checked before any work (a late failure would leave the model
+    written alone); `protected`: paths (files, or directories and all below) an export must not replace,
+    with what they are."""
+    target, summary_path = _output_paths(Path(out) if out is not None else None, default_dir, fmt)
     asked = f"--out {out}: " if out is not None else ""
-    for path in (target, summary_path):  # before any work: a late failure would leave the model written alone
+    for path in (target, summary_path):
         if why := _cannot_write(path):
             raise ConfigError(f"{asked}cannot write {path}: {why}")
-        if path.resolve().is_relative_to((run.path / NODES_DIR).resolve()):
-            # it would replace a node's own files, whose checksums the campaign and later exports trust
-            raise ConfigError(f"{asked}{path} is inside {run.path / NODES_DIR}, the run's own nodes; write elsewhere")
-    with run.locked("ikd export"):
-        lineage = run.load()
-        node = _find_node(run, lineage, node_id)
-        model, metadata = _load_node(run, node)
-        dataset = metadata["dataset"]
-        result = ExportResult(node=node, format=fmt, files=[])
-        if (note := not_the_answer(lineage, node)) is not None:  # exported as asked, but said
-            result.notes.append(note)
-        # onnxruntime's latency needs the graph even when only safetensors are written
-        graph = (
-            onnx_graph(model, dataset, _usage_metadata(node, model, dataset, onnx=True))
-            if fmt == "onnx" or measure_latency
-            else b""
-        )
-        if fmt == "onnx":
-            # a lineage keeps no data.dir (where the data lies is not what it computed)
-            found = data_dir or recorded_data_dir(dataset)
-            result.verification = verify_onnx(graph, model, dataset, found)
-            exported = graph
-        else:
-            usage = _usage_metadata(node, model, dataset, onnx=False) | {"format": "pt"}
-            exported = safetensors_bytes(cpu_state_dict(model), metadata=usage)
-        measured = (
-            _measure_node_and_teacher(run, lineage, result, model, dataset, graph, repeats, rounds, threads)
-            if measure_latency
-            else {}
-        )
-        # written once everything is checked and timed: a failure or Ctrl-C before leaves no file that
-        # disagrees with its export.json, nor a latency in the lineage for weights that were not exported
-        atomic_write_bytes(target, exported)
-        result.files.append(target)
-        atomic_write_json(summary_path, _summary_document(summary_path, result))
-        result.files.append(summary_path)
-        record_latency(run, measured)
-    return result
+        for kept, what in protected.items():  # files whose checksums or contents ikd trusts later
+            if path.resolve() == kept.resolve():
+                raise ConfigError(f"{asked}{path} is {what}; write elsewhere")
+            if path.resolve().is_relative_to(kept.resolve()):
+                raise ConfigError(f"{asked}{path} is inside {kept}, {what}; write elsewhere")
+    return target, summary_path
+
+
+def _export(
+    result: ExportResult,
+    model: VGG,
+    dataset: dict[str, Any],
+    files: tuple[Path, Path],
+    data_dir: str | Path | None,
+    reference: _Reference | None,
+    timing: _Timing,
+) -> dict[str, list[Latency]]:
+    """Build, check and time the export, then write `files` (the export, its summary); returns the latencies."""
+    target, summary_path = files
+    usage = _usage_metadata(result.subject, model, dataset, onnx=result.format == "onnx")
+    # onnxruntime's latency needs the graph even when only safetensors are written
+    graph = onnx_graph(model, dataset, usage) if result.format == "onnx" or timing.measure else b""
+    if result.format == "onnx":
+        result.verification = verify_onnx(graph, model, dataset, data_dir)
+        exported = graph
+    else:
+        exported = safetensors_bytes(cpu_state_dict(model), metadata=usage | {"format": "pt"})
+    measured = _measure(result, model, dataset, graph, reference, timing) if timing.measure else {}
+    # written once everything is checked and timed: a failure or Ctrl-C before leaves no file that
+    # disagrees with its export.json, nor a latency in the lineage for weights that were not exported
+    atomic_write_bytes(target, exported)
+    result.files.append(target)
+    atomic_write_json(summary_path, _summary_document(summary_path, result))
+    result.files.append(summary_path)
+    return measured
 
 
 def _output_paths(out: Path | None, default_dir: Path, fmt: str) -> tuple[Path, Path]:
@@ -260,7 +390,7 @@ def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
     return model.eval(), metadata
 
 
-def _usage_metadata(node: NodeRecord, model: VGG, dataset: dict[str, Any], *, onnx: bool) -> dict[str, str]:
+def _usage_metadata(subject: Exported, model: VGG, dataset: dict[str, Any], *, onnx: bool) -> dict[str, str]:
     """String key/values for the file itself: everything needed to feed the model and read its output."""
     spec = model.spec
     expects = (
@@ -269,7 +399,7 @@ def _usage_metadata(node: NodeRecord, model: VGG, dataset: dict[str, Any], *, on
         else "float32 NCHW images normalised per channel: (pixel / 255 - ikd.mean) / ikd.std"
     )
     return {
-        "ikd.node": node.id,
+        f"ikd.{subject.kind}": subject.id,
         "ikd.version": __version__,
         "ikd.dataset": str(dataset.get("name")),
         "ikd.arch": json.dumps(spec.to_json_dict()),
@@ -355,46 +485,82 @@ def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str
     return Verification(images=n, top1_agree=agree, max_abs_logit_diff=max_diff)
 
 
-def _measure_node_and_teacher(
-    run: RunDir,
-    lineage: Lineage,
+def _root_reference(run: RunDir, lineage: Lineage, node: NodeRecord, notes: list[str]) -> _Reference | None:
+    """A node's speed-up is against the campaign's root teacher (None, with a note, where there is none to time)."""
+    root = next((n for n in lineage.nodes if n.status == Status.TEACHER), None)
+    if root is None:
+        notes.append("the lineage has no root teacher: no speed-up to report")
+        return None
+    if root.id == node.id:  # the root exported: nothing to compare
+        return None
+    if root.kind is NodeKind.EXTERNAL:
+        notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
+        return None
+    try:
+        teacher, teacher_meta = _load_node(run, root)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)"
+        ) from None
+    return _Reference(root.id, teacher, teacher_meta["dataset"])
+
+
+def _recorded_teacher(model_dir: Path, metadata: dict[str, Any], notes: list[str]) -> _Reference | None:
+    """A distilled model's speed-up is against the teacher its model.json names, where that is still the
+    model recorded (same size); else None, with a note."""
+    recorded = metadata.get("teacher")
+    if not isinstance(recorded, dict) or not recorded.get("dir"):
+        notes.append(f"{model_dir / META_FILE} records no teacher (trained, not distilled): no speed-up to report")
+        return None
+    directory = Path(recorded["dir"])
+    if not (directory / META_FILE).is_file():
+        notes.append(
+            f"its teacher {directory} (as recorded in {model_dir / META_FILE}, relative to where `ikd distill` ran) "
+            "is not there: no speed-up to report"
+        )
+        return None
+    try:
+        teacher, teacher_meta = load_model(directory)
+    except CheckpointError as err:
+        raise CheckpointError(f"its teacher, the reference of the speed-up: {err} (--no-latency skips it)") from None
+    if recorded.get("params") not in (None, teacher.spec.num_params()):
+        notes.append(
+            f"{directory} now holds a {teacher.spec.num_params():,}-parameter model, not the "
+            f"{recorded['params']:,}-parameter teacher recorded: no speed-up to report"
+        )
+        return None
+    name = str(directory) if str(directory) != str(model_dir) else f"{directory} (teacher)"
+    return _Reference(name, teacher.eval(), teacher_meta["dataset"])
+
+
+def _measure(
     result: ExportResult,
     model: VGG,
     dataset: dict[str, Any],
     graph: bytes,
-    repeats: int | None,
-    rounds: int | None,
-    threads: int | None,
+    reference: _Reference | None,
+    timing: _Timing,
 ) -> dict[str, list[Latency]]:
-    """Time the node and the root teacher together, interleaved (ikd.latency): a speed-up is only
-    trusted when both sides were measured in the same moments, so the root's earlier numbers are never
-    reused. Returns what to record in the lineage (record_latency)."""
-    node = result.node
-    timed: dict[str, Timed] = {node.id: (model, dataset, graph)}
-    root = next((n for n in lineage.nodes if n.status == Status.TEACHER), None)
-    if root is None:
-        result.notes.append("the lineage has no root teacher: no speed-up to report")
-    elif root.kind is NodeKind.EXTERNAL and root.id != node.id:
-        result.notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
-    elif root.id != node.id:
-        try:
-            teacher, teacher_meta = _load_node(run, root)
-        except CheckpointError as err:
-            raise CheckpointError(
-                f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)"
-            ) from None
-        timed[root.id] = (teacher, teacher_meta["dataset"], onnx_graph(teacher, teacher_meta["dataset"], {}))
+    """Time the model and its reference together, interleaved (ikd.latency): a speed-up is only trusted
+    when both sides were measured in the same moments, so the reference's earlier numbers are never
+    reused. Returns the latencies by id (a node's are recorded in the lineage: record_latency)."""
+    own = result.subject.id
+    timed: dict[str, Timed] = {own: (model, dataset, graph)}
+    if reference is not None:
+        timed[reference.id] = (
+            reference.model,
+            reference.dataset,
+            onnx_graph(reference.model, reference.dataset, {}),
+        )
     for name, (timed_model, timed_dataset, timed_graph) in timed.items():
-        if name != node.id or result.verification is None:  # the node's ONNX export was checked on real images
+        if name != own or result.verification is None:  # an ONNX export was checked on real images
             check_timed_graph(name, timed_model, timed_dataset, timed_graph)
-    measured = measure_latencies(timed, repeats, rounds, threads=threads or LATENCY_THREADS)
-    if root is not None and root.id in measured and root.id != node.id:  # the root exported: nothing to compare
-        beside = {(m.runtime, m.batch): m.median_ms for m in measured[root.id]}
-        measured[node.id] = [
-            m.model_copy(update={"teacher_ms": beside.get((m.runtime, m.batch))}) for m in measured[node.id]
-        ]
-        result.teacher_id, result.teacher_latency = root.id, measured[root.id]
-    result.latency = measured[node.id]
+    measured = measure_latencies(timed, timing.repeats, timing.rounds, threads=timing.threads or LATENCY_THREADS)
+    if reference is not None:
+        beside = {(m.runtime, m.batch): m.median_ms for m in measured[reference.id]}
+        measured[own] = [m.model_copy(update={"teacher_ms": beside.get((m.runtime, m.batch))}) for m in measured[own]]
+        result.teacher_id, result.teacher_latency = reference.id, measured[reference.id]
+    result.latency = measured[own]
     return measured
 
 
@@ -423,7 +589,8 @@ def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:
         previous = json.loads(path.read_text())
     except (OSError, ValueError):
         previous = {}
-    same_weights = isinstance(previous, dict) and previous.get("sha256") == result.node.sha256
+    subject = result.subject
+    same_weights = isinstance(previous, dict) and previous.get("sha256") == subject.sha256
     formats = previous.get("formats", {}) if same_weights else {}
     formats[result.format] = {
         "files": [p.name for p in result.files],
@@ -439,8 +606,8 @@ def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:
             "speedup": result.speedups(),
         }
     return {
-        "node": result.node.id,
-        "sha256": result.node.sha256,
+        subject.kind: subject.id,
+        "sha256": subject.sha256,
         "ikd_version": __version__,
         "formats": formats,
         "latency": latency,
