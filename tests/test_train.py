@@ -13,7 +13,7 @@ from ikd.data import ImageSet, load_dataset
 from ikd.errors import CheckpointError, ConfigError
 from ikd.model import build_model
 from ikd.runtime import resolve_precision
-from ikd.train import TrainConfig, TrainResult, evaluate, predict, train_model
+from ikd.train import TrainConfig, TrainResult, cross_entropy_objective, evaluate, predict, train_model
 
 
 @pytest.fixture(scope="module")
@@ -396,3 +396,12 @@ def test_flipped_views_average_the_logits_of_each_image_and_its_mirror():
     assert shifted_loss == pytest.approx(expected) and abs(shifted_loss - loss_sum) > 1.0
     with pytest.raises(ConfigError, match="views='rotate'"):
         predict(model, images, views="rotate", **kwargs)  # type: ignore[arg-type]
+
+
+def test_label_smoothing_beside_an_objective_of_its_own_is_refused_not_recorded_unused(digits):
+    # a distillation objective has its own, unsmoothed CE term: the setting would be recorded and never used
+    model = build_model(small_spec(digits), seed=0)
+    config = TrainConfig(epochs=1, batch_size=64, label_smoothing=0.1, precision="fp32", device="cpu")
+    with pytest.raises(ConfigError, match=r"label_smoothing 0\.1: smooths the plain cross-entropy only.*expected 0"):
+        train_model(model, digits, config, objective=cross_entropy_objective(), progress=False)
+    train_model(model, digits, config, progress=False)  # without an objective it smooths, as asked

@@ -471,6 +471,12 @@ def train_models(
         raise ConfigError("data-parallel training (torchrun) is for one model with cross-entropy: `ikd train`")
     if deadline is not None and state_dir is None:
         raise ConfigError("a time limit needs a directory for the training state, to resume from")
+    if config.label_smoothing and all(o is not None for o in objectives):
+        # it would be recorded as the recipe, yet used by no model (a group's others train with it)
+        raise ConfigError(
+            f"label_smoothing {config.label_smoothing}: smooths the plain cross-entropy only, and this training "
+            "has an objective of its own (a distillation loss keeps its CE term unsmoothed); expected 0"
+        )
     if ranks and config.batch_size < ranks.world_size:
         raise ConfigError(
             f"--batch-size {config.batch_size}: smaller than the {ranks.world_size} torchrun "
