@@ -10,6 +10,8 @@ import sys
 import pytest
 from conftest import SMALL_ARCH
 
+from ikd.arch import preset_for
+
 
 def ikd(*args, env_extra=None, cwd=None):
     env = {**os.environ, "IKD_DATA_DIR": os.environ.get("IKD_TEST_EMPTY_ROOT", "/nonexistent-ikd-root")}
@@ -128,6 +130,89 @@ def test_distill_from_mirrored_views_of_a_teacher_trained_on_mirror_images(train
     assert result.returncode == 0, result.stderr
     student = json.loads((out / "model.json").read_text())
     assert student["loss"]["teacher_views"] == "flip" and student["training"]["augment_used"] == "crop-flip"
+
+
+def another_teacher(trained, directory, **dataset):
+    """The trained model's files in another directory, as a second teacher (its dataset record updated by `dataset`)."""
+    directory.mkdir()
+    meta = json.loads((trained / "model.json").read_text())
+    meta["dataset"] |= dataset
+    (directory / "model.json").write_text(json.dumps(meta))
+    (directory / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    return directory
+
+
+def test_distill_from_several_teachers_records_them_and_how_they_combine(trained, tmp_path):
+    second = another_teacher(trained, tmp_path / "second")
+    out = tmp_path / "student"
+    result = ikd(
+        *("distill", trained, second, "--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", out),
+        *("--aggregate", "mean-probs", "--weighting", "val-accuracy", "--hints", "each", "--precision", "fp32"),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fewer params than the first teacher" in result.stdout
+    meta = json.loads((out / "model.json").read_text())
+    val = json.loads((trained / "model.json").read_text())["metrics"]["best"]["val_accuracy"]
+    assert "teacher" not in meta and [t["dir"] for t in meta["teachers"]] == [str(trained), str(second)]
+    assert meta["ensemble"] == {
+        "aggregate": "mean-probs",
+        "weighting": "val-accuracy",
+        "drop": 0.0,
+        "hints": "each",
+        "teacher_weights": [val, val],
+    }
+
+
+def test_several_teachers_make_one_objective_with_every_teacher_in_its_job(trained, tmp_path):
+    from ikd.cli import _Teaching, build_parser
+    from ikd.model import build_model
+
+    second = another_teacher(trained, tmp_path / "second")
+    flags = ["--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", str(tmp_path / "s"), "--teacher-drop", "0.25"]
+    args = build_parser().parse_args(["distill", str(trained), str(second), *flags, "--hints", "each"])
+    teaching = _Teaching.load([trained, second], args)
+    data, _, _ = teaching.data(None)
+    student = build_model(preset_for("8x1-16x1-16x2", data))
+    job = teaching.objective(student, seed=0, steps_per_epoch=10).job_description()
+    assert job["drop"] == 0.25 and job["aggregate"] == "mean-kd" and len(job["teacher_digests"]) == 2
+    assert [weight for weight, *_ in job["teachers"]] == [1.0, 1.0]  # uniform
+    assert all(hint_block is not None for _, hint_block, _ in job["teachers"])  # each teacher gives a hint
+    parent_only = _Teaching.load(
+        [trained, second], build_parser().parse_args(["distill", str(trained), str(second), *flags])
+    )
+    hints = [
+        hint for _, hint, _ in parent_only.objective(student, seed=0, steps_per_epoch=10).job_description()["teachers"]
+    ]
+    assert hints[0] is not None and hints[1] is None
+
+
+@pytest.mark.parametrize(
+    ("several", "flags", "words"),
+    [
+        (False, ("--aggregate", "mean-probs"), ("--aggregate: combines several teachers", "got one")),
+        (False, ("--teacher-drop", "0.5"), ("--teacher-drop: combines several teachers",)),
+        (True, ("--teacher-drop", "1.5"), ("--teacher-drop 1.5", "less than 1")),
+        ("twice", (), ("named twice",)),
+        ("other-split", (), ("trained on dataset/val_fraction/split_seed/image_size", "would include some")),
+    ],
+)
+def test_distill_refuses_teachers_that_cannot_teach_together_in_one_line(
+    trained, tmp_path, capsys, several, flags, words
+):
+    from ikd.cli import main
+
+    teachers = {
+        False: lambda: [trained],
+        True: lambda: [trained, another_teacher(trained, tmp_path / "second")],
+        "twice": lambda: [trained, trained],
+        "other-split": lambda: [trained, another_teacher(trained, tmp_path / "second", split_seed=1)],
+    }[several]()
+    out = tmp_path / "student"
+    assert main(["distill", *map(str, teachers), "--arch", "8x1", "--epochs", "1", "--out", str(out), *flags]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert all(word in line for word in words) and "Traceback" not in line, line
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_eval_json_reports_accuracy_and_count(trained):

@@ -616,3 +616,12 @@ def test_model_directory_mistakes_exit_2_with_one_line(student, run_dir, tmp_pat
     assert {p: p.read_bytes() for p in student.iterdir()} == before and not (run_dir / "export").exists()
     if where == "node":
         assert f"--node {NODE} --format safetensors" in err
+
+
+def test_a_model_of_several_teachers_is_timed_beside_the_first_and_says_so(student, tiny_teacher):
+    meta = json.loads((student / "model.json").read_text())
+    meta["teachers"] = [meta.pop("teacher"), {"dir": str(student), "params": 1}]
+    (student / "model.json").write_text(json.dumps(meta))
+    result = export_model_dir(student, "safetensors", repeats=1, rounds=2)
+    assert result.teacher_id == str(tiny_teacher) and "its first teacher" in result.subject.headline
+    assert result.notes == [f"distilled from 2 teachers: timed beside the first, {tiny_teacher}"]

@@ -44,14 +44,22 @@ from ikd.checkpoint import (
     trained_augmentation,
 )
 from ikd.compare import compare_predictions
-from ikd.config import Flag, TeacherConfig, command_line_flags, load_config, parse_duration, plain_type
+from ikd.config import (
+    EnsembleConfig,
+    Flag,
+    TeacherConfig,
+    command_line_flags,
+    load_config,
+    parse_duration,
+    plain_type,
+)
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.external import module_digest
 from ikd.fit import save_trained
 from ikd.model import VGG, build_model
-from ikd.objective import LossWeights, build_objective
+from ikd.objective import DistillationObjective, LossWeights, build_objective
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
     SCHEDULES,
@@ -73,7 +81,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 1  # what Python itself exits with on EPIPE
 
 
-T = TypeVar("T", TrainConfig, LossWeights)
+T = TypeVar("T", TrainConfig, LossWeights, EnsembleConfig)
 
 
 class Terminated(KeyboardInterrupt):
@@ -92,15 +100,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"ikd: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _validated(model: type[T], **values) -> T:
-    """A settings model built from command-line values; a bad value is named by its flag."""
+def _validated(model: type[T], flags: dict[str, str] | None = None, **values) -> T:
+    """A settings model built from command-line values; a bad value is named by its flag (`flags`: key -> flag,
+    where it is not the key's own name)."""
     try:
         return model(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a rule across values (no flag of its own): pydantic's message names them
             raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
-        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        key = str(first["loc"][0])
+        flag = (flags or {}).get(key) or "--" + key.replace("_", "-")
         raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
 
 
@@ -109,17 +119,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    return _train(args, teacher_dir=Path(args.teacher))
+    return _train(args, teacher_dirs=[Path(d) for d in args.teachers])
 
 
 @dataclass
 class _Teacher:
-    """`ikd distill`'s teacher: its directory, the model, its model.json and the loss it teaches with."""
+    """One of `ikd distill`'s teachers: its directory, the model and its model.json."""
 
     directory: Path
     model: VGG
     metadata: dict[str, Any]
-    loss: LossWeights
 
     @functools.cached_property
     def digest(self) -> str:
@@ -132,45 +141,124 @@ class _Teacher:
         augment = trained_augmentation(metadata)
         if why := unfitting_views(args.teacher_views, augment, str(directory), "--teacher-views"):
             raise ConfigError(why)
-        loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
         model, _ = load_model(directory, map_location=resolve_device(args.device))
-        return cls(directory, model, metadata, loss)
+        return cls(directory, model, metadata)
+
+    def split(self) -> tuple[Any, ...]:
+        """(dataset, val_fraction, split_seed, image_size): which images it trained on and was validated on."""
+        record = self.metadata.get("dataset", {})
+        return (record.get("name"), *recorded_split(record))
+
+    def val_accuracy(self) -> float | None:
+        return self.metadata.get("metrics", {}).get("best", {}).get("val_accuracy")
+
+    def record(self) -> dict[str, Any]:
+        """What the student's model.json keeps of it."""
+        return {
+            "dir": str(self.directory),
+            "arch": self.metadata.get("size", {}).get("summary"),
+            "params": self.metadata.get("size", {}).get("params"),
+            "val_accuracy": self.val_accuracy(),
+            "test_accuracy": self.metadata.get("metrics", {}).get("test_of_saved_weights", {}).get("accuracy"),
+        }
+
+
+@dataclass
+class _Teaching:
+    """`ikd distill`'s teachers (the first gives the data, the split and, by default, the hint) and the loss
+    they teach with; several teachers combine as a campaign's ensemble does (config.EnsembleConfig)."""
+
+    teachers: list[_Teacher]
+    loss: LossWeights
+    ensemble: EnsembleConfig
+
+    @classmethod
+    def load(cls, directories: list[Path], args: argparse.Namespace) -> _Teaching:
+        loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
+        ensemble = _validated(
+            EnsembleConfig,
+            {key: flag for flag, key in ENSEMBLE_FLAGS.items()},
+            **{key: getattr(args, flag.removeprefix("--").replace("-", "_")) for flag, key in ENSEMBLE_FLAGS.items()},
+        )
+        if len(directories) == 1 and (
+            given := [
+                flag for flag, key in ENSEMBLE_FLAGS.items() if getattr(ensemble, key) != getattr(EnsembleConfig(), key)
+            ]
+        ):
+            raise ConfigError(f"{given[0]}: combines several teachers; expected two or more TEACHER_DIRs, got one")
+        named = [d.resolve() for d in directories]
+        if len(set(named)) < len(named):
+            twice = next(d for d, r in zip(directories, named, strict=True) if named.count(r) > 1)
+            raise ConfigError(f"teacher {twice}: named twice; expected each TEACHER_DIR once")
+        return cls([_Teacher.load(d, args) for d in directories], loss, ensemble)
 
     def data(self, data_dir: str | None) -> tuple[DataSplits, float, int]:
-        """The teacher's dataset with its validation split, and that split's (val_fraction, split_seed): images
-        the teacher trained on must not decide anything about the student."""
-        record = self.metadata.get("dataset", {})
+        """The first teacher's dataset with its validation split, and that split's (val_fraction, split_seed):
+        images a teacher trained on must not decide anything about the student, so every teacher must have
+        trained on this split."""
+        first = self.teachers[0]
+        record = first.metadata.get("dataset", {})
         if not record.get("name"):
-            raise ConfigError(f"{self.directory / META_FILE}: names no dataset; expected a model trained by ikd")
-        val_fraction, split_seed, image_size = recorded_split(record)
+            raise ConfigError(f"{first.directory / META_FILE}: names no dataset; expected a model trained by ikd")
+        name, val_fraction, split_seed, image_size = first.split()
         data = load_dataset(
-            record["name"],
+            name,
             data_dir or recorded_data_dir(record),
             val_fraction=val_fraction,
             split_seed=split_seed,
             image_size=image_size,
         )
-        if why := misfit(self.model.spec, record, data) or other_images(record, data):
-            raise ConfigError(f"teacher {self.directory}: {why}")
+        for teacher in self.teachers:
+            if teacher.split() != first.split():
+                raise ConfigError(
+                    f"teacher {teacher.directory}: trained on dataset/val_fraction/split_seed/image_size "
+                    f"{teacher.split()}, teacher {first.directory} on {first.split()}; the student's validation images "
+                    "would include some a teacher trained on"
+                )
+            teacher_record = teacher.metadata.get("dataset", {})
+            if why := misfit(teacher.model.spec, teacher_record, data) or other_images(teacher_record, data):
+                raise ConfigError(f"teacher {teacher.directory}: {why}")
         return data, val_fraction, split_seed
 
+    def weights(self) -> list[float]:
+        """Each teacher's weight in the mean (normalised by the objective)."""
+        if self.ensemble.weighting == "uniform":
+            return [1.0] * len(self.teachers)
+        return [t.val_accuracy() or 0.0 for t in self.teachers]
+
+    def objective(self, student: VGG, *, seed: int, steps_per_epoch: int) -> DistillationObjective:
+        return build_objective(
+            student,
+            [t.model for t in self.teachers],
+            self.loss,
+            teacher_weights=self.weights(),
+            hints=self.ensemble.hints,
+            aggregate=self.ensemble.aggregate,
+            drop=self.ensemble.drop,
+            seed=seed,
+            steps_per_epoch=steps_per_epoch,
+            teacher_digests=[t.digest for t in self.teachers],
+        )
+
     def record(self) -> dict[str, Any]:
-        """What the student's model.json keeps of its teacher and loss."""
-        metrics = self.metadata.get("metrics", {})
+        """What the student's model.json keeps of its teachers and loss: `teacher` for one, `teachers` and
+        `ensemble` for several."""
+        if len(self.teachers) == 1:
+            return {"teacher": self.teachers[0].record(), "loss": self.loss.model_dump()}
         return {
-            "teacher": {
-                "dir": str(self.directory),
-                "arch": self.metadata.get("size", {}).get("summary"),
-                "params": self.metadata.get("size", {}).get("params"),
-                "val_accuracy": metrics.get("best", {}).get("val_accuracy"),
-                "test_accuracy": metrics.get("test_of_saved_weights", {}).get("accuracy"),
-            },
+            "teachers": [t.record() for t in self.teachers],
             "loss": self.loss.model_dump(),
+            "ensemble": self.ensemble.model_dump(include=set(ENSEMBLE_FLAGS.values()))
+            | {"teacher_weights": self.weights()},
         }
 
 
-def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
-    """`ikd train`, and `ikd distill` when `teacher_dir` names the teacher."""
+# `ikd distill`'s flags for combining several teachers, and their config.EnsembleConfig keys
+ENSEMBLE_FLAGS = {"--aggregate": "aggregate", "--weighting": "weighting", "--teacher-drop": "drop", "--hints": "hints"}
+
+
+def _train(args: argparse.Namespace, teacher_dirs: list[Path] | None = None) -> int:
+    """`ikd train`, and `ikd distill` when `teacher_dirs` names the teachers."""
     started = time.monotonic()  # the time limit counts data loading too
     out = Path(args.out)
     if not args.out.strip():  # an unset shell variable: Path('') would be the current directory
@@ -197,9 +285,9 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
     )
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
-        teacher = _Teacher.load(teacher_dir, args) if teacher_dir is not None else None
-        if teacher is not None:
-            data, val_fraction, split_seed = teacher.data(args.data_dir)
+        teaching = _Teaching.load(teacher_dirs, args) if teacher_dirs else None
+        if teaching is not None:
+            data, val_fraction, split_seed = teaching.data(args.data_dir)
         else:
             val_fraction, split_seed = args.val_fraction, args.split_seed
             data = load_dataset(
@@ -212,7 +300,7 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
         spec = preset_for(args.arch, data)
         model = build_model(spec, seed=args.seed)
         if group is None or group.is_main:
-            taught = f", taught by {teacher_dir}" if teacher_dir is not None else ""
+            taught = f", taught by {', '.join(map(str, teacher_dirs))}" if teacher_dirs else ""
             print(
                 f"ikd {args.command}: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
                 f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test){taught}"
@@ -230,14 +318,9 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
 
         def train(model: VGG) -> TrainResult:
             objective = None
-            if teacher is not None:
-                objective = build_objective(
-                    model,
-                    teacher.model,
-                    teacher.loss,
-                    seed=args.seed,
-                    steps_per_epoch=steps_per_epoch(len(data.train), config),
-                    teacher_digests=[teacher.digest],
+            if teaching is not None:
+                objective = teaching.objective(
+                    model, seed=args.seed, steps_per_epoch=steps_per_epoch(len(data.train), config)
                 )
             return train_model(
                 model, data, config, objective=objective, progress=not args.quiet, description=args.arch,
@@ -275,8 +358,8 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
         return 0
     # the command that made it, as typed (the last session's: a resumed run is rerun alike)
     extra: dict[str, Any] = {"command": shlex.join(["ikd", *getattr(args, "argv", [])])}
-    if teacher is not None:
-        extra |= teacher.record()
+    if teaching is not None:
+        extra |= teaching.record()
     if group:
         extra["distributed"] = {
             "world_size": group.world_size,
@@ -295,13 +378,10 @@ def _train(args: argparse.Namespace, teacher_dir: Path | None = None) -> int:
     )
     remove_state(state_dir)  # the model is saved: its training state is no longer needed
     smaller = ""
-    if teacher is not None and (teacher_params := extra["teacher"]["params"]):
+    if teaching is not None and (teacher_params := teaching.teachers[0].record()["params"]):
+        which = "the teacher" if len(teaching.teachers) == 1 else "the first teacher"
         ratio = teacher_params / spec.num_params()
-        smaller = (
-            f", {ratio:.1f}x fewer params than the teacher"
-            if ratio >= 1
-            else f", {1 / ratio:.1f}x the teacher's params"
-        )
+        smaller = f", {ratio:.1f}x fewer params than {which}" if ratio >= 1 else f", {1 / ratio:.1f}x {which}'s params"
     print(
         f"best val acc {result.best_val_accuracy:.4f} (epoch {result.best_epoch}), "
         f"last {result.last_val_accuracy:.4f}, test acc {test['accuracy']:.4f}, {result.seconds:.0f} s{smaller} "
@@ -323,7 +403,7 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -
         if distill
         else "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)",
         "models": "--arch",
-        "objectives": "--arch, a loss flag or the teacher's weights" if distill else "--arch",
+        "objectives": "--arch, a loss or ensemble flag, or the teachers' weights" if distill else "--arch",
         "world_size": "the number of torchrun processes",
     }
     flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
@@ -744,8 +824,16 @@ def build_parser() -> argparse.ArgumentParser:
     run_flags(train)
     train.set_defaults(func=cmd_train)
 
-    di = command("distill", "train a student of the architecture you choose from a trained teacher, in one step")
-    di.add_argument("teacher", metavar="TEACHER_DIR", help="a model directory written by `ikd train` or `ikd distill`")
+    di = command(
+        "distill", "train a student of the architecture you choose from a trained teacher (or several), in one step"
+    )
+    di.add_argument(
+        "teachers",
+        nargs="+",
+        metavar="TEACHER_DIR",
+        help="model directories written by `ikd train` or `ikd distill`, trained on the same split; the first "
+        "gives the data and the hint",
+    )
     di.add_argument("--arch", required=True, type=arch_argument, metavar="ARCH", help=ARCH_HELP)
     di.add_argument(
         "--data-dir",
@@ -768,6 +856,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=VIEWS,
         help=loss["teacher_views"].description,
     )
+    ensemble = EnsembleConfig.model_fields
+    for option, key in ENSEMBLE_FLAGS.items():  # several teachers only
+        field = ensemble[key]
+        kind = {"type": float} if key == "drop" else {"choices": get_args(field.annotation)}
+        di.add_argument(option, default=field.default, help=f"several teachers: {field.description}", **kind)
     run_flags(di)
     di.set_defaults(func=cmd_distill)
 

@@ -107,8 +107,10 @@ class Exported:
     @classmethod
     def of_model_dir(cls, directory: Path, model: VGG, metadata: dict[str, Any]) -> Exported:
         params = model.spec.num_params()
-        teacher_params = (metadata.get("teacher") or {}).get("params")
-        fewer = f", {teacher_params / params:.1f}x fewer than its teacher" if teacher_params else ""
+        several = metadata.get("teachers") or [{}]
+        teacher_params = (metadata.get("teacher") or several[0]).get("params")
+        which = "its teacher" if "teacher" in metadata else "its first teacher"
+        fewer = f", {teacher_params / params:.1f}x fewer than {which}" if teacher_params else ""
         return cls(
             "model", str(directory), f"{directory} ({params:,} params{fewer})", file_sha256(directory / WEIGHTS_FILE)
         )
@@ -508,7 +510,10 @@ def _root_reference(run: RunDir, lineage: Lineage, node: NodeRecord, notes: list
 def _recorded_teacher(model_dir: Path, metadata: dict[str, Any], notes: list[str]) -> _Reference | None:
     """A distilled model's speed-up is against the teacher its model.json names, where that is still the
     model recorded (same size); else None, with a note."""
-    recorded = metadata.get("teacher")
+    recorded, several = metadata.get("teacher"), metadata.get("teachers")
+    if isinstance(several, list) and several and isinstance(several[0], dict):
+        recorded = several[0]
+        notes.append(f"distilled from {len(several)} teachers: timed beside the first, {recorded.get('dir')}")
     if not isinstance(recorded, dict) or not recorded.get("dir"):
         notes.append(f"{model_dir / META_FILE} records no teacher (trained, not distilled): no speed-up to report")
         return None
