@@ -1,7 +1,8 @@
 """Screen training-recipe changes on a small proxy network: variants x seeds of `ikd train`, one table.
 
-With `--teacher MODEL_DIR` every run is `ikd distill MODEL_DIR` instead: a screen of distillation settings
-(`--teacher-views flip`, `--kd dkd`, ...) for one teacher and student architecture.
+With `--teacher MODEL_DIR [MODEL_DIR ...]` every run is `ikd distill MODEL_DIR ...` instead: a screen of
+distillation settings (`--teacher-views flip`, `--kd dkd`, `--aggregate mean-probs` ...) for one set of
+teachers and one student architecture.
 
 Each variant is `ikd train`'s defaults plus some flags; every variant trains the same architecture for the
 same epochs on the same seeded split, once per seed. The record gives, per run, the saved weights'
@@ -51,7 +52,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def train_command(args: argparse.Namespace, flags: list[str], seed: int, out: Path) -> list[str]:
     # with a teacher every run is distilled from it, on its dataset and split
-    command = ["ikd", "distill", args.teacher] if args.teacher else ["ikd", "train", "--dataset", args.dataset]
+    command = ["ikd", "distill", *args.teacher] if args.teacher else ["ikd", "train", "--dataset", args.dataset]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     command += ["--arch", args.arch, "--epochs", str(args.epochs)]
@@ -119,8 +120,10 @@ def main() -> int:
     parser.add_argument("--arch", default="16x2-32x2-64x3-128x3-128x3", help="the proxy network")
     parser.add_argument(
         "--teacher",
+        nargs="+",
         metavar="MODEL_DIR",
-        help="distil every run from this model (`ikd distill`, its dataset; variants then add its flags)",
+        help="distil every run from this model, or these (`ikd distill`, the first's dataset; variants then add "
+        "its flags)",
     )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -164,7 +167,7 @@ def main() -> int:
     data: dict[tuple, DataSplits] = {}  # loaded once per split of the data
     rows = {(name, seed): measure(run, args.data_dir, data) for name, _, seed, run in jobs}
     dataset = next(iter(data))[0]  # the one the runs recorded (the teacher's, with --teacher)
-    taught = f", distilled from `{args.teacher}`" if args.teacher else ""
+    taught = f", distilled from {', '.join(f'`{t}`' for t in args.teacher)}" if args.teacher else ""
     lines = [
         f"Proxy: `{args.arch}` on {dataset}{taught}, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; "
         f"{len(pending)} of {len(jobs)} runs trained by this invocation, {args.parallel} side by side.",

@@ -9,7 +9,7 @@ from torch import nn
 
 from ikd.arch import LAYOUT_EXAMPLE, PRESETS, ArchSpec, check_arch, parse_layout, pooled_size, preset
 from ikd.errors import ConfigError
-from ikd.model import build_model
+from ikd.model import Ensemble, build_model
 
 INPUTS = [(3, 32), (1, 28), (1, 8)]
 
@@ -194,3 +194,14 @@ def test_a_name_that_is_no_preset_is_told_the_presets_without_a_parser_detail(na
 def test_a_layout_is_kept_written_one_way_so_a_resumed_run_sees_the_same_architecture():
     assert check_arch(" 016x2-32/32 \n") == check_arch("16x2-32x2") == "16x2-32x2"
     assert check_arch("8/8 | head 064") == "8x2 | head 64"
+
+
+def test_an_ensemble_scores_the_log_of_its_members_mean_probabilities():
+    spec = ArchSpec(in_channels=1, image_size=8, num_classes=3, blocks=[[4], [4]])
+    members = [build_model(spec, seed=seed).eval() for seed in (0, 1)]
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        by_hand = ((members[0](x).softmax(1) + members[1](x).softmax(1)) / 2).log()
+        got = Ensemble(members)(x)
+    assert torch.allclose(got, by_hand, atol=1e-6)
+    assert torch.allclose(got.exp().sum(1), torch.ones(5))  # a distribution: cross-entropy reads it as logits

@@ -58,7 +58,7 @@ from ikd.data.paths import same_place
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.external import module_digest
 from ikd.fit import save_trained
-from ikd.model import VGG, build_model
+from ikd.model import VGG, Ensemble, build_model
 from ikd.objective import DistillationObjective, LossWeights, build_objective
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ikd.train import (
@@ -442,10 +442,38 @@ def _load_evaluated(
     return model, {"name": name, "split_key": split_key, **normalisation}, data
 
 
+def _load_ensemble(
+    model_dirs: list[str], args: argparse.Namespace
+) -> tuple[torch.nn.Module, dict[str, Any], DataSplits]:
+    """`_load_evaluated` for one model; for several, their Ensemble, each checked to be of the first's dataset,
+    split and normalisation (one batch of normalised images feeds them all)."""
+    model, record, data = _load_evaluated(model_dirs[0], args)
+    if len(model_dirs) == 1:
+        return model, record, data
+    places = [same_place(d) for d in model_dirs]
+    if twice := next((d for d, place in zip(model_dirs, places, strict=True) if places.count(place) > 1), None):
+        raise ConfigError(f"{twice}: named twice; expected each MODEL_DIR once in an ensemble")
+    members = [model]
+    for model_dir in model_dirs[1:]:
+        member, member_record, _ = _load_evaluated(model_dir, args, reuse=(record["split_key"], data))
+        for key, what in (
+            ("split_key", "dataset/val_fraction/split_seed/image_size"),
+            ("mean", "mean"),
+            ("std", "std"),
+        ):
+            if member_record[key] != record[key]:
+                raise ConfigError(
+                    f"{model_dir}: {what} {member_record[key]}, {model_dirs[0]} has {record[key]}; an ensemble's "
+                    "models must be of one dataset, split and normalisation"
+                )
+        members.append(member)
+    return Ensemble(members), record, data
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    model, record, data = _load_evaluated(args.model_dir, args)
+    model, record, data = _load_ensemble(args.model_dirs, args)
     split = {"train": data.train, "val": data.val, "test": data.test}[args.split]
 
     labels, loss_sum = predict(
@@ -453,7 +481,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     metrics = score(labels, loss_sum, split.labels)
     report: dict[str, Any] = {
-        "model_dir": str(args.model_dir),
+        "model_dir": args.model_dirs[0] if len(args.model_dirs) == 1 else args.model_dirs,
         "dataset": record["name"],
         "split": args.split,
         "tta": args.tta,
@@ -477,7 +505,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ):
             raise ConfigError(
                 f"--against {args.against}: its {args.split} split ({other_record['name']}, {len(other_split)} "
-                f"images from {other_data.source}) is not {args.model_dir}'s ({record['name']}, {len(split)} from "
+                f"images from {other_data.source}) is not {args.model_dirs[0]}'s ({record['name']}, {len(split)} from "
                 f"{data.source}): a paired comparison needs the same images (same dataset, files, val_fraction "
                 "and split_seed)"
             )
@@ -497,6 +525,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     views = f" with test-time views (--tta {args.tta})" if args.tta != "none" else ""
+    if len(args.model_dirs) > 1:
+        views += f", {len(args.model_dirs)} models' mean probabilities"
     print(
         f"{record['name']} {args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} images{views} "
         f"(loss {metrics['loss']:.4f})"
@@ -864,8 +894,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_flags(di)
     di.set_defaults(func=cmd_distill)
 
-    ev = command("eval", "accuracy of a trained model on a split")
-    ev.add_argument("model_dir")
+    ev = command("eval", "accuracy of a trained model (or an ensemble of several) on a split")
+    ev.add_argument(
+        "model_dirs",
+        nargs="+",
+        metavar="MODEL_DIR",
+        help="a model directory; several: their ensemble (the mean of their softmax probabilities)",
+    )
     data_flags(ev, required=False)
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--device", default="auto", choices=DEVICES)

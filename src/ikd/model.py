@@ -3,6 +3,8 @@ NormalizedModel puts one behind its own input normalisation (for exported graphs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -75,6 +77,19 @@ class VGG(nn.Module):
 def build_model(spec: ArchSpec, seed: int | None = None) -> VGG:
     """A freshly initialised network; the same spec and seed always give the same weights."""
     return VGG(spec, seed)
+
+
+class Ensemble(nn.Module):
+    """Several classifiers of the same classes as one: the log of the mean of their softmax probabilities,
+    which argmax and cross-entropy read as logits (each member's scale of logits counts alike)."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(member(x).float(), dim=1) for member in self.members]).mean(0)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()  # a probability that underflowed stays finite
 
 
 class NormalizedModel(nn.Module):
