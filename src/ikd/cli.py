@@ -890,7 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     for option, key in ENSEMBLE_FLAGS.items():  # several teachers only
         field = ensemble[key]
         kind = {"type": float} if key == "drop" else {"choices": get_args(field.annotation)}
-        di.add_argument(option, default=field.default, help=f"several teachers: {field.description}", **kind)
+        described = "the hint from the first teacher only (parent) or from every teacher, one regressor each (each)"
+        help_ = f"several teachers: {described if key == 'hints' else field.description}"  # a hint's parent: the first
+        di.add_argument(option, default=field.default, help=help_, **kind)
     run_flags(di)
     di.set_defaults(func=cmd_distill)
 
