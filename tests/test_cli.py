@@ -132,13 +132,19 @@ def test_distill_from_mirrored_views_of_a_teacher_trained_on_mirror_images(train
     assert student["loss"]["teacher_views"] == "flip" and student["training"]["augment_used"] == "crop-flip"
 
 
-def another_teacher(trained, directory, **dataset):
-    """The trained model's files in another directory, as a second teacher (its dataset record updated by `dataset`)."""
+def another_teacher(trained, directory, *, nudged=False, **dataset):
+    """The trained model's files in another directory, as a second teacher (its dataset record updated by `dataset`;
+    `nudged`: its floating-point weights moved a little, so it is another model)."""
+    from safetensors.torch import load_file, save_file
+
     directory.mkdir()
     meta = json.loads((trained / "model.json").read_text())
     meta["dataset"] |= dataset
     (directory / "model.json").write_text(json.dumps(meta))
-    (directory / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    state = load_file(trained / "model.safetensors")
+    if nudged:
+        state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, directory / "model.safetensors")
     return directory
 
 
@@ -168,7 +174,7 @@ def test_several_teachers_make_one_objective_with_every_teacher_in_its_job(train
     from ikd.cli import _Teaching, build_parser
     from ikd.model import build_model
 
-    second = another_teacher(trained, tmp_path / "second")
+    second = another_teacher(trained, tmp_path / "second", nudged=True)
     flags = ["--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", str(tmp_path / "s"), "--teacher-drop", "0.25"]
     args = build_parser().parse_args(["distill", str(trained), str(second), *flags, "--hints", "each"])
     teaching = _Teaching.load([trained, second], args)
@@ -178,6 +184,10 @@ def test_several_teachers_make_one_objective_with_every_teacher_in_its_job(train
     assert job["drop"] == 0.25 and job["aggregate"] == "mean-kd" and len(job["teacher_digests"]) == 2
     assert [weight for weight, *_ in job["teachers"]] == [1.0, 1.0]  # uniform
     assert all(hint_block is not None for _, hint_block, _ in job["teachers"])  # each teacher gives a hint
+    reordered = _Teaching.load(
+        [second, trained], build_parser().parse_args(["distill", str(second), str(trained), *flags, "--hints", "each"])
+    )
+    assert reordered.objective(student, seed=0, steps_per_epoch=10).job_description() != job  # another job: not resumed
     parent_only = _Teaching.load(
         [trained, second], build_parser().parse_args(["distill", str(trained), str(second), *flags])
     )
@@ -195,6 +205,9 @@ def test_several_teachers_make_one_objective_with_every_teacher_in_its_job(train
         (True, ("--teacher-drop", "1.5"), ("--teacher-drop 1.5", "less than 1")),
         ("twice", (), ("named twice",)),
         ("other-split", (), ("trained on dataset/val_fraction/split_seed/image_size", "would include some")),
+        ("other-size", (), ("takes 16-pixel images", "at one size")),
+        (True, ("--aggregate", "mean-probs", "--alpha", "0"), ("--aggregate: combines the teachers' KD terms",)),
+        (True, ("--hints", "each", "--gamma", "0"), ("--hints each", "--gamma 0 leaves no hint term")),
     ],
 )
 def test_distill_refuses_teachers_that_cannot_teach_together_in_one_line(
@@ -207,6 +220,7 @@ def test_distill_refuses_teachers_that_cannot_teach_together_in_one_line(
         True: lambda: [trained, another_teacher(trained, tmp_path / "second")],
         "twice": lambda: [trained, trained],
         "other-split": lambda: [trained, another_teacher(trained, tmp_path / "second", split_seed=1)],
+        "other-size": lambda: [trained, another_teacher(trained, tmp_path / "second", image_size=16)],
     }[several]()
     out = tmp_path / "student"
     assert main(["distill", *map(str, teachers), "--arch", "8x1", "--epochs", "1", "--out", str(out), *flags]) == 2
@@ -231,7 +245,7 @@ def test_eval_of_several_models_scores_their_mean_probabilities(trained, tmp_pat
     pair = ikd("eval", trained, copy, "--split", "val", "--json")
     assert pair.returncode == 0, pair.stderr
     report = json.loads(pair.stdout)
-    assert report["model_dir"] == [str(trained), str(copy)]
+    assert report["model_dir"] == str(trained) and report["model_dirs"] == [str(trained), str(copy)]
     # two copies of one model: their mean distribution is the model's own
     assert report["accuracy"] == single["accuracy"] and report["loss"] == pytest.approx(single["loss"], rel=1e-5)
     other_split = another_teacher(trained, tmp_path / "other-split", split_seed=1)

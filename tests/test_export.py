@@ -566,30 +566,35 @@ def test_a_trained_model_exports_as_safetensors_that_load_back_with_a_note_of_no
 
 def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, tiny_teacher, tmp_path):
     meta = json.loads((student / "model.json").read_text())
-    meta["teacher"]["dir"] = str(tmp_path / "moved")
-    (student / "model.json").write_text(json.dumps(meta))
-    moved = export_model_dir(student, "safetensors", repeats=1, rounds=2)
-    assert moved.teacher_id is None and "is not there: no speed-up" in moved.notes[0]
+    recorded = meta["teacher"]
+    assert recorded["path"] == str(tiny_teacher.resolve()) and len(recorded["sha256"]) == 64
 
-    meta["teacher"]["dir"] = str(student)  # now holds another model than the one recorded
-    (student / "model.json").write_text(json.dumps(meta))
-    changed = export_model_dir(student, "safetensors", repeats=1, rounds=2)
-    assert changed.teacher_id is None and "not the" in changed.notes[0] and "teacher recorded" in changed.notes[0]
+    def export_with(**teacher):
+        (student / "model.json").write_text(json.dumps(meta | {"teacher": recorded | teacher}))
+        return export_model_dir(student, "safetensors", repeats=1, rounds=2)
+
+    # a relative path read from another directory: found where it was
+    assert export_with(dir="elsewhere/teacher").teacher_id == str(tiny_teacher.resolve())
+    moved = export_with(dir=str(tmp_path / "moved"), path=str(tmp_path / "moved"))
+    assert moved.teacher_id is None and "is not there: no speed-up" in moved.notes[0]
+    changed = export_with(dir=str(student), path=None)  # now holds another model than the one recorded
+    assert changed.teacher_id is None and "now holds other weights than the teacher recorded" in changed.notes[0]
+    older = export_with(dir=str(student), path=None, sha256=None)  # a record without the teacher's sha256
+    assert older.teacher_id is None and "-parameter model, not the teacher recorded" in older.notes[0]
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "model.json").write_text((tiny_teacher / "model.json").read_text())  # no weights
-    meta["teacher"]["dir"] = str(tmp_path / "broken")
-    (student / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"its teacher, the reference of the speed-up: .* \(--no-latency"):
-        export_model_dir(student, "safetensors", repeats=1, rounds=2)
+        export_with(dir=str(tmp_path / "broken"), path=None)
     assert export_model_dir(student, "safetensors", measure_latency=False).latency == []
 
 
 @pytest.mark.parametrize(
     ("where", "flags", "expected"),
     [
-        ("student", ("--out", "{student}/model.safetensors"), "is the model's own file; write elsewhere"),
-        ("student", ("--out", "{student}"), "is the model's own file; write elsewhere"),  # its weights by name
+        ("student", ("--out", "{student}/model.safetensors"), "would replace a file of the trained model in"),
+        ("student", ("--out", "{student}"), "would replace a file of the trained model in"),  # its weights by name
+        ("student", ("--out", "{other}"), "would replace a file of the trained model in"),  # another model's
         ("student", ("--out", "{student}/.train-state"), "is inside"),
         ("node", (), "is a node of the campaign in"),
         ("run", (), "is a campaign run: name the node to export with --node ID"),
@@ -609,11 +614,13 @@ def test_model_directory_mistakes_exit_2_with_one_line(student, run_dir, tmp_pat
     }[where]
     before = {p: p.read_bytes() for p in student.iterdir()}
     capsys.readouterr()
-    args = [flag.format(student=student) for flag in flags]
+    other = shutil.copytree(student, tmp_path / "other")
+    args = [flag.format(student=student, other=other) for flag in flags]
     assert main(["export", str(source), "--format", "safetensors", "--no-latency", *args]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert {p: p.read_bytes() for p in student.iterdir()} == before and not (run_dir / "export").exists()
+    assert (other / "model.safetensors").read_bytes() == before[student / "model.safetensors"]
     if where == "node":
         assert f"--node {NODE} --format safetensors" in err
 

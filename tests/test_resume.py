@@ -563,7 +563,8 @@ def test_ikd_distill_time_limit_resumes_bit_identically_and_another_loss_is_anot
     other = run_ikd(distill(out, "--temperature", "2"))
     assert (
         other.returncode == 2
-        and "other settings (--arch, a loss or ensemble flag, or the teachers' weights" in other.stderr
+        and "other settings (--arch, the TEACHER_DIRs or their order, a loss or ensemble flag, or the teachers' weights"
+        in other.stderr
     ), other.stderr
     assert run_ikd(distill(out)).returncode == 0
     assert_same_saved_weights(out, load_file(straight / "model.safetensors"))

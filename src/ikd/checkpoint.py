@@ -130,6 +130,23 @@ def trained_augmentation(metadata: dict[str, Any]) -> str | None:
     return training.get("augment_used") or training.get("augment") or metadata.get("dataset", {}).get("augment")
 
 
+def recorded_teachers(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The teachers a distilled model's model.json records (`ikd distill`: `teacher` for one, `teachers` for
+    several, the first giving the hint); [] for a model trained alone."""
+    teachers = metadata.get("teachers") if "teachers" in metadata else [metadata.get("teacher")]
+    return [t for t in teachers or [] if isinstance(t, dict)]
+
+
+def dataset_record(metadata: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """A model's dataset record, which every evaluation and export normalises and checks with."""
+    record = metadata.get("dataset")
+    if not isinstance(record, dict) or not record:
+        raise CheckpointError(
+            f"{Path(directory) / META_FILE}: has no 'dataset' record; expected a model trained by ikd"
+        )
+    return record
+
+
 def describe_size(spec: ArchSpec) -> dict[str, Any]:
     return {
         "params": spec.num_params(),

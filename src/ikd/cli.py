@@ -154,8 +154,12 @@ class _Teacher:
 
     def record(self) -> dict[str, Any]:
         """What the student's model.json keeps of it."""
+        from ikd.lineage import file_sha256
+
         return {
             "dir": str(self.directory),
+            "path": str(self.directory.resolve()),  # found again from another working directory
+            "sha256": file_sha256(self.directory / WEIGHTS_FILE),  # and known for the same weights
             "arch": self.metadata.get("size", {}).get("summary"),
             "params": self.metadata.get("size", {}).get("params"),
             "val_accuracy": self.val_accuracy(),
@@ -186,6 +190,21 @@ class _Teaching:
             ]
         ):
             raise ConfigError(f"{given[0]}: combines several teachers; expected two or more TEACHER_DIRs, got one")
+        defaults = EnsembleConfig()
+        if loss.alpha == 0 and (
+            moot := [
+                f
+                for f in ("--aggregate", "--teacher-drop")
+                if getattr(ensemble, ENSEMBLE_FLAGS[f]) != getattr(defaults, ENSEMBLE_FLAGS[f])
+            ]
+        ):
+            raise ConfigError(
+                f"{moot[0]}: combines the teachers' KD terms, and --alpha 0 leaves none; drop one of them"
+            )
+        if loss.gamma == 0 and ensemble.hints == "each":
+            raise ConfigError(
+                "--hints each: gives every teacher a hint, and --gamma 0 leaves no hint term; drop one of them"
+            )
         named = [d.resolve() for d in directories]
         if len(set(named)) < len(named):
             twice = next(d for d, r in zip(directories, named, strict=True) if named.count(r) > 1)
@@ -209,6 +228,11 @@ class _Teaching:
             image_size=image_size,
         )
         for teacher in self.teachers:
+            if teacher.split()[:3] == first.split()[:3] and teacher.split()[3] != first.split()[3]:
+                raise ConfigError(
+                    f"teacher {teacher.directory}: takes {teacher.split()[3]}-pixel images, teacher {first.directory} "
+                    f"{first.split()[3]}-pixel ones; the teachers must see the student's images at one size"
+                )
             if teacher.split() != first.split():
                 raise ConfigError(
                     f"teacher {teacher.directory}: trained on dataset/val_fraction/split_seed/image_size "
@@ -403,7 +427,9 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -
         if distill
         else "the data (--dataset, --data-dir, --val-fraction, --split-seed, --image-size)",
         "models": "--arch",
-        "objectives": "--arch, a loss or ensemble flag, or the teachers' weights" if distill else "--arch",
+        "objectives": "--arch, the TEACHER_DIRs or their order, a loss or ensemble flag, or the teachers' weights"
+        if distill
+        else "--arch",
         "world_size": "the number of torchrun processes",
     }
     flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
@@ -455,18 +481,24 @@ def _load_ensemble(
         raise ConfigError(f"{twice}: named twice; expected each MODEL_DIR once in an ensemble")
     members = [model]
     for model_dir in model_dirs[1:]:
-        member, member_record, _ = _load_evaluated(model_dir, args, reuse=(record["split_key"], data))
+        # from its model.json first: another split's data is not loaded only to be refused
+        member_record = read_metadata(Path(model_dir)).get("dataset", {})
+        recorded = {
+            "split_key": (args.dataset or member_record.get("name"), *recorded_split(member_record)),
+            "mean": member_record.get("mean", record["mean"]),
+            "std": member_record.get("std", record["std"]),
+        }
         for key, what in (
             ("split_key", "dataset/val_fraction/split_seed/image_size"),
             ("mean", "mean"),
             ("std", "std"),
         ):
-            if member_record[key] != record[key]:
+            if recorded[key] != record[key]:
                 raise ConfigError(
-                    f"{model_dir}: {what} {member_record[key]}, {model_dirs[0]} has {record[key]}; an ensemble's "
+                    f"{model_dir}: {what} {recorded[key]}, {model_dirs[0]} has {record[key]}; an ensemble's "
                     "models must be of one dataset, split and normalisation"
                 )
-        members.append(member)
+        members.append(_load_evaluated(model_dir, args, reuse=(record["split_key"], data))[0])
     return Ensemble(members), record, data
 
 
@@ -481,7 +513,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     metrics = score(labels, loss_sum, split.labels)
     report: dict[str, Any] = {
-        "model_dir": args.model_dirs[0] if len(args.model_dirs) == 1 else args.model_dirs,
+        "model_dir": args.model_dirs[0],
+        **({"model_dirs": args.model_dirs} if len(args.model_dirs) > 1 else {}),  # an ensemble's members
         "dataset": record["name"],
         "split": args.split,
         "tta": args.tta,

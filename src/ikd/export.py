@@ -38,10 +38,12 @@ from ikd.checkpoint import (
     META_FILE,
     WEIGHTS_FILE,
     cpu_state_dict,
+    dataset_record,
     load_model,
     misfit,
     recorded_data_dir,
     recorded_split,
+    recorded_teachers,
 )
 from ikd.data import load_dataset, normalize
 from ikd.errors import CheckpointError, ConfigError, IkdError
@@ -107,10 +109,10 @@ class Exported:
     @classmethod
     def of_model_dir(cls, directory: Path, model: VGG, metadata: dict[str, Any]) -> Exported:
         params = model.spec.num_params()
-        several = metadata.get("teachers") or [{}]
-        teacher_params = (metadata.get("teacher") or several[0]).get("params")
-        which = "its teacher" if "teacher" in metadata else "its first teacher"
-        fewer = f", {teacher_params / params:.1f}x fewer than {which}" if teacher_params else ""
+        teachers = recorded_teachers(metadata)
+        teacher_params = teachers[0].get("params") if teachers else None
+        which = "its teacher" if len(teachers) == 1 else "its first teacher"
+        fewer = f", {teacher_params / params:.1f}x fewer than {which}" if isinstance(teacher_params, int) else ""
         return cls(
             "model", str(directory), f"{directory} ({params:,} params{fewer})", file_sha256(directory / WEIGHTS_FILE)
         )
@@ -206,7 +208,7 @@ def export_node(
             result.notes.append(note)
         reference = _root_reference(run, lineage, node, result.notes) if measure_latency else None
         # a lineage keeps no data.dir (where the data lies is not what it computed)
-        dataset = metadata["dataset"]
+        dataset = dataset_record(metadata, run.node_dir(node.id))
         timing = _Timing(measure_latency, repeats, rounds, threads)
         files = (target, summary_path)
         measured = _export(result, model, dataset, files, data_dir or recorded_data_dir(dataset), reference, timing)
@@ -245,12 +247,11 @@ def export_model_dir(
         )
     model, metadata = load_model(model_dir)
     model.eval()
-    protected = {model_dir / name: "the model's own file" for name in (WEIGHTS_FILE, META_FILE)}
-    protected[model_dir / STATE_DIR] = "where its training state is kept"
+    protected = {model_dir / STATE_DIR: "where its training state is kept"}  # its own files: as any model's
     target, summary_path = _planned_files(out, model_dir / EXPORT_DIR, fmt, protected)
     result = ExportResult(subject=Exported.of_model_dir(model_dir, model, metadata), format=fmt, files=[])
     reference = _recorded_teacher(model_dir, metadata, result.notes) if measure_latency else None
-    dataset = metadata["dataset"]
+    dataset = dataset_record(metadata, model_dir)
     timing = _Timing(measure_latency, repeats, rounds, threads)
     _export(result, model, dataset, (target, summary_path), data_dir or recorded_data_dir(dataset), reference, timing)
     return result
@@ -298,6 +299,10 @@ def _planned_files(out: Path | None, default_dir: Path, fmt: str, protected: dic
                 raise ConfigError(f"{asked}{path} is {what}; write elsewhere")
             if path.resolve().is_relative_to(kept.resolve()):
                 raise ConfigError(f"{asked}{path} is inside {kept}, {what}; write elsewhere")
+        if path.name in (WEIGHTS_FILE, META_FILE) and (path.parent / META_FILE).is_file():  # any model's own files
+            raise ConfigError(
+                f"{asked}{path} would replace a file of the trained model in {path.parent}; write elsewhere"
+            )
     return target, summary_path
 
 
@@ -504,38 +509,43 @@ def _root_reference(run: RunDir, lineage: Lineage, node: NodeRecord, notes: list
         raise CheckpointError(
             f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)"
         ) from None
-    return _Reference(root.id, teacher, teacher_meta["dataset"])
+    return _Reference(root.id, teacher, dataset_record(teacher_meta, run.node_dir(root.id)))
 
 
 def _recorded_teacher(model_dir: Path, metadata: dict[str, Any], notes: list[str]) -> _Reference | None:
     """A distilled model's speed-up is against the teacher its model.json names, where that is still the
     model recorded (same size); else None, with a note."""
-    recorded, several = metadata.get("teacher"), metadata.get("teachers")
-    if isinstance(several, list) and several and isinstance(several[0], dict):
-        recorded = several[0]
-        notes.append(f"distilled from {len(several)} teachers: timed beside the first, {recorded.get('dir')}")
-    if not isinstance(recorded, dict) or not recorded.get("dir"):
+    teachers = recorded_teachers(metadata)
+    if not teachers or not teachers[0].get("dir"):
         notes.append(f"{model_dir / META_FILE} records no teacher (trained, not distilled): no speed-up to report")
         return None
-    directory = Path(recorded["dir"])
-    if not (directory / META_FILE).is_file():
+    recorded = teachers[0]
+    if len(teachers) > 1:
+        notes.append(f"distilled from {len(teachers)} teachers: timed beside the first, {recorded['dir']}")
+    # as `ikd distill` was given it, then where that was (a relative path read from another directory)
+    found = [Path(p) for p in (recorded["dir"], recorded.get("path")) if p and (Path(p) / META_FILE).is_file()]
+    if not found:
         notes.append(
-            f"its teacher {directory} (as recorded in {model_dir / META_FILE}, relative to where `ikd distill` ran) "
-            "is not there: no speed-up to report"
+            f"its teacher {recorded['dir']} (as recorded in {model_dir / META_FILE}) is not there: no speed-up"
         )
+        return None
+    directory = found[0]
+    weights = directory / WEIGHTS_FILE
+    if weights.is_file() and recorded.get("sha256") not in (None, file_sha256(weights)):
+        notes.append(f"{directory} now holds other weights than the teacher recorded: no speed-up to report")
         return None
     try:
         teacher, teacher_meta = load_model(directory)
     except CheckpointError as err:
         raise CheckpointError(f"its teacher, the reference of the speed-up: {err} (--no-latency skips it)") from None
-    if recorded.get("params") not in (None, teacher.spec.num_params()):
+    if recorded.get("params") not in (None, teacher.spec.num_params()):  # a record without its sha256
         notes.append(
-            f"{directory} now holds a {teacher.spec.num_params():,}-parameter model, not the "
-            f"{recorded['params']:,}-parameter teacher recorded: no speed-up to report"
+            f"{directory} now holds a {teacher.spec.num_params():,}-parameter model, not the teacher recorded "
+            f"({recorded['params']} parameters): no speed-up to report"
         )
         return None
     name = str(directory) if str(directory) != str(model_dir) else f"{directory} (teacher)"
-    return _Reference(name, teacher.eval(), teacher_meta["dataset"])
+    return _Reference(name, teacher.eval(), dataset_record(teacher_meta, directory))
 
 
 def _measure(
