@@ -239,21 +239,25 @@ def test_eval_json_reports_accuracy_and_count(trained):
     assert val["accuracy"] == pytest.approx(meta["metrics"]["best"]["val_accuracy"])
 
 
-def test_eval_of_several_models_scores_their_mean_probabilities(trained, tmp_path):
-    single = json.loads(ikd("eval", trained, "--split", "val", "--json").stdout)
+def test_eval_of_several_models_scores_their_mean_probabilities(trained, tmp_path, capsys):
+    from ikd.cli import main  # in-process: five evaluations, no interpreter start-up each
+
+    assert main(["eval", str(trained), "--split", "val", "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
     copy = another_teacher(trained, tmp_path / "copy")
-    pair = ikd("eval", trained, copy, "--split", "val", "--json")
-    assert pair.returncode == 0, pair.stderr
-    report = json.loads(pair.stdout)
+    assert main(["eval", str(trained), str(copy), "--split", "val", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["model_dir"] == str(trained) and report["model_dirs"] == [str(trained), str(copy)]
     # two copies of one model: their mean distribution is the model's own
     assert report["accuracy"] == single["accuracy"] and report["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    nudged = another_teacher(trained, tmp_path / "nudged", nudged=True)
+    assert main(["eval", str(trained), str(nudged), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] != pytest.approx(single["loss"], rel=1e-5)  # both count
     other_split = another_teacher(trained, tmp_path / "other-split", split_seed=1)
     for models, words in (((trained, other_split), "split_seed/image_size"), ((trained, f"{trained}/"), "named twice")):
-        refused = ikd("eval", *models, "--split", "val")
-        assert refused.returncode == 2 and "Traceback" not in refused.stderr
-        [line] = refused.stderr.strip().splitlines()
-        assert words in line, line
+        assert main(["eval", *map(str, models), "--split", "val"]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert words in line and "Traceback" not in line, line
 
 
 def test_eval_with_flipped_views_only_for_a_model_trained_on_mirror_images(trained, tmp_path):
