@@ -565,7 +565,8 @@ def test_commands_reference_lists_every_command_and_the_config_reference_every_f
     table = commands_reference()
     for command in ("train", "eval", "compress", "lineage", "export", "report", "config-reference", "arch"):
         assert f"| `ikd {command}" in table
-    assert "| `ikd export RUN_DIR --node ID --format FORMAT` |" in table  # required arguments shown
+    assert "| `ikd export DIR --format FORMAT` |" in table  # required arguments shown
+    assert "| `ikd distill TEACHER_DIR ... --arch ARCH --epochs N --out DIR` |" in table  # one or more
     keys = config_reference()
     for flag in command_line_flags():
         assert f"| `{flag.key}` | `{flag.name}` |" in keys
