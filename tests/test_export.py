@@ -595,6 +595,7 @@ def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, ti
         ("student", ("--out", "{student}/model.safetensors"), "would replace a file of the trained model in"),
         ("student", ("--out", "{student}"), "would replace a file of the trained model in"),  # its weights by name
         ("student", ("--out", "{other}"), "would replace a file of the trained model in"),  # another model's
+        ("student", ("--node", "g1-width"), "is a model directory, not a campaign run; drop --node"),
         ("student", ("--out", "{student}/.train-state"), "is inside"),
         ("node", (), "is a node of the campaign in"),
         ("run", (), "is a campaign run: name the node to export with --node ID"),

@@ -772,6 +772,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         "measure_latency": not args.no_latency,
     }
     source = Path(args.source)
+    if args.node is not None and (source / META_FILE).is_file() and not (source / LINEAGE_FILE).is_file():
+        raise ConfigError(f"--node {args.node}: {source} is a model directory, not a campaign run; drop --node")
     if args.node is not None:
         result = export_node(source, args.node, args.format, **options)
     elif (source / META_FILE).is_file() or (source / STATE_DIR).is_dir():
