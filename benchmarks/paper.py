@@ -41,7 +41,7 @@ from ikd.campaign import compress
 from ikd.checkpoint import WEIGHTS_FILE
 from ikd.config import load_config
 from ikd.errors import IkdError
-from ikd.export import export_node
+from ikd.export import export
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, RunDir
 from ikd.report import arch_name, latency_of, speedup
 
@@ -163,7 +163,7 @@ def measure(
         return lineage, (
             f"tabulated from its lineage alone: no weights of {', '.join(absent)} here, so not exported or timed"
         )
-    export_node(run_dir, final.id, "onnx", data_dir=data_dir, repeats=repeats, rounds=rounds)
+    export(run_dir, "onnx", node=final.id, data_dir=data_dir, repeats=repeats, rounds=rounds)
     return run.load(), None
 
 

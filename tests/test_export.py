@@ -22,7 +22,7 @@ from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
 from ikd.errors import CheckpointError
-from ikd.export import export_model_dir, export_node, onnx_graph
+from ikd.export import export, onnx_graph
 from ikd.latency import LATENCY_PLAN, cpu_session, min_of_medians
 from ikd.lineage import Latency, RunDir
 from ikd.model import NormalizedModel, build_model
@@ -45,7 +45,7 @@ def run_dir(campaign, tmp_path):
 
 
 def test_onnx_export_agrees_with_pytorch_and_describes_its_input(run_dir, digits):
-    result = export_node(run_dir, NODE, "onnx", measure_latency=False)
+    result = export(run_dir, "onnx", node=NODE, measure_latency=False)
     verification = result.verification
     assert verification is not None  # asked for: an ONNX export is checked
     assert verification.images == 256 and verification.top1_agree == 256
@@ -123,7 +123,7 @@ def test_a_near_tie_that_flips_within_the_allowed_difference_is_no_disagreement(
 
 
 def test_safetensors_export_loads_back_into_an_identical_model(run_dir):
-    export_node(run_dir, NODE, "safetensors", measure_latency=False)
+    export(run_dir, "safetensors", node=NODE, measure_latency=False)
     path = run_dir / "export" / NODE / "model.safetensors"
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata()
@@ -190,7 +190,7 @@ def test_an_out_path_with_the_format_extension_is_the_file_itself(run_dir, tmp_p
     assert not (run_dir / "export").exists()
 
     # Any other path is a directory, as it always was.
-    export_node(run_dir, NODE, "safetensors", out=out / "v2", measure_latency=False)
+    export(run_dir, "safetensors", node=NODE, out=out / "v2", measure_latency=False)
     assert sorted(p.name for p in (out / "v2").iterdir()) == ["export.json", "model.safetensors"]
 
 
@@ -301,7 +301,7 @@ def test_a_node_that_is_not_the_answer_is_exported_with_a_note(run_dir):
     run = RunDir(run_dir)
     lineage = run.load()
     run.add_node(lineage, lineage.node(NODE).model_copy(update={"status": "rejected", "reason": "too far down"}))
-    result = export_node(run_dir, NODE, "safetensors", measure_latency=False)
+    result = export(run_dir, "safetensors", node=NODE, measure_latency=False)
     assert f"{NODE} (rejected) is not the campaign's answer ({ROOT}): too far down" in result.notes
     assert f"note: {NODE} (rejected) is not" in result.summary()
 
@@ -311,23 +311,23 @@ def test_a_final_student_that_was_not_kept_is_exported_with_a_note(run_dir):
 
     run = RunDir(run_dir)
     lineage = run.load()
-    assert export_node(run_dir, NODE, "safetensors", measure_latency=False).notes == []  # the answer
-    assert export_node(run_dir, ROOT, "safetensors", measure_latency=False).notes == []  # the teacher, on purpose
+    assert export(run_dir, "safetensors", node=NODE, measure_latency=False).notes == []  # the answer
+    assert export(run_dir, "safetensors", node=ROOT, measure_latency=False).notes == []  # the teacher, on purpose
     # the final distillation's student, below its answer's floor: the search's answer stays
     final = lineage.node(NODE).model_copy(update={"id": "final", "status": "final", "reason": f"{FINAL_NOT_KEPT} low"})
     run.save(lineage.model_copy(update={"nodes": [*lineage.nodes, final]}))
     shutil.copytree(run_dir / "nodes" / NODE, run_dir / "nodes" / "final")
-    assert export_node(run_dir, "final", "safetensors", measure_latency=False).notes == [
+    assert export(run_dir, "safetensors", node="final", measure_latency=False).notes == [
         f"final (final) is not the campaign's answer ({NODE}): {FINAL_NOT_KEPT} low"
     ]
     # the search's answer itself, once the final is kept, is no longer what the campaign answers
     run.save(lineage.model_copy(update={"nodes": [*lineage.nodes, final.model_copy(update={"reason": ""})]}))
-    assert export_node(run_dir, NODE, "safetensors", measure_latency=False).notes == [
+    assert export(run_dir, "safetensors", node=NODE, measure_latency=False).notes == [
         f"{NODE} (accepted) is not the campaign's answer (final)"
     ]
     # an answer before the campaign has stopped is provisional
     run.save(lineage.model_copy(update={"stop_reason": None}))
-    assert "the campaign has not finished" in export_node(run_dir, NODE, "safetensors", measure_latency=False).notes[0]
+    assert "the campaign has not finished" in export(run_dir, "safetensors", node=NODE, measure_latency=False).notes[0]
 
 
 def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
@@ -337,9 +337,9 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
     elsewhere = Latency(runtime="torch", batch=1, median_ms=9.0, repeats=5, threads=64, device="another CPU")
     run.add_node(lineage, lineage.node(ROOT).model_copy(update={"latency": [elsewhere]}))
 
-    export_node(run_dir, NODE, "onnx", repeats=1)
+    export(run_dir, "onnx", node=NODE, repeats=1)
     first = run.load()
-    export_node(run_dir, NODE, "safetensors", repeats=2, rounds=4)
+    export(run_dir, "safetensors", node=NODE, repeats=2, rounds=4)
     second = run.load()
     assert "another CPU" not in {m.device for m in first.node(ROOT).latency}
     for lineage in (first, second):
@@ -357,10 +357,10 @@ def test_a_repeated_export_replaces_latencies_instead_of_adding_them(run_dir):
 def test_a_speed_up_keeps_the_teacher_time_measured_beside_it(run_dir):
     from ikd.report import speedup
 
-    export_node(run_dir, NODE, "onnx", repeats=1)
+    export(run_dir, "onnx", node=NODE, repeats=1)
     paired = {(m.runtime, m.batch): m for m in RunDir(run_dir).load().node(NODE).latency}
     assert all(m.teacher_ms is not None for m in paired.values())
-    export_node(run_dir, ROOT, "onnx", repeats=1)  # the root re-timed alone, at another moment
+    export(run_dir, "onnx", node=ROOT, repeats=1)  # the root re-timed alone, at another moment
     lineage = RunDir(run_dir).load()
     assert lineage.node(NODE).latency == list(paired.values())
     for (runtime, batch), m in paired.items():
@@ -372,7 +372,7 @@ def test_an_external_root_is_not_timed_and_cannot_be_exported(run_dir, capsys):
     run = RunDir(run_dir)
     lineage = run.load()
     run.add_node(lineage, lineage.node(ROOT).model_copy(update={"arch": {"external": "UserNet"}}))
-    result = export_node(run_dir, NODE, "safetensors", repeats=1, rounds=2)
+    result = export(run_dir, "safetensors", node=NODE, repeats=1, rounds=2)
     assert result.speedups() == [] and "user-supplied" in " ".join(result.notes)
     assert run.load().node(ROOT).latency == []
     assert main(["export", str(run_dir), "--node", ROOT, "--format", "onnx"]) == 2
@@ -441,7 +441,7 @@ def test_latency_is_timed_with_the_threads_asked_for(run_dir, monkeypatch):
 
     monkeypatch.setattr(latency, "min_of_medians", spy_timing)
     monkeypatch.setattr(latency, "cpu_session", spy_session)
-    export_node(run_dir, NODE, "safetensors", repeats=1, rounds=1, threads=2)
+    export(run_dir, "safetensors", node=NODE, repeats=1, rounds=1, threads=2)
     assert set(timed_on) == {2} and set(sessions_on) == {2}  # PyTorch and onnxruntime both on 2 threads
     assert {m.threads for m in RunDir(run_dir).load().node(NODE).latency} == {2}
 
@@ -547,7 +547,7 @@ def test_a_distilled_model_is_exported_checked_and_timed_beside_its_recorded_tea
 def test_a_trained_model_exports_as_safetensors_that_load_back_with_a_note_of_no_teacher(tiny_teacher, tmp_path):
     model_dir = shutil.copytree(tiny_teacher, tmp_path / "teacher")
     out = tmp_path / "shipped" / "teacher.safetensors"
-    result = export_model_dir(model_dir, "safetensors", out=out, repeats=1, rounds=2)
+    result = export(model_dir, "safetensors", out=out, repeats=1, rounds=2)
     assert result.files == [out, tmp_path / "shipped" / "teacher.export.json"]
     assert result.teacher_id is None and {(m.runtime, m.batch) for m in result.latency} == MEASURED
     assert result.notes == [
@@ -571,7 +571,7 @@ def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, ti
 
     def export_with(**teacher):
         (student / "model.json").write_text(json.dumps(meta | {"teacher": recorded | teacher}))
-        return export_model_dir(student, "safetensors", repeats=1, rounds=2)
+        return export(student, "safetensors", repeats=1, rounds=2)
 
     # a relative path read from another directory: found where it was
     assert export_with(dir="elsewhere/teacher").teacher_id == str(tiny_teacher.resolve())
@@ -586,7 +586,7 @@ def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, ti
     (tmp_path / "broken" / "model.json").write_text((tiny_teacher / "model.json").read_text())  # no weights
     with pytest.raises(CheckpointError, match=r"its teacher, the reference of the speed-up: .* \(--no-latency"):
         export_with(dir=str(tmp_path / "broken"), path=None)
-    assert export_model_dir(student, "safetensors", measure_latency=False).latency == []
+    assert export(student, "safetensors", measure_latency=False).latency == []
 
 
 @pytest.mark.parametrize(
@@ -630,6 +630,6 @@ def test_a_model_of_several_teachers_is_timed_beside_the_first_and_says_so(stude
     meta = json.loads((student / "model.json").read_text())
     meta["teachers"] = [meta.pop("teacher"), {"dir": str(student), "params": 1}]
     (student / "model.json").write_text(json.dumps(meta))
-    result = export_model_dir(student, "safetensors", repeats=1, rounds=2)
+    result = export(student, "safetensors", repeats=1, rounds=2)
     assert result.teacher_id == str(tiny_teacher) and "its first teacher" in result.subject.headline
     assert result.notes == [f"distilled from 2 teachers: timed beside the first, {tiny_teacher}"]

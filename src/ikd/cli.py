@@ -760,33 +760,19 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ikd.export import export_model_dir, export_node
-    from ikd.lineage import LINEAGE_FILE
+    from ikd.export import export
 
-    options: dict[str, Any] = {
-        "out": Path(args.out) if args.out else None,
-        "data_dir": args.data_dir,
-        "repeats": args.repeats,
-        "rounds": args.rounds,
-        "threads": args.threads,
-        "measure_latency": not args.no_latency,
-    }
-    source = Path(args.source)
-    if args.node is not None and (source / META_FILE).is_file() and not (source / LINEAGE_FILE).is_file():
-        raise ConfigError(f"--node {args.node}: {source} is a model directory, not a campaign run; drop --node")
-    if args.node is not None:
-        result = export_node(source, args.node, args.format, **options)
-    elif (source / META_FILE).is_file() or (source / STATE_DIR).is_dir():
-        result = export_model_dir(source, args.format, **options)
-    elif (source / LINEAGE_FILE).is_file():
-        raise ConfigError(
-            f"{source} is a campaign run: name the node to export with --node ID (`ikd lineage {source}`)"
-        )
-    else:
-        raise ConfigError(
-            f"{source}: neither a model directory ({META_FILE}, from `ikd train` or `ikd distill`) nor a campaign run "
-            f"({LINEAGE_FILE}, from `ikd compress`)"
-        )
+    result = export(
+        Path(args.source),
+        args.format,
+        node=args.node,
+        out=Path(args.out) if args.out else None,
+        data_dir=args.data_dir,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        threads=args.threads,
+        measure_latency=not args.no_latency,
+    )
     print(result.summary())
     return 0
 

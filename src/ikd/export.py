@@ -177,11 +177,11 @@ class ExportResult:
         ]
 
 
-def export_node(
-    run_dir: Path,
-    node_id: str,
+def export(
+    source: Path,
     fmt: str,
     *,
+    node: str | None = None,
     out: Path | None = None,
     data_dir: str | Path | None = None,
     repeats: int | None = None,
@@ -189,48 +189,51 @@ def export_node(
     threads: int | None = None,
     measure_latency: bool = True,
 ) -> ExportResult:
-    """Export a node as `fmt`, verify an ONNX export, and record latencies in the lineage.
-
-    The run directory is held for the whole export, so it never races a campaign or another export.
-    """
+    """Export as `fmt` the node `node` of the campaign run in `source`, or (no `node`) the model directory
+    `source` that `ikd train` or `ikd distill` wrote; verify an ONNX export and time the model beside its
+    reference (a node's latencies are recorded in the lineage)."""
     _check_options(fmt, repeats, rounds, threads)
+    source = Path(source)
+    plan = _Plan(
+        fmt, Path(out) if out is not None else None, data_dir, _Timing(measure_latency, repeats, rounds, threads)
+    )
+    if node is not None and (source / META_FILE).is_file() and not (source / LINEAGE_FILE).is_file():
+        raise ConfigError(f"--node {node}: {source} is a model directory, not a campaign run; drop --node")
+    if node is not None:
+        return _export_node(source, node, plan)
+    if (source / META_FILE).is_file() or (source / STATE_DIR).is_dir():
+        return _export_model_dir(source, plan)
+    if (source / LINEAGE_FILE).is_file():
+        raise ConfigError(
+            f"{source} is a campaign run: name the node to export with --node ID (`ikd lineage {source}`)"
+        )
+    raise ConfigError(
+        f"{source}: neither a model directory ({META_FILE}, from `ikd train` or `ikd distill`) nor a campaign run "
+        f"({LINEAGE_FILE}, from `ikd compress`)"
+    )
+
+
+def _export_node(run_dir: Path, node_id: str, plan: _Plan) -> ExportResult:
+    """A node: the run directory is held for the whole export, so it never races a campaign or another export."""
     run = open_run_dir(run_dir)  # checked before locking: the lock would create the directory
     _find_node(run, run.load(), node_id)  # before its id makes a path; found again under the lock
-    target, summary_path = _planned_files(
-        out, run.path / EXPORT_DIR / node_id, fmt, {run.path / NODES_DIR: "the run's own nodes"}
-    )
+    files = _planned_files(plan, run.path / EXPORT_DIR / node_id, {run.path / NODES_DIR: "the run's own nodes"})
     with run.locked("ikd export"):
         lineage = run.load()
         node = _find_node(run, lineage, node_id)
         model, metadata = _load_node(run, node)
-        result = ExportResult(subject=Exported.of_node(node), format=fmt, files=[])
+        result = ExportResult(subject=Exported.of_node(node), format=plan.format, files=[])
         if (note := not_the_answer(lineage, node)) is not None:  # exported as asked, but said
             result.notes.append(note)
-        reference = _root_reference(run, lineage, node, result.notes) if measure_latency else None
-        # a lineage keeps no data.dir (where the data lies is not what it computed)
+        reference = _root_reference(run, lineage, node, result.notes) if plan.timing.measure else None
         dataset = dataset_record(metadata, run.node_dir(node.id))
-        timing = _Timing(measure_latency, repeats, rounds, threads)
-        files = (target, summary_path)
-        measured = _export(result, model, dataset, files, data_dir or recorded_data_dir(dataset), reference, timing)
-        record_latency(run, measured)
+        record_latency(run, _export(result, model, dataset, files, plan, reference))
     return result
 
 
-def export_model_dir(
-    model_dir: Path,
-    fmt: str,
-    *,
-    out: Path | None = None,
-    data_dir: str | Path | None = None,
-    repeats: int | None = None,
-    rounds: int | None = None,
-    threads: int | None = None,
-    measure_latency: bool = True,
-) -> ExportResult:
-    """Export the model `ikd train` or `ikd distill` wrote to `model_dir` as `fmt`, verify an ONNX export,
-    and time it beside the teacher its model.json records (a distilled model's), if that is still there."""
-    _check_options(fmt, repeats, rounds, threads)
-    model_dir = Path(model_dir)
+def _export_model_dir(model_dir: Path, plan: _Plan) -> ExportResult:
+    """A model directory of `ikd train` or `ikd distill`, timed beside the teacher its model.json records (a
+    distilled model's), if that is still there."""
     if (
         model_dir.resolve().parent.name == NODES_DIR
         and (run := model_dir.resolve().parent.parent).joinpath(LINEAGE_FILE).is_file()
@@ -238,7 +241,7 @@ def export_model_dir(
         # its lineage holds its checksum, its answer status and its latencies: exported through the run
         raise ConfigError(
             f"{model_dir} is a node of the campaign in {run}; export it with "
-            f"`ikd export {run} --node {model_dir.resolve().name} --format {fmt}`"
+            f"`ikd export {run} --node {model_dir.resolve().name} --format {plan.format}`"
         )
     if not (model_dir / META_FILE).exists() and (model_dir / STATE_DIR).is_dir():
         raise CheckpointError(
@@ -248,12 +251,10 @@ def export_model_dir(
     model, metadata = load_model(model_dir)
     model.eval()
     protected = {model_dir / STATE_DIR: "where its training state is kept"}  # its own files: as any model's
-    target, summary_path = _planned_files(out, model_dir / EXPORT_DIR, fmt, protected)
-    result = ExportResult(subject=Exported.of_model_dir(model_dir, model, metadata), format=fmt, files=[])
-    reference = _recorded_teacher(model_dir, metadata, result.notes) if measure_latency else None
-    dataset = dataset_record(metadata, model_dir)
-    timing = _Timing(measure_latency, repeats, rounds, threads)
-    _export(result, model, dataset, (target, summary_path), data_dir or recorded_data_dir(dataset), reference, timing)
+    files = _planned_files(plan, model_dir / EXPORT_DIR, protected)
+    result = ExportResult(subject=Exported.of_model_dir(model_dir, model, metadata), format=plan.format, files=[])
+    reference = _recorded_teacher(model_dir, metadata, result.notes) if plan.timing.measure else None
+    _export(result, model, dataset_record(metadata, model_dir), files, plan, reference)
     return result
 
 
@@ -263,6 +264,16 @@ class _Timing:
     repeats: int | None
     rounds: int | None
     threads: int | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an export was asked for, beside what it exports."""
+
+    format: str
+    out: Path | None
+    data_dir: str | Path | None  # where the data for the ONNX check is (None: the model's record, else the default)
+    timing: _Timing
 
 
 @dataclass(frozen=True)
@@ -285,12 +296,12 @@ def _check_options(fmt: str, repeats: int | None, rounds: int | None, threads: i
         raise ConfigError(f"--threads {threads}: expected at least 1 thread")
 
 
-def _planned_files(out: Path | None, default_dir: Path, fmt: str, protected: dict[Path, str]) -> tuple[Path, Path]:
+def _planned_files(plan: _Plan, default_dir: Path, protected: dict[Path, str]) -> tuple[Path, Path]:
     """The exported file and its summary, checked before any work (a late failure would leave the model
     written alone); `protected`: paths (files, or directories and all below) an export must not replace,
     with what they are."""
-    target, summary_path = _output_paths(Path(out) if out is not None else None, default_dir, fmt)
-    asked = f"--out {out}: " if out is not None else ""
+    target, summary_path = _output_paths(plan.out, default_dir, plan.format)
+    asked = f"--out {plan.out}: " if plan.out is not None else ""
     for path in (target, summary_path):
         if why := _cannot_write(path):
             raise ConfigError(f"{asked}cannot write {path}: {why}")
@@ -311,21 +322,21 @@ def _export(
     model: VGG,
     dataset: dict[str, Any],
     files: tuple[Path, Path],
-    data_dir: str | Path | None,
+    plan: _Plan,
     reference: _Reference | None,
-    timing: _Timing,
 ) -> dict[str, list[Latency]]:
     """Build, check and time the export, then write `files` (the export, its summary); returns the latencies."""
     target, summary_path = files
     usage = _usage_metadata(result.subject, model, dataset, onnx=result.format == "onnx")
     # onnxruntime's latency needs the graph even when only safetensors are written
-    graph = onnx_graph(model, dataset, usage) if result.format == "onnx" or timing.measure else b""
+    graph = onnx_graph(model, dataset, usage) if result.format == "onnx" or plan.timing.measure else b""
     if result.format == "onnx":
-        result.verification = verify_onnx(graph, model, dataset, data_dir)
+        # a lineage keeps no data.dir (where the data lies is not what it computed); an image folder records its own
+        result.verification = verify_onnx(graph, model, dataset, plan.data_dir or recorded_data_dir(dataset))
         exported = graph
     else:
         exported = safetensors_bytes(cpu_state_dict(model), metadata=usage | {"format": "pt"})
-    measured = _measure(result, model, dataset, graph, reference, timing) if timing.measure else {}
+    measured = _measure(result, model, dataset, graph, reference, plan.timing) if plan.timing.measure else {}
     # written once everything is checked and timed: a failure or Ctrl-C before leaves no file that
     # disagrees with its export.json, nor a latency in the lineage for weights that were not exported
     atomic_write_bytes(target, exported)
