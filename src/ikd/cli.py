@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -41,6 +41,7 @@ from ikd.checkpoint import (
     read_metadata,
     recorded_data_dir,
     recorded_split,
+    recorded_teachers,
     trained_augmentation,
 )
 from ikd.compare import compare_predictions
@@ -184,20 +185,11 @@ class _Teaching:
             {key: flag for flag, key in ENSEMBLE_FLAGS.items()},
             **{key: getattr(args, flag.removeprefix("--").replace("-", "_")) for flag, key in ENSEMBLE_FLAGS.items()},
         )
-        if len(directories) == 1 and (
-            given := [
-                flag for flag, key in ENSEMBLE_FLAGS.items() if getattr(ensemble, key) != getattr(EnsembleConfig(), key)
-            ]
-        ):
-            raise ConfigError(f"{given[0]}: combines several teachers; expected two or more TEACHER_DIRs, got one")
         defaults = EnsembleConfig()
-        if loss.alpha == 0 and (
-            moot := [
-                f
-                for f in ("--aggregate", "--teacher-drop")
-                if getattr(ensemble, ENSEMBLE_FLAGS[f]) != getattr(defaults, ENSEMBLE_FLAGS[f])
-            ]
-        ):
+        given = [flag for flag, key in ENSEMBLE_FLAGS.items() if getattr(ensemble, key) != getattr(defaults, key)]
+        if len(directories) == 1 and given:
+            raise ConfigError(f"{given[0]}: combines several teachers; expected two or more TEACHER_DIRs, got one")
+        if loss.alpha == 0 and (moot := [f for f in given if f in ("--aggregate", "--teacher-drop")]):
             raise ConfigError(
                 f"{moot[0]}: combines the teachers' KD terms, and --alpha 0 leaves none; drop one of them"
             )
@@ -205,9 +197,7 @@ class _Teaching:
             raise ConfigError(
                 "--hints each: gives every teacher a hint, and --gamma 0 leaves no hint term; drop one of them"
             )
-        named = [d.resolve() for d in directories]
-        if len(set(named)) < len(named):
-            twice = next(d for d, r in zip(directories, named, strict=True) if named.count(r) > 1)
+        if twice := _named_twice(directories):
             raise ConfigError(f"teacher {twice}: named twice; expected each TEACHER_DIR once")
         return cls([_Teacher.load(d, args) for d in directories], loss, ensemble)
 
@@ -402,7 +392,7 @@ def _train(args: argparse.Namespace, teacher_dirs: list[Path] | None = None) -> 
     )
     remove_state(state_dir)  # the model is saved: its training state is no longer needed
     smaller = ""
-    if teaching is not None and (teacher_params := teaching.teachers[0].record()["params"]):
+    if teaching is not None and (teacher_params := recorded_teachers(extra)[0]["params"]):
         which = "the teacher" if len(teaching.teachers) == 1 else "the first teacher"
         ratio = teacher_params / spec.num_params()
         smaller = f", {ratio:.1f}x fewer params than {which}" if ratio >= 1 else f", {1 / ratio:.1f}x {which}'s params"
@@ -454,7 +444,7 @@ def _load_evaluated(
     name = args.dataset or record.get("name")
     if not name:
         raise ConfigError(f"{model_dir}: model.json names no dataset; pass --dataset")
-    split_key = (name, *recorded_split(record))
+    split_key = _split_key(record, args)
     if reuse is not None and reuse[0] == split_key:
         data = reuse[1]
     else:
@@ -468,6 +458,17 @@ def _load_evaluated(
     return model, {"name": name, "split_key": split_key, **normalisation}, data
 
 
+def _named_twice(directories: Sequence[str | Path]) -> str | Path | None:
+    """The first of `directories` that names the same place as another (`d/`, `d/../d` and a link to d are one)."""
+    places = [same_place(d) for d in directories]
+    return next((d for d, place in zip(directories, places, strict=True) if places.count(place) > 1), None)
+
+
+def _split_key(record: dict[str, Any], args: argparse.Namespace) -> tuple[Any, ...]:
+    """(dataset, val_fraction, split_seed, image_size) a model is evaluated on: `--dataset`, else its own record's."""
+    return (args.dataset or record.get("name"), *recorded_split(record))
+
+
 def _load_ensemble(
     model_dirs: list[str], args: argparse.Namespace
 ) -> tuple[torch.nn.Module, dict[str, Any], DataSplits]:
@@ -476,15 +477,14 @@ def _load_ensemble(
     model, record, data = _load_evaluated(model_dirs[0], args)
     if len(model_dirs) == 1:
         return model, record, data
-    places = [same_place(d) for d in model_dirs]
-    if twice := next((d for d, place in zip(model_dirs, places, strict=True) if places.count(place) > 1), None):
+    if twice := _named_twice(model_dirs):
         raise ConfigError(f"{twice}: named twice; expected each MODEL_DIR once in an ensemble")
     members = [model]
     for model_dir in model_dirs[1:]:
         # from its model.json first: another split's data is not loaded only to be refused
         member_record = read_metadata(Path(model_dir)).get("dataset", {})
         recorded = {
-            "split_key": (args.dataset or member_record.get("name"), *recorded_split(member_record)),
+            "split_key": _split_key(member_record, args),
             "mean": member_record.get("mean", record["mean"]),
             "std": member_record.get("std", record["std"]),
         }
