@@ -1,23 +1,61 @@
-"""The `ikd` command end to end, through a subprocess: success paths, error lines and exit codes; and
-the `compress` parser generated from the config models, in-process."""
+"""The `ikd` command end to end: success paths, error lines and exit codes, through `ikd.cli.main` in
+this process (a subprocess per call added about 2 s of interpreter start each, and nothing else), with
+`python -m ikd` itself run as a process where the process is the point (its entry point, a traceback
+behind --debug, the same one line from a fresh interpreter); and the `compress` parser generated from
+the config models, in-process."""
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 from conftest import SMALL_ARCH
 
 from ikd.arch import preset_for
+from ikd.cli import main
 
 
-def ikd(*args, env_extra=None, cwd=None):
-    env = {**os.environ, "IKD_DATA_DIR": os.environ.get("IKD_TEST_EMPTY_ROOT", "/nonexistent-ikd-root")}
-    env.update(env_extra or {})
+def _environment(env_extra: dict[str, str] | None) -> dict[str, str]:
+    return {"IKD_DATA_DIR": os.environ.get("IKD_TEST_EMPTY_ROOT", "/nonexistent-ikd-root"), **(env_extra or {})}
+
+
+@dataclasses.dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def ikd(*args, env_extra=None, cwd=None) -> Ran:
+    """`ikd ARGS` as main() runs it, its output captured; argparse's exits become the return code."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, _environment(env_extra)),
+        contextlib.chdir(cwd or os.getcwd()),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+    ):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:  # argparse: --help, or a flag it refused
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    return Ran(code, stdout.getvalue(), stderr.getvalue())
+
+
+def ikd_process(*args, env_extra=None) -> subprocess.CompletedProcess:
+    """`python -m ikd ARGS` in a fresh interpreter."""
     return subprocess.run(
-        [sys.executable, "-m", "ikd", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "ikd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_environment(env_extra)},
+        timeout=300,
     )
 
 
@@ -45,7 +83,7 @@ def trained(tmp_path_factory):
 
 
 def test_help_lists_the_commands():
-    result = ikd("--help")
+    result = ikd_process("--help")  # the installed entry point, not only main()
     assert result.returncode == 0
     for command in ("train", "eval", "arch"):
         assert command in result.stdout
@@ -213,7 +251,6 @@ def test_several_teachers_make_one_objective_with_every_teacher_in_its_job(train
 def test_distill_refuses_teachers_that_cannot_teach_together_in_one_line(
     trained, tmp_path, capsys, several, flags, words
 ):
-    from ikd.cli import main
 
     teachers = {
         False: lambda: [trained],
@@ -240,7 +277,6 @@ def test_eval_json_reports_accuracy_and_count(trained):
 
 
 def test_eval_of_several_models_scores_their_mean_probabilities(trained, tmp_path, capsys):
-    from ikd.cli import main  # in-process: five evaluations, no interpreter start-up each
 
     assert main(["eval", str(trained), "--split", "val", "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
@@ -378,6 +414,19 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, expected):
     assert expected in lines[-1]
 
 
+def test_a_fresh_interpreter_gives_the_same_lines_as_main(tmp_path):
+    """The in-process runs above stand for the installed command: no import-time warning, traceback or
+    other program name changes what a user sees."""
+    for args in (
+        ["eval", tmp_path / "missing"],
+        ["arch", "vgg16", "--input", "3x0"],
+        ["train", "--dataset", "nope", "--epochs", "1", "--out", tmp_path / "x"],  # argparse's own refusal
+    ):
+        fresh, here = ikd_process(*args), ikd(*args)
+        assert (fresh.returncode, fresh.stdout, fresh.stderr) == (here.returncode, here.stdout, here.stderr)
+        assert fresh.returncode == 2 and fresh.stderr.startswith(("ikd: error: ", "usage: ikd"))
+
+
 def test_corrupt_weights_are_a_clear_error_and_debug_shows_traceback(trained, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -386,7 +435,7 @@ def test_corrupt_weights_are_a_clear_error_and_debug_shows_traceback(trained, tm
     result = ikd("eval", broken)
     assert result.returncode == 2 and "model.safetensors" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    debug = ikd("eval", broken, "--debug")
+    debug = ikd_process("eval", broken, "--debug")  # the interpreter prints the traceback main() lets through
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
@@ -549,7 +598,6 @@ def test_debug_goes_before_or_after_the_command(argv):
     ],
 )
 def test_bad_compress_flag_is_one_line_and_exit_2(capsys, flag, value, expected):
-    from ikd.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["compress", flag, value])
