@@ -209,26 +209,25 @@ def test_distill_from_several_teachers_records_them_and_how_they_combine(trained
 
 
 def test_several_teachers_make_one_objective_with_every_teacher_in_its_job(trained, tmp_path):
-    from ikd.cli import _Teaching, build_parser
+    from ikd.cli import ENSEMBLE_FLAGS, _teaching, build_parser
     from ikd.model import build_model
+    from ikd.teaching import RECORDED_ENSEMBLE_KEYS
+
+    assert set(ENSEMBLE_FLAGS.values()) == RECORDED_ENSEMBLE_KEYS  # every flag's setting is recorded
 
     second = another_teacher(trained, tmp_path / "second", nudged=True)
     flags = ["--arch", "8x1-16x1-16x2", "--epochs", "1", "--out", str(tmp_path / "s"), "--teacher-drop", "0.25"]
     args = build_parser().parse_args(["distill", str(trained), str(second), *flags, "--hints", "each"])
-    teaching = _Teaching.load([trained, second], args)
+    teaching = _teaching(args)
     data, _, _ = teaching.data(None)
     student = build_model(preset_for("8x1-16x1-16x2", data))
     job = teaching.objective(student, seed=0, steps_per_epoch=10).job_description()
     assert job["drop"] == 0.25 and job["aggregate"] == "mean-kd" and len(job["teacher_digests"]) == 2
     assert [weight for weight, *_ in job["teachers"]] == [1.0, 1.0]  # uniform
     assert all(hint_block is not None for _, hint_block, _ in job["teachers"])  # each teacher gives a hint
-    reordered = _Teaching.load(
-        [second, trained], build_parser().parse_args(["distill", str(second), str(trained), *flags, "--hints", "each"])
-    )
+    reordered = _teaching(build_parser().parse_args(["distill", str(second), str(trained), *flags, "--hints", "each"]))
     assert reordered.objective(student, seed=0, steps_per_epoch=10).job_description() != job  # another job: not resumed
-    parent_only = _Teaching.load(
-        [trained, second], build_parser().parse_args(["distill", str(trained), str(second), *flags])
-    )
+    parent_only = _teaching(build_parser().parse_args(["distill", str(trained), str(second), *flags]))
     hints = [
         hint for _, hint, _ in parent_only.objective(student, seed=0, steps_per_epoch=10).job_description()["teachers"]
     ]

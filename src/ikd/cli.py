@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import shlex
@@ -18,8 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -37,7 +35,6 @@ from ikd.checkpoint import (
     describe_size,
     load_model,
     misfit,
-    other_images,
     read_metadata,
     recorded_data_dir,
     recorded_split,
@@ -57,11 +54,11 @@ from ikd.config import (
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, ForeignStateError, IkdError
-from ikd.external import module_digest
 from ikd.fit import save_trained
 from ikd.model import VGG, Ensemble, build_model
-from ikd.objective import DistillationObjective, LossWeights, build_objective
+from ikd.objective import LossWeights
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
+from ikd.teaching import Teaching, named_twice
 from ikd.train import (
     SCHEDULES,
     TrainConfig,
@@ -120,159 +117,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    return _train(args, teacher_dirs=[Path(d) for d in args.teachers])
-
-
-@dataclass
-class _Teacher:
-    """One of `ikd distill`'s teachers: its directory, the model and its model.json."""
-
-    directory: Path
-    model: VGG
-    metadata: dict[str, Any]
-
-    @functools.cached_property
-    def digest(self) -> str:
-        """Its weights' SHA-256: a training resumed under a retrained teacher would be another job."""
-        return module_digest(self.model)
-
-    @classmethod
-    def load(cls, directory: Path, args: argparse.Namespace) -> _Teacher:
-        metadata = read_metadata(directory)
-        augment = trained_augmentation(metadata)
-        if why := unfitting_views(args.teacher_views, augment, str(directory), "--teacher-views"):
-            raise ConfigError(why)
-        model, _ = load_model(directory, map_location=resolve_device(args.device))
-        return cls(directory, model, metadata)
-
-    def split(self) -> tuple[Any, ...]:
-        """(dataset, val_fraction, split_seed, image_size): which images it trained on and was validated on."""
-        record = self.metadata.get("dataset", {})
-        return (record.get("name"), *recorded_split(record))
-
-    def val_accuracy(self) -> float | None:
-        return self.metadata.get("metrics", {}).get("best", {}).get("val_accuracy")
-
-    def record(self) -> dict[str, Any]:
-        """What the student's model.json keeps of it."""
-        from ikd.lineage import file_sha256
-
-        return {
-            "dir": str(self.directory),
-            "path": str(self.directory.resolve()),  # found again from another working directory
-            "sha256": file_sha256(self.directory / WEIGHTS_FILE),  # and known for the same weights
-            "arch": self.metadata.get("size", {}).get("summary"),
-            "params": self.metadata.get("size", {}).get("params"),
-            "val_accuracy": self.val_accuracy(),
-            "test_accuracy": self.metadata.get("metrics", {}).get("test_of_saved_weights", {}).get("accuracy"),
-        }
-
-
-@dataclass
-class _Teaching:
-    """`ikd distill`'s teachers (the first gives the data, the split and, by default, the hint) and the loss
-    they teach with; several teachers combine as a campaign's ensemble does (config.EnsembleConfig)."""
-
-    teachers: list[_Teacher]
-    loss: LossWeights
-    ensemble: EnsembleConfig
-
-    @classmethod
-    def load(cls, directories: list[Path], args: argparse.Namespace) -> _Teaching:
-        loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
-        ensemble = _validated(
-            EnsembleConfig,
-            {key: flag for flag, key in ENSEMBLE_FLAGS.items()},
-            **{key: getattr(args, flag.removeprefix("--").replace("-", "_")) for flag, key in ENSEMBLE_FLAGS.items()},
-        )
-        defaults = EnsembleConfig()
-        given = [flag for flag, key in ENSEMBLE_FLAGS.items() if getattr(ensemble, key) != getattr(defaults, key)]
-        if len(directories) == 1 and given:
-            raise ConfigError(f"{given[0]}: combines several teachers; expected two or more TEACHER_DIRs, got one")
-        if loss.alpha == 0 and (moot := [f for f in given if f in ("--aggregate", "--teacher-drop")]):
-            raise ConfigError(
-                f"{moot[0]}: combines the teachers' KD terms, and --alpha 0 leaves none; drop one of them"
-            )
-        if loss.gamma == 0 and ensemble.hints == "each":
-            raise ConfigError(
-                "--hints each: gives every teacher a hint, and --gamma 0 leaves no hint term; drop one of them"
-            )
-        if twice := _named_twice(directories):
-            raise ConfigError(f"teacher {twice}: named twice; expected each TEACHER_DIR once")
-        return cls([_Teacher.load(d, args) for d in directories], loss, ensemble)
-
-    def data(self, data_dir: str | None) -> tuple[DataSplits, float, int]:
-        """The first teacher's dataset with its validation split, and that split's (val_fraction, split_seed):
-        images a teacher trained on must not decide anything about the student, so every teacher must have
-        trained on this split."""
-        first = self.teachers[0]
-        record = first.metadata.get("dataset", {})
-        if not record.get("name"):
-            raise ConfigError(f"{first.directory / META_FILE}: names no dataset; expected a model trained by ikd")
-        name, val_fraction, split_seed, image_size = first.split()
-        data = load_dataset(
-            name,
-            data_dir or recorded_data_dir(record),
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            image_size=image_size,
-        )
-        for teacher in self.teachers:
-            if teacher.split()[:3] == first.split()[:3] and teacher.split()[3] != first.split()[3]:
-                raise ConfigError(
-                    f"teacher {teacher.directory}: takes {teacher.split()[3]}-pixel images, teacher {first.directory} "
-                    f"{first.split()[3]}-pixel ones; the teachers must see the student's images at one size"
-                )
-            if teacher.split() != first.split():
-                raise ConfigError(
-                    f"teacher {teacher.directory}: trained on dataset/val_fraction/split_seed/image_size "
-                    f"{teacher.split()}, teacher {first.directory} on {first.split()}; the student's validation images "
-                    "would include some a teacher trained on"
-                )
-            teacher_record = teacher.metadata.get("dataset", {})
-            if why := misfit(teacher.model.spec, teacher_record, data) or other_images(teacher_record, data):
-                raise ConfigError(f"teacher {teacher.directory}: {why}")
-        return data, val_fraction, split_seed
-
-    def weights(self) -> list[float]:
-        """Each teacher's weight in the mean (normalised by the objective)."""
-        if self.ensemble.weighting == "uniform":
-            return [1.0] * len(self.teachers)
-        return [t.val_accuracy() or 0.0 for t in self.teachers]
-
-    def objective(self, student: VGG, *, seed: int, steps_per_epoch: int) -> DistillationObjective:
-        return build_objective(
-            student,
-            [t.model for t in self.teachers],
-            self.loss,
-            teacher_weights=self.weights(),
-            hints=self.ensemble.hints,
-            aggregate=self.ensemble.aggregate,
-            drop=self.ensemble.drop,
-            seed=seed,
-            steps_per_epoch=steps_per_epoch,
-            teacher_digests=[t.digest for t in self.teachers],
-        )
-
-    def record(self) -> dict[str, Any]:
-        """What the student's model.json keeps of its teachers and loss: `teacher` for one, `teachers` and
-        `ensemble` for several."""
-        if len(self.teachers) == 1:
-            return {"teacher": self.teachers[0].record(), "loss": self.loss.model_dump()}
-        return {
-            "teachers": [t.record() for t in self.teachers],
-            "loss": self.loss.model_dump(),
-            "ensemble": self.ensemble.model_dump(include=set(ENSEMBLE_FLAGS.values()))
-            | {"teacher_weights": self.weights()},
-        }
+    return _train(args, distilled=True)
 
 
 # `ikd distill`'s flags for combining several teachers, and their config.EnsembleConfig keys
 ENSEMBLE_FLAGS = {"--aggregate": "aggregate", "--weighting": "weighting", "--teacher-drop": "drop", "--hints": "hints"}
 
 
-def _train(args: argparse.Namespace, teacher_dirs: list[Path] | None = None) -> int:
-    """`ikd train`, and `ikd distill` when `teacher_dirs` names the teachers."""
+def _teaching(args: argparse.Namespace) -> Teaching:
+    """`ikd distill`'s teachers and loss from its flags; a flag the loss or the number of teachers makes moot is
+    refused rather than recorded as if it had been used."""
+    directories = [Path(d) for d in args.teachers]
+    loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
+    ensemble = _validated(
+        EnsembleConfig,
+        {key: flag for flag, key in ENSEMBLE_FLAGS.items()},
+        **{key: getattr(args, flag.removeprefix("--").replace("-", "_")) for flag, key in ENSEMBLE_FLAGS.items()},
+    )
+    defaults = EnsembleConfig()
+    given = [flag for flag, key in ENSEMBLE_FLAGS.items() if getattr(ensemble, key) != getattr(defaults, key)]
+    if len(directories) == 1 and given:
+        raise ConfigError(f"{given[0]}: combines several teachers; expected two or more TEACHER_DIRs, got one")
+    if loss.alpha == 0 and (moot := [f for f in given if f in ("--aggregate", "--teacher-drop")]):
+        raise ConfigError(f"{moot[0]}: combines the teachers' KD terms, and --alpha 0 leaves none; drop one of them")
+    if loss.gamma == 0 and ensemble.hints == "each":
+        raise ConfigError(
+            "--hints each: gives every teacher a hint, and --gamma 0 leaves no hint term; drop one of them"
+        )
+    return Teaching.load(directories, loss, ensemble, views=args.teacher_views, device=args.device)
+
+
+def _train(args: argparse.Namespace, distilled: bool = False) -> int:
+    """`ikd train`, and `ikd distill` when `distilled` (its TEACHER_DIRs in args.teachers)."""
     started = time.monotonic()  # the time limit counts data loading too
     out = Path(args.out)
     if not args.out.strip():  # an unset shell variable: Path('') would be the current directory
@@ -299,7 +175,7 @@ def _train(args: argparse.Namespace, teacher_dirs: list[Path] | None = None) -> 
     )
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
-        teaching = _Teaching.load(teacher_dirs, args) if teacher_dirs else None
+        teaching = _teaching(args) if distilled else None
         if teaching is not None:
             data, val_fraction, split_seed = teaching.data(args.data_dir)
         else:
@@ -314,7 +190,7 @@ def _train(args: argparse.Namespace, teacher_dirs: list[Path] | None = None) -> 
         spec = preset_for(args.arch, data)
         model = build_model(spec, seed=args.seed)
         if group is None or group.is_main:
-            taught = f", taught by {', '.join(map(str, teacher_dirs))}" if teacher_dirs else ""
+            taught = f", taught by {', '.join(args.teachers)}" if distilled else ""
             print(
                 f"ikd {args.command}: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
                 f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test){taught}"
@@ -458,12 +334,6 @@ def _load_evaluated(
     return model, {"name": name, "split_key": split_key, **normalisation}, data
 
 
-def _named_twice(directories: Sequence[str | Path]) -> str | Path | None:
-    """The first of `directories` that names the same place as another (`d/`, `d/../d` and a link to d are one)."""
-    places = [same_place(d) for d in directories]
-    return next((d for d, place in zip(directories, places, strict=True) if places.count(place) > 1), None)
-
-
 def _split_key(record: dict[str, Any], args: argparse.Namespace) -> tuple[Any, ...]:
     """(dataset, val_fraction, split_seed, image_size) a model is evaluated on: `--dataset`, else its own record's."""
     return (args.dataset or record.get("name"), *recorded_split(record))
@@ -477,7 +347,7 @@ def _load_ensemble(
     model, record, data = _load_evaluated(model_dirs[0], args)
     if len(model_dirs) == 1:
         return model, record, data
-    if twice := _named_twice(model_dirs):
+    if twice := named_twice(model_dirs):
         raise ConfigError(f"{twice}: named twice; expected each MODEL_DIR once in an ensemble")
     members = [model]
     for model_dir in model_dirs[1:]:

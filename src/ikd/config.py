@@ -389,6 +389,12 @@ class EnsembleConfig(Strict):
             raise ValueError("expected 'all' or a count >= 1")
         return ancestors
 
+    def teacher_weights(self, val_accuracies: list[float | None]) -> list[float]:
+        """Each teacher's weight in the mean (the objective normalises them), from their validation accuracies."""
+        if self.weighting == "uniform":
+            return [1.0] * len(val_accuracies)
+        return [accuracy or 0.0 for accuracy in val_accuracies]
+
 
 class ExecutorConfig(Strict):
     """Where candidates train; it changes how long a campaign takes, not what it computes."""

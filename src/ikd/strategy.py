@@ -95,6 +95,4 @@ def teachers_of(
 
 
 def teacher_weights(lineage: Lineage, teacher_ids: list[str], ensemble: EnsembleConfig) -> list[float]:
-    if ensemble.weighting == "uniform":
-        return [1.0] * len(teacher_ids)
-    return [lineage.node(t).val_accuracy or 0.0 for t in teacher_ids]
+    return ensemble.teacher_weights([lineage.node(t).val_accuracy for t in teacher_ids])
