@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -19,6 +20,7 @@ from conftest import SMALL_ARCH
 
 from ikd.arch import preset_for
 from ikd.cli import main
+from ikd.dirlock import held
 
 
 def _environment(env_extra: dict[str, str] | None) -> dict[str, str]:
@@ -377,10 +379,28 @@ def test_eval_against_a_model_of_another_image_size_gives_it_its_own_images(trai
     assert json.loads(paired.stdout)["against"]["accuracy"] == pytest.approx(alone["accuracy"])
 
 
-def test_refuses_to_overwrite_a_model(trained):
-    result = ikd("train", "--dataset", "digits", "--epochs", "1", "--out", trained)
+def test_refuses_to_overwrite_a_model(trained, tmp_path):
+    kept = shutil.copytree(trained, tmp_path / "kept", ignore=shutil.ignore_patterns(".lock"))
+    result = ikd("train", "--dataset", "digits", "--epochs", "1", "--out", kept)
     assert result.returncode == 2
     assert "--force" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(os.listdir(kept)) == ["model.json", "model.safetensors"]  # refused before taking the directory
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_model_directory_another_command_is_writing_is_refused_and_left_to_it(trained, tmp_path, command):
+    out = tmp_path / "model"
+    source = ["--dataset", "digits"] if command == "train" else [trained]
+    args = [command, *source, "--arch", "8x1", "--epochs", "1", "--precision", "fp32", "--quiet", "--out", out]
+    with held(out, "ikd train"):  # as a first `ikd train --out` holds it while it trains
+        refused = ikd(*args)
+        assert os.listdir(out) == [".lock"]  # nothing of the refused command's
+    said = f"ikd: error: {out}: in use by ikd train (pid {os.getpid()}); wait for it to finish\n"
+    assert refused.returncode == 2 and refused.stderr == said
+    assert not out.exists()  # the holder made the directory and wrote nothing: it is gone with it
+    assert ikd(*args).returncode == 0  # free again
+    assert sorted(os.listdir(out)) == [".lock", "model.json", "model.safetensors"]
+    assert (out / ".lock").read_text() == ""  # released: it names no holder
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ from ikd.config import (
 )
 from ikd.data import AUGMENTATIONS, DATASETS, DataSplits, load_dataset
 from ikd.data.paths import same_place
+from ikd.dirlock import held
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
 from ikd.model import VGG, Ensemble, build_model
@@ -148,7 +149,8 @@ def _teaching(args: argparse.Namespace) -> Teaching:
 
 
 def _train(args: argparse.Namespace, distilled: bool = False) -> int:
-    """`ikd train`, and `ikd distill` when `distilled` (its TEACHER_DIRs in args.teachers)."""
+    """`ikd train`, and `ikd distill` when `distilled` (its TEACHER_DIRs in args.teachers): the model directory
+    held for this command alone (two would interleave their epochs and could mix their files)."""
     started = time.monotonic()  # the time limit counts data loading too
     out = Path(args.out)
     if not args.out.strip():  # an unset shell variable: Path('') would be the current directory
@@ -156,8 +158,19 @@ def _train(args: argparse.Namespace, distilled: bool = False) -> int:
     if why := cannot_make_dir(out):
         raise ConfigError(f"--out {args.out}: {why}; expected a directory for the model")
     time_limit = parse_duration(args.time_limit) if args.time_limit is not None else None
+    _refuse_a_trained_model(out, args)  # before the lock too: a refusal leaves the directory as it was
+    hold = held(out, f"ikd {args.command}", what="model directory") if distributed.saves_here() else None
+    with hold or contextlib.nullcontext():
+        _refuse_a_trained_model(out, args)  # what another command may have finished meanwhile
+        return _train_held(args, distilled, out, started, time_limit)
+
+
+def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
+
+
+def _train_held(args: argparse.Namespace, distilled: bool, out: Path, started: float, time_limit: float | None) -> int:
     config = _validated(
         TrainConfig,
         epochs=args.epochs,

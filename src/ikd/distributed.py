@@ -90,6 +90,12 @@ def current() -> Group | None:
     return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
 
 
+def saves_here() -> bool:
+    """Whether this process writes the model: rank 0 of a torchrun group, or a process on its own. Read from
+    the environment torchrun sets, so it is known before the group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
 def init_from_environment(device: str) -> Group | None:
     """Join the group torchrun started this process in (None when not started by torchrun)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

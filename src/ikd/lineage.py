@@ -10,10 +10,8 @@ at any moment leaves a valid lineage whose finished nodes are intact.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -25,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ikd.arch import ArchSpec
 from ikd.atomic import TEMP_SUFFIX, atomic_write_json, is_temp_name
 from ikd.checkpoint import META_FILE, WEIGHTS_FILE
+from ikd.dirlock import held
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
 from ikd.train_state import STATE_DIR
 
 LINEAGE_FILE = "lineage.json"
 ROOT_ID = "g0-teacher"
-LOCK_FILE = ".lock"
 NODES_DIR = "nodes"
 # the folders of a run directory that ikd writes (besides lineage.json): nodes, unfinished trainings'
 # state, and what `ikd export`, `ikd report` and `--log tensorboard` write by default
@@ -319,24 +317,6 @@ class Lineage(BaseModel):
         return ordered + [(n, 0) for n in self.nodes if n.id not in placed]
 
 
-def _missing_dirs(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path.parent != path:
-        missing.append(path)
-        path = path.parent
-    return missing
-
-
-def _remove_if_unused(path: Path, created: list[Path]) -> None:
-    """Remove a run directory (and the parents made for it) that holds nothing but its lock."""
-    with contextlib.suppress(OSError):
-        if os.listdir(path) == [LOCK_FILE]:
-            (path / LOCK_FILE).unlink()
-            for directory in created:
-                directory.rmdir()
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -360,44 +340,16 @@ class RunDir:
 
     @contextlib.contextmanager
     def locked(self, purpose: str):
-        """Hold the run directory for one writer (a campaign, an export) at a time.
-
-        An advisory flock: the kernel releases it when the holder dies, even by kill -9, so a
-        crashed campaign never leaves a stale lock behind. Temporary files such a crash left are
-        removed once the lock is held; a run directory this call created is removed again if
-        nothing was written into it (a campaign that fails before any work leaves nothing).
-        """
+        """Hold the run directory for one writer (a campaign, an export) at a time (ikd.dirlock.held).
+        Temporary files a crashed writer left are removed once the lock is held."""
         if not self.exists() and (self.path / META_FILE).is_file():  # its nodes would land beside that model
             raise ConfigError(
                 f"{self.path}: holds a model from `ikd train` ({META_FILE}), not a campaign; choose another "
                 f"run_dir (to compress that model, give it as the teacher: --teacher {self.path})"
             )
-        created = _missing_dirs(self.path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            # opened outside `with` so that only the open's OSError becomes the CheckpointError
-            handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot open the run directory for writing ({exc.strerror})") from None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise CheckpointError(f"{self.path}: in use by {holder}; wait for it to finish") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{purpose} (pid {os.getpid()})")
-            handle.flush()
+        with held(self.path, purpose, what="run directory"):
             self._remove_stale_temp_files()
-            try:
-                yield self
-            finally:
-                handle.seek(0)
-                handle.truncate()
-                if created:
-                    _remove_if_unused(self.path, created)
+            yield self
 
     def _remove_stale_temp_files(self) -> None:
         """Atomic writes a kill -9 cut short leave `.<name>.<random>.tmp` files; only the lock holder
