@@ -53,3 +53,27 @@ def test_generated_tables_are_current(name, generate, command):
 def test_readme_gives_the_two_setup_commands():
     text = README.read_text(encoding="utf-8")
     assert "make demo" in text and "make test" in text
+
+
+@pytest.mark.parametrize("config_file", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(config_file):
+    from ikd.config import load_config
+
+    assert load_config(str(config_file), {}).data.name in config_file.name
+
+
+def test_the_slim_config_runs_the_settings_its_record_measured():
+    """configs/cifar10-vgg16-slim.yaml quotes iterating_pays_cifar10_gpu.md: the campaigns there must have run
+    its settings (their teacher was given as a directory, trained by `ikd train` for teacher.epochs)."""
+    import json
+
+    from ikd.config import load_config
+
+    shipped = load_config(str(ROOT / "configs" / "cifar10-vgg16-slim.yaml"), {}).model_dump(mode="json")
+    lineages = ROOT / "benchmarks" / "results" / "lineages" / "iterating-pays"
+    for seed in range(3):
+        lineage = json.loads((lineages / f"cifar10-gpu-share+final+early-seed{seed}" / "lineage.json").read_text())
+        ran = lineage["config"]
+        for section in ("student", "search", "loss", "ensemble"):  # keys added since then keep their defaults
+            assert ran[section] == {key: shipped[section][key] for key in ran[section]}, (seed, section)
+        assert ran["data"]["name"] == shipped["data"]["name"] and ran["teacher"]["arch"] == shipped["teacher"]["arch"]
