@@ -193,6 +193,24 @@ def test_paper_table_quick(tmp_path):
     assert "Traceback" not in broken.stderr
 
 
+def test_the_paper_table_has_a_row_for_each_shipped_slim_recipe(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    paper = importlib.import_module("paper")
+    from ikd.config import load_config
+    from ikd.lineage import Lineage
+
+    recipes = [row for row in paper.all_rows() if row.operators == ("slim",)]
+    assert [row.name for row in recipes] == ["cifar10-vgg16-slim"]  # where configs/ ships one
+    config = load_config(str(recipes[0].config), {"search.operators": ["slim"], "teacher.arch": "vgg16"})
+    assert config.student.final_epochs == 10 and config.search.slim_by_share
+    assert all(row.config.name == f"{row.dataset}-{row.teacher}.yaml" for row in paper.all_rows() if row not in recipes)
+    runs = ROOT / "benchmarks" / "results" / "lineages" / "iterating-pays"
+    lineage = Lineage.model_validate(
+        json.loads((runs / "cifar10-gpu-share+final+early-seed0" / "lineage.json").read_text())
+    )
+    assert "4 ep/child, 5 children + final distillation 10 ep (30 child-epochs)" in paper.budget_of(lineage)
+
+
 def test_paper_table_states_each_seed_and_their_mean_and_spread(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     paper = importlib.import_module("paper")
