@@ -35,8 +35,19 @@ GOAL = 1.10
 OLD_REPEATS = 30  # the one-by-one protocol's single median, as ikd timed before the interleaved one
 
 
+def save_graphs(run_dir: Path, node_id: str, graphs: Path) -> None:
+    """The root's and the node's ONNX graphs, exported once into `graphs`, so every run times the same graphs
+    (and no run spends seconds exporting them again)."""
+    run = RunDir(run_dir)
+    lineage = run.load()
+    graphs.mkdir(parents=True, exist_ok=True)
+    for node in (lineage.root(), lineage.node(node_id)):
+        model, meta = load_model(run.node_dir(node.id))
+        (graphs / f"{node.id}.onnx").write_bytes(onnx_graph(model.eval(), meta["dataset"], {}))
+
+
 def time_once(
-    run_dir: Path, node_id: str, repeats: int, rounds: int, threads: int, batch: int
+    run_dir: Path, node_id: str, repeats: int, rounds: int, threads: int, batch: int, graphs: Path
 ) -> dict[str, dict[str, float]]:
     """Speed-ups at `batch` per protocol and runtime, measured in this process with `threads` threads, and the
     interleaved protocol's ms of each side ("teacher ms", "student ms"): which of the two moved."""
@@ -45,7 +56,7 @@ def time_once(
     timed = {}
     for node in (lineage.root(), lineage.node(node_id)):
         model, meta = load_model(run.node_dir(node.id))
-        timed[node.id] = (model.eval(), meta["dataset"], onnx_graph(model, meta["dataset"], {}))
+        timed[node.id] = (model.eval(), meta["dataset"], (graphs / f"{node.id}.onnx").read_bytes())
     teacher_id = lineage.root().id
 
     def milliseconds(measured, node: str) -> dict[str, float]:
@@ -116,11 +127,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny digits run of its own, 2 runs of 2 rounds")
     parser.add_argument("--quiet", action="store_true", help="(prints only the record)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON out
+    parser.add_argument("--graphs", help=argparse.SUPPRESS)  # a child's: the graphs the parent exported
     args = parser.parse_args()
     planned_repeats, planned_rounds = LATENCY_PLAN.get(args.batch, OTHER_BATCH_PLAN)
     args.repeats, args.rounds = args.repeats or planned_repeats, args.rounds or planned_rounds
     if args.one:
-        print(json.dumps(time_once(Path(args.run), args.node, args.repeats, args.rounds, args.threads, args.batch)))
+        timed = time_once(
+            Path(args.run), args.node, args.repeats, args.rounds, args.threads, args.batch, Path(args.graphs)
+        )
+        print(json.dumps(timed))
         return 0
 
     with tempfile.TemporaryDirectory(prefix="ikd-latency-") as scratch:
@@ -131,7 +146,8 @@ def main() -> int:
             node_id = args.node or RunDir(run_dir).load().final().id
         else:
             parser.error("--run is required (or --quick)")
-        child = [sys.executable, __file__, "--one", "--run", str(run_dir), "--node", node_id]
+        save_graphs(run_dir, node_id, graphs := Path(scratch) / "graphs")
+        child = [sys.executable, __file__, "--one", "--run", str(run_dir), "--node", node_id, "--graphs", str(graphs)]
         child += ["--repeats", str(args.repeats), "--rounds", str(args.rounds)]
         child += ["--threads", str(args.threads), "--batch", str(args.batch)]
         results = [median_of_processes(child, args.processes) for _ in range(args.runs)]

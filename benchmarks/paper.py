@@ -2,8 +2,9 @@
 
 One row per (dataset, teacher, operators): MNIST and CIFAR-10 (JPEG-Q75), VGG-16 and VGG-19,
 shrinking by depth only, width only, or both; and a `<dataset>-<teacher>-slim` row where
-`configs/<dataset>-<teacher>-slim.yaml` ships that recipe (uneven steps and a final distillation). Each row is a campaign run with the shipped config
-(`configs/<dataset>-<teacher>.yaml`) under the budget given here, stated in the output. A row's run
+`configs/<dataset>-<teacher>-slim.yaml` ships that recipe (uneven steps and a final distillation).
+Each row is a campaign run with the shipped config (`configs/<dataset>-<teacher>.yaml`, or that
+recipe's) under the budget given here, stated in the output. A row's run
 directory is resumed, so an interrupted table continues where it stopped, and `--reuse ROW=DIR`
 takes a campaign already run (its own budget is read from its lineage and printed). A row with no
 `--teacher` imports the teacher a sibling row (same dataset and architecture) trained in `--out`,
