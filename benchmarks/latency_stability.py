@@ -1,7 +1,8 @@
 """Does a speed-up hold still? The same teacher and student timed in several separate processes.
 
-Each run is a fresh process that loads the root teacher and one node of a run directory and times
-them two ways at batch 1 (or `--batch`), with onnxruntime and PyTorch, one thread unless `--threads`:
+Each run is a fresh process that loads the root teacher and one node of a run directory (and their
+ONNX graphs, exported once before the first run) and times them two ways at batch 1 (or `--batch`),
+with onnxruntime and PyTorch, one thread unless `--threads`:
   interleaved  ikd's protocol (ikd.latency): both models in one call, `--rounds` interleaved turns of
                `--repeats` calls each after a warm-up, the smallest turn median kept;
   one-by-one   the old way: each model timed alone, one median of 30 calls, the teacher
