@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
 import importlib.metadata
+import io
 import os
 import struct
 import sys
+import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -22,6 +29,75 @@ from ikd.train import TrainConfig, evaluate, train_model
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: installed modules win
 from common import QUICK_ARCH  # importable once the line above has run
+
+
+@dataclasses.dataclass
+class Ran:
+    """What a command printed and exited with."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_process(
+    run: Callable[[], int | None],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    argv: list[str] | None = None,
+    fresh_modules_under: Path | None = None,
+) -> Ran:
+    """`run()` as a fresh interpreter would show it, in this process (an interpreter start costs about 2 s a
+    call): its exit code (SystemExit's, or 1 and the traceback for an uncaught error), its output, and the
+    warnings an interpreter's default filters would print. The caller's directory, environment, argv and
+    torch threads are restored; modules under `fresh_modules_under` (a script's own imports) are imported
+    afresh by the run and put back after, so no cached module state passes between runs."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+
+    def scripts() -> dict[str, object]:
+        if fresh_modules_under is None:
+            return {}
+        under = str(fresh_modules_under)
+        return {n: m for n, m in list(sys.modules.items()) if (getattr(m, "__file__", None) or "").startswith(under)}
+
+    before = scripts()
+    for name in before:
+        del sys.modules[name]
+    with (
+        mock.patch.dict(os.environ, env or {}),
+        mock.patch.object(sys, "argv", argv if argv is not None else sys.argv),
+        contextlib.chdir(cwd or os.getcwd()),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.resetwarnings()  # the interpreter's defaults, not pytest's
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            code = run() or 0
+        except SystemExit as exit_:  # what the interpreter would do with it
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+        except Exception:
+            code = 1
+            traceback.print_exc()
+        finally:
+            torch.set_num_threads(threads)
+            for name in scripts():
+                del sys.modules[name]
+            sys.modules.update(before)  # type: ignore[arg-type]
+        for warning in caught:
+            print(
+                warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno),
+                end="",
+                file=sys.stderr,
+            )
+    return Ran(code, stdout.getvalue(), stderr.getvalue())
+
 
 IDX_FILES = (
     "train-images-idx3-ubyte",

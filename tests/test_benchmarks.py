@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib
 import io
 import json
@@ -14,13 +12,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import traceback
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-from conftest import SMALL_ARCH, campaign_args
+from conftest import SMALL_ARCH, Ran, campaign_args, in_process
 
 from ikd.arch import preset
 from ikd.lineage import RunDir
@@ -30,45 +27,30 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK_ROW = f"digits-{SMALL_ARCH}"  # paper.py --quick's teacher: the small layout, not a preset
 
 
-@dataclasses.dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-OWN_PROCESS = {"scale_out.py"}  # starts a Ray cluster from the calling process
+OWN_PROCESS = {
+    "scale_out.py",  # starts a Ray cluster from the calling process
+    "campaign.py",  # measures its children's peak memory (RUSAGE_CHILDREN): a test worker has had many
+}
 
 
 def quick(script: str, *extra: str, tmp_path: Path) -> Ran | subprocess.CompletedProcess:
-    """A benchmark script at its --quick size, whatever its exit status: run as `python SCRIPT` would run
-    it, in this process (an interpreter start is about 2 s of each smoke run) unless it needs its own."""
+    """A benchmark script at its --quick size, whatever its exit status: run as `python SCRIPT` would run it,
+    in this process (conftest.in_process: an interpreter start is about 2 s of each smoke run) unless it
+    needs its own."""
     argv = [str(ROOT / "benchmarks" / script), "--quick", *extra]
     if script in OWN_PROCESS:
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    stdout, stderr = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()  # a script may set its own; the next test gets the worker's back
-    with (
-        mock.patch.object(sys, "argv", argv),
-        mock.patch.object(sys, "path", [str(ROOT / "benchmarks"), *sys.path]),
-        mock.patch.dict(os.environ),
-        contextlib.chdir(tmp_path),
-        contextlib.redirect_stdout(stdout),
-        contextlib.redirect_stderr(stderr),
-    ):
-        try:
-            runpy.run_path(argv[0], run_name="__main__")
-            code = 0
-        except SystemExit as exit_:  # what the interpreter would do with it
-            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-            if isinstance(exit_.code, str):
-                print(exit_.code, file=sys.stderr)
-        except Exception:  # an uncaught error: the traceback a user would see
-            code = 1
-            traceback.print_exc()
-        finally:
-            torch.set_num_threads(threads)
-    return Ran(code, stdout.getvalue(), stderr.getvalue())
+
+    def run_script() -> None:
+        runpy.run_path(argv[0], run_name="__main__")
+
+    with mock.patch.object(sys, "path", [str(ROOT / "benchmarks"), *sys.path]):
+        return in_process(
+            run_script,
+            cwd=tmp_path,
+            argv=argv,
+            fresh_modules_under=ROOT / "benchmarks",
+        )
 
 
 def run_quick(script: str, *extra: str, tmp_path: Path) -> str:

@@ -5,18 +5,14 @@ behind --debug, the same one line from a fresh interpreter); and the `compress` 
 the config models, in-process."""
 
 import argparse
-import contextlib
-import dataclasses
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from unittest import mock
 
 import pytest
-from conftest import SMALL_ARCH
+from conftest import SMALL_ARCH, Ran, in_process
 
 from ikd.arch import preset_for
 from ikd.cli import main
@@ -27,27 +23,9 @@ def _environment(env_extra: dict[str, str] | None) -> dict[str, str]:
     return {"IKD_DATA_DIR": os.environ.get("IKD_TEST_EMPTY_ROOT", "/nonexistent-ikd-root"), **(env_extra or {})}
 
 
-@dataclasses.dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def ikd(*args, env_extra=None, cwd=None) -> Ran:
-    """`ikd ARGS` as main() runs it, its output captured; argparse's exits become the return code."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with (
-        mock.patch.dict(os.environ, _environment(env_extra)),
-        contextlib.chdir(cwd or os.getcwd()),
-        contextlib.redirect_stdout(stdout),
-        contextlib.redirect_stderr(stderr),
-    ):
-        try:
-            code = main([str(arg) for arg in args])
-        except SystemExit as exit_:  # argparse: --help, or a flag it refused
-            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-    return Ran(code, stdout.getvalue(), stderr.getvalue())
+    """`ikd ARGS` as main() runs it, as a fresh interpreter would show it (conftest.in_process)."""
+    return in_process(lambda: main([str(arg) for arg in args]), cwd=cwd, env=_environment(env_extra))
 
 
 def ikd_process(*args, env_extra=None) -> subprocess.CompletedProcess:
@@ -399,8 +377,25 @@ def test_a_model_directory_another_command_is_writing_is_refused_and_left_to_it(
     assert refused.returncode == 2 and refused.stderr == said
     assert not out.exists()  # the holder made the directory and wrote nothing: it is gone with it
     assert ikd(*args).returncode == 0  # free again
-    assert sorted(os.listdir(out)) == [".lock", "model.json", "model.safetensors"]
-    assert (out / ".lock").read_text() == ""  # released: it names no holder
+    assert sorted(os.listdir(out)) == ["model.json", "model.safetensors"]  # the lock went with its holder
+
+
+def test_a_refusal_inside_the_model_directory_leaves_it_as_it_was(trained, tmp_path):
+    (out := tmp_path / "existing").mkdir()
+    (out / "notes.txt").write_text("mine")
+    flags = ["--arch", "8x1", "--out", out]
+    for args, said in (
+        (["train", "--dataset", "digits", "--epochs", "0"], "--epochs"),  # a flag: refused before the lock
+        (
+            ["distill", trained, trained / "x", "--alpha", "0", "--teacher-drop", "0.5", "--epochs", "1"],
+            "--teacher-drop",
+        ),
+        (["distill", tmp_path / "no-teacher", "--epochs", "1"], "model.json"),  # the teacher: inside the lock
+        (["train", "--dataset", "npz", "--data-dir", tmp_path / "none.npz", "--epochs", "1"], "none.npz"),  # the data
+    ):
+        refused = ikd(*args, *flags)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert os.listdir(out) == ["notes.txt"], args
 
 
 @pytest.mark.parametrize(

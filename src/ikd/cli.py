@@ -125,10 +125,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 ENSEMBLE_FLAGS = {"--aggregate": "aggregate", "--weighting": "weighting", "--teacher-drop": "drop", "--hints": "hints"}
 
 
-def _teaching(args: argparse.Namespace) -> Teaching:
-    """`ikd distill`'s teachers and loss from its flags; a flag the loss or the number of teachers makes moot is
-    refused rather than recorded as if it had been used."""
-    directories = [Path(d) for d in args.teachers]
+def _teaching_settings(args: argparse.Namespace) -> tuple[LossWeights, EnsembleConfig]:
+    """`ikd distill`'s loss and the way its teachers combine, from its flags alone (no teacher loaded yet); a
+    flag the loss or the number of teachers makes moot is refused rather than recorded as if it had been used."""
+    directories = args.teachers
     loss = _validated(LossWeights, **{key: getattr(args, key) for key in LossWeights.model_fields})
     ensemble = _validated(
         EnsembleConfig,
@@ -145,6 +145,13 @@ def _teaching(args: argparse.Namespace) -> Teaching:
         raise ConfigError(
             "--hints each: gives every teacher a hint, and --gamma 0 leaves no hint term; drop one of them"
         )
+    return loss, ensemble
+
+
+def _teaching(args: argparse.Namespace) -> Teaching:
+    """`ikd distill`'s teachers, loaded, with the loss they teach with."""
+    loss, ensemble = _teaching_settings(args)
+    directories = [Path(d) for d in args.teachers]
     return Teaching.load(directories, loss, ensemble, views=args.teacher_views, device=args.device)
 
 
@@ -158,19 +165,6 @@ def _train(args: argparse.Namespace, distilled: bool = False) -> int:
     if why := cannot_make_dir(out):
         raise ConfigError(f"--out {args.out}: {why}; expected a directory for the model")
     time_limit = parse_duration(args.time_limit) if args.time_limit is not None else None
-    _refuse_a_trained_model(out, args)  # before the lock too: a refusal leaves the directory as it was
-    hold = held(out, f"ikd {args.command}", what="model directory") if distributed.saves_here() else None
-    with hold or contextlib.nullcontext():
-        _refuse_a_trained_model(out, args)  # what another command may have finished meanwhile
-        return _train_held(args, distilled, out, started, time_limit)
-
-
-def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
-    if (out / META_FILE).exists() and not args.force:
-        raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
-
-
-def _train_held(args: argparse.Namespace, distilled: bool, out: Path, started: float, time_limit: float | None) -> int:
     config = _validated(
         TrainConfig,
         epochs=args.epochs,
@@ -186,6 +180,30 @@ def _train_held(args: argparse.Namespace, distilled: bool, out: Path, started: f
         ema_epochs=args.ema_epochs,
         bn_sparsity=args.bn_sparsity,
     )
+    if distilled:
+        _teaching_settings(args)  # a bad flag is refused as itself, not as a directory in use
+    _refuse_a_trained_model(out, args)
+    # Rank 0 holds it under torchrun: it alone saves. The lock file goes with the lock, so a refusal after it
+    # (another job's state, unfit teachers or data) leaves the directory as it was.
+    hold = held(out, f"ikd {args.command}", what="model directory", leave_lock=False)
+    with hold if distributed.saves_here() else contextlib.nullcontext():
+        _refuse_a_trained_model(out, args)  # what another command may have finished meanwhile
+        return _train_held(args, distilled, config, out, started, time_limit)
+
+
+def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
+    if (out / META_FILE).exists() and not args.force:
+        raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
+
+
+def _train_held(
+    args: argparse.Namespace,
+    distilled: bool,
+    config: TrainConfig,
+    out: Path,
+    started: float,
+    time_limit: float | None,
+) -> int:
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
         teaching = _teaching(args) if distilled else None
