@@ -3,6 +3,7 @@ and every user mistake is one line with exit code 2."""
 
 import hashlib
 import json
+import os
 import shutil
 import time
 
@@ -21,6 +22,7 @@ from ikd.campaign import compress
 from ikd.checkpoint import load_model
 from ikd.cli import main
 from ikd.data import normalize
+from ikd.dirlock import held
 from ikd.errors import CheckpointError
 from ikd.export import export, onnx_graph
 from ikd.latency import LATENCY_PLAN, cpu_session, min_of_medians
@@ -633,3 +635,12 @@ def test_a_model_of_several_teachers_is_timed_beside_the_first_and_says_so(stude
     result = export(student, "safetensors", repeats=1, rounds=2)
     assert result.teacher_id == str(tiny_teacher) and "its first teacher" in result.subject.headline
     assert result.notes == [f"distilled from 2 teachers: timed beside the first, {tiny_teacher}"]
+
+
+def test_a_model_being_trained_again_is_not_exported_until_that_ends(student, capsys):
+    with held(student, "ikd train"):  # `ikd train --force --out STUDENT`, replacing its files
+        assert main(["export", str(student), "--format", "safetensors", "--no-latency"]) == 2
+    assert f"in use by ikd train (pid {os.getpid()}); wait for it to finish" in capsys.readouterr().err
+    assert not (student / "export").exists()
+    assert main(["export", str(student), "--format", "safetensors", "--no-latency"]) == 0
+    assert sorted(p.name for p in student.iterdir()) == ["export", "model.json", "model.safetensors"]

@@ -1,6 +1,6 @@
 """One writer per directory at a time: a campaign's run directory (its campaign, or `ikd export --node`),
-or the model directory `ikd train` or `ikd distill` writes into, where two writers would interleave their
-epochs' states and could leave one's model.json beside the other's weights."""
+or a model directory (`ikd train` or `ikd distill` writing it, where two writers would interleave their
+epochs' states and could leave one's model.json beside the other's weights; `ikd export` reading it)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ from ikd.checkpoint import (
     recorded_teachers,
 )
 from ikd.data import load_dataset, normalize
+from ikd.dirlock import held
 from ikd.errors import CheckpointError, ConfigError, IkdError
 from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
 from ikd.lineage import (
@@ -243,18 +245,24 @@ def _export_model_dir(model_dir: Path, plan: _Plan) -> ExportResult:
             f"{model_dir} is a node of the campaign in {run}; export it with "
             f"`ikd export {run} --node {model_dir.resolve().name} --format {plan.format}`"
         )
-    if not (model_dir / META_FILE).exists() and (model_dir / STATE_DIR).is_dir():
-        raise CheckpointError(
-            f"{model_dir}: its training has not finished (its state is in {model_dir / STATE_DIR}); "
-            "rerun the command that started it to finish it, then export"
-        )
-    model, metadata = load_model(model_dir)
-    model.eval()
-    protected = {model_dir / STATE_DIR: "where its training state is kept"}  # its own files: as any model's
-    files = _planned_files(plan, model_dir / EXPORT_DIR, protected)
-    result = ExportResult(subject=Exported.of_model_dir(model_dir, model, metadata), format=plan.format, files=[])
-    reference = _recorded_teacher(model_dir, metadata, result.notes) if plan.timing.measure else None
-    _export(result, model, dataset_record(metadata, model_dir), files, plan, reference)
+    # Held as `ikd train` holds it, so no retraining replaces the weights mid-export; a directory this process
+    # cannot write is no one's to retrain here, and one that is not there is refused by load_model.
+    writable = model_dir.is_dir() and os.access(model_dir, os.W_OK)
+    hold = held(model_dir, "ikd export", what="model directory", leave_lock=False)
+    with hold if writable else contextlib.nullcontext():
+        if not (model_dir / META_FILE).exists() and (model_dir / STATE_DIR).is_dir():
+            raise CheckpointError(
+                f"{model_dir}: its training has not finished (its state is in {model_dir / STATE_DIR}); "
+                "rerun the command that started it to finish it, then export"
+            )
+        model, metadata = load_model(model_dir)
+        model.eval()
+        protected = {model_dir / STATE_DIR: "where its training state is kept"}  # its own files: as any model's
+        files = _planned_files(plan, model_dir / EXPORT_DIR, protected)
+        subject = Exported.of_model_dir(model_dir, model, metadata)
+        result = ExportResult(subject=subject, format=plan.format, files=[])
+        reference = _recorded_teacher(model_dir, metadata, result.notes) if plan.timing.measure else None
+        _export(result, model, dataset_record(metadata, model_dir), files, plan, reference)
     return result
 
 
