@@ -33,24 +33,23 @@ OWN_PROCESS = {
 }
 
 
-def quick(script: str, *extra: str, tmp_path: Path) -> Ran | subprocess.CompletedProcess:
-    """A benchmark script at its --quick size, whatever its exit status: run as `python SCRIPT` would run it,
-    in this process (conftest.in_process: an interpreter start is about 2 s of each smoke run) unless it
-    needs its own."""
-    argv = [str(ROOT / "benchmarks" / script), "--quick", *extra]
-    if script in OWN_PROCESS:
+def script(name: str, *args: str, tmp_path: Path) -> Ran | subprocess.CompletedProcess:
+    """`python benchmarks/NAME ARGS` in `tmp_path`, whatever its exit status: in this process
+    (conftest.in_process: an interpreter start is about 2 s of each run) unless it needs its own."""
+    argv = [str(ROOT / "benchmarks" / name), *args]
+    if name in OWN_PROCESS:
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
     def run_script() -> None:
         runpy.run_path(argv[0], run_name="__main__")
 
     with mock.patch.object(sys, "path", [str(ROOT / "benchmarks"), *sys.path]):
-        return in_process(
-            run_script,
-            cwd=tmp_path,
-            argv=argv,
-            fresh_modules_under=ROOT / "benchmarks",
-        )
+        return in_process(run_script, cwd=tmp_path, argv=argv, fresh_modules_under=ROOT / "benchmarks")
+
+
+def quick(name: str, *extra: str, tmp_path: Path) -> Ran | subprocess.CompletedProcess:
+    """A benchmark script at its --quick size."""
+    return script(name, "--quick", *extra, tmp_path=tmp_path)
 
 
 def run_quick(script: str, *extra: str, tmp_path: Path) -> str:
@@ -193,7 +192,7 @@ def test_the_paper_table_has_a_row_for_each_shipped_slim_recipe(monkeypatch):
     assert "4 ep/child, 5 children + final distillation 10 ep (30 child-epochs)" in paper.budget_of(lineage)
 
 
-def test_paper_table_states_each_seed_and_their_mean_and_spread(monkeypatch):
+def test_paper_table_states_each_seed_and_their_mean_and_spread(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     paper = importlib.import_module("paper")
     base = {"dataset": "MNIST", "teacher": "VGG-16", "operators": "width", "budget": "b", "teacher_test": 99.5}
@@ -240,12 +239,7 @@ def test_paper_table_states_each_seed_and_their_mean_and_spread(monkeypatch):
     assert paper.retimed(timed, rewritten) == {"speedup_ort": 3.0, "speedup_torch": None, "timed_by": "re-timed"}
     assert paper.retimed(timed, rewritten | {"params": 499}) == {}  # another student: its own timings
 
-    negative = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--seed", "-1", "--collect-only"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    negative = script("paper.py", "--seed", "-1", "--collect-only", tmp_path=tmp_path)
     assert negative.returncode != 0 and negative.stderr.strip() == "paper.py: error: --seed -1: expected a seed >= 0"
 
 
@@ -787,11 +781,11 @@ def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alon
     source, out = tmp_path / "campaign", tmp_path / "again"
     assert cli.main(campaign_args(tiny_teacher, source, "--final-epochs", "1")) == 0
     before = RunDir(source).load()
-    script = [sys.executable, str(ROOT / "benchmarks" / "final_recipe.py"), "--runs", str(source), "--out", str(out)]
+    paths = ["--runs", str(source), "--out", str(out)]
     # 1e-4: YAML 1.1 reads it as a string; the copy must still count as done under it on the second run
-    changed = [*script, "--set", "student.ema_epochs=1", "--set", "student.weight_decay=1e-4", "--baselines"]
+    changed = [*paths, "--set", "student.ema_epochs=1", "--set", "student.weight_decay=1e-4", "--baselines"]
     changed += ["--set", "loss.temperature=2", "--note", "Why: a probe.", "--markdown", str(tmp_path / "final.md")]
-    done = subprocess.run(changed, capture_output=True, text=True, timeout=300)
+    done = script("final_recipe.py", *changed, tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(
         r"^RESULT mean_change_val=[+-]\d+\.\d{3} mean_change_test=[+-]\d+\.\d{3}$", done.stdout, re.MULTILINE
@@ -817,7 +811,7 @@ def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alon
     # a second run finds the copy done and trains nothing, not even a resume
     weights = copy_dir.node_dir("final") / "model.safetensors"
     stamp, sessions = weights.stat().st_mtime_ns, len(copy.sessions)
-    assert subprocess.run(changed, capture_output=True, text=True, timeout=300).returncode == 0
+    assert script("final_recipe.py", *changed, tmp_path=tmp_path).returncode == 0
     assert weights.stat().st_mtime_ns == stamp and len(copy_dir.load().sessions) == sessions
     # refused in one line, before anything trains: a copy made under other settings (ikd would keep its final and
     # tabulate it as this recipe's), a key that would change the search, a value that is not YAML
@@ -827,7 +821,7 @@ def test_final_recipe_distils_a_finished_answer_again_and_leaves_the_source_alon
         (["--set", "loss.kd=[1"], "not YAML"),
         (["--set", "student.final_epochs=0"], "no final distillation"),
     ]:
-        bad = subprocess.run([*script, *wrong], capture_output=True, text=True, timeout=60)
+        bad = script("final_recipe.py", *paths, *wrong, tmp_path=tmp_path)
         assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
     assert weights.stat().st_mtime_ns == stamp and len(copy_dir.load().sessions) == sessions
 
@@ -860,10 +854,9 @@ def test_a_teacher_record_adds_the_test_time_views_its_training_taught_it(tmp_pa
     out = tmp_path / "teacher"
     for augment, expected in (("crop-flip", ["flip", "flip-shift"]), ("crop", []), ("none", [])):
         record = tmp_path / f"{augment}.md"
-        command = [sys.executable, str(ROOT / "benchmarks" / "teacher.py"), "--dataset", "digits", "--arch", SMALL_ARCH,
-                   "--epochs", "1", "--out", str(out), "--markdown", str(record), "--", "--augment", augment,
-                   "--precision", "fp32", "--quiet"]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        done = script("teacher.py", "--dataset", "digits", "--arch", SMALL_ARCH, "--epochs", "1", "--out", str(out),
+                      "--markdown", str(record), "--", "--augment", augment, "--precision", "fp32", "--quiet",
+                      tmp_path=tmp_path)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         lines = [x for x in record.read_text().splitlines() if "with test-time views" in x]
         assert [line.split("`--tta ")[1].split("`")[0] for line in lines] == expected
