@@ -148,9 +148,9 @@ def _teaching_settings(args: argparse.Namespace) -> tuple[LossWeights, EnsembleC
     return loss, ensemble
 
 
-def _teaching(args: argparse.Namespace) -> Teaching:
-    """`ikd distill`'s teachers, loaded, with the loss they teach with."""
-    loss, ensemble = _teaching_settings(args)
+def _teaching(args: argparse.Namespace, settings: tuple[LossWeights, EnsembleConfig] | None = None) -> Teaching:
+    """`ikd distill`'s teachers, loaded, with the loss they teach with (`settings`: already read from the flags)."""
+    loss, ensemble = settings or _teaching_settings(args)
     directories = [Path(d) for d in args.teachers]
     return Teaching.load(directories, loss, ensemble, views=args.teacher_views, device=args.device)
 
@@ -180,15 +180,14 @@ def _train(args: argparse.Namespace, distilled: bool = False) -> int:
         ema_epochs=args.ema_epochs,
         bn_sparsity=args.bn_sparsity,
     )
-    if distilled:
-        _teaching_settings(args)  # a bad flag is refused as itself, not as a directory in use
+    settings = _teaching_settings(args) if distilled else None  # a bad flag is refused as itself, not as "in use"
     _refuse_a_trained_model(out, args)
     # Rank 0 holds it under torchrun: it alone saves. The lock file goes with the lock, so a refusal after it
     # (another job's state, unfit teachers or data) leaves the directory as it was.
     hold = held(out, f"ikd {args.command}", what="model directory", leave_lock=False)
     with hold if distributed.saves_here() else contextlib.nullcontext():
         _refuse_a_trained_model(out, args)  # what another command may have finished meanwhile
-        return _train_held(args, distilled, config, out, started, time_limit)
+        return _train_held(args, settings, config, out, started, time_limit)
 
 
 def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
@@ -198,7 +197,7 @@ def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
 
 def _train_held(
     args: argparse.Namespace,
-    distilled: bool,
+    settings: tuple[LossWeights, EnsembleConfig] | None,
     config: TrainConfig,
     out: Path,
     started: float,
@@ -206,7 +205,7 @@ def _train_held(
 ) -> int:
     group = distributed.init_from_environment(args.device)  # started by torchrun: data-parallel
     try:
-        teaching = _teaching(args) if distilled else None
+        teaching = _teaching(args, settings) if settings is not None else None
         if teaching is not None:
             data, val_fraction, split_seed = teaching.data(args.data_dir)
         else:
@@ -221,7 +220,7 @@ def _train_held(
         spec = preset_for(args.arch, data)
         model = build_model(spec, seed=args.seed)
         if group is None or group.is_main:
-            taught = f", taught by {', '.join(args.teachers)}" if distilled else ""
+            taught = f", taught by {', '.join(args.teachers)}" if teaching is not None else ""
             print(
                 f"ikd {args.command}: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
                 f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test){taught}"
