@@ -58,15 +58,18 @@ def _locked_file(lock: Path) -> IO[str]:
         handle = open(lock, "a+")  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                same_file = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same_file = False
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
             raise CheckpointError(f"{lock.parent}: in use by {holder}; wait for it to finish") from None
-        try:
-            same_file = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            same_file = False
+        except BaseException:  # e.g. a file system without locks (ENOLCK): the caller words it, the file closes
+            handle.close()
+            raise
         if same_file:
             return handle
         handle.close()
