@@ -403,7 +403,7 @@ README_TABLES = (
 
 
 def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
-    """The README's results table, made from the table records so that it cannot drift from them: every
+    """The results table of docs/results.md, made from the table records so that it cannot drift from them: every
     record of a row that shrinks width and whose student is smaller than its teacher (depth-only rows, MNIST
     26-36x and CIFAR-10 3.4-5.0x, and the CIFAR-10 width-only rows, which accepted no child, are in paper.md),
     each seed on its own line; records from a table other than the first are marked as run at the config's own
@@ -518,7 +518,7 @@ def main() -> int:
     )
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
-        "--readme-table", action="store_true", help="print the README's results table from the committed records"
+        "--readme-table", action="store_true", help="print docs/results.md's results table from the records"
     )
     args = parser.parse_args()
     if args.readme_table:

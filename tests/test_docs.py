@@ -1,7 +1,8 @@
-"""The docs' generated tables (config reference, commands, the README's results) come from the code and the
+"""The docs' generated tables (config reference, commands, the results table) come from the code and the
 committed records; they must not drift."""
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ README = ROOT / "README.md"
 
 
 def readme_results() -> str:
-    """benchmarks/paper.py's README table, from the committed records (benchmarks/ is not a package)."""
+    """benchmarks/paper.py's results table, from the committed records (benchmarks/ is not a package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         return importlib.import_module("paper").readme_results()
@@ -77,3 +78,44 @@ def test_the_slim_config_runs_the_settings_its_record_measured():
         for section in ("student", "search", "loss", "ensemble"):  # keys added since then keep their defaults
             assert ran[section] == {key: shipped[section][key] for key in ran[section]}, (seed, section)
         assert ran["data"]["name"] == shipped["data"]["name"] and ran["teacher"]["arch"] == shipped["teacher"]["arch"]
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation but hyphens dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.*)$", page.read_text(encoding="utf-8"), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def broken_links(page: Path) -> list[str]:
+    """The relative links of a markdown page whose file, or whose #anchor in a markdown file, does not exist."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)  # code blocks hold no links
+    broken = []
+    for target in re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+            broken.append(f"{target} (no such heading)")
+    return broken
+
+
+DOC_PAGES = [README, *sorted((ROOT / "docs").glob("**/*.md")), *sorted((ROOT / "benchmarks").glob("**/*.md"))]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    assert not broken_links(page), f"{page.relative_to(ROOT)}: broken links {broken_links(page)}"
+
+
+def test_a_broken_link_or_anchor_is_caught(tmp_path):
+    (tmp_path / "other.md").write_text("# A heading: here\n", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[ok](other.md#a-heading-here) [file](missing.md) [anchor](other.md#nowhere) [web](https://x.org/a)\n"
+        "```\n[in code](missing-too.md)\n```\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page) == ["missing.md (no such file)", "other.md#nowhere (no such heading)"]
