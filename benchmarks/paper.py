@@ -22,6 +22,10 @@ the others, so the table grows row by row across runs and machines, and `make pa
 does not wipe the rest. Text from a `## Notes` heading on in PATH is hand-written and carried over.
 Rows with no record are listed as not run. Last line: `RESULT row_x=... row_drop=... ...`.
 
+`--time-limit 1h10m` stops a row's campaign at the next epoch boundary once that long has passed (each row
+counts from its own start), keeps its state and exits 75; the same command without it, or with a new one,
+resumes the row. A long CPU row spans sessions so.
+
 `--seed S` runs a row again with seed S (students' initialisation and data order) into `<row>-seedS`,
 recorded beside seed 0; rows with several seeds get a mean and spread below the table. The teacher is the
 one imported or shared (a sibling row's or another seed's in `--out`), so seeds of a row compare students of
@@ -39,8 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ikd.atomic import atomic_write_json
-from ikd.campaign import compress
+from ikd.campaign import CampaignPaused, compress
 from ikd.checkpoint import WEIGHTS_FILE
+from ikd.cli import EXIT_TEMPFAIL
 from ikd.config import load_config
 from ikd.errors import IkdError
 from ikd.export import export
@@ -508,6 +513,11 @@ def main() -> int:
         "--seed", type=int, default=0, help="the campaigns' seed; S > 0 runs into <row>-seedS, recorded beside seed 0"
     )
     parser.add_argument("--baselines", action="store_true", help="also train scratch and one-shot KD baselines")
+    parser.add_argument(
+        "--time-limit",
+        metavar="DURATION",
+        help="stop a row's campaign at the next epoch boundary after this long (e.g. 1h10m), exit 75; rerun to resume",
+    )
     parser.add_argument("--collect-only", action="store_true", help="train nothing: tabulate the run dirs on disk")
     parser.add_argument("--out", default="runs/paper", help="one run directory per row is made here")
     parser.add_argument("--repeats", type=int, help="latency repeats (default: ikd export's)")
@@ -533,6 +543,7 @@ def main() -> int:
         "search.budget_epochs": args.budget_epochs,
         "baselines": args.baselines or None,
         "seed": args.seed,
+        "time_limit": args.time_limit,
     }
     rows = [r for r in all_rows() if fnmatch.fnmatch(r.name, args.rows)]
     if args.quick:  # two rows: the second imports the teacher the first trained
@@ -604,7 +615,11 @@ def main() -> int:
                         source = "the teacher this run began with" if resumed else "the teacher a sibling row trained"
                         print(f"paper.py: {name}: importing {shared}, {source}", file=sys.stderr)
                         config = load_config(row.config, row_overrides | {"teacher.dir": shared})
-                lineage = compress(config, progress=not args.quiet)
+                try:
+                    lineage = compress(config, progress=not args.quiet)
+                except CampaignPaused as paused:
+                    print(f"paper.py: {name}: {paused}; rerun the same command to resume", file=sys.stderr)
+                    return EXIT_TEMPFAIL
                 if not lineage.answered():  # stopped on lost Ray workers: the rerun trains them
                     print(f"paper.py: {name}: {lineage.stop_reason}; not tabulated, rerun", file=sys.stderr)
                     continue

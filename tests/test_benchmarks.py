@@ -864,3 +864,15 @@ def test_a_teacher_record_adds_the_test_time_views_its_training_taught_it(tmp_pa
         for line, passes in zip(lines, ("2x", "6x"), strict=False):
             viewed, change = line.split(f"({passes} the compute): ")[1].split("% (")
             assert float(change.rstrip(")")) == pytest.approx(float(viewed) - plain * 100, abs=0.011)
+
+
+def test_paper_table_time_limit_pauses_a_row_and_the_same_command_resumes_it(tmp_path):
+    limited = quick("paper.py", "--quiet", "--time-limit", "1s", *paths_of(tmp_path), tmp_path=tmp_path)
+    assert limited.returncode == 75, limited.stderr[-2000:]
+    assert "time limit reached" in limited.stderr and "rerun the same command to resume" in limited.stderr
+    assert "Traceback" not in limited.stderr and not (tmp_path / "paper.json").exists()  # nothing half-tabulated
+    assert list((tmp_path / "runs").rglob(".train-state"))  # the epoch it stopped after is kept for the rerun
+    resumed = quick("paper.py", "--quiet", *paths_of(tmp_path), tmp_path=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{QUICK_ROW}-width" in json.loads((tmp_path / "paper.json").read_text())
+    assert not list((tmp_path / "runs").rglob(".train-state"))  # taken up and finished
