@@ -872,7 +872,12 @@ def test_paper_table_time_limit_pauses_a_row_and_the_same_command_resumes_it(tmp
     assert "time limit reached" in limited.stderr and "rerun the same command to resume" in limited.stderr
     assert "Traceback" not in limited.stderr and not (tmp_path / "paper.json").exists()  # nothing half-tabulated
     assert list((tmp_path / "runs").rglob(".train-state"))  # the epoch it stopped after is kept for the rerun
+    from ikd.lineage import RunDir
+
+    paused_row = RunDir(tmp_path / "runs" / f"{QUICK_ROW}-width")
+    assert not paused_row.load().nodes and len(paused_row.load().sessions) == 1  # paused in its teacher's training
     resumed = quick("paper.py", "--quiet", *paths_of(tmp_path), tmp_path=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{QUICK_ROW}-width" in json.loads((tmp_path / "paper.json").read_text())
     assert not list((tmp_path / "runs").rglob(".train-state"))  # taken up and finished
+    assert len(paused_row.load().sessions) == 2  # both commands that trained the teacher are on record

@@ -725,6 +725,8 @@ def test_compress_time_limit_exits_75_each_session_progresses_and_the_end_is_the
     assert codes == [EXIT_TEMPFAIL, EXIT_TEMPFAIL, EXIT_TEMPFAIL, 0], [codes, result.stderr]
     assert trained == ["0", "1", "1"]
     assert_same_campaign(run_dir, campaign_straight)
+    # every session is on record, the third too, though it only trained part of child 2
+    assert len(RunDir(run_dir).load().sessions) == 4
 
 
 def test_a_forced_change_of_config_discards_the_unfinished_training_of_the_old_one(tiny_teacher, tmp_path):

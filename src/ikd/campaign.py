@@ -111,6 +111,9 @@ class Campaign:
         try:
             return self._run()
         except TrainingPaused:  # mid-node: its state is saved beside the run
+            # and this session goes on record, though it finished no node: the epochs it trained are in the
+            # node the next session finishes (a teacher paused in its training leaves a lineage of no nodes)
+            self.ctx.run.save(self.lineage)
             raise CampaignPaused(self.lineage, self.ctx.run.path) from None
 
     def _run(self) -> Lineage:

@@ -45,8 +45,8 @@ def open_campaign(
     if not run.exists():
         return Lineage(config=wanted)
     lineage = run.load()
-    if not lineage.nodes:
-        return Lineage(config=wanted)
+    if not lineage.nodes:  # paused before its first node: nothing to check against, the sessions to keep
+        return Lineage(config=wanted, sessions=lineage.sessions)
     stored = lineage.config
     with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
         stored = CampaignConfig.model_validate(stored, context={RECORDED: True}).decision_fields()
