@@ -111,7 +111,8 @@ def main() -> int:
         config, run_dir = repo_path(args.config), Path(args.run_dir)
         if args.quick:
             config, run_dir = quick_config(Path(scratch)), Path(scratch) / "run"
-        # a campaign killed while its teacher trained has no lineage yet, but its training state resumes
+        # a campaign killed while its teacher trained has no lineage yet (one paused there has one without
+        # nodes), but its training state resumes
         if RunDir(run_dir).exists() or (run_dir.is_dir() and any(run_dir.iterdir())):
             raise SystemExit(
                 f"campaign.py: {run_dir} already holds a campaign (or one begun); a resumed run's time "

@@ -143,8 +143,9 @@ def shared_teacher(row: Row, own: str, out: Path, teacher_epochs: int) -> str | 
         sibling = RunDir(run_dir)
         if run_dir.name == own or not sibling.exists():
             continue
-        teacher_dir = sibling.node_dir(ROOT_ID)
-        if sibling.load().root().epochs == teacher_epochs and teacher_dir.is_dir():
+        root, teacher_dir = sibling.load().find(ROOT_ID), sibling.node_dir(ROOT_ID)
+        # a sibling paused in its teacher's training has a lineage but no root yet
+        if root is not None and root.epochs == teacher_epochs and teacher_dir.is_dir():
             return str(teacher_dir)
     return None
 

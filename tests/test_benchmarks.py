@@ -881,3 +881,15 @@ def test_paper_table_time_limit_pauses_a_row_and_the_same_command_resumes_it(tmp
     assert f"{QUICK_ROW}-width" in json.loads((tmp_path / "paper.json").read_text())
     assert not list((tmp_path / "runs").rglob(".train-state"))  # taken up and finished
     assert len(paused_row.load().sessions) == 2  # both commands that trained the teacher are on record
+
+
+def test_paper_table_shares_no_teacher_from_a_row_paused_in_its_teachers_training(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    paper = importlib.import_module("paper")
+    from ikd.lineage import Lineage, RunDir
+
+    row = paper.Row("mnist", "vgg16", ("width",))
+    sibling = RunDir(tmp_path / "mnist-vgg16-depth")
+    sibling.path.mkdir()
+    sibling.save(Lineage(config={}))  # a lineage with no node yet
+    assert paper.shared_teacher(row, row.name, tmp_path, teacher_epochs=3) is None

@@ -821,3 +821,21 @@ def test_a_time_limit_is_no_reason_to_refuse_resuming_a_campaign(tiny_teacher, c
     result = run_ikd(compress_command(tiny_teacher, run_dir, "--time-limit", "2h"))
     assert result.returncode == 0, result.stderr
     assert lineage_results(run_dir) == lineage_results(campaign_straight)
+
+
+def test_a_campaign_paused_before_its_first_node_keeps_its_sessions_only_under_the_same_config(tmp_path):
+    from ikd.config import load_config
+    from ikd.lineage import Lineage, Session
+    from ikd.resume import open_campaign
+
+    def config(epochs: int):
+        return load_config(None, {"run_dir": str(tmp_path / "run"), "teacher.epochs": epochs})
+
+    paused = Session(started="2026-12-07T00:00:00Z", command="ikd compress --time-limit 1h", machine="m")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.save(Lineage(config=config(3).decision_fields(), sessions=[paused]))  # what a pause in the teacher leaves
+    same = open_campaign(run, config(3), force=False, log=print)
+    assert same.sessions == [paused] and not same.nodes
+    other = open_campaign(run, config(4), force=False, log=print)  # its partial teacher is not this one's
+    assert other.sessions == [] and other.config == config(4).decision_fields()

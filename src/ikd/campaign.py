@@ -96,7 +96,7 @@ class Campaign:
             command=shlex.join(command_line(sys.argv)),
             machine=describe_machine(self.ctx.device),
         )
-        # saved with the lineage's next write (the first node's, for a new campaign)
+        # saved with the lineage's next write (the first node's for a new campaign, or at a pause)
         self.lineage = lineage.model_copy(update={"sessions": [*lineage.sessions, session]})
         self.models = TeacherModels(self.ctx, lambda: self.lineage, teacher, hint_layer)
         self.passes_done = 0  # in this session

@@ -228,6 +228,8 @@ class Lineage(BaseModel):
 
     def root(self) -> NodeRecord:
         root = next((n for n in self.nodes if n.status == Status.TEACHER), None)
+        if root is None and not self.nodes:
+            raise CheckpointError("the lineage has no node yet: its teacher has not finished training (paused?)")
         if root is None:
             raise CheckpointError(
                 "the lineage has no root teacher (no node with status 'teacher'); "

@@ -45,12 +45,14 @@ def open_campaign(
     if not run.exists():
         return Lineage(config=wanted)
     lineage = run.load()
-    if not lineage.nodes:  # paused before its first node: nothing to check against, the sessions to keep
-        return Lineage(config=wanted, sessions=lineage.sessions)
     stored = lineage.config
     with contextlib.suppress(ValidationError):  # keys added to ikd since the run started compare as their defaults
         stored = CampaignConfig.model_validate(stored, context={RECORDED: True}).decision_fields()
     differences = config_differences(with_image_size(stored), with_image_size(wanted))
+    if not lineage.nodes:
+        # paused before its first node (its teacher in training): no node to check against. The sessions
+        # stay on record when they ran this config; under another, their partial teacher may be discarded
+        return Lineage(config=wanted, sessions=[] if differences else lineage.sessions)
     other_data = [d for d in differences if d.startswith("data.")]
     if other_data:  # not even under --force: the lineage's accuracies are on the old split
         raise ConfigError(
