@@ -867,7 +867,7 @@ def test_a_teacher_record_adds_the_test_time_views_its_training_taught_it(tmp_pa
 
 
 def test_paper_table_time_limit_pauses_a_row_and_the_same_command_resumes_it(tmp_path):
-    limited = quick("paper.py", "--quiet", "--time-limit", "1s", *paths_of(tmp_path), tmp_path=tmp_path)
+    limited = quick("paper.py", "--quiet", "--time-limit", "0.01s", *paths_of(tmp_path), tmp_path=tmp_path)
     assert limited.returncode == 75, limited.stderr[-2000:]
     assert "time limit reached" in limited.stderr and "rerun the same command to resume" in limited.stderr
     assert "Traceback" not in limited.stderr and not (tmp_path / "paper.json").exists()  # nothing half-tabulated
