@@ -240,10 +240,10 @@ def reload(config: dict, run_dir: Path, seed: int) -> Lineage:
             "give the same --upgrade values"
         )
     baselines = [lineage.find(n) for n in BASELINES.values()]
-    # an interrupted --redecide or --force leaves the old baselines until the campaign ends; a campaign
-    # whose last candidates were lost with their Ray workers stopped without an answer
     if not lineage.nodes:  # paused while its teacher trained
         raise SystemExit(f"{where}: the campaign has not finished (its teacher has not)")
+    # an interrupted --redecide or --force leaves the old baselines until the campaign ends; a campaign
+    # whose last candidates were lost with their Ray workers stopped without an answer
     if not lineage.answered() or any(b is None or not lineage.is_current_baseline(b) for b in baselines):
         raise SystemExit(
             f"{where}: the campaign has not finished (its search or its baselines for {lineage.final().id})"
