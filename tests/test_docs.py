@@ -114,7 +114,8 @@ DOC_PAGES = [README, *sorted((ROOT / "docs").glob("**/*.md")), *sorted((ROOT / "
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda page: str(page.relative_to(ROOT)))
 def test_relative_links_resolve(page):
-    assert not broken_links(page), f"{page.relative_to(ROOT)}: broken links {broken_links(page)}"
+    broken = broken_links(page)
+    assert not broken, f"{page.relative_to(ROOT)}: broken links {broken}"
 
 
 def test_a_broken_link_or_anchor_is_caught(tmp_path):
