@@ -620,6 +620,8 @@ def main() -> int:
                     lineage = compress(config, progress=not args.quiet)
                 except CampaignPaused as paused:
                     print(f"paper.py: {name}: {paused}; rerun the same command to resume", file=sys.stderr)
+                    if records:  # the rows finished before the pause, which without --markdown are kept nowhere
+                        print(table_text(records, args.quick))
                     return EXIT_TEMPFAIL
                 if not lineage.answered():  # stopped on lost Ray workers: the rerun trains them
                     print(f"paper.py: {name}: {lineage.stop_reason}; not tabulated, rerun", file=sys.stderr)

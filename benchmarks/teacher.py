@@ -38,6 +38,18 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
 
 
+def trained_on(history: list[dict]) -> str:
+    """Which machine trained which epochs, as model.json's history records them (ikd >= 2026-12-07)."""
+    spans: list[list] = []  # [first epoch, last epoch, machine]
+    for record in history:
+        where = record.get("machine") or "not recorded"
+        if spans and spans[-1][2] == where:
+            spans[-1][1] = record["epoch"]
+        else:
+            spans.append([record["epoch"], record["epoch"], where])
+    return "; ".join(f"epoch{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}: {where}" for a, b, where in spans)
+
+
 def recorded_flags(training: dict) -> list[tuple[str, str]]:
     """`ikd train` flags that reproduce a model.json's `training` settings, beside the defaults."""
     recipe = TeacherConfig.model_fields
@@ -162,7 +174,8 @@ def main() -> int:
 Command: `{shlex.join(shown)}`
 ({how} by `{command_line()}`)
 
-Machine: {machine()}
+Machine: {machine()} (this record's)
+Trained on: {trained_on(meta["history"])}
 Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 Precision: {precision}, device {device}, batch {training["batch_size"]}, peak lr {training["lr"]}, \
 {training["schedule"]} schedule, label smoothing {training.get("label_smoothing", 0)}, weight decay \

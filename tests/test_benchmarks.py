@@ -22,6 +22,7 @@ from conftest import SMALL_ARCH, Ran, campaign_args, in_process
 from ikd.arch import preset
 from ikd.lineage import RunDir
 from ikd.model import VGG
+from ikd.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_ROW = f"digits-{SMALL_ARCH}"  # paper.py --quick's teacher: the small layout, not a preset
@@ -858,12 +859,21 @@ def test_a_teacher_record_adds_the_test_time_views_its_training_taught_it(tmp_pa
                       "--markdown", str(record), "--", "--augment", augment, "--precision", "fp32", "--quiet",
                       tmp_path=tmp_path)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
+        assert f"Trained on: epoch 1: {cpu_name()}, " in record.read_text()  # the machine of each epoch
         lines = [x for x in record.read_text().splitlines() if "with test-time views" in x]
         assert [line.split("`--tta ")[1].split("`")[0] for line in lines] == expected
         plain = json.loads((out / "model.json").read_text())["metrics"]["test_of_saved_weights"]["accuracy"]
         for line, passes in zip(lines, ("2x", "6x"), strict=False):
             viewed, change = line.split(f"({passes} the compute): ")[1].split("% (")
             assert float(change.rstrip(")")) == pytest.approx(float(viewed) - plain * 100, abs=0.011)
+
+
+def test_a_teacher_record_says_which_machine_trained_which_epochs(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    teacher = importlib.import_module("teacher")
+    moved = [{"epoch": 1, "machine": "A"}, {"epoch": 2, "machine": "A"}, {"epoch": 3, "machine": "B"}]
+    assert teacher.trained_on(moved) == "epochs 1-2: A; epoch 3: B"
+    assert teacher.trained_on([{"epoch": 1}, {"epoch": 2}]) == "epochs 1-2: not recorded"  # model.json before
 
 
 def test_paper_table_time_limit_pauses_a_row_and_the_same_command_resumes_it(tmp_path):
@@ -881,6 +891,11 @@ def test_paper_table_time_limit_pauses_a_row_and_the_same_command_resumes_it(tmp
     assert f"{QUICK_ROW}-width" in json.loads((tmp_path / "paper.json").read_text())
     assert not list((tmp_path / "runs").rglob(".train-state"))  # taken up and finished
     assert len(paused_row.load().sessions) == 2  # both commands that trained the teacher are on record
+    # a pause after a finished row prints that row's table: without --markdown it is kept nowhere else
+    shutil.rmtree(tmp_path / "runs" / f"{QUICK_ROW}-depth")
+    again = quick("paper.py", "--quiet", "--time-limit", "0.01s", "--out", str(tmp_path / "runs"), tmp_path=tmp_path)
+    assert again.returncode == 75, again.stderr[-2000:]
+    assert "| width | 0 |" in again.stdout and "| depth | 0 |" not in again.stdout
 
 
 def test_paper_table_shares_no_teacher_from_a_row_paused_in_its_teachers_training(monkeypatch, tmp_path):

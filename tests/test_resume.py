@@ -18,6 +18,7 @@ import torch
 from conftest import SMALL_ARCH, campaign_args, write_idx_set
 from safetensors.torch import load_file
 
+import ikd.train as train_module
 from ikd.arch import ArchSpec
 from ikd.cli import EXIT_TEMPFAIL, EXIT_USAGE, main, parse_duration
 from ikd.distributed import Group
@@ -839,3 +840,17 @@ def test_a_campaign_paused_before_its_first_node_keeps_its_sessions_only_under_t
     assert same.sessions == [paused] and not same.nodes
     other = open_campaign(run, config(4), force=False, log=print)  # its partial teacher is not this one's
     assert other.sessions == [] and other.config == config(4).decision_fields()
+
+
+def test_a_resumed_run_records_the_machine_of_each_epoch(digits, tmp_path, monkeypatch):
+    # a long teacher may start on one machine and finish on another: its record names both
+    monkeypatch.setattr(train_module, "describe_machine", lambda device=None: "first machine")
+    with pytest.raises(Interrupt):
+        train_model(
+            build_model(spec(digits), seed=1), digits, CONFIG, progress=False,
+            state_dir=tmp_path, on_epoch=stop_after(1),
+        )  # fmt: skip
+    monkeypatch.setattr(train_module, "describe_machine", lambda device=None: "second machine")
+    result = train_model(build_model(spec(digits), seed=1), digits, CONFIG, progress=False, state_dir=tmp_path)
+    assert [r.machine for r in result.history] == ["first machine"] + ["second machine"] * (CONFIG.epochs - 1)
+    assert result.machine == "second machine"

@@ -97,6 +97,7 @@ class EpochRecord:
     seconds: float
     ema_val_accuracy: float | None = None  # the EMA's, when there is one (val_accuracy is the raw weights')
     ema_val_loss: float | None = None
+    machine: str = ""  # where this epoch ran: a resumed run may have moved ("" in models before 2026-12-07)
 
     @property
     def kept_accuracy(self) -> float:
@@ -714,6 +715,7 @@ def _end_epoch(
         seconds=seconds,
         ema_val_accuracy=ema_val["accuracy"] if ema_val is not None else None,
         ema_val_loss=ema_val["loss"] if ema_val is not None else None,
+        machine=student.result.machine,
     )
     result = student.result
     result.history.append(record)
