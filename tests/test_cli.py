@@ -114,6 +114,22 @@ def test_distill_trains_the_chosen_student_on_the_teachers_data_and_split(traine
     assert refused.returncode == 2 and "already holds a trained model" in refused.stderr
 
 
+def test_train_and_distill_never_write_into_a_campaign_even_with_force(trained, tmp_path):
+    # a model there would sit beside the lineage (export took it for the run's), or replace an answer's weights
+    run = tmp_path / "run"
+    (run / "nodes" / "g1-width").mkdir(parents=True)
+    (run / "lineage.json").write_text("{}")
+    for out, words in ((run, "is a campaign run directory"), (run / "nodes" / "g1-width", "is a node of the campaign")):
+        for command in (
+            ("train", "--dataset", "digits", "--arch", SMALL_ARCH, "--epochs", "1"),
+            ("distill", trained, "--arch", SMALL_ARCH, "--epochs", "1"),
+        ):
+            refused = ikd(*command, "--out", out, "--force", "--quiet")
+            assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.rglob("*")) == ["g1-width", "lineage.json", "nodes"]  # nothing written
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [

@@ -277,6 +277,10 @@ def test_npz_classes_that_cannot_be_learnt_are_refused(tmp_path, change, pattern
             {"x_train": np.zeros((20, 6, 8), np.uint8), "x_test": np.zeros((6, 6, 8), np.uint8)},
             r"images are 6x8 \(HxW\); expected square",
         ),
+        (
+            {"x_test": np.zeros((0, 8, 8), np.uint8), "y_test": np.zeros(0, np.int64)},
+            r"the test set is empty; expected at least one image",
+        ),
     ],
 )
 def test_npz_errors(tmp_path, change, pattern):

@@ -361,6 +361,42 @@ def test_node_ids_that_could_leave_the_run_directory_are_refused_on_load(run_cop
         RunDir(run_copy).load()
 
 
+def _self_parent(nodes: list[dict]) -> None:
+    nodes[1]["parent"] = nodes[1]["id"]
+
+
+def _parent_loop(nodes: list[dict]) -> None:
+    nodes[0]["parent"] = nodes[1]["id"]  # the root's parent is its own child
+
+
+def _twice(nodes: list[dict]) -> None:
+    nodes.append(dict(nodes[1]))
+
+
+def _bad_arch(nodes: list[dict]) -> None:
+    nodes[1]["arch"]["blocks"] = [[0]]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_self_parent, "is its own ancestor"),
+        (_parent_loop, "is its own ancestor"),  # walks up the chain never ended: compress and report hung
+        (_twice, "appears twice"),
+        # a pydantic report of several lines, met only when the node was used
+        (_bad_arch, "invalid nodes.1.arch.blocks: Value error, conv widths must be positive"),
+    ],
+)
+def test_a_lineage_edited_into_a_shape_ikd_never_writes_is_refused_in_one_line(run_copy, damage, message, capsys):
+    document = json.loads((run_copy / "lineage.json").read_text())
+    damage(document["nodes"])
+    (run_copy / "lineage.json").write_text(json.dumps(document))
+    for command in (["lineage", str(run_copy)], ["report", str(run_copy), "--out", str(run_copy.parent / "r")]):
+        assert cli.main(command) == 2
+        line = one_error_line(capsys)
+        assert str(run_copy / "lineage.json") in line and message in line, line
+
+
 def test_weights_that_do_not_fit_their_spec_are_refused_before_anything_is_built(tmp_path, tiny_teacher):
     teacher = tmp_path / "t"
     shutil.copytree(tiny_teacher, teacher)

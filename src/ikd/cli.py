@@ -56,6 +56,7 @@ from ikd.data.paths import same_place
 from ikd.dirlock import held
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
+from ikd.lineage import LINEAGE_FILE, campaign_of_node
 from ikd.model import VGG, Ensemble, build_model
 from ikd.objective import LossWeights
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
@@ -191,6 +192,11 @@ def _train(args: argparse.Namespace, distilled: bool = False) -> int:
 
 
 def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
+    # a campaign's files are its lineage's (checksums, decisions): never replaced from outside, even with --force
+    if (out / LINEAGE_FILE).is_file():
+        raise ConfigError(f"{out}: is a campaign run directory ({LINEAGE_FILE}); choose another --out")
+    if (run := campaign_of_node(out)) is not None:
+        raise ConfigError(f"{out}: is a node of the campaign in {run}; choose another --out")
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
 

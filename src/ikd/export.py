@@ -60,6 +60,7 @@ from ikd.lineage import (
     NodeRecord,
     RunDir,
     Status,
+    campaign_of_node,
     file_sha256,
     open_run_dir,
 )
@@ -236,10 +237,7 @@ def _export_node(run_dir: Path, node_id: str, plan: _Plan) -> ExportResult:
 def _export_model_dir(model_dir: Path, plan: _Plan) -> ExportResult:
     """A model directory of `ikd train` or `ikd distill`, timed beside the teacher its model.json records (a
     distilled model's), if that is still there."""
-    if (
-        model_dir.resolve().parent.name == NODES_DIR
-        and (run := model_dir.resolve().parent.parent).joinpath(LINEAGE_FILE).is_file()
-    ):
+    if (run := campaign_of_node(model_dir)) is not None:
         # its lineage holds its checksum, its answer status and its latencies: exported through the run
         raise ConfigError(
             f"{model_dir} is a node of the campaign in {run}; export it with "

@@ -383,14 +383,39 @@ class RunDir:
         except ValidationError as exc:
             where, first = first_validation_error(exc)
             raise CheckpointError(f"{self.lineage_path}: invalid {where}: {first['msg']}") from None
-        ids = {n.id for n in lineage.nodes}
+        self._check_records(lineage)
+        return lineage
+
+    def _check_records(self, lineage: Lineage) -> None:
+        """Architectures valid, ids unique, every parent and teacher present, no node its own ancestor: what
+        ikd writes, so anything else is an edit or damage, refused here rather than met later as a bare
+        error (a parent loop would hang every walk up the chain)."""
+        expected = "expected a lineage.json written by `ikd compress`"
+        parents: dict[str, str | None] = {}
+        for i, node in enumerate(lineage.nodes):
+            if node.kind is not NodeKind.EXTERNAL:
+                try:
+                    ArchSpec.model_validate(node.arch)
+                except ValidationError as exc:
+                    where, first = first_validation_error(exc)
+                    where = f"nodes.{i}.arch.{where}"
+                    raise CheckpointError(f"{self.lineage_path}: invalid {where}: {first['msg']}") from None
+            if node.id in parents:
+                raise CheckpointError(f"{self.lineage_path}: node id {node.id!r} appears twice; {expected}")
+            parents[node.id] = node.parent
         for node in lineage.nodes:  # ikd drops a node with all that grew from it: a gap is an edit or damage
-            if missing := [i for i in (node.parent, *node.teachers) if i is not None and i not in ids]:
+            if missing := [i for i in (node.parent, *node.teachers) if i is not None and i not in parents]:
                 raise CheckpointError(
                     f"{self.lineage_path}: node {node.id!r} names {missing[0]!r} as its parent or teacher, "
-                    "which the lineage does not hold; expected a lineage.json written by `ikd compress`"
+                    f"which the lineage does not hold; {expected}"
                 )
-        return lineage
+        for node in lineage.nodes:
+            seen, at = {node.id}, node.parent
+            while at is not None:
+                if at in seen:
+                    raise CheckpointError(f"{self.lineage_path}: node {at!r} is its own ancestor; {expected}")
+                seen.add(at)
+                at = parents[at]
 
     def save(self, lineage: Lineage) -> None:
         atomic_write_json(self.lineage_path, lineage.model_dump(mode="json"))
@@ -432,6 +457,13 @@ class RunDir:
         if node.sha256 is not None and file_sha256(weights) != node.sha256:
             return f"{weights}: differs from the sha256 recorded in {self.lineage_path}"
         return None
+
+
+def campaign_of_node(model_dir: Path) -> Path | None:
+    """The run directory whose node `model_dir` is (nodes/<id> beside a lineage.json), or None."""
+    resolved = model_dir.resolve()
+    run = resolved.parent.parent
+    return run if resolved.parent.name == NODES_DIR and (run / LINEAGE_FILE).is_file() else None
 
 
 def open_run_dir(path: str | Path) -> RunDir:
