@@ -310,6 +310,10 @@ def test_npz_file_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 broken zip")
     with pytest.raises(DataError, match=rf"{tmp_path / 'bad.npz'}: not a readable .npz archive"):
         load_dataset("npz", tmp_path / "bad.npz")
+    (tmp_path / "text.npz").write_text("not an archive")  # numpy's own error spoke of pickled data
+    with pytest.raises(DataError, match=rf"{tmp_path / 'text.npz'}: not an .npz archive \(a zip of .npy arrays"):
+        load_dataset("npz", tmp_path / "text.npz")
+    (tmp_path / "text.npz").unlink()
     write_npz(tmp_path / "two.npz", **arrays())
     with pytest.raises(DataError, match=rf"{tmp_path}: holds 2 .npz files \(bad.npz, two.npz\); expected exactly one"):
         load_dataset("npz", tmp_path)

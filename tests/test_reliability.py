@@ -329,6 +329,9 @@ def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, conten
         ({"mean": None}, "dataset.mean is None; expected a list of finite numbers, one per channel"),
         ({"std": [0.0]}, r"dataset.std is \[0.0\]; expected a list of finite numbers above 0"),  # it printed loss nan
         ({"mean": [0.1, 0.2, 0.3]}, "dataset.mean has 3 values for a model of 1 input channel"),
+        # these named no file: "val_fraction=2: expected ..."
+        ({"val_fraction": 2}, "dataset.val_fraction=2: expected a number strictly between 0 and 1"),
+        ({"split_seed": -1}, "dataset.split_seed=-1: expected a non-negative integer"),
     ],
 )
 def test_a_model_whose_dataset_record_cannot_normalise_is_a_checkpoint_error(tiny_teacher, tmp_path, dataset, message):

@@ -298,6 +298,10 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lineage.json: not found" in err
+    (taken := tmp_path / "a-file").write_text("")
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(taken)]) == 2  # it said only "File exists"
+    err = capsys.readouterr().err.strip()
+    assert err == f"ikd: error: --out {taken}: {taken} is not a directory"
 
 
 def test_tensorboard_log_has_every_epoch_of_every_node(run_dir):

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from ikd._version import __version__
 from ikd.arch import ArchSpec
 from ikd.atomic import atomic_write_bytes, atomic_write_json
-from ikd.errors import CheckpointError, first_validation_error
+from ikd.data.splits import check_split_seed, check_val_fraction
+from ikd.errors import CheckpointError, DataError, first_validation_error
 from ikd.model import VGG, build_model
 
 if TYPE_CHECKING:
@@ -235,6 +236,11 @@ def _dataset_problem(record: Any) -> str | None:
         if not numbers or (key == "std" and min(values) <= 0):
             limit = " above 0" if key == "std" else ""
             return f"dataset.{key} is {values!r}; expected a list of finite numbers{limit}, one per channel"
+    try:  # the split every evaluation reloads (absent in records older than it: the defaults)
+        check_val_fraction(record.get("val_fraction", 0.1))
+        check_split_seed(record.get("split_seed", 0))
+    except DataError as exc:
+        return f"dataset.{exc}"
     return None
 
 

@@ -686,6 +686,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ikd.report import FIGURES, load_report, write_report
 
+    if args.out and (why := cannot_make_dir(Path(args.out))):
+        raise ConfigError(f"--out {args.out}: {why}")
     report = load_report(Path(args.run_dir))  # once: a campaign may be writing the run meanwhile
     out = write_report(Path(args.run_dir), Path(args.out) if args.out else None, report)
     print(report.headline())

@@ -94,6 +94,13 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
     path = _npz_path(data_dir)
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: not readable ({e.strerror})") from None
+    if not magic.startswith((b"PK", b"\x93NUMPY")):  # else numpy's error is about pickles, which ikd never loads
+        raise DataError(f"{path}: not an .npz archive (a zip of .npy arrays, as numpy.savez writes)")
+    try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
         raise DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: {one_line(e, 120)})") from None
