@@ -400,6 +400,17 @@ def test_a_lineage_edited_into_a_shape_ikd_never_writes_is_refused_in_one_line(r
         assert str(run_copy / "lineage.json") in line and message in line, line
 
 
+def test_a_node_whose_lineage_architecture_is_not_its_models_is_refused(run_copy, capsys):
+    # the checksum covers the weights, not model.json: lineage and export would describe two different models
+    document = json.loads((run_copy / "lineage.json").read_text())
+    node, other = document["nodes"][1], next(n for n in document["nodes"] if n["arch"] != document["nodes"][1]["arch"])
+    node["arch"] = other["arch"]
+    (run_copy / "lineage.json").write_text(json.dumps(document))
+    assert cli.main(["export", str(run_copy), "--node", node["id"], "--format", "safetensors", "--no-latency"]) == 2
+    line = one_error_line(capsys)
+    assert f"nodes/{node['id']}/model.json: architecture " in line and f"for node {node['id']!r}" in line, line
+
+
 def test_weights_that_do_not_fit_their_spec_are_refused_before_anything_is_built(tmp_path, tiny_teacher):
     teacher = tmp_path / "t"
     shutil.copytree(tiny_teacher, teacher)

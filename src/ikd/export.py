@@ -410,7 +410,7 @@ def _load_node(run: RunDir, node: NodeRecord) -> tuple[VGG, dict[str, Any]]:
     if (why := run.weights_problem(node)) is not None:
         why = f"it failed during training ({node.reason})" if node.status == Status.FAILED else why
         raise CheckpointError(f"node {node.id} ({node.status}) cannot be exported: {why}")
-    model, metadata = load_model(run.node_dir(node.id))
+    model, metadata = run.load_node(node)
     return model.eval(), metadata
 
 

@@ -18,13 +18,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ikd.arch import ArchSpec
 from ikd.atomic import TEMP_SUFFIX, atomic_write_json, is_temp_name
-from ikd.checkpoint import META_FILE, WEIGHTS_FILE
+from ikd.checkpoint import META_FILE, WEIGHTS_FILE, load_model
 from ikd.dirlock import held
 from ikd.errors import CheckpointError, ConfigError, first_validation_error
+from ikd.model import VGG
 from ikd.train_state import STATE_DIR
 
 LINEAGE_FILE = "lineage.json"
@@ -447,6 +449,17 @@ class RunDir:
     def verify(self, lineage: Lineage) -> list[str]:
         """Ids of nodes whose weights are missing or differ from the checksum in the lineage."""
         return [n.id for n in lineage.nodes if n.sha256 is not None and self.weights_problem(n) is not None]
+
+    def load_node(self, node: NodeRecord, map_location: str | torch.device = "cpu") -> tuple[VGG, dict[str, Any]]:
+        """A node's model and model.json, refused when its architecture is not the one the lineage records
+        (the checksum covers the weights, not model.json: the lineage would describe one model, export another)."""
+        model, metadata = load_model(self.node_dir(node.id), map_location=map_location)
+        if model.spec != node.spec():
+            raise CheckpointError(
+                f"{self.node_dir(node.id) / META_FILE}: architecture {model.spec.summary()}, where "
+                f"{self.lineage_path} records {node.spec().summary()} for node {node.id!r}"
+            )
+        return model, metadata
 
     def weights_problem(self, node: NodeRecord) -> str | None:
         """Why `node`'s weights file cannot be trusted (missing, or not the bytes its recorded sha256 names),

@@ -56,6 +56,8 @@ class TeacherModels:
             node = self.lineage().find(node_id)
             if node is not None and node.kind is NodeKind.EXTERNAL:
                 self._loaded[node_id] = self.external()
+            elif node is not None:
+                self._loaded[node_id], _ = self.ctx.run.load_node(node, map_location=self.ctx.device)
             else:
                 self._loaded[node_id], _ = load_model(self.ctx.run.node_dir(node_id), map_location=self.ctx.device)
         return self._loaded[node_id]
