@@ -573,6 +573,14 @@ def main() -> int:
     # read now so a broken record file fails before any training; saves re-read it (see below)
     records = load_records(records_path(args.markdown)) if args.markdown else {}
     results = []
+
+    def stopped(code: int) -> int:
+        """`code`, after printing the table of the rows finished so far: without --markdown they are kept
+        nowhere else, and a pause or an error in a later row must not lose them."""
+        if records:
+            print(table_text(records, args.quick))
+        return code
+
     for row in rows:
         name = run_name(row, args.seed)
         run_dir = Path(reuse.get(name, Path(args.out) / name))
@@ -594,7 +602,7 @@ def main() -> int:
                 if (seed := lineage.config.get("seed", 0)) != args.seed:
                     message = f"{run_dir} ran with seed {seed}, not --seed {args.seed}"
                     print(f"paper.py: error: {name}: {message}", file=sys.stderr)
-                    return 2
+                    return stopped(2)
             else:
                 row_overrides = overrides | {
                     "run_dir": str(run_dir),
@@ -620,16 +628,14 @@ def main() -> int:
                     lineage = compress(config, progress=not args.quiet)
                 except CampaignPaused as paused:
                     print(f"paper.py: {name}: {paused}; rerun the same command to resume", file=sys.stderr)
-                    if records:  # the rows finished before the pause, which without --markdown are kept nowhere
-                        print(table_text(records, args.quick))
-                    return EXIT_TEMPFAIL
+                    return stopped(EXIT_TEMPFAIL)
                 if not lineage.answered():  # stopped on lost Ray workers: the rerun trains them
                     print(f"paper.py: {name}: {lineage.stop_reason}; not tabulated, rerun", file=sys.stderr)
                     continue
             lineage, note = measure(run_dir, lineage, data_dir, args.repeats, args.rounds)
         except IkdError as exc:
             print(f"paper.py: {name}: error: {exc}", file=sys.stderr)
-            return 2
+            return stopped(2)
         if note:
             print(f"paper.py: {name}: {note}", file=sys.stderr)
         trained_by = "; ".join(f"`{s.command}` -- {s.machine}, {s.started}" for s in lineage.sessions)

@@ -119,7 +119,13 @@ def test_train_and_distill_never_write_into_a_campaign_even_with_force(trained, 
     run = tmp_path / "run"
     (run / "nodes" / "g1-width").mkdir(parents=True)
     (run / "lineage.json").write_text("{}")
-    for out, words in ((run, "is a campaign run directory"), (run / "nodes" / "g1-width", "is a node of the campaign")):
+    nodes = run / "nodes"
+    for out, words in (
+        (run, "is a campaign run directory"),
+        (nodes / "g1-width", "lies in the nodes of the campaign"),
+        (nodes, "lies in the nodes of the campaign"),
+        (nodes / "g1-width" / "sub", "lies in the nodes of the campaign"),
+    ):
         for command in (
             ("train", "--dataset", "digits", "--arch", SMALL_ARCH, "--epochs", "1"),
             ("distill", trained, "--arch", SMALL_ARCH, "--epochs", "1"),

@@ -196,7 +196,7 @@ def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
     if (out / LINEAGE_FILE).is_file():
         raise ConfigError(f"{out}: is a campaign run directory ({LINEAGE_FILE}); choose another --out")
     if (run := campaign_of_node(out)) is not None:
-        raise ConfigError(f"{out}: is a node of the campaign in {run}; choose another --out")
+        raise ConfigError(f"{out}: lies in the nodes of the campaign in {run}; choose another --out")
     if (out / META_FILE).exists() and not args.force:
         raise ConfigError(f"{out}: already holds a trained model; choose another --out or pass --force")
 

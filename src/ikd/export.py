@@ -241,7 +241,8 @@ def _export_model_dir(model_dir: Path, plan: _Plan) -> ExportResult:
         # its lineage holds its checksum, its answer status and its latencies: exported through the run
         raise ConfigError(
             f"{model_dir} is a node of the campaign in {run}; export it with "
-            f"`ikd export {run} --node {model_dir.resolve().name} --format {plan.format}`"
+            f"`ikd export {run} --node {next(iter(model_dir.resolve().relative_to(run / NODES_DIR).parts), 'ID')} "
+            f"--format {plan.format}`"
         )
     # Held as `ikd train` holds it, so no retraining replaces the weights mid-export; a directory this process
     # cannot write is no one's to retrain here, and one that is not there is refused by load_model.

@@ -411,13 +411,15 @@ class RunDir:
                     f"{self.lineage_path}: node {node.id!r} names {missing[0]!r} as its parent or teacher, "
                     f"which the lineage does not hold; {expected}"
                 )
+        reach_root: set[str] = set()  # ids whose chain of parents is known to end: each chain walked once
         for node in lineage.nodes:
-            seen, at = {node.id}, node.parent
-            while at is not None:
-                if at in seen:
+            walked, at = {node.id}, node.parent
+            while at is not None and at not in reach_root:
+                if at in walked:
                     raise CheckpointError(f"{self.lineage_path}: node {at!r} is its own ancestor; {expected}")
-                seen.add(at)
+                walked.add(at)
                 at = parents[at]
+            reach_root.update(walked)
 
     def save(self, lineage: Lineage) -> None:
         atomic_write_json(self.lineage_path, lineage.model_dump(mode="json"))
@@ -472,11 +474,16 @@ class RunDir:
         return None
 
 
-def campaign_of_node(model_dir: Path) -> Path | None:
-    """The run directory whose node `model_dir` is (nodes/<id> beside a lineage.json), or None."""
-    resolved = model_dir.resolve()
-    run = resolved.parent.parent
-    return run if resolved.parent.name == NODES_DIR and (run / LINEAGE_FILE).is_file() else None
+def campaign_of_node(path: Path) -> Path | None:
+    """The run directory whose nodes folder holds `path` (nodes/, a node, or anything inside one), or None."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13): nothing of a run's
+        return None
+    for folder in (resolved, *resolved.parents):
+        if folder.name == NODES_DIR and (folder.parent / LINEAGE_FILE).is_file():
+            return folder.parent
+    return None
 
 
 def open_run_dir(path: str | Path) -> RunDir:
