@@ -411,6 +411,19 @@ def test_a_node_whose_lineage_architecture_is_not_its_models_is_refused(run_copy
     assert f"nodes/{node['id']}/model.json: architecture " in line and f"for node {node['id']!r}" in line, line
 
 
+def test_a_campaign_refuses_to_teach_from_a_node_whose_lineage_architecture_is_not_its_models(
+    run_copy, tiny_teacher, capsys
+):
+    # the same check on the campaign's side: the teacher cache loads a parent through RunDir.load_node
+    document = json.loads((run_copy / "lineage.json").read_text())
+    parent = next(n for n in document["nodes"] if n["status"] == "accepted")
+    parent["arch"] = document["nodes"][0]["arch"]  # the root's: valid, and not the parent's model
+    (run_copy / "lineage.json").write_text(json.dumps(document))
+    assert cli.main(campaign_args(tiny_teacher, run_copy, "--force", generations=2)) == 2
+    line = one_error_line(capsys)
+    assert f"nodes/{parent['id']}/model.json: architecture " in line and f"for node {parent['id']!r}" in line, line
+
+
 def test_weights_that_do_not_fit_their_spec_are_refused_before_anything_is_built(tmp_path, tiny_teacher):
     teacher = tmp_path / "t"
     shutil.copytree(tiny_teacher, teacher)
