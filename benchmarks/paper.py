@@ -410,10 +410,10 @@ README_TABLES = (
 
 def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
     """The results table of docs/results.md, made from the table records so that it cannot drift from them: every
-    record of a row that shrinks width and whose student is smaller than its teacher (depth-only rows, MNIST
-    26-36x and CIFAR-10 3.4-5.0x, and the CIFAR-10 width-only rows, which accepted no child, are in paper.md),
-    each seed on its own line; records from a table other than the first are marked as run at the config's own
-    budget. Below it, how many lines' baselines matched or beat the chain by test."""
+    record of a row that shrinks width (`width` or `slim`) and whose student is smaller than its teacher
+    (depth-only rows, MNIST 26-36x and CIFAR-10 3.4-5.0x, and the CIFAR-10 width-only rows, which accepted no
+    child, are in paper.md), each seed on its own line; records from a table other than the first are marked as
+    run at the config's own budget. Below it, how many lines' baselines matched or beat the chain by test."""
     lines = [
         "| dataset | teacher | operators, budget | seed | student params | smaller | test drop (val) | speed-up b1 / "
         "b64 | student / scratch / one-shot KD, test % |",
@@ -422,7 +422,7 @@ def readme_results(tables: tuple[Path, ...] = README_TABLES) -> str:
     with_baselines = beaten = 0
     for index, table in enumerate(tables):
         for r in ordered(load_records(table)):
-            if "width" not in r["operators"] or r["x"] <= 1.0:
+            if not any(op in r["operators"] for op in ("width", "slim")) or r["x"] <= 1.0:
                 continue
             per_child = re.search(r"\d+ ep/child", r["budget"])
             budget = per_child.group(0) if per_child else r["budget"]
