@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import pytest
 import torch
@@ -679,3 +680,27 @@ def test_the_kd_warm_up_reaches_a_campaigns_training_and_its_record(tmp_path, ti
     assert warmed.node(child).loss["kd_warmup"] == 1.0 and plain.node(child).loss["kd_warmup"] == 0.0
     # one epoch of warm-up over a one-epoch child: every step weighs DKD below alpha, so the weights differ
     assert warmed.node(child).sha256 != plain.node(child).sha256
+
+
+def test_a_node_resumed_in_another_process_is_timed_over_both(tmp_path, tiny_teacher, monkeypatch):
+    # its record kept only the last process's time: a baseline trained in three sessions said 5.6 minutes of 50
+    import ikd.train
+
+    slept = []
+    real_step = ikd.train._Student.step
+
+    def slow_step(self, x, y, index):
+        time.sleep(0.01)  # a step slow enough that each session's share is well above the clock's noise
+        slept.append(0.01)
+        real_step(self, x, y, index)
+
+    monkeypatch.setattr(ikd.train._Student, "step", slow_step)
+    config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
+    config = config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})})
+    with pytest.raises(ikd.campaign.CampaignPaused):
+        compress(config.model_copy(update={"time_limit": "0.01s"}), progress=False)
+    first_session = sum(slept)
+    assert first_session > 0 and RunDir(config.run_dir).load().find("g1-width") is None  # paused inside it
+    child = compress(config, progress=False).node("g1-width")
+    assert child.epochs == 2 and sum(slept) > first_session  # the second session trained its second epoch
+    assert child.seconds >= sum(slept)

@@ -84,7 +84,7 @@ class LocalExecutor:
             job, self.data, models, store=self.store, device=self.device, progress=self.progress, on_epoch=self.on_epoch
         )
         seconds = (time.perf_counter() - started) / len(trained)  # one pass's wall time, shared
-        return [Trained(model, outcome, seconds) for model, outcome in trained]
+        return [Trained(m.model, m.outcome, seconds + m.earlier_seconds) for m in trained]
 
     def close(self) -> None:
         pass
@@ -109,8 +109,8 @@ class JobWorker:
             if node_id not in self.models:
                 self.models[node_id] = ray.get(ref).to(device)
         started = time.perf_counter()
-        [(model, outcome)] = run_training_pass(job, self.data, self.models.__getitem__, store=self.store, device=device)
-        return model.cpu(), outcome, time.perf_counter() - started, self.name
+        [member] = run_training_pass(job, self.data, self.models.__getitem__, store=self.store, device=device)
+        return member.model.cpu(), member.outcome, time.perf_counter() - started + member.earlier_seconds, self.name
 
 
 def _import_ray():

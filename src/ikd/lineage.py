@@ -151,8 +151,9 @@ class NodeRecord(BaseModel):
     )
     seconds: float = Field(
         default=0.0,
-        description="wall time of its training; children trained together in one process (sharing each "
-        "teacher forward) are each given the pass's time divided by their number; on Ray, its worker's time",
+        description="wall time of its training, summed over the processes that trained it (a resumed node's "
+        "earlier sessions included); children trained together in one process (sharing each teacher forward) "
+        "are each given the pass's time divided by their number; on Ray, its worker's time",
     )
     loss: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")

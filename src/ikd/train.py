@@ -118,6 +118,9 @@ class TrainResult:
     precision: str = "fp32"
     machine: str = ""  # where it trained (a Ray worker's own, not the driver's)
     sessions: int = 1  # processes that trained it: 1 + the times it resumed from a saved state
+    # of the wall time, what the processes before this one spent (a group's shared equally): a caller
+    # timing its own call adds this to count a resumed training whole
+    earlier_seconds: float = 0.0
     augment: str = ""  # the augmentation it trained with (the config's, else the dataset's default)
 
     def to_json_dict(self) -> dict:
@@ -667,6 +670,7 @@ def train_models(
         result = student.result
         result.last_val_accuracy = result.history[-1].val_accuracy
         result.sessions, result.augment = sessions, augment
+        result.earlier_seconds = seconds_before / len(group)
         result.seconds = time.perf_counter() - started if len(group) == 1 else student.seconds
         if student.best_state is not None:
             student.model.load_state_dict(student.best_state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -45,6 +46,16 @@ from ikd.train import (
 )
 
 Outcome = TrainResult | TrainingDiverged
+
+
+class PassMember(NamedTuple):
+    """A candidate back from its pass: best-by-validation weights, result (or the divergence that
+    dropped it), and the wall time earlier processes spent on it, over all its stages (a resumed pass
+    is timed in this process only by its caller)."""
+
+    model: VGG
+    outcome: Outcome
+    earlier_seconds: float
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ def run_training_pass(
     device: torch.device,
     progress: bool = False,
     on_epoch: EpochCallback | None = None,
-) -> list[tuple[VGG, Outcome]]:
+) -> list[PassMember]:
     """Train the pass's candidates together; each comes back with its best-by-validation weights and
     its result, or the TrainingDiverged error that dropped it."""
     students = [build_model(c.spec, seed=seed) for c, seed in zip(job.candidates, job.seeds, strict=True)]
@@ -155,6 +166,7 @@ def run_training_pass(
         for student, candidate in zip(students, job.candidates, strict=True):
             inherit_weights(student, parent, by=candidate.inherit_by)
     outcome: list[Outcome | None] = [None] * len(students)
+    earlier = [0.0] * len(students)
     state_dir = job.state_dir()
     precision = resolve_precision(job.train_config.precision, device)
     for stage, (stage_weights, stage_epochs) in enumerate(job.stages):
@@ -209,7 +221,9 @@ def run_training_pass(
         for i, result in zip(alive, results, strict=True):
             if isinstance(result, TrainingDiverged):  # its epochs count from the pass's start
                 result.epochs += job.epochs_before(stage)
+            else:
+                earlier[i] += result.earlier_seconds
             outcome[i] = result
     done = [o for o in outcome if o is not None]
     assert len(done) == len(students), "the first stage trains every candidate"
-    return list(zip(students, done, strict=True))
+    return [PassMember(*member) for member in zip(students, done, earlier, strict=True)]
