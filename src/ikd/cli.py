@@ -612,6 +612,8 @@ def format_lineage(lineage, *, why: bool = False) -> str:
     """The lineage as a tree-shaped table (children indented under their parent), with the
     teachers of each node when some have several, each node's reason when asked (last: it is
     long), and the stop reason underneath."""
+    if not lineage.nodes:
+        return "no node yet: the campaign's teacher has not finished training (rerun the same `ikd compress` to go on)"
     several = any(len(n.teachers) > 1 for n in lineage.nodes)
     header = (
         ("id", "gen", "arch", "params", "x", "val %", "test %", "status")
