@@ -682,25 +682,55 @@ def test_the_kd_warm_up_reaches_a_campaigns_training_and_its_record(tmp_path, ti
     assert warmed.node(child).sha256 != plain.node(child).sha256
 
 
-def test_a_node_resumed_in_another_process_is_timed_over_both(tmp_path, tiny_teacher, monkeypatch):
-    # its record kept only the last process's time: a baseline trained in three sessions said 5.6 minutes of 50
+def slowed_steps(monkeypatch) -> dict[str, float]:
+    """Make every training step sleep `slept["per_step"]` seconds (a tenth at first), so that a session's
+    share of a node's time stands well above the work around it; returns the seconds slept, by node."""
     import ikd.train
 
-    slept = []
+    slept: dict[str, float] = {"per_step": 0.1}
     real_step = ikd.train._Student.step
 
     def slow_step(self, x, y, index):
-        time.sleep(0.01)  # a step slow enough that each session's share is well above the clock's noise
-        slept.append(0.01)
+        time.sleep(slept["per_step"])
+        slept[self.description] = slept.get(self.description, 0.0) + slept["per_step"]
         real_step(self, x, y, index)
 
     monkeypatch.setattr(ikd.train._Student, "step", slow_step)
+    return slept
+
+
+def test_a_node_resumed_in_another_process_is_timed_over_both(tmp_path, tiny_teacher, monkeypatch):
+    # its record kept only the last process's time: a baseline trained in three sessions said 5.6 minutes of 50
+    slept = slowed_steps(monkeypatch)
     config = campaign_config(tmp_path / "run", tiny_teacher, max_generations=1, operators=["width"])
     config = config.model_copy(update={"student": config.student.model_copy(update={"epochs": 2})})
     with pytest.raises(ikd.campaign.CampaignPaused):
         compress(config.model_copy(update={"time_limit": "0.01s"}), progress=False)
-    first_session = sum(slept)
-    assert first_session > 0 and RunDir(config.run_dir).load().find("g1-width") is None  # paused inside it
+    first_session, slept["per_step"] = slept["g1-width"], 0.0  # the second session's time is its own work only
+    assert first_session >= 1.0 and RunDir(config.run_dir).load().find("g1-width") is None  # paused inside it
     child = compress(config, progress=False).node("g1-width")
-    assert child.epochs == 2 and sum(slept) > first_session  # the second session trained its second epoch
-    assert child.seconds >= sum(slept)
+    assert child.epochs == 2 and child.seconds >= first_session
+
+
+def test_a_root_teacher_resumed_in_another_process_is_timed_over_both(tmp_path, monkeypatch):
+    slept = slowed_steps(monkeypatch)
+    slept["per_step"] = 0.3  # its epoch is a few big batches
+    config = load_config(
+        None,
+        {
+            "run_dir": str(tmp_path / "run"),
+            "teacher.arch": "8-16",
+            "teacher.epochs": 2,
+            "student.epochs": 1,
+            "search.max_generations": 1,
+            "search.operators": ["width"],
+            "precision": "fp32",
+            "device": "cpu",
+        },
+    )
+    with pytest.raises(ikd.campaign.CampaignPaused):
+        compress(config.model_copy(update={"time_limit": "0.01s"}), progress=False)
+    first_session, slept["per_step"] = slept["g0-teacher"], 0.0
+    assert first_session >= 1.0 and RunDir(config.run_dir).load().find("g0-teacher") is None  # paused inside it
+    root = compress(config, progress=False).root()
+    assert root.epochs == 2 and root.seconds >= first_session

@@ -166,7 +166,8 @@ def root_teacher(ctx: CampaignContext, lineage: Lineage, models: TeacherModels) 
         best_epoch=result.best_epoch if result else None,
         epochs=epochs,
         seed=ctx.config.seed,
-        seconds=round(time.perf_counter() - started, 2),
+        # a teacher resumed from a pause: the processes before this one trained it too
+        seconds=round(time.perf_counter() - started + (result.earlier_seconds if result else 0.0), 2),
     )
 
 
