@@ -280,8 +280,9 @@ def report(
         f"Teacher: {root.arch_summary()}, {root.params:,} params, val {teacher_val:.2f}%, test {teacher_test:.2f}%.",
         f"Budget: {epochs} epochs along the chain's size schedule, each stage pruned to the chain student's {match} "
         f"({', '.join(schedule(s) for s in runs[0].stages) if runs else '-'}; {match}:epochs); "
-        f"Torch-Pruning {tp.__version__}, pruning (global or local, per row) in steps of 1/{granularity} "
-        "of the channels. "
+        # the distribution's version: the module's __version__ string says 1.6.0 in 1.6.1
+        f"Torch-Pruning {importlib.metadata.version('torch-pruning')}, pruning (global or local, per row) in steps "
+        f"of 1/{granularity} of the channels. "
         "Left different: each ikd student learns from its parent, the peer from the root; ikd's epochs include "
         "any two-stage hint epochs, which the peer spends on its joint loss.",
         "",
