@@ -56,7 +56,7 @@ from ikd.data.paths import same_place
 from ikd.dirlock import held
 from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.fit import save_trained
-from ikd.lineage import LINEAGE_FILE, campaign_of_node
+from ikd.lineage import LINEAGE_FILE, NO_NODE_YET, campaign_of_node
 from ikd.model import VGG, Ensemble, build_model
 from ikd.objective import LossWeights
 from ikd.runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
@@ -613,7 +613,7 @@ def format_lineage(lineage, *, why: bool = False) -> str:
     teachers of each node when some have several, each node's reason when asked (last: it is
     long), and the stop reason underneath."""
     if not lineage.nodes:
-        return "no node yet: the campaign's teacher has not finished training (rerun the same `ikd compress` to go on)"
+        return NO_NODE_YET
     several = any(len(n.teachers) > 1 for n in lineage.nodes)
     header = (
         ("id", "gen", "arch", "params", "x", "val %", "test %", "status")

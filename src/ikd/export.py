@@ -53,6 +53,7 @@ from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, 
 from ikd.lineage import (
     EXPORT_DIR,
     LINEAGE_FILE,
+    NO_NODE_YET,
     NODES_DIR,
     Latency,
     Lineage,
@@ -396,9 +397,7 @@ def not_the_answer(lineage: Lineage, node: NodeRecord) -> str | None:
 def _find_node(run: RunDir, lineage: Lineage, node_id: str) -> NodeRecord:
     node = lineage.find(node_id)
     if node is None and not lineage.nodes:
-        raise ConfigError(
-            f"{run.lineage_path}: has no node yet (its teacher has not finished training); nothing to export"
-        )
+        raise ConfigError(f"{run.lineage_path}: has {NO_NODE_YET}; nothing to export")
     if node is None:
         ids = [n.id for n in lineage.nodes]
         shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} nodes)" if len(ids) > 8 else "")

@@ -30,6 +30,8 @@ from ikd.model import VGG
 from ikd.train_state import STATE_DIR
 
 LINEAGE_FILE = "lineage.json"
+# What every reader of a lineage says when it has no node: a campaign paused inside its teacher's training
+NO_NODE_YET = "no node yet: the campaign's teacher has not finished training (rerun the same `ikd compress` to go on)"
 ROOT_ID = "g0-teacher"
 NODES_DIR = "nodes"
 # the folders of a run directory that ikd writes (besides lineage.json): nodes, unfinished trainings'
@@ -232,7 +234,7 @@ class Lineage(BaseModel):
     def root(self) -> NodeRecord:
         root = next((n for n in self.nodes if n.status == Status.TEACHER), None)
         if root is None and not self.nodes:
-            raise CheckpointError("the lineage has no node yet: its teacher has not finished training (paused?)")
+            raise CheckpointError(f"the lineage has {NO_NODE_YET}")
         if root is None:
             raise CheckpointError(
                 "the lineage has no root teacher (no node with status 'teacher'); "

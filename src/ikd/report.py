@@ -28,7 +28,7 @@ from ikd.atomic import atomic_write_bytes
 from ikd.checkpoint import META_FILE
 from ikd.config import CampaignConfig
 from ikd.errors import CheckpointError, ConfigError
-from ikd.lineage import REPORT_DIR, Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
+from ikd.lineage import NO_NODE_YET, REPORT_DIR, Latency, Lineage, NodeKind, NodeRecord, Status, open_run_dir
 
 FIGURES = ("pareto.png", "lineage.png", "training.png")
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "digits": "digits"}
@@ -312,6 +312,8 @@ class Report:
 def load_report(run_dir: Path) -> Report:
     run = open_run_dir(run_dir)
     lineage = run.load()
+    if not lineage.nodes:
+        raise ConfigError(f"{run.lineage_path}: has {NO_NODE_YET}; nothing to report")
     if not any(n.status == Status.TEACHER for n in lineage.nodes):
         raise ConfigError(f"{run.lineage_path}: has no teacher node yet; nothing to report")
     name = lineage.config.get("data", {}).get("name", "?")
