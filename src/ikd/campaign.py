@@ -6,8 +6,8 @@
 
 The rules (accept, stop, budget) are in ikd.rules, who teaches whom in ikd.strategy, the teachers
 themselves in ikd.teachers, one training pass in ikd.distil. Rerunning the same config on the same
-run directory resumes: finished nodes are kept (checked by ikd.resume), an interrupted node is
-trained again. The test split is never consulted.
+run directory resumes: finished nodes are kept (checked by ikd.resume), an interrupted node goes
+on after its last finished epoch. The test split is never consulted.
 """
 
 from __future__ import annotations
