@@ -16,11 +16,10 @@ def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(
     # The rule's numbers are tested in test_rules; here its wiring: what the campaign hands it and what
     # a stop does. The first two candidates have too few fully trained ones before them (rules.EVIDENCE):
     # no late error ratios, no stop.
-    real, calls = training_pass.hopeless, []
+    calls = []
 
     def spy(curve, epochs, needed, slack, later=()):
         calls.append((len(curve), epochs, needed, slack, later))
-        assert real(curve, epochs, needed, slack, later) is None or later  # no stop without evidence
         return "stopped after epoch 2/5: told to" if later and len(curve) == 2 else None
 
     monkeypatch.setattr(training_pass, "hopeless", spy)
@@ -38,11 +37,20 @@ def test_a_hopeless_candidate_stops_early_costs_only_its_epochs_and_is_rejected(
     assert any(len(call[4]) == 4 for call in calls)  # the last candidate saw the first two's late error ratios
 
 
-def test_without_early_rejection_every_candidate_trains_all_its_epochs(tiny_teacher, tmp_path):
+def test_without_early_rejection_every_candidate_trains_all_its_epochs(tiny_teacher, tmp_path, monkeypatch):
+    # three candidates, so the last has the evidence the rule needs: only the setting keeps it from being asked
+    asked = []
+
+    def hopeless(*args):
+        asked.append(args)
+        return "stopped: told to"
+
+    monkeypatch.setattr(training_pass, "hopeless", hopeless)
     args = campaign_args(tiny_teacher, tmp_path / "run", "--epochs", "3", "--max-drop", "0", "--max-step-drop", "0")
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--width-factors", "0.25,0.5"]) == 0
     children = [n for n in RunDir(tmp_path / "run").load().nodes if n.generation == 1]
-    assert children and all(n.epochs == 3 and len(n.val_curve) == 3 and not n.reason.count("stopped") for n in children)
+    assert len(children) == 3 and asked == []
+    assert all(n.epochs == 3 and len(n.val_curve) == 3 and not n.reason.count("stopped") for n in children)
 
 
 def test_a_candidate_heading_for_a_near_miss_is_not_hopeless(tiny_teacher, tmp_path, monkeypatch):

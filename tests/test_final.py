@@ -43,11 +43,10 @@ def test_the_final_distillation_is_the_answer_and_the_baselines_get_its_epochs(t
     diverged = baselines[0].model_copy(update={"status": Status.FAILED, "epochs": 1})
     lost = diverged.model_copy(update={"epochs": 0})
     assert lineage.is_current_baseline(diverged) and not lineage.is_current_baseline(lost)
-    # a rerun finds everything done
-    nodes = [n.id for n in lineage.nodes]
-    assert [
-        n.id for n in run(tiny_teacher, tmp_path / "run", "--final-epochs", "2", "--baselines").load().nodes
-    ] == nodes
+    # a rerun finds everything done: the same nodes, none trained again (weights and seconds unchanged)
+    nodes = [(n.id, n.sha256, n.seconds) for n in lineage.nodes]
+    again = run(tiny_teacher, tmp_path / "run", "--final-epochs", "2", "--baselines").load()
+    assert [(n.id, n.sha256, n.seconds) for n in again.nodes] == nodes
 
 
 def test_a_final_distillation_made_under_other_final_keys_is_made_again_or_dropped(tiny_teacher, tmp_path):
@@ -95,7 +94,8 @@ def test_a_final_student_below_its_answers_floor_is_not_the_answer(tiny_teacher,
     monkeypatch.setattr(campaign.rules, "final_rejection", real)
     again = run(tiny_teacher, tmp_path / "run", "--final-epochs", "1", "--baselines").load()
     assert again.final().id == "final" and again.distilled().reason == ""  # type: ignore[union-attr]
-    assert [n.id for n in again.nodes] == [n.id for n in first.nodes]  # nothing trained again
+    # nothing trained again: the same nodes with the same weights and seconds, only the decision changed
+    assert [(n.id, n.sha256, n.seconds) for n in again.nodes] == [(n.id, n.sha256, n.seconds) for n in first.nodes]
 
 
 def test_a_final_left_from_an_earlier_answer_does_not_count_in_the_search_budget(tiny_teacher, tmp_path):

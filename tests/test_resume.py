@@ -230,6 +230,7 @@ def test_no_intact_state_starts_over_with_one_line(digits, straight, tmp_path, c
     assert_same_weights(model, straight[0])
     err = capsys.readouterr().err
     assert "Traceback" not in err and "starting from epoch 1" in err
+    assert err.count("checksum mismatch") == 2, err  # each kept state passed over for its checksum
 
 
 def test_damaged_newer_states_do_not_crowd_out_the_new_ones(digits, tmp_path, capsys):

@@ -110,8 +110,13 @@ def test_a_child_without_a_middle_block_inherits_the_blocks_after_it_from_their_
     assert len(moved) == 4  # the conv's weight and its BatchNorm's three
     for name in moved:
         # the parent's last block (4 channels, kept whole and in order), not its removed 16-wide one
+        source = theirs[name.replace("blocks.1.", "blocks.2.", 1)]
         if mine[name].dim() == 1:
-            assert torch.equal(mine[name], theirs[name.replace("blocks.1.", "blocks.2.", 1)]), name
+            assert torch.equal(mine[name], source), name
+        else:  # the conv: every output row, over input channels the parent's conv had (16 in, 4 kept)
+            assert mine[name].shape == (4, 4, 3, 3) and source.shape == (4, 16, 3, 3)
+            for j in range(4):
+                assert any(torch.equal(mine[name][:, j], source[:, k]) for k in range(16)), (name, j)
 
 
 def test_width_inheritance_keeps_largest_l1_filters_and_matching_inputs():

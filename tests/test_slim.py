@@ -8,7 +8,7 @@ import torch
 from conftest import campaign_args
 from test_search import campaign_config
 
-from ikd import cli
+from ikd import cli, training_pass
 from ikd.arch import ArchSpec, preset
 from ikd.campaign import compress
 from ikd.checkpoint import load_model
@@ -255,10 +255,13 @@ def test_a_slim_campaign_records_the_uneven_child_it_chose(tmp_path, tiny_teache
     assert load_model(run / "nodes" / "g1-slim50")[0].spec == expected
 
 
-def test_a_slim_child_trains_from_random_init_when_inheritance_is_off(tmp_path, tiny_teacher):
+def test_a_slim_child_trains_from_random_init_when_inheritance_is_off(tmp_path, tiny_teacher, monkeypatch):
     config = campaign_config(tmp_path / "run", tiny_teacher, operators=["slim"], slim_fraction=0.3, max_generations=1)
     config = config.model_copy(update={"student": config.student.model_copy(update={"inherit": False})})
+    inherited = []
+    monkeypatch.setattr(training_pass, "inherit_weights", lambda *args, **kwargs: inherited.append(args))
     lineage = compress(config, progress=False)
+    assert inherited == []  # no student took weights from its parent
     child = lineage.node("g1-slim")
     assert child.status == "accepted" and child.loss["inherit"] is False
     assert child.val_accuracy is not None and child.val_accuracy > 0.3  # well above chance (0.1) after one epoch

@@ -79,9 +79,9 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, digits):
 
 
 def test_training_config_is_validated():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown"):
         TrainConfig(epochs=1, unknown=3)  # type: ignore[call-arg]  # the unknown key is the point
 
 
