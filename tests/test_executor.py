@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from test_search import campaign_config
 
 from ikd.campaign import compress
 from ikd.config import ExecutorConfig
+from ikd.lineage import RunDir
 
 TESTS = Path(__file__).parent
 
@@ -72,6 +74,29 @@ def test_ray_executor_makes_the_local_executors_decisions(tmp_path, tiny_teacher
         assert mine.val_accuracy == theirs.val_accuracy, mine.id
     assert remote.stop_reason == local.stop_reason
     assert (tmp_path / "ray" / "nodes" / "g2-width" / "model.safetensors").is_file()  # the driver wrote the weights
+
+
+@pytest.mark.ray
+def test_a_ray_campaign_stopped_by_its_time_limit_resumes_its_jobs_bit_identically(tmp_path, tiny_teacher):
+    # the jobs stop at an epoch boundary on their workers, which send their states back to the campaign's
+    # disk; the rerun sends each to a worker, which goes on from there (it used to start the job again)
+    from ikd.campaign import CampaignPaused
+
+    straight_config = parent_children(tmp_path / "straight", tiny_teacher, generations=1, kind="ray")
+    config = straight_config.model_copy(update={"run_dir": str(tmp_path / "run")})
+    with local_ray():
+        straight = compress(straight_config, progress=False)
+        with pytest.raises(CampaignPaused):
+            compress(config.model_copy(update={"time_limit": "0.01s"}), progress=False)
+        states = tmp_path / "run" / ".train-state"
+        kept = sorted(p.relative_to(states).as_posix() for p in states.rglob("epoch-*.pt"))
+        assert kept == ["g1-depth/stage-0/epoch-00001.pt", "g1-width/stage-0/epoch-00001.pt"], kept
+        assert RunDir(tmp_path / "run").load().find("g1-width") is None  # paused inside it: not recorded
+        resumed = compress(config, progress=False)
+    assert decisions(resumed) == decisions(straight)
+    for mine, theirs in zip(resumed.students(), straight.students(), strict=True):
+        assert (mine.id, mine.sha256, mine.epochs) == (theirs.id, theirs.sha256, theirs.epochs)
+    assert not states.exists()  # every job's state removed once its student was saved
 
 
 @pytest.mark.ray
@@ -233,7 +258,7 @@ class FakeRay:
         class Actor:
             class train:  # Ray's actor.method.remote(...)
                 @staticmethod
-                def remote(job, refs):
+                def remote(job, refs, saved):
                     return (job.candidates[0].node_id, fake.actors_started)
 
         return Actor()
@@ -302,6 +327,39 @@ def test_a_lost_ray_node_shrinks_the_pool_and_no_job_waits_for_a_worker_that_can
     fake = FakeRay(cpus=1, failures={"a": ray.exceptions.OutOfMemoryError("killed by the memory monitor")})
     trained = fake_executor(fake).run(fake_pass(["a", "b"]), models=lambda node_id: None)
     assert [t.worker for t in trained] == ["lost", "worker2"] and fake.actors_started == 2
+
+
+@pytest.mark.ray
+def test_a_ray_job_that_waited_for_a_worker_past_the_time_limit_is_not_begun():
+    import time
+
+    from ikd.executor import JobPaused
+
+    # one worker for two jobs: the first starts whatever the time (each session trains an epoch), the
+    # second would start after the limit, so it waits for the rerun instead of training an epoch now
+    past = dataclasses.replace(fake_pass(["a", "b"]), deadline=time.time() - 1)
+    trained = fake_executor(FakeRay(cpus=1, failures={})).run(past, models=lambda node_id: None)
+    assert [t.outcome for t in trained] == ["trained", JobPaused(0, 1, {})] and trained[1].worker == "not started"
+
+
+def test_a_training_state_carried_to_another_machine_arrives_whole_and_nowhere_else(tmp_path):
+    from ikd.train_state import pack_state, unpack_state
+
+    there = tmp_path / "worker" / "g1-width"
+    (there / "stage-0").mkdir(parents=True)
+    (there / "stage-0" / "epoch-00002.pt").write_bytes(b"two")
+    (there / "stage-0" / "epoch-00003.pt").write_bytes(b"three")
+    (there / "stage-0" / ".epoch-00004.pt.x.tmp").write_bytes(b"half")  # a write cut short: not carried
+    here = tmp_path / "run" / ".train-state" / "g1-width"
+    (here / "stage-0").mkdir(parents=True)
+    (here / "stage-0" / "epoch-00001.pt").write_bytes(b"one")  # an epoch the job has moved past
+    unpack_state(here, pack_state(there))
+    assert pack_state(here) == {"stage-0/epoch-00002.pt": b"two", "stage-0/epoch-00003.pt": b"three"}
+    unpack_state(here, {})  # nothing carried (a job not begun): what is there stays
+    assert len(pack_state(here)) == 2
+    with pytest.raises(ValueError, match="outside its directory"):
+        unpack_state(here, {"../../evil.pt": b"x"})
+    assert not (tmp_path / "run" / "evil.pt").exists()
 
 
 @pytest.mark.ray

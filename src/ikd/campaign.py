@@ -159,7 +159,8 @@ class Campaign:
         if self.config.baselines:
             self.baselines()
         # Each job removed its own state. What is left belongs to no job this campaign will run again:
-        # a pass interrupted locally whose candidates a Ray run then trained (Ray keeps no state here).
+        # a pass interrupted under one executor whose candidates the other then trained (a local pass keeps
+        # one directory for its candidates together, a Ray job one of its own).
         left = sorted(d.name for d in self.ctx.state_root.glob("*"))
         if left:
             self.ctx.log(f"removing training state no job will resume: {', '.join(left)}")

@@ -13,7 +13,9 @@ A job whose worker dies comes back as a `WorkerLost` outcome: the campaign recor
 that node again, until it has lost `MAX_WORKER_LOSSES` workers (then it stays failed). A lost
 worker is replaced only while the cluster still reports room for it (a dead node takes its CPUs
 along); with no worker left, the jobs still queued come back lost too. A job that raised is raised
-again as it would be locally.
+again as it would be locally. Under a time limit a job stops at an epoch boundary as it would locally:
+its worker sends its training state back (`JobPaused`), the campaign's process keeps it under the run
+directory, and the rerun sends it to whichever worker takes the job, which goes on from there.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +38,8 @@ from ikd.errors import ConfigError, IkdError
 from ikd.external import Teacher
 from ikd.model import VGG
 from ikd.runtime import resolve_device
-from ikd.train import EpochCallback
+from ikd.train import EpochCallback, TrainingPaused
+from ikd.train_state import pack_state, unpack_state
 from ikd.training_pass import Outcome, TeacherOutputStore, TrainingPass, run_training_pass
 
 WORKER_LOST = "worker lost"  # prefix of a failed node's reason when its job, not its training, failed
@@ -55,12 +59,25 @@ class WorkerLost(IkdError):
 
 
 @dataclass
+class JobPaused:
+    """A Ray job stopped by the time limit after `epoch` of `epochs`, with its training state `files`
+    (pack_state) for the campaign's process to keep; one not started before the limit carries none."""
+
+    epoch: int
+    epochs: int
+    files: dict[str, bytes]
+
+    def __str__(self) -> str:
+        return f"stopped after epoch {self.epoch}/{self.epochs} to stay within the time limit"
+
+
+@dataclass
 class Trained:
-    """One candidate back from a pass: its model (best weights; None when its worker was lost),
-    outcome, seconds and where it ran."""
+    """One candidate back from a pass: its model (best weights; None when its worker was lost or it
+    paused), outcome, seconds and where it ran."""
 
     model: VGG | None
-    outcome: Outcome | WorkerLost
+    outcome: Outcome | WorkerLost | JobPaused
     seconds: float
     worker: str = "local"
 
@@ -100,7 +117,10 @@ class JobWorker:
         self.store = TeacherOutputStore()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def train(self, job: TrainingPass, model_refs: dict) -> tuple[VGG, Outcome, float, str]:
+    def train(
+        self, job: TrainingPass, model_refs: dict, saved: dict[str, bytes]
+    ) -> tuple[VGG | None, Outcome | JobPaused, float, str]:
+        """Train one candidate's pass; `saved`: its training state from an earlier session (pack_state)."""
         import ray
 
         device = resolve_device(job.train_config.device)
@@ -109,7 +129,16 @@ class JobWorker:
             if node_id not in self.models:
                 self.models[node_id] = ray.get(ref).to(device)
         started = time.perf_counter()
-        [member] = run_training_pass(job, self.data, self.models.__getitem__, store=self.store, device=device)
+        with tempfile.TemporaryDirectory(prefix="ikd-job-") as scratch:
+            # the state lives on this worker's disk while it trains: the campaign's may be on another machine
+            local = replace(job, state_root=scratch) if job.state_root is not None else job
+            if (state_dir := local.state_dir()) is not None:
+                unpack_state(state_dir, saved)
+            try:
+                [member] = run_training_pass(local, self.data, self.models.__getitem__, store=self.store, device=device)
+            except TrainingPaused as paused:
+                files = pack_state(state_dir) if state_dir is not None else {}
+                return None, JobPaused(paused.epoch, paused.epochs, files), time.perf_counter() - started, self.name
         return member.model.cpu(), member.outcome, time.perf_counter() - started + member.earlier_seconds, self.name
 
 
@@ -230,11 +259,19 @@ class RayExecutor:
         idle, queue = list(self.actors[: len(jobs)]), list(enumerate(jobs))
         pending: dict = {}
         trained: list[Trained | None] = [None] * len(jobs)
+        first_wave = True  # those start whatever the time: each session trains at least an epoch of them
         while queue or pending:
             while queue and idle:
                 index, one = queue.pop(0)
+                state_dir = one.state_dir()
+                if not first_wave and one.deadline is not None and time.time() >= one.deadline:
+                    # it waited for a worker past the limit: not begun, its state (if any) stays for the rerun
+                    trained[index] = Trained(None, JobPaused(0, one.stages[-1][1], {}), 0.0, "not started")
+                    continue
                 actor = idle.pop(0)
-                pending[actor.train.remote(one, refs)] = (index, actor)
+                saved = pack_state(state_dir) if state_dir is not None else {}
+                pending[actor.train.remote(one, refs, saved)] = (index, actor)
+            first_wave = False
             if not pending:  # every worker lost, none to replace them: the rest are lost too
                 for left, _ in queue:
                     trained[left] = Trained(None, WorkerLost(f"{WORKER_LOST}: {NO_ROOM}"), 0.0, "lost")
@@ -269,6 +306,11 @@ class RayExecutor:
                 continue
             idle.append(actor)
             trained[index] = Trained(model, outcome, seconds, worker)
+            if isinstance(outcome, JobPaused):
+                if (state_dir := jobs[index].state_dir()) is not None:
+                    unpack_state(state_dir, outcome.files)  # on this machine's disk, for the rerun
+                self.log(f"{candidate.node_id}: {outcome} on {worker}; its training state is kept")
+                continue
             if self.on_epoch is not None and hasattr(outcome, "history"):
                 for record in outcome.history:
                     self.on_epoch(candidate.node_id, record)

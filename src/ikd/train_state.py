@@ -204,6 +204,37 @@ class StateStore:
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
 
 
+def _state_files(directory: Path) -> dict[str, Path]:
+    """The finished files under a job's state directory, by their path relative to it."""
+    if not directory.is_dir():
+        return {}
+    return {
+        path.relative_to(directory).as_posix(): path
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and not path.name.endswith(TEMP_SUFFIX)
+    }
+
+
+def pack_state(directory: Path) -> dict[str, bytes]:
+    """A job's state directory as {path relative to it: bytes}, to carry it to another machine (a Ray
+    worker's job and the campaign's process share no disk); {} when there is none."""
+    return {name: path.read_bytes() for name, path in _state_files(directory).items()}
+
+
+def unpack_state(directory: Path, files: dict[str, bytes]) -> None:
+    """Make `directory` hold what pack_state carried: each file written all or nothing (its checksum is
+    checked when it is read), then the files it no longer has (epochs the job has moved past) removed."""
+    for name, payload in files.items():
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"a training state file outside its directory: {name!r}")
+        atomic_write_bytes(directory / relative, payload)
+    for name, path in _state_files(directory).items():
+        if files and name not in files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def remove_state(directory: Path) -> None:
     """Drop a finished job's state: only its final weights are worth keeping."""
     shutil.rmtree(directory, ignore_errors=True)
