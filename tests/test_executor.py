@@ -247,6 +247,8 @@ class FakeRay:
 
         self.exceptions = ray.exceptions
         self.cpus, self.failures, self.actors_started = cpus, failures, 0
+        self.jobs_started: list[str] = []
+        self.returns: dict = {}  # node id -> (outcome, files) its job comes back with, instead of "trained"
 
     def cluster_resources(self) -> dict:
         return {"CPU": float(self.cpus)}
@@ -259,6 +261,7 @@ class FakeRay:
             class train:  # Ray's actor.method.remote(...)
                 @staticmethod
                 def remote(job, refs, saved):
+                    fake.jobs_started.append(job.candidates[0].node_id)
                     return (job.candidates[0].node_id, fake.actors_started)
 
         return Actor()
@@ -273,7 +276,8 @@ class FakeRay:
             if isinstance(failure, self.exceptions.NodeDiedError):
                 self.cpus -= 1  # the node and its CPU are gone
             raise failure
-        return None, "trained", 1.0, f"worker{worker}"
+        outcome, files = self.returns.get(node_id, ("trained", {}))
+        return None, outcome, 1.0, f"worker{worker}", files
 
 
 def fake_pass(node_ids: list[str]):
@@ -330,36 +334,84 @@ def test_a_lost_ray_node_shrinks_the_pool_and_no_job_waits_for_a_worker_that_can
 
 
 @pytest.mark.ray
-def test_a_ray_job_that_waited_for_a_worker_past_the_time_limit_is_not_begun():
+def test_a_ray_pass_with_a_job_stopped_by_the_time_limit_pauses_whole_and_keeps_every_jobs_state(tmp_path):
     import time
 
     from ikd.executor import JobPaused
+    from ikd.train import TrainingPaused
+    from ikd.train_state import pack_state
 
-    # one worker for two jobs: the first starts whatever the time (each session trains an epoch), the
-    # second would start after the limit, so it waits for the rerun instead of training an epoch now
-    past = dataclasses.replace(fake_pass(["a", "b"]), deadline=time.time() - 1)
-    trained = fake_executor(FakeRay(cpus=1, failures={})).run(past, models=lambda node_id: None)
-    assert [t.outcome for t in trained] == ["trained", JobPaused(0, 1, {})] and trained[1].worker == "not started"
+    # a finished job and a stopped one: nothing comes back to be recorded (as a local pass), both states
+    # are kept, so the rerun trains the pass as the uninterrupted run would (the finished one at once)
+    fake = FakeRay(cpus=2, failures={})
+    fake.returns = {
+        "a": ("trained", {"stage-0/epoch-00002.pt": b"a2"}),
+        "b": (JobPaused(1, 2), {"stage-0/epoch-00001.pt": b"b1"}),
+    }
+    job = dataclasses.replace(fake_pass(["a", "b"]), state_root=str(tmp_path), deadline=time.time() + 60)
+    with pytest.raises(TrainingPaused, match="after epoch 1/2"):
+        fake_executor(fake).run(job, models=lambda node_id: None)
+    assert pack_state(tmp_path / "a") == {"stage-0/epoch-00002.pt": b"a2"}
+    assert pack_state(tmp_path / "b") == {"stage-0/epoch-00001.pt": b"b1"}
+    # one worker for two jobs past the limit: the first starts whatever the time (each session trains an
+    # epoch), the second would start after the limit, so it is left for the rerun
+    fake = FakeRay(cpus=1, failures={})
+    with pytest.raises(TrainingPaused, match="after epoch 0/1"):
+        fake_executor(fake).run(dataclasses.replace(fake_pass(["a", "b"]), deadline=time.time() - 1), models=None)
+    assert fake.jobs_started == ["a"]
 
 
-def test_a_training_state_carried_to_another_machine_arrives_whole_and_nowhere_else(tmp_path):
+def test_a_ray_job_finished_before_its_pass_paused_is_done_at_once_from_its_state_on_the_rerun(digits, tmp_path):
+    import time
+
+    from ikd.executor import JobWorker
+    from ikd.train import TrainConfig, TrainResult
+
+    # under a time limit a worker sends back the state of a job it finished, in case another job of the
+    # pass stops; given that state again, the job's next worker ends with the same weights, training nothing
+    job = dataclasses.replace(
+        fake_pass(["a"]),
+        stages=((None, 2),),
+        train_config=TrainConfig(epochs=2, batch_size=64, precision="fp32", device="cpu"),
+        state_root=str(tmp_path / "never-used"),  # the worker trains in its own directory
+        deadline=time.time() + 600,
+    )
+    first = JobWorker(digits, threads=1).train(job, {}, {})
+    model, outcome, seconds, _, files = first
+    assert model is not None and [name.rsplit("/", 1)[-1] for name in files] == ["epoch-00002.pt"]
+    started = time.perf_counter()
+    again, outcome_again, seconds_again, _, _ = JobWorker(digits, threads=1).train(job, {}, files)
+    assert time.perf_counter() - started < seconds  # nothing trained again
+    assert again is not None and model.state_dict().keys() == again.state_dict().keys()
+    assert all(torch.equal(model.state_dict()[k], again.state_dict()[k]) for k in model.state_dict())
+    assert isinstance(outcome, TrainResult) and isinstance(outcome_again, TrainResult)
+    assert outcome_again.best_val_accuracy == outcome.best_val_accuracy and outcome_again.sessions == 2
+    # its first session's training is counted in its time
+    assert outcome_again.earlier_seconds > 0 and seconds_again >= outcome_again.earlier_seconds
+    assert not (tmp_path / "never-used").exists()
+
+
+def test_a_training_state_carried_to_another_machine_is_its_newest_epochs_and_lands_nowhere_else(tmp_path):
     from ikd.train_state import pack_state, unpack_state
 
     there = tmp_path / "worker" / "g1-width"
-    (there / "stage-0").mkdir(parents=True)
-    (there / "stage-0" / "epoch-00002.pt").write_bytes(b"two")
-    (there / "stage-0" / "epoch-00003.pt").write_bytes(b"three")
-    (there / "stage-0" / ".epoch-00004.pt.x.tmp").write_bytes(b"half")  # a write cut short: not carried
+    for stage, epochs in (("stage-0", (2, 3)), ("stage-1", (1,))):
+        (there / stage).mkdir(parents=True)
+        for epoch in epochs:
+            (there / stage / f"epoch-{epoch:05d}.pt").write_bytes(f"{stage}:{epoch}".encode())
+    (there / "stage-1" / ".epoch-00002.pt.x.tmp").write_bytes(b"half")  # a write cut short: not carried
     here = tmp_path / "run" / ".train-state" / "g1-width"
     (here / "stage-0").mkdir(parents=True)
-    (here / "stage-0" / "epoch-00001.pt").write_bytes(b"one")  # an epoch the job has moved past
-    unpack_state(here, pack_state(there))
-    assert pack_state(here) == {"stage-0/epoch-00002.pt": b"two", "stage-0/epoch-00003.pt": b"three"}
+    (here / "stage-0" / "epoch-00001.pt").write_bytes(b"old")  # an epoch the job has moved past
+    carried = pack_state(there)
+    assert carried == {"stage-0/epoch-00003.pt": b"stage-0:3", "stage-1/epoch-00001.pt": b"stage-1:1"}
+    unpack_state(here, carried)
+    assert pack_state(here) == carried and not (here / "stage-0" / "epoch-00001.pt").exists()
     unpack_state(here, {})  # nothing carried (a job not begun): what is there stays
-    assert len(pack_state(here)) == 2
+    assert pack_state(here) == carried
     with pytest.raises(ValueError, match="outside its directory"):
-        unpack_state(here, {"../../evil.pt": b"x"})
-    assert not (tmp_path / "run" / "evil.pt").exists()
+        unpack_state(here, {"stage-0/epoch-00009.pt": b"x", "../../evil.pt": b"x"})
+    assert not (tmp_path / "run" / "evil.pt").exists() and not (here / "stage-0" / "epoch-00009.pt").exists()
 
 
 @pytest.mark.ray

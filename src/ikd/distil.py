@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ikd.context import CampaignContext
-from ikd.executor import MAX_WORKER_LOSSES, WORKER_LOST, JobPaused, WorkerLost, never_started
+from ikd.executor import MAX_WORKER_LOSSES, WORKER_LOST, WorkerLost, never_started
 from ikd.fit import save_trained
 from ikd.lineage import Lineage, NodeRecord, Status
 from ikd.objective import LossWeights
@@ -15,7 +15,7 @@ from ikd.rules import hint_pre_epochs, late_error_ratios
 from ikd.shrink import Candidate
 from ikd.strategy import SEED_STRIDE, teacher_weights
 from ikd.teachers import TeacherModels
-from ikd.train import TrainingDiverged, TrainingPaused
+from ikd.train import TrainingDiverged
 from ikd.train_state import remove_state
 from ikd.training_pass import TrainingPass
 
@@ -103,10 +103,8 @@ def train_students(
     record: Callable[[NodeRecord], None],
 ) -> None:
     """Run `job`, then save and `record` each student as it is done. A candidate whose loss diverges,
-    or whose worker dies, is recorded as failed; the others go on. Under a time limit the local executor
-    raises TrainingPaused with nothing recorded; the Ray executor's jobs that finished are recorded, then
-    TrainingPaused is raised for those that paused (their states are kept for the rerun)."""
-    trained = ctx.executor().run(job, models)
+    or whose worker dies, is recorded as failed; the others go on."""
+    trained = ctx.executor().run(job, models)  # TrainingPaused (time limit) passes through, nothing recorded
     loss = describe_loss(ctx, job)
     earlier_stages = job.epochs_before(len(job.stages) - 1)
     root_params = lineage.root().params
@@ -123,8 +121,6 @@ def train_students(
             loss=loss,
         )
         result = done.outcome
-        if isinstance(result, JobPaused):
-            continue  # not finished: trained on by the rerun
         if isinstance(result, Exception) or done.model is None:
             # what it cost: a lost worker's epochs are unknown (its rerun trains it again)
             common["epochs"] = result.epochs if isinstance(result, TrainingDiverged) else 0
@@ -170,12 +166,10 @@ def train_students(
                 **common,
             )
         )
-    paused = [done.outcome for done in trained if isinstance(done.outcome, JobPaused)]
     for one, done in zip(job.split(), trained, strict=True):
-        if not isinstance(done.outcome, JobPaused) and (state_dir := one.state_dir()) is not None:
-            remove_state(state_dir)  # a Ray job's own state (one per candidate), brought back by a pause
-    if paused:
-        raise TrainingPaused(paused[0].epoch, paused[0].epochs, ctx.state_root)
+        # a Ray job's own state (one per candidate, kept at a pause); a lost job's goes on with its rerun
+        if not isinstance(done.outcome, WorkerLost) and (state_dir := one.state_dir()) is not None:
+            remove_state(state_dir)
     if (state_dir := job.state_dir()) is not None:
         remove_state(state_dir)  # every student is saved: only their final weights are kept
 

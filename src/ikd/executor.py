@@ -13,9 +13,12 @@ A job whose worker dies comes back as a `WorkerLost` outcome: the campaign recor
 that node again, until it has lost `MAX_WORKER_LOSSES` workers (then it stays failed). A lost
 worker is replaced only while the cluster still reports room for it (a dead node takes its CPUs
 along); with no worker left, the jobs still queued come back lost too. A job that raised is raised
-again as it would be locally. Under a time limit a job stops at an epoch boundary as it would locally:
-its worker sends its training state back (`JobPaused`), the campaign's process keeps it under the run
-directory, and the rerun sends it to whichever worker takes the job, which goes on from there.
+again as it would be locally.
+
+Under a time limit a job stops at an epoch boundary as it would locally, and a pass with a stopped job
+pauses as a whole (nothing recorded, TrainingPaused): each worker sends its job's newest training state
+back, finished or stopped, the campaign's process keeps it under the run directory, and the rerun sends
+it to whichever worker takes the job, which goes on from there (a finished one is done at once).
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from ikd.data import DataSplits
-from ikd.errors import ConfigError, IkdError
+from ikd.errors import ConfigError, ForeignStateError, IkdError
 from ikd.external import Teacher
 from ikd.model import VGG
 from ikd.runtime import resolve_device
@@ -60,12 +64,10 @@ class WorkerLost(IkdError):
 
 @dataclass
 class JobPaused:
-    """A Ray job stopped by the time limit after `epoch` of `epochs`, with its training state `files`
-    (pack_state) for the campaign's process to keep; one not started before the limit carries none."""
+    """A Ray job stopped by the time limit after `epoch` of `epochs` (0: not begun before it)."""
 
     epoch: int
     epochs: int
-    files: dict[str, bytes]
 
     def __str__(self) -> str:
         return f"stopped after epoch {self.epoch}/{self.epochs} to stay within the time limit"
@@ -73,11 +75,11 @@ class JobPaused:
 
 @dataclass
 class Trained:
-    """One candidate back from a pass: its model (best weights; None when its worker was lost or it
-    paused), outcome, seconds and where it ran."""
+    """One candidate back from a pass: its model (best weights; None when its worker was lost),
+    outcome, seconds and where it ran."""
 
     model: VGG | None
-    outcome: Outcome | WorkerLost | JobPaused
+    outcome: Outcome | WorkerLost
     seconds: float
     worker: str = "local"
 
@@ -119,8 +121,10 @@ class JobWorker:
 
     def train(
         self, job: TrainingPass, model_refs: dict, saved: dict[str, bytes]
-    ) -> tuple[VGG | None, Outcome | JobPaused, float, str]:
-        """Train one candidate's pass; `saved`: its training state from an earlier session (pack_state)."""
+    ) -> tuple[VGG | None, Outcome | JobPaused, float, str, dict[str, bytes]]:
+        """Train one candidate's pass: (its model, outcome, seconds, this worker, its training state).
+        `saved`: the state from an earlier session (pack_state). Under a time limit its state comes back
+        finished or not, since another job of the pass may stop and the pass then resumes as a whole."""
         import ray
 
         device = resolve_device(job.train_config.device)
@@ -136,10 +140,15 @@ class JobWorker:
                 unpack_state(state_dir, saved)
             try:
                 [member] = run_training_pass(local, self.data, self.models.__getitem__, store=self.store, device=device)
-            except TrainingPaused as paused:
+            except TrainingPaused as stop:
                 files = pack_state(state_dir) if state_dir is not None else {}
-                return None, JobPaused(paused.epoch, paused.epochs, files), time.perf_counter() - started, self.name
-        return member.model.cpu(), member.outcome, time.perf_counter() - started + member.earlier_seconds, self.name
+                return None, JobPaused(stop.epoch, stop.epochs), time.perf_counter() - started, self.name, files
+            except ForeignStateError as exc:  # name the campaign's copy, which the user can remove, not this one
+                assert job.state_root is not None
+                raise ForeignStateError(str(exc).replace(scratch, job.state_root)) from None
+            files = pack_state(state_dir) if state_dir is not None and job.deadline is not None else {}
+        seconds = time.perf_counter() - started + member.earlier_seconds
+        return member.model.cpu(), member.outcome, seconds, self.name, files
 
 
 def _import_ray():
@@ -259,6 +268,7 @@ class RayExecutor:
         idle, queue = list(self.actors[: len(jobs)]), list(enumerate(jobs))
         pending: dict = {}
         trained: list[Trained | None] = [None] * len(jobs)
+        stopped: list[JobPaused] = []  # by the time limit: the pass pauses once every job is back
         first_wave = True  # those start whatever the time: each session trains at least an epoch of them
         while queue or pending:
             while queue and idle:
@@ -266,7 +276,7 @@ class RayExecutor:
                 state_dir = one.state_dir()
                 if not first_wave and one.deadline is not None and time.time() >= one.deadline:
                     # it waited for a worker past the limit: not begun, its state (if any) stays for the rerun
-                    trained[index] = Trained(None, JobPaused(0, one.stages[-1][1], {}), 0.0, "not started")
+                    stopped.append(JobPaused(0, one.stages[-1][1]))
                     continue
                 actor = idle.pop(0)
                 saved = pack_state(state_dir) if state_dir is not None else {}
@@ -280,7 +290,7 @@ class RayExecutor:
             index, actor = pending.pop(done)
             candidate = jobs[index].candidates[0]
             try:
-                model, outcome, seconds, worker = ray.get(done)
+                model, outcome, seconds, worker, files = ray.get(done)
             except ray.exceptions.RayTaskError as exc:  # the job raised: an ikd error or a bug, not a lost worker
                 if exc.cause is not None:
                     # as it would be raised locally (an ikd error is one line); --debug keeps the remote traceback
@@ -305,16 +315,20 @@ class RayExecutor:
                     idle.append(replacement)
                 continue
             idle.append(actor)
-            trained[index] = Trained(model, outcome, seconds, worker)
+            if files and (state_dir := jobs[index].state_dir()) is not None:
+                unpack_state(state_dir, files)  # on this machine's disk, in case the pass pauses
             if isinstance(outcome, JobPaused):
-                if (state_dir := jobs[index].state_dir()) is not None:
-                    unpack_state(state_dir, outcome.files)  # on this machine's disk, for the rerun
                 self.log(f"{candidate.node_id}: {outcome} on {worker}; its training state is kept")
+                stopped.append(outcome)
                 continue
+            trained[index] = Trained(model, outcome, seconds, worker)
             if self.on_epoch is not None and hasattr(outcome, "history"):
                 for record in outcome.history:
                     self.on_epoch(candidate.node_id, record)
             self.log(f"{candidate.node_id}: trained on {worker} in {seconds:.0f} s")
+        if stopped:  # as a local pass: nothing recorded, every job's state kept, the rerun goes on
+            last = max(stopped, key=lambda s: s.epoch)
+            raise TrainingPaused(last.epoch, last.epochs, Path(job.state_root or "."))
         done = [t for t in trained if t is not None]
         assert len(done) == len(jobs), "every job was queued and waited for"
         return done

@@ -216,19 +216,27 @@ def _state_files(directory: Path) -> dict[str, Path]:
 
 
 def pack_state(directory: Path) -> dict[str, bytes]:
-    """A job's state directory as {path relative to it: bytes}, to carry it to another machine (a Ray
-    worker's job and the campaign's process share no disk); {} when there is none."""
-    return {name: path.read_bytes() for name, path in _state_files(directory).items()}
+    """The newest state of each stage of a job (all a resume reads, unless it is damaged) as {path
+    relative to `directory`: bytes}, to carry it to another machine: a Ray job's worker and the
+    campaign's process share no disk. {} when there is none."""
+    newest: dict[str, str] = {}
+    files = _state_files(directory)
+    for name in files:  # epoch numbers are zero-padded: the largest name is the newest epoch
+        stage = name.rpartition("/")[0]
+        newest[stage] = max(newest.get(stage, name), name)
+    return {name: files[name].read_bytes() for name in sorted(newest.values())}
 
 
 def unpack_state(directory: Path, files: dict[str, bytes]) -> None:
     """Make `directory` hold what pack_state carried: each file written all or nothing (its checksum is
-    checked when it is read), then the files it no longer has (epochs the job has moved past) removed."""
-    for name, payload in files.items():
+    checked when it is read), then the files it no longer needs (older epochs) removed. Nothing carried
+    leaves it as it is."""
+    for name in files:
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"a training state file outside its directory: {name!r}")
-        atomic_write_bytes(directory / relative, payload)
+    for name, payload in files.items():
+        atomic_write_bytes(directory / name, payload)
     for name, path in _state_files(directory).items():
         if files and name not in files:
             with contextlib.suppress(OSError):
