@@ -391,6 +391,26 @@ def test_a_ray_job_finished_before_its_pass_paused_is_done_at_once_from_its_stat
     assert not (tmp_path / "never-used").exists()
 
 
+def test_a_ray_job_refusing_its_state_names_the_campaigns_copy_not_its_workers(digits, tmp_path):
+    import time
+
+    from ikd.errors import ForeignStateError
+    from ikd.executor import JobWorker
+    from ikd.train import TrainConfig
+
+    config = TrainConfig(epochs=2, batch_size=64, precision="fp32", device="cpu")
+    job = dataclasses.replace(
+        fake_pass(["a"]), stages=((None, 2),), train_config=config, state_root=str(tmp_path), deadline=time.time() + 600
+    )
+    *_, files = JobWorker(digits, threads=1).train(job, {}, {})
+    # saved in fp32, asked for in bf16 (as on a worker that resolves `auto` otherwise): refused, not discarded
+    other = dataclasses.replace(job, train_config=config.model_copy(update={"precision": "bf16"}))
+    other = dataclasses.replace(other, state_root=str(tmp_path / "run" / ".train-state"))
+    with pytest.raises(ForeignStateError, match=r"\.train-state/a") as refused:
+        JobWorker(digits, threads=1).train(other, {}, files)
+    assert "ikd-job-" not in str(refused.value) and refused.value.keys
+
+
 def test_a_training_state_carried_to_another_machine_is_its_newest_epochs_and_lands_nowhere_else(tmp_path):
     from ikd.train_state import pack_state, unpack_state
 

@@ -145,7 +145,7 @@ class JobWorker:
                 return None, JobPaused(stop.epoch, stop.epochs), time.perf_counter() - started, self.name, files
             except ForeignStateError as exc:  # name the campaign's copy, which the user can remove, not this one
                 assert job.state_root is not None
-                raise ForeignStateError(str(exc).replace(scratch, job.state_root)) from None
+                raise ForeignStateError(str(exc).replace(scratch, job.state_root), exc.keys) from None
             files = pack_state(state_dir) if state_dir is not None and job.deadline is not None else {}
         seconds = time.perf_counter() - started + member.earlier_seconds
         return member.model.cpu(), member.outcome, seconds, self.name, files
