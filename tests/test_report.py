@@ -364,6 +364,9 @@ def test_the_lineage_table_ends_with_the_campaigns_answer():
     assert (
         format_lineage(lineage).splitlines()[-1] == "answer: g8-depth (557,386 params, 26.4x, val 99.20%, test 99.47%)"
     )
+    # each node's multiply-accumulates per image, in millions, from its architecture
+    header, _, teacher_row, *_ = format_lineage(lineage).splitlines()
+    assert header.split()[5:7] == ["M", "MACs"] and teacher_row.split()[5] == f"{lineage.root().macs / 1e6:.0f}"
     alone = lineage.model_copy(update={"nodes": [lineage.root()]})
     assert format_lineage(alone).splitlines()[-1] == "answer: the teacher (no student was accepted)"
 

@@ -608,6 +608,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def millions(count: int) -> str:
+    """A count in millions to three significant figures or so (MACs per image: 313 for VGG-16 on
+    CIFAR-10, 0.052 for a digits student), never in scientific notation."""
+    value = count / 1e6
+    decimals = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
+    return f"{value:.{decimals}f}"
+
+
 def format_lineage(lineage, *, why: bool = False) -> str:
     """The lineage as a tree-shaped table (children indented under their parent), with the
     teachers of each node when some have several, each node's reason when asked (last: it is
@@ -616,7 +624,7 @@ def format_lineage(lineage, *, why: bool = False) -> str:
         return NO_NODE_YET
     several = any(len(n.teachers) > 1 for n in lineage.nodes)
     header = (
-        ("id", "gen", "arch", "params", "x", "val %", "test %", "status")
+        ("id", "gen", "arch", "params", "x", "M MACs", "val %", "test %", "status")
         + (("teachers",) if several else ())
         + (("why",) if why else ())
     )
@@ -630,6 +638,7 @@ def format_lineage(lineage, *, why: bool = False) -> str:
             arch,
             f"{node.params:,}",
             f"{node.compression:.1f}",
+            millions(node.macs),
             pct(node.val_accuracy),
             pct(node.test_accuracy),
             str(node.status),
