@@ -204,14 +204,15 @@ class StateStore:
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
 
 
-def _state_files(directory: Path) -> dict[str, Path]:
-    """The finished files under a job's state directory, by their path relative to it."""
+def _state_files(directory: Path) -> dict[str, tuple[int, Path]]:
+    """The epoch files under a job's state directory (one folder per stage), by their path relative to
+    it: (epoch, path). Temporary files of writes cut short are not epoch files (StateStore's naming)."""
     if not directory.is_dir():
         return {}
     return {
-        path.relative_to(directory).as_posix(): path
+        path.relative_to(directory).as_posix(): (int(match.group(1)), path)
         for path in sorted(directory.rglob("*"))
-        if path.is_file() and not path.name.endswith(TEMP_SUFFIX)
+        if path.is_file() and (match := _NAME.fullmatch(path.name))
     }
 
 
@@ -219,12 +220,12 @@ def pack_state(directory: Path) -> dict[str, bytes]:
     """The newest state of each stage of a job (all a resume reads, unless it is damaged) as {path
     relative to `directory`: bytes}, to carry it to another machine: a Ray job's worker and the
     campaign's process share no disk. {} when there is none."""
-    newest: dict[str, str] = {}
+    newest: dict[str, tuple[int, str]] = {}
     files = _state_files(directory)
-    for name in files:  # epoch numbers are zero-padded: the largest name is the newest epoch
+    for name, (epoch, _) in files.items():
         stage = name.rpartition("/")[0]
-        newest[stage] = max(newest.get(stage, name), name)
-    return {name: files[name].read_bytes() for name in sorted(newest.values())}
+        newest[stage] = max(newest.get(stage, (epoch, name)), (epoch, name))
+    return {name: files[name][1].read_bytes() for _, name in sorted(newest.values(), key=lambda e: e[1])}
 
 
 def unpack_state(directory: Path, files: dict[str, bytes]) -> None:
@@ -235,10 +236,12 @@ def unpack_state(directory: Path, files: dict[str, bytes]) -> None:
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"a training state file outside its directory: {name!r}")
+    if not files:
+        return
     for name, payload in files.items():
         atomic_write_bytes(directory / name, payload)
-    for name, path in _state_files(directory).items():
-        if files and name not in files:
+    for name, (_, path) in _state_files(directory).items():
+        if name not in files:
             with contextlib.suppress(OSError):
                 path.unlink()
 
