@@ -132,6 +132,14 @@ class ArchSpec(BaseModel):
         return self.model_dump(mode="json")
 
 
+def millions(count: int) -> str:
+    """A count in millions to three significant figures or so (MACs per image: 313 for VGG-16 on
+    CIFAR-10, 0.052 for a digits student), never in scientific notation."""
+    value = count / 1e6
+    decimals = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
+    return f"{value:.{decimals}f}"
+
+
 def pooled_size(size: int) -> int:
     """Spatial size after a block's 2x2 max-pool; the pool is skipped when size is already 1."""
     return size // 2 if size >= 2 else size

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ikd import distributed, rules
 from ikd._version import __version__
-from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch, preset, preset_for
+from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch, millions, preset, preset_for
 from ikd.atomic import cannot_make_dir
 from ikd.checkpoint import (
     META_FILE,
@@ -606,14 +606,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print("ikd compress: stopped on lost workers; rerun the same command to train them again", file=sys.stderr)
         return EXIT_TEMPFAIL
     return 0
-
-
-def millions(count: int) -> str:
-    """A count in millions to three significant figures or so (MACs per image: 313 for VGG-16 on
-    CIFAR-10, 0.052 for a digits student), never in scientific notation."""
-    value = count / 1e6
-    decimals = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
-    return f"{value:.{decimals}f}"
 
 
 def format_lineage(lineage, *, why: bool = False) -> str:

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from pydantic import ValidationError
 
 from ikd import rules
-from ikd.arch import PRESETS, preset_for
+from ikd.arch import PRESETS, millions, preset_for
 from ikd.atomic import atomic_write_bytes
 from ikd.checkpoint import META_FILE
 from ikd.config import CampaignConfig
@@ -173,7 +173,7 @@ class Report:
             "params",
             "size (MB)",
             "reduction %",
-            "MMACs",
+            "M MACs",
             "val %",
             "test %",
             "drop val (pts)",
@@ -197,7 +197,7 @@ class Report:
                 f"{node.params:,}",
                 f"{node.size_bytes_fp32 / 1e6:.3f}",
                 f"{100 * (1 - node.size_bytes_fp32 / root.size_bytes_fp32):.2f}",
-                f"{node.macs / 1e6:.2f}",
+                millions(node.macs),
                 _pct(node.val_accuracy),
                 _pct(node.test_accuracy),
                 _points(root.val_accuracy, node.val_accuracy),
