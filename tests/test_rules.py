@@ -22,6 +22,7 @@ def node(
     teachers: tuple[str, ...] = (),
     epochs: int = 2,
     compression: float = 1.0,
+    macs: int = 0,
     arch: dict | None = None,
 ) -> NodeRecord:
     return NodeRecord(
@@ -33,7 +34,7 @@ def node(
         arch={"made-up": node_id} if arch is None else arch,
         params=params,
         size_bytes_fp32=4 * params,
-        macs=0,
+        macs=macs,
         compression=compression,
         val_accuracy=val,
         epochs=epochs,
@@ -82,6 +83,9 @@ def test_targets():
     assert "900 <= 1,000 params" in (rules.target_reached(small, search(target_params=1000)) or "")
     assert "111.1x smaller" in (rules.target_reached(small, search(target_compression=100)) or "")
     assert rules.target_reached(small, search(target_compression=200)) is None
+    costly = node("g3-slim75", 0.94, params=900, macs=90_000_000)
+    assert "90,000,000 <= 90,000,000 MACs" in (rules.target_reached(costly, search(target_macs=90_000_000)) or "")
+    assert rules.target_reached(costly, search(target_macs=89_999_999)) is None
 
 
 def test_budget_counts_every_candidate_epoch():

@@ -310,6 +310,12 @@ class SearchConfig(Strict):
     target_compression: float | None = Field(
         default=None, gt=1, description="stop once root params / child params reaches this"
     )
+    target_macs: int | None = Field(
+        default=None,
+        gt=0,
+        description="stop once an accepted child costs at most this many multiply-accumulates per image "
+        "(its convs and linears; `ikd lineage` shows them): a compute target where latency matters more than size",
+    )
 
     @field_validator("width_factor", "slim_fraction")
     @classmethod

@@ -227,6 +227,8 @@ def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
         return f"target reached: {node.id} has {node.params:,} <= {search.target_params:,} params"
     if search.target_compression and node.compression >= search.target_compression:
         return f"target reached: {node.id} is {node.compression:.1f}x smaller than the root"
+    if search.target_macs and node.macs <= search.target_macs:
+        return f"target reached: {node.id} costs {node.macs:,} <= {search.target_macs:,} MACs per image"
     return None
 
 
@@ -246,6 +248,7 @@ REDECIDE_KEYS = frozenset(
         "max_generations",
         "target_params",
         "target_compression",
+        "target_macs",
         "operators",
         "retry_within",
         *(key for operator in OPERATORS.values() for key in operator.search_keys()),  # what shapes the children
