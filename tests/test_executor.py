@@ -411,6 +411,27 @@ def test_a_ray_job_refusing_its_state_names_the_campaigns_copy_not_its_workers(d
     assert "ikd-job-" not in str(refused.value) and refused.value.keys
 
 
+def test_a_ray_jobs_notes_on_its_state_name_the_campaigns_copy_not_its_workers(digits, tmp_path, capsys):
+    import time
+
+    from ikd.executor import JobWorker
+    from ikd.train import TrainConfig
+
+    job = dataclasses.replace(
+        fake_pass(["a"]),
+        stages=((None, 2),),
+        train_config=TrainConfig(epochs=2, batch_size=64, precision="fp32", device="cpu"),
+        state_root=str(tmp_path / "run" / ".train-state"),
+        deadline=time.time() + 600,
+    )
+    *_, files = JobWorker(digits, threads=1).train(job, {}, {})
+    [name] = files
+    capsys.readouterr()
+    JobWorker(digits, threads=1).train(job, {}, {name: b"damaged"})  # a truncated state, skipped
+    notes = capsys.readouterr().err
+    assert f"{tmp_path}/run/.train-state/a" in notes and "ikd-job-" not in notes
+
+
 def test_a_training_state_carried_to_another_machine_is_its_newest_epochs_and_lands_nowhere_else(tmp_path):
     from ikd.train_state import pack_state, unpack_state
 

@@ -23,11 +23,14 @@ it to whichever worker takes the job, which goes on from there (a finished one i
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -138,8 +141,13 @@ class JobWorker:
             local = replace(job, state_root=scratch) if job.state_root is not None else job
             if (state_dir := local.state_dir()) is not None:
                 unpack_state(state_dir, saved)
+            # its notes on the state (resumed, damaged file skipped) name the campaign's copy, which the user can see
+            renamed = _Renaming(sys.stderr, scratch, job.state_root) if job.state_root is not None else sys.stderr
             try:
-                [member] = run_training_pass(local, self.data, self.models.__getitem__, store=self.store, device=device)
+                with contextlib.redirect_stderr(renamed):
+                    [member] = run_training_pass(
+                        local, self.data, self.models.__getitem__, store=self.store, device=device
+                    )
             except TrainingPaused as stop:
                 files = pack_state(state_dir) if state_dir is not None else {}
                 return None, JobPaused(stop.epoch, stop.epochs), time.perf_counter() - started, self.name, files
@@ -149,6 +157,20 @@ class JobWorker:
             files = pack_state(state_dir) if state_dir is not None and job.deadline is not None else {}
         seconds = time.perf_counter() - started + member.earlier_seconds
         return member.model.cpu(), member.outcome, seconds, self.name, files
+
+
+class _Renaming(io.TextIOBase):
+    """A text stream that writes to `target` with every `old` path replaced by `new`."""
+
+    def __init__(self, target, old: str, new: str):
+        self.target, self.old, self.new = target, old, new
+
+    def write(self, text: str) -> int:
+        self.target.write(text.replace(self.old, self.new))
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
 
 
 def _import_ray():
