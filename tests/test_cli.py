@@ -136,6 +136,15 @@ def test_train_and_distill_never_write_into_a_campaign_even_with_force(trained, 
     assert sorted(p.name for p in run.rglob("*")) == ["g1-width", "lineage.json", "nodes"]  # nothing written
 
 
+def test_distill_refuses_to_write_its_student_over_its_teacher_even_with_force(trained):
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    for out in (trained, f"{trained}/", trained / ".." / trained.name):
+        refused = ikd("distill", trained, "--arch", SMALL_ARCH, "--epochs", "1", "--out", out, "--force", "--quiet")
+        assert refused.returncode == 2 and "is one of the TEACHER_DIRs" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before  # the teacher is intact
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [

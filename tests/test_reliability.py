@@ -291,6 +291,24 @@ def test_force_continues_a_run_directory_from_another_config(run_copy, tiny_teac
     assert RunDir(run_copy).load().config["search"]["max_drop"] == 0.5
 
 
+def test_trained_nodes_without_their_lineage_are_never_trained_over(run_copy, tiny_teacher, capsys):
+    lineage = run_copy / "lineage.json"
+    lineage.unlink()
+    before = harness.snapshot(run_copy)
+    assert cli.main(campaign_args(tiny_teacher, run_copy, "--force")) == cli.EXIT_USAGE
+    assert "trained nodes (g0-teacher, g1-width" in one_error_line(capsys) and harness.snapshot(run_copy) == before
+    lineage.mkdir()  # not a file: nothing a new campaign may take as "no lineage yet"
+    before = harness.snapshot(run_copy)
+    assert cli.main(campaign_args(tiny_teacher, run_copy)) == cli.EXIT_USAGE
+    assert "lineage.json: is not a file" in one_error_line(capsys) and harness.snapshot(run_copy) == before
+    # the root alone may be there: a run killed after saving its teacher, before recording it
+    lineage.rmdir()
+    for node in (run_copy / "nodes").iterdir():
+        if node.name != "g0-teacher":
+            shutil.rmtree(node)
+    assert cli.main(campaign_args(tiny_teacher, run_copy)) == 0
+
+
 # --- files that would crash a naive reader -----------------------------------------------------
 
 

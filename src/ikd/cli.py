@@ -192,6 +192,9 @@ def _train(args: argparse.Namespace, distilled: bool = False) -> int:
 
 
 def _refuse_a_trained_model(out: Path, args: argparse.Namespace) -> None:
+    # a teacher is read while its student trains, and --force would clear it first: both would be lost
+    if any(same_place(teacher) == same_place(out) for teacher in getattr(args, "teachers", None) or ()):
+        raise ConfigError(f"--out {args.out}: is one of the TEACHER_DIRs; choose another --out for the student")
     # a campaign's files are its lineage's (checksums, decisions): never replaced from outside, even with --force
     if (out / LINEAGE_FILE).is_file():
         raise ConfigError(f"{out}: is a campaign run directory ({LINEAGE_FILE}); choose another --out")

@@ -14,7 +14,7 @@ from ikd.data import effective_image_size
 from ikd.data.paths import same_place
 from ikd.diff import config_differences
 from ikd.errors import CheckpointError, ConfigError
-from ikd.lineage import Lineage, NodeRecord, RunDir, Status
+from ikd.lineage import LINEAGE_FILE, NODES_DIR, ROOT_ID, Lineage, NodeRecord, RunDir, Status
 
 
 def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
@@ -30,6 +30,21 @@ def grown_from(nodes: list[NodeRecord], lost: set[str]) -> set[str]:
     return dependents
 
 
+def _refuse_nodes_without_a_lineage(run: RunDir) -> None:
+    """A run directory whose lineage.json is gone (or is not a file) but whose nodes are there: a new campaign
+    would train over them. Only the root may be there alone: a run killed after saving its teacher and before
+    recording it."""
+    if run.lineage_path.exists():
+        raise ConfigError(f"{run.lineage_path}: is not a file; expected the run's lineage (JSON), or nothing")
+    nodes = run.path / NODES_DIR
+    found = sorted(d.name for d in nodes.iterdir() if d.is_dir()) if nodes.is_dir() else []
+    if [name for name in found if name != ROOT_ID]:
+        raise ConfigError(
+            f"{run.path}: holds {len(found)} trained nodes ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) "
+            f"but no {LINEAGE_FILE}, which records what they are; restore it, or choose another run_dir"
+        )
+
+
 def open_campaign(
     run: RunDir, config: CampaignConfig, *, force: bool, log: Callable[[str], None], redecide: bool = False
 ) -> Lineage:
@@ -43,6 +58,7 @@ def open_campaign(
         )
     wanted = config.decision_fields()
     if not run.exists():
+        _refuse_nodes_without_a_lineage(run)
         return Lineage(config=wanted)
     lineage = run.load()
     stored = lineage.config
