@@ -406,6 +406,11 @@ def _bad_arch(nodes: list[dict]) -> None:
         (_twice, "appears twice"),
         # a pydantic report of several lines, met only when the node was used
         (_bad_arch, "invalid nodes.1.arch.blocks: Value error, conv widths must be positive"),
+        # values no run writes: printed as "val 500.00%" and "-3 params" (exit 0), or crashing the report's plots
+        (lambda nodes: nodes[1].update(val_accuracy=5.0), "invalid nodes.1.val_accuracy: Input should be less"),
+        (lambda nodes: nodes[1].update(params=-3), "invalid nodes.1.params: Input should be greater"),
+        (lambda nodes: nodes[1].update(val_curve=[float("nan")]), "invalid nodes.1.val_curve.0"),
+        (lambda nodes: nodes[1].update(params=10**400), "invalid nodes.1.params"),
     ],
 )
 def test_a_lineage_edited_into_a_shape_ikd_never_writes_is_refused_in_one_line(run_copy, damage, message, capsys):

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -117,6 +117,10 @@ class Session(BaseModel):
     machine: str = Field(description="CPU, threads, accelerator, torch and ikd versions")
 
 
+MAX_COUNT = 10**15  # parameters, bytes or MACs: far past any network, short of float overflow
+Accuracy = Annotated[float, Field(ge=0, le=1)]  # a share of images: NaN fails both bounds
+
+
 class NodeRecord(BaseModel):
     # statuses are kept as their plain strings, so a record updated with model_copy(status="...")
     # serialises as cleanly as one built through validation
@@ -130,18 +134,22 @@ class NodeRecord(BaseModel):
     status: Status
     reason: str = ""
     arch: dict[str, Any]
-    params: int
-    size_bytes_fp32: int
-    macs: int
-    compression: float = Field(description="root teacher params / this node's params")
-    val_accuracy: float | None = Field(default=None, description="best epoch, on the validation split")
-    val_accuracy_last: float | None = None
-    test_accuracy: float | None = Field(default=None, description="of the saved weights; reported only")
-    best_epoch: int | None = None
+    # bounds a file ikd wrote always meets: an edited or damaged lineage is refused when read, not
+    # reported as a 500% accuracy or a negative size, nor crashing a plot on NaN
+    params: int = Field(ge=1, le=MAX_COUNT)
+    size_bytes_fp32: int = Field(ge=0, le=MAX_COUNT)
+    macs: int = Field(ge=0, le=MAX_COUNT)
+    compression: float = Field(gt=0, allow_inf_nan=False, description="root teacher params / this node's params")
+    val_accuracy: Accuracy | None = Field(default=None, description="best epoch, on the validation split")
+    val_accuracy_last: Accuracy | None = None
+    test_accuracy: Accuracy | None = Field(default=None, description="of the saved weights; reported only")
+    best_epoch: int | None = Field(default=None, ge=0)
     epochs: int = Field(
-        default=0, description="epochs trained (fewer than planned when stopped early or diverged; 0 for a lost worker)"
+        ge=0,
+        default=0,
+        description="epochs trained (fewer than planned when stopped early or diverged; 0 for a lost worker)",
     )
-    val_curve: list[float] = Field(
+    val_curve: list[Accuracy] = Field(
         default_factory=list, description="validation accuracy of the kept weights' kind, per epoch"
     )
     workers_lost: int = Field(
@@ -153,6 +161,8 @@ class NodeRecord(BaseModel):
     )
     seconds: float = Field(
         default=0.0,
+        ge=0,
+        allow_inf_nan=False,
         description="wall time of its training, summed over the processes that trained it (a resumed node's "
         "earlier sessions included); children trained together in one process (sharing each teacher forward) "
         "are each given the pass's time divided by their number; on Ray, its worker's time",
