@@ -350,13 +350,24 @@ def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, conten
         # these named no file: "val_fraction=2: expected ..."
         ({"val_fraction": 2}, "dataset.val_fraction=2: expected a number strictly between 0 and 1"),
         ({"split_seed": -1}, "dataset.split_seed=-1: expected a non-negative integer"),
+        # an internal error in eval, distill and export, or labels a safetensors export wrote for other outputs
+        ({"classes": 5}, "dataset.classes is 5; expected a list of distinct class names"),
+        ({"classes": ["a", "b"]}, r"one per output of the model \(arch.num_classes 10\)"),
+        ({"classes": ["a"] * 10}, "expected a list of distinct class names"),
+        ({"image_size": -1}, "dataset.image_size is -1; expected a positive number of pixels"),
+        ({"name": 3}, "dataset.name is 3; expected the dataset's name"),
+        ({"training": "x"}, "'training' is str; expected an object"),
+        ({"history": {}}, "'history' is dict; expected a list of epochs"),
     ],
 )
 def test_a_model_whose_dataset_record_cannot_normalise_is_a_checkpoint_error(tiny_teacher, tmp_path, dataset, message):
     # each was an internal error (or a NaN loss) in ikd eval and export
     model = shutil.copytree(tiny_teacher, tmp_path / "model")
     document = json.loads((model / "model.json").read_text())
-    document["dataset"] = dataset if isinstance(dataset, str) else document["dataset"] | dataset
+    if isinstance(dataset, dict) and dataset.keys() & {"training", "history"}:  # top-level sections
+        document |= dataset
+    else:
+        document["dataset"] = dataset if isinstance(dataset, str) else document["dataset"] | dataset
     (model / "model.json").write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match=message) as error:
         load_model(model)

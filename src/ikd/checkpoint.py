@@ -214,16 +214,43 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(document, dict) or "arch" not in document:
         raise CheckpointError(f"{path}: expected a JSON object with an 'arch' key")
-    if (why := _dataset_problem(document.get("dataset", {}))) is not None:
+    if (why := _shape_problem(document) or _dataset_problem(document.get("dataset", {}), document["arch"])) is not None:
         raise CheckpointError(f"{path}: {why}")
     return document
 
 
-def _dataset_problem(record: Any) -> str | None:
+# the sections every command reads as objects (or, history, as a list of epochs) when they are there
+_OBJECT_KEYS = ("arch", "dataset", "size", "training", "metrics", "teacher", "loss")
+
+
+def _shape_problem(document: dict[str, Any]) -> str | None:
+    for key in _OBJECT_KEYS:
+        if key in document and not isinstance(document[key], dict):
+            return f"'{key}' is {type(document[key]).__name__}; expected an object"
+    if "history" in document and not isinstance(document["history"], list):
+        return f"'history' is {type(document['history']).__name__}; expected a list of epochs"
+    return None
+
+
+def _dataset_problem(record: Any, arch: dict[str, Any]) -> str | None:
     """What is wrong with a model's dataset record, whose mean and std every evaluation and export
-    normalises with (None: nothing, or it is absent); a std of 0 would divide by zero."""
+    normalises with and whose class names label its outputs (None: nothing, or it is absent); a std
+    of 0 would divide by zero."""
     if not isinstance(record, dict):
         return f"'dataset' is {type(record).__name__}; expected an object"
+    if "name" in record and not isinstance(record["name"], str):
+        return f"dataset.name is {record['name']!r}; expected the dataset's name"
+    if "classes" in record:
+        classes, outputs = record["classes"], arch.get("num_classes")
+        names = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        if not names or len(set(classes)) != len(classes) or (isinstance(outputs, int) and len(classes) != outputs):
+            return (
+                f"dataset.classes is {str(classes)[:80]}; expected a list of distinct class names, one per output "
+                f"of the model (arch.num_classes {outputs})"
+            )
+    size = record.get("image_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        return f"dataset.image_size is {size!r}; expected a positive number of pixels"
     for key in ("mean", "std"):
         if key not in record:
             continue
