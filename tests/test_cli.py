@@ -150,6 +150,10 @@ def test_distill_refuses_to_write_its_student_over_its_teacher_even_with_force(t
     [
         (("--teacher-views", "flip"), ("--teacher-views flip", "augmentation 'none'", "--teacher-views none")),
         (("--temperature", "0"), ("--temperature 0.0", "greater than 0")),
+        # each overflowed inside the optimiser or the loss: an internal error, not a refusal of the value
+        (("--temperature", "1e308"), ("--temperature", "less than or equal to 1000")),
+        (("--lr", "1e308"), ("--lr", "less than or equal to 100")),
+        (("--weight-decay", "1e308"), ("--weight-decay", "less than or equal to 1")),
         (("--alpha", "0", "--beta", "0", "--gamma", "0"), ("expected at least one term",)),
     ],
 )

@@ -239,6 +239,9 @@ def test_npz_float_scaled_and_keras_labels_and_class_names(tmp_path):
         ({"classes": np.array(list("abcde"))}, r"no training image of class e;"),
         ({"y_train": np.zeros(20, np.int64), "y_test": np.zeros(6, np.int64)}, r"1 class \(0\); expected at least 2"),
         ({"y_train": np.full(20, 2**63 + 1, np.uint64)}, r"holds label 9223372036854775809; expected class indices"),
+        # without class names, a label of 1e9 built a billion of them (out of memory) before this check
+        ({"y_train": np.arange(20) % 4 * 10**9}, r"holds label 3000000000 among 20 images; expected class indices"),
+        ({"classes": np.array(list("abca"))}, r"key 'classes' names 'a' twice; expected distinct class names"),
     ],
 )
 def test_npz_classes_that_cannot_be_learnt_are_refused(tmp_path, change, pattern):

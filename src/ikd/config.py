@@ -34,7 +34,7 @@ from ikd.errors import ConfigError, first_validation_error
 from ikd.objective import LossWeights
 from ikd.shrink import OPERATORS
 from ikd.strict import Strict
-from ikd.train import Schedule
+from ikd.train import MAX_LR, MAX_WEIGHT_DECAY, Schedule
 
 
 # A path or address given as '' (an unset shell variable: --run-dir "$RUN") would mean "here" or
@@ -96,9 +96,12 @@ class OptimConfig(Strict):
     epochs: int = Field(gt=0, description="epochs per training job")
     batch_size: int = Field(default=128, gt=0, description="images per training step")
     lr: float = Field(
-        default=0.05, gt=0, description="peak learning rate (SGD with Nesterov momentum, see docs/training.md)"
+        default=0.05,
+        gt=0,
+        le=MAX_LR,
+        description="peak learning rate (SGD with Nesterov momentum, see docs/training.md)",
     )
-    weight_decay: float = Field(default=5e-4, ge=0, description="L2 weight decay")
+    weight_decay: float = Field(default=5e-4, ge=0, le=MAX_WEIGHT_DECAY, description="L2 weight decay")
     schedule: Schedule = Field(
         default="onecycle",
         description="learning-rate schedule: onecycle (warm-up, cosine decay), linear (warm-up, linear decay "
@@ -136,7 +139,10 @@ class TeacherConfig(OptimConfig):
     # The teacher recipe (docs/training.md): what reached published CIFAR-10 accuracy in few epochs.
     batch_size: int = Field(default=256, gt=0, description="images per training step")
     lr: float = Field(
-        default=0.1, gt=0, description="peak learning rate (SGD with Nesterov momentum, see docs/training.md)"
+        default=0.1,
+        gt=0,
+        le=MAX_LR,
+        description="peak learning rate (SGD with Nesterov momentum, see docs/training.md)",
     )
     schedule: Schedule = Field(default="linear", description="learning-rate schedule (see student.schedule)")
     label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")

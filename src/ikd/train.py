@@ -53,6 +53,12 @@ GiveUp = Callable[[str, list["EpochRecord"]], str | None]
 CYCLED_MOMENTUM = (0.85, 0.95)
 
 
+# Far past any setting that trains, and short of the float overflow a value such as 1e308 hit inside the
+# optimiser's step (an internal error rather than a refusal of the value).
+MAX_LR = 100.0
+MAX_WEIGHT_DECAY = 1.0
+
+
 class TrainConfig(BaseModel):
     """Optimisation settings of one job: SGD + Nesterov with a learning-rate schedule, optionally an
     exponential moving average (EMA) of the weights validated beside them."""
@@ -61,10 +67,10 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(gt=0)
     batch_size: int = Field(default=128, gt=0)
-    lr: float = Field(default=0.05, gt=0, description="peak learning rate")
+    lr: float = Field(default=0.05, gt=0, le=MAX_LR, description="peak learning rate")
     # cosine only: the linear and onecycle schedules cycle it instead (CYCLED_MOMENTUM, momentum_used)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0, le=MAX_WEIGHT_DECAY)
     schedule: Schedule = "onecycle"
     augment: str | None = Field(default=None, description="None = the dataset's default")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)

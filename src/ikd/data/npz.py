@@ -130,9 +130,17 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
                 f"{w['classes']} is {names.dtype} of shape {names.shape}; expected a 1-d array of class names"
             )
         classes = [str(n) for n in names]
+        if len(set(classes)) != len(classes):
+            twice = next(c for c in classes if classes.count(c) > 1)
+            raise DataError(f"{w['classes']} names {twice!r} twice; expected distinct class names")
     else:
         if ytr.size == 0:
             raise DataError(f"{w['y_train']} is empty; expected at least one training label")
+        if int(ytr.max()) >= ytr.size:  # its classes would be built one by one: a label of 1e9 ran out of memory
+            raise DataError(
+                f"{w['y_train']} holds label {int(ytr.max())} among {ytr.size} images; expected class indices "
+                "0..N-1 (name more classes than images with a 'classes' array)"
+            )
         classes = [str(c) for c in range(int(ytr.max()) + 1)]
     for key, y in (("y_train", ytr), ("y_test", yte)):
         if y.size and int(y.max()) >= len(classes):
