@@ -56,9 +56,8 @@ from ikd.views import Views, viewed_logits
 class LossWeights(Strict):
     """Weights of the three terms, the softmax temperature and which KD term."""
 
-    temperature: float = Field(
-        default=4.0, gt=0, le=1000, description="softmax temperature T of the KD term (its T^2 overflowed past 1e154)"
-    )
+    # bounded: the T^2 scale of the KD term overflows a float past 1e154
+    temperature: float = Field(default=4.0, gt=0, le=1000, description="softmax temperature T of the KD term")
     alpha: float = Field(default=0.9, ge=0, description="weight of the T^2-scaled KD term (`loss.kd`)")
     beta: float = Field(default=0.1, ge=0, description="weight of cross-entropy with the labels")
     gamma: float = Field(
