@@ -422,11 +422,16 @@ def _bad_arch(nodes: list[dict]) -> None:
         (lambda nodes: nodes[1].update(params=-3), "invalid nodes.1.params: Input should be greater"),
         (lambda nodes: nodes[1].update(val_curve=[float("nan")]), "invalid nodes.1.val_curve.0"),
         (lambda nodes: nodes[1].update(params=10**400), "invalid nodes.1.params"),
+        # ikd report crashed on it after replacing its plots, leaving them beside the old report
+        ("config.search", "config.search is str; expected an object"),
     ],
 )
 def test_a_lineage_edited_into_a_shape_ikd_never_writes_is_refused_in_one_line(run_copy, damage, message, capsys):
     document = json.loads((run_copy / "lineage.json").read_text())
-    damage(document["nodes"])
+    if damage == "config.search":
+        document["config"]["search"] = "x"
+    else:
+        damage(document["nodes"])
     (run_copy / "lineage.json").write_text(json.dumps(document))
     for command in (["lineage", str(run_copy)], ["report", str(run_copy), "--out", str(run_copy.parent / "r")]):
         assert cli.main(command) == 2

@@ -221,6 +221,9 @@ def rank(node: NodeRecord) -> tuple[int, float]:
     return node.params, -(node.val_accuracy or 0.0)
 
 
+CONFIG_SECTIONS = ("data", "teacher", "student", "loss", "search", "ensemble", "executor")
+
+
 class Lineage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -229,6 +232,15 @@ class Lineage(BaseModel):
     nodes: list[NodeRecord] = Field(default_factory=list)
     stop_reason: str | None = None
     sessions: list[Session] = Field(default_factory=list, description="every run of the campaign, first first")
+
+    @field_validator("config")
+    @classmethod
+    def _sections_are_objects(cls, config: dict[str, Any]) -> dict[str, Any]:
+        # the report and a resumed campaign read each section's keys
+        for section in CONFIG_SECTIONS:
+            if section in config and not isinstance(config[section], dict):
+                raise ValueError(f"config.{section} is {type(config[section]).__name__}; expected an object")
+        return config
 
     def find(self, node_id: str) -> NodeRecord | None:
         """The node, or None when the lineage has none of that id."""
