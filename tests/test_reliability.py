@@ -309,6 +309,18 @@ def test_trained_nodes_without_their_lineage_are_never_trained_over(run_copy, ti
     assert cli.main(campaign_args(tiny_teacher, run_copy)) == 0
 
 
+def test_nothing_writes_a_campaign_or_a_report_into_another_campaigns_nodes(run_copy, tiny_teacher, capsys):
+    before = harness.snapshot(run_copy)
+    inner = run_copy / "nodes" / "new-run"
+    assert cli.main(campaign_args(tiny_teacher, inner)) == cli.EXIT_USAGE
+    assert "lies in the nodes of the campaign in" in one_error_line(capsys)
+    assert cli.main(["report", str(run_copy), "--out", str(run_copy / "nodes" / "g1-width")]) == cli.EXIT_USAGE
+    assert "lies in the nodes of the campaign in" in one_error_line(capsys)
+    assert cli.main(["report", str(run_copy), "--out", ""]) == cli.EXIT_USAGE  # not the default folder
+    assert "expected a directory for the report" in one_error_line(capsys)
+    assert harness.snapshot(run_copy) == before
+
+
 # --- files that would crash a naive reader -----------------------------------------------------
 
 

@@ -692,8 +692,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ikd.report import FIGURES, load_report, write_report
 
+    if args.out is not None and not args.out.strip():  # an unset shell variable: not the default folder
+        raise ConfigError("--out '': expected a directory for the report, not an empty string")
     if args.out and (why := cannot_make_dir(Path(args.out))):
         raise ConfigError(f"--out {args.out}: {why}")
+    if args.out and (run := campaign_of_node(Path(args.out))) is not None:  # a node's folder is its model's
+        raise ConfigError(f"--out {args.out}: lies in the nodes of the campaign in {run}; choose another --out")
     report = load_report(Path(args.run_dir))  # once: a campaign may be writing the run meanwhile
     out = write_report(Path(args.run_dir), Path(args.out) if args.out else None, report)
     print(report.headline())

@@ -376,6 +376,8 @@ class RunDir:
                 f"{self.path}: holds a model from `ikd train` ({META_FILE}), not a campaign; choose another "
                 f"run_dir (to compress that model, give it as the teacher: --teacher {self.path})"
             )
+        if (outer := campaign_of_node(self.path)) is not None:  # its files would pass for a node's
+            raise ConfigError(f"{self.path}: lies in the nodes of the campaign in {outer}; choose another run_dir")
         with held(self.path, purpose, what="run directory"):
             self._remove_stale_temp_files()
             yield self
