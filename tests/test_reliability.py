@@ -352,6 +352,13 @@ def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, conten
         RunDir(tmp_path).load()
 
 
+@pytest.mark.parametrize(("content", "kind"), [("[]", "list"), ("null", "NoneType"), ("3", "int")])
+def test_a_lineage_that_is_json_but_not_an_object_says_so(tmp_path, content, kind):
+    (tmp_path / "lineage.json").write_text(content)  # it said "invalid : Input should be...", naming no key
+    with pytest.raises(CheckpointError, match=f"lineage.json: is JSON {kind}; expected an object"):
+        RunDir(tmp_path).load()
+
+
 @pytest.mark.parametrize(
     "dataset, message",
     [

@@ -401,7 +401,9 @@ class RunDir:
             document = json.loads(self.lineage_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON or a huge number
             raise CheckpointError(f"{self.lineage_path}: not readable JSON ({exc})") from None
-        version = document.get("version") if isinstance(document, dict) else None
+        if not isinstance(document, dict):  # pydantic would name no key: "invalid : Input should be..."
+            raise CheckpointError(f"{self.lineage_path}: is JSON {type(document).__name__}; expected an object")
+        version = document.get("version")
         if isinstance(version, int) and version > LINEAGE_VERSION:
             raise CheckpointError(
                 f"{self.lineage_path}: written by a newer ikd (lineage version {version}; this one reads "
