@@ -301,6 +301,8 @@ def test_trained_nodes_without_their_lineage_are_never_trained_over(run_copy, ti
     before = harness.snapshot(run_copy)
     assert cli.main(campaign_args(tiny_teacher, run_copy)) == cli.EXIT_USAGE
     assert "lineage.json: is not a file" in one_error_line(capsys) and harness.snapshot(run_copy) == before
+    assert cli.main(["lineage", str(run_copy)]) == cli.EXIT_USAGE  # it said "not found"
+    assert "lineage.json: not a file" in one_error_line(capsys)
     # the root alone may be there: a run killed after saving its teacher, before recording it
     lineage.rmdir()
     for node in (run_copy / "nodes").iterdir():

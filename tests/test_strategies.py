@@ -228,6 +228,7 @@ def test_the_root_listed_as_an_expert_is_the_root_and_teaches_once(tmp_path, tin
         ({"search.strategy": "ancestors-child", "ensemble.experts": ["e", ""]}, "ensemble.experts"),
         ({"time_limit": "1h1h"}, "expected a duration such as 2h30m"),  # the format, not "greater than zero"
         ({"time_limit": "0s"}, "expected a duration greater than zero"),
+        ({"time_limit": "1e400"}, "expected a finite duration"),  # it said "greater than zero"
         # YAML's yes/no read as a number: `epochs: true` trained 1 epoch
         ({"student.epochs": True}, "student.epochs = True .*true is a yes/no; expected a number"),
         ({"ensemble.ancestors": True}, "ensemble.ancestors = True"),

@@ -657,8 +657,10 @@ def _duration_seconds(text: str) -> float:
         else:
             hours, minutes, secs = (float(part or 0) for part in match.groups())
             seconds = hours * 3600 + minutes * 60 + secs
-    if not seconds > 0 or seconds == float("inf"):
+    if not seconds > 0:
         raise ValueError("expected a duration greater than zero")
+    if seconds == float("inf"):
+        raise ValueError("expected a finite duration (to run without a limit, leave the limit out)")
     return seconds
 
 

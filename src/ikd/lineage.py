@@ -519,5 +519,6 @@ def open_run_dir(path: str | Path) -> RunDir:
     """An existing run directory (one with a lineage), or the one error saying it is not one."""
     run = RunDir(Path(path))
     if not run.exists():
-        raise ConfigError(f"{run.lineage_path}: not found; expected a run directory written by `ikd compress`")
+        found = "not a file" if run.lineage_path.exists() else "not found"
+        raise ConfigError(f"{run.lineage_path}: {found}; expected a run directory written by `ikd compress`")
     return run
