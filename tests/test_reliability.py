@@ -344,6 +344,15 @@ def test_config_files_that_are_not_configs(tmp_path, content, message):
     assert "\n" not in str(error.value)
 
 
+def test_yaml_numbers_in_other_bases_are_not_read_as_decimal_integers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher: {arch: 0x1}\n")  # YAML 1.1's hex 1: it trained a one-conv network of width 1
+    with pytest.raises(ConfigError, match=r"teacher\.arch"):
+        load_config(path)
+    path.write_text("student: {epochs: 012}\nsearch: {max_generations: 2}\n")  # octal 10 in YAML 1.1
+    assert load_config(path).student.epochs == 12 and load_config(path).search.max_generations == 2
+
+
 @pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, '{"arch": ' + "9" * 5000 + "}", "\udcff"])
 def test_json_that_would_crash_the_parser_is_a_checkpoint_error(tmp_path, content):
     (tmp_path / "model.json").write_bytes(content.encode("utf-8", "surrogateescape"))

@@ -716,7 +716,8 @@ def _config_key(loc: tuple[Any, ...]) -> str:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)
+    and reads only decimal digits as integers (_DECIMAL_INT)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
@@ -731,6 +732,16 @@ class _YamlLoader(yaml.SafeLoader):
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 also reads 0x1 (hex), 012 (octal: 10), 0b11 and 1:30 (base 60: 90) as integers, so `arch: 0x1`
+# trained a one-conv network of width 1; these stay text here, for the key to accept or refuse as text.
+_INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$")
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, _DECIMAL_INT if tag == _INT_TAG else pattern) for tag, pattern in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _yaml_problem(exc: Exception) -> str:
