@@ -219,6 +219,11 @@ def test_bad_label_names(tmp_path):
     write_dir(tmp_path / BATCHES_DIR, files)
     with pytest.raises(DataError, match=r"batches.meta: 'label_names' is list; expected a list of 10 names"):
         load_dataset("cifar10", tmp_path)
+    # ten names, one twice: trained on, then its model's record of them was refused
+    files["batches.meta"] = pickle.dumps({b"label_names": [b"x"] * 10}, protocol=2)
+    write_dir(tmp_path / BATCHES_DIR, files)
+    with pytest.raises(DataError, match=r"names class 'x' twice; expected distinct class names"):
+        load_dataset("cifar10", tmp_path)
 
 
 # --- malicious pickles ------------------------------------------------------------------------

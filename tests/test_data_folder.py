@@ -241,7 +241,7 @@ def test_npz_float_scaled_and_keras_labels_and_class_names(tmp_path):
         ({"y_train": np.full(20, 2**63 + 1, np.uint64)}, r"holds label 9223372036854775809; expected class indices"),
         # without class names, a label of 1e9 built a billion of them (out of memory) before this check
         ({"y_train": np.arange(20) % 4 * 10**9}, r"holds label 3000000000 among 20 images; expected class indices"),
-        ({"classes": np.array(list("abca"))}, r"key 'classes' names 'a' twice; expected distinct class names"),
+        ({"classes": np.array(list("abca"))}, r"names class 'a' twice; expected distinct class names"),
     ],
 )
 def test_npz_classes_that_cannot_be_learnt_are_refused(tmp_path, change, pattern):

@@ -599,6 +599,8 @@ def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, ti
         ("student", ("--out", "{other}"), "would replace a file of the trained model in"),  # another model's
         ("student", ("--node", "g1-width"), "is a model directory, not a campaign run; drop --node"),
         ("student", ("--out", "{student}/.train-state"), "is inside"),
+        # a campaign's nodes: the file would pass for a node's
+        ("student", ("--out", "{run}/nodes/new/x.safetensors"), "lies in the nodes of the campaign in"),
         ("node", (), "is a node of the campaign in"),
         ("run", (), "is a campaign run: name the node to export with --node ID"),
         ("empty", (), "neither a model directory (model.json"),
@@ -618,7 +620,7 @@ def test_model_directory_mistakes_exit_2_with_one_line(student, run_dir, tmp_pat
     before = {p: p.read_bytes() for p in student.iterdir()}
     capsys.readouterr()
     other = shutil.copytree(student, tmp_path / "other")
-    args = [flag.format(student=student, other=other) for flag in flags]
+    args = [flag.format(student=student, other=other, run=run_dir) for flag in flags]
     assert main(["export", str(source), "--format", "safetensors", "--no-latency", *args]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ikd.arch import millions
 from ikd.campaign import compress
 from ikd.cli import format_lineage, main
 from ikd.config import load_config
@@ -73,6 +74,7 @@ def test_report_numbers_come_from_the_lineage(run_dir):
     for node in lineage.nodes:
         row = rows[node.id]
         assert row["params"] == f"{node.params:,}"
+        assert row["M MACs"] == millions(node.macs) and float(row["M MACs"]) == pytest.approx(node.macs / 1e6, rel=0.05)
         assert float(row["test %"]) == pytest.approx(100 * measured(node.test_accuracy), abs=0.006)
         assert float(row["val %"]) == pytest.approx(100 * measured(node.val_accuracy), abs=0.006)
         assert float(row["drop test (pts)"]) == pytest.approx(

@@ -364,3 +364,12 @@ def test_a_retry_is_trained_only_while_it_could_take_a_place_in_the_generation()
     assert could(small[:1], tree)  # a beam of 2: one place is still open
     assert not could(small, tree)  # both taken (a tree retried every near miss)
     assert could(twins, tree)  # two seeds of one shape fill one place: the beam keeps one child per shape
+
+
+def test_a_root_without_parameters_is_a_valid_record_and_a_negative_count_is_not():
+    import pydantic
+
+    # a user's teacher module may hold none (a frozen TorchScript module keeps its weights as constants)
+    assert node("g0-teacher", 0.9, params=0, status="teacher", generation=0, parent=None).params == 0
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 0"):
+        node("g1-width", 0.9, params=-3)

@@ -231,7 +231,7 @@ def _train_held(
         if group is None or group.is_main:
             taught = f", taught by {', '.join(args.teachers)}" if teaching is not None else ""
             print(
-                f"ikd {args.command}: {args.arch} ({spec.num_params():,} params, {spec.macs() / 1e6:.1f} M MACs/image) "
+                f"ikd {args.command}: {args.arch} ({spec.num_params():,} params, {millions(spec.macs())} M MACs/image) "
                 f"on {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test){taught}"
                 + (f", data-parallel over {group.world_size} processes" if group else ""),
                 file=sys.stderr,
@@ -501,7 +501,7 @@ def cmd_arch(args: argparse.Namespace) -> int:
         print(
             f"{args.arch} on {channels}x{size}x{size}: {spec.summary()}\n"
             f"  params {info['params']:,} | {info['size_bytes_fp32'] / 2**20:.2f} MiB fp32 | "
-            f"{info['macs'] / 1e6:.1f} M MACs/image | block outputs {info['block_output_sizes']}"
+            f"{millions(info['macs'])} M MACs/image | block outputs {info['block_output_sizes']}"
         )
         if (dead := info["params"] - info["live_params"]) > 0:
             print(

@@ -318,6 +318,8 @@ def _planned_files(plan: _Plan, default_dir: Path, protected: dict[Path, str]) -
                 raise ConfigError(f"{asked}{path} is {what}; write elsewhere")
             if path.resolve().is_relative_to(kept.resolve()):
                 raise ConfigError(f"{asked}{path} is inside {kept}, {what}; write elsewhere")
+        if (run := campaign_of_node(path.parent)) is not None:  # any campaign's nodes: its files pass for a node's
+            raise ConfigError(f"{asked}{path} lies in the nodes of the campaign in {run}; write elsewhere")
         if path.name in (WEIGHTS_FILE, META_FILE) and (path.parent / META_FILE).is_file():  # any model's own files
             raise ConfigError(
                 f"{asked}{path} would replace a file of the trained model in {path.parent}; write elsewhere"

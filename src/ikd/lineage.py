@@ -136,7 +136,7 @@ class NodeRecord(BaseModel):
     arch: dict[str, Any]
     # bounds a file ikd wrote always meets: an edited or damaged lineage is refused when read, not
     # reported as a 500% accuracy or a negative size, nor crashing a plot on NaN
-    params: int = Field(ge=1, le=MAX_COUNT)
+    params: int = Field(ge=0, le=MAX_COUNT)  # 0: a user's teacher module without nn.Parameters (TorchScript frozen)
     size_bytes_fp32: int = Field(ge=0, le=MAX_COUNT)
     macs: int = Field(ge=0, le=MAX_COUNT)
     compression: float = Field(gt=0, allow_inf_nan=False, description="root teacher params / this node's params")

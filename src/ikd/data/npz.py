@@ -130,9 +130,6 @@ def load_npz(data_dir: str | Path | None, **_: object) -> RawDataset:
                 f"{w['classes']} is {names.dtype} of shape {names.shape}; expected a 1-d array of class names"
             )
         classes = [str(n) for n in names]
-        if len(set(classes)) != len(classes):
-            twice = next(c for c in classes if classes.count(c) > 1)
-            raise DataError(f"{w['classes']} names {twice!r} twice; expected distinct class names")
     else:
         if ytr.size == 0:
             raise DataError(f"{w['y_train']} is empty; expected at least one training label")

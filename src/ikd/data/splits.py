@@ -167,6 +167,9 @@ def check_consistent(raw: RawDataset, where: str) -> None:
     k = len(raw.classes)
     if k < 2:
         raise DataError(f"{where}: {k} class ({', '.join(map(str, raw.classes))}); expected at least 2 to classify")
+    if len(set(raw.classes)) != k:  # the model's record of them would be refused (ikd.checkpoint), after training
+        twice = next(c for c in raw.classes if raw.classes.count(c) > 1)
+        raise DataError(f"{where}: names class {twice!r} twice; expected distinct class names")
     for part, s in (("train", raw.train), ("test", raw.test)):
         lo, hi = int(s.labels.min()), int(s.labels.max())
         if lo < 0 or hi >= k:
