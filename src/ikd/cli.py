@@ -337,7 +337,19 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -
         else "--arch",
         "world_size": "the number of torchrun processes",
     }
-    flags = list(dict.fromkeys(named.get(k) or "--" + k.removeprefix("config.").replace("_", "-") for k in keys))
+    named |= {
+        "objectives.spec": "--arch",
+        "objectives.aggregate": "--aggregate",
+        "objectives.drop": "--teacher-drop",
+        "objectives.teachers": "the TEACHER_DIRs or their order, --weighting or --hints",
+        "objectives.teacher_digests": "the teachers' weights (a TEACHER_DIR retrained or replaced)",
+    }
+    flags = list(
+        dict.fromkeys(
+            named.get(k) or "--" + k.removeprefix("config.").removeprefix("objectives.weights.").replace("_", "-")
+            for k in keys
+        )
+    )
     return ForeignStateError(
         f"{state_dir}: holds an unfinished training started with other settings ({', '.join(flags)}); rerun with the "
         "flags it was started with to resume it, or pass --force to discard it and start over",

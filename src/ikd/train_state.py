@@ -197,8 +197,31 @@ class StateStore:
         with contextlib.suppress(ValueError):
             saved, wanted = self.upgrade(json.loads(state["job"])), json.loads(_job_text(self.job))
             wanted = {key: value for key, value in wanted.items() if key in saved}  # what an older ikd did not record
-            return [d.partition(":")[0] for d in config_differences(saved, wanted)] or None
+            keys = [d.partition(":")[0] for d in config_differences(saved, wanted)]
+            if "objectives" in keys:  # which loss settings: a list of [spec, settings] per student, one key alone
+                keys[keys.index("objectives") : keys.index("objectives") + 1] = _objective_keys(
+                    saved["objectives"], wanted["objectives"]
+                )
+            return keys or None
         return None
+
+
+def _objective_keys(saved: Any, wanted: Any) -> list[str]:
+    """The settings that differ between two jobs' objectives (ikd.train's job document: [spec, settings] per
+    student): `objectives.spec`, `objectives.weights.kd`, `objectives.teachers`, ...; `objectives` when their
+    shapes do not compare."""
+    pairs = list(zip(saved, wanted, strict=False)) if isinstance(saved, list) and isinstance(wanted, list) else []
+    if len(saved) != len(wanted) or not all(isinstance(p, list) and len(p) == 2 for pair in pairs for p in pair):
+        return ["objectives"]
+    keys: list[str] = []
+    for (old_spec, old_settings), (new_spec, new_settings) in pairs:
+        if old_spec != new_spec:
+            keys.append("objectives.spec")
+        if isinstance(old_settings, dict) and isinstance(new_settings, dict):
+            keys += [d.partition(":")[0] for d in config_differences(old_settings, new_settings, "objectives.")]
+        elif old_settings != new_settings:
+            keys.append("objectives")
+    return list(dict.fromkeys(keys)) or ["objectives"]
 
 
 STATE_DIR = ".train-state"  # beside a job's output: its state while unfinished, removed once it is saved
