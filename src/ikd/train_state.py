@@ -210,8 +210,10 @@ def _objective_keys(saved: Any, wanted: Any) -> list[str]:
     """The settings that differ between two jobs' objectives (ikd.train's job document: [spec, settings] per
     student): `objectives.spec`, `objectives.weights.kd`, `objectives.teachers`, ...; `objectives` when their
     shapes do not compare."""
-    pairs = list(zip(saved, wanted, strict=False)) if isinstance(saved, list) and isinstance(wanted, list) else []
-    if len(saved) != len(wanted) or not all(isinstance(p, list) and len(p) == 2 for pair in pairs for p in pair):
+    if not isinstance(saved, list) or not isinstance(wanted, list) or len(saved) != len(wanted):
+        return ["objectives"]
+    pairs = list(zip(saved, wanted, strict=True))
+    if not all(isinstance(p, list) and len(p) == 2 for pair in pairs for p in pair):
         return ["objectives"]
     keys: list[str] = []
     for (old_spec, old_settings), (new_spec, new_settings) in pairs:
