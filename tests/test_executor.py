@@ -541,3 +541,25 @@ def test_ikd_compress_exits_75_when_it_stopped_on_lost_workers(tmp_path, monkeyp
     assert "rerun the same command to train them again" in capsys.readouterr().err
     stopped.stop_reason = "max_generations (2) reached"
     assert main(["compress", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_a_killed_workers_scratch_is_removed_by_the_next_worker_and_a_live_ones_is_not(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ikd.executor import SCRATCH_PREFIX, remove_orphaned_scratch
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)  # a pid whose process has ended (a worker killed mid-job)
+    orphan = tmp_path / f"{SCRATCH_PREFIX}{dead}-k1ll3d"
+    (orphan / "a" / "stage-0").mkdir(parents=True)
+    (orphan / "a" / "stage-0" / "epoch-00001.pt").write_bytes(b"state")
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-busy"  # a worker still training
+    live.mkdir()
+    others = [tmp_path / f"{SCRATCH_PREFIX}oldstyle", tmp_path / "unrelated-123-x"]
+    for other in others:
+        other.mkdir()
+    (tmp_path / f"{SCRATCH_PREFIX}{dead}-file").write_text("not a directory")
+    assert remove_orphaned_scratch(tmp_path) == [orphan]
+    assert not orphan.exists() and live.is_dir() and all(other.is_dir() for other in others)

@@ -28,6 +28,7 @@ import copy
 import io
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -121,6 +122,7 @@ class JobWorker:
         self.models: dict[str, Teacher] = {}
         self.store = TeacherOutputStore()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        remove_orphaned_scratch()
 
     def train(
         self, job: TrainingPass, model_refs: dict, saved: dict[str, bytes]
@@ -136,7 +138,7 @@ class JobWorker:
             if node_id not in self.models:
                 self.models[node_id] = ray.get(ref).to(device)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="ikd-job-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
             # the state lives on this worker's disk while it trains: the campaign's may be on another machine
             local = replace(job, state_root=scratch) if job.state_root is not None else job
             if (state_dir := local.state_dir()) is not None:
@@ -157,6 +159,33 @@ class JobWorker:
             files = pack_state(state_dir) if state_dir is not None and job.deadline is not None else {}
         seconds = time.perf_counter() - started + member.earlier_seconds
         return member.model.cpu(), member.outcome, seconds, self.name, files
+
+
+SCRATCH_PREFIX = "ikd-job-"  # then the worker's pid: a killed worker's scratch is found by its dead pid
+
+
+def remove_orphaned_scratch(root: Path | None = None) -> list[Path]:
+    """Remove the scratch directories of this machine's workers that were killed mid-job (a job's training
+    state, hundreds of MB for a VGG-16, which TemporaryDirectory only removes when its process lives on).
+    A directory whose pid is alive (a worker, or a process that took a dead worker's pid) is left."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        if not pid.isdigit() or not path.is_dir() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no pid at all
+        return True
+    return True
 
 
 class _Renaming(io.TextIOBase):
