@@ -336,8 +336,7 @@ def _in_train_flags(foreign: ForeignStateError, state_dir: Path, command: str) -
         if distill
         else "--arch",
         "world_size": "the number of torchrun processes",
-    }
-    named |= {
+        # the objectives' settings one by one (train_state._objective_keys); a loss weight is its own flag
         "objectives.spec": "--arch",
         "objectives.aggregate": "--aggregate",
         "objectives.drop": "--teacher-drop",
