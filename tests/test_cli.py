@@ -392,6 +392,20 @@ def test_eval_against_a_model_of_another_image_size_gives_it_its_own_images(trai
     assert json.loads(paired.stdout)["against"]["accuracy"] == pytest.approx(alone["accuracy"])
 
 
+@pytest.mark.parametrize("flags", [("--device", "cuda"), ("--device", "cpu", "--precision", "fp16")])
+def test_train_refuses_a_missing_device_or_precision_before_it_loads_the_data(tmp_path, monkeypatch, flags):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the device was checked")
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the refusal a CPU machine gives, on any machine
+    monkeypatch.setattr("ikd.cli.load_dataset", no_data)
+    result = ikd("train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "m", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert flags[-2] in line and flags[-1] in line, line
+    assert not (tmp_path / "m").exists()
+
+
 def test_refuses_to_overwrite_a_model(trained, tmp_path):
     kept = shutil.copytree(trained, tmp_path / "kept", ignore=shutil.ignore_patterns(".lock"))
     result = ikd("train", "--dataset", "digits", "--epochs", "1", "--out", kept)

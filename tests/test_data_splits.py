@@ -98,6 +98,12 @@ def test_val_fraction_validated(bad):
         load_dataset("digits", val_fraction=bad)
 
 
+def test_a_data_directory_for_the_built_in_digits_is_refused_not_ignored(tmp_path):
+    with pytest.raises(DataError, match=r"--data-dir .*: the digits dataset is built into scikit-learn and reads no"):
+        load_dataset("digits", tmp_path)
+    assert load_dataset("digits", "").num_classes == 10  # an empty value is an unset one, as for every dataset
+
+
 def test_unknown_dataset():
     with pytest.raises(DataError, match=r"dataset 'cifar100' is not known; expected one of: digits, mnist"):
         load_dataset("cifar100")

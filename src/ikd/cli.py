@@ -181,6 +181,7 @@ def _train(args: argparse.Namespace, distilled: bool = False) -> int:
         ema_epochs=args.ema_epochs,
         bn_sparsity=args.bn_sparsity,
     )
+    resolve_precision(config.precision, resolve_device(config.device))  # refused before minutes of data loading
     settings = _teaching_settings(args) if distilled else None  # a bad flag is refused as itself, not as "in use"
     _refuse_a_trained_model(out, args)
     # Rank 0 holds it under torchrun: it alone saves. The lock file goes with the lock, so a refusal after it

@@ -153,6 +153,12 @@ def load_dataset(
     """
     if name not in _LOADERS:
         raise DataError(f"dataset {name!r} is not known; expected one of: {', '.join(DATASETS)}")
+    if name == "digits" and data_dir is not None and str(data_dir) != "":
+        # the user meant some files to be read; training on the built-in set instead would hide that
+        raise DataError(
+            f"--data-dir {data_dir}: the digits dataset is built into scikit-learn and reads no files; "
+            "drop --data-dir (data.dir), or name the dataset those files hold"
+        )
     check_val_fraction(val_fraction)  # before any slow loading or downloading
     check_split_seed(split_seed)
     size = _check_image_size(image_size)
