@@ -558,7 +558,7 @@ def train_models(
             active = _restore(saved.state, group, shuffle_generator, device)
             first_epoch, seconds_before = saved.epoch + 1, float(saved.state["seconds"])
             sessions = int(saved.state.get("sessions", 1)) + 1  # states before 2026-12-05 did not count
-            if progress:
+            if speaks:  # also when quiet (--quiet, Ray workers): a resume is rare and changes what the run means
                 print(f"resuming after epoch {saved.epoch}/{config.epochs} from {saved.path}", file=sys.stderr)
             if on_epoch is not None and speaks:  # its consumer (TensorBoard) gets the whole curve, not this session's
                 for student in group:
