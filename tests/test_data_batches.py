@@ -99,7 +99,7 @@ def test_augment_kind_validated():
         r"reflect-crop-flip, reflect-crop-flip-cutout$",
     ):
         augment_batch(images(n=2), "flip")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"augment_batch expects uint8 \(N, C, H, W\), got torch.float32"):
         augment_batch(images(n=2).float(), "crop")
 
 
@@ -113,7 +113,7 @@ def test_normalize():
     assert y.dtype == torch.float32 and y.shape == x.shape
     torch.testing.assert_close(y.double(), ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(normalize(x[0], mean, std), y[0])  # unbatched too
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="normalize got 1 means and 1 stds for 3 channels"):
         normalize(x, (0.1,), (0.2,))
 
 
@@ -174,7 +174,7 @@ def test_iterate_augments_then_normalises():
 def test_iterate_validates_eagerly():
     with pytest.raises(DataError, match="augment='bad'"):
         iterate_batches(dataset(), 8, mean=(0.5,), std=(0.5,), augment="bad")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         iterate_batches(dataset(), 0, mean=(0.5,), std=(0.5,))
 
 

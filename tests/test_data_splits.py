@@ -165,9 +165,9 @@ def test_resize_to_image_size():
 
 
 def test_imageset_checks():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"ImageSet.images must be uint8 \(N, C, H, W\), got torch.float32"):
         ImageSet(torch.zeros(2, 1, 3, 3), torch.zeros(2, dtype=torch.int64))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ImageSet has 2 images but 3 labels"):
         ImageSet(torch.zeros(2, 1, 3, 3, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
     s = ImageSet(torch.zeros(2, 3, 3, 1, dtype=torch.uint8).permute(0, 3, 1, 2), torch.zeros(2, dtype=torch.int64))
     assert s.images.is_contiguous() and len(s) == 2

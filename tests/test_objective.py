@@ -270,6 +270,7 @@ def test_teacher_drop_never_drops_everyone_and_is_seeded():
     full = kd_series(0.0, 0)
     assert len(set(full)) == 1
     assert kd_series(0.5, 3) == kd_series(0.5, 3)
+    assert kd_series(0.5, 3) != kd_series(0.5, 4)  # and the seed is used: another one drops other teachers
     dropped = kd_series(1.0, 3)  # everyone dropped -> one teacher at random
     singles = {build_objective(student, [t], weights)(student, x, y, torch.arange(6))[1]["kd"].item() for t in teachers}
     assert all(any(abs(d - v) < 1e-6 for v in singles) for d in dropped)

@@ -119,9 +119,18 @@ def test_a_child_without_a_middle_block_inherits_the_blocks_after_it_from_their_
                 assert any(torch.equal(mine[name][:, j], source[:, k]) for k in range(16)), (name, j)
 
 
+def distinct_running_vars(model: torch.nn.Module) -> None:
+    """A trained-looking variance per channel: a fresh BatchNorm's are all ones, and any choice of them matches."""
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            assert norm.running_var is not None
+            norm.running_var.copy_(torch.arange(1.0, norm.num_features + 1))
+
+
 def test_width_inheritance_keeps_largest_l1_filters_and_matching_inputs():
     parent_spec = ArchSpec(in_channels=1, image_size=8, num_classes=3, blocks=[[4], [6]])
     parent = build_model(parent_spec, seed=0)
+    distinct_running_vars(parent)
     child = build_model(shrunk(shrink_width(parent_spec, 0.5)), seed=1)
     inherit_weights(child, parent)
     mine, theirs = child.state_dict(), parent.state_dict()
@@ -141,6 +150,7 @@ def test_bn_scale_inheritance_keeps_largest_gamma_channels_and_matching_inputs()
     # BatchNorm scales set by hand, ranked neither like the filters' L1 norms nor by index
     gammas = {"blocks.0.1.weight": [2.0, 0.3, -1.0, 0.1], "blocks.1.1.weight": [0.5, 0.2, 3.0, -0.1, 0.4, 0.6]}
     parent.load_state_dict({name: torch.tensor(values) for name, values in gammas.items()}, strict=False)
+    distinct_running_vars(parent)
     child = build_model(shrunk(shrink_width(parent_spec, 0.5)), seed=1)
     inherit_weights(child, parent, by="bn-scale")
     mine, theirs = child.state_dict(), parent.state_dict()
