@@ -495,6 +495,7 @@ def ikd_train(idx_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+INJECTOR = Path(__file__).parent / "audit" / "fault_injection.py"
 ENV = {**os.environ, "IKD_DATA_DIR": "/nonexistent-ikd-root", "OMP_NUM_THREADS": "1"}
 
 
@@ -518,16 +519,19 @@ def assert_same_saved_weights(out: Path, expected: dict[str, torch.Tensor]) -> N
         assert torch.equal(weights[name], expected[name]), name
 
 
+def killed_after_saving(command: list[str], state_file: str) -> subprocess.CompletedProcess:
+    """`command` (python -m ikd ...) SIGKILLed by itself the moment its first `state_file` is in place: a kill
+    the test cannot miss, as one sent from outside can when the process finishes first."""
+    fault = [sys.executable, str(INJECTOR), f"kill:write:{state_file}:1:after-rename", "--"]
+    assert command[1:3] == ["-m", "ikd"]
+    return run_ikd([*fault, *command[3:]])
+
+
 def test_ikd_train_killed_with_sigkill_resumes_bit_identically(idx_dir, cli_straight, tmp_path):
     out = tmp_path / "killed"
-    process = subprocess.Popen(ikd_train(idx_dir, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first_state = out / ".train-state" / "epoch-00001.pt"
-    deadline = time.monotonic() + 240
-    while not first_state.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, err
+    killed = killed_after_saving(ikd_train(idx_dir, out), first_state.name)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert first_state.exists() and not (out / "model.safetensors").exists()
     result = run_ikd(ikd_train(idx_dir, out))
     assert result.returncode == 0, result.stderr
@@ -691,16 +695,9 @@ def test_a_campaign_killed_inside_a_child_resumes_that_child_after_its_last_epoc
 ):
     run_dir = tmp_path / "killed"
     command = compress_command(tiny_teacher, run_dir)
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    states: list[Path] = []
-    while not states and process.poll() is None and time.monotonic() < deadline:
-        states = list(run_dir.glob(".train-state/*/stage-0/epoch-00001.pt"))
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, err
-    assert states, "no child saved a training state before the campaign ended"
+    killed = killed_after_saving(command, "epoch-00001.pt")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(run_dir.glob(".train-state/*/stage-0/epoch-00001.pt")), "killed elsewhere than in a child's training"
     rerun = run_ikd(command)  # --quiet too: a resume is said even then (Ray workers run quiet)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming after epoch 1/2" in rerun.stderr and "Traceback" not in rerun.stderr
