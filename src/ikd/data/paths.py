@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeGuard
 
 ENV_DATA_DIR = "IKD_DATA_DIR"
+
+
+def data_dir_given(data_dir: str | Path | None) -> TypeGuard[str | Path]:
+    """Whether the user named a data directory (an empty value, as from an unset variable, names none)."""
+    return data_dir is not None and str(data_dir) != ""
 
 
 def resolve_data_root(data_dir: str | Path | None) -> Path:
@@ -13,7 +19,7 @@ def resolve_data_root(data_dir: str | Path | None) -> Path:
 
     Made absolute so error messages and the recorded source name a full path.
     """
-    if data_dir is not None and str(data_dir) != "":
+    if data_dir_given(data_dir):
         return user_path(data_dir)
     env = os.environ.get(ENV_DATA_DIR, "")
     if env:
@@ -32,7 +38,7 @@ def same_place(path: str | Path) -> Path:
 
 def candidate_dirs(data_dir: str | Path | None, target: Path, extra: list[Path]) -> list[Path]:
     """data_dir itself (users point at the folder holding the files), then root/<name>, then extras."""
-    dirs = ([user_path(data_dir)] if data_dir is not None and str(data_dir) != "" else []) + [target] + extra
+    dirs = ([user_path(data_dir)] if data_dir_given(data_dir) else []) + [target] + extra
     seen: list[Path] = []
     for d in dirs:
         if d not in seen:

@@ -18,6 +18,7 @@ from ikd.data.cifar import load_cifar10
 from ikd.data.folder import DEFAULT_IMAGE_SIZE, load_imagefolder
 from ikd.data.mnist import load_idx, load_mnist_like
 from ikd.data.npz import load_npz
+from ikd.data.paths import data_dir_given
 from ikd.data.splits import (
     DataSplits,
     ImageSet,
@@ -153,7 +154,7 @@ def load_dataset(
     """
     if name not in _LOADERS:
         raise DataError(f"dataset {name!r} is not known; expected one of: {', '.join(DATASETS)}")
-    if name == "digits" and data_dir is not None and str(data_dir) != "":
+    if name == "digits" and data_dir_given(data_dir):
         # the user meant some files to be read; training on the built-in set instead would hide that
         raise DataError(
             f"--data-dir {data_dir}: the digits dataset is built into scikit-learn and reads no files; "
