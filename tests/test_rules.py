@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 from ikd import rules
 from ikd.config import SearchConfig, load_config
 from ikd.diff import config_differences
-from ikd.lineage import Lineage, NodeKind, NodeRecord, Status
+from ikd.lineage import Latency, Lineage, NodeKind, NodeRecord, Status
 from ikd.resume import grown_from
 
 
@@ -86,6 +88,40 @@ def test_targets():
     costly = node("g3-slim75", 0.94, params=900, macs=90_000_000)
     assert "90,000,000 <= 90,000,000 MACs" in (rules.target_reached(costly, search(target_macs=90_000_000)) or "")
     assert rules.target_reached(costly, search(target_macs=89_999_999)) is None
+
+
+def timing(
+    ms: float,
+    teacher_ms: float | None,
+    *,
+    batch: int = 1,
+    runtime: Literal["onnxruntime", "torch"] = "onnxruntime",
+    threads: int = 1,
+) -> Latency:
+    return Latency(
+        runtime=runtime,
+        batch=batch,
+        median_ms=ms,
+        repeats=3,
+        rounds=200,
+        threads=threads,
+        device="a CPU",
+        teacher_ms=teacher_ms,
+    )
+
+
+def test_the_speedup_target_reads_the_onnxruntime_timing_taken_beside_the_root():
+    fast = node("g3-depth", 0.94).model_copy(update={"latency": [timing(0.5, 2.0), timing(20.0, 100.0, batch=64)]})
+    reason = rules.target_reached(fast, search(target_speedup=4))
+    assert reason is not None and "runs 4.00x faster than the root" in reason and "0.500 vs 2.000 ms" in reason
+    assert rules.target_reached(fast, search(target_speedup=4.01)) is None
+    assert rules.target_reached(fast, search(target_speedup=5, speedup_batch=64)) is not None  # 100 / 20
+    assert rules.target_reached(fast, search(target_speedup=5, speedup_batch=8)) is None  # not timed at 8
+    # timings that are not the target's measure: alone (no root beside), PyTorch's, on two threads
+    for other in (timing(0.5, None), timing(0.5, 2.0, runtime="torch"), timing(0.5, 2.0, threads=2)):
+        untimed = node("g3-depth", 0.94).model_copy(update={"latency": [other]})
+        assert rules.speedup_timing(untimed, 1) is None
+        assert rules.target_reached(untimed, search(target_speedup=2)) is None
 
 
 def test_budget_counts_every_candidate_epoch():

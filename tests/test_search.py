@@ -734,3 +734,88 @@ def test_a_root_teacher_resumed_in_another_process_is_timed_over_both(tmp_path, 
     assert first_session >= 1.0 and RunDir(tmp_path / "run").load().find("g0-teacher") is None  # paused inside it
     root = compress(config, progress=False).root()
     assert root.epochs == 2 and root.seconds >= first_session
+
+
+def test_a_speedup_target_times_each_accepted_child_beside_the_root_on_this_cpu(tmp_path, tiny_teacher):
+    from ikd.runtime import cpu_model_name
+
+    keys = {"operators": ["width"], "max_generations": 1, "target_speedup": 1000}
+    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher, **keys), progress=False)
+    assert (lineage.stop_reason or "").startswith("max_generations")  # no tiny child is 1000x faster
+    root_timing = [m for m in lineage.root().latency if m.runtime == "onnxruntime" and m.batch == 1]
+    assert len(root_timing) == 1 and root_timing[0].teacher_ms is None
+    for child in (n for n in lineage.nodes if n.status == "accepted"):
+        timing = ikd.rules.speedup_timing(child, 1)
+        assert timing is not None and timing.device == cpu_model_name() and timing.threads == 1
+        assert {(m.runtime, m.batch) for m in child.latency} == {("onnxruntime", 1), ("torch", 1)}
+    assert RunDir(tmp_path / "run").verify(lineage) == []  # recorded through add_nodes: hashes intact
+
+
+def fixed_timings(monkeypatch, root_ms: float, ms_by_generation: dict[int, float]) -> list[list[str]]:
+    """Time without a clock or a graph: each model's ms per call by its generation. Returns the ids
+    timed beside the root, per timing."""
+    from ikd.latency import beside_reference
+    from ikd.lineage import Latency
+    from ikd.runtime import cpu_model_name
+
+    calls: list[list[str]] = []
+
+    def ms(name: str) -> float:
+        return root_ms if name == "g0-teacher" else ms_by_generation[int(name[1 : name.index("-")])]
+
+    def time_beside_root(run, lineage, nodes, batch):
+        calls.append([n.id for n in nodes])
+        timed = ["g0-teacher", *calls[-1]]
+        measured = {
+            name: [Latency(runtime="onnxruntime", batch=batch, median_ms=ms(name), repeats=3, threads=1, device=here)]
+            for name in timed
+        }
+        return beside_reference(measured, "g0-teacher")
+
+    here = cpu_model_name()
+    monkeypatch.setattr(ikd.campaign, "time_beside_root", time_beside_root)
+    return calls
+
+
+def test_a_speedup_target_stops_at_the_first_child_fast_enough_and_replays_from_the_record(
+    tmp_path, tiny_teacher, monkeypatch
+):
+    calls = fixed_timings(monkeypatch, 1.0, {1: 0.6, 2: 0.3, 3: 0.25})
+    keys = {"operators": ["width"], "max_generations": 3}
+    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher, target_speedup=3, **keys), progress=False)
+    assert [n.id for n in lineage.nodes if n.status == "accepted"] == ["g1-width", "g2-width"]
+    assert calls == [["g1-width"], ["g2-width"]]
+    assert (lineage.stop_reason or "").startswith("target reached: g2-width runs 3.33x faster than the root")
+
+    # rerun, and replayed under a looser target: decided from the recorded timings, nothing timed again
+    again = compress(campaign_config(tmp_path / "run", tiny_teacher, target_speedup=3, **keys), progress=False)
+    assert again.nodes == lineage.nodes and len(calls) == 2
+    looser = campaign_config(tmp_path / "run", tiny_teacher, target_speedup=1.5, **keys)
+    replayed = compress(looser, progress=False, redecide=True)
+    assert (replayed.stop_reason or "").startswith("target reached: g1-width runs 1.67x") and len(calls) == 2
+
+
+def test_a_speedup_target_needs_a_root_ikd_can_time(tmp_path, digits):
+    overrides = own_teacher_overrides(tmp_path / "own") | {"search.target_speedup": 2}
+    with pytest.raises(ConfigError, match=r"search\.target_speedup 2: the root teacher is a user-supplied module"):
+        ikd.compress(overrides=overrides, progress=False, teacher=own_teacher(digits), hint_layer="1")
+
+
+def test_a_child_accepted_but_not_yet_timed_when_the_run_died_is_timed_on_resuming(tmp_path, tiny_teacher, monkeypatch):
+    calls = fixed_timings(monkeypatch, 1.0, {1: 0.6, 2: 0.3, 3: 0.25})
+    timing = ikd.campaign.time_beside_root
+
+    def dies_at_generation_2(run, lineage, nodes, batch):
+        if nodes[0].generation == 2:
+            raise KeyboardInterrupt  # after g2-width's acceptance was written
+        return timing(run, lineage, nodes, batch)
+
+    config = campaign_config(tmp_path / "run", tiny_teacher, operators=["width"], max_generations=3, target_speedup=3)
+    monkeypatch.setattr(ikd.campaign, "time_beside_root", dies_at_generation_2)
+    with pytest.raises(KeyboardInterrupt):
+        compress(config, progress=False)
+    assert RunDir(tmp_path / "run").load().node("g2-width").status == "accepted"
+    monkeypatch.setattr(ikd.campaign, "time_beside_root", timing)
+    lineage = compress(config, progress=False)
+    assert calls == [["g1-width"], ["g2-width"]] and "g3-width" not in [n.id for n in lineage.nodes]
+    assert (lineage.stop_reason or "").startswith("target reached: g2-width runs 3.33x faster")

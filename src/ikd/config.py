@@ -322,6 +322,15 @@ class SearchConfig(Strict):
         description="stop once an accepted child costs at most this many multiply-accumulates per image "
         "(its convs and linears; `ikd lineage` shows them): a compute target where latency matters more than size",
     )
+    target_speedup: float | None = Field(
+        default=None,
+        gt=1,
+        description="stop once an accepted child runs at least this many times faster than the root teacher, "
+        "timed beside it on this machine's CPU (onnxruntime, one thread, `speedup_batch` images a call; "
+        "`ikd export`'s protocol, a few seconds per accepted child): a target in the currency deployment pays, "
+        "which MACs and parameters only approximate",
+    )
+    speedup_batch: int = Field(default=1, gt=0, description="images per timed call for target_speedup")
 
     @field_validator("width_factor", "slim_fraction")
     @classmethod

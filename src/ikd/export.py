@@ -49,7 +49,14 @@ from ikd.checkpoint import (
 from ikd.data import load_dataset, normalize
 from ikd.dirlock import held
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.latency import LATENCY_THREADS, Timed, cpu_session, measure_latencies, record_latency
+from ikd.latency import (
+    LATENCY_THREADS,
+    Timed,
+    beside_reference,
+    cpu_session,
+    measure_latencies,
+    record_latency,
+)
 from ikd.lineage import (
     EXPORT_DIR,
     LINEAGE_FILE,
@@ -595,11 +602,30 @@ def _measure(
             check_timed_graph(name, timed_model, timed_dataset, timed_graph)
     measured = measure_latencies(timed, timing.repeats, timing.rounds, threads=timing.threads or LATENCY_THREADS)
     if reference is not None:
-        beside = {(m.runtime, m.batch): m.median_ms for m in measured[reference.id]}
-        measured[own] = [m.model_copy(update={"teacher_ms": beside.get((m.runtime, m.batch))}) for m in measured[own]]
+        measured = beside_reference(measured, reference.id)
         result.teacher_id, result.teacher_latency = reference.id, measured[reference.id]
     result.latency = measured[own]
     return measured
+
+
+def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], batch: int) -> dict[str, list[Latency]]:
+    """Time `nodes` and the root teacher together at `batch` images a call, one thread (ikd.latency's
+    protocol), each node's timings carrying the root's (teacher_ms): what search.target_speedup decides
+    on. By id, the root's included, for the caller to record in the lineage."""
+    notes: list[str] = []
+    reference = _root_reference(run, lineage, nodes[0], notes)
+    if reference is None:
+        raise ConfigError(f"search.target_speedup: {'; '.join(notes) or 'the root is what would be timed'}")
+    timed: dict[str, Timed] = {
+        reference.id: (reference.model, reference.dataset, onnx_graph(reference.model, reference.dataset, {}))
+    }
+    for node in nodes:
+        model, metadata = _load_node(run, node)
+        dataset = dataset_record(metadata, run.node_dir(node.id))
+        timed[node.id] = (model, dataset, onnx_graph(model, dataset, {}))
+    for name, (model, dataset, graph) in timed.items():
+        check_timed_graph(name, model, dataset, graph)
+    return beside_reference(measure_latencies(timed, batches=(batch,), threads=LATENCY_THREADS), reference.id)
 
 
 def check_timed_graph(name: str, model: VGG, dataset: dict[str, Any], graph: bytes) -> None:

@@ -151,13 +151,25 @@ def record_latency(run: RunDir, measured: dict[str, list[Latency]]) -> None:
     if not measured:
         return
     lineage = run.load()
-
-    def merged(node: NodeRecord) -> NodeRecord:
-        new = measured[node.id]
-        replaced = {(m.runtime, m.batch) for m in new}
-        kept = [m for m in node.latency if (m.runtime, m.batch) not in replaced]
-        return node.model_copy(update={"latency": kept + new})
-
     # not add_nodes: that re-hashes the weights, and would hide a file changed since the node was recorded
-    nodes = [merged(n) if n.id in measured else n for n in lineage.nodes]
+    nodes = [with_latency(n, measured[n.id]) if n.id in measured else n for n in lineage.nodes]
     run.save(lineage.model_copy(update={"nodes": nodes}))
+
+
+def with_latency(node: NodeRecord, new: list[Latency]) -> NodeRecord:
+    """The node with `new` measurements in place of its earlier ones of the same (runtime, batch)."""
+    replaced = {(m.runtime, m.batch) for m in new}
+    kept = [m for m in node.latency if (m.runtime, m.batch) not in replaced]
+    return node.model_copy(update={"latency": kept + new})
+
+
+def beside_reference(measured: dict[str, list[Latency]], reference: str) -> dict[str, list[Latency]]:
+    """`measured` (one measure_latencies call) with each model's timings carrying the reference's of the
+    same (runtime, batch) as teacher_ms: the denominator of its speed-up, taken in the same rounds."""
+    beside = {(m.runtime, m.batch): m.median_ms for m in measured[reference]}
+    return {
+        name: timings
+        if name == reference
+        else [m.model_copy(update={"teacher_ms": beside.get((m.runtime, m.batch))}) for m in timings]
+        for name, timings in measured.items()
+    }

@@ -13,7 +13,7 @@ from itertools import pairwise
 from pydantic import ValidationError
 
 from ikd.config import CampaignConfig, SearchConfig
-from ikd.lineage import FINAL_NOT_KEPT, Lineage, NodeRecord, Status, rank
+from ikd.lineage import FINAL_NOT_KEPT, Latency, Lineage, NodeRecord, Status, rank
 from ikd.shrink import OPERATORS
 
 
@@ -229,7 +229,28 @@ def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
         return f"target reached: {node.id} is {node.compression:.1f}x smaller than the root"
     if search.target_macs and node.macs <= search.target_macs:
         return f"target reached: {node.id} costs {node.macs:,} <= {search.target_macs:,} MACs per image"
+    timed = speedup_timing(node, search.speedup_batch)
+    speedup = timed.teacher_ms / timed.median_ms if timed and timed.teacher_ms else 0.0
+    if timed and search.target_speedup and speedup >= search.target_speedup:
+        return (
+            f"target reached: {node.id} runs {speedup:.2f}x faster than the root "
+            f"(>= {search.target_speedup:g}x: {timed.median_ms:.3f} vs {timed.teacher_ms:.3f} ms per call of "
+            f"{timed.batch}, onnxruntime, one thread, {timed.device})"
+        )
     return None
+
+
+def speedup_timing(node: NodeRecord, batch: int) -> Latency | None:
+    """The node's onnxruntime timing at `batch` images a call, one thread, taken beside the root teacher
+    (target_speedup's measure), or None where it has none."""
+    return next(
+        (
+            m
+            for m in node.latency
+            if m.runtime == "onnxruntime" and m.batch == batch and m.threads == 1 and m.teacher_ms is not None
+        ),
+        None,
+    )
 
 
 # The config keys that only judge trained candidates or choose which to propose and train: `ikd
@@ -249,6 +270,8 @@ REDECIDE_KEYS = frozenset(
         "target_params",
         "target_compression",
         "target_macs",
+        "target_speedup",
+        "speedup_batch",
         "operators",
         "retry_within",
         *(key for operator in OPERATORS.values() for key in operator.search_keys()),  # what shapes the children
