@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pytest
 
 from ikd import rules
@@ -90,36 +88,31 @@ def test_targets():
     assert rules.target_reached(costly, search(target_macs=89_999_999)) is None
 
 
-def timing(
-    ms: float,
-    teacher_ms: float | None,
-    *,
-    batch: int = 1,
-    runtime: Literal["onnxruntime", "torch"] = "onnxruntime",
-    threads: int = 1,
-) -> Latency:
+def timing(ms: float, teacher_ms: float | None, *, batch: int = 1) -> Latency:
     return Latency(
-        runtime=runtime,
+        runtime="onnxruntime",
         batch=batch,
         median_ms=ms,
         repeats=3,
         rounds=200,
-        threads=threads,
+        threads=1,
         device="a CPU",
         teacher_ms=teacher_ms,
     )
 
 
-def test_the_speedup_target_reads_the_onnxruntime_timing_taken_beside_the_root():
-    fast = node("g3-depth", 0.94).model_copy(update={"latency": [timing(0.5, 2.0), timing(20.0, 100.0, batch=64)]})
+def test_the_speedup_target_reads_the_timing_taken_beside_the_root_at_its_batch():
+    fast = node("g3-depth", 0.94).model_copy(update={"speedup_timing": timing(0.5, 2.0)})
     reason = rules.target_reached(fast, search(target_speedup=4))
     assert reason is not None and "runs 4.00x faster than the root" in reason and "0.500 vs 2.000 ms" in reason
     assert rules.target_reached(fast, search(target_speedup=4.01)) is None
-    assert rules.target_reached(fast, search(target_speedup=5, speedup_batch=64)) is not None  # 100 / 20
-    assert rules.target_reached(fast, search(target_speedup=5, speedup_batch=8)) is None  # not timed at 8
-    # timings that are not the target's measure: alone (no root beside), PyTorch's, on two threads
-    for other in (timing(0.5, None), timing(0.5, 2.0, runtime="torch"), timing(0.5, 2.0, threads=2)):
-        untimed = node("g3-depth", 0.94).model_copy(update={"latency": [other]})
+    assert rules.target_reached(fast, search(target_speedup=2, speedup_batch=64)) is None  # timed at 1, not 64
+    batched = node("g3-depth", 0.94).model_copy(update={"speedup_timing": timing(20.0, 100.0, batch=64)})
+    assert rules.target_reached(batched, search(target_speedup=5, speedup_batch=64)) is not None
+    # export's timings are not the decision's, nor is a timing with no root beside it
+    exported = node("g3-depth", 0.94).model_copy(update={"latency": [timing(0.5, 2.0)]})
+    alone = node("g3-depth", 0.94).model_copy(update={"speedup_timing": timing(0.5, None)})
+    for untimed in (exported, alone):
         assert rules.speedup_timing(untimed, 1) is None
         assert rules.target_reached(untimed, search(target_speedup=2)) is None
 
@@ -172,6 +165,8 @@ def test_stop_before_a_generation():
     assert rules.stop_before(3, [g2], search(max_generations=2)) == "max_generations (2) reached"
     assert rules.stop_before(3, [g2], search(max_generations=5)) is None
     reason = rules.stop_before(3, [g2], search(max_generations=5, target_params=1000))
+    assert reason is not None and reason.startswith("target reached: g2-depth")
+    reason = rules.stop_before(3, [g2], search(max_generations=2, target_params=1000))  # both: the target's
     assert reason is not None and reason.startswith("target reached: g2-depth")
     assert rules.stop_before(1, [ROOT], search(target_compression=2)) is None  # the root is no accepted child
 

@@ -373,6 +373,8 @@ def test_a_budget_stop_in_one_branch_trains_no_other(tmp_path, tiny_teacher, mon
         ({"search.beam": 5}, ["search.beam"]),
         ({"search.strategy": "parent-children", "search.candidates": "all"}, ["search.candidates"]),
         ({"search.retry_epochs": 4}, ["search.retry_epochs"]),
+        ({"search.speedup_batch": 64}, ["search.speedup_batch"]),
+        ({"search.speedup_batch": 64, "search.target_speedup": 5}, []),
         ({"search.slim_fraction": 0.5, "search.width_factor": 0.75}, ["search.slim_fraction"]),
         ({"search.operators": ["depth"], "search.width_factor": 0.75}, ["search.width_factor"]),
         ({"search.operators": ["block"], "search.width_factor": 0.75}, []),

@@ -31,10 +31,9 @@ from ikd.distil import plan_pass, train_students
 from ikd.errors import ConfigError, IkdError
 from ikd.executor import WORKER_LOST
 from ikd.export import time_beside_root
-from ikd.latency import with_latency
 from ikd.lineage import FINAL_NOT_KEPT, LOST_STOP, ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
 from ikd.resume import grown_from, open_campaign
-from ikd.runtime import cpu_model_name, describe_machine
+from ikd.runtime import describe_machine
 from ikd.shrink import OPERATORS, Candidate, inherit_by
 from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
 from ikd.teachers import (
@@ -119,6 +118,11 @@ class Campaign:
             raise CampaignPaused(self.lineage, self.ctx.run.path) from None
 
     def _run(self) -> Lineage:
+        if self.search.target_speedup and self.models.user_module is not None:  # before the root is recorded
+            raise ConfigError(
+                f"search.target_speedup {self.search.target_speedup:g}: the root teacher is a user-supplied module, "
+                "which ikd cannot export to time beside its students (use target_macs or target_params)"
+            )
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         root_dir = imported_root_dir(self.config, self.models.user_module)
         check_teacher_views(self.ctx, root_dir, self.models.user_module)
@@ -128,11 +132,6 @@ class Campaign:
             self.record(root)
         elif self.ctx.run.exists():  # resumed: what open_campaign changed (config, --redecide, --force), checked now
             self.ctx.run.save(self.lineage)
-        if self.search.target_speedup and self.lineage.root().kind is NodeKind.EXTERNAL:
-            raise ConfigError(
-                f"search.target_speedup {self.search.target_speedup:g}: the root teacher is a user-supplied module, "
-                "which ikd cannot export to time beside its students (use target_macs or target_params)"
-            )
         for expert in expert_teachers(self.ctx, self.lineage, experts_to_copy):
             self.record(expert)
         experts = expert_ids(self.config.ensemble.experts, root_dir)
@@ -276,30 +275,25 @@ class Campaign:
                 f"generation {generation}: accepted {node.id} ({node.params:,} params, "
                 f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)"
             )
-        chosen = self.time_against_root(chosen)
+        chosen = self.time_against_root([self.lineage.node(n.id) for n in chosen])  # as recorded: accepted
         return next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
 
     def time_against_root(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
-        """`nodes`, each accepted one timed beside the root on this CPU where search.target_speedup asks for
-        it (the timings recorded in the lineage): a node timed on another CPU is timed again here."""
+        """`nodes`, each accepted one timed beside the root where search.target_speedup asks for it and it has
+        no such timing yet. Timed once, on the CPU that accepts it: a decision a rerun finds recorded is
+        not taken again on another machine, or with other noise."""
         if not self.search.target_speedup:
             return nodes
-        batch, here = self.search.speedup_batch, cpu_model_name()
-        untimed = [
-            n
-            for n in nodes
-            if n.status == Status.ACCEPTED
-            and ((timing := rules.speedup_timing(n, batch)) is None or timing.device != here)
-        ]
+        batch = self.search.speedup_batch
+        untimed = [n for n in nodes if n.status == Status.ACCEPTED and rules.speedup_timing(n, batch) is None]
         if not untimed:
             return nodes
-        measured = time_beside_root(self.ctx.run, self.lineage, untimed, batch)
-        self.record(*(with_latency(self.lineage.node(node_id), new) for node_id, new in measured.items()))
-        for node in untimed:
-            timing = rules.speedup_timing(self.lineage.node(node.id), batch)
-            if timing is not None and timing.teacher_ms is not None:
+        timings = time_beside_root(self.ctx.run, self.lineage, untimed, batch)
+        self.record(*(self.lineage.node(i).model_copy(update={"speedup_timing": t}) for i, t in timings.items()))
+        for node_id, timing in timings.items():
+            if timing.teacher_ms is not None:
                 self.ctx.log(
-                    f"timed {node.id} beside the root: {timing.teacher_ms / timing.median_ms:.2f}x faster "
+                    f"timed {node_id} beside the root: {timing.teacher_ms / timing.median_ms:.2f}x faster "
                     f"({timing.median_ms:.3f} vs {timing.teacher_ms:.3f} ms per call of {batch}, onnxruntime, "
                     "one thread)"
                 )

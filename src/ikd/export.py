@@ -608,10 +608,9 @@ def _measure(
     return measured
 
 
-def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], batch: int) -> dict[str, list[Latency]]:
-    """Time `nodes` and the root teacher together at `batch` images a call, one thread (ikd.latency's
-    protocol), each node's timings carrying the root's (teacher_ms): what search.target_speedup decides
-    on. By id, the root's included, for the caller to record in the lineage."""
+def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], batch: int) -> dict[str, Latency]:
+    """Each of `nodes`' onnxruntime timing at `batch` images a call, one thread, taken together with the root
+    teacher's (ikd.latency's protocol) and carrying it as teacher_ms: what search.target_speedup decides on."""
     notes: list[str] = []
     reference = _root_reference(run, lineage, nodes[0], notes)
     if reference is None:
@@ -625,7 +624,8 @@ def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], bat
         timed[node.id] = (model, dataset, onnx_graph(model, dataset, {}))
     for name, (model, dataset, graph) in timed.items():
         check_timed_graph(name, model, dataset, graph)
-    return beside_reference(measure_latencies(timed, batches=(batch,), threads=LATENCY_THREADS), reference.id)
+    measured = measure_latencies(timed, batches=(batch,), threads=LATENCY_THREADS, runtimes=("onnxruntime",))
+    return {node.id: beside_reference(measured, reference.id)[node.id][0] for node in nodes}
 
 
 def check_timed_graph(name: str, model: VGG, dataset: dict[str, Any], graph: bytes) -> None:

@@ -88,10 +88,11 @@ def measure_latencies(
     rounds: int | None = None,
     batches: tuple[int, ...] = tuple(LATENCY_PLAN),
     threads: int = LATENCY_THREADS,
+    runtimes: tuple[Literal["onnxruntime", "torch"], ...] = RUNTIMES,
 ) -> dict[str, list[Latency]]:
     """Each model's ms per forward at each of `batches` (default: LATENCY_PLAN's), with onnxruntime and PyTorch, on
     the CPU with `threads` threads, all timed together (min_of_medians): models meant to be compared must be
-    measured in one call. `repeats` and `rounds` replace LATENCY_PLAN's.
+    measured in one call. `repeats` and `rounds` replace LATENCY_PLAN's; `runtimes` narrows the two.
 
     Both runtimes run the same computation (normalisation included) with the same number of threads:
     each graph is its model behind the same normalisation. Models share input shapes.
@@ -101,13 +102,18 @@ def measure_latencies(
     caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _measure(models, repeats, rounds, batches, threads)
+        return _measure(models, repeats, rounds, batches, threads, runtimes)
     finally:
         torch.set_num_threads(caller_threads)  # training in the same process keeps its threads
 
 
 def _measure(
-    models: dict[str, Timed], repeats: int | None, rounds: int | None, batches: tuple[int, ...], threads: int
+    models: dict[str, Timed],
+    repeats: int | None,
+    rounds: int | None,
+    batches: tuple[int, ...],
+    threads: int,
+    runtimes: tuple[Literal["onnxruntime", "torch"], ...],
 ) -> dict[str, list[Latency]]:
     wrappers = {name: NormalizedModel(m, meta["mean"], meta["std"]).eval() for name, (m, meta, _) in models.items()}
     sessions = {name: cpu_session(graph, threads) for name, (_, _, graph) in models.items()}
@@ -121,7 +127,7 @@ def _measure(
             feeds = {name: {s.get_inputs()[0].name: images.numpy()} for name, s in sessions.items()}
             planned_repeats, planned_rounds = LATENCY_PLAN.get(batch, OTHER_BATCH_PLAN)
             count, turns = repeats or planned_repeats, rounds or planned_rounds
-            for runtime in RUNTIMES:
+            for runtime in runtimes:
                 runners = {
                     name: _runner(sessions[name], feeds[name])
                     if runtime == "onnxruntime"

@@ -170,6 +170,11 @@ class NodeRecord(BaseModel):
     loss: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = Field(default=None, description="of nodes/<id>/model.safetensors")
     latency: list[Latency] = Field(default_factory=list, description="filled by `ikd export`")
+    speedup_timing: Latency | None = Field(
+        default=None,
+        description="its onnxruntime timing beside the root that search.target_speedup decided on, taken once, "
+        "where it was accepted; `ikd export`'s later timings (latency) never replace it",
+    )
 
     def trained_for(self, planned: int) -> bool:
         """Whether this record is a training of `planned` epochs: all of them, or a divergence within

@@ -241,16 +241,10 @@ def target_reached(node: NodeRecord, search: SearchConfig) -> str | None:
 
 
 def speedup_timing(node: NodeRecord, batch: int) -> Latency | None:
-    """The node's onnxruntime timing at `batch` images a call, one thread, taken beside the root teacher
-    (target_speedup's measure), or None where it has none."""
-    return next(
-        (
-            m
-            for m in node.latency
-            if m.runtime == "onnxruntime" and m.batch == batch and m.threads == 1 and m.teacher_ms is not None
-        ),
-        None,
-    )
+    """The timing target_speedup decides `node` on: its onnxruntime timing beside the root at `batch`
+    images a call (None where it has none at that batch)."""
+    timing = node.speedup_timing
+    return timing if timing is not None and timing.batch == batch and timing.teacher_ms is not None else None
 
 
 # The config keys that only judge trained candidates or choose which to propose and train: `ikd
@@ -338,8 +332,11 @@ def survivors(kept: list[NodeRecord], search: SearchConfig, narrow: Collection[s
 
 def stop_before(generation: int, frontier: list[NodeRecord], search: SearchConfig) -> str | None:
     """Why the campaign stops before growing `generation` from `frontier` (the generation cap, or an
-    accepted parent already at the size target), or None."""
+    accepted parent already at the size target), or None. The target first: a search that reached it in its
+    last generation stopped for that, and says so again when it is run again."""
+    accepted = (n for n in frontier if n.status == Status.ACCEPTED)
+    if reached := next((reason for n in accepted if (reason := target_reached(n, search)) is not None), None):
+        return reached
     if generation > search.max_generations:
         return f"max_generations ({search.max_generations}) reached"
-    accepted = (n for n in frontier if n.status == Status.ACCEPTED)
-    return next((reason for n in accepted if (reason := target_reached(n, search)) is not None), None)
+    return None
