@@ -248,6 +248,25 @@ def test_latency_appears_with_its_speed_up(run_dir, tmp_path):
     assert speedup(lineage.final(), lineage.root(), "onnxruntime", 64) is None
 
 
+def test_the_searchs_own_timing_shows_where_export_timed_nothing_alike(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    lineage = run.load()
+    measure: dict[str, Any] = {"runtime": "onnxruntime", "repeats": 3, "threads": 1, "device": "test cpu"}
+    searched = Latency(batch=1, median_ms=0.5, teacher_ms=2.0, **measure)
+    exported = Latency(batch=64, median_ms=10.0, teacher_ms=50.0, **measure)
+    final = lineage.final()
+    run.add_node(lineage, final.model_copy(update={"speedup_timing": searched, "latency": [exported]}))
+    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5 (4.0x)"
+    assert rows[final.id]["onnxruntime b64 ms (speed-up)"] == "10 (5.0x)"
+    newer = Latency(batch=1, median_ms=0.4, teacher_ms=2.0, **measure)  # an export at batch 1 is the latest
+    run.add_node(run.load(), run.load().final().model_copy(update={"latency": [exported, newer]}))
+    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.4 (5.0x)"
+
+
 @pytest.mark.parametrize("other", [{"threads": 1}, {"device": "another cpu"}])
 def test_no_speed_up_between_timings_taken_on_other_threads_or_cpus(run_dir, tmp_path, other, monkeypatch):
     copy = tmp_path / "run"

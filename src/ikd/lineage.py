@@ -176,6 +176,13 @@ class NodeRecord(BaseModel):
         "where it was accepted; `ikd export`'s later timings (latency) never replace it",
     )
 
+    def timings(self) -> list[Latency]:
+        """Every timing of the node: export's, then the search's speedup_timing where export has none of
+        its runtime and batch."""
+        timed = {(m.runtime, m.batch) for m in self.latency}
+        searched = self.speedup_timing
+        return [*self.latency, *([searched] if searched and (searched.runtime, searched.batch) not in timed else [])]
+
     def trained_for(self, planned: int) -> bool:
         """Whether this record is a training of `planned` epochs: all of them, or a divergence within
         them (a failure records the epochs it ran; a lost worker's 0 is no training, to be run again)."""

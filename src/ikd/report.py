@@ -84,7 +84,7 @@ def accuracy_of(node: NodeRecord, split: Literal["val", "test"]) -> float:
 
 
 def latency_of(node: NodeRecord, runtime: str, batch: int) -> Latency | None:
-    return next((m for m in node.latency if m.runtime == runtime and m.batch == batch), None)
+    return next((m for m in node.timings() if m.runtime == runtime and m.batch == batch), None)
 
 
 def speedup(node: NodeRecord, root: NodeRecord, runtime: str, batch: int) -> float | None:
@@ -153,13 +153,14 @@ class Report:
 
     def latency_note(self) -> str:
         """How the latency columns were measured: where, on how many threads (ratios depend on both)."""
-        where = sorted({(m.device, m.threads) for n in self.lineage.nodes for m in n.latency})
+        where = sorted({(m.device, m.threads) for n in self.lineage.nodes for m in n.timings()})
         if not where:
             return "No latency yet: `ikd export RUN_DIR --node ID --format onnx` measures it."
         machines = "; ".join(f"{device}, {threads} thread{'s' * (threads != 1)}" for device, threads in where)
         return (
-            f"Latency (`ikd export`): ms per call on a whole batch, the least of several rounds' medians after "
-            f"warm-up, on {machines}; each speed-up against the teacher timed beside the node where recorded "
+            "Latency (`ikd export`, or the search's timing under `search.target_speedup`): ms per call on a "
+            f"whole batch, the least of several rounds' medians after warm-up, on {machines}; each speed-up "
+            "against the teacher timed beside the node where recorded "
             "(exports before that: the teacher's own latest timing). Other CPUs and thread counts give other ratios."
         )
 
