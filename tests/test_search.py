@@ -808,6 +808,19 @@ def test_a_speedup_target_reached_in_the_last_generation_is_the_reason_the_searc
     assert again.stop_reason == lineage.stop_reason and len(calls) == 2  # said again, from the record
 
 
+def test_a_child_that_cannot_be_timed_says_how_to_go_on_without_the_target(tmp_path, tiny_teacher, monkeypatch):
+    from ikd.export import ExportMismatch
+
+    def mismatch(run, lineage, nodes, batch):
+        raise ExportMismatch("the ONNX graph g1-width is timed in disagrees with PyTorch")
+
+    monkeypatch.setattr(ikd.campaign, "time_beside_root", mismatch)
+    config = campaign_config(tmp_path / "run", tiny_teacher, operators=["width"], target_speedup=2)
+    with pytest.raises(ExportMismatch, match=r"search\.target_speedup: cannot time g1-width .* disagrees .*--redecide"):
+        compress(config, progress=False)
+    assert RunDir(tmp_path / "run").load().node("g1-width").status == "accepted"  # the training is kept
+
+
 def test_a_speedup_target_needs_a_root_ikd_can_time(tmp_path, digits):
     overrides = own_teacher_overrides(tmp_path / "own") | {"search.target_speedup": 2}
     with pytest.raises(ConfigError, match=r"search\.target_speedup 2: the root teacher is a user-supplied module"):

@@ -288,7 +288,13 @@ class Campaign:
         untimed = [n for n in nodes if n.status == Status.ACCEPTED and rules.speedup_timing(n, batch) is None]
         if not untimed:
             return nodes
-        timings = time_beside_root(self.ctx.run, self.lineage, untimed, batch)
+        try:
+            timings = time_beside_root(self.ctx.run, self.lineage, untimed, batch)
+        except IkdError as error:  # raised again on every resume: say how to go on without the target
+            raise type(error)(
+                f"search.target_speedup: cannot time {', '.join(n.id for n in untimed)} beside the root: {error} "
+                "(the trainings are kept; rerun with another target key and --redecide to go on without it)"
+            ) from error
         self.record(*(self.lineage.node(i).model_copy(update={"speedup_timing": t}) for i, t in timings.items()))
         for node_id, timing in timings.items():
             if timing.teacher_ms is not None:
