@@ -390,6 +390,13 @@ def test_the_lineage_table_ends_with_the_campaigns_answer():
     assert header.split()[5:7] == ["M", "MACs"] and teacher_row.split()[5] == f"{lineage.root().macs / 1e6:.0f}"
     alone = lineage.model_copy(update={"nodes": [lineage.root()]})
     assert format_lineage(alone).splitlines()[-1] == "answer: the teacher (no student was accepted)"
+    # a search under target_speedup: how much faster than the root each timed child ran, beside its MACs
+    timing = Latency(runtime="onnxruntime", batch=1, median_ms=0.5, repeats=3, threads=1, device="c", teacher_ms=2.0)
+    nodes = [n.model_copy(update={"speedup_timing": timing}) if n.id == "g8-depth" else n for n in lineage.nodes]
+    timed = lineage.model_copy(update={"nodes": nodes})
+    header, _, teacher_row, *rows = format_lineage(timed).splitlines()
+    assert header.split()[7] == "faster" and teacher_row.split()[6] == "-"
+    assert next(r for r in rows if r.split()[0] == "g8-depth").split()[6] == "4.00x"
 
 
 def test_ikd_lineage_why_gives_each_node_its_reason(capsys):

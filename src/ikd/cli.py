@@ -630,8 +630,11 @@ def format_lineage(lineage, *, why: bool = False) -> str:
     if not lineage.nodes:
         return NO_NODE_YET
     several = any(len(n.teachers) > 1 for n in lineage.nodes)
+    timed = any(n.speedup_timing for n in lineage.nodes)  # under search.target_speedup
     header = (
-        ("id", "gen", "arch", "params", "x", "M MACs", "val %", "test %", "status")
+        ("id", "gen", "arch", "params", "x", "M MACs")
+        + (("faster",) if timed else ())
+        + ("val %", "test %", "status")
         + (("teachers",) if several else ())
         + (("why",) if why else ())
     )
@@ -639,6 +642,8 @@ def format_lineage(lineage, *, why: bool = False) -> str:
     for node, depth in lineage.tree_order():
         arch = node.arch_summary()
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        timing = node.speedup_timing
+        faster = f"{timing.teacher_ms / timing.median_ms:.2f}x" if timing and timing.teacher_ms else "-"
         row = (
             "  " * depth + node.id,
             str(node.generation),
@@ -646,6 +651,7 @@ def format_lineage(lineage, *, why: bool = False) -> str:
             f"{node.params:,}",
             f"{node.compression:.1f}",
             millions(node.macs),
+            *((faster,) if timed else ()),
             pct(node.val_accuracy),
             pct(node.test_accuracy),
             str(node.status),
