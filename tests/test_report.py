@@ -113,34 +113,30 @@ def test_headline_words_a_student_above_its_teacher_as_a_gain(run_dir, tmp_path)
 
 
 def test_the_headline_of_an_unfinished_run_says_it_is_no_result(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
-    assert load_report(copy).headline().startswith("ikd compressed")
+    assert load_report(run.path).headline().startswith("ikd compressed")
     lost = "candidates lost with their workers: g2-width in generation 2"
     for stop, said in ((None, "Not finished (not stopped); so far: ikd compressed"), (lost, f"Not finished ({lost})")):
         run.save(lineage.model_copy(update={"stop_reason": stop}))
-        assert load_report(copy).headline().startswith(said)
+        assert load_report(run.path).headline().startswith(said)
     # no student accepted yet: nothing "stands" (it said the teacher did, over the generations of baselines too)
     students = [
         n.model_copy(update={"status": "rejected"}) if n.status == Status.ACCEPTED else n for n in lineage.nodes
     ]
     run.save(lineage.model_copy(update={"stop_reason": None, "nodes": students}))
-    headline = load_report(copy).headline()
+    headline = load_report(run.path).headline()
     tried = max(n.generation for n in lineage.students())
     assert headline.endswith(f"({tried} generations tried).") and "stands" not in headline
 
 
 def test_a_teacher_without_a_test_accuracy_is_one_line_not_a_crash(run_dir, tmp_path, capsys):
     # with the root alone, the Pareto plot's max() of no points crashed as an internal error
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
     root = lineage.root().model_copy(update={"test_accuracy": None})
     run.save(lineage.model_copy(update={"nodes": [root], "stop_reason": "max_generations (0) reached"}))
-    assert main(["report", str(copy)]) == 2
+    assert main(["report", str(run.path)]) == 2
     err = capsys.readouterr().err
     assert "node g0-teacher has no test_accuracy" in err and len(err.strip().splitlines()) == 1
 
@@ -161,15 +157,13 @@ def test_figures_are_readable_pngs(run_dir):
 
 def test_a_campaign_with_a_final_distillation_is_drawn_too(run_dir, tmp_path):
     assert set(STYLE) == set(Status)  # every status has its colour and marker in every figure
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
     answer = lineage.final()
     run.add_node(lineage, answer.model_copy(update={"id": "final", "status": Status.FINAL, "parent": answer.id}))
-    out = write_report(copy)
-    assert load_report(copy).final.id == "final"
-    line = next(f for f in load_report(copy).facts() if f.startswith("Final distillation"))
+    out = write_report(run.path)
+    assert load_report(run.path).final.id == "final"
+    line = next(f for f in load_report(run.path).facts() if f.startswith("Final distillation"))
     assert f"Final distillation: {answer.id} trained again" in line and "Not kept" not in line
     for name in FIGURES:
         with Image.open(out / name) as image:
@@ -177,15 +171,13 @@ def test_a_campaign_with_a_final_distillation_is_drawn_too(run_dir, tmp_path):
 
 
 def test_a_final_student_the_campaign_did_not_keep_is_said_so(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
     answer = lineage.final()
     final = answer.model_copy(update={"id": "final", "status": Status.FINAL, "parent": answer.id})
     final = final.model_copy(update={"reason": "not kept: by validation it fails the test (made up)"})
     run.add_node(lineage, final)
-    report = load_report(copy)
+    report = load_report(run.path)
     assert report.final.id == answer.id
     line = next(f for f in report.facts() if f.startswith("Final distillation"))
     assert "Not kept (by validation it fails the test (made up))" in line and f"{answer.id} stays the answer" in line
@@ -230,16 +222,20 @@ def test_html_is_self_contained(run_dir):
     assert load_report(run_dir).headline() in html.unescape(page)
 
 
+def copied(run_dir, tmp_path) -> RunDir:
+    """A copy of the module's finished run, to record made-up timings in."""
+    shutil.copytree(run_dir, tmp_path / "run")
+    return RunDir(tmp_path / "run")
+
+
 def test_latency_appears_with_its_speed_up(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
     measure: dict[str, Any] = {"runtime": "onnxruntime", "repeats": 5, "threads": 2, "device": "test cpu"}
     root, final = lineage.root(), lineage.final()
     lineage = run.add_node(lineage, root.model_copy(update={"latency": [Latency(batch=1, median_ms=4.0, **measure)]}))
     run.add_node(lineage, final.model_copy(update={"latency": [Latency(batch=1, median_ms=0.5, **measure)]}))
-    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    rows = _table_rows((write_report(run.path) / "report.md").read_text())
     assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5 (8.0x)"
     assert rows[root.id]["onnxruntime b1 ms (speed-up)"] == "4 (1.0x)"
     assert rows[final.id]["onnxruntime b64 ms (speed-up)"] == "-"
@@ -249,36 +245,32 @@ def test_latency_appears_with_its_speed_up(run_dir, tmp_path):
 
 
 def test_the_searchs_own_timing_shows_where_export_timed_nothing_alike(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
     measure: dict[str, Any] = {"runtime": "onnxruntime", "repeats": 3, "threads": 1, "device": "test cpu"}
     searched = Latency(batch=1, median_ms=0.5, teacher_ms=2.0, **measure)
     exported = Latency(batch=64, median_ms=10.0, teacher_ms=50.0, **measure)
     final = lineage.final()
     run.add_node(lineage, final.model_copy(update={"speedup_timing": searched, "latency": [exported]}))
-    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    rows = _table_rows((write_report(run.path) / "report.md").read_text())
     assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5 (4.0x)"
     assert rows[final.id]["onnxruntime b64 ms (speed-up)"] == "10 (5.0x)"
     newer = Latency(batch=1, median_ms=0.4, teacher_ms=2.0, **measure)  # an export at batch 1 is the latest
     run.add_node(run.load(), run.load().final().model_copy(update={"latency": [exported, newer]}))
-    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    rows = _table_rows((write_report(run.path) / "report.md").read_text())
     assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.4 (5.0x)"
 
 
 @pytest.mark.parametrize("other", [{"threads": 1}, {"device": "another cpu"}])
 def test_no_speed_up_between_timings_taken_on_other_threads_or_cpus(run_dir, tmp_path, other, monkeypatch):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
+    run = copied(run_dir, tmp_path)
     lineage = run.load()
     measure: dict[str, Any] = {"runtime": "onnxruntime", "batch": 1, "repeats": 5, "threads": 2, "device": "test cpu"}
     root, final = lineage.root(), lineage.final()
     lineage = run.add_node(lineage, root.model_copy(update={"latency": [Latency(median_ms=4.0, **measure)]}))
     node_latency = Latency(median_ms=0.5, **(measure | other))
     run.add_node(lineage, final.model_copy(update={"latency": [node_latency]}))
-    rows = _table_rows((write_report(copy) / "report.md").read_text())
+    rows = _table_rows((write_report(run.path) / "report.md").read_text())
     assert rows[final.id]["onnxruntime b1 ms (speed-up)"] == "0.5"  # its time, and no ratio to a root timed otherwise
     # the paper table (benchmarks/paper.py) takes its ratios by the same rule
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
