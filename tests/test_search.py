@@ -846,3 +846,14 @@ def test_a_child_accepted_but_not_yet_timed_when_the_run_died_is_timed_on_resumi
     lineage = compress(config, progress=False)
     assert calls == [["g1-width"], ["g2-width"]] and "g3-width" not in [n.id for n in lineage.nodes]
     assert (lineage.stop_reason or "").startswith("target reached: g2-width runs 3.33x faster")
+
+
+def test_a_beam_is_timed_in_one_call_and_any_of_it_reaching_the_target_stops_the_search(
+    tmp_path, tiny_teacher, monkeypatch
+):
+    calls = fixed_timings(monkeypatch, 1.0, {1: 0.3})
+    keys = {"strategy": "parent-children", "select": "tree", "beam": 2, "max_generations": 3, "target_speedup": 3}
+    lineage = compress(campaign_config(tmp_path / "run", tiny_teacher, **keys), progress=False)
+    assert [sorted(ids) for ids in calls] == [["g1-depth", "g1-width"]]  # both survivors, timed together
+    assert (lineage.stop_reason or "").startswith("target reached: g1-")
+    assert not [n for n in lineage.nodes if n.generation == 2]
