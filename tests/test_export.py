@@ -298,6 +298,21 @@ def test_latency_lands_in_the_lineage_for_node_and_root(run_dir, capsys):
     assert all(s["speedup"] == pytest.approx(s["teacher_ms"] / s["node_ms"]) for s in speedups)
 
 
+def test_a_campaign_run_without_a_node_exports_its_answer(run_dir, capsys):
+    assert main(["export", str(run_dir), "--format", "safetensors", "--no-latency"]) == 0
+    assert f"ikd export: {NODE} (accepted," in capsys.readouterr().out
+    assert (run_dir / "export" / NODE / "model.safetensors").is_file()
+    run = RunDir(run_dir)
+    lineage = run.load()
+    for stop, expected in ((None, "has not finished, so it has no answer yet"), ("max_generations (1) reached", "")):
+        rejected = lineage.node(NODE).model_copy(update={"status": "rejected"}) if stop else lineage.node(NODE)
+        run.save(lineage.model_copy(update={"stop_reason": stop, "nodes": [lineage.root(), rejected]}))
+        expected = expected or "accepted no student, its answer is its teacher"
+        assert main(["export", str(run_dir), "--format", "safetensors", "--no-latency"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and f"--node ID (`ikd lineage {run_dir}`)" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_node_that_is_not_the_answer_is_exported_with_a_note(run_dir):
     run = RunDir(run_dir)
     lineage = run.load()
@@ -602,7 +617,6 @@ def test_a_teacher_that_moved_or_changed_is_no_reference_and_says_so(student, ti
         # a campaign's nodes: the file would pass for a node's
         ("student", ("--out", "{run}/nodes/new/x.safetensors"), "lies in the nodes of the campaign in"),
         ("node", (), "is a node of the campaign in"),
-        ("run", (), "is a campaign run: name the node to export with --node ID"),
         ("empty", (), "neither a model directory (model.json"),
         ("unfinished", (), "its training has not finished"),
     ],

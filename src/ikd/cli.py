@@ -907,7 +907,11 @@ def build_parser() -> argparse.ArgumentParser:
         "export a trained model or a campaign's node as ONNX or safetensors, check it, time it beside its teacher",
     )
     ex.add_argument("source", metavar="DIR", help="a model directory (ikd train, ikd distill) or a campaign run")
-    ex.add_argument("--node", metavar="ID", help="the node of a campaign run to export, as `ikd lineage` lists them")
+    ex.add_argument(
+        "--node",
+        metavar="ID",
+        help="the node of a campaign run to export, as `ikd lineage` lists them (default: the campaign's answer)",
+    )
     # not argparse choices: an unknown format is reported like every other ikd error, on one line
     ex.add_argument("--format", required=True, metavar="FORMAT", help="onnx or safetensors")
     ex.add_argument(

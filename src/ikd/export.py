@@ -215,13 +215,26 @@ def export(
     if (source / META_FILE).is_file() or (source / STATE_DIR).is_dir():
         return _export_model_dir(source, plan)
     if (source / LINEAGE_FILE).is_file():
-        raise ConfigError(
-            f"{source} is a campaign run: name the node to export with --node ID (`ikd lineage {source}`)"
-        )
+        return _export_node(source, answer_id(source), plan)
     raise ConfigError(
         f"{source}: neither a model directory ({META_FILE}, from `ikd train` or `ikd distill`) nor a campaign run "
         f"({LINEAGE_FILE}, from `ikd compress`)"
     )
+
+
+def answer_id(run_dir: Path) -> str:
+    """The campaign's answer, what `ikd export RUN` exports when no --node names another."""
+    run = open_run_dir(run_dir)
+    lineage = run.load()
+    if not lineage.nodes:
+        raise ConfigError(f"{run.lineage_path}: has {NO_NODE_YET}; nothing to export")
+    pick = f"name a node with --node ID (`ikd lineage {run_dir}`)"
+    if not lineage.answered():
+        raise ConfigError(f"{run_dir}: the campaign has not finished, so it has no answer yet; {pick}")
+    answer = lineage.final()
+    if answer.id == lineage.root().id:
+        raise ConfigError(f"{run_dir}: the campaign accepted no student, its answer is its teacher; {pick}")
+    return answer.id
 
 
 def _export_node(run_dir: Path, node_id: str, plan: _Plan) -> ExportResult:
