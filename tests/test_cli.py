@@ -719,3 +719,29 @@ def test_an_image_folder_model_is_evaluated_on_its_own_folder_and_refused_on_rel
     refused = ikd("eval", out, "--data-dir", relabelled, *common[:2])
     assert refused.returncode == 2 and "class 0 = 'circle', the data has 'box' there" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_compress_takes_its_data_from_the_teachers_record_unless_the_dataset_is_named(tmp_path, make_idx_set):
+    from ikd.lineage import RunDir
+
+    teacher = tmp_path / "teacher"
+    split = ("--val-fraction", "0.2", "--split-seed", "3", "--image-size", "16")
+    made = ikd("train", "--dataset", "digits", "--arch", SMALL_ARCH, "--epochs", "1", *split, "--out", teacher)
+    assert made.returncode == 0, made.stderr
+    search = ("--epochs", "1", "--max-generations", "1", "--max-drop", "100", "--max-step-drop", "100")
+    flags = (*search, "--operators", "width", "--precision", "fp32", "--device", "cpu")  # not quiet: the note
+    taught = ikd("compress", "--teacher", teacher, "--run-dir", tmp_path / "run", *flags)
+    assert taught.returncode == 0, taught.stderr
+    assert "note: data.name digits, data.val_fraction 0.2, data.split_seed 3, data.image_size 16" in taught.stderr
+    data = RunDir(tmp_path / "run").load().config["data"]
+    assert (data["val_fraction"], data["split_seed"], data["image_size"]) == (0.2, 3, 16)
+    # named, the data section is the user's, with its defaults (here 8x8 images: refused, saying what to set);
+    # another dataset is named as the thing to fix (it said "set data.image_size", which would not have helped)
+    named = ikd("compress", "--teacher", teacher, "--dataset", "digits", "--run-dir", tmp_path / "named", *flags)
+    assert named.returncode == 2 and "model expects 1x16x16 images" in named.stderr
+    assert "(set data.image_size: 16)" in named.stderr
+    make_idx_set(tmp_path / "mnist")
+    other = ("--dataset", "idx", "--data-dir", tmp_path / "mnist", "--run-dir", tmp_path / "other")
+    refused = ikd("compress", "--teacher", teacher, *other, *flags)
+    assert refused.returncode == 2 and "trained on digits, the campaign's data is idx" in refused.stderr
+    assert "(set data.name, --dataset digits)" in refused.stderr and "image_size" not in refused.stderr

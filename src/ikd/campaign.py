@@ -45,6 +45,7 @@ from ikd.teachers import (
     imported_root_dir,
     new_experts,
     root_teacher,
+    with_teachers_data,
 )
 from ikd.tensorboard_log import TensorBoardLog
 from ikd.train import TrainingPaused
@@ -84,11 +85,14 @@ class Campaign:
         """`teacher`: a user's trained module as the root (see ikd.external); the chain then starts
         from `student` (default: vgg11 fitted to the data). `redecide`: replay every generation's
         decision under this config's acceptance rules, reusing the candidates already trained."""
+        config, taught = with_teachers_data(config)
         run = RunDir(Path(config.run_dir))
         self.ctx = CampaignContext(
             config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
         )
         self.config, self.search, self.first_student, self.redecide = config, config.search, student, redecide
+        if taught is not None:
+            self.ctx.log(f"note: {taught}")
         for note in config.inert_settings():
             self.ctx.log(f"note: {note}; set here, it changes nothing")
         lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)

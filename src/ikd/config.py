@@ -866,7 +866,9 @@ def as_config(
     """A validated config from a CampaignConfig, a dict of config keys or a YAML path (None: the
     defaults), with dotted-key `overrides` on top."""
     if isinstance(config, CampaignConfig):
-        config = config.model_dump()
+        if not overrides:
+            return config  # as given: which keys were set stays known (teachers.with_teachers_data reads it)
+        config = config.model_dump(exclude_unset=True)
     if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
         sections = {k: v for k, v in config.items() if "." not in k}  # dotted keys set one value, as overrides do
         dotted = {k: v for k, v in config.items() if "." in k}

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from ikd.arch import FP32_BYTES, ArchSpec, preset_for
 from ikd.checkpoint import (
@@ -19,13 +20,16 @@ from ikd.checkpoint import (
     other_images,
     other_shape,
     read_metadata,
+    recorded_data_dir,
+    recorded_split,
     save_model,
     trained_augmentation,
 )
 from ikd.config import CampaignConfig
 from ikd.context import CampaignContext
+from ikd.data import effective_image_size
 from ikd.data.paths import same_place
-from ikd.errors import ConfigError
+from ikd.errors import ConfigError, IkdError
 from ikd.external import NO_HINT_LAYER, ExternalTeacher, Teacher, module_digest
 from ikd.fit import fit
 from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
@@ -84,12 +88,47 @@ class TeacherModels:
         return self._external
 
 
+def with_teachers_data(config: CampaignConfig) -> tuple[CampaignConfig, str | None]:
+    """`config` with the data keys it leaves unset (dataset, validation split, image size, an image folder's
+    place) taken from teacher.dir's model.json, and a note saying so: an imported teacher was trained on one
+    split, and a campaign on another could not use it. `ikd distill` reads them the same way. Unchanged,
+    with no note, when data.name is set, there is no teacher.dir, or its model.json cannot be read (said
+    where the teacher is imported)."""
+    if config.teacher.dir is None or "name" in config.data.model_fields_set:
+        return config, None
+    try:
+        record = read_metadata(Path(config.teacher.dir)).get("dataset", {})
+    except IkdError:
+        return config, None
+    if not isinstance(record.get("name"), str):
+        return config, None
+    val_fraction, split_seed, image_size = recorded_split(record)
+    if image_size == effective_image_size(record["name"], None):
+        image_size = None  # its dataset's own size: nothing to set
+    recorded = {"name": record["name"], "val_fraction": val_fraction, "split_seed": split_seed}
+    recorded |= {"image_size": image_size, "dir": recorded_data_dir(record)}
+    inherited = {k: v for k, v in recorded.items() if k not in config.data.model_fields_set and v is not None}
+    document = config.model_dump(exclude_unset=True)
+    document["data"] = {**document.get("data", {}), **inherited}
+    try:
+        taught = CampaignConfig.model_validate(document)
+    except ValidationError:
+        return config, None  # a record this ikd cannot use: the import says why
+    said = ", ".join(f"data.{k} {v}" for k, v in inherited.items())
+    return taught, f"{said}: as teacher.dir {config.teacher.dir} was trained (its model.json)"
+
+
 def import_teacher(ctx: CampaignContext, directory: Path, key: str = "teacher.dir") -> VGG:
     """A model from `ikd train`, refused unless it was trained on this campaign's split: otherwise its
     validation accuracy could include images it trained on."""
     data = ctx.data
     model, metadata = load_model(directory, map_location=ctx.device)
     spec, recorded = model.spec, metadata.get("dataset", {})
+    if recorded.get("name") not in (None, data.name):  # before the shapes: the dataset is the thing to fix
+        raise ConfigError(
+            f"{key} {directory}: trained on {recorded['name']}, the campaign's data is {data.name} "
+            f"(set data.name, --dataset {recorded['name']})"
+        )
     if why := other_shape(spec, data):
         resize = f" (set data.image_size: {spec.image_size})" if spec.image_size != data.image_size else ""
         raise ConfigError(f"{key} {directory}: model {why}{resize}")
