@@ -638,7 +638,7 @@ def test_compress_takes_exactly_the_declared_flags():
 
     flags = command_line_flags()
     names = [flag.name for flag in flags]
-    assert len(set(names)) == len(names) == 36
+    assert len(set(names)) == len(names) == 39
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     compress = commands.choices["compress"]
     by_name = {action.option_strings[-1]: action for action in compress._actions}
@@ -740,6 +740,8 @@ def test_compress_takes_its_data_from_the_teachers_record_unless_the_dataset_is_
     named = ikd("compress", "--teacher", teacher, "--dataset", "digits", "--run-dir", tmp_path / "named", *flags)
     assert named.returncode == 2 and "model expects 1x16x16 images" in named.stderr
     assert "(set data.image_size: 16)" in named.stderr
+    spelt = ikd("compress", "--teacher", teacher, "--dataset", "digits", *split, "--run-dir", tmp_path / "s", *flags)
+    assert spelt.returncode == 0 and "note: data." not in spelt.stderr, spelt.stderr  # nothing left to take
     make_idx_set(tmp_path / "mnist")
     other = ("--dataset", "idx", "--data-dir", tmp_path / "mnist", "--run-dir", tmp_path / "other")
     refused = ikd("compress", "--teacher", teacher, *other, *flags)

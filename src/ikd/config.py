@@ -71,11 +71,21 @@ class DataConfig(Strict):
         description="dataset directory or root (default $IKD_DATA_DIR, else ~/.cache/ikd)",
     )
     val_fraction: float = Field(
-        default=0.1, gt=0, lt=1, description="share of the training set held out for validation"
+        default=0.1,
+        gt=0,
+        lt=1,
+        json_schema_extra=cli_flag("--val-fraction"),
+        description="share of the training set held out for validation",
     )
-    split_seed: int = Field(default=0, ge=0, description="seed of the validation split")
+    split_seed: int = Field(
+        default=0, ge=0, json_schema_extra=cli_flag("--split-seed"), description="seed of the validation split"
+    )
     image_size: int | None = Field(
-        default=None, gt=0, le=MAX_IMAGE_SIZE, description="resize images to this size (imagefolder default 32)"
+        default=None,
+        gt=0,
+        le=MAX_IMAGE_SIZE,
+        json_schema_extra=cli_flag("--image-size"),
+        description="resize images to this size (imagefolder default 32)",
     )
 
     @field_validator("name")
