@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import time
 
 import pytest
@@ -857,3 +858,20 @@ def test_a_beam_is_timed_in_one_call_and_any_of_it_reaching_the_target_stops_the
     assert [sorted(ids) for ids in calls] == [["g1-depth", "g1-width"]]  # both survivors, timed together
     assert (lineage.stop_reason or "").startswith("target reached: g1-")
     assert not [n for n in lineage.nodes if n.generation == 2]
+
+
+def test_an_image_folder_teacher_gives_the_campaign_its_folder_and_size(tmp_path, tiny_teacher):
+    from ikd.teachers import with_teachers_data
+
+    teacher = shutil.copytree(tiny_teacher, tmp_path / "teacher")
+    meta = json.loads((teacher / "model.json").read_text())
+    meta["dataset"] |= {"name": "imagefolder", "source": str(tmp_path / "photos"), "val_fraction": 0.25}
+    (teacher / "model.json").write_text(json.dumps(meta))
+    config, note = with_teachers_data(load_config(None, {"teacher.dir": str(teacher), "data.split_seed": 4}))
+    assert (config.data.name, config.data.dir, config.data.image_size) == ("imagefolder", str(tmp_path / "photos"), 8)
+    assert (config.data.val_fraction, config.data.split_seed) == (0.25, 4)  # the split seed set stays the config's
+    assert note is not None and note.startswith("data.name imagefolder, data.val_fraction 0.25, data.image_size 8")
+    named = load_config(None, {"teacher.dir": str(teacher), "data.name": "digits"})
+    assert with_teachers_data(named) == (named, None)
+    unreadable = load_config(None, {"teacher.dir": str(tmp_path / "nowhere")})
+    assert with_teachers_data(unreadable) == (unreadable, None)  # said where the teacher is imported
