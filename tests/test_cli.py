@@ -724,26 +724,39 @@ def test_an_image_folder_model_is_evaluated_on_its_own_folder_and_refused_on_rel
 def test_compress_takes_its_data_from_the_teachers_record_unless_the_dataset_is_named(tmp_path, make_idx_set):
     from ikd.lineage import RunDir
 
-    teacher = tmp_path / "teacher"
+    make_idx_set(tmp_path / "idx", n_train=80, size=8)
+    teacher, data = tmp_path / "teacher", ("--data-dir", tmp_path / "idx")
     split = ("--val-fraction", "0.2", "--split-seed", "3", "--image-size", "16")
-    made = ikd("train", "--dataset", "digits", "--arch", SMALL_ARCH, "--epochs", "1", *split, "--out", teacher)
+    made = ikd("train", "--dataset", "idx", *data, "--arch", SMALL_ARCH, "--epochs", "1", *split, "--out", teacher)
     assert made.returncode == 0, made.stderr
     search = ("--epochs", "1", "--max-generations", "1", "--max-drop", "100", "--max-step-drop", "100")
     flags = (*search, "--operators", "width", "--precision", "fp32", "--device", "cpu")  # not quiet: the note
-    taught = ikd("compress", "--teacher", teacher, "--run-dir", tmp_path / "run", *flags)
+    command = ("compress", "--teacher", teacher, *data, "--run-dir", tmp_path / "run", *flags)
+    taught = ikd(*command)
     assert taught.returncode == 0, taught.stderr
-    assert "note: data.name digits, data.val_fraction 0.2, data.split_seed 3, data.image_size 16" in taught.stderr
-    data = RunDir(tmp_path / "run").load().config["data"]
-    assert (data["val_fraction"], data["split_seed"], data["image_size"]) == (0.2, 3, 16)
-    # named, the data section is the user's, with its defaults (here 8x8 images: refused, saying what to set);
+    said = "note: data.name idx, data.val_fraction 0.2, data.split_seed 3, data.image_size 16"
+    assert f"{said}: as teacher.dir {teacher} was trained" in taught.stderr
+    recorded = RunDir(tmp_path / "run").load().config["data"]
+    assert (recorded["name"], recorded["val_fraction"], recorded["split_seed"], recorded["image_size"]) == (
+        "idx",
+        0.2,
+        3,
+        16,
+    )
+    # the same command once the teacher's directory is gone: the run's own record says what it was trained on
+    teacher.rename(tmp_path / "moved")
+    again = ikd(*command)
+    assert again.returncode == 0 and f"{said}: as run {tmp_path / 'run'} recorded" in again.stderr, again.stderr
+    (tmp_path / "moved").rename(teacher)
+    # the teacher's dataset named (as a shipped config names it): the keys left unset are still the teacher's
+    named = ikd("compress", "--teacher", teacher, "--dataset", "idx", *data, "--run-dir", tmp_path / "n", *flags)
+    assert named.returncode == 0 and "note: data.val_fraction 0.2, data.split_seed 3" in named.stderr, named.stderr
+    # a key set is the user's: here 8x8 images, refused, saying what to set
+    sized = ("--dataset", "idx", "--image-size", "8", "--run-dir", tmp_path / "sized")
+    resized = ikd("compress", "--teacher", teacher, *data, *sized, *flags)
+    assert resized.returncode == 2 and "model expects 1x16x16 images" in resized.stderr
+    assert "(set data.image_size, --image-size 16)" in resized.stderr
     # another dataset is named as the thing to fix (it said "set data.image_size", which would not have helped)
-    named = ikd("compress", "--teacher", teacher, "--dataset", "digits", "--run-dir", tmp_path / "named", *flags)
-    assert named.returncode == 2 and "model expects 1x16x16 images" in named.stderr
-    assert "(set data.image_size: 16)" in named.stderr
-    spelt = ikd("compress", "--teacher", teacher, "--dataset", "digits", *split, "--run-dir", tmp_path / "s", *flags)
-    assert spelt.returncode == 0 and "note: data." not in spelt.stderr, spelt.stderr  # nothing left to take
-    make_idx_set(tmp_path / "mnist")
-    other = ("--dataset", "idx", "--data-dir", tmp_path / "mnist", "--run-dir", tmp_path / "other")
-    refused = ikd("compress", "--teacher", teacher, *other, *flags)
-    assert refused.returncode == 2 and "trained on digits, the campaign's data is idx" in refused.stderr
-    assert "(set data.name, --dataset digits)" in refused.stderr and "image_size" not in refused.stderr
+    refused = ikd("compress", "--teacher", teacher, "--dataset", "digits", "--run-dir", tmp_path / "other", *flags)
+    assert refused.returncode == 2 and "trained on idx, the campaign's data is digits" in refused.stderr
+    assert "(set data.name, --dataset idx)" in refused.stderr and "image_size" not in refused.stderr

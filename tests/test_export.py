@@ -304,6 +304,11 @@ def test_a_campaign_run_without_a_node_exports_its_answer(run_dir, capsys):
     assert (run_dir / "export" / NODE / "model.safetensors").is_file()
     run = RunDir(run_dir)
     lineage = run.load()
+    # stopped, then paused in its final distillation: the search's choice is not the answer yet
+    config = lineage.config | {"student": lineage.config["student"] | {"final_epochs": 3}}
+    run.save(lineage.model_copy(update={"config": config}))
+    assert main(["export", str(run_dir), "--format", "safetensors", "--no-latency"]) == 2
+    assert f"chose {NODE}, whose final distillation (3 epochs) has not finished" in capsys.readouterr().err
     for stop, expected in ((None, "has not finished, so it has no answer yet"), ("max_generations (1) reached", "")):
         rejected = lineage.node(NODE).model_copy(update={"status": "rejected"}) if stop else lineage.node(NODE)
         run.save(lineage.model_copy(update={"stop_reason": stop, "nodes": [lineage.root(), rejected]}))

@@ -207,7 +207,8 @@ def test_teacher_of_another_image_size_names_the_key_to_set(tmp_path, tiny_teach
         None, {"run_dir": str(tmp_path / "r"), "teacher.dir": str(tiny_teacher), "data.image_size": 12, "device": "cpu"}
     )
     with pytest.raises(
-        ConfigError, match=re.escape("images and 10 classes; the data has 1x12x12 and 10 (set data.image_size: 8)")
+        ConfigError,
+        match=re.escape("images and 10 classes; the data has 1x12x12 and 10 (set data.image_size, --image-size 8)"),
     ):
         compress(config, progress=False)
     assert not (tmp_path / "r" / "nodes").exists()
@@ -867,11 +868,27 @@ def test_an_image_folder_teacher_gives_the_campaign_its_folder_and_size(tmp_path
     meta = json.loads((teacher / "model.json").read_text())
     meta["dataset"] |= {"name": "imagefolder", "source": str(tmp_path / "photos"), "val_fraction": 0.25}
     (teacher / "model.json").write_text(json.dumps(meta))
-    config, note = with_teachers_data(load_config(None, {"teacher.dir": str(teacher), "data.split_seed": 4}))
+    run = RunDir(tmp_path / "run")  # not started
+    config, note = with_teachers_data(load_config(None, {"teacher.dir": str(teacher), "data.split_seed": 4}), run)
     assert (config.data.name, config.data.dir, config.data.image_size) == ("imagefolder", str(tmp_path / "photos"), 8)
     assert (config.data.val_fraction, config.data.split_seed) == (0.25, 4)  # the split seed set stays the config's
     assert note is not None and note.startswith("data.name imagefolder, data.val_fraction 0.25, data.image_size 8")
-    named = load_config(None, {"teacher.dir": str(teacher), "data.name": "digits"})
-    assert with_teachers_data(named) == (named, None)
+    # the same dataset named: the rest is still the teacher's
+    same, _ = with_teachers_data(load_config(None, {"teacher.dir": str(teacher), "data.name": "imagefolder"}), run)
+    assert (same.data.dir, same.data.val_fraction) == (str(tmp_path / "photos"), 0.25)
+    other = load_config(None, {"teacher.dir": str(teacher), "data.name": "digits"})
+    assert with_teachers_data(other, run) == (other, None)  # another dataset: its import names the one to set
     unreadable = load_config(None, {"teacher.dir": str(tmp_path / "nowhere")})
-    assert with_teachers_data(unreadable) == (unreadable, None)  # said where the teacher is imported
+    assert with_teachers_data(unreadable, run) == (unreadable, None)  # said where the teacher is imported
+
+
+def test_a_config_passed_as_an_object_is_checked_again_and_keeps_which_keys_were_set():
+    from ikd.config import as_config
+
+    config = load_config(None, {"data.val_fraction": 0.2})
+    config.search.max_drop = -1.0  # assigned after validation
+    with pytest.raises(ConfigError, match="max_drop"):
+        as_config(config)
+    config.search.max_drop = 1.0
+    for again in (as_config(config), as_config(config, {"search.max_generations": 3})):
+        assert again.data.model_fields_set == {"val_fraction"} and again.data.val_fraction == 0.2

@@ -85,8 +85,9 @@ class Campaign:
         """`teacher`: a user's trained module as the root (see ikd.external); the chain then starts
         from `student` (default: vgg11 fitted to the data). `redecide`: replay every generation's
         decision under this config's acceptance rules, reusing the candidates already trained."""
-        config, taught = with_teachers_data(config)
         run = RunDir(Path(config.run_dir))
+        # a module passed from Python is the root: teacher.dir is then not read
+        config, taught = with_teachers_data(config, run) if teacher is None else (config, None)
         self.ctx = CampaignContext(
             config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
         )

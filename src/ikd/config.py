@@ -876,9 +876,9 @@ def as_config(
     """A validated config from a CampaignConfig, a dict of config keys or a YAML path (None: the
     defaults), with dotted-key `overrides` on top."""
     if isinstance(config, CampaignConfig):
-        if not overrides:
-            return config  # as given: which keys were set stays known (teachers.with_teachers_data reads it)
-        config = config.model_dump(exclude_unset=True)
+        # checked again (its fields may have been assigned since); its data section keeps only the keys that
+        # were set, since those left unset come from an imported teacher (teachers.with_teachers_data)
+        config = config.model_dump() | {"data": config.data.model_dump(exclude_unset=True)}
     if isinstance(config, dict):  # whole sections first, then the dotted overrides on top
         sections = {k: v for k, v in config.items() if "." not in k}  # dotted keys set one value, as overrides do
         dotted = {k: v for k, v in config.items() if "." in k}

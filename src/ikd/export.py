@@ -234,6 +234,12 @@ def answer_id(run_dir: Path) -> str:
     answer = lineage.final()
     if answer.id == lineage.root().id:
         raise ConfigError(f"{run_dir}: the campaign accepted no student, its answer is its teacher; {pick}")
+    final_epochs = lineage.config.get("student", {}).get("final_epochs", 0)
+    if final_epochs and lineage.distilled() is None:  # stopped, then paused in its final distillation
+        raise ConfigError(
+            f"{run_dir}: the search chose {answer.id}, whose final distillation ({final_epochs} epochs) has not "
+            f"finished: rerun `ikd compress` to finish it, or {pick}"
+        )
     return answer.id
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -29,10 +30,10 @@ from ikd.config import CampaignConfig
 from ikd.context import CampaignContext
 from ikd.data import effective_image_size
 from ikd.data.paths import same_place
-from ikd.errors import ConfigError, IkdError
+from ikd.errors import ConfigError, IkdError, first_validation_error
 from ikd.external import NO_HINT_LAYER, ExternalTeacher, Teacher, module_digest
 from ikd.fit import fit
-from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, Status
+from ikd.lineage import ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Status
 from ikd.model import VGG, build_model
 from ikd.rules import points
 from ikd.train import monotonic_deadline, near_chance
@@ -88,34 +89,47 @@ class TeacherModels:
         return self._external
 
 
-def with_teachers_data(config: CampaignConfig) -> tuple[CampaignConfig, str | None]:
-    """`config` with the data keys it leaves unset (dataset, validation split, image size, an image folder's
-    place) taken from teacher.dir's model.json, and a note saying so: an imported teacher was trained on one
-    split, and a campaign on another could not use it. `ikd distill` reads them the same way. Unchanged,
-    with no note, when data.name is set, there is no teacher.dir, or its model.json cannot be read (said
-    where the teacher is imported)."""
-    if config.teacher.dir is None or "name" in config.data.model_fields_set:
+DATA_KEYS = ("name", "val_fraction", "split_seed", "image_size")  # what a model's dataset record says of its split
+
+
+def with_teachers_data(config: CampaignConfig, run: RunDir) -> tuple[CampaignConfig, str | None]:
+    """`config` with the data keys it leaves unset taken from where its imported root was trained, and a note
+    saying which: an imported teacher was trained on one split, and a campaign on another could not use it
+    (`ikd distill` reads them the same way). From the run's recorded config once the run exists (the teacher's
+    directory may have changed or gone since: the run holds its own copy), else from teacher.dir's model.json;
+    an image folder's place from that model.json. Unchanged, with no note, without a teacher.dir, when
+    data.name names another dataset than the teacher's (its import then names the one to set), or when neither
+    can be read (said where the teacher is imported)."""
+    if config.teacher.dir is None:
         return config, None
     try:
         record = read_metadata(Path(config.teacher.dir)).get("dataset", {})
     except IkdError:
+        record = {}
+    stored = run.load().config.get("data", {}) if run.exists() else {}
+    source = f"as run {run.path} recorded" if stored else f"as teacher.dir {config.teacher.dir} was trained"
+    if not isinstance((stored or record).get("name"), str):
         return config, None
-    if not isinstance(record.get("name"), str):
+    origin = stored or record
+    recorded: dict[str, Any] = dict(zip(DATA_KEYS, (origin["name"], *recorded_split(origin)), strict=True))
+    if recorded["image_size"] == effective_image_size(recorded["name"], None):
+        recorded["image_size"] = None  # its dataset's own size: nothing to set
+    if record.get("name") == recorded["name"]:
+        recorded["dir"] = recorded_data_dir(record)
+    given = config.data.model_fields_set
+    if "name" in given and config.data.name != recorded["name"]:
         return config, None
-    val_fraction, split_seed, image_size = recorded_split(record)
-    if image_size == effective_image_size(record["name"], None):
-        image_size = None  # its dataset's own size: nothing to set
-    recorded = {"name": record["name"], "val_fraction": val_fraction, "split_seed": split_seed}
-    recorded |= {"image_size": image_size, "dir": recorded_data_dir(record)}
-    inherited = {k: v for k, v in recorded.items() if k not in config.data.model_fields_set and v is not None}
+    inherited = {k: v for k, v in recorded.items() if k not in given and v is not None and v != getattr(config.data, k)}
+    if not inherited:
+        return config, None
     document = config.model_dump(exclude_unset=True)
     document["data"] = {**document.get("data", {}), **inherited}
-    try:
-        taught = CampaignConfig.model_validate(document)
-    except ValidationError:
-        return config, None  # a record this ikd cannot use: the import says why
     said = ", ".join(f"data.{k} {v}" for k, v in inherited.items())
-    return taught, f"{said}: as teacher.dir {config.teacher.dir} was trained (its model.json)"
+    try:
+        return CampaignConfig.model_validate(document), f"{said}: {source}"
+    except ValidationError as exc:
+        key, first = first_validation_error(exc)
+        raise ConfigError(f"{said} ({source}): {key}: {first['msg']}") from None
 
 
 def import_teacher(ctx: CampaignContext, directory: Path, key: str = "teacher.dir") -> VGG:
@@ -130,7 +144,7 @@ def import_teacher(ctx: CampaignContext, directory: Path, key: str = "teacher.di
             f"(set data.name, --dataset {recorded['name']})"
         )
     if why := other_shape(spec, data):
-        resize = f" (set data.image_size: {spec.image_size})" if spec.image_size != data.image_size else ""
+        resize = f" (set data.image_size, --image-size {spec.image_size})" if spec.image_size != data.image_size else ""
         raise ConfigError(f"{key} {directory}: model {why}{resize}")
     if why := other_classes(recorded, data):
         raise ConfigError(f"{key} {directory}: {why}")
@@ -139,7 +153,8 @@ def import_teacher(ctx: CampaignContext, directory: Path, key: str = "teacher.di
     if split != expected:
         raise ConfigError(
             f"{key} {directory}: trained on dataset/val_fraction/split_seed {split}, "
-            f"the campaign uses {expected}; its validation accuracy would not be honest"
+            f"the campaign uses {expected}; its validation accuracy would not be honest (set data.*: --dataset, "
+            "--val-fraction, --split-seed; or leave them unset to take the teacher's)"
         )
     if list(recorded.get("mean", data.mean)) != list(data.mean):
         raise ConfigError(f"{key} {directory}: normalisation differs from this dataset's")
