@@ -880,6 +880,10 @@ def test_an_image_folder_teacher_gives_the_campaign_its_folder_and_size(tmp_path
     assert with_teachers_data(other, run) == (other, None)  # another dataset: its import names the one to set
     unreadable = load_config(None, {"teacher.dir": str(tmp_path / "nowhere")})
     assert with_teachers_data(unreadable, run) == (unreadable, None)  # said where the teacher is imported
+    meta["dataset"]["name"] = "svhn"  # a dataset this ikd does not know (a model.json from a later one)
+    (teacher / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"^data\.name svhn, .*\(as teacher\.dir .* was trained\): data\.name: "):
+        with_teachers_data(load_config(None, {"teacher.dir": str(teacher)}), run)
 
 
 def test_a_config_passed_as_an_object_is_checked_again_and_keeps_which_keys_were_set():
