@@ -107,10 +107,10 @@ def with_teachers_data(config: CampaignConfig, run: RunDir) -> tuple[CampaignCon
     except IkdError:
         record = {}
     stored = run.load().config.get("data", {}) if run.exists() else {}
-    source = f"as run {run.path} recorded" if stored else f"as teacher.dir {config.teacher.dir} was trained"
-    if not isinstance((stored or record).get("name"), str):
-        return config, None
     origin = stored or record
+    if not isinstance(origin.get("name"), str):
+        return config, None
+    source = f"as run {run.path} recorded" if stored else f"as teacher.dir {config.teacher.dir} was trained"
     recorded: dict[str, Any] = dict(zip(DATA_KEYS, (origin["name"], *recorded_split(origin)), strict=True))
     if recorded["image_size"] == effective_image_size(recorded["name"], None):
         recorded["image_size"] = None  # its dataset's own size: nothing to set
