@@ -896,3 +896,22 @@ def test_a_config_passed_as_an_object_is_checked_again_and_keeps_which_keys_were
     config.search.max_drop = 1.0
     for again in (as_config(config), as_config(config, {"search.max_generations": 3})):
         assert again.data.model_fields_set == {"val_fraction"} and again.data.val_fraction == 0.2
+
+
+def test_a_child_timed_on_another_cpu_is_not_timed_again(tmp_path, tiny_teacher, monkeypatch):
+    """A resume elsewhere decides from the record: timing the answer again could flip the stop with other noise."""
+    calls = fixed_timings(monkeypatch, 1.0, {1: 0.6, 2: 0.3})
+    keys = {"operators": ["width"], "max_generations": 3, "target_speedup": 3}
+    first = compress(campaign_config(tmp_path / "run", tiny_teacher, **keys), progress=False)
+    run = RunDir(tmp_path / "run")
+    elsewhere = [
+        n.model_copy(update={"speedup_timing": timing.model_copy(update={"device": "another CPU"})})
+        if (timing := n.speedup_timing)
+        else n
+        for n in first.nodes
+    ]
+    run.save(first.model_copy(update={"nodes": elsewhere, "stop_reason": None}))  # as if paused before it stopped
+    again = compress(campaign_config(tmp_path / "run", tiny_teacher, **keys), progress=False)
+    assert calls == [["g1-width"], ["g2-width"]]  # not timed again here
+    reason = again.stop_reason or ""
+    assert reason.startswith("target reached: g2-width") and "another CPU" in reason

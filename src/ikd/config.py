@@ -337,7 +337,7 @@ class SearchConfig(Strict):
         gt=1,
         description="stop once an accepted child runs at least this many times faster than the root teacher, "
         "timed beside it on this machine's CPU (onnxruntime, one thread, `speedup_batch` images a call; `ikd "
-        "export`'s protocol, about 10 s per accepted generation for a CIFAR-10 VGG-16) once, where it is accepted, "
+        "export`'s protocol, about 13 s per accepted generation for a CIFAR-10 VGG-16) once, where it is accepted, "
         "and recorded as its speedup_timing: a target in the currency deployment pays, which MACs only approximate",
     )
     speedup_batch: int = Field(default=1, gt=0, description="images per timed call for target_speedup")
