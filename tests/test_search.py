@@ -915,3 +915,15 @@ def test_a_child_timed_on_another_cpu_is_not_timed_again(tmp_path, tiny_teacher,
     assert calls == [["g1-width"], ["g2-width"]]  # not timed again here
     reason = again.stop_reason or ""
     assert reason.startswith("target reached: g2-width") and "another CPU" in reason
+
+
+def test_a_beam_names_the_same_node_for_its_target_in_a_fresh_run_and_a_rerun(tmp_path, tiny_teacher, monkeypatch):
+    # survivors may list a beam's narrow children last (accept_margin): the reason must not follow that order
+    survivors = ikd.rules.survivors
+    monkeypatch.setattr(ikd.rules, "survivors", lambda *args: list(reversed(survivors(*args))))
+    keys = {"strategy": "parent-children", "select": "tree", "beam": 2, "max_generations": 2}
+    config = campaign_config(tmp_path / "run", tiny_teacher, target_params=10**9, **keys)  # every child reaches it
+    fresh = compress(config, progress=False)
+    first = min((n for n in fresh.nodes if n.status == "accepted"), key=ikd.lineage.rank)
+    assert (fresh.stop_reason or "").startswith(f"target reached: {first.id} has")
+    assert compress(config, progress=False).stop_reason == fresh.stop_reason

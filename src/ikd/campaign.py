@@ -31,7 +31,18 @@ from ikd.distil import plan_pass, train_students
 from ikd.errors import ConfigError, IkdError
 from ikd.executor import WORKER_LOST
 from ikd.export import time_beside_root
-from ikd.lineage import FINAL_NOT_KEPT, LOST_STOP, ROOT_ID, Lineage, NodeKind, NodeRecord, RunDir, Session, Status
+from ikd.lineage import (
+    FINAL_NOT_KEPT,
+    LOST_STOP,
+    ROOT_ID,
+    Lineage,
+    NodeKind,
+    NodeRecord,
+    RunDir,
+    Session,
+    Status,
+    rank,
+)
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import OPERATORS, Candidate, inherit_by
@@ -281,7 +292,9 @@ class Campaign:
                 f"{node.compression:.1f}x, val {rules.points(node.val_accuracy or 0):.2f}%)"
             )
         chosen = self.time_against_root([self.lineage.node(n.id) for n in chosen])  # as recorded: accepted
-        return next((r for n in chosen if (r := rules.target_reached(n, self.search))), None)
+        # in the frontier's order (smallest first), as stop_before reads them on a rerun: survivors puts a beam's
+        # narrow children last, so the first to reach a target could be another node than a rerun names
+        return next((r for n in sorted(chosen, key=rank) if (r := rules.target_reached(n, self.search))), None)
 
     def time_against_root(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
         """`nodes`, each accepted one timed beside the root where search.target_speedup asks for it and it has
