@@ -644,7 +644,8 @@ def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], bat
     for name, (model, dataset, graph) in timed.items():
         check_timed_graph(name, model, dataset, graph)
     measured = measure_latencies(timed, batches=(batch,), threads=LATENCY_THREADS, runtimes=("onnxruntime",))
-    return {node.id: beside_reference(measured, reference.id)[node.id][0] for node in nodes}
+    beside = beside_reference(measured, reference.id)
+    return {node.id: beside[node.id][0] for node in nodes}
 
 
 def check_timed_graph(name: str, model: VGG, dataset: dict[str, Any], graph: bytes) -> None:

@@ -157,16 +157,16 @@ def record_latency(run: RunDir, measured: dict[str, list[Latency]]) -> None:
     if not measured:
         return
     lineage = run.load()
+
+    def merged(node: NodeRecord) -> NodeRecord:
+        new = measured[node.id]
+        replaced = {(m.runtime, m.batch) for m in new}
+        kept = [m for m in node.latency if (m.runtime, m.batch) not in replaced]
+        return node.model_copy(update={"latency": kept + new})
+
     # not add_nodes: that re-hashes the weights, and would hide a file changed since the node was recorded
-    nodes = [with_latency(n, measured[n.id]) if n.id in measured else n for n in lineage.nodes]
+    nodes = [merged(n) if n.id in measured else n for n in lineage.nodes]
     run.save(lineage.model_copy(update={"nodes": nodes}))
-
-
-def with_latency(node: NodeRecord, new: list[Latency]) -> NodeRecord:
-    """The node with `new` measurements in place of its earlier ones of the same (runtime, batch)."""
-    replaced = {(m.runtime, m.batch) for m in new}
-    kept = [m for m in node.latency if (m.runtime, m.batch) not in replaced]
-    return node.model_copy(update={"latency": kept + new})
 
 
 def beside_reference(measured: dict[str, list[Latency]], reference: str) -> dict[str, list[Latency]]:
