@@ -111,3 +111,27 @@ def test_a_final_left_from_an_earlier_answer_does_not_count_in_the_search_budget
     assert again.search_result().generation == 2 and again.search_epochs() == 2
     final = again.distilled()
     assert final is not None and final.parent == again.search_result().id
+
+
+def test_a_final_distillation_or_baseline_that_diverges_is_not_a_search_candidate(tiny_teacher, tmp_path, monkeypatch):
+    from ikd import train
+    from ikd.report import Report
+
+    from audit import fault_injection
+
+    monkeypatch.setattr(train._Student, "begin_epoch", train._Student.begin_epoch)  # undone after the test
+    fault_injection.bad_loss(float("nan"), "final", 1)
+    fault_injection.bad_loss(float("nan"), "baseline-scratch", 1)
+    lineage = run(tiny_teacher, tmp_path / "run", "--final-epochs", "2", "--baselines").load()
+    failed, scratch = lineage.node("final"), lineage.node("baseline-scratch")
+    assert failed.status == Status.FAILED and failed.kind is NodeKind.FINAL
+    assert scratch.status == Status.FAILED and scratch.kind is NodeKind.BASELINE
+    # the search's candidates and budget are the search's own; the answer stays the search's
+    assert all(n.id not in ("final", "baseline-scratch") for n in lineage.students())
+    searched = [n for n in lineage.nodes if n.generation > 0 and n.operator not in ("final", "baseline")]
+    assert lineage.search_epochs() == sum(n.epochs for n in searched)
+    assert lineage.distilled() is None and lineage.final() == lineage.search_result()
+    assert lineage.node("baseline-oneshot-kd").status == Status.BASELINE
+    lines = "\n".join(Report(lineage, "digits").facts())
+    assert f"Final distillation of {lineage.search_result().id} failed (" in lines
+    assert "baseline-scratch failed (" in lines

@@ -230,7 +230,10 @@ class Report:
         lines.append(self.cost())
         baselines = [n for n in self.lineage.nodes if n.kind is NodeKind.BASELINE]
         if baselines and self.final is not self.root:
-            compared = "; ".join(f"{n.id} {_pct(n.test_accuracy)}%" for n in baselines)
+            compared = "; ".join(
+                f"{n.id} failed ({n.reason})" if n.status == Status.FAILED else f"{n.id} {_pct(n.test_accuracy)}%"
+                for n in baselines
+            )
             final = self.lineage.distilled() is not None
             spent = "final student's chain, final distillation included" if final else "chain's"
             lines.append(
@@ -289,6 +292,10 @@ class Report:
         became the answer (validation decides); None without one, or when its answer is not in the lineage."""
         distilled = self.lineage.distilled()
         answer = self.lineage.find(distilled.parent or "") if distilled is not None else None
+        failed = [n for n in self.lineage.nodes if n.kind is NodeKind.FINAL and n.status == Status.FAILED]
+        if distilled is None and failed:
+            last = failed[-1]
+            return f"Final distillation of {last.parent} failed ({last.reason}): {self.final.id} stays the answer."
         if distilled is None or answer is None:
             return None
         line = (
