@@ -76,3 +76,29 @@ def test_a_candidate_heading_for_a_near_miss_is_not_hopeless(tiny_teacher, tmp_p
     assert first and retried  # at max_drop 0 every child misses, and retry_within 100 retries each
     assert all(judged[i] == pytest.approx(floor - 1.0) for i in first)
     assert all(judged[i] == pytest.approx(floor) for i in retried)
+
+
+def test_a_redecide_gives_early_rejection_only_the_evidence_a_fresh_run_would_have(tiny_teacher, tmp_path, monkeypatch):
+    # The first run accepts its smallest child in each of two generations. Replayed at max_drop 0, the first
+    # generation's smallest is rejected and the next one trains: a fresh run would then know one fully trained
+    # candidate (under rules.EVIDENCE), not also the old path's second generation, which it never reached.
+    seen: dict[str, tuple[float, ...]] = {}
+    real = training_pass.TrainingPass.give_up
+
+    def give_up(self, epochs):
+        seen.update((c.node_id, self.later_ratios) for c in self.candidates)
+        return real(self, epochs)
+
+    monkeypatch.setattr(training_pass.TrainingPass, "give_up", give_up)
+    args = campaign_args(tiny_teacher, tmp_path / "run", "--epochs", "3", "--early-rejection", "1")
+    args += ["--max-generations", "2", "--width-factors", "0.25,0.5"]
+    assert cli.main(args) == 0
+    first = RunDir(tmp_path / "run").load()
+    old_path = [n.id for n in first.students()]
+    assert [first.node(i).generation for i in old_path] == [1, 2] and rules.EVIDENCE == 2
+    seen.clear()
+    assert cli.main([*args, "--max-drop", "0", "--max-step-drop", "0", "--redecide"]) == 0
+    replay = RunDir(tmp_path / "run").load()
+    assert replay.node(old_path[0]).status == Status.REJECTED  # the replay's premise: the old answer fails
+    new = [n.id for n in replay.students() if n.id not in old_path]
+    assert new and seen[new[0]] == ()  # one fully trained candidate reached before it: no evidence yet

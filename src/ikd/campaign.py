@@ -117,6 +117,9 @@ class Campaign:
         self.lineage = lineage.model_copy(update={"sessions": [*lineage.sessions, session]})
         self.models = TeacherModels(self.ctx, lambda: self.lineage, teacher, hint_layer)
         self.passes_done = 0  # in this session
+        # candidates this session's search has trained or reused, in its order: with the decided ones, the
+        # evidence early rejection may read (a --redecide keeps another path's trainings it has not reached)
+        self.reached: set[str] = set()
 
     def record(self, *nodes: NodeRecord) -> None:
         self.lineage = self.ctx.run.add_nodes(self.lineage, nodes)
@@ -413,8 +416,10 @@ class Campaign:
                     floor=rules.early_floor(parent, self.lineage.root(), self.search),
                 )
             trained += [self.lineage.node(c.node_id) for c in batch]
+            self.reached.update(c.node_id for c in batch)
             retried, stopped = self.retry_near_misses(generation, parent, trained, len(batch), teacher_ids)
             trained += retried
+            self.reached.update(n.id for n in retried)
             if stopped:
                 return trained, [c.node_id for b in batches[i + 1 :] for c in b], True
         return trained, [], False
@@ -622,6 +627,7 @@ class Campaign:
             inherit_from=inherit_from,
             epochs=epochs,
             floor=floor,
+            reached=self.reached,
         )
         train_students(
             self.ctx,

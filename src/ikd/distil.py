@@ -3,7 +3,7 @@ student that comes back saved and recorded (or recorded as failed, with why)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ikd.context import CampaignContext
@@ -44,6 +44,7 @@ def plan_pass(
     inherit_from: str | None,
     epochs: int,
     floor: float | None = None,
+    reached: Collection[str] | None = None,
 ) -> TrainingPass:
     student, ensemble = ctx.config.student, ctx.config.ensemble
     augment = ctx.data.augment_for(student.augment)
@@ -65,7 +66,9 @@ def plan_pass(
         floor=floor,
         early_slack=ctx.config.search.early_rejection or None,
         later_ratios=(
-            late_error_ratios(lineage, epochs) if floor is not None and ctx.config.search.early_rejection else ()
+            late_error_ratios(lineage, epochs, reached)
+            if floor is not None and ctx.config.search.early_rejection
+            else ()
         ),
     )
 

@@ -172,24 +172,29 @@ def error(accuracy: float) -> float:
     return max(1.0 - accuracy, MIN_ERROR)
 
 
-def fully_trained_curves(lineage: Lineage, epochs: int) -> list[list[float]]:
+def fully_trained_curves(lineage: Lineage, epochs: int, reached: Collection[str] | None = None) -> list[list[float]]:
     """The last `epochs` validation accuracies of every candidate that trained a whole stage of at
-    least `epochs`: not one stopped early, nor a retry (another, longer schedule)."""
+    least `epochs`: not one stopped early, nor a retry (another, longer schedule). With `reached`, only
+    candidates decided or among those ids: the ones the search has come to on its path (a --redecide
+    keeps trainings of the old path, which a fresh run under the new rules would not have had yet)."""
     return [
         n.val_curve[-epochs:]
         for n in lineage.students()
-        if len(n.val_curve) >= epochs and STOPPED_EARLY not in n.reason and n.operator != RETRY
+        if len(n.val_curve) >= epochs
+        and STOPPED_EARLY not in n.reason
+        and n.operator != RETRY
+        and (reached is None or n.id in reached or n.status in (Status.ACCEPTED, Status.REJECTED))
     ]
 
 
-def late_error_ratios(lineage: Lineage, epochs: int) -> tuple[float, ...]:
+def late_error_ratios(lineage: Lineage, epochs: int, reached: Collection[str] | None = None) -> tuple[float, ...]:
     """Entry e-1: the most any candidate of this campaign that trained all of a stage of `epochs` went
     on to shrink its validation error after its epoch e (error at epoch e / error of its best later
     epoch); () until EVIDENCE candidates have. Under a one-cycle schedule children that start low gain
     most in the last epochs, so a candidate's own first epochs are not enough to give up on it; and one
     candidate is not enough either (on MNIST the only one trained before it would have stopped a child
-    at 97.20% after 2 of 5 epochs that ended at 99.47%, accepted)."""
-    curves = fully_trained_curves(lineage, epochs)
+    at 97.20% after 2 of 5 epochs that ended at 99.47%, accepted). `reached`: as fully_trained_curves."""
+    curves = fully_trained_curves(lineage, epochs, reached)
     if len(curves) < EVIDENCE:
         return ()
     return tuple(max(error(c[e - 1]) / error(max(c[e:])) for c in curves) for e in range(1, epochs))
