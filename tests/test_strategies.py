@@ -312,6 +312,7 @@ def test_a_lost_candidate_that_could_have_been_chosen_leaves_its_generation_unde
     assert (first.stop_reason or "").startswith(f"{LOST_STOP} g1-width in generation 1")
     assert "could have been chosen over g1-depth" in (first.stop_reason or "")
     assert first.node("g1-depth").status == "candidate" and first.final().id == "g0-teacher"
+    assert "once the candidates lost with their workers train again" in first.node("g1-depth").reason
     monkeypatch.undo()
     again = compress(config(tmp_path, tiny_teacher, **keys), progress=False)
     assert again.node("g1-width").status == "accepted" and again.node("g1-depth").status == "rejected"

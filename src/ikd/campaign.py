@@ -171,10 +171,19 @@ class Campaign:
             for n in self.lineage.students()
             if n.status == Status.CANDIDATE and not (cut_short and n.reason.startswith(BUDGET_UNDECIDED))
         }
-        nodes = [
-            n.model_copy(update={"reason": f"{UNDECIDED} the search no longer reaches it"}) if n.id in unreached else n
-            for n in self.lineage.nodes
-        ]
+        # ... or, after candidates were lost with their workers, waits in their generation for them
+        waiting = (
+            {n for n in unreached if self.lineage.node(n).generation == generation}
+            if stop.startswith(LOST_STOP)
+            else set()
+        )
+        reasons = {
+            n: f"{UNDECIDED} decided once the candidates lost with their workers train again (rerun the command)"
+            if n in waiting
+            else f"{UNDECIDED} the search no longer reaches it"
+            for n in unreached
+        }
+        nodes = [n.model_copy(update={"reason": reasons[n.id]}) if n.id in reasons else n for n in self.lineage.nodes]
         self.lineage = self.lineage.model_copy(update={"stop_reason": stop, "nodes": nodes})
         self.ctx.run.save(self.lineage)
         self.ctx.log(f"stopped: {stop}")
