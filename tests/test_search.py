@@ -94,6 +94,27 @@ def test_a_child_that_passes_without_the_accept_margin_makes_its_larger_siblings
     assert lineage.node("g1-depth").reason == "within tolerance, but g1-width is smaller"
 
 
+def test_the_objective_macs_keeps_the_child_of_fewest_macs_and_trains_in_that_order(tmp_path, tiny_teacher):
+    # On the tiny teacher, depth leaves fewer parameters than block (7,514 against 9,850) and more MACs
+    # (230,720 against 212,288): the two objectives disagree on the smallest child.
+    def config(name, **search):
+        return campaign_config(tmp_path / name, tiny_teacher, operators=["depth", "block"], max_generations=1, **search)
+
+    by_params = compress(config("params", candidates="all"), progress=False)
+    by_macs = compress(config("macs", candidates="all", objective="macs"), progress=False)
+    depth, block = by_macs.node("g1-depth"), by_macs.node("g1-block")
+    assert depth.params < block.params and depth.macs > block.macs  # the premise
+    assert by_params.search_result().id == "g1-depth" and by_macs.search_result().id == "g1-block"
+    assert depth.status == "rejected" and depth.reason == "within tolerance, but g1-block costs fewer MACs"
+    # smallest first by MACs: block trains first, passes with room, and depth never trains
+    lazy = compress(config("lazy", objective="macs"), progress=False)
+    assert [n.id for n in lazy.students()] == ["g1-block"] and lazy.search_result().id == "g1-block"
+    # a decision key: --redecide replays the params run by MACs, training nothing
+    redecided = compress(config("params", candidates="all", objective="macs"), progress=False, redecide=True)
+    assert redecided.search_result().id == "g1-block"
+    assert [(n.id, n.sha256) for n in redecided.nodes] == [(n.id, n.sha256) for n in by_params.nodes]
+
+
 def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):
     config = campaign_config(
         tmp_path / "run", tiny_teacher, max_drop=0.0, max_step_drop=0.0, operators=["width"], width_factor=0.1

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -31,6 +31,7 @@ PRESET_BLOCKS: dict[str, list[list[int]]] = {
     "vgg19": [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512, 512, 512], [512, 512, 512, 512]],
 }
 PRESETS = tuple(PRESET_BLOCKS)
+Objective = Literal["params", "macs"]  # search.objective: what "smallest" means to the search
 
 FP32_BYTES = 4
 # BatchNorm keeps running_mean and running_var (fp32) and num_batches_tracked (int64) per layer.
@@ -123,6 +124,10 @@ class ArchSpec(BaseModel):
         conv = sum(cin * cout * 9 * size * size for cin, cout, size in self.convs())
         linear = sum(fan_in * fan_out for fan_in, fan_out in self.linears())
         return conv + linear
+
+    def size(self, objective: Objective = "params") -> int:
+        """The size search.objective orders by: parameters (memory) or MACs per image (compute)."""
+        return self.macs() if objective == "macs" else self.num_params()
 
     def summary(self) -> str:
         """Compact one-line description, e.g. `64x2-128x2-256x3 | head 512`."""

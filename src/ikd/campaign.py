@@ -42,6 +42,7 @@ from ikd.lineage import (
     Session,
     Status,
     rank,
+    size,
 )
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
@@ -286,8 +287,9 @@ class Campaign:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
         decided = [node.model_copy(update={"status": Status.ACCEPTED, "reason": reason}) for node in chosen]
         for node in (n for n in kept if n not in chosen):
-            smaller = chosen[0].params < node.params
-            why = f"{chosen[0].id} is {'smaller' if smaller else 'as small, and no less accurate by validation'}"
+            smaller = size(chosen[0], self.search.objective) < size(node, self.search.objective)
+            smaller_by = "is smaller" if self.search.objective == "params" else "costs fewer MACs"
+            why = f"{chosen[0].id} {smaller_by if smaller else 'is as small, and no less accurate by validation'}"
             why = why if beam == 1 else f"outside the beam of {beam}"
             if node.id in narrow and chosen[0].id not in narrow:
                 why = f"only {narrow[node.id]:.2f} points above its floor (accept_margin {self.search.accept_margin})"
@@ -306,7 +308,8 @@ class Campaign:
         chosen = self.time_against_root([self.lineage.node(n.id) for n in chosen])  # as recorded: accepted
         # in the frontier's order (smallest first), as stop_before reads them on a rerun: survivors puts a beam's
         # narrow children last, so the first to reach a target could be another node than a rerun names
-        return next((r for n in sorted(chosen, key=rank) if (r := rules.target_reached(n, self.search))), None)
+        ordered = sorted(chosen, key=lambda n: rank(n, self.search.objective))
+        return next((r for n in ordered if (r := rules.target_reached(n, self.search))), None)
 
     def time_against_root(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
         """`nodes`, each accepted one timed beside the root where search.target_speedup asks for it and it has
@@ -398,7 +401,7 @@ class Campaign:
             if (
                 not together
                 and trained
-                and batch[0].spec.num_params() > trained[-1].params
+                and batch[0].spec.size(self.search.objective) > size(trained[-1], self.search.objective)
                 and any(rules.roomy(n, parent, self.lineage.root(), self.search) for n in trained)
             ):
                 return trained, not_trained, False

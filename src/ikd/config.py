@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from ikd.arch import LAYOUT_EXAMPLE, PRESETS, check_arch
+from ikd.arch import LAYOUT_EXAMPLE, PRESETS, Objective, check_arch
 from ikd.data import DATASETS, MAX_IMAGE_SIZE, Augmentation, DataSplits, load_dataset
 from ikd.data.paths import same_place
 from ikd.errors import ConfigError, first_validation_error
@@ -308,6 +308,13 @@ class SearchConfig(Strict):
         gt=0,
         json_schema_extra=cli_flag("--max-generations"),
         description="stop after this many generations",
+    )
+    objective: Objective = Field(
+        default="params",
+        json_schema_extra=cli_flag("--objective"),
+        description='what "smallest" means to the search: params (memory) or macs (multiply-accumulates per '
+        "image: compute); candidates train in this order and the smallest within tolerance is kept. On a CNN the "
+        "two disagree: a late conv holds many parameters and few MACs, an early one the reverse",
     )
     candidates: Literal["smallest-first", "all"] = Field(
         default="smallest-first",

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ikd.arch import ArchSpec
+from ikd.arch import ArchSpec, Objective
 from ikd.atomic import TEMP_SUFFIX, atomic_write_json, is_temp_name
 from ikd.checkpoint import META_FILE, WEIGHTS_FILE, load_model
 from ikd.dirlock import held
@@ -233,9 +233,14 @@ class NodeRecord(BaseModel):
         return value
 
 
-def rank(node: NodeRecord) -> tuple[int, float]:
-    """Survivor order: fewer parameters first, then higher validation accuracy."""
-    return node.params, -(node.val_accuracy or 0.0)
+def size(node: NodeRecord, objective: Objective = "params") -> int:
+    """The node's size in the search's currency: parameters or MACs per image."""
+    return node.macs if objective == "macs" else node.params
+
+
+def rank(node: NodeRecord, objective: Objective = "params") -> tuple[int, float]:
+    """Survivor order: the smallest by `objective` first, then higher validation accuracy."""
+    return size(node, objective), -(node.val_accuracy or 0.0)
 
 
 CONFIG_SECTIONS = ("data", "teacher", "student", "loss", "search", "ensemble", "executor")
@@ -303,7 +308,12 @@ class Lineage(BaseModel):
     def search_result(self) -> NodeRecord:
         """The smallest accepted student (the root when none was), before any final distillation."""
         accepted = [n for n in self.nodes if n.status == Status.ACCEPTED]
-        return min(accepted, key=rank) if accepted else self.root()
+        return min(accepted, key=lambda n: rank(n, self.objective())) if accepted else self.root()
+
+    def objective(self) -> Objective:
+        """The search's search.objective (params in a lineage from before the key)."""
+        search = self.config.get("search")
+        return "macs" if isinstance(search, dict) and search.get("objective") == "macs" else "params"
 
     def students(self) -> list[NodeRecord]:
         """The search's candidates, whatever was decided (not teachers, experts or baselines)."""

@@ -13,7 +13,7 @@ from itertools import pairwise
 from pydantic import ValidationError
 
 from ikd.config import CampaignConfig, SearchConfig
-from ikd.lineage import FINAL_NOT_KEPT, Latency, Lineage, NodeRecord, Status, rank
+from ikd.lineage import FINAL_NOT_KEPT, Latency, Lineage, NodeRecord, Status, rank, size
 from ikd.shrink import OPERATORS
 
 
@@ -148,7 +148,9 @@ def retry_could_be_chosen(
     rivals = {
         json.dumps(n.arch, sort_keys=True)
         for n in siblings
-        if n.id != node.id and n.params <= node.params and roomy(n, parent, root, search)
+        if n.id != node.id
+        and size(n, search.objective) <= size(node, search.objective)
+        and roomy(n, parent, root, search)
     }
     return len(rivals) < search.kept_per_generation()
 
@@ -266,6 +268,7 @@ REDECIDE_KEYS = frozenset(
         "beam",
         "candidates",
         "max_generations",
+        "objective",
         "target_params",
         "target_compression",
         "target_macs",
@@ -284,7 +287,7 @@ def frontier(lineage: Lineage) -> list[NodeRecord]:
     if not accepted:
         return [lineage.root()]
     latest = max(n.generation for n in accepted)
-    return sorted((n for n in accepted if n.generation == latest), key=rank)
+    return sorted((n for n in accepted if n.generation == latest), key=lambda n: rank(n, lineage.objective()))
 
 
 def hint_pre_epochs(config: CampaignConfig) -> int:
@@ -330,7 +333,7 @@ def survivors(kept: list[NodeRecord], search: SearchConfig, narrow: Collection[s
     architecture: two branches of a tree often reach the same shape (depth then width, width then
     depth), and a beam filled with twins would grow the same children twice."""
     distinct: dict[str, NodeRecord] = {}  # by architecture, the first in survivor order
-    for node in sorted(kept, key=lambda n: (n.id in narrow, *rank(n))):
+    for node in sorted(kept, key=lambda n: (n.id in narrow, *rank(n, search.objective))):
         distinct.setdefault(json.dumps(node.arch, sort_keys=True), node)
     return list(distinct.values())[: search.kept_per_generation()]
 

@@ -33,9 +33,9 @@ SEED_SUFFIX = "-s"  # the id suffix of such a sibling: g2-width-s1
 
 
 def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Scales | None = None) -> list[Candidate]:
-    """The children one parent proposes, smallest first; node ids start with `prefix`. `scales` are
-    the parent's BatchNorm scales (ikd.inherit.bn_scales), which the slim operator ranks; without
-    them it proposes nothing."""
+    """The children one parent proposes, smallest first (by search.objective); node ids start with
+    `prefix`. `scales` are the parent's BatchNorm scales (ikd.inherit.bn_scales), which the slim
+    operator ranks; without them it proposes nothing."""
     proposals: list[tuple[str, str, ArchSpec | None]] = []  # (operator, label, child spec)
     for name in search.operators:
         kind = OPERATORS[name]
@@ -62,7 +62,7 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
         for j in range(seeds):
             suffix = f"{SEED_SUFFIX}{j}" if seeds > 1 else ""
             candidates.append(Candidate(f"{prefix}{label}{suffix}", name, spec, j, OPERATORS[name].inherit_by))
-    return sorted(candidates, key=lambda c: (c.spec.num_params(), c.node_id))
+    return sorted(candidates, key=lambda c: (c.spec.size(search.objective), c.node_id))
 
 
 def seed_index(node_id: str) -> int:
