@@ -94,25 +94,30 @@ def test_a_child_that_passes_without_the_accept_margin_makes_its_larger_siblings
     assert lineage.node("g1-depth").reason == "within tolerance, but g1-width is smaller"
 
 
-def test_the_objective_macs_keeps_the_child_of_fewest_macs_and_trains_in_that_order(tmp_path, tiny_teacher):
-    # On the tiny teacher, depth leaves fewer parameters than block (7,514 against 9,850) and more MACs
-    # (230,720 against 212,288): the two objectives disagree on the smallest child.
+def test_the_objective_macs_cuts_and_keeps_by_macs_and_trains_in_that_order(tmp_path, tiny_teacher):
+    # By parameters the tiny teacher's depth child drops a late conv; by MACs depth drops an early one
+    # and block halves the first block, the cheapest child by MACs (test_shrink has the operators' rule).
     def config(name, **search):
         return campaign_config(tmp_path / name, tiny_teacher, operators=["depth", "block"], max_generations=1, **search)
 
     by_params = compress(config("params", candidates="all"), progress=False)
     by_macs = compress(config("macs", candidates="all", objective="macs"), progress=False)
-    depth, block = by_macs.node("g1-depth"), by_macs.node("g1-block")
-    assert depth.params < block.params and depth.macs > block.macs  # the premise
-    assert by_params.search_result().id == "g1-depth" and by_macs.search_result().id == "g1-block"
+    chose, chose_by_macs = by_params.search_result(), by_macs.search_result()
+    assert (chose.id, chose_by_macs.id) == ("g1-depth", "g1-block")
+    assert chose_by_macs.macs < chose.macs and chose_by_macs.params > chose.params  # the trade
+    assert chose_by_macs.macs == min(n.macs for n in by_macs.students())
+    depth = by_macs.node("g1-depth")
     assert depth.status == "rejected" and depth.reason == "within tolerance, but g1-block costs fewer MACs"
     # smallest first by MACs: block trains first, passes with room, and depth never trains
     lazy = compress(config("lazy", objective="macs"), progress=False)
-    assert [n.id for n in lazy.students()] == ["g1-block"] and lazy.search_result().id == "g1-block"
-    # a decision key: --redecide replays the params run by MACs, training nothing
+    assert [n.id for n in lazy.students()] == ["g1-block"] and lazy.search_result().arch == chose_by_macs.arch
+    # a decision key: --redecide replays the params run by MACs, training the children that objective cuts
     redecided = compress(config("params", candidates="all", objective="macs"), progress=False, redecide=True)
-    assert redecided.search_result().id == "g1-block"
-    assert [(n.id, n.sha256) for n in redecided.nodes] == [(n.id, n.sha256) for n in by_params.nodes]
+    assert redecided.search_result().arch == chose_by_macs.arch
+    # the same decisions as the run made under it (the old children share their ids and are trained over)
+    assert [(n.id, n.arch, n.status, n.reason) for n in redecided.nodes] == [
+        (n.id, n.arch, n.status, n.reason) for n in by_macs.nodes
+    ]
 
 
 def test_strict_tolerance_rejects_and_stops(tmp_path, tiny_teacher):

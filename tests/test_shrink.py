@@ -80,6 +80,20 @@ def test_block_narrows_only_the_block_where_that_saves_most():
     assert shrink_block(ones, 0.5) is None  # nothing left to narrow
 
 
+def test_depth_and_block_cut_where_the_objective_saves_most():
+    # two blocks of equal convs: the same parameters, but the first block's see a 4x larger feature map
+    spec = ArchSpec(in_channels=3, image_size=32, num_classes=10, blocks=[[32, 32], [32, 32]])
+    assert shrunk(shrink_depth(spec)).blocks == [[32, 32], [32]]  # a tie in parameters: the later block
+    by_macs = shrunk(shrink_depth(spec, "macs"))
+    assert by_macs.blocks == [[32], [32, 32]] and by_macs.macs() < shrunk(shrink_depth(spec)).macs()
+    assert get_operator("depth", objective="macs")(spec) == by_macs
+    # a later block twice as wide: halving it saves more parameters, halving the first more MACs
+    wider = spec.model_copy(update={"blocks": [[32, 32], [64, 64]]})
+    assert shrunk(shrink_block(wider, 0.5)).blocks == [[32, 32], [32, 32]]
+    assert shrunk(shrink_block(wider, 0.5, "macs")).blocks == [[16, 16], [64, 64]]
+    assert get_operator("block", 0.5, objective="macs")(wider) == shrink_block(wider, 0.5, "macs")
+
+
 def test_depth_inheritance_keeps_surviving_layers_exactly():
     parent_spec = ArchSpec(in_channels=1, image_size=8, num_classes=4, blocks=[[4, 6], [8, 8]], head=[5])
     parent = build_model(parent_spec, seed=0)

@@ -313,8 +313,9 @@ class SearchConfig(Strict):
         default="params",
         json_schema_extra=cli_flag("--objective"),
         description='what "smallest" means to the search: params (memory) or macs (multiply-accumulates per '
-        "image: compute); candidates train in this order and the smallest within tolerance is kept. On a CNN the "
-        "two disagree: a late conv holds many parameters and few MACs, an early one the reverse",
+        "image: compute); candidates train in this order, the smallest within tolerance is kept, and depth and "
+        "block cut where that saves the most of it. On a CNN the two disagree: a late conv holds many parameters "
+        "and few MACs, an early one the reverse",
     )
     candidates: Literal["smallest-first", "all"] = Field(
         default="smallest-first",

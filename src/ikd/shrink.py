@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ikd.arch import ArchSpec
+from ikd.arch import ArchSpec, Objective
 from ikd.errors import ConfigError
 
 
@@ -92,18 +92,20 @@ def _without_conv(spec: ArchSpec, block: int) -> ArchSpec:
     return spec.model_copy(update={"blocks": blocks})
 
 
-def shrink_depth(spec: ArchSpec) -> ArchSpec | None:
-    """Drop the last conv of the block where that saves the most parameters (later block on ties).
+def shrink_depth(spec: ArchSpec, objective: Objective = "params") -> ArchSpec | None:
+    """Drop the last conv of the block where that saves the most parameters (later block on ties), or
+    the most MACs per image under `objective` macs.
 
-    In a VGG that is the last conv of the widest, deepest block, so the network loses its most
-    expensive layers first and whole blocks disappear from the end, as in the paper.
+    By parameters, in a VGG that is the last conv of the widest, deepest block, so the network loses its
+    most expensive layers first and whole blocks disappear from the end, as in the paper; by MACs, a conv
+    of the early blocks, which see the largest feature maps.
     """
     if sum(len(b) for b in spec.blocks) <= 1:
         return None
     candidates = [_without_conv(spec, i) for i in range(len(spec.blocks))]
-    child = min(reversed(candidates), key=lambda child: child.num_params())
+    child = min(reversed(candidates), key=lambda child: child.size(objective))
     # dropping a narrow last conv can widen what the head reads ([[512, 8]] -> [[512]]): no compression
-    return child if child.num_params() < spec.num_params() else None
+    return child if child.size(objective) < spec.size(objective) else None
 
 
 def shrink_stage(spec: ArchSpec) -> ArchSpec | None:
@@ -231,18 +233,20 @@ def shrink_slim(
     return child if child != spec else None  # nothing could go
 
 
-def shrink_block(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR) -> ArchSpec | None:
+def shrink_block(
+    spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR, objective: Objective = "params"
+) -> ArchSpec | None:
     """Scale one block's conv widths by `factor` (rounded up, at least 1): the block where that saves the
-    most parameters (later block on ties), as shrink_depth picks its conv. The other blocks and the head
-    keep their widths, so the network narrows where it is most expensive first."""
+    most parameters (later block on ties), or MACs under `objective` macs, as shrink_depth picks its conv.
+    The other blocks and the head keep their widths, so the network narrows where it is most expensive first."""
     scale = _scaler(factor)
     candidates = []
     for i, block in enumerate(spec.blocks):
         blocks = [list(b) for b in spec.blocks]
         blocks[i] = [scale(w) for w in block]
         candidates.append(spec.model_copy(update={"blocks": blocks}))
-    smallest = min(reversed(candidates), key=lambda child: child.num_params())
-    return smallest if smallest.num_params() < spec.num_params() else None
+    smallest = min(reversed(candidates), key=lambda child: child.size(objective))
+    return smallest if smallest.size(objective) < spec.size(objective) else None
 
 
 def _with_widths(spec: ArchSpec, widths: list[int]) -> ArchSpec:
@@ -259,19 +263,22 @@ def get_operator(
     min_channels: int = DEFAULT_SLIM_MIN_CHANNELS,
     by_share: bool = False,
     round_to: int = 1,
+    objective: Objective = "params",
 ) -> Callable[[ArchSpec], ArchSpec | None]:
     """The shrink operator `name`. `factor` is width's and block's scale (default DEFAULT_WIDTH_FACTOR) or
     slim's share of parameters to remove (default DEFAULT_SLIM_FRACTION); slim also needs the
     parent's `scales`, keeps at least `min_channels` per conv and, with `by_share`, ranks channels by
-    their share of what their layer still keeps and keeps widths multiples of `round_to` (shrink_slim)."""
+    their share of what their layer still keeps and keeps widths multiples of `round_to` (shrink_slim).
+    depth and block pick where to cut by `objective` (search.objective); the others cut alike either way."""
     if name == "depth":
-        return shrink_depth
+        return lambda spec: shrink_depth(spec, objective)
     if name == "stage":
         return shrink_stage
     if name in ("width", "block"):
         width_factor = DEFAULT_WIDTH_FACTOR if factor is None else factor
-        shrink = shrink_width if name == "width" else shrink_block
-        return lambda spec: shrink(spec, width_factor)
+        if name == "block":
+            return lambda spec: shrink_block(spec, width_factor, objective)
+        return lambda spec: shrink_width(spec, width_factor)
     if name == "slim":
         if scales is None:
             raise ConfigError("the slim operator ranks the parent's channels: it needs their BatchNorm scales")

@@ -51,6 +51,7 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
                 min_channels=search.slim_min_channels,
                 by_share=search.slim_by_share,
                 round_to=search.slim_round_to,
+                objective=search.objective,
             )
             proposals.append((name, label, operator(parent_spec)))
     seen, candidates = set(), []
