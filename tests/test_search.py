@@ -398,6 +398,41 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
     assert RunDir(tmp_path / "own").load().nodes == lineage.nodes
 
 
+def test_a_users_module_gives_its_first_student_student_first_epochs(tmp_path, digits, tiny_teacher, capsys):
+    # the first student starts from random weights: its own schedule; the children after it inherit
+    teacher = own_teacher(digits)
+    student = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [8]])
+    overrides = own_teacher_overrides(tmp_path / "own") | {"student.first_epochs": 3}
+    lineage = ikd.compress(overrides=overrides, progress=False, teacher=teacher, hint_layer="1", student=student)
+    first, child = lineage.node("g1-student"), lineage.node("g2-width")
+    assert (first.epochs, len(first.val_curve), child.epochs) == (3, 3, 1)
+    assert lineage.search_epochs() == 4
+    # a --redecide keeps it: it trained all the epochs its config asks of it
+    redecided = ikd.compress(
+        overrides=overrides | {"search.max_generations": 1},
+        progress=False,
+        teacher=teacher,
+        hint_layer="1",
+        student=student,
+        redecide=True,
+    )
+    assert redecided.node("g1-student").sha256 == first.sha256 and redecided.search_result().id == "g1-student"
+    # a budget under the first student's epochs stops before any work, saying why
+    with pytest.raises(ConfigError, match="first student of a user module trains for 3 epochs"):
+        ikd.compress(
+            overrides=overrides | {"run_dir": str(tmp_path / "budget"), "search.budget_epochs": 2},
+            progress=False,
+            teacher=teacher,
+            hint_layer="1",
+            student=student,
+        )
+    # without a module it is named as read by nothing
+    capsys.readouterr()
+    config = campaign_config(tmp_path / "plain", tiny_teacher, max_generations=1)
+    compress(config.model_copy(update={"student": config.student.model_copy(update={"first_epochs": 3})}))
+    assert "note: student.first_epochs: read only when the root is a user's module" in capsys.readouterr().err
+
+
 def test_a_teacher_module_is_refused_by_a_run_ikd_trained_the_root_of(tmp_path, tiny_teacher, digits):
     compress(campaign_config(tmp_path / "run", tiny_teacher, max_generations=1), progress=False)
     with pytest.raises(ConfigError, match="not a module passed from Python"):

@@ -106,7 +106,10 @@ class Campaign:
         self.config, self.search, self.first_student, self.redecide = config, config.search, student, redecide
         if taught is not None:
             self.ctx.log(f"note: {taught}")
-        for note in config.inert_settings():
+        inert = config.inert_settings()
+        if teacher is None and config.student.first_epochs is not None:
+            inert.append("student.first_epochs: read only when the root is a user's module (compress(teacher=...))")
+        for note in inert:
             self.ctx.log(f"note: {note}; set here, it changes nothing")
         lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)
         session = Session(
@@ -344,10 +347,18 @@ class Campaign:
         only one candidate's cost; the root's spec says how many the first generation proposes (a lower
         bound: slim proposes only once the teacher's BatchNorm scales exist)."""
         budget = self.search.budget_epochs
-        if budget is None or not self.search.trains_together() or self.lineage.students():
+        if budget is None or self.lineage.students():
             return
-        if self.models.user_module is not None:
-            return  # one first student, of the user's spec: the config's check covers it
+        if self.models.user_module is not None:  # one first student, of the user's spec
+            first = rules.epochs_per_child(self.config, rules.FIRST_STUDENT)
+            if not rules.budget_allows(0, 1, first, budget):
+                raise ConfigError(
+                    f"search.budget_epochs {budget}: the first student of a user module trains for {first} epochs "
+                    "(student.first_epochs); with less the search would stop before any student"
+                )
+            return
+        if not self.search.trains_together():
+            return
         root = self.lineage.find(ROOT_ID)
         try:
             if root is not None:
@@ -376,7 +387,7 @@ class Campaign:
                     f"warning: the first student ({spec.summary()}, {spec.num_params():,} params) is not smaller "
                     f"than the teacher module ({parent.params:,} params); pass a smaller one as student="
                 )
-            return [Candidate(f"{prefix}student", "initial", spec)]
+            return [Candidate(f"{prefix}student", rules.FIRST_STUDENT, spec)]
         scales = None
         if any(OPERATORS[name].needs_scales for name in self.search.operators):  # slim ranks the trained channels
             from ikd.inherit import bn_scales
@@ -408,7 +419,10 @@ class Campaign:
             # else finished before a stop (or, after --redecide, on the same path before)
             todo = [c for c in batch if self.needs_training(c, parent.id, teacher_ids)]
             if todo and not rules.budget_allows(
-                self.lineage.search_epochs(), len(todo), rules.epochs_per_child(self.config), self.search.budget_epochs
+                self.lineage.search_epochs(),
+                len(todo),
+                rules.epochs_per_child(self.config, batch[0].operator),
+                self.search.budget_epochs,
             ):
                 return trained, not_trained, True
             if todo:
@@ -422,7 +436,7 @@ class Campaign:
                     generation,
                     teacher_ids,
                     self.inherit_from(parent),
-                    self.config.student.epochs,
+                    rules.child_epochs(self.config, batch[0].operator),
                     status=Status.CANDIDATE,
                     parent_id=parent.id,
                     floor=rules.early_floor(parent, self.lineage.root(), self.search),

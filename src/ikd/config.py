@@ -169,6 +169,13 @@ class StudentConfig(OptimConfig):
     epochs: int = Field(
         default=5, gt=0, json_schema_extra=cli_flag("--epochs"), description="epochs to distil each candidate child"
     )
+    first_epochs: int | None = Field(
+        default=None,
+        gt=0,
+        description="epochs of the chain's first student when the root is a user's own module (Python API: "
+        "compress(config, teacher=module)): that student starts from random weights, where every later child "
+        "inherits its parent's, so it needs a longer schedule to come near its teacher; unset = student.epochs",
+    )
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
         default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first"

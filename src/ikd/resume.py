@@ -113,7 +113,7 @@ def open_campaign(
         log(f"nodes with missing or changed weights will be retrained: {', '.join(sorted(corrupt | dependents))}")
         lineage = lineage.model_copy(update={"nodes": [n for n in lineage.nodes if n.id not in corrupt | dependents]})
     if redecide:
-        lineage = undecided(lineage, rules.epochs_per_child(config), rules.epochs_per_retry(config), log)
+        lineage = undecided(lineage, config, log)
     # not saved here: the campaign writes it once its own checks pass, so a refusal (or Ctrl-C) before
     # any work leaves the decisions --redecide undid and the nodes --force dropped on disk
     return lineage.model_copy(update={"config": wanted})
@@ -129,13 +129,21 @@ def with_image_size(document: dict) -> dict:
     return {**document, "data": {**data, "image_size": size}}
 
 
-def undecided(lineage: Lineage, epochs: int, retry_epochs: int, log: Callable[[str], None]) -> Lineage:
-    """The lineage with its search's decisions undone: every candidate that trained all `epochs`
-    (a retry: `retry_epochs`) back to `candidate`, to be reused where the replayed search reaches
-    it; one stopped early (or trained for other epochs) goes, with what grew from it, as its stop
-    depended on the old rules."""
+def undecided(lineage: Lineage, config: CampaignConfig, log: Callable[[str], None]) -> Lineage:
+    """The lineage with its search's decisions undone: every candidate that trained all its epochs
+    under `config` (rules.epochs_per_child; a retry: epochs_per_retry) back to `candidate`, to be reused
+    where the replayed search reaches it; one stopped early (or trained for other epochs) goes, with
+    what grew from it, as its stop depended on the old rules."""
     students = [n for n in lineage.students() if n.status != Status.FAILED]  # a failure is not a decision
-    partial = {n.id for n in students if n.epochs != (retry_epochs if n.operator == rules.RETRY else epochs)}
+
+    def planned(node: NodeRecord) -> int:
+        return (
+            rules.epochs_per_retry(config)
+            if node.operator == rules.RETRY
+            else rules.epochs_per_child(config, node.operator)
+        )
+
+    partial = {n.id for n in students if n.epochs != planned(n)}
     gone = partial | grown_from(lineage.nodes, partial)
     nodes = [
         n.model_copy(update={"status": Status.CANDIDATE, "reason": ""}) if n in students else n

@@ -306,9 +306,19 @@ def distilled_within(config: CampaignConfig, total: int) -> int:
     return max(1, total - hint_pre_epochs(config))
 
 
-def epochs_per_child(config: CampaignConfig) -> int:
-    """Epochs one candidate costs."""
-    return pass_epochs(config, config.student.epochs)
+FIRST_STUDENT = "initial"  # the operator of a user module's first student: a spec trained from random weights
+
+
+def child_epochs(config: CampaignConfig, operator: str | None = None) -> int:
+    """The epochs a candidate of `operator` distils for: student.epochs, or student.first_epochs for a user
+    module's first student (where set)."""
+    first = config.student.first_epochs
+    return first if operator == FIRST_STUDENT and first is not None else config.student.epochs
+
+
+def epochs_per_child(config: CampaignConfig, operator: str | None = None) -> int:
+    """Epochs one candidate (of `operator`) costs."""
+    return pass_epochs(config, child_epochs(config, operator))
 
 
 def retry_epochs(config: CampaignConfig) -> int:
