@@ -689,6 +689,31 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
             assert node.parent is not None and again.node(node.parent).status in ("accepted", "teacher")
 
 
+def test_a_failure_left_from_another_path_is_trained_again_not_reused(tmp_path, tiny_teacher):
+    # A --redecide killed halfway, resumed without the flag, keeps the old path's failures: one of the
+    # asked id and shape, grown from another parent, is another training (a failure is not a decision)
+    from ikd.lineage import NodeRecord
+
+    first = compress(campaign_config(tmp_path / "run", tiny_teacher, operators=["width"], max_generations=1))
+    parent = first.node("g1-width")
+    old = NodeRecord.of_spec(
+        "g2-width",
+        shrink_width(parent.spec()),
+        root_params=first.root().params,
+        generation=2,
+        parent="g0-teacher",  # not the parent the search now grows it from
+        teachers=["g0-teacher"],
+        operator="width",
+        status="failed",
+        reason="loss became nan at epoch 1",
+        epochs=1,
+    )
+    RunDir(tmp_path / "run").save(first.model_copy(update={"nodes": [*first.nodes, old]}))
+    again = compress(campaign_config(tmp_path / "run", tiny_teacher, operators=["width"]), force=True)
+    grown = again.node("g2-width")
+    assert grown.parent == "g1-width" and grown.status == "accepted" and grown.sha256
+
+
 @pytest.mark.parametrize("key", ["search.width_factor", "search.slim_fraction"])
 def test_scales_that_would_share_a_node_id_are_refused(key):
     # g1-width50 twice, with different architectures, would overwrite each other's records

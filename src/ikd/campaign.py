@@ -540,8 +540,10 @@ class Campaign:
             return True
         # Decided records are trusted (their generation was decided before the next one trained), except
         # when deciding again, or when they hold another shape than asked (--force changed an operator's
-        # factor: `g3-width` at 0.5, then at 0.75); an undecided one may be left from another path.
-        checked = self.redecide or node.status == Status.CANDIDATE or node.spec() != candidate.spec
+        # factor: `g3-width` at 0.5, then at 0.75); an undecided or failed one may be left from another path
+        # (a --redecide killed halfway and resumed without the flag keeps the old path's failures).
+        undecided = node.status in (Status.CANDIDATE, Status.FAILED)
+        checked = self.redecide or undecided or node.spec() != candidate.spec
         if checked and not same_training(node, candidate, parent_id, teacher_ids):
             self.forget(node.id)
             return True
