@@ -695,10 +695,11 @@ def test_a_failure_left_from_another_path_is_trained_again_not_reused(tmp_path, 
     from ikd.lineage import NodeRecord
 
     first = compress(campaign_config(tmp_path / "run", tiny_teacher, operators=["width"], max_generations=1))
-    parent = first.node("g1-width")
+    shape = shrink_width(first.node("g1-width").spec())
+    assert shape is not None
     old = NodeRecord.of_spec(
         "g2-width",
-        shrink_width(parent.spec()),
+        shape,
         root_params=first.root().params,
         generation=2,
         parent="g0-teacher",  # not the parent the search now grows it from
