@@ -135,3 +135,5 @@ def test_a_final_distillation_or_baseline_that_diverges_is_not_a_search_candidat
     lines = "\n".join(Report(lineage, "digits").facts())
     assert f"Final distillation of {lineage.search_result().id} failed (" in lines
     assert "baseline-scratch failed (" in lines
+    assert f"Baselines (same architecture as the final student, {lineage.baseline_budget()} epochs each" in lines
+    assert lineage.baseline_budget() != scratch.epochs  # the premise: the failed one stopped short

@@ -343,14 +343,21 @@ def test_a_near_miss_is_one_that_falls_short_by_at_most_retry_within():
     assert not rules.near_miss(retry, parent, ROOT, on)  # one second chance
 
 
-def test_a_retry_is_not_evidence_for_early_rejection():
-    # a retry's curve is another, longer schedule: its late epochs are not a candidate's
+def test_a_retry_or_a_user_modules_first_student_is_not_evidence_for_early_rejection():
+    # a retry's curve is another, longer schedule, a first student's one from random weights: their late
+    # epochs are not an inheriting candidate's
     curve = [0.90, 0.95, 0.96]
     fresh = [node(f"g1-{i}", 0.96).model_copy(update={"val_curve": curve}) for i in range(2)]
-    retry = fresh[0].model_copy(update={"id": "g1-0-retry", "operator": rules.RETRY, "val_curve": [0.5, 0.6, 0.99]})
+    steep = {"val_curve": [0.5, 0.6, 0.99]}
+    retry = fresh[0].model_copy(update={"id": "g1-0-retry", "operator": rules.RETRY, **steep})
+    first = fresh[0].model_copy(update={"id": "g1-student", "operator": rules.FIRST_STUDENT, **steep})
     lineage = Lineage(config={}, nodes=[ROOT, *fresh])
     ratios = rules.late_error_ratios(lineage, 3)
-    assert ratios and rules.late_error_ratios(lineage.model_copy(update={"nodes": [ROOT, *fresh, retry]}), 3) == ratios
+    for other in (retry, first):
+        assert (
+            ratios and rules.late_error_ratios(lineage.model_copy(update={"nodes": [ROOT, *fresh, other]}), 3) == ratios
+        )
+    assert rules.late_error_ratios(Lineage(config={}, nodes=[ROOT, fresh[0], first]), 3) == ()  # one is not evidence
 
 
 def test_a_final_student_is_checked_against_the_test_its_search_answer_passed():

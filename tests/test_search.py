@@ -15,6 +15,7 @@ from ikd.campaign import Campaign, command_line, compress
 from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
+from ikd.report import Report
 from ikd.shrink import shrink_width
 from ikd.train import TrainConfig, train_model
 
@@ -108,6 +109,8 @@ def test_the_objective_macs_cuts_and_keeps_by_macs_and_trains_in_that_order(tmp_
     assert chose_by_macs.macs == min(n.macs for n in by_macs.students())
     depth = by_macs.node("g1-depth")
     assert depth.status == "rejected" and depth.reason == "within tolerance, but g1-block costs fewer MACs"
+    assert chose_by_macs.reason == "fewest MACs within tolerance"
+    assert "smallest by MACs per image" in "\n".join(Report(by_macs, "digits").facts())
     # smallest first by MACs: block trains first, passes with room, and depth never trains
     lazy = compress(config("lazy", objective="macs"), progress=False)
     assert [n.id for n in lazy.students()] == ["g1-block"] and lazy.search_result().arch == chose_by_macs.arch
@@ -416,7 +419,22 @@ def test_a_users_module_gives_its_first_student_student_first_epochs(tmp_path, d
         student=student,
         redecide=True,
     )
-    assert redecided.node("g1-student").sha256 == first.sha256 and redecided.search_result().id == "g1-student"
+    kept = redecided.node("g1-student")  # not trained again: the same record, its seconds included
+    assert (kept.sha256, kept.seconds) == (first.sha256, first.seconds) and redecided.search_result().id == kept.id
+    # a near miss among first students is retried on twice its own schedule, not twice student.epochs
+    retried = ikd.compress(
+        overrides=overrides
+        | {"run_dir": str(tmp_path / "retry"), "search.max_generations": 1, "search.max_drop": 0.0}
+        | {"search.max_step_drop": 0.0, "search.retry_within": 100.0},
+        progress=False,
+        teacher=teacher,
+        hint_layer="1",
+        student=student,
+    )
+    assert retried.node("g1-student").status == "rejected"  # the premise: the teacher's floor is missed
+    assert retried.node("g1-student-retry").epochs == 6
+    with pytest.raises(ConfigError, match=r"search.retry_epochs 3: expected more than student.first_epochs \(3\)"):
+        load_config(None, overrides | {"search.retry_within": 0.1, "search.retry_epochs": 3})
     # a budget under the first student's epochs stops before any work, saying why
     with pytest.raises(ConfigError, match="first student of a user module trains for 3 epochs"):
         ikd.compress(

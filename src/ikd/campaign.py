@@ -177,7 +177,7 @@ class Campaign:
         }
         # ... or, after candidates were lost with their workers, waits in their generation for them
         waiting = (
-            {n for n in unreached if self.lineage.node(n).generation == generation}
+            {n for n in unreached if n in self.reached and self.lineage.node(n).generation == generation}
             if stop.startswith(LOST_STOP)
             else set()
         )
@@ -281,11 +281,12 @@ class Campaign:
             return f"generation {generation}: no candidate stayed within tolerance{failures}"
         beam = self.search.kept_per_generation()
         room = f" by {self.search.accept_margin} points" if narrow else ""
-        reason = f"smallest within tolerance{room}"
+        smallest = "smallest" if self.search.objective == "params" else "fewest MACs"
+        reason = f"{smallest} within tolerance{room}"
         if beam > 1:
             reason = f"within the beam of {beam} ({reason})"
         if narrow and all(n.id in narrow for n in chosen):
-            reason = f"smallest within tolerance (none cleared its floor by {self.search.accept_margin} points)"
+            reason = f"{smallest} within tolerance (none cleared its floor by {self.search.accept_margin} points)"
         if skipped:
             reason += f"; larger candidates not trained: {', '.join(skipped)}"
         decided = [node.model_copy(update={"status": Status.ACCEPTED, "reason": reason}) for node in chosen]
@@ -458,11 +459,15 @@ class Campaign:
         the budget stopped one). Not one that could not be chosen anyway (rules.retry_could_be_chosen:
         roomy siblings no larger fill every place the generation keeps). Like any sibling, a rejected
         near miss is not on the answer's chain, so the baselines are not given its epochs."""
-        root, epochs, cost = self.lineage.root(), rules.retry_epochs(self.config), rules.epochs_per_retry(self.config)
+        root = self.lineage.root()
         retried: list[NodeRecord] = []
         for node in (n for n in trained[-new:] if rules.near_miss(n, parent, root, self.search)):
             if not rules.retry_could_be_chosen(node, trained, parent, root, self.search):
                 continue
+            epochs, cost = (
+                rules.retry_epochs(self.config, node.operator),
+                rules.epochs_per_retry(self.config, node.operator),
+            )
             # a sibling's retry keeps its seed: two siblings' retries are two trainings
             retry = Candidate(
                 rules.retry_id(node.id), rules.RETRY, node.spec(), seed_index(node.id), inherit_by(node.operator)

@@ -550,6 +550,12 @@ class CampaignConfig(Strict):
                 f"({self.student.epochs}): a retry is its near miss's schedule, only longer (the same length "
                 "would replay its training: same seed, data order and starting weights); default: twice"
             )
+        first = self.student.first_epochs
+        if search.retry_within and search.retry_epochs is not None and first and search.retry_epochs <= first:
+            raise ValueError(
+                f"search.retry_epochs {search.retry_epochs}: expected more than student.first_epochs ({first}): "
+                "a user module's first student would be retried on a schedule no longer than its own"
+            )
         one_pass = self.student.epochs + self.hint_pre_epochs()
         if search.budget_epochs is not None and search.budget_epochs < one_pass and not recorded:
             raise ValueError(

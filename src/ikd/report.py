@@ -224,6 +224,7 @@ class Report:
             f"{', '.join(search.get('operators', []))}; accept within {search.get('max_drop')} points of the "
             f"teacher and {search.get('max_step_drop')} of the parent (validation)"
             + (f", preferring children {margin} points above that" if (margin := search.get("accept_margin")) else "")
+            + ("; smallest by MACs per image (search.objective)" if search.get("objective") == "macs" else "")
             + ".",
             f"Stopped: {self.lineage.stop_reason or 'not finished (run interrupted or still running)'}.",
         ]
@@ -237,7 +238,8 @@ class Report:
             final = self.lineage.distilled() is not None
             spent = "final student's chain, final distillation included" if final else "chain's"
             lines.append(
-                f"Baselines (same architecture as the final student, {baselines[0].epochs} epochs each: the "
+                f"Baselines (same architecture as the final student, {self.lineage.baseline_budget()} epochs "
+                "each: the "
                 f"{spent}): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
@@ -295,6 +297,8 @@ class Report:
         failed = [n for n in self.lineage.nodes if n.kind is NodeKind.FINAL and n.status == Status.FAILED]
         if distilled is None and failed:
             last = failed[-1]
+            if last.parent != self.lineage.search_result().id:  # left from an earlier answer
+                return None
             return f"Final distillation of {last.parent} failed ({last.reason}): {self.final.id} stays the answer."
         if distilled is None or answer is None:
             return None

@@ -137,11 +137,10 @@ def undecided(lineage: Lineage, config: CampaignConfig, log: Callable[[str], Non
     students = [n for n in lineage.students() if n.status != Status.FAILED]  # a failure is not a decision
 
     def planned(node: NodeRecord) -> int:
-        return (
-            rules.epochs_per_retry(config)
-            if node.operator == rules.RETRY
-            else rules.epochs_per_child(config, node.operator)
-        )
+        if node.operator == rules.RETRY:  # twice its near miss's schedule, unless search.retry_epochs says
+            near_miss = lineage.find(rules.near_miss_id(node.id))
+            return rules.epochs_per_retry(config, near_miss.operator if near_miss else None)
+        return rules.epochs_per_child(config, node.operator)
 
     partial = {n.id for n in students if n.epochs != planned(n)}
     gone = partial | grown_from(lineage.nodes, partial)

@@ -176,7 +176,8 @@ def error(accuracy: float) -> float:
 
 def fully_trained_curves(lineage: Lineage, epochs: int, reached: Collection[str] | None = None) -> list[list[float]]:
     """The last `epochs` validation accuracies of every candidate that trained a whole stage of at
-    least `epochs`: not one stopped early, nor a retry (another, longer schedule). With `reached`, only
+    least `epochs`: not one stopped early, nor a retry (another, longer schedule), nor a user module's first
+    student (from random weights, where the others inherit: another kind of curve). With `reached`, only
     candidates decided or among those ids: the ones the search has come to on its path (a --redecide
     keeps trainings of the old path, which a fresh run under the new rules would not have had yet)."""
     return [
@@ -184,7 +185,7 @@ def fully_trained_curves(lineage: Lineage, epochs: int, reached: Collection[str]
         for n in lineage.students()
         if len(n.val_curve) >= epochs
         and STOPPED_EARLY not in n.reason
-        and n.operator != RETRY
+        and n.operator not in (RETRY, FIRST_STUDENT)
         and (reached is None or n.id in reached or n.status in (Status.ACCEPTED, Status.REJECTED))
     ]
 
@@ -321,14 +322,15 @@ def epochs_per_child(config: CampaignConfig, operator: str | None = None) -> int
     return pass_epochs(config, child_epochs(config, operator))
 
 
-def retry_epochs(config: CampaignConfig) -> int:
-    """The epochs of a retry's schedule (search.retry_within): search.retry_epochs, or twice a child's."""
-    return config.search.retry_epochs or 2 * config.student.epochs
+def retry_epochs(config: CampaignConfig, operator: str | None = None) -> int:
+    """The epochs of a retry's schedule (search.retry_within) of a near miss of `operator`:
+    search.retry_epochs, or twice the near miss's own (a user module's first student: student.first_epochs)."""
+    return config.search.retry_epochs or 2 * child_epochs(config, operator)
 
 
-def epochs_per_retry(config: CampaignConfig) -> int:
-    """Epochs one retry costs."""
-    return pass_epochs(config, retry_epochs(config))
+def epochs_per_retry(config: CampaignConfig, operator: str | None = None) -> int:
+    """Epochs one retry (of a near miss of `operator`) costs."""
+    return pass_epochs(config, retry_epochs(config, operator))
 
 
 def budget_allows(spent: int, children: int, per_child: int, budget: int | None) -> bool:
