@@ -588,7 +588,7 @@ class Campaign:
         if self.lineage.find(FINAL_ID) is None:
             self.ctx.log(f"final distillation of {answer.id} from {'+'.join(teacher_ids)} for {epochs} epochs")
             self.distil(
-                [Candidate(FINAL_ID, "final", answer.spec())],
+                [Candidate(FINAL_ID, NodeKind.FINAL, answer.spec())],
                 answer.generation,
                 teacher_ids,
                 answer.id,
@@ -625,7 +625,7 @@ class Campaign:
                 continue
             self.ctx.log(f"baseline {node_id}: {final.spec().summary()} for {budget} epochs")
             self.distil(
-                [Candidate(node_id, "baseline", final.spec())],
+                [Candidate(node_id, NodeKind.BASELINE, final.spec())],
                 final.generation,
                 teacher_ids,
                 None,

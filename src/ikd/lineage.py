@@ -67,9 +67,9 @@ class NodeKind(StrEnum):
 
 
 _KIND_OF_STATUS = {Status.EXPERT: NodeKind.EXPERT, Status.BASELINE: NodeKind.BASELINE, Status.FINAL: NodeKind.FINAL}
-# a failed training keeps its kind through its operator: a final distillation or a baseline that
-# diverged is not a search candidate (its epochs are not the search's budget)
-_KIND_OF_FAILED_OPERATOR = {"final": NodeKind.FINAL, "baseline": NodeKind.BASELINE}
+# a failed training keeps its kind through its operator, which the campaign names by that kind: a final
+# distillation or a baseline that diverged is not a search candidate (its epochs are not the search's budget)
+_KINDS_OF_FAILED_OPERATORS = (NodeKind.FINAL, NodeKind.BASELINE)
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")  # used with fullmatch
 _NODE_ID_RULE = "expected letters, digits, '_', '-', '.' (max 80)"
 
@@ -210,8 +210,8 @@ class NodeRecord(BaseModel):
     def kind(self) -> NodeKind:
         if self.status == Status.TEACHER:
             return NodeKind.EXTERNAL if "external" in self.arch else NodeKind.TEACHER
-        if self.status == Status.FAILED and self.operator in _KIND_OF_FAILED_OPERATOR:
-            return _KIND_OF_FAILED_OPERATOR[self.operator]
+        if self.status == Status.FAILED and self.operator in _KINDS_OF_FAILED_OPERATORS:
+            return NodeKind(self.operator)
         return _KIND_OF_STATUS.get(self.status, NodeKind.STUDENT)
 
     def spec(self) -> ArchSpec:

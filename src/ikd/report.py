@@ -239,8 +239,7 @@ class Report:
             spent = "final student's chain, final distillation included" if final else "chain's"
             lines.append(
                 f"Baselines (same architecture as the final student, {self.lineage.baseline_budget()} epochs "
-                "each: the "
-                f"{spent}): {compared}; "
+                f"each: the {spent}): {compared}; "
                 f"the chain's student: {_pct(self.final.test_accuracy)}% (test)."
             )
         if line := self.final_distillation():
