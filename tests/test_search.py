@@ -11,7 +11,7 @@ import torch
 import ikd
 import ikd.campaign
 from ikd.arch import ArchSpec
-from ikd.campaign import Campaign, command_line, compress
+from ikd.campaign import UNDECIDED, Campaign, command_line, compress
 from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
@@ -117,9 +117,21 @@ def test_the_objective_macs_cuts_and_keeps_by_macs_and_trains_in_that_order(tmp_
     # a decision key: --redecide replays the params run by MACs, training the children that objective cuts
     redecided = compress(config("params", candidates="all", objective="macs"), progress=False, redecide=True)
     assert redecided.search_result().arch == chose_by_macs.arch
-    # the same decisions as the run made under it (the old children share their ids and are trained over)
-    assert [(n.id, n.arch, n.status, n.reason) for n in redecided.nodes] == [
+    # the same decisions as the run made under it; the children it cuts train under versioned ids, as
+    # the params run's trainings keep theirs, undecided, for a --redecide that returns to them
+    old_path = [n for n in redecided.nodes if n.reason == f"{UNDECIDED} the search no longer reaches it"]
+    assert [(n.id, n.arch) for n in old_path] == [(n.id, n.arch) for n in by_params.students()]
+    new_path = [n for n in redecided.nodes if n not in old_path]
+    assert sorted((n.id.replace("-v2", ""), n.arch, n.status, n.reason.replace("-v2", "")) for n in new_path) == sorted(
         (n.id, n.arch, n.status, n.reason) for n in by_macs.nodes
+    )
+    assert {n.id for n in redecided.students()} - {n.id for n in old_path} == {"g1-depth-v2", "g1-block-v2"}
+    # ... and returning to params trains nothing: every training it asks for is on record
+    returned = compress(config("params", candidates="all"), progress=False, redecide=True)
+    kept = {n.id: n.sha256 for n in redecided.nodes}
+    assert all(kept[n.id] == n.sha256 for n in returned.nodes)
+    assert [(n.id, n.status, n.reason) for n in returned.nodes if n.id in {"g1-depth", "g1-block"}] == [
+        (n.id, n.status, n.reason) for n in by_params.students()
     ]
 
 
@@ -671,7 +683,9 @@ def test_baselines_of_another_answer_are_dropped_even_when_not_asked_for(tmp_pat
 
 
 @pytest.mark.parametrize("interrupted", [False, True])
-def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher, monkeypatch, interrupted):
+def test_redecide_trains_anew_what_grew_on_a_path_it_leaves_and_keeps_that(
+    tmp_path, tiny_teacher, monkeypatch, interrupted
+):
     config = campaign_config(tmp_path / "run", tiny_teacher, candidates="all", max_drop=90.0, max_step_drop=90.0)
     config = config.model_copy(update={"baselines": True})
     first = compress(config, progress=False)
@@ -697,8 +711,14 @@ def test_redecide_retrains_what_grew_on_a_path_it_leaves(tmp_path, tiny_teacher,
         assert run.load().node("g1-width").status == "candidate"
     again = compress(config, progress=False, redecide=not interrupted)
     assert again.node("g1-width").status == "rejected" and again.node("g1-depth").status == "accepted"
-    assert sorted(calls) == ["baseline-oneshot-kd", "baseline-scratch", "g2-depth", "g2-width"]
-    assert {again.node(i).parent for i in ("g2-depth", "g2-width")} == {"g1-depth"}
+    # generation 2 grown from g1-width stays on record, undecided; the one grown from g1-depth trains beside it
+    assert sorted(calls) == ["baseline-oneshot-kd", "baseline-scratch", "g2-depth-v2", "g2-width-v2"]
+    assert {again.node(i).parent for i in ("g2-depth-v2", "g2-width-v2")} == {"g1-depth"}
+    old_path = [again.node(i) for i in ("g2-depth", "g2-width")]
+    assert {(n.parent, n.status, n.reason) for n in old_path} == {
+        ("g1-width", "candidate", f"{UNDECIDED} the search no longer reaches it")
+    }
+    assert [n.sha256 for n in old_path] == [first.node(n.id).sha256 for n in old_path]
     final = again.final()
     assert final.parent == "g1-depth" and again.node("baseline-scratch").arch == final.arch
     assert run.verify(again) == []

@@ -13,6 +13,7 @@ on after its last finished epoch. The test split is never consulted.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shlex
 import shutil
 import sys
@@ -47,7 +48,7 @@ from ikd.lineage import (
 from ikd.resume import grown_from, open_campaign
 from ikd.runtime import describe_machine
 from ikd.shrink import OPERATORS, Candidate, inherit_by
-from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of
+from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of, versioned_id
 from ikd.teachers import (
     TeacherModels,
     check_teacher_views,
@@ -507,7 +508,9 @@ class Campaign:
         sibling seed) named otherwise, as when a width_factor or slim_fraction list replaces a single
         value (`g5-block` against `g5-block50`), or a tree's branch ids (`g2-b0-width`) meet a single
         parent's (`g2-width`), either way, in a --redecide. Never another branch's id (`g2-b1-` for a
-        `g2-b0-` candidate): that branch may be about to train under it."""
+        `g2-b0-` candidate): that branch may be about to train under it. One whose id holds another
+        finished training not yet decided in this run (another path's, after a --redecide) is renamed to a
+        free `versioned_id`, so both trainings stay on record."""
         proposed = {c.node_id for c in candidates}
         renamed = []
         for c in candidates:
@@ -533,6 +536,15 @@ class Campaign:
                     self.ctx.log(f"{c.node_id} was trained before as {twin.id}; reusing it under that id")
                     proposed.add(twin.id)
                     c = dataclasses.replace(c, node_id=twin.id)
+                elif own is not None and own.status == Status.CANDIDATE and own.val_accuracy is not None:
+                    # another path's finished training (a --redecide under other operators, factors or objective
+                    # cuts other shapes, or grows from another parent): kept for a later --redecide that returns
+                    # to it, the asked one trains under a free id. A decided or failed record makes way instead.
+                    taken = proposed | {n.id for n in self.lineage.nodes}
+                    free = next(v for i in itertools.count(2) if (v := versioned_id(c.node_id, i)) not in taken)
+                    self.ctx.log(f"{c.node_id} holds another path's training, kept; this one trains as {free}")
+                    proposed.add(free)
+                    c = dataclasses.replace(c, node_id=free)
             renamed.append(c)
         return renamed
 

@@ -30,6 +30,7 @@ from ikd.shrink import OPERATORS, Candidate, Scales, get_operator
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
 SEED_SUFFIX = "-s"  # the id suffix of such a sibling: g2-width-s1
+VERSION_SUFFIX = "-v"  # another training asked under an id another path's training holds: g2-width-v2
 
 
 def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Scales | None = None) -> list[Candidate]:
@@ -69,6 +70,15 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
 def seed_index(node_id: str) -> int:
     """Which same-architecture sibling `node_id` names (its `-sJ` suffix; none: the first)."""
     return int(match.group(1)) if (match := re.search(rf"{SEED_SUFFIX}(\d+)$", node_id)) else 0
+
+
+def versioned_id(node_id: str, version: int) -> str:
+    """`node_id` for the `version`-th training asked under it (`g1-depth-v2`, `g2-width-v2-s1`): a --redecide
+    that cuts other shapes, or grows from another parent, keeps the old path's trainings under their ids.
+    The seed suffix stays last, so `seed_index` reads it as before."""
+    seed = re.search(rf"{SEED_SUFFIX}\d+$", node_id)
+    stem, suffix = (node_id[: seed.start()], seed.group(0)) if seed else (node_id, "")
+    return f"{stem}{VERSION_SUFFIX}{version}{suffix}"
 
 
 def child_prefix(generation: int, branch: int | None) -> str:
