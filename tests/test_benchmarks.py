@@ -321,6 +321,17 @@ def test_children_cost_quick(tmp_path):
     assert {"generation_s", "cache_s", "children_ce_s", "denominator_s", "ratio", "goal_met"} <= set(result)
 
 
+def test_user_module_quick_trains_its_resnet_once_and_counts_its_macs(tmp_path):
+    result, text = quick_record("user_module.py", tmp_path)
+    assert result["answer"] == "g1-student" and int(result["module_params"]) > int(result["answer_params"])
+    assert "external: ResNet" in text and "fewer MACs" in text
+    weights = tmp_path / "runs" / "user-module" / "module" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again, _ = quick_record("user_module.py", tmp_path)  # the module is reused, the campaign resumed
+    same = lambda r: {k: v for k, v in r.items() if k != "campaign_min"}  # noqa: E731
+    assert weights.stat().st_mtime_ns == before and same(again) == same(result)
+
+
 def test_utilisation_quick(tmp_path):
     result, _ = quick_record("utilisation.py", tmp_path)
     assert {

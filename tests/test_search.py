@@ -391,6 +391,7 @@ def test_a_users_own_module_can_be_the_root_teacher(tmp_path, digits):
     root = lineage.root()
     assert root.arch == {"external": "Sequential", "state_sha256": module_digest(teacher), "hint_layer": "1"}
     assert root.params == sum(p.numel() for p in teacher.parameters())
+    assert root.macs == 12 * 9 * 8 * 8 + 12 * 16 * 10  # counted per image: the conv's and the linear head's
     assert lineage.node("g1-student").arch == student.to_json_dict()
     assert lineage.node("g2-width").parent == "g1-student"
     assert "Sequential" in (write_report(tmp_path / "own") / "report.md").read_text()  # no spec: no crash

@@ -11,6 +11,7 @@ import hashlib
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ikd.errors import ConfigError
 from ikd.model import VGG
@@ -56,7 +57,9 @@ class ExternalTeacher(nn.Module):
             module.get_submodule(hint_layer).register_forward_hook(self._capture)
         given = f"a batch of {tuple(example.shape)} {str(example.dtype).removeprefix('torch.')} normalised images"
         try:
-            with torch.no_grad():
+            # counted on the check's forward: torch counts the convolutions' and matrix products' FLOPs, two
+            # per multiply-accumulate, which is what ArchSpec.macs counts of a VGG (the two agree exactly)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 logits, features = self.forward_features(example)
         except _FORWARD_ERRORS as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0]
@@ -75,6 +78,7 @@ class ExternalTeacher(nn.Module):
             shape = tuple(features[0].shape) if isinstance(features[0], torch.Tensor) else type(features[0]).__name__
             raise ConfigError(f"hint_layer {hint_layer!r} outputs {shape}; expected a feature map (N, C, H, W)")
         self.hint_channels = features[0].shape[1] if features else None
+        self.macs = counter.get_total_flops() // (2 * example.shape[0])  # per image
 
     def _capture(self, module, inputs, output) -> None:
         self._captured = output

@@ -279,13 +279,13 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
         },
         params=params,
         size_bytes_fp32=FP32_BYTES * params,
-        macs=0,
+        macs=teacher.macs,
         compression=1.0,
         val_accuracy=val,
         test_accuracy=test,
         seed=ctx.config.seed,
         seconds=round(time.perf_counter() - started, 2),
-        reason=f"user module, hint layer {teacher.hint_layer!r}; MACs not computed",
+        reason=f"user module, hint layer {teacher.hint_layer!r}",
     )
 
 
