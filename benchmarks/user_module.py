@@ -29,7 +29,9 @@ import ikd
 from ikd.arch import preset
 from ikd.cli import format_lineage
 from ikd.config import load_config
-from ikd.train import TrainConfig, train_model
+from ikd.context import section_train_config
+from ikd.runtime import resolve_device, resolve_precision
+from ikd.train import train_model
 
 from common import machine_line, print_result, publish, repo_path
 
@@ -119,32 +121,29 @@ def campaign_keys(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
 
 
 def trained_module(args: argparse.Namespace, config, data, out: Path) -> tuple[ResNet, dict[str, object]]:
-    """The module, trained once with the config's teacher recipe and saved in `out`; a rerun loads it."""
-    widths = [int(w) for w in args.widths.split(",")]
+    """The module, trained once with the config's teacher recipe and saved in `out`; a rerun with the same
+    module arguments loads it, with others it stops, naming them."""
+    asked = {"widths": [int(w) for w in args.widths.split(",")], "blocks": args.blocks, "seed": args.seed}
+    asked |= {"epochs": args.module_epochs or config.teacher.epochs, "config": args.config}
     torch.manual_seed(args.seed)
-    model = ResNet(data.in_channels, data.num_classes, widths, args.blocks)
+    model = ResNet(data.in_channels, data.num_classes, asked["widths"], args.blocks)
     weights, facts_path = out / "model.safetensors", out / "training.json"
     if weights.exists() and facts_path.exists():
+        facts = json.loads(facts_path.read_text())
+        if {key: facts.get(key) for key in asked} != asked:
+            raise SystemExit(
+                f"user_module.py: {out} holds a module trained as {facts}; asked {asked}: use another --runs-dir"
+            )
         model.load_state_dict(load_file(weights))
-        return model, json.loads(facts_path.read_text())
-    recipe = config.teacher
-    train = TrainConfig(
-        epochs=args.module_epochs or recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        schedule=recipe.schedule,
-        augment=recipe.augment,
-        label_smoothing=recipe.label_smoothing,
-        ema_epochs=recipe.ema_epochs,
-        seed=args.seed,
-        max_steps_per_epoch=3 if args.quick else None,
+        return model, facts
+    device = resolve_device(config.device)
+    train = section_train_config(
+        config.teacher, asked["epochs"], resolve_precision(config.precision, device), device, args.seed
     )
+    if args.quick:
+        train = train.model_copy(update={"max_steps_per_epoch": 3})
     result = train_model(model, data, train, progress=not args.quiet, description="user module")
-    facts = {
-        "widths": widths,
-        "blocks": args.blocks,
-        "epochs": train.epochs,
+    facts = asked | {
         "recipe": train.model_dump(include={"batch_size", "lr", "schedule", "label_smoothing", "ema_epochs"}),
         "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 1),
@@ -152,7 +151,7 @@ def trained_module(args: argparse.Namespace, config, data, out: Path) -> tuple[R
         "images_per_s": [round(e.images_per_s) for e in result.history],
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
     facts_path.write_text(json.dumps(facts, indent=1))
     return model, facts
 

@@ -330,6 +330,8 @@ def test_user_module_quick_trains_its_resnet_once_and_counts_its_macs(tmp_path):
     again, _ = quick_record("user_module.py", tmp_path)  # the module is reused, the campaign resumed
     same = lambda r: {k: v for k, v in r.items() if k != "campaign_min"}  # noqa: E731
     assert weights.stat().st_mtime_ns == before and same(again) == same(result)
+    other = quick("user_module.py", "--quiet", "--seed", "1", tmp_path=tmp_path)  # not the module on disk
+    assert other.returncode != 0 and "holds a module trained as" in other.stderr
 
 
 def test_utilisation_quick(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 import ikd
 import ikd.campaign
+import ikd.external
 from ikd.arch import ArchSpec
 from ikd.campaign import UNDECIDED, Campaign, command_line, compress
 from ikd.config import load_config
@@ -464,6 +465,41 @@ def test_a_users_module_gives_its_first_student_student_first_epochs(tmp_path, d
     assert "note: student.first_epochs: read only when the root is a user's module" in capsys.readouterr().err
 
 
+def test_a_users_module_has_its_macs_counted_and_its_first_student_weighed_by_the_objective(
+    tmp_path, digits, capsys, monkeypatch
+):
+    teacher = own_teacher(digits, epochs=0)  # 2,050 params, 8,832 MACs per image
+    student = ArchSpec(in_channels=1, image_size=8, num_classes=10, blocks=[[8], [8]])
+    assert student.num_params() < 2050 and student.macs() > 8832  # fewer parameters, more MACs
+    overrides = own_teacher_overrides(tmp_path / "params") | {"search.max_generations": 1}
+
+    def run(**keys):
+        return ikd.compress(
+            overrides=overrides | keys, progress=False, teacher=teacher, hint_layer="1", student=student
+        )
+
+    assert run().root().macs == 8832 and "is not smaller" not in capsys.readouterr().err
+    run(run_dir=str(tmp_path / "macs"), **{"search.objective": "macs"})
+    warned = f"({student.summary()}, {student.macs():,} MACs) is not smaller than the teacher module (8,832 MACs)"
+    assert warned in capsys.readouterr().err  # said under --quiet too
+    # a forward torch's counter breaks is left uncounted, not refused
+
+    class Broken:
+        def __init__(self, **_):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("no formula")
+
+        def __exit__(self, *_):
+            return False
+
+    monkeypatch.setattr(ikd.external, "FlopCounterMode", Broken)
+    root = run(run_dir=str(tmp_path / "uncounted")).root()
+    assert root.macs == 0
+    assert root.reason.endswith("MACs not counted (torch's FLOP counter could not count its forward)")
+
+
 def test_a_teacher_module_is_refused_by_a_run_ikd_trained_the_root_of(tmp_path, tiny_teacher, digits):
     compress(campaign_config(tmp_path / "run", tiny_teacher, max_generations=1), progress=False)
     with pytest.raises(ConfigError, match="not a module passed from Python"):
@@ -726,6 +762,26 @@ def test_redecide_trains_anew_what_grew_on_a_path_it_leaves_and_keeps_that(
     for node in again.nodes:  # every accepted node hangs from an accepted node or the root
         if node.status == "accepted":
             assert node.parent is not None and again.node(node.parent).status in ("accepted", "teacher")
+
+
+def test_an_undecided_training_of_another_shape_is_kept_by_a_redecide_but_not_by_a_force(tmp_path, tiny_teacher):
+    # g1-width trained at factor 0.5 and left undecided (as by a kill before its generation's decision);
+    # the keys now ask for 0.25: a --redecide keeps the old training beside the new, --force replaces it
+    def config(name, factor):
+        return campaign_config(
+            tmp_path / name, tiny_teacher, operators=["width"], width_factor=factor, max_generations=1
+        )
+
+    for name in ("redecide", "force"):
+        first = compress(config(name, 0.5), progress=False)
+        nodes = [n.model_copy(update={"status": "candidate"}) if n.id == "g1-width" else n for n in first.nodes]
+        RunDir(tmp_path / name).save(first.model_copy(update={"nodes": nodes}))
+    kept = compress(config("redecide", 0.25), progress=False, redecide=True)
+    old_shape, new_shape = first.node("g1-width").arch, kept.node("g1-width-v2").arch
+    assert [(n.id, n.arch) for n in kept.students()] == [("g1-width", old_shape), ("g1-width-v2", new_shape)]
+    assert kept.node("g1-width").status == "candidate" and kept.node("g1-width-v2").status == "accepted"
+    replaced = compress(config("force", 0.25), progress=False, force=True)
+    assert [(n.id, n.arch) for n in replaced.students()] == [("g1-width", new_shape)] and new_shape != old_shape
 
 
 def test_a_failure_left_from_another_path_is_trained_again_not_reused(tmp_path, tiny_teacher):

@@ -423,9 +423,17 @@ def test_a_child_id_names_its_sibling_seed_and_its_branch():
     assert [id_prefix(i) for i in ("g2-width", "g12-b1-slim50-s3", "final")] == ["g2-", "g12-b1-", ""]
     assert [id_prefix(child_prefix(g, b) + "width") for g, b in ((2, None), (12, 1))] == ["g2-", "g12-b1-"]
     # another path's training holds the id: the version goes before the seed, which still reads the same
-    versions = [versioned_id(i, 2) for i in ("g2-width", "g2-b1-slim50-s3", "g3-depth-s12")]
-    assert versions == ["g2-width-v2", "g2-b1-slim50-v2-s3", "g3-depth-v2-s12"]
-    assert [(seed_index(i), id_prefix(i)) for i in versions] == [(0, "g2-"), (3, "g2-b1-"), (12, "g3-")]
+    ids = ("g2-width", "g2-b1-slim50-s3", "g3-depth-s12", "g2-width-s1-retry", "g4-block-retry")
+    versions = [versioned_id(i, 2) for i in ids]
+    assert versions == [
+        "g2-width-v2",
+        "g2-b1-slim50-v2-s3",
+        "g3-depth-v2-s12",
+        "g2-width-v2-s1-retry",
+        "g4-block-v2-retry",
+    ]
+    assert [(seed_index(i), id_prefix(i)) for i in versions] == [(seed_index(i), id_prefix(i)) for i in ids]
+    assert [rules.near_miss_id(i) for i in versions[3:]] == ["g2-width-v2-s1", "g4-block-v2"]
     assert rules.near_miss_id(rules.retry_id(versions[1])) == versions[1]
 
 

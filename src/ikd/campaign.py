@@ -105,6 +105,8 @@ class Campaign:
             config, run, progress, TensorBoardLog(run.path) if config.log == "tensorboard" else None
         )
         self.config, self.search, self.first_student, self.redecide = config, config.search, student, redecide
+        # --force without --redecide continues under changed keys: what they no longer ask for goes
+        self.keeps_other_paths = redecide or not force
         if taught is not None:
             self.ctx.log(f"note: {taught}")
         inert = config.inert_settings()
@@ -384,10 +386,13 @@ class Campaign:
         prefix = child_prefix(generation, branch)
         if parent.kind is NodeKind.EXTERNAL:  # a user module cannot be shrunk: the chain starts from a spec
             spec = first_student(self.ctx, self.first_student)
-            if spec.num_params() >= parent.params:
-                self.ctx.log(
-                    f"warning: the first student ({spec.summary()}, {spec.num_params():,} params) is not smaller "
-                    f"than the teacher module ({parent.params:,} params); pass a smaller one as student="
+            objective = self.search.objective  # the size the search minimises; a module's MACs may be uncounted (0)
+            unit = "params" if objective == "params" else "MACs"
+            if 0 < size(parent, objective) <= spec.size(objective):
+                self.ctx.warn(
+                    f"the first student ({spec.summary()}, {spec.size(objective):,} {unit}) is not smaller "
+                    f"than the teacher module ({size(parent, objective):,} {unit}); pass a smaller one as "
+                    "student="
                 )
             return [Candidate(f"{prefix}student", rules.FIRST_STUDENT, spec)]
         scales = None
@@ -536,10 +541,16 @@ class Campaign:
                     self.ctx.log(f"{c.node_id} was trained before as {twin.id}; reusing it under that id")
                     proposed.add(twin.id)
                     c = dataclasses.replace(c, node_id=twin.id)
-                elif own is not None and own.status == Status.CANDIDATE and own.val_accuracy is not None:
+                elif (
+                    self.keeps_other_paths
+                    and own is not None
+                    and own.status == Status.CANDIDATE
+                    and own.val_accuracy is not None
+                ):
                     # another path's finished training (a --redecide under other operators, factors or objective
-                    # cuts other shapes, or grows from another parent): kept for a later --redecide that returns
-                    # to it, the asked one trains under a free id. A decided or failed record makes way instead.
+                    # cuts other shapes, or grows from another parent; or such a --redecide killed and rerun
+                    # without the flag): kept for a later --redecide that returns to it, the asked one trains
+                    # under a free id. A decided or failed record, or one --force changed the keys of, makes way.
                     taken = proposed | {n.id for n in self.lineage.nodes}
                     free = next(v for i in itertools.count(2) if (v := versioned_id(c.node_id, i)) not in taken)
                     self.ctx.log(f"{c.node_id} holds another path's training, kept; this one trains as {free}")
@@ -550,8 +561,9 @@ class Campaign:
 
     def needs_training(self, candidate: Candidate, parent_id: str, teacher_ids: list[str]) -> bool:
         """Not in the lineage yet, lost with its worker (the job failed, not the training), or
-        recorded under its id from another parent, shape or teachers (--redecide took another
-        path): that record, and all that grew from it, make way."""
+        recorded under its id from another parent, shape or teachers: that record, and all that grew
+        from it, make way (a failed or decided one, or any under --force; `as_recorded` has already
+        renamed a candidate whose id holds another path's finished training)."""
         node = self.lineage.find(candidate.node_id)
         if node is None:
             return True

@@ -31,6 +31,20 @@ def module_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def counted_macs(module: nn.Module, example: torch.Tensor) -> int | None:
+    """Multiply-accumulates per image of `module`'s forward on `example`, as torch's FlopCounterMode counts
+    them (convolutions and matrix products, two FLOPs each: what ArchSpec.macs counts of a VGG, and the two
+    agree exactly), or None where it counts nothing. Best effort, after the module passed its check: ops
+    torch has no formula for (quantized or custom kernels) count 0, and a forward the counter breaks is
+    left uncounted rather than refused."""
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(example)
+    except _FORWARD_ERRORS:
+        return None
+    return counter.get_total_flops() // (2 * example.shape[0]) or None
+
+
 NO_HINT_LAYER = "the teacher module has no hint_layer; name one, or set loss.gamma to 0"
 
 
@@ -57,9 +71,7 @@ class ExternalTeacher(nn.Module):
             module.get_submodule(hint_layer).register_forward_hook(self._capture)
         given = f"a batch of {tuple(example.shape)} {str(example.dtype).removeprefix('torch.')} normalised images"
         try:
-            # counted on the check's forward: torch counts the convolutions' and matrix products' FLOPs, two
-            # per multiply-accumulate, which is what ArchSpec.macs counts of a VGG (the two agree exactly)
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            with torch.no_grad():
                 logits, features = self.forward_features(example)
         except _FORWARD_ERRORS as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0]
@@ -78,7 +90,7 @@ class ExternalTeacher(nn.Module):
             shape = tuple(features[0].shape) if isinstance(features[0], torch.Tensor) else type(features[0]).__name__
             raise ConfigError(f"hint_layer {hint_layer!r} outputs {shape}; expected a feature map (N, C, H, W)")
         self.hint_channels = features[0].shape[1] if features else None
-        self.macs = counter.get_total_flops() // (2 * example.shape[0])  # per image
+        self.macs = counted_macs(module, example)
 
     def _capture(self, module, inputs, output) -> None:
         self._captured = output

@@ -25,6 +25,7 @@ import re
 from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord
+from ikd.rules import RETRY
 from ikd.shrink import OPERATORS, Candidate, Scales, get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
@@ -73,12 +74,13 @@ def seed_index(node_id: str) -> int:
 
 
 def versioned_id(node_id: str, version: int) -> str:
-    """`node_id` for the `version`-th training asked under it (`g1-depth-v2`, `g2-width-v2-s1`): a --redecide
-    that cuts other shapes, or grows from another parent, keeps the old path's trainings under their ids.
-    The seed suffix stays last, so `seed_index` reads it as before."""
-    seed = re.search(rf"{SEED_SUFFIX}\d+$", node_id)
-    stem, suffix = (node_id[: seed.start()], seed.group(0)) if seed else (node_id, "")
-    return f"{stem}{VERSION_SUFFIX}{version}{suffix}"
+    """`node_id` for the `version`-th training asked under it (`g1-depth-v2`, `g2-width-v2-s1`,
+    `g2-width-v2-s1-retry`): a --redecide that cuts other shapes, or grows from another parent, keeps the
+    old path's trainings under their ids. The seed and retry suffixes stay last, so `seed_index` and
+    `rules.near_miss_id` read them as before."""
+    suffixes = re.search(rf"(?:{SEED_SUFFIX}\d+)?(?:-{RETRY})?$", node_id)
+    assert suffixes is not None  # both parts optional: it matches at the end of any id
+    return f"{node_id[: suffixes.start()]}{VERSION_SUFFIX}{version}{suffixes.group(0)}"
 
 
 def child_prefix(generation: int, branch: int | None) -> str:

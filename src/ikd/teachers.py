@@ -268,6 +268,7 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
     val, test = ctx.accuracy(teacher, ctx.data.val), ctx.accuracy(teacher, ctx.data.test)
     params = teacher.num_params()
     ctx.log(f"root teacher (user module): val {points(val):.2f}%, test {points(test):.2f}%")
+    uncounted = "" if teacher.macs else "; MACs not counted (torch's FLOP counter could not count its forward)"
     return NodeRecord(
         id=ROOT_ID,
         generation=0,
@@ -279,13 +280,13 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
         },
         params=params,
         size_bytes_fp32=FP32_BYTES * params,
-        macs=teacher.macs,
+        macs=teacher.macs or 0,
         compression=1.0,
         val_accuracy=val,
         test_accuracy=test,
         seed=ctx.config.seed,
         seconds=round(time.perf_counter() - started, 2),
-        reason=f"user module, hint layer {teacher.hint_layer!r}",
+        reason=f"user module, hint layer {teacher.hint_layer!r}{uncounted}",
     )
 
 
