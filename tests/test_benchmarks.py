@@ -334,6 +334,14 @@ def test_user_module_quick_trains_its_resnet_once_and_counts_its_macs(tmp_path):
     assert other.returncode != 0 and "holds a module trained as" in other.stderr
 
 
+def test_objective_compare_quick_sets_two_campaigns_of_one_teacher_side_by_side(tmp_path):
+    result, text = quick_record("objective_compare.py", tmp_path)
+    assert {"params_params", "macs_params", "params_macs", "macs_macs", "params_test", "macs_test"} <= set(result)
+    assert "| params | g1-" in text and "| macs | g1-" in text and "exact McNemar p" in text
+    refused = script("objective_compare.py", "--runs", "a=nowhere", "b=nowhere", tmp_path=tmp_path)
+    assert refused.returncode != 0 and "expected NAME=DIR of a campaign's run directory" in refused.stderr
+
+
 def test_utilisation_quick(tmp_path):
     result, _ = quick_record("utilisation.py", tmp_path)
     assert {
