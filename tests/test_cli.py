@@ -638,7 +638,7 @@ def test_compress_takes_exactly_the_declared_flags():
 
     flags = command_line_flags()
     names = [flag.name for flag in flags]
-    assert len(set(names)) == len(names) == 40
+    assert len(set(names)) == len(names) == 43
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     compress = commands.choices["compress"]
     by_name = {action.option_strings[-1]: action for action in compress._actions}
@@ -760,3 +760,80 @@ def test_compress_takes_its_data_from_the_teachers_record_unless_the_dataset_is_
     refused = ikd("compress", "--teacher", teacher, "--dataset", "digits", "--run-dir", tmp_path / "other", *flags)
     assert refused.returncode == 2 and "trained on idx, the campaign's data is digits" in refused.stderr
     assert "(set data.name, --dataset idx)" in refused.stderr and "image_size" not in refused.stderr
+
+
+def exported(path, digits, *, batch=None, train=False, seed=0):
+    """A small logits module trained a little on digits, saved by torch.export.save: any architecture."""
+    import torch
+    from torch import nn
+
+    from ikd.train import TrainConfig, train_model
+
+    torch.manual_seed(seed)
+    module = nn.Sequential(
+        nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten()
+    )
+    module.append(nn.Linear(12 * 16, 10))
+    train_model(module, digits, TrainConfig(epochs=2, batch_size=32, precision="fp32", device="cpu"), progress=False)
+    module.train(train)
+    example = torch.zeros(2, 1, 8, 8)
+    dynamic = None if batch else ({0: torch.export.Dim("batch")},)
+    program = torch.export.export(module, (torch.zeros(batch, 1, 8, 8) if batch else example,), dynamic_shapes=dynamic)
+    torch.export.save(program, path)
+    return path
+
+
+def test_a_program_of_any_architecture_is_the_root_from_the_command_line(tmp_path, digits):
+    from ikd.lineage import RunDir
+
+    program = exported(tmp_path / "mine.pt2", digits)
+    search = ("--epochs", "1", "--max-generations", "2", "--max-drop", "100", "--max-step-drop", "100")
+    flags = (*search, "--operators", "width", "--precision", "fp32", "--device", "cpu", "--quiet")
+
+    def command(program, hint="2"):
+        root = ("--teacher-program", program, "--hint-layer", hint, "--first-student", "8x1-8x1")
+        return ("compress", "--dataset", "digits", *root, "--run-dir", tmp_path / "run", *flags)
+
+    ran = ikd(*command(program))
+    assert ran.returncode == 0, ran.stderr
+    lineage = RunDir(tmp_path / "run").load()
+    assert [n.id for n in lineage.nodes] == ["g0-teacher", "g1-student", "g2-width"]
+    assert lineage.root().arch["external"] == "mine.pt2 (torch.export)" and lineage.root().arch["hint_layer"] == "2"
+    assert lineage.root().macs == 12 * 9 * 64 + 12 * 16 * 10 and lineage.node("g1-student").arch_summary() == "8x1-8x1"
+    # the same command resumes (nothing trains again); the file moved, its weights are what is checked
+    moved = tmp_path / "moved.pt2"
+    program.rename(moved)
+    again = ikd(*command(moved))
+    assert again.returncode == 0, again.stderr
+    assert RunDir(tmp_path / "run").load().nodes == lineage.nodes
+    other = exported(tmp_path / "other.pt2", digits, seed=1)  # the same architecture, other weights
+    refused = ikd(*command(other))
+    assert refused.returncode == 2 and "its weights differ" in refused.stderr
+    hint = ikd(*command(moved, hint="0"))
+    assert hint.returncode == 2 and "hint_layer" in hint.stderr, hint.stderr
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "teacher.program {path}: no such file"),
+        ("not a program", "teacher.program {path}: not a program saved by torch.export.save"),
+        ("fixed batch", "teacher.program {path}: exported for batches of exactly 4 images; export it with a dynamic"),
+        ("training mode", "teacher.program {path}: exported in training mode (BatchNorm on batch statistics)"),
+    ],
+)
+def test_a_program_ikd_cannot_use_is_one_line_and_exit_2(tmp_path, digits, case, expected):
+    path = tmp_path / "bad.pt2"
+    if case == "not a program":
+        path.write_bytes(b"PK\x03\x04 not a zip")
+    elif case == "fixed batch":
+        exported(path, digits, batch=4)
+    elif case == "training mode":
+        exported(path, digits, train=True)
+    flags = ("--dataset", "digits", "--hint-layer", "2", "--run-dir", tmp_path / "run", "--quiet")
+    ran = ikd("compress", "--teacher-program", path, *flags)
+    assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    assert expected.format(path=path) in ran.stderr
+    assert not (tmp_path / "run").exists()
+    both = ikd("compress", "--teacher-program", path, "--teacher", tmp_path, *flags)
+    assert both.returncode == 2 and "teacher.program and teacher.dir: expected one root" in both.stderr

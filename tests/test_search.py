@@ -461,8 +461,23 @@ def test_a_users_module_gives_its_first_student_student_first_epochs(tmp_path, d
     # without a module it is named as read by nothing
     capsys.readouterr()
     config = campaign_config(tmp_path / "plain", tiny_teacher, max_generations=1)
-    compress(config.model_copy(update={"student": config.student.model_copy(update={"first_epochs": 3})}))
-    assert "note: student.first_epochs: read only when the root is a user's module" in capsys.readouterr().err
+    student_keys = {"first_epochs": 3, "first_arch": "8x1-8x1"}
+    compress(
+        config.model_copy(
+            update={
+                "student": config.student.model_copy(update=student_keys),
+                "teacher": config.teacher.model_copy(update={"hint_layer": "1"}),
+            }
+        )
+    )
+    said = capsys.readouterr().err
+    for key in ("student.first_epochs", "student.first_arch", "teacher.hint_layer"):
+        assert f"note: {key}: read only when the root is a user's module" in said
+    # a module from Python and one from a file are two roots
+    with pytest.raises(ConfigError, match=r"teacher\.program and a module passed as teacher=: expected one root"):
+        ikd.compress(
+            overrides=overrides | {"teacher.program": str(tmp_path / "x.pt2")}, teacher=teacher, student=student
+        )
 
 
 def test_a_users_module_has_its_macs_counted_and_its_first_student_weighed_by_the_objective(

@@ -32,6 +32,7 @@ from ikd.distil import plan_pass, train_students
 from ikd.errors import ConfigError, IkdError
 from ikd.executor import WORKER_LOST
 from ikd.export import time_beside_root
+from ikd.external import load_program
 from ikd.lineage import (
     FINAL_NOT_KEPT,
     LOST_STOP,
@@ -99,6 +100,11 @@ class Campaign:
         from `student` (default: vgg11 fitted to the data). `redecide`: replay every generation's
         decision under this config's acceptance rules, reusing the candidates already trained."""
         run = RunDir(Path(config.run_dir))
+        if config.teacher.program is not None:  # the command line's way to pass a module
+            if teacher is not None:
+                raise ConfigError("teacher.program and a module passed as teacher=: expected one root")
+            teacher = load_program(config.teacher.program)
+        hint_layer = config.teacher.hint_layer if hint_layer is None else hint_layer
         # a module passed from Python is the root: teacher.dir is then not read
         config, taught = with_teachers_data(config, run) if teacher is None else (config, None)
         self.ctx = CampaignContext(
@@ -110,8 +116,16 @@ class Campaign:
         if taught is not None:
             self.ctx.log(f"note: {taught}")
         inert = config.inert_settings()
-        if teacher is None and config.student.first_epochs is not None:
-            inert.append("student.first_epochs: read only when the root is a user's module (compress(teacher=...))")
+        if teacher is None:
+            for key, value in (
+                ("student.first_epochs", config.student.first_epochs),
+                ("student.first_arch", config.student.first_arch),
+                ("teacher.hint_layer", config.teacher.hint_layer),
+            ):
+                if value is not None:
+                    inert.append(
+                        f"{key}: read only when the root is a user's module (teacher.program, or compress(teacher=...))"
+                    )
         for note in inert:
             self.ctx.log(f"note: {note}; set here, it changes nothing")
         lineage = open_campaign(run, config, force=force, log=self.ctx.log, redecide=redecide)

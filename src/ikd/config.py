@@ -138,6 +138,20 @@ class TeacherConfig(OptimConfig):
         json_schema_extra=cli_flag("--teacher", metavar="DIR"),
         description="an existing `ikd train` output to start from; else one is trained",
     )
+    program: Given | None = Field(
+        default=None,
+        json_schema_extra=cli_flag("--teacher-program", metavar="FILE"),
+        description="a trained model of any architecture, saved in eval mode with a dynamic batch dimension by "
+        "torch.export.save (a .pt2 file), as the root: ikd cannot shrink it, so the chain starts from "
+        "student.first_arch distilled from it (the Python API's compress(teacher=module), from a file)",
+    )
+    hint_layer: str | None = Field(
+        default=None,
+        json_schema_extra=cli_flag("--hint-layer", metavar="NAME"),
+        description="the root module's submodule (a path from named_modules(), e.g. `layer2`) whose output "
+        "feature map gives the students their hint, with teacher.program or a module passed from Python "
+        "(whose hint_layer= argument wins); unset needs loss.gamma 0",
+    )
     arch: str = Field(
         default="vgg16",
         json_schema_extra=cli_flag("--arch", metavar="ARCH"),
@@ -176,6 +190,19 @@ class StudentConfig(OptimConfig):
         "compress(config, teacher=module)): that student starts from random weights, where every later child "
         "inherits its parent's, so it needs a longer schedule to come near its teacher; unset = student.epochs",
     )
+    first_arch: str | None = Field(
+        default=None,
+        json_schema_extra=cli_flag("--first-student", metavar="ARCH"),
+        description="the chain's first student when the root is a user's module (teacher.program, or "
+        "compress(teacher=...), whose student= argument wins): a preset or a layout; unset = vgg11 fitted to "
+        "the data",
+    )
+
+    @field_validator("first_arch", mode="before")
+    @classmethod
+    def _known_first_arch(cls, arch: object) -> object:
+        return check_arch(str(arch)) if isinstance(arch, str | int) and not isinstance(arch, bool) else arch
+
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
         default="joint", description="joint: hint trained with KD; two-stage: hint pre-training first"
@@ -534,6 +561,11 @@ class CampaignConfig(Strict):
     @model_validator(mode="after")
     def _strategy_options_fit(self, info: ValidationInfo) -> CampaignConfig:
         search = self.search
+        if self.teacher.program is not None and self.teacher.dir is not None:
+            raise ValueError(
+                "teacher.program and teacher.dir: expected one root (a program of any architecture, or an "
+                "`ikd train` output)"
+            )
         if search.select == "tree" and not search.many_children():
             raise ValueError(f"search.select 'tree' needs a *-children strategy, not {search.strategy!r}")
         if search.seeds > 1 and not search.many_children():
@@ -605,10 +637,13 @@ class CampaignConfig(Strict):
             notes.append("search.speedup_batch: read only with search.target_speedup")
         if not search.retry_within and search.retry_epochs is not None:
             notes.append("search.retry_epochs: read only with search.retry_within > 0")
-        if self.teacher.dir is not None:
-            recipe = tuple(key for key in type(self.teacher).model_fields if key != "dir")
+        if self.teacher.dir is not None or self.teacher.program is not None:
+            given = "teacher.dir imports one" if self.teacher.program is None else "teacher.program gives one"
+            recipe = tuple(
+                key for key in type(self.teacher).model_fields if key not in ("dir", "program", "hint_layer")
+            )
             for key in changed(self.teacher, defaults.teacher, recipe):
-                notes.append(f"teacher.{key}: read to train a root, not when teacher.dir imports one")
+                notes.append(f"teacher.{key}: read to train a root, not when {given}")
         if not self.two_stage_hints() and changed(self.student, defaults.student, ("hint_epochs",)):
             notes.append("student.hint_epochs: read only with student.hint_stage two-stage and loss.gamma > 0")
         if self.student.final_epochs == 0 and changed(self.student, defaults.student, ("final_teachers",)):

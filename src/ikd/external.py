@@ -8,6 +8,7 @@ dataset's per-channel mean and std, like every ikd model.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,6 +44,43 @@ def counted_macs(module: nn.Module, example: torch.Tensor) -> int | None:
     except _FORWARD_ERRORS:
         return None
     return counter.get_total_flops() // (2 * example.shape[0]) or None
+
+
+def load_program(path: str) -> nn.Module:
+    """A model saved by torch.export.save, as a module whose submodules keep their names
+    (torch.export.unflatten), so a hint layer can be named. Refused with one line: a file that is not
+    such a program, one exported with a fixed batch size (ikd feeds batches of every size), or one
+    exported in training mode (its BatchNorm layers would normalise with each batch's statistics)."""
+    where = f"teacher.program {path}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: no such file")
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:  # a bad file fails deep in torch, in many ways: one line says which
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"{where}: not a program saved by torch.export.save ({type(exc).__name__}: {first_line})"
+        ) from None
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    example = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    if not isinstance(example, torch.Tensor):
+        raise ConfigError(f"{where}: expected a program of one tensor input (a batch of images), it has {len(inputs)}")
+    if isinstance(example.shape[0], int):
+        raise ConfigError(
+            f"{where}: exported for batches of exactly {example.shape[0]} images; export it with a dynamic batch "
+            "dimension: torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))"
+        )
+    training = [
+        n
+        for n in program.graph.nodes
+        if (n.target == torch.ops.aten.batch_norm.default and n.args[5] is True)
+        or "_native_batch_norm_legit_functional" in str(n.target)  # the same, decomposed
+    ]
+    if training:
+        raise ConfigError(
+            f"{where}: exported in training mode (BatchNorm on batch statistics); call model.eval() first"
+        )
+    return torch.export.unflatten(program)
 
 
 NO_HINT_LAYER = "the teacher module has no hint_layer; name one, or set loss.gamma to 0"

@@ -75,7 +75,7 @@ class TeacherModels:
         if self.user_module is None:
             raise ConfigError(
                 f"{self.ctx.run.path}: the root teacher is a user module; pass it again "
-                "(ikd.compress(..., teacher=module)) to resume"
+                "(teacher.program / --teacher-program, or ikd.compress(..., teacher=module)) to resume"
             )
         if self._external is None:
             if self.hint_layer is None and self.ctx.config.loss.gamma > 0:
@@ -268,13 +268,15 @@ def _external_root(ctx: CampaignContext, teacher: ExternalTeacher, started: floa
     val, test = ctx.accuracy(teacher, ctx.data.val), ctx.accuracy(teacher, ctx.data.test)
     params = teacher.num_params()
     ctx.log(f"root teacher (user module): val {points(val):.2f}%, test {points(test):.2f}%")
+    program = ctx.config.teacher.program
     uncounted = "" if teacher.macs else "; MACs not counted (torch's FLOP counter could not count its forward)"
     return NodeRecord(
         id=ROOT_ID,
         generation=0,
         status=Status.TEACHER,
         arch={
-            "external": type(teacher.module).__name__,
+            # the class a program loads as says nothing of the model: its file does
+            "external": f"{Path(program).name} (torch.export)" if program else type(teacher.module).__name__,
             "state_sha256": module_digest(teacher.module),
             "hint_layer": teacher.hint_layer,
         },
@@ -388,7 +390,8 @@ def expert_teachers(ctx: CampaignContext, lineage: Lineage, loaded: dict[str, tu
 
 
 def first_student(ctx: CampaignContext, spec: ArchSpec | None) -> ArchSpec:
-    """Where the chain starts under a user's module, which cannot be shrunk: `spec`, or vgg11."""
+    """Where the chain starts under a user's module, which cannot be shrunk: `spec` (compress(student=...)),
+    else student.first_arch, else vgg11, fitted to the data."""
     if spec is not None:
         return spec
-    return preset_for("vgg11", ctx.data)
+    return preset_for(ctx.config.student.first_arch or "vgg11", ctx.data)
