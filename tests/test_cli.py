@@ -762,7 +762,7 @@ def test_compress_takes_its_data_from_the_teachers_record_unless_the_dataset_is_
     assert "(set data.name, --dataset idx)" in refused.stderr and "image_size" not in refused.stderr
 
 
-def exported(path, digits, *, batch=None, train=False, seed=0):
+def exported(path, digits, *, batch=None, train=False, seed=0, dropout=False):
     """A small logits module trained a little on digits, saved by torch.export.save: any architecture."""
     import torch
     from torch import nn
@@ -773,6 +773,8 @@ def exported(path, digits, *, batch=None, train=False, seed=0):
     module = nn.Sequential(
         nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten()
     )
+    if dropout:
+        module.append(nn.Dropout(0.5))
     module.append(nn.Linear(12 * 16, 10))
     train_model(module, digits, TrainConfig(epochs=2, batch_size=32, precision="fp32", device="cpu"), progress=False)
     module.train(train)
@@ -819,7 +821,8 @@ def test_a_program_of_any_architecture_is_the_root_from_the_command_line(tmp_pat
         ("missing", "teacher.program {path}: no such file"),
         ("not a program", "teacher.program {path}: not a program saved by torch.export.save"),
         ("fixed batch", "teacher.program {path}: exported for batches of exactly 4 images; export it with a dynamic"),
-        ("training mode", "teacher.program {path}: exported in training mode (BatchNorm on batch statistics)"),
+        ("training mode", "teacher.program {path}: exported in training mode (aten.batch_norm.default)"),
+        ("dropout on", "teacher.program {path}: exported in training mode (aten.batch_norm.default, aten.dropout"),
     ],
 )
 def test_a_program_ikd_cannot_use_is_one_line_and_exit_2(tmp_path, digits, case, expected):
@@ -828,8 +831,8 @@ def test_a_program_ikd_cannot_use_is_one_line_and_exit_2(tmp_path, digits, case,
         path.write_bytes(b"PK\x03\x04 not a zip")
     elif case == "fixed batch":
         exported(path, digits, batch=4)
-    elif case == "training mode":
-        exported(path, digits, train=True)
+    elif case in ("training mode", "dropout on"):
+        exported(path, digits, train=True, dropout=case == "dropout on")
     flags = ("--dataset", "digits", "--hint-layer", "2", "--run-dir", tmp_path / "run", "--quiet")
     ran = ikd("compress", "--teacher-program", path, *flags)
     assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1, ran.stderr

@@ -47,7 +47,7 @@ from ikd.lineage import (
     size,
 )
 from ikd.resume import grown_from, open_campaign
-from ikd.runtime import describe_machine
+from ikd.runtime import describe_machine, resolve_device
 from ikd.shrink import OPERATORS, Candidate, inherit_by
 from ikd.strategy import child_prefix, id_prefix, propose, seed_index, teachers_of, versioned_id
 from ikd.teachers import (
@@ -103,7 +103,7 @@ class Campaign:
         if config.teacher.program is not None:  # the command line's way to pass a module
             if teacher is not None:
                 raise ConfigError("teacher.program and a module passed as teacher=: expected one root")
-            teacher = load_program(config.teacher.program)
+            teacher = load_program(config.teacher.program, resolve_device(config.device))
         hint_layer = config.teacher.hint_layer if hint_layer is None else hint_layer
         # a module passed from Python is the root: teacher.dir is then not read
         config, taught = with_teachers_data(config, run) if teacher is None else (config, None)

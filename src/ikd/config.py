@@ -143,7 +143,8 @@ class TeacherConfig(OptimConfig):
         json_schema_extra=cli_flag("--teacher-program", metavar="FILE"),
         description="a trained model of any architecture, saved in eval mode with a dynamic batch dimension by "
         "torch.export.save (a .pt2 file), as the root: ikd cannot shrink it, so the chain starts from "
-        "student.first_arch distilled from it (the Python API's compress(teacher=module), from a file)",
+        "student.first_arch distilled from it (the Python API's compress(teacher=module), from a file). "
+        "torch.export.load unpickles parts of the file: give only programs you trust",
     )
     hint_layer: str | None = Field(
         default=None,

@@ -8,10 +8,12 @@ dataset's per-channel mean and std, like every ikd model.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.export.passes import move_to_device_pass
 from torch.utils.flop_counter import FlopCounterMode
 
 from ikd.errors import ConfigError
@@ -46,41 +48,64 @@ def counted_macs(module: nn.Module, example: torch.Tensor) -> int | None:
     return counter.get_total_flops() // (2 * example.shape[0]) or None
 
 
-def load_program(path: str) -> nn.Module:
-    """A model saved by torch.export.save, as a module whose submodules keep their names
+# ops that behave differently in training mode, and the argument that says which mode a program froze
+_MODE_FLAGS = {
+    "aten.batch_norm.default": 5,
+    "aten.native_batch_norm.default": 5,
+    "aten._native_batch_norm_legit.default": 5,
+    "aten.dropout.default": 2,
+    "aten.native_dropout.default": 2,
+    "aten.feature_dropout.default": 2,
+    "aten.alpha_dropout.default": 2,
+}
+_TRAINING_ONLY = ("aten._native_batch_norm_legit_functional", "aten._batch_norm_with_update")
+
+
+def _trains(node: torch.fx.Node) -> bool:
+    """Whether a program's node computes in training mode (batch statistics, random dropout)."""
+    target = str(node.target)
+    flag = _MODE_FLAGS.get(target)
+    return target.startswith(_TRAINING_ONLY) or (flag is not None and len(node.args) > flag and node.args[flag] is True)
+
+
+def load_program(path: str, device: torch.device) -> nn.Module:
+    """A model saved by torch.export.save, on `device`, as a module whose submodules keep their names
     (torch.export.unflatten), so a hint layer can be named. Refused with one line: a file that is not
-    such a program, one exported with a fixed batch size (ikd feeds batches of every size), or one
-    exported in training mode (its BatchNorm layers would normalise with each batch's statistics)."""
+    such a program, one of other inputs than one batch of images, one exported with a fixed batch size
+    (ikd feeds batches of every size), or one exported in training mode (BatchNorm on each batch's
+    statistics, dropout). torch.export.load unpickles parts of the file: load only programs you trust."""
     where = f"teacher.program {path}"
     if not Path(path).is_file():
         raise ConfigError(f"{where}: no such file")
     try:
-        program = torch.export.load(path)
+        with warnings.catch_warnings():  # torch's own deprecation notices, not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.export.load(path)
     except Exception as exc:  # a bad file fails deep in torch, in many ways: one line says which
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
             f"{where}: not a program saved by torch.export.save ({type(exc).__name__}: {first_line})"
         ) from None
-    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
-    example = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    names = program.graph_signature.user_inputs
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
+    example = inputs[0].meta.get("val") if len(names) == len(inputs) == 1 else None
     if not isinstance(example, torch.Tensor):
-        raise ConfigError(f"{where}: expected a program of one tensor input (a batch of images), it has {len(inputs)}")
+        raise ConfigError(f"{where}: expected a program of one input, a batch of images; it takes {list(names)}")
     if isinstance(example.shape[0], int):
         raise ConfigError(
             f"{where}: exported for batches of exactly {example.shape[0]} images; export it with a dynamic batch "
             "dimension: torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))"
         )
-    training = [
-        n
-        for n in program.graph.nodes
-        if (n.target == torch.ops.aten.batch_norm.default and n.args[5] is True)
-        or "_native_batch_norm_legit_functional" in str(n.target)  # the same, decomposed
-    ]
+    training = sorted({str(n.target) for n in program.graph.nodes if _trains(n)})
     if training:
         raise ConfigError(
-            f"{where}: exported in training mode (BatchNorm on batch statistics); call model.eval() first"
+            f"{where}: exported in training mode ({', '.join(training)}); call model.eval() before exporting"
         )
-    return torch.export.unflatten(program)
+    # constants and device arguments the export froze on its own device move too, not only the weights
+    program = move_to_device_pass(program, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.export.unflatten(program)
 
 
 NO_HINT_LAYER = "the teacher module has no hint_layer; name one, or set loss.gamma to 0"

@@ -82,12 +82,16 @@ def open_campaign(
         # the same model imported: the keys for training one are not read, nor is how its path is spelt
         other_teacher = []
         differences = [d for d in differences if not d.startswith("teacher.dir:")]
+    # a module root's hint layer is checked against its record (teachers._same_module); for any other root
+    # the key is not read
+    other_teacher = [d for d in other_teacher if not d.startswith("teacher.hint_layer:")]
+    differences = [d for d in differences if not d.startswith("teacher.hint_layer:")]
     program, asked_program = stored.get("teacher", {}).get("program"), wanted["teacher"].get("program")
     if program is not None and asked_program is not None:
         # a program's weights are checked against the root's recorded digest, not by where the file lies;
         # the keys for training a root are not read
-        other_teacher = [d for d in other_teacher if d.startswith("teacher.hint_layer:")]
-        differences = [d for d in differences if not d.startswith("teacher.") or d.startswith("teacher.hint_layer:")]
+        other_teacher = []
+        differences = [d for d in differences if not d.startswith("teacher.")]
     if other_teacher:  # not even under --force: the root stays what it was, and every student learnt from it
         raise ConfigError(
             f"{run.path}: holds a campaign grown from a root teacher made under other settings "

@@ -75,7 +75,7 @@ class TeacherModels:
         if self.user_module is None:
             raise ConfigError(
                 f"{self.ctx.run.path}: the root teacher is a user module; pass it again "
-                "(teacher.program / --teacher-program, or ikd.compress(..., teacher=module)) to resume"
+                "(ikd.compress(..., teacher=module)) to resume"
             )
         if self._external is None:
             if self.hint_layer is None and self.ctx.config.loss.gamma > 0:
