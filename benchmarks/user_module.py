@@ -97,6 +97,13 @@ def parse_args() -> argparse.Namespace:
         "--first-epochs", type=int, default=10, help="student.first_epochs: the first student's schedule"
     )
     parser.add_argument("--operators", default="depth,width", help="search.operators")
+    parser.add_argument(
+        "--via",
+        choices=("program", "module"),
+        default="program",
+        help="program: the module saved by torch.export and named by teacher.program (as --teacher-program "
+        "gives it on the command line); module: passed as ikd.compress(teacher=module)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", help="write the record here")
     parser.add_argument("--note", default="", help="a paragraph added to the record")
@@ -156,6 +163,16 @@ def trained_module(args: argparse.Namespace, config, data, out: Path) -> tuple[R
     return model, facts
 
 
+def exported(module: ResNet, data, path: Path) -> Path:
+    """`module` saved by torch.export (eval mode, any batch size), once."""
+    if not path.exists():
+        module.eval()
+        example = torch.zeros(2, data.in_channels, data.image_size, data.image_size)
+        batch = {0: torch.export.Dim("batch")}
+        torch.export.save(torch.export.export(module, (example,), dynamic_shapes=(batch,)), path)
+    return path
+
+
 def accuracies(node, root) -> str:
     """`node`'s validation and test accuracy, and (for a student) their change from the root's."""
 
@@ -181,7 +198,12 @@ def record(args, config, lineage, module_facts: dict[str, object], campaign_seco
         f"shrink it), trained by `ikd.train.train_model` with the config's teacher recipe "
         f"({module_facts['recipe']}) for {module_facts['epochs']} epochs on the campaign's own training split: "
         f"{module_facts['seconds']} s, {module_facts['precision']}, images/s per epoch {module_facts['images_per_s']}. "
-        f"Handed to `ikd.compress(teacher=..., hint_layer={HINT_LAYER!r}, student=<{args.first_student}>)`.",
+        + (
+            f"Saved by `torch.export` and given as `teacher.program` with `teacher.hint_layer: {HINT_LAYER}` and "
+            f"`student.first_arch: {args.first_student}` (what `ikd compress --teacher-program` sets)."
+            if args.via == "program"
+            else f"Handed to `ikd.compress(teacher=..., hint_layer={HINT_LAYER!r}, student=<{args.first_student}>)`."
+        ),
         "",
         f"Campaign: {campaign_seconds / 60:.1f} min (the module's training not included).",
         "",
@@ -226,7 +248,12 @@ def main() -> None:
         args.first_student, in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes
     )
     start = time.perf_counter()
-    lineage = ikd.compress(config, teacher=module, hint_layer=HINT_LAYER, student=spec, progress=not args.quiet)
+    if args.via == "program":  # what `ikd compress --teacher-program FILE --hint-layer --first-student` runs
+        program = exported(module, data, runs / "module" / "model.pt2")
+        root = {"teacher.program": str(program), "teacher.hint_layer": HINT_LAYER, "student.first_arch": spec.summary()}
+        lineage = ikd.compress(load_config(repo_path(args.config), keys | root), progress=not args.quiet)
+    else:
+        lineage = ikd.compress(config, teacher=module, hint_layer=HINT_LAYER, student=spec, progress=not args.quiet)
     seconds = time.perf_counter() - start
     publish(record(args, config, lineage, facts, seconds), args.markdown, "A user's own module as the root")
     answer = lineage.final()

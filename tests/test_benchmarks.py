@@ -324,7 +324,7 @@ def test_children_cost_quick(tmp_path):
 def test_user_module_quick_trains_its_resnet_once_and_counts_its_macs(tmp_path):
     result, text = quick_record("user_module.py", tmp_path)
     assert result["answer"] == "g1-student" and int(result["module_params"]) > int(result["answer_params"])
-    assert "external: ResNet" in text and "fewer MACs" in text
+    assert "external: model.pt2 (torch.export)" in text and "fewer MACs" in text
     weights = tmp_path / "runs" / "user-module" / "module" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     again, _ = quick_record("user_module.py", tmp_path)  # the module is reused, the campaign resumed
