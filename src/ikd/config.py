@@ -132,6 +132,11 @@ class OptimConfig(Strict):
     )
 
 
+def _known_arch(arch: object) -> object:
+    """A preset or layout, checked (YAML reads a one-block layout, `arch: 64`, as a number)."""
+    return check_arch(str(arch)) if isinstance(arch, str | int) and not isinstance(arch, bool) else arch
+
+
 class TeacherConfig(OptimConfig):
     dir: Given | None = Field(
         default=None,
@@ -173,11 +178,7 @@ class TeacherConfig(OptimConfig):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     ema_epochs: float = Field(default=1.0, ge=0, description="weights' EMA horizon in epochs (0 = none)")
 
-    @field_validator("arch", mode="before")
-    @classmethod
-    def _known_arch(cls, arch: object) -> object:
-        # YAML reads a one-block layout (`arch: 64`) as a number
-        return check_arch(str(arch)) if isinstance(arch, str | int) and not isinstance(arch, bool) else arch
+    _known_arch = field_validator("arch", mode="before")(lambda arch: _known_arch(arch))
 
 
 class StudentConfig(OptimConfig):
@@ -187,8 +188,8 @@ class StudentConfig(OptimConfig):
     first_epochs: int | None = Field(
         default=None,
         gt=0,
-        description="epochs of the chain's first student when the root is a user's own module (Python API: "
-        "compress(config, teacher=module)): that student starts from random weights, where every later child "
+        description="epochs of the chain's first student when the root is a user's own module (teacher.program, "
+        "or compress(config, teacher=module)): that student starts from random weights, where every later child "
         "inherits its parent's, so it needs a longer schedule to come near its teacher; unset = student.epochs",
     )
     first_arch: str | None = Field(
@@ -199,10 +200,7 @@ class StudentConfig(OptimConfig):
         "the data",
     )
 
-    @field_validator("first_arch", mode="before")
-    @classmethod
-    def _known_first_arch(cls, arch: object) -> object:
-        return check_arch(str(arch)) if isinstance(arch, str | int) and not isinstance(arch, bool) else arch
+    _known_first_arch = field_validator("first_arch", mode="before")(lambda arch: _known_arch(arch))
 
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
