@@ -104,6 +104,9 @@ def parse_args() -> argparse.Namespace:
         "gives it on the command line); module: passed as ikd.compress(teacher=module)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baselines", action="store_true", help="also train the answer's architecture from scratch and by one-shot KD"
+    )
     parser.add_argument("--markdown", help="write the record here")
     parser.add_argument("--note", default="", help="a paragraph added to the record")
     parser.add_argument("--quick", action="store_true", help="digits, a tiny module and one generation: a smoke run")
@@ -120,6 +123,8 @@ def campaign_keys(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
     }
     if args.data_dir:
         keys["data.dir"] = args.data_dir
+    if args.baselines:
+        keys["baselines"] = True
     if args.quick:
         keys |= {"data.name": "digits", "student.epochs": 1, "search.max_generations": 1, "search.max_drop": 100.0}
         keys |= {"search.max_step_drop": 100.0}
@@ -204,8 +209,8 @@ def record(args, config, lineage, module_facts: dict[str, object], campaign_seco
             else f"Handed to `ikd.compress(teacher=..., hint_layer={HINT_LAYER!r}, student=<{args.first_student}>)`."
         ),
         "",
-        f"Campaign: {campaign_seconds / 60:.1f} min, the sum of its nodes' recorded times (the module's training "
-        "not included).",
+        f"Campaign: {campaign_seconds / 60:.1f} min, the sum of its nodes' recorded times, baselines included "
+        "(the module's training not included).",
         "",
         "```",
         format_lineage(lineage).rstrip(),
@@ -224,6 +229,19 @@ def record(args, config, lineage, module_facts: dict[str, object], campaign_seco
         f"{answer.compression:.1f}x fewer than the module and {root.macs / max(answer.macs, 1):.1f}x fewer MACs, "
         f"{accuracies(answer, root)}. Stopped: {lineage.stop_reason}."
     )
+    baselines = [n for n in lineage.nodes if n.id in ("baseline-scratch", "baseline-oneshot-kd")]
+    for baseline in baselines:
+        gap = {
+            split: 100 * (getattr(answer, f"{split}_accuracy") - getattr(baseline, f"{split}_accuracy"))
+            for split in ("val", "test")
+            if getattr(answer, f"{split}_accuracy") is not None and getattr(baseline, f"{split}_accuracy") is not None
+        }
+        lines.append(
+            f"- {baseline.id} (the answer's architecture, {baseline.epochs} epochs, the chain's total): "
+            f"{accuracies(baseline, root)}; the chain's answer minus it: "
+            + ", ".join(f"{split} {value:+.2f}" for split, value in gap.items())
+            + "."
+        )
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines) + "\n"
