@@ -178,7 +178,7 @@ class TeacherConfig(OptimConfig):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     ema_epochs: float = Field(default=1.0, ge=0, description="weights' EMA horizon in epochs (0 = none)")
 
-    _known_arch = field_validator("arch", mode="before")(lambda arch: _known_arch(arch))
+    _checked_arch = field_validator("arch", mode="before")(_known_arch)
 
 
 class StudentConfig(OptimConfig):
@@ -200,7 +200,7 @@ class StudentConfig(OptimConfig):
         "the data",
     )
 
-    _known_first_arch = field_validator("first_arch", mode="before")(lambda arch: _known_arch(arch))
+    _checked_first_arch = field_validator("first_arch", mode="before")(_known_arch)
 
     inherit: bool = Field(default=True, description="initialise each child from its parent's weights (else random)")
     hint_stage: Literal["joint", "two-stage"] = Field(
