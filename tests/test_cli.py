@@ -638,7 +638,7 @@ def test_compress_takes_exactly_the_declared_flags():
 
     flags = command_line_flags()
     names = [flag.name for flag in flags]
-    assert len(set(names)) == len(names) == 43
+    assert len(set(names)) == len(names) == 44
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     compress = commands.choices["compress"]
     by_name = {action.option_strings[-1]: action for action in compress._actions}

@@ -13,11 +13,13 @@ import ikd.campaign
 import ikd.external
 from ikd.arch import ArchSpec
 from ikd.campaign import UNDECIDED, Campaign, command_line, compress
+from ikd.checkpoint import read_metadata
 from ikd.config import load_config
 from ikd.errors import ConfigError
 from ikd.lineage import RunDir
 from ikd.report import Report
-from ikd.shrink import shrink_width
+from ikd.shrink import cuts_per_block, shrink_width
+from ikd.strategy import propose
 from ikd.train import TrainConfig, train_model
 
 
@@ -1124,3 +1126,38 @@ def test_a_beam_names_the_same_node_for_its_target_in_a_fresh_run_and_a_rerun(tm
     first = min((n for n in fresh.nodes if n.status == "accepted"), key=ikd.lineage.rank)
     assert (fresh.stop_reason or "").startswith(f"target reached: {first.id} has")
     assert compress(config, progress=False).stop_reason == fresh.stop_reason
+
+
+def test_cut_sites_fall_back_to_the_next_blocks_cut_when_the_most_saving_one_fails(tmp_path, tiny_teacher, monkeypatch):
+    config = campaign_config(tmp_path / "run", tiny_teacher, operators=["depth"], cut_sites="all", max_generations=1)
+    spec = ArchSpec.model_validate(read_metadata(tiny_teacher)["arch"])
+    cuts: dict[str, int] = {}  # child -> its block; two cuts that make the same child propose it once, as the first
+    for block, child in cuts_per_block("depth", spec):
+        cuts.setdefault(child.model_dump_json(), block)
+    proposed = propose(spec, config.search, "g1-")
+    assert len(proposed) == len(cuts) > 1
+    # smallest first; the most saving keeps the operator's id, as the one child of cut_sites 1 (a rerun reuses it)
+    assert [c.node_id for c in proposed] == ["g1-depth", *(f"g1-depth-in{b + 1}" for b in list(cuts.values())[1:])]
+    assert [c.spec.model_dump_json() for c in proposed] == list(cuts)
+    assert [c.node_id for c in propose(spec, config.search.model_copy(update={"cut_sites": 2}), "g1-")] == [
+        c.node_id for c in proposed[:2]
+    ]
+    assert [c.node_id for c in propose(spec, config.search.model_copy(update={"cut_sites": 1}), "g1-")] == ["g1-depth"]
+    # the most saving cut fails (scripted): the next block's trains and is kept; any larger ones never train
+    rejection = ikd.rules.rejection
+    failing = proposed[0].node_id
+    monkeypatch.setattr(
+        ikd.rules, "rejection", lambda node, *rest: "scripted miss" if node.id == failing else rejection(node, *rest)
+    )
+    lineage = compress(config, progress=False)
+    students = {n.id: n for n in lineage.students()}
+    assert set(students) == {failing, proposed[1].node_id}
+    assert students[failing].status == "rejected" and students[failing].reason == "scripted miss"
+    assert students[proposed[1].node_id].status == "accepted" and lineage.final().id == proposed[1].node_id
+    assert ("larger candidates not trained" in students[proposed[1].node_id].reason) == (len(proposed) > 2)
+
+
+@pytest.mark.parametrize("sites", [0, -1, "some"])
+def test_cut_sites_is_validated(sites):
+    with pytest.raises(ConfigError, match=r"search\.cut_sites"):
+        load_config(None, {"search.cut_sites": sites})

@@ -7,7 +7,7 @@ from ikd.arch import PRESETS, ArchSpec, preset
 from ikd.errors import ConfigError
 from ikd.inherit import inherit_weights
 from ikd.model import build_model
-from ikd.shrink import get_operator, shrink_block, shrink_depth, shrink_stage, shrink_width
+from ikd.shrink import cuts_per_block, get_operator, shrink_block, shrink_depth, shrink_stage, shrink_width
 
 
 def shrunk(spec: ArchSpec | None) -> ArchSpec:
@@ -187,3 +187,32 @@ def test_depth_gives_no_child_that_is_not_smaller():
     spec = ArchSpec(in_channels=3, image_size=8, num_classes=100, blocks=[[512, 8]], head=[])
     assert spec.model_copy(update={"blocks": [[512]]}).num_params() > spec.num_params()
     assert shrink_depth(spec) is None
+
+
+def test_cuts_per_block_lists_every_blocks_cut_most_saving_first():
+    spec = ArchSpec(in_channels=3, image_size=32, num_classes=10, blocks=[[8, 8], [64, 64], [32, 32]])
+    by_params = cuts_per_block("depth", spec)
+    assert [block for block, _ in by_params] == [1, 2, 0]
+    assert [child.blocks for _, child in by_params] == [
+        [[8, 8], [64], [32, 32]],
+        [[8, 8], [64, 64], [32]],
+        [[8], [64, 64], [32, 32]],
+    ]
+    assert by_params[0][1] == shrink_depth(spec)  # the operator's one child is the first cut
+    sizes = [child.num_params() for _, child in by_params]
+    assert sizes == sorted(sizes) and sizes[-1] < spec.num_params()
+    by_macs = cuts_per_block("depth", spec, objective="macs")
+    assert by_macs[0][0] == 1 and by_macs[0][1] == shrink_depth(spec, "macs")
+    assert [child.macs() for _, child in by_macs] == sorted(child.macs() for _, child in by_macs)
+    halved = cuts_per_block("block", spec, 0.5)
+    assert [child.blocks for _, child in halved] == [
+        [[8, 8], [32, 32], [32, 32]],
+        [[8, 8], [64, 64], [16, 16]],
+        [[4, 4], [64, 64], [32, 32]],
+    ]
+    assert halved[0][1] == shrink_block(spec, 0.5) and cuts_per_block("block", spec)[0] == halved[0]
+    # a cut that saves nothing is not offered: a block of widths 1 cannot narrow
+    ones = spec.model_copy(update={"blocks": [[1], [64, 64], [32, 32]]})
+    assert [block for block, _ in cuts_per_block("block", ones, 0.5)] == [1, 2]
+    with pytest.raises(ValueError, match="width"):
+        cuts_per_block("width", spec)

@@ -350,6 +350,14 @@ class SearchConfig(Strict):
         "block cut where that saves the most of it. On a CNN the two disagree: a late conv holds many parameters "
         "and few MACs, an early one the reverse",
     )
+    cut_sites: Literal["all"] | int = Field(
+        default=1,
+        json_schema_extra=cli_flag("--cut-sites"),
+        description="depth and block operators: in how many blocks each proposes its cut, one child per block, the "
+        "cut that saves the most (by `objective`) first; under *-child strategies a cut that saves less trains only "
+        "when every cut that saves more fails, so a failed most-saving cut falls back to the next block's; all = "
+        "every block",
+    )
     candidates: Literal["smallest-first", "all"] = Field(
         default="smallest-first",
         description="smallest-first: train candidates in order of size and stop at the first within tolerance "
@@ -397,6 +405,13 @@ class SearchConfig(Strict):
             )
         # one form for one factor: `--width-factors 0.5` (a list) resumes a run configured `width_factor: 0.5`
         return scales[0] if len(scales) == 1 else scale
+
+    @field_validator("cut_sites")
+    @classmethod
+    def _some_sites(cls, sites: Literal["all"] | int) -> Literal["all"] | int:
+        if sites != "all" and sites < 1:
+            raise ValueError(f"expected all or a number of blocks of at least 1, got {sites}")
+        return sites
 
     def factors(self, key: str) -> list[float]:
         """The factors an operator's key (width_factor, slim_fraction) lists: one child each."""

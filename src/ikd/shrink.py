@@ -36,6 +36,7 @@ class Operator:
     factor: str | None = None
     options: tuple[str, ...] = ()
     needs_scales: bool = False
+    one_block: bool = False  # cuts in one block, so it can propose a cut per block (search.cut_sites)
 
     def search_keys(self) -> tuple[str, ...]:
         return ((self.factor,) if self.factor else ()) + self.options
@@ -48,9 +49,9 @@ class Operator:
 
 
 OPERATORS = {
-    "depth": Operator(),
+    "depth": Operator(options=("cut_sites",), one_block=True),
     "width": Operator(factor="width_factor"),
-    "block": Operator(factor="width_factor"),
+    "block": Operator(factor="width_factor", options=("cut_sites",), one_block=True),
     "slim": Operator(
         factor="slim_fraction", options=("slim_min_channels", "slim_by_share", "slim_round_to"), needs_scales=True
     ),
@@ -60,6 +61,9 @@ DEFAULT_WIDTH_FACTOR = 0.5
 Inheritance = Literal["l1", "bn-scale"]  # ikd.inherit.inherit_weights's `by`
 DEFAULT_SLIM_FRACTION = 0.5
 DEFAULT_SLIM_MIN_CHANNELS = 8
+
+# A cut made in one block: (the block's index, the child).
+Cut = tuple[int, ArchSpec]
 
 # The parent's BatchNorm scales |gamma|, one value per output channel of every conv, nested like
 # ArchSpec.blocks (block -> conv -> channel); ikd.inherit.bn_scales reads them off a model.
@@ -92,6 +96,15 @@ def _without_conv(spec: ArchSpec, block: int) -> ArchSpec:
     return spec.model_copy(update={"blocks": blocks})
 
 
+def depth_cuts(spec: ArchSpec, objective: Objective = "params") -> list[Cut]:
+    """Every block's depth cut (its last conv dropped; a block that empties is dropped), as (block, child),
+    the one that saves the most parameters first (MACs per image under `objective` macs; the later block on
+    ties); only children smaller than `spec` by that measure."""
+    if sum(len(b) for b in spec.blocks) <= 1:
+        return []
+    return _most_saving_first(spec, [_without_conv(spec, i) for i in range(len(spec.blocks))], objective)
+
+
 def shrink_depth(spec: ArchSpec, objective: Objective = "params") -> ArchSpec | None:
     """Drop the last conv of the block where that saves the most parameters (later block on ties), or
     the most MACs per image under `objective` macs.
@@ -100,12 +113,24 @@ def shrink_depth(spec: ArchSpec, objective: Objective = "params") -> ArchSpec | 
     most expensive layers first and whole blocks disappear from the end, as in the paper; by MACs, a conv
     of the early blocks, which see the largest feature maps.
     """
-    if sum(len(b) for b in spec.blocks) <= 1:
-        return None
-    candidates = [_without_conv(spec, i) for i in range(len(spec.blocks))]
-    child = min(reversed(candidates), key=lambda child: child.size(objective))
-    # dropping a narrow last conv can widen what the head reads ([[512, 8]] -> [[512]]): no compression
-    return child if child.size(objective) < spec.size(objective) else None
+    return _first_child(depth_cuts(spec, objective))
+
+
+def _most_saving_first(spec: ArchSpec, children: list[ArchSpec], objective: Objective) -> list[Cut]:
+    """`children` (one per block, in block order) as cuts, the smallest by `objective` first (the later
+    block on ties), without those no smaller than `spec`: dropping a narrow last conv can widen what the
+    head reads ([[512, 8]] -> [[512]]). Two blocks whose cuts make the same child (dropping either of two
+    like one-conv blocks) give it once, as the first."""
+    cuts = sorted(enumerate(children), key=lambda cut: (cut[1].size(objective), -cut[0]))
+    distinct: list[Cut] = []
+    for block, child in cuts:
+        if child.size(objective) < spec.size(objective) and all(child != other for _, other in distinct):
+            distinct.append((block, child))
+    return distinct
+
+
+def _first_child(cuts: list[Cut]) -> ArchSpec | None:
+    return cuts[0][1] if cuts else None
 
 
 def shrink_stage(spec: ArchSpec) -> ArchSpec | None:
@@ -233,26 +258,43 @@ def shrink_slim(
     return child if child != spec else None  # nothing could go
 
 
+def block_cuts(spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR, objective: Objective = "params") -> list[Cut]:
+    """Every block's width cut (its conv widths scaled by `factor`, rounded up, at least 1) as (block, child),
+    the one that saves the most parameters first (MACs under `objective` macs; the later block on ties)."""
+    scale = _scaler(factor)
+    children = []
+    for i, block in enumerate(spec.blocks):
+        blocks = [list(b) for b in spec.blocks]
+        blocks[i] = [scale(w) for w in block]
+        children.append(spec.model_copy(update={"blocks": blocks}))
+    return _most_saving_first(spec, children, objective)
+
+
 def shrink_block(
     spec: ArchSpec, factor: float = DEFAULT_WIDTH_FACTOR, objective: Objective = "params"
 ) -> ArchSpec | None:
     """Scale one block's conv widths by `factor` (rounded up, at least 1): the block where that saves the
     most parameters (later block on ties), or MACs under `objective` macs, as shrink_depth picks its conv.
     The other blocks and the head keep their widths, so the network narrows where it is most expensive first."""
-    scale = _scaler(factor)
-    candidates = []
-    for i, block in enumerate(spec.blocks):
-        blocks = [list(b) for b in spec.blocks]
-        blocks[i] = [scale(w) for w in block]
-        candidates.append(spec.model_copy(update={"blocks": blocks}))
-    smallest = min(reversed(candidates), key=lambda child: child.size(objective))
-    return smallest if smallest.size(objective) < spec.size(objective) else None
+    return _first_child(block_cuts(spec, factor, objective))
 
 
 def _with_widths(spec: ArchSpec, widths: list[int]) -> ArchSpec:
     """`spec` with its conv widths replaced, in order, by `widths`."""
     flat = iter(widths)
     return spec.model_copy(update={"blocks": [[next(flat) for _ in block] for block in spec.blocks]})
+
+
+def cuts_per_block(
+    name: str, spec: ArchSpec, factor: float | None = None, objective: Objective = "params"
+) -> list[Cut]:
+    """The cuts of a one-block operator (depth, block) in every block where one makes `spec` smaller, the
+    most saving first: the first is what get_operator's function returns."""
+    if name == "depth":
+        return depth_cuts(spec, objective)
+    if name == "block":
+        return block_cuts(spec, DEFAULT_WIDTH_FACTOR if factor is None else factor, objective)
+    raise ValueError(f"{name!r} does not cut in one block")
 
 
 def get_operator(

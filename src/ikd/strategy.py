@@ -26,11 +26,12 @@ from ikd.arch import ArchSpec
 from ikd.config import EnsembleConfig, SearchConfig
 from ikd.lineage import Lineage, NodeRecord
 from ikd.rules import RETRY
-from ikd.shrink import OPERATORS, Candidate, Scales, get_operator
+from ikd.shrink import OPERATORS, Candidate, Scales, cuts_per_block, get_operator
 
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
 SEED_SUFFIX = "-s"  # the id suffix of such a sibling: g2-width-s1
+BLOCK_INFIX = "-in"  # the block of a one-block cut other than the most saving (search.cut_sites): g5-depth-in3
 VERSION_SUFFIX = "-v"  # another training asked under an id another path's training holds: g2-width-v2
 
 
@@ -46,6 +47,16 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
         factors: list[float] | list[None] = search.factors(kind.factor) if kind.factor else [None]
         for factor in factors:
             label = name if factor is None or len(factors) == 1 else f"{name}{round(100 * factor)}"
+            if kind.one_block and search.cut_sites != 1:
+                cuts = cuts_per_block(name, parent_spec, factor, search.objective)
+                sites = len(cuts) if search.cut_sites == "all" else search.cut_sites
+                # the most saving cut keeps the operator's id (cut_sites 1's child), so a rerun with more sites
+                # (--redecide) reuses its training; the others name their block
+                proposals += [
+                    (name, f"{label}{BLOCK_INFIX}{block + 1}" if i else label, child)
+                    for i, (block, child) in enumerate(cuts[:sites])
+                ]
+                continue
             operator = get_operator(
                 name,
                 factor,
