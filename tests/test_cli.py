@@ -815,6 +815,42 @@ def test_a_program_of_any_architecture_is_the_root_from_the_command_line(tmp_pat
     assert hint.returncode == 2 and "hint_layer" in hint.stderr, hint.stderr
 
 
+def test_a_program_root_is_timed_beside_its_students_by_export_and_by_target_speedup(tmp_path, digits):
+    import ikd as package
+    from ikd.export import export
+    from ikd.lineage import RunDir
+
+    program = exported(tmp_path / "mine.pt2", digits)
+    overrides = {
+        "data.name": "digits",
+        "run_dir": str(tmp_path / "run"),
+        "teacher.program": str(program),
+        "teacher.hint_layer": "2",
+        "student.first_arch": "8x1-8x1",
+        "student.epochs": 1,
+        "precision": "fp32",
+        "device": "cpu",
+        "search.operators": ["width"],
+        "search.max_drop": 100.0,
+        "search.max_step_drop": 100.0,
+        "search.max_generations": 1,
+        "search.target_speedup": 1.01,  # a program root is timed too (a module passed from Python cannot be)
+    }
+    lineage = package.compress(overrides=overrides, progress=False)
+    student = lineage.node("g1-student")
+    assert student.speedup_timing is not None and student.speedup_timing.teacher_ms is not None
+    result = export(tmp_path / "run", "safetensors", node="g1-student", repeats=1, rounds=2)
+    assert result.teacher_id == "g0-teacher" and {s["runtime"] for s in result.speedups()} == {"onnxruntime", "torch"}
+    assert RunDir(tmp_path / "run").load().root().latency  # the root's own timings, beside the student's
+    # the file the run names holds other weights, or is gone: said, and nothing timed against it
+    exported(program, digits, seed=1)
+    other = export(tmp_path / "run", "safetensors", node="g1-student", repeats=1, rounds=2)
+    assert other.speedups() == [] and "now holds other weights than the root recorded" in " ".join(other.notes)
+    program.unlink()
+    gone = export(tmp_path / "run", "safetensors", node="g1-student", repeats=1, rounds=2)
+    assert gone.speedups() == [] and f"its program {program} (teacher.program" in " ".join(gone.notes)
+
+
 @pytest.mark.parametrize(
     "case, expected",
     [

@@ -394,7 +394,7 @@ def test_an_external_root_is_not_timed_and_cannot_be_exported(run_dir, capsys):
     lineage = run.load()
     run.add_node(lineage, lineage.node(ROOT).model_copy(update={"arch": {"external": "UserNet"}}))
     result = export(run_dir, "safetensors", node=NODE, repeats=1, rounds=2)
-    assert result.speedups() == [] and "user-supplied" in " ".join(result.notes)
+    assert result.speedups() == [] and "module passed from Python: not timed" in " ".join(result.notes)
     assert run.load().node(ROOT).latency == []
     assert main(["export", str(run_dir), "--node", ROOT, "--format", "onnx"]) == 2
     assert "user-supplied module" in capsys.readouterr().err

@@ -158,10 +158,12 @@ class Campaign:
             raise CampaignPaused(self.lineage, self.ctx.run.path) from None
 
     def _run(self) -> Lineage:
-        if self.search.target_speedup and self.models.user_module is not None:  # before the root is recorded
+        # before the root is recorded; a program is loaded again from its file to be timed
+        if self.search.target_speedup and self.models.user_module is not None and not self.config.teacher.program:
             raise ConfigError(
-                f"search.target_speedup {self.search.target_speedup:g}: the root teacher is a user-supplied module, "
-                "which ikd cannot export to time beside its students (use target_macs or target_params)"
+                f"search.target_speedup {self.search.target_speedup:g}: the root teacher is a module passed from "
+                "Python, which ikd cannot load again to time beside its students (save it with torch.export and "
+                "give it as teacher.program, or use target_macs or target_params)"
             )
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         root_dir = imported_root_dir(self.config, self.models.user_module)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import save as safetensors_bytes
+from torch import nn
 
 from ikd import rules
 from ikd._version import __version__
@@ -49,6 +50,7 @@ from ikd.checkpoint import (
 from ikd.data import load_dataset, normalize
 from ikd.dirlock import held
 from ikd.errors import CheckpointError, ConfigError, IkdError
+from ikd.external import load_program, module_digest
 from ikd.latency import (
     LATENCY_THREADS,
     Timed,
@@ -255,8 +257,8 @@ def _export_node(run_dir: Path, node_id: str, plan: _Plan) -> ExportResult:
         result = ExportResult(subject=Exported.of_node(node), format=plan.format, files=[])
         if (note := not_the_answer(lineage, node)) is not None:  # exported as asked, but said
             result.notes.append(note)
-        reference = _root_reference(run, lineage, node, result.notes) if plan.timing.measure else None
         dataset = dataset_record(metadata, run.node_dir(node.id))
+        reference = _root_reference(run, lineage, node, dataset, result.notes) if plan.timing.measure else None
         record_latency(run, _export(result, model, dataset, files, plan, reference))
     return result
 
@@ -315,7 +317,7 @@ class _Reference:
     """The model a speed-up is measured against."""
 
     id: str
-    model: VGG
+    model: nn.Module  # an ikd VGG, or the user's program a campaign started from
     dataset: dict[str, Any]
 
 
@@ -484,12 +486,14 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def onnx_graph(model: VGG, dataset: dict[str, Any], metadata: dict[str, str]) -> bytes:
-    """The serialised ONNX graph of the normalising wrapper, with a dynamic batch dimension."""
-    spec = model.spec
+def onnx_graph(
+    model: nn.Module, dataset: dict[str, Any], metadata: dict[str, str], shape: tuple[int, int, int] | None = None
+) -> bytes:
+    """The serialised ONNX graph of the normalising wrapper, with a dynamic batch dimension. `shape` is the
+    (channels, height, width) of an image: by default a VGG's, from its spec."""
     wrapper = NormalizedModel(model, dataset["mean"], dataset["std"]).eval()
     # batch 2: torch.export specialises a dimension traced at size 1
-    example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
+    example = torch.rand(2, *(shape or _image_shape(model)))
     with _quiet_exporter():
         program = torch.onnx.export(
             wrapper,
@@ -541,8 +545,11 @@ def verify_onnx(graph: bytes, model: VGG, dataset: dict[str, Any], data_dir: str
     return Verification(images=n, top1_agree=agree, max_abs_logit_diff=max_diff)
 
 
-def _root_reference(run: RunDir, lineage: Lineage, node: NodeRecord, notes: list[str]) -> _Reference | None:
-    """A node's speed-up is against the campaign's root teacher (None, with a note, where there is none to time)."""
+def _root_reference(
+    run: RunDir, lineage: Lineage, node: NodeRecord, dataset: dict[str, Any], notes: list[str]
+) -> _Reference | None:
+    """A node's speed-up is against the campaign's root teacher (None, with a note, where there is none to time).
+    A root given as a program is fed as the node is (`dataset`, the node's record: one campaign's data)."""
     root = next((n for n in lineage.nodes if n.status == Status.TEACHER), None)
     if root is None:
         notes.append("the lineage has no root teacher: no speed-up to report")
@@ -550,8 +557,7 @@ def _root_reference(run: RunDir, lineage: Lineage, node: NodeRecord, notes: list
     if root.id == node.id:  # the root exported: nothing to compare
         return None
     if root.kind is NodeKind.EXTERNAL:
-        notes.append(f"root teacher {root.id} is a user-supplied module: not timed, no speed-up")
-        return None
+        return _program_reference(lineage, root, dataset, notes)
     try:
         teacher, teacher_meta = _load_node(run, root)
     except CheckpointError as err:
@@ -559,6 +565,32 @@ def _root_reference(run: RunDir, lineage: Lineage, node: NodeRecord, notes: list
             f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)"
         ) from None
     return _Reference(root.id, teacher, dataset_record(teacher_meta, run.node_dir(root.id)))
+
+
+def _program_reference(
+    lineage: Lineage, root: NodeRecord, dataset: dict[str, Any], notes: list[str]
+) -> _Reference | None:
+    """The root a campaign started from as a program (teacher.program), loaded from the file the run names
+    where it still holds the weights the root recorded; else None, with a note (a module passed from Python
+    left nothing to load)."""
+    program = (lineage.config.get("teacher") or {}).get("program")
+    if not program:
+        notes.append(f"root teacher {root.id} is a module passed from Python: not timed, no speed-up")
+        return None
+    if not Path(program).is_file():
+        notes.append(
+            f"root teacher {root.id}: its program {program} (teacher.program, as the run was given it) is not "
+            "there: not timed, no speed-up"
+        )
+        return None
+    try:
+        module = load_program(program, torch.device("cpu")).eval()
+    except ConfigError as err:
+        raise ConfigError(f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)") from None
+    if root.arch.get("state_sha256") not in (None, module_digest(module)):
+        notes.append(f"{program} now holds other weights than the root recorded: not timed, no speed-up")
+        return None
+    return _Reference(root.id, module, dataset)
 
 
 def _recorded_teacher(model_dir: Path, metadata: dict[str, Any], notes: list[str]) -> _Reference | None:
@@ -609,16 +641,17 @@ def _measure(
     when both sides were measured in the same moments, so the reference's earlier numbers are never
     reused. Returns the latencies by id (a node's are recorded in the lineage: record_latency)."""
     own = result.subject.id
+    shape = _image_shape(model)  # the reference's too: a program has no spec to say
     timed: dict[str, Timed] = {own: (model, dataset, graph)}
     if reference is not None:
         timed[reference.id] = (
             reference.model,
             reference.dataset,
-            onnx_graph(reference.model, reference.dataset, {}),
+            onnx_graph(reference.model, reference.dataset, {}, shape),
         )
     for name, (timed_model, timed_dataset, timed_graph) in timed.items():
         if name != own or result.verification is None:  # an ONNX export was checked on real images
-            check_timed_graph(name, timed_model, timed_dataset, timed_graph)
+            check_timed_graph(name, timed_model, timed_dataset, timed_graph, shape)
     measured = measure_latencies(timed, timing.repeats, timing.rounds, threads=timing.threads or LATENCY_THREADS)
     if reference is not None:
         measured = beside_reference(measured, reference.id)
@@ -631,31 +664,34 @@ def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], bat
     """Each of `nodes`' onnxruntime timing at `batch` images a call, one thread, taken together with the root
     teacher's (ikd.latency's protocol) and carrying it as teacher_ms: what search.target_speedup decides on."""
     notes: list[str] = []
-    reference = _root_reference(run, lineage, nodes[0], notes)
+    students = {node.id: _load_node(run, node) for node in nodes}
+    first_model, first_metadata = students[nodes[0].id]
+    reference = _root_reference(
+        run, lineage, nodes[0], dataset_record(first_metadata, run.node_dir(nodes[0].id)), notes
+    )
     if reference is None:
         raise ConfigError(f"search.target_speedup: {'; '.join(notes) or 'the root is what would be timed'}")
+    shape = _image_shape(first_model)  # the root's too: a program has no spec to say
     timed: dict[str, Timed] = {
-        reference.id: (reference.model, reference.dataset, onnx_graph(reference.model, reference.dataset, {}))
+        reference.id: (reference.model, reference.dataset, onnx_graph(reference.model, reference.dataset, {}, shape))
     }
-    for node in nodes:
-        model, metadata = _load_node(run, node)
-        dataset = dataset_record(metadata, run.node_dir(node.id))
-        timed[node.id] = (model, dataset, onnx_graph(model, dataset, {}))
-    for name, (model, dataset, graph) in timed.items():
-        check_timed_graph(name, model, dataset, graph)
+    for node_id, (model, metadata) in students.items():
+        dataset = dataset_record(metadata, run.node_dir(node_id))
+        timed[node_id] = (model, dataset, onnx_graph(model, dataset, {}, shape))
+    for name, (timed_model, timed_dataset, graph) in timed.items():
+        check_timed_graph(name, timed_model, timed_dataset, graph, shape)
     measured = measure_latencies(timed, batches=(batch,), threads=LATENCY_THREADS, runtimes=("onnxruntime",))
     beside = beside_reference(measured, reference.id)
     return {node.id: beside[node.id][0] for node in nodes}
 
 
-def check_timed_graph(name: str, model: VGG, dataset: dict[str, Any], graph: bytes) -> None:
+def check_timed_graph(
+    name: str, model: nn.Module, dataset: dict[str, Any], graph: bytes, shape: tuple[int, int, int] | None = None
+) -> None:
     """A graph timed but not exported (the teacher's, or the node's for a safetensors export) is checked
-    against PyTorch on random images: a speed-up is only worth reporting between models that compute
-    the same thing."""
-    spec = model.spec
-    images = torch.rand(
-        8, spec.in_channels, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
-    )
+    against PyTorch on random images (of `shape`, by default a VGG's): a speed-up is only worth reporting
+    between models that compute the same thing."""
+    images = torch.rand(8, *(shape or _image_shape(model)), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = NormalizedModel(model, dataset["mean"], dataset["std"]).eval()(images)
     got = torch.from_numpy(cpu_session(graph, 1).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
@@ -665,6 +701,12 @@ def check_timed_graph(name: str, model: VGG, dataset: dict[str, Any], graph: byt
             f"the ONNX graph {name} is timed in disagrees with PyTorch: max |logit difference| {max_diff:.2e} "
             f"on random images (allowed {MAX_LOGIT_DIFF:g}); nothing written"
         )
+
+
+def _image_shape(model: nn.Module) -> tuple[int, int, int]:
+    if not isinstance(model, VGG):
+        raise TypeError(f"a {type(model).__name__} has no spec to give its input shape: pass the shape")
+    return model.spec.in_channels, model.spec.image_size, model.spec.image_size
 
 
 def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:

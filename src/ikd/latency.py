@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import onnxruntime
@@ -79,11 +79,21 @@ def _runner(model: onnxruntime.InferenceSession | torch.nn.Module, inputs: Any) 
     return lambda: model(inputs)
 
 
-Timed = tuple[VGG, dict[str, Any], bytes]  # a model, its dataset metadata (mean, std), its ONNX graph
+# a model (an ikd VGG, or a user's program as a root), its dataset metadata (mean, std), its ONNX graph
+Timed = tuple[torch.nn.Module, dict[str, Any], bytes]
+
+
+def image_shape(models: Mapping[str, Timed]) -> tuple[int, int, int]:
+    """The (channels, height, width) of the images `models` take: those of their VGGs (models timed together
+    take the same images; a user's program has no spec to say)."""
+    spec = next((m.spec for m, _, _ in models.values() if isinstance(m, VGG)), None)
+    if spec is None:
+        raise ValueError("models timed together must include an ikd VGG, whose spec gives the input shape")
+    return spec.in_channels, spec.image_size, spec.image_size
 
 
 def measure_latencies(
-    models: dict[str, Timed],
+    models: Mapping[str, Timed],
     repeats: int | None = None,
     rounds: int | None = None,
     batches: tuple[int, ...] = tuple(LATENCY_PLAN),
@@ -108,7 +118,7 @@ def measure_latencies(
 
 
 def _measure(
-    models: dict[str, Timed],
+    models: Mapping[str, Timed],
     repeats: int | None,
     rounds: int | None,
     batches: tuple[int, ...],
@@ -117,13 +127,13 @@ def _measure(
 ) -> dict[str, list[Latency]]:
     wrappers = {name: NormalizedModel(m, meta["mean"], meta["std"]).eval() for name, (m, meta, _) in models.items()}
     sessions = {name: cpu_session(graph, threads) for name, (_, _, graph) in models.items()}
-    spec = next(iter(models.values()))[0].spec
+    shape = image_shape(models)
     device = cpu_model_name()
     generator = torch.Generator().manual_seed(0)
     measured: dict[str, list[Latency]] = {name: [] for name in models}
     with torch.inference_mode():
         for batch in batches:
-            images = torch.rand(batch, spec.in_channels, spec.image_size, spec.image_size, generator=generator)
+            images = torch.rand(batch, *shape, generator=generator)
             feeds = {name: {s.get_inputs()[0].name: images.numpy()} for name, s in sessions.items()}
             planned_repeats, planned_rounds = LATENCY_PLAN.get(batch, OTHER_BATCH_PLAN)
             count, turns = repeats or planned_repeats, rounds or planned_rounds
