@@ -107,6 +107,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--baselines", action="store_true", help="also train the answer's architecture from scratch and by one-shot KD"
     )
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="do not time the answer beside the module (with --via program, `ikd export` times them, one thread, "
+        "interleaved; give it the cores to itself)",
+    )
     parser.add_argument("--markdown", help="write the record here")
     parser.add_argument("--note", default="", help="a paragraph added to the record")
     parser.add_argument("--quick", action="store_true", help="digits, a tiny module and one generation: a smoke run")
@@ -190,7 +196,36 @@ def accuracies(node, root) -> str:
     return f"{one('val')}, {one('test')}"
 
 
-def record(args, config, lineage, module_facts: dict[str, object], campaign_seconds: float) -> str:
+def timed_answer(run_dir: Path, answer_id: str, quick: bool) -> list[dict[str, object]]:
+    """The answer timed beside the module (`ikd export` of a campaign node: the root program loaded again,
+    both as ONNX behind the same normalisation, interleaved, one thread): its speed-ups per runtime and batch."""
+    from ikd.export import export
+
+    result = export(run_dir, "safetensors", node=answer_id, **({"repeats": 1, "rounds": 2} if quick else {}))
+    if not result.speedups():
+        raise SystemExit(f"user_module.py: the answer was not timed beside the module: {'; '.join(result.notes)}")
+    return result.speedups()
+
+
+def latency_lines(speedups: list[dict[str, object]]) -> list[str]:
+    lines = [
+        "",
+        "Timed by `ikd export` (the answer and the module's program, each as ONNX behind the same normalisation "
+        "and in PyTorch, interleaved, one thread, the minimum of several medians; ikd.latency's protocol):",
+        "",
+        "| runtime | batch | module ms | answer ms | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for s in speedups:
+        lines.append(
+            f"| {s['runtime']} | {s['batch']} | {s['teacher_ms']:.3f} | {s['node_ms']:.3f} | {s['speedup']:.1f}x |"
+        )
+    return lines
+
+
+def record(
+    args, config, lineage, module_facts: dict[str, object], campaign_seconds: float, speedups: list[dict[str, object]]
+) -> str:
     root, answer = lineage.root(), lineage.final()
     first = min((n for n in lineage.students() if n.generation == 1), key=lambda n: n.id, default=None)
     blocks, widths = module_facts["blocks"], module_facts["widths"]
@@ -242,6 +277,8 @@ def record(args, config, lineage, module_facts: dict[str, object], campaign_seco
             + ", ".join(f"{split} {value:+.2f}" for split, value in gap.items())
             + "."
         )
+    if speedups:
+        lines += latency_lines(speedups)
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines) + "\n"
@@ -272,8 +309,14 @@ def main() -> None:
     else:
         lineage = ikd.compress(config, teacher=module, hint_layer=HINT_LAYER, student=spec, progress=not args.quiet)
     seconds = sum(n.seconds or 0.0 for n in lineage.nodes)  # from the record: a rerun that resumes says the same
-    publish(record(args, config, lineage, facts, seconds), args.markdown, "A user's own module as the root")
     answer = lineage.final()
+    # a module passed from Python cannot be loaded again to be timed; a program can
+    speedups = (
+        timed_answer(Path(config.run_dir), answer.id, args.quick)
+        if args.via == "program" and not args.no_latency
+        else []
+    )
+    publish(record(args, config, lineage, facts, seconds, speedups), args.markdown, "A user's own module as the root")
     print_result(
         {
             "module_params": lineage.root().params,
@@ -282,6 +325,7 @@ def main() -> None:
             "compression": round(answer.compression, 1),
             "answer_test": answer.test_accuracy,
             "campaign_min": round(seconds / 60, 1),
+            **{f"speedup_{s['runtime']}_b{s['batch']}": round(float(s["speedup"]), 2) for s in speedups},
         }
     )
 

@@ -325,11 +325,12 @@ def test_user_module_quick_trains_its_resnet_once_and_counts_its_macs(tmp_path):
     result, text = quick_record("user_module.py", tmp_path)
     assert result["answer"] == "g1-student" and int(result["module_params"]) > int(result["answer_params"])
     assert "external: model.pt2 (torch.export)" in text and "fewer MACs" in text
+    assert "| onnxruntime | 1 |" in text and float(result["speedup_onnxruntime_b1"]) > 0  # timed beside the module
     weights = tmp_path / "runs" / "user-module" / "module" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     again, text = quick_record("user_module.py", tmp_path, "--baselines")  # the module reused, the run resumed
     assert "- baseline-scratch (the answer's architecture" in text and "the chain's answer minus it" in text
-    same = lambda r: {k: v for k, v in r.items() if k != "campaign_min"}  # noqa: E731
+    same = lambda r: {k: v for k, v in r.items() if k != "campaign_min" and not k.startswith("speedup")}  # noqa: E731
     assert weights.stat().st_mtime_ns == before and same(again) == same(result)
     other = quick("user_module.py", "--quiet", "--seed", "1", tmp_path=tmp_path)  # not the module on disk
     assert other.returncode != 0 and "holds a module trained as" in other.stderr

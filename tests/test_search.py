@@ -1139,8 +1139,7 @@ def test_cut_sites_fall_back_to_the_next_blocks_cut_when_the_most_saving_one_fai
         cuts.setdefault(child.model_dump_json(), block)
     proposed = propose(spec, config.search, "g1-")
     assert len(proposed) == len(cuts) > 1
-    # smallest first; the most saving keeps the operator's id, as the one child of cut_sites 1 (a rerun reuses it)
-    assert [c.node_id for c in proposed] == ["g1-depth", *(f"g1-depth-in{b + 1}" for b in list(cuts.values())[1:])]
+    assert [c.node_id for c in proposed] == [f"g1-depth-in{b + 1}" for b in cuts.values()]  # smallest first
     assert [c.spec.model_dump_json() for c in proposed] == list(cuts)
     assert [c.node_id for c in propose(spec, config.search.model_copy(update={"cut_sites": 2}), "g1-")] == [
         c.node_id for c in proposed[:2]
@@ -1164,3 +1163,23 @@ def test_cut_sites_fall_back_to_the_next_blocks_cut_when_the_most_saving_one_fai
 def test_cut_sites_is_validated(sites):
     with pytest.raises(ConfigError, match=r"search\.cut_sites"):
         load_config(None, {"search.cut_sites": sites})
+
+
+def test_cut_sites_under_another_objective_or_count_reuse_every_cut_already_trained(tmp_path, tiny_teacher):
+    # every cut is named by its block, so a cut is one id whichever objective ranks it first; a one-site
+    # run's child (named by its operator alone) is found by its training, not its id
+    def config(**search):
+        keys = {"operators": ["depth", "block"], "candidates": "all", "max_generations": 1} | search
+        return campaign_config(tmp_path / "run", tiny_teacher, **keys)
+
+    one_site = compress(config(), progress=False)
+    assert {n.id for n in one_site.students()} == {"g1-depth", "g1-block"}
+    every = compress(config(cut_sites="all"), progress=False, redecide=True)
+    trained = {n.id: n for n in every.students()}
+    archs = [json.dumps(n.arch, sort_keys=True) for n in trained.values()]
+    assert len(archs) == len(set(archs))  # no cut trained twice: the one-site children were reused
+    assert {"g1-depth", "g1-block"} <= set(trained) and len(trained) > 2
+    assert not any("-v2" in i for i in trained)
+    by_macs = compress(config(cut_sites="all", objective="macs"), progress=False, redecide=True)
+    assert {n.id: n.sha256 for n in by_macs.students()} == {i: n.sha256 for i, n in trained.items()}
+    assert by_macs.search_result().macs == min(n.macs for n in by_macs.students())

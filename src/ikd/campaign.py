@@ -394,8 +394,8 @@ class Campaign:
             raise ConfigError(
                 f"search.budget_epochs {budget}: the first generation trains its {count} candidates together "
                 f"({count} x {per_child} = {count * per_child} epochs); with less the search would stop before any "
-                "student (raise it, or train fewer candidates together: fewer operators or factors, search.seeds, "
-                "or a strategy that trains one child at a time)"
+                "student (raise it, or train fewer candidates together: fewer operators, factors or cut_sites, "
+                "search.seeds, or a strategy that trains one child at a time)"
             )
 
     def candidates(self, generation: int, parent: NodeRecord, branch: int | None) -> list[Candidate]:

@@ -353,10 +353,11 @@ class SearchConfig(Strict):
     cut_sites: Literal["all"] | int = Field(
         default=1,
         json_schema_extra=cli_flag("--cut-sites"),
-        description="depth and block operators: in how many blocks each proposes its cut, one child per block, the "
-        "cut that saves the most (by `objective`) first; under *-child strategies a cut that saves less trains only "
-        "when every cut that saves more fails, so a failed most-saving cut falls back to the next block's; all = "
-        "every block",
+        description="depth and block operators: in how many blocks each proposes its cut, one child per block "
+        "(ids name it: g5-depth-in3), the most saving (by `objective`) first; trained smallest first, a cut that "
+        "saves less trains only when the ones that save more did not pass (with accept_margin: with room), so a "
+        "failed most-saving cut falls back to the next block's; where candidates train together (*-children, "
+        "candidates: all) up to this many times the children; all = every block",
     )
     candidates: Literal["smallest-first", "all"] = Field(
         default="smallest-first",

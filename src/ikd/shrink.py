@@ -30,8 +30,9 @@ from ikd.errors import ConfigError
 @dataclass(frozen=True)
 class Operator:
     """What the search needs to know of an operator besides its function (get_operator): the search
-    key listing its factors, one child per factor (None: one child), the other search keys only it
-    reads, and whether it ranks the parent's trained channels (BatchNorm scales)."""
+    key listing its factors, one child per factor (None: one child), the other search keys it reads,
+    whether it ranks the parent's trained channels (BatchNorm scales), and whether it cuts in one
+    block (then search.cut_sites can have it propose a cut in several)."""
 
     factor: str | None = None
     options: tuple[str, ...] = ()

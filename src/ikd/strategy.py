@@ -31,7 +31,7 @@ from ikd.shrink import OPERATORS, Candidate, Scales, cuts_per_block, get_operato
 # Children of one architecture that differ only in seed are seeded this far apart.
 SEED_STRIDE = 7919
 SEED_SUFFIX = "-s"  # the id suffix of such a sibling: g2-width-s1
-BLOCK_INFIX = "-in"  # the block of a one-block cut other than the most saving (search.cut_sites): g5-depth-in3
+BLOCK_INFIX = "-in"  # the block (1-based) of a one-block cut under search.cut_sites > 1: g5-depth-in3
 VERSION_SUFFIX = "-v"  # another training asked under an id another path's training holds: g2-width-v2
 
 
@@ -50,12 +50,10 @@ def propose(parent_spec: ArchSpec, search: SearchConfig, prefix: str, scales: Sc
             if kind.one_block and search.cut_sites != 1:
                 cuts = cuts_per_block(name, parent_spec, factor, search.objective)
                 sites = len(cuts) if search.cut_sites == "all" else search.cut_sites
-                # the most saving cut keeps the operator's id (cut_sites 1's child), so a rerun with more sites
-                # (--redecide) reuses its training; the others name their block
-                proposals += [
-                    (name, f"{label}{BLOCK_INFIX}{block + 1}" if i else label, child)
-                    for i, (block, child) in enumerate(cuts[:sites])
-                ]
+                # every cut names its block: which block saves the most depends on the objective and the factor,
+                # so a plain id would name other shapes in two runs (a --redecide finds a cut_sites 1 run's
+                # child under its plain id anyway: Campaign.as_recorded matches trainings, not ids)
+                proposals += [(name, f"{label}{BLOCK_INFIX}{block + 1}", child) for block, child in cuts[:sites]]
                 continue
             operator = get_operator(
                 name,
