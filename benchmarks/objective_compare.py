@@ -1,8 +1,10 @@
-"""Two finished campaigns of one teacher under `search.objective` params and macs, side by side.
+"""Finished campaigns of one teacher under other search settings (`search.objective` params and macs,
+`search.cut_sites`, ...), side by side.
 
 What each search kept, what its answer costs (parameters, MACs, batch-1 and batch-64 latency on
 onnxruntime, all timed together in this process with ikd's interleaved protocol) and how it scores
-(validation and test, and an exact McNemar test of the two answers on each split):
+(validation and test, and an exact McNemar test of two answers on each split: every run against the
+first, or the `--pairs` named):
 
     python benchmarks/objective_compare.py --runs params=runs/objective/params macs=runs/objective/macs \
         --data-dir /work/shared/data/mnist --markdown benchmarks/results/objective_macs_mnist.md
@@ -34,7 +36,14 @@ SPLITS = ("val", "test")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs=2, metavar="NAME=DIR", help="two finished run directories, named")
+    parser.add_argument("--runs", nargs="+", metavar="NAME=DIR", help="two or more finished run directories, named")
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="A:B",
+        help="the runs whose answers are tested against each other (default: every run against the first)",
+    )
+    parser.add_argument("--title", default="search.objective: params against macs, one teacher")
     parser.add_argument("--data-dir", help="the dataset's directory (data.dir), for the paired tests")
     parser.add_argument("--markdown", help="write the record here")
     parser.add_argument("--note", default="", help="a paragraph added to the record")
@@ -43,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not args.quick and not args.runs:
         parser.error("--runs NAME=DIR NAME=DIR is needed (or --quick)")
+    if args.runs is not None and len(args.runs) < 2:
+        parser.error("--runs: expected two or more NAME=DIR")
     return args
 
 
@@ -60,14 +71,16 @@ def quick_runs(scratch: Path, progress: bool) -> list[str]:
     return [f"params={scratch / 'params'}", f"macs={scratch / 'macs'}"]
 
 
-def answers_compared(runs: dict[str, tuple[RunDir, Lineage]], data_dir: str | None) -> list[str]:
-    """Per split, the two answers' exact McNemar test on the same images."""
-    (name_a, (run_a, lineage_a)), (name_b, (run_b, lineage_b)) = runs.items()
-    config = load_config(None, {"data": lineage_a.config["data"] | ({"dir": data_dir} if data_dir else {})})
+def answers_compared(
+    runs: dict[str, tuple[RunDir, Lineage]], pairs: list[tuple[str, str]], data_dir: str | None
+) -> list[str]:
+    """Per pair and split, the two answers' exact McNemar test on the same images."""
+    first = next(iter(runs.values()))[1]
+    config = load_config(None, {"data": first.config["data"] | ({"dir": data_dir} if data_dir else {})})
     data = config.data.load()
     fp32, cpu = Precision("fp32", "cpu", None), torch.device("cpu")
     predicted = {}
-    for name, run, lineage in ((name_a, run_a, lineage_a), (name_b, run_b, lineage_b)):
+    for name, (run, lineage) in runs.items():
         model, metadata = load_model(run.node_dir(lineage.final().id))
         stats = metadata["dataset"]
         for split in SPLITS:
@@ -76,14 +89,27 @@ def answers_compared(runs: dict[str, tuple[RunDir, Lineage]], data_dir: str | No
                 model, images, mean=stats["mean"], std=stats["std"], device=cpu, precision=fp32
             )[0]
     lines = []
-    for split in SPLITS:
-        paired = compare_predictions(predicted[name_a, split], predicted[name_b, split], getattr(data, split).labels)
-        lines.append(
-            f"- {split}: {name_a} {paired.a_correct:,} right, {name_b} {paired.b_correct:,} of {paired.n:,} "
-            f"({paired.difference:+.2f} points); only {name_a} right on {paired.only_a}, only {name_b} on "
-            f"{paired.only_b}; exact McNemar p = {paired.p_value:.3g}"
-        )
+    for name_a, name_b in pairs:
+        for split in SPLITS:
+            labels = getattr(data, split).labels
+            paired = compare_predictions(predicted[name_a, split], predicted[name_b, split], labels)
+            lines.append(
+                f"- {split}: {name_a} {paired.a_correct:,} right, {name_b} {paired.b_correct:,} of {paired.n:,} "
+                f"({paired.difference:+.2f} points); only {name_a} right on {paired.only_a}, only {name_b} on "
+                f"{paired.only_b}; exact McNemar p = {paired.p_value:.3g}"
+            )
     return lines
+
+
+def pairs_asked(asked: list[str] | None, names: list[str]) -> list[tuple[str, str]]:
+    """`--pairs A:B ...` as name pairs (each name a run's), or every run against the first."""
+    if not asked:
+        return [(names[0], other) for other in names[1:]]
+    pairs = [tuple(item.split(":")) for item in asked]
+    for item, pair in zip(asked, pairs, strict=True):
+        if len(pair) != 2 or not set(pair) <= set(names):
+            raise SystemExit(f"objective_compare.py: --pairs {item!r}: expected A:B, two of {', '.join(names)}")
+    return [(a, b) for a, b in pairs]
 
 
 def summary_row(
@@ -112,14 +138,15 @@ def main() -> None:
             runs[name] = (run, run.load())
         roots = {lineage.root().sha256 for _, lineage in runs.values()}
         if len(roots) != 1:
-            raise SystemExit("objective_compare.py: the two runs grew from different teachers; compare runs of one")
+            raise SystemExit("objective_compare.py: the runs grew from different teachers; compare runs of one")
+        pairs = pairs_asked(args.pairs, list(runs))
         answers = {name: lineage.final() for name, (_, lineage) in runs.items()}
         root = next(iter(runs.values()))[1].root()
         specs = {"teacher": root.spec(), **{name: node.spec() for name, node in answers.items()}}
         plan = {"repeats": 3, "rounds": 1} if args.quick else {}
         timed = spec_latencies(specs, batches=TIMED_BATCHES, **plan)
         ms = {name: {t.batch: t.median_ms for t in ts if t.runtime == "onnxruntime"} for name, ts in timed.items()}
-        paired = answers_compared(runs, args.data_dir)
+        paired = answers_compared(runs, pairs, args.data_dir)
     batches = " | ".join(f"ORT ms, batch {b} (x teacher)" for b in TIMED_BATCHES)
     lines = [
         f"Machine: {machine_line()}",
@@ -129,11 +156,11 @@ def main() -> None:
         + ", ".join(f"ORT {ms['teacher'][b]:.3f} ms at batch {b}" for b in TIMED_BATCHES)
         + ".",
         "",
-        f"| objective | answer | arch | params | M MACs | val % | test % | {batches} | trained | train min |",
+        f"| run | answer | arch | params | M MACs | val % | test % | {batches} | trained | train min |",
         "|" + "---|" * (9 + len(TIMED_BATCHES)),
         *[summary_row(n, runs[n][1], a, ms[n], ms["teacher"]) for n, a in answers.items()],
         "",
-        "The two answers on the same images:",
+        "Answers compared on the same images:",
         "",
         *paired,
     ]
@@ -141,7 +168,7 @@ def main() -> None:
         lines += ["", f"{name}:", "", "```", format_lineage(lineage).rstrip(), "```"]
     if args.note:
         lines += ["", args.note]
-    publish("\n".join(lines) + "\n", args.markdown, "search.objective: params against macs, one teacher")
+    publish("\n".join(lines) + "\n", args.markdown, args.title)
     values = {}
     for name, node in answers.items():
         values |= {f"{name}_params": node.params, f"{name}_macs": node.macs, f"{name}_test": node.test_accuracy}

@@ -342,6 +342,8 @@ def test_objective_compare_quick_sets_two_campaigns_of_one_teacher_side_by_side(
     assert "| params | g1-" in text and "| macs | g1-" in text and "exact McNemar p" in text
     refused = script("objective_compare.py", "--runs", "a=nowhere", "b=nowhere", tmp_path=tmp_path)
     assert refused.returncode != 0 and "expected NAME=DIR of a campaign's run directory" in refused.stderr
+    alone = script("objective_compare.py", "--runs", "a=nowhere", tmp_path=tmp_path)
+    assert alone.returncode != 0 and "expected two or more NAME=DIR" in alone.stderr
 
 
 def test_utilisation_quick(tmp_path):
