@@ -203,7 +203,10 @@ def timed_answer(run_dir: Path, answer_id: str, quick: bool) -> list[dict[str, o
 
     result = export(run_dir, "safetensors", node=answer_id, **({"repeats": 1, "rounds": 2} if quick else {}))
     if not result.speedups():
-        raise SystemExit(f"user_module.py: the answer was not timed beside the module: {'; '.join(result.notes)}")
+        raise SystemExit(
+            f"user_module.py: the answer was not timed beside the module: {'; '.join(result.notes)} "
+            "(--no-latency writes the record without it)"
+        )
     return result.speedups()
 
 

@@ -18,6 +18,7 @@ from ikd.arch import preset_for
 from ikd.cli import main
 from ikd.data import mnist
 from ikd.dirlock import held
+from ikd.errors import ConfigError
 
 
 def _environment(env_extra: dict[str, str] | None) -> dict[str, str]:
@@ -815,13 +816,8 @@ def test_a_program_of_any_architecture_is_the_root_from_the_command_line(tmp_pat
     assert hint.returncode == 2 and "hint_layer" in hint.stderr, hint.stderr
 
 
-def test_a_program_root_is_timed_beside_its_students_by_export_and_by_target_speedup(tmp_path, digits):
-    import ikd as package
-    from ikd.export import export
-    from ikd.lineage import RunDir
-
-    program = exported(tmp_path / "mine.pt2", digits)
-    overrides = {
+def program_root_keys(tmp_path, program) -> dict:
+    return {
         "data.name": "digits",
         "run_dir": str(tmp_path / "run"),
         "teacher.program": str(program),
@@ -836,7 +832,18 @@ def test_a_program_root_is_timed_beside_its_students_by_export_and_by_target_spe
         "search.max_generations": 1,
         "search.target_speedup": 1.01,  # a program root is timed too (a module passed from Python cannot be)
     }
-    lineage = package.compress(overrides=overrides, progress=False)
+
+
+def test_a_program_root_is_timed_beside_its_students_by_export_and_by_target_speedup(tmp_path, digits, monkeypatch):
+    import ikd as package
+    from ikd.export import export
+    from ikd.lineage import RunDir
+
+    program = exported(tmp_path / "mine.pt2", digits)
+    monkeypatch.chdir(tmp_path)  # given as spelt from here; recorded where it is
+    lineage = package.compress(overrides=program_root_keys(tmp_path, "mine.pt2"), progress=False)
+    assert lineage.config["teacher"]["program"] == str(program.resolve())
+    monkeypatch.chdir(tmp_path.parent)
     student = lineage.node("g1-student")
     assert student.speedup_timing is not None and student.speedup_timing.teacher_ms is not None
     result = export(tmp_path / "run", "safetensors", node="g1-student", repeats=1, rounds=2)
@@ -848,7 +855,45 @@ def test_a_program_root_is_timed_beside_its_students_by_export_and_by_target_spe
     assert other.speedups() == [] and "now holds other weights than the root recorded" in " ".join(other.notes)
     program.unlink()
     gone = export(tmp_path / "run", "safetensors", node="g1-student", repeats=1, rounds=2)
-    assert gone.speedups() == [] and f"its program {program} (teacher.program" in " ".join(gone.notes)
+    assert gone.speedups() == [] and f"its program {program.resolve()} (teacher.program" in " ".join(gone.notes)
+
+
+def unconvertible_program(path):
+    """A program torch.export saves but torch.onnx cannot convert (no ONNX function for matrix_exp)."""
+    import torch
+    from torch import nn
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.mix, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.Parameter(torch.eye(4)), nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.head(self.conv(x).mean(dim=(2, 3)) @ torch.linalg.matrix_exp(self.mix))
+
+    example = torch.zeros(2, 1, 8, 8)
+    torch.export.save(torch.export.export(Odd().eval(), (example,), dynamic_shapes=({0: torch.export.Dim("b")},)), path)
+    return path
+
+
+def test_a_program_root_onnx_cannot_convert_is_a_note_for_export_and_refused_up_front_by_target_speedup(tmp_path):
+    import ikd as package
+    from ikd.export import export
+    from ikd.lineage import RunDir
+
+    program = unconvertible_program(tmp_path / "odd.pt2")
+    keys = program_root_keys(tmp_path, program) | {"teacher.hint_layer": "conv", "search.max_generations": 1}
+    with pytest.raises(
+        ConfigError, match=r"search\.target_speedup 1\.01: the root cannot be timed .*aten\.linalg_matrix"
+    ):
+        package.compress(overrides=keys, progress=False)
+    assert not RunDir(tmp_path / "run").exists()  # refused before anything was recorded
+    keys.pop("search.target_speedup")
+    package.compress(overrides=keys, progress=False)
+    result = export(tmp_path / "run", "safetensors", node="g1-student", repeats=1, rounds=2)
+    notes = " ".join(result.notes)
+    assert result.speedups() == [] and "cannot be converted to ONNX to be timed" in notes and "\x1b" not in notes
+    assert result.files and result.latency  # the student is exported and timed alone
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,9 @@ class Campaign:
             if teacher is not None:
                 raise ConfigError("teacher.program and a module passed as teacher=: expected one root")
             teacher = load_program(config.teacher.program, resolve_device(config.device))
+            # recorded where it is, not as spelt from this directory: `ikd export` loads it again to time it
+            program = str(Path(config.teacher.program).resolve())
+            config = config.model_copy(update={"teacher": config.teacher.model_copy(update={"program": program})})
         hint_layer = config.teacher.hint_layer if hint_layer is None else hint_layer
         # a module passed from Python is the root: teacher.dir is then not read
         config, taught = with_teachers_data(config, run) if teacher is None else (config, None)
@@ -165,6 +168,8 @@ class Campaign:
                 "Python, which ikd cannot load again to time beside its students (save it with torch.export and "
                 "give it as teacher.program, or use target_macs or target_params)"
             )
+        if self.search.target_speedup and self.config.teacher.program:  # found now, not after a generation trains
+            self.check_program_timeable(self.config.teacher.program)
         self.ctx.executor()  # a Ray cluster that cannot run a job fails now, not after the teacher trains
         root_dir = imported_root_dir(self.config, self.models.user_module)
         check_teacher_views(self.ctx, root_dir, self.models.user_module)
@@ -333,6 +338,22 @@ class Campaign:
         # narrow children last, so the first to reach a target could be another node than a rerun names
         ordered = sorted(chosen, key=lambda n: rank(n, self.search.objective))
         return next((r for n in ordered if (r := rules.target_reached(n, self.search))), None)
+
+    def check_program_timeable(self, program: str) -> None:
+        """Refuse search.target_speedup where the root program cannot be timed beside its students (it does
+        not convert to ONNX, or its graph disagrees with it), before anything trains."""
+        from ikd.export import timeable_program
+
+        data = self.ctx.data
+        try:
+            timeable_program(
+                program, (data.in_channels, data.image_size, data.image_size), {"mean": data.mean, "std": data.std}
+            )
+        except ConfigError as error:
+            raise ConfigError(
+                f"search.target_speedup {self.search.target_speedup:g}: the root cannot be timed beside its "
+                f"students: {error} (use target_macs or target_params)"
+            ) from None
 
     def time_against_root(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
         """`nodes`, each accepted one timed beside the root where search.target_speedup asks for it and it has

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ from ikd.checkpoint import (
 from ikd.data import load_dataset, normalize
 from ikd.dirlock import held
 from ikd.errors import CheckpointError, ConfigError, IkdError
-from ikd.external import load_program, module_digest
+from ikd.external import FrozenProgram, first_line, load_program_for_timing, module_digest
 from ikd.latency import (
     LATENCY_THREADS,
     Timed,
@@ -319,6 +320,7 @@ class _Reference:
     id: str
     model: nn.Module  # an ikd VGG, or the user's program a campaign started from
     dataset: dict[str, Any]
+    graph: bytes | None = None  # its ONNX graph, checked, where made already (a program's: it may not convert)
 
 
 def _check_options(fmt: str, repeats: int | None, rounds: int | None, threads: int | None) -> None:
@@ -557,7 +559,7 @@ def _root_reference(
     if root.id == node.id:  # the root exported: nothing to compare
         return None
     if root.kind is NodeKind.EXTERNAL:
-        return _program_reference(lineage, root, dataset, notes)
+        return _program_reference(lineage, root, dataset, _image_shape_of(node), notes)
     try:
         teacher, teacher_meta = _load_node(run, root)
     except CheckpointError as err:
@@ -568,29 +570,66 @@ def _root_reference(
 
 
 def _program_reference(
-    lineage: Lineage, root: NodeRecord, dataset: dict[str, Any], notes: list[str]
+    lineage: Lineage, root: NodeRecord, dataset: dict[str, Any], shape: tuple[int, int, int], notes: list[str]
 ) -> _Reference | None:
     """The root a campaign started from as a program (teacher.program), loaded from the file the run names
-    where it still holds the weights the root recorded; else None, with a note (a module passed from Python
-    left nothing to load)."""
+    where it still holds the weights the root recorded and converts to ONNX; else None, with a note (a
+    module passed from Python left nothing to load)."""
     program = (lineage.config.get("teacher") or {}).get("program")
     if not program:
         notes.append(f"root teacher {root.id} is a module passed from Python: not timed, no speed-up")
         return None
     if not Path(program).is_file():
+        relative = "" if Path(program).is_absolute() else ", read from this directory"
         notes.append(
-            f"root teacher {root.id}: its program {program} (teacher.program, as the run was given it) is not "
-            "there: not timed, no speed-up"
+            f"root teacher {root.id}: its program {program} (teacher.program, as the run last recorded it{relative}) "
+            "is not there: not timed, no speed-up (resuming the campaign with the file's new place records it)"
         )
         return None
     try:
-        module = load_program(program, torch.device("cpu")).eval()
+        module, graph = timeable_program(program, shape, dataset)
     except ConfigError as err:
-        raise ConfigError(f"the root teacher, the reference of the speed-up: {err} (--no-latency skips it)") from None
-    if root.arch.get("state_sha256") not in (None, module_digest(module)):
+        notes.append(f"root teacher {root.id}: {err}: not timed, no speed-up")
+        return None
+    recorded = root.arch.get("state_sha256")
+    other = (
+        recorded != module_digest(module.program)
+        if recorded is not None
+        else sum(t.numel() for t in module.program.parameters()) != root.params  # recorded before the digest
+    )
+    if other:
         notes.append(f"{program} now holds other weights than the root recorded: not timed, no speed-up")
         return None
-    return _Reference(root.id, module, dataset)
+    return _Reference(root.id, module, dataset, graph)
+
+
+def _exporter_reason(exc: BaseException) -> str:
+    """The line of a torch.onnx failure that says what failed (its exception summary's first), without the
+    terminal colours torch puts in; else the error's first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    summary = text.partition("## Exception summary")[2].strip()
+    if summary:
+        return re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>: ", r"\1: ", summary.splitlines()[0])[:200]
+    return first_line(exc)
+
+
+def timeable_program(path: str, shape: tuple[int, int, int], dataset: dict[str, Any]) -> tuple[FrozenProgram, bytes]:
+    """The program at `path` as timed beside its students (load_program_for_timing) and its ONNX graph
+    behind the dataset's normalisation, checked against PyTorch; a ConfigError of one line where it does
+    not load, convert or agree. torch.export.load unpickles parts of the file, as a campaign's loading does."""
+    module = load_program_for_timing(path)
+    try:
+        with _quiet_exporter():
+            graph = onnx_graph(module, dataset, {}, shape)
+    except Exception as exc:  # torch's exporter fails in many ways on an operator it cannot convert
+        raise ConfigError(
+            f"teacher.program {path}: cannot be converted to ONNX to be timed ({_exporter_reason(exc)})"
+        ) from None
+    try:
+        check_timed_graph(path, module, dataset, graph, shape)
+    except ExportMismatch as exc:
+        raise ConfigError(f"teacher.program {path}: {exc}") from None
+    return module, graph
 
 
 def _recorded_teacher(model_dir: Path, metadata: dict[str, Any], notes: list[str]) -> _Reference | None:
@@ -643,14 +682,14 @@ def _measure(
     own = result.subject.id
     shape = _image_shape(model)  # the reference's too: a program has no spec to say
     timed: dict[str, Timed] = {own: (model, dataset, graph)}
+    checked = {own} if result.verification is not None else set()  # an ONNX export was checked on real images
     if reference is not None:
-        timed[reference.id] = (
-            reference.model,
-            reference.dataset,
-            onnx_graph(reference.model, reference.dataset, {}, shape),
-        )
+        graph_of_reference = reference.graph or onnx_graph(reference.model, reference.dataset, {}, shape)
+        timed[reference.id] = (reference.model, reference.dataset, graph_of_reference)
+        if reference.graph is not None:  # checked where it was made
+            checked.add(reference.id)
     for name, (timed_model, timed_dataset, timed_graph) in timed.items():
-        if name != own or result.verification is None:  # an ONNX export was checked on real images
+        if name not in checked:
             check_timed_graph(name, timed_model, timed_dataset, timed_graph, shape)
     measured = measure_latencies(timed, timing.repeats, timing.rounds, threads=timing.threads or LATENCY_THREADS)
     if reference is not None:
@@ -670,16 +709,21 @@ def time_beside_root(run: RunDir, lineage: Lineage, nodes: list[NodeRecord], bat
         run, lineage, nodes[0], dataset_record(first_metadata, run.node_dir(nodes[0].id)), notes
     )
     if reference is None:
-        raise ConfigError(f"search.target_speedup: {'; '.join(notes) or 'the root is what would be timed'}")
+        raise ConfigError("; ".join(notes) or "the root is what would be timed")
     shape = _image_shape(first_model)  # the root's too: a program has no spec to say
     timed: dict[str, Timed] = {
-        reference.id: (reference.model, reference.dataset, onnx_graph(reference.model, reference.dataset, {}, shape))
+        reference.id: (
+            reference.model,
+            reference.dataset,
+            reference.graph or onnx_graph(reference.model, reference.dataset, {}, shape),
+        )
     }
     for node_id, (model, metadata) in students.items():
         dataset = dataset_record(metadata, run.node_dir(node_id))
         timed[node_id] = (model, dataset, onnx_graph(model, dataset, {}, shape))
     for name, (timed_model, timed_dataset, graph) in timed.items():
-        check_timed_graph(name, timed_model, timed_dataset, graph, shape)
+        if name != reference.id or reference.graph is None:  # a program's was checked where it was made
+            check_timed_graph(name, timed_model, timed_dataset, graph, shape)
     measured = measure_latencies(timed, batches=(batch,), threads=LATENCY_THREADS, runtimes=("onnxruntime",))
     beside = beside_reference(measured, reference.id)
     return {node.id: beside[node.id][0] for node in nodes}
@@ -701,6 +745,11 @@ def check_timed_graph(
             f"the ONNX graph {name} is timed in disagrees with PyTorch: max |logit difference| {max_diff:.2e} "
             f"on random images (allowed {MAX_LOGIT_DIFF:g}); nothing written"
         )
+
+
+def _image_shape_of(node: NodeRecord) -> tuple[int, int, int]:
+    spec = node.spec()
+    return spec.in_channels, spec.image_size, spec.image_size
 
 
 def _image_shape(model: nn.Module) -> tuple[int, int, int]:
