@@ -125,6 +125,10 @@ class ArchSpec(BaseModel):
         linear = sum(fan_in * fan_out for fan_in, fan_out in self.linears())
         return conv + linear
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one input image."""
+        return self.in_channels, self.image_size, self.image_size
+
     def size(self, objective: Objective = "params") -> int:
         """The size search.objective orders by: parameters (memory) or MACs per image (compute)."""
         return self.macs() if objective == "macs" else self.num_params()

@@ -467,7 +467,7 @@ def _usage_metadata(subject: Exported, model: VGG, dataset: dict[str, Any], *, o
         "ikd.classes": json.dumps(dataset["classes"]),
         "ikd.mean": json.dumps(dataset["mean"]),
         "ikd.std": json.dumps(dataset["std"]),
-        "ikd.input_shape": json.dumps(["batch", spec.in_channels, spec.image_size, spec.image_size]),
+        "ikd.input_shape": json.dumps(["batch", *spec.image_shape()]),
         "ikd.input": expects,
         "ikd.output": "float32 logits (batch, len(ikd.classes))",
     }
@@ -559,7 +559,7 @@ def _root_reference(
     if root.id == node.id:  # the root exported: nothing to compare
         return None
     if root.kind is NodeKind.EXTERNAL:
-        return _program_reference(lineage, root, dataset, _image_shape_of(node), notes)
+        return _program_reference(lineage, root, dataset, node.spec().image_shape(), notes)
     try:
         teacher, teacher_meta = _load_node(run, root)
     except CheckpointError as err:
@@ -747,15 +747,10 @@ def check_timed_graph(
         )
 
 
-def _image_shape_of(node: NodeRecord) -> tuple[int, int, int]:
-    spec = node.spec()
-    return spec.in_channels, spec.image_size, spec.image_size
-
-
 def _image_shape(model: nn.Module) -> tuple[int, int, int]:
     if not isinstance(model, VGG):
         raise TypeError(f"a {type(model).__name__} has no spec to give its input shape: pass the shape")
-    return model.spec.in_channels, model.spec.image_size, model.spec.image_size
+    return model.spec.image_shape()
 
 
 def _summary_document(path: Path, result: ExportResult) -> dict[str, Any]:

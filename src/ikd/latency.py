@@ -89,7 +89,7 @@ def image_shape(models: Mapping[str, Timed]) -> tuple[int, int, int]:
     spec = next((m.spec for m, _, _ in models.values() if isinstance(m, VGG)), None)
     if spec is None:
         raise ValueError("models timed together must include an ikd VGG, whose spec gives the input shape")
-    return spec.in_channels, spec.image_size, spec.image_size
+    return spec.image_shape()
 
 
 def measure_latencies(
